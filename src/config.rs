@@ -1,0 +1,409 @@
+//! Configuration of `wss serve`: embedded defaults, then an optional TOML file (`--config`), then
+//! `WSS_*` environment variables, then command-line flags — each layer overriding the one before.
+//!
+//! Every layer is reduced to the same thing, a value string per known key, and all of them are
+//! parsed in one place, so a bad value reads the same wherever it came from and names its source
+//! ("WSS_SENDER_THREADS=abc (environment): not a whole number"). All problems are reported at
+//! once, before anything starts. Unknown keys in the file are an error naming the key.
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+
+/// One known setting: its key (in the TOML file; the environment variable is `WSS_` + upper
+/// case), its default (`None`: unset), and a line for `wss serve --help`-style docs.
+struct Key {
+    name: &'static str,
+    default: Option<&'static str>,
+}
+
+const KEYS: &[Key] = &[
+    Key { name: "redis_url", default: Some("redis://127.0.0.1:6379") },
+    Key { name: "key_prefix", default: Some("wss:") },
+    Key { name: "grpc_addr", default: Some("127.0.0.1:50051") },
+    Key { name: "admin_token", default: None },
+    Key { name: "admin_token_file", default: None },
+    Key { name: "allow_private_targets", default: Some("false") },
+    Key { name: "allow_http", default: Some("false") },
+    Key { name: "consumer", default: None },
+    Key { name: "sender_threads", default: Some("64") },
+    Key { name: "max_in_flight", default: Some("10000") },
+    Key { name: "read_batch", default: Some("256") },
+    Key { name: "read_block", default: Some("1s") },
+    Key { name: "max_event_bytes", default: Some("262144") },
+    Key { name: "dead_letter_maxlen", default: Some("1000000") },
+    Key { name: "shutdown_grace", default: Some("30s") },
+    Key { name: "log_format", default: Some("text") },
+    Key { name: "log_level", default: Some("info") },
+];
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File,
+    Environment,
+    Flag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated settings of `wss serve`.
+#[derive(Clone)]
+pub struct Config {
+    /// Redis to read events from and keep state in.
+    pub redis_url: String,
+    /// Prefix of every Redis key; the stream is `<prefix>events`.
+    pub key_prefix: String,
+    /// Control-plane listener.
+    pub grpc_addr: SocketAddr,
+    /// Bearer token required on control-plane calls; `None`: no auth, loopback only.
+    pub admin_token: Option<String>,
+    /// Allow webhook targets that resolve to loopback/private addresses.
+    pub allow_private_targets: bool,
+    /// Allow `http://` webhook URLs.
+    pub allow_http: bool,
+    /// This instance's consumer name in the group `wss`.
+    pub consumer: String,
+    /// Threads sending HTTP requests; size for latency, not cores.
+    pub sender_threads: usize,
+    /// Stream entries read but not yet acknowledged, at most; the reader waits beyond it.
+    pub max_in_flight: usize,
+    /// Entries per XREADGROUP.
+    pub read_batch: usize,
+    /// XREADGROUP BLOCK time; also how fast the reader notices shutdown.
+    pub read_block: Duration,
+    /// Largest accepted stream entry (all field names and values), bytes.
+    pub max_event_bytes: usize,
+    /// Approximate cap on the dead-letter stream's length.
+    pub dead_letter_maxlen: usize,
+    /// How long shutdown waits for in-flight sends before exiting anyway.
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter: `info`, or `warn,wss::pipeline=debug`.
+    pub log_level: String,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("redis_url", &crate::redis_conn::redact_url(&self.redis_url))
+            .field("key_prefix", &self.key_prefix)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("allow_private_targets", &self.allow_private_targets)
+            .field("allow_http", &self.allow_http)
+            .field("consumer", &self.consumer)
+            .field("sender_threads", &self.sender_threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The raw layers, before parsing.
+#[derive(Default)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Source)>,
+    errors: Vec<String>,
+}
+
+impl Layers {
+    pub fn new() -> Self {
+        let mut layers = Self::default();
+        for key in KEYS {
+            if let Some(default) = key.default {
+                layers.values.insert(key.name, (default.to_owned(), Source::Default));
+            }
+        }
+        layers
+    }
+
+    fn known(name: &str) -> Option<&'static str> {
+        KEYS.iter().find(|k| k.name == name).map(|k| k.name)
+    }
+
+    /// Reads a TOML file of `key = value` lines.
+    pub fn file(mut self, path: &Path) -> Self {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.errors.push(format!("cannot read config file {}: {e}", path.display()));
+                return self;
+            }
+        };
+        self.toml(&text, &path.display().to_string());
+        self
+    }
+
+    fn toml(&mut self, text: &str, origin: &str) {
+        let table: toml::Table = match toml::from_str(text) {
+            Ok(table) => table,
+            Err(e) => {
+                self.errors.push(format!("config file {origin} is not valid TOML: {e}"));
+                return;
+            }
+        };
+        for (name, value) in table {
+            let Some(key) = Self::known(&name) else {
+                self.errors.push(format!(
+                    "config file {origin}: unknown key {name:?} (known keys: {})",
+                    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                ));
+                continue;
+            };
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    self.errors.push(format!("config file {origin}: {name} must be a string, number or boolean, not {}", other.type_str()));
+                    continue;
+                }
+            };
+            self.values.insert(key, (text, Source::File));
+        }
+    }
+
+    /// Reads `WSS_<KEY>` for every known key through `lookup` (the process environment in
+    /// production, a map in tests).
+    pub fn environment(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        for key in KEYS {
+            if let Some(value) = lookup(&env_name(key.name)) {
+                self.values.insert(key.name, (value, Source::Environment));
+            }
+        }
+        self
+    }
+
+    /// Applies a flag's value; `name` must be a known key.
+    pub fn flag(mut self, name: &str, value: Option<String>) -> Self {
+        if let Some(value) = value {
+            let key = Self::known(name).unwrap_or_else(|| panic!("flag for unknown key {name}"));
+            self.values.insert(key, (value, Source::Flag));
+        }
+        self
+    }
+
+    /// Parses every value, collecting all problems.
+    pub fn build(self) -> Result<Config, ConfigErrors> {
+        let mut p = Parser { layers: &self, errors: self.errors.clone() };
+        let admin_token = match (p.opt_string("admin_token"), p.opt_string("admin_token_file")) {
+            (Some(_), Some(_)) => {
+                p.errors.push("set admin_token or admin_token_file, not both".into());
+                None
+            }
+            (Some(token), None) => Some(token),
+            (None, Some(file)) => match std::fs::read_to_string(&file) {
+                Ok(token) => Some(token.trim().to_owned()),
+                Err(e) => {
+                    p.errors.push(format!("cannot read the admin token file {file}: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            p.errors.push("the admin token must be at least 16 characters long".into());
+        }
+        let config = Config {
+            redis_url: p.string("redis_url"),
+            key_prefix: p.string("key_prefix"),
+            grpc_addr: p.parse("grpc_addr", "a socket address like 127.0.0.1:50051").unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
+            admin_token,
+            allow_private_targets: p.boolean("allow_private_targets"),
+            allow_http: p.boolean("allow_http"),
+            consumer: p.opt_string("consumer").unwrap_or_else(default_consumer),
+            sender_threads: p.count("sender_threads", 1, 4096),
+            max_in_flight: p.count("max_in_flight", 1, 10_000_000),
+            read_batch: p.count("read_batch", 1, 10_000),
+            read_block: p.duration("read_block", Duration::from_millis(10), Duration::from_secs(60)),
+            max_event_bytes: p.count("max_event_bytes", 64, 64 << 20),
+            dead_letter_maxlen: p.count("dead_letter_maxlen", 100, usize::MAX),
+            shutdown_grace: p.duration("shutdown_grace", Duration::ZERO, Duration::from_secs(3600)),
+            log_format: match p.string("log_format").as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    p.error("log_format", other, "must be text or json");
+                    LogFormat::Text
+                }
+            },
+            log_level: p.string("log_level"),
+        };
+        if config.key_prefix.is_empty() || config.key_prefix.contains(char::is_whitespace) {
+            p.errors.push("key_prefix must be non-empty and without spaces".into());
+        }
+        if let Err(e) = redis::Client::open(config.redis_url.as_str()) {
+            let shown = crate::redis_conn::redact_url(&config.redis_url);
+            p.errors.push(format!("redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port"));
+        }
+        if config.consumer.is_empty() || config.consumer.len() > 200 {
+            p.errors.push("consumer must be 1 to 200 characters".into());
+        }
+        if p.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(p.errors))
+        }
+    }
+}
+
+fn env_name(key: &str) -> String {
+    format!("WSS_{}", key.to_ascii_uppercase())
+}
+
+/// `<hostname>-<pid>` (SPEC.md §6).
+fn default_consumer() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "wss".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+struct Parser<'a> {
+    layers: &'a Layers,
+    errors: Vec<String>,
+}
+
+impl Parser<'_> {
+    fn raw(&self, key: &'static str) -> Option<&(String, Source)> {
+        self.layers.values.get(key)
+    }
+
+    fn error(&mut self, key: &'static str, value: &str, problem: &str) {
+        let (origin, shown) = match self.raw(key).map(|(_, s)| *s) {
+            Some(Source::Environment) => (format!("{} (environment)", env_name(key)), value),
+            Some(Source::File) => (format!("{key} (config file)"), value),
+            Some(Source::Flag) => (format!("--{} (flag)", key.replace('_', "-")), value),
+            _ => (format!("{key} (default)"), value),
+        };
+        let shown = if key.contains("token") { "***" } else { shown };
+        self.errors.push(format!("{origin} = {shown:?}: {problem}"));
+    }
+
+    fn opt_string(&self, key: &'static str) -> Option<String> {
+        self.raw(key).map(|(v, _)| v.clone()).filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, key: &'static str) -> String {
+        self.raw(key).map(|(v, _)| v.clone()).unwrap_or_default()
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, key: &'static str, expected: &str) -> Option<T> {
+        let value = self.string(key);
+        match value.trim().parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(key, &value, &format!("expected {expected}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &'static str) -> bool {
+        let value = self.string(key);
+        match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" | "" => false,
+            _ => {
+                self.error(key, &value, "expected true or false");
+                false
+            }
+        }
+    }
+
+    fn count(&mut self, key: &'static str, min: usize, max: usize) -> usize {
+        match self.parse::<usize>(key, "a whole number") {
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.error(key, &v.to_string(), &format!("must be between {min} and {max}"));
+                min
+            }
+            None => min,
+        }
+    }
+
+    fn duration(&mut self, key: &'static str, min: Duration, max: Duration) -> Duration {
+        let value = self.string(key);
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if d >= min && d <= max => d,
+            Ok(_) => {
+                let range = format!("must be between {} and {}", humantime::format_duration(min), humantime::format_duration(max));
+                self.error(key, &value, &range);
+                min
+            }
+            Err(e) => {
+                self.error(key, &value, &format!("not a duration ({e}); write e.g. 500ms, 30s, 5m"));
+                min
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Layers::new().environment(env(&[])).build().unwrap();
+        assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(c.key_prefix, "wss:");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert!(!c.allow_http && !c.allow_private_targets && c.admin_token.is_none());
+        assert!(c.consumer.ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let mut layers = Layers::new();
+        layers.toml("key_prefix = \"file:\"\nsender_threads = 8\nallow_http = true\n", "test.toml");
+        let c = layers
+            .environment(env(&[("WSS_KEY_PREFIX", "env:"), ("WSS_SENDER_THREADS", "16")]))
+            .flag("sender_threads", Some("32".into()))
+            .build()
+            .unwrap();
+        assert_eq!(c.key_prefix, "env:");
+        assert_eq!(c.sender_threads, 32);
+        assert!(c.allow_http);
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once_naming_their_source() {
+        let mut layers = Layers::new();
+        layers.toml("colour = \"blue\"\n", "test.toml");
+        let err = layers
+            .environment(env(&[("WSS_SENDER_THREADS", "abc"), ("WSS_READ_BLOCK", "soon"), ("WSS_ALLOW_HTTP", "maybe")]))
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 4, "{text}");
+        assert!(text.contains("unknown key \"colour\""), "{text}");
+        assert!(text.contains("WSS_SENDER_THREADS (environment) = \"abc\""), "{text}");
+        assert!(text.contains("WSS_READ_BLOCK"), "{text}");
+        assert!(text.contains("WSS_ALLOW_HTTP"), "{text}");
+    }
+
+    #[test]
+    fn tokens_never_appear_in_errors() {
+        let err = Layers::new().environment(env(&[("WSS_ADMIN_TOKEN", "short")])).build().unwrap_err();
+        assert!(!err.to_string().contains("short"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+//! The control plane's domain: tenants, webhooks and retry policies ([`model`]), their storage in
+//! Redis ([`store`]), and the in-memory routing snapshot the pipeline serves from ([`routing`]).
+//!
+//! State lives in Redis so that every instance sharing a key prefix sees the same configuration.
+//! Each write bumps `<prefix>config:version`; every instance polls that counter four times a
+//! second and reloads its snapshot when it moves, and the instance that made a write reloads at
+//! once, so its own next event already sees the change.
+
+pub mod model;
+pub mod routing;
+pub mod store;
+
+/// What can go wrong with a control-plane operation. The gRPC layer maps each variant to one
+/// status code (`grpc::status_of`).
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("{kind} {id:?} does not exist")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("Redis at {url} is unavailable ({source}); check that it runs, then try again")]
+    Unavailable {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("stored {kind} {id:?} cannot be decoded ({source}); it was written by an incompatible version")]
+    Corrupt {
+        kind: &'static str,
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}

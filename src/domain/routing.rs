@@ -1,0 +1,160 @@
+//! The routing snapshot: an immutable, in-memory view of the configuration that the pipeline
+//! reads without touching Redis — for each tenant its enabled webhooks with their event-type
+//! patterns compiled, their retry policy resolved and their signing key prepared.
+//!
+//! A new snapshot is built whole and swapped in behind an `Arc`; readers keep the one they took
+//! for the event at hand. [`run_refresher`] polls `<prefix>config:version` four times a second and
+//! reloads when it moved, so an instance sees another instance's change within a second; the
+//! control plane calls [`RoutingHandle::reload`] right after its own writes.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::{Mutex, RwLock};
+
+use super::{
+    model::{RetryPolicy, SignatureScheme, Tenant, TypePattern, Webhook, DEFAULT_POLICY_ID},
+    store::{Everything, Store},
+    DomainError,
+};
+use crate::signature::{StandardSigner, WssSigner};
+
+/// How a route signs; the key state is prepared once per snapshot.
+#[derive(Clone)]
+pub enum RouteSigner {
+    Wss(WssSigner),
+    Standard(StandardSigner),
+}
+
+/// One webhook as the pipeline sees it.
+pub struct Route {
+    pub webhook: Webhook,
+    pub patterns: Vec<TypePattern>,
+    pub policy: Arc<RetryPolicy>,
+    pub signer: RouteSigner,
+    pub tenant_disabled: bool,
+}
+
+impl Route {
+    /// True when the event type matches one of the patterns (or there are none).
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(event_type))
+    }
+
+    /// Deliverable right now: enabled, and its tenant too.
+    pub fn is_active(&self) -> bool {
+        self.webhook.enabled && !self.tenant_disabled
+    }
+}
+
+pub struct TenantRoutes {
+    pub tenant: Tenant,
+    /// The tenant's enabled webhooks, ordered by id.
+    pub routes: Vec<Arc<Route>>,
+}
+
+#[derive(Default)]
+pub struct Routing {
+    pub version: u64,
+    pub tenants: HashMap<String, TenantRoutes>,
+    /// Every webhook by id, disabled ones included (the signer tells "disabled" from "deleted").
+    pub webhooks: HashMap<String, Arc<Route>>,
+}
+
+impl Routing {
+    pub fn build(everything: Everything) -> Self {
+        let policies: HashMap<String, Arc<RetryPolicy>> =
+            everything.policies.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
+        let builtin = policies
+            .get(DEFAULT_POLICY_ID)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(RetryPolicy::builtin_default()));
+        let mut tenants: HashMap<String, TenantRoutes> = everything
+            .tenants
+            .into_iter()
+            .map(|t| (t.id.clone(), TenantRoutes { tenant: t, routes: Vec::new() }))
+            .collect();
+        let mut webhooks = HashMap::with_capacity(everything.webhooks.len());
+        let mut sorted = everything.webhooks;
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        for webhook in sorted {
+            let Some(tenant) = tenants.get_mut(&webhook.tenant_id) else { continue };
+            let policy_id = [&webhook.retry_policy_id, &tenant.tenant.default_retry_policy_id]
+                .into_iter()
+                .find(|id| !id.is_empty());
+            let policy = policy_id.and_then(|id| policies.get(id.as_str())).cloned().unwrap_or_else(|| builtin.clone());
+            let signer = match webhook.signature_scheme {
+                SignatureScheme::Wss => RouteSigner::Wss(WssSigner::new(webhook.secret.expose().as_bytes())),
+                SignatureScheme::StandardWebhooks => match StandardSigner::new(webhook.secret.expose()) {
+                    Ok(signer) => RouteSigner::Standard(signer),
+                    Err(err) => {
+                        log::error!(target: "wss::routing", "webhook {} has an unusable Standard Webhooks secret ({err}); it receives nothing until its secret is replaced", webhook.id);
+                        continue;
+                    }
+                },
+            };
+            let route = Arc::new(Route {
+                patterns: webhook.event_types.iter().map(|p| TypePattern::new(p)).collect(),
+                policy,
+                signer,
+                tenant_disabled: tenant.tenant.disabled,
+                webhook,
+            });
+            if route.webhook.enabled {
+                tenant.routes.push(route.clone());
+            }
+            webhooks.insert(route.webhook.id.clone(), route);
+        }
+        Self { version: everything.version, tenants, webhooks }
+    }
+}
+
+/// The current snapshot, shared by the pipeline and the control plane.
+pub struct RoutingHandle {
+    current: RwLock<Arc<Routing>>,
+    reloading: Mutex<()>,
+}
+
+impl Default for RoutingHandle {
+    fn default() -> Self {
+        Self { current: RwLock::new(Arc::new(Routing::default())), reloading: Mutex::new(()) }
+    }
+}
+
+impl RoutingHandle {
+    pub fn current(&self) -> Arc<Routing> {
+        self.current.read().clone()
+    }
+
+    /// Loads everything from Redis and swaps the new snapshot in.
+    pub fn reload(&self, store: &Store) -> Result<u64, DomainError> {
+        let _one_at_a_time = self.reloading.lock();
+        let everything = store.load_everything()?;
+        let version = everything.version;
+        let routing = Routing::build(everything);
+        log::debug!(target: "wss::routing", "loaded config version {version}: {} tenants, {} webhooks", routing.tenants.len(), routing.webhooks.len());
+        *self.current.write() = Arc::new(routing);
+        Ok(version)
+    }
+}
+
+/// Polls the config version every `interval` and reloads when it changed, until `shutdown` fires.
+pub fn run_refresher(handle: Arc<RoutingHandle>, store: Arc<Store>, interval: Duration, shutdown: Receiver<()>) {
+    let mut loaded: Option<u64> = None;
+    loop {
+        let seen = handle.current().version;
+        match store.config_version() {
+            Ok(version) if loaded == Some(version) && seen == version => {}
+            Ok(_) => match handle.reload(&store) {
+                Ok(version) => loaded = Some(version),
+                Err(err) => log::warn!(target: "wss::routing", "could not reload the configuration: {err}"),
+            },
+            Err(DomainError::Unavailable { .. }) => {} // the outage is logged by the connection layer
+            Err(err) => log::warn!(target: "wss::routing", "could not read the config version: {err}"),
+        }
+        match shutdown.recv_timeout(interval) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Storage of tenants, webhooks and retry policies in Redis.
+//!
+//! Keys (all under the configured prefix `P`):
+//! - `P tenants`, `P webhooks`, `P policies`: hashes from id to the JSON of the resource;
+//! - `P config:version`: a counter bumped by every write, which instances poll to reload.
+//!
+//! Writes run as optimistic transactions (`WATCH` the three hashes, check, `MULTI … EXEC`, retry
+//! when another writer got in between), so that checks across resources — a webhook's tenant and
+//! policy exist, a policy in use cannot be deleted — hold under concurrent writers and instances.
+//! The store holds one connection behind a mutex: control-plane traffic is light, and a
+//! connection that failed is dropped and made anew on the next call.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use redis::{Commands, Connection, Pipeline};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::{
+    model::{RetryPolicy, Tenant, Webhook, DEFAULT_POLICY_ID},
+    DomainError,
+};
+use crate::{deadletter::DeadLetter, redis_conn::RedisTarget, streams::parse_entries};
+
+/// Redis keys derived from the prefix; the one place that spells them.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub prefix: String,
+    pub events: String,
+    pub dead_letters: String,
+    pub tenants: String,
+    pub webhooks: String,
+    pub policies: String,
+    pub config_version: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            events: format!("{prefix}events"),
+            dead_letters: format!("{prefix}deadletters"),
+            tenants: format!("{prefix}tenants"),
+            webhooks: format!("{prefix}webhooks"),
+            policies: format!("{prefix}policies"),
+            config_version: format!("{prefix}config:version"),
+        }
+    }
+}
+
+/// One page of a listing, ordered by id.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The last id of this page when more follow; empty on the last page.
+    pub next_token: String,
+}
+
+/// Everything the routing snapshot is built from, read in one round trip.
+#[derive(Debug)]
+pub struct Everything {
+    pub version: u64,
+    pub tenants: Vec<Tenant>,
+    pub webhooks: Vec<Webhook>,
+    pub policies: Vec<RetryPolicy>,
+}
+
+pub struct Store {
+    target: RedisTarget,
+    keys: Keys,
+    conn: Mutex<Option<Connection>>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    pub fn new(target: RedisTarget, keys: Keys) -> Self {
+        Self { target, keys, conn: Mutex::new(None) }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Runs `f` on the shared connection, connecting first when there is none. A Redis error
+    /// drops the connection so that the next call starts afresh.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Keys) -> Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
+        let mut guard = self.conn.lock();
+        if guard.is_none() {
+            let conn = self.target.connect_once(Duration::from_secs(2)).map_err(|e| self.unavailable(e))?;
+            *guard = Some(conn);
+        }
+        let conn = guard.as_mut().expect("connection was just made");
+        let result = f(conn, &self.keys);
+        if matches!(result, Err(DomainError::Unavailable { .. })) {
+            *guard = None;
+        }
+        result
+    }
+
+    fn unavailable(&self, source: redis::RedisError) -> DomainError {
+        DomainError::Unavailable { url: self.target.display_url().to_owned(), source }
+    }
+
+    /// An optimistic transaction over the three resource hashes: `check` reads what it needs and
+    /// queues its writes on the pipeline (or refuses); the version bump is added here. Retried
+    /// from the start when another writer changed a watched key meanwhile.
+    fn mutate<T>(
+        &self,
+        mut check: impl FnMut(&mut Connection, &Keys, &mut Pipeline) -> Result<T, DomainError>,
+    ) -> Result<T, DomainError> {
+        self.with_conn(|con, keys| loop {
+            let watched = [&keys.tenants, &keys.webhooks, &keys.policies];
+            redis::cmd("WATCH").arg(&watched).exec(con).map_err(|e| self.unavailable(e))?;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let value = match check(con, keys, &mut pipe) {
+                Ok(value) => value,
+                Err(err) => {
+                    redis::cmd("UNWATCH").exec(con).map_err(|e| self.unavailable(e))?;
+                    return Err(err);
+                }
+            };
+            pipe.incr(&keys.config_version, 1).ignore();
+            let committed: Option<()> = pipe.query(con).map_err(|e| self.unavailable(e))?;
+            if committed.is_some() {
+                return Ok(value);
+            }
+        })
+    }
+
+    pub fn config_version(&self) -> Result<u64, DomainError> {
+        self.with_conn(|con, keys| {
+            let v: Option<u64> = con.get(&keys.config_version).map_err(|e| self.unavailable(e))?;
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    pub fn load_everything(&self) -> Result<Everything, DomainError> {
+        self.with_conn(|con, keys| {
+            let (version, tenants, webhooks, policies): (Option<u64>, Vec<(String, String)>, Vec<(String, String)>, Vec<(String, String)>) =
+                redis::pipe()
+                    .get(&keys.config_version)
+                    .hgetall(&keys.tenants)
+                    .hgetall(&keys.webhooks)
+                    .hgetall(&keys.policies)
+                    .query(con)
+                    .map_err(|e| self.unavailable(e))?;
+            Ok(Everything {
+                version: version.unwrap_or(0),
+                tenants: decode_all("tenant", tenants)?,
+                webhooks: decode_all("webhook", webhooks)?,
+                policies: with_builtin_default(decode_all("retry policy", policies)?),
+            })
+        })
+    }
+
+    // ---- tenants ----
+
+    pub fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            if con.hexists(&keys.tenants, &tenant.id).map_err(|e| self.unavailable(e))? {
+                return Err(DomainError::AlreadyExists { kind: "tenant", id: tenant.id.clone() });
+            }
+            self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
+            pipe.hset(&keys.tenants, &tenant.id, encode(&tenant)).ignore();
+            Ok(tenant.clone())
+        })
+    }
+
+    pub fn get_tenant(&self, id: &str) -> Result<Tenant, DomainError> {
+        self.with_conn(|con, keys| self.fetch(con, &keys.tenants, "tenant", id))
+    }
+
+    pub fn list_tenants(&self, page_size: usize, token: &str) -> Result<Page<Tenant>, DomainError> {
+        self.with_conn(|con, keys| self.list(con, &keys.tenants, "tenant", page_size, token, |_: &Tenant| true, |t| &t.id))
+    }
+
+    /// Applies `patch` to the stored tenant and stores the result after checking it.
+    pub fn update_tenant(
+        &self,
+        id: &str,
+        patch: impl Fn(&mut Tenant) -> Result<(), DomainError>,
+    ) -> Result<Tenant, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            let mut tenant: Tenant = self.fetch(con, &keys.tenants, "tenant", id)?;
+            patch(&mut tenant)?;
+            self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
+            tenant.updated_at_ms = now_ms();
+            pipe.hset(&keys.tenants, id, encode(&tenant)).ignore();
+            Ok(tenant)
+        })
+    }
+
+    /// Deletes the tenant and its webhooks; returns how many webhooks went with it.
+    pub fn delete_tenant(&self, id: &str) -> Result<u32, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            let _: Tenant = self.fetch(con, &keys.tenants, "tenant", id)?;
+            let webhooks: Vec<Webhook> = self.all(con, &keys.webhooks, "webhook")?;
+            let doomed: Vec<&str> = webhooks.iter().filter(|w| w.tenant_id == id).map(|w| w.id.as_str()).collect();
+            pipe.hdel(&keys.tenants, id).ignore();
+            if !doomed.is_empty() {
+                pipe.hdel(&keys.webhooks, &doomed).ignore();
+            }
+            Ok(doomed.len() as u32)
+        })
+    }
+
+    // ---- webhooks ----
+
+    pub fn create_webhook(&self, webhook: Webhook) -> Result<Webhook, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            self.require_tenant(con, keys, &webhook.tenant_id)?;
+            self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
+            if con.hexists(&keys.webhooks, &webhook.id).map_err(|e| self.unavailable(e))? {
+                return Err(DomainError::AlreadyExists { kind: "webhook", id: webhook.id.clone() });
+            }
+            pipe.hset(&keys.webhooks, &webhook.id, encode(&webhook)).ignore();
+            Ok(webhook.clone())
+        })
+    }
+
+    pub fn get_webhook(&self, id: &str) -> Result<Webhook, DomainError> {
+        self.with_conn(|con, keys| self.fetch(con, &keys.webhooks, "webhook", id))
+    }
+
+    pub fn list_webhooks(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<Webhook>, DomainError> {
+        self.with_conn(|con, keys| {
+            if !tenant_id.is_empty() {
+                self.require_tenant(con, keys, tenant_id)?;
+            }
+            self.list(con, &keys.webhooks, "webhook", page_size, token, |w: &Webhook| tenant_id.is_empty() || w.tenant_id == tenant_id, |w| &w.id)
+        })
+    }
+
+    pub fn update_webhook(
+        &self,
+        id: &str,
+        patch: impl Fn(&mut Webhook) -> Result<(), DomainError>,
+    ) -> Result<Webhook, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            let mut webhook: Webhook = self.fetch(con, &keys.webhooks, "webhook", id)?;
+            patch(&mut webhook)?;
+            self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
+            webhook.updated_at_ms = now_ms();
+            pipe.hset(&keys.webhooks, id, encode(&webhook)).ignore();
+            Ok(webhook)
+        })
+    }
+
+    pub fn delete_webhook(&self, id: &str) -> Result<(), DomainError> {
+        self.mutate(|con, keys, pipe| {
+            let _: Webhook = self.fetch(con, &keys.webhooks, "webhook", id)?;
+            pipe.hdel(&keys.webhooks, id).ignore();
+            Ok(())
+        })
+    }
+
+    // ---- retry policies ----
+
+    pub fn create_policy(&self, policy: RetryPolicy) -> Result<RetryPolicy, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            if policy.id == DEFAULT_POLICY_ID || con.hexists(&keys.policies, &policy.id).map_err(|e| self.unavailable(e))? {
+                return Err(DomainError::AlreadyExists { kind: "retry policy", id: policy.id.clone() });
+            }
+            pipe.hset(&keys.policies, &policy.id, encode(&policy)).ignore();
+            Ok(policy.clone())
+        })
+    }
+
+    pub fn get_policy(&self, id: &str) -> Result<RetryPolicy, DomainError> {
+        self.with_conn(|con, keys| self.fetch_policy(con, keys, id))
+    }
+
+    pub fn list_policies(&self, page_size: usize, token: &str) -> Result<Page<RetryPolicy>, DomainError> {
+        self.with_conn(|con, keys| {
+            let all = with_builtin_default(self.all(con, &keys.policies, "retry policy")?);
+            Ok(paginate(all, page_size, token, |_| true, |p| &p.id))
+        })
+    }
+
+    pub fn update_policy(
+        &self,
+        id: &str,
+        patch: impl Fn(&mut RetryPolicy) -> Result<(), DomainError>,
+    ) -> Result<RetryPolicy, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            let mut policy = self.fetch_policy(con, keys, id)?;
+            patch(&mut policy)?;
+            policy.validate()?;
+            pipe.hset(&keys.policies, id, encode(&policy)).ignore();
+            Ok(policy)
+        })
+    }
+
+    pub fn delete_policy(&self, id: &str) -> Result<(), DomainError> {
+        self.mutate(|con, keys, pipe| {
+            if id == DEFAULT_POLICY_ID {
+                return Err(DomainError::FailedPrecondition(
+                    "the built-in policy \"default\" cannot be deleted (it can be updated)".into(),
+                ));
+            }
+            let _: RetryPolicy = self.fetch(con, &keys.policies, "retry policy", id)?;
+            let tenants: Vec<Tenant> = self.all(con, &keys.tenants, "tenant")?;
+            if let Some(t) = tenants.iter().find(|t| t.default_retry_policy_id == id) {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "retry policy {id:?} is the default of tenant {:?}; change that first",
+                    t.id
+                )));
+            }
+            let webhooks: Vec<Webhook> = self.all(con, &keys.webhooks, "webhook")?;
+            if let Some(w) = webhooks.iter().find(|w| w.retry_policy_id == id) {
+                return Err(DomainError::FailedPrecondition(format!(
+                    "retry policy {id:?} is used by webhook {:?}; change that first",
+                    w.id
+                )));
+            }
+            pipe.hdel(&keys.policies, id).ignore();
+            Ok(())
+        })
+    }
+
+    // ---- events and dead letters ----
+
+    /// Appends an event to the stream exactly as an `XADD` by another system would.
+    pub fn publish_event(&self, fields: &[(&str, &str)]) -> Result<String, DomainError> {
+        self.with_conn(|con, keys| {
+            redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e))
+        })
+    }
+
+    /// Dead letters newest first, optionally of one tenant; `token` is the last id of the
+    /// previous page. Scans at most 20,000 records per call, so that a rare tenant's page cannot
+    /// take unbounded time: a short page with a token means "more may follow".
+    pub fn list_dead_letters(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<DeadLetter>, DomainError> {
+        const SCAN_LIMIT: usize = 20_000;
+        self.with_conn(|con, keys| {
+            let mut items = Vec::new();
+            let mut cursor = if token.is_empty() { "+".to_owned() } else { format!("({token}") };
+            let mut scanned = 0;
+            let batch = (page_size * 2).clamp(64, 1000);
+            loop {
+                let reply: redis::Value = redis::cmd("XREVRANGE")
+                    .arg(&keys.dead_letters)
+                    .arg(&cursor)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(batch)
+                    .query(con)
+                    .map_err(|e| self.unavailable(e))?;
+                let entries = parse_entries(reply).map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREVRANGE", e.to_string()))))?;
+                let exhausted = entries.len() < batch;
+                for entry in entries {
+                    scanned += 1;
+                    cursor = format!("({}", entry.id);
+                    let record = DeadLetter::from_fields(entry.id, entry.fields.unwrap_or_default());
+                    if tenant_id.is_empty() || record.tenant_id == tenant_id {
+                        items.push(record);
+                        if items.len() == page_size {
+                            let next_token = items.last().map(|r| r.id.clone()).unwrap_or_default();
+                            return Ok(Page { items, next_token });
+                        }
+                    }
+                }
+                if exhausted {
+                    return Ok(Page { items, next_token: String::new() });
+                }
+                if scanned >= SCAN_LIMIT {
+                    return Ok(Page { items, next_token: cursor[1..].to_owned() });
+                }
+            }
+        })
+    }
+
+    // ---- helpers ----
+
+    fn fetch<T: DeserializeOwned>(&self, con: &mut Connection, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
+        let raw: Option<String> = con.hget(key, id).map_err(|e| self.unavailable(e))?;
+        let raw = raw.ok_or_else(|| DomainError::NotFound { kind, id: id.to_owned() })?;
+        decode(kind, id, &raw)
+    }
+
+    fn fetch_policy(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
+        match self.fetch(con, &keys.policies, "retry policy", id) {
+            Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => Ok(RetryPolicy::builtin_default()),
+            other => other,
+        }
+    }
+
+    fn all<T: DeserializeOwned>(&self, con: &mut Connection, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
+        let raw: Vec<(String, String)> = con.hgetall(key).map_err(|e| self.unavailable(e))?;
+        decode_all(kind, raw)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn list<T: DeserializeOwned>(
+        &self,
+        con: &mut Connection,
+        key: &str,
+        kind: &'static str,
+        page_size: usize,
+        token: &str,
+        keep: impl Fn(&T) -> bool,
+        id_of: impl Fn(&T) -> &String,
+    ) -> Result<Page<T>, DomainError> {
+        Ok(paginate(self.all(con, key, kind)?, page_size, token, keep, id_of))
+    }
+
+    fn require_tenant(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<(), DomainError> {
+        if con.hexists(&keys.tenants, id).map_err(|e| self.unavailable(e))? {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound { kind: "tenant", id: id.to_owned() })
+        }
+    }
+
+    /// An empty id means "inherit" and is always fine; `default` always exists.
+    fn require_policy(&self, con: &mut Connection, keys: &Keys, field: &'static str, id: &str) -> Result<(), DomainError> {
+        if id.is_empty() || id == DEFAULT_POLICY_ID {
+            return Ok(());
+        }
+        if con.hexists(&keys.policies, id).map_err(|e| self.unavailable(e))? {
+            Ok(())
+        } else {
+            Err(DomainError::Invalid { field, message: format!("retry policy {id:?} does not exist; create it first") })
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("domain types always serialize")
+}
+
+fn decode<T: DeserializeOwned>(kind: &'static str, id: &str, raw: &str) -> Result<T, DomainError> {
+    serde_json::from_str(raw).map_err(|source| DomainError::Corrupt { kind, id: id.to_owned(), source })
+}
+
+fn decode_all<T: DeserializeOwned>(kind: &'static str, raw: Vec<(String, String)>) -> Result<Vec<T>, DomainError> {
+    raw.iter().map(|(id, json)| decode(kind, id, json)).collect()
+}
+
+fn with_builtin_default(mut policies: Vec<RetryPolicy>) -> Vec<RetryPolicy> {
+    if !policies.iter().any(|p| p.id == DEFAULT_POLICY_ID) {
+        policies.push(RetryPolicy::builtin_default());
+    }
+    policies
+}
+
+/// Sorts by id and returns the page after `token` (an id; empty for the first page).
+pub fn paginate<T>(
+    mut items: Vec<T>,
+    page_size: usize,
+    token: &str,
+    keep: impl Fn(&T) -> bool,
+    id_of: impl Fn(&T) -> &String,
+) -> Page<T> {
+    items.retain(|item| keep(item) && (token.is_empty() || id_of(item).as_str() > token));
+    items.sort_by(|a, b| id_of(a).cmp(id_of(b)));
+    let more = items.len() > page_size;
+    items.truncate(page_size);
+    let next_token = if more { items.last().map(|i| id_of(i).clone()).unwrap_or_default() } else { String::new() };
+    Page { items, next_token }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_follow_ids_and_stop_at_the_end() {
+        let ids: Vec<String> = ["c", "a", "e", "b", "d"].iter().map(|s| s.to_string()).collect();
+        let p1 = paginate(ids.clone(), 2, "", |_| true, |s| s);
+        assert_eq!(p1.items, ["a", "b"]);
+        assert_eq!(p1.next_token, "b");
+        let p2 = paginate(ids.clone(), 2, &p1.next_token, |_| true, |s| s);
+        assert_eq!(p2.items, ["c", "d"]);
+        let p3 = paginate(ids.clone(), 2, &p2.next_token, |_| true, |s| s);
+        assert_eq!(p3.items, ["e"]);
+        assert_eq!(p3.next_token, "");
+        let even = paginate(ids, 10, "", |s| s != "c", |s| s);
+        assert_eq!(even.items, ["a", "b", "d", "e"]);
+    }
+}

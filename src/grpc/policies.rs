@@ -1,0 +1,253 @@
+//! `wss.v1.RetryPolicyService`: named retry schedules. A create fills the fields it leaves unset
+//! from the built-in `default`; an update changes only the fields it sets. Either way the whole
+//! policy is validated before it is stored (the store validates updates again inside its
+//! transaction). `default` itself can be updated but not deleted.
+
+use std::{sync::Arc, time::Duration};
+
+use prost_types::Duration as PbDuration;
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{duration_from_proto, page_size, policy_to_proto},
+    ControlPlane, TARGET,
+};
+use crate::{
+    domain::{
+        model::{validate_id, RetryPolicy},
+        DomainError,
+    },
+    proto::{self, retry_policy_service_server::RetryPolicyService},
+};
+
+pub(super) struct RetryPolicyApi {
+    plane: Arc<ControlPlane>,
+}
+
+impl RetryPolicyApi {
+    pub(super) fn new(plane: Arc<ControlPlane>) -> Self {
+        Self { plane }
+    }
+}
+
+/// The fields a create or update request sets, durations already converted.
+#[derive(Debug, Clone, Default)]
+struct PolicyPatch {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<Duration>,
+    max_backoff: Option<Duration>,
+    multiplier: Option<f64>,
+    jitter: Option<f64>,
+    attempt_timeout: Option<Duration>,
+}
+
+fn optional_duration(field: &'static str, value: Option<&PbDuration>) -> Result<Option<Duration>, DomainError> {
+    value.map(|d| duration_from_proto(field, d)).transpose()
+}
+
+impl PolicyPatch {
+    fn new(
+        max_attempts: Option<u32>,
+        initial_backoff: Option<&PbDuration>,
+        max_backoff: Option<&PbDuration>,
+        multiplier: Option<f64>,
+        jitter: Option<f64>,
+        attempt_timeout: Option<&PbDuration>,
+    ) -> Result<Self, DomainError> {
+        Ok(Self {
+            max_attempts,
+            initial_backoff: optional_duration("initial_backoff", initial_backoff)?,
+            max_backoff: optional_duration("max_backoff", max_backoff)?,
+            multiplier,
+            jitter,
+            attempt_timeout: optional_duration("attempt_timeout", attempt_timeout)?,
+        })
+    }
+
+    fn apply(&self, policy: &mut RetryPolicy) {
+        if let Some(v) = self.max_attempts {
+            policy.max_attempts = v;
+        }
+        if let Some(v) = self.initial_backoff {
+            policy.initial_backoff = v;
+        }
+        if let Some(v) = self.max_backoff {
+            policy.max_backoff = v;
+        }
+        if let Some(v) = self.multiplier {
+            policy.multiplier = v;
+        }
+        if let Some(v) = self.jitter {
+            policy.jitter = v;
+        }
+        if let Some(v) = self.attempt_timeout {
+            policy.attempt_timeout = v;
+        }
+    }
+}
+
+fn policy_from_create(req: &proto::CreateRetryPolicyRequest) -> Result<RetryPolicy, DomainError> {
+    validate_id("policy_id", &req.policy_id)?;
+    let patch = PolicyPatch::new(
+        req.max_attempts,
+        req.initial_backoff.as_ref(),
+        req.max_backoff.as_ref(),
+        req.multiplier,
+        req.jitter,
+        req.attempt_timeout.as_ref(),
+    )?;
+    let mut policy = RetryPolicy { id: req.policy_id.clone(), ..RetryPolicy::builtin_default() };
+    patch.apply(&mut policy);
+    policy.validate()?;
+    Ok(policy)
+}
+
+fn patch_from_update(req: &proto::UpdateRetryPolicyRequest) -> Result<PolicyPatch, DomainError> {
+    validate_id("policy_id", &req.policy_id)?;
+    PolicyPatch::new(
+        req.max_attempts,
+        req.initial_backoff.as_ref(),
+        req.max_backoff.as_ref(),
+        req.multiplier,
+        req.jitter,
+        req.attempt_timeout.as_ref(),
+    )
+}
+
+#[tonic::async_trait]
+impl RetryPolicyService for RetryPolicyApi {
+    async fn create_retry_policy(
+        &self,
+        request: Request<proto::CreateRetryPolicyRequest>,
+    ) -> Result<Response<proto::RetryPolicy>, Status> {
+        let policy = policy_from_create(request.get_ref())?;
+        let created = self.plane.write(move |store| store.create_policy(policy)).await?;
+        log::info!(target: TARGET, "created retry policy {}", created.id);
+        Ok(Response::new(policy_to_proto(created)))
+    }
+
+    async fn get_retry_policy(
+        &self,
+        request: Request<proto::GetRetryPolicyRequest>,
+    ) -> Result<Response<proto::RetryPolicy>, Status> {
+        let id = request.into_inner().policy_id;
+        validate_id("policy_id", &id)?;
+        let policy = self.plane.read(move |store| store.get_policy(&id)).await?;
+        Ok(Response::new(policy_to_proto(policy)))
+    }
+
+    async fn list_retry_policies(
+        &self,
+        request: Request<proto::ListRetryPoliciesRequest>,
+    ) -> Result<Response<proto::ListRetryPoliciesResponse>, Status> {
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let page = self.plane.read(move |store| store.list_policies(size, &req.page_token)).await?;
+        Ok(Response::new(proto::ListRetryPoliciesResponse {
+            retry_policies: page.items.into_iter().map(policy_to_proto).collect(),
+            next_page_token: page.next_token,
+        }))
+    }
+
+    async fn update_retry_policy(
+        &self,
+        request: Request<proto::UpdateRetryPolicyRequest>,
+    ) -> Result<Response<proto::RetryPolicy>, Status> {
+        let req = request.into_inner();
+        let patch = patch_from_update(&req)?;
+        let id = req.policy_id;
+        let updated = self
+            .plane
+            .write(move |store| {
+                store.update_policy(&id, |policy| {
+                    patch.apply(policy);
+                    policy.validate()
+                })
+            })
+            .await?;
+        log::info!(target: TARGET, "updated retry policy {}", updated.id);
+        Ok(Response::new(policy_to_proto(updated)))
+    }
+
+    async fn delete_retry_policy(
+        &self,
+        request: Request<proto::DeleteRetryPolicyRequest>,
+    ) -> Result<Response<proto::DeleteRetryPolicyResponse>, Status> {
+        let id = request.into_inner().policy_id;
+        validate_id("policy_id", &id)?;
+        let log_id = id.clone();
+        self.plane.write(move |store| store.delete_policy(&id)).await?;
+        log::info!(target: TARGET, "deleted retry policy {log_id}");
+        Ok(Response::new(proto::DeleteRetryPolicyResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: DomainError) -> &'static str {
+        match err {
+            DomainError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn secs(seconds: i64) -> Option<PbDuration> {
+        Some(PbDuration { seconds, nanos: 0 })
+    }
+
+    #[test]
+    fn create_fills_unset_fields_from_the_builtin_default() {
+        let req = proto::CreateRetryPolicyRequest { policy_id: "fast".into(), max_attempts: Some(3), ..Default::default() };
+        let policy = policy_from_create(&req).unwrap();
+        let default = RetryPolicy::builtin_default();
+        assert_eq!(policy.id, "fast");
+        assert_eq!(policy.max_attempts, 3);
+        assert_eq!(policy.initial_backoff, default.initial_backoff);
+        assert_eq!(policy.max_backoff, default.max_backoff);
+        assert_eq!(policy.multiplier, default.multiplier);
+        assert_eq!(policy.jitter, default.jitter);
+        assert_eq!(policy.attempt_timeout, default.attempt_timeout);
+    }
+
+    #[test]
+    fn create_refuses_bad_ids_durations_and_ranges() {
+        let base = proto::CreateRetryPolicyRequest { policy_id: "fast".into(), ..Default::default() };
+        let bad = proto::CreateRetryPolicyRequest { policy_id: String::new(), ..base.clone() };
+        assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "policy_id");
+        let bad = proto::CreateRetryPolicyRequest { initial_backoff: secs(-1), ..base.clone() };
+        assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "initial_backoff");
+        let bad = proto::CreateRetryPolicyRequest {
+            attempt_timeout: Some(PbDuration { seconds: 1, nanos: 2_000_000_000 }),
+            ..base.clone()
+        };
+        assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "attempt_timeout");
+        let bad = proto::CreateRetryPolicyRequest { max_backoff: secs(1), ..base.clone() };
+        assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "max_backoff");
+        let bad = proto::CreateRetryPolicyRequest { jitter: Some(f64::NAN), ..base.clone() };
+        assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "jitter");
+        let bad = proto::CreateRetryPolicyRequest { max_attempts: Some(0), ..base };
+        assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "max_attempts");
+    }
+
+    #[test]
+    fn updates_change_only_present_fields() {
+        let req = proto::UpdateRetryPolicyRequest {
+            policy_id: "default".into(),
+            multiplier: Some(2.0),
+            max_backoff: secs(60),
+            ..Default::default()
+        };
+        let mut policy = RetryPolicy::builtin_default();
+        patch_from_update(&req).unwrap().apply(&mut policy);
+        assert_eq!(policy.multiplier, 2.0);
+        assert_eq!(policy.max_backoff, Duration::from_secs(60));
+        assert_eq!(policy.max_attempts, 8);
+        assert_eq!(policy.initial_backoff, Duration::from_secs(5));
+        policy.validate().unwrap();
+
+        let bad = proto::UpdateRetryPolicyRequest { policy_id: "default".into(), max_backoff: secs(-3), ..Default::default() };
+        assert_eq!(field_of(patch_from_update(&bad).unwrap_err()), "max_backoff");
+    }
+}

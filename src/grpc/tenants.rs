@@ -1,0 +1,194 @@
+//! `wss.v1.TenantService`: tenants are created with a caller-chosen id; deleting one deletes its
+//! webhooks with it (the store does that in one transaction).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{max_chars, optional_id, page_size, tenant_to_proto},
+    ControlPlane, TARGET,
+};
+use crate::{
+    domain::{
+        model::{validate_id, Tenant},
+        store::now_ms,
+        DomainError,
+    },
+    proto::{self, tenant_service_server::TenantService},
+};
+
+/// Longest display name, in characters.
+const MAX_DISPLAY_NAME: usize = 256;
+
+pub(super) struct TenantApi {
+    plane: Arc<ControlPlane>,
+}
+
+impl TenantApi {
+    pub(super) fn new(plane: Arc<ControlPlane>) -> Self {
+        Self { plane }
+    }
+}
+
+fn tenant_from_create(req: proto::CreateTenantRequest) -> Result<Tenant, DomainError> {
+    validate_id("tenant_id", &req.tenant_id)?;
+    max_chars("display_name", &req.display_name, MAX_DISPLAY_NAME)?;
+    optional_id("default_retry_policy_id", &req.default_retry_policy_id)?;
+    let now = now_ms();
+    Ok(Tenant {
+        id: req.tenant_id,
+        display_name: req.display_name,
+        default_retry_policy_id: req.default_retry_policy_id,
+        disabled: req.disabled,
+        created_at_ms: now,
+        updated_at_ms: now,
+    })
+}
+
+/// The fields an update sets, already checked.
+#[derive(Debug, Clone)]
+struct TenantPatch {
+    display_name: Option<String>,
+    default_retry_policy_id: Option<String>,
+    disabled: Option<bool>,
+}
+
+impl TenantPatch {
+    fn from_request(req: &proto::UpdateTenantRequest) -> Result<Self, DomainError> {
+        if let Some(name) = &req.display_name {
+            max_chars("display_name", name, MAX_DISPLAY_NAME)?;
+        }
+        if let Some(id) = &req.default_retry_policy_id {
+            optional_id("default_retry_policy_id", id)?;
+        }
+        Ok(Self {
+            display_name: req.display_name.clone(),
+            default_retry_policy_id: req.default_retry_policy_id.clone(),
+            disabled: req.disabled,
+        })
+    }
+
+    fn apply(&self, tenant: &mut Tenant) {
+        if let Some(name) = &self.display_name {
+            tenant.display_name.clone_from(name);
+        }
+        if let Some(id) = &self.default_retry_policy_id {
+            tenant.default_retry_policy_id.clone_from(id);
+        }
+        if let Some(disabled) = self.disabled {
+            tenant.disabled = disabled;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(&self, request: Request<proto::CreateTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
+        let tenant = tenant_from_create(request.into_inner())?;
+        let created = self.plane.write(move |store| store.create_tenant(tenant)).await?;
+        log::info!(target: TARGET, "created tenant {}", created.id);
+        Ok(Response::new(tenant_to_proto(created)))
+    }
+
+    async fn get_tenant(&self, request: Request<proto::GetTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
+        let id = request.into_inner().tenant_id;
+        validate_id("tenant_id", &id)?;
+        let tenant = self.plane.read(move |store| store.get_tenant(&id)).await?;
+        Ok(Response::new(tenant_to_proto(tenant)))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<proto::ListTenantsRequest>,
+    ) -> Result<Response<proto::ListTenantsResponse>, Status> {
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let page = self.plane.read(move |store| store.list_tenants(size, &req.page_token)).await?;
+        Ok(Response::new(proto::ListTenantsResponse {
+            tenants: page.items.into_iter().map(tenant_to_proto).collect(),
+            next_page_token: page.next_token,
+        }))
+    }
+
+    async fn update_tenant(&self, request: Request<proto::UpdateTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
+        let req = request.into_inner();
+        validate_id("tenant_id", &req.tenant_id)?;
+        let patch = TenantPatch::from_request(&req)?;
+        let id = req.tenant_id;
+        let updated = self
+            .plane
+            .write(move |store| {
+                store.update_tenant(&id, |tenant| {
+                    patch.apply(tenant);
+                    Ok(())
+                })
+            })
+            .await?;
+        log::info!(target: TARGET, "updated tenant {}", updated.id);
+        Ok(Response::new(tenant_to_proto(updated)))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<proto::DeleteTenantRequest>,
+    ) -> Result<Response<proto::DeleteTenantResponse>, Status> {
+        let id = request.into_inner().tenant_id;
+        validate_id("tenant_id", &id)?;
+        let log_id = id.clone();
+        let deleted_webhooks = self.plane.write(move |store| store.delete_tenant(&id)).await?;
+        log::info!(target: TARGET, "deleted tenant {log_id} and its {deleted_webhooks} webhooks");
+        Ok(Response::new(proto::DeleteTenantResponse { deleted_webhooks }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(err: DomainError) -> &'static str {
+        match err {
+            DomainError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_requests_are_checked_field_by_field() {
+        let ok = proto::CreateTenantRequest { tenant_id: "acme".into(), display_name: "ACME".into(), ..Default::default() };
+        let tenant = tenant_from_create(ok.clone()).unwrap();
+        assert_eq!(tenant.id, "acme");
+        assert!(tenant.created_at_ms > 0 && tenant.created_at_ms == tenant.updated_at_ms);
+
+        let bad_id = proto::CreateTenantRequest { tenant_id: "ACME".into(), ..ok.clone() };
+        assert_eq!(field_of(tenant_from_create(bad_id).unwrap_err()), "tenant_id");
+        let long_name = proto::CreateTenantRequest { display_name: "x".repeat(257), ..ok.clone() };
+        assert_eq!(field_of(tenant_from_create(long_name).unwrap_err()), "display_name");
+        let bad_policy = proto::CreateTenantRequest { default_retry_policy_id: "no way".into(), ..ok };
+        assert_eq!(field_of(tenant_from_create(bad_policy).unwrap_err()), "default_retry_policy_id");
+    }
+
+    #[test]
+    fn updates_apply_only_present_fields() {
+        let mut tenant = tenant_from_create(proto::CreateTenantRequest {
+            tenant_id: "acme".into(),
+            display_name: "ACME".into(),
+            default_retry_policy_id: "fast".into(),
+            disabled: false,
+        })
+        .unwrap();
+        let req = proto::UpdateTenantRequest {
+            tenant_id: "acme".into(),
+            default_retry_policy_id: Some(String::new()),
+            disabled: Some(true),
+            ..Default::default()
+        };
+        TenantPatch::from_request(&req).unwrap().apply(&mut tenant);
+        assert_eq!(tenant.display_name, "ACME");
+        assert_eq!(tenant.default_retry_policy_id, "");
+        assert!(tenant.disabled);
+
+        let req = proto::UpdateTenantRequest { display_name: Some("y".repeat(300)), ..Default::default() };
+        assert_eq!(field_of(TenantPatch::from_request(&req).unwrap_err()), "display_name");
+    }
+}

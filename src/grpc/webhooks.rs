@@ -1,0 +1,425 @@
+//! `wss.v1.WebhookService`: the URLs a tenant's events go to.
+//!
+//! The server assigns webhook ids (`wh_` + 26 random base32 characters, 130 bits) and, unless the
+//! caller brings one, the signing secret. The secret is shown once, in the CreateWebhook response;
+//! every other answer carries `secret: ""`, and no log line ever names it.
+//!
+//! A URL whose host is a literal private or loopback address is refused here, with a message
+//! saying how to allow it; a host *name* is checked again at every connect by the HTTP layer's
+//! guarded resolver, since what a name resolves to can change after it was registered.
+
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto, webhook_to_proto},
+    ControlPlane, TARGET,
+};
+use crate::{
+    domain::{
+        model::{self, invalid, Secret, SignatureScheme, Webhook},
+        store::now_ms,
+        DomainError,
+    },
+    proto::{self, webhook_service_server::WebhookService},
+    signature::{generate_secret, StandardSigner},
+};
+
+/// Longest description, in characters.
+const MAX_DESCRIPTION: usize = 1024;
+/// Shortest secret a caller may bring, in bytes.
+const MIN_SECRET_LEN: usize = 16;
+/// Longest secret a caller may bring, in bytes; generous, but it bounds what is stored and hashed.
+const MAX_SECRET_LEN: usize = 1024;
+const ID_PREFIX: &str = "wh_";
+const ID_RANDOM_LEN: usize = 26;
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+pub(super) struct WebhookApi {
+    plane: Arc<ControlPlane>,
+}
+
+impl WebhookApi {
+    pub(super) fn new(plane: Arc<ControlPlane>) -> Self {
+        Self { plane }
+    }
+
+    fn url_rules(&self) -> UrlRules {
+        UrlRules { allow_http: self.plane.allow_http, allow_private_targets: self.plane.allow_private_targets }
+    }
+}
+
+/// Which webhook URLs this instance accepts.
+#[derive(Debug, Clone, Copy)]
+struct UrlRules {
+    allow_http: bool,
+    allow_private_targets: bool,
+}
+
+/// A new webhook id: `wh_` + 26 characters of lowercase base32. Each random byte picks one of 32
+/// characters by its low five bits, so every character is uniform.
+fn new_webhook_id() -> Result<String, getrandom::Error> {
+    let mut random = [0u8; ID_RANDOM_LEN];
+    getrandom::fill(&mut random)?;
+    let mut id = String::with_capacity(ID_PREFIX.len() + ID_RANDOM_LEN);
+    id.push_str(ID_PREFIX);
+    id.extend(random.iter().map(|b| BASE32[usize::from(b & 31)] as char));
+    Ok(id)
+}
+
+fn check_url(url: &str, rules: UrlRules) -> Result<(), DomainError> {
+    model::validate_url(url, rules.allow_http)?;
+    if rules.allow_private_targets {
+        return Ok(());
+    }
+    if let Some(ip) = literal_ip(url) {
+        if let Some(reason) = crate::http::forbidden_reason(ip) {
+            return Err(invalid(
+                "url",
+                format!(
+                    "{ip} is {} {reason} address; wss refuses private targets unless WSS_ALLOW_PRIVATE_TARGETS=true",
+                    article(reason)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The URL's host when it is an IP address literal (`1.2.3.4`, `[::1]`); `None` for a name.
+fn literal_ip(url: &str) -> Option<IpAddr> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    host.parse().ok()
+}
+
+/// "a" or "an" before one of `forbidden_reason`'s words ("an unspecified", "an IPv4-mapped
+/// private", "a unique local").
+fn article(word: &str) -> &'static str {
+    let lower = word.to_ascii_lowercase();
+    let vowel = lower.starts_with(['a', 'e', 'i', 'o']) || (lower.starts_with("un") && !lower.starts_with("uni"));
+    if vowel {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+/// A secret the caller brought. The messages never include it.
+fn check_secret(secret: &str, scheme: SignatureScheme) -> Result<(), DomainError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(invalid(
+            "secret",
+            format!("is {} bytes long; use at least {MIN_SECRET_LEN}, or leave it empty to have one generated", secret.len()),
+        ));
+    }
+    if secret.len() > MAX_SECRET_LEN {
+        return Err(invalid("secret", format!("is {} bytes long; at most {MAX_SECRET_LEN} are allowed", secret.len())));
+    }
+    if scheme == SignatureScheme::StandardWebhooks {
+        StandardSigner::new(secret).map_err(|e| invalid("secret", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Checks a create request and builds the webhook; the secret is generated when not given.
+fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlRules) -> Result<Webhook, DomainError> {
+    model::validate_id("tenant_id", &req.tenant_id)?;
+    check_url(&req.url, rules)?;
+    model::validate_event_types(&req.event_types)?;
+    optional_id("retry_policy_id", &req.retry_policy_id)?;
+    let headers = headers_from_proto(req.headers);
+    model::validate_headers(&headers)?;
+    max_chars("description", &req.description, MAX_DESCRIPTION)?;
+    let signature_scheme = scheme_from_proto(req.signature_scheme)?;
+    let secret = if req.secret.is_empty() {
+        generate_secret()
+    } else {
+        check_secret(&req.secret, signature_scheme)?;
+        req.secret
+    };
+    let now = now_ms();
+    Ok(Webhook {
+        id,
+        tenant_id: req.tenant_id,
+        url: req.url,
+        event_types: req.event_types,
+        retry_policy_id: req.retry_policy_id,
+        headers,
+        description: req.description,
+        enabled: req.enabled.unwrap_or(true),
+        disabled_reason: String::new(),
+        signature_scheme,
+        secret: Secret::new(secret),
+        created_at_ms: now,
+        updated_at_ms: now,
+    })
+}
+
+/// The fields an update sets, already checked.
+#[derive(Debug, Clone, Default)]
+struct WebhookPatch {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    retry_policy_id: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    description: Option<String>,
+    enabled: Option<bool>,
+}
+
+impl WebhookPatch {
+    fn from_request(req: proto::UpdateWebhookRequest, rules: UrlRules) -> Result<Self, DomainError> {
+        if let Some(url) = &req.url {
+            check_url(url, rules)?;
+        }
+        let event_types = req.event_types.map(|e| e.patterns);
+        if let Some(patterns) = &event_types {
+            model::validate_event_types(patterns)?;
+        }
+        if let Some(id) = &req.retry_policy_id {
+            optional_id("retry_policy_id", id)?;
+        }
+        let headers = req.headers.map(|h| headers_from_proto(h.headers));
+        if let Some(headers) = &headers {
+            model::validate_headers(headers)?;
+        }
+        if let Some(description) = &req.description {
+            max_chars("description", description, MAX_DESCRIPTION)?;
+        }
+        Ok(Self {
+            url: req.url,
+            event_types,
+            retry_policy_id: req.retry_policy_id,
+            headers,
+            description: req.description,
+            enabled: req.enabled,
+        })
+    }
+
+    fn apply(&self, webhook: &mut Webhook) {
+        if let Some(url) = &self.url {
+            webhook.url.clone_from(url);
+        }
+        if let Some(patterns) = &self.event_types {
+            webhook.event_types.clone_from(patterns);
+        }
+        if let Some(id) = &self.retry_policy_id {
+            webhook.retry_policy_id.clone_from(id);
+        }
+        if let Some(headers) = &self.headers {
+            webhook.headers.clone_from(headers);
+        }
+        if let Some(description) = &self.description {
+            webhook.description.clone_from(description);
+        }
+        if let Some(enabled) = self.enabled {
+            webhook.enabled = enabled;
+            // An operator's decision either way replaces the service's own: the proto keeps
+            // disabled_reason empty when enabled or when disabled by an operator.
+            webhook.disabled_reason.clear();
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WebhookService for WebhookApi {
+    async fn create_webhook(&self, request: Request<proto::CreateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
+        let id = new_webhook_id().map_err(|e| {
+            log::error!(target: TARGET, "cannot draw a webhook id: {e}");
+            Status::internal("the operating system's random number generator failed; see the server log")
+        })?;
+        let webhook = webhook_from_create(request.into_inner(), id, self.url_rules())?;
+        let created = self.plane.write(move |store| store.create_webhook(webhook)).await?;
+        log::info!(target: TARGET, "created webhook {} of tenant {}", created.id, created.tenant_id);
+        let secret = created.secret.expose().to_owned();
+        let mut out = webhook_to_proto(created);
+        out.secret = secret; // the one answer that shows it
+        Ok(Response::new(out))
+    }
+
+    async fn get_webhook(&self, request: Request<proto::GetWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
+        let id = request.into_inner().webhook_id;
+        required_ref("webhook_id", &id)?;
+        let webhook = self.plane.read(move |store| store.get_webhook(&id)).await?;
+        Ok(Response::new(webhook_to_proto(webhook)))
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<proto::ListWebhooksRequest>,
+    ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
+        let req = request.into_inner();
+        optional_id("tenant_id", &req.tenant_id)?;
+        let size = page_size(req.page_size)?;
+        let page = self.plane.read(move |store| store.list_webhooks(&req.tenant_id, size, &req.page_token)).await?;
+        Ok(Response::new(proto::ListWebhooksResponse {
+            webhooks: page.items.into_iter().map(webhook_to_proto).collect(),
+            next_page_token: page.next_token,
+        }))
+    }
+
+    async fn update_webhook(&self, request: Request<proto::UpdateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
+        let req = request.into_inner();
+        required_ref("webhook_id", &req.webhook_id)?;
+        let id = req.webhook_id.clone();
+        let patch = WebhookPatch::from_request(req, self.url_rules())?;
+        let updated = self
+            .plane
+            .write(move |store| {
+                store.update_webhook(&id, |webhook| {
+                    patch.apply(webhook);
+                    Ok(())
+                })
+            })
+            .await?;
+        log::info!(target: TARGET, "updated webhook {} of tenant {}", updated.id, updated.tenant_id);
+        Ok(Response::new(webhook_to_proto(updated)))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<proto::DeleteWebhookRequest>,
+    ) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
+        let id = request.into_inner().webhook_id;
+        required_ref("webhook_id", &id)?;
+        let log_id = id.clone();
+        self.plane.write(move |store| store.delete_webhook(&id)).await?;
+        log::info!(target: TARGET, "deleted webhook {log_id}");
+        Ok(Response::new(proto::DeleteWebhookResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STRICT: UrlRules = UrlRules { allow_http: false, allow_private_targets: false };
+    const LAX: UrlRules = UrlRules { allow_http: true, allow_private_targets: true };
+
+    fn invalid_of(err: DomainError) -> (&'static str, String) {
+        match err {
+            DomainError::Invalid { field, message } => (field, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn create(secret: &str, scheme: proto::SignatureScheme) -> proto::CreateWebhookRequest {
+        proto::CreateWebhookRequest {
+            tenant_id: "acme".into(),
+            url: "https://hooks.example.com/in".into(),
+            signature_scheme: scheme as i32,
+            secret: secret.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ids_are_prefixed_base32_and_distinct() {
+        let a = new_webhook_id().unwrap();
+        let b = new_webhook_id().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 3 + 26);
+        assert!(a.starts_with("wh_"));
+        assert!(a[3..].bytes().all(|c| BASE32.contains(&c)), "{a}");
+    }
+
+    #[test]
+    fn private_ip_literals_are_refused_unless_allowed() {
+        for url in ["https://127.0.0.1/x", "https://10.1.2.3:8443/", "https://[::1]/x", "https://169.254.169.254/latest"] {
+            let (field, message) = invalid_of(check_url(url, STRICT).unwrap_err());
+            assert_eq!(field, "url");
+            assert!(message.contains("WSS_ALLOW_PRIVATE_TARGETS=true"), "{message}");
+            assert!(check_url(url, LAX).is_ok(), "{url}");
+        }
+        let (_, message) = invalid_of(check_url("https://127.0.0.1/", STRICT).unwrap_err());
+        assert!(message.starts_with("127.0.0.1 is a loopback address;"), "{message}");
+        let (_, message) = invalid_of(check_url("https://[::1]/", STRICT).unwrap_err());
+        assert!(message.starts_with("::1 is a loopback address;"), "{message}");
+        assert!(check_url("https://93.184.215.14/", STRICT).is_ok());
+        assert!(check_url("https://localhost.example.com/", STRICT).is_ok()); // names: checked at connect
+        assert_eq!(invalid_of(check_url("http://example.com/", STRICT).unwrap_err()).0, "url");
+    }
+
+    #[test]
+    fn articles_fit_the_reasons() {
+        assert_eq!(article("loopback"), "a");
+        assert_eq!(article("unspecified"), "an");
+        assert_eq!(article("unique local"), "a");
+        assert_eq!(article("IPv4-mapped private"), "an");
+        assert_eq!(article("IETF protocol assignment"), "an");
+    }
+
+    #[test]
+    fn secrets_are_generated_or_checked_and_never_echoed() {
+        let generated = webhook_from_create(create("", proto::SignatureScheme::Unspecified), "wh_x".into(), STRICT).unwrap();
+        assert!(generated.secret.expose().starts_with("whsec_"));
+        assert_eq!(generated.signature_scheme, SignatureScheme::Wss);
+        assert!(generated.enabled);
+
+        let short = "tooshort";
+        let (field, message) =
+            invalid_of(webhook_from_create(create(short, proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap_err());
+        assert_eq!(field, "secret");
+        assert!(!message.contains(short));
+
+        let not_whsec = "a-long-enough-plain-secret";
+        assert!(webhook_from_create(create(not_whsec, proto::SignatureScheme::Wss), "wh_x".into(), STRICT).is_ok());
+        let (field, message) = invalid_of(
+            webhook_from_create(create(not_whsec, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT)
+                .unwrap_err(),
+        );
+        assert_eq!(field, "secret");
+        assert!(!message.contains(not_whsec), "{message}");
+
+        let standard = generate_secret();
+        let ok = webhook_from_create(create(&standard, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT)
+            .unwrap();
+        assert_eq!(ok.secret.expose(), standard);
+    }
+
+    #[test]
+    fn create_checks_scheme_and_other_fields() {
+        let mut req = create("", proto::SignatureScheme::Wss);
+        req.signature_scheme = 42;
+        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err()).0, "signature_scheme");
+        let mut req = create("", proto::SignatureScheme::Wss);
+        req.description = "d".repeat(1025);
+        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err()).0, "description");
+        let mut req = create("", proto::SignatureScheme::Wss);
+        req.headers.insert("X-WSS-Signature".into(), "forged".into());
+        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err()).0, "headers");
+        let mut req = create("", proto::SignatureScheme::Wss);
+        req.enabled = Some(false);
+        assert!(!webhook_from_create(req, "wh_x".into(), STRICT).unwrap().enabled);
+    }
+
+    #[test]
+    fn updates_apply_present_fields_and_enabling_clears_the_reason() {
+        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        webhook.enabled = false;
+        webhook.disabled_reason = "gone".into();
+        webhook.event_types = vec!["order.*".into()];
+        webhook.headers.insert("X-Keep".into(), "1".into());
+        let req = proto::UpdateWebhookRequest {
+            webhook_id: "wh_x".into(),
+            enabled: Some(true),
+            event_types: Some(proto::EventTypes { patterns: vec![] }),
+            description: Some("new".into()),
+            ..Default::default()
+        };
+        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook);
+        assert!(webhook.enabled);
+        assert_eq!(webhook.disabled_reason, "");
+        assert!(webhook.event_types.is_empty());
+        assert_eq!(webhook.description, "new");
+        assert_eq!(webhook.headers.get("X-Keep").map(String::as_str), Some("1"));
+        assert_eq!(webhook.url, "https://hooks.example.com/in");
+
+        let req = proto::UpdateWebhookRequest { url: Some("https://192.168.0.1/".into()), ..Default::default() };
+        assert_eq!(invalid_of(WebhookPatch::from_request(req, STRICT).unwrap_err()).0, "url");
+        let req = proto::UpdateWebhookRequest { retry_policy_id: Some("Bad Id".into()), ..Default::default() };
+        assert_eq!(invalid_of(WebhookPatch::from_request(req, STRICT).unwrap_err()).0, "retry_policy_id");
+    }
+}

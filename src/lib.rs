@@ -1,0 +1,30 @@
+//! wss — the Webhook Sender Service.
+//!
+//! Internal systems append events to a Redis stream; wss delivers each to the webhooks its tenant
+//! registered, signed with HMAC-SHA256 over timestamp ++ body, retried with exponential backoff,
+//! and dead-lettered when the retries run out. A gRPC control plane manages tenants, webhooks and
+//! retry policies. See README.md for the picture and SPEC.md for the contract.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod deadletter;
+pub mod domain;
+pub mod grpc;
+pub mod http;
+pub mod logging;
+pub mod pipeline;
+pub mod retry;
+pub mod receive;
+pub mod redis_conn;
+pub mod signature;
+pub mod streams;
+
+pub mod proto {
+    //! Code generated from `proto/wss/v1/*.proto` by `build.rs`.
+    #![allow(clippy::all)]
+    tonic::include_proto!("wss.v1");
+    /// The encoded descriptor set served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("wss_descriptor");
+}
+
+pub use signature::verify;

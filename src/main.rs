@@ -1,0 +1,309 @@
+//! The `wss` command: `serve` runs the service; `sign`, `verify` and `receive` are small tools for
+//! people building or testing a receiver.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use crossbeam_channel::{bounded, RecvTimeoutError};
+use wss::{
+    config::{Config, Layers},
+    domain::{routing::RoutingHandle, store::{Keys, Store}},
+    grpc::{self, ControlPlane},
+    pipeline::{Deps, Pipeline},
+    receive::{self, ReceiveOptions},
+    redis_conn::RedisTarget,
+    signature,
+};
+
+#[derive(Parser)]
+#[command(name = "wss", version, about = "Webhook Sender Service: delivers events from Redis Streams to tenants' webhooks, signed and retried")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: read <prefix>events, deliver to webhooks, serve the gRPC control plane.
+    ///
+    /// Settings come from embedded defaults, then --config FILE (TOML), then WSS_* environment
+    /// variables, then these flags. See README.md for every setting.
+    Serve(ServeArgs),
+    /// Print the signature headers for a body read from stdin (SPEC.md §3).
+    Sign {
+        /// The webhook's secret.
+        #[arg(long)]
+        secret: String,
+        /// Unix seconds to sign with (default: now).
+        #[arg(long)]
+        timestamp: Option<String>,
+    },
+    /// Check a signature over a body read from stdin; exits 0 when valid, 1 with the reason.
+    Verify {
+        #[arg(long)]
+        secret: String,
+        /// The X-WSS-Timestamp value as received (Unix seconds or RFC 3339).
+        #[arg(long)]
+        timestamp: String,
+        /// The X-WSS-Signature value as received (one or more, comma-separated).
+        #[arg(long)]
+        signature: String,
+        /// How far the timestamp may be from now, either way.
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        tolerance: Duration,
+    },
+    /// A demo receiver: verifies every request it gets and prints it (your first endpoint).
+    Receive {
+        /// Port to listen on.
+        #[arg(long)]
+        port: u16,
+        /// The webhook's secret, to verify with.
+        #[arg(long)]
+        secret: String,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+        tolerance: Duration,
+        /// Signature scheme the webhook uses.
+        #[arg(long, value_enum, default_value_t = Scheme::Wss)]
+        scheme: Scheme,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Scheme {
+    Wss,
+    StandardWebhooks,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML file with settings (keys as in README.md, e.g. `redis_url = "redis://…"`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Redis URL [env: WSS_REDIS_URL] (default redis://127.0.0.1:6379).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Key prefix [env: WSS_KEY_PREFIX] (default wss:).
+    #[arg(long)]
+    key_prefix: Option<String>,
+    /// Control-plane address [env: WSS_GRPC_ADDR] (default 127.0.0.1:50051).
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Consumer name in group `wss` [env: WSS_CONSUMER] (default <hostname>-<pid>).
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Sender threads [env: WSS_SENDER_THREADS] (default 64).
+    #[arg(long)]
+    sender_threads: Option<String>,
+    /// text or json [env: WSS_LOG_FORMAT].
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Local trials: allow http:// and loopback/private webhook targets (logs a loud warning).
+    #[arg(long)]
+    dev: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Sign { secret, timestamp } => sign(&secret, timestamp),
+        Command::Verify { secret, timestamp, signature, tolerance } => return verify(&secret, &timestamp, &signature, tolerance),
+        Command::Receive { port, secret, bind, tolerance, scheme } => receive::run(ReceiveOptions {
+            bind: SocketAddr::new(bind, port),
+            secret,
+            tolerance,
+            standard_webhooks: matches!(scheme, Scheme::StandardWebhooks),
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wss: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body).context("reading the body from stdin")?;
+    Ok(body)
+}
+
+fn sign(secret: &str, timestamp: Option<String>) -> anyhow::Result<()> {
+    let body = read_stdin()?;
+    let timestamp = timestamp.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string());
+    println!("{}: {timestamp}", signature::TIMESTAMP_HEADER);
+    println!("{}: {}", signature::SIGNATURE_HEADER, signature::sign(secret.as_bytes(), &timestamp, &body));
+    Ok(())
+}
+
+fn verify(secret: &str, timestamp: &str, sig: &str, tolerance: Duration) -> ExitCode {
+    let body = match read_stdin() {
+        Ok(body) => body,
+        Err(err) => {
+            eprintln!("wss: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match signature::verify(secret.as_bytes(), Some(timestamp), Some(sig), &body, tolerance, SystemTime::now()) {
+        Ok(()) => {
+            println!("valid");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            println!("invalid: {reason}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut layers = Layers::new();
+    if let Some(path) = &args.config {
+        layers = layers.file(path);
+    }
+    let mut layers = layers
+        .environment(|name| std::env::var(name).ok())
+        .flag("redis_url", args.redis_url.clone())
+        .flag("key_prefix", args.key_prefix.clone())
+        .flag("grpc_addr", args.grpc_addr.clone())
+        .flag("consumer", args.consumer.clone())
+        .flag("sender_threads", args.sender_threads.clone())
+        .flag("log_format", args.log_format.clone());
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        if std::env::var_os("WSS_LOG_LEVEL").is_none() {
+            layers = layers.flag("log_level", Some(filter));
+        }
+    }
+    if args.dev {
+        layers = layers.flag("allow_http", Some("true".into())).flag("allow_private_targets", Some("true".into()));
+    }
+    Ok(layers.build()?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    wss::logging::init(config.log_format, &config.log_level).map_err(|e| anyhow::anyhow!("log_level: {e}"))?;
+    if args.dev {
+        log::warn!(target: "wss", "DEV MODE: http:// URLs and loopback/private targets are allowed. Never run a shared or production instance with --dev");
+    }
+    if config.admin_token.is_none() {
+        if !config.grpc_addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve the control plane on {} without a token: set WSS_ADMIN_TOKEN (or admin_token_file), or bind to 127.0.0.1",
+                config.grpc_addr
+            );
+        }
+        log::warn!(target: "wss", "no WSS_ADMIN_TOKEN set: the control plane accepts every call from this machine (loopback only)");
+    }
+
+    let redis = RedisTarget::new(&config.redis_url).context("opening the Redis client")?;
+    let keys = Keys::new(&config.key_prefix);
+    let store = Arc::new(Store::new(redis.clone(), keys.clone()));
+    let routing = Arc::new(RoutingHandle::default());
+
+    let listener = TcpListener::bind(config.grpc_addr)
+        .with_context(|| format!("binding the control plane to {} (WSS_GRPC_ADDR); is another wss running?", config.grpc_addr))?;
+    listener.set_nonblocking(true)?;
+    let grpc_addr = listener.local_addr()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wss-grpc")
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+
+    // Signals → one crossbeam channel the main thread waits on.
+    let (signal_tx, signal_rx) = bounded::<&'static str>(1);
+    runtime.spawn(async move {
+        let name = wait_for_signal().await;
+        let _ = signal_tx.try_send(name);
+    });
+
+    let (stop_grpc_tx, stop_grpc_rx) = tokio::sync::oneshot::channel::<()>();
+    let plane = ControlPlane {
+        store: store.clone(),
+        routing: routing.clone(),
+        allow_http: config.allow_http,
+        allow_private_targets: config.allow_private_targets,
+    };
+    let token = config.admin_token.clone();
+    let grpc_task = runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking std listener converts");
+        let shutdown = async move {
+            let _ = stop_grpc_rx.await;
+        };
+        if let Err(err) = grpc::serve(listener, plane, token, shutdown).await {
+            log::error!(target: "wss::grpc", "the control plane stopped: {err}");
+        }
+    });
+    log::info!(target: "wss", "control plane listening on {grpc_addr} (gRPC, reflection on)");
+
+    // The pipeline must not route before the configuration is loaded: an empty snapshot would
+    // dead-letter every event as "unknown tenant".
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match routing.reload(&store) {
+            Ok(version) => {
+                log::info!(target: "wss", "configuration loaded from Redis at {} (version {version})", redis.display_url());
+                break;
+            }
+            Err(err) => log::debug!(target: "wss", "configuration not loaded yet: {err}"),
+        }
+        match signal_rx.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => wait = (wait * 2).min(Duration::from_secs(5)),
+            _ => {
+                log::info!(target: "wss", "stopped before Redis became reachable");
+                return Ok(());
+            }
+        }
+    }
+
+    let grace = config.shutdown_grace;
+    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, config: config.clone() })
+        .context("starting the pipeline threads")?;
+    log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
+
+    let signal = signal_rx.recv().unwrap_or("shutdown");
+    log::info!(target: "wss", "{signal} received: stopping the reader, finishing sends in flight (grace {})", humantime::format_duration(grace));
+    let in_flight = pipeline.in_flight();
+    if pipeline.stop(grace) {
+        log::info!(target: "wss", "pipeline stopped; entries not finished stay pending and are delivered after a restart");
+    } else {
+        log::warn!(target: "wss", "grace period over with sends still running ({in_flight} entries were in flight); unfinished entries stay pending and are delivered after a restart");
+    }
+    let _ = stop_grpc_tx.send(());
+    let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), grpc_task).await });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    log::info!(target: "wss", "bye");
+    Ok(())
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}

@@ -1,0 +1,297 @@
+//! The data plane: OS threads joined by bounded crossbeam channels.
+//!
+//! ```text
+//!  Redis stream ──► reader ──► transformer ──► signer ──► sender × N ──► outcomes ──► XACK
+//!                     │ bad entry    │ unknown tenant ▲                      │ retry
+//!                     └──────────────┴────────────────┼──────────► outcomes  ▼
+//!                                                     └──────────────── scheduler (timed heap)
+//! ```
+//!
+//! - [`reader`] reads `<prefix>events` with XREADGROUP (its own pending entries first), parses
+//!   each entry and admits it into the in-flight window, which bounds memory: when the window is
+//!   full the reader waits, so a slow sender pool slows the reader instead of growing queues.
+//! - [`transformer`] routes an event to its tenant's matching webhooks and serializes the body
+//!   once, whatever the fan-out.
+//! - [`signer`] signs every attempt afresh (new timestamp, current secret), whether it comes from
+//!   the transformer or from the retry scheduler.
+//! - [`sender`] threads POST with ureq and classify the answer.
+//! - [`outcomes`] acknowledges an entry once every delivery it produced is terminal, schedules
+//!   retries, and writes dead letters — batching its Redis writes.
+//! - [`scheduler`] holds retries in a `BinaryHeap` ordered by due time and feeds them back to the
+//!   signer. It never blocks on its input, which breaks the cycle signer → sender → outcomes →
+//!   scheduler → signer, so bounded channels cannot deadlock.
+//!
+//! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
+//! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
+//! at hand, and the outcome stage drains what they report before it exits. Whatever was not
+//! finished stays pending in the consumer group and is read again on the next start.
+
+pub mod event;
+mod outcomes;
+mod reader;
+mod scheduler;
+mod sender;
+mod signer;
+mod transformer;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::{
+    config::Config,
+    deadletter::{AttemptRecord, Reason},
+    domain::{
+        routing::{Route, RoutingHandle},
+        store::{Keys, Store},
+    },
+    redis_conn::RedisTarget,
+};
+
+/// Bookkeeping for one stream entry: acknowledged when its last delivery is terminal.
+#[derive(Debug)]
+pub struct EntryTicket {
+    pub stream_id: String,
+    remaining: AtomicUsize,
+}
+
+impl EntryTicket {
+    fn new(stream_id: String) -> Arc<Self> {
+        Arc::new(Self { stream_id, remaining: AtomicUsize::new(0) })
+    }
+
+    /// Called once, before the deliveries are handed on.
+    fn expect(&self, deliveries: usize) {
+        self.remaining.store(deliveries, Ordering::SeqCst);
+    }
+
+    /// One delivery became terminal; true when it was the last.
+    fn finish_one(&self) -> bool {
+        self.remaining.fetch_sub(1, Ordering::SeqCst) == 1
+    }
+}
+
+/// The part of an event every delivery of it shares.
+#[derive(Debug)]
+pub struct EventMeta {
+    pub id: String,
+    pub event_type: String,
+    pub tenant: String,
+}
+
+/// reader → transformer
+pub struct Inbound {
+    pub event: event::Event,
+    pub ticket: Arc<EntryTicket>,
+}
+
+/// transformer / scheduler → signer
+#[derive(Debug)]
+pub struct Delivery {
+    pub ticket: Arc<EntryTicket>,
+    pub event: Arc<EventMeta>,
+    pub webhook_id: String,
+    pub body: Arc<[u8]>,
+    /// Number of the attempt about to be made, from 1.
+    pub attempt: u32,
+    pub history: Vec<AttemptRecord>,
+}
+
+/// signer → sender
+pub struct SignedDelivery {
+    pub delivery: Delivery,
+    pub route: Arc<Route>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+/// How an attempt ended, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    Delivered,
+    /// 410 Gone: the receiver asked to stop; the webhook is disabled.
+    Gone,
+    Retry { retry_after: Option<Duration> },
+}
+
+/// anything → outcomes
+pub enum Completion {
+    Attempted { delivery: Delivery, route: Arc<Route>, record: AttemptRecord, verdict: Verdict },
+    /// The delivery cannot be attempted any more (webhook deleted or disabled meanwhile).
+    Abandoned { delivery: Delivery, reason: Reason, detail: String },
+    /// The entry broke the contract, or its tenant is unknown or disabled.
+    Rejected { ticket: Arc<EntryTicket>, rejection: event::Rejection, raw_fields: Vec<(Vec<u8>, Vec<u8>)> },
+    /// No webhook of the tenant wants this event.
+    Unrouted { ticket: Arc<EntryTicket> },
+}
+
+/// outcomes → scheduler
+pub struct Scheduled {
+    pub due: Instant,
+    pub delivery: Delivery,
+}
+
+/// The in-flight window: stream entries read and not yet acknowledged. Admission takes a permit
+/// (a slot in a bounded channel), so the reader blocks when the window is full, and remembers
+/// the id, so that re-reading pending entries after a reconnect skips those already in hand.
+pub struct InFlight {
+    permits: (Sender<()>, Receiver<()>),
+    ids: Mutex<HashSet<String>>,
+}
+
+pub enum Admission {
+    Admitted,
+    AlreadyInFlight,
+    ShuttingDown,
+}
+
+impl InFlight {
+    fn new(max: usize) -> Self {
+        Self { permits: bounded(max), ids: Mutex::new(HashSet::new()) }
+    }
+
+    fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
+        if self.ids.lock().contains(id) {
+            return Admission::AlreadyInFlight;
+        }
+        crossbeam_channel::select! {
+            send(self.permits.0, ()) -> _ => {
+                self.ids.lock().insert(id.to_owned());
+                Admission::Admitted
+            }
+            recv(shutdown) -> _ => Admission::ShuttingDown,
+        }
+    }
+
+    fn release(&self, id: &str) {
+        if self.ids.lock().remove(id) {
+            let _ = self.permits.1.try_recv();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the pipeline needs from the rest of the service.
+pub struct Deps {
+    pub config: Config,
+    pub redis: RedisTarget,
+    pub keys: Keys,
+    pub store: Arc<Store>,
+    pub routing: Arc<RoutingHandle>,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    shutdown: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+    in_flight: Arc<InFlight>,
+}
+
+/// Channel capacities between stages: enough to keep each busy, small enough to bound memory.
+const STAGE_QUEUE: usize = 1024;
+
+impl Pipeline {
+    /// Builds every channel and worker, then spawns the threads.
+    pub fn start(deps: Deps) -> std::io::Result<Self> {
+        let Deps { config, redis, keys, store, routing } = deps;
+        let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
+        let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
+        let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
+        let (due_tx, due_rx) = bounded::<Delivery>(STAGE_QUEUE);
+        let (signed_tx, signed_rx) = bounded::<SignedDelivery>(config.sender_threads.max(STAGE_QUEUE / 4));
+        let (done_tx, done_rx) = bounded::<Completion>(STAGE_QUEUE * 4);
+        let (retry_tx, retry_rx) = bounded::<Scheduled>(STAGE_QUEUE);
+        let in_flight = Arc::new(InFlight::new(config.max_in_flight));
+        let agent = crate::http::agent(config.sender_threads, config.allow_private_targets);
+
+        let mut threads = Vec::new();
+        let mut spawn = |name: String, work: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {
+            threads.push(thread::Builder::new().name(name).spawn(work)?);
+            Ok(())
+        };
+
+        let reader = reader::Reader {
+            redis: redis.clone(),
+            stream: keys.events.clone(),
+            consumer: config.consumer.clone(),
+            batch: config.read_batch,
+            block: config.read_block,
+            max_event_bytes: config.max_event_bytes,
+            in_flight: in_flight.clone(),
+        };
+        let (out, done, stop) = (inbound_tx, done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
+
+        let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, input, out, done, stop)))?;
+
+        let (r, out, done, stop) = (routing.clone(), signed_tx, done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-signer".into(), Box::new(move || signer::run(&r, fresh_rx, due_rx, out, done, stop)))?;
+
+        for i in 0..config.sender_threads {
+            let (agent, input, done, stop) = (agent.clone(), signed_rx.clone(), done_tx.clone(), shutdown_rx.clone());
+            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, input, done, stop)))?;
+        }
+        drop(signed_rx);
+        drop(done_tx);
+
+        let stop = shutdown_rx.clone();
+        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due_tx, stop)))?;
+
+        let outcomes = outcomes::Outcomes {
+            redis: redis.clone(),
+            stream: keys.events.clone(),
+            dead_letters: keys.dead_letters.clone(),
+            dead_letter_maxlen: config.dead_letter_maxlen,
+            store: store.clone(),
+            routing: routing.clone(),
+            in_flight: in_flight.clone(),
+            draw: crate::retry::random_draw,
+        };
+        let stop = shutdown_rx.clone();
+        spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, retry_tx, stop)))?;
+
+        let (r, s, stop) = (routing, store, shutdown_rx);
+        spawn(
+            "wss-config".into(),
+            Box::new(move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop)),
+        )?;
+
+        Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight })
+    }
+
+    /// Entries read and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Signals every stage to stop, then waits up to `grace` for them. Returns false when threads
+    /// were still busy (their entries stay pending in Redis and are delivered after a restart).
+    pub fn stop(mut self, grace: Duration) -> bool {
+        drop(self.shutdown.take());
+        let (done_tx, done_rx) = bounded::<()>(1);
+        let threads = std::mem::take(&mut self.threads);
+        thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+            let _ = done_tx.send(());
+        });
+        done_rx.recv_timeout(grace).is_ok()
+    }
+}

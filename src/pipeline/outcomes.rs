@@ -1,0 +1,248 @@
+//! Outcomes: the last stage. For every completion it decides what happens next — acknowledge,
+//! retry later, or dead-letter — and writes the result to Redis.
+//!
+//! - An entry is acknowledged (`XACK <prefix>events wss <id>`) only when every delivery it
+//!   produced is terminal: delivered or dead-lettered. Rejected and unrouted entries are
+//!   acknowledged at once, rejected ones after their dead letter is written.
+//! - A failed attempt with attempts left is scheduled after the policy's delay (or the receiver's
+//!   `Retry-After`, capped); the last failure is dead-lettered with every attempt's outcome.
+//! - `410 Gone` disables the webhook (reason visible in `GetWebhook`) and dead-letters.
+//!
+//! Writes are batched: whatever completions are waiting are handled together, then one pipeline
+//! writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`) before their `XACK`s, so a
+//! crash in between duplicates a dead letter rather than losing one. When Redis is away the stage
+//! keeps the batch and retries; the senders then wait on it, which is the backpressure we want.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crossbeam_channel::{Receiver, Sender};
+use redis::Connection;
+
+use super::{Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict};
+use crate::{
+    deadletter::{AttemptRecord, DeadLetter, Reason},
+    domain::{routing::RoutingHandle, store::Store},
+    redis_conn::RedisTarget,
+    retry::next_delay,
+};
+
+const MAX_BATCH: usize = 512;
+
+pub struct Outcomes {
+    pub redis: RedisTarget,
+    pub stream: String,
+    pub dead_letters: String,
+    pub dead_letter_maxlen: usize,
+    pub store: Arc<Store>,
+    pub routing: Arc<RoutingHandle>,
+    pub in_flight: Arc<InFlight>,
+    /// Source of jitter draws in [-1, 1]; injected so tests can fix it.
+    pub draw: fn() -> f64,
+}
+
+/// Redis writes owed by the completions handled since the last flush.
+#[derive(Default)]
+struct Batch {
+    dead: Vec<DeadLetter>,
+    acks: Vec<String>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.dead.len() + self.acks.len()
+    }
+}
+
+impl Outcomes {
+    /// Runs until every producer of completions is gone (they stop on shutdown), so that what
+    /// the senders finished is still recorded.
+    pub fn run(self, input: Receiver<Completion>, retries: Sender<Scheduled>, shutdown: Receiver<()>) {
+        let mut conn: Option<Connection> = None;
+        let mut batch = Batch::default();
+        while let Ok(first) = input.recv() {
+            self.handle(first, &mut batch, &retries);
+            while batch.len() < MAX_BATCH {
+                match input.try_recv() {
+                    Ok(next) => self.handle(next, &mut batch, &retries),
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut conn, &mut batch, &shutdown);
+        }
+    }
+
+    fn handle(&self, completion: Completion, batch: &mut Batch, retries: &Sender<Scheduled>) {
+        match completion {
+            Completion::Attempted { mut delivery, route, record, verdict } => {
+                let policy = &route.policy;
+                match verdict {
+                    Verdict::Delivered => {
+                        log::debug!(target: "wss::outcomes", "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
+                            delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
+                        finish(&delivery.ticket, batch);
+                    }
+                    Verdict::Gone => {
+                        log_failure(&delivery, &record, "the receiver answered 410 Gone: disabling the webhook");
+                        self.disable_webhook(&delivery.webhook_id);
+                        delivery.history.push(record);
+                        let detail = format!("the receiver answered 410 Gone on attempt {}; webhook {} was disabled", delivery.attempt, delivery.webhook_id);
+                        self.dead_letter(delivery, Reason::Gone, detail, batch);
+                    }
+                    Verdict::Retry { retry_after } if delivery.attempt < policy.max_attempts => {
+                        let delay = next_delay(policy, delivery.attempt, retry_after, (self.draw)());
+                        log_failure(&delivery, &record, &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
+                        delivery.history.push(record);
+                        delivery.attempt += 1;
+                        // A closed scheduler means shutdown: the entry stays pending in Redis.
+                        let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
+                    }
+                    Verdict::Retry { .. } => {
+                        log_failure(&delivery, &record, "no attempts left: dead-lettering");
+                        delivery.history.push(record);
+                        let detail = format!("all {} attempts failed; the last: {}", policy.max_attempts, last_error(&delivery.history));
+                        self.dead_letter(delivery, Reason::MaxAttemptsExhausted, detail, batch);
+                    }
+                }
+            }
+            Completion::Abandoned { delivery, reason, detail } => {
+                log::warn!(target: "wss::outcomes", "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+                self.dead_letter(delivery, reason, detail, batch);
+            }
+            Completion::Rejected { ticket, rejection, raw_fields } => {
+                log::warn!(target: "wss::outcomes", "stream entry {} rejected ({}): {}; dead-lettered and acknowledged",
+                    ticket.stream_id, rejection.reason.as_str(), rejection.detail);
+                let body = fields_as_json(&raw_fields);
+                batch.dead.push(DeadLetter {
+                    reason: rejection.reason.as_str().into(),
+                    detail: rejection.detail,
+                    tenant_id: rejection.tenant,
+                    event_id: rejection.event_id,
+                    event_type: rejection.event_type,
+                    stream_entry_id: ticket.stream_id.clone(),
+                    dead_lettered_at_ms: now_ms(),
+                    body,
+                    raw_fields,
+                    ..Default::default()
+                });
+                batch.acks.push(ticket.stream_id.clone());
+            }
+            Completion::Unrouted { ticket } => batch.acks.push(ticket.stream_id.clone()),
+        }
+    }
+
+    fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
+        batch.dead.push(DeadLetter {
+            reason: reason.as_str().into(),
+            detail,
+            tenant_id: delivery.event.tenant.clone(),
+            webhook_id: delivery.webhook_id.clone(),
+            event_id: delivery.event.id.clone(),
+            event_type: delivery.event.event_type.clone(),
+            stream_entry_id: delivery.ticket.stream_id.clone(),
+            dead_lettered_at_ms: now_ms(),
+            body: String::from_utf8_lossy(&delivery.body).into_owned(),
+            attempts: delivery.history,
+            ..Default::default()
+        });
+        finish(&delivery.ticket, batch);
+    }
+
+    fn disable_webhook(&self, webhook_id: &str) {
+        let reason = "the receiver answered 410 Gone".to_owned();
+        let result = self.store.update_webhook(webhook_id, |w| {
+            w.enabled = false;
+            w.disabled_reason = reason.clone();
+            Ok(())
+        });
+        match result {
+            Ok(_) => {
+                if let Err(err) = self.routing.reload(&self.store) {
+                    log::warn!(target: "wss::outcomes", "webhook {webhook_id} disabled, but reloading the routing failed: {err}");
+                }
+            }
+            Err(err) => log::error!(target: "wss::outcomes", "could not disable webhook {webhook_id} after 410 Gone: {err}"),
+        }
+    }
+
+    /// Writes the batch: dead letters first, then acknowledgements; retried until it succeeds
+    /// or, once shutting down, until Redis cannot be reached (the entries then stay pending).
+    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, shutdown: &Receiver<()>) {
+        if batch.len() == 0 {
+            return;
+        }
+        loop {
+            let con = match conn.as_mut() {
+                Some(con) => con,
+                None => match self.redis.connect_with_retry(shutdown) {
+                    Some(con) => conn.insert(con),
+                    None => {
+                        log::warn!(target: "wss::outcomes", "shutting down with Redis unreachable: {} acknowledgements and {} dead letters not written; those entries stay pending and will be delivered again", batch.acks.len(), batch.dead.len());
+                        *batch = Batch::default();
+                        return;
+                    }
+                },
+            };
+            let mut pipe = redis::pipe();
+            for record in &batch.dead {
+                pipe.cmd("XADD").arg(&self.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
+            }
+            if !batch.acks.is_empty() {
+                pipe.cmd("XACK").arg(&self.stream).arg(super::reader::GROUP).arg(&batch.acks).ignore();
+            }
+            match pipe.query::<()>(con) {
+                Ok(()) => {
+                    for id in batch.acks.drain(..) {
+                        self.in_flight.release(&id);
+                    }
+                    batch.dead.clear();
+                    return;
+                }
+                Err(err) => {
+                    if crate::redis_conn::is_connection_error(&err) {
+                        self.redis.note_down(&err);
+                    } else {
+                        log::error!(target: "wss::outcomes", "writing acknowledgements and dead letters failed: {err}; retrying");
+                        let _ = shutdown.recv_timeout(Duration::from_secs(1));
+                    }
+                    *conn = None;
+                }
+            }
+        }
+    }
+}
+
+fn finish(ticket: &EntryTicket, batch: &mut Batch) {
+    if ticket.finish_one() {
+        batch.acks.push(ticket.stream_id.clone());
+    }
+}
+
+fn log_failure(delivery: &Delivery, record: &AttemptRecord, next: &str) {
+    let what = if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
+    log::warn!(target: "wss::outcomes", "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
+        record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+}
+
+fn last_error(history: &[AttemptRecord]) -> String {
+    history.last().map_or_else(String::new, |r| if r.error.is_empty() { format!("HTTP {}", r.status) } else { r.error.clone() })
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A rejected entry's fields as a JSON object of (lossily decoded) strings, for reading.
+fn fields_as_json(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}

@@ -1,0 +1,145 @@
+//! Sender: a pool of threads, each POSTing one signed delivery at a time through the shared ureq
+//! agent (keep-alive pool, no redirects, guarded resolver — see `crate::http`), then reporting
+//! the attempt to the outcome stage.
+//!
+//! Blocking I/O means throughput is threads ÷ receiver latency, so the pool is sized for latency
+//! (`WSS_SENDER_THREADS`, default 64), not for cores. The whole attempt — connect, send, response
+//! and reading the start of its body — is bounded by the policy's `attempt_timeout`. At most
+//! 1 KiB of the response body is kept, and at most 64 KiB is read, so that a receiver that
+//! answers endlessly cannot hold a thread or memory.
+
+use std::{
+    io::{self, Read},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use ureq::Agent;
+
+use super::{Completion, SignedDelivery, Verdict};
+use crate::{deadletter::AttemptRecord, retry::parse_retry_after};
+
+/// Response bytes kept in the attempt record.
+const EXCERPT_BYTES: usize = 1024;
+/// Response bytes read at most (to let the connection be reused); beyond, it is dropped.
+const DRAIN_BYTES: u64 = 64 * 1024;
+
+pub fn run(agent: &Agent, input: Receiver<SignedDelivery>, done: Sender<Completion>, shutdown: Receiver<()>) {
+    loop {
+        let signed = select! {
+            recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
+            recv(shutdown) -> _ => return,
+        };
+        let (record, verdict) = attempt(agent, &signed);
+        let SignedDelivery { delivery, route, .. } = signed;
+        if done.send(Completion::Attempted { delivery, route, record, verdict }).is_err() {
+            return;
+        }
+    }
+}
+
+fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
+    let webhook = &signed.route.webhook;
+    let timeout = signed.route.policy.attempt_timeout;
+    let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let clock = Instant::now();
+    let mut request = agent.post(&webhook.url).config().timeout_global(Some(timeout)).build();
+    for (name, value) in &signed.headers {
+        request = request.header(*name, value);
+    }
+    for (name, value) in &webhook.headers {
+        request = request.header(name, value);
+    }
+    let mut record = AttemptRecord { attempt: signed.delivery.attempt, started_at_ms, ..Default::default() };
+    let verdict = match request.send(&signed.delivery.body[..]) {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            record.status = status;
+            record.response_excerpt = read_excerpt(response.body_mut().as_reader());
+            let verdict = classify(status, retry_after);
+            if verdict != Verdict::Delivered {
+                record.error_kind = "http_status".into();
+                let reason = response.status().canonical_reason().unwrap_or("");
+                record.error = format!("HTTP {status} {reason}").trim_end().to_owned();
+            }
+            verdict
+        }
+        Err(err) => {
+            record.error_kind = error_kind(&err).into();
+            record.error = err.to_string();
+            Verdict::Retry { retry_after: None }
+        }
+    };
+    record.duration_ms = clock.elapsed().as_millis() as u64;
+    (record, verdict)
+}
+
+/// What a status means (SPEC.md §2): 2xx delivered; 410 stop; 429/503 honour Retry-After;
+/// anything else (3xx included — redirects are not followed) is retried.
+pub fn classify(status: u16, retry_after: Option<std::time::Duration>) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        410 => Verdict::Gone,
+        429 | 503 => Verdict::Retry { retry_after },
+        _ => Verdict::Retry { retry_after: None },
+    }
+}
+
+fn read_excerpt(body: impl Read) -> String {
+    let mut limited = body.take(DRAIN_BYTES);
+    let mut excerpt = Vec::with_capacity(256);
+    let _ = (&mut limited).take(EXCERPT_BYTES as u64).read_to_end(&mut excerpt);
+    let _ = io::copy(&mut limited, &mut io::sink());
+    String::from_utf8_lossy(&excerpt).into_owned()
+}
+
+/// A short class for errors where no response arrived.
+fn error_kind(err: &ureq::Error) -> &'static str {
+    match err {
+        ureq::Error::Timeout(_) => "timeout",
+        ureq::Error::HostNotFound => "dns",
+        ureq::Error::ConnectionFailed => "connect",
+        ureq::Error::Io(e) => match e.kind() {
+            io::ErrorKind::PermissionDenied => "refused_target",
+            io::ErrorKind::ConnectionRefused | io::ErrorKind::AddrNotAvailable | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
+                "connect"
+            }
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
+            _ => "io",
+        },
+        ureq::Error::Protocol(_) => "protocol",
+        ureq::Error::Tls(_) => "tls",
+        other if other.to_string().to_ascii_lowercase().contains("tls") => "tls",
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_verdicts() {
+        assert_eq!(classify(200, None), Verdict::Delivered);
+        assert_eq!(classify(204, None), Verdict::Delivered);
+        assert_eq!(classify(410, None), Verdict::Gone);
+        assert_eq!(classify(301, None), Verdict::Retry { retry_after: None });
+        assert_eq!(classify(500, Some(Duration::from_secs(5))), Verdict::Retry { retry_after: None });
+        assert_eq!(classify(429, Some(Duration::from_secs(5))), Verdict::Retry { retry_after: Some(Duration::from_secs(5)) });
+        assert_eq!(classify(503, None), Verdict::Retry { retry_after: None });
+    }
+
+    #[test]
+    fn excerpts_are_capped() {
+        let big = vec![b'x'; 200_000];
+        assert_eq!(read_excerpt(&big[..]).len(), EXCERPT_BYTES);
+        assert_eq!(read_excerpt(&b"ok"[..]), "ok");
+    }
+}

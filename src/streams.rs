@@ -1,0 +1,122 @@
+//! Decoding Redis stream replies by hand, so that an entry whose fields were deleted (`XDEL` or
+//! trimming while it was pending: Redis answers nil fields) or whose values are not UTF-8 reaches
+//! the pipeline as what it is, instead of failing the whole reply.
+
+use redis::Value;
+
+/// One stream entry; `fields` is `None` when Redis returned the id with nil fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEntry {
+    pub id: String,
+    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl RawEntry {
+    /// Total bytes of field names and values.
+    pub fn size(&self) -> usize {
+        self.fields.iter().flatten().map(|(k, v)| k.len() + v.len()).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected reply shape from Redis: {0}")]
+pub struct ShapeError(String);
+
+fn bytes(value: Value) -> Result<Vec<u8>, ShapeError> {
+    match value {
+        Value::BulkString(b) => Ok(b),
+        Value::SimpleString(s) => Ok(s.into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        other => Err(ShapeError(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn items(value: Value) -> Result<Vec<Value>, ShapeError> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        Value::Map(pairs) => Ok(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        other => Err(ShapeError(format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// Decodes an `XRANGE`/`XREVRANGE` reply (or one stream's part of an `XREADGROUP` reply).
+pub fn parse_entries(value: Value) -> Result<Vec<RawEntry>, ShapeError> {
+    if value == Value::Nil {
+        return Ok(Vec::new());
+    }
+    items(value)?
+        .into_iter()
+        .map(|entry| {
+            let mut parts = items(entry)?.into_iter();
+            let id = parts.next().ok_or_else(|| ShapeError("entry without id".into()))?;
+            let id = String::from_utf8(bytes(id)?).map_err(|_| ShapeError("entry id is not UTF-8".into()))?;
+            let fields = match parts.next() {
+                None | Some(Value::Nil) => None,
+                Some(list) => {
+                    let flat = items(list)?;
+                    let mut pairs = Vec::with_capacity(flat.len() / 2);
+                    let mut it = flat.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        pairs.push((bytes(k)?, bytes(v)?));
+                    }
+                    Some(pairs)
+                }
+            };
+            Ok(RawEntry { id, fields })
+        })
+        .collect()
+}
+
+/// Decodes an `XREADGROUP` reply for one stream (nil when BLOCK timed out).
+pub fn parse_read_reply(value: Value) -> Result<Vec<RawEntry>, ShapeError> {
+    if value == Value::Nil {
+        return Ok(Vec::new());
+    }
+    let mut entries = Vec::new();
+    let mut streams = items(value)?.into_iter();
+    // RESP2: [[name, entries], ...]; RESP3 map flattened: name, entries, ...
+    while let Some(first) = streams.next() {
+        match first {
+            Value::Array(pair) => {
+                let mut pair = pair.into_iter();
+                pair.next();
+                if let Some(list) = pair.next() {
+                    entries.extend(parse_entries(list)?);
+                }
+            }
+            _ => {
+                if let Some(list) = streams.next() {
+                    entries.extend(parse_entries(list)?);
+                }
+            }
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn read_replies_keep_deleted_entries_and_binary_values() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("wss:events"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("tenant"), bulk("acme"), bulk("data"), Value::BulkString(vec![0xff])])]),
+                Value::Array(vec![bulk("2-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = parse_read_reply(reply).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, "1-0");
+        assert_eq!(entries[0].fields.as_ref().unwrap()[1], (b"data".to_vec(), vec![0xff]));
+        assert_eq!(entries[0].size(), 6 + 4 + 4 + 1);
+        assert_eq!(entries[1].fields, None);
+        assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
+    }
+}
