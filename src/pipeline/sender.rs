@@ -43,7 +43,7 @@ fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
     let timeout = signed.route.policy.attempt_timeout;
     let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let clock = Instant::now();
-    let mut request = agent.post(&webhook.url).config().timeout_global(Some(timeout)).build();
+    let mut request = agent.post(&webhook.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
     for (name, value) in &signed.headers {
         request = request.header(*name, value);
     }
