@@ -1,0 +1,817 @@
+//! Shared harness of the integration tests: the real `wss` binary against a real Redis and real
+//! HTTP receivers on loopback.
+//!
+//! - [`Keyspace`]: a unique key prefix per test (`wsstest:<test>:<pid>:<nanos>:`) on the Redis of
+//!   `WSS_TEST_REDIS_URL`, with stream helpers; its keys are deleted when it is dropped.
+//! - [`Service`]: `wss serve` as a child process; every stderr line is kept (and printed when the
+//!   test fails), the gRPC address is read from the log; SIGKILL on drop, SIGTERM on request.
+//! - [`Receiver`]: a small HTTP/1.1 server on `127.0.0.1:0` whose answers are scripted per
+//!   request number, recording every request (headers, raw body, arrival time).
+//! - [`Grpc`]: tonic clients for the control plane.
+//! - [`eventually`]: polls a check until it passes or a deadline expires; tests never sleep to
+//!   wait for work.
+//! - [`wss_signature`]: HMAC-SHA256 computed here with the `hmac`/`sha2` crates, independently of
+//!   `wss::signature`.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tonic::{transport::Channel, Code, Status};
+use wss::proto::{
+    delivery_service_client::DeliveryServiceClient, event_service_client::EventServiceClient,
+    retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
+    webhook_service_client::WebhookServiceClient, CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest,
+    DeadLetter, ListDeadLettersRequest, RetryPolicy, Tenant, Webhook,
+};
+
+/// How long a test waits for something the service should do "soon". Generous: the machine is a
+/// loaded 2-core box running several services at once. Only an upper bound for giving up.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Polling
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `check` until it returns `Ok`, with short pauses between tries; panics after `within`
+/// with `what` was expected and the last thing `check` saw.
+pub async fn eventually<T, Fut>(within: Duration, what: &str, mut check: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => {
+                if Instant::now() >= deadline {
+                    panic!("timed out after {within:?}: expected {what}; last seen: {seen}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for a synchronous check.
+pub async fn wait_until<T>(within: Duration, what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    eventually(within, what, || std::future::ready(check())).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+pub fn redis_url() -> String {
+    std::env::var("WSS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A stream entry id as `(milliseconds, sequence)`, for ordering.
+pub fn parse_stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or_else(|| panic!("{id:?} is not a stream id"));
+    (ms.parse().unwrap_or_else(|_| panic!("{id:?} is not a stream id")), seq.parse().unwrap_or_else(|_| panic!("{id:?} is not a stream id")))
+}
+
+/// The state of consumer group `wss` on a stream.
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    pub last_delivered: (u64, u64),
+    pub pending: u64,
+}
+
+/// This test's corner of Redis: every key it or its services touch starts with `prefix`.
+pub struct Keyspace {
+    pub prefix: String,
+    client: redis::Client,
+}
+
+impl Keyspace {
+    /// A fresh prefix `wsstest:<test>:<pid>:<nanos>:`; checks that Redis answers.
+    pub fn new(test: &str) -> Self {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_nanos();
+        let prefix = format!("wsstest:{test}:{}:{nanos}:", std::process::id());
+        let url = redis_url();
+        let client = redis::Client::open(url.as_str()).unwrap_or_else(|e| panic!("WSS_TEST_REDIS_URL={url:?} is not a Redis URL: {e}"));
+        let ks = Self { prefix, client };
+        let pong: String = redis::cmd("PING")
+            .query(&mut ks.conn())
+            .unwrap_or_else(|e| panic!("Redis at {url} does not answer PING: {e}"));
+        assert_eq!(pong, "PONG");
+        ks
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("cannot connect to the test Redis at {}: {e}; set WSS_TEST_REDIS_URL", redis_url()))
+    }
+
+    /// `<prefix>events`, the stream the service reads.
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    /// `XADD <prefix>events * <fields>`; returns the entry id.
+    pub fn xadd(&self, fields: &[(&str, &str)]) -> String {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.events()).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        cmd.query(&mut self.conn()).unwrap_or_else(|e| panic!("XADD {fields:?} failed: {e}"))
+    }
+
+    /// An event in the usual shape: tenant, type, data.
+    pub fn publish(&self, tenant: &str, event_type: &str, data: &str) -> String {
+        self.xadd(&[("tenant", tenant), ("type", event_type), ("data", data)])
+    }
+
+    /// Group `wss` on `<prefix>events`: the last id handed to a consumer and the number pending.
+    pub fn group_state(&self) -> Result<GroupState, String> {
+        let mut con = self.conn();
+        let groups: redis::Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.events())
+            .query(&mut con)
+            .map_err(|e| format!("XINFO GROUPS {}: {e}", self.events()))?;
+        let group = as_list(&groups)
+            .into_iter()
+            .map(|g| as_map(&g))
+            .find(|g| g.get("name").map(String::as_str) == Some("wss"))
+            .ok_or_else(|| format!("no consumer group wss on {} (yet): {groups:?}", self.events()))?;
+        let last = group.get("last-delivered-id").ok_or_else(|| format!("XINFO GROUPS without last-delivered-id: {group:?}"))?;
+        let pending: redis::Value =
+            redis::cmd("XPENDING").arg(self.events()).arg("wss").query(&mut con).map_err(|e| format!("XPENDING: {e}"))?;
+        let count = match as_list(&pending).first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            other => return Err(format!("unexpected XPENDING reply {other:?}")),
+        };
+        Ok(GroupState { last_delivered: parse_stream_id(last), pending: count })
+    }
+
+    /// Ok when the group has read up to `last_id` at least and nothing is pending: every entry up
+    /// to it was handled and acknowledged.
+    pub fn all_acknowledged_through(&self, last_id: &str) -> Result<(), String> {
+        let state = self.group_state()?;
+        if state.last_delivered < parse_stream_id(last_id) {
+            return Err(format!("group wss has only read up to {:?}, not yet {last_id}", state.last_delivered));
+        }
+        if state.pending != 0 {
+            return Err(format!("XPENDING {} wss = {} (expected 0)", self.events(), state.pending));
+        }
+        Ok(())
+    }
+
+    /// Every key of this test, via SCAN MATCH (never KEYS).
+    pub fn keys(&self) -> Vec<String> {
+        let mut con = self.conn();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = match redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", self.prefix))
+                .arg("COUNT")
+                .arg(500)
+                .query(&mut con)
+            {
+                Ok(reply) => reply,
+                Err(_) => return keys,
+            };
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for Keyspace {
+    /// Best effort: a test that cannot clean up must not fail for it.
+    fn drop(&mut self) {
+        let Ok(mut con) = self.client.get_connection_with_timeout(Duration::from_secs(2)) else { return };
+        for chunk in self.keys().chunks(100) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut con);
+        }
+    }
+}
+
+fn text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::VerbatimString { text, .. } => text.clone(),
+        redis::Value::Int(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn as_list(value: &redis::Value) -> Vec<redis::Value> {
+    match value {
+        redis::Value::Array(items) | redis::Value::Set(items) => items.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// A RESP3 map, or a RESP2 flat list of key, value, key, value…
+fn as_map(value: &redis::Value) -> BTreeMap<String, String> {
+    match value {
+        redis::Value::Map(pairs) => pairs.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        redis::Value::Array(items) => items.chunks(2).filter(|c| c.len() == 2).map(|c| (text(&c[0]), text(&c[1]))).collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service process
+// ---------------------------------------------------------------------------------------------
+
+/// Lines of a child's stderr, kept whole.
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<String>>,
+    /// stderr reached EOF: the process has exited (or closed it).
+    closed: AtomicBool,
+}
+
+/// `wss serve` running as a child process.
+pub struct Service {
+    child: Child,
+    label: String,
+    logs: Arc<Logs>,
+    reader: Option<JoinHandle<()>>,
+    /// The control plane's address, once its log line was seen.
+    pub grpc_addr: Option<SocketAddr>,
+}
+
+impl Service {
+    /// The environment of a test service on `ks`: loopback receivers over http, 8 senders,
+    /// quick reads, debug logs, the gRPC port chosen by the OS.
+    pub fn env(ks: &Keyspace, consumer: &str) -> Vec<(String, String)> {
+        [
+            ("WSS_REDIS_URL", redis_url()),
+            ("WSS_KEY_PREFIX", ks.prefix.clone()),
+            ("WSS_GRPC_ADDR", "127.0.0.1:0".into()),
+            ("WSS_CONSUMER", consumer.into()),
+            ("WSS_ALLOW_PRIVATE_TARGETS", "true".into()),
+            ("WSS_ALLOW_HTTP", "true".into()),
+            ("WSS_SENDER_THREADS", "8".into()),
+            ("WSS_READ_BLOCK", "200ms".into()),
+            ("WSS_LOG_LEVEL", "debug".into()),
+            // The metrics listener is not under test; keep parallel services from colliding.
+            ("WSS_METRICS_ADDR", "127.0.0.1:0".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// Starts `wss serve` with exactly `env` (inherited `WSS_*`/`RUST_LOG` variables removed)
+    /// and waits for nothing.
+    pub fn spawn(label: &str, env: Vec<(String, String)>) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss"));
+        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("WSS_") || name == "RUST_LOG" {
+                cmd.env_remove(&name);
+            }
+        }
+        cmd.envs(env);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_wss")));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Logs::default());
+        let sink = logs.clone();
+        let reader = thread::spawn(move || {
+            let mut stderr = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match stderr.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
+                        sink.lines.lock().unwrap().push(text);
+                    }
+                }
+            }
+            sink.closed.store(true, Ordering::SeqCst);
+        });
+        Self { child, label: label.to_owned(), logs, reader: Some(reader), grpc_addr: None }
+    }
+
+    /// Starts a service on `ks` (plus `extra` variables) and waits until its control plane
+    /// listens and its pipeline reads.
+    pub async fn start(ks: &Keyspace, consumer: &str, extra: &[(&str, &str)]) -> Self {
+        let mut env = Self::env(ks, consumer);
+        for (k, v) in extra {
+            env.retain(|(name, _)| name != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let mut service = Self::spawn(consumer, env);
+        service.wait_for_control_plane().await;
+        service
+            .wait_for(WAIT, "the pipeline to start (a line with `reading ` and `as consumer`)", |l| {
+                l.contains("reading ") && l.contains("as consumer")
+            })
+            .await;
+        service
+    }
+
+    /// Waits for `control plane listening on <addr>` and returns (and keeps) the address.
+    pub async fn wait_for_control_plane(&mut self) -> SocketAddr {
+        const MARK: &str = "control plane listening on ";
+        let line = self.wait_for_log(MARK, WAIT).await;
+        let rest = &line[line.find(MARK).expect("the line has the mark") + MARK.len()..];
+        let addr = rest.split_whitespace().next().unwrap_or_default();
+        let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("cannot read the gRPC address from {line:?}: {e}"));
+        self.grpc_addr = Some(addr);
+        addr
+    }
+
+    /// Connects the control-plane clients.
+    pub async fn grpc(&self) -> Grpc {
+        Grpc::connect(self.grpc_addr.expect("wait_for_control_plane first")).await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every stderr line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.logs.lines.lock().unwrap().clone()
+    }
+
+    /// Waits until a stderr line contains `needle`; returns that line.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) -> String {
+        self.wait_for(within, &format!("a log line containing {needle:?}"), |l| l.contains(needle)).await
+    }
+
+    /// Waits until a stderr line satisfies `matches`; fails early when the process exited.
+    pub async fn wait_for(&self, within: Duration, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let logs = self.logs.clone();
+        wait_until(within, &format!("{what} from wss {}", self.label), || {
+            // Read `closed` first: a line that arrives before EOF is then surely in `lines`.
+            let closed = logs.closed.load(Ordering::SeqCst);
+            if let Some(line) = logs.lines.lock().unwrap().iter().find(|l| matches(l)) {
+                return Ok(line.clone());
+            }
+            if closed {
+                panic!("wss {} exited (stderr closed) before logging {what}", self.label);
+            }
+            Err("no such line yet".into())
+        })
+        .await
+    }
+
+    /// `None` while the process runs.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on the child")
+    }
+
+    /// Sends SIGTERM and waits (up to 40 s: the shutdown grace is 30 s) for the process to exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").arg("-TERM").arg(&pid).status().expect("running kill");
+        assert!(status.success(), "kill -TERM {pid} failed: {status}");
+        let child = &mut self.child;
+        let status = wait_until(Duration::from_secs(40), &format!("wss {} to exit after SIGTERM", self.label), || {
+            child.try_wait().expect("try_wait").ok_or_else(|| "still running".to_owned())
+        })
+        .await;
+        // All of stderr is in `lines` once the reader thread saw EOF.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        status
+    }
+
+    pub fn dump_logs(&self) {
+        eprintln!("----- stderr of wss {} (pid {}) -----", self.label, self.child.id());
+        for line in self.lines() {
+            eprintln!("{line}");
+        }
+        eprintln!("----- end of wss {} -----", self.label);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        // On failure, or on request (`WSS_TEST_SHOW_LOGS=1 cargo test -- --nocapture`).
+        if thread::panicking() || std::env::var_os("WSS_TEST_SHOW_LOGS").is_some() {
+            self.dump_logs();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP receivers
+// ---------------------------------------------------------------------------------------------
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    pub status: u16,
+    /// Wait this long before answering.
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self { status, delay: Duration::ZERO }
+    }
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// 0 for the first request this receiver got.
+    pub index: usize,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// When the whole request (head and body) had been read.
+    pub arrived: Instant,
+    /// The status that was written back, once it was (None while the answer is pending or when
+    /// writing it failed).
+    pub answered: Option<u16>,
+}
+
+impl Recorded {
+    /// A header's value, by case-insensitive name; panics with the headers seen when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.opt_header(name).unwrap_or_else(|| panic!("request #{} has no {name} header; headers: {:?}", self.index, self.headers))
+    }
+
+    pub fn opt_header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.header("X-WSS-Event-Id")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("request #{} body is not JSON ({e}): {}", self.index, String::from_utf8_lossy(&self.body)))
+    }
+
+    /// Delivered: answered with a 2xx.
+    pub fn delivered(&self) -> bool {
+        self.answered.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+type Script = dyn Fn(usize) -> Reply + Send + Sync;
+
+/// A webhook receiver on `127.0.0.1:<port>`: a minimal HTTP/1.1 server on a std `TcpListener`,
+/// one thread per connection, keep-alive supported.
+///
+/// (Not tiny_http: its 0.12 task pool can leave a new connection queued until another
+/// connection closes, which made requests look stuck for the sender's whole attempt timeout.)
+pub struct Receiver {
+    pub addr: SocketAddr,
+    records: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Answers request number `n` (from 0) with `script(n)`.
+    pub fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a receiver on 127.0.0.1:0");
+        let addr = listener.local_addr().expect("the receiver's address");
+        let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let script: Arc<Script> = Arc::new(script);
+        let (recs, stopping) = (records.clone(), stop.clone());
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (recs, script) = (recs.clone(), script.clone());
+                thread::spawn(move || serve_connection(conn, &recs, &*script));
+            }
+        });
+        Self { addr, records, stop, thread: Some(thread) }
+    }
+
+    /// Always 200.
+    pub fn ok() -> Self {
+        Self::start(|_| Reply::status(200))
+    }
+
+    /// 500 for the first `n` requests, then 200.
+    pub fn failing_first(n: usize) -> Self {
+        Self::start(move |i| Reply::status(if i < n { 500 } else { 200 }))
+    }
+
+    /// Always `status`.
+    pub fn always(status: u16) -> Self {
+        Self::start(move |_| Reply::status(status))
+    }
+
+    /// 200 after `delay`.
+    pub fn slow(delay: Duration) -> Self {
+        Self::start(move |_| Reply { status: 200, delay })
+    }
+
+    /// `http://127.0.0.1:<port>/hook`
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until the receiver has at least `n` requests satisfying `filter`; returns all of
+    /// them (not just the filtered ones).
+    pub async fn wait_for_requests(&self, n: usize, what: &str, filter: impl Fn(&Recorded) -> bool) -> Vec<Recorded> {
+        wait_until(WAIT, &format!("{n} {what} at receiver {}", self.addr), || {
+            let all = self.requests();
+            let seen = all.iter().filter(|r| filter(r)).count();
+            if seen >= n {
+                Ok(all)
+            } else {
+                Err(format!("{seen} so far, {} requests in all", all.len()))
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A request head and body as read from the wire.
+struct Incoming {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Serves requests on one connection until the client closes it (or sends garbage).
+fn serve_connection(conn: TcpStream, records: &Mutex<Vec<Recorded>>, script: &Script) {
+    let _ = conn.set_nodelay(true);
+    let Ok(write_half) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    let mut writer = write_half;
+    loop {
+        let incoming = match read_request(&mut reader) {
+            Ok(Some(incoming)) => incoming,
+            Ok(None) | Err(_) => return,
+        };
+        let arrived = Instant::now();
+        let close = incoming.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        let index = {
+            let mut records = records.lock().unwrap();
+            let index = records.len();
+            let Incoming { method, path, headers, body } = incoming;
+            records.push(Recorded { index, method, path, headers, body, arrived, answered: None });
+            index
+        };
+        let reply = script(index);
+        if !reply.delay.is_zero() {
+            thread::sleep(reply.delay); // the receiver's own slowness, not a test waiting for work
+        }
+        let body = format!("status {}", reply.status);
+        let response = format!(
+            "HTTP/1.1 {} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
+            reply.status,
+            body.len(),
+            if close { "close" } else { "keep-alive" }
+        );
+        if writer.write_all(response.as_bytes()).and_then(|()| writer.flush()).is_err() {
+            return;
+        }
+        records.lock().unwrap()[index].answered = Some(reply.status);
+        if close {
+            return;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 request; `None` on a clean EOF before it starts.
+fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Incoming>> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return Err(bad("bad request line")) };
+    let (method, path) = (method.to_owned(), path.to_owned());
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(bad("EOF in the head"));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').ok_or_else(|| bad("header without colon"))?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    let header = |name: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad("bad chunk size"))?;
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                // Trailers are not used by wss; the final CRLF was just read.
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = header("content-length") {
+        let length: usize = length.parse().map_err(|_| bad("bad Content-Length"))?;
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    }
+    Ok(Some(Incoming { method, path, headers, body }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signatures (an implementation independent of wss::signature)
+// ---------------------------------------------------------------------------------------------
+
+/// lowercase hex(HMAC-SHA256(secret, timestamp ++ body)), SPEC.md §3.
+pub fn wss_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks X-WSS-Signature against X-WSS-Timestamp and the raw body of `request`, and that the
+/// timestamp is Unix seconds near now; panics naming what is wrong.
+pub fn assert_signed(secret: &str, request: &Recorded) {
+    let timestamp = request.header("X-WSS-Timestamp");
+    let signature = request.header("X-WSS-Signature");
+    let expected = wss_signature(secret, timestamp, &request.body);
+    assert!(
+        signature.split(',').any(|s| s.trim() == expected),
+        "request #{}: X-WSS-Signature {signature:?} is not HMAC-SHA256(secret, {timestamp:?} ++ body) = {expected:?}; body: {}",
+        request.index,
+        String::from_utf8_lossy(&request.body)
+    );
+    let secs: u64 = timestamp.parse().unwrap_or_else(|_| panic!("X-WSS-Timestamp {timestamp:?} is not Unix seconds"));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    assert!(secs.abs_diff(now) < 600, "X-WSS-Timestamp {secs} is far from now ({now})");
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC
+// ---------------------------------------------------------------------------------------------
+
+/// Clients of the control plane, sharing one connection.
+#[derive(Clone)]
+pub struct Grpc {
+    pub channel: Channel,
+}
+
+impl Grpc {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the control plane at {addr}: {e:?}"));
+        Self { channel }
+    }
+
+    pub fn tenants(&self) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(self.channel.clone())
+    }
+
+    pub fn webhooks(&self) -> WebhookServiceClient<Channel> {
+        WebhookServiceClient::new(self.channel.clone())
+    }
+
+    pub fn policies(&self) -> RetryPolicyServiceClient<Channel> {
+        RetryPolicyServiceClient::new(self.channel.clone())
+    }
+
+    pub fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel.clone())
+    }
+
+    pub fn deliveries(&self) -> DeliveryServiceClient<Channel> {
+        DeliveryServiceClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
+    }
+
+    pub async fn create_tenant(&self, tenant_id: &str) -> Tenant {
+        self.tenants()
+            .create_tenant(CreateTenantRequest { tenant_id: tenant_id.into(), display_name: format!("Tenant {tenant_id}"), ..Default::default() })
+            .await
+            .unwrap_or_else(|s| panic!("CreateTenant {tenant_id}: {s:?}"))
+            .into_inner()
+    }
+
+    /// A webhook of `tenant_id` on `url`; `edit` adjusts the request first.
+    pub async fn create_webhook(&self, tenant_id: &str, url: &str, edit: impl FnOnce(&mut CreateWebhookRequest)) -> Webhook {
+        let mut req = CreateWebhookRequest { tenant_id: tenant_id.into(), url: url.into(), ..Default::default() };
+        edit(&mut req);
+        let webhook = self.webhooks().create_webhook(req).await.unwrap_or_else(|s| panic!("CreateWebhook: {s:?}")).into_inner();
+        assert!(!webhook.secret.is_empty(), "CreateWebhook must return the secret: {webhook:?}");
+        webhook
+    }
+
+    /// A policy with the given attempts and backoffs, no jitter, 2 s attempt timeout.
+    pub async fn create_policy(&self, policy_id: &str, max_attempts: u32, initial_backoff_ms: u64, max_backoff_ms: u64) -> RetryPolicy {
+        self.policies()
+            .create_retry_policy(CreateRetryPolicyRequest {
+                policy_id: policy_id.into(),
+                max_attempts: Some(max_attempts),
+                initial_backoff: Some(pb_ms(initial_backoff_ms)),
+                max_backoff: Some(pb_ms(max_backoff_ms)),
+                multiplier: Some(2.0),
+                jitter: Some(0.0),
+                attempt_timeout: Some(pb_ms(2000)),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("CreateRetryPolicy {policy_id}: {s:?}"))
+            .into_inner()
+    }
+
+    /// Every dead letter, of `tenant_id` or (empty) of all tenants, newest first.
+    pub async fn dead_letters(&self, tenant_id: &str) -> Result<Vec<DeadLetter>, String> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .deliveries()
+                .list_dead_letters(ListDeadLettersRequest { tenant_id: tenant_id.into(), page_size: 100, page_token: token })
+                .await
+                .map_err(|s| format!("ListDeadLetters: {s:?}"))?
+                .into_inner();
+            all.extend(page.dead_letters);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+/// Milliseconds as a google.protobuf.Duration.
+pub fn pb_ms(ms: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+/// Asserts that `result` failed with `code` and, when `field` is given, that the message names it.
+pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, field: Option<&str>, what: &str) -> Status {
+    let status = match result {
+        Ok(value) => panic!("{what}: expected {code:?}, got success: {value:?}"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "{what}: expected {code:?}, got {:?}: {}", status.code(), status.message());
+    if let Some(field) = field {
+        assert!(status.message().contains(field), "{what}: the {code:?} message should name `{field}`: {:?}", status.message());
+    }
+    status
+}
