@@ -30,6 +30,8 @@ const KEYS: &[Key] = &[
     Key { name: "read_block", default: Some("1s") },
     Key { name: "max_event_bytes", default: Some("262144") },
     Key { name: "dead_letter_maxlen", default: Some("1000000") },
+    Key { name: "history_max_age", default: Some("7d") },
+    Key { name: "history_max_count", default: Some("100000") },
     Key { name: "shutdown_grace", default: Some("30s") },
     Key { name: "log_format", default: Some("text") },
     Key { name: "log_level", default: Some("info") },
@@ -79,6 +81,10 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Approximate cap on the dead-letter stream's length.
     pub dead_letter_maxlen: usize,
+    /// Delivery history is kept this long…
+    pub history_max_age: Duration,
+    /// …and at most this many deliveries (per index: all, per tenant, per webhook).
+    pub history_max_count: usize,
     /// How long shutdown waits for in-flight sends before exiting anyway.
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -226,6 +232,8 @@ impl Layers {
             read_block: p.duration("read_block", Duration::from_millis(10), Duration::from_secs(60)),
             max_event_bytes: p.count("max_event_bytes", 64, 64 << 20),
             dead_letter_maxlen: p.count("dead_letter_maxlen", 100, usize::MAX),
+            history_max_age: p.duration("history_max_age", Duration::from_secs(60), Duration::from_secs(365 * 86_400)),
+            history_max_count: p.count("history_max_count", 100, 100_000_000),
             shutdown_grace: p.duration("shutdown_grace", Duration::ZERO, Duration::from_secs(3600)),
             log_format: match p.string("log_format").as_str() {
                 "text" => LogFormat::Text,

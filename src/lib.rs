@@ -10,6 +10,7 @@ pub mod config;
 pub mod deadletter;
 pub mod domain;
 pub mod grpc;
+pub mod history;
 pub mod http;
 pub mod logging;
 pub mod pipeline;

@@ -20,7 +20,12 @@ use super::{
     model::{RetryPolicy, Tenant, Webhook, DEFAULT_POLICY_ID},
     DomainError,
 };
-use crate::{deadletter::DeadLetter, redis_conn::RedisTarget, streams::parse_entries};
+use crate::{
+    deadletter::DeadLetter,
+    history::{self, DeliveryRecord},
+    redis_conn::RedisTarget,
+    streams::parse_entries,
+};
 
 /// Redis keys derived from the prefix; the one place that spells them.
 #[derive(Debug, Clone)]
@@ -32,6 +37,8 @@ pub struct Keys {
     pub webhooks: String,
     pub policies: String,
     pub config_version: String,
+    /// Index of all deliveries (see `crate::history`).
+    pub deliveries: String,
 }
 
 impl Keys {
@@ -44,7 +51,24 @@ impl Keys {
             webhooks: format!("{prefix}webhooks"),
             policies: format!("{prefix}policies"),
             config_version: format!("{prefix}config:version"),
+            deliveries: format!("{prefix}deliveries"),
         }
+    }
+
+    pub fn delivery(&self, id: &str) -> String {
+        format!("{}delivery:{id}", self.prefix)
+    }
+
+    pub fn deliveries_of_tenant(&self, tenant: &str) -> String {
+        format!("{}deliveries:tenant:{tenant}", self.prefix)
+    }
+
+    pub fn deliveries_of_webhook(&self, webhook: &str) -> String {
+        format!("{}deliveries:webhook:{webhook}", self.prefix)
+    }
+
+    pub fn deliveries_of_event(&self, event: &str) -> String {
+        format!("{}deliveries:event:{event}", self.prefix)
     }
 }
 
@@ -374,6 +398,30 @@ impl Store {
                     return Ok(Page { items, next_token: cursor[1..].to_owned() });
                 }
             }
+        })
+    }
+
+    /// Deliveries, newest first (see `crate::history::list`).
+    pub fn list_deliveries(&self, query: &history::Query, page_size: usize, token: &str) -> Result<Page<DeliveryRecord>, DomainError> {
+        let token = if token.is_empty() {
+            None
+        } else {
+            Some(history::decode_token(token).ok_or_else(|| DomainError::Invalid {
+                field: "page_token",
+                message: "is not a token this service returned; pass next_page_token unchanged".into(),
+            })?)
+        };
+        self.with_conn(|con, keys| {
+            let (items, next_token) = history::list(con, keys, query, page_size, token, 20_000).map_err(|e| self.unavailable(e))?;
+            Ok(Page { items, next_token })
+        })
+    }
+
+    pub fn get_delivery(&self, id: &str) -> Result<DeliveryRecord, DomainError> {
+        self.with_conn(|con, keys| {
+            history::get(con, keys, id)
+                .map_err(|e| self.unavailable(e))?
+                .ok_or_else(|| DomainError::NotFound { kind: "delivery", id: id.to_owned() })
         })
     }
 

@@ -1,4 +1,5 @@
-//! `wss.v1.DeliveryService`: what happened to events. ListDeadLetters pages through
+//! `wss.v1.DeliveryService`: what happened to events. ListDeliveries and GetDelivery read the
+//! delivery history (`crate::history`); ListDeadLetters pages through
 //! `<prefix>deadletters` newest first, optionally of one tenant. The tenant filter need not name
 //! an existing tenant: entries rejected as `unknown_tenant`, and those of deleted tenants, must stay
 //! listable.
@@ -7,13 +8,16 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use prost_types::Timestamp;
+
 use super::{
-    convert::{dead_letter_to_proto, optional_id, page_size},
+    convert::{attempt_to_proto, dead_letter_to_proto, optional_id, page_size, required_ref, timestamp},
     ControlPlane,
 };
 use crate::{
     domain::{model::invalid, DomainError},
-    proto::{self, delivery_service_server::DeliveryService},
+    history::{DeliveryRecord, Query, Status as HistoryStatus},
+    proto::{self, delivery_service_server::DeliveryService, DeliveryStatus},
 };
 
 pub(super) struct DeliveryApi {
@@ -39,8 +43,92 @@ fn check_stream_token(token: &str) -> Result<(), DomainError> {
     }
 }
 
+fn status_from_proto(value: i32) -> Result<Option<HistoryStatus>, DomainError> {
+    match DeliveryStatus::try_from(value) {
+        Ok(DeliveryStatus::Unspecified) => Ok(None),
+        Ok(DeliveryStatus::Retrying) => Ok(Some(HistoryStatus::Retrying)),
+        Ok(DeliveryStatus::Delivered) => Ok(Some(HistoryStatus::Delivered)),
+        Ok(DeliveryStatus::DeadLettered) => Ok(Some(HistoryStatus::DeadLettered)),
+        Err(_) => Err(invalid("status", format!("{value} is not a DeliveryStatus"))),
+    }
+}
+
+fn status_to_proto(status: HistoryStatus) -> DeliveryStatus {
+    match status {
+        HistoryStatus::Retrying => DeliveryStatus::Retrying,
+        HistoryStatus::Delivered => DeliveryStatus::Delivered,
+        HistoryStatus::DeadLettered => DeliveryStatus::DeadLettered,
+    }
+}
+
+fn ms_from_proto(field: &'static str, value: Option<&Timestamp>) -> Result<Option<u64>, DomainError> {
+    match value {
+        None => Ok(None),
+        Some(t) if t.seconds < 0 || !(0..1_000_000_000).contains(&t.nanos) => {
+            Err(invalid(field, "must be a time after 1970-01-01T00:00:00Z"))
+        }
+        Some(t) => Ok(Some(t.seconds as u64 * 1000 + t.nanos as u64 / 1_000_000)),
+    }
+}
+
+fn query_from_proto(req: &proto::ListDeliveriesRequest) -> Result<Query, DomainError> {
+    optional_id("tenant_id", &req.tenant_id)?;
+    if !req.webhook_id.is_empty() {
+        required_ref("webhook_id", &req.webhook_id)?;
+    }
+    if !req.event_id.is_empty() {
+        required_ref("event_id", &req.event_id)?;
+    }
+    Ok(Query {
+        tenant_id: req.tenant_id.clone(),
+        webhook_id: req.webhook_id.clone(),
+        event_id: req.event_id.clone(),
+        status: status_from_proto(req.status)?,
+        updated_after_ms: ms_from_proto("updated_after", req.updated_after.as_ref())?,
+        updated_before_ms: ms_from_proto("updated_before", req.updated_before.as_ref())?,
+    })
+}
+
+pub fn delivery_to_proto(record: DeliveryRecord) -> proto::Delivery {
+    proto::Delivery {
+        delivery_id: record.id,
+        tenant_id: record.tenant_id,
+        webhook_id: record.webhook_id,
+        event_id: record.event_id,
+        event_type: record.event_type,
+        stream_entry_id: record.stream_entry_id,
+        status: status_to_proto(record.status).into(),
+        created_at: timestamp(record.created_at_ms),
+        updated_at: timestamp(record.updated_at_ms),
+        next_attempt_at: timestamp(record.next_attempt_at_ms),
+        attempts: record.attempts.into_iter().map(attempt_to_proto).collect(),
+        dead_letter_reason: record.dead_letter_reason,
+    }
+}
+
 #[tonic::async_trait]
 impl DeliveryService for DeliveryApi {
+    async fn list_deliveries(
+        &self,
+        request: Request<proto::ListDeliveriesRequest>,
+    ) -> Result<Response<proto::ListDeliveriesResponse>, Status> {
+        let req = request.into_inner();
+        let query = query_from_proto(&req)?;
+        let size = page_size(req.page_size)?;
+        let page = self.plane.read(move |store| store.list_deliveries(&query, size, &req.page_token)).await?;
+        Ok(Response::new(proto::ListDeliveriesResponse {
+            deliveries: page.items.into_iter().map(delivery_to_proto).collect(),
+            next_page_token: page.next_token,
+        }))
+    }
+
+    async fn get_delivery(&self, request: Request<proto::GetDeliveryRequest>) -> Result<Response<proto::Delivery>, Status> {
+        let id = request.into_inner().delivery_id;
+        required_ref("delivery_id", &id)?;
+        let record = self.plane.read(move |store| store.get_delivery(&id)).await?;
+        Ok(Response::new(delivery_to_proto(record)))
+    }
+
     async fn list_dead_letters(
         &self,
         request: Request<proto::ListDeadLettersRequest>,
@@ -60,6 +148,26 @@ impl DeliveryService for DeliveryApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_requests_become_queries() {
+        let req = proto::ListDeliveriesRequest {
+            tenant_id: "acme".into(),
+            status: DeliveryStatus::Delivered.into(),
+            updated_after: Some(Timestamp { seconds: 2, nanos: 5_000_000 }),
+            ..Default::default()
+        };
+        let q = query_from_proto(&req).unwrap();
+        assert_eq!(q.status, Some(HistoryStatus::Delivered));
+        assert_eq!(q.updated_after_ms, Some(2005));
+        assert_eq!(q.updated_before_ms, None);
+        let bad = proto::ListDeliveriesRequest { status: 99, ..Default::default() };
+        assert!(matches!(query_from_proto(&bad), Err(DomainError::Invalid { field: "status", .. })));
+        let bad = proto::ListDeliveriesRequest { tenant_id: "Not Valid".into(), ..Default::default() };
+        assert!(matches!(query_from_proto(&bad), Err(DomainError::Invalid { field: "tenant_id", .. })));
+        let bad = proto::ListDeliveriesRequest { updated_before: Some(Timestamp { seconds: -5, nanos: 0 }), ..Default::default() };
+        assert!(matches!(query_from_proto(&bad), Err(DomainError::Invalid { field: "updated_before", .. })));
+    }
 
     #[test]
     fn page_tokens_must_be_stream_ids() {

@@ -255,9 +255,9 @@ impl Pipeline {
 
         let outcomes = outcomes::Outcomes {
             redis: redis.clone(),
-            stream: keys.events.clone(),
-            dead_letters: keys.dead_letters.clone(),
+            keys: keys.clone(),
             dead_letter_maxlen: config.dead_letter_maxlen,
+            retention: crate::history::Retention { max_age: config.history_max_age, max_count: config.history_max_count },
             store: store.clone(),
             routing: routing.clone(),
             in_flight: in_flight.clone(),

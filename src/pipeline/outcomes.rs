@@ -18,13 +18,19 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use std::collections::HashSet;
+
 use crossbeam_channel::{Receiver, Sender};
 use redis::Connection;
 
 use super::{Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict};
 use crate::{
     deadletter::{AttemptRecord, DeadLetter, Reason},
-    domain::{routing::RoutingHandle, store::Store},
+    domain::{
+        routing::RoutingHandle,
+        store::{Keys, Store},
+    },
+    history::{self, DeliveryRecord, Retention, Status},
     redis_conn::RedisTarget,
     retry::next_delay,
 };
@@ -33,9 +39,9 @@ const MAX_BATCH: usize = 512;
 
 pub struct Outcomes {
     pub redis: RedisTarget,
-    pub stream: String,
-    pub dead_letters: String,
+    pub keys: Keys,
     pub dead_letter_maxlen: usize,
+    pub retention: Retention,
     pub store: Arc<Store>,
     pub routing: Arc<RoutingHandle>,
     pub in_flight: Arc<InFlight>,
@@ -48,12 +54,19 @@ pub struct Outcomes {
 struct Batch {
     dead: Vec<DeadLetter>,
     acks: Vec<String>,
+    history: Vec<DeliveryRecord>,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.dead.len() + self.acks.len()
+        self.dead.len() + self.acks.len() + self.history.len()
     }
+}
+
+/// History indexes written since they were last trimmed.
+struct Trimming {
+    touched: HashSet<String>,
+    last: Instant,
 }
 
 impl Outcomes {
@@ -62,6 +75,7 @@ impl Outcomes {
     pub fn run(self, input: Receiver<Completion>, retries: Sender<Scheduled>, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         let mut batch = Batch::default();
+        let mut trimming = Trimming { touched: HashSet::new(), last: Instant::now() };
         while let Ok(first) = input.recv() {
             self.handle(first, &mut batch, &retries);
             while batch.len() < MAX_BATCH {
@@ -70,7 +84,7 @@ impl Outcomes {
                     Err(_) => break,
                 }
             }
-            self.flush(&mut conn, &mut batch, &shutdown);
+            self.flush(&mut conn, &mut batch, &mut trimming, &shutdown);
         }
     }
 
@@ -82,6 +96,8 @@ impl Outcomes {
                     Verdict::Delivered => {
                         log::debug!(target: "wss::outcomes", "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
                             delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
+                        delivery.history.push(record);
+                        batch.history.push(history_record(&delivery, Status::Delivered, 0, ""));
                         finish(&delivery.ticket, batch);
                     }
                     Verdict::Gone => {
@@ -95,6 +111,8 @@ impl Outcomes {
                         let delay = next_delay(policy, delivery.attempt, retry_after, (self.draw)());
                         log_failure(&delivery, &record, &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
                         delivery.history.push(record);
+                        let due_ms = now_ms() + delay.as_millis() as u64;
+                        batch.history.push(history_record(&delivery, Status::Retrying, due_ms, ""));
                         delivery.attempt += 1;
                         // A closed scheduler means shutdown: the entry stays pending in Redis.
                         let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
@@ -134,6 +152,7 @@ impl Outcomes {
     }
 
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
+        batch.history.push(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.dead.push(DeadLetter {
             reason: reason.as_str().into(),
             detail,
@@ -169,7 +188,7 @@ impl Outcomes {
 
     /// Writes the batch: dead letters first, then acknowledgements; retried until it succeeds
     /// or, once shutting down, until Redis cannot be reached (the entries then stay pending).
-    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, shutdown: &Receiver<()>) {
+    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, trimming: &mut Trimming, shutdown: &Receiver<()>) {
         if batch.len() == 0 {
             return;
         }
@@ -186,11 +205,15 @@ impl Outcomes {
                 },
             };
             let mut pipe = redis::pipe();
+            let mut touched = Vec::new();
+            for record in &batch.history {
+                touched.extend(history::queue_write(&mut pipe, &self.keys, self.retention, record));
+            }
             for record in &batch.dead {
-                pipe.cmd("XADD").arg(&self.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
+                pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
             }
             if !batch.acks.is_empty() {
-                pipe.cmd("XACK").arg(&self.stream).arg(super::reader::GROUP).arg(&batch.acks).ignore();
+                pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
             }
             match pipe.query::<()>(con) {
                 Ok(()) => {
@@ -198,6 +221,9 @@ impl Outcomes {
                         self.in_flight.release(&id);
                     }
                     batch.dead.clear();
+                    batch.history.clear();
+                    trimming.touched.extend(touched);
+                    self.trim_history(con, trimming);
                     return;
                 }
                 Err(err) => {
@@ -211,6 +237,40 @@ impl Outcomes {
                 }
             }
         }
+    }
+}
+
+impl Outcomes {
+    /// At most once a second: trims the history indexes written since the last trim.
+    fn trim_history(&self, con: &mut Connection, trimming: &mut Trimming) {
+        if trimming.last.elapsed() < Duration::from_secs(1) || trimming.touched.is_empty() {
+            return;
+        }
+        trimming.last = Instant::now();
+        let touched = std::mem::take(&mut trimming.touched);
+        if let Err(err) = history::trim(con, &self.keys, self.retention, &touched, now_ms()) {
+            log::warn!(target: "wss::outcomes", "trimming the delivery history failed ({err}); will try again");
+            trimming.touched = touched;
+        }
+    }
+}
+
+/// The history record of a delivery whose attempts so far are in `delivery.history`.
+fn history_record(delivery: &Delivery, status: Status, next_attempt_at_ms: u64, dead_letter_reason: &str) -> DeliveryRecord {
+    let now = now_ms();
+    DeliveryRecord {
+        id: history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id),
+        tenant_id: delivery.event.tenant.clone(),
+        webhook_id: delivery.webhook_id.clone(),
+        event_id: delivery.event.id.clone(),
+        event_type: delivery.event.event_type.clone(),
+        stream_entry_id: delivery.ticket.stream_id.clone(),
+        status,
+        created_at_ms: delivery.history.first().map_or(now, |a| a.started_at_ms),
+        updated_at_ms: now,
+        next_attempt_at_ms,
+        attempts: delivery.history.clone(),
+        dead_letter_reason: dead_letter_reason.to_owned(),
     }
 }
 
