@@ -24,6 +24,7 @@ const KEYS: &[Key] = &[
     Key { name: "allow_private_targets", default: Some("false") },
     Key { name: "allow_http", default: Some("false") },
     Key { name: "consumer", default: None },
+    Key { name: "claim_after", default: Some("60s") },
     Key { name: "sender_threads", default: Some("64") },
     Key { name: "max_in_flight", default: Some("10000") },
     Key { name: "read_batch", default: Some("256") },
@@ -69,6 +70,8 @@ pub struct Config {
     pub allow_http: bool,
     /// This instance's consumer name in the group `wss`.
     pub consumer: String,
+    /// An entry pending this long under a consumer that stopped renewing it is claimed.
+    pub claim_after: Duration,
     /// Threads sending HTTP requests; size for latency, not cores.
     pub sender_threads: usize,
     /// Stream entries read but not yet acknowledged, at most; the reader waits beyond it.
@@ -226,6 +229,7 @@ impl Layers {
             allow_private_targets: p.boolean("allow_private_targets"),
             allow_http: p.boolean("allow_http"),
             consumer: p.opt_string("consumer").unwrap_or_else(default_consumer),
+            claim_after: p.duration("claim_after", Duration::from_secs(1), Duration::from_secs(86_400)),
             sender_threads: p.count("sender_threads", 1, 4096),
             max_in_flight: p.count("max_in_flight", 1, 10_000_000),
             read_batch: p.count("read_batch", 1, 10_000),

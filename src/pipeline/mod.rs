@@ -27,6 +27,7 @@
 //! finished stays pending in the consumer group and is read again on the next start.
 
 pub mod event;
+mod leases;
 mod outcomes;
 mod reader;
 mod scheduler;
@@ -61,12 +62,15 @@ use crate::{
 #[derive(Debug)]
 pub struct EntryTicket {
     pub stream_id: String,
+    /// Read again after a restart or claimed from another consumer: some of its deliveries may
+    /// already be done (the signer checks the delivery history before sending).
+    pub recovered: bool,
     remaining: AtomicUsize,
 }
 
 impl EntryTicket {
-    fn new(stream_id: String) -> Arc<Self> {
-        Arc::new(Self { stream_id, remaining: AtomicUsize::new(0) })
+    fn new(stream_id: String, recovered: bool) -> Arc<Self> {
+        Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0) })
     }
 
     /// Called once, before the deliveries are handed on.
@@ -127,6 +131,8 @@ pub enum Completion {
     Attempted { delivery: Delivery, route: Arc<Route>, record: AttemptRecord, verdict: Verdict },
     /// The delivery cannot be attempted any more (webhook deleted or disabled meanwhile).
     Abandoned { delivery: Delivery, reason: Reason, detail: String },
+    /// A recovered delivery that its history shows already delivered or dead-lettered.
+    AlreadyTerminal { delivery: Delivery },
     /// The entry broke the contract, or its tenant is unknown or disabled.
     Rejected { ticket: Arc<EntryTicket>, rejection: event::Rejection, raw_fields: Vec<(Vec<u8>, Vec<u8>)> },
     /// No webhook of the tenant wants this event.
@@ -151,6 +157,8 @@ pub enum Admission {
     Admitted,
     AlreadyInFlight,
     ShuttingDown,
+    /// Only from `try_admit`: no room now.
+    Full,
 }
 
 impl InFlight {
@@ -171,6 +179,26 @@ impl InFlight {
         }
     }
 
+    /// Like [`InFlight::admit`], but never waits: a full window answers [`Admission::Full`].
+    fn try_admit(&self, id: &str) -> Admission {
+        let mut ids = self.ids.lock();
+        if ids.contains(id) {
+            return Admission::AlreadyInFlight;
+        }
+        match self.permits.0.try_send(()) {
+            Ok(()) => {
+                ids.insert(id.to_owned());
+                Admission::Admitted
+            }
+            Err(_) => Admission::Full,
+        }
+    }
+
+    /// Free places in the window.
+    fn room(&self) -> usize {
+        self.permits.0.capacity().unwrap_or(usize::MAX).saturating_sub(self.permits.0.len())
+    }
+
     fn release(&self, id: &str) {
         if self.ids.lock().remove(id) {
             let _ = self.permits.1.try_recv();
@@ -179,6 +207,15 @@ impl InFlight {
 
     pub fn len(&self) -> usize {
         self.ids.lock().len()
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.lock().contains(id)
+    }
+
+    /// The ids in flight now, for renewing their leases.
+    fn ids(&self) -> Vec<String> {
+        self.ids.lock().iter().cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -234,14 +271,27 @@ impl Pipeline {
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
         };
-        let (out, done, stop) = (inbound_tx, done_tx.clone(), shutdown_rx.clone());
+        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
+
+        let leases = leases::Leases {
+            redis: redis.clone(),
+            stream: keys.events.clone(),
+            consumer: config.consumer.clone(),
+            claim_after: config.claim_after,
+            batch: config.read_batch,
+            max_event_bytes: config.max_event_bytes,
+            in_flight: in_flight.clone(),
+        };
+        let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-leases".into(), Box::new(move || leases.run(inbound_tx, done, stop)))?;
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
         spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, input, out, done, stop)))?;
 
-        let (r, out, done, stop) = (routing.clone(), signed_tx, done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-signer".into(), Box::new(move || signer::run(&r, fresh_rx, due_rx, out, done, stop)))?;
+        let signer = signer::Signer { routing: routing.clone(), redis: redis.clone(), keys: keys.clone() };
+        let (out, done, later, stop) = (signed_tx, done_tx.clone(), retry_tx.clone(), shutdown_rx.clone());
+        spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, out, done, later, stop)))?;
 
         for i in 0..config.sender_threads {
             let (agent, input, done, stop) = (agent.clone(), signed_rx.clone(), done_tx.clone(), shutdown_rx.clone());

@@ -125,6 +125,7 @@ impl Outcomes {
                     }
                 }
             }
+            Completion::AlreadyTerminal { delivery } => finish(&delivery.ticket, batch),
             Completion::Abandoned { delivery, reason, detail } => {
                 log::warn!(target: "wss::outcomes", "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id, delivery.webhook_id, delivery.event.tenant);
                 self.dead_letter(delivery, reason, detail, batch);

@@ -11,6 +11,9 @@
 //! Each entry is parsed ([`super::event::parse_entry`]) and admitted to the in-flight window;
 //! a valid one goes to the transformer, a bad one straight to the outcome stage as a rejection.
 //! Redis errors: the connection is dropped and made anew (the outage is logged once).
+//!
+//! Entries re-read at start are marked recovered: the signer checks their delivery history so
+//! that what was already delivered is not sent again. Leases and claiming: see `super::leases`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,6 +25,7 @@ use crate::{
     redis_conn::{is_connection_error, RedisTarget},
     streams::{parse_read_reply, RawEntry},
 };
+
 
 pub const GROUP: &str = "wss";
 
@@ -59,6 +63,7 @@ impl Reader {
                     None => return,
                 },
             };
+            let recovered = matches!(cursor, Cursor::Pending(_));
             let entries = match self.read(con, &cursor) {
                 Ok(entries) => entries,
                 Err(err) => {
@@ -82,10 +87,11 @@ impl Reader {
             for entry in entries {
                 match self.in_flight.admit(&entry.id, &shutdown) {
                     Admission::Admitted => {}
-                    Admission::AlreadyInFlight => continue,
+                    // (`admit` waits for room rather than answering `Full`.)
+                    Admission::AlreadyInFlight | Admission::Full => continue,
                     Admission::ShuttingDown => return,
                 }
-                if !self.hand_on(entry, &out, &done) {
+                if !hand_on(entry, recovered, self.max_event_bytes, &out, &done) {
                     return;
                 }
             }
@@ -134,15 +140,16 @@ impl Reader {
         parse_read_reply(reply).map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREADGROUP reply", e.to_string())))
     }
 
-    /// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
-    fn hand_on(&self, entry: RawEntry, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
-        let ticket = EntryTicket::new(entry.id.clone());
-        match parse_entry(&entry, self.max_event_bytes) {
-            Ok(event) => out.send(Inbound { event, ticket }).is_ok(),
-            Err(rejection) => {
-                let raw_fields = entry.fields.unwrap_or_default();
-                done.send(Completion::Rejected { ticket, rejection, raw_fields }).is_ok()
-            }
+}
+
+/// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
+pub(super) fn hand_on(entry: RawEntry, recovered: bool, max_event_bytes: usize, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
+    let ticket = EntryTicket::new(entry.id.clone(), recovered);
+    match parse_entry(&entry, max_event_bytes) {
+        Ok(event) => out.send(Inbound { event, ticket }).is_ok(),
+        Err(rejection) => {
+            let raw_fields = entry.fields.unwrap_or_default();
+            done.send(Completion::Rejected { ticket, rejection, raw_fields }).is_ok()
         }
     }
 }

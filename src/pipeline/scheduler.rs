@@ -96,7 +96,7 @@ mod tests {
 
     fn delivery(name: &str) -> Delivery {
         Delivery {
-            ticket: EntryTicket::new(name.into()),
+            ticket: EntryTicket::new(name.into(), false),
             event: Arc::new(EventMeta { id: name.into(), event_type: "t".into(), tenant: "acme".into() }),
             webhook_id: "wh".into(),
             body: Arc::from(&b"{}"[..]),

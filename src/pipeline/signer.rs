@@ -4,40 +4,132 @@
 //! It looks the webhook up in the current routing snapshot at signing time, so a retry of a
 //! webhook deleted or disabled meanwhile is abandoned (dead-lettered with that reason) rather
 //! than sent. Inputs: fresh deliveries from the transformer and due retries from the scheduler.
+//!
+//! Recovery: a delivery of an entry read again after a crash or claimed from another instance
+//! is first looked up in the delivery history (`<prefix>delivery:<id>`, one GET on this rare
+//! path). Already delivered or dead-lettered: it is not sent again. Retrying: it resumes with
+//! its attempt count and attempts, at the time its next attempt was due. So a receiver that
+//! answered 2xx gets a duplicate only when the crash fell between its answer and the record.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use crossbeam_channel::{select, Receiver, Sender};
+use redis::Connection;
 
-use super::{Completion, Delivery, EventMeta, SignedDelivery};
+use super::{Completion, Delivery, EventMeta, Scheduled, SignedDelivery};
 use crate::{
     deadletter::Reason,
-    domain::routing::{RouteSigner, RoutingHandle},
+    domain::{
+        routing::{RouteSigner, RoutingHandle},
+        store::Keys,
+    },
+    history::{self, DeliveryRecord, Status},
+    redis_conn::{is_connection_error, RedisTarget},
     signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER},
 };
 
-pub fn run(
-    routing: &RoutingHandle,
-    fresh: Receiver<Delivery>,
-    due: Receiver<Delivery>,
-    out: Sender<SignedDelivery>,
-    done: Sender<Completion>,
-    shutdown: Receiver<()>,
-) {
-    loop {
-        let delivery = select! {
-            recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
-            recv(due) -> msg => match msg { Ok(d) => d, Err(_) => return },
-            recv(shutdown) -> _ => return,
-        };
-        let sent = match sign(routing, delivery, now_secs()) {
-            Ok(signed) => out.send(signed).is_ok(),
-            Err(abandoned) => done.send(abandoned).is_ok(),
-        };
-        if !sent {
-            return;
+pub struct Signer {
+    pub routing: Arc<RoutingHandle>,
+    pub redis: RedisTarget,
+    pub keys: Keys,
+}
+
+/// What the history says to do with a recovered delivery.
+enum Resume {
+    /// No record: send as a first attempt.
+    Fresh(Delivery),
+    /// Continue its retries, the next one due at `due`.
+    Later(Delivery, Instant),
+    Done(Delivery),
+}
+
+impl Signer {
+    pub fn run(
+        self,
+        fresh: Receiver<Delivery>,
+        due: Receiver<Delivery>,
+        out: Sender<SignedDelivery>,
+        done: Sender<Completion>,
+        later: Sender<Scheduled>,
+        shutdown: Receiver<()>,
+    ) {
+        let mut conn: Option<Connection> = None;
+        loop {
+            let mut delivery = select! {
+                recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
+                recv(due) -> msg => match msg { Ok(d) => d, Err(_) => return },
+                recv(shutdown) -> _ => return,
+            };
+            if delivery.ticket.recovered && delivery.attempt == 1 && delivery.history.is_empty() {
+                match self.resume(&mut conn, delivery) {
+                    Resume::Fresh(d) => delivery = d,
+                    Resume::Later(d, due) => {
+                        if later.send(Scheduled { due, delivery: d }).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Resume::Done(d) => {
+                        if done.send(Completion::AlreadyTerminal { delivery: d }).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let sent = match sign(&self.routing, delivery, now_secs()) {
+                Ok(signed) => out.send(signed).is_ok(),
+                Err(abandoned) => done.send(abandoned).is_ok(),
+            };
+            if !sent {
+                return;
+            }
         }
     }
+
+    fn resume(&self, conn: &mut Option<Connection>, mut delivery: Delivery) -> Resume {
+        let id = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
+        match self.lookup(conn, &id) {
+            Ok(None) => Resume::Fresh(delivery),
+            Ok(Some(record)) => match record.status {
+                Status::Delivered | Status::DeadLettered => {
+                    log::info!(target: "wss::signer", "recovered delivery {id} was already {:?}; not sending it again", record.status);
+                    Resume::Done(delivery)
+                }
+                Status::Retrying => {
+                    delivery.attempt = record.attempts.len() as u32 + 1;
+                    delivery.history = record.attempts;
+                    let wait = record.next_attempt_at_ms.saturating_sub(now_ms());
+                    log::info!(target: "wss::signer", "recovered delivery {id}: resuming at attempt {} in {} ms", delivery.attempt, wait);
+                    Resume::Later(delivery, Instant::now() + Duration::from_millis(wait))
+                }
+            },
+            Err(err) => {
+                log::warn!(target: "wss::signer", "cannot read the history of recovered delivery {id} ({err}); sending it again");
+                Resume::Fresh(delivery)
+            }
+        }
+    }
+
+    fn lookup(&self, conn: &mut Option<Connection>, id: &str) -> redis::RedisResult<Option<DeliveryRecord>> {
+        if conn.is_none() {
+            *conn = Some(self.redis.connect_once(Duration::from_secs(2))?);
+        }
+        let result = history::get(conn.as_mut().expect("just connected"), &self.keys, id);
+        if let Err(err) = &result {
+            if is_connection_error(err) {
+                *conn = None;
+            }
+        }
+        result
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now_secs() -> u64 {
