@@ -26,6 +26,9 @@ const KEYS: &[Key] = &[
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
     Key { name: "sender_threads", default: Some("64") },
+    Key { name: "webhook_concurrency", default: Some("8") },
+    Key { name: "circuit_failures", default: Some("5") },
+    Key { name: "circuit_cooldown", default: Some("30s") },
     Key { name: "max_in_flight", default: Some("10000") },
     Key { name: "read_batch", default: Some("256") },
     Key { name: "read_block", default: Some("1s") },
@@ -74,6 +77,12 @@ pub struct Config {
     pub claim_after: Duration,
     /// Threads sending HTTP requests; size for latency, not cores.
     pub sender_threads: usize,
+    /// Attempts to one webhook at once, at most; the excess waits (endpoint isolation).
+    pub webhook_concurrency: usize,
+    /// Consecutive failed attempts that open a webhook's circuit.
+    pub circuit_failures: u32,
+    /// How long an open circuit holds attempts back before one probe (doubling after a failed one).
+    pub circuit_cooldown: Duration,
     /// Stream entries read but not yet acknowledged, at most; the reader waits beyond it.
     pub max_in_flight: usize,
     /// Entries per XREADGROUP.
@@ -231,6 +240,9 @@ impl Layers {
             consumer: p.opt_string("consumer").unwrap_or_else(default_consumer),
             claim_after: p.duration("claim_after", Duration::from_secs(1), Duration::from_secs(86_400)),
             sender_threads: p.count("sender_threads", 1, 4096),
+            webhook_concurrency: p.count("webhook_concurrency", 1, 4096),
+            circuit_failures: p.count("circuit_failures", 1, 1_000_000) as u32,
+            circuit_cooldown: p.duration("circuit_cooldown", Duration::from_millis(100), Duration::from_secs(86_400)),
             max_in_flight: p.count("max_in_flight", 1, 10_000_000),
             read_batch: p.count("read_batch", 1, 10_000),
             read_block: p.duration("read_block", Duration::from_millis(10), Duration::from_secs(60)),

@@ -27,6 +27,7 @@
 //! finished stays pending in the consumer group and is read again on the next start.
 
 pub mod event;
+pub mod isolation;
 mod leases;
 mod outcomes;
 mod reader;
@@ -289,9 +290,18 @@ impl Pipeline {
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
         spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, input, out, done, stop)))?;
 
-        let signer = signer::Signer { routing: routing.clone(), redis: redis.clone(), keys: keys.clone() };
-        let (out, done, later, stop) = (signed_tx, done_tx.clone(), retry_tx.clone(), shutdown_rx.clone());
-        spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, out, done, later, stop)))?;
+        let isolation = Arc::new(isolation::Isolation::new(isolation::Settings {
+            max_in_flight: config.webhook_concurrency,
+            failures_to_open: config.circuit_failures,
+            cooldown: config.circuit_cooldown,
+        }));
+        // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
+        // progress are bounded by the sender queue and pool. Bounded, it could close a cycle.
+        let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<String>();
+        let signer = signer::Signer { routing: routing.clone(), isolation: isolation.clone(), redis: redis.clone(), keys: keys.clone() };
+        let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone(), later: retry_tx.clone() };
+        let stop = shutdown_rx.clone();
+        spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
 
         for i in 0..config.sender_threads {
             let (agent, input, done, stop) = (agent.clone(), signed_rx.clone(), done_tx.clone(), shutdown_rx.clone());
@@ -311,6 +321,8 @@ impl Pipeline {
             store: store.clone(),
             routing: routing.clone(),
             in_flight: in_flight.clone(),
+            isolation,
+            freed: freed_tx,
             draw: crate::retry::random_draw,
         };
         let stop = shutdown_rx.clone();

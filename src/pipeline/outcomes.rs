@@ -8,9 +8,10 @@
 //!   `Retry-After`, capped); the last failure is dead-lettered with every attempt's outcome.
 //! - `410 Gone` disables the webhook (reason visible in `GetWebhook`) and dead-letters.
 //!
-//! Writes are batched: whatever completions are waiting are handled together, then one pipeline
-//! writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`) before their `XACK`s, so a
-//! crash in between duplicates a dead letter rather than losing one. When Redis is away the stage
+//! Writes are batched: whatever completions are waiting are handled together, then one
+//! transaction (`MULTI … EXEC`) writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`),
+//! their delivery history and their `XACK`s, so that no crash leaves an entry acknowledged
+//! without its records, or recorded as finished but unacknowledged and unrecorded as dead. When Redis is away the stage
 //! keeps the batch and retries; the senders then wait on it, which is the backpressure we want.
 
 use std::{
@@ -23,7 +24,10 @@ use std::collections::HashSet;
 use crossbeam_channel::{Receiver, Sender};
 use redis::Connection;
 
-use super::{Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict};
+use super::{
+    isolation::{Isolation, Transition},
+    Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict,
+};
 use crate::{
     deadletter::{AttemptRecord, DeadLetter, Reason},
     domain::{
@@ -45,6 +49,9 @@ pub struct Outcomes {
     pub store: Arc<Store>,
     pub routing: Arc<RoutingHandle>,
     pub in_flight: Arc<InFlight>,
+    pub isolation: Arc<Isolation>,
+    /// Tells the signer a webhook's attempt ended, so its parked deliveries may go.
+    pub freed: Sender<String>,
     /// Source of jitter draws in [-1, 1]; injected so tests can fix it.
     pub draw: fn() -> f64,
 }
@@ -91,6 +98,7 @@ impl Outcomes {
     fn handle(&self, completion: Completion, batch: &mut Batch, retries: &Sender<Scheduled>) {
         match completion {
             Completion::Attempted { mut delivery, route, record, verdict } => {
+                self.attempt_ended(&delivery.webhook_id, verdict == Verdict::Delivered);
                 let policy = &route.policy;
                 match verdict {
                     Verdict::Delivered => {
@@ -152,6 +160,18 @@ impl Outcomes {
         }
     }
 
+    /// Frees the webhook's slot, updates its circuit, and lets the signer release what it parked.
+    fn attempt_ended(&self, webhook_id: &str, success: bool) {
+        match self.isolation.finish(webhook_id, success, Instant::now()) {
+            Some(Transition::Opened { failures, cooldown }) => log::warn!(target: "wss::outcomes",
+                "circuit of webhook {webhook_id} opened after {failures} consecutive failures: no attempts for {}, then one probe",
+                humantime::format_duration(cooldown)),
+            Some(Transition::Closed) => log::info!(target: "wss::outcomes", "circuit of webhook {webhook_id} closed: the probe succeeded"),
+            None => {}
+        }
+        let _ = self.freed.send(webhook_id.to_owned());
+    }
+
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
         batch.history.push(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.dead.push(DeadLetter {
@@ -205,13 +225,16 @@ impl Outcomes {
                     }
                 },
             };
+            // One MULTI/EXEC: dead letters, history and acknowledgements land together or not
+            // at all, so a crash can never leave an entry acknowledged without its records.
             let mut pipe = redis::pipe();
+            pipe.atomic();
+            for record in &batch.dead {
+                pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
+            }
             let mut touched = Vec::new();
             for record in &batch.history {
                 touched.extend(history::queue_write(&mut pipe, &self.keys, self.retention, record));
-            }
-            for record in &batch.dead {
-                pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
             }
             if !batch.acks.is_empty() {
                 pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();

@@ -5,6 +5,10 @@
 //! webhook deleted or disabled meanwhile is abandoned (dead-lettered with that reason) rather
 //! than sent. Inputs: fresh deliveries from the transformer and due retries from the scheduler.
 //!
+//! Isolation: before sending, the signer asks `super::isolation` — over the webhook's in-flight
+//! cap the delivery is parked (unsigned, in order) until an attempt of that webhook ends; with
+//! the webhook's circuit open it is scheduled for the end of the cool-down.
+//!
 //! Recovery: a delivery of an entry read again after a crash or claimed from another instance
 //! is first looked up in the delivery history (`<prefix>delivery:<id>`, one GET on this rare
 //! path). Already delivered or dead-lettered: it is not sent again. Retrying: it resumes with
@@ -12,6 +16,7 @@
 //! answered 2xx gets a duplicate only when the crash fell between its answer and the record.
 
 use std::{
+    collections::{HashMap, VecDeque},
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -19,11 +24,14 @@ use std::{
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::Connection;
 
-use super::{Completion, Delivery, EventMeta, Scheduled, SignedDelivery};
+use super::{
+    isolation::{Gate, Isolation},
+    Completion, Delivery, EventMeta, Scheduled, SignedDelivery,
+};
 use crate::{
     deadletter::Reason,
     domain::{
-        routing::{RouteSigner, RoutingHandle},
+        routing::{Route, RouteSigner, RoutingHandle},
         store::Keys,
     },
     history::{self, DeliveryRecord, Status},
@@ -33,6 +41,7 @@ use crate::{
 
 pub struct Signer {
     pub routing: Arc<RoutingHandle>,
+    pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
 }
@@ -46,47 +55,98 @@ enum Resume {
     Done(Delivery),
 }
 
+/// Where signed, abandoned and postponed deliveries go.
+pub struct Outputs {
+    pub out: Sender<SignedDelivery>,
+    pub done: Sender<Completion>,
+    pub later: Sender<Scheduled>,
+}
+
+/// A next stage is gone: shutdown.
+struct Stopped;
+
 impl Signer {
-    pub fn run(
-        self,
-        fresh: Receiver<Delivery>,
-        due: Receiver<Delivery>,
-        out: Sender<SignedDelivery>,
-        done: Sender<Completion>,
-        later: Sender<Scheduled>,
-        shutdown: Receiver<()>,
-    ) {
+    /// `freed` names a webhook each time one of its attempts ends (sent by the outcome stage), so
+    /// that its parked deliveries can go.
+    pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
+        // Deliveries over their webhook's in-flight cap, unsigned, in arrival order.
+        let mut parked: HashMap<String, VecDeque<Delivery>> = HashMap::new();
         loop {
-            let mut delivery = select! {
+            let delivery = select! {
                 recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
                 recv(due) -> msg => match msg { Ok(d) => d, Err(_) => return },
+                recv(freed) -> msg => {
+                    let Ok(webhook) = msg else { return };
+                    if self.release(&webhook, &mut parked, &outputs).is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 recv(shutdown) -> _ => return,
             };
-            if delivery.ticket.recovered && delivery.attempt == 1 && delivery.history.is_empty() {
+            let delivery = if delivery.ticket.recovered && delivery.attempt == 1 && delivery.history.is_empty() {
                 match self.resume(&mut conn, delivery) {
-                    Resume::Fresh(d) => delivery = d,
+                    Resume::Fresh(d) => d,
                     Resume::Later(d, due) => {
-                        if later.send(Scheduled { due, delivery: d }).is_err() {
+                        if outputs.later.send(Scheduled { due, delivery: d }).is_err() {
                             return;
                         }
                         continue;
                     }
                     Resume::Done(d) => {
-                        if done.send(Completion::AlreadyTerminal { delivery: d }).is_err() {
+                        if outputs.done.send(Completion::AlreadyTerminal { delivery: d }).is_err() {
                             return;
                         }
                         continue;
                     }
                 }
-            }
-            let sent = match sign(&self.routing, delivery, now_secs()) {
-                Ok(signed) => out.send(signed).is_ok(),
-                Err(abandoned) => done.send(abandoned).is_ok(),
+            } else {
+                delivery
             };
-            if !sent {
-                return;
+            // Behind deliveries already parked for the same webhook: keep arrival order.
+            if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
+                queue.push_back(delivery);
+                continue;
             }
+            match self.dispatch(delivery, &outputs) {
+                Ok(None) => {}
+                Ok(Some(over_cap)) => parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap),
+                Err(Stopped) => return,
+            }
+        }
+    }
+
+    /// Sends what the webhook's freed slots allow of its parked deliveries.
+    fn release(&self, webhook: &str, parked: &mut HashMap<String, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
+        let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
+        while let Some(delivery) = queue.pop_front() {
+            if let Some(still_over) = self.dispatch(delivery, outputs)? {
+                queue.push_front(still_over);
+                break;
+            }
+        }
+        if queue.is_empty() {
+            parked.remove(webhook);
+        }
+        Ok(())
+    }
+
+    /// Abandons, signs and sends, postpones (open circuit), or hands back a delivery that is over
+    /// its webhook's in-flight cap.
+    fn dispatch(&self, delivery: Delivery, outputs: &Outputs) -> Result<Option<Delivery>, Stopped> {
+        let route = match current_route(&self.routing, delivery) {
+            Ok(found) => found,
+            Err(abandoned) => return outputs.done.send(abandoned).map(|_| None).map_err(|_| Stopped),
+        };
+        let (delivery, route) = route;
+        match self.isolation.admit(&delivery.webhook_id, Instant::now()) {
+            Gate::Go => {
+                let headers = signed_headers(&route.signer, &delivery.event, delivery.attempt, &delivery.body, now_secs());
+                outputs.out.send(SignedDelivery { route, headers, delivery }).map(|_| None).map_err(|_| Stopped)
+            }
+            Gate::Park => Ok(Some(delivery)),
+            Gate::WaitUntil(due) => outputs.later.send(Scheduled { due, delivery }).map(|_| None).map_err(|_| Stopped),
         }
     }
 
@@ -136,7 +196,8 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn sign(routing: &RoutingHandle, delivery: Delivery, now_secs: u64) -> Result<SignedDelivery, Completion> {
+/// The webhook's current route, or the reason the delivery cannot be attempted any more.
+fn current_route(routing: &RoutingHandle, delivery: Delivery) -> Result<(Delivery, Arc<Route>), Completion> {
     let snapshot = routing.current();
     let Some(route) = snapshot.webhooks.get(&delivery.webhook_id) else {
         let detail = format!("webhook {} was deleted before attempt {}", delivery.webhook_id, delivery.attempt);
@@ -151,8 +212,7 @@ fn sign(routing: &RoutingHandle, delivery: Delivery, now_secs: u64) -> Result<Si
         let detail = format!("webhook {} was not attempted again: {why}", delivery.webhook_id);
         return Err(Completion::Abandoned { delivery, reason, detail });
     }
-    let headers = signed_headers(&route.signer, &delivery.event, delivery.attempt, &delivery.body, now_secs);
-    Ok(SignedDelivery { route: route.clone(), headers, delivery })
+    Ok((delivery, route.clone()))
 }
 
 /// The headers wss owns for one attempt (SPEC.md §2–3); static headers are added by the sender.

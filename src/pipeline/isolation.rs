@@ -1,0 +1,224 @@
+//! Endpoint isolation: one slow or failing webhook must not occupy the sender pool or stall the
+//! others. Shared by the signer (which asks before sending) and the outcome stage (which reports
+//! each attempt's end).
+//!
+//! - **In-flight cap** (`WSS_WEBHOOK_CONCURRENCY`, default 8): at most that many attempts to one
+//!   webhook at once. The excess is parked, unsigned, in a per-webhook queue in the signer and
+//!   released as attempts finish, so it waits without blocking other webhooks' deliveries.
+//! - **Circuit breaker**: after `WSS_CIRCUIT_FAILURES` (default 5) consecutive failed attempts
+//!   the circuit opens for `WSS_CIRCUIT_COOLDOWN` (default 30 s): deliveries are scheduled for
+//!   the end of the cool-down instead of attempted, and they keep their attempt count. Then one
+//!   probe goes out alone (half-open): success closes the circuit, failure opens it again for
+//!   twice as long, up to 10 minutes (or the cool-down, if longer).
+//!
+//! The state is a map behind a mutex, touched twice per attempt; time is passed in, so the state
+//! machine is tested without clocks.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub max_in_flight: usize,
+    pub failures_to_open: u32,
+    pub cooldown: Duration,
+}
+
+impl Settings {
+    fn max_cooldown(&self) -> Duration {
+        self.cooldown.max(Duration::from_secs(600))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Circuit {
+    Closed,
+    /// Attempts wait until `until`; the next cool-down after a failed probe is `cooldown` × 2.
+    Open { until: Instant, cooldown: Duration },
+    /// The probe is out; everything else waits for its verdict.
+    HalfOpen { cooldown: Duration },
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    in_flight: usize,
+    failures: u32,
+    circuit: Circuit,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed }
+    }
+}
+
+/// What the signer should do with a delivery now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Send it (a slot was taken; report its end with [`Isolation::finish`]).
+    Go,
+    /// Keep it until a slot of this webhook frees up.
+    Park,
+    /// The circuit is open: schedule it for then.
+    WaitUntil(Instant),
+}
+
+/// A change of circuit state worth logging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Opened { failures: u32, cooldown: Duration },
+    Closed,
+}
+
+pub struct Isolation {
+    settings: Settings,
+    endpoints: Mutex<HashMap<String, Endpoint>>,
+}
+
+impl Isolation {
+    pub fn new(settings: Settings) -> Self {
+        Self { settings, endpoints: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn admit(&self, webhook: &str, now: Instant) -> Gate {
+        let mut endpoints = self.endpoints.lock();
+        let endpoint = endpoints.entry(webhook.to_owned()).or_default();
+        match endpoint.circuit {
+            Circuit::Open { until, .. } if now < until => return Gate::WaitUntil(until),
+            Circuit::Open { cooldown, .. } => {
+                if endpoint.in_flight > 0 {
+                    return Gate::Park; // attempts from before it opened are still out
+                }
+                endpoint.circuit = Circuit::HalfOpen { cooldown };
+                endpoint.in_flight += 1;
+                return Gate::Go; // the probe
+            }
+            Circuit::HalfOpen { .. } => return Gate::Park,
+            Circuit::Closed => {}
+        }
+        if endpoint.in_flight >= self.settings.max_in_flight {
+            return Gate::Park;
+        }
+        endpoint.in_flight += 1;
+        Gate::Go
+    }
+
+    /// An attempt admitted with [`Gate::Go`] ended. Returns a transition to log, if any.
+    pub fn finish(&self, webhook: &str, success: bool, now: Instant) -> Option<Transition> {
+        let mut endpoints = self.endpoints.lock();
+        let endpoint = endpoints.entry(webhook.to_owned()).or_default();
+        endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
+        if success {
+            endpoint.failures = 0;
+            let was_open = endpoint.circuit != Circuit::Closed;
+            endpoint.circuit = Circuit::Closed;
+            let idle = endpoint.in_flight == 0;
+            if idle {
+                endpoints.remove(webhook); // nothing to remember about a healthy idle endpoint
+            }
+            return was_open.then_some(Transition::Closed);
+        }
+        endpoint.failures = endpoint.failures.saturating_add(1);
+        match endpoint.circuit {
+            Circuit::HalfOpen { cooldown } => {
+                let cooldown = (cooldown * 2).min(self.settings.max_cooldown());
+                endpoint.circuit = Circuit::Open { until: now + cooldown, cooldown };
+                Some(Transition::Opened { failures: endpoint.failures, cooldown })
+            }
+            Circuit::Closed if endpoint.failures >= self.settings.failures_to_open => {
+                let cooldown = self.settings.cooldown;
+                endpoint.circuit = Circuit::Open { until: now + cooldown, cooldown };
+                Some(Transition::Opened { failures: endpoint.failures, cooldown })
+            }
+            _ => None,
+        }
+    }
+
+    /// The circuit of `webhook` (Closed when unknown).
+    pub fn circuit(&self, webhook: &str) -> Circuit {
+        self.endpoints.lock().get(webhook).map_or(Circuit::Closed, |e| e.circuit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn isolation() -> Isolation {
+        Isolation::new(Settings { max_in_flight: 2, failures_to_open: 3, cooldown: Duration::from_secs(30) })
+    }
+
+    #[test]
+    fn the_cap_parks_the_excess_and_a_finish_frees_a_slot() {
+        let iso = isolation();
+        let now = Instant::now();
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        assert_eq!(iso.admit("a", now), Gate::Park);
+        assert_eq!(iso.admit("b", now), Gate::Go, "other webhooks are not affected");
+        iso.finish("a", true, now);
+        assert_eq!(iso.admit("a", now), Gate::Go);
+    }
+
+    #[test]
+    fn consecutive_failures_open_the_circuit_and_one_probe_decides() {
+        let iso = isolation();
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            assert_eq!(iso.admit("a", t0), Gate::Go);
+            assert_eq!(iso.finish("a", false, t0), None);
+        }
+        assert_eq!(iso.admit("a", t0), Gate::Go);
+        assert_eq!(iso.finish("a", false, t0), Some(Transition::Opened { failures: 3, cooldown: Duration::from_secs(30) }));
+        let until = t0 + Duration::from_secs(30);
+        assert_eq!(iso.admit("a", t0 + Duration::from_secs(10)), Gate::WaitUntil(until));
+
+        // Cool-down over: one probe, the rest wait for it.
+        let t1 = until + Duration::from_millis(1);
+        assert_eq!(iso.admit("a", t1), Gate::Go);
+        assert_eq!(iso.admit("a", t1), Gate::Park);
+        // The probe fails: open again, twice as long.
+        assert_eq!(iso.finish("a", false, t1), Some(Transition::Opened { failures: 4, cooldown: Duration::from_secs(60) }));
+        assert_eq!(iso.admit("a", t1), Gate::WaitUntil(t1 + Duration::from_secs(60)));
+
+        // Next probe succeeds: closed, normal service.
+        let t2 = t1 + Duration::from_secs(61);
+        assert_eq!(iso.admit("a", t2), Gate::Go);
+        assert_eq!(iso.finish("a", true, t2), Some(Transition::Closed));
+        assert_eq!(iso.circuit("a"), Circuit::Closed);
+        assert_eq!(iso.admit("a", t2), Gate::Go);
+        assert_eq!(iso.admit("a", t2), Gate::Go);
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let iso = isolation();
+        let t = Instant::now();
+        for success in [false, false, true, false, false] {
+            assert_eq!(iso.admit("a", t), Gate::Go);
+            assert_eq!(iso.finish("a", success, t), None, "never three failures in a row");
+        }
+        assert_eq!(iso.circuit("a"), Circuit::Closed);
+    }
+
+    #[test]
+    fn cool_downs_are_capped() {
+        let iso = Isolation::new(Settings { max_in_flight: 1, failures_to_open: 1, cooldown: Duration::from_secs(300) });
+        let mut t = Instant::now();
+        assert_eq!(iso.admit("a", t), Gate::Go);
+        iso.finish("a", false, t);
+        for _ in 0..5 {
+            t += Duration::from_secs(3600);
+            assert_eq!(iso.admit("a", t), Gate::Go);
+            iso.finish("a", false, t);
+        }
+        match iso.circuit("a") {
+            Circuit::Open { cooldown, .. } => assert_eq!(cooldown, Duration::from_secs(600)),
+            other => panic!("expected open, got {other:?}"),
+        }
+    }
+}
