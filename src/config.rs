@@ -29,6 +29,7 @@ const KEYS: &[Key] = &[
     Key { name: "webhook_concurrency", default: Some("8") },
     Key { name: "circuit_failures", default: Some("5") },
     Key { name: "circuit_cooldown", default: Some("30s") },
+    Key { name: "auto_disable_after", default: Some("off") },
     Key { name: "max_in_flight", default: Some("10000") },
     Key { name: "read_batch", default: Some("256") },
     Key { name: "read_block", default: Some("1s") },
@@ -83,6 +84,8 @@ pub struct Config {
     pub circuit_failures: u32,
     /// How long an open circuit holds attempts back before one probe (doubling after a failed one).
     pub circuit_cooldown: Duration,
+    /// Disable a webhook whose attempts have all failed for this long (`off`: never).
+    pub auto_disable_after: Option<Duration>,
     /// Stream entries read but not yet acknowledged, at most; the reader waits beyond it.
     pub max_in_flight: usize,
     /// Entries per XREADGROUP.
@@ -243,6 +246,10 @@ impl Layers {
             webhook_concurrency: p.count("webhook_concurrency", 1, 4096),
             circuit_failures: p.count("circuit_failures", 1, 1_000_000) as u32,
             circuit_cooldown: p.duration("circuit_cooldown", Duration::from_millis(100), Duration::from_secs(86_400)),
+            auto_disable_after: match p.string("auto_disable_after").trim() {
+                "off" | "" | "0" => None,
+                _ => Some(p.duration("auto_disable_after", Duration::from_secs(1), Duration::from_secs(365 * 86_400))),
+            },
             max_in_flight: p.count("max_in_flight", 1, 10_000_000),
             read_batch: p.count("read_batch", 1, 10_000),
             read_block: p.duration("read_block", Duration::from_millis(10), Duration::from_secs(60)),

@@ -76,3 +76,34 @@ async fn failures_open_the_circuit_and_a_single_probe_decides() {
     // The waiting deliveries kept their attempts: none was dead-lettered.
     assert!(grpc.dead_letters("acme").await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_failing_for_too_long_is_disabled_with_its_reason() {
+    let ks = Keyspace::new("auto_disable");
+    let broken = Receiver::always(503);
+    let env = [("WSS_AUTO_DISABLE_AFTER", "1s"), ("WSS_CIRCUIT_FAILURES", "1000")];
+    let service = Service::start(&ks, "auto-disable", &env).await;
+    let grpc = service.grpc().await;
+    grpc.create_policy("stubborn", 50, 100, 200).await;
+    grpc.create_tenant("acme").await;
+    let webhook = grpc.create_webhook("acme", &broken.url(), |r| r.retry_policy_id = "stubborn".into()).await;
+    ks.publish("acme", "t", "{}");
+
+    let disabled = common::eventually(WAIT, "the webhook disabled", || {
+        let mut client = grpc.webhooks();
+        let id = webhook.webhook_id.clone();
+        async move {
+            let w = client.get_webhook(wss::proto::GetWebhookRequest { webhook_id: id }).await.map_err(|s| format!("{s:?}"))?.into_inner();
+            if w.enabled { Err("still enabled".to_owned()) } else { Ok(w) }
+        }
+    })
+    .await;
+    assert!(disabled.disabled_reason.contains("failed for"), "the reason says why: {:?}", disabled.disabled_reason);
+    let dead = common::eventually(WAIT, "the pending delivery dead-lettered", || async {
+        let found = grpc.dead_letters("acme").await?;
+        if found.len() == 1 { Ok(found) } else { Err(format!("{found:?}")) }
+    })
+    .await;
+    assert_eq!(dead[0].reason, "webhook_disabled");
+    assert!(dead[0].attempts.len() >= 2, "its failed attempts are kept: {:?}", dead[0].attempts);
+}

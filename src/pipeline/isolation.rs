@@ -11,6 +11,9 @@
 //!   probe goes out alone (half-open): success closes the circuit, failure opens it again for
 //!   twice as long, up to 10 minutes (or the cool-down, if longer).
 //!
+//! - **Auto-disable** (`WSS_AUTO_DISABLE_AFTER`, off by default): a webhook whose attempts have
+//!   all failed for that long is disabled, with the reason visible in `GetWebhook`.
+//!
 //! The state is a map behind a mutex, touched twice per attempt; time is passed in, so the state
 //! machine is tested without clocks.
 
@@ -26,6 +29,8 @@ pub struct Settings {
     pub max_in_flight: usize,
     pub failures_to_open: u32,
     pub cooldown: Duration,
+    /// Disable a webhook that has failed without a success for this long.
+    pub auto_disable_after: Option<Duration>,
 }
 
 impl Settings {
@@ -48,11 +53,13 @@ struct Endpoint {
     in_flight: usize,
     failures: u32,
     circuit: Circuit,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
 }
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed }
+        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None }
     }
 }
 
@@ -72,6 +79,8 @@ pub enum Gate {
 pub enum Transition {
     Opened { failures: u32, cooldown: Duration },
     Closed,
+    /// Failing without a success for longer than `auto_disable_after`: disable the webhook.
+    FailingTooLong { failures: u32, since: Duration },
 }
 
 pub struct Isolation {
@@ -114,6 +123,7 @@ impl Isolation {
         endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
         if success {
             endpoint.failures = 0;
+            endpoint.failing_since = None;
             let was_open = endpoint.circuit != Circuit::Closed;
             endpoint.circuit = Circuit::Closed;
             let idle = endpoint.in_flight == 0;
@@ -123,6 +133,15 @@ impl Isolation {
             return was_open.then_some(Transition::Closed);
         }
         endpoint.failures = endpoint.failures.saturating_add(1);
+        let since = *endpoint.failing_since.get_or_insert(now);
+        if let Some(limit) = self.settings.auto_disable_after {
+            let failing_for = now.saturating_duration_since(since);
+            if failing_for >= limit {
+                let failures = endpoint.failures;
+                endpoints.remove(webhook);
+                return Some(Transition::FailingTooLong { failures, since: failing_for });
+            }
+        }
         match endpoint.circuit {
             Circuit::HalfOpen { cooldown } => {
                 let cooldown = (cooldown * 2).min(self.settings.max_cooldown());
@@ -149,7 +168,7 @@ mod tests {
     use super::*;
 
     fn isolation() -> Isolation {
-        Isolation::new(Settings { max_in_flight: 2, failures_to_open: 3, cooldown: Duration::from_secs(30) })
+        Isolation::new(Settings { max_in_flight: 2, failures_to_open: 3, cooldown: Duration::from_secs(30), auto_disable_after: None })
     }
 
     #[test]
@@ -206,8 +225,30 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_failing_for_too_long_is_to_be_disabled() {
+        let iso = Isolation::new(Settings {
+            max_in_flight: 4,
+            failures_to_open: 1000,
+            cooldown: Duration::from_secs(30),
+            auto_disable_after: Some(Duration::from_secs(3600)),
+        });
+        let t0 = Instant::now();
+        assert_eq!(iso.admit("a", t0), Gate::Go);
+        assert_eq!(iso.finish("a", false, t0), None);
+        // A success in between restarts the clock.
+        assert_eq!(iso.admit("a", t0), Gate::Go);
+        assert_eq!(iso.finish("a", true, t0 + Duration::from_secs(1800)), None);
+        let t1 = t0 + Duration::from_secs(2000);
+        assert_eq!(iso.admit("a", t1), Gate::Go);
+        assert_eq!(iso.finish("a", false, t1), None);
+        let t2 = t1 + Duration::from_secs(3600);
+        assert_eq!(iso.admit("a", t2), Gate::Go);
+        assert_eq!(iso.finish("a", false, t2), Some(Transition::FailingTooLong { failures: 2, since: Duration::from_secs(3600) }));
+    }
+
+    #[test]
     fn cool_downs_are_capped() {
-        let iso = Isolation::new(Settings { max_in_flight: 1, failures_to_open: 1, cooldown: Duration::from_secs(300) });
+        let iso = Isolation::new(Settings { max_in_flight: 1, failures_to_open: 1, cooldown: Duration::from_secs(300), auto_disable_after: None });
         let mut t = Instant::now();
         assert_eq!(iso.admit("a", t), Gate::Go);
         iso.finish("a", false, t);

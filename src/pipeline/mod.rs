@@ -294,6 +294,7 @@ impl Pipeline {
             max_in_flight: config.webhook_concurrency,
             failures_to_open: config.circuit_failures,
             cooldown: config.circuit_cooldown,
+            auto_disable_after: config.auto_disable_after,
         }));
         // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
         // progress are bounded by the sender queue and pool. Bounded, it could close a cycle.

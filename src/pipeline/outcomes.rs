@@ -110,7 +110,7 @@ impl Outcomes {
                     }
                     Verdict::Gone => {
                         log_failure(&delivery, &record, "the receiver answered 410 Gone: disabling the webhook");
-                        self.disable_webhook(&delivery.webhook_id);
+                        self.disable_webhook(&delivery.webhook_id, "the receiver answered 410 Gone".to_owned());
                         delivery.history.push(record);
                         let detail = format!("the receiver answered 410 Gone on attempt {}; webhook {} was disabled", delivery.attempt, delivery.webhook_id);
                         self.dead_letter(delivery, Reason::Gone, detail, batch);
@@ -167,6 +167,14 @@ impl Outcomes {
                 "circuit of webhook {webhook_id} opened after {failures} consecutive failures: no attempts for {}, then one probe",
                 humantime::format_duration(cooldown)),
             Some(Transition::Closed) => log::info!(target: "wss::outcomes", "circuit of webhook {webhook_id} closed: the probe succeeded"),
+            Some(Transition::FailingTooLong { failures, since }) => {
+                let reason = format!(
+                    "every attempt failed for {} ({failures} in a row; WSS_AUTO_DISABLE_AFTER); re-enable with UpdateWebhook enabled=true",
+                    humantime::format_duration(Duration::from_secs(since.as_secs()))
+                );
+                log::warn!(target: "wss::outcomes", "disabling webhook {webhook_id}: {reason}");
+                self.disable_webhook(webhook_id, reason);
+            }
             None => {}
         }
         let _ = self.freed.send(webhook_id.to_owned());
@@ -190,8 +198,7 @@ impl Outcomes {
         finish(&delivery.ticket, batch);
     }
 
-    fn disable_webhook(&self, webhook_id: &str) {
-        let reason = "the receiver answered 410 Gone".to_owned();
+    fn disable_webhook(&self, webhook_id: &str, reason: String) {
         let result = self.store.update_webhook(webhook_id, |w| {
             w.enabled = false;
             w.disabled_reason = reason.clone();
