@@ -12,6 +12,7 @@ pub mod domain;
 pub mod grpc;
 pub mod history;
 pub mod http;
+pub mod http_server;
 pub mod logging;
 pub mod pipeline;
 pub mod retry;

@@ -4,26 +4,36 @@
 //! It is deliberately what a real receiver should be, and nothing more: read the *raw* body,
 //! verify it with the same [`crate::signature`] functions the sender is tested against, answer
 //! `200 ok` or `401 <reason>`, and show one line per request on stdout (flushed, so it reads live
-//! through a pipe). It is not part of the delivery pipeline, touches no Redis key, and runs one
-//! blocking thread: a demo needs no concurrency, and requests are shown in arrival order.
+//! through a pipe). It is not part of the delivery pipeline and touches no Redis key.
+//!
+//! HTTP is [`crate::http_server`]'s: a thread per connection, so wss's pool of keep-alive
+//! connections is served at once. Each request's line is queued before its answer is written and
+//! printed by the thread that called [`Receiver::serve`], so requests a client sends one after
+//! another are shown in that order. Requests the server refuses itself (a body over 4 MiB: 413,
+//! a malformed request: 400) get a line too.
 //!
 //! The secret is never printed. Bodies and header values come from whoever connects, so control
 //! characters in them are escaped and long bodies shortened before they reach the terminal.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use crossbeam_channel::Receiver as LineQueue;
 
+use crate::http_server::{self, Refusal, Request, Responder, Response, Server};
 use crate::signature::{self, StandardSigner, VerifyError};
 
 /// A larger body is refused with 413 without being verified (the event size limit is 256 KiB).
-const MAX_BODY: u64 = 4 * 1024 * 1024;
+const MAX_BODY: usize = 4 * 1024 * 1024;
 /// Characters of the body shown per line; the rest is summarised.
 const SHOWN_BODY_CHARS: usize = 2000;
 /// Characters of a header value shown per line.
 const SHOWN_HEADER_CHARS: usize = 128;
+/// Lines waiting to be printed; when stdout cannot keep up, requests wait for it.
+const QUEUED_LINES: usize = 1024;
 
 /// What `wss receive --port P --secret S [--tolerance 300s] [--scheme wss|standard-webhooks]` asks for.
 pub struct ReceiveOptions {
@@ -42,12 +52,11 @@ pub fn run(opts: ReceiveOptions) -> anyhow::Result<()> {
     Receiver::bind(opts)?.serve(io::stdout())
 }
 
-/// A bound demo receiver; [`Receiver::serve`] answers requests.
+/// A listening demo receiver: requests are answered as soon as it is bound, and their lines
+/// wait for [`Receiver::serve`] to print them.
 pub struct Receiver {
-    server: tiny_http::Server,
-    addr: SocketAddr,
-    scheme: Scheme,
-    tolerance: Duration,
+    server: Server,
+    lines: LineQueue<String>,
 }
 
 /// The secret, already checked to be usable by the chosen scheme.
@@ -75,69 +84,65 @@ impl Receiver {
                 secret: opts.secret.into_bytes(),
             }
         };
-        let server = tiny_http::Server::http(opts.bind)
-            .map_err(anyhow::Error::from_boxed)
+        let tolerance = opts.tolerance;
+        let (queue, lines) = crossbeam_channel::bounded(QUEUED_LINES);
+
+        let refusals = queue.clone();
+        let options = http_server::Options {
+            max_body: MAX_BODY,
+            on_refusal: Some(Arc::new(
+                move |refusal: &Refusal, request: Option<&Request<'_>>| {
+                    let headers: Vec<(&str, &str)> =
+                        request.map(|r| r.headers().collect()).unwrap_or_default();
+                    let rejection = Err(Rejection::Refused(refusal.clone()));
+                    // Fails only once `serve` has stopped: then no line can be shown anyway.
+                    let _ = refusals.send(log_line(&rejection, &headers, b""));
+                },
+            )),
+            ..http_server::Options::default()
+        };
+        let handler = move |request: &Request<'_>, responder: Responder<'_>| {
+            let headers: Vec<(&str, &str)> = request.headers().collect();
+            let verdict = check(
+                &scheme,
+                tolerance,
+                &headers,
+                request.body,
+                SystemTime::now(),
+            );
+            // Queued before the answer is written, so that a client's requests are shown in the
+            // order it sent them; fails only once `serve` has stopped.
+            let _ = queue.send(log_line(&verdict, &headers, request.body));
+            let response = match &verdict {
+                Ok(()) => Response::text(200, "ok\n"),
+                Err(rejection) => Response::text(rejection.status(), format!("{rejection}\n")),
+            };
+            if let Err(err) = responder.send(response) {
+                log::warn!(target: "wss::receive", "could not send the response: {err}");
+            }
+        };
+        let server = Server::bind_with(opts.bind, options, handler)
             .with_context(|| format!("cannot listen on {}", opts.bind))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .context("the listener has no IP address")?;
-        Ok(Receiver {
-            server,
-            addr,
-            scheme,
-            tolerance: opts.tolerance,
-        })
+        Ok(Receiver { server, lines })
     }
 
     /// The address actually listened on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
-    /// Answers requests one at a time, writing one line per request to `out`. Returns only if
-    /// `out` fails (e.g. the pipe it wrote to was closed).
+    /// Writes one line per request to `out`, as requests are answered. Returns only if `out`
+    /// fails (e.g. the pipe it wrote to was closed); the listener closes with it.
     pub fn serve(self, mut out: impl Write) -> anyhow::Result<()> {
         writeln!(
             out,
             "listening on http://{} — verifying with the given secret",
-            self.addr
+            self.local_addr()
         )
         .and_then(|()| out.flush())
         .context("cannot write to stdout")?;
-        for mut request in self.server.incoming_requests() {
-            let mut body = Vec::new();
-            let read = request
-                .as_reader()
-                .take(MAX_BODY + 1)
-                .read_to_end(&mut body);
-            let headers: Vec<(&str, &str)> = request
-                .headers()
-                .iter()
-                .map(|h| (h.field.as_str().as_str(), h.value.as_str()))
-                .collect();
-            let verdict = match read {
-                Err(err) => Err(Rejection::BodyUnreadable(err)),
-                Ok(_) if body.len() as u64 > MAX_BODY => Err(Rejection::BodyTooLarge),
-                Ok(_) => check(
-                    &self.scheme,
-                    self.tolerance,
-                    &headers,
-                    &body,
-                    SystemTime::now(),
-                ),
-            };
-            let line = log_line(&verdict, &headers, &body);
-            drop(headers);
-
-            let response = match &verdict {
-                Ok(()) => tiny_http::Response::from_string("ok\n"),
-                Err(rejection) => tiny_http::Response::from_string(format!("{rejection}\n"))
-                    .with_status_code(rejection.status()),
-            };
-            if let Err(err) = request.respond(response) {
-                log::warn!(target: "wss::receive", "could not send the response: {err}");
-            }
+        // Never ends by itself: the server's handler holds the sending side.
+        for line in &self.lines {
             writeln!(out, "{line}")
                 .and_then(|()| out.flush())
                 .context("cannot write to stdout")?;
@@ -153,18 +158,16 @@ enum Rejection {
     Verify(#[from] VerifyError),
     #[error("the {0} header is missing")]
     MissingHeader(&'static str),
-    #[error("the body is larger than {MAX_BODY} bytes")]
-    BodyTooLarge,
-    #[error("the body could not be read: {0}")]
-    BodyUnreadable(#[source] io::Error),
+    /// Answered by the HTTP server before verification (413, 400, ...).
+    #[error("{0}")]
+    Refused(Refusal),
 }
 
 impl Rejection {
     fn status(&self) -> u16 {
         match self {
             Rejection::Verify(_) | Rejection::MissingHeader(_) => 401,
-            Rejection::BodyTooLarge => 413,
-            Rejection::BodyUnreadable(_) => 400,
+            Rejection::Refused(refusal) => refusal.status(),
         }
     }
 }
@@ -244,6 +247,7 @@ fn printable(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
     use std::net::TcpStream;
     use std::time::UNIX_EPOCH;
 
@@ -369,8 +373,31 @@ mod tests {
         (status, body)
     }
 
+    /// Sends every complete line written to it down a channel.
+    struct LineSink {
+        partial: Vec<u8>,
+        lines: crossbeam_channel::Sender<String>,
+    }
+
+    impl Write for LineSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.partial.extend_from_slice(buf);
+            while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.partial.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+                // The test may have finished; the line then has no reader.
+                let _ = self.lines.send(line);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
-    fn answers_200_when_signed_and_401_with_the_reason_otherwise() {
+    fn answers_200_when_signed_and_401_or_413_with_the_reason_otherwise_one_line_each() {
         let receiver = Receiver::bind(ReceiveOptions {
             bind: "127.0.0.1:0".parse().unwrap(),
             secret: "s3cret".into(),
@@ -379,8 +406,16 @@ mod tests {
         })
         .unwrap();
         let addr = receiver.local_addr();
+        let (lines_tx, lines) = crossbeam_channel::unbounded();
+        let sink = LineSink {
+            partial: Vec::new(),
+            lines: lines_tx,
+        };
         // The server thread lives until the test process exits.
-        std::thread::spawn(move || receiver.serve(io::sink()));
+        std::thread::spawn(move || receiver.serve(sink));
+        // An upper bound for giving up, not a timing assertion.
+        let next_line = || lines.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert!(next_line().starts_with("listening on http://127.0.0.1:"));
 
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -395,10 +430,17 @@ mod tests {
         );
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         assert_eq!(body, "ok\n");
+        let line = next_line();
+        assert!(line.starts_with("✔ verified  event=- "), "{line}");
 
         let (status, body) = post(addr, &[("X-WSS-Timestamp", &ts)], BODY);
         assert!(status.starts_with("HTTP/1.1 401"), "{status}");
         assert_eq!(body, "the X-WSS-Signature header is missing\n");
+        let line = next_line();
+        assert!(
+            line.starts_with("✘ rejected  (the X-WSS-Signature header is missing)"),
+            "{line}"
+        );
 
         let (status, _) = post(
             addr,
@@ -406,5 +448,24 @@ mod tests {
             b"{}",
         );
         assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+        assert!(next_line().starts_with("✘ rejected  (no signature matches"));
+
+        let big = vec![b'x'; MAX_BODY + 1];
+        let (status, body) = post(addr, &[("X-WSS-Event-Id", "evt-big")], &big);
+        assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+        assert_eq!(body, format!("the body is larger than {MAX_BODY} bytes\n"));
+        let line = next_line();
+        assert!(
+            line.starts_with("✘ rejected  (the body is larger than 4194304 bytes)  event=evt-big"),
+            "{line}"
+        );
+
+        let (status, _) = post(addr, &[("Bad Header", "x")], b"");
+        assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+        let line = next_line();
+        assert!(
+            line.starts_with("✘ rejected  (malformed request: a header name is not a token)"),
+            "{line}"
+        );
     }
 }

@@ -5,8 +5,8 @@
 //!   `WSS_TEST_REDIS_URL`, with stream helpers; its keys are deleted when it is dropped.
 //! - [`Service`]: `wss serve` as a child process; every stderr line is kept (and printed when the
 //!   test fails), the gRPC address is read from the log; SIGKILL on drop, SIGTERM on request.
-//! - [`Receiver`]: a small HTTP/1.1 server on `127.0.0.1:0` whose answers are scripted per
-//!   request number, recording every request (headers, raw body, arrival time).
+//! - [`Receiver`]: `wss::http_server` on `127.0.0.1:0`, its answers scripted per request number,
+//!   recording every request (headers, raw body, arrival time).
 //! - [`Grpc`]: tonic clients for the control plane.
 //! - [`eventually`]: polls a check until it passes or a deadline expires; tests never sleep to
 //!   wait for work.
@@ -17,8 +17,8 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead, BufReader},
+    net::SocketAddr,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -31,6 +31,7 @@ use std::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tonic::{transport::Channel, Code, Status};
+use wss::http_server::{Request, Responder, Response, Server};
 use wss::proto::{
     delivery_service_client::DeliveryServiceClient, event_service_client::EventServiceClient,
     retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
@@ -483,40 +484,46 @@ impl Recorded {
     }
 }
 
-type Script = dyn Fn(usize) -> Reply + Send + Sync;
-
-/// A webhook receiver on `127.0.0.1:<port>`: a minimal HTTP/1.1 server on a std `TcpListener`,
-/// one thread per connection, keep-alive supported.
-///
-/// (Not tiny_http: its 0.12 task pool can leave a new connection queued until another
-/// connection closes, which made requests look stuck for the sender's whole attempt timeout.)
+/// A webhook receiver on `127.0.0.1:<port>`: [`wss::http_server::Server`] (a thread per
+/// connection, keep-alive) answering request number `n` with `script(n)` and recording it.
 pub struct Receiver {
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<Recorded>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Dropping it stops the receiver and closes its connections.
+    server: Server,
 }
 
 impl Receiver {
     /// Answers request number `n` (from 0) with `script(n)`.
     pub fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a receiver on 127.0.0.1:0");
-        let addr = listener.local_addr().expect("the receiver's address");
         let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let script: Arc<Script> = Arc::new(script);
-        let (recs, stopping) = (records.clone(), stop.clone());
-        let thread = thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                let (recs, script) = (recs.clone(), script.clone());
-                thread::spawn(move || serve_connection(conn, &recs, &*script));
+        let recs = records.clone();
+        let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), move |request: &Request<'_>, responder: Responder<'_>| {
+            let arrived = Instant::now();
+            let index = {
+                let mut records = recs.lock().unwrap();
+                let index = records.len();
+                records.push(Recorded {
+                    index,
+                    method: request.method.to_owned(),
+                    path: request.path.to_owned(),
+                    headers: request.headers().map(|(name, value)| (name.to_owned(), value.to_owned())).collect(),
+                    body: request.body.to_vec(),
+                    arrived,
+                    answered: None,
+                });
+                index
+            };
+            let reply = script(index);
+            if !reply.delay.is_zero() {
+                thread::sleep(reply.delay); // the receiver's own slowness, not a test waiting for work
             }
-        });
-        Self { addr, records, stop, thread: Some(thread) }
+            if responder.send(Response::text(reply.status, format!("status {}", reply.status))).is_ok() {
+                recs.lock().unwrap()[index].answered = Some(reply.status);
+            }
+        })
+        .expect("binding a receiver on 127.0.0.1:0");
+        Self { addr: server.local_addr(), records, server }
     }
 
     /// Always 200.
@@ -563,111 +570,6 @@ impl Receiver {
         })
         .await
     }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// A request head and body as read from the wire.
-struct Incoming {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-/// Serves requests on one connection until the client closes it (or sends garbage).
-fn serve_connection(conn: TcpStream, records: &Mutex<Vec<Recorded>>, script: &Script) {
-    let _ = conn.set_nodelay(true);
-    let Ok(write_half) = conn.try_clone() else { return };
-    let mut reader = BufReader::new(conn);
-    let mut writer = write_half;
-    loop {
-        let incoming = match read_request(&mut reader) {
-            Ok(Some(incoming)) => incoming,
-            Ok(None) | Err(_) => return,
-        };
-        let arrived = Instant::now();
-        let close = incoming.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
-        let index = {
-            let mut records = records.lock().unwrap();
-            let index = records.len();
-            let Incoming { method, path, headers, body } = incoming;
-            records.push(Recorded { index, method, path, headers, body, arrived, answered: None });
-            index
-        };
-        let reply = script(index);
-        if !reply.delay.is_zero() {
-            thread::sleep(reply.delay); // the receiver's own slowness, not a test waiting for work
-        }
-        let body = format!("status {}", reply.status);
-        let response = format!(
-            "HTTP/1.1 {} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{body}",
-            reply.status,
-            body.len(),
-            if close { "close" } else { "keep-alive" }
-        );
-        if writer.write_all(response.as_bytes()).and_then(|()| writer.flush()).is_err() {
-            return;
-        }
-        records.lock().unwrap()[index].answered = Some(reply.status);
-        if close {
-            return;
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 request; `None` on a clean EOF before it starts.
-fn read_request(reader: &mut BufReader<TcpStream>) -> std::io::Result<Option<Incoming>> {
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(None);
-    }
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(path)) = (parts.next(), parts.next()) else { return Err(bad("bad request line")) };
-    let (method, path) = (method.to_owned(), path.to_owned());
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(bad("EOF in the head"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').ok_or_else(|| bad("header without colon"))?;
-        headers.push((name.trim().to_owned(), value.trim().to_owned()));
-    }
-    let header = |name: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-    let mut body = Vec::new();
-    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size)?;
-            let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).map_err(|_| bad("bad chunk size"))?;
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk)?;
-            if size == 0 {
-                // Trailers are not used by wss; the final CRLF was just read.
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(length) = header("content-length") {
-        let length: usize = length.parse().map_err(|_| bad("bad Content-Length"))?;
-        body.resize(length, 0);
-        reader.read_exact(&mut body)?;
-    }
-    Ok(Some(Incoming { method, path, headers, body }))
 }
 
 // ---------------------------------------------------------------------------------------------
