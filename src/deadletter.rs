@@ -21,7 +21,16 @@ pub enum Reason {
     InvalidField,
     DataNotJson,
     TooLarge,
+    /// More fields than `pipeline::event::MAX_FIELDS`.
+    TooManyFields,
+    /// `data` nests deeper than `pipeline::event::MAX_JSON_DEPTH`.
+    TooDeep,
     EntryDeleted,
+    /// The webhook's filter failed on the event (a missing field, a wrong type, a non-boolean
+    /// result): that one delivery is dead-lettered instead of guessed at.
+    FilterError,
+    /// The webhook's transform failed on the event, or its value has no JSON form.
+    TransformError,
 }
 
 impl Reason {
@@ -37,7 +46,11 @@ impl Reason {
             Reason::InvalidField => "invalid_field",
             Reason::DataNotJson => "data_not_json",
             Reason::TooLarge => "too_large",
+            Reason::TooManyFields => "too_many_fields",
+            Reason::TooDeep => "too_deep",
             Reason::EntryDeleted => "entry_deleted",
+            Reason::FilterError => "filter_error",
+            Reason::TransformError => "transform_error",
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod deadletter;
 pub mod domain;
+pub mod expr;
 pub mod grpc;
 pub mod history;
 pub mod http;

@@ -1,5 +1,6 @@
 //! The `wss` command: `serve` runs the service; `sign`, `verify` and `receive` are small tools for
-//! people building or testing a receiver.
+//! people building or testing a receiver; `check-expr` tries a filter and a transform on a sample
+//! event before they are registered.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -78,6 +79,44 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Scheme::Wss)]
         scheme: Scheme,
     },
+    /// Try a filter and a transform on a sample event read from stdin, exactly as the
+    /// transformer evaluates them; prints the filter's answer and the body the webhook would get.
+    CheckExpr(CheckExprArgs),
+}
+
+/// `wss check-expr`: the flags, and what stdin holds.
+#[derive(clap::Args)]
+#[command(after_help = "stdin: the event as a receiver gets it, {\"id\", \"type\", \"tenant\", \"created_at\", \"data\"}, \
+plus \"attributes\" (an object of strings) if the stream entry has other fields. Only \"data\" is required; \
+absent strings are empty and an absent created_at is now.\n\n\
+Prints `filter: true|false` and `body: <the request body>` (the transform's value, else the envelope). \
+Exit status: 0 when both evaluated (whatever the filter said), 1 when an expression is refused or fails \
+on the event (the delivery would be dead-lettered), 2 when stdin is not such an event.\n\n\
+Example: echo '{\"type\":\"order.shipped\",\"data\":{\"order_id\":\"A-1\",\"status\":\"shipped\"}}' | \
+wss check-expr --filter 'event.data.status == \"shipped\"' --transform '{\"id\": event.data.order_id}'")]
+struct CheckExprArgs {
+    /// A filter: CEL boolean expression over `event`.
+    #[arg(long, default_value = "")]
+    filter: String,
+    /// A transform: CEL expression over `event` whose value is the body.
+    #[arg(long, default_value = "")]
+    transform: String,
+}
+
+/// The sample event `check-expr` reads.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SampleEvent {
+    #[serde(default)]
+    id: String,
+    #[serde(default, rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    tenant: String,
+    created_at: Option<String>,
+    data: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,6 +165,7 @@ fn main() -> ExitCode {
             tolerance,
             standard_webhooks: matches!(scheme, Scheme::StandardWebhooks),
         }),
+        Command::CheckExpr(args) => return check_expr(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -168,6 +208,87 @@ fn verify(secret: &str, timestamp: &str, sig: &str, tolerance: Duration) -> Exit
             ExitCode::from(1)
         }
     }
+}
+
+fn check_expr(args: &CheckExprArgs) -> ExitCode {
+    use wss::{
+        domain::model::{compile_filter, compile_transform},
+        expr::{Envelope, Evaluator},
+        pipeline::event::{envelope, rfc3339_seconds},
+    };
+    let event = match read_stdin().and_then(|input| sample_event(&input)) {
+        Ok(event) => event,
+        Err(err) => {
+            eprintln!("wss: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let compiled = compile_filter(&args.filter).and_then(|f| Ok((f, compile_transform(&args.transform)?)));
+    let (filter, transform) = match compiled {
+        Ok(both) => both,
+        Err(err) => {
+            println!("{err}"); // "filter: …" or "transform: …", as CreateWebhook would answer
+            return ExitCode::from(1);
+        }
+    };
+    let created_at = rfc3339_seconds(event.created_at_ms);
+    let evaluator = Evaluator::new();
+    let view = Envelope {
+        id: &event.id,
+        event_type: &event.event_type,
+        tenant: &event.tenant,
+        created_at: &created_at,
+        data: event.data.get(),
+        attributes: &event.attributes,
+    };
+    let bound = match evaluator.bind(&view) {
+        Ok(bound) => bound,
+        Err(err) => {
+            println!("error: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut status = ExitCode::SUCCESS;
+    if let Some(filter) = &filter {
+        match bound.filter(filter) {
+            Ok(true) => println!("filter: true"),
+            Ok(false) => println!("filter: false (the webhook would not get this event)"),
+            Err(err) => {
+                println!("filter: error: {err} (the delivery would be dead-lettered with reason filter_error)");
+                status = ExitCode::from(1);
+            }
+        }
+    }
+    match &transform {
+        Some(transform) => match bound.transform(transform) {
+            Ok(body) => println!("body: {}", String::from_utf8_lossy(&body)),
+            Err(err) => {
+                println!("transform: error: {err} (the delivery would be dead-lettered with reason transform_error)");
+                status = ExitCode::from(1);
+            }
+        },
+        None => println!("body: {}", String::from_utf8_lossy(&envelope(&event))),
+    }
+    status
+}
+
+/// stdin as the event the pipeline would have parsed from a stream entry.
+fn sample_event(input: &[u8]) -> anyhow::Result<wss::pipeline::event::Event> {
+    let sample: SampleEvent = serde_json::from_slice(input)
+        .context("stdin must be a JSON object with \"data\" and optionally \"id\", \"type\", \"tenant\", \"created_at\", \"attributes\"")?;
+    let created_at = match &sample.created_at {
+        Some(text) => humantime::parse_rfc3339_weak(text).with_context(|| format!("created_at {text:?} is not RFC 3339"))?,
+        None => SystemTime::now(),
+    };
+    Ok(wss::pipeline::event::Event {
+        stream_id: sample.id.clone(),
+        id: sample.id,
+        event_type: sample.event_type,
+        tenant: sample.tenant,
+        created_at_ms: created_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        data: sample.data,
+        attributes: sample.attributes.into_iter().collect(),
+    })
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {

@@ -135,6 +135,8 @@ pub fn webhook_to_proto(webhook: Webhook) -> proto::Webhook {
         tenant_id: webhook.tenant_id,
         url: webhook.url,
         event_types: webhook.event_types,
+        filter: webhook.filter,
+        transform: webhook.transform,
         retry_policy_id: webhook.retry_policy_id,
         headers: webhook.headers.into_iter().collect(),
         description: webhook.description,
@@ -259,6 +261,8 @@ mod tests {
             tenant_id: "acme".into(),
             url: "https://example.com/".into(),
             event_types: vec!["order.*".into()],
+            filter: "event.data.n > 1".into(),
+            transform: String::new(),
             retry_policy_id: String::new(),
             headers: BTreeMap::from([("X-A".to_owned(), "1".to_owned())]),
             description: String::new(),
@@ -273,6 +277,7 @@ mod tests {
         assert_eq!(out.secret, "");
         assert_eq!(out.signature_scheme, proto::SignatureScheme::StandardWebhooks as i32);
         assert_eq!(out.headers.get("X-A").map(String::as_str), Some("1"));
+        assert_eq!((out.filter.as_str(), out.transform.as_str()), ("event.data.n > 1", ""));
         assert_eq!(out.updated_at.unwrap().seconds, 2);
     }
 

@@ -1,30 +1,54 @@
 //! Transformer: routes each event to the matching webhooks of its tenant, using the current
-//! routing snapshot (no Redis access), and builds the request body once for all of them.
+//! routing snapshot (no Redis access), and makes each one's request body.
 //!
-//! An unknown or disabled tenant is a rejection (dead-lettered with its reason and
-//! acknowledged); an event no webhook wants is acknowledged as unrouted.
+//! - An unknown or disabled tenant is a rejection (dead-lettered with its reason and
+//!   acknowledged).
+//! - A webhook is a candidate when its `event_types` match. Its `filter`, if it has one, then
+//!   decides; its `transform`, if it has one, makes the body; otherwise the body is the envelope.
+//! - An event no webhook wants — no type matches, or every filter said no — is acknowledged as
+//!   unrouted.
+//! - A filter or transform that fails on the event (a missing field, a wrong type, a filter that
+//!   is not boolean, a value with no JSON form) dead-letters *that* delivery, with reason
+//!   `filter_error` or `transform_error` and the error as detail; the outcome stage writes it and
+//!   logs it at WARN. The event's other deliveries go ahead, and so does the next event.
+//!
+//! Costs are paid once per event, not per webhook: the event is converted for CEL at most once
+//! (and only when some candidate has an expression), the envelope is serialized at most once
+//! and shared by every delivery that sends it; only a transform's output is serialized per
+//! webhook. The CEL root context is built once, when the thread starts ([`Evaluator`]).
 
 use std::sync::Arc;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::{event::{envelope, Rejection}, Completion, Delivery, EventMeta, Inbound};
-use crate::{deadletter::Reason, domain::routing::RoutingHandle};
+use super::{
+    event::{envelope, rfc3339_seconds, Event, Rejection},
+    Completion, Delivery, EventMeta, Inbound,
+};
+use crate::{
+    deadletter::Reason,
+    domain::routing::{Route, RoutingHandle},
+    expr::{Bound, EvalError, Evaluator, Envelope, Failure, Filter, Outcome, Transform},
+};
+
+/// Longest excerpt of an expression quoted in a dead letter's detail, in characters.
+const QUOTED_EXPRESSION_CHARS: usize = 200;
 
 pub fn run(routing: &RoutingHandle, input: Receiver<Inbound>, out: Sender<Delivery>, done: Sender<Completion>, shutdown: Receiver<()>) {
+    let evaluator = Evaluator::new();
     loop {
         let inbound = select! {
             recv(input) -> msg => match msg { Ok(m) => m, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        if !route(routing, inbound, &out, &done) {
+        if !route(routing, &evaluator, inbound, &out, &done) {
             return;
         }
     }
 }
 
 /// Routes one event; false when a next stage is gone.
-fn route(routing: &RoutingHandle, inbound: Inbound, out: &Sender<Delivery>, done: &Sender<Completion>) -> bool {
+fn route(routing: &RoutingHandle, evaluator: &Evaluator, inbound: Inbound, out: &Sender<Delivery>, done: &Sender<Completion>) -> bool {
     let Inbound { event, ticket } = inbound;
     let snapshot = routing.current();
     let reject = |reason: Reason, detail: String| Completion::Rejected {
@@ -46,32 +70,124 @@ fn route(routing: &RoutingHandle, inbound: Inbound, out: &Sender<Delivery>, done
         let detail = format!("tenant {:?} is disabled", event.tenant);
         return done.send(reject(Reason::TenantDisabled, detail)).is_ok();
     }
-    let routes: Vec<_> = tenant.routes.iter().filter(|r| r.wants(&event.event_type)).collect();
-    if routes.is_empty() {
-        log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook", event.id, event.event_type, event.tenant);
+    let candidates: Vec<&Arc<Route>> = tenant.routes.iter().filter(|r| r.wants(&event.event_type)).collect();
+    if candidates.is_empty() {
+        log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook's event types", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket }).is_ok();
     }
-    let body: Arc<[u8]> = envelope(&event).into();
+    let plans = plan(evaluator, &event, &candidates);
+    if plans.is_empty() {
+        log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
+        return done.send(Completion::Unrouted { ticket }).is_ok();
+    }
     let meta = Arc::new(EventMeta { id: event.id, event_type: event.event_type, tenant: event.tenant });
-    ticket.expect(routes.len());
-    for route in routes {
-        let delivery = Delivery {
+    ticket.expect(plans.len());
+    for (route, plan) in plans {
+        let delivery = |body| Delivery {
             ticket: ticket.clone(),
             event: meta.clone(),
             webhook_id: route.webhook.id.clone(),
-            body: body.clone(),
+            body,
             attempt: 1,
             history: Vec::new(),
         };
-        if out.send(delivery).is_err() {
+        let sent = match plan {
+            Plan::Send(body) => out.send(delivery(body)).is_ok(),
+            Plan::DeadLetter { reason, detail, body } => done.send(Completion::Abandoned { delivery: delivery(body), reason, detail }).is_ok(),
+        };
+        if !sent {
             return false;
         }
     }
     true
 }
 
+/// What becomes of the event for one webhook whose types match.
+#[derive(Debug)]
+enum Plan {
+    Send(Arc<[u8]>),
+    /// An expression failed on the event; `body` is the envelope, kept in the dead letter.
+    DeadLetter { reason: Reason, detail: String, body: Arc<[u8]> },
+}
+
+/// Runs each candidate's filter and transform. Webhooks the filter turns away get no plan.
+fn plan<'r>(evaluator: &Evaluator, event: &Event, candidates: &[&'r Arc<Route>]) -> Vec<(&'r Arc<Route>, Plan)> {
+    let created_at = rfc3339_seconds(event.created_at_ms);
+    let view = Envelope {
+        id: &event.id,
+        event_type: &event.event_type,
+        tenant: &event.tenant,
+        created_at: &created_at,
+        data: event.data.get(),
+        attributes: &event.attributes,
+    };
+    // Both made on first need, then shared by every webhook.
+    let mut bound: Option<Result<Bound<'_>, EvalError>> = None;
+    let mut envelope_body: Option<Arc<[u8]>> = None;
+    let mut envelope_body = || envelope_body.get_or_insert_with(|| envelope(event).into()).clone();
+
+    let mut plans = Vec::with_capacity(candidates.len());
+    for &route in candidates {
+        let outcome = match expressions(route) {
+            Err(failure) => Err(failure),
+            Ok((None, None)) => Ok(Outcome::Envelope),
+            Ok((filter, transform)) => match bound.get_or_insert_with(|| evaluator.bind(&view)) {
+                Ok(bound) => bound.apply(filter, transform).map_err(|failure| {
+                    let (reason, source) = match &failure {
+                        Failure::Filter(_) => (Reason::FilterError, &route.webhook.filter),
+                        Failure::Transform(_) => (Reason::TransformError, &route.webhook.transform),
+                    };
+                    (reason, format!("{failure}; the expression: {}", quote(source)))
+                }),
+                // The data cannot be converted for CEL at all: whichever expression runs first fails.
+                Err(err) => Err(if filter.is_some() {
+                    (Reason::FilterError, format!("filter failed: {err}"))
+                } else {
+                    (Reason::TransformError, format!("transform failed: {err}"))
+                }),
+            },
+        };
+        match outcome {
+            Ok(Outcome::Skip) => log::debug!(target: "wss::transformer", "event {} is filtered out for webhook {}", event.id, route.webhook.id),
+            Ok(Outcome::Envelope) => plans.push((route, Plan::Send(envelope_body()))),
+            Ok(Outcome::Body(body)) => plans.push((route, Plan::Send(body.into()))),
+            Err((reason, detail)) => plans.push((route, Plan::DeadLetter { reason, detail, body: envelope_body() })),
+        }
+    }
+    plans
+}
+
+/// A route's filter and transform, each if it has one.
+type Expressions<'r> = (Option<&'r Filter>, Option<&'r Transform>);
+
+/// A route's compiled expressions; a stored expression that does not compile is a failure of
+/// every event the route gets.
+fn expressions(route: &Route) -> Result<Expressions<'_>, (Reason, String)> {
+    let filter = match &route.filter {
+        None => None,
+        Some(Ok(filter)) => Some(filter),
+        Some(Err(err)) => return Err((Reason::FilterError, format!("the stored filter does not compile: {err}; replace it with UpdateWebhook"))),
+    };
+    let transform = match &route.transform {
+        None => None,
+        Some(Ok(transform)) => Some(transform),
+        Some(Err(err)) => {
+            return Err((Reason::TransformError, format!("the stored transform does not compile: {err}; replace it with UpdateWebhook")))
+        }
+    };
+    Ok((filter, transform))
+}
+
+/// An expression for a message: in backquotes, cut after [`QUOTED_EXPRESSION_CHARS`].
+fn quote(source: &str) -> String {
+    match source.char_indices().nth(QUOTED_EXPRESSION_CHARS) {
+        Some((at, _)) => format!("`{}…`", &source[..at]),
+        None => format!("`{source}`"),
+    }
+}
+
 /// The event's fields again, for a dead-letter record of an entry rejected after parsing.
-fn raw_fields(event: &super::event::Event) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn raw_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut fields = vec![
         (b"tenant".to_vec(), event.tenant.as_bytes().to_vec()),
         (b"type".to_vec(), event.event_type.as_bytes().to_vec()),
@@ -84,4 +200,140 @@ fn raw_fields(event: &super::event::Event) -> Vec<(Vec<u8>, Vec<u8>)> {
         fields.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        domain::{
+            model::{RetryPolicy, Secret, SignatureScheme, TypePattern, Webhook},
+            routing::RouteSigner,
+        },
+        signature::WssSigner,
+    };
+
+    fn event() -> Event {
+        Event {
+            stream_id: "1767225600000-0".into(),
+            id: "1767225600000-0".into(),
+            event_type: "order.status_updated".into(),
+            tenant: "acme".into(),
+            created_at_ms: 1_767_225_600_000,
+            data: serde_json::value::RawValue::from_string(r#"{"order_id":"A-1001", "status":"shipped"}"#.into()).unwrap(),
+            attributes: vec![("region".into(), "eu".into())],
+        }
+    }
+
+    fn route(id: &str, filter: &str, transform: &str) -> Arc<Route> {
+        let compiled_filter = (!filter.is_empty()).then(|| Filter::compile(filter));
+        let compiled_transform = (!transform.is_empty()).then(|| Transform::compile(transform));
+        Arc::new(Route {
+            webhook: Webhook {
+                id: id.into(),
+                tenant_id: "acme".into(),
+                url: "https://example.com/".into(),
+                event_types: Vec::new(),
+                filter: filter.into(),
+                transform: transform.into(),
+                retry_policy_id: String::new(),
+                headers: BTreeMap::new(),
+                description: String::new(),
+                enabled: true,
+                disabled_reason: String::new(),
+                signature_scheme: SignatureScheme::Wss,
+                secret: Secret::new("whsec_0123456789abcdef".into()),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            patterns: Vec::<TypePattern>::new(),
+            filter: compiled_filter,
+            transform: compiled_transform,
+            policy: Arc::new(RetryPolicy::builtin_default()),
+            signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
+            tenant_disabled: false,
+        })
+    }
+
+    fn sent(plan: &Plan) -> &Arc<[u8]> {
+        match plan {
+            Plan::Send(body) => body,
+            other => panic!("expected Send, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fan_out_shares_one_envelope_and_transforms_per_webhook() {
+        let event = event();
+        let routes = [
+            route("wh_plain", "", ""),
+            route("wh_yes", "event.data.status == 'shipped'", ""),
+            route("wh_no", "event.data.status == 'cancelled'", ""),
+            route("wh_shaped", "event.attributes.region == 'eu'", "{'order': event.data.order_id, 'at': event.created_at}"),
+        ];
+        let candidates: Vec<&Arc<Route>> = routes.iter().collect();
+        let plans = plan(&Evaluator::new(), &event, &candidates);
+        let ids: Vec<&str> = plans.iter().map(|(r, _)| r.webhook.id.as_str()).collect();
+        assert_eq!(ids, ["wh_plain", "wh_yes", "wh_shaped"], "the filter that says no leaves its webhook out");
+        let (plain, yes, shaped) = (sent(&plans[0].1), sent(&plans[1].1), sent(&plans[2].1));
+        assert!(Arc::ptr_eq(plain, yes), "the envelope is serialized once and shared");
+        assert_eq!(&plain[..], &envelope(&event)[..]);
+        assert_eq!(&shaped[..], br#"{"at":"2026-01-01T00:00:00Z","order":"A-1001"}"#);
+    }
+
+    #[test]
+    fn a_failing_expression_dead_letters_only_its_delivery() {
+        let event = event();
+        let routes = [
+            route("wh_missing", "event.data.colour == 'red'", ""),
+            route("wh_plain", "", ""),
+            route("wh_not_bool", "event.data.status", ""),
+            route("wh_bad_body", "", "{'x': 1.0 / 0.0}"),
+            route("wh_broken", "event.data.", ""),
+        ];
+        let candidates: Vec<&Arc<Route>> = routes.iter().collect();
+        let plans = plan(&Evaluator::new(), &event, &candidates);
+        assert_eq!(plans.len(), 5);
+        let dead = |i: usize| match &plans[i].1 {
+            Plan::DeadLetter { reason, detail, body } => (*reason, detail.clone(), body.clone()),
+            other => panic!("expected DeadLetter, got {other:?}"),
+        };
+        let (reason, detail, body) = dead(0);
+        assert_eq!(reason, Reason::FilterError);
+        assert!(detail.starts_with(r#"filter failed: no such key: "colour""#), "{detail}");
+        assert!(detail.ends_with("; the expression: `event.data.colour == 'red'`"), "{detail}");
+        assert!(Arc::ptr_eq(&body, sent(&plans[1].1)), "the dead letter keeps the envelope");
+        let (reason, detail, _) = dead(2);
+        assert_eq!(reason, Reason::FilterError);
+        assert!(detail.starts_with("filter failed: yields a string, not a bool"), "{detail}");
+        let (reason, detail, _) = dead(3);
+        assert_eq!(reason, Reason::TransformError);
+        assert!(detail.starts_with("transform failed: its value cannot be written as JSON"), "{detail}");
+        // Compiled at snapshot time and failing there: every delivery says so.
+        let (reason, detail, _) = dead(4);
+        assert_eq!(reason, Reason::FilterError);
+        assert!(detail.starts_with("the stored filter does not compile: syntax error at line 1"), "{detail}");
+    }
+
+    #[test]
+    fn webhooks_without_expressions_never_convert_the_event() {
+        // Data that CEL cannot take (a number out of range) is fine when nothing evaluates it.
+        let mut event = event();
+        event.data = serde_json::value::RawValue::from_string("[1e999]".into()).unwrap();
+        let plain = route("wh_plain", "", "");
+        let plans = plan(&Evaluator::new(), &event, &[&plain]);
+        assert!(matches!(plans[0].1, Plan::Send(_)));
+        let filtered = route("wh_f", "true", "");
+        let plans = plan(&Evaluator::new(), &event, &[&filtered]);
+        assert!(matches!(&plans[0].1, Plan::DeadLetter { reason: Reason::FilterError, detail, .. } if detail.starts_with("filter failed: event.data cannot be given to CEL")));
+    }
+
+    #[test]
+    fn long_expressions_are_quoted_in_part() {
+        assert_eq!(quote("a == b"), "`a == b`");
+        let long = "x".repeat(300);
+        assert_eq!(quote(&long), format!("`{}…`", "x".repeat(200)));
+    }
 }
