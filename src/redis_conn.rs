@@ -3,7 +3,8 @@
 //! Every pipeline thread owns its own connection, made through one [`RedisTarget`]. When Redis is
 //! unreachable, each thread retries with capped exponential backoff, but the outage is logged once
 //! — naming the URL and how to start a Redis — and its end once, however many threads notice it.
-//! Waits between attempts end early on shutdown.
+//! Only a failed *connect* declares an outage: a command failing on an existing connection just
+//! makes its owner reconnect. Waits between attempts end early on shutdown.
 
 use std::{
     sync::{
@@ -77,8 +78,15 @@ impl RedisTarget {
         }
     }
 
-    /// Called by users of a connection when a command failed for connection reasons.
-    pub fn note_down(&self, err: &RedisError) {
+    /// Called by users of a connection when a command failed for connection reasons. Only
+    /// logged at debug: the caller reconnects, and a failed connect is what declares an outage.
+    /// (A connection gone stale during an outage fails once after Redis is back; treating that as
+    /// a new outage would log it again.)
+    pub fn connection_lost(&self, err: &RedisError) {
+        log::debug!(target: "wss::redis", "a connection to Redis at {} failed ({err}); reconnecting", self.display_url);
+    }
+
+    fn note_down(&self, err: &RedisError) {
         if !self.outage.down.swap(true, Ordering::SeqCst) {
             *self.outage.since.lock() = Some(Instant::now());
             log::error!(

@@ -79,7 +79,7 @@ impl Leases {
                 }
                 Err(err) => {
                     if is_connection_error(&err) {
-                        self.redis.note_down(&err);
+                        self.redis.connection_lost(&err);
                     } else {
                         log::error!(target: "wss::leases", "renewing or claiming pending entries of {} failed: {err}", self.stream);
                     }

@@ -11,17 +11,20 @@
 //! Writes are batched: whatever completions are waiting are handled together, then one
 //! transaction (`MULTI … EXEC`) writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`),
 //! their delivery history and their `XACK`s, so that no crash leaves an entry acknowledged
-//! without its records, or recorded as finished but unacknowledged and unrecorded as dead. When Redis is away the stage
-//! keeps the batch and retries; the senders then wait on it, which is the backpressure we want.
+//! without its records, or recorded as finished but unacknowledged and unrecorded as dead.
+//! When Redis is away the stage keeps the batch (one history record per delivery, the latest) and retries with backoff, while
+//! it goes on handling completions — scheduling retries, freeing webhook slots — so deliveries
+//! already in hand keep flowing. Reading stops by itself: nothing is acknowledged, so the
+//! in-flight window fills.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Connection;
 
 use super::{
@@ -40,6 +43,9 @@ use crate::{
 };
 
 const MAX_BATCH: usize = 512;
+/// Waits between attempts to write a batch while Redis is away.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub struct Outcomes {
     pub redis: RedisTarget,
@@ -61,10 +67,16 @@ pub struct Outcomes {
 struct Batch {
     dead: Vec<DeadLetter>,
     acks: Vec<String>,
-    history: Vec<DeliveryRecord>,
+    /// By delivery id: only a delivery's latest record needs writing, which also bounds the
+    /// batch while Redis is away and retries keep failing.
+    history: HashMap<String, DeliveryRecord>,
 }
 
 impl Batch {
+    fn record(&mut self, record: DeliveryRecord) {
+        self.history.insert(record.id.clone(), record);
+    }
+
     fn len(&self) -> usize {
         self.dead.len() + self.acks.len() + self.history.len()
     }
@@ -83,15 +95,44 @@ impl Outcomes {
         let mut conn: Option<Connection> = None;
         let mut batch = Batch::default();
         let mut trimming = Trimming { touched: HashSet::new(), last: Instant::now() };
-        while let Ok(first) = input.recv() {
-            self.handle(first, &mut batch, &retries);
+        // While Redis is away the batch is kept and written later; completions are still
+        // handled meanwhile (retries scheduled, webhook slots freed), so what wss holds keeps
+        // being delivered.
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let first = if batch.len() == 0 {
+                input.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                input.recv_timeout(backoff)
+            };
+            match first {
+                Ok(completion) => self.handle(completion, &mut batch, &retries),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
             while batch.len() < MAX_BATCH {
                 match input.try_recv() {
                     Ok(next) => self.handle(next, &mut batch, &retries),
                     Err(_) => break,
                 }
             }
-            self.flush(&mut conn, &mut batch, &mut trimming, &shutdown);
+            if self.flush(&mut conn, &mut batch, &mut trimming) {
+                backoff = BACKOFF_MIN;
+            } else {
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+        // Every producer is gone (shutdown): a last few tries to record what was done.
+        for _ in 0..3 {
+            if self.flush(&mut conn, &mut batch, &mut trimming) {
+                return;
+            }
+            if conn.is_none() && shutdown.recv_timeout(backoff).is_ok() {
+                break;
+            }
+        }
+        if batch.len() > 0 {
+            log::warn!(target: "wss::outcomes", "stopping with Redis unreachable: {} acknowledgements and {} dead letters not written; those entries stay pending and will be finished after a restart", batch.acks.len(), batch.dead.len());
         }
     }
 
@@ -105,7 +146,7 @@ impl Outcomes {
                         log::debug!(target: "wss::outcomes", "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
                             delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
                         delivery.history.push(record);
-                        batch.history.push(history_record(&delivery, Status::Delivered, 0, ""));
+                        batch.record(history_record(&delivery, Status::Delivered, 0, ""));
                         finish(&delivery.ticket, batch);
                     }
                     Verdict::Gone => {
@@ -120,7 +161,7 @@ impl Outcomes {
                         log_failure(&delivery, &record, &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
                         delivery.history.push(record);
                         let due_ms = now_ms() + delay.as_millis() as u64;
-                        batch.history.push(history_record(&delivery, Status::Retrying, due_ms, ""));
+                        batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
                         delivery.attempt += 1;
                         // A closed scheduler means shutdown: the entry stays pending in Redis.
                         let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
@@ -181,7 +222,7 @@ impl Outcomes {
     }
 
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
-        batch.history.push(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
+        batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.dead.push(DeadLetter {
             reason: reason.as_str().into(),
             detail,
@@ -214,58 +255,50 @@ impl Outcomes {
         }
     }
 
-    /// Writes the batch: dead letters first, then acknowledgements; retried until it succeeds
-    /// or, once shutting down, until Redis cannot be reached (the entries then stay pending).
-    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, trimming: &mut Trimming, shutdown: &Receiver<()>) {
+    /// One attempt to write the batch in one transaction; true when it is written (or empty).
+    /// On failure the batch is kept for the next attempt.
+    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, trimming: &mut Trimming) -> bool {
         if batch.len() == 0 {
-            return;
+            return true;
         }
-        loop {
-            let con = match conn.as_mut() {
-                Some(con) => con,
-                None => match self.redis.connect_with_retry(shutdown) {
-                    Some(con) => conn.insert(con),
-                    None => {
-                        log::warn!(target: "wss::outcomes", "shutting down with Redis unreachable: {} acknowledgements and {} dead letters not written; those entries stay pending and will be delivered again", batch.acks.len(), batch.dead.len());
-                        *batch = Batch::default();
-                        return;
-                    }
-                },
-            };
-            // One MULTI/EXEC: dead letters, history and acknowledgements land together or not
-            // at all, so a crash can never leave an entry acknowledged without its records.
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for record in &batch.dead {
-                pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
-            }
-            let mut touched = Vec::new();
-            for record in &batch.history {
-                touched.extend(history::queue_write(&mut pipe, &self.keys, self.retention, record));
-            }
-            if !batch.acks.is_empty() {
-                pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
-            }
-            match pipe.query::<()>(con) {
-                Ok(()) => {
-                    for id in batch.acks.drain(..) {
-                        self.in_flight.release(&id);
-                    }
-                    batch.dead.clear();
-                    batch.history.clear();
-                    trimming.touched.extend(touched);
-                    self.trim_history(con, trimming);
-                    return;
+        if conn.is_none() {
+            // A failed connect is what logs the outage (once).
+            *conn = self.redis.connect_once(Duration::from_secs(2)).ok();
+        }
+        let Some(con) = conn.as_mut() else { return false };
+        // One MULTI/EXEC: dead letters, history and acknowledgements land together or not at
+        // all, so a crash can never leave an entry acknowledged without its records.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for record in &batch.dead {
+            pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
+        }
+        let mut touched = Vec::new();
+        for record in batch.history.values() {
+            touched.extend(history::queue_write(&mut pipe, &self.keys, self.retention, record));
+        }
+        if !batch.acks.is_empty() {
+            pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
+        }
+        match pipe.query::<()>(con) {
+            Ok(()) => {
+                for id in batch.acks.drain(..) {
+                    self.in_flight.release(&id);
                 }
-                Err(err) => {
-                    if crate::redis_conn::is_connection_error(&err) {
-                        self.redis.note_down(&err);
-                    } else {
-                        log::error!(target: "wss::outcomes", "writing acknowledgements and dead letters failed: {err}; retrying");
-                        let _ = shutdown.recv_timeout(Duration::from_secs(1));
-                    }
-                    *conn = None;
+                batch.dead.clear();
+                batch.history.clear();
+                trimming.touched.extend(touched);
+                self.trim_history(con, trimming);
+                true
+            }
+            Err(err) => {
+                if crate::redis_conn::is_connection_error(&err) {
+                    self.redis.connection_lost(&err);
+                } else {
+                    log::error!(target: "wss::outcomes", "writing acknowledgements, history and dead letters failed: {err}; will retry");
                 }
+                *conn = None;
+                false
             }
         }
     }

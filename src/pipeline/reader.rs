@@ -68,7 +68,7 @@ impl Reader {
                 Ok(entries) => entries,
                 Err(err) => {
                     if is_connection_error(&err) {
-                        self.redis.note_down(&err);
+                        self.redis.connection_lost(&err);
                     } else if err.code() == Some("NOGROUP") {
                         log::warn!(target: "wss::reader", "the consumer group vanished from {} (stream deleted?); recreating it", self.stream);
                     } else {
