@@ -288,7 +288,8 @@ impl Pipeline {
         spawn("wss-leases".into(), Box::new(move || leases.run(inbound_tx, done, stop)))?;
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, input, out, done, stop)))?;
+        let s = store.clone();
+        spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, &s, input, out, done, stop)))?;
 
         let isolation = Arc::new(isolation::Isolation::new(isolation::Settings {
             max_in_flight: config.webhook_concurrency,

@@ -17,7 +17,10 @@
 //! and shared by every delivery that sends it; only a transform's output is serialized per
 //! webhook. The CEL root context is built once, when the thread starts ([`Evaluator`]).
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
@@ -27,30 +30,88 @@ use super::{
 };
 use crate::{
     deadletter::Reason,
-    domain::routing::{Route, RoutingHandle},
+    domain::{
+        routing::{Route, RoutingHandle},
+        store::Store,
+    },
     expr::{Bound, EvalError, Evaluator, Envelope, Failure, Filter, Outcome, Transform},
 };
 
 /// Longest excerpt of an expression quoted in a dead letter's detail, in characters.
 const QUOTED_EXPRESSION_CHARS: usize = 200;
 
-pub fn run(routing: &RoutingHandle, input: Receiver<Inbound>, out: Sender<Delivery>, done: Sender<Completion>, shutdown: Receiver<()>) {
+pub fn run(
+    routing: &RoutingHandle,
+    store: &Store,
+    input: Receiver<Inbound>,
+    out: Sender<Delivery>,
+    done: Sender<Completion>,
+    shutdown: Receiver<()>,
+) {
     let evaluator = Evaluator::new();
+    let mut freshness = Freshness { store, last_check: None };
     loop {
         let inbound = select! {
             recv(input) -> msg => match msg { Ok(m) => m, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        if !route(routing, &evaluator, inbound, &out, &done) {
+        if !route(routing, &mut freshness, &evaluator, inbound, &out, &done) {
             return;
         }
     }
 }
 
+/// Keeps a stale snapshot from turning events away. The snapshot follows Redis within a quarter
+/// second, but a tenant or webhook created on another instance just before an event was
+/// published may not be in it yet. Before an event is rejected as from an unknown tenant, the
+/// configuration version is checked (one GET) and, if it moved, the snapshot is reloaded and the
+/// event routed again. Before an event is acknowledged as unrouted the same is done, but at most
+/// every 100 ms, since unrouted events can be common: a webhook added to a known tenant gets the
+/// events published from the moment every instance has seen it — within a quarter second.
+struct Freshness<'a> {
+    store: &'a Store,
+    last_check: Option<Instant>,
+}
+
+impl Freshness<'_> {
+    const EVERY: Duration = Duration::from_millis(100);
+
+    /// True when a newer snapshot was loaded. `rate_limited`: skip when checked recently.
+    fn catch_up(&mut self, routing: &RoutingHandle, rate_limited: bool) -> bool {
+        if rate_limited && self.last_check.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return false;
+        }
+        self.last_check = Some(Instant::now());
+        match self.store.config_version() {
+            Ok(version) if version != routing.current().version => routing.reload(self.store).is_ok(),
+            _ => false,
+        }
+    }
+}
+
 /// Routes one event; false when a next stage is gone.
-fn route(routing: &RoutingHandle, evaluator: &Evaluator, inbound: Inbound, out: &Sender<Delivery>, done: &Sender<Completion>) -> bool {
+fn route(
+    routing: &RoutingHandle,
+    freshness: &mut Freshness<'_>,
+    evaluator: &Evaluator,
+    inbound: Inbound,
+    out: &Sender<Delivery>,
+    done: &Sender<Completion>,
+) -> bool {
     let Inbound { event, ticket } = inbound;
-    let snapshot = routing.current();
+    let snapshot = {
+        let snapshot = routing.current();
+        let stale = match snapshot.tenants.get(&event.tenant) {
+            None => freshness.catch_up(routing, false),
+            Some(t) if !t.tenant.disabled && !t.routes.iter().any(|r| r.wants(&event.event_type)) => freshness.catch_up(routing, true),
+            Some(_) => false,
+        };
+        if stale {
+            routing.current()
+        } else {
+            snapshot
+        }
+    };
     let reject = |reason: Reason, detail: String| Completion::Rejected {
         ticket: ticket.clone(),
         rejection: Rejection {
@@ -245,6 +306,8 @@ mod tests {
                 disabled_reason: String::new(),
                 signature_scheme: SignatureScheme::Wss,
                 secret: Secret::new("whsec_0123456789abcdef".into()),
+                previous_secret: None,
+                previous_secret_until_ms: 0,
                 created_at_ms: 0,
                 updated_at_ms: 0,
             },
