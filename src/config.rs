@@ -6,7 +6,15 @@
 //! ("WSS_SENDER_THREADS=abc (environment): not a whole number"). All problems are reported at
 //! once, before anything starts. Unknown keys in the file are an error naming the key.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{crypto::SecretCipher, http::Cidr};
 
 /// One known setting: its key (in the TOML file; the environment variable is `WSS_` + upper
 /// case), its default (`None`: unset), and a line for `wss serve --help`-style docs.
@@ -23,6 +31,13 @@ const KEYS: &[Key] = &[
     Key { name: "admin_token_file", default: None },
     Key { name: "allow_private_targets", default: Some("false") },
     Key { name: "allow_http", default: Some("false") },
+    Key { name: "allowed_target_cidrs", default: None },
+    Key { name: "proxy", default: None },
+    Key { name: "encryption_key", default: None },
+    Key { name: "encryption_key_file", default: None },
+    Key { name: "tls_cert_file", default: None },
+    Key { name: "tls_key_file", default: None },
+    Key { name: "tls_client_ca_file", default: None },
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
     Key { name: "sender_threads", default: Some("64") },
@@ -72,6 +87,17 @@ pub struct Config {
     pub allow_private_targets: bool,
     /// Allow `http://` webhook URLs.
     pub allow_http: bool,
+    /// Private/special ranges that webhooks may reach all the same (`10.20.0.0/16,fd00:1::/64`).
+    pub allowed_target_cidrs: Vec<Cidr>,
+    /// An `http://` CONNECT proxy every delivery goes through (`WSS_PROXY`); it then resolves and
+    /// dials webhook hosts, so it must refuse private targets itself. Environment proxies
+    /// (`HTTPS_PROXY`, …) are never used.
+    pub proxy: Option<String>,
+    /// Seals webhook secrets at rest (`WSS_ENCRYPTION_KEY`: base64 of 32 bytes); `None`: in clear.
+    pub encryption_key: Option<SecretCipher>,
+    /// Serve the control plane over TLS (`WSS_TLS_CERT_FILE` + `WSS_TLS_KEY_FILE`, and
+    /// `WSS_TLS_CLIENT_CA_FILE` for mutual TLS).
+    pub tls: Option<TlsSettings>,
     /// This instance's consumer name in the group `wss`.
     pub consumer: String,
     /// An entry pending this long under a consumer that stopped renewing it is claimed.
@@ -116,8 +142,33 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("allow_private_targets", &self.allow_private_targets)
             .field("allow_http", &self.allow_http)
+            .field("allowed_target_cidrs", &self.allowed_target_cidrs)
+            .field("proxy", &self.proxy.as_deref().map(crate::redis_conn::redact_url))
+            .field("encryption_key", &self.encryption_key)
+            .field("tls", &self.tls)
             .field("consumer", &self.consumer)
             .field("sender_threads", &self.sender_threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The control plane's TLS material, read from the configured files at start-up. `Debug` shows
+/// the file names only.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Client certificates must chain to this CA (mutual TLS); `None`: no client certificates.
+    pub client_ca_file: Option<PathBuf>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("cert_file", &self.cert_file)
+            .field("client_ca_file", &self.client_ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -233,6 +284,16 @@ impl Layers {
         if admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             p.errors.push("the admin token must be at least 16 characters long".into());
         }
+        let encryption_key = p.encryption_key();
+        let tls = p.tls();
+        let allowed_target_cidrs = p.cidrs("allowed_target_cidrs");
+        let proxy = p.opt_string("proxy");
+        if let Some(value) = &proxy {
+            if let Err(e) = crate::http::parse_proxy(value) {
+                let shown = crate::redis_conn::redact_url(value);
+                p.error("proxy", &shown, &e.to_string());
+            }
+        }
         let config = Config {
             redis_url: p.string("redis_url"),
             key_prefix: p.string("key_prefix"),
@@ -240,6 +301,10 @@ impl Layers {
             admin_token,
             allow_private_targets: p.boolean("allow_private_targets"),
             allow_http: p.boolean("allow_http"),
+            allowed_target_cidrs,
+            proxy,
+            encryption_key,
+            tls,
             consumer: p.opt_string("consumer").unwrap_or_else(default_consumer),
             claim_after: p.duration("claim_after", Duration::from_secs(1), Duration::from_secs(86_400)),
             sender_threads: p.count("sender_threads", 1, 4096),
@@ -286,6 +351,11 @@ impl Layers {
     }
 }
 
+/// Keys whose values are never shown in an error.
+fn is_secret_key(key: &str) -> bool {
+    key.contains("token") || key == "encryption_key"
+}
+
 fn env_name(key: &str) -> String {
     format!("WSS_{}", key.to_ascii_uppercase())
 }
@@ -318,7 +388,7 @@ impl Parser<'_> {
             Some(Source::Flag) => (format!("--{} (flag)", key.replace('_', "-")), value),
             _ => (format!("{key} (default)"), value),
         };
-        let shown = if key.contains("token") { "***" } else { shown };
+        let shown = if is_secret_key(key) { "***" } else { shown };
         self.errors.push(format!("{origin} = {shown:?}: {problem}"));
     }
 
@@ -339,6 +409,97 @@ impl Parser<'_> {
                 None
             }
         }
+    }
+
+    /// Reads a file named by `key`, reporting a failure under that key.
+    fn read_file(&mut self, key: &'static str, path: &str) -> Option<Vec<u8>> {
+        match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.error(key, path, &format!("cannot read the file: {e}"));
+                None
+            }
+        }
+    }
+
+    /// `encryption_key` or `encryption_key_file` (not both): base64 of 32 bytes.
+    fn encryption_key(&mut self) -> Option<SecretCipher> {
+        let (key, text) = match (self.opt_string("encryption_key"), self.opt_string("encryption_key_file")) {
+            (Some(_), Some(_)) => {
+                self.errors.push("set encryption_key or encryption_key_file, not both".into());
+                return None;
+            }
+            (Some(text), None) => ("encryption_key", text),
+            (None, Some(file)) => {
+                let bytes = self.read_file("encryption_key_file", &file)?;
+                ("encryption_key_file", String::from_utf8_lossy(&bytes).into_owned())
+            }
+            (None, None) => return None,
+        };
+        match SecretCipher::from_base64(&text) {
+            Ok(cipher) => Some(cipher),
+            Err(e) => {
+                // Never the value itself, whichever key it came from.
+                let origin = match self.raw(key).map(|(_, s)| *s) {
+                    Some(Source::Environment) => format!("{} (environment)", env_name(key)),
+                    Some(Source::File) => format!("{key} (config file)"),
+                    _ => key.to_owned(),
+                };
+                self.errors.push(format!("{origin}: the encryption key {e}"));
+                None
+            }
+        }
+    }
+
+    /// `tls_cert_file` and `tls_key_file` together, `tls_client_ca_file` only with them.
+    fn tls(&mut self) -> Option<TlsSettings> {
+        let cert = self.opt_string("tls_cert_file");
+        let key = self.opt_string("tls_key_file");
+        let ca = self.opt_string("tls_client_ca_file");
+        let (cert_file, key_file) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => {
+                if ca.is_some() {
+                    self.errors.push("tls_client_ca_file needs tls_cert_file and tls_key_file: mutual TLS is TLS first".into());
+                }
+                return None;
+            }
+            _ => {
+                self.errors.push("set both tls_cert_file and tls_key_file (PEM files) to serve the control plane over TLS, or neither".into());
+                return None;
+            }
+        };
+        let cert_pem = self.read_file("tls_cert_file", &cert_file);
+        let key_pem = self.read_file("tls_key_file", &key_file);
+        let client_ca_pem = match &ca {
+            Some(file) => Some(self.read_file("tls_client_ca_file", file)?),
+            None => None,
+        };
+        for (name, pem) in [("tls_cert_file", &cert_pem), ("tls_key_file", &key_pem)] {
+            if pem.as_ref().is_some_and(|bytes| !bytes.windows(11).any(|w| w == b"-----BEGIN ")) {
+                self.errors.push(format!("{name}: the file is not PEM (no -----BEGIN line)"));
+            }
+        }
+        Some(TlsSettings {
+            cert_file: cert_file.into(),
+            cert_pem: cert_pem?,
+            key_pem: key_pem?,
+            client_ca_file: ca.map(PathBuf::from),
+            client_ca_pem,
+        })
+    }
+
+    /// A comma-separated list of CIDRs (`10.0.0.0/8, fd00::/8`; a bare address is one host).
+    fn cidrs(&mut self, key: &'static str) -> Vec<Cidr> {
+        let value = self.string(key);
+        let mut out = Vec::new();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.parse::<Cidr>() {
+                Ok(cidr) => out.push(cidr),
+                Err(e) => self.error(key, part, &e),
+            }
+        }
+        out
     }
 
     fn boolean(&mut self, key: &'static str) -> bool {
@@ -430,6 +591,67 @@ mod tests {
         assert!(text.contains("WSS_SENDER_THREADS (environment) = \"abc\""), "{text}");
         assert!(text.contains("WSS_READ_BLOCK"), "{text}");
         assert!(text.contains("WSS_ALLOW_HTTP"), "{text}");
+    }
+
+    #[test]
+    fn encryption_keys_are_checked_and_never_shown() {
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let c = Layers::new().environment(env(&[("WSS_ENCRYPTION_KEY", key)])).build().unwrap();
+        assert!(c.encryption_key.is_some());
+        assert!(!format!("{c:?}").contains(key));
+        let err = Layers::new().environment(env(&[("WSS_ENCRYPTION_KEY", "c2hvcnQta2V5")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_ENCRYPTION_KEY (environment): the encryption key is not a valid key"), "{err}");
+        assert!(!err.contains("c2hvcnQta2V5"), "{err}");
+        let dir = std::env::temp_dir().join(format!("wss-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, format!("{key}\n")).unwrap();
+        let c = Layers::new().environment(env(&[("WSS_ENCRYPTION_KEY_FILE", file.to_str().unwrap())])).build().unwrap();
+        assert_eq!(c.encryption_key.unwrap().key_id(), SecretCipher::from_base64(key).unwrap().key_id());
+        let both = Layers::new()
+            .environment(env(&[("WSS_ENCRYPTION_KEY_FILE", file.to_str().unwrap()), ("WSS_ENCRYPTION_KEY", key)]))
+            .build()
+            .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_must_be_pem() {
+        let dir = std::env::temp_dir().join(format!("wss-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pem = dir.join("cert.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n").unwrap();
+        let junk = dir.join("junk");
+        std::fs::write(&junk, "hello").unwrap();
+        let pem = pem.to_str().unwrap();
+        let c = Layers::new().environment(env(&[("WSS_TLS_CERT_FILE", pem), ("WSS_TLS_KEY_FILE", pem)])).build().unwrap();
+        let tls = c.tls.expect("TLS configured");
+        assert!(tls.client_ca_pem.is_none());
+        assert!(!format!("{tls:?}").contains("BEGIN"));
+
+        let only_cert = Layers::new().environment(env(&[("WSS_TLS_CERT_FILE", pem)])).build().unwrap_err().to_string();
+        assert!(only_cert.contains("set both tls_cert_file and tls_key_file"), "{only_cert}");
+        let only_ca = Layers::new().environment(env(&[("WSS_TLS_CLIENT_CA_FILE", pem)])).build().unwrap_err().to_string();
+        assert!(only_ca.contains("tls_client_ca_file needs"), "{only_ca}");
+        let missing = Layers::new()
+            .environment(env(&[("WSS_TLS_CERT_FILE", "/nonexistent/cert.pem"), ("WSS_TLS_KEY_FILE", junk.to_str().unwrap())]))
+            .build()
+            .unwrap_err();
+        assert_eq!(missing.0.len(), 2, "{missing}");
+        assert!(missing.to_string().contains("WSS_TLS_CERT_FILE (environment) = \"/nonexistent/cert.pem\": cannot read the file"), "{missing}");
+        assert!(missing.to_string().contains("tls_key_file: the file is not PEM"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn allowed_cidrs_parse_and_report_each_bad_one() {
+        let c = Layers::new().environment(env(&[("WSS_ALLOWED_TARGET_CIDRS", "10.20.0.0/16, fd00:1::/64 ,192.168.1.7")])).build().unwrap();
+        assert_eq!(c.allowed_target_cidrs.len(), 3);
+        assert!(Layers::new().environment(env(&[])).build().unwrap().allowed_target_cidrs.is_empty());
+        let err = Layers::new().environment(env(&[("WSS_ALLOWED_TARGET_CIDRS", "10.0.0.0/33,nonsense,10.0.0.0/8")])).build().unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.to_string().contains("WSS_ALLOWED_TARGET_CIDRS (environment) = \"10.0.0.0/33\""), "{err}");
     }
 
     #[test]

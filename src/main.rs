@@ -3,6 +3,7 @@
 //! event before they are registered.
 #![forbid(unsafe_code)]
 
+
 use std::{
     io::Read,
     net::{SocketAddr, TcpListener},
@@ -333,8 +334,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let redis = RedisTarget::new(&config.redis_url).context("opening the Redis client")?;
     let keys = Keys::new(&config.key_prefix);
-    let store = Arc::new(Store::new(redis.clone(), keys.clone()));
+    let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()));
     let routing = Arc::new(RoutingHandle::default());
+    match &config.encryption_key {
+        Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
+        None => log::info!(target: "wss", "no WSS_ENCRYPTION_KEY: webhook secrets are stored in Redis in clear"),
+    }
+    // A certificate or key that cannot serve is reported now, not at the first connection.
+    if let Some(tls) = &config.tls {
+        grpc::tls_config(tls).map_err(|e| {
+            anyhow::anyhow!(
+                "WSS_TLS_CERT_FILE / WSS_TLS_KEY_FILE ({}): the TLS certificate and key cannot be used ({e}); give a PEM certificate chain and its PEM private key",
+                tls.cert_file.display()
+            )
+        })?;
+    }
 
     let listener = TcpListener::bind(config.grpc_addr)
         .with_context(|| format!("binding the control plane to {} (WSS_GRPC_ADDR); is another wss running?", config.grpc_addr))?;
@@ -361,18 +375,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         routing: routing.clone(),
         allow_http: config.allow_http,
         allow_private_targets: config.allow_private_targets,
+        allowed_target_cidrs: config.allowed_target_cidrs.clone(),
     };
-    let token = config.admin_token.clone();
+    let options = grpc::ServeOptions { admin_token: config.admin_token.clone(), tls: config.tls.clone() };
+    let transport = match &config.tls {
+        None => "plaintext",
+        Some(tls) if tls.client_ca_pem.is_some() => "TLS, client certificates required",
+        Some(_) => "TLS",
+    };
     let grpc_task = runtime.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking std listener converts");
         let shutdown = async move {
             let _ = stop_grpc_rx.await;
         };
-        if let Err(err) = grpc::serve(listener, plane, token, shutdown).await {
+        if let Err(err) = grpc::serve_with(listener, plane, options, shutdown).await {
             log::error!(target: "wss::grpc", "the control plane stopped: {err}");
         }
     });
-    log::info!(target: "wss", "control plane listening on {grpc_addr} (gRPC, reflection on)");
+    log::info!(target: "wss", "control plane listening on {grpc_addr} (gRPC, reflection on, {transport})");
 
     // The pipeline must not route before the configuration is loaded: an empty snapshot would
     // dead-letter every event as "unknown tenant".
@@ -383,6 +403,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 log::info!(target: "wss", "configuration loaded from Redis at {} (version {version})", redis.display_url());
                 break;
             }
+            // A secret this key cannot open: delivering would mean sending unsigned or
+            // wrongly-signed requests, so stop and say which key is needed.
+            Err(err @ wss::domain::DomainError::Sealed { .. }) => {
+                let _ = stop_grpc_tx.send(());
+                return Err(anyhow::anyhow!("{err}"));
+            }
             Err(err) => log::debug!(target: "wss", "configuration not loaded yet: {err}"),
         }
         match signal_rx.recv_timeout(wait) {
@@ -391,6 +417,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 log::info!(target: "wss", "stopped before Redis became reachable");
                 return Ok(());
             }
+        }
+    }
+
+    if config.encryption_key.is_some() {
+        match store.seal_clear_secrets() {
+            Ok(0) => {}
+            Ok(n) => log::info!(target: "wss", "sealed {n} webhook secret(s) stored in clear before WSS_ENCRYPTION_KEY was set"),
+            Err(err) => log::warn!(target: "wss", "could not seal the webhook secrets stored in clear ({err}); they stay readable, and are sealed at the next start"),
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod model;
 pub mod routing;
 pub mod store;
+pub mod token;
 
 /// What can go wrong with a control-plane operation. The gRPC layer maps each variant to one
 /// status code (`grpc::status_of`).
@@ -22,6 +23,9 @@ pub enum DomainError {
     AlreadyExists { kind: &'static str, id: String },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's token may not touch this resource (another tenant's, or an admin's).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("Redis at {url} is unavailable ({source}); check that it runs, then try again")]
     Unavailable {
         url: String,
@@ -34,5 +38,14 @@ pub enum DomainError {
         id: String,
         #[source]
         source: serde_json::Error,
+    },
+    /// A stored secret cannot be read with the configured `WSS_ENCRYPTION_KEY` (none, another
+    /// one, or the value was tampered with). The message never carries the secret or the key.
+    #[error("the stored secret of {kind} {id:?} {source}")]
+    Sealed {
+        kind: &'static str,
+        id: String,
+        #[source]
+        source: crate::crypto::CryptoError,
     },
 }

@@ -87,8 +87,45 @@ pub struct Webhook {
     pub disabled_reason: String,
     pub signature_scheme: SignatureScheme,
     pub secret: Secret,
+    /// The secret a rotation replaced, still signed with — after `secret` — until
+    /// `previous_secret_until_ms` (SPEC.md §3). `None` outside an overlap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<Secret>,
+    /// End of the rotation's overlap, Unix milliseconds; 0 without one.
+    #[serde(default)]
+    pub previous_secret_until_ms: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+impl Webhook {
+    /// The previous secret while its overlap lasts at `now_ms`; `None` once it ended.
+    pub fn previous_secret_at(&self, now_ms: u64) -> Option<&Secret> {
+        self.previous_secret.as_ref().filter(|_| now_ms < self.previous_secret_until_ms)
+    }
+
+    /// Forgets a previous secret whose overlap has ended, so that it is not kept (or stored) longer
+    /// than it is used.
+    pub fn drop_expired_secret(&mut self, now_ms: u64) {
+        if self.previous_secret_at(now_ms).is_none() {
+            self.previous_secret = None;
+            self.previous_secret_until_ms = 0;
+        }
+    }
+
+    /// Replaces the secret with `new`, keeping the current one for `overlap` from `now_ms` (none
+    /// for a zero overlap). A previous secret still in its overlap is dropped: only the secret
+    /// being replaced stays valid alongside the new one.
+    pub fn rotate_secret(&mut self, new: Secret, overlap: Duration, now_ms: u64) {
+        let old = std::mem::replace(&mut self.secret, new);
+        if overlap.is_zero() {
+            self.previous_secret = None;
+            self.previous_secret_until_ms = 0;
+        } else {
+            self.previous_secret = Some(old);
+            self.previous_secret_until_ms = now_ms.saturating_add(overlap.as_millis() as u64);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,11 +243,15 @@ pub fn validate_url(value: &str, allow_http: bool) -> Result<(), DomainError> {
     if authority.host().is_empty() {
         return Err(invalid(FIELD, "has no host"));
     }
-    if authority.port_u16() == Some(0) {
-        return Err(invalid(FIELD, "port 0 cannot be dialled"));
-    }
-    if authority.as_str().ends_with(':') {
-        return Err(invalid(FIELD, "has an empty port"));
+    // The port as written (`Authority::port` hides one that does not fit in 16 bits).
+    let after_host = authority.as_str().rsplit_once(']').map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        match port.parse::<u16>() {
+            Ok(0) => return Err(invalid(FIELD, "port 0 cannot be dialled")),
+            Ok(_) => {}
+            Err(_) if port.is_empty() => return Err(invalid(FIELD, "has an empty port")),
+            Err(_) => return Err(invalid(FIELD, format!("port {port:?} is not a port number (1 to 65535)"))),
+        }
     }
     Ok(())
 }
@@ -384,6 +425,8 @@ mod tests {
             "example.com/hook",
             "https://user:pw@example.com/",
             "https://example.com:0/",
+            "https://example.com:99999/",
+            "https://example.com:65536/",
             "https:///nohost",
         ] {
             assert!(validate_url(bad, true).is_err(), "{bad}");
@@ -444,6 +487,27 @@ mod tests {
         let long = "x".repeat(crate::expr::MAX_SOURCE_BYTES + 1);
         let err = compile_transform(&long).unwrap_err();
         assert!(err.to_string().starts_with("transform: is 4097 bytes long; at most 4096 are allowed"), "{err}");
+    }
+
+    #[test]
+    fn rotation_keeps_the_replaced_secret_for_the_overlap_only() {
+        let stored = r#"{"id":"wh_1","tenant_id":"acme","url":"https://example.com/","event_types":[],"retry_policy_id":"","headers":{},"description":"","enabled":true,"signature_scheme":"wss","secret":"whsec_old","created_at_ms":1,"updated_at_ms":1}"#;
+        let mut webhook: Webhook = serde_json::from_str(stored).unwrap();
+        assert_eq!((webhook.previous_secret.as_ref(), webhook.previous_secret_until_ms), (None, 0), "stored before rotation existed");
+        webhook.rotate_secret(Secret::new("whsec_new".into()), Duration::from_secs(60), 1_000);
+        assert_eq!(webhook.secret.expose(), "whsec_new");
+        assert_eq!(webhook.previous_secret_at(60_999).map(Secret::expose), Some("whsec_old"));
+        assert_eq!(webhook.previous_secret_at(61_000), None);
+        let json = serde_json::to_string(&webhook).unwrap();
+        assert_eq!(serde_json::from_str::<Webhook>(&json).unwrap(), webhook);
+        webhook.rotate_secret(Secret::new("whsec_newer".into()), Duration::from_secs(10), 2_000);
+        assert_eq!(webhook.previous_secret_at(2_000).map(Secret::expose), Some("whsec_new"), "only the replaced secret stays");
+        webhook.drop_expired_secret(12_000);
+        assert_eq!((webhook.previous_secret.as_ref(), webhook.previous_secret_until_ms), (None, 0));
+        assert!(!serde_json::to_string(&webhook).unwrap().contains("previous_secret\":"), "nothing stored once it ended");
+        webhook.rotate_secret(Secret::new("whsec_now".into()), Duration::ZERO, 3_000);
+        assert_eq!(webhook.previous_secret_at(3_000), None, "a zero overlap switches at once");
+        assert!(!format!("{webhook:?}").contains("whsec_"), "Debug never shows a secret");
     }
 
     #[test]

@@ -30,6 +30,37 @@ use crate::{
 pub enum RouteSigner {
     Wss(WssSigner),
     Standard(StandardSigner),
+    /// A secret being rotated (SPEC.md §3): every request is signed with `current` first, then —
+    /// until `until_ms` (Unix milliseconds), checked at signing time — with `previous` too.
+    /// Both are of the webhook's one scheme; neither is itself `Rotating`.
+    Rotating { current: Box<RouteSigner>, previous: Box<RouteSigner>, until_ms: u64 },
+}
+
+impl RouteSigner {
+    /// The signer of one secret in `scheme`; `Err` with the reason when the secret cannot be a
+    /// key of that scheme.
+    fn for_secret(scheme: SignatureScheme, secret: &str) -> Result<Self, String> {
+        match scheme {
+            SignatureScheme::Wss => Ok(RouteSigner::Wss(WssSigner::new(secret.as_bytes()))),
+            SignatureScheme::StandardWebhooks => StandardSigner::new(secret).map(RouteSigner::Standard).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The webhook's signer: its secret's, and during a rotation's overlap the previous one's too.
+    fn for_webhook(webhook: &Webhook, now_ms: u64) -> Result<Self, String> {
+        let current = Self::for_secret(webhook.signature_scheme, webhook.secret.expose())?;
+        let Some(previous) = webhook.previous_secret_at(now_ms) else { return Ok(current) };
+        match Self::for_secret(webhook.signature_scheme, previous.expose()) {
+            Ok(previous) => Ok(RouteSigner::Rotating {
+                current: Box::new(current),
+                previous: Box::new(previous),
+                until_ms: webhook.previous_secret_until_ms,
+            }),
+            // The previous secret was usable when it was current; should it not be, signing
+            // with the new one alone is still right.
+            Err(_) => Ok(current),
+        }
+    }
 }
 
 /// One webhook as the pipeline sees it.
@@ -76,6 +107,7 @@ pub struct Routing {
 impl Routing {
     /// Builds a snapshot; `previous` lends the compiled expressions that did not change.
     pub fn build(everything: Everything, previous: &Routing) -> Self {
+        let now_ms = super::store::now_ms();
         let policies: HashMap<String, Arc<RetryPolicy>> =
             everything.policies.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
         let builtin = policies
@@ -96,15 +128,12 @@ impl Routing {
                 .into_iter()
                 .find(|id| !id.is_empty());
             let policy = policy_id.and_then(|id| policies.get(id.as_str())).cloned().unwrap_or_else(|| builtin.clone());
-            let signer = match webhook.signature_scheme {
-                SignatureScheme::Wss => RouteSigner::Wss(WssSigner::new(webhook.secret.expose().as_bytes())),
-                SignatureScheme::StandardWebhooks => match StandardSigner::new(webhook.secret.expose()) {
-                    Ok(signer) => RouteSigner::Standard(signer),
-                    Err(err) => {
-                        log::error!(target: "wss::routing", "webhook {} has an unusable Standard Webhooks secret ({err}); it receives nothing until its secret is replaced", webhook.id);
-                        continue;
-                    }
-                },
+            let signer = match RouteSigner::for_webhook(&webhook, now_ms) {
+                Ok(signer) => signer,
+                Err(err) => {
+                    log::error!(target: "wss::routing", "webhook {} has an unusable Standard Webhooks secret ({err}); it receives nothing until its secret is replaced", webhook.id);
+                    continue;
+                }
             };
             let before = previous.webhooks.get(&webhook.id);
             let refused = |field: &'static str| {
@@ -235,6 +264,8 @@ mod tests {
                 disabled_reason: String::new(),
                 signature_scheme: SignatureScheme::Wss,
                 secret: Secret::new("whsec_0123456789abcdef".into()),
+                previous_secret: None,
+                previous_secret_until_ms: 0,
                 created_at_ms: 0,
                 updated_at_ms: 0,
             })

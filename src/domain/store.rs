@@ -2,9 +2,16 @@
 //!
 //! Keys (all under the configured prefix `P`):
 //! - `P tenants`, `P webhooks`, `P policies`: hashes from id to the JSON of the resource;
+//! - `P tokens`: hash from token id to a tenant token's record (its SHA-256 digest, never the
+//!   token: see `crate::crypto`);
 //! - `P config:version`: a counter bumped by every write, which instances poll to reload.
 //!
-//! Writes run as optimistic transactions (`WATCH` the three hashes, check, `MULTI … EXEC`, retry
+//! Webhook secrets are sealed with `WSS_ENCRYPTION_KEY` when one is configured ([`Store::with_cipher`]):
+//! the JSON of a webhook then holds `enc:v1:…` instead of the secret, and only this module seals
+//! and opens it, so every other module sees the secret in clear and Redis never does. Without a
+//! key, secrets are stored in clear.
+//!
+//! Writes run as optimistic transactions (`WATCH` the four hashes, check, `MULTI … EXEC`, retry
 //! when another writer got in between), so that checks across resources — a webhook's tenant and
 //! policy exist, a policy in use cannot be deleted — hold under concurrent writers and instances.
 //! The store holds one connection behind a mutex: control-plane traffic is light, and a
@@ -17,10 +24,12 @@ use redis::{Commands, Connection, Pipeline};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    model::{RetryPolicy, Tenant, Webhook, DEFAULT_POLICY_ID},
+    model::{RetryPolicy, Secret, Tenant, Webhook, DEFAULT_POLICY_ID},
+    token::ApiToken,
     DomainError,
 };
 use crate::{
+    crypto::{self, SecretCipher},
     deadletter::DeadLetter,
     history::{self, DeliveryRecord},
     redis_conn::RedisTarget,
@@ -36,6 +45,8 @@ pub struct Keys {
     pub tenants: String,
     pub webhooks: String,
     pub policies: String,
+    /// Tenant tokens by id.
+    pub tokens: String,
     pub config_version: String,
     /// Index of all deliveries (see `crate::history`).
     pub deliveries: String,
@@ -50,6 +61,7 @@ impl Keys {
             tenants: format!("{prefix}tenants"),
             webhooks: format!("{prefix}webhooks"),
             policies: format!("{prefix}policies"),
+            tokens: format!("{prefix}tokens"),
             config_version: format!("{prefix}config:version"),
             deliveries: format!("{prefix}deliveries"),
         }
@@ -93,6 +105,8 @@ pub struct Store {
     target: RedisTarget,
     keys: Keys,
     conn: Mutex<Option<Connection>>,
+    /// Seals webhook secrets at rest; `None`: stored in clear.
+    cipher: Option<SecretCipher>,
 }
 
 pub fn now_ms() -> u64 {
@@ -101,7 +115,13 @@ pub fn now_ms() -> u64 {
 
 impl Store {
     pub fn new(target: RedisTarget, keys: Keys) -> Self {
-        Self { target, keys, conn: Mutex::new(None) }
+        Self { target, keys, conn: Mutex::new(None), cipher: None }
+    }
+
+    /// Seals webhook secrets with `cipher` from now on (`WSS_ENCRYPTION_KEY`).
+    pub fn with_cipher(mut self, cipher: Option<SecretCipher>) -> Self {
+        self.cipher = cipher;
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -131,15 +151,16 @@ impl Store {
         DomainError::Unavailable { url: self.target.display_url().to_owned(), source }
     }
 
-    /// An optimistic transaction over the three resource hashes: `check` reads what it needs and
-    /// queues its writes on the pipeline (or refuses); the version bump is added here. Retried
-    /// from the start when another writer changed a watched key meanwhile.
+    /// An optimistic transaction over the four resource hashes (tenants, webhooks, policies,
+    /// tokens): `check` reads what it needs and queues its writes on the pipeline (or refuses);
+    /// the version bump is added here. Retried from the start when another writer changed a
+    /// watched key meanwhile.
     fn mutate<T>(
         &self,
         mut check: impl FnMut(&mut Connection, &Keys, &mut Pipeline) -> Result<T, DomainError>,
     ) -> Result<T, DomainError> {
         self.with_conn(|con, keys| loop {
-            let watched = [&keys.tenants, &keys.webhooks, &keys.policies];
+            let watched = [&keys.tenants, &keys.webhooks, &keys.policies, &keys.tokens];
             redis::cmd("WATCH").arg(&watched).exec(con).map_err(|e| self.unavailable(e))?;
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -177,9 +198,9 @@ impl Store {
                     .map_err(|e| self.unavailable(e))?;
             Ok(Everything {
                 version: version.unwrap_or(0),
-                tenants: decode_all("tenant", tenants)?,
-                webhooks: decode_all("webhook", webhooks)?,
-                policies: with_builtin_default(decode_all("retry policy", policies)?),
+                tenants: self.decode_all(tenants)?,
+                webhooks: self.decode_all(webhooks)?,
+                policies: with_builtin_default(self.decode_all(policies)?),
             })
         })
     }
@@ -192,7 +213,7 @@ impl Store {
                 return Err(DomainError::AlreadyExists { kind: "tenant", id: tenant.id.clone() });
             }
             self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
-            pipe.hset(&keys.tenants, &tenant.id, encode(&tenant)).ignore();
+            pipe.hset(&keys.tenants, &tenant.id, self.encode(&tenant)?).ignore();
             Ok(tenant.clone())
         })
     }
@@ -216,12 +237,12 @@ impl Store {
             patch(&mut tenant)?;
             self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
             tenant.updated_at_ms = now_ms();
-            pipe.hset(&keys.tenants, id, encode(&tenant)).ignore();
+            pipe.hset(&keys.tenants, id, self.encode(&tenant)?).ignore();
             Ok(tenant)
         })
     }
 
-    /// Deletes the tenant and its webhooks; returns how many webhooks went with it.
+    /// Deletes the tenant, its webhooks and its tokens; returns how many webhooks went with it.
     pub fn delete_tenant(&self, id: &str) -> Result<u32, DomainError> {
         self.mutate(|con, keys, pipe| {
             let _: Tenant = self.fetch(con, &keys.tenants, "tenant", id)?;
@@ -230,6 +251,11 @@ impl Store {
             pipe.hdel(&keys.tenants, id).ignore();
             if !doomed.is_empty() {
                 pipe.hdel(&keys.webhooks, &doomed).ignore();
+            }
+            let tokens: Vec<ApiToken> = self.all(con, &keys.tokens, "token")?;
+            let revoked: Vec<&str> = tokens.iter().filter(|t| t.tenant_id == id).map(|t| t.id.as_str()).collect();
+            if !revoked.is_empty() {
+                pipe.hdel(&keys.tokens, &revoked).ignore();
             }
             Ok(doomed.len() as u32)
         })
@@ -244,7 +270,7 @@ impl Store {
             if con.hexists(&keys.webhooks, &webhook.id).map_err(|e| self.unavailable(e))? {
                 return Err(DomainError::AlreadyExists { kind: "webhook", id: webhook.id.clone() });
             }
-            pipe.hset(&keys.webhooks, &webhook.id, encode(&webhook)).ignore();
+            pipe.hset(&keys.webhooks, &webhook.id, self.encode(&webhook)?).ignore();
             Ok(webhook.clone())
         })
     }
@@ -272,7 +298,7 @@ impl Store {
             patch(&mut webhook)?;
             self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
             webhook.updated_at_ms = now_ms();
-            pipe.hset(&keys.webhooks, id, encode(&webhook)).ignore();
+            pipe.hset(&keys.webhooks, id, self.encode(&webhook)?).ignore();
             Ok(webhook)
         })
     }
@@ -285,6 +311,68 @@ impl Store {
         })
     }
 
+    /// Seals every webhook secret still stored in clear (written before `WSS_ENCRYPTION_KEY` was
+    /// configured); returns how many were sealed. Does nothing without a key.
+    pub fn seal_clear_secrets(&self) -> Result<usize, DomainError> {
+        if self.cipher.is_none() {
+            return Ok(0);
+        }
+        self.mutate(|con, keys, pipe| {
+            let raw: Vec<(String, String)> = con.hgetall(&keys.webhooks).map_err(|e| self.unavailable(e))?;
+            let mut sealed = 0;
+            for (id, json) in raw {
+                let stored: Webhook =
+                    serde_json::from_str(&json).map_err(|source| DomainError::Corrupt { kind: "webhook", id: id.clone(), source })?;
+                if crypto::is_sealed(stored.secret.expose()) {
+                    continue;
+                }
+                pipe.hset(&keys.webhooks, &id, self.encode(&stored)?).ignore();
+                sealed += 1;
+            }
+            Ok(sealed)
+        })
+    }
+
+    // ---- tokens ----
+
+    /// Stores a new tenant token's record (its digest, never the token).
+    pub fn create_token(&self, token: ApiToken) -> Result<ApiToken, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            self.require_tenant(con, keys, &token.tenant_id)?;
+            if con.hexists(&keys.tokens, &token.id).map_err(|e| self.unavailable(e))? {
+                return Err(DomainError::AlreadyExists { kind: "token", id: token.id.clone() });
+            }
+            pipe.hset(&keys.tokens, &token.id, self.encode(&token)?).ignore();
+            Ok(token.clone())
+        })
+    }
+
+    /// A token's record by id; `None` when there is none (never issued, revoked, or its tenant
+    /// deleted). One `HGET`: the control plane calls it for every call carrying a tenant token,
+    /// so that a revocation holds at once on every instance.
+    pub fn find_token(&self, id: &str) -> Result<Option<ApiToken>, DomainError> {
+        self.with_conn(|con, keys| match self.fetch(con, &keys.tokens, "token", id) {
+            Ok(token) => Ok(Some(token)),
+            Err(DomainError::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        })
+    }
+
+    pub fn list_tokens(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<ApiToken>, DomainError> {
+        self.with_conn(|con, keys| {
+            self.list(con, &keys.tokens, "token", page_size, token, |t: &ApiToken| tenant_id.is_empty() || t.tenant_id == tenant_id, |t| &t.id)
+        })
+    }
+
+    /// Revokes a token; returns its record.
+    pub fn revoke_token(&self, id: &str) -> Result<ApiToken, DomainError> {
+        self.mutate(|con, keys, pipe| {
+            let token: ApiToken = self.fetch(con, &keys.tokens, "token", id)?;
+            pipe.hdel(&keys.tokens, id).ignore();
+            Ok(token)
+        })
+    }
+
     // ---- retry policies ----
 
     pub fn create_policy(&self, policy: RetryPolicy) -> Result<RetryPolicy, DomainError> {
@@ -292,7 +380,7 @@ impl Store {
             if policy.id == DEFAULT_POLICY_ID || con.hexists(&keys.policies, &policy.id).map_err(|e| self.unavailable(e))? {
                 return Err(DomainError::AlreadyExists { kind: "retry policy", id: policy.id.clone() });
             }
-            pipe.hset(&keys.policies, &policy.id, encode(&policy)).ignore();
+            pipe.hset(&keys.policies, &policy.id, self.encode(&policy)?).ignore();
             Ok(policy.clone())
         })
     }
@@ -317,7 +405,7 @@ impl Store {
             let mut policy = self.fetch_policy(con, keys, id)?;
             patch(&mut policy)?;
             policy.validate()?;
-            pipe.hset(&keys.policies, id, encode(&policy)).ignore();
+            pipe.hset(&keys.policies, id, self.encode(&policy)?).ignore();
             Ok(policy)
         })
     }
@@ -427,10 +515,11 @@ impl Store {
 
     // ---- helpers ----
 
-    fn fetch<T: DeserializeOwned>(&self, con: &mut Connection, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
+    fn fetch<T: Stored>(&self, con: &mut Connection, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
+        debug_assert_eq!(kind, T::KIND);
         let raw: Option<String> = con.hget(key, id).map_err(|e| self.unavailable(e))?;
         let raw = raw.ok_or_else(|| DomainError::NotFound { kind, id: id.to_owned() })?;
-        decode(kind, id, &raw)
+        self.decode(id, &raw)
     }
 
     fn fetch_policy(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
@@ -440,13 +529,14 @@ impl Store {
         }
     }
 
-    fn all<T: DeserializeOwned>(&self, con: &mut Connection, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
+    fn all<T: Stored>(&self, con: &mut Connection, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
+        debug_assert_eq!(kind, T::KIND);
         let raw: Vec<(String, String)> = con.hgetall(key).map_err(|e| self.unavailable(e))?;
-        decode_all(kind, raw)
+        self.decode_all(raw)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn list<T: DeserializeOwned>(
+    fn list<T: Stored>(
         &self,
         con: &mut Connection,
         key: &str,
@@ -480,16 +570,96 @@ impl Store {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("domain types always serialize")
+impl Store {
+    /// The JSON stored for `value`, its secrets sealed when a key is configured.
+    fn encode<T: Stored>(&self, value: &T) -> Result<String, DomainError> {
+        let sealed = value.sealed(self.cipher.as_ref())?;
+        Ok(serde_json::to_string(sealed.as_ref().unwrap_or(value)).expect("domain types always serialize"))
+    }
+
+    fn decode<T: Stored>(&self, id: &str, raw: &str) -> Result<T, DomainError> {
+        let mut value: T =
+            serde_json::from_str(raw).map_err(|source| DomainError::Corrupt { kind: T::KIND, id: id.to_owned(), source })?;
+        value.open(self.cipher.as_ref())?;
+        Ok(value)
+    }
+
+    fn decode_all<T: Stored>(&self, raw: Vec<(String, String)>) -> Result<Vec<T>, DomainError> {
+        raw.iter().map(|(id, json)| self.decode(id, json)).collect()
+    }
 }
 
-fn decode<T: DeserializeOwned>(kind: &'static str, id: &str, raw: &str) -> Result<T, DomainError> {
-    serde_json::from_str(raw).map_err(|source| DomainError::Corrupt { kind, id: id.to_owned(), source })
+/// What the store keeps as JSON in a hash. Only webhooks hold secrets; the default methods do
+/// nothing.
+trait Stored: Serialize + DeserializeOwned + Clone {
+    const KIND: &'static str;
+
+    /// A copy with its secrets sealed, or `None` when there is nothing to seal.
+    fn sealed(&self, _cipher: Option<&SecretCipher>) -> Result<Option<Self>, DomainError> {
+        Ok(None)
+    }
+
+    /// Opens the secrets of a value just read.
+    fn open(&mut self, _cipher: Option<&SecretCipher>) -> Result<(), DomainError> {
+        Ok(())
+    }
 }
 
-fn decode_all<T: DeserializeOwned>(kind: &'static str, raw: Vec<(String, String)>) -> Result<Vec<T>, DomainError> {
-    raw.iter().map(|(id, json)| decode(kind, id, json)).collect()
+impl Stored for Tenant {
+    const KIND: &'static str = "tenant";
+}
+
+impl Stored for RetryPolicy {
+    const KIND: &'static str = "retry policy";
+}
+
+impl Stored for ApiToken {
+    const KIND: &'static str = "token";
+}
+
+/// The associated data a webhook secret is sealed with: it opens only on that webhook, and only
+/// in its place (current or previous).
+fn secret_context(webhook_id: &str, previous: bool) -> String {
+    if previous {
+        format!("webhook-previous-secret:{webhook_id}")
+    } else {
+        format!("webhook-secret:{webhook_id}")
+    }
+}
+
+impl Stored for Webhook {
+    const KIND: &'static str = "webhook";
+
+    /// Also forgets a previous secret whose overlap has ended: it is never stored longer than it
+    /// is used.
+    fn sealed(&self, cipher: Option<&SecretCipher>) -> Result<Option<Self>, DomainError> {
+        let mut copy = self.clone();
+        copy.drop_expired_secret(now_ms());
+        let Some(cipher) = cipher else {
+            return Ok((copy.previous_secret != self.previous_secret).then_some(copy));
+        };
+        let seal = |secret: &Secret, previous: bool| {
+            cipher
+                .seal(secret.expose(), &secret_context(&self.id, previous))
+                .map(Secret::new)
+                .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+        };
+        copy.secret = seal(&self.secret, false)?;
+        copy.previous_secret = copy.previous_secret.as_ref().map(|s| seal(s, true)).transpose()?;
+        Ok(Some(copy))
+    }
+
+    fn open(&mut self, cipher: Option<&SecretCipher>) -> Result<(), DomainError> {
+        self.drop_expired_secret(now_ms());
+        let open = |secret: &Secret, previous: bool| {
+            crypto::open(cipher, secret.expose(), &secret_context(&self.id, previous))
+                .map(Secret::new)
+                .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+        };
+        self.secret = open(&self.secret, false)?;
+        self.previous_secret = self.previous_secret.as_ref().map(|s| open(s, true)).transpose()?;
+        Ok(())
+    }
 }
 
 fn with_builtin_default(mut policies: Vec<RetryPolicy>) -> Vec<RetryPolicy> {

@@ -127,10 +127,13 @@ pub fn tenant_to_proto(tenant: Tenant) -> proto::Tenant {
     }
 }
 
-/// A webhook as Get/List/Update return it: without its secret. CreateWebhook fills the secret in
-/// itself, the only place it is shown.
+/// A webhook as Get/List/Update return it: without its secret. CreateWebhook and
+/// RotateWebhookSecret fill the secret in themselves, the only places it is shown.
 pub fn webhook_to_proto(webhook: Webhook) -> proto::Webhook {
+    let previous_secret_expires_at =
+        webhook.previous_secret_at(crate::domain::store::now_ms()).and(timestamp(webhook.previous_secret_until_ms));
     proto::Webhook {
+        previous_secret_expires_at,
         webhook_id: webhook.id,
         tenant_id: webhook.tenant_id,
         url: webhook.url,
@@ -270,6 +273,8 @@ mod tests {
             disabled_reason: String::new(),
             signature_scheme: SignatureScheme::StandardWebhooks,
             secret: model::Secret::new("whsec_c2VjcmV0c2VjcmV0c2VjcmV0".into()),
+            previous_secret: None,
+            previous_secret_until_ms: 0,
             created_at_ms: 1000,
             updated_at_ms: 2000,
         };

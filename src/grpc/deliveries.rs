@@ -3,6 +3,10 @@
 //! `<prefix>deadletters` newest first, optionally of one tenant. The tenant filter need not name
 //! an existing tenant: entries rejected as `unknown_tenant`, and those of deleted tenants, must stay
 //! listable.
+//!
+//! A tenant token sees only its own tenant: its lists are restricted to it (an empty `tenant_id`
+//! means its own, another tenant's is `PERMISSION_DENIED`), and GetDelivery of another tenant's
+//! delivery is `PERMISSION_DENIED`.
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use prost_types::Timestamp;
 
 use super::{
     convert::{attempt_to_proto, dead_letter_to_proto, optional_id, page_size, required_ref, timestamp},
-    ControlPlane,
+    ControlPlane, Principal,
 };
 use crate::{
     domain::{model::invalid, DomainError},
@@ -112,8 +116,10 @@ impl DeliveryService for DeliveryApi {
         &self,
         request: Request<proto::ListDeliveriesRequest>,
     ) -> Result<Response<proto::ListDeliveriesResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let req = request.into_inner();
-        let query = query_from_proto(&req)?;
+        let mut query = query_from_proto(&req)?;
+        query.tenant_id = principal.scope("tenant_id", &query.tenant_id)?;
         let size = page_size(req.page_size)?;
         let page = self.plane.read(move |store| store.list_deliveries(&query, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListDeliveriesResponse {
@@ -123,9 +129,11 @@ impl DeliveryService for DeliveryApi {
     }
 
     async fn get_delivery(&self, request: Request<proto::GetDeliveryRequest>) -> Result<Response<proto::Delivery>, Status> {
+        let principal = Principal::of(&request)?;
         let id = request.into_inner().delivery_id;
         required_ref("delivery_id", &id)?;
         let record = self.plane.read(move |store| store.get_delivery(&id)).await?;
+        principal.require_tenant("delivery", &record.id, &record.tenant_id)?;
         Ok(Response::new(delivery_to_proto(record)))
     }
 
@@ -133,11 +141,13 @@ impl DeliveryService for DeliveryApi {
         &self,
         request: Request<proto::ListDeadLettersRequest>,
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
+        let tenant_id = principal.scope("tenant_id", &req.tenant_id)?;
         let size = page_size(req.page_size)?;
         check_stream_token(&req.page_token)?;
-        let page = self.plane.read(move |store| store.list_dead_letters(&req.tenant_id, size, &req.page_token)).await?;
+        let page = self.plane.read(move |store| store.list_dead_letters(&tenant_id, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListDeadLettersResponse {
             dead_letters: page.items.into_iter().map(dead_letter_to_proto).collect(),
             next_page_token: page.next_token,

@@ -1,5 +1,6 @@
-//! The control plane: the five `wss.v1` gRPC services (SPEC.md §5), plus `grpc.health.v1.Health`
-//! and server reflection (v1 and v1alpha) so that `grpcurl` works without proto files.
+//! The control plane: the six `wss.v1` gRPC services (SPEC.md §5, plus `TokenService`), plus
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) so that `grpcurl` works without
+//! proto files.
 //!
 //! Each service is thin: it validates the request, converts it into a domain type
 //! ([`convert`] and the `validate_*` functions of [`crate::domain::model`]), calls the
@@ -9,37 +10,78 @@
 //! routes already sees the change; when that reload fails the refresher catches up within a
 //! second, so it is only logged.
 //!
-//! Authentication: with an admin token configured, every `wss.v1` call must carry
-//! `authorization: Bearer <token>`; health and reflection stay open so that probes and
-//! `grpcurl list` need no secret. Without a token nothing is checked — the caller only allows that
-//! on a loopback listener.
+//! **Authentication and authorization** happen in two steps.
 //!
-//! Logs go to target `wss::grpc`: each mutation at INFO with resource ids only, never a secret or
-//! a token.
+//! 1. [`AuthLayer`], a tower layer in front of every service, decides *who* calls: it reads
+//!    `authorization: Bearer <token>` and finds the admin token (its SHA-256 digest compared in
+//!    constant time) or a tenant token (`tok_<id>.<secret>`: its record is read from Redis on
+//!    every call, so a revocation holds at once on every instance, and its digest compared in
+//!    constant time). It then checks the rpc against [`access_of`], a table of which rpcs a
+//!    tenant token may use at all; every other rpc — including any added later and not listed —
+//!    needs the admin token. Missing or unknown tokens are `UNAUTHENTICATED`, a tenant token on an
+//!    admin rpc `PERMISSION_DENIED`. The [`Principal`] goes to the handler in the request's
+//!    extensions. Health and reflection stay open, so probes and `grpcurl list` need no secret.
+//! 2. The handlers of the rpcs a tenant may use restrict it to its own tenant's resources
+//!    ([`Principal::scope`], [`Principal::require_tenant`]): another tenant's resource is
+//!    `PERMISSION_DENIED`.
+//!
+//! Without an admin token configured, a call without a token is an admin call — the caller only
+//! allows that on a loopback listener — but a tenant token is still checked and scopes the call,
+//! so that tenant tokens can be tried locally.
+//!
+//! **Limits**: requests larger than [`MAX_MESSAGE_BYTES`] are refused before they are decoded, and
+//! so are header blocks larger than [`MAX_HEADER_LIST_BYTES`]. **TLS** (optional): a certificate
+//! and key, and a client CA for mutual TLS ([`ServeOptions::tls`]).
+//!
+//! Logs go to target `wss::grpc`: each mutation at INFO with resource ids only, and each refused
+//! call at INFO with the rpc and the reason — never a secret, a token or the authorization header.
 
 pub mod convert;
 mod deliveries;
 mod events;
 mod policies;
 mod tenants;
+mod tokens;
 mod webhooks;
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tonic::{metadata::MetadataMap, service::Interceptor, transport::server::TcpIncoming, Code, Request, Status};
+use tonic::{
+    body::Body,
+    transport::{server::TcpIncoming, Certificate, Identity, ServerTlsConfig},
+    Code, Request, Status,
+};
 
 use crate::{
+    config::TlsSettings,
+    crypto,
     domain::{routing::RoutingHandle, store::Store, DomainError},
     proto::{
         delivery_service_server::DeliveryServiceServer, event_service_server::EventServiceServer,
         retry_policy_service_server::RetryPolicyServiceServer, tenant_service_server::TenantServiceServer,
-        webhook_service_server::WebhookServiceServer,
+        token_service_server::TokenServiceServer, webhook_service_server::WebhookServiceServer,
     },
 };
 
 const TARGET: &str = "wss::grpc";
+
+/// Largest request message accepted (tonic's default, made explicit): a PublishEvent carries at
+/// most one event, and every other request is small. Larger ones are refused before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Largest HTTP/2 header block (metadata) accepted.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// Concurrent calls on one connection, at most.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// A TLS handshake that takes longer is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the control plane serves from.
 pub struct ControlPlane {
@@ -50,25 +92,73 @@ pub struct ControlPlane {
     pub allow_http: bool,
     /// Accept webhook URLs whose host is a loopback/private IP literal (`WSS_ALLOW_PRIVATE_TARGETS`).
     pub allow_private_targets: bool,
+    /// Private ranges accepted all the same (`WSS_ALLOWED_TARGET_CIDRS`).
+    pub allowed_target_cidrs: Vec<crate::http::Cidr>,
 }
 
-/// Serves all five wss.v1 services + grpc.health.v1.Health + reflection (BOTH v1 and v1alpha:
-/// grpcurl 1.8.6 uses v1alpha) on `listener` until `shutdown` completes.
+impl ControlPlane {
+    /// Which addresses this instance lets webhooks reach, as the delivery agent sees it.
+    pub fn target_policy(&self) -> crate::http::TargetPolicy {
+        crate::http::TargetPolicy { allow_private: self.allow_private_targets, allowed: self.allowed_target_cidrs.clone() }
+    }
+}
+
+/// How the control plane listens.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Bearer token for admin calls; `None`: calls without a token are admin calls (loopback only).
+    pub admin_token: Option<String>,
+    /// Serve gRPC over TLS (and require client certificates when a client CA is given).
+    pub tls: Option<TlsSettings>,
+}
+
+/// Serves all wss.v1 services + grpc.health.v1.Health + reflection on `listener` until
+/// `shutdown` completes, with `admin_token` and no TLS. See [`serve_with`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     plane: ControlPlane,
     admin_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let plane = Arc::new(plane);
-    let auth = AdminAuth::new(admin_token.as_deref());
+    serve_with(listener, plane, ServeOptions { admin_token, tls: None }, shutdown).await
+}
 
-    let tenants = TenantServiceServer::with_interceptor(tenants::TenantApi::new(plane.clone()), auth.clone());
-    let webhooks = WebhookServiceServer::with_interceptor(webhooks::WebhookApi::new(plane.clone()), auth.clone());
-    let policies =
-        RetryPolicyServiceServer::with_interceptor(policies::RetryPolicyApi::new(plane.clone()), auth.clone());
-    let events = EventServiceServer::with_interceptor(events::EventApi::new(plane.clone()), auth.clone());
-    let deliveries = DeliveryServiceServer::with_interceptor(deliveries::DeliveryApi::new(plane), auth);
+/// The tonic TLS configuration of `tls`. Fails when the certificate or key is not usable; call
+/// it before serving to report that at start-up.
+pub fn tls_config(tls: &TlsSettings) -> Result<ServerTlsConfig, tonic::transport::Error> {
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &tls.client_ca_pem {
+        config = config.client_ca_root(Certificate::from_pem(ca));
+    }
+    // Building the server checks the identity now rather than at the first connection.
+    tonic::transport::Server::builder().tls_config(config.clone())?;
+    Ok(config)
+}
+
+/// Serves all wss.v1 services + grpc.health.v1.Health + reflection (BOTH v1 and v1alpha:
+/// grpcurl 1.8.6 uses v1alpha) on `listener` until `shutdown` completes.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    plane: ControlPlane,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let plane = Arc::new(plane);
+    let auth = AuthLayer::new(options.admin_token.as_deref(), plane.store.clone());
+
+    macro_rules! limited {
+        ($server:expr) => {
+            $server.max_decoding_message_size(MAX_MESSAGE_BYTES)
+        };
+    }
+    let tenants = limited!(TenantServiceServer::new(tenants::TenantApi::new(plane.clone())));
+    let webhooks = limited!(WebhookServiceServer::new(webhooks::WebhookApi::new(plane.clone())));
+    let policies = limited!(RetryPolicyServiceServer::new(policies::RetryPolicyApi::new(plane.clone())));
+    let events = limited!(EventServiceServer::new(events::EventApi::new(plane.clone())));
+    let deliveries = limited!(DeliveryServiceServer::new(deliveries::DeliveryApi::new(plane.clone())));
+    let tokens = limited!(TokenServiceServer::new(tokens::TokenApi::new(plane)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in [
@@ -78,6 +168,7 @@ pub async fn serve(
         crate::proto::retry_policy_service_server::SERVICE_NAME,
         crate::proto::event_service_server::SERVICE_NAME,
         crate::proto::delivery_service_server::SERVICE_NAME,
+        crate::proto::token_service_server::SERVICE_NAME,
     ] {
         health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
     }
@@ -93,7 +184,14 @@ pub async fn serve(
         .inspect_err(|e| log::error!(target: TARGET, "gRPC reflection v1alpha is unavailable: {e}"))
         .ok();
 
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder.tls_config(tls_config(tls)?)?;
+    }
+    builder
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .layer(auth)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
@@ -102,6 +200,7 @@ pub async fn serve(
         .add_service(policies)
         .add_service(events)
         .add_service(deliveries)
+        .add_service(tokens)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
 }
@@ -121,8 +220,9 @@ pub fn status_of(err: DomainError) -> Status {
         DomainError::NotFound { .. } => Code::NotFound,
         DomainError::AlreadyExists { .. } => Code::AlreadyExists,
         DomainError::FailedPrecondition(_) => Code::FailedPrecondition,
+        DomainError::PermissionDenied(_) => Code::PermissionDenied,
         DomainError::Unavailable { .. } => Code::Unavailable,
-        DomainError::Corrupt { .. } => Code::Internal,
+        DomainError::Corrupt { .. } | DomainError::Sealed { .. } => Code::Internal,
     };
     if code == Code::Internal {
         log::error!(target: TARGET, "{err}");
@@ -186,49 +286,116 @@ where
 
 const MISSING_AUTH: &str = "missing authorization metadata: send `authorization: Bearer <token>`";
 const MALFORMED_AUTH: &str = "malformed authorization metadata: send `authorization: Bearer <token>`";
-const UNKNOWN_TOKEN: &str = "unknown token";
+const UNKNOWN_TOKEN: &str = "unknown token: it was never issued, was revoked, or its tenant was deleted";
 
-/// Checks `authorization: Bearer <token>` on every call of a `wss.v1` service.
-///
-/// Only the SHA-256 digest of the admin token is kept; presented tokens are hashed the same way and
-/// the digests compared in constant time, so neither the token's bytes nor its length leak
-/// through timing.
-#[derive(Clone)]
-pub struct AdminAuth {
-    expected: Option<[u8; 32]>,
+/// Who is calling, as the handlers see it (in the request's extensions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token, or any call when no admin token is configured.
+    Admin,
+    /// A tenant token: only this tenant's webhooks, deliveries and dead letters.
+    Tenant(String),
 }
 
-impl AdminAuth {
-    /// `None`: every call is let through.
-    pub fn new(admin_token: Option<&str>) -> Self {
-        Self { expected: admin_token.map(digest) }
+impl Principal {
+    /// The principal [`AuthLayer`] attached to `request`. Its absence means the service was served
+    /// without the layer: refused, never treated as admin.
+    pub fn of<T>(request: &Request<T>) -> Result<Principal, Status> {
+        request.extensions().get::<Principal>().cloned().ok_or_else(|| {
+            log::error!(target: TARGET, "a call reached a handler without passing authentication; refusing it");
+            Status::internal("the call was not authenticated; this is a bug in wss, see the server log")
+        })
     }
 
-    /// `Ok` when no token is configured or the metadata carries the configured one.
-    pub fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let Some(expected) = &self.expected else { return Ok(()) };
-        let value = metadata.get("authorization").ok_or_else(|| Status::unauthenticated(MISSING_AUTH))?;
-        let value = value.to_str().map_err(|_| Status::unauthenticated(MALFORMED_AUTH))?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| Status::unauthenticated(MALFORMED_AUTH))?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Status::unauthenticated(MALFORMED_AUTH));
+    /// The tenant a List request covers. An admin gets what it asked for (empty: every tenant);
+    /// a tenant token its own tenant, whether it named it or left `field` empty.
+    pub fn scope(&self, field: &'static str, requested: &str) -> Result<String, DomainError> {
+        match self {
+            Principal::Admin => Ok(requested.to_owned()),
+            Principal::Tenant(own) if requested.is_empty() || requested == own => Ok(own.clone()),
+            Principal::Tenant(own) => Err(DomainError::PermissionDenied(format!(
+                "{field}: this token belongs to tenant {own:?} and may only use that tenant's resources"
+            ))),
         }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(Status::unauthenticated(MALFORMED_AUTH));
+    }
+
+    /// Ok when this principal may touch `kind` `id`, which belongs to `tenant_id`. The refusal
+    /// does not say whose the resource is.
+    pub fn require_tenant(&self, kind: &str, id: &str, tenant_id: &str) -> Result<(), DomainError> {
+        match self {
+            Principal::Admin => Ok(()),
+            Principal::Tenant(own) if own == tenant_id => Ok(()),
+            Principal::Tenant(own) => Err(DomainError::PermissionDenied(format!(
+                "{kind} {id:?} belongs to another tenant; this token may only use tenant {own:?}'s resources"
+            ))),
         }
+    }
+}
+
+/// Who may call an rpc at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Health checks and reflection: no token.
+    Open,
+    /// The admin token, or a tenant token that the handler restricts to its own tenant.
+    Tenant,
+    /// The admin token only.
+    Admin,
+}
+
+/// The access rule of an rpc, by its HTTP/2 path (`/wss.v1.WebhookService/GetWebhook`). Anything
+/// not listed — every rpc added later included — needs the admin token.
+pub fn access_of(path: &str) -> Access {
+    if path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.") {
+        return Access::Open;
+    }
+    match path {
+        "/wss.v1.TenantService/GetTenant"
+        | "/wss.v1.RetryPolicyService/GetRetryPolicy"
+        | "/wss.v1.RetryPolicyService/ListRetryPolicies"
+        | "/wss.v1.DeliveryService/ListDeliveries"
+        | "/wss.v1.DeliveryService/GetDelivery"
+        | "/wss.v1.DeliveryService/ListDeadLetters"
+        | "/wss.v1.WebhookService/CreateWebhook"
+        | "/wss.v1.WebhookService/GetWebhook"
+        | "/wss.v1.WebhookService/ListWebhooks"
+        | "/wss.v1.WebhookService/UpdateWebhook"
+        | "/wss.v1.WebhookService/DeleteWebhook"
+        | "/wss.v1.WebhookService/RotateWebhookSecret" => Access::Tenant,
+        _ => Access::Admin,
+    }
+}
+
+/// What the authorization header says, before any lookup.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential<'a> {
+    /// No header.
+    None,
+    /// The configured admin token.
+    Admin,
+    /// Shaped like a tenant token; still to be looked up.
+    TenantToken { id: &'a str, token: &'a str },
+    /// A header that is no token we know (or not a bearer token at all).
+    Unknown(&'static str),
+}
+
+/// Reads the authorization value. Pure: the tenant-token lookup comes after.
+fn credential<'a>(admin: Option<&[u8; 32]>, header: Option<&'a [u8]>) -> Credential<'a> {
+    let Some(raw) = header else { return Credential::None };
+    let Ok(value) = std::str::from_utf8(raw) else { return Credential::Unknown(MALFORMED_AUTH) };
+    let Some((scheme, token)) = value.trim().split_once(' ') else { return Credential::Unknown(MALFORMED_AUTH) };
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Credential::Unknown(MALFORMED_AUTH);
+    }
+    if let Some(expected) = admin {
         if bool::from(digest(token).ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(UNKNOWN_TOKEN))
+            return Credential::Admin;
         }
     }
-}
-
-impl Interceptor for AdminAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.check(request.metadata())?;
-        Ok(request)
+    match crypto::token_id_of(token) {
+        Some(id) => Credential::TenantToken { id, token },
+        None => Credential::Unknown(UNKNOWN_TOKEN),
     }
 }
 
@@ -236,51 +403,200 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Decides who calls (see the module docs). Shared by every connection.
+struct Authenticator {
+    /// SHA-256 of the admin token; only the digest is kept.
+    admin: Option<[u8; 32]>,
+    store: Arc<Store>,
+}
+
+impl Authenticator {
+    /// `Ok(None)`: an open rpc. The error is the status to answer with.
+    async fn authenticate(&self, path: &str, header: Option<&[u8]>) -> Result<Option<Principal>, Status> {
+        let access = access_of(path);
+        if access == Access::Open {
+            return Ok(None);
+        }
+        let principal = match credential(self.admin.as_ref(), header) {
+            Credential::Admin => Principal::Admin,
+            Credential::None if self.admin.is_none() => Principal::Admin,
+            Credential::Unknown(_) if self.admin.is_none() => Principal::Admin,
+            Credential::None => return Err(refuse(path, Status::unauthenticated(MISSING_AUTH), "no token")),
+            Credential::Unknown(why) => return Err(refuse(path, Status::unauthenticated(why), "not a known token")),
+            Credential::TenantToken { id, token } => {
+                let store = self.store.clone();
+                let lookup_id = id.to_owned();
+                let found = run_blocking(move || store.find_token(&lookup_id)).await.map_err(|status| {
+                    log::warn!(target: TARGET, "cannot check token {id} for {path}: {}", status.message());
+                    Status::unavailable(format!("cannot check the token right now ({}); try again", status.message()))
+                })?;
+                match found {
+                    Some(record) if crypto::token_matches(token, &record.digest) => Principal::Tenant(record.tenant_id),
+                    Some(_) => return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("token {id} with a wrong secret"))),
+                    None => return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("unknown or revoked token {id}"))),
+                }
+            }
+        };
+        if let (Access::Admin, Principal::Tenant(tenant)) = (access, &principal) {
+            let status = Status::permission_denied(format!(
+                "this rpc needs the admin token; a tenant token (tenant {tenant:?}) may only use its own tenant's webhooks, deliveries and dead letters"
+            ));
+            return Err(refuse(path, status, &format!("a token of tenant {tenant} on an admin rpc")));
+        }
+        Ok(Some(principal))
+    }
+}
+
+/// Logs a refused call (never the credential) and hands back its status.
+fn refuse(path: &str, status: Status, why: &str) -> Status {
+    log::info!(target: TARGET, "refused {path}: {why} ({:?})", status.code());
+    status
+}
+
+/// The tower layer that authenticates every call before it reaches a service.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(admin_token: Option<&str>, store: Arc<Store>) -> Self {
+        Self { auth: Arc::new(Authenticator { admin: admin_token.map(digest), store }) }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService { inner, auth: self.auth.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S> tower::Service<::http::Request<Body>> for AuthService<S>
+where
+    S: tower::Service<::http::Request<Body>, Response = ::http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = ::http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: ::http::Request<Body>) -> Self::Future {
+        // The service that was polled ready is the one to call; leave a clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let header = request.headers().get(::http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+            match auth.authenticate(request.uri().path(), header.as_deref()).await {
+                Ok(Some(principal)) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Ok(None) => inner.call(request).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn metadata(authorization: Option<&str>) -> MetadataMap {
-        let mut map = MetadataMap::new();
-        if let Some(value) = authorization {
-            map.insert("authorization", value.parse().unwrap());
+    const ADMIN: &str = "s3cret-admin-token";
+
+    fn cred(admin: Option<&str>, header: Option<&str>) -> Credential<'static> {
+        let admin = admin.map(digest);
+        let header: Option<&'static str> = header.map(|h| &*Box::leak(h.to_owned().into_boxed_str()));
+        credential(admin.as_ref(), header.map(str::as_bytes))
+    }
+
+    #[test]
+    fn the_admin_token_is_recognised_and_others_are_not() {
+        let admin = Some(ADMIN);
+        assert_eq!(cred(admin, Some("Bearer s3cret-admin-token")), Credential::Admin);
+        assert_eq!(cred(admin, Some("bearer  s3cret-admin-token ")), Credential::Admin);
+        assert_eq!(cred(admin, None), Credential::None);
+        assert_eq!(cred(admin, Some("Bearer s3cret-admin-tokem")), Credential::Unknown(UNKNOWN_TOKEN));
+        assert_eq!(cred(admin, Some("Bearer s3cret-admin-token-longer")), Credential::Unknown(UNKNOWN_TOKEN));
+        assert_eq!(cred(admin, Some("Basic s3cret-admin-token")), Credential::Unknown(MALFORMED_AUTH));
+        assert_eq!(cred(admin, Some("s3cret-admin-token")), Credential::Unknown(MALFORMED_AUTH));
+        assert_eq!(cred(admin, Some("Bearer ")), Credential::Unknown(MALFORMED_AUTH));
+        assert_eq!(cred(None, Some("Bearer s3cret-admin-token")), Credential::Unknown(UNKNOWN_TOKEN));
+    }
+
+    #[test]
+    fn tenant_tokens_are_recognised_by_shape() {
+        let issued = crypto::issue_token().unwrap();
+        let header = format!("Bearer {}", issued.token);
+        match cred(Some(ADMIN), Some(&header)) {
+            Credential::TenantToken { id, token } => {
+                assert_eq!(id, issued.id);
+                assert_eq!(token, issued.token);
+            }
+            other => panic!("expected a tenant token, got {other:?}"),
         }
-        map
-    }
-
-    fn refusal(auth: &AdminAuth, authorization: Option<&str>) -> String {
-        let status = auth.check(&metadata(authorization)).unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated);
-        status.message().to_owned()
-    }
-
-    #[test]
-    fn without_a_token_everything_passes() {
-        let auth = AdminAuth::new(None);
-        assert!(auth.check(&metadata(None)).is_ok());
-        assert!(auth.check(&metadata(Some("Bearer whatever"))).is_ok());
-    }
-
-    #[test]
-    fn the_configured_token_passes_and_others_do_not() {
-        let auth = AdminAuth::new(Some("s3cret-token"));
-        assert!(auth.check(&metadata(Some("Bearer s3cret-token"))).is_ok());
-        assert!(auth.check(&metadata(Some("bearer  s3cret-token "))).is_ok());
-        assert_eq!(refusal(&auth, None), MISSING_AUTH);
-        assert_eq!(refusal(&auth, Some("Bearer s3cret-tokem")), UNKNOWN_TOKEN);
-        assert_eq!(refusal(&auth, Some("Bearer s3cret-token-longer")), UNKNOWN_TOKEN);
-        assert_eq!(refusal(&auth, Some("Basic s3cret-token")), MALFORMED_AUTH);
-        assert_eq!(refusal(&auth, Some("s3cret-token")), MALFORMED_AUTH);
-        assert_eq!(refusal(&auth, Some("Bearer ")), MALFORMED_AUTH);
+        assert!(matches!(cred(None, Some(&header)), Credential::TenantToken { .. }));
     }
 
     #[test]
     fn refusals_never_echo_the_token() {
-        let auth = AdminAuth::new(Some("s3cret-token"));
-        for presented in ["Bearer guess-token", "Token s3cret-token", "s3cret-token"] {
-            let message = refusal(&auth, Some(presented));
+        for presented in ["Bearer guess-token", "Token s3cret-admin-token", "s3cret-admin-token", "Bearer tok_x.guess"] {
+            let message = match cred(Some(ADMIN), Some(presented)) {
+                Credential::Unknown(message) => message,
+                other => panic!("{presented}: {other:?}"),
+            };
             assert!(!message.contains("s3cret") && !message.contains("guess"), "{message}");
         }
+    }
+
+    #[test]
+    fn only_listed_rpcs_are_open_to_tenant_tokens() {
+        assert_eq!(access_of("/grpc.health.v1.Health/Check"), Access::Open);
+        assert_eq!(access_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Access::Open);
+        assert_eq!(access_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), Access::Open);
+        assert_eq!(access_of("/wss.v1.DeliveryService/ListDeadLetters"), Access::Tenant);
+        assert_eq!(access_of("/wss.v1.TenantService/GetTenant"), Access::Tenant);
+        for admin in [
+            "/wss.v1.TenantService/CreateTenant",
+            "/wss.v1.TenantService/ListTenants",
+            "/wss.v1.RetryPolicyService/CreateRetryPolicy",
+            "/wss.v1.EventService/PublishEvent",
+            "/wss.v1.TokenService/CreateToken",
+            "/wss.v1.DeliveryService/SomethingAddedLater",
+            "/wss.v1.TenantService/GetTenant/extra",
+            "/grpc.health.v1.Healthy/Check",
+            "/",
+        ] {
+            assert_eq!(access_of(admin), Access::Admin, "{admin}");
+        }
+    }
+
+    #[test]
+    fn principals_scope_lists_and_resources() {
+        let tenant = Principal::Tenant("acme".into());
+        assert_eq!(tenant.scope("tenant_id", "").unwrap(), "acme");
+        assert_eq!(tenant.scope("tenant_id", "acme").unwrap(), "acme");
+        let denied = tenant.scope("tenant_id", "globex").unwrap_err();
+        assert!(matches!(&denied, DomainError::PermissionDenied(m) if m.starts_with("tenant_id: ")), "{denied}");
+        assert_eq!(Principal::Admin.scope("tenant_id", "").unwrap(), "");
+        assert_eq!(Principal::Admin.scope("tenant_id", "globex").unwrap(), "globex");
+        assert!(tenant.require_tenant("webhook", "wh_1", "acme").is_ok());
+        let denied = tenant.require_tenant("webhook", "wh_1", "globex").unwrap_err();
+        assert!(!denied.to_string().contains("globex"), "the refusal must not name the owner: {denied}");
+        assert!(Principal::Admin.require_tenant("webhook", "wh_1", "globex").is_ok());
     }
 
     #[test]
@@ -290,6 +606,8 @@ mod tests {
             (DomainError::NotFound { kind: "tenant", id: "acme".into() }, Code::NotFound),
             (DomainError::AlreadyExists { kind: "tenant", id: "acme".into() }, Code::AlreadyExists),
             (DomainError::FailedPrecondition("in use".into()), Code::FailedPrecondition),
+            (DomainError::PermissionDenied("not yours".into()), Code::PermissionDenied),
+            (DomainError::Sealed { kind: "webhook", id: "wh_1".into(), source: crypto::CryptoError::NoKey }, Code::Internal),
         ];
         for (err, code) in cases {
             assert_eq!(status_of(err).code(), code);

@@ -1,5 +1,7 @@
 //! `wss.v1.TenantService`: tenants are created with a caller-chosen id; deleting one deletes its
-//! webhooks with it (the store does that in one transaction).
+//! webhooks and tokens with it (the store does that in one transaction).
+//!
+//! Admin-only, except GetTenant, which a tenant token may call for its own tenant.
 
 use std::sync::Arc;
 
@@ -7,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{max_chars, optional_id, page_size, tenant_to_proto},
-    ControlPlane, TARGET,
+    ControlPlane, Principal, TARGET,
 };
 use crate::{
     domain::{
@@ -92,8 +94,10 @@ impl TenantService for TenantApi {
     }
 
     async fn get_tenant(&self, request: Request<proto::GetTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
+        let principal = Principal::of(&request)?;
         let id = request.into_inner().tenant_id;
         validate_id("tenant_id", &id)?;
+        principal.require_tenant("tenant", &id, &id)?;
         let tenant = self.plane.read(move |store| store.get_tenant(&id)).await?;
         Ok(Response::new(tenant_to_proto(tenant)))
     }

@@ -1,26 +1,38 @@
 //! `wss.v1.WebhookService`: the URLs a tenant's events go to.
 //!
 //! The server assigns webhook ids (`wh_` + 26 random base32 characters, 130 bits) and, unless the
-//! caller brings one, the signing secret. The secret is shown once, in the CreateWebhook response;
-//! every other answer carries `secret: ""`, and no log line ever names it.
+//! caller brings one, the signing secret. The secret is shown once, in the CreateWebhook (or
+//! RotateWebhookSecret) response; every other answer carries `secret: ""`, and no log line ever
+//! names it.
+//!
+//! RotateWebhookSecret replaces the secret and keeps the old one for an overlap (default 24 h, at
+//! most 7 days, `0s` for none): meanwhile the signer sends both signatures, the new one first.
 //!
 //! A URL whose host is a literal private or loopback address is refused here, with a message
 //! saying how to allow it; a host *name* is checked again at every connect by the HTTP layer's
 //! guarded resolver, since what a name resolves to can change after it was registered.
 //!
+//! A tenant token manages only its own tenant's webhooks: CreateWebhook for another tenant, and
+//! any rpc on another tenant's webhook, is `PERMISSION_DENIED` (a tenant token may leave
+//! `tenant_id` empty to mean its own); ListWebhooks shows only its own.
+//!
 //! `filter` and `transform` are compiled here, before anything is stored, so that an invalid
 //! expression is `INVALID_ARGUMENT` naming the field, with the compiler's message, line, column
 //! and caret; the routing snapshot compiles the stored text again for the pipeline.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto, webhook_to_proto},
-    ControlPlane, TARGET,
+    convert::{
+        duration_from_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto,
+        webhook_to_proto,
+    },
+    ControlPlane, Principal, TARGET,
 };
 use crate::{
+    http::TargetPolicy,
     domain::{
         model::{self, invalid, Secret, SignatureScheme, Webhook},
         store::now_ms,
@@ -32,6 +44,10 @@ use crate::{
 
 /// Longest description, in characters.
 const MAX_DESCRIPTION: usize = 1024;
+/// RotateWebhookSecret's overlap when the request has none.
+const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+/// Longest overlap a rotation may ask for.
+const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Shortest secret a caller may bring, in bytes.
 const MIN_SECRET_LEN: usize = 16;
 /// Longest secret a caller may bring, in bytes; generous, but it bounds what is stored and hashed.
@@ -50,15 +66,16 @@ impl WebhookApi {
     }
 
     fn url_rules(&self) -> UrlRules {
-        UrlRules { allow_http: self.plane.allow_http, allow_private_targets: self.plane.allow_private_targets }
+        UrlRules { allow_http: self.plane.allow_http, targets: self.plane.target_policy() }
     }
 }
 
 /// Which webhook URLs this instance accepts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct UrlRules {
     allow_http: bool,
-    allow_private_targets: bool,
+    /// The addresses deliveries may reach (`WSS_ALLOW_PRIVATE_TARGETS`, `WSS_ALLOWED_TARGET_CIDRS`).
+    targets: TargetPolicy,
 }
 
 /// A new webhook id: `wh_` + 26 characters of lowercase base32. Each random byte picks one of 32
@@ -72,31 +89,41 @@ fn new_webhook_id() -> Result<String, getrandom::Error> {
     Ok(id)
 }
 
+/// Checks a webhook URL: its form (`model::validate_url`), and — unless the target policy allows
+/// it — that its host is not a private address literal in any spelling the C library would
+/// dial (`127.0.0.1`, `127.1`, `0x7f.1`, `2130706433`, `[::ffff:127.0.0.1]`) nor a name that
+/// always means this machine (`localhost`). Other names are vetted at every connect.
 fn check_url(url: &str, rules: UrlRules) -> Result<(), DomainError> {
     model::validate_url(url, rules.allow_http)?;
-    if rules.allow_private_targets {
-        return Ok(());
-    }
-    if let Some(ip) = literal_ip(url) {
-        if let Some(reason) = crate::http::forbidden_reason(ip) {
+    let Some(host) = url_host(url) else { return Ok(()) };
+    if let Some(ip) = crate::http::literal_ip(&host) {
+        if let Some(reason) = rules.targets.refusal(ip) {
+            let what = if host.trim_start_matches('[').trim_end_matches(']') == ip.to_string() {
+                format!("{ip} is")
+            } else {
+                format!("{host} is {ip},")
+            };
             return Err(invalid(
                 "url",
                 format!(
-                    "{ip} is {} {reason} address; wss refuses private targets unless WSS_ALLOW_PRIVATE_TARGETS=true",
+                    "{what} {} {reason} address; wss refuses private targets unless WSS_ALLOWED_TARGET_CIDRS lists them or WSS_ALLOW_PRIVATE_TARGETS=true",
                     article(reason)
                 ),
             ));
         }
+    } else if !rules.targets.allow_private && crate::http::is_local_name(&host) {
+        return Err(invalid(
+            "url",
+            format!("{host} always means this machine; wss refuses loopback targets unless WSS_ALLOW_PRIVATE_TARGETS=true"),
+        ));
     }
     Ok(())
 }
 
-/// The URL's host when it is an IP address literal (`1.2.3.4`, `[::1]`); `None` for a name.
-fn literal_ip(url: &str) -> Option<IpAddr> {
+/// The URL's host as written (`[::1]` keeps its brackets).
+fn url_host(url: &str) -> Option<String> {
     let uri: ureq::http::Uri = url.parse().ok()?;
-    let host = uri.host()?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    host.parse().ok()
+    uri.host().map(str::to_owned)
 }
 
 /// "a" or "an" before one of `forbidden_reason`'s words ("an unspecified", "an IPv4-mapped
@@ -109,6 +136,16 @@ fn article(word: &str) -> &'static str {
     } else {
         "a"
     }
+}
+
+/// A rotation's overlap: absent is [`DEFAULT_OVERLAP`], otherwise 0 to [`MAX_OVERLAP`].
+fn overlap_from_proto(value: Option<&prost_types::Duration>) -> Result<Duration, DomainError> {
+    let Some(value) = value else { return Ok(DEFAULT_OVERLAP) };
+    let overlap = duration_from_proto("overlap", value)?;
+    if overlap > MAX_OVERLAP {
+        return Err(invalid("overlap", "must be at most 7 days (604800s); 0s switches to the new secret at once"));
+    }
+    Ok(overlap)
 }
 
 /// A secret the caller brought. The messages never include it.
@@ -163,6 +200,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         disabled_reason: String::new(),
         signature_scheme,
         secret: Secret::new(secret),
+        previous_secret: None,
+        previous_secret_until_ms: 0,
         created_at_ms: now,
         updated_at_ms: now,
     })
@@ -258,7 +297,15 @@ impl WebhookService for WebhookApi {
             log::error!(target: TARGET, "cannot draw a webhook id: {e}");
             Status::internal("the operating system's random number generator failed; see the server log")
         })?;
-        let webhook = webhook_from_create(request.into_inner(), id, self.url_rules())?;
+        let principal = Principal::of(&request)?;
+        let mut req = request.into_inner();
+        if let Principal::Tenant(own) = &principal {
+            if req.tenant_id.is_empty() {
+                req.tenant_id.clone_from(own);
+            }
+        }
+        principal.scope("tenant_id", &req.tenant_id)?;
+        let webhook = webhook_from_create(req, id, self.url_rules())?;
         let created = self.plane.write(move |store| store.create_webhook(webhook)).await?;
         log::info!(target: TARGET, "created webhook {} of tenant {}", created.id, created.tenant_id);
         let secret = created.secret.expose().to_owned();
@@ -268,9 +315,11 @@ impl WebhookService for WebhookApi {
     }
 
     async fn get_webhook(&self, request: Request<proto::GetWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
+        let principal = Principal::of(&request)?;
         let id = request.into_inner().webhook_id;
         required_ref("webhook_id", &id)?;
         let webhook = self.plane.read(move |store| store.get_webhook(&id)).await?;
+        principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
         Ok(Response::new(webhook_to_proto(webhook)))
     }
 
@@ -278,10 +327,12 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<proto::ListWebhooksRequest>,
     ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
+        let tenant_id = principal.scope("tenant_id", &req.tenant_id)?;
         let size = page_size(req.page_size)?;
-        let page = self.plane.read(move |store| store.list_webhooks(&req.tenant_id, size, &req.page_token)).await?;
+        let page = self.plane.read(move |store| store.list_webhooks(&tenant_id, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListWebhooksResponse {
             webhooks: page.items.into_iter().map(webhook_to_proto).collect(),
             next_page_token: page.next_token,
@@ -289,6 +340,7 @@ impl WebhookService for WebhookApi {
     }
 
     async fn update_webhook(&self, request: Request<proto::UpdateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
+        let principal = Principal::of(&request)?;
         let req = request.into_inner();
         required_ref("webhook_id", &req.webhook_id)?;
         let id = req.webhook_id.clone();
@@ -297,6 +349,7 @@ impl WebhookService for WebhookApi {
             .plane
             .write(move |store| {
                 store.update_webhook(&id, |webhook| {
+                    principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
                     patch.apply(webhook);
                     Ok(())
                 })
@@ -306,14 +359,62 @@ impl WebhookService for WebhookApi {
         Ok(Response::new(webhook_to_proto(updated)))
     }
 
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<proto::RotateWebhookSecretRequest>,
+    ) -> Result<Response<proto::Webhook>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        required_ref("webhook_id", &req.webhook_id)?;
+        let overlap = overlap_from_proto(req.overlap.as_ref())?;
+        let id = req.webhook_id;
+        let supplied = req.secret;
+        let rotated = self
+            .plane
+            .write(move |store| {
+                store.update_webhook(&id, |webhook| {
+                    principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
+                    let secret = if supplied.is_empty() {
+                        generate_secret()
+                    } else {
+                        check_secret(&supplied, webhook.signature_scheme)?;
+                        supplied.clone()
+                    };
+                    webhook.rotate_secret(Secret::new(secret), overlap, now_ms());
+                    Ok(())
+                })
+            })
+            .await?;
+        log::info!(
+            target: TARGET,
+            "rotated the secret of webhook {} of tenant {} (the old one signs too for {})",
+            rotated.id,
+            rotated.tenant_id,
+            humantime::format_duration(overlap)
+        );
+        let secret = rotated.secret.expose().to_owned();
+        let mut out = webhook_to_proto(rotated);
+        out.secret = secret; // the one answer that shows it
+        Ok(Response::new(out))
+    }
+
     async fn delete_webhook(
         &self,
         request: Request<proto::DeleteWebhookRequest>,
     ) -> Result<Response<proto::DeleteWebhookResponse>, Status> {
+        let principal = Principal::of(&request)?;
         let id = request.into_inner().webhook_id;
         required_ref("webhook_id", &id)?;
         let log_id = id.clone();
-        self.plane.write(move |store| store.delete_webhook(&id)).await?;
+        // A webhook's tenant never changes and ids are never reused, so checking it before the
+        // delete is as good as checking it inside.
+        self.plane
+            .write(move |store| {
+                let webhook = store.get_webhook(&id)?;
+                principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
+                store.delete_webhook(&id)
+            })
+            .await?;
         log::info!(target: TARGET, "deleted webhook {log_id}");
         Ok(Response::new(proto::DeleteWebhookResponse {}))
     }
@@ -323,8 +424,8 @@ impl WebhookService for WebhookApi {
 mod tests {
     use super::*;
 
-    const STRICT: UrlRules = UrlRules { allow_http: false, allow_private_targets: false };
-    const LAX: UrlRules = UrlRules { allow_http: true, allow_private_targets: true };
+    const STRICT: UrlRules = UrlRules { allow_http: false, targets: TargetPolicy { allow_private: false, allowed: Vec::new() } };
+    const LAX: UrlRules = UrlRules { allow_http: true, targets: TargetPolicy { allow_private: true, allowed: Vec::new() } };
 
     fn invalid_of(err: DomainError) -> (&'static str, String) {
         match err {
@@ -367,7 +468,28 @@ mod tests {
         assert!(message.starts_with("::1 is a loopback address;"), "{message}");
         assert!(check_url("https://93.184.215.14/", STRICT).is_ok());
         assert!(check_url("https://localhost.example.com/", STRICT).is_ok()); // names: checked at connect
+        for odd in ["https://2130706433/", "https://0x7f.1/", "https://127.1/", "https://017700000001/", "https://[::ffff:7f00:1]/"] {
+            let (field, message) = invalid_of(check_url(odd, STRICT).unwrap_err());
+            assert_eq!(field, "url");
+            assert!(message.contains("127.0.0.1, a loopback address") || message.contains("IPv4-mapped"), "{odd}: {message}");
+        }
+        let (_, message) = invalid_of(check_url("https://localhost:8443/", STRICT).unwrap_err());
+        assert!(message.starts_with("localhost always means this machine"), "{message}");
+        assert!(check_url("https://localhost:8443/", LAX).is_ok());
+        let holed = UrlRules { allow_http: false, targets: TargetPolicy { allow_private: false, allowed: vec!["10.20.0.0/16".parse().unwrap()] } };
+        assert!(check_url("https://10.20.1.1/", holed.clone()).is_ok());
+        assert!(check_url("https://10.21.1.1/", holed).is_err());
         assert_eq!(invalid_of(check_url("http://example.com/", STRICT).unwrap_err()).0, "url");
+    }
+
+    #[test]
+    fn overlaps_default_to_a_day_and_stay_within_a_week() {
+        let d = |seconds| prost_types::Duration { seconds, nanos: 0 };
+        assert_eq!(overlap_from_proto(None).unwrap(), DEFAULT_OVERLAP);
+        assert_eq!(overlap_from_proto(Some(&d(0))).unwrap(), Duration::ZERO);
+        assert_eq!(overlap_from_proto(Some(&d(604_800))).unwrap(), MAX_OVERLAP);
+        assert_eq!(invalid_of(overlap_from_proto(Some(&d(604_801))).unwrap_err()).0, "overlap");
+        assert_eq!(invalid_of(overlap_from_proto(Some(&d(-1))).unwrap_err()).0, "overlap");
     }
 
     #[test]

@@ -3,11 +3,23 @@
 //!
 //! Parsing is pure: it returns either a valid [`Event`] or a [`Rejection`] naming the dead-letter
 //! reason and what exactly was wrong, which the outcome stage writes to the dead-letter stream.
+//!
+//! Entries are hostile input: anything may be appended to the stream. The checks run cheapest
+//! first and each is bounded by the size limit checked before them: total size
+//! (`WSS_MAX_EVENT_BYTES`), field count ([`MAX_FIELDS`]), UTF-8 and the field rules, then the
+//! nesting depth of `data` ([`MAX_JSON_DEPTH`], by a linear scan before any parser recurses into
+//! it — filters and transforms walk `data` recursively too), and only then the JSON parse.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::{deadletter::Reason, domain::model::is_valid_id, streams::RawEntry};
+
+/// Most fields (names with their values) one entry may have: the four of the contract plus
+/// attributes. Far more than any producer needs; bounds the work and memory per entry.
+pub const MAX_FIELDS: usize = 256;
+/// Deepest nesting of arrays and objects in `data`.
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// An event as the rest of the pipeline sees it.
 #[derive(Debug)]
@@ -63,6 +75,10 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
     let size = entry.size();
     if size > max_bytes {
         return reject(rejection, Reason::TooLarge, format!("the entry is {size} bytes; the limit is {max_bytes} (WSS_MAX_EVENT_BYTES)"));
+    }
+    if fields.len() > MAX_FIELDS {
+        let count = fields.len();
+        return reject(rejection, Reason::TooManyFields, format!("the entry has {count} fields; at most {MAX_FIELDS} are allowed"));
     }
 
     let mut tenant = None;
@@ -121,6 +137,9 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
             _ => return reject(rejection, Reason::InvalidField, "id must be 1 to 128 printable ASCII characters".into()),
         },
     };
+    if let Err(depth) = check_depth(data, MAX_JSON_DEPTH) {
+        return reject(rejection, Reason::TooDeep, format!("data nests deeper than {MAX_JSON_DEPTH} levels (at least {depth})"));
+    }
     let data: Box<RawValue> = match std::str::from_utf8(data).map_err(|e| e.to_string()).and_then(|text| {
         serde_json::from_str::<Box<RawValue>>(text.trim()).map_err(|e| e.to_string())
     }) {
@@ -136,6 +155,66 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
         data,
         attributes,
     })
+}
+
+/// Scans JSON text for the nesting depth of arrays and objects, outside strings, without parsing
+/// it; `Err(depth)` as soon as it exceeds `max`. Linear, no recursion, and indifferent to whether
+/// the text is valid JSON (the parser decides that afterwards).
+pub fn check_depth(json: &[u8], max: usize) -> Result<(), usize> {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while at < json.len() {
+        match json[at] {
+            b'"' => {
+                // Skip the string: to the next quote not escaped by a backslash. String
+                // contents are most of a typical payload, so this part is word-at-a-time.
+                at += 1;
+                loop {
+                    match find_quote_or_backslash(&json[at..]) {
+                        None => return Ok(()), // unterminated: the parser will say so
+                        Some(i) if json[at + i] == b'\\' => at += i + 2,
+                        Some(i) => {
+                            at += i;
+                            break;
+                        }
+                    }
+                    if at >= json.len() {
+                        return Ok(());
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Err(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    Ok(())
+}
+
+/// The position of the first `"` or `\` in `bytes`, eight bytes at a time (SWAR: a byte of
+/// `w ^ pattern` is zero where `w` has the pattern byte, and `(x - 0x01…) & !x & 0x80…` marks
+/// the lowest zero byte exactly).
+fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunks of eight"));
+        let found = zero_byte(word ^ (ONES * u64::from(b'"'))) | zero_byte(word ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks.remainder().iter().position(|&b| b == b'"' || b == b'\\').map(|i| offset + i)
 }
 
 /// `created_at` of the envelope: RFC 3339 UTC with whole seconds, as in SPEC.md §2 (the exact
@@ -193,6 +272,65 @@ mod tests {
     }
 
     #[test]
+    fn depth_is_counted_outside_strings_only() {
+        assert_eq!(check_depth(br#"{"a":[1,{"b":[]}]}"#, 4), Ok(()));
+        assert_eq!(check_depth(br#"{"a":[1,{"b":[[]]}]}"#, 4), Err(5));
+        assert_eq!(check_depth(br#"{"a":"[[[[[[{{{{"}"#, 1), Ok(()), "brackets inside strings do not count");
+        assert_eq!(check_depth(br#"{"a":"\"[[[["}"#, 1), Ok(()), "an escaped quote does not end the string");
+        assert_eq!(check_depth(br#"["\\",[[]]]"#, 2), Err(3), "an escaped backslash does not escape the quote");
+        assert_eq!(check_depth("]]]]][".as_bytes(), 1), Ok(()));
+        assert_eq!(check_depth(br#"["a\\"#, 1), Ok(()), "a backslash at the very end");
+        assert_eq!(check_depth(br#"["unterminated [[[["#, 1), Ok(()));
+        // Strings of every length around the word size, with escapes at every position.
+        for len in 0..20 {
+            for escape_at in 0..=len {
+                let mut text = "x".repeat(len);
+                text.insert_str(escape_at, "\\\"[[");
+                let json = format!(r#"[["{text}"],[[]]]"#);
+                assert_eq!(check_depth(json.as_bytes(), 3), Ok(()), "{json}");
+                assert_eq!(check_depth(json.as_bytes(), 2), Err(3), "{json}");
+            }
+        }
+        let deep = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert_eq!(check_depth(deep.as_bytes(), MAX_JSON_DEPTH), Ok(()));
+        let e = entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", deep.as_bytes())]);
+        assert!(parse_entry(&e, 1 << 20).is_ok(), "64 levels are allowed");
+        let deeper = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", deeper.as_bytes())]);
+        let rejection = parse_entry(&e, 1 << 20).unwrap_err();
+        assert_eq!(rejection.reason, Reason::TooDeep);
+        assert_eq!(rejection.detail, "data nests deeper than 64 levels (at least 65)");
+    }
+
+    #[test]
+    fn quotes_and_backslashes_are_found_in_any_position() {
+        for len in 0..40 {
+            for at in 0..len {
+                for special in [b'"', b'\\'] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = special;
+                    if at + 1 < len {
+                        bytes[at + 1] = if special == b'"' { b'\\' } else { b'"' };
+                    }
+                    assert_eq!(find_quote_or_backslash(&bytes), Some(at), "{len} {at} {special}");
+                }
+            }
+            assert_eq!(find_quote_or_backslash(&vec![0xffu8; len]), None);
+        }
+    }
+
+    #[test]
+    fn data_is_judged_by_the_json_grammar_and_embedded_as_written() {
+        // Found by the parse_entry fuzz target: a number beyond f64 is valid JSON. It is kept
+        // byte for byte (as the README promises), not rejected or rewritten.
+        let e = entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b" 7777e7777 ")]);
+        let event = parse_entry(&e, 1024).unwrap();
+        let body = String::from_utf8(envelope(&event)).unwrap();
+        assert!(body.ends_with(r#""data":7777e7777}"#), "{body}");
+        assert!(serde_json::from_str::<Box<RawValue>>(&body).is_ok());
+    }
+
+    #[test]
     fn an_explicit_id_wins() {
         let e = entry("5-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b"1"), ("id", b"evt_42")]);
         assert_eq!(parse_entry(&e, 1024).unwrap().id, "evt_42");
@@ -209,6 +347,9 @@ mod tests {
             (entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b"{}"), ("id", &[b'x'; 129])]), Reason::InvalidField),
             (entry("1-0", &[("tenant", b"acme"), ("tenant", b"other"), ("type", b"t"), ("data", b"{}")]), Reason::InvalidField),
             (entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", &[b'1'; 2000])]), Reason::TooLarge),
+            (entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", "[".repeat(65).as_bytes())]), Reason::TooDeep),
+            (entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", &[0x00, 0x9f, 0x92, 0x96, 0xff])]), Reason::DataNotJson),
+            (entry("1-0", &[("tenant", b"acme"), ("type", &[0xc3, 0x28]), ("data", b"{}")]), Reason::InvalidField),
             (RawEntry { id: "1-0".into(), fields: None }, Reason::EntryDeleted),
         ];
         for (e, reason) in cases {
@@ -216,6 +357,9 @@ mod tests {
             assert_eq!(rejection.reason, reason, "{e:?}: {}", rejection.detail);
             assert!(!rejection.detail.is_empty());
         }
+        let many: Vec<(String, Vec<u8>)> = (0..=MAX_FIELDS).map(|i| (format!("a{i}"), b"v".to_vec())).collect();
+        let many = RawEntry { id: "1-0".into(), fields: Some(many.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect()) };
+        assert_eq!(parse_entry(&many, 1 << 20).unwrap_err().reason, Reason::TooManyFields);
         let missing = parse_entry(&entry("1-0", &[("type", b"t")]), 1024).unwrap_err();
         assert_eq!(missing.detail, "required field(s) missing: tenant, data");
         assert_eq!(missing.event_type, "t");

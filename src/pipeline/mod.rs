@@ -255,7 +255,7 @@ impl Pipeline {
         let (done_tx, done_rx) = bounded::<Completion>(STAGE_QUEUE * 4);
         let (retry_tx, retry_rx) = bounded::<Scheduled>(STAGE_QUEUE);
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
-        let agent = crate::http::agent(config.sender_threads, config.allow_private_targets);
+        let agent = crate::http::agent_for(&config);
 
         let mut threads = Vec::new();
         let mut spawn = |name: String, work: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {

@@ -66,8 +66,8 @@ pub struct Outputs {
 struct Stopped;
 
 impl Signer {
-    /// `freed` names a webhook each time one of its attempts ends (sent by the outcome stage), so
-    /// that its parked deliveries can go.
+    /// `freed` names a webhook each time one of its attempts ends (sent by the sender that made
+    /// it), so that its parked deliveries can go.
     pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         // Deliveries over their webhook's in-flight cap, unsigned, in arrival order.
@@ -230,6 +230,26 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
             headers.push(("webhook-id", event.id.clone()));
             headers.push(("webhook-timestamp", timestamp));
         }
+        // A rotation's overlap (SPEC.md §3): the new secret's signature first, then the old one's
+        // — comma-separated in X-WSS-Signature, space-separated in webhook-signature (Standard
+        // Webhooks); after the overlap, the new one's alone.
+        RouteSigner::Rotating { current, previous, until_ms } => {
+            let mut headers = signed_headers(current, event, attempt, body, now_secs);
+            if now_secs.saturating_mul(1000) < *until_ms {
+                for (name, old) in signed_headers(previous, event, attempt, body, now_secs) {
+                    let separator = match name {
+                        SIGNATURE_HEADER => ",",
+                        "webhook-signature" => " ",
+                        _ => continue,
+                    };
+                    if let Some((_, value)) = headers.iter_mut().find(|(n, _)| *n == name) {
+                        value.push_str(separator);
+                        value.push_str(&old);
+                    }
+                }
+            }
+            return headers;
+        }
     }
     headers.push(("X-WSS-Event-Id", event.id.clone()));
     headers.push(("X-WSS-Event-Type", event.event_type.clone()));
@@ -259,6 +279,41 @@ mod tests {
         assert!(pairs.contains(&("X-WSS-Attempt", "3")));
         assert!(pairs.contains(&("X-WSS-Timestamp", "1767225600")));
         assert!(pairs.contains(&("X-WSS-Event-Id", "1767225600000-0")));
+    }
+
+    #[test]
+    fn during_a_rotation_both_secrets_sign_the_new_one_first() {
+        let body = br#"{"a":1}"#;
+        let rotating = |until_ms| RouteSigner::Rotating {
+            current: Box::new(RouteSigner::Wss(WssSigner::new(b"new_secret_0123456789"))),
+            previous: Box::new(RouteSigner::Wss(WssSigner::new(b"old_secret_0123456789"))),
+            until_ms,
+        };
+        let at = 1_767_225_600;
+        let headers = signed_headers(&rotating(at * 1000 + 1), &meta(), 1, body, at);
+        let signature = headers.iter().find(|(k, _)| *k == SIGNATURE_HEADER).map(|(_, v)| v.as_str()).unwrap();
+        let new = crate::signature::sign(b"new_secret_0123456789", "1767225600", body);
+        let old = crate::signature::sign(b"old_secret_0123456789", "1767225600", body);
+        assert_eq!(signature, format!("{new},{old}"));
+        assert_eq!(headers.iter().filter(|(k, _)| *k == TIMESTAMP_HEADER).count(), 1);
+        assert_eq!(headers.len(), 6, "{headers:?}");
+        let headers = signed_headers(&rotating(at * 1000), &meta(), 1, body, at);
+        let signature = headers.iter().find(|(k, _)| *k == SIGNATURE_HEADER).map(|(_, v)| v.as_str()).unwrap();
+        assert_eq!(signature, new, "after the overlap, the new signature alone");
+
+        let standard = RouteSigner::Rotating {
+            current: Box::new(RouteSigner::Standard(StandardSigner::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap())),
+            previous: Box::new(RouteSigner::Standard(StandardSigner::new("whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=").unwrap())),
+            until_ms: u64::MAX,
+        };
+        let headers = signed_headers(&standard, &meta(), 1, body, at);
+        let get = |name: &str| headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()).unwrap();
+        assert_eq!(get("webhook-signature").split(' ').count(), 2);
+        let now = UNIX_EPOCH + Duration::from_secs(at);
+        for secret in ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="] {
+            verify_standard(secret, get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"), body, Duration::from_secs(300), now)
+                .unwrap();
+        }
     }
 
     #[test]
