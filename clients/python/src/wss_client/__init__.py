@@ -1,0 +1,17 @@
+"""A thin client for the wss control plane.
+
+The generated stubs and messages live in ``wss.v1`` (``wss.v1.tenants_pb2``, ...; generated from
+``proto/`` by ``clients/generate``, never edited by hand). :class:`Client` puts them behind one
+channel and adds the two things every call needs: ``authorization: Bearer <token>`` and a
+deadline::
+
+    from wss_client import Client
+    from wss.v1 import tenants_pb2
+
+    with Client("127.0.0.1:50051", token=os.environ["WSS_ADMIN_TOKEN"]) as wss:
+        wss.tenants.CreateTenant(tenants_pb2.CreateTenantRequest(tenant_id="acme"))
+"""
+
+from wss_client.client import DEFAULT_TIMEOUT, Client
+
+__all__ = ["Client", "DEFAULT_TIMEOUT"]

@@ -1,0 +1,3 @@
+module wssverify
+
+go 1.19
