@@ -26,12 +26,11 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// `page_size` of a List request: 0 means [`DEFAULT_PAGE_SIZE`], more than [`MAX_PAGE_SIZE`] is
-/// refused rather than silently clamped, so that a client learns the limit.
-pub fn page_size(requested: u32) -> Result<usize, DomainError> {
+/// clamped to it (AIP-158: the page is just shorter; `next_page_token` leads on).
+pub fn page_size(requested: u32) -> usize {
     match requested {
-        0 => Ok(DEFAULT_PAGE_SIZE),
-        n if n > MAX_PAGE_SIZE => Err(invalid("page_size", format!("at most {MAX_PAGE_SIZE}"))),
-        n => Ok(n as usize),
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE) as usize,
     }
 }
 
@@ -206,12 +205,12 @@ mod tests {
     }
 
     #[test]
-    fn page_size_defaults_to_100_and_refuses_more_than_1000() {
-        assert_eq!(page_size(0).unwrap(), 100);
-        assert_eq!(page_size(1).unwrap(), 1);
-        assert_eq!(page_size(1000).unwrap(), 1000);
-        assert_eq!(message_of(page_size(1001).unwrap_err()), "page_size: at most 1000");
-        assert!(page_size(u32::MAX).is_err());
+    fn page_size_defaults_to_100_and_clamps_to_1000() {
+        assert_eq!(page_size(0), 100);
+        assert_eq!(page_size(1), 1);
+        assert_eq!(page_size(1000), 1000);
+        assert_eq!(page_size(1001), 1000);
+        assert_eq!(page_size(u32::MAX), 1000);
     }
 
     #[test]

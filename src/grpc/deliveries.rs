@@ -120,7 +120,7 @@ impl DeliveryService for DeliveryApi {
         let req = request.into_inner();
         let mut query = query_from_proto(&req)?;
         query.tenant_id = principal.scope("tenant_id", &query.tenant_id)?;
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         let page = self.plane.read(move |store| store.list_deliveries(&query, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListDeliveriesResponse {
             deliveries: page.items.into_iter().map(delivery_to_proto).collect(),
@@ -145,7 +145,7 @@ impl DeliveryService for DeliveryApi {
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
         let tenant_id = principal.scope("tenant_id", &req.tenant_id)?;
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         check_stream_token(&req.page_token)?;
         let page = self.plane.read(move |store| store.list_dead_letters(&tenant_id, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListDeadLettersResponse {

@@ -141,7 +141,7 @@ impl RetryPolicyService for RetryPolicyApi {
         request: Request<proto::ListRetryPoliciesRequest>,
     ) -> Result<Response<proto::ListRetryPoliciesResponse>, Status> {
         let req = request.into_inner();
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         let page = self.plane.read(move |store| store.list_policies(size, &req.page_token)).await?;
         Ok(Response::new(proto::ListRetryPoliciesResponse {
             retry_policies: page.items.into_iter().map(policy_to_proto).collect(),

@@ -107,7 +107,7 @@ impl TenantService for TenantApi {
         request: Request<proto::ListTenantsRequest>,
     ) -> Result<Response<proto::ListTenantsResponse>, Status> {
         let req = request.into_inner();
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         let page = self.plane.read(move |store| store.list_tenants(size, &req.page_token)).await?;
         Ok(Response::new(proto::ListTenantsResponse {
             tenants: page.items.into_iter().map(tenant_to_proto).collect(),

@@ -88,7 +88,7 @@ impl TokenService for TokenApi {
     async fn list_tokens(&self, request: Request<proto::ListTokensRequest>) -> Result<Response<proto::ListTokensResponse>, Status> {
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         let page = self.plane.read(move |store| store.list_tokens(&req.tenant_id, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListTokensResponse {
             tokens: page.items.into_iter().map(token_to_proto).collect(),

@@ -331,7 +331,7 @@ impl WebhookService for WebhookApi {
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
         let tenant_id = principal.scope("tenant_id", &req.tenant_id)?;
-        let size = page_size(req.page_size)?;
+        let size = page_size(req.page_size);
         let page = self.plane.read(move |store| store.list_webhooks(&tenant_id, size, &req.page_token)).await?;
         Ok(Response::new(proto::ListWebhooksResponse {
             webhooks: page.items.into_iter().map(webhook_to_proto).collect(),

@@ -115,7 +115,7 @@ export interface ListDeliveriesRequest {
   updatedBefore:
     | Date
     | undefined;
-  /** 1..=1000; 0 means 100. */
+  /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
   pageToken: string;
 }
@@ -132,7 +132,7 @@ export interface GetDeliveryRequest {
 export interface ListDeadLettersRequest {
   /** Only this tenant's dead letters; empty for all. */
   tenantId: string;
-  /** 1..=1000; 0 means 100. */
+  /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
   pageToken: string;
 }

@@ -32,7 +32,7 @@ export interface GetTenantRequest {
 }
 
 export interface ListTenantsRequest {
-  /** 1..=1000; 0 means 100. */
+  /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
   /** next_page_token of the previous page; empty for the first. */
   pageToken: string;

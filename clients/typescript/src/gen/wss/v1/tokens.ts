@@ -48,7 +48,7 @@ export interface CreateTokenRequest {
 export interface ListTokensRequest {
   /** Only this tenant's tokens; empty for all. */
   tenantId: string;
-  /** 1..=1000; 0 means 100. */
+  /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
   pageToken: string;
 }

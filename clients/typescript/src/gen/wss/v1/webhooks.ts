@@ -60,7 +60,7 @@ export interface GetWebhookRequest {
 export interface ListWebhooksRequest {
   /** Only this tenant's webhooks; empty for all. */
   tenantId: string;
-  /** 1..=1000; 0 means 100. */
+  /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
   pageToken: string;
 }
