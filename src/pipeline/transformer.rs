@@ -63,11 +63,13 @@ pub fn run(
 
 /// Keeps a stale snapshot from turning events away. The snapshot follows Redis within a quarter
 /// second, but a tenant or webhook created on another instance just before an event was
-/// published may not be in it yet. Before an event is rejected as from an unknown tenant, the
-/// configuration version is checked (one GET) and, if it moved, the snapshot is reloaded and the
-/// event routed again. Before an event is acknowledged as unrouted the same is done, but at most
-/// every 100 ms, since unrouted events can be common: a webhook added to a known tenant gets the
-/// events published from the moment every instance has seen it — within a quarter second.
+/// published may not be in it yet. Before an event is rejected as from an unknown tenant, or
+/// acknowledged as unrouted because its tenant has no enabled webhook, the configuration version
+/// is checked (one GET) and, if it moved, the snapshot is reloaded and the event routed again.
+/// When the tenant has webhooks that merely don't want the event the same is done, but at most
+/// every 100 ms, since such events can be common: a webhook added to a tenant that already has
+/// others gets the events published from the moment every instance has seen it — within a
+/// quarter second.
 struct Freshness<'a> {
     store: &'a Store,
     last_check: Option<Instant>,
@@ -102,7 +104,9 @@ fn route(
     let snapshot = {
         let snapshot = routing.current();
         let stale = match snapshot.tenants.get(&event.tenant) {
+            // Unknown tenant, or one without any enabled webhook yet: check every time.
             None => freshness.catch_up(routing, false),
+            Some(t) if !t.tenant.disabled && t.routes.is_empty() => freshness.catch_up(routing, false),
             Some(t) if !t.tenant.disabled && !t.routes.iter().any(|r| r.wants(&event.event_type)) => freshness.catch_up(routing, true),
             Some(_) => false,
         };
