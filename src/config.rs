@@ -40,7 +40,7 @@ const KEYS: &[Key] = &[
     Key { name: "tls_client_ca_file", default: None },
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
-    Key { name: "sender_threads", default: Some("64") },
+    Key { name: "sender_threads", default: Some("256") },
     Key { name: "webhook_concurrency", default: Some("8") },
     Key { name: "circuit_failures", default: Some("5") },
     Key { name: "circuit_cooldown", default: Some("30s") },

@@ -1,6 +1,6 @@
 //! Endpoint isolation: one slow or failing webhook must not occupy the sender pool or stall the
-//! others. Shared by the signer (which asks before sending) and the outcome stage (which reports
-//! each attempt's end).
+//! others. Shared by the signer (which asks before sending) and the senders (which report each
+//! attempt's end the moment it ends; the outcome stage logs what that changed).
 //!
 //! - **In-flight cap** (`WSS_WEBHOOK_CONCURRENCY`, default 8): at most that many attempts to one
 //!   webhook at once. The excess is parked, unsigned, in a per-webhook queue in the signer and
@@ -55,11 +55,13 @@ struct Endpoint {
     circuit: Circuit,
     /// When the current run of failures began.
     failing_since: Option<Instant>,
+    /// A delivery was parked since the last attempt ended: the next end must wake the signer.
+    parked: bool,
 }
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None }
+        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false }
     }
 }
 
@@ -95,7 +97,15 @@ impl Isolation {
 
     pub fn admit(&self, webhook: &str, now: Instant) -> Gate {
         let mut endpoints = self.endpoints.lock();
-        let endpoint = endpoints.entry(webhook.to_owned()).or_default();
+        let endpoint = entry(&mut endpoints, webhook);
+        let gate = Self::gate(&self.settings, endpoint, now);
+        if gate == Gate::Park {
+            endpoint.parked = true;
+        }
+        gate
+    }
+
+    fn gate(settings: &Settings, endpoint: &mut Endpoint, now: Instant) -> Gate {
         match endpoint.circuit {
             Circuit::Open { until, .. } if now < until => return Gate::WaitUntil(until),
             Circuit::Open { cooldown, .. } => {
@@ -109,7 +119,7 @@ impl Isolation {
             Circuit::HalfOpen { .. } => return Gate::Park,
             Circuit::Closed => {}
         }
-        if endpoint.in_flight >= self.settings.max_in_flight {
+        if endpoint.in_flight >= settings.max_in_flight {
             return Gate::Park;
         }
         endpoint.in_flight += 1;
@@ -118,8 +128,21 @@ impl Isolation {
 
     /// An attempt admitted with [`Gate::Go`] ended. Returns a transition to log, if any.
     pub fn finish(&self, webhook: &str, success: bool, now: Instant) -> Option<Transition> {
+        self.finish_and_release(webhook, success, now).0
+    }
+
+    /// [`Isolation::finish`], also saying whether a delivery of the webhook was parked since
+    /// the last attempt ended — only then has the signer something to release, so only then is
+    /// it woken (once per attempt, that wake-up was a measurable share of the signer's work).
+    pub fn finish_and_release(&self, webhook: &str, success: bool, now: Instant) -> (Option<Transition>, bool) {
         let mut endpoints = self.endpoints.lock();
-        let endpoint = endpoints.entry(webhook.to_owned()).or_default();
+        let endpoint = entry(&mut endpoints, webhook);
+        let release = std::mem::take(&mut endpoint.parked);
+        (self.finish_endpoint(&mut endpoints, webhook, success, now), release)
+    }
+
+    fn finish_endpoint(&self, endpoints: &mut HashMap<String, Endpoint>, webhook: &str, success: bool, now: Instant) -> Option<Transition> {
+        let endpoint = entry(endpoints, webhook);
         endpoint.in_flight = endpoint.in_flight.saturating_sub(1);
         if success {
             endpoint.failures = 0;
@@ -161,6 +184,14 @@ impl Isolation {
     pub fn circuit(&self, webhook: &str) -> Circuit {
         self.endpoints.lock().get(webhook).map_or(Circuit::Closed, |e| e.circuit)
     }
+}
+
+/// The webhook's state, created when missing (without allocating its key when present).
+fn entry<'m>(endpoints: &'m mut HashMap<String, Endpoint>, webhook: &str) -> &'m mut Endpoint {
+    if !endpoints.contains_key(webhook) {
+        endpoints.insert(webhook.to_owned(), Endpoint::default());
+    }
+    endpoints.get_mut(webhook).expect("just inserted")
 }
 
 #[cfg(test)]
@@ -211,6 +242,21 @@ mod tests {
         assert_eq!(iso.circuit("a"), Circuit::Closed);
         assert_eq!(iso.admit("a", t2), Gate::Go);
         assert_eq!(iso.admit("a", t2), Gate::Go);
+    }
+
+    #[test]
+    fn only_an_end_after_a_park_asks_for_a_release() {
+        let iso = isolation();
+        let now = Instant::now();
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        assert_eq!(iso.finish_and_release("a", true, now), (None, false), "nothing was parked");
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        assert_eq!(iso.admit("a", now), Gate::Park);
+        assert_eq!(iso.finish_and_release("a", true, now), (None, true), "the parked delivery may go");
+        assert_eq!(iso.admit("a", now), Gate::Go, "the signer releases it");
+        assert_eq!(iso.finish_and_release("a", true, now), (None, false));
+        assert_eq!(iso.finish_and_release("a", true, now), (None, false));
     }
 
     #[test]

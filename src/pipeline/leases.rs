@@ -92,7 +92,8 @@ impl Leases {
     /// Renews the leases of the entries in flight, then claims entries idle past the lease.
     fn renew_and_claim(&self, con: &mut Connection, renew: &Script) -> Result<Vec<RawEntry>, RedisError> {
         for chunk in self.in_flight.ids().chunks(500) {
-            let _: i64 = renew.key(&self.stream).arg(GROUP).arg(&self.consumer).arg(chunk).invoke(con)?;
+            let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+            let _: i64 = renew.key(&self.stream).arg(GROUP).arg(&self.consumer).arg(ids).invoke(con)?;
         }
         let idle_ms = self.claim_after.as_millis() as u64;
         let room = self.in_flight.room();

@@ -129,7 +129,8 @@ pub enum Verdict {
 
 /// anything → outcomes
 pub enum Completion {
-    Attempted { delivery: Delivery, route: Arc<Route>, record: AttemptRecord, verdict: Verdict },
+    /// `transition`: how the attempt changed the webhook's circuit (its slot is already free).
+    Attempted { delivery: Delivery, route: Arc<Route>, record: AttemptRecord, verdict: Verdict, transition: Option<isolation::Transition> },
     /// The delivery cannot be attempted any more (webhook deleted or disabled meanwhile).
     Abandoned { delivery: Delivery, reason: Reason, detail: String },
     /// A recovered delivery that its history shows already delivered or dead-lettered.
@@ -151,7 +152,40 @@ pub struct Scheduled {
 /// the id, so that re-reading pending entries after a reconnect skips those already in hand.
 pub struct InFlight {
     permits: (Sender<()>, Receiver<()>),
-    ids: Mutex<HashSet<String>>,
+    ids: Mutex<HashSet<EntryKey>>,
+}
+
+/// A stream entry id as the window remembers it: Redis's `<ms>-<seq>` as two numbers, 16 bytes
+/// in place rather than a string on the heap — the window holds one per entry, a million when
+/// long retries wait (README "Performance"). Any other text (never from Redis) is kept as is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum EntryKey {
+    Id(u64, u64),
+    Text(Box<str>),
+}
+
+impl EntryKey {
+    fn of(id: &str) -> Self {
+        // Only the canonical spelling (digits, no leading zero), so that the text comes back
+        // unchanged from `Display`.
+        let number = |part: &str| {
+            let canonical = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && (part == "0" || !part.starts_with('0'));
+            canonical.then(|| part.parse::<u64>().ok()).flatten()
+        };
+        match id.split_once('-').and_then(|(ms, seq)| Some((number(ms)?, number(seq)?))) {
+            Some((ms, seq)) => EntryKey::Id(ms, seq),
+            None => EntryKey::Text(id.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for EntryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EntryKey::Id(ms, seq) => write!(f, "{ms}-{seq}"),
+            EntryKey::Text(text) => f.write_str(text),
+        }
+    }
 }
 
 pub enum Admission {
@@ -168,12 +202,13 @@ impl InFlight {
     }
 
     fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
-        if self.ids.lock().contains(id) {
+        let key = EntryKey::of(id);
+        if self.ids.lock().contains(&key) {
             return Admission::AlreadyInFlight;
         }
         crossbeam_channel::select! {
             send(self.permits.0, ()) -> _ => {
-                self.ids.lock().insert(id.to_owned());
+                self.ids.lock().insert(key);
                 Admission::Admitted
             }
             recv(shutdown) -> _ => Admission::ShuttingDown,
@@ -182,13 +217,14 @@ impl InFlight {
 
     /// Like [`InFlight::admit`], but never waits: a full window answers [`Admission::Full`].
     fn try_admit(&self, id: &str) -> Admission {
+        let key = EntryKey::of(id);
         let mut ids = self.ids.lock();
-        if ids.contains(id) {
+        if ids.contains(&key) {
             return Admission::AlreadyInFlight;
         }
         match self.permits.0.try_send(()) {
             Ok(()) => {
-                ids.insert(id.to_owned());
+                ids.insert(key);
                 Admission::Admitted
             }
             Err(_) => Admission::Full,
@@ -201,7 +237,7 @@ impl InFlight {
     }
 
     fn release(&self, id: &str) {
-        if self.ids.lock().remove(id) {
+        if self.ids.lock().remove(&EntryKey::of(id)) {
             let _ = self.permits.1.try_recv();
         }
     }
@@ -211,11 +247,12 @@ impl InFlight {
     }
 
     fn contains(&self, id: &str) -> bool {
-        self.ids.lock().contains(id)
+        self.ids.lock().contains(&EntryKey::of(id))
     }
 
-    /// The ids in flight now, for renewing their leases.
-    fn ids(&self) -> Vec<String> {
+    /// The ids in flight now, for renewing their leases (as keys: a million of them are 24 MB
+    /// here, where strings were 56).
+    fn ids(&self) -> Vec<EntryKey> {
         self.ids.lock().iter().cloned().collect()
     }
 
@@ -306,8 +343,9 @@ impl Pipeline {
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
 
         for i in 0..config.sender_threads {
-            let (agent, input, done, stop) = (agent.clone(), signed_rx.clone(), done_tx.clone(), shutdown_rx.clone());
-            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, input, done, stop)))?;
+            let (agent, iso, input, done, freed, stop) =
+                (agent.clone(), isolation.clone(), signed_rx.clone(), done_tx.clone(), freed_tx.clone(), shutdown_rx.clone());
+            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &iso, input, done, freed, stop)))?;
         }
         drop(signed_rx);
         drop(done_tx);
@@ -323,7 +361,6 @@ impl Pipeline {
             store: store.clone(),
             routing: routing.clone(),
             in_flight: in_flight.clone(),
-            isolation,
             freed: freed_tx,
             draw: crate::retry::random_draw,
         };
@@ -357,5 +394,39 @@ impl Pipeline {
             let _ = done_tx.send(());
         });
         done_rx.recv_timeout(grace).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_keys_are_numbers_for_redis_ids_and_read_back_unchanged() {
+        assert_eq!(EntryKey::of("1767225600000-12"), EntryKey::Id(1_767_225_600_000, 12));
+        assert_eq!(EntryKey::of("0-0"), EntryKey::Id(0, 0));
+        for odd in ["01-2", "1-+2", "1-", "-1", "x-1", "1-2-3", "18446744073709551616-0", "", "abc"] {
+            assert_eq!(EntryKey::of(odd), EntryKey::Text(odd.into()), "{odd}");
+        }
+        for id in ["1767225600000-12", "0-0", "01-2", "abc", "18446744073709551615-7"] {
+            assert_eq!(EntryKey::of(id).to_string(), id);
+        }
+    }
+
+    #[test]
+    fn the_window_admits_each_id_once_and_frees_its_place() {
+        let window = InFlight::new(2);
+        let (_stop_tx, stop) = bounded::<()>(0);
+        assert!(matches!(window.admit("1-0", &stop), Admission::Admitted));
+        assert!(matches!(window.admit("1-0", &stop), Admission::AlreadyInFlight));
+        assert!(matches!(window.try_admit("2-0"), Admission::Admitted));
+        assert!(matches!(window.try_admit("3-0"), Admission::Full));
+        assert!(window.contains("2-0") && !window.contains("3-0"));
+        let mut ids: Vec<String> = window.ids().iter().map(ToString::to_string).collect();
+        ids.sort();
+        assert_eq!(ids, ["1-0", "2-0"]);
+        window.release("1-0");
+        assert_eq!((window.len(), window.room()), (1, 1));
+        assert!(matches!(window.try_admit("3-0"), Admission::Admitted));
     }
 }

@@ -2,8 +2,14 @@
 //! agent (keep-alive pool, no redirects, guarded resolver — see `crate::http`), then reporting
 //! the attempt to the outcome stage.
 //!
+//! The moment an attempt ends, its sender frees the webhook's in-flight slot (`super::isolation`)
+//! and, if the signer parked a delivery of that webhook meanwhile, tells it, so that it can send it. Freeing it here
+//! rather than in the outcome stage keeps the per-webhook cap about attempts on the wire: the
+//! outcome stage writes to Redis in batches, and a slot held until the batch is written capped
+//! one webhook's deliveries at cap ÷ (attempt + Redis write) instead of cap ÷ attempt.
+//!
 //! Blocking I/O means throughput is threads ÷ receiver latency, so the pool is sized for latency
-//! (`WSS_SENDER_THREADS`, default 64), not for cores. The whole attempt — connect, send, response
+//! (`WSS_SENDER_THREADS`, default 256: 2,560 deliveries/s to 100 ms receivers), not for cores. The whole attempt — connect, send, response
 //! and reading the start of its body — is bounded by the policy's `attempt_timeout`. At most
 //! 1 KiB of the response body is kept, and at most 64 KiB is read, so that a receiver that
 //! answers endlessly cannot hold a thread or memory.
@@ -16,7 +22,10 @@ use std::{
 use crossbeam_channel::{select, Receiver, Sender};
 use ureq::Agent;
 
-use super::{Completion, SignedDelivery, Verdict};
+use super::{
+    isolation::{Isolation, Transition},
+    Completion, SignedDelivery, Verdict,
+};
 use crate::{deadletter::AttemptRecord, retry::parse_retry_after};
 
 /// Response bytes kept in the attempt record.
@@ -24,7 +33,9 @@ const EXCERPT_BYTES: usize = 1024;
 /// Response bytes read at most (to let the connection be reused); beyond, it is dropped.
 const DRAIN_BYTES: u64 = 64 * 1024;
 
-pub fn run(agent: &Agent, input: Receiver<SignedDelivery>, done: Sender<Completion>, shutdown: Receiver<()>) {
+/// `freed` names the webhook of an attempt that ended when the signer parked one of its
+/// deliveries meanwhile (it has something to release).
+pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>, done: Sender<Completion>, freed: Sender<String>, shutdown: Receiver<()>) {
     loop {
         let signed = select! {
             recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
@@ -32,7 +43,13 @@ pub fn run(agent: &Agent, input: Receiver<SignedDelivery>, done: Sender<Completi
         };
         let (record, verdict) = attempt(agent, &signed);
         let SignedDelivery { delivery, route, .. } = signed;
-        if done.send(Completion::Attempted { delivery, route, record, verdict }).is_err() {
+        let (transition, release) = isolation.finish_and_release(&delivery.webhook_id, verdict == Verdict::Delivered, Instant::now());
+        // A webhook to be disabled is freed by the outcome stage once it is disabled, so that
+        // what waits for its slot is dead-lettered rather than attempted again.
+        if release && !matches!(transition, Some(Transition::FailingTooLong { .. })) {
+            let _ = freed.send(delivery.webhook_id.clone());
+        }
+        if done.send(Completion::Attempted { delivery, route, record, verdict, transition }).is_err() {
             return;
         }
     }
@@ -92,9 +109,13 @@ pub fn classify(status: u16, retry_after: Option<std::time::Duration>) -> Verdic
 
 fn read_excerpt(body: impl Read) -> String {
     let mut limited = body.take(DRAIN_BYTES);
-    let mut excerpt = Vec::with_capacity(256);
+    let mut excerpt = Vec::new();
     let _ = (&mut limited).take(EXCERPT_BYTES as u64).read_to_end(&mut excerpt);
-    let _ = io::copy(&mut limited, &mut io::sink());
+    // Drain the rest only when there may be one: `io::copy` zeroes an 8 KiB buffer first, which
+    // was a tenth of a sender's work per delivery for receivers that answer with a short body.
+    if excerpt.len() == EXCERPT_BYTES {
+        let _ = io::copy(&mut limited, &mut io::sink());
+    }
     String::from_utf8_lossy(&excerpt).into_owned()
 }
 
@@ -141,5 +162,15 @@ mod tests {
         let big = vec![b'x'; 200_000];
         assert_eq!(read_excerpt(&big[..]).len(), EXCERPT_BYTES);
         assert_eq!(read_excerpt(&b"ok"[..]), "ok");
+    }
+
+    #[test]
+    fn a_long_body_is_drained_up_to_the_limit() {
+        let mut long = io::Cursor::new(vec![b'x'; 200_000]);
+        read_excerpt(&mut long);
+        assert_eq!(long.position(), DRAIN_BYTES, "read to the drain limit, so that the connection can be reused");
+        let mut exact = io::Cursor::new(vec![b'x'; EXCERPT_BYTES + 10]);
+        read_excerpt(&mut exact);
+        assert_eq!(exact.position(), EXCERPT_BYTES as u64 + 10);
     }
 }
