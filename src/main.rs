@@ -3,6 +3,7 @@
 //! event before they are registered.
 #![forbid(unsafe_code)]
 
+mod bench;
 
 use std::{
     io::Read,
@@ -83,6 +84,10 @@ enum Command {
     /// Try a filter and a transform on a sample event read from stdin, exactly as the
     /// transformer evaluates them; prints the filter's answer and the body the webhook would get.
     CheckExpr(CheckExprArgs),
+    /// Measure this machine: throughput, latency, the raw HTTP limit, slow receivers and memory
+    /// of `wss serve` against a private redis-server and in-process receivers (README
+    /// "Performance"). `--quick` is a smoke run of seconds.
+    Bench(bench::Args),
 }
 
 /// `wss check-expr`: the flags, and what stdin holds.
@@ -143,7 +148,7 @@ struct ServeArgs {
     /// Consumer name in group `wss` [env: WSS_CONSUMER] (default <hostname>-<pid>).
     #[arg(long)]
     consumer: Option<String>,
-    /// Sender threads [env: WSS_SENDER_THREADS] (default 64).
+    /// Sender threads [env: WSS_SENDER_THREADS] (default 256).
     #[arg(long)]
     sender_threads: Option<String>,
     /// text or json [env: WSS_LOG_FORMAT].
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
             standard_webhooks: matches!(scheme, Scheme::StandardWebhooks),
         }),
         Command::CheckExpr(args) => return check_expr(&args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

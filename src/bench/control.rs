@@ -1,0 +1,65 @@
+//! Registering the bench's tenants, webhooks and retry policy through the real control plane:
+//! the tonic clients of `wss::proto`, on a small runtime of the bench's own.
+//!
+//! Tenant `t<i>` gets one webhook, `<receiver>/w<i>` with secret [`secret_of`]`(i)`, so that the
+//! receiver can verify any request from its path alone.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use tonic::transport::Channel;
+use wss::proto::{
+    retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
+    webhook_service_client::WebhookServiceClient, CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest,
+};
+
+use super::receiver::{secret_of, Receiver};
+
+pub struct Control {
+    runtime: tokio::runtime::Runtime,
+    channel: Channel,
+}
+
+impl Control {
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the bench's gRPC runtime")?;
+        let channel = runtime
+            .block_on(Channel::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(5)).connect())
+            .with_context(|| format!("connecting to the control plane at {addr}"))?;
+        Ok(Self { runtime, channel })
+    }
+
+    /// A retry policy whose delays are long enough that retries stay waiting for the whole run.
+    pub fn create_patient_policy(&self, id: &str) -> anyhow::Result<()> {
+        let hours = |h: i64| prost_types::Duration { seconds: h * 3600, nanos: 0 };
+        let request = CreateRetryPolicyRequest {
+            policy_id: id.into(),
+            max_attempts: Some(5),
+            initial_backoff: Some(hours(1)),
+            max_backoff: Some(hours(24)),
+            multiplier: Some(2.0),
+            jitter: Some(0.0),
+            attempt_timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+        };
+        let mut client = RetryPolicyServiceClient::new(self.channel.clone());
+        self.runtime.block_on(client.create_retry_policy(request)).with_context(|| format!("CreateRetryPolicy {id}"))?;
+        Ok(())
+    }
+
+    /// Tenants `t0…t<count-1>` with one webhook each at `receiver`, using `policy` (empty: the
+    /// default policy).
+    pub fn register(&self, count: usize, receiver: &Receiver, policy: &str) -> anyhow::Result<()> {
+        let mut tenants = TenantServiceClient::new(self.channel.clone());
+        let mut webhooks = WebhookServiceClient::new(self.channel.clone());
+        self.runtime.block_on(async {
+            for i in 0..count {
+                let tenant_id = format!("t{i}");
+                let tenant = CreateTenantRequest { tenant_id: tenant_id.clone(), default_retry_policy_id: policy.into(), ..Default::default() };
+                tenants.create_tenant(tenant).await.with_context(|| format!("CreateTenant {tenant_id}"))?;
+                let webhook = CreateWebhookRequest { tenant_id: tenant_id.clone(), url: receiver.url(i), secret: secret_of(i), ..Default::default() };
+                webhooks.create_webhook(webhook).await.with_context(|| format!("CreateWebhook for {tenant_id}"))?;
+            }
+            Ok(())
+        })
+    }
+}

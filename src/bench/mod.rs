@@ -1,0 +1,697 @@
+//! `wss bench`: measures the whole system on the machine it runs on — throughput, latency, the
+//! machine's raw HTTP limit, slow receivers, memory — and prints a table, or one JSON object.
+//!
+//! # Why it is built this way
+//!
+//! A webhook sender is chosen for throughput, latency and footprint, and those depend on the
+//! machine, so the figures must be reproducible by anyone with one command, and honest: the
+//! service runs as it does in production (`wss serve`, a child process with default settings,
+//! registered through its gRPC control plane, fed by `XADD`), the receivers verify signatures,
+//! and the pipeline's throughput is set against what the same HTTP client achieves on the same
+//! machine in the same run — the figure that says how much the pipeline costs.
+//!
+//! - **Redis**: a private `redis-server` on a free loopback port (no persistence), or the one
+//!   `--redis-url` names — then every key the bench wrote is deleted afterwards.
+//! - **The service**: `wss serve` started from this executable ([`service`]), once per scenario,
+//!   with a key prefix of its own, so that its memory is the scenario's alone.
+//! - **Receivers** ([`receiver`]): in this process, on `127.0.0.1:0`, `wss::http_server`
+//!   (keep-alive, a thread per connection). Publish times travel in the events, so latency is
+//!   measured on one clock.
+//!
+//! # What is measured
+//!
+//! 1. **Throughput**: `--events` events (1 KiB bodies) over `--webhooks` webhooks (one tenant
+//!    each), published with pipelined `XADD`; deliveries/s from the first `XADD` to the last
+//!    receipt. CPU time of the service, Redis and the bench process is read from `/proc` to show
+//!    where the machine's cores went.
+//! 2. **Latency**: the same service, publishing open-loop at half the measured throughput for
+//!    `--latency-time`; `XADD` → receipt percentiles.
+//! 3. **Raw limit** ([`raw`]): the same client and thread count POSTing pre-signed bodies straight
+//!    to the same receiver; `ratio = throughput / raw`.
+//! 4. **Slow receivers**: 50 webhooks answering after 100 ms, the default sender pool;
+//!    deliveries/s and the service's largest RSS during the run.
+//! 5. **Scaling**: deliveries/s with 1, 20 and 1000 webhooks (`--scaling`).
+//! 6. **Idle footprint**: RSS with `--idle-tenants` tenants × 10 webhooks loaded (written straight
+//!    into the stored hashes, see [`redis::load_configuration`]) and nothing to do.
+//! 7. **Retries waiting**: `--retries` small events to a receiver that fails everything, under a
+//!    policy whose next attempt is an hour away; RSS once every one waits in the retry heap, and
+//!    the CPU the service uses meanwhile.
+//!
+//! `--quick` shrinks everything to a smoke run of seconds; its figures mean little.
+
+mod control;
+mod raw;
+mod receiver;
+mod redis;
+mod service;
+
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use wss::{config::Layers, domain::store::Keys};
+
+use self::{
+    control::Control,
+    receiver::Receiver,
+    redis::{EventShape, PrivateRedis},
+    service::Service,
+};
+
+/// `wss bench`'s flags. Unset sizes take the full-run default, or the `--quick` one.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Use this Redis instead of starting a private redis-server; every key the bench writes
+    /// (under `wssbench:<pid>:`) is deleted afterwards.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Events in the throughput run [default: 100000; --quick: 2000].
+    #[arg(long)]
+    events: Option<u64>,
+    /// Webhooks (one tenant each) the throughput run spreads its events over [default: 20; --quick: 4].
+    #[arg(long)]
+    webhooks: Option<usize>,
+    /// Request body size of the throughput, latency and scaling runs, bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// How long the open-loop latency run publishes [default: 5s; --quick: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    latency_time: Option<Duration>,
+    /// About how long the slow-receiver run lasts [default: 5s; --quick: 1s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    slow_time: Option<Duration>,
+    /// Webhook counts of the scaling series, comma-separated [default: 1,20,1000; --quick: 1,20,100].
+    #[arg(long, value_delimiter = ',')]
+    scaling: Option<Vec<usize>>,
+    /// Events per run of the scaling series [default: 20000; --quick: 1000].
+    #[arg(long)]
+    scaling_events: Option<u64>,
+    /// Tenants, with 10 webhooks each, loaded for the idle footprint [default: 10000; --quick: 100].
+    #[arg(long)]
+    idle_tenants: Option<usize>,
+    /// Retries left waiting for the retry footprint [default: 1000000; --quick: 2000].
+    #[arg(long)]
+    retries: Option<u64>,
+    /// A smoke run: every size small, seconds instead of minutes. The figures mean little.
+    #[arg(long)]
+    quick: bool,
+    /// Print one JSON object (the figures) instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Run only these parts, comma-separated: throughput (with latency and the raw limit), slow,
+    /// scaling, idle, retries [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "idle", "retries"])]
+    only: Vec<String>,
+    /// Run the service under this command, split at spaces (`--wrap "valgrind --tool=callgrind"`,
+    /// `--wrap "perf record -g -o perf.data"`): for profiling; memory and CPU figures are then
+    /// the wrapper's.
+    #[arg(long)]
+    wrap: Option<String>,
+    /// A setting of the service under test, `KEY=VALUE` with a key of README's configuration
+    /// table (`--set sender_threads=128`); repeatable. Without it the defaults are measured.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+}
+
+/// The sizes of one run, resolved from the flags.
+#[derive(Debug, Clone)]
+struct Plan {
+    events: u64,
+    webhooks: usize,
+    body_bytes: usize,
+    latency_time: Duration,
+    slow_time: Duration,
+    scaling: Vec<usize>,
+    scaling_events: u64,
+    idle_tenants: usize,
+    retries: u64,
+    quick: bool,
+    only: Vec<String>,
+}
+
+/// Webhooks of the slow-receiver run (the 50).
+const SLOW_WEBHOOKS: usize = 50;
+/// The slow receivers' answer time.
+const SLOW_DELAY: Duration = Duration::from_millis(100);
+/// Webhooks per tenant in the idle-footprint run.
+const IDLE_WEBHOOKS_PER_TENANT: usize = 10;
+/// Webhooks the retry-footprint run spreads its events over.
+const RETRY_WEBHOOKS: usize = 100;
+/// A run that makes no progress for this long has failed.
+const STALL: Duration = Duration::from_secs(60);
+
+impl Plan {
+    fn new(args: &Args) -> Self {
+        fn pick<T>(quick: bool, small: T, full: T) -> T {
+            if quick {
+                small
+            } else {
+                full
+            }
+        }
+        let q = args.quick;
+        Self {
+            events: args.events.unwrap_or(pick(q, 2_000, 100_000)).max(1),
+            webhooks: args.webhooks.unwrap_or(pick(q, 4, 20)).max(1),
+            body_bytes: args.body_bytes,
+            latency_time: args.latency_time.unwrap_or(pick(q, Duration::from_secs(1), Duration::from_secs(5))),
+            slow_time: args.slow_time.unwrap_or(pick(q, Duration::from_secs(1), Duration::from_secs(5))),
+            scaling: args.scaling.clone().unwrap_or_else(|| pick(q, vec![1, 20, 100], vec![1, 20, 1000])),
+            scaling_events: args.scaling_events.unwrap_or(pick(q, 1_000, 20_000)).max(1),
+            idle_tenants: args.idle_tenants.unwrap_or(pick(q, 100, 10_000)),
+            retries: args.retries.unwrap_or(pick(q, 2_000, 1_000_000)),
+            quick: q,
+            only: args.only.clone(),
+        }
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+/// Everything a scenario needs from the run: where Redis is, the validated settings file, the
+/// sender pool size those settings give.
+struct Env {
+    dir: PathBuf,
+    settings_file: PathBuf,
+    redis_url: String,
+    /// Ours, when no `--redis-url` was given: its CPU time is part of the picture.
+    private_redis: Option<PrivateRedis>,
+    sender_threads: usize,
+    run_id: String,
+    /// `--wrap`, split at spaces.
+    wrap: Vec<String>,
+}
+
+impl Env {
+    fn prepare(args: &Args) -> anyhow::Result<Self> {
+        let run_id = std::process::id().to_string();
+        let dir = std::env::temp_dir().join(format!("wss-bench-{run_id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The service's settings go through a file it reads with `--config`, checked here first
+        // by the same code, so that an unknown key or a bad value stops the bench at once.
+        let mut toml = String::new();
+        for setting in &args.settings {
+            let Some((key, value)) = setting.split_once('=') else {
+                bail!("--set {setting:?}: write KEY=VALUE, e.g. --set sender_threads=128");
+            };
+            writeln!(toml, "{} = {}", key.trim(), serde_json::to_string(value.trim())?)?;
+        }
+        let settings_file = dir.join("settings.toml");
+        std::fs::write(&settings_file, toml).with_context(|| format!("writing {}", settings_file.display()))?;
+        let config = Layers::new().file(&settings_file).build().context("--set")?;
+        let (redis_url, private_redis) = match &args.redis_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let redis = PrivateRedis::start(&dir.join("redis"))?;
+                (redis.url.clone(), Some(redis))
+            }
+        };
+        let wrap = args.wrap.iter().flat_map(|w| w.split_whitespace().map(str::to_owned)).collect();
+        Ok(Self { dir, settings_file, redis_url, private_redis, sender_threads: config.sender_threads, run_id, wrap })
+    }
+
+    fn redis_cpu_secs(&self) -> f64 {
+        self.private_redis.as_ref().and_then(|r| service::cpu_secs(r.pid()).ok()).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        drop(self.private_redis.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One service on a key prefix of its own; killed, and its keys deleted from a Redis that is
+/// not ours, when dropped.
+struct Scenario<'e> {
+    env: &'e Env,
+    prefix: String,
+    keys: Keys,
+    service: Service,
+}
+
+impl<'e> Scenario<'e> {
+    /// Starts the service; `prepare` runs on Redis first (loading a configuration, say).
+    fn start(
+        env: &'e Env,
+        name: &str,
+        extra: &[(&str, String)],
+        prepare: impl FnOnce(&mut ::redis::Connection, &Keys) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let prefix = format!("wssbench:{}:{name}:", env.run_id);
+        let keys = Keys::new(&prefix);
+        prepare(&mut redis::connect(&env.redis_url)?, &keys)?;
+        let consumer = format!("bench-{name}");
+        let service = Service::start(&env.wrap, &env.settings_file, &env.redis_url, &prefix, &consumer, extra)?;
+        Ok(Self { env, prefix, keys, service })
+    }
+
+    fn control(&self) -> anyhow::Result<Control> {
+        Control::connect(self.service.grpc)
+    }
+
+    fn redis(&self) -> anyhow::Result<::redis::Connection> {
+        redis::connect(&self.env.redis_url)
+    }
+}
+
+impl Drop for Scenario<'_> {
+    fn drop(&mut self) {
+        if self.env.private_redis.is_none() {
+            if let Ok(mut con) = redis::connect(&self.env.redis_url) {
+                let _ = redis::delete_keys(&mut con, &self.prefix);
+            }
+        }
+    }
+}
+
+/// A burst's outcome.
+struct Burst {
+    per_sec: f64,
+    /// Redis commands per delivery, by name (a private Redis only: a shared one counts others').
+    redis_commands: std::collections::BTreeMap<String, f64>,
+    service_cpu: f64,
+    /// Context switches of the service per delivery.
+    service_switches: f64,
+    /// The part of `service_cpu` spent in the kernel.
+    service_system_cpu: f64,
+    redis_cpu: f64,
+    bench_cpu: f64,
+    max_rss_mib: f64,
+}
+
+/// Publishes `events` as fast as Redis takes them (on a thread of its own) and waits until the
+/// receiver has them all; then until the group has acknowledged them, so the next run starts
+/// from quiet.
+fn burst(scn: &mut Scenario<'_>, receiver: &Receiver, shape: &EventShape, events: u64) -> anyhow::Result<Burst> {
+    let target = receiver.stats.received() + events;
+    let private = scn.env.private_redis.is_some();
+    let commands_before = if private { redis::command_counts(&mut scn.redis()?)? } else { Default::default() };
+    let (service_cpu, redis_cpu, bench_cpu) = (scn.service.cpu_secs()?, scn.env.redis_cpu_secs(), service::cpu_secs(std::process::id())?);
+    let switches = scn.service.context_switches();
+    let service_system = service::cpu_split(scn.service.pid())?.1;
+    let mut con = scn.redis()?;
+    let stream = scn.keys.events.clone();
+    let shape_for_publisher = shape.clone();
+    let start = Instant::now();
+    let publisher = thread::Builder::new()
+        .name("bench-publish".into())
+        .spawn(move || redis::publish(&mut con, &stream, &shape_for_publisher, 0, events))?;
+    let max_rss_mib = wait_for_receipts(scn, receiver, target)?;
+    let elapsed = receiver.stats.last_receipt().saturating_duration_since(start);
+    let last_id = publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+    redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &last_id, STALL)?;
+    let mut redis_commands = std::collections::BTreeMap::new();
+    if private {
+        for (name, calls) in redis::command_counts(&mut scn.redis()?)? {
+            let delta = calls.saturating_sub(commands_before.get(&name).copied().unwrap_or(0));
+            // The bench's own polling (XINFO, INFO) is not the service's work.
+            if delta > 0 && !name.starts_with("xinfo") && name != "info" {
+                redis_commands.insert(name, delta as f64 / events as f64);
+            }
+        }
+    }
+    let burst = Burst {
+        per_sec: events as f64 / elapsed.as_secs_f64().max(1e-6),
+        redis_commands,
+        service_cpu: scn.service.cpu_secs()? - service_cpu,
+        service_switches: scn.service.context_switches().saturating_sub(switches) as f64 / events as f64,
+        service_system_cpu: service::cpu_split(scn.service.pid())?.1 - service_system,
+        redis_cpu: scn.env.redis_cpu_secs() - redis_cpu,
+        bench_cpu: service::cpu_secs(std::process::id())? - bench_cpu,
+        max_rss_mib,
+    };
+    Ok(burst)
+}
+
+/// Waits until `receiver` has had `target` requests, watching the service; returns the
+/// largest RSS seen meanwhile (sampled every 100 ms).
+fn wait_for_receipts(scn: &mut Scenario<'_>, receiver: &Receiver, target: u64) -> anyhow::Result<f64> {
+    let mut max_rss: f64 = scn.service.rss_mib()?;
+    let mut seen = receiver.stats.received();
+    let mut progress_at = Instant::now();
+    let mut sampled_at = Instant::now();
+    loop {
+        let now = receiver.stats.received();
+        if now >= target {
+            return Ok(max_rss.max(scn.service.rss_mib()?));
+        }
+        if now != seen {
+            seen = now;
+            progress_at = Instant::now();
+        } else if progress_at.elapsed() > STALL {
+            bail!("no delivery for {STALL:?} ({now} of {target} received); the service's last lines:\n{}", scn.service.tail());
+        }
+        if sampled_at.elapsed() >= Duration::from_millis(100) {
+            scn.service.check_alive()?;
+            max_rss = max_rss.max(scn.service.rss_mib()?);
+            sampled_at = Instant::now();
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Registers `webhooks` tenants with a webhook each, then delivers a few events to each so that
+/// connections are open before anything is timed.
+fn set_up(scn: &mut Scenario<'_>, receiver: &Receiver, webhooks: usize, shape: &EventShape) -> anyhow::Result<()> {
+    scn.control()?.register(webhooks, receiver, "")?;
+    let warm = (webhooks as u64 * 2).max(200);
+    let target = receiver.stats.received() + warm;
+    let last = redis::publish(&mut scn.redis()?, &scn.keys.events, shape, 0, warm)?;
+    wait_for_receipts(scn, receiver, target)?;
+    redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &last, STALL)
+}
+
+/// The figures; the JSON object `--json` prints.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Throughput: deliveries/s from the first XADD to the last receipt.
+    deliveries_per_sec: f64,
+    /// The same client and threads straight to the receiver.
+    raw_per_sec: f64,
+    ratio: f64,
+    /// XADD → receipt at half the throughput, open loop.
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    latency_rate_per_sec: f64,
+    latency_samples: u64,
+    /// 100 ms receivers, 50 webhooks, default pool.
+    slow_receiver_per_sec: f64,
+    slow_receiver_rss_mib: f64,
+    /// VmHWM of the throughput run's service.
+    peak_rss_mib: f64,
+    /// RSS with `idle_webhooks` webhooks loaded and nothing to do.
+    idle_rss_mib_10k_webhooks: f64,
+    idle_tenants: u64,
+    idle_webhooks: u64,
+    idle_start_secs: f64,
+    /// RSS with `retries_waiting` retries in the heap.
+    rss_mib_1m_retries: f64,
+    retries_waiting: u64,
+    retry_peak_rss_mib: f64,
+    retry_fill_per_sec: f64,
+    retry_idle_cpu_pct: f64,
+    /// Deliveries/s by number of webhooks.
+    scaling: Vec<ScalingPoint>,
+    /// Where the CPU went in the throughput run, µs per delivery.
+    service_cpu_us_per_delivery: f64,
+    redis_cpu_us_per_delivery: f64,
+    bench_cpu_us_per_delivery: f64,
+    raw_bench_cpu_us_per_request: f64,
+    service_context_switches_per_delivery: f64,
+    /// The kernel's part of `service_cpu_us_per_delivery` (system calls, scheduling).
+    service_system_cpu_us_per_delivery: f64,
+    /// Redis commands per delivery in the throughput run, the producer's XADD included (with a
+    /// private Redis only), in all and by command.
+    redis_commands_per_delivery: f64,
+    redis_commands: std::collections::BTreeMap<String, f64>,
+    signatures_verified: u64,
+    /// The run.
+    events: u64,
+    webhooks: u64,
+    body_bytes: u64,
+    sender_threads: u64,
+    cpus: u64,
+    load_before: String,
+    load_after: String,
+    quick: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ScalingPoint {
+    webhooks: u64,
+    deliveries_per_sec: f64,
+}
+
+fn progress(what: impl std::fmt::Display) {
+    eprintln!("bench: {what}");
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
+/// Runs the bench and prints its figures.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let plan = Plan::new(&args);
+    let env = Env::prepare(&args)?;
+    let report = measure(&plan, &env)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
+    let mut report = Report {
+        events: plan.events,
+        webhooks: plan.webhooks as u64,
+        body_bytes: plan.body_bytes as u64,
+        sender_threads: env.sender_threads as u64,
+        cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        load_before: load_average(),
+        quick: plan.quick,
+        ..Default::default()
+    };
+    progress(format_args!("Redis at {}, {} sender threads, load {}", env.redis_url, env.sender_threads, report.load_before));
+    let fast = Receiver::start(200, Duration::ZERO)?;
+    if plan.runs("throughput") {
+        throughput_latency_raw(plan, env, &fast, &mut report)?;
+    }
+    if plan.runs("slow") {
+        slow_receivers(plan, env, &mut report)?;
+    }
+    if plan.runs("scaling") {
+        scaling(plan, env, &fast, &mut report)?;
+    }
+    report.signatures_verified += fast.stats.verified();
+    anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
+    drop(fast);
+    if plan.runs("idle") {
+        idle(plan, env, &mut report)?;
+    }
+    if plan.runs("retries") && plan.retries > 0 {
+        retries(plan, env, &mut report)?;
+    }
+    report.load_after = load_average();
+    Ok(report)
+}
+
+/// Throughput, then latency at half of it on the same service, then the raw limit.
+fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut Report) -> anyhow::Result<()> {
+    let shape = EventShape::new(plan.webhooks, plan.body_bytes);
+    let mut scn = Scenario::start(env, "throughput", &[], |_, _| Ok(()))?;
+    set_up(&mut scn, fast, plan.webhooks, &shape)?;
+    progress(format_args!("throughput: {} events over {} webhooks", plan.events, plan.webhooks));
+    let b = burst(&mut scn, fast, &shape, plan.events)?;
+    report.deliveries_per_sec = b.per_sec;
+    let per = |cpu: f64| cpu * 1e6 / plan.events as f64;
+    report.service_cpu_us_per_delivery = per(b.service_cpu);
+    report.redis_cpu_us_per_delivery = per(b.redis_cpu);
+    report.bench_cpu_us_per_delivery = per(b.bench_cpu);
+    report.service_context_switches_per_delivery = b.service_switches;
+    report.service_system_cpu_us_per_delivery = per(b.service_system_cpu);
+    report.redis_commands_per_delivery = b.redis_commands.values().sum();
+    report.redis_commands = b.redis_commands;
+    progress(format_args!(
+        "  {:.0} deliveries/s; CPU per delivery: service {:.0} µs ({:.0} in the kernel), Redis {:.0} µs, bench {:.0} µs; {:.1} context switches",
+        b.per_sec,
+        report.service_cpu_us_per_delivery,
+        report.service_system_cpu_us_per_delivery,
+        report.redis_cpu_us_per_delivery,
+        report.bench_cpu_us_per_delivery,
+        b.service_switches
+    ));
+
+    let rate = (b.per_sec / 2.0).max(1.0);
+    progress(format_args!("latency: open loop at {rate:.0} events/s for {:?}", plan.latency_time));
+    let target_base = fast.stats.received();
+    fast.stats.record_latencies();
+    let (sent, last) = redis::publish_at_rate(&mut scn.redis()?, &scn.keys.events, &shape, rate, plan.latency_time)?;
+    wait_for_receipts(&mut scn, fast, target_base + sent)?;
+    let mut latencies = fast.stats.take_latencies();
+    redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &last, STALL)?;
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
+    (report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+    report.latency_rate_per_sec = rate;
+    report.latency_samples = latencies.len() as u64;
+    progress(format_args!("  p50 {:.2} ms, p99 {:.2} ms over {} events", report.p50_ms, report.p99_ms, latencies.len()));
+    report.peak_rss_mib = scn.service.peak_rss_mib()?;
+    drop(scn);
+
+    progress(format_args!("raw HTTP: {} requests from {} threads", plan.events, env.sender_threads));
+    let (raw, raw_cpu) = raw::run(fast, env.sender_threads, plan.webhooks, plan.events, &shape)?;
+    report.raw_per_sec = raw;
+    report.raw_bench_cpu_us_per_request = raw_cpu;
+    report.ratio = report.deliveries_per_sec / raw;
+    progress(format_args!("  {raw:.0} requests/s ({raw_cpu:.0} µs CPU each); ratio {:.2}", report.ratio));
+    Ok(())
+}
+
+/// 50 webhooks answering after 100 ms, the default pool.
+fn slow_receivers(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let slow = Receiver::start(200, SLOW_DELAY)?;
+    let mut scn = Scenario::start(env, "slow", &[], |_, _| Ok(()))?;
+    let shape = EventShape::new(SLOW_WEBHOOKS, plan.body_bytes);
+    set_up(&mut scn, &slow, SLOW_WEBHOOKS, &shape)?;
+    // About `slow_time` if the pool were the only bound: threads ÷ 100 ms.
+    let events = ((env.sender_threads as f64 / SLOW_DELAY.as_secs_f64()) * plan.slow_time.as_secs_f64()).max(SLOW_WEBHOOKS as f64) as u64;
+    progress(format_args!("slow receivers: {events} events over {SLOW_WEBHOOKS} webhooks answering after {SLOW_DELAY:?}"));
+    let b = burst(&mut scn, &slow, &shape, events)?;
+    report.slow_receiver_per_sec = b.per_sec;
+    report.slow_receiver_rss_mib = b.max_rss_mib;
+    progress(format_args!("  {:.0} deliveries/s, RSS up to {:.1} MiB", b.per_sec, b.max_rss_mib));
+    report.signatures_verified += slow.stats.verified();
+    anyhow::ensure!(slow.stats.bad_signatures() == 0, "{} sampled requests to the slow receiver had a bad signature", slow.stats.bad_signatures());
+    Ok(())
+}
+
+/// Deliveries/s by number of webhooks, a fresh service each.
+fn scaling(plan: &Plan, env: &Env, fast: &Receiver, report: &mut Report) -> anyhow::Result<()> {
+    for &webhooks in &plan.scaling {
+        let mut scn = Scenario::start(env, &format!("scaling-{webhooks}"), &[], |_, _| Ok(()))?;
+        let shape = EventShape::new(webhooks, plan.body_bytes);
+        let registering = Instant::now();
+        set_up(&mut scn, fast, webhooks, &shape)?;
+        progress(format_args!(
+            "scaling: {} events over {webhooks} webhooks (registered in {:.1} s)",
+            plan.scaling_events,
+            registering.elapsed().as_secs_f64()
+        ));
+        let b = burst(&mut scn, fast, &shape, plan.scaling_events)?;
+        report.scaling.push(ScalingPoint { webhooks: webhooks as u64, deliveries_per_sec: b.per_sec });
+        progress(format_args!("  {:.0} deliveries/s", b.per_sec));
+    }
+    Ok(())
+}
+
+/// RSS with a large configuration loaded and nothing to do.
+fn idle(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let webhooks = plan.idle_tenants * IDLE_WEBHOOKS_PER_TENANT;
+    progress(format_args!("idle: loading {} tenants × {IDLE_WEBHOOKS_PER_TENANT} webhooks", plan.idle_tenants));
+    let url = "http://127.0.0.1:9/idle".to_owned();
+    let mut loaded_at = Instant::now();
+    let scn = Scenario::start(env, "idle", &[], |con, keys| {
+        redis::load_configuration(con, keys, plan.idle_tenants, IDLE_WEBHOOKS_PER_TENANT, &url)?;
+        loaded_at = Instant::now();
+        Ok(())
+    })?;
+    report.idle_start_secs = loaded_at.elapsed().as_secs_f64();
+    scn.service.wait_idle(Duration::from_secs(1), STALL)?;
+    report.idle_rss_mib_10k_webhooks = scn.service.rss_mib()?;
+    report.idle_tenants = plan.idle_tenants as u64;
+    report.idle_webhooks = webhooks as u64;
+    progress(format_args!(
+        "  RSS {:.1} MiB idle (peak {:.1} MiB; service ready {:.1} s after the load)",
+        report.idle_rss_mib_10k_webhooks,
+        scn.service.peak_rss_mib()?,
+        report.idle_start_secs
+    ));
+    Ok(())
+}
+
+/// Many small events to a receiver that fails them all, under an hour's backoff: RSS once they
+/// all wait in the retry heap, and the CPU used while they wait.
+fn retries(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let failing = Receiver::start(500, Duration::ZERO)?;
+    let extra = [
+        ("WSS_MAX_IN_FLIGHT", (plan.retries + 10_000).to_string()),
+        // Every webhook fails: keep the circuits closed so each delivery is attempted once
+        // and then waits for its retry (an open circuit would hold them unattempted).
+        ("WSS_CIRCUIT_FAILURES", "1000000".to_owned()),
+    ];
+    let mut scn = Scenario::start(env, "retries", &extra, |_, _| Ok(()))?;
+    let control = scn.control()?;
+    control.create_patient_policy("bench-patient")?;
+    control.register(RETRY_WEBHOOKS, &failing, "bench-patient")?;
+    let shape = EventShape::new(RETRY_WEBHOOKS, 0);
+    progress(format_args!("retries: {} small events to {RETRY_WEBHOOKS} webhooks that answer 500", plan.retries));
+    let start = Instant::now();
+    let mut con = scn.redis()?;
+    let (stream, publish_shape, count) = (scn.keys.events.clone(), shape.clone(), plan.retries);
+    let publisher = thread::spawn(move || redis::publish(&mut con, &stream, &publish_shape, 0, count));
+    wait_for_receipts(&mut scn, &failing, plan.retries)?;
+    report.retry_fill_per_sec = plan.retries as f64 / start.elapsed().as_secs_f64();
+    publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+    // The outcome stage may still be writing history; wait until the service is quiet.
+    scn.service.wait_idle(Duration::from_secs(1), Duration::from_secs(600))?;
+    report.rss_mib_1m_retries = scn.service.rss_mib()?;
+    report.retry_peak_rss_mib = scn.service.peak_rss_mib()?;
+    report.retries_waiting = plan.retries;
+    let window = if plan.quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let before = scn.service.cpu_secs()?;
+    thread::sleep(window);
+    report.retry_idle_cpu_pct = (scn.service.cpu_secs()? - before) / window.as_secs_f64() * 100.0;
+    progress(format_args!(
+        "  RSS {:.1} MiB with {} retries waiting (peak {:.1}); {:.1} % CPU while they wait",
+        report.rss_mib_1m_retries, plan.retries, report.retry_peak_rss_mib, report.retry_idle_cpu_pct
+    ));
+    Ok(())
+}
+
+/// The human-readable form of the report.
+fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let rows: Vec<(String, String, &str)> = vec![
+        (format!("throughput ({} events, {} webhooks, {} B bodies)", r.events, r.webhooks, r.body_bytes), format!("{:.0} /s", r.deliveries_per_sec), ""),
+        (format!("raw HTTP limit (same client, {} threads)", r.sender_threads), format!("{:.0} /s", r.raw_per_sec), ""),
+        ("ratio".into(), format!("{:.2}", r.ratio), "≥ 0.70"),
+        (
+            format!("latency p50 / p90 / p99 / max at {:.0} /s", r.latency_rate_per_sec),
+            format!("{:.1} / {:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms),
+            "p99 ≤ 10 ms",
+        ),
+        (format!("slow receivers (100 ms, {SLOW_WEBHOOKS} webhooks)"), format!("{:.0} /s", r.slow_receiver_per_sec), "≥ 2,000 /s"),
+        ("  RSS during that run".into(), format!("{:.1} MiB", r.slow_receiver_rss_mib), "≤ 128 MiB"),
+        ("peak RSS (throughput and latency runs)".into(), format!("{:.1} MiB", r.peak_rss_mib), ""),
+        (format!("idle RSS, {} tenants × 10 webhooks", r.idle_tenants), format!("{:.1} MiB", r.idle_rss_mib_10k_webhooks), "≤ 64 MiB"),
+        (format!("RSS, {} retries waiting", r.retries_waiting), format!("{:.1} MiB", r.rss_mib_1m_retries), "≤ 512 MiB"),
+        ("  CPU while they wait".into(), format!("{:.1} %", r.retry_idle_cpu_pct), ""),
+    ];
+    let mut rows = rows;
+    for point in &r.scaling {
+        rows.push((format!("scaling: {} webhook(s)", point.webhooks), format!("{:.0} /s", point.deliveries_per_sec), ""));
+    }
+    rows.push((
+        "CPU per delivery: service (kernel) / Redis / bench".into(),
+        format!(
+            "{:.0} ({:.0}) / {:.0} / {:.0} µs",
+            r.service_cpu_us_per_delivery, r.service_system_cpu_us_per_delivery, r.redis_cpu_us_per_delivery, r.bench_cpu_us_per_delivery
+        ),
+        "",
+    ));
+    rows.push(("CPU per raw request (client + receiver)".into(), format!("{:.0} µs", r.raw_bench_cpu_us_per_request), ""));
+    rows.push(("service context switches per delivery".into(), format!("{:.1}", r.service_context_switches_per_delivery), ""));
+    if r.redis_commands_per_delivery > 0.0 {
+        rows.push(("Redis commands per delivery (XADD included)".into(), format!("{:.2}", r.redis_commands_per_delivery), ""));
+    }
+    let width = rows.iter().map(|(l, _, _)| l.chars().count()).max().unwrap_or(0);
+    let value_width = rows.iter().map(|(_, v, _)| v.chars().count()).max().unwrap_or(0);
+    let _ = writeln!(out, "wss bench — {} CPUs, load {} before, {} after{}", r.cpus, r.load_before, r.load_after, if r.quick { " (--quick: figures mean little)" } else { "" });
+    let _ = writeln!(out, "{:width$}  {:>value_width$}  target", "measure", "value");
+    for (label, value, target) in rows {
+        let pad = width - label.chars().count();
+        let vpad = value_width - value.chars().count();
+        let _ = writeln!(out, "{label}{}  {}{value}  {target}", " ".repeat(pad), " ".repeat(vpad));
+    }
+    if !r.redis_commands.is_empty() {
+        let mut by_name: Vec<(&String, &f64)> = r.redis_commands.iter().filter(|(_, n)| **n >= 0.01).collect();
+        by_name.sort_by(|a, b| b.1.total_cmp(a.1));
+        let listed = by_name.iter().map(|(name, n)| format!("{name} {n:.2}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out, "Redis commands per delivery: {listed}");
+    }
+    out
+}

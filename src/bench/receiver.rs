@@ -1,0 +1,166 @@
+//! The bench's webhook receivers: [`wss::http_server::Server`] on `127.0.0.1:0`, in the bench's
+//! own process, so that receipt times and publish times come from the same clock.
+//!
+//! A receiver answers every request alike — a status after a delay (`200` at once for the fast
+//! receiver, `200` after 100 ms for the slow one, `500` at once for the failing one) — and
+//! counts what it gets: the number of requests, the time of the latest receipt, and, while
+//! recording is on, each request's latency (now minus the publish time the event carries in
+//! `data.t`, in microseconds since the Unix epoch). One request in [`VERIFY_EVERY`] has its
+//! signature checked with the webhook's secret (the secret of webhook `i` is [`secret_of`]`(i)`,
+//! and its URL path is `/w<i>`), so a bench that measures unsigned or wrongly signed deliveries
+//! says so instead of reporting a figure.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use parking_lot::Mutex;
+use wss::{
+    http_server::{Request, Responder, Response, Server},
+    signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER},
+};
+
+/// One request in this many has its signature verified.
+pub const VERIFY_EVERY: u64 = 64;
+
+/// The secret the bench registers for webhook number `i` (the same for every scenario: the
+/// receiver finds it from the URL path alone).
+pub fn secret_of(i: usize) -> String {
+    format!("whsec_bench_{i:07}_0123456789abcdef")
+}
+
+/// Microseconds since the Unix epoch: the clock events carry and receipts are compared with.
+pub fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What a receiver has seen.
+pub struct Stats {
+    epoch: Instant,
+    received: AtomicU64,
+    /// Microseconds after `epoch` of the latest receipt.
+    last_us: AtomicU64,
+    recording: AtomicBool,
+    latencies_us: Mutex<Vec<u64>>,
+    verified: AtomicU64,
+    bad_signatures: AtomicU64,
+}
+
+impl Stats {
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// When the latest request arrived.
+    pub fn last_receipt(&self) -> Instant {
+        self.epoch + Duration::from_micros(self.last_us.load(Ordering::SeqCst))
+    }
+
+    /// Starts recording latencies afresh.
+    pub fn record_latencies(&self) {
+        self.latencies_us.lock().clear();
+        self.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops recording; returns what was recorded.
+    pub fn take_latencies(&self) -> Vec<u64> {
+        self.recording.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.latencies_us.lock())
+    }
+
+    pub fn verified(&self) -> u64 {
+        self.verified.load(Ordering::SeqCst)
+    }
+
+    pub fn bad_signatures(&self) -> u64 {
+        self.bad_signatures.load(Ordering::SeqCst)
+    }
+
+    fn on_request(&self, request: &Request<'_>) {
+        let n = self.received.fetch_add(1, Ordering::SeqCst);
+        self.last_us.fetch_max(self.epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
+        if self.recording.load(Ordering::Relaxed) {
+            if let Some(sent) = publish_time(request.body) {
+                self.latencies_us.lock().push(unix_micros().saturating_sub(sent));
+            }
+        }
+        if n % VERIFY_EVERY == 0 {
+            let index = request.path.strip_prefix("/w").and_then(|i| i.parse::<usize>().ok());
+            let valid = index.is_some_and(|i| {
+                signature::verify(
+                    secret_of(i).as_bytes(),
+                    request.header(TIMESTAMP_HEADER),
+                    request.header(SIGNATURE_HEADER),
+                    request.body,
+                    signature::DEFAULT_TOLERANCE,
+                    SystemTime::now(),
+                )
+                .is_ok()
+            });
+            let counter = if valid { &self.verified } else { &self.bad_signatures };
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The publish time an event's `data` carries: the body is the envelope, whose `data` the bench
+/// writes as `{"t":<µs>,…}`.
+fn publish_time(body: &[u8]) -> Option<u64> {
+    const MARK: &[u8] = br#""data":{"t":"#;
+    let at = body.windows(MARK.len()).position(|w| w == MARK)? + MARK.len();
+    let digits = body[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&body[at..at + digits]).ok()?.parse().ok().filter(|t| *t > 0)
+}
+
+/// A listening receiver; dropping it closes it.
+pub struct Receiver {
+    server: Server,
+    pub stats: Arc<Stats>,
+}
+
+impl Receiver {
+    /// Answers every request with `status` after `delay`.
+    pub fn start(status: u16, delay: Duration) -> std::io::Result<Self> {
+        let stats = Arc::new(Stats {
+            epoch: Instant::now(),
+            received: AtomicU64::new(0),
+            last_us: AtomicU64::new(0),
+            recording: AtomicBool::new(false),
+            latencies_us: Mutex::new(Vec::new()),
+            verified: AtomicU64::new(0),
+            bad_signatures: AtomicU64::new(0),
+        });
+        let seen = stats.clone();
+        let server = Server::bind(([127, 0, 0, 1], 0).into(), move |request: &Request<'_>, responder: Responder<'_>| {
+            seen.on_request(request);
+            if !delay.is_zero() {
+                thread::sleep(delay); // the receiver's own slowness
+            }
+            let _ = responder.send(Response::empty(status));
+        })?;
+        Ok(Self { server, stats })
+    }
+
+    /// The URL of webhook number `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}/w{i}", self.server.local_addr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publish_time_is_read_from_the_envelope() {
+        let body = br#"{"id":"1-0","type":"bench.event","tenant":"t","created_at":"2026-01-01T00:00:00Z","data":{"t":1767225600123456,"pad":"xx"}}"#;
+        assert_eq!(publish_time(body), Some(1_767_225_600_123_456));
+        assert_eq!(publish_time(br#"{"data":{"t":0}}"#), None);
+        assert_eq!(publish_time(br#"{"data":{"x":1}}"#), None);
+    }
+}
