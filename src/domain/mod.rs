@@ -49,3 +49,12 @@ pub enum DomainError {
         source: crate::crypto::CryptoError,
     },
 }
+
+/// The field an `Invalid` error names, for tests that check validation field by field.
+#[cfg(test)]
+pub(crate) fn field_of(err: DomainError) -> &'static str {
+    match err {
+        DomainError::Invalid { field, .. } => field,
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}

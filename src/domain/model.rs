@@ -396,13 +396,7 @@ mod millis {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field_of(err: DomainError) -> &'static str {
-        match err {
-            DomainError::Invalid { field, .. } => field,
-            other => panic!("expected Invalid, got {other:?}"),
-        }
-    }
+    use crate::domain::field_of;
 
     #[test]
     fn ids_follow_the_spec_pattern() {

@@ -185,13 +185,7 @@ impl RetryPolicyService for RetryPolicyApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field_of(err: DomainError) -> &'static str {
-        match err {
-            DomainError::Invalid { field, .. } => field,
-            other => panic!("expected Invalid, got {other:?}"),
-        }
-    }
+    use crate::domain::field_of;
 
     fn secs(seconds: i64) -> Option<PbDuration> {
         Some(PbDuration { seconds, nanos: 0 })

@@ -149,13 +149,7 @@ impl TenantService for TenantApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field_of(err: DomainError) -> &'static str {
-        match err {
-            DomainError::Invalid { field, .. } => field,
-            other => panic!("expected Invalid, got {other:?}"),
-        }
-    }
+    use crate::domain::field_of;
 
     #[test]
     fn create_requests_are_checked_field_by_field() {

@@ -108,13 +108,7 @@ impl TokenService for TokenApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn field_of(err: DomainError) -> &'static str {
-        match err {
-            DomainError::Invalid { field, .. } => field,
-            other => panic!("expected Invalid, got {other:?}"),
-        }
-    }
+    use crate::domain::field_of;
 
     #[test]
     fn create_requests_are_checked() {
