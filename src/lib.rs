@@ -21,6 +21,7 @@ pub mod retry;
 pub mod receive;
 pub mod redis_conn;
 pub mod signature;
+pub mod stats;
 pub mod streams;
 
 pub mod proto {

@@ -21,7 +21,7 @@ use wss::{
     config::{Config, Layers},
     domain::{routing::RoutingHandle, store::{Keys, Store}},
     grpc::{self, ControlPlane},
-    pipeline::{Deps, Pipeline},
+    pipeline::{self, Deps, Pipeline},
     receive::{self, ReceiveOptions},
     redis_conn::RedisTarget,
     signature,
@@ -376,9 +376,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let (stop_grpc_tx, stop_grpc_rx) = tokio::sync::oneshot::channel::<()>();
+    // Shared by the pipeline, which keeps it up to date, and GetWebhookStats, which reads it.
+    let live = pipeline::live_view(&config);
     let plane = ControlPlane {
         store: store.clone(),
         routing: routing.clone(),
+        live: live.clone(),
         allow_http: config.allow_http,
         allow_private_targets: config.allow_private_targets,
         allowed_target_cidrs: config.allowed_target_cidrs.clone(),
@@ -435,7 +438,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let grace = config.shutdown_grace;
-    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, config: config.clone() })
+    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone() })
         .context("starting the pipeline threads")?;
     log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
 

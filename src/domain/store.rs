@@ -6,6 +6,9 @@
 //!   token: see `crate::crypto`);
 //! - `P config:version`: a counter bumped by every write, which instances poll to reload.
 //!
+//! A webhook's statistics (`P stats:webhook:<id>`, written by the outcome stage, see
+//! `crate::stats`) are deleted with it, in the same transaction.
+//!
 //! Webhook secrets are sealed with `WSS_ENCRYPTION_KEY` when one is configured ([`Store::with_cipher`]):
 //! the JSON of a webhook then holds `enc:v1:…` instead of the secret, and only this module seals
 //! and opens it, so every other module sees the secret in clear and Redis never does. Without a
@@ -33,6 +36,7 @@ use crate::{
     deadletter::DeadLetter,
     history::{self, DeliveryRecord},
     redis_conn::RedisTarget,
+    stats,
     streams::parse_entries,
 };
 
@@ -81,6 +85,11 @@ impl Keys {
 
     pub fn deliveries_of_event(&self, event: &str) -> String {
         format!("{}deliveries:event:{event}", self.prefix)
+    }
+
+    /// A webhook's delivery statistics (see `crate::stats`).
+    pub fn webhook_stats(&self, webhook: &str) -> String {
+        format!("{}stats:webhook:{webhook}", self.prefix)
     }
 }
 
@@ -251,6 +260,7 @@ impl Store {
             pipe.hdel(&keys.tenants, id).ignore();
             if !doomed.is_empty() {
                 pipe.hdel(&keys.webhooks, &doomed).ignore();
+                pipe.del(doomed.iter().map(|w| keys.webhook_stats(w)).collect::<Vec<_>>()).ignore();
             }
             let tokens: Vec<ApiToken> = self.all(con, &keys.tokens, "token")?;
             let revoked: Vec<&str> = tokens.iter().filter(|t| t.tenant_id == id).map(|t| t.id.as_str()).collect();
@@ -303,10 +313,12 @@ impl Store {
         })
     }
 
+    /// Deletes the webhook and its statistics (`crate::stats`).
     pub fn delete_webhook(&self, id: &str) -> Result<(), DomainError> {
         self.mutate(|con, keys, pipe| {
             let _: Webhook = self.fetch(con, &keys.webhooks, "webhook", id)?;
             pipe.hdel(&keys.webhooks, id).ignore();
+            pipe.del(keys.webhook_stats(id)).ignore();
             Ok(())
         })
     }
@@ -503,6 +515,11 @@ impl Store {
             let (items, next_token) = history::list(con, keys, query, page_size, token, 20_000).map_err(|e| self.unavailable(e))?;
             Ok(Page { items, next_token })
         })
+    }
+
+    /// A webhook's stored statistics (empty when it has none yet), read at `now_ms`.
+    pub fn webhook_stats(&self, id: &str, now_ms: u64) -> Result<stats::Stored, DomainError> {
+        self.with_conn(|con, keys| stats::read(con, keys, id, now_ms).map_err(|e| self.unavailable(e)))
     }
 
     pub fn get_delivery(&self, id: &str) -> Result<DeliveryRecord, DomainError> {

@@ -64,6 +64,7 @@ use crate::{
     config::TlsSettings,
     crypto,
     domain::{routing::RoutingHandle, store::Store, DomainError},
+    pipeline::live::LiveView,
     proto::{
         delivery_service_server::DeliveryServiceServer, event_service_server::EventServiceServer,
         retry_policy_service_server::RetryPolicyServiceServer, tenant_service_server::TenantServiceServer,
@@ -88,6 +89,8 @@ pub struct ControlPlane {
     pub store: Arc<Store>,
     /// Reloaded after every successful write.
     pub routing: Arc<RoutingHandle>,
+    /// What this instance's pipeline holds per webhook now (GetWebhookStats).
+    pub live: Arc<LiveView>,
     /// Accept `http://` webhook URLs (`WSS_ALLOW_HTTP`).
     pub allow_http: bool,
     /// Accept webhook URLs whose host is a loopback/private IP literal (`WSS_ALLOW_PRIVATE_TARGETS`).
@@ -361,7 +364,8 @@ pub fn access_of(path: &str) -> Access {
         | "/wss.v1.WebhookService/ListWebhooks"
         | "/wss.v1.WebhookService/UpdateWebhook"
         | "/wss.v1.WebhookService/DeleteWebhook"
-        | "/wss.v1.WebhookService/RotateWebhookSecret" => Access::Tenant,
+        | "/wss.v1.WebhookService/RotateWebhookSecret"
+        | "/wss.v1.WebhookService/GetWebhookStats" => Access::Tenant,
         _ => Access::Admin,
     }
 }
@@ -569,6 +573,7 @@ mod tests {
         assert_eq!(access_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), Access::Open);
         assert_eq!(access_of("/wss.v1.DeliveryService/ListDeadLetters"), Access::Tenant);
         assert_eq!(access_of("/wss.v1.TenantService/GetTenant"), Access::Tenant);
+        assert_eq!(access_of("/wss.v1.WebhookService/GetWebhookStats"), Access::Tenant);
         for admin in [
             "/wss.v1.TenantService/CreateTenant",
             "/wss.v1.TenantService/ListTenants",

@@ -16,6 +16,12 @@
 //! any rpc on another tenant's webhook, is `PERMISSION_DENIED` (a tenant token may leave
 //! `tenant_id` empty to mean its own); ListWebhooks shows only its own.
 //!
+//! GetWebhookStats joins two sources: the counts, last times and last circuit change stored in
+//! Redis by every instance's outcome stage (`crate::stats`), and what this instance's pipeline
+//! holds for the webhook now — its circuit, attempts in flight, deliveries parked and retries
+//! waiting (`crate::pipeline::live`). The answer says which instance that is. It follows
+//! GetWebhook's rules: a tenant token reads only its own tenant's webhooks.
+//!
 //! `filter` and `transform` are compiled here, before anything is stored, so that an invalid
 //! expression is `INVALID_ARGUMENT` naming the field, with the compiler's message, line, column
 //! and caret; the routing snapshot compiles the stored text again for the pipeline.
@@ -26,8 +32,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        duration_from_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto,
-        webhook_to_proto,
+        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref,
+        scheme_from_proto, timestamp, webhook_to_proto,
     },
     ControlPlane, Principal, TARGET,
 };
@@ -38,8 +44,13 @@ use crate::{
         store::now_ms,
         DomainError,
     },
+    pipeline::{
+        isolation::{Circuit, CircuitState},
+        live::{wall_ms, LiveStats},
+    },
     proto::{self, webhook_service_server::WebhookService},
     signature::{generate_secret, StandardSigner},
+    stats::{self, Stored},
 };
 
 /// Longest description, in characters.
@@ -163,6 +174,63 @@ fn check_secret(secret: &str, scheme: SignatureScheme) -> Result<(), DomainError
         StandardSigner::new(secret).map_err(|e| invalid("secret", e.to_string()))?;
     }
     Ok(())
+}
+
+/// GetWebhookStats's window: absent is [`stats::DEFAULT_WINDOW`], otherwise from
+/// [`stats::MIN_WINDOW`] to [`stats::MAX_WINDOW`], rounded up to whole minutes.
+fn window_from_proto(value: Option<&prost_types::Duration>) -> Result<Duration, DomainError> {
+    let Some(value) = value else { return Ok(stats::DEFAULT_WINDOW) };
+    let window = duration_from_proto("window", value)?;
+    if window < stats::MIN_WINDOW || window > stats::MAX_WINDOW {
+        return Err(invalid("window", "must be from 60s to 3600s (counts are kept per minute for an hour); leave it out for 3600s"));
+    }
+    Ok(Duration::from_secs(stats::window_minutes(window) * 60))
+}
+
+fn circuit_state_to_proto(state: CircuitState) -> proto::CircuitState {
+    match state {
+        CircuitState::Closed => proto::CircuitState::Closed,
+        CircuitState::Open => proto::CircuitState::Open,
+        CircuitState::HalfOpen => proto::CircuitState::HalfOpen,
+    }
+}
+
+/// The answer of GetWebhookStats, from the stored stats read at `now_ms` and this instance's
+/// live view.
+fn stats_to_proto(webhook: &Webhook, stored: &Stored, live: LiveStats, instance: &str, window: Duration, now_ms: u64) -> proto::WebhookStats {
+    let counts = stats::summarize(stored, now_ms, window);
+    let failure = stored.last_failure.clone().unwrap_or_default();
+    let open_until = match live.circuit {
+        Circuit::Open { until, .. } => timestamp(wall_ms(until)),
+        Circuit::Closed | Circuit::HalfOpen { .. } => None,
+    };
+    proto::WebhookStats {
+        webhook_id: webhook.id.clone(),
+        tenant_id: webhook.tenant_id.clone(),
+        window: Some(duration_to_proto(window)),
+        attempts_succeeded: counts.succeeded,
+        attempts_failed: counts.failed,
+        success_rate: stats::success_rate(&counts),
+        last_success_at: timestamp(stored.last_success_ms),
+        last_failure_at: timestamp(failure.at_ms),
+        last_failure_status_code: u32::from(failure.status),
+        last_failure_error_kind: failure.kind,
+        last_failure_error: failure.error,
+        dead_letters: counts.dead_letters,
+        circuit_state: circuit_state_to_proto(live.circuit.state()).into(),
+        circuit_open_until: open_until,
+        last_circuit_change: stored.last_circuit_change.as_ref().map(|c| proto::CircuitChange {
+            state: circuit_state_to_proto(c.state).into(),
+            changed_at: timestamp(c.at_ms),
+            open_until: timestamp(c.open_until_ms),
+            instance: c.instance.clone(),
+        }),
+        in_flight: u32::try_from(live.in_flight).unwrap_or(u32::MAX),
+        queued: live.waiting.parked + live.waiting.retries,
+        parked: live.waiting.parked,
+        retries_waiting: live.waiting.retries,
+        instance: instance.to_owned(),
+    }
 }
 
 /// Checks a create request and builds the webhook; the secret is generated when not given.
@@ -398,6 +466,29 @@ impl WebhookService for WebhookApi {
         Ok(Response::new(out))
     }
 
+    async fn get_webhook_stats(
+        &self,
+        request: Request<proto::GetWebhookStatsRequest>,
+    ) -> Result<Response<proto::WebhookStats>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        required_ref("webhook_id", &req.webhook_id)?;
+        let window = window_from_proto(req.window.as_ref())?;
+        let id = req.webhook_id;
+        let (webhook, stored, now) = self
+            .plane
+            .read(move |store| {
+                let webhook = store.get_webhook(&id)?;
+                principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
+                let now = now_ms();
+                let stored = store.webhook_stats(&id, now)?;
+                Ok((webhook, stored, now))
+            })
+            .await?;
+        let live = self.plane.live.of(&webhook.id);
+        Ok(Response::new(stats_to_proto(&webhook, &stored, live, self.plane.live.instance(), window, now)))
+    }
+
     async fn delete_webhook(
         &self,
         request: Request<proto::DeleteWebhookRequest>,
@@ -490,6 +581,60 @@ mod tests {
         assert_eq!(overlap_from_proto(Some(&d(604_800))).unwrap(), MAX_OVERLAP);
         assert_eq!(invalid_of(overlap_from_proto(Some(&d(604_801))).unwrap_err()).0, "overlap");
         assert_eq!(invalid_of(overlap_from_proto(Some(&d(-1))).unwrap_err()).0, "overlap");
+    }
+
+    #[test]
+    fn stats_windows_default_to_an_hour_and_round_up_to_minutes() {
+        let d = |seconds| prost_types::Duration { seconds, nanos: 0 };
+        assert_eq!(window_from_proto(None).unwrap(), Duration::from_secs(3600));
+        assert_eq!(window_from_proto(Some(&d(60))).unwrap(), Duration::from_secs(60));
+        assert_eq!(window_from_proto(Some(&d(90))).unwrap(), Duration::from_secs(120));
+        assert_eq!(window_from_proto(Some(&d(3600))).unwrap(), Duration::from_secs(3600));
+        for bad in [d(0), d(59), d(3601), d(-60)] {
+            assert_eq!(invalid_of(window_from_proto(Some(&bad)).unwrap_err()).0, "window", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stats_join_the_stored_counts_and_this_instance_s_live_view() {
+        use crate::{
+            pipeline::live::Waiting,
+            stats::{CircuitRecord, Counts, Failure},
+        };
+        let webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        let now = 1_767_225_630_000;
+        let minute = now / 60_000;
+        let mut stored = Stored { last_success_ms: now - 5000, ..Default::default() };
+        stored.buckets.insert(minute, Counts { succeeded: 3, failed: 1, dead_letters: 1 });
+        stored.buckets.insert(minute - 30, Counts { succeeded: 4, failed: 0, dead_letters: 0 });
+        stored.last_failure = Some(Failure { at_ms: now - 1000, status: 503, kind: "http_status".into(), error: "HTTP 503 Service Unavailable".into() });
+        stored.last_circuit_change = Some(CircuitRecord { state: CircuitState::Open, at_ms: now - 900, open_until_ms: now + 29_100, instance: "b-1".into() });
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let live = LiveStats { in_flight: 2, waiting: Waiting { parked: 3, retries: 4 }, circuit: Circuit::Open { until, cooldown: Duration::from_secs(30) } };
+
+        let out = stats_to_proto(&webhook, &stored, live, "a-1", Duration::from_secs(3600), now);
+        assert_eq!((out.webhook_id.as_str(), out.tenant_id.as_str()), ("wh_x", "acme"));
+        assert_eq!((out.attempts_succeeded, out.attempts_failed, out.dead_letters), (7, 1, 1));
+        assert_eq!(out.success_rate, Some(0.875));
+        assert_eq!(out.window, Some(prost_types::Duration { seconds: 3600, nanos: 0 }));
+        assert_eq!(out.last_success_at, timestamp(now - 5000));
+        assert_eq!(out.last_failure_at, timestamp(now - 1000));
+        assert_eq!((out.last_failure_status_code, out.last_failure_error.as_str()), (503, "HTTP 503 Service Unavailable"));
+        assert_eq!(out.circuit_state, proto::CircuitState::Open as i32);
+        assert!(out.circuit_open_until.is_some());
+        let change = out.last_circuit_change.unwrap();
+        assert_eq!((change.state, change.instance.as_str()), (proto::CircuitState::Open as i32, "b-1"));
+        assert_eq!((out.in_flight, out.parked, out.retries_waiting, out.queued), (2, 3, 4, 7));
+        assert_eq!(out.instance, "a-1");
+
+        let short = stats_to_proto(&webhook, &stored, live, "a-1", Duration::from_secs(60), now);
+        assert_eq!((short.attempts_succeeded, short.attempts_failed), (3, 1), "the old bucket is outside a minute's window");
+
+        let idle = LiveStats { in_flight: 0, waiting: Waiting::default(), circuit: Circuit::Closed };
+        let none = stats_to_proto(&webhook, &Stored::default(), idle, "a-1", Duration::from_secs(3600), now);
+        assert_eq!(none.success_rate, None, "no attempts: no rate");
+        assert_eq!((none.last_success_at, none.last_failure_at, none.last_circuit_change), (None, None, None));
+        assert_eq!((none.circuit_state, none.circuit_open_until), (proto::CircuitState::Closed as i32, None));
     }
 
     #[test]

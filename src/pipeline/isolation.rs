@@ -16,6 +16,11 @@
 //!
 //! The state is a map behind a mutex, touched twice per attempt; time is passed in, so the state
 //! machine is tested without clocks.
+//!
+//! Every change of a circuit (opened, half-open when its probe goes out, closed) is also queued
+//! as a [`CircuitChange`]; the outcome stage takes them with each batch and records them in the
+//! webhook's stats (`crate::stats`), so `GetWebhookStats` shows the last change any instance
+//! saw. The live state ([`Isolation::live`]) is what the gRPC layer reads for this instance.
 
 use std::{
     collections::HashMap,
@@ -85,24 +90,81 @@ pub enum Transition {
     FailingTooLong { failures: u32, since: Duration },
 }
 
+/// A circuit's state without its timing, as recorded and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl Circuit {
+    pub fn state(&self) -> CircuitState {
+        match self {
+            Circuit::Closed => CircuitState::Closed,
+            Circuit::Open { .. } => CircuitState::Open,
+            Circuit::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+}
+
+/// A circuit changed state: queued for the outcome stage to record (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CircuitChange {
+    pub webhook: String,
+    pub state: CircuitState,
+    pub at: Instant,
+    /// When an opened circuit lets its probe go.
+    pub open_until: Option<Instant>,
+}
+
+/// One webhook's isolation state on this instance, for `GetWebhookStats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Live {
+    /// Attempts on the wire now.
+    pub in_flight: usize,
+    pub circuit: Circuit,
+}
+
 pub struct Isolation {
     settings: Settings,
     endpoints: Mutex<HashMap<String, Endpoint>>,
+    /// Circuit changes not yet taken by the outcome stage. Bounded in fact: a change needs an
+    /// attempt, and every attempt reaches the outcome stage, which takes them with its batch.
+    changes: Mutex<Vec<CircuitChange>>,
 }
 
 impl Isolation {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, endpoints: Mutex::new(HashMap::new()) }
+        Self { settings, endpoints: Mutex::new(HashMap::new()), changes: Mutex::new(Vec::new()) }
     }
 
     pub fn admit(&self, webhook: &str, now: Instant) -> Gate {
         let mut endpoints = self.endpoints.lock();
         let endpoint = entry(&mut endpoints, webhook);
+        let before = endpoint.circuit.state();
         let gate = Self::gate(&self.settings, endpoint, now);
         if gate == Gate::Park {
             endpoint.parked = true;
         }
+        if endpoint.circuit.state() == CircuitState::HalfOpen && before != CircuitState::HalfOpen {
+            self.changes.lock().push(CircuitChange { webhook: webhook.to_owned(), state: CircuitState::HalfOpen, at: now, open_until: None });
+        }
         gate
+    }
+
+    /// The circuit changes since the last call, oldest first.
+    pub fn take_changes(&self) -> Vec<CircuitChange> {
+        std::mem::take(&mut *self.changes.lock())
+    }
+
+    /// `webhook`'s attempts in flight and circuit on this instance (none and closed when it has
+    /// nothing to remember).
+    pub fn live(&self, webhook: &str) -> Live {
+        self.endpoints
+            .lock()
+            .get(webhook)
+            .map_or(Live { in_flight: 0, circuit: Circuit::Closed }, |e| Live { in_flight: e.in_flight, circuit: e.circuit })
     }
 
     fn gate(settings: &Settings, endpoint: &mut Endpoint, now: Instant) -> Gate {
@@ -138,7 +200,16 @@ impl Isolation {
         let mut endpoints = self.endpoints.lock();
         let endpoint = entry(&mut endpoints, webhook);
         let release = std::mem::take(&mut endpoint.parked);
-        (self.finish_endpoint(&mut endpoints, webhook, success, now), release)
+        let transition = self.finish_endpoint(&mut endpoints, webhook, success, now);
+        let change = match transition {
+            Some(Transition::Opened { cooldown, .. }) => Some((CircuitState::Open, Some(now + cooldown))),
+            Some(Transition::Closed) => Some((CircuitState::Closed, None)),
+            Some(Transition::FailingTooLong { .. }) | None => None,
+        };
+        if let Some((state, open_until)) = change {
+            self.changes.lock().push(CircuitChange { webhook: webhook.to_owned(), state, at: now, open_until });
+        }
+        (transition, release)
     }
 
     fn finish_endpoint(&self, endpoints: &mut HashMap<String, Endpoint>, webhook: &str, success: bool, now: Instant) -> Option<Transition> {
@@ -242,6 +313,35 @@ mod tests {
         assert_eq!(iso.circuit("a"), Circuit::Closed);
         assert_eq!(iso.admit("a", t2), Gate::Go);
         assert_eq!(iso.admit("a", t2), Gate::Go);
+    }
+
+    #[test]
+    fn every_circuit_change_is_queued_once_and_the_live_state_is_readable() {
+        let iso = isolation();
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(iso.admit("a", t0), Gate::Go);
+            iso.finish("a", false, t0);
+        }
+        assert_eq!(iso.live("a"), Live { in_flight: 0, circuit: Circuit::Open { until: t0 + Duration::from_secs(30), cooldown: Duration::from_secs(30) } });
+        let t1 = t0 + Duration::from_secs(31);
+        assert_eq!(iso.admit("a", t1), Gate::Go, "the probe");
+        assert_eq!(iso.admit("a", t1), Gate::Park);
+        assert_eq!(iso.live("a").in_flight, 1);
+        assert_eq!(iso.live("a").circuit.state(), CircuitState::HalfOpen);
+        assert_eq!(iso.finish("a", true, t1), Some(Transition::Closed));
+        let changes: Vec<(CircuitState, Instant, Option<Instant>)> =
+            iso.take_changes().into_iter().map(|c| (c.state, c.at, c.open_until)).collect();
+        assert_eq!(
+            changes,
+            [
+                (CircuitState::Open, t0, Some(t0 + Duration::from_secs(30))),
+                (CircuitState::HalfOpen, t1, None),
+                (CircuitState::Closed, t1, None),
+            ]
+        );
+        assert!(iso.take_changes().is_empty(), "taken once");
+        assert_eq!(iso.live("unknown"), Live { in_flight: 0, circuit: Circuit::Closed });
     }
 
     #[test]

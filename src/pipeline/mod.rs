@@ -21,6 +21,10 @@
 //!   signer. It never blocks on its input, which breaks the cycle signer → sender → outcomes →
 //!   scheduler → signer, so bounded channels cannot deadlock.
 //!
+//! What the pipeline holds per webhook right now (in flight, parked, waiting retries, circuit)
+//! is kept up to date in a [`live::LiveView`] that `main` builds and shares with the control
+//! plane, for `GetWebhookStats`.
+//!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
 //! at hand, and the outcome stage drains what they report before it exits. Whatever was not
@@ -29,6 +33,7 @@
 pub mod event;
 pub mod isolation;
 mod leases;
+pub mod live;
 mod outcomes;
 mod reader;
 mod scheduler;
@@ -268,6 +273,20 @@ pub struct Deps {
     pub keys: Keys,
     pub store: Arc<Store>,
     pub routing: Arc<RoutingHandle>,
+    /// Built with [`live_view`]; the pipeline keeps it up to date.
+    pub live: Arc<live::LiveView>,
+}
+
+/// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
+/// circuits), for [`Deps::live`] and the control plane.
+pub fn live_view(config: &Config) -> Arc<live::LiveView> {
+    let settings = isolation::Settings {
+        max_in_flight: config.webhook_concurrency,
+        failures_to_open: config.circuit_failures,
+        cooldown: config.circuit_cooldown,
+        auto_disable_after: config.auto_disable_after,
+    };
+    Arc::new(live::LiveView::new(settings, config.consumer.clone()))
 }
 
 /// A running pipeline.
@@ -283,7 +302,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing } = deps;
+        let Deps { config, redis, keys, store, routing, live } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -328,16 +347,17 @@ impl Pipeline {
         let s = store.clone();
         spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, &s, input, out, done, stop)))?;
 
-        let isolation = Arc::new(isolation::Isolation::new(isolation::Settings {
-            max_in_flight: config.webhook_concurrency,
-            failures_to_open: config.circuit_failures,
-            cooldown: config.circuit_cooldown,
-            auto_disable_after: config.auto_disable_after,
-        }));
+        let isolation = live.isolation().clone();
         // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
         // progress are bounded by the sender queue and pool. Bounded, it could close a cycle.
         let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<String>();
-        let signer = signer::Signer { routing: routing.clone(), isolation: isolation.clone(), redis: redis.clone(), keys: keys.clone() };
+        let signer = signer::Signer {
+            routing: routing.clone(),
+            isolation: isolation.clone(),
+            redis: redis.clone(),
+            keys: keys.clone(),
+            live: live.clone(),
+        };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone(), later: retry_tx.clone() };
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
@@ -350,8 +370,8 @@ impl Pipeline {
         drop(signed_rx);
         drop(done_tx);
 
-        let stop = shutdown_rx.clone();
-        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due_tx, stop)))?;
+        let (stop, view) = (shutdown_rx.clone(), live.clone());
+        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due_tx, stop, &view)))?;
 
         let outcomes = outcomes::Outcomes {
             redis: redis.clone(),
@@ -363,6 +383,8 @@ impl Pipeline {
             in_flight: in_flight.clone(),
             freed: freed_tx,
             draw: crate::retry::random_draw,
+            isolation,
+            instance: config.consumer.clone(),
         };
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, retry_tx, stop)))?;

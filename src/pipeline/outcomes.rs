@@ -12,6 +12,10 @@
 //! handled together, then one transaction (`MULTI … EXEC`) writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`),
 //! their delivery history and their `XACK`s, so that no crash leaves an entry acknowledged
 //! without its records, or recorded as finished but unacknowledged and unrecorded as dead.
+//! Each attempt and dead letter is also tallied per webhook in memory, and the tally — with
+//! the circuit changes `super::isolation` queued — joins one of these transactions at most once
+//! a second (`crate::stats`: counts per minute, last success and failure, last circuit change,
+//! for `GetWebhookStats`). Webhooks no longer in the routing snapshot (deleted) are left out.
 //! When Redis is away the stage keeps the batch (one history record per delivery, the latest) and retries with backoff, while
 //! it goes on handling completions — scheduling retries — so deliveries already in hand keep
 //! flowing (webhook slots are freed by the senders, whatever Redis does). Reading stops by itself: nothing is acknowledged, so the
@@ -28,7 +32,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Connection;
 
 use super::{
-    isolation::Transition,
+    isolation::{Isolation, Transition},
+    live::wall_ms,
     Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict,
 };
 use crate::{
@@ -40,6 +45,7 @@ use crate::{
     history::{self, DeliveryRecord, Retention, Status},
     redis_conn::RedisTarget,
     retry::next_delay,
+    stats::{self, CircuitRecord, Tally, Trims},
 };
 
 const MAX_BATCH: usize = 512;
@@ -70,6 +76,10 @@ pub struct Outcomes {
     pub freed: Sender<String>,
     /// Source of jitter draws in [-1, 1]; injected so tests can fix it.
     pub draw: fn() -> f64,
+    /// Where circuit changes wait to be recorded in the stats.
+    pub isolation: Arc<Isolation>,
+    /// This instance's name (its consumer name), recorded with the circuit changes it saw.
+    pub instance: String,
 }
 
 /// Redis writes owed by the completions handled since the last flush.
@@ -80,6 +90,9 @@ struct Batch {
     /// By delivery id: only a delivery's latest record needs writing, which also bounds the
     /// batch while Redis is away and retries keep failing.
     history: HashMap<String, DeliveryRecord>,
+    /// Stats since they were last written; not counted in `len`: they wait for
+    /// [`StatsWriting::due`] (or ride along with a batch written after it).
+    stats: Tally,
 }
 
 impl Batch {
@@ -90,6 +103,12 @@ impl Batch {
     fn len(&self) -> usize {
         self.dead.len() + self.acks.len() + self.history.len()
     }
+}
+
+/// When the stats are written next, and what this instance trimmed of them.
+struct StatsWriting {
+    due: Instant,
+    trims: Trims,
 }
 
 /// History indexes written since they were last trimmed.
@@ -105,14 +124,18 @@ impl Outcomes {
         let mut conn: Option<Connection> = None;
         let mut batch = Batch::default();
         let mut trimming = Trimming { touched: HashSet::new(), last: Instant::now() };
+        let mut stats = StatsWriting { due: Instant::now() + stats::WRITE_EVERY, trims: Trims::default() };
         // While Redis is away the batch is kept and written later; completions are still
         // handled meanwhile (retries scheduled), so what wss holds keeps being delivered.
         let mut backoff = BACKOFF_MIN;
         loop {
-            let first = if batch.len() == 0 {
-                input.recv().map_err(|_| RecvTimeoutError::Disconnected)
-            } else {
+            let first = if batch.len() > 0 {
                 input.recv_timeout(backoff)
+            } else if !batch.stats.is_empty() {
+                // Nothing else to write: wake up for the stats alone.
+                input.recv_deadline(stats.due.max(Instant::now() + backoff))
+            } else {
+                input.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
             match first {
                 Ok(completion) => self.handle(completion, &mut batch, &retries),
@@ -128,7 +151,7 @@ impl Outcomes {
                     Err(_) => break,
                 }
             }
-            if self.flush(&mut conn, &mut batch, &mut trimming) {
+            if self.flush(&mut conn, &mut batch, &mut trimming, &mut stats, false) {
                 backoff = BACKOFF_MIN;
             } else {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -136,7 +159,7 @@ impl Outcomes {
         }
         // Every producer is gone (shutdown): a last few tries to record what was done.
         for _ in 0..3 {
-            if self.flush(&mut conn, &mut batch, &mut trimming) {
+            if self.flush(&mut conn, &mut batch, &mut trimming, &mut stats, true) {
                 return;
             }
             if conn.is_none() && shutdown.recv_timeout(backoff).is_ok() {
@@ -154,6 +177,7 @@ impl Outcomes {
                 if let Some(transition) = transition {
                     self.circuit_changed(&delivery.webhook_id, transition);
                 }
+                batch.stats.attempt(&delivery.webhook_id, &record, verdict == Verdict::Delivered);
                 let policy = &route.policy;
                 match verdict {
                     Verdict::Delivered => {
@@ -238,6 +262,7 @@ impl Outcomes {
 
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
+        batch.stats.dead_letter(&delivery.webhook_id, now_ms());
         batch.dead.push(DeadLetter {
             reason: reason.as_str().into(),
             detail,
@@ -271,9 +296,12 @@ impl Outcomes {
     }
 
     /// One attempt to write the batch in one transaction; true when it is written (or empty).
-    /// On failure the batch is kept for the next attempt.
-    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, trimming: &mut Trimming) -> bool {
-        if batch.len() == 0 {
+    /// On failure the batch is kept for the next attempt. The stats join when they are due
+    /// (or `force`d, at shutdown).
+    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, trimming: &mut Trimming, stats: &mut StatsWriting, force: bool) -> bool {
+        self.take_circuit_changes(&mut batch.stats);
+        let write_stats = !batch.stats.is_empty() && (force || Instant::now() >= stats.due);
+        if batch.len() == 0 && !write_stats {
             return true;
         }
         if conn.is_none() {
@@ -292,8 +320,18 @@ impl Outcomes {
         if !batch.acks.is_empty() {
             pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
         }
+        if write_stats {
+            // A deleted webhook's stats were deleted with it: do not write them again.
+            let routing = self.routing.current();
+            batch.stats.retain(|webhook| routing.webhooks.contains_key(webhook));
+            stats::queue_writes(&mut pipe, &self.keys, &batch.stats, &mut stats.trims, now_ms(), stats::KEY_TTL);
+        }
         match pipe.query::<()>(con) {
             Ok(()) => {
+                if write_stats {
+                    batch.stats.clear();
+                    stats.due = Instant::now() + stats::WRITE_EVERY;
+                }
                 for id in batch.acks.drain(..) {
                     self.in_flight.release(&id);
                 }
@@ -317,6 +355,19 @@ impl Outcomes {
 }
 
 impl Outcomes {
+    /// Moves the circuit changes the isolation state queued into the stats tally.
+    fn take_circuit_changes(&self, tally: &mut Tally) {
+        for change in self.isolation.take_changes() {
+            let record = CircuitRecord {
+                state: change.state,
+                at_ms: wall_ms(change.at),
+                open_until_ms: change.open_until.map_or(0, wall_ms),
+                instance: self.instance.clone(),
+            };
+            tally.circuit(&change.webhook, record);
+        }
+    }
+
     /// At most every [`TRIM_EVERY`]: trims the history indexes written since the last trim.
     fn trim_history(&self, con: &mut Connection, trimming: &mut Trimming) {
         if trimming.last.elapsed() < TRIM_EVERY || trimming.touched.is_empty() {

@@ -6,12 +6,15 @@
 //! (signer → sender → outcomes → scheduler → signer) free of deadlock. Its size is bounded by the
 //! in-flight window, since every waiting retry belongs to an unacknowledged entry.
 //! On shutdown the heap is dropped: those entries are still pending in Redis.
+//!
+//! It tells the live view (`super::live`) how many deliveries of each webhook wait in the heap,
+//! for `GetWebhookStats`.
 
 use std::{cmp::Ordering, collections::BinaryHeap, time::Instant};
 
 use crossbeam_channel::{at, never, Receiver, Select, Sender};
 
-use super::{Delivery, Scheduled};
+use super::{live::LiveView, Delivery, Scheduled};
 
 /// Heap entry: earliest due first, then first scheduled first.
 struct Waiting {
@@ -37,7 +40,7 @@ impl Ord for Waiting {
     }
 }
 
-pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver<()>) {
+pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver<()>, live: &LiveView) {
     let mut heap: BinaryHeap<Waiting> = BinaryHeap::new();
     let mut seq = 0u64;
     // A due delivery waiting for room in the signer's queue.
@@ -45,6 +48,9 @@ pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver
     loop {
         if ready.is_none() && heap.peek().is_some_and(|w| w.due <= Instant::now()) {
             ready = heap.pop().map(|w| w.delivery);
+            if let Some(delivery) = &ready {
+                live.retries(&delivery.webhook_id, -1);
+            }
         }
         let timer = match (&ready, heap.peek()) {
             (None, Some(next)) => at(next.due),
@@ -59,6 +65,7 @@ pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver
         match op.index() {
             i if i == on_input => match op.recv(&input) {
                 Ok(Scheduled { due, delivery }) => {
+                    live.retries(&delivery.webhook_id, 1);
                     seq += 1;
                     heap.push(Waiting { due, seq, delivery });
                 }
@@ -110,7 +117,12 @@ mod tests {
         let (in_tx, in_rx) = bounded(16);
         let (out_tx, out_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let worker = std::thread::spawn(move || run(in_rx, out_tx, stop_rx));
+        let live = Arc::new(LiveView::new(
+            crate::pipeline::isolation::Settings { max_in_flight: 1, failures_to_open: 1, cooldown: Duration::from_secs(1), auto_disable_after: None },
+            "test".into(),
+        ));
+        let view = live.clone();
+        let worker = std::thread::spawn(move || run(in_rx, out_tx, stop_rx, &view));
         let start = Instant::now();
         for (name, ms) in [("c", 60), ("a", 20), ("b", 40), ("now", 0)] {
             in_tx.send(Scheduled { due: start + Duration::from_millis(ms), delivery: delivery(name) }).unwrap();
@@ -123,6 +135,7 @@ mod tests {
             order.push(d.event.id.clone());
         }
         assert_eq!(order, ["now", "a", "b", "c"]);
+        assert_eq!(live.of("wh").waiting.retries, 0, "every delivery left the heap");
         drop(stop_tx);
         worker.join().unwrap();
     }

@@ -26,6 +26,7 @@ use redis::Connection;
 
 use super::{
     isolation::{Gate, Isolation},
+    live::LiveView,
     Completion, Delivery, EventMeta, Scheduled, SignedDelivery,
 };
 use crate::{
@@ -44,6 +45,8 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
+    /// Told how many deliveries of each webhook are parked here.
+    pub live: Arc<LiveView>,
 }
 
 /// What the history says to do with a recovered delivery.
@@ -106,12 +109,16 @@ impl Signer {
             };
             // Behind deliveries already parked for the same webhook: keep arrival order.
             if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
+                self.live.parked(&delivery.webhook_id, 1);
                 queue.push_back(delivery);
                 continue;
             }
             match self.dispatch(delivery, &outputs) {
                 Ok(None) => {}
-                Ok(Some(over_cap)) => parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap),
+                Ok(Some(over_cap)) => {
+                    self.live.parked(&over_cap.webhook_id, 1);
+                    parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap);
+                }
                 Err(Stopped) => return,
             }
         }
@@ -120,12 +127,21 @@ impl Signer {
     /// Sends what the webhook's freed slots allow of its parked deliveries.
     fn release(&self, webhook: &str, parked: &mut HashMap<String, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
         let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
+        let before = queue.len();
         while let Some(delivery) = queue.pop_front() {
-            if let Some(still_over) = self.dispatch(delivery, outputs)? {
-                queue.push_front(still_over);
-                break;
+            match self.dispatch(delivery, outputs) {
+                Ok(None) => {}
+                Ok(Some(still_over)) => {
+                    queue.push_front(still_over);
+                    break;
+                }
+                Err(Stopped) => {
+                    self.live.parked(webhook, -((before - queue.len()) as i64));
+                    return Err(Stopped);
+                }
             }
         }
+        self.live.parked(webhook, -((before - queue.len()) as i64));
         if queue.is_empty() {
             parked.remove(webhook);
         }

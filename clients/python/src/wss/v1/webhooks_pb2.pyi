@@ -1,14 +1,27 @@
 import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from wss.v1 import resources_pb2 as _resources_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class CircuitState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CIRCUIT_STATE_UNSPECIFIED: _ClassVar[CircuitState]
+    CIRCUIT_STATE_CLOSED: _ClassVar[CircuitState]
+    CIRCUIT_STATE_OPEN: _ClassVar[CircuitState]
+    CIRCUIT_STATE_HALF_OPEN: _ClassVar[CircuitState]
+CIRCUIT_STATE_UNSPECIFIED: CircuitState
+CIRCUIT_STATE_CLOSED: CircuitState
+CIRCUIT_STATE_OPEN: CircuitState
+CIRCUIT_STATE_HALF_OPEN: CircuitState
 
 class CreateWebhookRequest(_message.Message):
     __slots__ = ("tenant_id", "url", "event_types", "filter", "transform", "retry_policy_id", "headers", "description", "enabled", "signature_scheme", "secret")
@@ -127,3 +140,67 @@ class RotateWebhookSecretRequest(_message.Message):
     overlap: _duration_pb2.Duration
     secret: str
     def __init__(self, webhook_id: _Optional[str] = ..., overlap: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class GetWebhookStatsRequest(_message.Message):
+    __slots__ = ("webhook_id", "window")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    window: _duration_pb2.Duration
+    def __init__(self, webhook_id: _Optional[str] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CircuitChange(_message.Message):
+    __slots__ = ("state", "changed_at", "open_until", "instance")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    state: CircuitState
+    changed_at: _timestamp_pb2.Timestamp
+    open_until: _timestamp_pb2.Timestamp
+    instance: str
+    def __init__(self, state: _Optional[_Union[CircuitState, str]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ...) -> None: ...
+
+class WebhookStats(_message.Message):
+    __slots__ = ("webhook_id", "tenant_id", "window", "attempts_succeeded", "attempts_failed", "success_rate", "last_success_at", "last_failure_at", "last_failure_status_code", "last_failure_error_kind", "last_failure_error", "dead_letters", "circuit_state", "circuit_open_until", "last_circuit_change", "in_flight", "queued", "parked", "retries_waiting", "instance")
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SUCCESS_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_STATE_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_OPEN_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LAST_CIRCUIT_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    PARKED_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_WAITING_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    webhook_id: str
+    tenant_id: str
+    window: _duration_pb2.Duration
+    attempts_succeeded: int
+    attempts_failed: int
+    success_rate: float
+    last_success_at: _timestamp_pb2.Timestamp
+    last_failure_at: _timestamp_pb2.Timestamp
+    last_failure_status_code: int
+    last_failure_error_kind: str
+    last_failure_error: str
+    dead_letters: int
+    circuit_state: CircuitState
+    circuit_open_until: _timestamp_pb2.Timestamp
+    last_circuit_change: CircuitChange
+    in_flight: int
+    queued: int
+    parked: int
+    retries_waiting: int
+    instance: str
+    def __init__(self, webhook_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempts_succeeded: _Optional[int] = ..., attempts_failed: _Optional[int] = ..., success_rate: _Optional[float] = ..., last_success_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_status_code: _Optional[int] = ..., last_failure_error_kind: _Optional[str] = ..., last_failure_error: _Optional[str] = ..., dead_letters: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., circuit_open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_circuit_change: _Optional[_Union[CircuitChange, _Mapping]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., parked: _Optional[int] = ..., retries_waiting: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...

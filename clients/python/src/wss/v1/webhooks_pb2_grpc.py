@@ -66,6 +66,11 @@ class WebhookServiceStub:
                 request_serializer=wss_dot_v1_dot_webhooks__pb2.RotateWebhookSecretRequest.SerializeToString,
                 response_deserializer=wss_dot_v1_dot_resources__pb2.Webhook.FromString,
                 _registered_method=True)
+        self.GetWebhookStats = channel.unary_unary(
+                '/wss.v1.WebhookService/GetWebhookStats',
+                request_serializer=wss_dot_v1_dot_webhooks__pb2.GetWebhookStatsRequest.SerializeToString,
+                response_deserializer=wss_dot_v1_dot_webhooks__pb2.WebhookStats.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -116,6 +121,16 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWebhookStats(self, request, context):
+        """How the webhook is doing: attempts and success rate over a window, last success and
+        failure, dead letters, circuit, in flight and queued. Counts and last times are
+        cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
+        and queued are the answering instance's own. NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +163,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.RotateWebhookSecret,
                     request_deserializer=wss_dot_v1_dot_webhooks__pb2.RotateWebhookSecretRequest.FromString,
                     response_serializer=wss_dot_v1_dot_resources__pb2.Webhook.SerializeToString,
+            ),
+            'GetWebhookStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookStats,
+                    request_deserializer=wss_dot_v1_dot_webhooks__pb2.GetWebhookStatsRequest.FromString,
+                    response_serializer=wss_dot_v1_dot_webhooks__pb2.WebhookStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +333,33 @@ class WebhookService:
             '/wss.v1.WebhookService/RotateWebhookSecret',
             wss_dot_v1_dot_webhooks__pb2.RotateWebhookSecretRequest.SerializeToString,
             wss_dot_v1_dot_resources__pb2.Webhook.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wss.v1.WebhookService/GetWebhookStats',
+            wss_dot_v1_dot_webhooks__pb2.GetWebhookStatsRequest.SerializeToString,
+            wss_dot_v1_dot_webhooks__pb2.WebhookStats.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,56 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
+import { Timestamp } from "../../google/protobuf/timestamp";
 import { SignatureScheme, signatureSchemeFromJSON, signatureSchemeToJSON, Webhook } from "./resources";
+
+export enum CircuitState {
+  CIRCUIT_STATE_UNSPECIFIED = 0,
+  /** CIRCUIT_STATE_CLOSED - Attempts go out (up to the in-flight cap). */
+  CIRCUIT_STATE_CLOSED = 1,
+  /** CIRCUIT_STATE_OPEN - Consecutive failures (WSS_CIRCUIT_FAILURES) opened it: no attempts until open_until. */
+  CIRCUIT_STATE_OPEN = 2,
+  /** CIRCUIT_STATE_HALF_OPEN - One probe is out; its outcome closes or reopens the circuit. */
+  CIRCUIT_STATE_HALF_OPEN = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function circuitStateFromJSON(object: any): CircuitState {
+  switch (object) {
+    case 0:
+    case "CIRCUIT_STATE_UNSPECIFIED":
+      return CircuitState.CIRCUIT_STATE_UNSPECIFIED;
+    case 1:
+    case "CIRCUIT_STATE_CLOSED":
+      return CircuitState.CIRCUIT_STATE_CLOSED;
+    case 2:
+    case "CIRCUIT_STATE_OPEN":
+      return CircuitState.CIRCUIT_STATE_OPEN;
+    case 3:
+    case "CIRCUIT_STATE_HALF_OPEN":
+      return CircuitState.CIRCUIT_STATE_HALF_OPEN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CircuitState.UNRECOGNIZED;
+  }
+}
+
+export function circuitStateToJSON(object: CircuitState): string {
+  switch (object) {
+    case CircuitState.CIRCUIT_STATE_UNSPECIFIED:
+      return "CIRCUIT_STATE_UNSPECIFIED";
+    case CircuitState.CIRCUIT_STATE_CLOSED:
+      return "CIRCUIT_STATE_CLOSED";
+    case CircuitState.CIRCUIT_STATE_OPEN:
+      return "CIRCUIT_STATE_OPEN";
+    case CircuitState.CIRCUIT_STATE_HALF_OPEN:
+      return "CIRCUIT_STATE_HALF_OPEN";
+    case CircuitState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 export interface CreateWebhookRequest {
   tenantId: string;
@@ -131,6 +180,89 @@ export interface RotateWebhookSecretRequest {
    * generates one.
    */
   secret: string;
+}
+
+export interface GetWebhookStatsRequest {
+  webhookId: string;
+  /**
+   * What the counts and success_rate cover, back from now: 60s to 3600s, rounded up to whole
+   * minutes; absent means 3600s. Counts are kept per minute, so the minute the window starts
+   * in is counted whole.
+   */
+  window: Duration | undefined;
+}
+
+/** A change of a webhook's circuit, as the instance that saw it recorded it. */
+export interface CircuitChange {
+  state: CircuitState;
+  changedAt:
+    | Date
+    | undefined;
+  /** For OPEN: when the probe may go. */
+  openUntil:
+    | Date
+    | undefined;
+  /** The instance (its consumer name, WSS_CONSUMER) whose circuit changed. */
+  instance: string;
+}
+
+export interface WebhookStats {
+  webhookId: string;
+  tenantId: string;
+  /** The window the counts cover, in whole minutes. */
+  window:
+    | Duration
+    | undefined;
+  /** Attempts (first tries and retries) that got a 2xx, in the window, on every instance. */
+  attemptsSucceeded: number;
+  /** Attempts that failed (any other status, or no response), in the window. */
+  attemptsFailed: number;
+  /**
+   * attempts_succeeded / (attempts_succeeded + attempts_failed), from 0 to 1; absent when
+   * there was no attempt in the window.
+   */
+  successRate?:
+    | number
+    | undefined;
+  /** When the last successful attempt ended (absent: none in the last 7 days). */
+  lastSuccessAt:
+    | Date
+    | undefined;
+  /** When the last failed attempt ended (absent: none in the last 7 days). */
+  lastFailureAt:
+    | Date
+    | undefined;
+  /** Its HTTP status; 0 when no response arrived. */
+  lastFailureStatusCode: number;
+  /** Its error class: http_status, connect, timeout, dns, tls, io, protocol, refused_target. */
+  lastFailureErrorKind: string;
+  /** Its error message, at most 256 characters (`HTTP 500 Internal Server Error`). */
+  lastFailureError: string;
+  /** Deliveries of this webhook dead-lettered in the window, for any reason. */
+  deadLetters: number;
+  /** The answering instance's circuit for this webhook; each instance has its own. */
+  circuitState: CircuitState;
+  /** When circuit_state is OPEN: when that instance lets its probe go. */
+  circuitOpenUntil:
+    | Date
+    | undefined;
+  /** The last circuit change any instance recorded (absent: none in the last 7 days). */
+  lastCircuitChange:
+    | CircuitChange
+    | undefined;
+  /** Attempts of this webhook on the wire on the answering instance now. */
+  inFlight: number;
+  /** Deliveries of this webhook waiting on the answering instance: parked + retries_waiting. */
+  queued: number;
+  /**
+   * Waiting for a free slot under the webhook's in-flight cap (WSS_WEBHOOK_CONCURRENCY), or
+   * behind a half-open circuit's probe.
+   */
+  parked: number;
+  /** Waiting for a retry's due time, or for an open circuit to let attempts go. */
+  retriesWaiting: number;
+  /** The answering instance (its consumer name): whose circuit_state, in_flight and queued these are. */
+  instance: string;
 }
 
 function createBaseCreateWebhookRequest(): CreateWebhookRequest {
@@ -1488,6 +1620,684 @@ export const RotateWebhookSecretRequest: MessageFns<RotateWebhookSecretRequest> 
   },
 };
 
+function createBaseGetWebhookStatsRequest(): GetWebhookStatsRequest {
+  return { webhookId: "", window: undefined };
+}
+
+export const GetWebhookStatsRequest: MessageFns<GetWebhookStatsRequest> = {
+  encode(message: GetWebhookStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.window !== undefined) {
+      Duration.encode(message.window, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetWebhookStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetWebhookStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.window = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetWebhookStatsRequest {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      window: isSet(object.window) ? Duration.fromJSON(object.window) : undefined,
+    };
+  },
+
+  toJSON(message: GetWebhookStatsRequest): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.window !== undefined) {
+      obj.window = Duration.toJSON(message.window);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetWebhookStatsRequest>): GetWebhookStatsRequest {
+    return GetWebhookStatsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetWebhookStatsRequest>): GetWebhookStatsRequest {
+    const message = createBaseGetWebhookStatsRequest();
+    message.webhookId = object.webhookId ?? "";
+    message.window = (object.window !== undefined && object.window !== null)
+      ? Duration.fromPartial(object.window)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCircuitChange(): CircuitChange {
+  return { state: 0, changedAt: undefined, openUntil: undefined, instance: "" };
+}
+
+export const CircuitChange: MessageFns<CircuitChange> = {
+  encode(message: CircuitChange, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.changedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.changedAt), writer.uint32(18).fork()).join();
+    }
+    if (message.openUntil !== undefined) {
+      Timestamp.encode(toTimestamp(message.openUntil), writer.uint32(26).fork()).join();
+    }
+    if (message.instance !== "") {
+      writer.uint32(34).string(message.instance);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CircuitChange {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCircuitChange();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.changedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.openUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.instance = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CircuitChange {
+    return {
+      state: isSet(object.state) ? circuitStateFromJSON(object.state) : 0,
+      changedAt: isSet(object.changedAt)
+        ? fromJsonTimestamp(object.changedAt)
+        : isSet(object.changed_at)
+        ? fromJsonTimestamp(object.changed_at)
+        : undefined,
+      openUntil: isSet(object.openUntil)
+        ? fromJsonTimestamp(object.openUntil)
+        : isSet(object.open_until)
+        ? fromJsonTimestamp(object.open_until)
+        : undefined,
+      instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+    };
+  },
+
+  toJSON(message: CircuitChange): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = circuitStateToJSON(message.state);
+    }
+    if (message.changedAt !== undefined) {
+      obj.changedAt = message.changedAt.toISOString();
+    }
+    if (message.openUntil !== undefined) {
+      obj.openUntil = message.openUntil.toISOString();
+    }
+    if (message.instance !== "") {
+      obj.instance = message.instance;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CircuitChange>): CircuitChange {
+    return CircuitChange.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CircuitChange>): CircuitChange {
+    const message = createBaseCircuitChange();
+    message.state = object.state ?? 0;
+    message.changedAt = object.changedAt ?? undefined;
+    message.openUntil = object.openUntil ?? undefined;
+    message.instance = object.instance ?? "";
+    return message;
+  },
+};
+
+function createBaseWebhookStats(): WebhookStats {
+  return {
+    webhookId: "",
+    tenantId: "",
+    window: undefined,
+    attemptsSucceeded: 0,
+    attemptsFailed: 0,
+    successRate: undefined,
+    lastSuccessAt: undefined,
+    lastFailureAt: undefined,
+    lastFailureStatusCode: 0,
+    lastFailureErrorKind: "",
+    lastFailureError: "",
+    deadLetters: 0,
+    circuitState: 0,
+    circuitOpenUntil: undefined,
+    lastCircuitChange: undefined,
+    inFlight: 0,
+    queued: 0,
+    parked: 0,
+    retriesWaiting: 0,
+    instance: "",
+  };
+}
+
+export const WebhookStats: MessageFns<WebhookStats> = {
+  encode(message: WebhookStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.tenantId !== "") {
+      writer.uint32(18).string(message.tenantId);
+    }
+    if (message.window !== undefined) {
+      Duration.encode(message.window, writer.uint32(26).fork()).join();
+    }
+    if (message.attemptsSucceeded !== 0) {
+      writer.uint32(32).uint64(message.attemptsSucceeded);
+    }
+    if (message.attemptsFailed !== 0) {
+      writer.uint32(40).uint64(message.attemptsFailed);
+    }
+    if (message.successRate !== undefined) {
+      writer.uint32(49).double(message.successRate);
+    }
+    if (message.lastSuccessAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastSuccessAt), writer.uint32(58).fork()).join();
+    }
+    if (message.lastFailureAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastFailureAt), writer.uint32(66).fork()).join();
+    }
+    if (message.lastFailureStatusCode !== 0) {
+      writer.uint32(72).uint32(message.lastFailureStatusCode);
+    }
+    if (message.lastFailureErrorKind !== "") {
+      writer.uint32(82).string(message.lastFailureErrorKind);
+    }
+    if (message.lastFailureError !== "") {
+      writer.uint32(90).string(message.lastFailureError);
+    }
+    if (message.deadLetters !== 0) {
+      writer.uint32(96).uint64(message.deadLetters);
+    }
+    if (message.circuitState !== 0) {
+      writer.uint32(104).int32(message.circuitState);
+    }
+    if (message.circuitOpenUntil !== undefined) {
+      Timestamp.encode(toTimestamp(message.circuitOpenUntil), writer.uint32(114).fork()).join();
+    }
+    if (message.lastCircuitChange !== undefined) {
+      CircuitChange.encode(message.lastCircuitChange, writer.uint32(122).fork()).join();
+    }
+    if (message.inFlight !== 0) {
+      writer.uint32(128).uint32(message.inFlight);
+    }
+    if (message.queued !== 0) {
+      writer.uint32(136).uint64(message.queued);
+    }
+    if (message.parked !== 0) {
+      writer.uint32(144).uint64(message.parked);
+    }
+    if (message.retriesWaiting !== 0) {
+      writer.uint32(152).uint64(message.retriesWaiting);
+    }
+    if (message.instance !== "") {
+      writer.uint32(162).string(message.instance);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WebhookStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWebhookStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.window = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.attemptsSucceeded = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.attemptsFailed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.successRate = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lastSuccessAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.lastFailureAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.lastFailureStatusCode = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.lastFailureErrorKind = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.lastFailureError = reader.string();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.deadLetters = longToNumber(reader.uint64());
+            continue;
+          }
+          case 13: {
+            if (tag !== 104) {
+              break;
+            }
+
+            message.circuitState = reader.int32() as any;
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.circuitOpenUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.lastCircuitChange = CircuitChange.decode(reader, reader.uint32());
+            continue;
+          }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.inFlight = reader.uint32();
+            continue;
+          }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.queued = longToNumber(reader.uint64());
+            continue;
+          }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.parked = longToNumber(reader.uint64());
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.retriesWaiting = longToNumber(reader.uint64());
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.instance = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WebhookStats {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      window: isSet(object.window) ? Duration.fromJSON(object.window) : undefined,
+      attemptsSucceeded: isSet(object.attemptsSucceeded)
+        ? globalThis.Number(object.attemptsSucceeded)
+        : isSet(object.attempts_succeeded)
+        ? globalThis.Number(object.attempts_succeeded)
+        : 0,
+      attemptsFailed: isSet(object.attemptsFailed)
+        ? globalThis.Number(object.attemptsFailed)
+        : isSet(object.attempts_failed)
+        ? globalThis.Number(object.attempts_failed)
+        : 0,
+      successRate: isSet(object.successRate)
+        ? globalThis.Number(object.successRate)
+        : isSet(object.success_rate)
+        ? globalThis.Number(object.success_rate)
+        : undefined,
+      lastSuccessAt: isSet(object.lastSuccessAt)
+        ? fromJsonTimestamp(object.lastSuccessAt)
+        : isSet(object.last_success_at)
+        ? fromJsonTimestamp(object.last_success_at)
+        : undefined,
+      lastFailureAt: isSet(object.lastFailureAt)
+        ? fromJsonTimestamp(object.lastFailureAt)
+        : isSet(object.last_failure_at)
+        ? fromJsonTimestamp(object.last_failure_at)
+        : undefined,
+      lastFailureStatusCode: isSet(object.lastFailureStatusCode)
+        ? globalThis.Number(object.lastFailureStatusCode)
+        : isSet(object.last_failure_status_code)
+        ? globalThis.Number(object.last_failure_status_code)
+        : 0,
+      lastFailureErrorKind: isSet(object.lastFailureErrorKind)
+        ? globalThis.String(object.lastFailureErrorKind)
+        : isSet(object.last_failure_error_kind)
+        ? globalThis.String(object.last_failure_error_kind)
+        : "",
+      lastFailureError: isSet(object.lastFailureError)
+        ? globalThis.String(object.lastFailureError)
+        : isSet(object.last_failure_error)
+        ? globalThis.String(object.last_failure_error)
+        : "",
+      deadLetters: isSet(object.deadLetters)
+        ? globalThis.Number(object.deadLetters)
+        : isSet(object.dead_letters)
+        ? globalThis.Number(object.dead_letters)
+        : 0,
+      circuitState: isSet(object.circuitState)
+        ? circuitStateFromJSON(object.circuitState)
+        : isSet(object.circuit_state)
+        ? circuitStateFromJSON(object.circuit_state)
+        : 0,
+      circuitOpenUntil: isSet(object.circuitOpenUntil)
+        ? fromJsonTimestamp(object.circuitOpenUntil)
+        : isSet(object.circuit_open_until)
+        ? fromJsonTimestamp(object.circuit_open_until)
+        : undefined,
+      lastCircuitChange: isSet(object.lastCircuitChange)
+        ? CircuitChange.fromJSON(object.lastCircuitChange)
+        : isSet(object.last_circuit_change)
+        ? CircuitChange.fromJSON(object.last_circuit_change)
+        : undefined,
+      inFlight: isSet(object.inFlight)
+        ? globalThis.Number(object.inFlight)
+        : isSet(object.in_flight)
+        ? globalThis.Number(object.in_flight)
+        : 0,
+      queued: isSet(object.queued) ? globalThis.Number(object.queued) : 0,
+      parked: isSet(object.parked) ? globalThis.Number(object.parked) : 0,
+      retriesWaiting: isSet(object.retriesWaiting)
+        ? globalThis.Number(object.retriesWaiting)
+        : isSet(object.retries_waiting)
+        ? globalThis.Number(object.retries_waiting)
+        : 0,
+      instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+    };
+  },
+
+  toJSON(message: WebhookStats): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.window !== undefined) {
+      obj.window = Duration.toJSON(message.window);
+    }
+    if (message.attemptsSucceeded !== 0) {
+      obj.attemptsSucceeded = Math.round(message.attemptsSucceeded);
+    }
+    if (message.attemptsFailed !== 0) {
+      obj.attemptsFailed = Math.round(message.attemptsFailed);
+    }
+    if (message.successRate !== undefined) {
+      obj.successRate = floatToJson(message.successRate);
+    }
+    if (message.lastSuccessAt !== undefined) {
+      obj.lastSuccessAt = message.lastSuccessAt.toISOString();
+    }
+    if (message.lastFailureAt !== undefined) {
+      obj.lastFailureAt = message.lastFailureAt.toISOString();
+    }
+    if (message.lastFailureStatusCode !== 0) {
+      obj.lastFailureStatusCode = Math.round(message.lastFailureStatusCode);
+    }
+    if (message.lastFailureErrorKind !== "") {
+      obj.lastFailureErrorKind = message.lastFailureErrorKind;
+    }
+    if (message.lastFailureError !== "") {
+      obj.lastFailureError = message.lastFailureError;
+    }
+    if (message.deadLetters !== 0) {
+      obj.deadLetters = Math.round(message.deadLetters);
+    }
+    if (message.circuitState !== 0) {
+      obj.circuitState = circuitStateToJSON(message.circuitState);
+    }
+    if (message.circuitOpenUntil !== undefined) {
+      obj.circuitOpenUntil = message.circuitOpenUntil.toISOString();
+    }
+    if (message.lastCircuitChange !== undefined) {
+      obj.lastCircuitChange = CircuitChange.toJSON(message.lastCircuitChange);
+    }
+    if (message.inFlight !== 0) {
+      obj.inFlight = Math.round(message.inFlight);
+    }
+    if (message.queued !== 0) {
+      obj.queued = Math.round(message.queued);
+    }
+    if (message.parked !== 0) {
+      obj.parked = Math.round(message.parked);
+    }
+    if (message.retriesWaiting !== 0) {
+      obj.retriesWaiting = Math.round(message.retriesWaiting);
+    }
+    if (message.instance !== "") {
+      obj.instance = message.instance;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WebhookStats>): WebhookStats {
+    return WebhookStats.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WebhookStats>): WebhookStats {
+    const message = createBaseWebhookStats();
+    message.webhookId = object.webhookId ?? "";
+    message.tenantId = object.tenantId ?? "";
+    message.window = (object.window !== undefined && object.window !== null)
+      ? Duration.fromPartial(object.window)
+      : undefined;
+    message.attemptsSucceeded = object.attemptsSucceeded ?? 0;
+    message.attemptsFailed = object.attemptsFailed ?? 0;
+    message.successRate = object.successRate ?? undefined;
+    message.lastSuccessAt = object.lastSuccessAt ?? undefined;
+    message.lastFailureAt = object.lastFailureAt ?? undefined;
+    message.lastFailureStatusCode = object.lastFailureStatusCode ?? 0;
+    message.lastFailureErrorKind = object.lastFailureErrorKind ?? "";
+    message.lastFailureError = object.lastFailureError ?? "";
+    message.deadLetters = object.deadLetters ?? 0;
+    message.circuitState = object.circuitState ?? 0;
+    message.circuitOpenUntil = object.circuitOpenUntil ?? undefined;
+    message.lastCircuitChange = (object.lastCircuitChange !== undefined && object.lastCircuitChange !== null)
+      ? CircuitChange.fromPartial(object.lastCircuitChange)
+      : undefined;
+    message.inFlight = object.inFlight ?? 0;
+    message.queued = object.queued ?? 0;
+    message.parked = object.parked ?? 0;
+    message.retriesWaiting = object.retriesWaiting ?? 0;
+    message.instance = object.instance ?? "";
+    return message;
+  },
+};
+
 /** Webhooks: where a tenant's events go. */
 export type WebhookServiceDefinition = typeof WebhookServiceDefinition;
 export const WebhookServiceDefinition = {
@@ -1549,6 +2359,20 @@ export const WebhookServiceDefinition = {
       requestType: RotateWebhookSecretRequest as typeof RotateWebhookSecretRequest,
       requestStream: false,
       responseType: Webhook as typeof Webhook,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * How the webhook is doing: attempts and success rate over a window, last success and
+     * failure, dead letters, circuit, in flight and queued. Counts and last times are
+     * cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
+     * and queued are the answering instance's own. NOT_FOUND when unknown.
+     */
+    getWebhookStats: {
+      name: "GetWebhookStats",
+      requestType: GetWebhookStatsRequest as typeof GetWebhookStatsRequest,
+      requestStream: false,
+      responseType: WebhookStats as typeof WebhookStats,
       responseStream: false,
       options: {},
     },
@@ -1625,6 +2449,22 @@ export const WebhookServiceService = {
     responseSerialize: (value: Webhook): Buffer => Buffer.from(Webhook.encode(value).finish()),
     responseDeserialize: (value: Buffer): Webhook => Webhook.decode(value),
   },
+  /**
+   * How the webhook is doing: attempts and success rate over a window, last success and
+   * failure, dead letters, circuit, in flight and queued. Counts and last times are
+   * cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
+   * and queued are the answering instance's own. NOT_FOUND when unknown.
+   */
+  getWebhookStats: {
+    path: "/wss.v1.WebhookService/GetWebhookStats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetWebhookStatsRequest): Buffer =>
+      Buffer.from(GetWebhookStatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetWebhookStatsRequest => GetWebhookStatsRequest.decode(value),
+    responseSerialize: (value: WebhookStats): Buffer => Buffer.from(WebhookStats.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WebhookStats => WebhookStats.decode(value),
+  },
 } as const;
 
 export interface WebhookServiceServer extends UntypedServiceImplementation {
@@ -1644,6 +2484,13 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
    * old one after it, so that receivers can switch without losing a request.
    */
   rotateWebhookSecret: handleUnaryCall<RotateWebhookSecretRequest, Webhook>;
+  /**
+   * How the webhook is doing: attempts and success rate over a window, last success and
+   * failure, dead letters, circuit, in flight and queued. Counts and last times are
+   * cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
+   * and queued are the answering instance's own. NOT_FOUND when unknown.
+   */
+  getWebhookStats: handleUnaryCall<GetWebhookStatsRequest, WebhookStats>;
 }
 
 export interface WebhookServiceClient extends Client {
@@ -1747,6 +2594,27 @@ export interface WebhookServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: Webhook) => void,
   ): ClientUnaryCall;
+  /**
+   * How the webhook is doing: attempts and success rate over a window, last success and
+   * failure, dead letters, circuit, in flight and queued. Counts and last times are
+   * cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
+   * and queued are the answering instance's own. NOT_FOUND when unknown.
+   */
+  getWebhookStats(
+    request: GetWebhookStatsRequest,
+    callback: (error: ServiceError | null, response: WebhookStats) => void,
+  ): ClientUnaryCall;
+  getWebhookStats(
+    request: GetWebhookStatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WebhookStats) => void,
+  ): ClientUnaryCall;
+  getWebhookStats(
+    request: GetWebhookStatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WebhookStats) => void,
+  ): ClientUnaryCall;
 }
 
 export const WebhookServiceClient = makeGenericClientConstructor(
@@ -1758,6 +2626,10 @@ export const WebhookServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
+
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
 type DeepPartial<T> = T extends Builtin ? T
@@ -1765,6 +2637,39 @@ type DeepPartial<T> = T extends Builtin ? T
   : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000);
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (t.seconds || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isObject(value: any): boolean {
   return typeof value === "object" && value !== null;
