@@ -10,6 +10,7 @@
 //!
 //! Writes are batched: the completions that arrive within 5 ms of the first ([`LINGER`]) are
 //! handled together, then one transaction (`MULTI … EXEC`) writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`),
+//! with the source entry's fields copied in for a delivery's ([`deadletter::queue_write`]),
 //! their delivery history and their `XACK`s, so that no crash leaves an entry acknowledged
 //! without its records, or recorded as finished but unacknowledged and unrecorded as dead.
 //! When Redis is away the stage keeps the batch (one history record per delivery, the latest) and retries with backoff, while
@@ -32,7 +33,7 @@ use super::{
     Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict,
 };
 use crate::{
-    deadletter::{AttemptRecord, DeadLetter, Reason},
+    deadletter::{self, AttemptRecord, DeadLetter, Reason},
     domain::{
         routing::RoutingHandle,
         store::{Keys, Store},
@@ -286,7 +287,7 @@ impl Outcomes {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for record in &batch.dead {
-            pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
+            deadletter::queue_write(&mut pipe, &self.keys.dead_letters, &self.keys.events, self.dead_letter_maxlen, record);
         }
         let touched = history::queue_writes(&mut pipe, &self.keys, self.retention, batch.history.values());
         if !batch.acks.is_empty() {
