@@ -31,9 +31,11 @@ pub struct Filter {
     pub tenant_id: String,
     pub webhook_id: String,
     pub reason: Option<Reason>,
-    /// Dead-lettered at or after (Unix ms).
+    /// Written to the dead-letter stream at or after (Unix ms; the record id's time, which the
+    /// stream range can use — `dead_lettered_at` is that or a little earlier, when the write
+    /// waited for Redis).
     pub after_ms: Option<u64>,
-    /// Dead-lettered before (Unix ms).
+    /// Written before (Unix ms).
     pub before_ms: Option<u64>,
 }
 
@@ -66,13 +68,10 @@ impl Filter {
     }
 }
 
-/// When a record was dead-lettered: its stored time, else its id's.
+/// When a record was written: its id's time (else, for an id that is not a stream id, its
+/// stored time).
 fn record_ms(record: &DeadLetter) -> u64 {
-    if record.dead_lettered_at_ms != 0 {
-        record.dead_lettered_at_ms
-    } else {
-        parse_id(&record.id).map_or(0, |(ms, _)| ms)
-    }
+    parse_id(&record.id).map_or(record.dead_lettered_at_ms, |(ms, _)| ms)
 }
 
 fn parse_id(id: &str) -> Option<(u64, u64)> {
@@ -235,8 +234,8 @@ mod tests {
         assert!(!Filter { reason: Some(Reason::Gone), ..Default::default() }.matches(&r));
         assert!(!Filter { after_ms: Some(1001), ..Default::default() }.matches(&r));
         assert!(!Filter { before_ms: Some(1000), ..Default::default() }.matches(&r), "before is exclusive");
-        let old = DeadLetter { dead_lettered_at_ms: 0, ..r };
-        assert!(Filter { after_ms: Some(1000), ..Default::default() }.matches(&old), "without a stored time, the id's");
+        let late_write = DeadLetter { dead_lettered_at_ms: 990, ..r };
+        assert!(Filter { after_ms: Some(1000), ..Default::default() }.matches(&late_write), "the record's id time decides, as in the range");
     }
 
     #[test]

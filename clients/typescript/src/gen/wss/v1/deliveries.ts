@@ -168,11 +168,14 @@ export interface DeadLetterFilter {
   webhookId: string;
   /** Only those with this reason (`max_attempts_exhausted`, `unknown_tenant`, ...). */
   reason: string;
-  /** Only those dead-lettered at or after this time. */
+  /**
+   * Only those dead-lettered at or after this time (when the record was written: the time of
+   * its id, which may be a little later than `dead_lettered_at`).
+   */
   deadLetteredAfter:
     | Date
     | undefined;
-  /** Only those dead-lettered before this time. */
+  /** Only those dead-lettered before this time (likewise). */
   deadLetteredBefore: Date | undefined;
 }
 
