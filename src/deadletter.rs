@@ -130,6 +130,9 @@ pub struct DeadLetter {
 
 const RAW_FIELD_PREFIX: &[u8] = b"field:";
 
+/// A stream entry's fields, names and values as bytes, in order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Writes a delivery's dead-letter record with its source entry's fields copied in (as
 /// `field:<name>`). KEYS: the dead-letter stream, the events stream. ARGV: MAXLEN, the source
 /// entry id, then the record's own fields. A source entry trimmed away meanwhile is simply not
@@ -241,7 +244,7 @@ impl DeadLetter {
     /// The stream entry that sends this dead letter's event again (see the module docs).
     /// `source`: the fields of the original stream entry, read from the stream, for a record
     /// written before records kept them; ignored when the record has them.
-    pub fn redelivery_fields(&self, source: Option<Vec<(Vec<u8>, Vec<u8>)>>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, NotRedeliverable> {
+    pub fn redelivery_fields(&self, source: Option<Fields>) -> Result<Fields, NotRedeliverable> {
         let original = if self.raw_fields.is_empty() { source.unwrap_or_default() } else { self.raw_fields.clone() };
         if original.is_empty() {
             return Err(NotRedeliverable::EventGone);
@@ -255,7 +258,7 @@ impl DeadLetter {
         }
         let has_id = named("id").is_some();
         let has_created_at = named(CREATED_AT_FIELD).is_some();
-        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = original
+        let mut fields: Fields = original
             .into_iter()
             // The record's webhook replaces any earlier restriction; without one, an earlier
             // redelivery's restriction stays (the record is of a redelivered entry rejected

@@ -52,13 +52,9 @@ impl Filter {
     /// after `token` when given.
     fn range(&self, token: &str) -> (String, String) {
         let from_time = self.after_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms}-0"));
-        let start = if token.is_empty() {
-            from_time
-        } else if self.after_ms.is_some_and(|ms| parse_id(token).is_some_and(|(t, _)| t < ms)) {
-            from_time
-        } else {
-            format!("({token}")
-        };
+        // A token from before the time range (the filter changed between calls) starts at the range.
+        let token_before_range = self.after_ms.is_some_and(|ms| parse_id(token).is_some_and(|(t, _)| t < ms));
+        let start = if token.is_empty() || token_before_range { from_time } else { format!("({token}") };
         let end = match self.before_ms {
             None => "+".to_owned(),
             Some(0) => "0-0".to_owned(),

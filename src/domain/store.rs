@@ -514,7 +514,7 @@ impl Store {
     }
 
     /// The fields of stream entry `id` of `<prefix>events`, if it is still there.
-    pub fn event_entry(&self, id: &str) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>, DomainError> {
+    pub fn event_entry(&self, id: &str) -> Result<Option<crate::deadletter::Fields>, DomainError> {
         self.with_conn(|con, keys| {
             let reply: redis::Value = redis::cmd("XRANGE").arg(&keys.events).arg(id).arg(id).query(con).map_err(|e| self.unavailable(e))?;
             let entries = parse_entries(reply)
