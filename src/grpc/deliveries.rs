@@ -206,6 +206,8 @@ impl DeliveryService for DeliveryApi {
         let principal = Principal::of(&request)?;
         let req = request.into_inner();
         let plane = self.plane.clone();
+        // `plane.read`, although it writes: redelivery touches the streams only, never the
+        // configuration, so there is no routing snapshot to reload afterwards.
         match req.target {
             None => Err(invalid("dead_letter_id", "give a dead_letter_id, or a filter for every dead letter matching it").into()),
             Some(Target::DeadLetterId(id)) => {
