@@ -30,6 +30,7 @@ fn event() -> Event {
         created_at_ms: 1_767_225_600_000,
         data: RawValue::from_string(DATA.into()).expect("valid JSON"),
         attributes: vec![("region".into(), "eu".into())],
+        only_webhook: None,
     }
 }
 

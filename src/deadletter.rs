@@ -2,11 +2,27 @@
 //! their reason and every attempt's outcome in the stream `<prefix>deadletters`.
 //!
 //! A record is one stream entry. Its fields are the [`DeadLetter`] fields below, `attempts` as a
-//! JSON array, and — for an entry rejected before routing — each original field byte for byte as
-//! `field:<name>`, so that nothing an internal system sent is lost. The stream is trimmed
-//! approximately to `WSS_DEAD_LETTER_MAXLEN` entries.
+//! JSON array, and each field of the original stream entry byte for byte as `field:<name>`, so
+//! that nothing an internal system sent is lost and the event can be sent again. An entry
+//! rejected before routing has its fields in hand; a delivery's record copies them from the
+//! source entry — still in `<prefix>events`, since it is acknowledged only in the same
+//! transaction — by a script in that transaction ([`queue_write`]), so that waiting retries need
+//! not hold the event's data and attributes in memory. Records written before this (no
+//! `field:` entries) are still read; their redelivery reads the source entry from the stream, if
+//! it was not trimmed away. The stream is trimmed approximately to `WSS_DEAD_LETTER_MAXLEN`
+//! entries.
+//!
+//! **Redelivery** (`DeliveryService/RedeliverDeadLetter`): [`DeadLetter::redelivery_fields`]
+//! makes the stream entry that sends the event again — its original fields, `id` set to the event
+//! id (so receivers see the same `X-WSS-Event-Id`), the original `created_at` kept, and routing
+//! restricted to the record's webhook when it has one (see `pipeline::event`'s reserved fields) —
+//! and [`REDELIVER_SCRIPT`] appends it to `<prefix>events` and deletes the record in one atomic
+//! step, only if the record still exists: two concurrent redeliveries of one dead letter send it
+//! once. If it fails again it is dead-lettered anew, as a new record.
 
 use serde::{Deserialize, Serialize};
+
+use crate::pipeline::event::{CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD};
 
 /// Why something was dead-lettered. The string forms are part of the API (`DeadLetter.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +50,29 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 15] = [
+        Reason::MaxAttemptsExhausted,
+        Reason::Gone,
+        Reason::WebhookDeleted,
+        Reason::WebhookDisabled,
+        Reason::TenantDisabled,
+        Reason::UnknownTenant,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::DataNotJson,
+        Reason::TooLarge,
+        Reason::TooManyFields,
+        Reason::TooDeep,
+        Reason::EntryDeleted,
+        Reason::FilterError,
+        Reason::TransformError,
+    ];
+
+    /// The reason of its string form, if it is one.
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MaxAttemptsExhausted => "max_attempts_exhausted",
@@ -91,6 +130,64 @@ pub struct DeadLetter {
 
 const RAW_FIELD_PREFIX: &[u8] = b"field:";
 
+/// A stream entry's fields, names and values as bytes, in order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Writes a delivery's dead-letter record with its source entry's fields copied in (as
+/// `field:<name>`). KEYS: the dead-letter stream, the events stream. ARGV: MAXLEN, the source
+/// entry id, then the record's own fields. A source entry trimmed away meanwhile is simply not
+/// copied (the record is written all the same).
+const WRITE_WITH_SOURCE_SCRIPT: &str = r#"
+local args = {'XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*'}
+for i = 3, #ARGV do args[#args + 1] = ARGV[i] end
+local source = redis.call('XRANGE', KEYS[2], ARGV[2], ARGV[2])
+if source[1] then
+  local fields = source[1][2]
+  for i = 1, #fields, 2 do
+    args[#args + 1] = 'field:' .. fields[i]
+    args[#args + 1] = fields[i + 1]
+  end
+end
+return redis.call(unpack(args))
+"#;
+
+/// Redelivers one record atomically: deletes it and, only if it was there, appends the event.
+/// KEYS: the dead-letter stream, the events stream. ARGV: the record id, then the entry's
+/// fields. Returns the new entry id, or nil when the record no longer exists (already
+/// redelivered, or trimmed).
+pub const REDELIVER_SCRIPT: &str = r#"
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return false end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+"#;
+
+/// Queues the write of `record` on `pipe` (inside the outcome stage's transaction). A delivery's
+/// record without its source fields gets them from `events` (`EVAL`, not `EVALSHA`: a script
+/// missing from Redis's cache would fail the whole transaction).
+pub fn queue_write(pipe: &mut redis::Pipeline, dead_letters: &str, events: &str, maxlen: usize, record: &DeadLetter) {
+    if record.webhook_id.is_empty() || !record.raw_fields.is_empty() {
+        pipe.cmd("XADD").arg(dead_letters).arg("MAXLEN").arg("~").arg(maxlen).arg("*").arg(record.to_fields()).ignore();
+    } else {
+        pipe.cmd("EVAL")
+            .arg(WRITE_WITH_SOURCE_SCRIPT)
+            .arg(2)
+            .arg(dead_letters)
+            .arg(events)
+            .arg(maxlen)
+            .arg(&record.stream_entry_id)
+            .arg(record.to_fields())
+            .ignore();
+    }
+}
+
+/// Why a dead letter cannot be sent again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotRedeliverable {
+    #[error("its original event is no longer stored (a record written before wss kept events with their dead letters, whose stream entry was trimmed away since)")]
+    EventGone,
+    #[error("its original entry carried another tenant ({found:?}) than the record ({expected:?}); it was altered in Redis")]
+    TenantMismatch { expected: String, found: String },
+}
+
 impl DeadLetter {
     /// The stream fields of this record, in a stable order.
     pub fn to_fields(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -143,6 +240,46 @@ impl DeadLetter {
         }
         record
     }
+
+    /// The stream entry that sends this dead letter's event again (see the module docs).
+    /// `source`: the fields of the original stream entry, read from the stream, for a record
+    /// written before records kept them; ignored when the record has them.
+    pub fn redelivery_fields(&self, source: Option<Fields>) -> Result<Fields, NotRedeliverable> {
+        let original = if self.raw_fields.is_empty() { source.unwrap_or_default() } else { self.raw_fields.clone() };
+        if original.is_empty() {
+            return Err(NotRedeliverable::EventGone);
+        }
+        let named = |name: &str| original.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.clone());
+        if let Some(tenant) = named("tenant") {
+            if tenant != self.tenant_id.as_bytes() {
+                let found = String::from_utf8_lossy(&tenant).into_owned();
+                return Err(NotRedeliverable::TenantMismatch { expected: self.tenant_id.clone(), found });
+            }
+        }
+        let has_id = named("id").is_some();
+        let has_created_at = named(CREATED_AT_FIELD).is_some();
+        let mut fields: Fields = original
+            .into_iter()
+            // The record's webhook replaces any earlier restriction; without one, an earlier
+            // redelivery's restriction stays (the record is of a redelivered entry rejected
+            // before routing, and its tenant's other webhooks had the event already).
+            .filter(|(k, _)| self.webhook_id.is_empty() || k != ONLY_WEBHOOK_FIELD.as_bytes())
+            .collect();
+        if !has_id {
+            // The event id was the original entry's id; the new entry would have another.
+            let id = if self.event_id.is_empty() { &self.stream_entry_id } else { &self.event_id };
+            fields.push((b"id".to_vec(), id.as_bytes().to_vec()));
+        }
+        if !has_created_at {
+            if let Some(ms) = self.stream_entry_id.split('-').next().filter(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())) {
+                fields.push((CREATED_AT_FIELD.as_bytes().to_vec(), ms.as_bytes().to_vec()));
+            }
+        }
+        if !self.webhook_id.is_empty() {
+            fields.push((ONLY_WEBHOOK_FIELD.as_bytes().to_vec(), self.webhook_id.as_bytes().to_vec()));
+        }
+        Ok(fields)
+    }
 }
 
 #[cfg(test)]
@@ -167,5 +304,75 @@ mod tests {
         };
         let back = DeadLetter::from_fields("1-0".into(), record.to_fields());
         assert_eq!(back, record);
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn reasons_parse_from_their_string_forms() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(Reason::parse("Gone"), None);
+    }
+
+    #[test]
+    fn a_delivery_is_redelivered_to_its_webhook_with_its_event_id_and_time() {
+        let record = DeadLetter {
+            tenant_id: "acme".into(),
+            webhook_id: "wh_1".into(),
+            event_id: "1767225600000-0".into(),
+            stream_entry_id: "1767225600000-0".into(),
+            raw_fields: fields(&[("tenant", "acme"), ("type", "t"), ("data", "{}"), ("region", "eu")]),
+            ..Default::default()
+        };
+        assert_eq!(
+            record.redelivery_fields(None).unwrap(),
+            fields(&[
+                ("tenant", "acme"),
+                ("type", "t"),
+                ("data", "{}"),
+                ("region", "eu"),
+                ("id", "1767225600000-0"),
+                (CREATED_AT_FIELD, "1767225600000"),
+                (ONLY_WEBHOOK_FIELD, "wh_1"),
+            ])
+        );
+        // Dead-lettered again after a redelivery: its fields already say id, time and webhook.
+        let again = DeadLetter { raw_fields: record.redelivery_fields(None).unwrap(), stream_entry_id: "1767229999999-0".into(), ..record.clone() };
+        assert_eq!(again.redelivery_fields(None).unwrap(), record.redelivery_fields(None).unwrap());
+    }
+
+    #[test]
+    fn an_entry_rejected_before_routing_goes_back_unrestricted_with_an_explicit_id() {
+        let record = DeadLetter {
+            reason: Reason::UnknownTenant.as_str().into(),
+            tenant_id: "acme".into(),
+            stream_entry_id: "5-0".into(),
+            raw_fields: fields(&[("tenant", "acme"), ("type", "t"), ("data", "{}"), ("id", "evt-9")]),
+            ..Default::default()
+        };
+        let out = record.redelivery_fields(None).unwrap();
+        assert_eq!(out, fields(&[("tenant", "acme"), ("type", "t"), ("data", "{}"), ("id", "evt-9"), (CREATED_AT_FIELD, "5")]));
+        // A redelivered entry that was then rejected keeps its earlier restriction.
+        let restricted = DeadLetter {
+            raw_fields: fields(&[("tenant", "acme"), ("type", "t"), ("data", "{}"), (ONLY_WEBHOOK_FIELD, "wh_2")]),
+            ..record.clone()
+        };
+        let out = restricted.redelivery_fields(None).unwrap();
+        assert!(out.contains(&(ONLY_WEBHOOK_FIELD.as_bytes().to_vec(), b"wh_2".to_vec())), "{out:?}");
+        assert!(out.contains(&(b"id".to_vec(), b"5-0".to_vec())), "no id field and no event id: the entry id was the event id");
+    }
+
+    #[test]
+    fn old_records_use_the_source_entry_and_refuse_without_one() {
+        let old = DeadLetter { tenant_id: "acme".into(), webhook_id: "wh_1".into(), event_id: "e1".into(), stream_entry_id: "7-0".into(), ..Default::default() };
+        assert_eq!(old.redelivery_fields(None), Err(NotRedeliverable::EventGone));
+        let out = old.redelivery_fields(Some(fields(&[("tenant", "acme"), ("type", "t"), ("data", "1"), ("id", "e1")]))).unwrap();
+        assert_eq!(out, fields(&[("tenant", "acme"), ("type", "t"), ("data", "1"), ("id", "e1"), (CREATED_AT_FIELD, "7"), (ONLY_WEBHOOK_FIELD, "wh_1")]));
+        let forged = old.redelivery_fields(Some(fields(&[("tenant", "globex"), ("type", "t"), ("data", "1")])));
+        assert!(matches!(forged, Err(NotRedeliverable::TenantMismatch { .. })), "{forged:?}");
     }
 }

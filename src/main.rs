@@ -295,6 +295,7 @@ fn sample_event(input: &[u8]) -> anyhow::Result<wss::pipeline::event::Event> {
         created_at_ms: created_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
         data: sample.data,
         attributes: sample.attributes.into_iter().collect(),
+        only_webhook: None,
     })
 }
 

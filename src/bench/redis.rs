@@ -139,6 +139,7 @@ fn event(tenant: &str, data: &str) -> Event {
         created_at_ms: 1_767_225_600_000,
         data: serde_json::value::RawValue::from_string(data.to_owned()).expect("the bench writes valid JSON"),
         attributes: Vec::new(),
+        only_webhook: None,
     }
 }
 

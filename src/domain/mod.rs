@@ -7,6 +7,7 @@
 //! once, so its own next event already sees the change.
 
 pub mod model;
+pub mod redelivery;
 pub mod routing;
 pub mod store;
 pub mod token;

@@ -501,6 +501,56 @@ impl Store {
         })
     }
 
+    /// One dead letter by its record id.
+    pub fn get_dead_letter(&self, id: &str) -> Result<DeadLetter, DomainError> {
+        let mut found = self.dead_letters_between(id, id, 1)?;
+        found.pop().ok_or_else(|| DomainError::NotFound { kind: "dead letter", id: id.to_owned() })
+    }
+
+    /// Dead letters oldest first, from `start` to `end` (`XRANGE` bounds: ids, `(id` for
+    /// "after", `-`, `+`), at most `count`.
+    pub fn dead_letters_between(&self, start: &str, end: &str, count: usize) -> Result<Vec<DeadLetter>, DomainError> {
+        self.with_conn(|con, keys| {
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(&keys.dead_letters)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count)
+                .query(con)
+                .map_err(|e| self.unavailable(e))?;
+            let entries = parse_entries(reply)
+                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))?;
+            Ok(entries.into_iter().map(|e| DeadLetter::from_fields(e.id, e.fields.unwrap_or_default())).collect())
+        })
+    }
+
+    /// The fields of stream entry `id` of `<prefix>events`, if it is still there.
+    pub fn event_entry(&self, id: &str) -> Result<Option<crate::deadletter::Fields>, DomainError> {
+        self.with_conn(|con, keys| {
+            let reply: redis::Value = redis::cmd("XRANGE").arg(&keys.events).arg(id).arg(id).query(con).map_err(|e| self.unavailable(e))?;
+            let entries = parse_entries(reply)
+                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))?;
+            Ok(entries.into_iter().next().and_then(|e| e.fields))
+        })
+    }
+
+    /// Appends `fields` to `<prefix>events` and deletes dead letter `id`, atomically and only if
+    /// it still exists ([`crate::deadletter::REDELIVER_SCRIPT`]). `None`: it was gone already.
+    pub fn redeliver_dead_letter(&self, id: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<String>, DomainError> {
+        self.with_conn(|con, keys| {
+            redis::cmd("EVAL")
+                .arg(crate::deadletter::REDELIVER_SCRIPT)
+                .arg(2)
+                .arg(&keys.dead_letters)
+                .arg(&keys.events)
+                .arg(id)
+                .arg(fields)
+                .query(con)
+                .map_err(|e| self.unavailable(e))
+        })
+    }
+
     /// Deliveries, newest first (see `crate::history::list`).
     pub fn list_deliveries(&self, query: &history::Query, page_size: usize, token: &str) -> Result<Page<DeliveryRecord>, DomainError> {
         let token = if token.is_empty() {

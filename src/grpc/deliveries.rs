@@ -4,9 +4,13 @@
 //! an existing tenant: entries rejected as `unknown_tenant`, and those of deleted tenants, must stay
 //! listable.
 //!
+//! RedeliverDeadLetter validates the request and leaves the work to
+//! [`crate::domain::redelivery`]: one dead letter by id, or a filter with a per-call limit and a
+//! token to go on.
+//!
 //! A tenant token sees only its own tenant: its lists are restricted to it (an empty `tenant_id`
 //! means its own, another tenant's is `PERMISSION_DENIED`), and GetDelivery of another tenant's
-//! delivery is `PERMISSION_DENIED`.
+//! delivery, or RedeliverDeadLetter of another tenant's dead letter, is `PERMISSION_DENIED`.
 
 use std::sync::Arc;
 
@@ -19,9 +23,14 @@ use super::{
     ControlPlane, Principal,
 };
 use crate::{
-    domain::{model::invalid, DomainError},
+    deadletter::Reason,
+    domain::{
+        model::invalid,
+        redelivery::{self, Redeliverer},
+        DomainError,
+    },
     history::{DeliveryRecord, Query, Status as HistoryStatus},
-    proto::{self, delivery_service_server::DeliveryService, DeliveryStatus},
+    proto::{self, delivery_service_server::DeliveryService, redeliver_dead_letter_request::Target, DeliveryStatus},
 };
 
 pub(super) struct DeliveryApi {
@@ -93,6 +102,42 @@ fn query_from_proto(req: &proto::ListDeliveriesRequest) -> Result<Query, DomainE
     })
 }
 
+/// A bulk redelivery's filter, checked; the tenant is still to be scoped to the caller.
+fn filter_from_proto(filter: &proto::DeadLetterFilter) -> Result<redelivery::Filter, DomainError> {
+    optional_id("filter.tenant_id", &filter.tenant_id)?;
+    if !filter.webhook_id.is_empty() {
+        required_ref("filter.webhook_id", &filter.webhook_id)?;
+    }
+    let reason = match filter.reason.as_str() {
+        "" => None,
+        text => Some(Reason::parse(text).ok_or_else(|| {
+            let known: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+            invalid("filter.reason", format!("{text:?} is not a dead-letter reason; one of: {}", known.join(", ")))
+        })?),
+    };
+    let after_ms = ms_from_proto("filter.dead_lettered_after", filter.dead_lettered_after.as_ref())?;
+    let before_ms = ms_from_proto("filter.dead_lettered_before", filter.dead_lettered_before.as_ref())?;
+    if let (Some(after), Some(before)) = (after_ms, before_ms) {
+        if before <= after {
+            return Err(invalid("filter.dead_lettered_before", "must be later than filter.dead_lettered_after"));
+        }
+    }
+    Ok(redelivery::Filter { tenant_id: filter.tenant_id.clone(), webhook_id: filter.webhook_id.clone(), reason, after_ms, before_ms })
+}
+
+fn redelivered_to_proto(r: redelivery::Redelivered) -> proto::Redelivered {
+    proto::Redelivered { dead_letter_id: r.dead_letter_id, event_id: r.event_id, stream_entry_id: r.stream_entry_id, webhook_id: r.webhook_id }
+}
+
+fn report_to_proto(report: redelivery::Report) -> proto::RedeliverDeadLetterResponse {
+    proto::RedeliverDeadLetterResponse {
+        redelivered_count: report.redelivered.len() as u32,
+        redelivered: report.redelivered.into_iter().map(redelivered_to_proto).collect(),
+        skipped: report.skipped.into_iter().map(|(dead_letter_id, reason)| proto::SkippedDeadLetter { dead_letter_id, reason }).collect(),
+        next_page_token: report.next_token,
+    }
+}
+
 pub fn delivery_to_proto(record: DeliveryRecord) -> proto::Delivery {
     proto::Delivery {
         delivery_id: record.id,
@@ -153,6 +198,49 @@ impl DeliveryService for DeliveryApi {
             next_page_token: page.next_token,
         }))
     }
+
+    async fn redeliver_dead_letter(
+        &self,
+        request: Request<proto::RedeliverDeadLetterRequest>,
+    ) -> Result<Response<proto::RedeliverDeadLetterResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        let plane = self.plane.clone();
+        // `plane.read`, although it writes: redelivery touches the streams only, never the
+        // configuration, so there is no routing snapshot to reload afterwards.
+        match req.target {
+            None => Err(invalid("dead_letter_id", "give a dead_letter_id, or a filter for every dead letter matching it").into()),
+            Some(Target::DeadLetterId(id)) => {
+                if id.is_empty() {
+                    return Err(invalid("dead_letter_id", "is required").into());
+                }
+                check_stream_token(&id).map_err(|_| invalid("dead_letter_id", "is not a dead-letter id (`<ms>-<seq>`, as ListDeadLetters shows)"))?;
+                if !req.page_token.is_empty() {
+                    return Err(invalid("page_token", "goes with a filter, not with one dead_letter_id").into());
+                }
+                let sent = self
+                    .plane
+                    .read(move |store| {
+                        let record = store.get_dead_letter(&id)?;
+                        principal.require_tenant("dead letter", &record.id, &record.tenant_id)?;
+                        Redeliverer { store, routing: &plane.routing }.one(&record)
+                    })
+                    .await?;
+                Ok(Response::new(report_to_proto(redelivery::Report { redelivered: vec![sent], ..Default::default() })))
+            }
+            Some(Target::Filter(filter)) => {
+                let mut filter = filter_from_proto(&filter)?;
+                filter.tenant_id = principal.scope("filter.tenant_id", &filter.tenant_id)?;
+                check_stream_token(&req.page_token)?;
+                let limit = page_size(req.limit);
+                let report = self
+                    .plane
+                    .read(move |store| Redeliverer { store, routing: &plane.routing }.matching(&filter, limit, &req.page_token))
+                    .await?;
+                Ok(Response::new(report_to_proto(report)))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +265,31 @@ mod tests {
         assert!(matches!(query_from_proto(&bad), Err(DomainError::Invalid { field: "tenant_id", .. })));
         let bad = proto::ListDeliveriesRequest { updated_before: Some(Timestamp { seconds: -5, nanos: 0 }), ..Default::default() };
         assert!(matches!(query_from_proto(&bad), Err(DomainError::Invalid { field: "updated_before", .. })));
+    }
+
+    #[test]
+    fn redelivery_filters_are_checked_field_by_field() {
+        let ok = proto::DeadLetterFilter {
+            tenant_id: "acme".into(),
+            reason: "max_attempts_exhausted".into(),
+            dead_lettered_after: Some(Timestamp { seconds: 1, nanos: 0 }),
+            ..Default::default()
+        };
+        let f = filter_from_proto(&ok).unwrap();
+        assert_eq!((f.reason, f.after_ms, f.before_ms), (Some(Reason::MaxAttemptsExhausted), Some(1000), None));
+        let field = |f: proto::DeadLetterFilter| match filter_from_proto(&f) {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("{f:?}: expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        assert_eq!(field(proto::DeadLetterFilter { reason: "timeout".into(), ..Default::default() }), "filter.reason");
+        assert_eq!(field(proto::DeadLetterFilter { tenant_id: "Not Valid".into(), ..Default::default() }), "filter.tenant_id");
+        assert_eq!(field(proto::DeadLetterFilter { webhook_id: "wh 1".into(), ..Default::default() }), "filter.webhook_id");
+        let backwards = proto::DeadLetterFilter {
+            dead_lettered_after: Some(Timestamp { seconds: 5, nanos: 0 }),
+            dead_lettered_before: Some(Timestamp { seconds: 5, nanos: 0 }),
+            ..Default::default()
+        };
+        assert_eq!(field(backwards), "filter.dead_lettered_before");
     }
 
     #[test]

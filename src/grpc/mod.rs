@@ -359,6 +359,7 @@ pub fn access_of(path: &str) -> Access {
         | "/wss.v1.DeliveryService/ListDeliveries"
         | "/wss.v1.DeliveryService/GetDelivery"
         | "/wss.v1.DeliveryService/ListDeadLetters"
+        | "/wss.v1.DeliveryService/RedeliverDeadLetter"
         | "/wss.v1.WebhookService/CreateWebhook"
         | "/wss.v1.WebhookService/GetWebhook"
         | "/wss.v1.WebhookService/ListWebhooks"
@@ -572,6 +573,7 @@ mod tests {
         assert_eq!(access_of("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"), Access::Open);
         assert_eq!(access_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), Access::Open);
         assert_eq!(access_of("/wss.v1.DeliveryService/ListDeadLetters"), Access::Tenant);
+        assert_eq!(access_of("/wss.v1.DeliveryService/RedeliverDeadLetter"), Access::Tenant);
         assert_eq!(access_of("/wss.v1.TenantService/GetTenant"), Access::Tenant);
         assert_eq!(access_of("/wss.v1.WebhookService/GetWebhookStats"), Access::Tenant);
         for admin in [

@@ -9,6 +9,12 @@
 //! (`WSS_MAX_EVENT_BYTES`), field count ([`MAX_FIELDS`]), UTF-8 and the field rules, then the
 //! nesting depth of `data` ([`MAX_JSON_DEPTH`], by a linear scan before any parser recurses into
 //! it — filters and transforms walk `data` recursively too), and only then the JSON parse.
+//!
+//! Two field names are reserved for redelivery (`DeliveryService/RedeliverDeadLetter`, see
+//! `crate::deadletter`), which puts a dead letter back on the stream as a new entry:
+//! [`ONLY_WEBHOOK_FIELD`] restricts routing to one webhook of the event's tenant, and
+//! [`CREATED_AT_FIELD`] keeps the event's original `created_at`. They are read here and never
+//! become attributes, so filters, transforms and bodies do not see them.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -20,6 +26,10 @@ use crate::{deadletter::Reason, domain::model::is_valid_id, streams::RawEntry};
 pub const MAX_FIELDS: usize = 256;
 /// Deepest nesting of arrays and objects in `data`.
 pub const MAX_JSON_DEPTH: usize = 64;
+/// Reserved field: route the event to this webhook only (if it is one of the event's tenant's).
+pub const ONLY_WEBHOOK_FIELD: &str = "_wss_webhook";
+/// Reserved field: the event's `created_at` in Unix milliseconds, instead of the entry id's.
+pub const CREATED_AT_FIELD: &str = "_wss_created_at_ms";
 
 /// An event as the rest of the pipeline sees it.
 #[derive(Debug)]
@@ -35,6 +45,8 @@ pub struct Event {
     pub data: Box<RawValue>,
     /// Every other field, visible to filters as `event.attributes`.
     pub attributes: Vec<(String, String)>,
+    /// A redelivery's webhook ([`ONLY_WEBHOOK_FIELD`]): only it may receive the event.
+    pub only_webhook: Option<String>,
 }
 
 /// Why an entry cannot become an event.
@@ -85,6 +97,8 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
     let mut event_type = None;
     let mut data = None;
     let mut id = None;
+    let mut only_webhook = None;
+    let mut created_at = None;
     let mut attributes = Vec::new();
     for (name, value) in fields {
         let Ok(name) = std::str::from_utf8(name) else {
@@ -95,6 +109,8 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
             "type" => &mut event_type,
             "data" => &mut data,
             "id" => &mut id,
+            ONLY_WEBHOOK_FIELD => &mut only_webhook,
+            CREATED_AT_FIELD => &mut created_at,
             _ => {
                 let Ok(value) = std::str::from_utf8(value) else {
                     return reject(rejection, Reason::InvalidField, format!("attribute {name:?} is not UTF-8 text"));
@@ -137,6 +153,21 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
             _ => return reject(rejection, Reason::InvalidField, "id must be 1 to 128 printable ASCII characters".into()),
         },
     };
+    let only_webhook = match only_webhook {
+        None => None,
+        Some(raw) => match std::str::from_utf8(raw) {
+            Ok(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => Some(v.to_owned()),
+            _ => return reject(rejection, Reason::InvalidField, format!("{ONLY_WEBHOOK_FIELD} must be a webhook id")),
+        },
+    };
+    let entry_ms = entry.id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+    let created_at_ms = match created_at {
+        None => entry_ms,
+        Some(raw) => match std::str::from_utf8(raw).ok().and_then(|v| v.parse::<u64>().ok()) {
+            Some(ms) => ms,
+            None => return reject(rejection, Reason::InvalidField, format!("{CREATED_AT_FIELD} must be Unix milliseconds")),
+        },
+    };
     if let Err(depth) = check_depth(data, MAX_JSON_DEPTH) {
         return reject(rejection, Reason::TooDeep, format!("data nests deeper than {MAX_JSON_DEPTH} levels (at least {depth})"));
     }
@@ -146,15 +177,7 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
         Ok(value) => value,
         Err(e) => return reject(rejection, Reason::DataNotJson, format!("data is not JSON: {e}")),
     };
-    Ok(Event {
-        created_at_ms: entry.id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0),
-        stream_id: entry.id.clone(),
-        id,
-        event_type,
-        tenant,
-        data,
-        attributes,
-    })
+    Ok(Event { created_at_ms, stream_id: entry.id.clone(), id, event_type, tenant, data, attributes, only_webhook })
 }
 
 /// Scans JSON text for the nesting depth of arrays and objects, outside strings, without parsing
@@ -328,6 +351,28 @@ mod tests {
         let body = String::from_utf8(envelope(&event)).unwrap();
         assert!(body.ends_with(r#""data":7777e7777}"#), "{body}");
         assert!(serde_json::from_str::<Box<RawValue>>(&body).is_ok());
+    }
+
+    #[test]
+    fn reserved_redelivery_fields_are_read_and_never_attributes() {
+        let e = entry(
+            "1767225600000-0",
+            &[("tenant", b"acme"), ("type", b"t"), ("data", b"{}"), ("region", b"eu"), (ONLY_WEBHOOK_FIELD, b"wh_1"), (CREATED_AT_FIELD, b"1700000000123")],
+        );
+        let event = parse_entry(&e, 1024).unwrap();
+        assert_eq!(event.only_webhook.as_deref(), Some("wh_1"));
+        assert_eq!(event.created_at_ms, 1_700_000_000_123);
+        assert_eq!(event.attributes, [("region".to_string(), "eu".to_string())], "reserved fields are not attributes");
+        let body = String::from_utf8(envelope(&event)).unwrap();
+        assert!(!body.contains("_wss_") && !body.contains("wh_1"), "{body}");
+        assert!(body.contains(r#""created_at":"2023-11-14T22:13:20Z""#), "{body}");
+
+        let plain = parse_entry(&entry("1767225600000-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b"{}")]), 1024).unwrap();
+        assert_eq!((plain.only_webhook, plain.created_at_ms), (None, 1_767_225_600_000));
+        for bad in [(ONLY_WEBHOOK_FIELD, &b""[..]), (ONLY_WEBHOOK_FIELD, b"wh 1"), (CREATED_AT_FIELD, b"yesterday")] {
+            let e = entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b"{}"), bad]);
+            assert_eq!(parse_entry(&e, 1024).unwrap_err().reason, Reason::InvalidField, "{bad:?}");
+        }
     }
 
     #[test]

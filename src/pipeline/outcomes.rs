@@ -10,6 +10,7 @@
 //!
 //! Writes are batched: the completions that arrive within 5 ms of the first ([`LINGER`]) are
 //! handled together, then one transaction (`MULTI … EXEC`) writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`),
+//! with the source entry's fields copied in for a delivery's ([`deadletter::queue_write`]),
 //! their delivery history and their `XACK`s, so that no crash leaves an entry acknowledged
 //! without its records, or recorded as finished but unacknowledged and unrecorded as dead.
 //! Each attempt and dead letter is also tallied per webhook in memory, and the tally — with
@@ -37,7 +38,7 @@ use super::{
     Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict,
 };
 use crate::{
-    deadletter::{AttemptRecord, DeadLetter, Reason},
+    deadletter::{self, AttemptRecord, DeadLetter, Reason},
     domain::{
         routing::RoutingHandle,
         store::{Keys, Store},
@@ -181,14 +182,17 @@ impl Outcomes {
                 let policy = &route.policy;
                 match verdict {
                     Verdict::Delivered => {
-                        log::debug!(target: "wss::outcomes", "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
+                        log::debug!(target: "wss::outcomes",
+                            tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
+                            attempt = record.attempt, outcome = "delivered", status = record.status;
+                            "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
                             delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
                         push_attempt(&mut delivery.history, record);
                         batch.record(history_record(&delivery, Status::Delivered, 0, ""));
                         finish(&delivery.ticket, batch);
                     }
                     Verdict::Gone => {
-                        log_failure(&delivery, &record, "the receiver answered 410 Gone: disabling the webhook");
+                        log_failure(&delivery, &record, "dead_lettered", "the receiver answered 410 Gone: disabling the webhook");
                         self.disable_webhook(&delivery.webhook_id, "the receiver answered 410 Gone".to_owned());
                         push_attempt(&mut delivery.history, record);
                         let detail = format!("the receiver answered 410 Gone on attempt {}; webhook {} was disabled", delivery.attempt, delivery.webhook_id);
@@ -196,7 +200,7 @@ impl Outcomes {
                     }
                     Verdict::Retry { retry_after } if delivery.attempt < policy.max_attempts => {
                         let delay = next_delay(policy, delivery.attempt, retry_after, (self.draw)());
-                        log_failure(&delivery, &record, &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
+                        log_failure(&delivery, &record, "retrying", &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
                         push_attempt(&mut delivery.history, record);
                         let due_ms = now_ms() + delay.as_millis() as u64;
                         batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
@@ -205,7 +209,7 @@ impl Outcomes {
                         let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
                     }
                     Verdict::Retry { .. } => {
-                        log_failure(&delivery, &record, "no attempts left: dead-lettering");
+                        log_failure(&delivery, &record, "dead_lettered", "no attempts left: dead-lettering");
                         push_attempt(&mut delivery.history, record);
                         let detail = format!("all {} attempts failed; the last: {}", policy.max_attempts, last_error(&delivery.history));
                         self.dead_letter(delivery, Reason::MaxAttemptsExhausted, detail, batch);
@@ -214,11 +218,17 @@ impl Outcomes {
             }
             Completion::AlreadyTerminal { delivery } => finish(&delivery.ticket, batch),
             Completion::Abandoned { delivery, reason, detail } => {
-                log::warn!(target: "wss::outcomes", "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+                log::warn!(target: "wss::outcomes",
+                    tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
+                    attempt = delivery.attempt, outcome = "dead_lettered", reason = reason.as_str();
+                    "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id, delivery.webhook_id, delivery.event.tenant);
                 self.dead_letter(delivery, reason, detail, batch);
             }
             Completion::Rejected { ticket, rejection, raw_fields } => {
-                log::warn!(target: "wss::outcomes", "stream entry {} rejected ({}): {}; dead-lettered and acknowledged",
+                // The tenant and event id are what could be read of the entry (perhaps nothing).
+                log::warn!(target: "wss::outcomes",
+                    tenant = rejection.tenant.as_str(), event_id = rejection.event_id.as_str(), outcome = "rejected", reason = rejection.reason.as_str();
+                    "stream entry {} rejected ({}): {}; dead-lettered and acknowledged",
                     ticket.stream_id, rejection.reason.as_str(), rejection.detail);
                 let body = fields_as_json(&raw_fields);
                 batch.dead.push(DeadLetter {
@@ -244,10 +254,10 @@ impl Outcomes {
     /// (those deliveries are then dead-lettered as `webhook_disabled`).
     fn circuit_changed(&self, webhook_id: &str, transition: Transition) {
         match transition {
-            Transition::Opened { failures, cooldown } => log::warn!(target: "wss::outcomes",
+            Transition::Opened { failures, cooldown } => log::warn!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_opened";
                 "circuit of webhook {webhook_id} opened after {failures} consecutive failures: no attempts for {}, then one probe",
                 humantime::format_duration(cooldown)),
-            Transition::Closed => log::info!(target: "wss::outcomes", "circuit of webhook {webhook_id} closed: the probe succeeded"),
+            Transition::Closed => log::info!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_closed"; "circuit of webhook {webhook_id} closed: the probe succeeded"),
             Transition::FailingTooLong { failures, since } => {
                 let reason = format!(
                     "every attempt failed for {} ({failures} in a row; WSS_AUTO_DISABLE_AFTER); re-enable with UpdateWebhook enabled=true",
@@ -314,7 +324,7 @@ impl Outcomes {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for record in &batch.dead {
-            pipe.cmd("XADD").arg(&self.keys.dead_letters).arg("MAXLEN").arg("~").arg(self.dead_letter_maxlen).arg("*").arg(record.to_fields()).ignore();
+            deadletter::queue_write(&mut pipe, &self.keys.dead_letters, &self.keys.events, self.dead_letter_maxlen, record);
         }
         let touched = history::queue_writes(&mut pipe, &self.keys, self.retention, batch.history.values());
         if !batch.acks.is_empty() {
@@ -415,9 +425,14 @@ fn finish(ticket: &EntryTicket, batch: &mut Batch) {
     }
 }
 
-fn log_failure(delivery: &Delivery, record: &AttemptRecord, next: &str) {
+/// Logs a failed attempt once, with its fields; `outcome`: what happens to the delivery now.
+fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next: &str) {
     let what = if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
-    log::warn!(target: "wss::outcomes", "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
+    let error = if record.status != 0 { "http_status" } else { record.error_kind.as_str() };
+    log::warn!(target: "wss::outcomes",
+        tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
+        attempt = record.attempt, outcome = outcome, status = record.status, error = error;
+        "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
         record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
 }
 

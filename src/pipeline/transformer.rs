@@ -7,6 +7,10 @@
 //!   decides; its `transform`, if it has one, makes the body; otherwise the body is the envelope.
 //! - An event no webhook wants — no type matches, or every filter said no — is acknowledged as
 //!   unrouted.
+//! - A redelivered dead letter (`event.only_webhook`) is routed by the same rules, but only to
+//!   that webhook, and only if it is one of the event's tenant's: the reserved field can never
+//!   carry an event across tenants. If that webhook no longer exists, is disabled, or no longer
+//!   wants the event, it is acknowledged as unrouted (and logged at INFO).
 //! - A filter or transform that fails on the event (a missing field, a wrong type, a filter that
 //!   is not boolean, a value with no JSON form) dead-letters *that* delivery, with reason
 //!   `filter_error` or `transform_error` and the error as detail; the outcome stage writes it and
@@ -25,7 +29,7 @@ use std::{
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{
-    event::{envelope, rfc3339_seconds, Event, Rejection},
+    event::{envelope, rfc3339_seconds, Event, Rejection, CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD},
     Completion, Delivery, EventMeta, Inbound,
 };
 use crate::{
@@ -107,6 +111,10 @@ fn route(
             // Unknown tenant, or one without any enabled webhook yet: check every time.
             None => freshness.catch_up(routing, false),
             Some(t) if !t.tenant.disabled && t.routes.is_empty() => freshness.catch_up(routing, false),
+            // A redelivery to a webhook this snapshot does not have (re-enabled elsewhere just now?).
+            Some(t) if event.only_webhook.as_ref().is_some_and(|only| !t.routes.iter().any(|r| &r.webhook.id == only)) => {
+                freshness.catch_up(routing, false)
+            }
             Some(t) if !t.tenant.disabled && !t.routes.iter().any(|r| r.wants(&event.event_type)) => freshness.catch_up(routing, true),
             Some(_) => false,
         };
@@ -135,7 +143,17 @@ fn route(
         let detail = format!("tenant {:?} is disabled", event.tenant);
         return done.send(reject(Reason::TenantDisabled, detail)).is_ok();
     }
-    let candidates: Vec<&Arc<Route>> = tenant.routes.iter().filter(|r| r.wants(&event.event_type)).collect();
+    let candidates: Vec<&Arc<Route>> = tenant
+        .routes
+        .iter()
+        .filter(|r| event.only_webhook.as_ref().is_none_or(|only| &r.webhook.id == only))
+        .filter(|r| r.wants(&event.event_type))
+        .collect();
+    if let (Some(only), true) = (&event.only_webhook, candidates.is_empty()) {
+        log::info!(target: "wss::transformer", tenant = event.tenant.as_str(), webhook = only.as_str(), event_id = event.id.as_str(), outcome = "unrouted";
+            "redelivered event {} is not sent: webhook {only} of tenant {} is gone, disabled, or no longer wants type {}", event.id, event.tenant, event.event_type);
+        return done.send(Completion::Unrouted { ticket }).is_ok();
+    }
     if candidates.is_empty() {
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook's event types", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket }).is_ok();
@@ -261,6 +279,13 @@ fn raw_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
     if event.id != event.stream_id {
         fields.push((b"id".to_vec(), event.id.as_bytes().to_vec()));
     }
+    // A redelivery's reserved fields, so that redelivering this record again keeps them.
+    if let Some(only) = &event.only_webhook {
+        fields.push((ONLY_WEBHOOK_FIELD.as_bytes().to_vec(), only.as_bytes().to_vec()));
+    }
+    if event.stream_id.split('-').next() != Some(event.created_at_ms.to_string().as_str()) {
+        fields.push((CREATED_AT_FIELD.as_bytes().to_vec(), event.created_at_ms.to_string().into_bytes()));
+    }
     for (k, v) in &event.attributes {
         fields.push((k.as_bytes().to_vec(), v.as_bytes().to_vec()));
     }
@@ -289,6 +314,7 @@ mod tests {
             created_at_ms: 1_767_225_600_000,
             data: serde_json::value::RawValue::from_string(r#"{"order_id":"A-1001", "status":"shipped"}"#.into()).unwrap(),
             attributes: vec![("region".into(), "eu".into())],
+            only_webhook: None,
         }
     }
 

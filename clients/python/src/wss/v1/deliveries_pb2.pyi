@@ -101,3 +101,61 @@ class ListDeadLettersResponse(_message.Message):
     dead_letters: _containers.RepeatedCompositeFieldContainer[_resources_pb2.DeadLetter]
     next_page_token: str
     def __init__(self, dead_letters: _Optional[_Iterable[_Union[_resources_pb2.DeadLetter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RedeliverDeadLetterRequest(_message.Message):
+    __slots__ = ("dead_letter_id", "filter", "limit", "page_token")
+    DEAD_LETTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    dead_letter_id: str
+    filter: DeadLetterFilter
+    limit: int
+    page_token: str
+    def __init__(self, dead_letter_id: _Optional[str] = ..., filter: _Optional[_Union[DeadLetterFilter, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class DeadLetterFilter(_message.Message):
+    __slots__ = ("tenant_id", "webhook_id", "reason", "dead_lettered_after", "dead_lettered_before")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    webhook_id: str
+    reason: str
+    dead_lettered_after: _timestamp_pb2.Timestamp
+    dead_lettered_before: _timestamp_pb2.Timestamp
+    def __init__(self, tenant_id: _Optional[str] = ..., webhook_id: _Optional[str] = ..., reason: _Optional[str] = ..., dead_lettered_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dead_lettered_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RedeliverDeadLetterResponse(_message.Message):
+    __slots__ = ("redelivered", "skipped", "next_page_token", "redelivered_count")
+    REDELIVERED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REDELIVERED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    redelivered: _containers.RepeatedCompositeFieldContainer[Redelivered]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedDeadLetter]
+    next_page_token: str
+    redelivered_count: int
+    def __init__(self, redelivered: _Optional[_Iterable[_Union[Redelivered, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedDeadLetter, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., redelivered_count: _Optional[int] = ...) -> None: ...
+
+class Redelivered(_message.Message):
+    __slots__ = ("dead_letter_id", "event_id", "stream_entry_id", "webhook_id")
+    DEAD_LETTER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    dead_letter_id: str
+    event_id: str
+    stream_entry_id: str
+    webhook_id: str
+    def __init__(self, dead_letter_id: _Optional[str] = ..., event_id: _Optional[str] = ..., stream_entry_id: _Optional[str] = ..., webhook_id: _Optional[str] = ...) -> None: ...
+
+class SkippedDeadLetter(_message.Message):
+    __slots__ = ("dead_letter_id", "reason")
+    DEAD_LETTER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    dead_letter_id: str
+    reason: str
+    def __init__(self, dead_letter_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

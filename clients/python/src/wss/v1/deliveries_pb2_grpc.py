@@ -50,6 +50,11 @@ class DeliveryServiceStub:
                 request_serializer=wss_dot_v1_dot_deliveries__pb2.ListDeadLettersRequest.SerializeToString,
                 response_deserializer=wss_dot_v1_dot_deliveries__pb2.ListDeadLettersResponse.FromString,
                 _registered_method=True)
+        self.RedeliverDeadLetter = channel.unary_unary(
+                '/wss.v1.DeliveryService/RedeliverDeadLetter',
+                request_serializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterRequest.SerializeToString,
+                response_deserializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -77,6 +82,19 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedeliverDeadLetter(self, request, context):
+        """Sends dead letters again: one by id, or every one matching a filter (oldest first, at most
+        `limit` per call). Each re-enters the pipeline as a new stream entry with the same event id,
+        a fresh signature and attempt count 1, to its own webhook only (a dead letter rejected before
+        routing goes to every webhook of its tenant that wants it), and the dead letter is removed in
+        the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
+        unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
+        webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +112,11 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.ListDeadLetters,
                     request_deserializer=wss_dot_v1_dot_deliveries__pb2.ListDeadLettersRequest.FromString,
                     response_serializer=wss_dot_v1_dot_deliveries__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RedeliverDeadLetter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeliverDeadLetter,
+                    request_deserializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterRequest.FromString,
+                    response_serializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +201,33 @@ class DeliveryService:
             '/wss.v1.DeliveryService/ListDeadLetters',
             wss_dot_v1_dot_deliveries__pb2.ListDeadLettersRequest.SerializeToString,
             wss_dot_v1_dot_deliveries__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeliverDeadLetter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wss.v1.DeliveryService/RedeliverDeadLetter',
+            wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterRequest.SerializeToString,
+            wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterResponse.FromString,
             options,
             channel_credentials,
             insecure,

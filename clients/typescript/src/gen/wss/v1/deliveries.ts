@@ -142,6 +142,71 @@ export interface ListDeadLettersResponse {
   nextPageToken: string;
 }
 
+export interface RedeliverDeadLetterRequest {
+  /** One dead letter, by its id. */
+  deadLetterId?:
+    | string
+    | undefined;
+  /** Every dead letter matching this filter (`{}`: all of them, or all of the token's tenant). */
+  filter?:
+    | DeadLetterFilter
+    | undefined;
+  /**
+   * With a filter: at most this many dead letters redelivered per call; 0 means 100, more than
+   * 1000 is clamped to 1000.
+   */
+  limit: number;
+  /** With a filter: continue after the previous call (its next_page_token). */
+  pageToken: string;
+}
+
+/** Which dead letters a bulk redelivery takes; every field set must match. */
+export interface DeadLetterFilter {
+  /** Only this tenant's; empty for all (a tenant token: its own). */
+  tenantId: string;
+  /** Only those of this webhook. */
+  webhookId: string;
+  /** Only those with this reason (`max_attempts_exhausted`, `unknown_tenant`, ...). */
+  reason: string;
+  /**
+   * Only those dead-lettered at or after this time (when the record was written: the time of
+   * its id, which may be a little later than `dead_lettered_at`).
+   */
+  deadLetteredAfter:
+    | Date
+    | undefined;
+  /** Only those dead-lettered before this time (likewise). */
+  deadLetteredBefore: Date | undefined;
+}
+
+export interface RedeliverDeadLetterResponse {
+  /** What was sent again, oldest first. */
+  redelivered: Redelivered[];
+  /** With a filter: matching dead letters that could not be sent yet, and why; they stay. */
+  skipped: SkippedDeadLetter[];
+  /** With a filter: non-empty when more dead letters may match; pass it as page_token. */
+  nextPageToken: string;
+  /** How many were redelivered (the length of `redelivered`). */
+  redeliveredCount: number;
+}
+
+export interface Redelivered {
+  /** The dead letter, now removed. */
+  deadLetterId: string;
+  /** The event id, unchanged (receivers see it as X-WSS-Event-Id). */
+  eventId: string;
+  /** The new stream entry the event re-entered the pipeline as. */
+  streamEntryId: string;
+  /** The only webhook it goes to; empty when it is routed like a new event of its tenant. */
+  webhookId: string;
+}
+
+export interface SkippedDeadLetter {
+  deadLetterId: string;
+  /** Why it was not sent, and what to do about it. */
+  reason: string;
+}
+
 function createBaseDelivery(): Delivery {
   return {
     deliveryId: "",
@@ -1030,6 +1095,633 @@ export const ListDeadLettersResponse: MessageFns<ListDeadLettersResponse> = {
   },
 };
 
+function createBaseRedeliverDeadLetterRequest(): RedeliverDeadLetterRequest {
+  return { deadLetterId: undefined, filter: undefined, limit: 0, pageToken: "" };
+}
+
+export const RedeliverDeadLetterRequest: MessageFns<RedeliverDeadLetterRequest> = {
+  encode(message: RedeliverDeadLetterRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deadLetterId !== undefined) {
+      writer.uint32(10).string(message.deadLetterId);
+    }
+    if (message.filter !== undefined) {
+      DeadLetterFilter.encode(message.filter, writer.uint32(18).fork()).join();
+    }
+    if (message.limit !== 0) {
+      writer.uint32(24).uint32(message.limit);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedeliverDeadLetterRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedeliverDeadLetterRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deadLetterId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.filter = DeadLetterFilter.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedeliverDeadLetterRequest {
+    return {
+      deadLetterId: isSet(object.deadLetterId)
+        ? globalThis.String(object.deadLetterId)
+        : isSet(object.dead_letter_id)
+        ? globalThis.String(object.dead_letter_id)
+        : undefined,
+      filter: isSet(object.filter) ? DeadLetterFilter.fromJSON(object.filter) : undefined,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: RedeliverDeadLetterRequest): unknown {
+    const obj: any = {};
+    if (message.deadLetterId !== undefined) {
+      obj.deadLetterId = message.deadLetterId;
+    }
+    if (message.filter !== undefined) {
+      obj.filter = DeadLetterFilter.toJSON(message.filter);
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RedeliverDeadLetterRequest>): RedeliverDeadLetterRequest {
+    return RedeliverDeadLetterRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RedeliverDeadLetterRequest>): RedeliverDeadLetterRequest {
+    const message = createBaseRedeliverDeadLetterRequest();
+    message.deadLetterId = object.deadLetterId ?? undefined;
+    message.filter = (object.filter !== undefined && object.filter !== null)
+      ? DeadLetterFilter.fromPartial(object.filter)
+      : undefined;
+    message.limit = object.limit ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseDeadLetterFilter(): DeadLetterFilter {
+  return { tenantId: "", webhookId: "", reason: "", deadLetteredAfter: undefined, deadLetteredBefore: undefined };
+}
+
+export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
+  encode(message: DeadLetterFilter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.webhookId !== "") {
+      writer.uint32(18).string(message.webhookId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    if (message.deadLetteredAfter !== undefined) {
+      Timestamp.encode(toTimestamp(message.deadLetteredAfter), writer.uint32(34).fork()).join();
+    }
+    if (message.deadLetteredBefore !== undefined) {
+      Timestamp.encode(toTimestamp(message.deadLetteredBefore), writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeadLetterFilter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeadLetterFilter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.deadLetteredAfter = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.deadLetteredBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeadLetterFilter {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      deadLetteredAfter: isSet(object.deadLetteredAfter)
+        ? fromJsonTimestamp(object.deadLetteredAfter)
+        : isSet(object.dead_lettered_after)
+        ? fromJsonTimestamp(object.dead_lettered_after)
+        : undefined,
+      deadLetteredBefore: isSet(object.deadLetteredBefore)
+        ? fromJsonTimestamp(object.deadLetteredBefore)
+        : isSet(object.dead_lettered_before)
+        ? fromJsonTimestamp(object.dead_lettered_before)
+        : undefined,
+    };
+  },
+
+  toJSON(message: DeadLetterFilter): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.deadLetteredAfter !== undefined) {
+      obj.deadLetteredAfter = message.deadLetteredAfter.toISOString();
+    }
+    if (message.deadLetteredBefore !== undefined) {
+      obj.deadLetteredBefore = message.deadLetteredBefore.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeadLetterFilter>): DeadLetterFilter {
+    return DeadLetterFilter.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DeadLetterFilter>): DeadLetterFilter {
+    const message = createBaseDeadLetterFilter();
+    message.tenantId = object.tenantId ?? "";
+    message.webhookId = object.webhookId ?? "";
+    message.reason = object.reason ?? "";
+    message.deadLetteredAfter = object.deadLetteredAfter ?? undefined;
+    message.deadLetteredBefore = object.deadLetteredBefore ?? undefined;
+    return message;
+  },
+};
+
+function createBaseRedeliverDeadLetterResponse(): RedeliverDeadLetterResponse {
+  return { redelivered: [], skipped: [], nextPageToken: "", redeliveredCount: 0 };
+}
+
+export const RedeliverDeadLetterResponse: MessageFns<RedeliverDeadLetterResponse> = {
+  encode(message: RedeliverDeadLetterResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.redelivered) {
+      Redelivered.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.skipped) {
+      SkippedDeadLetter.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(26).string(message.nextPageToken);
+    }
+    if (message.redeliveredCount !== 0) {
+      writer.uint32(32).uint32(message.redeliveredCount);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RedeliverDeadLetterResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedeliverDeadLetterResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.redelivered.push(Redelivered.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.skipped.push(SkippedDeadLetter.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.redeliveredCount = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RedeliverDeadLetterResponse {
+    return {
+      redelivered: globalThis.Array.isArray(object?.redelivered)
+        ? object.redelivered.map((e: any) => Redelivered.fromJSON(e))
+        : [],
+      skipped: globalThis.Array.isArray(object?.skipped)
+        ? object.skipped.map((e: any) => SkippedDeadLetter.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      redeliveredCount: isSet(object.redeliveredCount)
+        ? globalThis.Number(object.redeliveredCount)
+        : isSet(object.redelivered_count)
+        ? globalThis.Number(object.redelivered_count)
+        : 0,
+    };
+  },
+
+  toJSON(message: RedeliverDeadLetterResponse): unknown {
+    const obj: any = {};
+    if (message.redelivered?.length) {
+      obj.redelivered = message.redelivered.map((e) => Redelivered.toJSON(e));
+    }
+    if (message.skipped?.length) {
+      obj.skipped = message.skipped.map((e) => SkippedDeadLetter.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.redeliveredCount !== 0) {
+      obj.redeliveredCount = Math.round(message.redeliveredCount);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RedeliverDeadLetterResponse>): RedeliverDeadLetterResponse {
+    return RedeliverDeadLetterResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RedeliverDeadLetterResponse>): RedeliverDeadLetterResponse {
+    const message = createBaseRedeliverDeadLetterResponse();
+    message.redelivered = object.redelivered?.map((e) => Redelivered.fromPartial(e)) || [];
+    message.skipped = object.skipped?.map((e) => SkippedDeadLetter.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.redeliveredCount = object.redeliveredCount ?? 0;
+    return message;
+  },
+};
+
+function createBaseRedelivered(): Redelivered {
+  return { deadLetterId: "", eventId: "", streamEntryId: "", webhookId: "" };
+}
+
+export const Redelivered: MessageFns<Redelivered> = {
+  encode(message: Redelivered, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deadLetterId !== "") {
+      writer.uint32(10).string(message.deadLetterId);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(18).string(message.eventId);
+    }
+    if (message.streamEntryId !== "") {
+      writer.uint32(26).string(message.streamEntryId);
+    }
+    if (message.webhookId !== "") {
+      writer.uint32(34).string(message.webhookId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Redelivered {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRedelivered();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deadLetterId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.streamEntryId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Redelivered {
+    return {
+      deadLetterId: isSet(object.deadLetterId)
+        ? globalThis.String(object.deadLetterId)
+        : isSet(object.dead_letter_id)
+        ? globalThis.String(object.dead_letter_id)
+        : "",
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      streamEntryId: isSet(object.streamEntryId)
+        ? globalThis.String(object.streamEntryId)
+        : isSet(object.stream_entry_id)
+        ? globalThis.String(object.stream_entry_id)
+        : "",
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+    };
+  },
+
+  toJSON(message: Redelivered): unknown {
+    const obj: any = {};
+    if (message.deadLetterId !== "") {
+      obj.deadLetterId = message.deadLetterId;
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.streamEntryId !== "") {
+      obj.streamEntryId = message.streamEntryId;
+    }
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Redelivered>): Redelivered {
+    return Redelivered.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Redelivered>): Redelivered {
+    const message = createBaseRedelivered();
+    message.deadLetterId = object.deadLetterId ?? "";
+    message.eventId = object.eventId ?? "";
+    message.streamEntryId = object.streamEntryId ?? "";
+    message.webhookId = object.webhookId ?? "";
+    return message;
+  },
+};
+
+function createBaseSkippedDeadLetter(): SkippedDeadLetter {
+  return { deadLetterId: "", reason: "" };
+}
+
+export const SkippedDeadLetter: MessageFns<SkippedDeadLetter> = {
+  encode(message: SkippedDeadLetter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deadLetterId !== "") {
+      writer.uint32(10).string(message.deadLetterId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SkippedDeadLetter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSkippedDeadLetter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deadLetterId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SkippedDeadLetter {
+    return {
+      deadLetterId: isSet(object.deadLetterId)
+        ? globalThis.String(object.deadLetterId)
+        : isSet(object.dead_letter_id)
+        ? globalThis.String(object.dead_letter_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: SkippedDeadLetter): unknown {
+    const obj: any = {};
+    if (message.deadLetterId !== "") {
+      obj.deadLetterId = message.deadLetterId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SkippedDeadLetter>): SkippedDeadLetter {
+    return SkippedDeadLetter.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SkippedDeadLetter>): SkippedDeadLetter {
+    const message = createBaseSkippedDeadLetter();
+    message.deadLetterId = object.deadLetterId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
 /** Deliveries: what happened to events. */
 export type DeliveryServiceDefinition = typeof DeliveryServiceDefinition;
 export const DeliveryServiceDefinition = {
@@ -1060,6 +1752,23 @@ export const DeliveryServiceDefinition = {
       requestType: ListDeadLettersRequest as typeof ListDeadLettersRequest,
       requestStream: false,
       responseType: ListDeadLettersResponse as typeof ListDeadLettersResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Sends dead letters again: one by id, or every one matching a filter (oldest first, at most
+     * `limit` per call). Each re-enters the pipeline as a new stream entry with the same event id,
+     * a fresh signature and attempt count 1, to its own webhook only (a dead letter rejected before
+     * routing goes to every webhook of its tenant that wants it), and the dead letter is removed in
+     * the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
+     * unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
+     * webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+     */
+    redeliverDeadLetter: {
+      name: "RedeliverDeadLetter",
+      requestType: RedeliverDeadLetterRequest as typeof RedeliverDeadLetterRequest,
+      requestStream: false,
+      responseType: RedeliverDeadLetterResponse as typeof RedeliverDeadLetterResponse,
       responseStream: false,
       options: {},
     },
@@ -1103,6 +1812,26 @@ export const DeliveryServiceService = {
       Buffer.from(ListDeadLettersResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListDeadLettersResponse => ListDeadLettersResponse.decode(value),
   },
+  /**
+   * Sends dead letters again: one by id, or every one matching a filter (oldest first, at most
+   * `limit` per call). Each re-enters the pipeline as a new stream entry with the same event id,
+   * a fresh signature and attempt count 1, to its own webhook only (a dead letter rejected before
+   * routing goes to every webhook of its tenant that wants it), and the dead letter is removed in
+   * the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
+   * unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
+   * webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+   */
+  redeliverDeadLetter: {
+    path: "/wss.v1.DeliveryService/RedeliverDeadLetter" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RedeliverDeadLetterRequest): Buffer =>
+      Buffer.from(RedeliverDeadLetterRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RedeliverDeadLetterRequest => RedeliverDeadLetterRequest.decode(value),
+    responseSerialize: (value: RedeliverDeadLetterResponse): Buffer =>
+      Buffer.from(RedeliverDeadLetterResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RedeliverDeadLetterResponse => RedeliverDeadLetterResponse.decode(value),
+  },
 } as const;
 
 export interface DeliveryServiceServer extends UntypedServiceImplementation {
@@ -1112,6 +1841,16 @@ export interface DeliveryServiceServer extends UntypedServiceImplementation {
   getDelivery: handleUnaryCall<GetDeliveryRequest, Delivery>;
   /** Lists dead letters, newest first, optionally of one tenant. */
   listDeadLetters: handleUnaryCall<ListDeadLettersRequest, ListDeadLettersResponse>;
+  /**
+   * Sends dead letters again: one by id, or every one matching a filter (oldest first, at most
+   * `limit` per call). Each re-enters the pipeline as a new stream entry with the same event id,
+   * a fresh signature and attempt count 1, to its own webhook only (a dead letter rejected before
+   * routing goes to every webhook of its tenant that wants it), and the dead letter is removed in
+   * the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
+   * unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
+   * webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+   */
+  redeliverDeadLetter: handleUnaryCall<RedeliverDeadLetterRequest, RedeliverDeadLetterResponse>;
 }
 
 export interface DeliveryServiceClient extends Client {
@@ -1162,6 +1901,30 @@ export interface DeliveryServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListDeadLettersResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends dead letters again: one by id, or every one matching a filter (oldest first, at most
+   * `limit` per call). Each re-enters the pipeline as a new stream entry with the same event id,
+   * a fresh signature and attempt count 1, to its own webhook only (a dead letter rejected before
+   * routing goes to every webhook of its tenant that wants it), and the dead letter is removed in
+   * the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
+   * unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
+   * webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+   */
+  redeliverDeadLetter(
+    request: RedeliverDeadLetterRequest,
+    callback: (error: ServiceError | null, response: RedeliverDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  redeliverDeadLetter(
+    request: RedeliverDeadLetterRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RedeliverDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  redeliverDeadLetter(
+    request: RedeliverDeadLetterRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RedeliverDeadLetterResponse) => void,
   ): ClientUnaryCall;
 }
 
