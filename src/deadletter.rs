@@ -34,6 +34,42 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (so `reason as usize` indexes it: `crate::metrics`
+    /// resolves one counter per reason up front).
+    pub const ALL: [Reason; 15] = [
+        Reason::MaxAttemptsExhausted,
+        Reason::Gone,
+        Reason::WebhookDeleted,
+        Reason::WebhookDisabled,
+        Reason::TenantDisabled,
+        Reason::UnknownTenant,
+        Reason::MissingField,
+        Reason::InvalidField,
+        Reason::DataNotJson,
+        Reason::TooLarge,
+        Reason::TooManyFields,
+        Reason::TooDeep,
+        Reason::EntryDeleted,
+        Reason::FilterError,
+        Reason::TransformError,
+    ];
+
+    /// Reasons a stream entry is rejected for before routing (`Completion::Rejected`).
+    pub fn is_entry_reason(self) -> bool {
+        matches!(
+            self,
+            Reason::TenantDisabled
+                | Reason::UnknownTenant
+                | Reason::MissingField
+                | Reason::InvalidField
+                | Reason::DataNotJson
+                | Reason::TooLarge
+                | Reason::TooManyFields
+                | Reason::TooDeep
+                | Reason::EntryDeleted
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MaxAttemptsExhausted => "max_attempts_exhausted",

@@ -184,6 +184,13 @@ impl Isolation {
     pub fn circuit(&self, webhook: &str) -> Circuit {
         self.endpoints.lock().get(webhook).map_or(Circuit::Closed, |e| e.circuit)
     }
+
+    /// Every webhook with state — failing, or with attempts out — as (id, circuit, attempts in
+    /// flight). A copy, taken about once a second for the metrics and the status page; healthy
+    /// idle webhooks are not in it (their circuit is closed, nothing is in flight).
+    pub fn snapshot(&self) -> Vec<(String, Circuit, usize)> {
+        self.endpoints.lock().iter().map(|(id, e)| (id.clone(), e.circuit, e.in_flight)).collect()
+    }
 }
 
 /// The webhook's state, created when missing (without allocating its key when present).

@@ -38,6 +38,8 @@ use crate::{
         store::{Keys, Store},
     },
     history::{self, DeliveryRecord, Retention, Status},
+    metrics::Metrics,
+    status::Health,
     redis_conn::RedisTarget,
     retry::next_delay,
 };
@@ -70,6 +72,11 @@ pub struct Outcomes {
     pub freed: Sender<String>,
     /// Source of jitter draws in [-1, 1]; injected so tests can fix it.
     pub draw: fn() -> f64,
+    /// Counted as completions are handled (before their batch is written: a crash before the
+    /// write repeats those deliveries, and counts them again).
+    pub metrics: Arc<Metrics>,
+    /// Per-webhook health for the status page.
+    pub health: Arc<Health>,
 }
 
 /// Redis writes owed by the completions handled since the last flush.
@@ -154,9 +161,13 @@ impl Outcomes {
                 if let Some(transition) = transition {
                     self.circuit_changed(&delivery.webhook_id, transition);
                 }
+                self.metrics.attempt(record.status, record.duration_ms as f64 / 1000.0);
+                let succeeded = verdict == Verdict::Delivered;
+                self.health.attempt(&delivery.webhook_id, succeeded, || attempt_error(&record), now_ms());
                 let policy = &route.policy;
                 match verdict {
                     Verdict::Delivered => {
+                        self.metrics.delivered.inc();
                         log::debug!(target: "wss::outcomes", "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
                             delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
                         push_attempt(&mut delivery.history, record);
@@ -176,6 +187,7 @@ impl Outcomes {
                         push_attempt(&mut delivery.history, record);
                         let due_ms = now_ms() + delay.as_millis() as u64;
                         batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
+                        self.metrics.retried.inc();
                         delivery.attempt += 1;
                         // A closed scheduler means shutdown: the entry stays pending in Redis.
                         let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
@@ -196,6 +208,9 @@ impl Outcomes {
             Completion::Rejected { ticket, rejection, raw_fields } => {
                 log::warn!(target: "wss::outcomes", "stream entry {} rejected ({}): {}; dead-lettered and acknowledged",
                     ticket.stream_id, rejection.reason.as_str(), rejection.detail);
+                self.metrics.bad_entry(rejection.reason);
+                self.metrics.dead_letter(rejection.reason);
+                self.health.dead_letter(&rejection.tenant, "");
                 let body = fields_as_json(&raw_fields);
                 batch.dead.push(DeadLetter {
                     reason: rejection.reason.as_str().into(),
@@ -211,7 +226,10 @@ impl Outcomes {
                 });
                 batch.acks.push(ticket.stream_id.clone());
             }
-            Completion::Unrouted { ticket } => batch.acks.push(ticket.stream_id.clone()),
+            Completion::Unrouted { ticket } => {
+                self.metrics.events_unrouted.inc();
+                batch.acks.push(ticket.stream_id.clone());
+            }
         }
     }
 
@@ -237,6 +255,9 @@ impl Outcomes {
     }
 
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
+        self.metrics.dead_lettered.inc();
+        self.metrics.dead_letter(reason);
+        self.health.dead_letter(&delivery.event.tenant, &delivery.webhook_id);
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.dead.push(DeadLetter {
             reason: reason.as_str().into(),
@@ -368,6 +389,16 @@ fn log_failure(delivery: &Delivery, record: &AttemptRecord, next: &str) {
     let what = if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
     log::warn!(target: "wss::outcomes", "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
         record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+}
+
+/// What the status page shows of a failed attempt: `HTTP 500 Internal Server Error`, or the
+/// error class and text when no answer came.
+fn attempt_error(record: &AttemptRecord) -> String {
+    if record.status != 0 {
+        record.error.clone()
+    } else {
+        format!("{}: {}", record.error_kind, record.error)
+    }
 }
 
 fn last_error(history: &[AttemptRecord]) -> String {

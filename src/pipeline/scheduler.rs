@@ -10,6 +10,7 @@
 use std::{cmp::Ordering, collections::BinaryHeap, time::Instant};
 
 use crossbeam_channel::{at, never, Receiver, Select, Sender};
+use prometheus::IntGauge;
 
 use super::{Delivery, Scheduled};
 
@@ -37,7 +38,8 @@ impl Ord for Waiting {
     }
 }
 
-pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver<()>) {
+/// `heap_size` (`wss_retry_heap_size`) is set as the heap changes: one atomic store.
+pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, heap_size: &IntGauge, shutdown: Receiver<()>) {
     let mut heap: BinaryHeap<Waiting> = BinaryHeap::new();
     let mut seq = 0u64;
     // A due delivery waiting for room in the signer's queue.
@@ -45,6 +47,7 @@ pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver
     loop {
         if ready.is_none() && heap.peek().is_some_and(|w| w.due <= Instant::now()) {
             ready = heap.pop().map(|w| w.delivery);
+            heap_size.set(heap.len() as i64);
         }
         let timer = match (&ready, heap.peek()) {
             (None, Some(next)) => at(next.due),
@@ -61,6 +64,7 @@ pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver
                 Ok(Scheduled { due, delivery }) => {
                     seq += 1;
                     heap.push(Waiting { due, seq, delivery });
+                    heap_size.set(heap.len() as i64);
                 }
                 Err(_) => return,
             },
@@ -110,7 +114,7 @@ mod tests {
         let (in_tx, in_rx) = bounded(16);
         let (out_tx, out_rx) = bounded(1);
         let (stop_tx, stop_rx) = bounded::<()>(0);
-        let worker = std::thread::spawn(move || run(in_rx, out_tx, stop_rx));
+        let worker = std::thread::spawn(move || run(in_rx, out_tx, &IntGauge::new("heap", "heap").unwrap(), stop_rx));
         let start = Instant::now();
         for (name, ms) in [("c", 60), ("a", 20), ("b", 40), ("now", 0)] {
             in_tx.send(Scheduled { due: start + Duration::from_millis(ms), delivery: delivery(name) }).unwrap();

@@ -44,6 +44,8 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
+    /// `wss_parked_deliveries`: up when a delivery is parked, down when it leaves.
+    pub parked: prometheus::IntGauge,
 }
 
 /// What the history says to do with a recovered delivery.
@@ -107,11 +109,15 @@ impl Signer {
             // Behind deliveries already parked for the same webhook: keep arrival order.
             if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
                 queue.push_back(delivery);
+                self.parked.inc();
                 continue;
             }
             match self.dispatch(delivery, &outputs) {
                 Ok(None) => {}
-                Ok(Some(over_cap)) => parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap),
+                Ok(Some(over_cap)) => {
+                    parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap);
+                    self.parked.inc();
+                }
                 Err(Stopped) => return,
             }
         }
@@ -121,8 +127,10 @@ impl Signer {
     fn release(&self, webhook: &str, parked: &mut HashMap<String, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
         let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
         while let Some(delivery) = queue.pop_front() {
+            self.parked.dec();
             if let Some(still_over) = self.dispatch(delivery, outputs)? {
                 queue.push_front(still_over);
+                self.parked.inc();
                 break;
             }
         }
