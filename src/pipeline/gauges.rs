@@ -4,7 +4,7 @@
 //! - Every [`TICK`]: the depth of every channel, the in-flight window, and the circuits of the
 //!   isolation state (copied into `crate::status::Health`, and into `wss_circuit_open{webhook}`,
 //!   whose series of webhooks that went back to healthy and idle, or were deleted, are removed).
-//! - Every [`POLL_REDIS`]: `XINFO GROUPS <prefix>events` for group `wss`'s `lag` (Redis ≥ 7; -1
+//! - Every [`POLL_REDIS`] (2 s): `XINFO GROUPS <prefix>events` for group `wss`'s `lag` (Redis ≥ 7; -1
 //!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, and `XLEN <prefix>deadletters`.
 //!   On its own connection with a short timeout; a failure leaves the last figures and is
 //!   logged at debug only (the stages that depend on Redis log outages).
@@ -22,7 +22,7 @@ use super::{isolation::{Circuit, Isolation}, InFlight};
 use crate::{domain::routing::RoutingHandle, metrics::Metrics, redis_conn::RedisTarget, status::Health};
 
 const TICK: Duration = Duration::from_secs(1);
-const POLL_REDIS: Duration = Duration::from_secs(5);
+const POLL_REDIS: Duration = Duration::from_secs(2);
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The channels whose depth is sampled, in the order of `crate::metrics::EDGES`.
