@@ -274,7 +274,8 @@ impl Service {
             ("WSS_SENDER_THREADS", "8".into()),
             ("WSS_READ_BLOCK", "200ms".into()),
             ("WSS_LOG_LEVEL", "debug".into()),
-            // The metrics listener is not under test; keep parallel services from colliding.
+            // A free port for /metrics and the status page (read back with `wait_for_metrics`), so
+            // that parallel services do not collide.
             ("WSS_METRICS_ADDR", "127.0.0.1:0".into()),
         ]
         .into_iter()
