@@ -346,6 +346,7 @@ impl Pipeline {
             batch: config.read_batch,
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
+            events_read: metrics.events_read.clone(),
         };
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
         spawn("wss-leases".into(), Box::new(move || leases.run(inbound_tx, done, stop)))?;
