@@ -1,7 +1,8 @@
 //! Prometheus `/metrics` and `/status.json` on `WSS_METRICS_ADDR` (issue 8): counters move as
 //! deliveries succeed, fail and retry, and dead-letter; a bad entry counts under its reason; the
 //! circuit gauge follows a failing webhook and goes when the webhook is deleted; the output is
-//! Prometheus text; the status data needs the admin token; a taken port stops the start.
+//! Prometheus text; the status data needs the admin token; a taken port, or a public one without
+//! a token, stops the start.
 
 mod common;
 
@@ -261,7 +262,7 @@ async fn the_status_data_needs_the_admin_token_and_the_metrics_do_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_taken_metrics_address_stops_the_start_naming_the_variable() {
+async fn a_taken_or_public_metrics_address_stops_the_start_naming_the_variable() {
     let ks = Keyspace::new("metrics_taken");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -271,6 +272,17 @@ async fn a_taken_metrics_address_stops_the_start_naming_the_variable() {
     let mut service = Service::spawn("metrics-taken", env);
     let line = service.wait_for_log("binding the metrics and status page listener", WAIT).await;
     assert!(line.contains("WSS_METRICS_ADDR") && line.contains(&addr), "{line}");
+    let status = wait_until(WAIT, "wss to exit", || service.try_wait().ok_or_else(|| "still running".to_owned())).await;
+    assert!(!status.success(), "{status:?}");
+
+    // A public address without an admin token is refused, as for the control plane.
+    let ks = Keyspace::new("metrics_public");
+    let mut env = Service::env(&ks, "metrics-public");
+    env.retain(|(k, _)| k != "WSS_METRICS_ADDR");
+    env.push(("WSS_METRICS_ADDR".into(), "0.0.0.0:0".into()));
+    let mut service = Service::spawn("metrics-public", env);
+    let line = service.wait_for_log("refusing to serve the status page on 0.0.0.0:0", WAIT).await;
+    assert!(line.contains("WSS_ADMIN_TOKEN") && line.contains("WSS_METRICS_ADDR"), "the refusal says what to do: {line}");
     let status = wait_until(WAIT, "wss to exit", || service.try_wait().ok_or_else(|| "still running".to_owned())).await;
     assert!(!status.success(), "{status:?}");
 
