@@ -36,7 +36,7 @@ use crate::{
     domain::routing::{Routing, RoutingHandle},
     http_server::{Request, Responder, Response, Server},
     metrics::{self, Metrics},
-    pipeline::isolation::Circuit,
+    pipeline::isolation::{Circuit, EndpointView},
 };
 
 /// The attempts window of the page's success rate: this many one-minute buckets.
@@ -71,6 +71,7 @@ struct WebhookHealth {
     dead_letters: u64,
     circuit: CircuitState,
     in_flight: usize,
+    parked: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -160,20 +161,23 @@ impl Health {
         }
     }
 
-    /// The circuits now (from the isolation state): webhooks not listed are closed and idle.
-    /// Webhooks that no longer exist in `routing` are forgotten.
-    pub fn set_circuits(&self, circuits: &[(String, Circuit, usize)], routing: &Routing) {
+    /// Circuits, attempts in flight and parked deliveries now (from the isolation state):
+    /// webhooks not listed are closed and idle. Webhooks that no longer exist in `routing` are
+    /// forgotten.
+    pub fn set_endpoints(&self, endpoints: &[EndpointView], routing: &Routing) {
         let mut state = self.state.lock();
         state.webhooks.retain(|id, _| routing.webhooks.contains_key(id));
         for health in state.webhooks.values_mut() {
             health.circuit = CircuitState::Closed;
             health.in_flight = 0;
+            health.parked = 0;
         }
-        for (id, circuit, in_flight) in circuits {
-            if routing.webhooks.contains_key(id) {
-                let health = state.webhook(id);
-                health.circuit = CircuitState::of(*circuit);
-                health.in_flight = *in_flight;
+        for endpoint in endpoints {
+            if routing.webhooks.contains_key(&endpoint.webhook) {
+                let health = state.webhook(&endpoint.webhook);
+                health.circuit = CircuitState::of(endpoint.circuit);
+                health.in_flight = endpoint.in_flight;
+                health.parked = endpoint.parked;
             }
         }
     }
@@ -237,6 +241,7 @@ pub fn status_json(routing: &Routing, health: &Health, metrics: &Metrics, instan
             "last_error": h.last_error,
             "circuit": h.circuit.as_str(),
             "in_flight": h.in_flight,
+            "parked": h.parked,
             "dead_letters": h.dead_letters,
             "failing": failing(h.circuit, h.last_success_ms, h.last_failure_ms, succeeded, failed, auto_disabled),
         });

@@ -233,6 +233,46 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_for_a_slow_webhook_show_as_parked() {
+    let ks = Keyspace::new("metrics_parked");
+    // One attempt at a time, each taking 3 s: the other two wait in the signer meanwhile.
+    let slow = Receiver::slow(std::time::Duration::from_secs(3));
+    let service = Service::start(&ks, "metrics-parked", &[("WSS_WEBHOOK_CONCURRENCY", "1")]).await;
+    let addr = service.wait_for_metrics().await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    let hook = grpc.create_webhook("acme", &slow.url(), |_| {}).await;
+    for n in 0..3 {
+        ks.publish("acme", "t", &format!("{{\"n\":{n}}}"));
+    }
+    wait_until(WAIT, "two deliveries parked and one in flight, in the metrics and the status data", || {
+        let (samples, _) = scrape(addr)?;
+        let (_, _, body) = http_get(addr, "/status.json", None)?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let row = json["tenants"][0]["webhooks"][0].clone();
+        let seen = (value(&samples, "wss_parked_deliveries"), row["webhook_id"].as_str() == Some(&hook.webhook_id), row["in_flight"].as_u64(), row["parked"].as_u64());
+        if seen == (2.0, true, Some(1), Some(2)) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}: {row}"))
+        }
+    })
+    .await;
+    slow.wait_for_requests(3, "all three delivered", Recorded::delivered).await;
+    wait_until(WAIT, "nothing parked any more", || {
+        let (samples, _) = scrape(addr)?;
+        let (_, _, body) = http_get(addr, "/status.json", None)?;
+        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let row = &json["tenants"][0]["webhooks"][0];
+        match (value(&samples, "wss_parked_deliveries"), row["parked"].as_u64()) {
+            (0.0, Some(0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_data_needs_the_admin_token_and_the_metrics_do_not() {
     const TOKEN: &str = "admin-token-for-the-status-page-0123";
     let ks = Keyspace::new("status_auth");

@@ -67,14 +67,14 @@ impl Gauges {
 
     fn circuits(&self, open_series: &mut HashSet<String>) {
         let routing = self.routing.current();
-        let mut circuits = self.isolation.snapshot();
-        circuits.retain(|(id, _, _)| routing.webhooks.contains_key(id));
-        self.health.set_circuits(&circuits, &routing);
-        let mut now: HashSet<String> = HashSet::with_capacity(circuits.len());
-        for (id, circuit, _) in circuits {
-            let open = !matches!(circuit, Circuit::Closed);
-            self.metrics.circuit_open.with_label_values(&[id.as_str()]).set(i64::from(open));
-            now.insert(id);
+        let mut endpoints = self.isolation.snapshot();
+        endpoints.retain(|e| routing.webhooks.contains_key(&e.webhook));
+        self.health.set_endpoints(&endpoints, &routing);
+        let mut now: HashSet<String> = HashSet::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let open = !matches!(endpoint.circuit, Circuit::Closed);
+            self.metrics.circuit_open.with_label_values(&[endpoint.webhook.as_str()]).set(i64::from(open));
+            now.insert(endpoint.webhook);
         }
         for gone in open_series.difference(&now) {
             let _ = self.metrics.circuit_open.remove_label_values(&[gone.as_str()]);

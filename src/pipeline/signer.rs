@@ -108,6 +108,7 @@ impl Signer {
             };
             // Behind deliveries already parked for the same webhook: keep arrival order.
             if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
+                self.isolation.set_waiting(&delivery.webhook_id, queue.len() + 1);
                 queue.push_back(delivery);
                 self.parked.inc();
                 continue;
@@ -115,6 +116,7 @@ impl Signer {
             match self.dispatch(delivery, &outputs) {
                 Ok(None) => {}
                 Ok(Some(over_cap)) => {
+                    self.isolation.set_waiting(&over_cap.webhook_id, 1);
                     parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap);
                     self.parked.inc();
                 }
@@ -134,6 +136,7 @@ impl Signer {
                 break;
             }
         }
+        self.isolation.set_waiting(webhook, queue.len());
         if queue.is_empty() {
             parked.remove(webhook);
         }
