@@ -27,6 +27,7 @@ const KEYS: &[Key] = &[
     Key { name: "redis_url", default: Some("redis://127.0.0.1:6379") },
     Key { name: "key_prefix", default: Some("wss:") },
     Key { name: "grpc_addr", default: Some("127.0.0.1:50051") },
+    Key { name: "metrics_addr", default: Some("127.0.0.1:9464") },
     Key { name: "admin_token", default: None },
     Key { name: "admin_token_file", default: None },
     Key { name: "allow_private_targets", default: Some("false") },
@@ -81,6 +82,9 @@ pub struct Config {
     pub key_prefix: String,
     /// Control-plane listener.
     pub grpc_addr: SocketAddr,
+    /// Prometheus `/metrics` and the status page (`crate::status`); `None` (`off` or empty):
+    /// not served.
+    pub metrics_addr: Option<SocketAddr>,
     /// Bearer token required on control-plane calls; `None`: no auth, loopback only.
     pub admin_token: Option<String>,
     /// Allow webhook targets that resolve to loopback/private addresses.
@@ -139,6 +143,7 @@ impl fmt::Debug for Config {
             .field("redis_url", &crate::redis_conn::redact_url(&self.redis_url))
             .field("key_prefix", &self.key_prefix)
             .field("grpc_addr", &self.grpc_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("allow_private_targets", &self.allow_private_targets)
             .field("allow_http", &self.allow_http)
@@ -298,6 +303,10 @@ impl Layers {
             redis_url: p.string("redis_url"),
             key_prefix: p.string("key_prefix"),
             grpc_addr: p.parse("grpc_addr", "a socket address like 127.0.0.1:50051").unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
+            metrics_addr: match p.string("metrics_addr").trim() {
+                "" | "off" => None,
+                _ => p.parse("metrics_addr", "a socket address like 127.0.0.1:9464, or off"),
+            },
             admin_token,
             allow_private_targets: p.boolean("allow_private_targets"),
             allow_http: p.boolean("allow_http"),
@@ -559,8 +568,21 @@ mod tests {
         assert_eq!(c.redis_url, "redis://127.0.0.1:6379");
         assert_eq!(c.key_prefix, "wss:");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.metrics_addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:9464"));
         assert!(!c.allow_http && !c.allow_private_targets && c.admin_token.is_none());
         assert!(c.consumer.ends_with(&format!("-{}", std::process::id())));
+    }
+
+    #[test]
+    fn the_metrics_listener_can_be_turned_off_and_a_bad_address_names_its_variable() {
+        for off in ["off", ""] {
+            let c = Layers::new().environment(env(&[("WSS_METRICS_ADDR", off)])).build().unwrap();
+            assert_eq!(c.metrics_addr, None, "{off:?}");
+        }
+        let c = Layers::new().flag("metrics_addr", Some("0.0.0.0:9000".into())).build().unwrap();
+        assert_eq!(c.metrics_addr, Some(([0, 0, 0, 0], 9000).into()));
+        let err = Layers::new().environment(env(&[("WSS_METRICS_ADDR", "localhost")])).build().err().unwrap().to_string();
+        assert!(err.contains("WSS_METRICS_ADDR (environment) = \"localhost\"") && err.contains("or off"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (so `reason as usize` indexes it: `crate::metrics`
+    /// resolves one counter per reason up front).
     pub const ALL: [Reason; 15] = [
         Reason::MaxAttemptsExhausted,
         Reason::Gone,
@@ -71,6 +73,22 @@ impl Reason {
     /// The reason of its string form, if it is one.
     pub fn parse(text: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Reasons a stream entry is rejected for before routing (`Completion::Rejected`).
+    pub fn is_entry_reason(self) -> bool {
+        matches!(
+            self,
+            Reason::TenantDisabled
+                | Reason::UnknownTenant
+                | Reason::MissingField
+                | Reason::InvalidField
+                | Reason::DataNotJson
+                | Reason::TooLarge
+                | Reason::TooManyFields
+                | Reason::TooDeep
+                | Reason::EntryDeleted
+        )
     }
 
     pub fn as_str(self) -> &'static str {

@@ -16,12 +16,14 @@ pub mod history;
 pub mod http;
 pub mod http_server;
 pub mod logging;
+pub mod metrics;
 pub mod pipeline;
 pub mod retry;
 pub mod receive;
 pub mod redis_conn;
 pub mod signature;
 pub mod stats;
+pub mod status;
 pub mod streams;
 
 pub mod proto {

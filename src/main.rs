@@ -21,10 +21,12 @@ use wss::{
     config::{Config, Layers},
     domain::{routing::RoutingHandle, store::{Keys, Store}},
     grpc::{self, ControlPlane},
+    metrics::Metrics,
     pipeline::{self, Deps, Pipeline},
     receive::{self, ReceiveOptions},
     redis_conn::RedisTarget,
     signature,
+    status::{self, Health},
 };
 
 #[derive(Parser)]
@@ -145,6 +147,9 @@ struct ServeArgs {
     /// Control-plane address [env: WSS_GRPC_ADDR] (default 127.0.0.1:50051).
     #[arg(long)]
     grpc_addr: Option<String>,
+    /// Prometheus /metrics and the status page [env: WSS_METRICS_ADDR] (default 127.0.0.1:9464; off: none).
+    #[arg(long)]
+    metrics_addr: Option<String>,
     /// Consumer name in group `wss` [env: WSS_CONSUMER] (default <hostname>-<pid>).
     #[arg(long)]
     consumer: Option<String>,
@@ -309,6 +314,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         .flag("redis_url", args.redis_url.clone())
         .flag("key_prefix", args.key_prefix.clone())
         .flag("grpc_addr", args.grpc_addr.clone())
+        .flag("metrics_addr", args.metrics_addr.clone())
         .flag("consumer", args.consumer.clone())
         .flag("sender_threads", args.sender_threads.clone())
         .flag("log_format", args.log_format.clone());
@@ -337,12 +343,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             );
         }
         log::warn!(target: "wss", "no WSS_ADMIN_TOKEN set: the control plane accepts every call from this machine (loopback only)");
+        // The status page shows every tenant's health: the same rule as the control plane.
+        if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
+            anyhow::bail!(
+                "refusing to serve the status page on {addr} (WSS_METRICS_ADDR) without a token: set WSS_ADMIN_TOKEN (or admin_token_file), bind to 127.0.0.1, or set WSS_METRICS_ADDR=off"
+            );
+        }
     }
 
     let redis = RedisTarget::new(&config.redis_url).context("opening the Redis client")?;
     let keys = Keys::new(&config.key_prefix);
     let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()));
     let routing = Arc::new(RoutingHandle::default());
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    redis.count_outages(metrics.redis_outages.clone());
     match &config.encryption_key {
         Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
         None => log::info!(target: "wss", "no WSS_ENCRYPTION_KEY: webhook secrets are stored in Redis in clear"),
@@ -361,6 +376,30 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the control plane to {} (WSS_GRPC_ADDR); is another wss running?", config.grpc_addr))?;
     listener.set_nonblocking(true)?;
     let grpc_addr = listener.local_addr()?;
+
+    // Bound before anything starts, so that a taken port is a start-up error; it serves
+    // metrics at once, and the page's data as soon as the configuration is loaded.
+    let _ops_listener = match config.metrics_addr {
+        None => {
+            log::info!(target: "wss", "WSS_METRICS_ADDR=off: no /metrics and no status page");
+            None
+        }
+        Some(addr) => {
+            let sources = status::Sources {
+                metrics: metrics.clone(),
+                health: health.clone(),
+                routing: routing.clone(),
+                admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
+                instance: config.consumer.clone(),
+            };
+            let server = status::serve(addr, sources).with_context(|| {
+                format!("binding the metrics and status page listener to {addr} (WSS_METRICS_ADDR); is another wss running? Pick a free address, or set WSS_METRICS_ADDR=off")
+            })?;
+            let bound = server.local_addr();
+            log::info!(target: "wss", "metrics listening on {bound} (Prometheus /metrics; status page http://{bound}/)");
+            Some(server)
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -439,7 +478,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let grace = config.shutdown_grace;
-    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone() })
+    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics, health })
         .context("starting the pipeline threads")?;
     log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
 

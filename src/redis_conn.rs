@@ -9,7 +9,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -29,6 +29,8 @@ pub struct RedisTarget {
 struct Outage {
     down: AtomicBool,
     since: Mutex<Option<Instant>>,
+    /// `wss_redis_outages_total`, once `serve` set it.
+    counter: OnceLock<prometheus::IntCounter>,
 }
 
 impl RedisTarget {
@@ -38,6 +40,12 @@ impl RedisTarget {
             display_url: redact_url(url).into(),
             outage: Arc::default(),
         })
+    }
+
+    /// Counts every outage (logged once, however many threads notice it) on `counter`; shared by
+    /// every clone of this target.
+    pub fn count_outages(&self, counter: prometheus::IntCounter) {
+        let _ = self.outage.counter.set(counter);
     }
 
     /// The URL with any password replaced by `***`, fit for logs and error messages.
@@ -89,6 +97,9 @@ impl RedisTarget {
     fn note_down(&self, err: &RedisError) {
         if !self.outage.down.swap(true, Ordering::SeqCst) {
             *self.outage.since.lock() = Some(Instant::now());
+            if let Some(counter) = self.outage.counter.get() {
+                counter.inc();
+            }
             log::error!(
                 target: "wss::redis",
                 "Redis at {} is unreachable ({err}). Start one (e.g. `redis-server --port 6379`) or point WSS_REDIS_URL at one; retrying in the background",

@@ -63,6 +63,7 @@ impl Service {
         cmd.env("WSS_REDIS_URL", redis_url)
             .env("WSS_KEY_PREFIX", prefix)
             .env("WSS_GRPC_ADDR", "127.0.0.1:0")
+            .env("WSS_METRICS_ADDR", "127.0.0.1:0")
             .env("WSS_CONSUMER", consumer)
             .env("WSS_ALLOW_PRIVATE_TARGETS", "true")
             .env("WSS_ALLOW_HTTP", "true");

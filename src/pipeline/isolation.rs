@@ -62,11 +62,13 @@ struct Endpoint {
     failing_since: Option<Instant>,
     /// A delivery was parked since the last attempt ended: the next end must wake the signer.
     parked: bool,
+    /// Deliveries the signer holds for this webhook now (reported by it, for the status page).
+    waiting: usize,
 }
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false }
+        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false, waiting: 0 }
     }
 }
 
@@ -123,7 +125,18 @@ pub struct CircuitChange {
 pub struct Live {
     /// Attempts on the wire now.
     pub in_flight: usize,
+    /// Deliveries the signer holds back (over the cap, or behind a half-open probe).
+    pub parked: usize,
     pub circuit: Circuit,
+}
+
+/// One webhook's state in [`Isolation::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointView {
+    pub webhook: String,
+    pub circuit: Circuit,
+    pub in_flight: usize,
+    pub parked: usize,
 }
 
 pub struct Isolation {
@@ -158,13 +171,13 @@ impl Isolation {
         std::mem::take(&mut *self.changes.lock())
     }
 
-    /// `webhook`'s attempts in flight and circuit on this instance (none and closed when it has
+    /// `webhook`'s attempts in flight, parked deliveries and circuit on this instance (none and closed when it has
     /// nothing to remember).
     pub fn live(&self, webhook: &str) -> Live {
         self.endpoints
             .lock()
             .get(webhook)
-            .map_or(Live { in_flight: 0, circuit: Circuit::Closed }, |e| Live { in_flight: e.in_flight, circuit: e.circuit })
+            .map_or(Live { in_flight: 0, parked: 0, circuit: Circuit::Closed }, |e| Live { in_flight: e.in_flight, parked: e.waiting, circuit: e.circuit })
     }
 
     fn gate(settings: &Settings, endpoint: &mut Endpoint, now: Instant) -> Gate {
@@ -220,7 +233,7 @@ impl Isolation {
             endpoint.failing_since = None;
             let was_open = endpoint.circuit != Circuit::Closed;
             endpoint.circuit = Circuit::Closed;
-            let idle = endpoint.in_flight == 0;
+            let idle = endpoint.in_flight == 0 && endpoint.waiting == 0;
             if idle {
                 endpoints.remove(webhook); // nothing to remember about a healthy idle endpoint
             }
@@ -255,6 +268,31 @@ impl Isolation {
     pub fn circuit(&self, webhook: &str) -> Circuit {
         self.endpoints.lock().get(webhook).map_or(Circuit::Closed, |e| e.circuit)
     }
+
+    /// The signer holds `waiting` deliveries of `webhook` (it parked or released some). Only
+    /// for what [`Isolation::snapshot`] shows: parking is the signer's.
+    pub fn set_waiting(&self, webhook: &str, waiting: usize) {
+        let mut endpoints = self.endpoints.lock();
+        if waiting > 0 {
+            entry(&mut endpoints, webhook).waiting = waiting;
+        } else if let Some(endpoint) = endpoints.get_mut(webhook) {
+            endpoint.waiting = 0;
+            if endpoint.in_flight == 0 && endpoint.failures == 0 && endpoint.circuit == Circuit::Closed {
+                endpoints.remove(webhook); // healthy and idle: nothing to remember
+            }
+        }
+    }
+
+    /// Every webhook with state — failing, with attempts out or deliveries parked — as (id,
+    /// circuit, attempts in flight, deliveries parked). A copy, taken about once a second for
+    /// the metrics and the status page; healthy idle webhooks are not in it.
+    pub fn snapshot(&self) -> Vec<EndpointView> {
+        let endpoints = self.endpoints.lock();
+        endpoints
+            .iter()
+            .map(|(id, e)| EndpointView { webhook: id.clone(), circuit: e.circuit, in_flight: e.in_flight, parked: e.waiting })
+            .collect()
+    }
 }
 
 /// The webhook's state, created when missing (without allocating its key when present).
@@ -271,6 +309,22 @@ mod tests {
 
     fn isolation() -> Isolation {
         Isolation::new(Settings { max_in_flight: 2, failures_to_open: 3, cooldown: Duration::from_secs(30), auto_disable_after: None })
+    }
+
+    #[test]
+    fn the_snapshot_shows_parked_deliveries_and_forgets_healthy_idle_webhooks() {
+        let iso = isolation();
+        let now = Instant::now();
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        iso.set_waiting("a", 3);
+        let view = |iso: &Isolation| iso.snapshot().into_iter().map(|e| (e.webhook, e.in_flight, e.parked)).collect::<Vec<_>>();
+        assert_eq!(view(&iso), [("a".to_owned(), 1, 3)]);
+        iso.finish("a", true, now);
+        assert_eq!(view(&iso), [("a".to_owned(), 0, 3)], "kept while deliveries wait");
+        iso.set_waiting("a", 0);
+        assert!(iso.snapshot().is_empty(), "healthy and idle");
+        iso.set_waiting("b", 0);
+        assert!(iso.snapshot().is_empty(), "reporting nothing waiting creates nothing");
     }
 
     #[test]
@@ -323,7 +377,7 @@ mod tests {
             assert_eq!(iso.admit("a", t0), Gate::Go);
             iso.finish("a", false, t0);
         }
-        assert_eq!(iso.live("a"), Live { in_flight: 0, circuit: Circuit::Open { until: t0 + Duration::from_secs(30), cooldown: Duration::from_secs(30) } });
+        assert_eq!(iso.live("a"), Live { in_flight: 0, parked: 0, circuit: Circuit::Open { until: t0 + Duration::from_secs(30), cooldown: Duration::from_secs(30) } });
         let t1 = t0 + Duration::from_secs(31);
         assert_eq!(iso.admit("a", t1), Gate::Go, "the probe");
         assert_eq!(iso.admit("a", t1), Gate::Park);
@@ -341,7 +395,7 @@ mod tests {
             ]
         );
         assert!(iso.take_changes().is_empty(), "taken once");
-        assert_eq!(iso.live("unknown"), Live { in_flight: 0, circuit: Circuit::Closed });
+        assert_eq!(iso.live("unknown"), Live { in_flight: 0, parked: 0, circuit: Circuit::Closed });
     }
 
     #[test]

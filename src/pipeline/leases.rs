@@ -47,6 +47,8 @@ pub struct Leases {
     pub batch: usize,
     pub max_event_bytes: usize,
     pub in_flight: Arc<InFlight>,
+    /// `wss_events_read_total`: claimed entries are read again.
+    pub events_read: prometheus::IntCounter,
 }
 
 impl Leases {
@@ -65,6 +67,7 @@ impl Leases {
             let Some(con) = conn.as_mut() else { continue };
             match self.renew_and_claim(con, &renew) {
                 Ok(claimed) => {
+                    self.events_read.inc_by(claimed.len() as u64);
                     for entry in claimed {
                         match self.in_flight.try_admit(&entry.id) {
                             Admission::Admitted => {}

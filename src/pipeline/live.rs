@@ -7,10 +7,10 @@
 //! `crate::stats` are cluster-wide. The view is an `Arc` shared by the pipeline, which updates
 //! it, and the control plane, which reads it: `main` builds it before either starts.
 //!
-//! The signer and the scheduler adjust a per-webhook count when a delivery is parked or released,
-//! scheduled or due — one short lock on those paths, none on the common path of a delivery
-//! that goes straight out. A webhook's entry is removed when both its counts are back to zero,
-//! so the map holds only webhooks with something waiting.
+//! The scheduler adjusts a per-webhook count when a retry is scheduled or due — one short lock
+//! on that path, none on the common path of a delivery that goes straight out — and a webhook's
+//! entry is removed when its count is back to zero. Parked deliveries are counted by the signer
+//! in [`Isolation`] (`set_waiting`), which the status page reads too.
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
@@ -38,7 +38,8 @@ pub struct LiveStats {
 
 pub struct LiveView {
     isolation: Arc<Isolation>,
-    waiting: Mutex<HashMap<String, Waiting>>,
+    /// Retries waiting in the scheduler's heap, per webhook with at least one.
+    retries: Mutex<HashMap<String, u64>>,
     /// This instance's name (its consumer name), said with the figures it answers.
     instance: String,
 }
@@ -46,7 +47,7 @@ pub struct LiveView {
 impl LiveView {
     /// The view and the isolation state it reads, which the pipeline shares.
     pub fn new(settings: Settings, instance: String) -> Self {
-        Self { isolation: Arc::new(Isolation::new(settings)), waiting: Mutex::new(HashMap::new()), instance }
+        Self { isolation: Arc::new(Isolation::new(settings)), retries: Mutex::new(HashMap::new()), instance }
     }
 
     pub fn isolation(&self) -> &Arc<Isolation> {
@@ -57,37 +58,27 @@ impl LiveView {
         &self.instance
     }
 
-    /// `delta` deliveries of `webhook` were parked (positive) or released (negative).
-    pub fn parked(&self, webhook: &str, delta: i64) {
-        self.adjust(webhook, |w| &mut w.parked, delta);
-    }
-
     /// `delta` deliveries of `webhook` entered (positive) or left (negative) the retry heap.
     pub fn retries(&self, webhook: &str, delta: i64) {
-        self.adjust(webhook, |w| &mut w.retries, delta);
-    }
-
-    fn adjust(&self, webhook: &str, field: fn(&mut Waiting) -> &mut u64, delta: i64) {
         if delta == 0 {
             return;
         }
-        let mut waiting = self.waiting.lock();
-        if !waiting.contains_key(webhook) {
-            waiting.insert(webhook.to_owned(), Waiting::default());
+        let mut retries = self.retries.lock();
+        if !retries.contains_key(webhook) {
+            retries.insert(webhook.to_owned(), 0);
         }
-        let counts = waiting.get_mut(webhook).expect("just inserted");
-        let count = field(counts);
+        let count = retries.get_mut(webhook).expect("just inserted");
         *count = count.saturating_add_signed(delta);
-        if *counts == Waiting::default() {
-            waiting.remove(webhook);
+        if *count == 0 {
+            retries.remove(webhook);
         }
     }
 
     /// `webhook` on this instance now (zeros and a closed circuit when it has nothing here).
     pub fn of(&self, webhook: &str) -> LiveStats {
         let live = self.isolation.live(webhook);
-        let waiting = self.waiting.lock().get(webhook).copied().unwrap_or_default();
-        LiveStats { in_flight: live.in_flight, waiting, circuit: live.circuit }
+        let retries = self.retries.lock().get(webhook).copied().unwrap_or_default();
+        LiveStats { in_flight: live.in_flight, waiting: Waiting { parked: live.parked as u64, retries }, circuit: live.circuit }
     }
 }
 
@@ -120,15 +111,15 @@ mod tests {
     #[test]
     fn counts_follow_the_pipeline_and_empty_entries_go() {
         let view = view();
-        view.parked("a", 2);
         view.retries("a", 3);
         view.retries("b", 1);
+        view.isolation().set_waiting("a", 2);
         assert_eq!(view.of("a").waiting, Waiting { parked: 2, retries: 3 });
-        view.parked("a", -2);
+        view.isolation().set_waiting("a", 0);
         view.retries("a", -3);
         assert_eq!(view.of("a").waiting, Waiting::default());
-        assert!(!view.waiting.lock().contains_key("a"), "nothing waits: no entry");
-        assert_eq!(view.waiting.lock().len(), 1);
+        assert!(!view.retries.lock().contains_key("a"), "nothing waits: no entry");
+        assert_eq!(view.retries.lock().len(), 1);
         view.retries("c", -1);
         assert_eq!(view.of("c").waiting, Waiting::default(), "never below zero");
     }

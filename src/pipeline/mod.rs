@@ -25,12 +25,17 @@
 //! is kept up to date in a [`live::LiveView`] that `main` builds and shares with the control
 //! plane, for `GetWebhookStats`.
 //!
+//! A `wss-gauges` thread samples channel depths, the window, circuits and the stream's lag for
+//! `/metrics` and the status page ([`gauges`]); the stages count what happens in
+//! `crate::metrics::Metrics`, on counters resolved once at start.
+//!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
 //! at hand, and the outcome stage drains what they report before it exits. Whatever was not
 //! finished stays pending in the consumer group and is read again on the next start.
 
 pub mod event;
+mod gauges;
 pub mod isolation;
 mod leases;
 pub mod live;
@@ -56,6 +61,8 @@ use parking_lot::Mutex;
 
 use crate::{
     config::Config,
+    metrics::Metrics,
+    status::Health,
     deadletter::{AttemptRecord, Reason},
     domain::{
         routing::{Route, RoutingHandle},
@@ -275,6 +282,9 @@ pub struct Deps {
     pub routing: Arc<RoutingHandle>,
     /// Built with [`live_view`]; the pipeline keeps it up to date.
     pub live: Arc<live::LiveView>,
+    pub metrics: Arc<Metrics>,
+    /// Per-webhook health for the status page.
+    pub health: Arc<Health>,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -302,7 +312,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics, health } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -311,6 +321,21 @@ impl Pipeline {
         let (done_tx, done_rx) = bounded::<Completion>(STAGE_QUEUE * 4);
         let (retry_tx, retry_rx) = bounded::<Scheduled>(STAGE_QUEUE);
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
+        metrics.in_flight_limit.set(config.max_in_flight as i64);
+        // Receiving ends kept only to read their depth; the gauges thread drops them on shutdown.
+        let depths = {
+            let (a, b, c, d, e, f) = (inbound_rx.clone(), fresh_rx.clone(), due_rx.clone(), signed_rx.clone(), done_rx.clone(), retry_rx.clone());
+            let depths: Vec<Box<dyn Fn() -> usize + Send>> = vec![
+                Box::new(move || a.len()),
+                Box::new(move || b.len()),
+                Box::new(move || c.len()),
+                Box::new(move || d.len()),
+                Box::new(move || e.len()),
+                Box::new(move || f.len()),
+            ];
+            debug_assert_eq!(depths.len(), crate::metrics::EDGES.len());
+            gauges::Depths(depths)
+        };
         let agent = crate::http::agent_for(&config);
 
         let mut threads = Vec::new();
@@ -327,6 +352,7 @@ impl Pipeline {
             block: config.read_block,
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
+            events_read: metrics.events_read.clone(),
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
@@ -339,6 +365,7 @@ impl Pipeline {
             batch: config.read_batch,
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
+            events_read: metrics.events_read.clone(),
         };
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
         spawn("wss-leases".into(), Box::new(move || leases.run(inbound_tx, done, stop)))?;
@@ -356,7 +383,7 @@ impl Pipeline {
             isolation: isolation.clone(),
             redis: redis.clone(),
             keys: keys.clone(),
-            live: live.clone(),
+            parked: metrics.parked.clone(),
         };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone(), later: retry_tx.clone() };
         let stop = shutdown_rx.clone();
@@ -371,7 +398,8 @@ impl Pipeline {
         drop(done_tx);
 
         let (stop, view) = (shutdown_rx.clone(), live.clone());
-        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due_tx, stop, &view)))?;
+        let heap_size = metrics.retry_heap_size.clone();
+        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due_tx, &heap_size, stop, &view)))?;
 
         let outcomes = outcomes::Outcomes {
             redis: redis.clone(),
@@ -383,11 +411,27 @@ impl Pipeline {
             in_flight: in_flight.clone(),
             freed: freed_tx,
             draw: crate::retry::random_draw,
-            isolation,
+            isolation: isolation.clone(),
             instance: config.consumer.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
         };
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, retry_tx, stop)))?;
+
+        let gauges = gauges::Gauges {
+            metrics,
+            health,
+            isolation,
+            in_flight: in_flight.clone(),
+            routing: routing.clone(),
+            redis: redis.clone(),
+            events: keys.events.clone(),
+            dead_letters: keys.dead_letters.clone(),
+            depths,
+        };
+        let stop = shutdown_rx.clone();
+        spawn("wss-gauges".into(), Box::new(move || gauges.run(stop)))?;
 
         let (r, s, stop) = (routing, store, shutdown_rx);
         spawn(

@@ -44,6 +44,8 @@ use crate::{
         store::{Keys, Store},
     },
     history::{self, DeliveryRecord, Retention, Status},
+    metrics::Metrics,
+    status::Health,
     redis_conn::RedisTarget,
     retry::next_delay,
     stats::{self, CircuitRecord, Tally, Trims},
@@ -81,6 +83,11 @@ pub struct Outcomes {
     pub isolation: Arc<Isolation>,
     /// This instance's name (its consumer name), recorded with the circuit changes it saw.
     pub instance: String,
+    /// Counted as completions are handled (before their batch is written: a crash before the
+    /// write repeats those deliveries, and counts them again).
+    pub metrics: Arc<Metrics>,
+    /// Per-webhook health for the status page.
+    pub health: Arc<Health>,
 }
 
 /// Redis writes owed by the completions handled since the last flush.
@@ -179,9 +186,13 @@ impl Outcomes {
                     self.circuit_changed(&delivery.webhook_id, transition);
                 }
                 batch.stats.attempt(&delivery.webhook_id, &record, verdict == Verdict::Delivered);
+                self.metrics.attempt(record.status, record.duration_ms as f64 / 1000.0);
+                let succeeded = verdict == Verdict::Delivered;
+                self.health.attempt(&delivery.webhook_id, succeeded, || attempt_error(&record), now_ms());
                 let policy = &route.policy;
                 match verdict {
                     Verdict::Delivered => {
+                        self.metrics.delivered.inc();
                         log::debug!(target: "wss::outcomes",
                             tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
                             attempt = record.attempt, outcome = "delivered", status = record.status;
@@ -204,6 +215,7 @@ impl Outcomes {
                         push_attempt(&mut delivery.history, record);
                         let due_ms = now_ms() + delay.as_millis() as u64;
                         batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
+                        self.metrics.retried.inc();
                         delivery.attempt += 1;
                         // A closed scheduler means shutdown: the entry stays pending in Redis.
                         let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
@@ -230,6 +242,9 @@ impl Outcomes {
                     tenant = rejection.tenant.as_str(), event_id = rejection.event_id.as_str(), outcome = "rejected", reason = rejection.reason.as_str();
                     "stream entry {} rejected ({}): {}; dead-lettered and acknowledged",
                     ticket.stream_id, rejection.reason.as_str(), rejection.detail);
+                self.metrics.bad_entry(rejection.reason);
+                self.metrics.dead_letter(rejection.reason);
+                self.health.dead_letter(&rejection.tenant, "");
                 let body = fields_as_json(&raw_fields);
                 batch.dead.push(DeadLetter {
                     reason: rejection.reason.as_str().into(),
@@ -245,7 +260,10 @@ impl Outcomes {
                 });
                 batch.acks.push(ticket.stream_id.clone());
             }
-            Completion::Unrouted { ticket } => batch.acks.push(ticket.stream_id.clone()),
+            Completion::Unrouted { ticket } => {
+                self.metrics.events_unrouted.inc();
+                batch.acks.push(ticket.stream_id.clone());
+            }
         }
     }
 
@@ -271,6 +289,9 @@ impl Outcomes {
     }
 
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
+        self.metrics.dead_lettered.inc();
+        self.metrics.dead_letter(reason);
+        self.health.dead_letter(&delivery.event.tenant, &delivery.webhook_id);
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.stats.dead_letter(&delivery.webhook_id, now_ms());
         batch.dead.push(DeadLetter {
@@ -434,6 +455,16 @@ fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next:
         attempt = record.attempt, outcome = outcome, status = record.status, error = error;
         "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
         record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+}
+
+/// What the status page shows of a failed attempt: `HTTP 500 Internal Server Error`, or the
+/// error class and text when no answer came.
+fn attempt_error(record: &AttemptRecord) -> String {
+    if record.status != 0 {
+        record.error.clone()
+    } else {
+        format!("{}: {}", record.error_kind, record.error)
+    }
 }
 
 fn last_error(history: &[AttemptRecord]) -> String {

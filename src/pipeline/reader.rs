@@ -37,6 +37,8 @@ pub struct Reader {
     pub block: Duration,
     pub max_event_bytes: usize,
     pub in_flight: Arc<InFlight>,
+    /// `wss_events_read_total`.
+    pub events_read: prometheus::IntCounter,
 }
 
 /// Where the next read starts: this consumer's pending entries after an id, or new ones.
@@ -78,6 +80,7 @@ impl Reader {
                     continue;
                 }
             };
+            self.events_read.inc_by(entries.len() as u64);
             if let Cursor::Pending(_) = cursor {
                 cursor = match entries.last() {
                     Some(last) => Cursor::Pending(last.id.clone()),

@@ -13,6 +13,7 @@
 use std::{cmp::Ordering, collections::BinaryHeap, time::Instant};
 
 use crossbeam_channel::{at, never, Receiver, Select, Sender};
+use prometheus::IntGauge;
 
 use super::{live::LiveView, Delivery, Scheduled};
 
@@ -40,7 +41,9 @@ impl Ord for Waiting {
     }
 }
 
-pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver<()>, live: &LiveView) {
+/// `heap_size` (`wss_retry_heap_size`) is set as the heap changes: one atomic store; `live`
+/// counts each webhook's waiting retries for `GetWebhookStats`.
+pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, heap_size: &IntGauge, shutdown: Receiver<()>, live: &LiveView) {
     let mut heap: BinaryHeap<Waiting> = BinaryHeap::new();
     let mut seq = 0u64;
     // A due delivery waiting for room in the signer's queue.
@@ -51,6 +54,7 @@ pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver
             if let Some(delivery) = &ready {
                 live.retries(&delivery.webhook_id, -1);
             }
+            heap_size.set(heap.len() as i64);
         }
         let timer = match (&ready, heap.peek()) {
             (None, Some(next)) => at(next.due),
@@ -68,6 +72,7 @@ pub fn run(input: Receiver<Scheduled>, out: Sender<Delivery>, shutdown: Receiver
                     live.retries(&delivery.webhook_id, 1);
                     seq += 1;
                     heap.push(Waiting { due, seq, delivery });
+                    heap_size.set(heap.len() as i64);
                 }
                 Err(_) => return,
             },
@@ -122,7 +127,7 @@ mod tests {
             "test".into(),
         ));
         let view = live.clone();
-        let worker = std::thread::spawn(move || run(in_rx, out_tx, stop_rx, &view));
+        let worker = std::thread::spawn(move || run(in_rx, out_tx, &IntGauge::new("heap", "heap").unwrap(), stop_rx, &view));
         let start = Instant::now();
         for (name, ms) in [("c", 60), ("a", 20), ("b", 40), ("now", 0)] {
             in_tx.send(Scheduled { due: start + Duration::from_millis(ms), delivery: delivery(name) }).unwrap();

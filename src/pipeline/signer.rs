@@ -26,7 +26,6 @@ use redis::Connection;
 
 use super::{
     isolation::{Gate, Isolation},
-    live::LiveView,
     Completion, Delivery, EventMeta, Scheduled, SignedDelivery,
 };
 use crate::{
@@ -45,8 +44,8 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
-    /// Told how many deliveries of each webhook are parked here.
-    pub live: Arc<LiveView>,
+    /// `wss_parked_deliveries`: up when a delivery is parked, down when it leaves.
+    pub parked: prometheus::IntGauge,
 }
 
 /// What the history says to do with a recovered delivery.
@@ -109,15 +108,17 @@ impl Signer {
             };
             // Behind deliveries already parked for the same webhook: keep arrival order.
             if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
-                self.live.parked(&delivery.webhook_id, 1);
+                self.isolation.set_waiting(&delivery.webhook_id, queue.len() + 1);
                 queue.push_back(delivery);
+                self.parked.inc();
                 continue;
             }
             match self.dispatch(delivery, &outputs) {
                 Ok(None) => {}
                 Ok(Some(over_cap)) => {
-                    self.live.parked(&over_cap.webhook_id, 1);
+                    self.isolation.set_waiting(&over_cap.webhook_id, 1);
                     parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap);
+                    self.parked.inc();
                 }
                 Err(Stopped) => return,
             }
@@ -127,21 +128,15 @@ impl Signer {
     /// Sends what the webhook's freed slots allow of its parked deliveries.
     fn release(&self, webhook: &str, parked: &mut HashMap<String, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
         let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
-        let before = queue.len();
         while let Some(delivery) = queue.pop_front() {
-            match self.dispatch(delivery, outputs) {
-                Ok(None) => {}
-                Ok(Some(still_over)) => {
-                    queue.push_front(still_over);
-                    break;
-                }
-                Err(Stopped) => {
-                    self.live.parked(webhook, -((before - queue.len()) as i64));
-                    return Err(Stopped);
-                }
+            self.parked.dec();
+            if let Some(still_over) = self.dispatch(delivery, outputs)? {
+                queue.push_front(still_over);
+                self.parked.inc();
+                break;
             }
         }
-        self.live.parked(webhook, -((before - queue.len()) as i64));
+        self.isolation.set_waiting(webhook, queue.len());
         if queue.is_empty() {
             parked.remove(webhook);
         }

@@ -274,7 +274,8 @@ impl Service {
             ("WSS_SENDER_THREADS", "8".into()),
             ("WSS_READ_BLOCK", "200ms".into()),
             ("WSS_LOG_LEVEL", "debug".into()),
-            // The metrics listener is not under test; keep parallel services from colliding.
+            // A free port for /metrics and the status page (read back with `wait_for_metrics`), so
+            // that parallel services do not collide.
             ("WSS_METRICS_ADDR", "127.0.0.1:0".into()),
         ]
         .into_iter()
@@ -342,6 +343,16 @@ impl Service {
         let addr: SocketAddr = addr.parse().unwrap_or_else(|e| panic!("cannot read the gRPC address from {line:?}: {e}"));
         self.grpc_addr = Some(addr);
         addr
+    }
+
+    /// Waits for `metrics listening on <addr>` (the `/metrics` and status page listener, which
+    /// the test environment binds to a free port) and returns the address.
+    pub async fn wait_for_metrics(&self) -> SocketAddr {
+        const MARK: &str = "metrics listening on ";
+        let line = self.wait_for_log(MARK, WAIT).await;
+        let rest = &line[line.find(MARK).expect("the line has the mark") + MARK.len()..];
+        let addr = rest.split_whitespace().next().unwrap_or_default();
+        addr.parse().unwrap_or_else(|e| panic!("cannot read the metrics address from {line:?}: {e}"))
     }
 
     /// Connects the control-plane clients.
@@ -423,6 +434,25 @@ impl Drop for Service {
             self.dump_logs();
         }
     }
+}
+
+/// `GET http://<addr><path>` with an optional bearer token: (status, content type, body). Any
+/// status is returned, not turned into an error.
+pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut request = agent.get(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.call().map_err(|e| format!("GET {path}: {e}"))?;
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let body = response.body_mut().read_to_string().map_err(|e| format!("GET {path}: reading the body: {e}"))?;
+    Ok((response.status().as_u16(), content_type, body))
 }
 
 // ---------------------------------------------------------------------------------------------

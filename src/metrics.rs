@@ -1,0 +1,263 @@
+//! Prometheus metrics: what the pipeline counts, and their text form for `/metrics`
+//! (`WSS_METRICS_ADDR`, served by `crate::status`).
+//!
+//! One [`Metrics`] is made in `main` and shared by every stage. The hot path only touches
+//! counters that were resolved here, once: a labelled series is looked up by a hash of its label
+//! values, so the labels that a delivery can take (`outcome`, `class`, `reason`) are resolved at
+//! start into fields and arrays, and counting is one atomic add — no allocation, no lock.
+//! Gauges that describe state rather than events (channel depths, the in-flight window, circuits,
+//! the stream's lag) are set by the pipeline's `wss-gauges` thread about once a second, not by
+//! the stages themselves.
+//!
+//! Labels and their cardinality (README "Metrics and status page"):
+//! - `outcome`, `class`, `reason`, `edge`: fixed sets, listed below.
+//! - `webhook` on `wss_circuit_open` only: one series per webhook that has a circuit state in
+//!   this instance (it failed recently, or has attempts out), removed when the webhook is
+//!   deleted or its circuit closes. No tenant label anywhere: tenants are unbounded, and per-tenant
+//!   figures are on the status page instead.
+
+use prometheus::{
+    core::Collector, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::deadletter::Reason;
+
+/// Buckets of `wss_delivery_attempt_duration_seconds`: from a fast receiver on the same network
+/// to the 30 s an attempt may take by default.
+const ATTEMPT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// How an attempt ended, for `wss_delivery_attempts_total{class}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptClass {
+    /// No response: connect, DNS, timeout, TLS, I/O or protocol error.
+    Error,
+    Status2xx,
+    Status3xx,
+    Status4xx,
+    Status5xx,
+}
+
+impl AttemptClass {
+    const ALL: [AttemptClass; 5] = [Self::Error, Self::Status2xx, Self::Status3xx, Self::Status4xx, Self::Status5xx];
+
+    /// The class of an HTTP status (0: no response).
+    pub fn of(status: u16) -> Self {
+        match status {
+            200..=299 => Self::Status2xx,
+            300..=399 => Self::Status3xx,
+            400..=499 => Self::Status4xx,
+            500..=999 => Self::Status5xx,
+            _ => Self::Error, // 0 (no response), and 1xx, which ureq never hands back as final
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Status2xx => "2xx",
+            Self::Status3xx => "3xx",
+            Self::Status4xx => "4xx",
+            Self::Status5xx => "5xx",
+        }
+    }
+}
+
+/// The pipeline's channels, for `wss_channel_depth{edge}`.
+pub const EDGES: [&str; 6] = ["inbound", "fresh", "due", "signed", "completions", "retries"];
+
+/// Every metric wss exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Stream entries read (each entry once per read: a re-read after a restart counts again).
+    pub events_read: IntCounter,
+    /// Entries acknowledged without a delivery: no webhook of the tenant wants the event.
+    pub events_unrouted: IntCounter,
+    /// Entries rejected before routing, by reason (bad entries and unknown/disabled tenants),
+    /// indexed like [`Reason::ALL`]; `None` for reasons that only deliveries have.
+    bad_entries: Vec<Option<IntCounter>>,
+    pub delivered: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub retried: IntCounter,
+    /// Every dead-letter record written, by reason (indexed like [`Reason::ALL`]).
+    dead_letters: Vec<IntCounter>,
+    attempts: Vec<IntCounter>,
+    pub attempt_duration: Histogram,
+    pub redis_outages: IntCounter,
+    pub retry_heap_size: IntGauge,
+    pub in_flight: IntGauge,
+    pub in_flight_limit: IntGauge,
+    pub parked: IntGauge,
+    pub stream_lag: IntGauge,
+    pub stream_pending: IntGauge,
+    pub dead_letter_stream_length: IntGauge,
+    pub circuit_open: IntGaugeVec,
+    channel_depth: Vec<IntGauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("a valid metric name");
+            register(&registry, &c);
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("a valid metric name");
+            register(&registry, &g);
+            g
+        };
+        let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric name");
+            register(&registry, &vec);
+            // Resolved now, so that every series is exported from the start (at 0: a rate over
+            // a series that appears later misses its first increment) and counting is one add.
+            values.iter().map(|v| vec.with_label_values(&[*v])).collect::<Vec<_>>()
+        };
+
+        let deliveries = counter_vec(
+            "wss_deliveries_total",
+            "Deliveries (one event to one webhook) that ended: delivered, or dead-lettered; and failed attempts that were scheduled for a retry.",
+            "outcome",
+            &["delivered", "dead_lettered", "retry_scheduled"],
+        );
+        let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        let classes: Vec<&str> = AttemptClass::ALL.iter().map(|c| c.as_str()).collect();
+        let attempt_duration = Histogram::with_opts(
+            HistogramOpts::new("wss_delivery_attempt_duration_seconds", "Duration of delivery attempts: connect, request, response and the start of its body.")
+                .buckets(ATTEMPT_BUCKETS.to_vec()),
+        )
+        .expect("valid histogram options");
+        register(&registry, &attempt_duration);
+        let circuit_open = IntGaugeVec::new(
+            Opts::new("wss_circuit_open", "1 while the webhook's circuit is open or half-open (a probe is out), 0 while closed; only webhooks with a circuit state in this instance."),
+            &["webhook"],
+        )
+        .expect("a valid metric name");
+        register(&registry, &circuit_open);
+        let depth = IntGaugeVec::new(Opts::new("wss_channel_depth", "Messages waiting in the channel between two pipeline stages."), &["edge"])
+            .expect("a valid metric name");
+        register(&registry, &depth);
+
+        Self {
+            events_read: counter("wss_events_read_total", "Stream entries read from <prefix>events (re-reads after a restart or a claim count again)."),
+            events_unrouted: counter("wss_events_unrouted_total", "Events acknowledged without a delivery: no webhook of their tenant wants them."),
+            bad_entries: {
+                let entry_reasons: Vec<&str> = Reason::ALL.iter().filter(|r| r.is_entry_reason()).map(|r| r.as_str()).collect();
+                let mut resolved = counter_vec(
+                    "wss_bad_entries_total",
+                    "Stream entries rejected before routing (dead-lettered and acknowledged), by reason.",
+                    "reason",
+                    &entry_reasons,
+                )
+                .into_iter();
+                Reason::ALL.iter().map(|r| if r.is_entry_reason() { resolved.next() } else { None }).collect()
+            },
+            delivered: deliveries[0].clone(),
+            dead_lettered: deliveries[1].clone(),
+            retried: deliveries[2].clone(),
+            dead_letters: counter_vec("wss_dead_letters_total", "Dead-letter records written, by reason.", "reason", &reasons),
+            attempts: counter_vec(
+                "wss_delivery_attempts_total",
+                "Delivery attempts by the class of the receiver's answer (error: no answer).",
+                "class",
+                &classes,
+            ),
+            attempt_duration,
+            redis_outages: counter("wss_redis_outages_total", "Times Redis became unreachable (a failed connect after a successful one)."),
+            retry_heap_size: gauge("wss_retry_heap_size", "Deliveries waiting in the retry scheduler for their next attempt."),
+            in_flight: gauge("wss_in_flight_entries", "Stream entries read and not yet acknowledged (the in-flight window)."),
+            in_flight_limit: gauge("wss_in_flight_limit", "Size of the in-flight window (WSS_MAX_IN_FLIGHT)."),
+            parked: gauge("wss_parked_deliveries", "Deliveries held by the signer until their webhook has a free slot (WSS_WEBHOOK_CONCURRENCY)."),
+            stream_lag: gauge("wss_stream_lag", "Entries of <prefix>events not yet read by group wss (XINFO GROUPS lag; -1 when Redis cannot tell)."),
+            stream_pending: gauge("wss_stream_pending", "Entries read by group wss and not yet acknowledged, by all instances (XINFO GROUPS pending)."),
+            dead_letter_stream_length: gauge("wss_dead_letter_stream_length", "Records in <prefix>deadletters (XLEN)."),
+            circuit_open,
+            channel_depth: EDGES.iter().map(|edge| depth.with_label_values(&[*edge])).collect(),
+            registry,
+        }
+    }
+
+    /// Counts a dead-letter record.
+    pub fn dead_letter(&self, reason: Reason) {
+        self.dead_letters[reason as usize].inc();
+    }
+
+    /// Counts an entry rejected before routing (its dead letter is counted by [`Self::dead_letter`]).
+    pub fn bad_entry(&self, reason: Reason) {
+        if let Some(counter) = &self.bad_entries[reason as usize] {
+            counter.inc();
+        }
+    }
+
+    /// Counts an attempt that took `seconds`, answered with `status` (0: no answer).
+    pub fn attempt(&self, status: u16, seconds: f64) {
+        self.attempts[AttemptClass::of(status) as usize].inc();
+        self.attempt_duration.observe(seconds);
+    }
+
+    /// Sets the depth of the channel `EDGES[edge]`.
+    pub fn channel_depth(&self, edge: usize, depth: usize) {
+        self.channel_depth[edge].set(depth as i64);
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding a registry's own families into a Vec cannot fail: their names were checked
+        // at registration, and writes to a Vec do not fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn register(registry: &Registry, collector: &(impl Collector + Clone + 'static)) {
+    registry.register(Box::new(collector.clone())).expect("each metric is registered once");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_resolved_series_are_indexed_by_their_enums() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "Reason::ALL is in declaration order");
+        }
+        for (i, class) in AttemptClass::ALL.iter().enumerate() {
+            assert_eq!(*class as usize, i);
+        }
+        let m = Metrics::new();
+        m.dead_letter(Reason::TooLarge);
+        m.bad_entry(Reason::TooLarge);
+        m.attempt(503, 0.2);
+        m.attempt(0, 1.0);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("wss_dead_letters_total{reason=\"too_large\"} 1\n"), "{text}");
+        assert!(text.contains("wss_dead_letters_total{reason=\"gone\"} 0\n"), "{text}");
+        assert!(text.contains("wss_bad_entries_total{reason=\"too_large\"} 1\n"), "{text}");
+        assert!(!text.contains("wss_bad_entries_total{reason=\"gone\"}"), "only entry reasons: {text}");
+        assert!(text.contains("wss_delivery_attempts_total{class=\"5xx\"} 1\n"), "{text}");
+        assert!(text.contains("wss_delivery_attempts_total{class=\"error\"} 1\n"), "{text}");
+        assert!(text.contains("wss_delivery_attempt_duration_seconds_count 2\n"), "{text}");
+        assert!(text.contains("# TYPE wss_delivery_attempt_duration_seconds histogram\n"), "{text}");
+    }
+
+    #[test]
+    fn statuses_fall_into_classes() {
+        assert_eq!(AttemptClass::of(204), AttemptClass::Status2xx);
+        assert_eq!(AttemptClass::of(301), AttemptClass::Status3xx);
+        assert_eq!(AttemptClass::of(410), AttemptClass::Status4xx);
+        assert_eq!(AttemptClass::of(503), AttemptClass::Status5xx);
+        assert_eq!(AttemptClass::of(0), AttemptClass::Error);
+    }
+}

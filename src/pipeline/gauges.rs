@@ -1,0 +1,162 @@
+//! Gauges: a thread of its own (`wss-gauges`) that samples the pipeline's state about once a
+//! second for `/metrics` and the status page, so that the stages themselves only count events.
+//!
+//! - Every [`TICK`]: the depth of every channel, the in-flight window, and the circuits of the
+//!   isolation state (copied into `crate::status::Health`, and into `wss_circuit_open{webhook}`,
+//!   whose series of webhooks that went back to healthy and idle, or were deleted, are removed).
+//! - Every [`POLL_REDIS`] (2 s): `XINFO GROUPS <prefix>events` for group `wss`'s `lag` (Redis ≥ 7; -1
+//!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, and `XLEN <prefix>deadletters`.
+//!   On its own connection with a short timeout; a failure leaves the last figures and is
+//!   logged at debug only (the stages that depend on Redis log outages).
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::{Connection, Value};
+
+use super::{isolation::{Circuit, Isolation}, InFlight};
+use crate::{domain::routing::RoutingHandle, metrics::Metrics, redis_conn::RedisTarget, status::Health};
+
+const TICK: Duration = Duration::from_secs(1);
+const POLL_REDIS: Duration = Duration::from_secs(2);
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The channels whose depth is sampled, in the order of `crate::metrics::EDGES`.
+pub struct Depths(pub Vec<Box<dyn Fn() -> usize + Send>>);
+
+pub struct Gauges {
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub isolation: Arc<Isolation>,
+    pub in_flight: Arc<InFlight>,
+    pub routing: Arc<RoutingHandle>,
+    pub redis: RedisTarget,
+    pub events: String,
+    pub dead_letters: String,
+    pub depths: Depths,
+}
+
+impl Gauges {
+    pub fn run(self, shutdown: Receiver<()>) {
+        let mut conn: Option<Connection> = None;
+        let mut open_series: HashSet<String> = HashSet::new();
+        let mut next_poll = Instant::now();
+        loop {
+            for (edge, depth) in self.depths.0.iter().enumerate() {
+                self.metrics.channel_depth(edge, depth());
+            }
+            self.metrics.in_flight.set(self.in_flight.len() as i64);
+            self.circuits(&mut open_series);
+            if Instant::now() >= next_poll {
+                next_poll = Instant::now() + POLL_REDIS;
+                if let Err(err) = self.poll_redis(&mut conn) {
+                    log::debug!(target: "wss::gauges", "reading the stream's lag failed ({err}); keeping the last figures");
+                    conn = None;
+                }
+            }
+            match shutdown.recv_timeout(TICK) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    }
+
+    fn circuits(&self, open_series: &mut HashSet<String>) {
+        let routing = self.routing.current();
+        let mut endpoints = self.isolation.snapshot();
+        endpoints.retain(|e| routing.webhooks.contains_key(&e.webhook));
+        self.health.set_endpoints(&endpoints, &routing);
+        let mut now: HashSet<String> = HashSet::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let open = !matches!(endpoint.circuit, Circuit::Closed);
+            self.metrics.circuit_open.with_label_values(&[endpoint.webhook.as_str()]).set(i64::from(open));
+            now.insert(endpoint.webhook);
+        }
+        for gone in open_series.difference(&now) {
+            let _ = self.metrics.circuit_open.remove_label_values(&[gone.as_str()]);
+        }
+        *open_series = now;
+    }
+
+    fn poll_redis(&self, conn: &mut Option<Connection>) -> redis::RedisResult<()> {
+        if conn.is_none() {
+            let con = self.redis.connect_once(REDIS_TIMEOUT)?;
+            con.set_read_timeout(Some(REDIS_TIMEOUT))?;
+            con.set_write_timeout(Some(REDIS_TIMEOUT))?;
+            *conn = Some(con);
+        }
+        let con = conn.as_mut().expect("connected above");
+        let (groups, dead): (Value, i64) =
+            redis::pipe().cmd("XINFO").arg("GROUPS").arg(&self.events).cmd("XLEN").arg(&self.dead_letters).query(con)?;
+        if let Some((lag, pending)) = group_figures(&groups, super::reader::GROUP) {
+            self.metrics.stream_lag.set(lag.unwrap_or(-1));
+            self.metrics.stream_pending.set(pending);
+        }
+        self.metrics.dead_letter_stream_length.set(dead);
+        Ok(())
+    }
+}
+
+/// `lag` (`None` when Redis answers nil, or is older than 7) and `pending` of `group` in an
+/// `XINFO GROUPS` reply (RESP2 flat lists or RESP3 maps).
+fn group_figures(reply: &Value, group: &str) -> Option<(Option<i64>, i64)> {
+    let Value::Array(groups) = reply else { return None };
+    groups.iter().find_map(|g| {
+        let fields = pairs(g);
+        let name = fields.iter().find(|(k, _)| k == "name").and_then(|(_, v)| text(v))?;
+        if name != group {
+            return None;
+        }
+        let number = |key: &str| fields.iter().find(|(k, _)| k == key).and_then(|(_, v)| integer(v));
+        Some((number("lag"), number("pending").unwrap_or(0)))
+    })
+}
+
+fn pairs(value: &Value) -> Vec<(String, &Value)> {
+    match value {
+        Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, &kv[1]))).collect(),
+        Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn lag_and_pending_are_read_from_either_protocol() {
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![bulk("name"), bulk("other"), bulk("pending"), Value::Int(9), bulk("lag"), Value::Int(9)]),
+            Value::Array(vec![bulk("name"), bulk("wss"), bulk("consumers"), Value::Int(1), bulk("pending"), Value::Int(3), bulk("lag"), Value::Int(7)]),
+        ]);
+        assert_eq!(group_figures(&resp2, "wss"), Some((Some(7), 3)));
+        let nil_lag = Value::Array(vec![Value::Map(vec![(bulk("name"), bulk("wss")), (bulk("pending"), Value::Int(0)), (bulk("lag"), Value::Nil)])]);
+        assert_eq!(group_figures(&nil_lag, "wss"), Some((None, 0)));
+        assert_eq!(group_figures(&Value::Array(vec![]), "wss"), None);
+    }
+}
