@@ -26,7 +26,7 @@ use wss::{
     receive::{self, ReceiveOptions},
     redis_conn::RedisTarget,
     signature,
-    status::{self, Health},
+    status,
 };
 
 #[derive(Parser)]
@@ -356,7 +356,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()));
     let routing = Arc::new(RoutingHandle::default());
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    // Shared by the pipeline, which keeps it up to date, and GetWebhookStats and the status
+    // page, which read it.
+    let live = pipeline::live_view(&config);
     redis.count_outages(metrics.redis_outages.clone());
     match &config.encryption_key {
         Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
@@ -387,10 +389,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => {
             let sources = status::Sources {
                 metrics: metrics.clone(),
-                health: health.clone(),
+                live: live.clone(),
                 routing: routing.clone(),
+                redis: redis.clone(),
+                keys: keys.clone(),
+                connection: Default::default(),
                 admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
-                instance: config.consumer.clone(),
             };
             let server = status::serve(addr, sources).with_context(|| {
                 format!("binding the metrics and status page listener to {addr} (WSS_METRICS_ADDR); is another wss running? Pick a free address, or set WSS_METRICS_ADDR=off")
@@ -416,8 +420,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let (stop_grpc_tx, stop_grpc_rx) = tokio::sync::oneshot::channel::<()>();
-    // Shared by the pipeline, which keeps it up to date, and GetWebhookStats, which reads it.
-    let live = pipeline::live_view(&config);
     let plane = ControlPlane {
         store: store.clone(),
         routing: routing.clone(),
@@ -478,7 +480,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let grace = config.shutdown_grace;
-    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics, health })
+    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics })
         .context("starting the pipeline threads")?;
     log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
 

@@ -92,14 +92,6 @@ pub struct CircuitRecord {
     pub instance: String,
 }
 
-fn state_name(state: CircuitState) -> &'static str {
-    match state {
-        CircuitState::Closed => "closed",
-        CircuitState::Open => "open",
-        CircuitState::HalfOpen => "half_open",
-    }
-}
-
 fn state_of(name: &str) -> Option<CircuitState> {
     match name {
         "closed" => Some(CircuitState::Closed),
@@ -247,7 +239,7 @@ pub fn queue_writes(pipe: &mut Pipeline, keys: &Keys, tally: &Tally, trims: &mut
             fields.push(("fail_err", f.error.clone()));
         }
         if let Some(c) = &t.circuit {
-            fields.push(("circuit", state_name(c.state).to_owned()));
+            fields.push(("circuit", CircuitState::as_str(c.state).to_owned()));
             fields.push(("circuit_at", c.at_ms.to_string()));
             fields.push(("circuit_until", c.open_until_ms.to_string()));
             fields.push(("circuit_by", c.instance.clone()));
@@ -352,11 +344,27 @@ pub fn success_rate(counts: &Counts) -> Option<f64> {
 
 /// Reads `webhook`'s stats (empty when it has none) and deletes the stale buckets it saw.
 pub fn read(con: &mut Connection, keys: &Keys, webhook: &str, now_ms: u64) -> RedisResult<Stored> {
-    let key = keys.webhook_stats(webhook);
-    let fields: Vec<(String, String)> = redis::cmd("HGETALL").arg(&key).query(con)?;
-    let (stored, stale) = parse(fields, now_ms);
-    if !stale.is_empty() {
-        redis::cmd("HDEL").arg(&key).arg(stale).exec(con)?;
+    Ok(read_many(con, keys, &[webhook], now_ms)?.pop().unwrap_or_default())
+}
+
+/// [`read`] for several webhooks in one round trip (the status page reads every webhook's).
+pub fn read_many(con: &mut Connection, keys: &Keys, webhooks: &[&str], now_ms: u64) -> RedisResult<Vec<Stored>> {
+    let mut pipe = redis::pipe();
+    for webhook in webhooks {
+        pipe.cmd("HGETALL").arg(keys.webhook_stats(webhook));
+    }
+    let replies: Vec<Vec<(String, String)>> = pipe.query(con)?;
+    let mut stale_deletes = redis::pipe();
+    let mut stored = Vec::with_capacity(replies.len());
+    for (webhook, fields) in webhooks.iter().zip(replies) {
+        let (one, stale) = parse(fields, now_ms);
+        if !stale.is_empty() {
+            stale_deletes.cmd("HDEL").arg(keys.webhook_stats(webhook)).arg(stale).ignore();
+        }
+        stored.push(one);
+    }
+    if !stale_deletes.is_empty() {
+        stale_deletes.exec(con)?;
     }
     Ok(stored)
 }

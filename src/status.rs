@@ -16,172 +16,47 @@
 //!   a secret: no webhook secret, header or URL path — a webhook is shown by id, host and
 //!   description.
 //!
-//! Per-webhook health is this instance's view: [`Health`] is fed by this instance's outcome
-//! stage (attempts it made) and `wss-gauges` thread (circuits of this instance's isolation
-//! state). Several instances each show their own share.
+//! Per-webhook counts, last success and last failure are cluster-wide: they are the stats every
+//! instance's outcome stage writes to Redis (`crate::stats`, the same as `GetWebhookStats`), read
+//! for all webhooks in one pipelined round trip per refresh. Circuit, attempts in flight and
+//! parked deliveries are this instance's (`crate::pipeline::live`).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::SocketAddr,
     sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use parking_lot::Mutex;
+use redis::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
-    domain::routing::{Routing, RoutingHandle},
+    domain::{
+        model::Webhook,
+        routing::{Routing, RoutingHandle},
+        store::Keys,
+    },
     http_server::{Request, Responder, Response, Server},
     metrics::{self, Metrics},
-    pipeline::isolation::{Circuit, EndpointView},
+    pipeline::{isolation::CircuitState, live::LiveView},
+    redis_conn::RedisTarget,
+    stats::{self, Failure, Stored},
 };
 
-/// The attempts window of the page's success rate: this many one-minute buckets.
-const WINDOW_MINUTES: usize = 5;
-/// At most this many tenants are counted by name in [`Health`]'s dead-letter counts; entries for
-/// other unknown tenants (a producer writing garbage tenant ids) are counted together.
-const MAX_TENANTS: usize = 10_000;
-/// What the page calls "other tenants" past [`MAX_TENANTS`].
-const OTHER_TENANTS: &str = "(other tenants)";
+/// The window of the page's counts and success rate.
+const WINDOW: Duration = Duration::from_secs(5 * 60);
 /// A success rate below this, over at least [`MIN_ATTEMPTS_FOR_RATE`] attempts, marks a webhook failing.
 const FAILING_RATE: f64 = 0.5;
 const MIN_ATTEMPTS_FOR_RATE: u64 = 4;
+/// How long a refresh waits for Redis before showing the page without stored stats.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The page: static, no data in it.
 const PAGE: &str = include_str!("status.html");
-
-/// Attempts of one minute.
-#[derive(Debug, Default, Clone, Copy)]
-struct Bucket {
-    minute: u64,
-    succeeded: u64,
-    failed: u64,
-}
-
-/// One webhook's health as this instance saw it.
-#[derive(Debug, Default)]
-struct WebhookHealth {
-    buckets: [Bucket; WINDOW_MINUTES],
-    last_success_ms: u64,
-    last_failure_ms: u64,
-    last_error: String,
-    dead_letters: u64,
-    circuit: CircuitState,
-    in_flight: usize,
-    parked: usize,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    #[default]
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl CircuitState {
-    pub fn of(circuit: Circuit) -> Self {
-        match circuit {
-            Circuit::Closed => Self::Closed,
-            Circuit::Open { .. } => Self::Open,
-            Circuit::HalfOpen { .. } => Self::HalfOpen,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-}
-
-/// Per-webhook and per-tenant health, kept in memory for the status page. Written by the
-/// outcome stage (one short lock per attempt; an allocation only for a webhook's first attempt
-/// and on failures, for the error text) and the gauges thread (circuits, once a second).
-#[derive(Default)]
-pub struct Health {
-    state: Mutex<HealthState>,
-}
-
-#[derive(Default)]
-struct HealthState {
-    webhooks: HashMap<String, WebhookHealth>,
-    /// Dead letters by tenant, rejected entries included.
-    tenant_dead_letters: HashMap<String, u64>,
-}
-
-impl HealthState {
-    fn webhook(&mut self, id: &str) -> &mut WebhookHealth {
-        if !self.webhooks.contains_key(id) {
-            self.webhooks.insert(id.to_owned(), WebhookHealth::default());
-        }
-        self.webhooks.get_mut(id).expect("just inserted")
-    }
-}
-
-impl Health {
-    /// An attempt to `webhook` ended at `now_ms`; `error` is read only when it failed.
-    pub fn attempt(&self, webhook: &str, succeeded: bool, error: impl FnOnce() -> String, now_ms: u64) {
-        let minute = now_ms / 60_000;
-        let mut state = self.state.lock();
-        let health = state.webhook(webhook);
-        let bucket = &mut health.buckets[(minute % WINDOW_MINUTES as u64) as usize];
-        if bucket.minute != minute {
-            *bucket = Bucket { minute, ..Bucket::default() };
-        }
-        if succeeded {
-            bucket.succeeded += 1;
-            health.last_success_ms = now_ms;
-        } else {
-            bucket.failed += 1;
-            health.last_failure_ms = now_ms;
-            health.last_error = error();
-        }
-    }
-
-    /// A dead letter of `tenant` (empty when the entry named none), for `webhook` (empty for an
-    /// entry rejected before routing).
-    pub fn dead_letter(&self, tenant: &str, webhook: &str) {
-        let mut state = self.state.lock();
-        if !webhook.is_empty() {
-            state.webhook(webhook).dead_letters += 1;
-        }
-        let known = state.tenant_dead_letters.contains_key(tenant);
-        let key = if known || state.tenant_dead_letters.len() < MAX_TENANTS { tenant } else { OTHER_TENANTS };
-        match state.tenant_dead_letters.get_mut(key) {
-            Some(count) => *count += 1,
-            None => {
-                state.tenant_dead_letters.insert(key.to_owned(), 1);
-            }
-        }
-    }
-
-    /// Circuits, attempts in flight and parked deliveries now (from the isolation state):
-    /// webhooks not listed are closed and idle. Webhooks that no longer exist in `routing` are
-    /// forgotten.
-    pub fn set_endpoints(&self, endpoints: &[EndpointView], routing: &Routing) {
-        let mut state = self.state.lock();
-        state.webhooks.retain(|id, _| routing.webhooks.contains_key(id));
-        for health in state.webhooks.values_mut() {
-            health.circuit = CircuitState::Closed;
-            health.in_flight = 0;
-            health.parked = 0;
-        }
-        for endpoint in endpoints {
-            if routing.webhooks.contains_key(&endpoint.webhook) {
-                let health = state.webhook(&endpoint.webhook);
-                health.circuit = CircuitState::of(endpoint.circuit);
-                health.in_flight = endpoint.in_flight;
-                health.parked = endpoint.parked;
-            }
-        }
-    }
-}
 
 /// Is a webhook shown as failing (red)? Pure, so the rule is tested here.
 fn failing(circuit: CircuitState, last_success_ms: u64, last_failure_ms: u64, succeeded: u64, failed: u64, auto_disabled: bool) -> bool {
@@ -209,23 +84,20 @@ fn pipeline_figures(m: &Metrics) -> Value {
     })
 }
 
-/// The data of the status page.
-pub fn status_json(routing: &Routing, health: &Health, metrics: &Metrics, instance: &str, now_ms: u64) -> Value {
-    let state = health.state.lock();
-    let minute = now_ms / 60_000;
-    let mut tenants: BTreeMap<&str, (Option<bool>, Vec<Value>)> = BTreeMap::new();
+/// The data of the status page: every webhook of `routing` with its `stats` (in the same order
+/// as `routing`'s webhooks sorted by id; empty when Redis could not be read, `stats_error` says
+/// why) and this instance's `live` view.
+pub fn status_json(routing: &Routing, stats: &StatsRead, live: &LiveView, metrics: &Metrics, now_ms: u64) -> Value {
+    let mut tenants: BTreeMap<&str, (Option<bool>, u64, Vec<Value>)> = BTreeMap::new();
     for (id, tenant) in &routing.tenants {
         tenants.entry(id.as_str()).or_default().0 = Some(tenant.tenant.disabled);
     }
-    let mut routes: Vec<_> = routing.webhooks.values().collect();
-    routes.sort_by(|a, b| a.webhook.id.cmp(&b.webhook.id));
-    let empty = WebhookHealth::default();
-    for route in routes {
-        let webhook = &route.webhook;
-        let h = state.webhooks.get(&webhook.id).unwrap_or(&empty);
-        let recent = h.buckets.iter().filter(|b| b.minute + WINDOW_MINUTES as u64 > minute);
-        let (succeeded, failed) = recent.fold((0, 0), |(s, f), b| (s + b.succeeded, f + b.failed));
-        let rate = (succeeded + failed > 0).then(|| succeeded as f64 / (succeeded + failed) as f64);
+    let empty = Stored::default();
+    for (i, webhook) in webhooks_by_id(routing).into_iter().enumerate() {
+        let stored = stats.stored.get(i).unwrap_or(&empty);
+        let counts = stats::summarize(stored, now_ms, WINDOW);
+        let failure = stored.last_failure.clone().unwrap_or_default();
+        let here = live.of(&webhook.id);
         let auto_disabled = !webhook.enabled && !webhook.disabled_reason.is_empty();
         let row = json!({
             "webhook_id": webhook.id,
@@ -233,54 +105,82 @@ pub fn status_json(routing: &Routing, health: &Health, metrics: &Metrics, instan
             "description": webhook.description,
             "enabled": webhook.enabled,
             "disabled_reason": webhook.disabled_reason,
-            "succeeded": succeeded,
-            "failed": failed,
-            "success_rate": rate,
-            "last_success_at_ms": (h.last_success_ms > 0).then_some(h.last_success_ms),
-            "last_failure_at_ms": (h.last_failure_ms > 0).then_some(h.last_failure_ms),
-            "last_error": h.last_error,
-            "circuit": h.circuit.as_str(),
-            "in_flight": h.in_flight,
-            "parked": h.parked,
-            "dead_letters": h.dead_letters,
-            "failing": failing(h.circuit, h.last_success_ms, h.last_failure_ms, succeeded, failed, auto_disabled),
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "success_rate": stats::success_rate(&counts),
+            "last_success_at_ms": (stored.last_success_ms > 0).then_some(stored.last_success_ms),
+            "last_failure_at_ms": (failure.at_ms > 0).then_some(failure.at_ms),
+            "last_error": failure_text(&failure),
+            "circuit": here.circuit.state().as_str(),
+            "in_flight": here.in_flight,
+            "parked": here.waiting.parked,
+            "retries_waiting": here.waiting.retries,
+            "dead_letters": counts.dead_letters,
+            "failing": failing(here.circuit.state(), stored.last_success_ms, failure.at_ms, counts.succeeded, counts.failed, auto_disabled),
         });
-        tenants.entry(webhook.tenant_id.as_str()).or_default().1.push(row);
-    }
-    for tenant in state.tenant_dead_letters.keys() {
-        tenants.entry(tenant.as_str()).or_default();
+        let tenant = tenants.entry(webhook.tenant_id.as_str()).or_default();
+        tenant.1 += counts.dead_letters;
+        tenant.2.push(row);
     }
     let tenants: Vec<Value> = tenants
         .into_iter()
-        .map(|(id, (disabled, webhooks))| {
+        .map(|(id, (disabled, dead_letters, webhooks))| {
             json!({
                 "tenant_id": id,
                 "known": disabled.is_some(),
                 "disabled": disabled.unwrap_or(false),
-                "dead_letters": state.tenant_dead_letters.get(id).copied().unwrap_or(0),
+                "dead_letters": dead_letters,
                 "webhooks": webhooks,
             })
         })
         .collect();
     json!({
-        "instance": instance,
+        "instance": live.instance(),
         "generated_at_ms": now_ms,
-        "window_seconds": WINDOW_MINUTES * 60,
+        "window_seconds": WINDOW.as_secs(),
         "config_version": routing.version,
+        "stats_error": stats.error,
         "pipeline": pipeline_figures(metrics),
         "tenants": tenants,
     })
 }
 
+/// What the page shows of a failure: `HTTP 500 Internal Server Error`, or the error class and
+/// text when no answer came.
+fn failure_text(failure: &Failure) -> String {
+    if failure.status != 0 || failure.kind.is_empty() {
+        failure.error.clone()
+    } else {
+        format!("{}: {}", failure.kind, failure.error)
+    }
+}
+
+/// The webhooks of `routing`, by id: the order of the page and of [`StatsRead::stored`].
+fn webhooks_by_id(routing: &Routing) -> Vec<&Webhook> {
+    let mut webhooks: Vec<&Webhook> = routing.webhooks.values().map(|route| &route.webhook).collect();
+    webhooks.sort_by(|a, b| a.id.cmp(&b.id));
+    webhooks
+}
+
+/// The stored stats of one refresh.
+#[derive(Default)]
+pub struct StatsRead {
+    pub stored: Vec<Stored>,
+    /// Why they could not be read (Redis away); the page says so and shows the rest.
+    pub error: Option<String>,
+}
+
 /// What the listener serves from.
 pub struct Sources {
     pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    pub live: Arc<LiveView>,
     pub routing: Arc<RoutingHandle>,
+    pub redis: RedisTarget,
+    pub keys: Keys,
+    /// Kept between refreshes; dropped when a read fails, and made again at the next one.
+    pub connection: Mutex<Option<Connection>>,
     /// SHA-256 of the admin token; `None`: no token configured (the listener is on loopback).
     pub admin_token_digest: Option<[u8; 32]>,
-    /// This instance's consumer name, shown on the page.
-    pub instance: String,
 }
 
 impl Sources {
@@ -295,6 +195,27 @@ impl Sources {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
         token.is_some_and(|t| bool::from(Self::digest(t).ct_eq(expected)))
+    }
+
+    /// Every webhook's stored stats, in [`webhooks_by_id`] order.
+    fn read_stats(&self, routing: &Routing, now_ms: u64) -> StatsRead {
+        let ids: Vec<&str> = webhooks_by_id(routing).into_iter().map(|w| w.id.as_str()).collect();
+        let mut connection = self.connection.lock();
+        let read = match connection.take() {
+            Some(con) => Ok(con),
+            None => self.redis.connect_once(REDIS_TIMEOUT),
+        }
+        .and_then(|mut con| stats::read_many(&mut con, &self.keys, &ids, now_ms).map(|stored| (con, stored)));
+        match read {
+            Ok((con, stored)) => {
+                *connection = Some(con);
+                StatsRead { stored, error: None }
+            }
+            Err(err) => StatsRead {
+                stored: Vec::new(),
+                error: Some(format!("the stored stats cannot be read from Redis at {} ({err}); counts and last times are missing", self.redis.display_url())),
+            },
+        }
     }
 
     /// Answers one request.
@@ -323,7 +244,9 @@ impl Sources {
                     return response;
                 }
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                let body = status_json(&self.routing.current(), &self.health, &self.metrics, &self.instance, now_ms);
+                let routing = self.routing.current();
+                let stats = self.read_stats(&routing, now_ms);
+                let body = status_json(&routing, &stats, &self.live, &self.metrics, now_ms);
                 let mut response = with_type(200, "application/json", body.to_string().into_bytes());
                 response.headers.push(("Cache-Control".into(), "no-store".into()));
                 response
@@ -375,37 +298,5 @@ mod tests {
         assert_eq!(url_host("https://user:pw@hooks.example.com:8443/p?token=x"), "hooks.example.com:8443");
         assert_eq!(url_host("http://127.0.0.1:8787/hook"), "127.0.0.1:8787");
         assert_eq!(url_host("not a url"), "");
-    }
-
-    #[test]
-    fn attempts_older_than_the_window_drop_out() {
-        let health = Health::default();
-        let t0 = 1_000 * 60_000;
-        health.attempt("wh", false, || "HTTP 500".into(), t0);
-        health.attempt("wh", true, String::new, t0 + 1);
-        let state = health.state.lock();
-        let h = &state.webhooks["wh"];
-        assert_eq!((h.last_error.as_str(), h.last_success_ms, h.last_failure_ms), ("HTTP 500", t0 + 1, t0));
-        let b = h.buckets[(1_000 % WINDOW_MINUTES as u64) as usize];
-        assert_eq!((b.succeeded, b.failed), (1, 1));
-        drop(state);
-        // The same bucket, WINDOW_MINUTES later, starts over.
-        health.attempt("wh", true, String::new, t0 + WINDOW_MINUTES as u64 * 60_000);
-        let state = health.state.lock();
-        let b = state.webhooks["wh"].buckets[(1_000 % WINDOW_MINUTES as u64) as usize];
-        assert_eq!((b.succeeded, b.failed), (1, 0));
-    }
-
-    #[test]
-    fn dead_letters_by_tenant_are_bounded() {
-        let health = Health::default();
-        for i in 0..MAX_TENANTS + 5 {
-            health.dead_letter(&format!("t{i}"), "");
-        }
-        health.dead_letter("t0", "");
-        let state = health.state.lock();
-        assert_eq!(state.tenant_dead_letters.len(), MAX_TENANTS + 1);
-        assert_eq!(state.tenant_dead_letters[OTHER_TENANTS], 5);
-        assert_eq!(state.tenant_dead_letters["t0"], 2);
     }
 }

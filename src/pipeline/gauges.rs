@@ -2,8 +2,7 @@
 //! second for `/metrics` and the status page, so that the stages themselves only count events.
 //!
 //! - Every [`TICK`]: the depth of every channel, the in-flight window, and the circuits of the
-//!   isolation state (copied into `crate::status::Health`, and into `wss_circuit_open{webhook}`,
-//!   whose series of webhooks that went back to healthy and idle, or were deleted, are removed).
+//!   isolation state (into `wss_circuit_open{webhook}`, whose series of webhooks that went back to healthy and idle, or were deleted, are removed).
 //! - Every [`POLL_REDIS`] (2 s): `XINFO GROUPS <prefix>events` for group `wss`'s `lag` (Redis ≥ 7; -1
 //!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, and `XLEN <prefix>deadletters`.
 //!   On its own connection with a short timeout; a failure leaves the last figures and is
@@ -19,7 +18,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Connection, Value};
 
 use super::{isolation::{Circuit, Isolation}, InFlight};
-use crate::{domain::routing::RoutingHandle, metrics::Metrics, redis_conn::RedisTarget, status::Health};
+use crate::{domain::routing::RoutingHandle, metrics::Metrics, redis_conn::RedisTarget};
 
 const TICK: Duration = Duration::from_secs(1);
 const POLL_REDIS: Duration = Duration::from_secs(2);
@@ -30,7 +29,6 @@ pub struct Depths(pub Vec<Box<dyn Fn() -> usize + Send>>);
 
 pub struct Gauges {
     pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
     pub isolation: Arc<Isolation>,
     pub in_flight: Arc<InFlight>,
     pub routing: Arc<RoutingHandle>,
@@ -69,7 +67,6 @@ impl Gauges {
         let routing = self.routing.current();
         let mut endpoints = self.isolation.snapshot();
         endpoints.retain(|e| routing.webhooks.contains_key(&e.webhook));
-        self.health.set_endpoints(&endpoints, &routing);
         let mut now: HashSet<String> = HashSet::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let open = !matches!(endpoint.circuit, Circuit::Closed);

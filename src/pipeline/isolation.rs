@@ -100,6 +100,17 @@ pub enum CircuitState {
     HalfOpen,
 }
 
+impl CircuitState {
+    /// The state's name where it is stored and shown (`crate::stats`, the status page).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
 impl Circuit {
     pub fn state(&self) -> CircuitState {
         match self {

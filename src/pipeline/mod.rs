@@ -62,7 +62,6 @@ use parking_lot::Mutex;
 use crate::{
     config::Config,
     metrics::Metrics,
-    status::Health,
     deadletter::{AttemptRecord, Reason},
     domain::{
         routing::{Route, RoutingHandle},
@@ -283,8 +282,6 @@ pub struct Deps {
     /// Built with [`live_view`]; the pipeline keeps it up to date.
     pub live: Arc<live::LiveView>,
     pub metrics: Arc<Metrics>,
-    /// Per-webhook health for the status page.
-    pub health: Arc<Health>,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -312,7 +309,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics, health } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -414,14 +411,12 @@ impl Pipeline {
             isolation: isolation.clone(),
             instance: config.consumer.clone(),
             metrics: metrics.clone(),
-            health: health.clone(),
         };
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, retry_tx, stop)))?;
 
         let gauges = gauges::Gauges {
             metrics,
-            health,
             isolation,
             in_flight: in_flight.clone(),
             routing: routing.clone(),

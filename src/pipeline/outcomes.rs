@@ -45,7 +45,6 @@ use crate::{
     },
     history::{self, DeliveryRecord, Retention, Status},
     metrics::Metrics,
-    status::Health,
     redis_conn::RedisTarget,
     retry::next_delay,
     stats::{self, CircuitRecord, Tally, Trims},
@@ -86,8 +85,6 @@ pub struct Outcomes {
     /// Counted as completions are handled (before their batch is written: a crash before the
     /// write repeats those deliveries, and counts them again).
     pub metrics: Arc<Metrics>,
-    /// Per-webhook health for the status page.
-    pub health: Arc<Health>,
 }
 
 /// Redis writes owed by the completions handled since the last flush.
@@ -187,8 +184,6 @@ impl Outcomes {
                 }
                 batch.stats.attempt(&delivery.webhook_id, &record, verdict == Verdict::Delivered);
                 self.metrics.attempt(record.status, record.duration_ms as f64 / 1000.0);
-                let succeeded = verdict == Verdict::Delivered;
-                self.health.attempt(&delivery.webhook_id, succeeded, || attempt_error(&record), now_ms());
                 let policy = &route.policy;
                 match verdict {
                     Verdict::Delivered => {
@@ -244,7 +239,6 @@ impl Outcomes {
                     ticket.stream_id, rejection.reason.as_str(), rejection.detail);
                 self.metrics.bad_entry(rejection.reason);
                 self.metrics.dead_letter(rejection.reason);
-                self.health.dead_letter(&rejection.tenant, "");
                 let body = fields_as_json(&raw_fields);
                 batch.dead.push(DeadLetter {
                     reason: rejection.reason.as_str().into(),
@@ -291,7 +285,6 @@ impl Outcomes {
     fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
         self.metrics.dead_lettered.inc();
         self.metrics.dead_letter(reason);
-        self.health.dead_letter(&delivery.event.tenant, &delivery.webhook_id);
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.stats.dead_letter(&delivery.webhook_id, now_ms());
         batch.dead.push(DeadLetter {
@@ -455,16 +448,6 @@ fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next:
         attempt = record.attempt, outcome = outcome, status = record.status, error = error;
         "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
         record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
-}
-
-/// What the status page shows of a failed attempt: `HTTP 500 Internal Server Error`, or the
-/// error class and text when no answer came.
-fn attempt_error(record: &AttemptRecord) -> String {
-    if record.status != 0 {
-        record.error.clone()
-    } else {
-        format!("{}: {}", record.error_kind, record.error)
-    }
 }
 
 fn last_error(history: &[AttemptRecord]) -> String {
