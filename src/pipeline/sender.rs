@@ -133,7 +133,7 @@ fn error_kind(err: &ureq::Error) -> &'static str {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
             _ => "io",
         },
-        ureq::Error::Protocol(_) => "protocol",
+        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => "protocol",
         ureq::Error::Tls(_) => "tls",
         other if other.to_string().to_ascii_lowercase().contains("tls") => "tls",
         _ => "error",
