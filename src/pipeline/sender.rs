@@ -56,16 +56,16 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
 }
 
 fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
-    let webhook = &signed.route.webhook;
-    let timeout = signed.route.policy.attempt_timeout;
+    let route = &signed.route;
+    let timeout = route.policy.attempt_timeout;
     let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let clock = Instant::now();
-    let mut request = agent.post(&webhook.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
+    let mut request = agent.post(&*route.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
     for (name, value) in &signed.headers {
         request = request.header(*name, value);
     }
-    for (name, value) in &webhook.headers {
-        request = request.header(name, value);
+    for (name, value) in &route.headers {
+        request = request.header(&**name, &**value);
     }
     let mut record = AttemptRecord { attempt: signed.delivery.attempt, started_at_ms, ..Default::default() };
     let verdict = match request.send(&signed.delivery.body[..]) {

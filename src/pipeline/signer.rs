@@ -199,7 +199,7 @@ fn now_secs() -> u64 {
 /// The webhook's current route, or the reason the delivery cannot be attempted any more.
 fn current_route(routing: &RoutingHandle, delivery: Delivery) -> Result<(Delivery, Arc<Route>), Completion> {
     let snapshot = routing.current();
-    let Some(route) = snapshot.webhooks.get(&delivery.webhook_id) else {
+    let Some(route) = snapshot.webhooks.get(delivery.webhook_id.as_str()) else {
         let detail = format!("webhook {} was deleted before attempt {}", delivery.webhook_id, delivery.attempt);
         return Err(Completion::Abandoned { delivery, reason: Reason::WebhookDeleted, detail });
     };
