@@ -6,6 +6,8 @@
 //! `field:<name>`, so that nothing an internal system sent is lost. The stream is trimmed
 //! approximately to `WSS_DEAD_LETTER_MAXLEN` entries.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// Why something was dead-lettered. The string forms are part of the API (`DeadLetter.reason`).
@@ -65,7 +67,9 @@ pub struct AttemptRecord {
     pub status: u16,
     /// Error class when no response arrived (`connect`, `timeout`, `io`, `tls`, `protocol`,
     /// `dns`, `refused_target`), or `http_status` for a non-2xx answer; empty on success.
-    pub error_kind: String,
+    /// Borrowed when the sender sets it (one of those names): no allocation per attempt, which
+    /// counts when a million retries wait with their attempts.
+    pub error_kind: Cow<'static, str>,
     pub error: String,
     pub response_excerpt: String,
 }

@@ -104,7 +104,8 @@ pub struct Inbound {
 pub struct Delivery {
     pub ticket: Arc<EntryTicket>,
     pub event: Arc<EventMeta>,
-    pub webhook_id: String,
+    /// The route's own id (shared, not copied: a million retries may wait).
+    pub webhook_id: Arc<str>,
     pub body: Arc<[u8]>,
     /// Number of the attempt about to be made, from 1.
     pub attempt: u32,

@@ -47,7 +47,7 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
         // A webhook to be disabled is freed by the outcome stage once it is disabled, so that
         // what waits for its slot is dead-lettered rather than attempted again.
         if release && !matches!(transition, Some(Transition::FailingTooLong { .. })) {
-            let _ = freed.send(delivery.webhook_id.clone());
+            let _ = freed.send(delivery.webhook_id.to_string());
         }
         if done.send(Completion::Attempted { delivery, route, record, verdict, transition }).is_err() {
             return;

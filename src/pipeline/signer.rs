@@ -71,7 +71,7 @@ impl Signer {
     pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         // Deliveries over their webhook's in-flight cap, unsigned, in arrival order.
-        let mut parked: HashMap<String, VecDeque<Delivery>> = HashMap::new();
+        let mut parked: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
         loop {
             let delivery = select! {
                 recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
@@ -118,7 +118,7 @@ impl Signer {
     }
 
     /// Sends what the webhook's freed slots allow of its parked deliveries.
-    fn release(&self, webhook: &str, parked: &mut HashMap<String, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
+    fn release(&self, webhook: &str, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
         let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
         while let Some(delivery) = queue.pop_front() {
             if let Some(still_over) = self.dispatch(delivery, outputs)? {
@@ -199,7 +199,7 @@ fn now_secs() -> u64 {
 /// The webhook's current route, or the reason the delivery cannot be attempted any more.
 fn current_route(routing: &RoutingHandle, delivery: Delivery) -> Result<(Delivery, Arc<Route>), Completion> {
     let snapshot = routing.current();
-    let Some(route) = snapshot.webhooks.get(delivery.webhook_id.as_str()) else {
+    let Some(route) = snapshot.webhooks.get(&*delivery.webhook_id) else {
         let detail = format!("webhook {} was deleted before attempt {}", delivery.webhook_id, delivery.attempt);
         return Err(Completion::Abandoned { delivery, reason: Reason::WebhookDeleted, detail });
     };

@@ -151,7 +151,7 @@ fn route(
         let delivery = |body| Delivery {
             ticket: ticket.clone(),
             event: meta.clone(),
-            webhook_id: route.id.to_string(),
+            webhook_id: route.id.clone(),
             body,
             attempt: 1,
             history: Vec::new(),
