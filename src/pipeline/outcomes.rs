@@ -158,7 +158,7 @@ impl Outcomes {
                 match verdict {
                     Verdict::Delivered => {
                         log::debug!(target: "wss::outcomes", "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
-                            delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
+                            delivery.event.id(), delivery.webhook_id, delivery.event.tenant(), record.attempt, record.duration_ms);
                         push_attempt(&mut delivery.history, record);
                         batch.record(history_record(&delivery, Status::Delivered, 0, ""));
                         finish(&delivery.ticket, batch);
@@ -190,7 +190,7 @@ impl Outcomes {
             }
             Completion::AlreadyTerminal { delivery } => finish(&delivery.ticket, batch),
             Completion::Abandoned { delivery, reason, detail } => {
-                log::warn!(target: "wss::outcomes", "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+                log::warn!(target: "wss::outcomes", "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id(), delivery.webhook_id, delivery.event.tenant());
                 self.dead_letter(delivery, reason, detail, batch);
             }
             Completion::Rejected { ticket, rejection, raw_fields } => {
@@ -241,10 +241,10 @@ impl Outcomes {
         batch.dead.push(DeadLetter {
             reason: reason.as_str().into(),
             detail,
-            tenant_id: delivery.event.tenant.clone(),
+            tenant_id: delivery.event.tenant().to_owned(),
             webhook_id: delivery.webhook_id.to_string(),
-            event_id: delivery.event.id.clone(),
-            event_type: delivery.event.event_type.clone(),
+            event_id: delivery.event.id().to_owned(),
+            event_type: delivery.event.event_type().to_owned(),
             stream_entry_id: delivery.ticket.stream_id.clone(),
             dead_lettered_at_ms: now_ms(),
             body: String::from_utf8_lossy(&delivery.body).into_owned(),
@@ -336,10 +336,10 @@ fn history_record(delivery: &Delivery, status: Status, next_attempt_at_ms: u64, 
     let now = now_ms();
     DeliveryRecord {
         id: history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id),
-        tenant_id: delivery.event.tenant.clone(),
+        tenant_id: delivery.event.tenant().to_owned(),
         webhook_id: delivery.webhook_id.to_string(),
-        event_id: delivery.event.id.clone(),
-        event_type: delivery.event.event_type.clone(),
+        event_id: delivery.event.id().to_owned(),
+        event_type: delivery.event.event_type().to_owned(),
         stream_entry_id: delivery.ticket.stream_id.clone(),
         status,
         created_at_ms: delivery.history.first().map_or(now, |a| a.started_at_ms),
@@ -367,7 +367,7 @@ fn finish(ticket: &EntryTicket, batch: &mut Batch) {
 fn log_failure(delivery: &Delivery, record: &AttemptRecord, next: &str) {
     let what = if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
     log::warn!(target: "wss::outcomes", "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
-        record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+        record.attempt, delivery.event.id(), delivery.webhook_id, delivery.event.tenant());
 }
 
 fn last_error(history: &[AttemptRecord]) -> String {

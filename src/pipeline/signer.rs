@@ -226,8 +226,8 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
             headers.push((TIMESTAMP_HEADER, timestamp));
         }
         RouteSigner::Standard(key) => {
-            headers.push(("webhook-signature", key.sign(&event.id, &timestamp, body)));
-            headers.push(("webhook-id", event.id.clone()));
+            headers.push(("webhook-signature", key.sign(event.id(), &timestamp, body)));
+            headers.push(("webhook-id", event.id().to_owned()));
             headers.push(("webhook-timestamp", timestamp));
         }
         // A rotation's overlap (SPEC.md §3): the new secret's signature first, then the old one's
@@ -251,8 +251,8 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
             return headers;
         }
     }
-    headers.push(("X-WSS-Event-Id", event.id.clone()));
-    headers.push(("X-WSS-Event-Type", event.event_type.clone()));
+    headers.push(("X-WSS-Event-Id", event.id().to_owned()));
+    headers.push(("X-WSS-Event-Type", event.event_type().to_owned()));
     headers.push(("X-WSS-Attempt", attempt.to_string()));
     headers
 }
@@ -265,7 +265,7 @@ mod tests {
     use crate::signature::{verify_headers, verify_standard, StandardSigner, WssSigner};
 
     fn meta() -> EventMeta {
-        EventMeta { id: "1767225600000-0".into(), event_type: "order.created".into(), tenant: "acme".into() }
+        EventMeta::new("1767225600000-0", "order.created", "acme")
     }
 
     #[test]

@@ -145,7 +145,7 @@ fn route(
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket }).is_ok();
     }
-    let meta = Arc::new(EventMeta { id: event.id, event_type: event.event_type, tenant: event.tenant });
+    let meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
     ticket.expect(plans.len());
     for (route, plan) in plans {
         let delivery = |body| Delivery {
