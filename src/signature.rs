@@ -587,7 +587,7 @@ mod tests {
                 case.name
             );
             let signer = WssSigner::new(secret);
-            // Twice, to show the cloned key state is not consumed by a signature.
+            // Twice, to show signing leaves the signer as it was.
             for _ in 0..2 {
                 assert_eq!(
                     signer.sign(&case.timestamp, &case.body),

@@ -32,7 +32,7 @@ use crate::{
     signature::{StandardSigner, WssSigner},
 };
 
-/// How a route signs; the key state is prepared once per snapshot.
+/// How a route signs; its key is read (a Standard Webhooks secret decoded) once per snapshot.
 #[derive(Clone)]
 pub enum RouteSigner {
     Wss(WssSigner),
