@@ -8,14 +8,17 @@
 //! A new snapshot is built whole and swapped in behind an `Arc`; readers keep the one they took
 //! for the event at hand.
 //!
+//! [`run_refresher`] polls `<prefix>config:version` four times a second and reloads when it
+//! moved, so an instance sees another instance's change within a second; the control plane calls
+//! [`RoutingHandle::reload`] right after its own writes.
+//!
 //! **Memory.** A snapshot may hold 100,000 webhooks, and it stays resident, so a [`Route`] keeps
-//! only what routing, signing and sending need (not the stored `Webhook`: description,
-//! timestamps, secrets in clear), and the webhooks are read from Redis a page at a time
-//! ([`Store::scan_webhooks`]) and turned into routes as they arrive: the whole Redis reply, every
-//! decoded `Webhook` and the new snapshot are never in memory at once. (The heap's high-water
-//! mark stays resident after a load: what a load holds at its peak is what the service costs.) [`run_refresher`] polls `<prefix>config:version` four times a second and
-//! reloads when it moved, so an instance sees another instance's change within a second; the
-//! control plane calls [`RoutingHandle::reload`] right after its own writes.
+//! only what routing, signing and sending need (not the stored `Webhook`: tenant and policy ids,
+//! description, disabled reason, timestamps), and the webhooks are read from Redis a page at a
+//! time ([`Store::scan_webhooks`]) and turned into routes as they arrive: the whole Redis reply,
+//! every decoded `Webhook` and the new snapshot are never in memory at once. (The heap's
+//! high-water mark stays resident after a load: what a load holds at its peak is what the
+//! service costs.)
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
