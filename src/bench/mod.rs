@@ -37,8 +37,8 @@
 //!    one whose receiver accepts and never answers ([`receiver::Receiver::hanging`]); the same
 //!    `--isolation-events` events in both, so the 99 healthy webhooks get the same deliveries.
 //!    Deliveries/s of the 99 from the first `XADD` to their last receipt, a fresh service per
-//!    run, runs alternated (three pairs, medians) so that a drift in the machine's load does not
-//!    favour one side. The hanging webhook runs under the default policy, whose attempt timeout
+//!    run, three pairs in ABBAAB order (medians) so that neither a drift in the machine's load
+//!    nor going first or second in a pair favours one side. The hanging webhook runs under the default policy, whose attempt timeout
 //!    bounds its requests; the run does not wait for them — it stops counting when the healthy
 //!    deliveries are all in, and the service is killed with its hanging entries still pending.
 //! 8. **Retries waiting**: `--retries` small events to a receiver that fails everything, under a
@@ -608,23 +608,32 @@ fn scaling(plan: &Plan, env: &Env, fast: &Receiver, report: &mut Report) -> anyh
     Ok(())
 }
 
-/// Deliveries/s of 99 healthy webhooks beside a healthy 100th, then beside a hanging one;
-/// alternated `isolation_rounds` times, medians reported.
+/// Deliveries/s of 99 healthy webhooks beside a healthy 100th and beside a hanging one,
+/// `isolation_rounds` pairs in ABBA order, medians reported.
 fn isolation(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let healthy = Receiver::start(200, Duration::ZERO)?;
     let hanging = Receiver::hanging()?;
     let events = plan.isolation_events;
     progress(format_args!(
-        "isolation: {events} events over {ISOLATION_WEBHOOKS} webhooks, all healthy, then with one that never answers ({} rounds)",
+        "isolation: {events} events over {ISOLATION_WEBHOOKS} webhooks, all healthy and with one that never answers ({} pairs)",
         plan.isolation_rounds
     ));
     let (mut baseline, mut with_hanging) = (Vec::new(), Vec::new());
     for round in 0..plan.isolation_rounds {
         // A healthy 100th of its own, so that `healthy` counts the 99 alone in both runs.
         let hundredth = Receiver::start(200, Duration::ZERO)?;
-        baseline.push(isolation_run(plan, env, &format!("isolation-baseline-{round}"), &healthy, &hundredth)?);
-        with_hanging.push(isolation_run(plan, env, &format!("isolation-hanging-{round}"), &healthy, &hanging)?);
-        progress(format_args!("  round {round}: {:.0} deliveries/s to the 99, then {:.0} beside the hanging one", baseline[round], with_hanging[round]));
+        let run_baseline = || isolation_run(plan, env, &format!("isolation-baseline-{round}"), &healthy, &hundredth);
+        let run_hanging = || isolation_run(plan, env, &format!("isolation-hanging-{round}"), &healthy, &hanging);
+        // Every other round the hanging run goes first (ABBA…), so that whatever favours the
+        // first or the second run of a pair does not favour one side.
+        if round % 2 == 0 {
+            baseline.push(run_baseline()?);
+            with_hanging.push(run_hanging()?);
+        } else {
+            with_hanging.push(run_hanging()?);
+            baseline.push(run_baseline()?);
+        }
+        progress(format_args!("  round {round}: {:.0} deliveries/s to the 99 all healthy, {:.0} beside the hanging one", baseline[round], with_hanging[round]));
     }
     // Without requests to the hanging receiver the second run measured nothing of interest.
     report.isolation_hanging_requests = hanging.stats.received();
