@@ -20,6 +20,8 @@
 //! step, only if the record still exists: two concurrent redeliveries of one dead letter send it
 //! once. If it fails again it is dead-lettered anew, as a new record.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::event::{CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD};
@@ -122,7 +124,9 @@ pub struct AttemptRecord {
     pub status: u16,
     /// Error class when no response arrived (`connect`, `timeout`, `io`, `tls`, `protocol`,
     /// `dns`, `refused_target`), or `http_status` for a non-2xx answer; empty on success.
-    pub error_kind: String,
+    /// Borrowed when the sender sets it (one of those names): no allocation per attempt, which
+    /// counts when a million retries wait with their attempts.
+    pub error_kind: Cow<'static, str>,
     pub error: String,
     pub response_excerpt: String,
 }

@@ -45,6 +45,22 @@ use ureq::{
 /// ureq keeps at most this many resolved addresses.
 const MAX_ADDRS: usize = 16;
 
+/// The largest response head (status line and headers) accepted; a larger one fails the attempt
+/// (`protocol`). Receivers answer a webhook with a few hundred bytes of headers; 16 KiB is what
+/// common servers allow themselves (nginx's large header buffers are 8 KiB each).
+pub const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Each pooled connection's read buffer. ureq's default is 128 KiB, zero-filled when the
+/// connection is first used: with 256 sender threads busy that was 32 MiB for input alone. It
+/// must hold a whole response head (ureq does not grow it), and a little more than
+/// [`MAX_RESPONSE_HEAD`] so that a head over the limit is reported as too large rather than as
+/// a connection that stopped making progress.
+const INPUT_BUFFER: usize = MAX_RESPONSE_HEAD + 1024;
+/// Each pooled connection's write buffer (ureq's default: 128 KiB). The request line and each
+/// header line are written into it whole, so it must hold the longest: a 2 KiB URL, a static
+/// header's 8 KiB value (`crate::domain::model::validate_headers`). Bodies go through it in
+/// pieces of its size.
+const OUTPUT_BUFFER: usize = 16 * 1024;
+
 /// Builds the delivery agent with the guard on (unless `allow_private_targets`) and no proxy.
 pub fn agent(sender_threads: usize, allow_private_targets: bool) -> Agent {
     let policy = TargetPolicy { allow_private: allow_private_targets, allowed: Vec::new() };
@@ -71,6 +87,9 @@ pub fn agent_with(sender_threads: usize, policy: TargetPolicy, proxy: Option<&st
         .user_agent(concat!("wss/", env!("CARGO_PKG_VERSION")))
         .max_idle_connections(sender_threads.max(16) * 4)
         .max_idle_connections_per_host(sender_threads.max(4))
+        .max_response_header_size(MAX_RESPONSE_HEAD)
+        .input_buffer_size(INPUT_BUFFER)
+        .output_buffer_size(OUTPUT_BUFFER)
         .build();
     Ok(Agent::with_parts(config, DefaultConnector::default(), GuardedResolver { policy, proxy: proxy_host }))
 }

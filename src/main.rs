@@ -391,9 +391,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 live: live.clone(),
                 routing: routing.clone(),
-                redis: redis.clone(),
-                keys: keys.clone(),
-                connection: Default::default(),
+                store: store.clone(),
                 admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
             };
             let server = status::serve(addr, sources).with_context(|| {

@@ -86,16 +86,19 @@ fn keyed(key: &[u8]) -> HmacSha256 {
 // The wss scheme
 // ---------------------------------------------------------------------------------------------
 
-/// Precomputed HMAC-SHA256 key state for the wss scheme (clone per message, don't re-key).
+/// The wss scheme's signer for one secret. It keeps the key, not HMAC's keyed state (two
+/// SHA-256 states and a block buffer, ~150 bytes): a routing snapshot holds one per webhook,
+/// 100,000 of them in a large configuration, and keying per message costs two SHA-256 blocks,
+/// well under a microsecond.
 #[derive(Clone)]
 pub struct WssSigner {
-    mac: HmacSha256,
+    key: Box<[u8]>,
 }
 
 impl WssSigner {
-    /// Keys the signer with the UTF-8 bytes of the webhook's secret.
+    /// The signer of the UTF-8 bytes of the webhook's secret.
     pub fn new(secret: &[u8]) -> Self {
-        WssSigner { mac: keyed(secret) }
+        WssSigner { key: secret.into() }
     }
 
     /// The `X-WSS-Signature` value: lowercase hex of HMAC(timestamp bytes ++ body).
@@ -104,7 +107,7 @@ impl WssSigner {
     }
 
     fn mac_bytes(&self, timestamp: &str, body: &[u8]) -> [u8; 32] {
-        let mut mac = self.mac.clone();
+        let mut mac = keyed(&self.key);
         mac.update(timestamp.as_bytes());
         mac.update(body);
         mac.finalize().into_bytes().into()
@@ -262,10 +265,10 @@ fn ceil_secs(d: Duration) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 /// Standard Webhooks scheme: key = base64-decoded part after `whsec_`; message = id "." ts "." body;
-/// output `v1,<base64>`.
+/// output `v1,<base64>`. Keeps the decoded key, as [`WssSigner`] does and for the same reason.
 #[derive(Clone)]
 pub struct StandardSigner {
-    mac: HmacSha256,
+    key: Box<[u8]>,
 }
 
 /// A Standard Webhooks secret that cannot be used. Messages never include the secret.
@@ -300,7 +303,7 @@ impl StandardSigner {
         if key.len() < MIN_STANDARD_KEY_LEN {
             return Err(SecretError::TooShort { len: key.len() });
         }
-        Ok(StandardSigner { mac: keyed(&key) })
+        Ok(StandardSigner { key: key.into() })
     }
 
     /// The `webhook-signature` value: `v1,` + base64 of HMAC(id "." timestamp "." body).
@@ -313,7 +316,7 @@ impl StandardSigner {
     }
 
     fn mac_bytes(&self, id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
-        let mut mac = self.mac.clone();
+        let mut mac = keyed(&self.key);
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.as_bytes());
@@ -584,7 +587,7 @@ mod tests {
                 case.name
             );
             let signer = WssSigner::new(secret);
-            // Twice, to show the cloned key state is not consumed by a signature.
+            // Twice, to show signing leaves the signer as it was.
             for _ in 0..2 {
                 assert_eq!(
                     signer.sign(&case.timestamp, &case.body),

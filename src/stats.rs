@@ -148,7 +148,7 @@ impl Tally {
                 tally.last_failure = Some(Failure {
                     at_ms: ended_ms,
                     status: record.status,
-                    kind: record.error_kind.clone(),
+                    kind: record.error_kind.to_string(),
                     error: capped(&record.error),
                 });
             }
@@ -382,7 +382,7 @@ mod tests {
             started_at_ms: ended_ms - 10,
             duration_ms: 10,
             status,
-            error_kind: if error.is_empty() { String::new() } else { "http_status".into() },
+            error_kind: if error.is_empty() { "".into() } else { "http_status".into() },
             error: error.into(),
             response_excerpt: String::new(),
         }

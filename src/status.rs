@@ -17,9 +17,10 @@
 //!   description.
 //!
 //! Per-webhook counts, last success and last failure are cluster-wide: they are the stats every
-//! instance's outcome stage writes to Redis (`crate::stats`, the same as `GetWebhookStats`), read
-//! for all webhooks in one pipelined round trip per refresh. Circuit, attempts in flight and
-//! parked deliveries are this instance's (`crate::pipeline::live`).
+//! instance's outcome stage writes to Redis (`crate::stats`, the same as `GetWebhookStats`),
+//! read with the stored webhooks on each refresh (one `HSCAN` pass and one pipelined round
+//! trip). Circuit, attempts in flight and parked deliveries are this instance's
+//! (`crate::pipeline::live`).
 
 use std::{
     collections::BTreeMap,
@@ -28,8 +29,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use parking_lot::Mutex;
-use redis::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -38,12 +37,11 @@ use crate::{
     domain::{
         model::Webhook,
         routing::{Routing, RoutingHandle},
-        store::Keys,
+        store::Store,
     },
     http_server::{Request, Responder, Response, Server},
     metrics::{self, Metrics},
     pipeline::{isolation::CircuitState, live::LiveView},
-    redis_conn::RedisTarget,
     stats::{self, Failure, Stored},
 };
 
@@ -52,8 +50,6 @@ const WINDOW: Duration = Duration::from_secs(5 * 60);
 /// A success rate below this, over at least [`MIN_ATTEMPTS_FOR_RATE`] attempts, marks a webhook failing.
 const FAILING_RATE: f64 = 0.5;
 const MIN_ATTEMPTS_FOR_RATE: u64 = 4;
-/// How long a refresh waits for Redis before showing the page without stored stats.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The page: static, no data in it.
 const PAGE: &str = include_str!("status.html");
@@ -84,16 +80,16 @@ fn pipeline_figures(m: &Metrics) -> Value {
     })
 }
 
-/// The data of the status page: every webhook of `routing` with its `stats` (in the same order
-/// as `routing`'s webhooks sorted by id; empty when Redis could not be read, `stats_error` says
-/// why) and this instance's `live` view.
+/// The data of the status page: every stored webhook with its stats (empty when Redis could not
+/// be read; `stats_error` says why), tenants as `routing` knows them, and this instance's `live`
+/// view.
 pub fn status_json(routing: &Routing, stats: &StatsRead, live: &LiveView, metrics: &Metrics, now_ms: u64) -> Value {
     let mut tenants: BTreeMap<&str, (Option<bool>, u64, Vec<Value>)> = BTreeMap::new();
     for (id, tenant) in &routing.tenants {
         tenants.entry(id.as_str()).or_default().0 = Some(tenant.tenant.disabled);
     }
     let empty = Stored::default();
-    for (i, webhook) in webhooks_by_id(routing).into_iter().enumerate() {
+    for (i, webhook) in stats.webhooks.iter().enumerate() {
         let stored = stats.stored.get(i).unwrap_or(&empty);
         let counts = stats::summarize(stored, now_ms, WINDOW);
         let failure = stored.last_failure.clone().unwrap_or_default();
@@ -155,16 +151,13 @@ fn failure_text(failure: &Failure) -> String {
     }
 }
 
-/// The webhooks of `routing`, by id: the order of the page and of [`StatsRead::stored`].
-fn webhooks_by_id(routing: &Routing) -> Vec<&Webhook> {
-    let mut webhooks: Vec<&Webhook> = routing.webhooks.values().map(|route| &route.webhook).collect();
-    webhooks.sort_by(|a, b| a.id.cmp(&b.id));
-    webhooks
-}
-
-/// The stored stats of one refresh.
+/// The stored webhooks and their stats, read for one refresh. The routing snapshot keeps only
+/// what delivery needs, so descriptions and disabled reasons are read from the store.
 #[derive(Default)]
 pub struct StatsRead {
+    /// By id.
+    pub webhooks: Vec<Webhook>,
+    /// `webhooks[i]`'s stats.
     pub stored: Vec<Stored>,
     /// Why they could not be read (Redis away); the page says so and shows the rest.
     pub error: Option<String>,
@@ -175,10 +168,7 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveView>,
     pub routing: Arc<RoutingHandle>,
-    pub redis: RedisTarget,
-    pub keys: Keys,
-    /// Kept between refreshes; dropped when a read fails, and made again at the next one.
-    pub connection: Mutex<Option<Connection>>,
+    pub store: Arc<Store>,
     /// SHA-256 of the admin token; `None`: no token configured (the listener is on loopback).
     pub admin_token_digest: Option<[u8; 32]>,
 }
@@ -197,24 +187,19 @@ impl Sources {
         token.is_some_and(|t| bool::from(Self::digest(t).ct_eq(expected)))
     }
 
-    /// Every webhook's stored stats, in [`webhooks_by_id`] order.
-    fn read_stats(&self, routing: &Routing, now_ms: u64) -> StatsRead {
-        let ids: Vec<&str> = webhooks_by_id(routing).into_iter().map(|w| w.id.as_str()).collect();
-        let mut connection = self.connection.lock();
-        let read = match connection.take() {
-            Some(con) => Ok(con),
-            None => self.redis.connect_once(REDIS_TIMEOUT),
-        }
-        .and_then(|mut con| stats::read_many(&mut con, &self.keys, &ids, now_ms).map(|stored| (con, stored)));
+    /// Every stored webhook and its stats; what could not be read is said in `error`.
+    fn read_stats(&self, now_ms: u64) -> StatsRead {
+        let mut webhooks = Vec::new();
+        let read = self.store.scan_webhooks(|w| webhooks.push(w)).and_then(|()| {
+            // A scan may hand a webhook over twice.
+            webhooks.sort_by(|a, b| a.id.cmp(&b.id));
+            webhooks.dedup_by(|a, b| a.id == b.id);
+            let ids: Vec<&str> = webhooks.iter().map(|w| w.id.as_str()).collect();
+            self.store.webhooks_stats(&ids, now_ms)
+        });
         match read {
-            Ok((con, stored)) => {
-                *connection = Some(con);
-                StatsRead { stored, error: None }
-            }
-            Err(err) => StatsRead {
-                stored: Vec::new(),
-                error: Some(format!("the stored stats cannot be read from Redis at {} ({err}); counts and last times are missing", self.redis.display_url())),
-            },
+            Ok(stored) => StatsRead { webhooks, stored, error: None },
+            Err(err) => StatsRead { webhooks: Vec::new(), stored: Vec::new(), error: Some(format!("the webhooks and their stats cannot be read ({err})")) },
         }
     }
 
@@ -245,7 +230,7 @@ impl Sources {
                 }
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 let routing = self.routing.current();
-                let stats = self.read_stats(&routing, now_ms);
+                let stats = self.read_stats(now_ms);
                 let body = status_json(&routing, &stats, &self.live, &self.metrics, now_ms);
                 let mut response = with_type(200, "application/json", body.to_string().into_bytes());
                 response.headers.push(("Cache-Control".into(), "no-store".into()));

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-/// The keys issue 7 fixes for `--json`.
-const KEYS: [&str; 10] = [
+/// The keys issue 7 fixes for `--json`, and the isolation measurement of issue 4.
+const KEYS: [&str; 13] = [
     "deliveries_per_sec",
     "raw_per_sec",
     "ratio",
@@ -17,6 +17,9 @@ const KEYS: [&str; 10] = [
     "peak_rss_mib",
     "idle_rss_mib_10k_webhooks",
     "rss_mib_1m_retries",
+    "isolation_baseline_per_sec",
+    "isolation_hanging_per_sec",
+    "isolation_ratio",
 ];
 
 #[test]
@@ -40,6 +43,7 @@ fn a_quick_bench_reports_every_figure() {
     }
     assert!(report["p50_ms"].as_f64() <= report["p99_ms"].as_f64(), "p50 ≤ p99: {report}");
     assert!(report["signatures_verified"].as_u64().is_some_and(|n| n > 0), "the receivers verified a sample of signatures: {report}");
+    assert!(report["isolation_hanging_requests"].as_u64().is_some_and(|n| n > 0), "the hanging receiver got requests: {report}");
     let scaling = report["scaling"].as_array().expect("a scaling series");
     assert_eq!(scaling.len(), 3, "{report}");
     assert!(scaling.iter().all(|p| p["deliveries_per_sec"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0)), "{report}");

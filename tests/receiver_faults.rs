@@ -467,6 +467,53 @@ async fn an_endless_response_body_is_cut_short_and_only_its_start_kept() {
     bed.all_acknowledged(&ids[0]).await;
 }
 
+/// The client's per-connection buffers are sized for ordinary heads (`wss::http`), not ureq's
+/// 128 KiB defaults: a request whose head is larger than the write buffer (four static headers
+/// of 8 KiB, the most one may hold) goes out whole, a 12 KiB response head is read, and a response
+/// head over `MAX_RESPONSE_HEAD` fails the attempt as a protocol error (not a timeout, not a
+/// success).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_heads_within_the_limits_work_and_a_response_head_over_the_limit_fails() {
+    let bed = Bed::new("fault_big_heads").await;
+    bed.policy("quick", 2, 100, 400, 2000).await;
+    let big = FaultServer::always(Act::with_header(200, "X-Big", &"b".repeat(12 * 1024)));
+    let huge = FaultServer::always(Act::with_header(200, "X-Huge", &"h".repeat(wss::http::MAX_RESPONSE_HEAD)));
+    let static_headers: std::collections::HashMap<String, String> =
+        (0..4).map(|i| (format!("X-Static-{i}"), pattern_of(i, 8192))).collect();
+    let big_hook = bed
+        .grpc
+        .create_webhook("acme", &big.url(), |r| {
+            r.retry_policy_id = "quick".into();
+            r.headers = static_headers.clone();
+        })
+        .await;
+    let huge_hook = bed.webhook(&huge.url(), "quick").await;
+
+    let ids = bed.publish(1, 2);
+    bed.healthy_got(&["evt-1", "evt-2"]).await;
+    let mut dead = Vec::new();
+    for id in &ids {
+        let d = bed.delivered(id, &big_hook.webhook_id).await;
+        assert_eq!(kinds(&d.attempts), [(1, 200, "")], "{d:#?}");
+        let d = bed.dead(id, &huge_hook.webhook_id).await;
+        assert_all_failed_with(&d, 2, "protocol");
+        dead.push(d);
+    }
+    for seen in big.seen() {
+        for (name, value) in &static_headers {
+            assert_eq!(seen.header(name), Some(value.as_str()), "request #{} carries {name} whole", seen.index);
+        }
+    }
+    assert_dead_letters(&bed.dead_letters(&huge_hook.webhook_id, 2).await, &dead);
+    assert_eq!(huge.seen().len(), 4, "one request per attempt: {:#?}", huge.seen());
+    bed.all_acknowledged(ids.last().unwrap()).await;
+}
+
+/// `len` visible ASCII bytes that differ from header to header.
+fn pattern_of(seed: usize, len: usize) -> String {
+    (0..len).map(|i| char::from(b'a' + ((i + seed * 7) % 26) as u8)).collect()
+}
+
 /// Endpoint isolation (issue 4): 100 webhooks, one of which hangs (never answers, 30 s attempt
 /// timeout). Its deliveries outnumber the sender threads, so without a per-webhook in-flight
 /// cap they would take every sender for 30 s; with the cap, every delivery of the 99 healthy

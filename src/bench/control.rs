@@ -49,6 +49,12 @@ impl Control {
     /// Tenants `t0…t<count-1>` with one webhook each at `receiver`, using `policy` (empty: the
     /// default policy).
     pub fn register(&self, count: usize, receiver: &Receiver, policy: &str) -> anyhow::Result<()> {
+        self.register_at(count, |i| receiver.url(i), policy)
+    }
+
+    /// [`Control::register`] with webhook `i` at `url_of(i)` (so that some may go to another
+    /// receiver; the path should stay `/w<i>` for signature checks).
+    pub fn register_at(&self, count: usize, url_of: impl Fn(usize) -> String, policy: &str) -> anyhow::Result<()> {
         let mut tenants = TenantServiceClient::new(self.channel.clone());
         let mut webhooks = WebhookServiceClient::new(self.channel.clone());
         self.runtime.block_on(async {
@@ -56,7 +62,7 @@ impl Control {
                 let tenant_id = format!("t{i}");
                 let tenant = CreateTenantRequest { tenant_id: tenant_id.clone(), default_retry_policy_id: policy.into(), ..Default::default() };
                 tenants.create_tenant(tenant).await.with_context(|| format!("CreateTenant {tenant_id}"))?;
-                let webhook = CreateWebhookRequest { tenant_id: tenant_id.clone(), url: receiver.url(i), secret: secret_of(i), ..Default::default() };
+                let webhook = CreateWebhookRequest { tenant_id: tenant_id.clone(), url: url_of(i), secret: secret_of(i), ..Default::default() };
                 webhooks.create_webhook(webhook).await.with_context(|| format!("CreateWebhook for {tenant_id}"))?;
             }
             Ok(())

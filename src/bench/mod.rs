@@ -33,7 +33,15 @@
 //! 5. **Scaling**: deliveries/s with 1, 20 and 1000 webhooks (`--scaling`).
 //! 6. **Idle footprint**: RSS with `--idle-tenants` tenants × 10 webhooks loaded (written straight
 //!    into the stored hashes, see [`redis::load_configuration`]) and nothing to do.
-//! 7. **Retries waiting**: `--retries` small events to a receiver that fails everything, under a
+//! 7. **Isolation**: 100 webhooks (one tenant each), all healthy, against the same 100 with
+//!    one whose receiver accepts and never answers ([`receiver::Receiver::hanging`]); the same
+//!    `--isolation-events` events in both, so the 99 healthy webhooks get the same deliveries.
+//!    Deliveries/s of the 99 from the first `XADD` to their last receipt, a fresh service per
+//!    run, three pairs in ABBAAB order (medians) so that neither a drift in the machine's load
+//!    nor going first or second in a pair favours one side. The hanging webhook runs under the default policy, whose attempt timeout
+//!    bounds its requests; the run does not wait for them — it stops counting when the healthy
+//!    deliveries are all in, and the service is killed with its hanging entries still pending.
+//! 8. **Retries waiting**: `--retries` small events to a receiver that fails everything, under a
 //!    policy whose next attempt is an hour away; RSS once every one waits in the retry heap, and
 //!    the CPU the service uses meanwhile.
 //!
@@ -94,6 +102,9 @@ pub struct Args {
     /// Tenants, with 10 webhooks each, loaded for the idle footprint [default: 10000; --quick: 100].
     #[arg(long)]
     idle_tenants: Option<usize>,
+    /// Events of each isolation run, spread over its 100 webhooks [default: 50000; --quick: 2000].
+    #[arg(long)]
+    isolation_events: Option<u64>,
     /// Retries left waiting for the retry footprint [default: 1000000; --quick: 2000].
     #[arg(long)]
     retries: Option<u64>,
@@ -104,8 +115,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Run only these parts, comma-separated: throughput (with latency and the raw limit), slow,
-    /// scaling, idle, retries [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "idle", "retries"])]
+    /// scaling, isolation, idle, retries [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "retries"])]
     only: Vec<String>,
     /// Run the service under this command, split at spaces (`--wrap "valgrind --tool=callgrind"`,
     /// `--wrap "perf record -g -o perf.data"`): for profiling; memory and CPU figures are then
@@ -129,6 +140,8 @@ struct Plan {
     scaling: Vec<usize>,
     scaling_events: u64,
     idle_tenants: usize,
+    isolation_events: u64,
+    isolation_rounds: usize,
     retries: u64,
     quick: bool,
     only: Vec<String>,
@@ -138,6 +151,8 @@ struct Plan {
 const SLOW_WEBHOOKS: usize = 50;
 /// The slow receivers' answer time.
 const SLOW_DELAY: Duration = Duration::from_millis(100);
+/// Webhooks of the isolation runs (issue 4's 100); the last one is the one that hangs.
+const ISOLATION_WEBHOOKS: usize = 100;
 /// Webhooks per tenant in the idle-footprint run.
 const IDLE_WEBHOOKS_PER_TENANT: usize = 10;
 /// Webhooks the retry-footprint run spreads its events over.
@@ -164,6 +179,9 @@ impl Plan {
             scaling: args.scaling.clone().unwrap_or_else(|| pick(q, vec![1, 20, 100], vec![1, 20, 1000])),
             scaling_events: args.scaling_events.unwrap_or(pick(q, 1_000, 20_000)).max(1),
             idle_tenants: args.idle_tenants.unwrap_or(pick(q, 100, 10_000)),
+            // At least one event per webhook, so that the hanging one gets requests.
+            isolation_events: args.isolation_events.unwrap_or(pick(q, 2_000, 50_000)).max(ISOLATION_WEBHOOKS as u64),
+            isolation_rounds: pick(q, 1, 3),
             retries: args.retries.unwrap_or(pick(q, 2_000, 1_000_000)),
             quick: q,
             only: args.only.clone(),
@@ -395,6 +413,15 @@ pub struct Report {
     idle_tenants: u64,
     idle_webhooks: u64,
     idle_start_secs: f64,
+    /// Isolation: deliveries/s of 99 healthy webhooks beside a healthy 100th (medians).
+    isolation_baseline_per_sec: f64,
+    /// The same beside a 100th that never answers.
+    isolation_hanging_per_sec: f64,
+    /// `isolation_hanging_per_sec / isolation_baseline_per_sec`; issue 4 asks ≥ 0.9.
+    isolation_ratio: f64,
+    isolation_events: u64,
+    /// Requests the hanging receiver got (and never answered) over all rounds.
+    isolation_hanging_requests: u64,
     /// RSS with `retries_waiting` retries in the heap.
     rss_mib_1m_retries: f64,
     retries_waiting: u64,
@@ -475,6 +502,9 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     }
     if plan.runs("scaling") {
         scaling(plan, env, &fast, &mut report)?;
+    }
+    if plan.runs("isolation") {
+        isolation(plan, env, &mut report)?;
     }
     report.signatures_verified += fast.stats.verified();
     anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
@@ -578,6 +608,88 @@ fn scaling(plan: &Plan, env: &Env, fast: &Receiver, report: &mut Report) -> anyh
     Ok(())
 }
 
+/// Deliveries/s of 99 healthy webhooks beside a healthy 100th and beside a hanging one,
+/// `isolation_rounds` pairs in ABBA order, medians reported.
+fn isolation(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let healthy = Receiver::start(200, Duration::ZERO)?;
+    let hanging = Receiver::hanging()?;
+    let events = plan.isolation_events;
+    progress(format_args!(
+        "isolation: {events} events over {ISOLATION_WEBHOOKS} webhooks, all healthy and with one that never answers ({} pairs)",
+        plan.isolation_rounds
+    ));
+    let (mut baseline, mut with_hanging) = (Vec::new(), Vec::new());
+    for round in 0..plan.isolation_rounds {
+        // A healthy 100th of its own, so that `healthy` counts the 99 alone in both runs.
+        let hundredth = Receiver::start(200, Duration::ZERO)?;
+        let run_baseline = || isolation_run(plan, env, &format!("isolation-baseline-{round}"), &healthy, &hundredth);
+        let run_hanging = || isolation_run(plan, env, &format!("isolation-hanging-{round}"), &healthy, &hanging);
+        // Every other round the hanging run goes first (ABBA…), so that whatever favours the
+        // first or the second run of a pair does not favour one side.
+        if round % 2 == 0 {
+            baseline.push(run_baseline()?);
+            with_hanging.push(run_hanging()?);
+        } else {
+            with_hanging.push(run_hanging()?);
+            baseline.push(run_baseline()?);
+        }
+        progress(format_args!("  round {round}: {:.0} deliveries/s to the 99 all healthy, {:.0} beside the hanging one", baseline[round], with_hanging[round]));
+    }
+    // Without requests to the hanging receiver the second run measured nothing of interest.
+    report.isolation_hanging_requests = hanging.stats.received();
+    anyhow::ensure!(report.isolation_hanging_requests > 0, "the hanging webhook got no request: the isolation run measured nothing");
+    report.signatures_verified += healthy.stats.verified();
+    anyhow::ensure!(healthy.stats.bad_signatures() == 0, "{} sampled requests in the isolation runs had a bad signature", healthy.stats.bad_signatures());
+    report.isolation_events = events;
+    report.isolation_baseline_per_sec = median(&mut baseline);
+    report.isolation_hanging_per_sec = median(&mut with_hanging);
+    report.isolation_ratio = report.isolation_hanging_per_sec / report.isolation_baseline_per_sec;
+    progress(format_args!(
+        "  medians: {:.0} / {:.0} deliveries/s, ratio {:.2}; the hanging receiver got {} requests",
+        report.isolation_baseline_per_sec, report.isolation_hanging_per_sec, report.isolation_ratio, report.isolation_hanging_requests
+    ));
+    Ok(())
+}
+
+/// One isolation run on a fresh service: webhooks 0–98 at `healthy`, webhook 99 at `last`;
+/// publishes `isolation_events` events over the 100 tenants and returns the deliveries/s of the
+/// 99, from the first `XADD` to the last of their receipts.
+fn isolation_run(plan: &Plan, env: &Env, name: &str, healthy: &Receiver, last: &Receiver) -> anyhow::Result<f64> {
+    let last_index = ISOLATION_WEBHOOKS - 1;
+    let mut scn = Scenario::start(env, name, &[], |_, _| Ok(()))?;
+    scn.control()?.register_at(ISOLATION_WEBHOOKS, |i| if i == last_index { last.url(i) } else { healthy.url(i) }, "")?;
+    // Connections to the 99 are opened before the clock starts, by events to their tenants only
+    // (t0…t98): the hanging webhook's entries would never be acknowledged.
+    let warm_shape = EventShape::new(last_index, plan.body_bytes);
+    let warm = last_index as u64 * 2;
+    let target = healthy.stats.received() + warm;
+    let warm_last = redis::publish(&mut scn.redis()?, &scn.keys.events, &warm_shape, 0, warm)?;
+    wait_for_receipts(&mut scn, healthy, target)?;
+    redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &warm_last, STALL)?;
+
+    // Event n goes to tenant n % 100: those with n % 100 == 99 to the last webhook.
+    let shape = EventShape::new(ISOLATION_WEBHOOKS, plan.body_bytes);
+    let events = plan.isolation_events;
+    let to_healthy = events - events / ISOLATION_WEBHOOKS as u64;
+    let target = healthy.stats.received() + to_healthy;
+    let mut con = scn.redis()?;
+    let stream = scn.keys.events.clone();
+    let start = Instant::now();
+    let publisher = thread::Builder::new()
+        .name("bench-publish".into())
+        .spawn(move || redis::publish(&mut con, &stream, &shape, 0, events))?;
+    wait_for_receipts(&mut scn, healthy, target)?;
+    let elapsed = healthy.stats.last_receipt().saturating_duration_since(start);
+    publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+    // Dropping the scenario kills the service, whatever it still holds for the last webhook.
+    Ok(to_healthy as f64 / elapsed.as_secs_f64().max(1e-6))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// RSS with a large configuration loaded and nothing to do.
 fn idle(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let webhooks = plan.idle_tenants * IDLE_WEBHOOKS_PER_TENANT;
@@ -660,6 +772,9 @@ fn table(r: &Report) -> String {
         (format!("idle RSS, {} tenants × 10 webhooks", r.idle_tenants), format!("{:.1} MiB", r.idle_rss_mib_10k_webhooks), "≤ 64 MiB"),
         (format!("RSS, {} retries waiting", r.retries_waiting), format!("{:.1} MiB", r.rss_mib_1m_retries), "≤ 512 MiB"),
         ("  CPU while they wait".into(), format!("{:.1} %", r.retry_idle_cpu_pct), ""),
+        (format!("isolation: 99 of 100 webhooks, all healthy ({} events)", r.isolation_events), format!("{:.0} /s", r.isolation_baseline_per_sec), ""),
+        ("  the same 99 beside one that never answers".into(), format!("{:.0} /s", r.isolation_hanging_per_sec), ""),
+        ("  ratio".into(), format!("{:.2}", r.isolation_ratio), "≥ 0.9"),
     ];
     let mut rows = rows;
     for point in &r.scaling {

@@ -9,6 +9,10 @@
 //! signature checked with the webhook's secret (the secret of webhook `i` is [`secret_of`]`(i)`,
 //! and its URL path is `/w<i>`), so a bench that measures unsigned or wrongly signed deliveries
 //! says so instead of reporting a figure.
+//!
+//! A hanging receiver ([`Receiver::hanging`]) counts what it gets and never answers: each request
+//! holds its connection open until the receiver is dropped. It is the bad webhook of the
+//! isolation run.
 
 use std::{
     sync::{
@@ -121,20 +125,16 @@ fn publish_time(body: &[u8]) -> Option<u64> {
 pub struct Receiver {
     server: Server,
     pub stats: Arc<Stats>,
+    /// A hanging receiver's handlers wait until this is dropped. Declared after `server`, so
+    /// dropped after it: the connections are shut down first, then the handlers return (their
+    /// late answers go nowhere), and no thread is left waiting.
+    _release: Option<crossbeam_channel::Sender<()>>,
 }
 
 impl Receiver {
     /// Answers every request with `status` after `delay`.
     pub fn start(status: u16, delay: Duration) -> std::io::Result<Self> {
-        let stats = Arc::new(Stats {
-            epoch: Instant::now(),
-            received: AtomicU64::new(0),
-            last_us: AtomicU64::new(0),
-            recording: AtomicBool::new(false),
-            latencies_us: Mutex::new(Vec::new()),
-            verified: AtomicU64::new(0),
-            bad_signatures: AtomicU64::new(0),
-        });
+        let stats = Self::new_stats();
         let seen = stats.clone();
         let server = Server::bind(([127, 0, 0, 1], 0).into(), move |request: &Request<'_>, responder: Responder<'_>| {
             seen.on_request(request);
@@ -143,7 +143,34 @@ impl Receiver {
             }
             let _ = responder.send(Response::empty(status));
         })?;
-        Ok(Self { server, stats })
+        Ok(Self { server, stats, _release: None })
+    }
+
+    /// Accepts every request, reads it, counts it, and never answers: the request's connection
+    /// stays open, silent, until the sender gives up (its attempt timeout) or the receiver is
+    /// dropped.
+    pub fn hanging() -> std::io::Result<Self> {
+        let stats = Self::new_stats();
+        let seen = stats.clone();
+        let (release, released) = crossbeam_channel::bounded::<()>(0);
+        let server = Server::bind(([127, 0, 0, 1], 0).into(), move |request: &Request<'_>, _never: Responder<'_>| {
+            seen.on_request(request);
+            // Nothing is ever sent on this channel: `recv` returns when the receiver is dropped.
+            let _ = released.recv();
+        })?;
+        Ok(Self { server, stats, _release: Some(release) })
+    }
+
+    fn new_stats() -> Arc<Stats> {
+        Arc::new(Stats {
+            epoch: Instant::now(),
+            received: AtomicU64::new(0),
+            last_us: AtomicU64::new(0),
+            recording: AtomicBool::new(false),
+            latencies_us: Mutex::new(Vec::new()),
+            verified: AtomicU64::new(0),
+            bad_signatures: AtomicU64::new(0),
+        })
     }
 
     /// The URL of webhook number `i`.

@@ -110,11 +110,12 @@ pub fn hindrance(routing: &Routing, record: &DeadLetter) -> Option<String> {
         return None;
     }
     let id = &record.webhook_id;
-    match routing.webhooks.get(id) {
-        Some(route) if route.webhook.tenant_id != *tenant => Some(format!("webhook {id:?} no longer belongs to tenant {tenant:?}")),
-        Some(route) if !route.webhook.enabled => {
+    // The tenant's routes hold its enabled webhooks only: a disabled one is known by its id alone.
+    match routing.webhooks.get(id.as_str()) {
+        Some(route) if !route.enabled => {
             Some(format!("webhook {id:?} is disabled; enable it with WebhookService/UpdateWebhook (enabled: true), then redeliver"))
         }
+        Some(_) if !routes.routes.iter().any(|r| *r.id == **id) => Some(format!("webhook {id:?} no longer belongs to tenant {tenant:?}")),
         Some(_) => None,
         None => Some(format!("webhook {id:?} no longer exists; nothing would receive the event")),
     }

@@ -6,9 +6,19 @@
 //! replaces for every expression whose text did not change.
 //!
 //! A new snapshot is built whole and swapped in behind an `Arc`; readers keep the one they took
-//! for the event at hand. [`run_refresher`] polls `<prefix>config:version` four times a second and
-//! reloads when it moved, so an instance sees another instance's change within a second; the
-//! control plane calls [`RoutingHandle::reload`] right after its own writes.
+//! for the event at hand.
+//!
+//! [`run_refresher`] polls `<prefix>config:version` four times a second and reloads when it
+//! moved, so an instance sees another instance's change within a second; the control plane calls
+//! [`RoutingHandle::reload`] right after its own writes.
+//!
+//! **Memory.** A snapshot may hold 100,000 webhooks, and it stays resident, so a [`Route`] keeps
+//! only what routing, signing and sending need (not the stored `Webhook`: tenant and policy ids,
+//! description, disabled reason, timestamps), and the webhooks are read from Redis a page at a
+//! time ([`Store::scan_webhooks`]) and turned into routes as they arrive: the whole Redis reply,
+//! every decoded `Webhook` and the new snapshot are never in memory at once. (The heap's
+//! high-water mark stays resident after a load: what a load holds at its peak is what the
+//! service costs.)
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -17,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{
     model::{RetryPolicy, SignatureScheme, Tenant, TypePattern, Webhook, DEFAULT_POLICY_ID},
-    store::{Everything, Store},
+    store::{ConfigHead, Everything, Store},
     DomainError,
 };
 use crate::{
@@ -25,7 +35,7 @@ use crate::{
     signature::{StandardSigner, WssSigner},
 };
 
-/// How a route signs; the key state is prepared once per snapshot.
+/// How a route signs; its key is read (a Standard Webhooks secret decoded) once per snapshot.
 #[derive(Clone)]
 pub enum RouteSigner {
     Wss(WssSigner),
@@ -63,19 +73,33 @@ impl RouteSigner {
     }
 }
 
-/// One webhook as the pipeline sees it.
+/// One webhook as the pipeline sees it: what routing, signing and sending need, no more (see
+/// the module's note on memory).
 pub struct Route {
-    pub webhook: Webhook,
-    pub patterns: Vec<TypePattern>,
-    /// The filter, compiled. `Some(Err)` when the stored text does not compile with this
-    /// version (written by another version, or by hand): the webhook's deliveries are then
+    /// The webhook's id, shared with the key of [`Routing::webhooks`].
+    pub id: Arc<str>,
+    pub url: Box<str>,
+    /// Static headers added to every request (usually none).
+    pub headers: Box<[(Box<str>, Box<str>)]>,
+    pub enabled: bool,
+    pub tenant_disabled: bool,
+    pub patterns: Box<[TypePattern]>,
+    /// The filter, if any. Its `compiled` is `Err` when the stored text does not compile with
+    /// this version (written by another version, or by hand): the webhook's deliveries are then
     /// dead-lettered with that error rather than silently dropped or sent unfiltered.
-    pub filter: Option<Result<Filter, CompileError>>,
-    /// The transform, compiled; `Some(Err)` as for `filter`.
-    pub transform: Option<Result<Transform, CompileError>>,
+    pub filter: Option<Arc<Expression<Filter>>>,
+    /// The transform, if any; `compiled` may be `Err` as for `filter`.
+    pub transform: Option<Arc<Expression<Transform>>>,
     pub policy: Arc<RetryPolicy>,
     pub signer: RouteSigner,
-    pub tenant_disabled: bool,
+}
+
+/// A stored filter or transform: its text and the program compiled from it (or why it does not
+/// compile). Behind an `Arc`, so that a rebuilt snapshot shares it while the text is unchanged,
+/// and a webhook without one pays a null pointer.
+pub struct Expression<T> {
+    pub source: Box<str>,
+    pub compiled: Result<T, CompileError>,
 }
 
 impl Route {
@@ -86,7 +110,7 @@ impl Route {
 
     /// Deliverable right now: enabled, and its tenant too.
     pub fn is_active(&self) -> bool {
-        self.webhook.enabled && !self.tenant_disabled
+        self.enabled && !self.tenant_disabled
     }
 }
 
@@ -101,84 +125,114 @@ pub struct Routing {
     pub version: u64,
     pub tenants: HashMap<String, TenantRoutes>,
     /// Every webhook by id, disabled ones included (the signer tells "disabled" from "deleted").
-    pub webhooks: HashMap<String, Arc<Route>>,
+    pub webhooks: HashMap<Arc<str>, Arc<Route>>,
 }
 
 impl Routing {
-    /// Builds a snapshot; `previous` lends the compiled expressions that did not change.
+    /// Builds a snapshot from a configuration in hand; `previous` lends the compiled
+    /// expressions that did not change.
     pub fn build(everything: Everything, previous: &Routing) -> Self {
-        let now_ms = super::store::now_ms();
-        let policies: HashMap<String, Arc<RetryPolicy>> =
-            everything.policies.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
-        let builtin = policies
-            .get(DEFAULT_POLICY_ID)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(RetryPolicy::builtin_default()));
-        let mut tenants: HashMap<String, TenantRoutes> = everything
-            .tenants
-            .into_iter()
-            .map(|t| (t.id.clone(), TenantRoutes { tenant: t, routes: Vec::new() }))
-            .collect();
-        let mut webhooks = HashMap::with_capacity(everything.webhooks.len());
-        let mut sorted = everything.webhooks;
-        sorted.sort_by(|a, b| a.id.cmp(&b.id));
-        for webhook in sorted {
-            let Some(tenant) = tenants.get_mut(&webhook.tenant_id) else { continue };
-            let policy_id = [&webhook.retry_policy_id, &tenant.tenant.default_retry_policy_id]
-                .into_iter()
-                .find(|id| !id.is_empty());
-            let policy = policy_id.and_then(|id| policies.get(id.as_str())).cloned().unwrap_or_else(|| builtin.clone());
-            let signer = match RouteSigner::for_webhook(&webhook, now_ms) {
-                Ok(signer) => signer,
-                Err(err) => {
-                    log::error!(target: "wss::routing", "webhook {} has an unusable Standard Webhooks secret ({err}); it receives nothing until its secret is replaced", webhook.id);
-                    continue;
-                }
-            };
-            let before = previous.webhooks.get(&webhook.id);
-            let refused = |field: &'static str| {
-                let id = &webhook.id;
-                move |err: &CompileError| {
-                    log::error!(target: "wss::routing", "the stored {field} of webhook {id} does not compile ({err}); its deliveries are dead-lettered until it is replaced");
-                }
-            };
-            let filter = reuse_or_compile(&webhook.filter, before.map(|r| (&r.webhook.filter, &r.filter)), |source| {
-                Filter::compile(source).inspect_err(refused("filter"))
-            });
-            let transform = reuse_or_compile(&webhook.transform, before.map(|r| (&r.webhook.transform, &r.transform)), |source| {
-                Transform::compile(source).inspect_err(refused("transform"))
-            });
-            let route = Arc::new(Route {
-                patterns: webhook.event_types.iter().map(|p| TypePattern::new(p)).collect(),
-                filter,
-                transform,
-                policy,
-                signer,
-                tenant_disabled: tenant.tenant.disabled,
-                webhook,
-            });
-            if route.webhook.enabled {
-                tenant.routes.push(route.clone());
-            }
-            webhooks.insert(route.webhook.id.clone(), route);
+        let head = ConfigHead { version: everything.version, tenants: everything.tenants, policies: everything.policies };
+        let mut builder = RoutingBuilder::new(head, previous);
+        for webhook in everything.webhooks {
+            builder.add(webhook);
         }
-        Self { version: everything.version, tenants, webhooks }
+        builder.finish()
     }
 }
 
-/// A stored expression compiled: taken from the previous snapshot when its text is the same,
-/// compiled afresh otherwise; `None` for none.
-fn reuse_or_compile<T: Clone>(
+/// A snapshot being built: tenants and policies first, then webhooks one at a time, in any
+/// order, each turned into its [`Route`] at once (and the stored `Webhook` dropped).
+pub struct RoutingBuilder<'p> {
+    version: u64,
+    now_ms: u64,
+    policies: HashMap<String, Arc<RetryPolicy>>,
+    builtin: Arc<RetryPolicy>,
+    tenants: HashMap<String, TenantRoutes>,
+    webhooks: HashMap<Arc<str>, Arc<Route>>,
+    previous: &'p Routing,
+}
+
+impl<'p> RoutingBuilder<'p> {
+    pub fn new(head: ConfigHead, previous: &'p Routing) -> Self {
+        let policies: HashMap<String, Arc<RetryPolicy>> = head.policies.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
+        let builtin = policies.get(DEFAULT_POLICY_ID).cloned().unwrap_or_else(|| Arc::new(RetryPolicy::builtin_default()));
+        let tenants = head.tenants.into_iter().map(|t| (t.id.clone(), TenantRoutes { tenant: t, routes: Vec::new() })).collect();
+        Self { version: head.version, now_ms: super::store::now_ms(), policies, builtin, tenants, webhooks: HashMap::new(), previous }
+    }
+
+    /// Adds one webhook; a webhook of an unknown tenant, or one already added (a scan may
+    /// return an entry twice), is left out.
+    pub fn add(&mut self, webhook: Webhook) {
+        if self.webhooks.contains_key(webhook.id.as_str()) {
+            return;
+        }
+        let Some(tenant) = self.tenants.get_mut(&webhook.tenant_id) else { return };
+        let policy_id = [&webhook.retry_policy_id, &tenant.tenant.default_retry_policy_id].into_iter().find(|id| !id.is_empty());
+        let policy = policy_id.and_then(|id| self.policies.get(id.as_str())).cloned().unwrap_or_else(|| self.builtin.clone());
+        let signer = match RouteSigner::for_webhook(&webhook, self.now_ms) {
+            Ok(signer) => signer,
+            Err(err) => {
+                log::error!(target: "wss::routing", "webhook {} has an unusable Standard Webhooks secret ({err}); it receives nothing until its secret is replaced", webhook.id);
+                return;
+            }
+        };
+        let before = self.previous.webhooks.get(webhook.id.as_str());
+        let refused = |field: &'static str| {
+            let id = &webhook.id;
+            move |err: &CompileError| {
+                log::error!(target: "wss::routing", "the stored {field} of webhook {id} does not compile ({err}); its deliveries are dead-lettered until it is replaced");
+            }
+        };
+        let filter = reuse_or_compile(&webhook.filter, before.and_then(|r| r.filter.as_ref()), |source| {
+            Filter::compile(source).inspect_err(refused("filter"))
+        });
+        let transform = reuse_or_compile(&webhook.transform, before.and_then(|r| r.transform.as_ref()), |source| {
+            Transform::compile(source).inspect_err(refused("transform"))
+        });
+        let Webhook { id, url, event_types, headers, enabled, .. } = webhook;
+        let id: Arc<str> = id.into();
+        let route = Arc::new(Route {
+            id: id.clone(),
+            url: url.into_boxed_str(),
+            headers: headers.into_iter().map(|(name, value)| (name.into_boxed_str(), value.into_boxed_str())).collect(),
+            enabled,
+            tenant_disabled: tenant.tenant.disabled,
+            patterns: event_types.iter().map(|p| TypePattern::new(p)).collect(),
+            filter,
+            transform,
+            policy,
+            signer,
+        });
+        if route.enabled {
+            tenant.routes.push(route.clone());
+        }
+        self.webhooks.insert(id, route);
+    }
+
+    pub fn finish(mut self) -> Routing {
+        for tenant in self.tenants.values_mut() {
+            tenant.routes.sort_by(|a, b| a.id.cmp(&b.id));
+            tenant.routes.shrink_to_fit();
+        }
+        self.webhooks.shrink_to_fit();
+        Routing { version: self.version, tenants: self.tenants, webhooks: self.webhooks }
+    }
+}
+
+/// A stored expression compiled: the previous snapshot's when its text is the same, compiled
+/// afresh otherwise; `None` for none.
+fn reuse_or_compile<T>(
     source: &str,
-    previous: Option<(&String, &Option<Result<T, CompileError>>)>,
+    previous: Option<&Arc<Expression<T>>>,
     compile: impl FnOnce(&str) -> Result<T, CompileError>,
-) -> Option<Result<T, CompileError>> {
+) -> Option<Arc<Expression<T>>> {
     if source.is_empty() {
         return None;
     }
     match previous {
-        Some((before, compiled @ Some(_))) if before == source => compiled.clone(),
-        _ => Some(compile(source)),
+        Some(before) if &*before.source == source => Some(before.clone()),
+        _ => Some(Arc::new(Expression { compiled: compile(source), source: source.into() })),
     }
 }
 
@@ -202,26 +256,34 @@ impl RoutingHandle {
     /// Loads everything from Redis and swaps the new snapshot in.
     pub fn reload(&self, store: &Store) -> Result<u64, DomainError> {
         let _one_at_a_time = self.reloading.lock();
-        let everything = store.load_everything()?;
-        let version = everything.version;
-        let routing = Routing::build(everything, &self.current());
+        let previous = self.current();
+        let mut builder = RoutingBuilder::new(store.load_config_head()?, &previous);
+        store.scan_webhooks(|webhook| builder.add(webhook))?;
+        let routing = builder.finish();
+        let version = routing.version;
         log::debug!(target: "wss::routing", "loaded config version {version}: {} tenants, {} webhooks", routing.tenants.len(), routing.webhooks.len());
         *self.current.write() = Arc::new(routing);
         Ok(version)
     }
 }
 
-/// Polls the config version every `interval` and reloads when it changed, until `shutdown` fires.
+/// Polls the config version every `interval` and reloads when it differs from the snapshot's,
+/// until `shutdown` fires.
+///
+/// It starts from the snapshot in hand: the service loads the configuration before it starts
+/// the pipeline, and a first poll that rebuilt it regardless built it twice, with the old one
+/// still alive meanwhile, which raised the heap's high-water mark (and so the resident memory)
+/// of a large configuration.
 pub fn run_refresher(handle: Arc<RoutingHandle>, store: Arc<Store>, interval: Duration, shutdown: Receiver<()>) {
-    let mut loaded: Option<u64> = None;
     loop {
         let seen = handle.current().version;
         match store.config_version() {
-            Ok(version) if loaded == Some(version) && seen == version => {}
-            Ok(_) => match handle.reload(&store) {
-                Ok(version) => loaded = Some(version),
-                Err(err) => log::warn!(target: "wss::routing", "could not reload the configuration: {err}"),
-            },
+            Ok(version) if seen == version => {}
+            Ok(_) => {
+                if let Err(err) = handle.reload(&store) {
+                    log::warn!(target: "wss::routing", "could not reload the configuration: {err}");
+                }
+            }
             Err(DomainError::Unavailable { .. }) => {} // the outage is logged by the connection layer
             Err(err) => log::warn!(target: "wss::routing", "could not read the config version: {err}"),
         }
@@ -273,8 +335,8 @@ mod tests {
         Everything { version: 1, tenants: vec![tenant], webhooks, policies: Vec::new() }
     }
 
-    fn filter_of<'a>(routing: &'a Routing, id: &str) -> &'a Option<Result<Filter, CompileError>> {
-        &routing.webhooks[id].filter
+    fn filter_of<'a>(routing: &'a Routing, id: &str) -> Option<&'a Result<Filter, CompileError>> {
+        routing.webhooks[id].filter.as_deref().map(|e| &e.compiled)
     }
 
     #[test]

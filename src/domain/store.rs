@@ -101,7 +101,8 @@ pub struct Page<T> {
     pub next_token: String,
 }
 
-/// Everything the routing snapshot is built from, read in one round trip.
+/// Everything the routing snapshot is built from, in one value (tests build snapshots from it;
+/// the service reads a [`ConfigHead`] and then scans the webhooks).
 #[derive(Debug)]
 pub struct Everything {
     pub version: u64,
@@ -109,6 +110,19 @@ pub struct Everything {
     pub webhooks: Vec<Webhook>,
     pub policies: Vec<RetryPolicy>,
 }
+
+/// The small part of the configuration, read whole in one round trip: the version, tenants and
+/// retry policies (the built-in default included).
+#[derive(Debug)]
+pub struct ConfigHead {
+    pub version: u64,
+    pub tenants: Vec<Tenant>,
+    pub policies: Vec<RetryPolicy>,
+}
+
+/// Webhooks per `HSCAN` page when the routing snapshot is loaded: a page's reply (~600 B per
+/// webhook) is all of the stored JSON in memory at once.
+const WEBHOOK_PAGE: usize = 500;
 
 pub struct Store {
     target: RedisTarget,
@@ -195,22 +209,48 @@ impl Store {
         })
     }
 
-    pub fn load_everything(&self) -> Result<Everything, DomainError> {
+    /// The version, tenants and policies, in one round trip. Read before the webhooks
+    /// ([`Store::scan_webhooks`]): a change made while they are scanned moves the version past
+    /// the one read here, so the snapshot is rebuilt at the next poll.
+    pub fn load_config_head(&self) -> Result<ConfigHead, DomainError> {
         self.with_conn(|con, keys| {
-            let (version, tenants, webhooks, policies): (Option<u64>, Vec<(String, String)>, Vec<(String, String)>, Vec<(String, String)>) =
-                redis::pipe()
-                    .get(&keys.config_version)
-                    .hgetall(&keys.tenants)
-                    .hgetall(&keys.webhooks)
-                    .hgetall(&keys.policies)
-                    .query(con)
-                    .map_err(|e| self.unavailable(e))?;
-            Ok(Everything {
+            let (version, tenants, policies): (Option<u64>, Vec<(String, String)>, Vec<(String, String)>) = redis::pipe()
+                .get(&keys.config_version)
+                .hgetall(&keys.tenants)
+                .hgetall(&keys.policies)
+                .query(con)
+                .map_err(|e| self.unavailable(e))?;
+            Ok(ConfigHead {
                 version: version.unwrap_or(0),
                 tenants: self.decode_all(tenants)?,
-                webhooks: self.decode_all(webhooks)?,
                 policies: with_builtin_default(self.decode_all(policies)?),
             })
+        })
+    }
+
+    /// Every stored webhook, decoded, handed to `each` a page of [`WEBHOOK_PAGE`] at a time
+    /// (`HSCAN`): what is in memory at once is one page, not the whole hash. As with any
+    /// `SCAN`, a webhook present for the whole scan is handed over at least once (possibly
+    /// twice); one written meanwhile may or may not be — the version moved, so a reload follows.
+    pub fn scan_webhooks(&self, mut each: impl FnMut(Webhook)) -> Result<(), DomainError> {
+        self.with_conn(|con, keys| {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                    .arg(&keys.webhooks)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(WEBHOOK_PAGE)
+                    .query(con)
+                    .map_err(|e| self.unavailable(e))?;
+                for (id, json) in &page {
+                    each(self.decode(id, json)?);
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
         })
     }
 
@@ -570,6 +610,11 @@ impl Store {
     /// A webhook's stored statistics (empty when it has none yet), read at `now_ms`.
     pub fn webhook_stats(&self, id: &str, now_ms: u64) -> Result<stats::Stored, DomainError> {
         self.with_conn(|con, keys| stats::read(con, keys, id, now_ms).map_err(|e| self.unavailable(e)))
+    }
+
+    /// [`Store::webhook_stats`] of several webhooks, in their order, in one round trip.
+    pub fn webhooks_stats(&self, ids: &[&str], now_ms: u64) -> Result<Vec<stats::Stored>, DomainError> {
+        self.with_conn(|con, keys| stats::read_many(con, keys, ids, now_ms).map_err(|e| self.unavailable(e)))
     }
 
     pub fn get_delivery(&self, id: &str) -> Result<DeliveryRecord, DomainError> {

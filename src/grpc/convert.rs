@@ -169,7 +169,7 @@ pub fn attempt_to_proto(attempt: AttemptRecord) -> proto::Attempt {
         started_at: timestamp(attempt.started_at_ms),
         duration: Some(duration_to_proto(Duration::from_millis(attempt.duration_ms))),
         status_code: u32::from(attempt.status),
-        error_kind: attempt.error_kind,
+        error_kind: attempt.error_kind.into_owned(),
         error: attempt.error,
         response_excerpt: attempt.response_excerpt,
     }

@@ -66,7 +66,7 @@ impl Gauges {
     fn circuits(&self, open_series: &mut HashSet<String>) {
         let routing = self.routing.current();
         let mut endpoints = self.isolation.snapshot();
-        endpoints.retain(|e| routing.webhooks.contains_key(&e.webhook));
+        endpoints.retain(|e| routing.webhooks.contains_key(e.webhook.as_str()));
         let mut now: HashSet<String> = HashSet::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let open = !matches!(endpoint.circuit, Circuit::Closed);

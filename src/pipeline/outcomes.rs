@@ -189,10 +189,10 @@ impl Outcomes {
                     Verdict::Delivered => {
                         self.metrics.delivered.inc();
                         log::debug!(target: "wss::outcomes",
-                            tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
+                            tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
                             attempt = record.attempt, outcome = "delivered", status = record.status;
                             "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
-                            delivery.event.id, delivery.webhook_id, delivery.event.tenant, record.attempt, record.duration_ms);
+                            delivery.event.id(), delivery.webhook_id, delivery.event.tenant(), record.attempt, record.duration_ms);
                         push_attempt(&mut delivery.history, record);
                         batch.record(history_record(&delivery, Status::Delivered, 0, ""));
                         finish(&delivery.ticket, batch);
@@ -226,9 +226,9 @@ impl Outcomes {
             Completion::AlreadyTerminal { delivery } => finish(&delivery.ticket, batch),
             Completion::Abandoned { delivery, reason, detail } => {
                 log::warn!(target: "wss::outcomes",
-                    tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
+                    tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
                     attempt = delivery.attempt, outcome = "dead_lettered", reason = reason.as_str();
-                    "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+                    "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id(), delivery.webhook_id, delivery.event.tenant());
                 self.dead_letter(delivery, reason, detail, batch);
             }
             Completion::Rejected { ticket, rejection, raw_fields } => {
@@ -290,10 +290,10 @@ impl Outcomes {
         batch.dead.push(DeadLetter {
             reason: reason.as_str().into(),
             detail,
-            tenant_id: delivery.event.tenant.clone(),
-            webhook_id: delivery.webhook_id.clone(),
-            event_id: delivery.event.id.clone(),
-            event_type: delivery.event.event_type.clone(),
+            tenant_id: delivery.event.tenant().to_owned(),
+            webhook_id: delivery.webhook_id.to_string(),
+            event_id: delivery.event.id().to_owned(),
+            event_type: delivery.event.event_type().to_owned(),
             stream_entry_id: delivery.ticket.stream_id.clone(),
             dead_lettered_at_ms: now_ms(),
             body: String::from_utf8_lossy(&delivery.body).into_owned(),
@@ -411,10 +411,10 @@ fn history_record(delivery: &Delivery, status: Status, next_attempt_at_ms: u64, 
     let now = now_ms();
     DeliveryRecord {
         id: history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id),
-        tenant_id: delivery.event.tenant.clone(),
-        webhook_id: delivery.webhook_id.clone(),
-        event_id: delivery.event.id.clone(),
-        event_type: delivery.event.event_type.clone(),
+        tenant_id: delivery.event.tenant().to_owned(),
+        webhook_id: delivery.webhook_id.to_string(),
+        event_id: delivery.event.id().to_owned(),
+        event_type: delivery.event.event_type().to_owned(),
         stream_entry_id: delivery.ticket.stream_id.clone(),
         status,
         created_at_ms: delivery.history.first().map_or(now, |a| a.started_at_ms),
@@ -442,12 +442,12 @@ fn finish(ticket: &EntryTicket, batch: &mut Batch) {
 /// Logs a failed attempt once, with its fields; `outcome`: what happens to the delivery now.
 fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next: &str) {
     let what = if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
-    let error = if record.status != 0 { "http_status" } else { record.error_kind.as_str() };
+    let error = if record.status != 0 { "http_status" } else { &*record.error_kind };
     log::warn!(target: "wss::outcomes",
-        tenant = delivery.event.tenant.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event.id.as_str(),
+        tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
         attempt = record.attempt, outcome = outcome, status = record.status, error = error;
         "attempt {} of event {} to webhook {} (tenant {}) failed: {what}; {next}",
-        record.attempt, delivery.event.id, delivery.webhook_id, delivery.event.tenant);
+        record.attempt, delivery.event.id(), delivery.webhook_id, delivery.event.tenant());
 }
 
 fn last_error(history: &[AttemptRecord]) -> String {

@@ -109,7 +109,7 @@ mod tests {
     fn delivery(name: &str) -> Delivery {
         Delivery {
             ticket: EntryTicket::new(name.into(), false),
-            event: Arc::new(EventMeta { id: name.into(), event_type: "t".into(), tenant: "acme".into() }),
+            event: Arc::new(EventMeta::new(name, "t", "acme")),
             webhook_id: "wh".into(),
             body: Arc::from(&b"{}"[..]),
             attempt: 2,
@@ -135,9 +135,9 @@ mod tests {
         let mut order = Vec::new();
         for _ in 0..4 {
             let d = out_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            let expected_due = match d.event.id.as_str() { "a" => 20, "b" => 40, "c" => 60, _ => 0 };
-            assert!(start.elapsed() >= Duration::from_millis(expected_due), "{} came early", d.event.id);
-            order.push(d.event.id.clone());
+            let expected_due = match d.event.id() { "a" => 20, "b" => 40, "c" => 60, _ => 0 };
+            assert!(start.elapsed() >= Duration::from_millis(expected_due), "{} came early", d.event.id());
+            order.push(d.event.id().to_owned());
         }
         assert_eq!(order, ["now", "a", "b", "c"]);
         assert_eq!(live.of("wh").waiting.retries, 0, "every delivery left the heap");

@@ -47,7 +47,7 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
         // A webhook to be disabled is freed by the outcome stage once it is disabled, so that
         // what waits for its slot is dead-lettered rather than attempted again.
         if release && !matches!(transition, Some(Transition::FailingTooLong { .. })) {
-            let _ = freed.send(delivery.webhook_id.clone());
+            let _ = freed.send(delivery.webhook_id.to_string());
         }
         if done.send(Completion::Attempted { delivery, route, record, verdict, transition }).is_err() {
             return;
@@ -56,16 +56,16 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
 }
 
 fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
-    let webhook = &signed.route.webhook;
-    let timeout = signed.route.policy.attempt_timeout;
+    let route = &signed.route;
+    let timeout = route.policy.attempt_timeout;
     let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let clock = Instant::now();
-    let mut request = agent.post(&webhook.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
+    let mut request = agent.post(&*route.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
     for (name, value) in &signed.headers {
         request = request.header(*name, value);
     }
-    for (name, value) in &webhook.headers {
-        request = request.header(name, value);
+    for (name, value) in &route.headers {
+        request = request.header(&**name, &**value);
     }
     let mut record = AttemptRecord { attempt: signed.delivery.attempt, started_at_ms, ..Default::default() };
     let verdict = match request.send(&signed.delivery.body[..]) {
@@ -133,7 +133,7 @@ fn error_kind(err: &ureq::Error) -> &'static str {
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
             _ => "io",
         },
-        ureq::Error::Protocol(_) => "protocol",
+        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => "protocol",
         ureq::Error::Tls(_) => "tls",
         other if other.to_string().to_ascii_lowercase().contains("tls") => "tls",
         _ => "error",

@@ -73,7 +73,7 @@ impl Signer {
     pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         // Deliveries over their webhook's in-flight cap, unsigned, in arrival order.
-        let mut parked: HashMap<String, VecDeque<Delivery>> = HashMap::new();
+        let mut parked: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
         loop {
             let delivery = select! {
                 recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
@@ -126,7 +126,7 @@ impl Signer {
     }
 
     /// Sends what the webhook's freed slots allow of its parked deliveries.
-    fn release(&self, webhook: &str, parked: &mut HashMap<String, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
+    fn release(&self, webhook: &str, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
         let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
         while let Some(delivery) = queue.pop_front() {
             self.parked.dec();
@@ -210,7 +210,7 @@ fn now_secs() -> u64 {
 /// The webhook's current route, or the reason the delivery cannot be attempted any more.
 fn current_route(routing: &RoutingHandle, delivery: Delivery) -> Result<(Delivery, Arc<Route>), Completion> {
     let snapshot = routing.current();
-    let Some(route) = snapshot.webhooks.get(&delivery.webhook_id) else {
+    let Some(route) = snapshot.webhooks.get(&*delivery.webhook_id) else {
         let detail = format!("webhook {} was deleted before attempt {}", delivery.webhook_id, delivery.attempt);
         return Err(Completion::Abandoned { delivery, reason: Reason::WebhookDeleted, detail });
     };
@@ -237,8 +237,8 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
             headers.push((TIMESTAMP_HEADER, timestamp));
         }
         RouteSigner::Standard(key) => {
-            headers.push(("webhook-signature", key.sign(&event.id, &timestamp, body)));
-            headers.push(("webhook-id", event.id.clone()));
+            headers.push(("webhook-signature", key.sign(event.id(), &timestamp, body)));
+            headers.push(("webhook-id", event.id().to_owned()));
             headers.push(("webhook-timestamp", timestamp));
         }
         // A rotation's overlap (SPEC.md §3): the new secret's signature first, then the old one's
@@ -262,8 +262,8 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
             return headers;
         }
     }
-    headers.push(("X-WSS-Event-Id", event.id.clone()));
-    headers.push(("X-WSS-Event-Type", event.event_type.clone()));
+    headers.push(("X-WSS-Event-Id", event.id().to_owned()));
+    headers.push(("X-WSS-Event-Type", event.event_type().to_owned()));
     headers.push(("X-WSS-Attempt", attempt.to_string()));
     headers
 }
@@ -276,7 +276,7 @@ mod tests {
     use crate::signature::{verify_headers, verify_standard, StandardSigner, WssSigner};
 
     fn meta() -> EventMeta {
-        EventMeta { id: "1767225600000-0".into(), event_type: "order.created".into(), tenant: "acme".into() }
+        EventMeta::new("1767225600000-0", "order.created", "acme")
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn route(
             None => freshness.catch_up(routing, false),
             Some(t) if !t.tenant.disabled && t.routes.is_empty() => freshness.catch_up(routing, false),
             // A redelivery to a webhook this snapshot does not have (re-enabled elsewhere just now?).
-            Some(t) if event.only_webhook.as_ref().is_some_and(|only| !t.routes.iter().any(|r| &r.webhook.id == only)) => {
+            Some(t) if event.only_webhook.as_ref().is_some_and(|only| !t.routes.iter().any(|r| *r.id == **only)) => {
                 freshness.catch_up(routing, false)
             }
             Some(t) if !t.tenant.disabled && !t.routes.iter().any(|r| r.wants(&event.event_type)) => freshness.catch_up(routing, true),
@@ -146,7 +146,7 @@ fn route(
     let candidates: Vec<&Arc<Route>> = tenant
         .routes
         .iter()
-        .filter(|r| event.only_webhook.as_ref().is_none_or(|only| &r.webhook.id == only))
+        .filter(|r| event.only_webhook.as_ref().is_none_or(|only| *r.id == **only))
         .filter(|r| r.wants(&event.event_type))
         .collect();
     if let (Some(only), true) = (&event.only_webhook, candidates.is_empty()) {
@@ -163,13 +163,13 @@ fn route(
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket }).is_ok();
     }
-    let meta = Arc::new(EventMeta { id: event.id, event_type: event.event_type, tenant: event.tenant });
+    let meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
     ticket.expect(plans.len());
     for (route, plan) in plans {
         let delivery = |body| Delivery {
             ticket: ticket.clone(),
             event: meta.clone(),
-            webhook_id: route.webhook.id.clone(),
+            webhook_id: route.id.clone(),
             body,
             attempt: 1,
             history: Vec::new(),
@@ -217,8 +217,8 @@ fn plan<'r>(evaluator: &Evaluator, event: &Event, candidates: &[&'r Arc<Route>])
             Ok((filter, transform)) => match bound.get_or_insert_with(|| evaluator.bind(&view)) {
                 Ok(bound) => bound.apply(filter, transform).map_err(|failure| {
                     let (reason, source) = match &failure {
-                        Failure::Filter(_) => (Reason::FilterError, &route.webhook.filter),
-                        Failure::Transform(_) => (Reason::TransformError, &route.webhook.transform),
+                        Failure::Filter(_) => (Reason::FilterError, route.filter.as_ref().map_or("", |e| &e.source)),
+                        Failure::Transform(_) => (Reason::TransformError, route.transform.as_ref().map_or("", |e| &e.source)),
                     };
                     (reason, format!("{failure}; the expression: {}", quote(source)))
                 }),
@@ -231,7 +231,7 @@ fn plan<'r>(evaluator: &Evaluator, event: &Event, candidates: &[&'r Arc<Route>])
             },
         };
         match outcome {
-            Ok(Outcome::Skip) => log::debug!(target: "wss::transformer", "event {} is filtered out for webhook {}", event.id, route.webhook.id),
+            Ok(Outcome::Skip) => log::debug!(target: "wss::transformer", "event {} is filtered out for webhook {}", event.id, route.id),
             Ok(Outcome::Envelope) => plans.push((route, Plan::Send(envelope_body()))),
             Ok(Outcome::Body(body)) => plans.push((route, Plan::Send(body.into()))),
             Err((reason, detail)) => plans.push((route, Plan::DeadLetter { reason, detail, body: envelope_body() })),
@@ -246,12 +246,12 @@ type Expressions<'r> = (Option<&'r Filter>, Option<&'r Transform>);
 /// A route's compiled expressions; a stored expression that does not compile is a failure of
 /// every event the route gets.
 fn expressions(route: &Route) -> Result<Expressions<'_>, (Reason, String)> {
-    let filter = match &route.filter {
+    let filter = match route.filter.as_deref().map(|e| &e.compiled) {
         None => None,
         Some(Ok(filter)) => Some(filter),
         Some(Err(err)) => return Err((Reason::FilterError, format!("the stored filter does not compile: {err}; replace it with UpdateWebhook"))),
     };
-    let transform = match &route.transform {
+    let transform = match route.transform.as_deref().map(|e| &e.compiled) {
         None => None,
         Some(Ok(transform)) => Some(transform),
         Some(Err(err)) => {
@@ -294,13 +294,11 @@ fn raw_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::{
         domain::{
-            model::{RetryPolicy, Secret, SignatureScheme, TypePattern, Webhook},
-            routing::RouteSigner,
+            model::RetryPolicy,
+            routing::{Expression, RouteSigner},
         },
         signature::WssSigner,
     };
@@ -319,34 +317,20 @@ mod tests {
     }
 
     fn route(id: &str, filter: &str, transform: &str) -> Arc<Route> {
-        let compiled_filter = (!filter.is_empty()).then(|| Filter::compile(filter));
-        let compiled_transform = (!transform.is_empty()).then(|| Transform::compile(transform));
+        let compiled_filter = (!filter.is_empty()).then(|| Arc::new(Expression { source: filter.into(), compiled: Filter::compile(filter) }));
+        let compiled_transform =
+            (!transform.is_empty()).then(|| Arc::new(Expression { source: transform.into(), compiled: Transform::compile(transform) }));
         Arc::new(Route {
-            webhook: Webhook {
-                id: id.into(),
-                tenant_id: "acme".into(),
-                url: "https://example.com/".into(),
-                event_types: Vec::new(),
-                filter: filter.into(),
-                transform: transform.into(),
-                retry_policy_id: String::new(),
-                headers: BTreeMap::new(),
-                description: String::new(),
-                enabled: true,
-                disabled_reason: String::new(),
-                signature_scheme: SignatureScheme::Wss,
-                secret: Secret::new("whsec_0123456789abcdef".into()),
-                previous_secret: None,
-                previous_secret_until_ms: 0,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            },
-            patterns: Vec::<TypePattern>::new(),
+            id: id.into(),
+            url: "https://example.com/".into(),
+            headers: Box::default(),
+            enabled: true,
+            tenant_disabled: false,
+            patterns: Box::default(),
             filter: compiled_filter,
             transform: compiled_transform,
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
-            tenant_disabled: false,
         })
     }
 
@@ -368,7 +352,7 @@ mod tests {
         ];
         let candidates: Vec<&Arc<Route>> = routes.iter().collect();
         let plans = plan(&Evaluator::new(), &event, &candidates);
-        let ids: Vec<&str> = plans.iter().map(|(r, _)| r.webhook.id.as_str()).collect();
+        let ids: Vec<&str> = plans.iter().map(|(r, _)| &*r.id).collect();
         assert_eq!(ids, ["wh_plain", "wh_yes", "wh_shaped"], "the filter that says no leaves its webhook out");
         let (plain, yes, shaped) = (sent(&plans[0].1), sent(&plans[1].1), sent(&plans[2].1));
         assert!(Arc::ptr_eq(plain, yes), "the envelope is serialized once and shared");
