@@ -295,6 +295,23 @@ pub fn get(con: &mut Connection, keys: &Keys, id: &str) -> RedisResult<Option<De
     Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
 }
 
+/// Each command of a pipeline as text, e.g. `ZADD p:deliveries 5 a 6 b`: for tests of what a
+/// batch writes.
+#[cfg(test)]
+pub(crate) fn pipeline_commands(pipe: &redis::Pipeline) -> Vec<String> {
+    pipe.cmd_iter()
+        .map(|cmd| {
+            cmd.args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => "<not simple>".to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,21 +346,6 @@ mod tests {
         assert!(!Query { webhook_id: "wh_2".into(), ..Default::default() }.keeps(&r));
     }
 
-    /// Each command of a pipeline as text, e.g. `ZADD p:deliveries 5 a 6 b`.
-    fn commands(pipe: &Pipeline) -> Vec<String> {
-        pipe.cmd_iter()
-            .map(|cmd| {
-                cmd.args_iter()
-                    .map(|arg| match arg {
-                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                        _ => "<not simple>".to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect()
-    }
-
     #[test]
     fn a_batch_writes_each_index_once() {
         let keys = Keys::new("p:");
@@ -356,7 +358,7 @@ mod tests {
         c.event_id = "e2".into();
         let mut pipe = redis::pipe();
         let touched = queue_writes(&mut pipe, &keys, retention, [&a, &b, &c]);
-        let commands = commands(&pipe);
+        let commands = pipeline_commands(&pipe);
         let writes: Vec<&String> = commands.iter().filter(|c| c.starts_with("SET")).collect();
         assert_eq!(writes.len(), 3, "one record each: {commands:?}");
         assert!(writes[0].starts_with("SETEX p:delivery:1-0:wh_1 60 {"), "{}", writes[0]);
@@ -390,3 +392,4 @@ mod tests {
         assert_eq!(decode_token("garbage"), None);
     }
 }
+

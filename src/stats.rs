@@ -372,6 +372,7 @@ pub fn read_many(con: &mut Connection, keys: &Keys, webhooks: &[&str], now_ms: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::pipeline_commands;
 
     const T: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a minute boundary
     const M: u64 = T / BUCKET_MS;
@@ -386,20 +387,6 @@ mod tests {
             error: error.into(),
             response_excerpt: String::new(),
         }
-    }
-
-    fn commands(pipe: &Pipeline) -> Vec<String> {
-        pipe.cmd_iter()
-            .map(|cmd| {
-                cmd.args_iter()
-                    .map(|arg| match arg {
-                        redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                        _ => "<not simple>".to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect()
     }
 
     #[test]
@@ -420,7 +407,7 @@ mod tests {
         let mut pipe = redis::pipe();
         queue_writes(&mut pipe, &keys, &tally, &mut trims, T + 7000, KEY_TTL);
         assert_eq!(
-            commands(&pipe),
+            pipeline_commands(&pipe),
             [
                 format!("HINCRBY p:stats:webhook:wh_a s:{M} 50"),
                 format!("HINCRBY p:stats:webhook:wh_a f:{M} 2"),
@@ -448,7 +435,7 @@ mod tests {
         let mut tally = Tally::default();
         tally.attempt("wh_c", &attempt(T, 200, ""), true);
         queue_writes(&mut pipe, &Keys::new("p:"), &tally, &mut trims, T, KEY_TTL);
-        let hdel = commands(&pipe).into_iter().find(|c| c.starts_with("HDEL")).expect("a new webhook is trimmed");
+        let hdel = pipeline_commands(&pipe).into_iter().find(|c| c.starts_with("HDEL")).expect("a new webhook is trimmed");
         assert!(hdel.starts_with(&format!("HDEL p:stats:webhook:wh_c s:{} f:{0} d:{0} ", M - KEPT_MINUTES - FIRST_TRIM_MINUTES + 1)), "{hdel}");
         assert_eq!(hdel.split(' ').count() as u64, 2 + 3 * FIRST_TRIM_MINUTES);
 
