@@ -187,10 +187,20 @@ fn route(
 
 /// What becomes of the event for one webhook whose types match.
 #[derive(Debug)]
-enum Plan {
+pub(super) enum Plan {
     Send(Arc<[u8]>),
     /// An expression failed on the event; `body` is the envelope, kept in the dead letter.
     DeadLetter { reason: Reason, detail: String, body: Arc<[u8]> },
+}
+
+/// The same rules for one webhook, as they stand now: `None` when its types no longer match the
+/// event or its filter turns it away. For a retry rebuilt after waiting light
+/// (`super::rehydrate`), whose webhook may have changed since the event was routed.
+pub(super) fn plan_one(evaluator: &Evaluator, event: &Event, route: &Arc<Route>) -> Option<Plan> {
+    if !route.wants(&event.event_type) {
+        return None;
+    }
+    plan(evaluator, event, &[route]).pop().map(|(_, plan)| plan)
 }
 
 /// Runs each candidate's filter and transform. Webhooks the filter turns away get no plan.
