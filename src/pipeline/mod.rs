@@ -19,7 +19,9 @@
 //!   retries, and writes dead letters — batching its Redis writes.
 //! - [`scheduler`] holds retries in a `BinaryHeap` ordered by due time and feeds them back to the
 //!   signer. It never blocks on its input, which breaks the cycle signer → sender → outcomes →
-//!   scheduler → signer, so bounded channels cannot deadlock.
+//!   scheduler → signer, so bounded channels cannot deadlock. Retries due further ahead than
+//!   `WSS_RETRY_IN_MEMORY_FOR` wait there light, without body and attempts; when due,
+//!   [`rehydrate`] reads their entry and history back from Redis and hands them to the signer.
 //!
 //! What the pipeline holds per webhook right now (in flight, parked, waiting retries, circuit)
 //! is kept up to date in a [`live::LiveView`] that `main` builds and shares with the control
@@ -41,6 +43,7 @@ mod leases;
 pub mod live;
 mod outcomes;
 mod reader;
+mod rehydrate;
 mod scheduler;
 mod sender;
 mod signer;
@@ -170,7 +173,9 @@ pub enum Completion {
     Attempted { delivery: Delivery, route: Arc<Route>, record: AttemptRecord, verdict: Verdict, transition: Option<isolation::Transition> },
     /// The delivery cannot be attempted any more (webhook deleted or disabled meanwhile).
     Abandoned { delivery: Delivery, reason: Reason, detail: String },
-    /// A recovered delivery that its history shows already delivered or dead-lettered.
+    /// A recovered delivery that its history shows already delivered or dead-lettered, or a
+    /// retry rebuilt after waiting light that its webhook no longer wants (types or filter
+    /// changed): finished without any record, as the transformer's filtered-out deliveries.
     AlreadyTerminal { delivery: Delivery },
     /// The entry broke the contract, or its tenant is unknown or disabled.
     Rejected { ticket: Arc<EntryTicket>, rejection: event::Rejection, raw_fields: Vec<(Vec<u8>, Vec<u8>)> },
@@ -343,6 +348,7 @@ impl Pipeline {
         let (signed_tx, signed_rx) = bounded::<SignedDelivery>(config.sender_threads.max(STAGE_QUEUE / 4));
         let (done_tx, done_rx) = bounded::<Completion>(STAGE_QUEUE * 4);
         let (retry_tx, retry_rx) = bounded::<Scheduled>(STAGE_QUEUE);
+        let (light_tx, light_rx) = bounded::<scheduler::Light>(STAGE_QUEUE);
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
         metrics.in_flight_limit.set(config.max_in_flight as i64);
         // Receiving ends kept only to read their depth; the gauges thread drops them on shutdown.
@@ -412,6 +418,15 @@ impl Pipeline {
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
 
+        let rehydrator = rehydrate::Rehydrator {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            routing: routing.clone(),
+            max_event_bytes: config.max_event_bytes,
+        };
+        let (out, done, stop) = (due_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-rehydrate".into(), Box::new(move || rehydrator.run(light_rx, out, done, stop)))?;
+
         for i in 0..config.sender_threads {
             let (agent, iso, input, done, freed, stop) =
                 (agent.clone(), isolation.clone(), signed_rx.clone(), done_tx.clone(), freed_tx.clone(), shutdown_rx.clone());
@@ -422,7 +437,8 @@ impl Pipeline {
 
         let (stop, view) = (shutdown_rx.clone(), live.clone());
         let heap_size = metrics.retry_heap_size.clone();
-        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due_tx, &heap_size, stop, &view)))?;
+        let (due, in_memory_for) = (scheduler::Outputs { whole: due_tx, light: light_tx }, config.retry_in_memory_for);
+        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due, in_memory_for, &heap_size, stop, &view)))?;
 
         let outcomes = outcomes::Outcomes {
             redis: redis.clone(),
