@@ -166,6 +166,20 @@ async fn poll<T>(within: Duration, what: &str, mut check: impl FnMut() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "chaos: 5,000 events and 5 SIGKILLs (~15 s here); .ci/run runs it on its own (./run-tests --test chaos -- --ignored)"]
 async fn deliveries_survive_random_receiver_failures_and_repeated_sigkills() {
+    chaos(&[]).await;
+}
+
+/// The same with every retry waiting light (`WSS_RETRY_IN_MEMORY_FOR=0s`: the policy's 100–500 ms
+/// backoffs are all beyond it), so each one is rebuilt from the stream and the history by the
+/// rehydrator, across the kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "chaos: 5,000 events and 5 SIGKILLs (~15 s here); .ci/run runs it on its own (./run-tests --test chaos -- --ignored)"]
+async fn deliveries_survive_the_same_with_every_retry_waiting_light() {
+    chaos(&[("WSS_RETRY_IN_MEMORY_FOR", "0s")]).await;
+}
+
+/// The chaos run, with `extra` settings for the service.
+async fn chaos(extra: &[(&str, &str)]) {
     let started = Instant::now();
     let seed: u64 = std::env::var("WSS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c4a0_5bad_f00d);
     println!("chaos seed {seed} (set WSS_CHAOS_SEED to replay)");
@@ -188,7 +202,7 @@ async fn deliveries_survive_random_receiver_failures_and_repeated_sigkills() {
             })
         })
         .collect();
-    let env: [(&str, &str); 5] = [
+    let mut env: Vec<(&str, &str)> = vec![
         ("WSS_CLAIM_AFTER", "1s"),
         ("WSS_SENDER_THREADS", "16"),
         ("WSS_LOG_LEVEL", "info"),
@@ -196,6 +210,7 @@ async fn deliveries_survive_random_receiver_failures_and_repeated_sigkills() {
         ("WSS_CIRCUIT_COOLDOWN", "1s"),
         ("WSS_READ_BLOCK", "200ms"),
     ];
+    env.extend_from_slice(extra);
     let mut service = Service::start(&ks, "chaos", &env).await;
     let grpc = service.grpc().await;
     // 12 attempts: a delivery is dead-lettered only after 12 failures in a row, p = 0.2^12 ≈ 4e-9
