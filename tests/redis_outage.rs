@@ -5,7 +5,9 @@
 //! after the outage — with nothing left pending. The second test checks that wss keeps
 //! delivering what it holds while Redis is away: the held receiver answers one request at a
 //! time with Redis still down, and all of it (also what waited inside wss for a free slot of
-//! the webhook) must go out.
+//! the webhook) must go out. The third: a retry waiting light (without body or attempts, see
+//! `WSS_RETRY_IN_MEMORY_FOR`) that comes due while Redis is away is read back once it returns,
+//! and sent at its attempt number.
 //!
 //! The Redis runs with `appendonly yes` and `appendfsync always`: every write is on disk before
 //! it is acknowledged, so a SIGKILL loses nothing Redis confirmed (without persistence the
@@ -23,7 +25,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{wait_until, Keyspace, Receiver, Recorded, Reply, Service, WAIT};
+use common::{assert_signed, eventually, wait_until, Keyspace, Receiver, Recorded, Reply, Service, WAIT};
+use wss::proto::{DeliveryStatus, GetDeliveryRequest};
 
 /// A private `redis-server` on a free loopback port, with its data in a directory of its own.
 struct PrivateRedis {
@@ -301,4 +304,53 @@ async fn what_wss_holds_is_delivered_while_redis_is_down() {
     outage.restart_redis().await;
     let (down, up) = outage.finish(&before, &during, &after).await;
     assert_eq!((down.len(), up.len()), (1, 1), "the outage and its end are logged once each: {down:#?} {up:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_light_retry_due_during_an_outage_is_sent_once_redis_is_back() {
+    let ks = Keyspace::new("light_retry_outage");
+    let mut redis = PrivateRedis::start();
+    let flaky = Receiver::failing_first(1);
+    // The retry is due 2 s after the first attempt: far beyond 100 ms, so it waits light.
+    let env = [("WSS_REDIS_URL", redis.url()), ("WSS_RETRY_IN_MEMORY_FOR", "100ms".into())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let service = Service::start(&ks, "light-outage", &env).await;
+    let grpc = service.grpc().await;
+    grpc.create_policy("later", 3, 2000, 2000).await;
+    grpc.create_tenant("acme").await;
+    let webhook = grpc.create_webhook("acme", &flaky.url(), |r| r.retry_policy_id = "later".into()).await;
+    let stream_id: String = redis::cmd("XADD")
+        .arg(ks.events())
+        .arg("*")
+        .arg(&[("tenant", "acme"), ("type", "order.created"), ("data", "{}"), ("id", "evt-outage")])
+        .query(&mut redis.conn())
+        .unwrap();
+    flaky.wait_for_requests(1, "the first attempt", |_| true).await;
+    let delivery_id = format!("{stream_id}:{}", webhook.webhook_id);
+    eventually(WAIT, "the retry and its due time recorded", || async {
+        match grpc.deliveries().get_delivery(GetDeliveryRequest { delivery_id: delivery_id.clone() }).await {
+            Ok(r) if r.get_ref().status == DeliveryStatus::Retrying as i32 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    redis.kill();
+    service
+        .wait_for(WAIT, "the rehydrator failing to read the due retry back", |l| l.contains("cannot read back 1 waiting retries"))
+        .await;
+    assert_eq!(flaky.requests().len(), 1, "nothing is sent while the retry cannot be rebuilt");
+    redis.launch();
+
+    let all = flaky.wait_for_requests(1, "the retry, once Redis is back", Recorded::delivered).await;
+    let attempts: Vec<&str> = all.iter().map(|r| r.header("X-WSS-Attempt")).collect();
+    assert_eq!(attempts, ["1", "2"], "{all:?}");
+    assert_eq!(all[1].event_id(), "evt-outage");
+    assert_eq!(all[1].body, all[0].body);
+    assert_signed(&webhook.secret, &all[1]);
+    wait_until(WAIT, "nothing pending", || match redis.pending(&ks.events())? {
+        0 => Ok(()),
+        n => Err(format!("XPENDING = {n}")),
+    })
+    .await;
 }

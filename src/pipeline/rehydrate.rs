@@ -50,6 +50,8 @@ const BATCH: usize = 256;
 /// Waits between reads while Redis is away.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for a reply before the connection is dropped and the batch read again.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Rehydrator {
     pub redis: RedisTarget,
@@ -115,8 +117,11 @@ impl Rehydrator {
             match self.read(conn, batch) {
                 Ok(found) => return Some(found),
                 Err(err) => {
+                    // A connection error is the outage the connection logs once; anything else
+                    // is news.
                     if is_connection_error(&err) {
                         self.redis.connection_lost(&err);
+                        log::debug!(target: "wss::rehydrate", "cannot read back {} waiting retries ({err}); trying again in {} ms", batch.len(), backoff.as_millis());
                     } else {
                         log::error!(target: "wss::rehydrate", "cannot read back {} waiting retries ({err}); trying again in {} ms", batch.len(), backoff.as_millis());
                     }
@@ -133,7 +138,12 @@ impl Rehydrator {
 
     fn read(&self, conn: &mut Option<Connection>, batch: &[Light]) -> Result<Vec<Found>, RedisError> {
         if conn.is_none() {
-            *conn = Some(self.redis.connect_once(Duration::from_secs(2))?);
+            let con = self.redis.connect_once(Duration::from_secs(2))?;
+            // Only reads: a reply given up on is read again, so a Redis that stopped answering
+            // (a network cut without a reset) holds the due retries this long, not forever.
+            con.set_read_timeout(Some(REDIS_TIMEOUT))?;
+            con.set_write_timeout(Some(REDIS_TIMEOUT))?;
+            *conn = Some(con);
         }
         let con = conn.as_mut().expect("just connected");
         let mut pipe = redis::pipe();
