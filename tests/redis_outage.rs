@@ -39,7 +39,9 @@ impl PrivateRedis {
     fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().unwrap().port();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("wss-redis-outage-{}-{nanos}", std::process::id()));
+        // The port is unique while this Redis runs, so it also keeps the directories of two
+        // tests apart (the clock alone may read the same for both).
+        let dir = std::env::temp_dir().join(format!("wss-redis-outage-{}-{port}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let mut redis = Self { port, dir, child: None };
         redis.launch();

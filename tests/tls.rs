@@ -21,7 +21,9 @@ async fn tls_channel(port: u16, pki: &TestPki, client: Option<(&str, &str)>) -> 
     if let Some((cert, key)) = client {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    Channel::from_shared(format!("https://localhost:{port}"))
+    // The address the service listens on (127.0.0.1), not `localhost`, which may resolve to ::1
+    // first, where another process may hold the same port; the name checked stays `localhost`.
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
         .expect("a valid URI")
         .tls_config(tls)?
         .connect_timeout(Duration::from_secs(5))

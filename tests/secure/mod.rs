@@ -117,8 +117,13 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(label: &str) -> Self {
+        // The counter keeps two tests of one process apart even when the clock reads the same
+        // for both (it did once: two TestPkis wrote into one directory, and a server presented
+        // the other test's certificate — BadSignature).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join(format!("wss-{label}-{}-{nanos}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("wss-{label}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         Self(dir)
     }
