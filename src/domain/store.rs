@@ -214,7 +214,8 @@ impl Store {
     /// the one read here, so the snapshot is rebuilt at the next poll.
     pub fn load_config_head(&self) -> Result<ConfigHead, DomainError> {
         self.with_conn(|con, keys| {
-            let (version, tenants, policies): (Option<u64>, Vec<(String, String)>, Vec<(String, String)>) = redis::pipe()
+            type Hash = Vec<(String, String)>;
+            let (version, tenants, policies): (Option<u64>, Hash, Hash) = redis::pipe()
                 .get(&keys.config_version)
                 .hgetall(&keys.tenants)
                 .hgetall(&keys.policies)
