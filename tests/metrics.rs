@@ -200,12 +200,17 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
 
     // The status data shows the broken webhook failing, the healthy one not. Its counts are the
     // stored stats, which the outcome stage writes about once a second.
-    let (body, json) = wait_until(WAIT, "the stored stats of the broken webhook on the status page", || {
+    let (body, json) = wait_until(WAIT, "the stored stats of the broken and the healthy webhook on the status page", || {
         let (status, content_type, body) = http_get(addr, "/status.json", None).map_err(|e| e.to_string())?;
         assert_eq!((status, content_type.as_str()), (200, "application/json"), "{body}");
         let json: serde_json::Value = serde_json::from_str(&body).unwrap();
         let written = json["tenants"].as_array().into_iter().flatten().filter(|t| t["tenant_id"] == "acme").any(|t| {
-            t["webhooks"].as_array().into_iter().flatten().any(|w| w["webhook_id"] == broken_hook.webhook_id.as_str() && w["dead_letters"] == 1)
+            let hooks = t["webhooks"].as_array().into_iter().flatten();
+            let mut counted = hooks.filter(|w| {
+                (w["webhook_id"] == broken_hook.webhook_id.as_str() && w["dead_letters"] == 1)
+                    || (w["webhook_id"] == ok_hook.webhook_id.as_str() && w["success_rate"] == 1.0)
+            });
+            counted.next().is_some() && counted.next().is_some()
         });
         if written { Ok((body, json)) } else { Err(format!("not yet: {body}")) }
     })
