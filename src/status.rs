@@ -26,7 +26,7 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ use crate::{
     domain::{
         model::Webhook,
         routing::{Routing, RoutingHandle},
-        store::Store,
+        store::{now_ms, Store},
     },
     http_server::{Request, Responder, Response, Server},
     metrics::{self, Metrics},
@@ -228,7 +228,7 @@ impl Sources {
                     response.headers.push(("WWW-Authenticate".into(), "Bearer realm=\"wss\"".into()));
                     return response;
                 }
-                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let now_ms = now_ms();
                 let routing = self.routing.current();
                 let stats = self.read_stats(now_ms);
                 let body = status_json(&routing, &stats, &self.live, &self.metrics, now_ms);

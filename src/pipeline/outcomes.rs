@@ -24,7 +24,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use std::collections::{HashMap, HashSet};
@@ -41,7 +41,7 @@ use crate::{
     deadletter::{self, AttemptRecord, DeadLetter, Reason},
     domain::{
         routing::RoutingHandle,
-        store::{Keys, Store},
+        store::{now_ms, Keys, Store},
     },
     history::{self, DeliveryRecord, Retention, Status},
     metrics::Metrics,
@@ -456,10 +456,6 @@ fn last_error(history: &[AttemptRecord]) -> String {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A rejected entry's fields as a JSON object of (lossily decoded) strings, for reading.

@@ -16,7 +16,7 @@
 
 use std::{
     io::{self, Read},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime},
 };
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -26,7 +26,7 @@ use super::{
     isolation::{Isolation, Transition},
     Completion, SignedDelivery, Verdict,
 };
-use crate::{deadletter::AttemptRecord, retry::parse_retry_after};
+use crate::{deadletter::AttemptRecord, domain::store::now_ms, retry::parse_retry_after};
 
 /// Response bytes kept in the attempt record.
 const EXCERPT_BYTES: usize = 1024;
@@ -58,7 +58,7 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
 fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
     let route = &signed.route;
     let timeout = route.policy.attempt_timeout;
-    let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let started_at_ms = now_ms();
     let clock = Instant::now();
     let mut request = agent.post(&*route.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
     for (name, value) in &signed.headers {

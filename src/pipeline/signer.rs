@@ -32,7 +32,7 @@ use crate::{
     deadletter::Reason,
     domain::{
         routing::{Route, RouteSigner, RoutingHandle},
-        store::Keys,
+        store::{now_ms, Keys},
     },
     history::{self, DeliveryRecord, Status},
     redis_conn::{is_connection_error, RedisTarget},
@@ -197,10 +197,6 @@ impl Signer {
         }
         result
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn now_secs() -> u64 {
