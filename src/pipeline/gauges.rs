@@ -1,8 +1,10 @@
 //! Gauges: a thread of its own (`wss-gauges`) that samples the pipeline's state about once a
 //! second for `/metrics` and the status page, so that the stages themselves only count events.
 //!
-//! - Every [`TICK`]: the depth of every channel, the in-flight window, and the circuits of the
-//!   isolation state (into `wss_circuit_open{webhook}`, whose series of webhooks that went back to healthy and idle, or were deleted, are removed).
+//! - Every [`TICK`]: the depth of every channel, the in-flight window, and from the isolation
+//!   state the deliveries parked (`wss_parked_deliveries`) and the circuits
+//!   (`wss_circuit_open{webhook}`, whose series of webhooks that went back to healthy and idle,
+//!   or were deleted, are removed).
 //! - Every [`POLL_REDIS`] (2 s): `XINFO GROUPS <prefix>events` for group `wss`'s `lag` (Redis ≥ 7; -1
 //!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, and `XLEN <prefix>deadletters`.
 //!   On its own connection with a short timeout; a failure leaves the last figures and is
@@ -66,6 +68,8 @@ impl Gauges {
     fn circuits(&self, open_series: &mut HashSet<String>) {
         let routing = self.routing.current();
         let mut endpoints = self.isolation.snapshot();
+        // The signer counts what it parks per webhook (`Isolation::set_waiting`); the total is theirs.
+        self.metrics.parked.set(endpoints.iter().map(|e| e.parked as i64).sum());
         endpoints.retain(|e| routing.webhooks.contains_key(e.webhook.as_str()));
         let mut now: HashSet<String> = HashSet::with_capacity(endpoints.len());
         for endpoint in endpoints {

@@ -412,7 +412,6 @@ impl Pipeline {
             isolation: isolation.clone(),
             redis: redis.clone(),
             keys: keys.clone(),
-            parked: metrics.parked.clone(),
         };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone(), later: retry_tx.clone() };
         let stop = shutdown_rx.clone();

@@ -44,8 +44,6 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
-    /// `wss_parked_deliveries`: up when a delivery is parked, down when it leaves.
-    pub parked: prometheus::IntGauge,
 }
 
 /// What the history says to do with a recovered delivery.
@@ -110,7 +108,6 @@ impl Signer {
             if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
                 self.isolation.set_waiting(&delivery.webhook_id, queue.len() + 1);
                 queue.push_back(delivery);
-                self.parked.inc();
                 continue;
             }
             match self.dispatch(delivery, &outputs) {
@@ -118,7 +115,6 @@ impl Signer {
                 Ok(Some(over_cap)) => {
                     self.isolation.set_waiting(&over_cap.webhook_id, 1);
                     parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap);
-                    self.parked.inc();
                 }
                 Err(Stopped) => return,
             }
@@ -129,10 +125,8 @@ impl Signer {
     fn release(&self, webhook: &str, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
         let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
         while let Some(delivery) = queue.pop_front() {
-            self.parked.dec();
             if let Some(still_over) = self.dispatch(delivery, outputs)? {
                 queue.push_front(still_over);
-                self.parked.inc();
                 break;
             }
         }
