@@ -39,6 +39,14 @@ fn items(value: Value) -> Result<Vec<Value>, ShapeError> {
     }
 }
 
+/// A stream entry id, `<ms>-<seq>`, as its two numbers; `None` for anything else (signs,
+/// spaces, a number past `u64`), which Redis would refuse as an id or a range bound.
+pub fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let number = |part: &str| part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten();
+    let (ms, seq) = id.split_once('-')?;
+    Some((number(ms)?, number(seq)?))
+}
+
 /// Decodes an `XRANGE`/`XREVRANGE` reply (or one stream's part of an `XREADGROUP` reply).
 pub fn parse_entries(value: Value) -> Result<Vec<RawEntry>, ShapeError> {
     if value == Value::Nil {
@@ -97,6 +105,15 @@ pub fn parse_read_reply(value: Value) -> Result<Vec<RawEntry>, ShapeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_two_numbers_and_nothing_else() {
+        assert_eq!(parse_id("1767225600000-12"), Some((1_767_225_600_000, 12)));
+        assert_eq!(parse_id("0-18446744073709551615"), Some((0, u64::MAX)));
+        for bad in ["", "1", "1-", "-1", "+1-0", "1-+0", "1-0 ", "1-0-0", "18446744073709551616-0", "(1-0"] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())

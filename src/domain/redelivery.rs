@@ -19,7 +19,10 @@ use super::{
     store::Store,
     DomainError,
 };
-use crate::deadletter::{DeadLetter, Reason};
+use crate::{
+    deadletter::{DeadLetter, Reason},
+    streams::parse_id,
+};
 
 /// Most dead-letter records one bulk call examines, matching or not, so that a rare filter
 /// cannot make a call take unbounded time; the call then returns a token to go on.
@@ -68,11 +71,6 @@ impl Filter {
 /// stored time).
 fn record_ms(record: &DeadLetter) -> u64 {
     parse_id(&record.id).map_or(record.dead_lettered_at_ms, |(ms, _)| ms)
-}
-
-fn parse_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// One dead letter sent again.

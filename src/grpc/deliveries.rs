@@ -46,14 +46,10 @@ impl DeliveryApi {
 /// A dead-letter page token is the stream id of the previous page's last record
 /// (`<ms>-<seq>`); anything else would reach Redis as a malformed range.
 fn check_stream_token(token: &str) -> Result<(), DomainError> {
-    if token.is_empty() {
+    if token.is_empty() || crate::streams::parse_id(token).is_some() {
         return Ok(());
     }
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    match token.split_once('-') {
-        Some((ms, seq)) if digits(ms) && digits(seq) => Ok(()),
-        _ => Err(invalid("page_token", "is not a token this service returned; pass next_page_token unchanged")),
-    }
+    Err(invalid("page_token", "is not a token this service returned; pass next_page_token unchanged"))
 }
 
 fn status_from_proto(value: i32) -> Result<Option<HistoryStatus>, DomainError> {
