@@ -71,6 +71,16 @@ impl RedisTarget {
         }
     }
 
+    /// [`RedisTarget::connect_once`], with every later read and write bounded by `io`: for a
+    /// stage that would rather drop the connection and try again than wait for ever on a Redis
+    /// that stopped answering (a network cut without a reset).
+    pub fn connect_bounded(&self, connect: Duration, io: Duration) -> Result<Connection, RedisError> {
+        let con = self.connect_once(connect)?;
+        con.set_read_timeout(Some(io))?;
+        con.set_write_timeout(Some(io))?;
+        Ok(con)
+    }
+
     /// Retries until connected, or returns `None` once `shutdown` fires (its sender dropped).
     pub fn connect_with_retry(&self, shutdown: &Receiver<()>) -> Option<Connection> {
         let mut delay = Duration::from_millis(100);

@@ -85,10 +85,7 @@ impl Gauges {
 
     fn poll_redis(&self, conn: &mut Option<Connection>) -> redis::RedisResult<()> {
         if conn.is_none() {
-            let con = self.redis.connect_once(REDIS_TIMEOUT)?;
-            con.set_read_timeout(Some(REDIS_TIMEOUT))?;
-            con.set_write_timeout(Some(REDIS_TIMEOUT))?;
-            *conn = Some(con);
+            *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("connected above");
         let (groups, dead): (Value, i64) =

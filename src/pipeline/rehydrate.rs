@@ -138,12 +138,9 @@ impl Rehydrator {
 
     fn read(&self, conn: &mut Option<Connection>, batch: &[Light]) -> Result<Vec<Found>, RedisError> {
         if conn.is_none() {
-            let con = self.redis.connect_once(Duration::from_secs(2))?;
             // Only reads: a reply given up on is read again, so a Redis that stopped answering
-            // (a network cut without a reset) holds the due retries this long, not forever.
-            con.set_read_timeout(Some(REDIS_TIMEOUT))?;
-            con.set_write_timeout(Some(REDIS_TIMEOUT))?;
-            *conn = Some(con);
+            // holds the due retries this long, not forever.
+            *conn = Some(self.redis.connect_bounded(Duration::from_secs(2), REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("just connected");
         let mut pipe = redis::pipe();
