@@ -47,7 +47,6 @@ const KEYS: &[Key] = &[
     Key { name: "circuit_cooldown", default: Some("30s") },
     Key { name: "auto_disable_after", default: Some("off") },
     Key { name: "max_in_flight", default: Some("10000") },
-    Key { name: "retry_in_memory_for", default: Some("30s") },
     Key { name: "read_batch", default: Some("256") },
     Key { name: "read_block", default: Some("1s") },
     Key { name: "max_event_bytes", default: Some("262144") },
@@ -109,9 +108,6 @@ pub struct Config {
     pub claim_after: Duration,
     /// Threads sending HTTP requests; size for latency, not cores.
     pub sender_threads: usize,
-    /// A retry due further ahead than this waits in the scheduler without its body and attempts,
-    /// and is rebuilt from the stream and the delivery history when due (README "Reliability").
-    pub retry_in_memory_for: Duration,
     /// Attempts to one webhook at once, at most; the excess waits (endpoint isolation).
     pub webhook_concurrency: usize,
     /// Consecutive failed attempts that open a webhook's circuit.
@@ -329,7 +325,6 @@ impl Layers {
                 _ => Some(p.duration("auto_disable_after", Duration::from_secs(1), Duration::from_secs(365 * 86_400))),
             },
             max_in_flight: p.count("max_in_flight", 1, 10_000_000),
-            retry_in_memory_for: p.duration("retry_in_memory_for", Duration::ZERO, Duration::from_secs(86_400)),
             read_batch: p.count("read_batch", 1, 10_000),
             read_block: p.duration("read_block", Duration::from_millis(10), Duration::from_secs(60)),
             max_event_bytes: p.count("max_event_bytes", 64, 64 << 20),

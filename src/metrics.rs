@@ -63,7 +63,7 @@ impl AttemptClass {
 }
 
 /// The pipeline's channels, for `wss_channel_depth{edge}`.
-pub const EDGES: [&str; 6] = ["inbound", "fresh", "due", "signed", "completions", "retries"];
+pub const EDGES: [&str; 5] = ["inbound", "fresh", "due", "signed", "completions"];
 
 /// Every metric wss exports, registered in one registry.
 pub struct Metrics {
@@ -83,7 +83,13 @@ pub struct Metrics {
     attempts: Vec<IntCounter>,
     pub attempt_duration: Histogram,
     pub redis_outages: IntCounter,
-    pub retry_heap_size: IntGauge,
+    pub backlog_handed_off: IntCounter,
+    pub backlog_taken: IntCounter,
+    /// Deliveries in the backlog, of the webhooks sampled (see `pipeline::gauges`).
+    pub backlog_deliveries: IntGauge,
+    pub backlog_webhooks: IntGauge,
+    pub backlog_depth: IntGaugeVec,
+    pub backlog_oldest_age: IntGaugeVec,
     pub in_flight: IntGauge,
     pub in_flight_limit: IntGauge,
     pub parked: IntGauge,
@@ -138,6 +144,16 @@ impl Metrics {
         let depth = IntGaugeVec::new(Opts::new("wss_channel_depth", "Messages waiting in the channel between two pipeline stages."), &["edge"])
             .expect("a valid metric name");
         register(&registry, &depth);
+        let per_webhook = |name: &str, help: &str| {
+            let vec = IntGaugeVec::new(Opts::new(name, help), &["webhook"]).expect("a valid metric name");
+            register(&registry, &vec);
+            vec
+        };
+        let backlog_depth = per_webhook("wss_backlog_depth", "Deliveries of the webhook waiting in the durable backlog (cluster-wide; only webhooks with a backlog).");
+        let backlog_oldest_age = per_webhook(
+            "wss_backlog_oldest_age_seconds",
+            "Age of the webhook's oldest delivery in the durable backlog: seconds since it entered it (only webhooks with a backlog).",
+        );
 
         Self {
             events_read: counter("wss_events_read_total", "Stream entries read from <prefix>events (re-reads after a restart or a claim count again)."),
@@ -165,7 +181,15 @@ impl Metrics {
             ),
             attempt_duration,
             redis_outages: counter("wss_redis_outages_total", "Times Redis became unreachable (a failed connect after a successful one)."),
-            retry_heap_size: gauge("wss_retry_heap_size", "Deliveries waiting in the retry scheduler for their next attempt."),
+            backlog_handed_off: counter(
+                "wss_backlog_handed_off_total",
+                "Deliveries written into the durable backlog: retries, and deliveries postponed for a full webhook or an open circuit.",
+            ),
+            backlog_taken: counter("wss_backlog_taken_total", "Due deliveries this instance took from the durable backlog under a lease."),
+            backlog_deliveries: gauge("wss_backlog_deliveries", "Deliveries waiting in the durable backlog, all webhooks (cluster-wide; summed over at most 1,000 webhooks)."),
+            backlog_webhooks: gauge("wss_backlog_webhooks", "Webhooks with deliveries in the durable backlog (cluster-wide)."),
+            backlog_depth,
+            backlog_oldest_age,
             in_flight: gauge("wss_in_flight_entries", "Stream entries read and not yet acknowledged (the in-flight window)."),
             in_flight_limit: gauge("wss_in_flight_limit", "Size of the in-flight window (WSS_MAX_IN_FLIGHT)."),
             parked: gauge("wss_parked_deliveries", "Deliveries held by the signer until their webhook has a free slot (WSS_WEBHOOK_CONCURRENCY)."),

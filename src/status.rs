@@ -72,7 +72,8 @@ fn pipeline_figures(m: &Metrics) -> Value {
     json!({
         "stream_lag": (m.stream_lag.get() >= 0).then(|| m.stream_lag.get()),
         "stream_pending": m.stream_pending.get(),
-        "retry_heap_size": m.retry_heap_size.get(),
+        "backlog_deliveries": m.backlog_deliveries.get(),
+        "backlog_webhooks": m.backlog_webhooks.get(),
         "in_flight": m.in_flight.get(),
         "in_flight_limit": m.in_flight_limit.get(),
         "parked": m.parked.get(),
@@ -91,6 +92,7 @@ pub fn status_json(routing: &Routing, stats: &StatsRead, live: &LiveView, metric
     let empty = Stored::default();
     for (i, webhook) in stats.webhooks.iter().enumerate() {
         let stored = stats.stored.get(i).unwrap_or(&empty);
+        let backlog = stats.backlog.get(i).copied().unwrap_or_default();
         let counts = stats::summarize(stored, now_ms, WINDOW);
         let failure = stored.last_failure.clone().unwrap_or_default();
         let here = live.of(&webhook.id);
@@ -109,8 +111,9 @@ pub fn status_json(routing: &Routing, stats: &StatsRead, live: &LiveView, metric
             "last_error": failure_text(&failure),
             "circuit": here.circuit.state().as_str(),
             "in_flight": here.in_flight,
-            "parked": here.waiting.parked,
-            "retries_waiting": here.waiting.retries,
+            "parked": here.parked,
+            "backlog": backlog.deliveries,
+            "backlog_oldest_age_ms": backlog.oldest_since_ms.map(|since| now_ms.saturating_sub(since)),
             "dead_letters": counts.dead_letters,
             "failing": failing(here.circuit.state(), stored.last_success_ms, failure.at_ms, counts.succeeded, counts.failed, auto_disabled),
         });
@@ -159,6 +162,8 @@ pub struct StatsRead {
     pub webhooks: Vec<Webhook>,
     /// `webhooks[i]`'s stats.
     pub stored: Vec<Stored>,
+    /// `webhooks[i]`'s durable backlog.
+    pub backlog: Vec<crate::pipeline::backlog::Depth>,
     /// Why they could not be read (Redis away); the page says so and shows the rest.
     pub error: Option<String>,
 }
@@ -195,11 +200,16 @@ impl Sources {
             webhooks.sort_by(|a, b| a.id.cmp(&b.id));
             webhooks.dedup_by(|a, b| a.id == b.id);
             let ids: Vec<&str> = webhooks.iter().map(|w| w.id.as_str()).collect();
-            self.store.webhooks_stats(&ids, now_ms)
+            Ok((self.store.webhooks_stats(&ids, now_ms)?, self.store.backlog_depths(&ids)?))
         });
         match read {
-            Ok(stored) => StatsRead { webhooks, stored, error: None },
-            Err(err) => StatsRead { webhooks: Vec::new(), stored: Vec::new(), error: Some(format!("the webhooks and their stats cannot be read ({err})")) },
+            Ok((stored, backlog)) => StatsRead { webhooks, stored, backlog, error: None },
+            Err(err) => StatsRead {
+                webhooks: Vec::new(),
+                stored: Vec::new(),
+                backlog: Vec::new(),
+                error: Some(format!("the webhooks and their stats cannot be read ({err})")),
+            },
         }
     }
 

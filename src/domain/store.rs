@@ -91,6 +91,34 @@ impl Keys {
     pub fn webhook_stats(&self, webhook: &str) -> String {
         format!("{}stats:webhook:{webhook}", self.prefix)
     }
+
+    // The durable backlog (`crate::pipeline::backlog`). Every backlog key starts with
+    // `backlog_base`, the one place a Redis Cluster hash tag per shard (`{k}`, SPEC §8) goes, so
+    // that the keys of one shard share a slot with its stream.
+
+    fn backlog_base(&self) -> String {
+        format!("{}backlog:", self.prefix)
+    }
+
+    /// Webhooks with deliveries in the backlog, scored by when to look at them next.
+    pub fn backlog_index(&self) -> String {
+        format!("{}webhooks", self.backlog_base())
+    }
+
+    /// One webhook's waiting deliveries by due time (a leased one: its lease's end).
+    pub fn backlog_due(&self, webhook: &str) -> String {
+        format!("{}due:{webhook}", self.backlog_base())
+    }
+
+    /// One webhook's waiting deliveries by when they entered the backlog (for their age).
+    pub fn backlog_since(&self, webhook: &str) -> String {
+        format!("{}since:{webhook}", self.backlog_base())
+    }
+
+    /// One waiting delivery: its state and its source entry's fields.
+    pub fn backlog_item(&self, item: &str) -> String {
+        format!("{}item:{item}", self.backlog_base())
+    }
 }
 
 /// One page of a listing, ordered by id.
@@ -616,6 +644,16 @@ impl Store {
     /// [`Store::webhook_stats`] of several webhooks, in their order, in one round trip.
     pub fn webhooks_stats(&self, ids: &[&str], now_ms: u64) -> Result<Vec<stats::Stored>, DomainError> {
         self.with_conn(|con, keys| stats::read_many(con, keys, ids, now_ms).map_err(|e| self.unavailable(e)))
+    }
+
+    /// How many deliveries of webhook `id` wait in the durable backlog, and since when the oldest.
+    pub fn backlog_depth(&self, id: &str) -> Result<crate::pipeline::backlog::Depth, DomainError> {
+        self.with_conn(|con, keys| crate::pipeline::backlog::depth(con, keys, id).map_err(|e| self.unavailable(e)))
+    }
+
+    /// [`Store::backlog_depth`] of several webhooks, in their order, in one round trip.
+    pub fn backlog_depths(&self, ids: &[&str]) -> Result<Vec<crate::pipeline::backlog::Depth>, DomainError> {
+        self.with_conn(|con, keys| crate::pipeline::backlog::depths_of(con, keys, ids).map_err(|e| self.unavailable(e)))
     }
 
     pub fn get_delivery(&self, id: &str) -> Result<DeliveryRecord, DomainError> {

@@ -46,6 +46,7 @@ use crate::{
     },
     pipeline::{
         isolation::{Circuit, CircuitState},
+        backlog::Depth,
         live::{wall_ms, LiveStats},
     },
     proto::{self, webhook_service_server::WebhookService},
@@ -197,7 +198,7 @@ fn circuit_state_to_proto(state: CircuitState) -> proto::CircuitState {
 
 /// The answer of GetWebhookStats, from the stored stats read at `now_ms` and this instance's
 /// live view.
-fn stats_to_proto(webhook: &Webhook, stored: &Stored, live: LiveStats, instance: &str, window: Duration, now_ms: u64) -> proto::WebhookStats {
+fn stats_to_proto(webhook: &Webhook, stored: &Stored, live: LiveStats, backlog: Depth, instance: &str, window: Duration, now_ms: u64) -> proto::WebhookStats {
     let counts = stats::summarize(stored, now_ms, window);
     let failure = stored.last_failure.clone().unwrap_or_default();
     let open_until = match live.circuit {
@@ -226,10 +227,12 @@ fn stats_to_proto(webhook: &Webhook, stored: &Stored, live: LiveStats, instance:
             instance: c.instance.clone(),
         }),
         in_flight: u32::try_from(live.in_flight).unwrap_or(u32::MAX),
-        queued: live.waiting.parked + live.waiting.retries,
-        parked: live.waiting.parked,
-        retries_waiting: live.waiting.retries,
+        queued: live.parked + backlog.deliveries,
+        parked: live.parked,
+        retries_waiting: backlog.deliveries,
         instance: instance.to_owned(),
+        backlog_depth: backlog.deliveries,
+        backlog_oldest_age: backlog.oldest_since_ms.map(|since| duration_to_proto(Duration::from_millis(now_ms.saturating_sub(since)))),
     }
 }
 
@@ -475,18 +478,19 @@ impl WebhookService for WebhookApi {
         required_ref("webhook_id", &req.webhook_id)?;
         let window = window_from_proto(req.window.as_ref())?;
         let id = req.webhook_id;
-        let (webhook, stored, now) = self
+        let (webhook, stored, backlog, now) = self
             .plane
             .read(move |store| {
                 let webhook = store.get_webhook(&id)?;
                 principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
                 let now = now_ms();
                 let stored = store.webhook_stats(&id, now)?;
-                Ok((webhook, stored, now))
+                let backlog = store.backlog_depth(&id)?;
+                Ok((webhook, stored, backlog, now))
             })
             .await?;
         let live = self.plane.live.of(&webhook.id);
-        Ok(Response::new(stats_to_proto(&webhook, &stored, live, self.plane.live.instance(), window, now)))
+        Ok(Response::new(stats_to_proto(&webhook, &stored, live, backlog, self.plane.live.instance(), window, now)))
     }
 
     async fn delete_webhook(
@@ -597,10 +601,7 @@ mod tests {
 
     #[test]
     fn stats_join_the_stored_counts_and_this_instance_s_live_view() {
-        use crate::{
-            pipeline::live::Waiting,
-            stats::{CircuitRecord, Counts, Failure},
-        };
+        use crate::stats::{CircuitRecord, Counts, Failure};
         let webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
         let now = 1_767_225_630_000;
         let minute = now / 60_000;
@@ -610,9 +611,10 @@ mod tests {
         stored.last_failure = Some(Failure { at_ms: now - 1000, status: 503, kind: "http_status".into(), error: "HTTP 503 Service Unavailable".into() });
         stored.last_circuit_change = Some(CircuitRecord { state: CircuitState::Open, at_ms: now - 900, open_until_ms: now + 29_100, instance: "b-1".into() });
         let until = std::time::Instant::now() + Duration::from_secs(30);
-        let live = LiveStats { in_flight: 2, waiting: Waiting { parked: 3, retries: 4 }, circuit: Circuit::Open { until, cooldown: Duration::from_secs(30) } };
+        let live = LiveStats { in_flight: 2, parked: 3, circuit: Circuit::Open { until, cooldown: Duration::from_secs(30) } };
+        let backlog = Depth { deliveries: 4, oldest_since_ms: Some(now - 90_000) };
 
-        let out = stats_to_proto(&webhook, &stored, live, "a-1", Duration::from_secs(3600), now);
+        let out = stats_to_proto(&webhook, &stored, live, backlog, "a-1", Duration::from_secs(3600), now);
         assert_eq!((out.webhook_id.as_str(), out.tenant_id.as_str()), ("wh_x", "acme"));
         assert_eq!((out.attempts_succeeded, out.attempts_failed, out.dead_letters), (7, 1, 1));
         assert_eq!(out.success_rate, Some(0.875));
@@ -625,13 +627,15 @@ mod tests {
         let change = out.last_circuit_change.unwrap();
         assert_eq!((change.state, change.instance.as_str()), (proto::CircuitState::Open as i32, "b-1"));
         assert_eq!((out.in_flight, out.parked, out.retries_waiting, out.queued), (2, 3, 4, 7));
+        assert_eq!((out.backlog_depth, out.backlog_oldest_age), (4, Some(prost_types::Duration { seconds: 90, nanos: 0 })));
         assert_eq!(out.instance, "a-1");
 
-        let short = stats_to_proto(&webhook, &stored, live, "a-1", Duration::from_secs(60), now);
+        let short = stats_to_proto(&webhook, &stored, live, backlog, "a-1", Duration::from_secs(60), now);
         assert_eq!((short.attempts_succeeded, short.attempts_failed), (3, 1), "the old bucket is outside a minute's window");
 
-        let idle = LiveStats { in_flight: 0, waiting: Waiting::default(), circuit: Circuit::Closed };
-        let none = stats_to_proto(&webhook, &Stored::default(), idle, "a-1", Duration::from_secs(3600), now);
+        let idle = LiveStats { in_flight: 0, parked: 0, circuit: Circuit::Closed };
+        let none = stats_to_proto(&webhook, &Stored::default(), idle, Depth::default(), "a-1", Duration::from_secs(3600), now);
+        assert_eq!((none.backlog_depth, none.backlog_oldest_age), (0, None));
         assert_eq!(none.success_rate, None, "no attempts: no rate");
         assert_eq!((none.last_success_at, none.last_failure_at, none.last_circuit_change), (None, None, None));
         assert_eq!((none.circuit_state, none.circuit_open_until), (proto::CircuitState::Closed as i32, None));

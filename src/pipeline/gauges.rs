@@ -9,6 +9,10 @@
 //!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, and `XLEN <prefix>deadletters`.
 //!   On its own connection with a short timeout; a failure leaves the last figures and is
 //!   logged at debug only (the stages that depend on Redis log outages).
+//! - Every [`POLL_BACKLOG`] (5 s): the durable backlog (`super::backlog`) — how many webhooks
+//!   have one (`ZCARD`), and for at most [`BACKLOG_SERIES`] of them their depth and the age of
+//!   their oldest delivery (`wss_backlog_depth{webhook}`, `wss_backlog_oldest_age_seconds{webhook}`;
+//!   series of webhooks whose backlog emptied are removed), in one pipelined round trip.
 
 use std::{
     collections::HashSet,
@@ -19,11 +23,18 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Connection, Value};
 
-use super::{isolation::{Circuit, Isolation}, InFlight};
-use crate::{domain::routing::RoutingHandle, metrics::Metrics, redis_conn::RedisTarget};
+use super::{backlog, isolation::{Circuit, Isolation}, InFlight};
+use crate::{
+    domain::{routing::RoutingHandle, store::{now_ms, Keys}},
+    metrics::Metrics,
+    redis_conn::RedisTarget,
+};
 
 const TICK: Duration = Duration::from_secs(1);
 const POLL_REDIS: Duration = Duration::from_secs(2);
+const POLL_BACKLOG: Duration = Duration::from_secs(5);
+/// Webhooks whose backlog gets a series of its own, at most.
+const BACKLOG_SERIES: usize = 1000;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The channels whose depth is sampled, in the order of `crate::metrics::EDGES`.
@@ -35,8 +46,7 @@ pub struct Gauges {
     pub in_flight: Arc<InFlight>,
     pub routing: Arc<RoutingHandle>,
     pub redis: RedisTarget,
-    pub events: String,
-    pub dead_letters: String,
+    pub keys: Keys,
     pub depths: Depths,
 }
 
@@ -44,7 +54,9 @@ impl Gauges {
     pub fn run(self, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         let mut open_series: HashSet<String> = HashSet::new();
+        let mut backlog_series: HashSet<String> = HashSet::new();
         let mut next_poll = Instant::now();
+        let mut next_backlog = Instant::now();
         loop {
             for (edge, depth) in self.depths.0.iter().enumerate() {
                 self.metrics.channel_depth(edge, depth());
@@ -55,6 +67,13 @@ impl Gauges {
                 next_poll = Instant::now() + POLL_REDIS;
                 if let Err(err) = self.poll_redis(&mut conn) {
                     log::debug!(target: "wss::gauges", "reading the stream's lag failed ({err}); keeping the last figures");
+                    conn = None;
+                }
+            }
+            if conn.is_some() && Instant::now() >= next_backlog {
+                next_backlog = Instant::now() + POLL_BACKLOG;
+                if let Err(err) = self.poll_backlog(conn.as_mut().expect("checked above"), &mut backlog_series) {
+                    log::debug!(target: "wss::gauges", "reading the backlog's depth failed ({err}); keeping the last figures");
                     conn = None;
                 }
             }
@@ -89,12 +108,38 @@ impl Gauges {
         }
         let con = conn.as_mut().expect("connected above");
         let (groups, dead): (Value, i64) =
-            redis::pipe().cmd("XINFO").arg("GROUPS").arg(&self.events).cmd("XLEN").arg(&self.dead_letters).query(con)?;
+            redis::pipe().cmd("XINFO").arg("GROUPS").arg(&self.keys.events).cmd("XLEN").arg(&self.keys.dead_letters).query(con)?;
         if let Some((lag, pending)) = group_figures(&groups, super::reader::GROUP) {
             self.metrics.stream_lag.set(lag.unwrap_or(-1));
             self.metrics.stream_pending.set(pending);
         }
         self.metrics.dead_letter_stream_length.set(dead);
+        Ok(())
+    }
+
+    fn poll_backlog(&self, con: &mut Connection, series: &mut HashSet<String>) -> redis::RedisResult<()> {
+        let webhooks: i64 = redis::cmd("ZCARD").arg(self.keys.backlog_index()).query(con)?;
+        let depths = backlog::depths(con, &self.keys, BACKLOG_SERIES)?;
+        let now = now_ms();
+        let mut seen = HashSet::with_capacity(depths.len());
+        let mut total = 0u64;
+        for (webhook, depth) in depths {
+            if depth.deliveries == 0 {
+                continue;
+            }
+            total += depth.deliveries;
+            let age = depth.oldest_since_ms.map_or(0, |since| now.saturating_sub(since) / 1000);
+            self.metrics.backlog_depth.with_label_values(&[webhook.as_str()]).set(i64::try_from(depth.deliveries).unwrap_or(i64::MAX));
+            self.metrics.backlog_oldest_age.with_label_values(&[webhook.as_str()]).set(i64::try_from(age).unwrap_or(i64::MAX));
+            seen.insert(webhook);
+        }
+        for gone in series.difference(&seen) {
+            let _ = self.metrics.backlog_depth.remove_label_values(&[gone.as_str()]);
+            let _ = self.metrics.backlog_oldest_age.remove_label_values(&[gone.as_str()]);
+        }
+        *series = seen;
+        self.metrics.backlog_webhooks.set(webhooks);
+        self.metrics.backlog_deliveries.set(i64::try_from(total).unwrap_or(i64::MAX));
         Ok(())
     }
 }

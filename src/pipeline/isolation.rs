@@ -3,11 +3,14 @@
 //! attempt's end the moment it ends; the outcome stage logs what that changed).
 //!
 //! - **In-flight cap** (`WSS_WEBHOOK_CONCURRENCY`, default 8): at most that many attempts to one
-//!   webhook at once. The excess is parked, unsigned, in a per-webhook queue in the signer and
-//!   released as attempts finish, so it waits without blocking other webhooks' deliveries.
+//!   webhook at once. A little of the excess is parked, unsigned, in a per-webhook queue in the
+//!   signer and released as attempts finish; the rest is handed to the durable backlog
+//!   (`super::backlog`), whose pump takes a webhook's work only as far as [`Isolation::room`]
+//!   allows — so it waits without blocking other webhooks' deliveries or the reader.
 //! - **Circuit breaker**: after `WSS_CIRCUIT_FAILURES` (default 5) consecutive failed attempts
-//!   the circuit opens for `WSS_CIRCUIT_COOLDOWN` (default 30 s): deliveries are scheduled for
-//!   the end of the cool-down instead of attempted, and they keep their attempt count. Then one
+//!   the circuit opens for `WSS_CIRCUIT_COOLDOWN` (default 30 s): deliveries are handed to the
+//!   backlog, due at the end of the cool-down, instead of attempted, and they keep their attempt
+//!   count. Then one
 //!   probe goes out alone (half-open): success closes the circuit, failure opens it again for
 //!   twice as long, up to 10 minutes (or the cool-down, if longer).
 //!
@@ -70,6 +73,15 @@ impl Default for Endpoint {
     fn default() -> Self {
         Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false, waiting: 0 }
     }
+}
+
+/// How many attempts a webhook may start now, for the backlog's pump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// This many (0: at its cap, or a probe is out).
+    Free(usize),
+    /// None before its circuit's cool-down ends.
+    OpenUntil(Instant),
 }
 
 /// What the signer should do with a delivery now.
@@ -175,6 +187,24 @@ impl Isolation {
             self.changes.lock().push(CircuitChange { webhook: webhook.to_owned(), state: CircuitState::HalfOpen, at: now, open_until: None });
         }
         gate
+    }
+
+    /// How many attempts `webhook` may start now (changes nothing: the signer's [`Isolation::admit`]
+    /// takes the slots).
+    pub fn room(&self, webhook: &str, now: Instant) -> Room {
+        let endpoints = self.endpoints.lock();
+        let Some(endpoint) = endpoints.get(webhook) else { return Room::Free(self.settings.max_in_flight) };
+        match endpoint.circuit {
+            Circuit::Open { until, .. } if now < until => Room::OpenUntil(until),
+            Circuit::Open { .. } => Room::Free(usize::from(endpoint.in_flight == 0)),
+            Circuit::HalfOpen { .. } => Room::Free(0),
+            Circuit::Closed => Room::Free(self.settings.max_in_flight.saturating_sub(endpoint.in_flight)),
+        }
+    }
+
+    /// The in-flight cap of every webhook.
+    pub fn cap(&self) -> usize {
+        self.settings.max_in_flight
     }
 
     /// The circuit changes since the last call, oldest first.
@@ -422,6 +452,27 @@ mod tests {
         assert_eq!(iso.admit("a", now), Gate::Go, "the signer releases it");
         assert_eq!(iso.finish_and_release("a", true, now), (None, false));
         assert_eq!(iso.finish_and_release("a", true, now), (None, false));
+    }
+
+    #[test]
+    fn room_counts_free_slots_and_respects_the_circuit() {
+        let iso = isolation();
+        let t0 = Instant::now();
+        assert_eq!(iso.room("a", t0), Room::Free(2), "unknown: the whole cap");
+        assert_eq!(iso.admit("a", t0), Gate::Go);
+        assert_eq!(iso.room("a", t0), Room::Free(1));
+        assert_eq!(iso.admit("a", t0), Gate::Go);
+        assert_eq!(iso.room("a", t0), Room::Free(0));
+        for _ in 0..2 {
+            iso.finish("a", false, t0);
+        }
+        assert_eq!(iso.admit("a", t0), Gate::Go);
+        iso.finish("a", false, t0);
+        let until = t0 + Duration::from_secs(30);
+        assert_eq!(iso.room("a", t0), Room::OpenUntil(until));
+        assert_eq!(iso.room("a", until), Room::Free(1), "the probe may go");
+        assert_eq!(iso.admit("a", until), Gate::Go);
+        assert_eq!(iso.room("a", until), Room::Free(0), "the probe is out");
     }
 
     #[test]

@@ -1,45 +1,29 @@
 //! The live view: what this instance holds for each webhook right now — attempts on the wire,
-//! deliveries parked behind the webhook's in-flight cap, retries waiting in the scheduler's heap,
-//! and its circuit — for `WebhookService/GetWebhookStats`.
+//! deliveries parked behind the webhook's in-flight cap, and its circuit — for
+//! `WebhookService/GetWebhookStats`.
 //!
-//! These figures exist only in this process (the signer's parked queues, the scheduler's heap,
-//! [`Isolation`]), so they are the *answering instance's*; the counts and last times of
-//! `crate::stats` are cluster-wide. The view is an `Arc` shared by the pipeline, which updates
-//! it, and the control plane, which reads it: `main` builds it before either starts.
-//!
-//! The scheduler adjusts a per-webhook count when a retry is scheduled or due — one short lock
-//! on that path, none on the common path of a delivery that goes straight out — and a webhook's
-//! entry is removed when its count is back to zero. Parked deliveries are counted by the signer
-//! in [`Isolation`] (`set_waiting`), which the status page reads too.
+//! These figures exist only in this process (the signer's parked queues, [`Isolation`]), so they
+//! are the *answering instance's*; the counts and last times of `crate::stats`, and the backlog
+//! (`super::backlog`, read from Redis), are cluster-wide. The view is an `Arc` shared by the
+//! pipeline, which updates it, and the control plane, which reads it: `main` builds it before
+//! either starts. Parked deliveries are counted by the signer in [`Isolation`] (`set_waiting`),
+//! which the status page reads too.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
-
-use parking_lot::Mutex;
+use std::{sync::Arc, time::Instant};
 
 use super::isolation::{Circuit, Isolation, Settings};
-
-/// Deliveries of one webhook waiting on this instance.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Waiting {
-    /// In the signer, over the webhook's in-flight cap (or behind its half-open probe).
-    pub parked: u64,
-    /// In the retry scheduler: failed attempts waiting for their next one, and deliveries held
-    /// back by an open circuit.
-    pub retries: u64,
-}
 
 /// One webhook as this instance sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LiveStats {
     pub in_flight: usize,
-    pub waiting: Waiting,
+    /// In the signer, over the webhook's in-flight cap (or behind its half-open probe).
+    pub parked: u64,
     pub circuit: Circuit,
 }
 
 pub struct LiveView {
     isolation: Arc<Isolation>,
-    /// Retries waiting in the scheduler's heap, per webhook with at least one.
-    retries: Mutex<HashMap<String, u64>>,
     /// This instance's name (its consumer name), said with the figures it answers.
     instance: String,
 }
@@ -47,7 +31,7 @@ pub struct LiveView {
 impl LiveView {
     /// The view and the isolation state it reads, which the pipeline shares.
     pub fn new(settings: Settings, instance: String) -> Self {
-        Self { isolation: Arc::new(Isolation::new(settings)), retries: Mutex::new(HashMap::new()), instance }
+        Self { isolation: Arc::new(Isolation::new(settings)), instance }
     }
 
     pub fn isolation(&self) -> &Arc<Isolation> {
@@ -58,27 +42,10 @@ impl LiveView {
         &self.instance
     }
 
-    /// `delta` deliveries of `webhook` entered (positive) or left (negative) the retry heap.
-    pub fn retries(&self, webhook: &str, delta: i64) {
-        if delta == 0 {
-            return;
-        }
-        let mut retries = self.retries.lock();
-        if !retries.contains_key(webhook) {
-            retries.insert(webhook.to_owned(), 0);
-        }
-        let count = retries.get_mut(webhook).expect("just inserted");
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            retries.remove(webhook);
-        }
-    }
-
     /// `webhook` on this instance now (zeros and a closed circuit when it has nothing here).
     pub fn of(&self, webhook: &str) -> LiveStats {
         let live = self.isolation.live(webhook);
-        let retries = self.retries.lock().get(webhook).copied().unwrap_or_default();
-        LiveStats { in_flight: live.in_flight, waiting: Waiting { parked: live.parked as u64, retries }, circuit: live.circuit }
+        LiveStats { in_flight: live.in_flight, parked: live.parked as u64, circuit: live.circuit }
     }
 }
 
@@ -109,19 +76,12 @@ mod tests {
     }
 
     #[test]
-    fn counts_follow_the_pipeline_and_empty_entries_go() {
+    fn parked_deliveries_are_the_signers_count() {
         let view = view();
-        view.retries("a", 3);
-        view.retries("b", 1);
         view.isolation().set_waiting("a", 2);
-        assert_eq!(view.of("a").waiting, Waiting { parked: 2, retries: 3 });
+        assert_eq!(view.of("a").parked, 2);
         view.isolation().set_waiting("a", 0);
-        view.retries("a", -3);
-        assert_eq!(view.of("a").waiting, Waiting::default());
-        assert!(!view.retries.lock().contains_key("a"), "nothing waits: no entry");
-        assert_eq!(view.retries.lock().len(), 1);
-        view.retries("c", -1);
-        assert_eq!(view.of("c").waiting, Waiting::default(), "never below zero");
+        assert_eq!(view.of("a").parked, 0);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //!  Redis stream ──► reader ──► transformer ──► signer ──► sender × N ──► outcomes ──► XACK
-//!                     │ bad entry    │ unknown tenant ▲                      │ retry
-//!                     └──────────────┴────────────────┼──────────► outcomes  ▼
-//!                                                     └──────────────── scheduler (timed heap)
+//!                     │ bad entry    │ unknown tenant ▲  │ over cap,             │ retry
+//!                     └──────────────┴────────────────┼──┴ open circuit ► outcomes ▼
+//!                                                     └──── backlog pump ◄── durable backlog (Redis)
 //! ```
 //!
 //! - [`reader`] reads `<prefix>events` with XREADGROUP (its own pending entries first), parses
@@ -13,29 +13,33 @@
 //! - [`transformer`] routes an event to its tenant's matching webhooks and serializes the body
 //!   once, whatever the fan-out.
 //! - [`signer`] signs every attempt afresh (new timestamp, current secret), whether it comes from
-//!   the transformer or from the retry scheduler.
+//!   the transformer or from the backlog. A delivery that cannot go now — its webhook at its
+//!   in-flight cap beyond what it may park, or its circuit open — is *postponed*: handed to the
+//!   outcome stage for the backlog.
 //! - [`sender`] threads POST with ureq and classify the answer.
-//! - [`outcomes`] acknowledges an entry once every delivery it produced is terminal, schedules
-//!   retries, and writes dead letters — batching its Redis writes.
-//! - [`scheduler`] holds retries in a `BinaryHeap` ordered by due time and feeds them back to the
-//!   signer. It never blocks on its input, which breaks the cycle signer → sender → outcomes →
-//!   scheduler → signer, so bounded channels cannot deadlock. Retries due further ahead than
-//!   `WSS_RETRY_IN_MEMORY_FOR` wait there light, without body and attempts; when due,
-//!   [`rehydrate`] reads their entry and history back from Redis and hands them to the signer.
+//! - [`outcomes`] acknowledges an entry once every delivery it produced is terminal or handed to
+//!   the durable backlog (`super::backlog`), in the same transaction as the hand-off; writes
+//!   retries and postponed deliveries into the backlog, and dead letters — batching its Redis
+//!   writes.
+//! - [`backlog`]'s pump takes due work from the backlog — fairly across webhooks, only as much as
+//!   each webhook's cap and circuit allow — and feeds the signer. The window therefore bounds only
+//!   work in progress, and a webhook's backlog, however large, waits in Redis.
 //!
-//! What the pipeline holds per webhook right now (in flight, parked, waiting retries, circuit)
-//! is kept up to date in a [`live::LiveView`] that `main` builds and shares with the control
-//! plane, for `GetWebhookStats`.
+//! What the pipeline holds per webhook right now (in flight, parked, circuit) is kept up to date
+//! in a [`live::LiveView`] that `main` builds and shares with the control plane, for
+//! `GetWebhookStats`.
 //!
-//! A `wss-gauges` thread samples channel depths, the window, circuits and the stream's lag for
-//! `/metrics` and the status page ([`gauges`]); the stages count what happens in
+//! A `wss-gauges` thread samples channel depths, the window, circuits, the backlog and the
+//! stream's lag for `/metrics` and the status page ([`gauges`]); the stages count what happens in
 //! `crate::metrics::Metrics`, on counters resolved once at start.
 //!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
 //! at hand, and the outcome stage drains what they report before it exits. Whatever was not
-//! finished stays pending in the consumer group and is read again on the next start.
+//! finished stays pending in the consumer group (or leased in the backlog) and is taken again
+//! after a restart.
 
+pub mod backlog;
 pub mod event;
 mod gauges;
 pub mod isolation;
@@ -43,8 +47,6 @@ mod leases;
 pub mod live;
 mod outcomes;
 mod reader;
-mod rehydrate;
-mod scheduler;
 mod sender;
 mod signer;
 mod transformer;
@@ -56,7 +58,7 @@ use std::{
         Arc,
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -149,6 +151,8 @@ pub struct Delivery {
     /// Number of the attempt about to be made, from 1.
     pub attempt: u32,
     pub history: Vec<AttemptRecord>,
+    /// Taken from the backlog (its entry was acknowledged long ago: `ticket` only names it).
+    pub backlog: Option<Box<backlog::Backlogged>>,
 }
 
 /// signer → sender
@@ -173,20 +177,17 @@ pub enum Completion {
     Attempted { delivery: Delivery, route: Arc<Route>, record: AttemptRecord, verdict: Verdict, transition: Option<isolation::Transition> },
     /// The delivery cannot be attempted any more (webhook deleted or disabled meanwhile).
     Abandoned { delivery: Delivery, reason: Reason, detail: String },
-    /// A recovered delivery that its history shows already delivered or dead-lettered, or a
-    /// retry rebuilt after waiting light that its webhook no longer wants (types or filter
+    /// A recovered delivery that its history shows already delivered, dead-lettered or handed to
+    /// the backlog, or a backlog delivery that its webhook no longer wants (types or filter
     /// changed): finished without any record, as the transformer's filtered-out deliveries.
     AlreadyTerminal { delivery: Delivery },
+    /// The delivery cannot be attempted now (its webhook is at its cap, or its circuit is open):
+    /// into the backlog, due at `due_ms` (ms since the epoch).
+    Postponed { delivery: Delivery, due_ms: u64 },
     /// The entry broke the contract, or its tenant is unknown or disabled.
     Rejected { ticket: Arc<EntryTicket>, rejection: event::Rejection, raw_fields: Vec<(Vec<u8>, Vec<u8>)> },
     /// No webhook of the tenant wants this event.
     Unrouted { ticket: Arc<EntryTicket> },
-}
-
-/// outcomes → scheduler
-pub struct Scheduled {
-    pub due: Instant,
-    pub delivery: Delivery,
 }
 
 /// The in-flight window: stream entries read and not yet acknowledged. Admission takes a permit
@@ -347,20 +348,19 @@ impl Pipeline {
         let (due_tx, due_rx) = bounded::<Delivery>(STAGE_QUEUE);
         let (signed_tx, signed_rx) = bounded::<SignedDelivery>(config.sender_threads.max(STAGE_QUEUE / 4));
         let (done_tx, done_rx) = bounded::<Completion>(STAGE_QUEUE * 4);
-        let (retry_tx, retry_rx) = bounded::<Scheduled>(STAGE_QUEUE);
-        let (light_tx, light_rx) = bounded::<scheduler::Light>(STAGE_QUEUE);
+        // Hand-offs due soon wake the backlog's pump (one pending wake-up is enough).
+        let (wake_tx, wake_rx) = bounded::<()>(1);
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
         metrics.in_flight_limit.set(config.max_in_flight as i64);
         // Receiving ends kept only to read their depth; the gauges thread drops them on shutdown.
         let depths = {
-            let (a, b, c, d, e, f) = (inbound_rx.clone(), fresh_rx.clone(), due_rx.clone(), signed_rx.clone(), done_rx.clone(), retry_rx.clone());
+            let (a, b, c, d, e) = (inbound_rx.clone(), fresh_rx.clone(), due_rx.clone(), signed_rx.clone(), done_rx.clone());
             let depths: Vec<Box<dyn Fn() -> usize + Send>> = vec![
                 Box::new(move || a.len()),
                 Box::new(move || b.len()),
                 Box::new(move || c.len()),
                 Box::new(move || d.len()),
                 Box::new(move || e.len()),
-                Box::new(move || f.len()),
             ];
             debug_assert_eq!(depths.len(), crate::metrics::EDGES.len());
             gauges::Depths(depths)
@@ -412,19 +412,23 @@ impl Pipeline {
             isolation: isolation.clone(),
             redis: redis.clone(),
             keys: keys.clone(),
+            park: signer::park_budget(config.webhook_concurrency, config.max_in_flight),
         };
-        let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone(), later: retry_tx.clone() };
+        let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone() };
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
 
-        let rehydrator = rehydrate::Rehydrator {
+        let pump = backlog::Pump {
             redis: redis.clone(),
             keys: keys.clone(),
             routing: routing.clone(),
+            isolation: isolation.clone(),
+            claim_after: config.claim_after,
             max_event_bytes: config.max_event_bytes,
+            taken: metrics.backlog_taken.clone(),
         };
-        let (out, done, stop) = (due_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-rehydrate".into(), Box::new(move || rehydrator.run(light_rx, out, done, stop)))?;
+        let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-backlog".into(), Box::new(move || pump.run(wake_rx, due_tx, done, stop)))?;
 
         for i in 0..config.sender_threads {
             let (agent, iso, input, done, freed, stop) =
@@ -433,11 +437,6 @@ impl Pipeline {
         }
         drop(signed_rx);
         drop(done_tx);
-
-        let (stop, view) = (shutdown_rx.clone(), live.clone());
-        let heap_size = metrics.retry_heap_size.clone();
-        let (due, in_memory_for) = (scheduler::Outputs { whole: due_tx, light: light_tx }, config.retry_in_memory_for);
-        spawn("wss-scheduler".into(), Box::new(move || scheduler::run(retry_rx, due, in_memory_for, &heap_size, stop, &view)))?;
 
         let outcomes = outcomes::Outcomes {
             redis: redis.clone(),
@@ -448,13 +447,14 @@ impl Pipeline {
             routing: routing.clone(),
             in_flight: in_flight.clone(),
             freed: freed_tx,
+            wake: wake_tx,
             draw: crate::retry::random_draw,
             isolation: isolation.clone(),
             instance: config.consumer.clone(),
             metrics: metrics.clone(),
         };
         let stop = shutdown_rx.clone();
-        spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, retry_tx, stop)))?;
+        spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
 
         let gauges = gauges::Gauges {
             metrics,
@@ -462,8 +462,7 @@ impl Pipeline {
             in_flight: in_flight.clone(),
             routing: routing.clone(),
             redis: redis.clone(),
-            events: keys.events.clone(),
-            dead_letters: keys.dead_letters.clone(),
+            keys: keys.clone(),
             depths,
         };
         let stop = shutdown_rx.clone();

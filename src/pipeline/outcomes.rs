@@ -2,17 +2,22 @@
 //! retry later, or dead-letter — and writes the result to Redis.
 //!
 //! - An entry is acknowledged (`XACK <prefix>events wss <id>`) only when every delivery it
-//!   produced is terminal: delivered or dead-lettered. Rejected and unrouted entries are
-//!   acknowledged at once, rejected ones after their dead letter is written.
-//! - A failed attempt with attempts left is scheduled after the policy's delay (or the receiver's
-//!   `Retry-After`, capped); the last failure is dead-lettered with every attempt's outcome.
+//!   produced is terminal — delivered or dead-lettered — or handed to the durable backlog
+//!   (`super::backlog`). Rejected and unrouted entries are acknowledged at once, rejected ones
+//!   after their dead letter is written.
+//! - A failed attempt with attempts left is handed to the backlog, due after the policy's delay
+//!   (or the receiver's `Retry-After`, capped); so is a delivery the signer postponed (webhook at
+//!   its cap, circuit open). The last failure is dead-lettered with every attempt's outcome. A
+//!   delivery taken from the backlog is removed from it when it becomes terminal, or written back
+//!   with its new due time.
 //! - `410 Gone` disables the webhook (reason visible in `GetWebhook`) and dead-letters.
 //!
 //! Writes are batched: the completions that arrive within 5 ms of the first ([`LINGER`]) are
 //! handled together, then one transaction (`MULTI … EXEC`) writes their dead letters (`XADD <prefix>deadletters MAXLEN ~ N`),
 //! with the source entry's fields copied in for a delivery's ([`deadletter::queue_write`]),
-//! their delivery history and their `XACK`s, so that no crash leaves an entry acknowledged
-//! without its records, or recorded as finished but unacknowledged and unrecorded as dead.
+//! their delivery history, their backlog hand-offs and removals, and their `XACK`s, so that no
+//! crash leaves an entry acknowledged without its records or its waiting deliveries, or recorded
+//! as finished but unacknowledged and unrecorded as dead.
 //! Each attempt and dead letter is also tallied per webhook in memory, and the tally — with
 //! the circuit changes `super::isolation` queued — joins one of these transactions at most once
 //! a second (`crate::stats`: counts per minute, last success and failure, last circuit change,
@@ -20,7 +25,7 @@
 //! When Redis is away the stage keeps the batch (one history record per delivery, the latest) and retries with backoff, while
 //! it goes on handling completions — scheduling retries — so deliveries already in hand keep
 //! flowing (webhook slots are freed by the senders, whatever Redis does). Reading stops by itself: nothing is acknowledged, so the
-//! in-flight window fills.
+//! in-flight window fills (and the batch stays bounded by it).
 
 use std::{
     sync::Arc,
@@ -33,9 +38,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Connection;
 
 use super::{
+    backlog::{self, HandOff},
     isolation::{Isolation, Transition},
     live::wall_ms,
-    Completion, Delivery, EntryTicket, InFlight, Scheduled, Verdict,
+    Completion, Delivery, InFlight, Verdict,
 };
 use crate::{
     deadletter::{self, AttemptRecord, DeadLetter, Reason},
@@ -76,6 +82,8 @@ pub struct Outcomes {
     /// Tells the signer that a webhook disabled for failing too long has its slot back, so its
     /// parked deliveries may go (and be dead-lettered). Other slots are freed by the senders.
     pub freed: Sender<String>,
+    /// Wakes the backlog's pump after hand-offs that are due soon.
+    pub wake: Sender<()>,
     /// Source of jitter draws in [-1, 1]; injected so tests can fix it.
     pub draw: fn() -> f64,
     /// Where circuit changes wait to be recorded in the stats.
@@ -95,6 +103,10 @@ struct Batch {
     /// By delivery id: only a delivery's latest record needs writing, which also bounds the
     /// batch while Redis is away and retries keep failing.
     history: HashMap<String, DeliveryRecord>,
+    /// Deliveries into the backlog (or back into it), by item: only the latest state counts.
+    hand_offs: HashMap<String, HandOff>,
+    /// Backlog deliveries that became terminal: (webhook, item) to remove.
+    backlog_done: Vec<(Arc<str>, String)>,
     /// Stats since they were last written; not counted in `len`: they wait for
     /// [`StatsWriting::due`] (or ride along with a batch written after it).
     stats: Tally,
@@ -105,8 +117,12 @@ impl Batch {
         self.history.insert(record.id.clone(), record);
     }
 
+    fn hand_off(&mut self, hand_off: HandOff) {
+        self.hand_offs.insert(hand_off.item.clone(), hand_off);
+    }
+
     fn len(&self) -> usize {
-        self.dead.len() + self.acks.len() + self.history.len()
+        self.dead.len() + self.acks.len() + self.history.len() + self.hand_offs.len() + self.backlog_done.len()
     }
 }
 
@@ -125,7 +141,7 @@ struct Trimming {
 impl Outcomes {
     /// Runs until every producer of completions is gone (they stop on shutdown), so that what
     /// the senders finished is still recorded.
-    pub fn run(self, input: Receiver<Completion>, retries: Sender<Scheduled>, shutdown: Receiver<()>) {
+    pub fn run(self, input: Receiver<Completion>, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         let mut batch = Batch::default();
         let mut trimming = Trimming { touched: HashSet::new(), last: Instant::now() };
@@ -143,7 +159,7 @@ impl Outcomes {
                 input.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
             match first {
-                Ok(completion) => self.handle(completion, &mut batch, &retries),
+                Ok(completion) => self.handle(completion, &mut batch),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -152,7 +168,7 @@ impl Outcomes {
             let linger_until = Instant::now() + LINGER;
             while batch.len() < MAX_BATCH {
                 match input.recv_deadline(linger_until) {
-                    Ok(next) => self.handle(next, &mut batch, &retries),
+                    Ok(next) => self.handle(next, &mut batch),
                     Err(_) => break,
                 }
             }
@@ -176,7 +192,7 @@ impl Outcomes {
         }
     }
 
-    fn handle(&self, completion: Completion, batch: &mut Batch, retries: &Sender<Scheduled>) {
+    fn handle(&self, completion: Completion, batch: &mut Batch) {
         match completion {
             Completion::Attempted { mut delivery, route, record, verdict, transition } => {
                 if let Some(transition) = transition {
@@ -195,7 +211,7 @@ impl Outcomes {
                             delivery.event.id(), delivery.webhook_id, delivery.event.tenant(), record.attempt, record.duration_ms);
                         push_attempt(&mut delivery.history, record);
                         batch.record(history_record(&delivery, Status::Delivered, 0, ""));
-                        finish(&delivery.ticket, batch);
+                        finish(&delivery, batch);
                     }
                     Verdict::Gone => {
                         log_failure(&delivery, &record, "dead_lettered", "the receiver answered 410 Gone: disabling the webhook");
@@ -212,8 +228,7 @@ impl Outcomes {
                         batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
                         self.metrics.retried.inc();
                         delivery.attempt += 1;
-                        // A closed scheduler means shutdown: the entry stays pending in Redis.
-                        let _ = retries.send(Scheduled { due: Instant::now() + delay, delivery });
+                        self.hand_off(delivery, due_ms, batch);
                     }
                     Verdict::Retry { .. } => {
                         log_failure(&delivery, &record, "dead_lettered", "no attempts left: dead-lettering");
@@ -223,7 +238,12 @@ impl Outcomes {
                     }
                 }
             }
-            Completion::AlreadyTerminal { delivery } => finish(&delivery.ticket, batch),
+            Completion::AlreadyTerminal { delivery } => finish(&delivery, batch),
+            Completion::Postponed { delivery, due_ms } => {
+                log::debug!(target: "wss::outcomes", "delivery of event {} to webhook {} postponed to the backlog, due in {} ms",
+                    delivery.event.id(), delivery.webhook_id, due_ms.saturating_sub(now_ms()));
+                self.hand_off(delivery, due_ms, batch);
+            }
             Completion::Abandoned { delivery, reason, detail } => {
                 log::warn!(target: "wss::outcomes",
                     tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
@@ -282,7 +302,7 @@ impl Outcomes {
         }
     }
 
-    fn dead_letter(&self, delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
+    fn dead_letter(&self, mut delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
         self.metrics.dead_lettered.inc();
         self.metrics.dead_letter(reason);
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
@@ -297,10 +317,21 @@ impl Outcomes {
             stream_entry_id: delivery.ticket.stream_id.clone(),
             dead_lettered_at_ms: now_ms(),
             body: String::from_utf8_lossy(&delivery.body).into_owned(),
-            attempts: delivery.history,
+            attempts: std::mem::take(&mut delivery.history),
+            raw_fields: delivery.backlog.as_mut().map(|b| std::mem::take(&mut b.fields)).unwrap_or_default(),
             ..Default::default()
         });
-        finish(&delivery.ticket, batch);
+        finish(&delivery, batch);
+    }
+
+    /// Writes `delivery` into the backlog, due at `due_ms`: for a fresh delivery that finishes
+    /// its share of the entry (acknowledged with the hand-off when it was the last).
+    fn hand_off(&self, delivery: Delivery, due_ms: u64, batch: &mut Batch) {
+        self.metrics.backlog_handed_off.inc();
+        batch.hand_off(HandOff::of(&delivery, due_ms));
+        if delivery.backlog.is_none() && delivery.ticket.finish_one() {
+            batch.acks.push(delivery.ticket.stream_id.clone());
+        }
     }
 
     fn disable_webhook(&self, webhook_id: &str, reason: String) {
@@ -341,6 +372,14 @@ impl Outcomes {
             deadletter::queue_write(&mut pipe, &self.keys.dead_letters, &self.keys.events, self.dead_letter_maxlen, record);
         }
         let touched = history::queue_writes(&mut pipe, &self.keys, self.retention, batch.history.values());
+        let now = now_ms();
+        for hand_off in batch.hand_offs.values() {
+            backlog::queue_hand_off(&mut pipe, &self.keys, hand_off, now);
+        }
+        for (webhook, item) in &batch.backlog_done {
+            // Finished after being handed back in this same batch: the hand-off is dropped above.
+            backlog::queue_done(&mut pipe, &self.keys, webhook, item);
+        }
         if !batch.acks.is_empty() {
             pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
         }
@@ -361,6 +400,11 @@ impl Outcomes {
                 }
                 batch.dead.clear();
                 batch.history.clear();
+                let soon = now + 1000;
+                if batch.hand_offs.drain().any(|(_, h)| h.due_ms <= soon) {
+                    let _ = self.wake.try_send(());
+                }
+                batch.backlog_done.clear();
                 trimming.touched.extend(touched);
                 self.trim_history(con, trimming);
                 true
@@ -433,9 +477,15 @@ fn push_attempt(history: &mut Vec<AttemptRecord>, record: AttemptRecord) {
     history.push(record);
 }
 
-fn finish(ticket: &EntryTicket, batch: &mut Batch) {
-    if ticket.finish_one() {
-        batch.acks.push(ticket.stream_id.clone());
+/// A delivery became terminal: its entry is acknowledged when it was the last, or, taken from
+/// the backlog, it leaves the backlog (and a hand-off of it earlier in this batch is dropped).
+fn finish(delivery: &Delivery, batch: &mut Batch) {
+    if delivery.backlog.is_some() {
+        let item = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
+        batch.hand_offs.remove(&item);
+        batch.backlog_done.push((delivery.webhook_id.clone(), item));
+    } else if delivery.ticket.finish_one() {
+        batch.acks.push(delivery.ticket.stream_id.clone());
     }
 }
 

@@ -5,15 +5,21 @@
 //! webhook deleted or disabled meanwhile is abandoned (dead-lettered with that reason) rather
 //! than sent. Inputs: fresh deliveries from the transformer and due retries from the scheduler.
 //!
-//! Isolation: before sending, the signer asks `super::isolation` — over the webhook's in-flight
-//! cap the delivery is parked (unsigned, in order) until an attempt of that webhook ends; with
-//! the webhook's circuit open it is scheduled for the end of the cool-down.
+//! Isolation: before sending, the signer asks `super::isolation`. Over the webhook's in-flight
+//! cap a fresh delivery is parked (unsigned, in order) until an attempt of that webhook ends —
+//! but only a little: at most the cap's worth per webhook and [`park_budget`] in all. Beyond
+//! that, and for a delivery taken from the backlog, it is *postponed*: handed to the outcome
+//! stage, which writes it into the durable backlog (`super::backlog`) and so frees its entry's
+//! place in the in-flight window. With the webhook's circuit open it is postponed to the end of
+//! the cool-down. Parked deliveries therefore hold little of the window, however slow a webhook.
 //!
 //! Recovery: a delivery of an entry read again after a crash or claimed from another instance
-//! is first looked up in the delivery history (`<prefix>delivery:<id>`, one GET on this rare
-//! path). Already delivered or dead-lettered: it is not sent again. Retrying: it resumes with
-//! its attempt count and attempts, at the time its next attempt was due. So a receiver that
-//! answered 2xx gets a duplicate only when the crash fell between its answer and the record.
+//! is first looked up in the delivery history (`<prefix>delivery:<id>`) and the backlog
+//! (`<prefix>backlog:item:<id>`), one round trip on this rare path. Already delivered,
+//! dead-lettered or handed to the backlog: it is not sent again. A history record that says
+//! retrying without a backlog item (written by a version that kept retries in memory) is
+//! postponed to its due time with its attempts. So a receiver that answered 2xx gets a duplicate
+//! only when the crash fell between its answer and the record.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -25,8 +31,9 @@ use crossbeam_channel::{select, Receiver, Sender};
 use redis::Connection;
 
 use super::{
+    backlog::ParkBudget,
     isolation::{Gate, Isolation},
-    Completion, Delivery, EventMeta, Scheduled, SignedDelivery,
+    Completion, Delivery, EventMeta, SignedDelivery,
 };
 use crate::{
     deadletter::Reason,
@@ -44,14 +51,22 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
+    /// How much may be parked in memory.
+    pub park: ParkBudget,
 }
 
-/// What the history says to do with a recovered delivery.
+/// What may be parked in memory: a webhook's cap's worth each, and a tenth of the in-flight
+/// window in all (at least 64); the rest waits in the backlog.
+pub fn park_budget(webhook_cap: usize, window: usize) -> ParkBudget {
+    ParkBudget::new(webhook_cap, (window / 10).max(64))
+}
+
+/// What the history and the backlog say to do with a recovered delivery.
 enum Resume {
     /// No record: send as a first attempt.
     Fresh(Delivery),
-    /// Continue its retries, the next one due at `due`.
-    Later(Delivery, Instant),
+    /// Continue its retries (a record from before the backlog), the next one due at `due_ms`.
+    Later(Delivery, u64),
     Done(Delivery),
 }
 
@@ -59,7 +74,6 @@ enum Resume {
 pub struct Outputs {
     pub out: Sender<SignedDelivery>,
     pub done: Sender<Completion>,
-    pub later: Sender<Scheduled>,
 }
 
 /// A next stage is gone: shutdown.
@@ -68,7 +82,7 @@ struct Stopped;
 impl Signer {
     /// `freed` names a webhook each time one of its attempts ends (sent by the sender that made
     /// it), so that its parked deliveries can go.
-    pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
+    pub fn run(mut self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         // Deliveries over their webhook's in-flight cap, unsigned, in arrival order.
         let mut parked: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
@@ -88,8 +102,8 @@ impl Signer {
             let delivery = if delivery.ticket.recovered && delivery.attempt == 1 && delivery.history.is_empty() {
                 match self.resume(&mut conn, delivery) {
                     Resume::Fresh(d) => d,
-                    Resume::Later(d, due) => {
-                        if outputs.later.send(Scheduled { due, delivery: d }).is_err() {
+                    Resume::Later(d, due_ms) => {
+                        if outputs.done.send(Completion::Postponed { delivery: d, due_ms }).is_err() {
                             return;
                         }
                         continue;
@@ -105,25 +119,43 @@ impl Signer {
                 delivery
             };
             // Behind deliveries already parked for the same webhook: keep arrival order.
-            if let Some(queue) = parked.get_mut(&delivery.webhook_id) {
-                self.isolation.set_waiting(&delivery.webhook_id, queue.len() + 1);
-                queue.push_back(delivery);
+            if parked.contains_key(&delivery.webhook_id) {
+                if self.park_or_postpone(&mut parked, delivery, &outputs).is_err() {
+                    return;
+                }
                 continue;
             }
             match self.dispatch(delivery, &outputs) {
                 Ok(None) => {}
                 Ok(Some(over_cap)) => {
-                    self.isolation.set_waiting(&over_cap.webhook_id, 1);
-                    parked.entry(over_cap.webhook_id.clone()).or_default().push_back(over_cap);
+                    if self.park_or_postpone(&mut parked, over_cap, &outputs).is_err() {
+                        return;
+                    }
                 }
                 Err(Stopped) => return,
             }
         }
     }
 
+    /// Parks a delivery over its webhook's cap in memory while the budget allows and it is
+    /// fresh; otherwise postpones it to the backlog, due now (the pump takes it when the webhook
+    /// has room).
+    fn park_or_postpone(&mut self, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
+        if delivery.backlog.is_some() || !self.park.allows(&delivery.webhook_id) {
+            return outputs.done.send(Completion::Postponed { delivery, due_ms: now_ms() }).map_err(|_| Stopped);
+        }
+        let webhook = delivery.webhook_id.clone();
+        let queue = parked.entry(webhook.clone()).or_default();
+        queue.push_back(delivery);
+        let count = queue.len();
+        self.park.set(&webhook, count);
+        self.isolation.set_waiting(&webhook, count);
+        Ok(())
+    }
+
     /// Sends what the webhook's freed slots allow of its parked deliveries.
-    fn release(&self, webhook: &str, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
-        let Some(queue) = parked.get_mut(webhook) else { return Ok(()) };
+    fn release(&mut self, webhook: &str, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
+        let Some((key, mut queue)) = parked.remove_entry(webhook) else { return Ok(()) };
         while let Some(delivery) = queue.pop_front() {
             if let Some(still_over) = self.dispatch(delivery, outputs)? {
                 queue.push_front(still_over);
@@ -131,8 +163,9 @@ impl Signer {
             }
         }
         self.isolation.set_waiting(webhook, queue.len());
-        if queue.is_empty() {
-            parked.remove(webhook);
+        self.park.set(&key, queue.len());
+        if !queue.is_empty() {
+            parked.insert(key, queue);
         }
         Ok(())
     }
@@ -151,15 +184,22 @@ impl Signer {
                 outputs.out.send(SignedDelivery { route, headers, delivery }).map(|_| None).map_err(|_| Stopped)
             }
             Gate::Park => Ok(Some(delivery)),
-            Gate::WaitUntil(due) => outputs.later.send(Scheduled { due, delivery }).map(|_| None).map_err(|_| Stopped),
+            Gate::WaitUntil(until) => {
+                let due_ms = super::live::wall_ms(until);
+                outputs.done.send(Completion::Postponed { delivery, due_ms }).map(|_| None).map_err(|_| Stopped)
+            }
         }
     }
 
     fn resume(&self, conn: &mut Option<Connection>, mut delivery: Delivery) -> Resume {
         let id = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
         match self.lookup(conn, &id) {
-            Ok(None) => Resume::Fresh(delivery),
-            Ok(Some(record)) => match record.status {
+            Ok((_, true)) => {
+                log::info!(target: "wss::signer", "recovered delivery {id} was already handed to the backlog; not sending it again");
+                Resume::Done(delivery)
+            }
+            Ok((None, false)) => Resume::Fresh(delivery),
+            Ok((Some(record), false)) => match record.status {
                 Status::Delivered | Status::DeadLettered => {
                     log::info!(target: "wss::signer", "recovered delivery {id} was already {:?}; not sending it again", record.status);
                     Resume::Done(delivery)
@@ -169,7 +209,7 @@ impl Signer {
                     delivery.history = record.attempts;
                     let wait = record.next_attempt_at_ms.saturating_sub(now_ms());
                     log::info!(target: "wss::signer", "recovered delivery {id}: resuming at attempt {} in {} ms", delivery.attempt, wait);
-                    Resume::Later(delivery, Instant::now() + Duration::from_millis(wait))
+                    Resume::Later(delivery, record.next_attempt_at_ms)
                 }
             },
             Err(err) => {
@@ -179,11 +219,16 @@ impl Signer {
         }
     }
 
-    fn lookup(&self, conn: &mut Option<Connection>, id: &str) -> redis::RedisResult<Option<DeliveryRecord>> {
+    /// The delivery's history record, and whether it waits in the backlog.
+    fn lookup(&self, conn: &mut Option<Connection>, id: &str) -> redis::RedisResult<(Option<DeliveryRecord>, bool)> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_once(Duration::from_secs(2))?);
         }
-        let result = history::get(conn.as_mut().expect("just connected"), &self.keys, id);
+        let con = conn.as_mut().expect("just connected");
+        let result = redis::cmd("EXISTS")
+            .arg(self.keys.backlog_item(id))
+            .query::<bool>(con)
+            .and_then(|in_backlog| Ok((history::get(con, &self.keys, id)?, in_backlog)));
         if let Err(err) = &result {
             if is_connection_error(err) {
                 *conn = None;

@@ -173,6 +173,7 @@ fn route(
             body,
             attempt: 1,
             history: Vec::new(),
+            backlog: None,
         };
         let sent = match plan {
             Plan::Send(body) => out.send(delivery(body)).is_ok(),
@@ -194,8 +195,8 @@ pub(super) enum Plan {
 }
 
 /// The same rules for one webhook, as they stand now: `None` when its types no longer match the
-/// event or its filter turns it away. For a retry rebuilt after waiting light
-/// (`super::rehydrate`), whose webhook may have changed since the event was routed.
+/// event or its filter turns it away. For a delivery taken from the backlog
+/// (`super::backlog`), whose webhook may have changed since the event was routed.
 pub(super) fn plan_one(evaluator: &Evaluator, event: &Event, route: &Arc<Route>) -> Option<Plan> {
     if !route.wants(&event.event_type) {
         return None;

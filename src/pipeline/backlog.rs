@@ -1,0 +1,735 @@
+//! Backlog: the durable home of deliveries that cannot be attempted now — a retry waiting for
+//! its backoff, a delivery parked behind its webhook's in-flight cap, one held back by an open
+//! circuit — so that they leave the shared in-flight window and one tenant's failing or slow
+//! endpoint never stops the reader for everybody (README "Endpoint isolation").
+//!
+//! **Hand-off.** The outcome stage writes a waiting delivery into the backlog in the same
+//! `MULTI … EXEC` as its history record and, when it was its entry's last unfinished delivery,
+//! the entry's `XACK` ([`queue_hand_off`]). An entry is therefore acknowledged once every
+//! delivery it produced is terminal *or* durably handed off, and never before. Deliveries that go
+//! out at once never touch the backlog.
+//!
+//! **Keys** (see `Keys::backlog_*`; every one starts with `<prefix>backlog:`, where a Redis
+//! Cluster hash tag per shard will go):
+//! - `backlog:item:<delivery id>` — a hash: `m`, the delivery's state as JSON ([`ItemMeta`]:
+//!   webhook, source entry id, event id, type and tenant, next attempt number, attempts so far),
+//!   and `f:<name>` for every field of its source entry, copied from the stream by the hand-off
+//!   script (so the entry may be trimmed, and a broker message acknowledged) — what a dead letter
+//!   and a redelivery need. The delivery id (`<entry id>:<webhook id>`) makes a hand-off
+//!   idempotent: an entry read again after a crash hands off to the same item.
+//! - `backlog:due:<webhook>` — a sorted set of the webhook's items by due time (ms). A leased
+//!   item's score is its lease's end.
+//! - `backlog:since:<webhook>` — the same items by when they entered the backlog, for the age
+//!   of the oldest.
+//! - `backlog:webhooks` — webhooks with items, scored by when to look at them next.
+//!
+//! **Taking due work** ([`Pump`], thread `wss-backlog`, one per instance, all sharing the
+//! backlog): every poll reads the webhooks whose time has come, and for each asks the isolation
+//! state how many attempts it may start now (in-flight cap minus attempts on the wire; none while
+//! its circuit is open or a probe is out). A script ([`TAKE_SCRIPT`]) then takes at most that many
+//! due items of each, atomically, by pushing their score to the lease's end — WebhookX's
+//! approach — and moves each served webhook behind the others that wait (round robin), so a
+//! webhook with a million due deliveries gets its cap's worth of attempts per round, not the
+//! senders. The items are read (`HGETALL`), rebuilt — routed again by the transformer's rules, as
+//! the webhook stands now — and handed to the signer, which signs them afresh. An instance that
+//! crashes leaves its leased items to come due again when the lease ends (`WSS_CLAIM_AFTER` plus
+//! the attempt timeout), and any instance takes them. Memory holds only what is being attempted:
+//! the backlog can be as large as Redis.
+//!
+//! **Finishing.** A backlog delivery that is delivered or dead-lettered is removed (`ZREM`,
+//! `ZREM`, `DEL`) in the outcome stage's transaction with its records; one that must wait again
+//! is written back with its new due time and attempts.
+//!
+//! While Redis is away the pump waits with backoff (the outage is logged once by the
+//! connection); nothing leaves the backlog meanwhile.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use redis::{Connection, RedisError, Value};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    event::{envelope, parse_entry},
+    isolation::{Isolation, Room},
+    transformer::{self, Plan},
+    Completion, Delivery, EntryTicket, EventMeta,
+};
+use crate::{
+    deadletter::{AttemptRecord, Reason},
+    domain::{
+        routing::{Route, RoutingHandle},
+        store::{now_ms, Keys},
+    },
+    expr::Evaluator,
+    history,
+    redis_conn::{is_connection_error, RedisTarget},
+    streams::RawEntry,
+};
+
+/// An entry's fields, names and values as bytes.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The hash field of an item that holds its [`ItemMeta`].
+const META_FIELD: &[u8] = b"m";
+/// Prefix of the hash fields that hold the source entry's fields.
+const FIELD_PREFIX: &[u8] = b"f:";
+
+/// Webhooks looked at per poll, at most.
+const CANDIDATES: usize = 1000;
+/// Items taken of one webhook per poll, at most (its free slots bound it first).
+const PER_WEBHOOK: usize = 64;
+/// Items taken per poll in all, at most.
+const PER_POLL: usize = 1024;
+/// Longest wait between polls: the backlog is shared, so other instances' hand-offs are seen
+/// this late at worst.
+const POLL_IDLE: Duration = Duration::from_millis(250);
+/// Wait between polls while there is due work this instance has no room for yet.
+const POLL_BUSY: Duration = Duration::from_millis(20);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest wait for a reply before the connection is dropped and the poll made anew.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a delivery taken from the backlog carries besides what every delivery does.
+#[derive(Debug)]
+pub struct Backlogged {
+    /// Its source entry's fields, for a dead letter (the entry itself may be trimmed by now).
+    pub fields: Fields,
+}
+
+/// A waiting delivery's state, stored as JSON in its item (short names: a million may wait).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemMeta {
+    #[serde(rename = "w")]
+    pub webhook: String,
+    /// The source entry's id (the history's and dead letters' `stream_entry_id`).
+    #[serde(rename = "s")]
+    pub source: String,
+    #[serde(rename = "e")]
+    pub event_id: String,
+    #[serde(rename = "t")]
+    pub event_type: String,
+    #[serde(rename = "n")]
+    pub tenant: String,
+    /// Number of the attempt to make next, from 1.
+    #[serde(rename = "a")]
+    pub attempt: u32,
+    #[serde(rename = "h", default)]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl ItemMeta {
+    pub fn of(delivery: &Delivery) -> Self {
+        Self {
+            webhook: delivery.webhook_id.to_string(),
+            source: delivery.ticket.stream_id.clone(),
+            event_id: delivery.event.id().to_owned(),
+            event_type: delivery.event.event_type().to_owned(),
+            tenant: delivery.event.tenant().to_owned(),
+            attempt: delivery.attempt,
+            attempts: delivery.history.clone(),
+        }
+    }
+}
+
+/// Writes a waiting delivery into the backlog: its state, its source entry's fields (given, or
+/// copied from the stream entry when the item is new), its due time, its entry time (kept from
+/// the first hand-off), and its webhook's next look no later than the due time.
+///
+/// KEYS: item, due set, since set, index, events stream.
+/// ARGV: item id, webhook id, due ms, now ms, meta JSON, source entry id (empty: do not copy),
+/// then the fields' names and values, if given.
+pub const HAND_OFF_SCRIPT: &str = r#"
+if #ARGV > 6 then
+  local args = {'HSET', KEYS[1], 'm', ARGV[5]}
+  for i = 7, #ARGV, 2 do
+    args[#args + 1] = 'f:' .. ARGV[i]
+    args[#args + 1] = ARGV[i + 1]
+  end
+  redis.call(unpack(args))
+elseif ARGV[6] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
+  local args = {'HSET', KEYS[1], 'm', ARGV[5]}
+  local source = redis.call('XRANGE', KEYS[5], ARGV[6], ARGV[6])
+  if source[1] then
+    local fields = source[1][2]
+    for i = 1, #fields, 2 do
+      args[#args + 1] = 'f:' .. fields[i]
+      args[#args + 1] = fields[i + 1]
+    end
+  end
+  redis.call(unpack(args))
+else
+  redis.call('HSET', KEYS[1], 'm', ARGV[5])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[1])
+redis.call('ZADD', KEYS[4], 'LT', ARGV[3], ARGV[2])
+return 1
+"#;
+
+/// Takes due items of some webhooks under a lease, atomically.
+///
+/// KEYS: the index, then one due set per webhook. ARGV: now ms, lease end ms, then per webhook
+/// its id and how many to take. For each: its first `n` items due by now get the lease's end as
+/// score; then the webhook's next look is its earliest item — but not before now when it was
+/// served, so that it queues behind webhooks not served yet — or, with nothing left, it leaves
+/// the index. Returns webhook id and item id pairs, flat.
+pub const TAKE_SCRIPT: &str = r#"
+local out = {}
+local now = tonumber(ARGV[1])
+for k = 2, #KEYS do
+  local webhook = ARGV[2 * k - 1]
+  local n = tonumber(ARGV[2 * k])
+  local items = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'LIMIT', 0, n)
+  for _, item in ipairs(items) do
+    redis.call('ZADD', KEYS[k], ARGV[2], item)
+    out[#out + 1] = webhook
+    out[#out + 1] = item
+  end
+  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
+  if first[1] then
+    local next = tonumber(first[2])
+    if #items > 0 and next < now then next = now end
+    redis.call('ZADD', KEYS[1], next, webhook)
+  else
+    redis.call('ZREM', KEYS[1], webhook)
+  end
+end
+return out
+"#;
+
+/// A hand-off the outcome stage owes Redis.
+#[derive(Debug)]
+pub struct HandOff {
+    pub item: String,
+    pub webhook: Arc<str>,
+    pub due_ms: u64,
+    pub meta: ItemMeta,
+    /// The source entry to copy the fields from when the item is new (a fresh delivery); empty
+    /// for a delivery taken from the backlog, whose fields come along in `fields`.
+    pub copy_from: String,
+    pub fields: Fields,
+}
+
+impl HandOff {
+    /// The hand-off of `delivery`, due at `due_ms`; its attempts and attempt number as they
+    /// stand.
+    pub fn of(delivery: &Delivery, due_ms: u64) -> Self {
+        let item = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
+        let (copy_from, fields) = match &delivery.backlog {
+            Some(backlogged) => (String::new(), backlogged.fields.clone()),
+            None => (delivery.ticket.stream_id.clone(), Vec::new()),
+        };
+        Self { item, webhook: delivery.webhook_id.clone(), due_ms, meta: ItemMeta::of(delivery), copy_from, fields }
+    }
+}
+
+/// Queues `hand_off` in `pipe` (the outcome stage's transaction).
+pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOff, now_ms: u64) {
+    let meta = serde_json::to_string(&hand_off.meta).expect("an item's state always serializes");
+    let cmd = pipe
+        .cmd("EVAL")
+        .arg(HAND_OFF_SCRIPT)
+        .arg(5)
+        .arg(keys.backlog_item(&hand_off.item))
+        .arg(keys.backlog_due(&hand_off.webhook))
+        .arg(keys.backlog_since(&hand_off.webhook))
+        .arg(keys.backlog_index())
+        .arg(&keys.events)
+        .arg(&hand_off.item)
+        .arg(&*hand_off.webhook)
+        .arg(hand_off.due_ms)
+        .arg(now_ms)
+        .arg(meta)
+        .arg(&hand_off.copy_from);
+    for (name, value) in &hand_off.fields {
+        cmd.arg(name.as_slice()).arg(value.as_slice());
+    }
+    cmd.ignore();
+}
+
+/// Queues the removal of a finished backlog delivery (its webhook leaves the index at the next
+/// take that finds nothing).
+pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, item: &str) {
+    pipe.cmd("ZREM").arg(keys.backlog_due(webhook)).arg(item).ignore();
+    pipe.cmd("ZREM").arg(keys.backlog_since(webhook)).arg(item).ignore();
+    pipe.cmd("DEL").arg(keys.backlog_item(item)).ignore();
+}
+
+/// One webhook's backlog: how many deliveries wait, and since when the oldest does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Depth {
+    pub deliveries: u64,
+    /// When the oldest entered the backlog (ms since the epoch); `None` when it is empty.
+    pub oldest_since_ms: Option<u64>,
+}
+
+/// Queues the two reads [`depth_from`] answers: `ZCARD` of the due set, and the first of the
+/// since set.
+pub fn queue_depth(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str) {
+    pipe.cmd("ZCARD").arg(keys.backlog_due(webhook));
+    pipe.cmd("ZRANGE").arg(keys.backlog_since(webhook)).arg(0).arg(0).arg("WITHSCORES");
+}
+
+/// The depth from the two replies [`queue_depth`] asked for.
+pub fn depth_from(count: &Value, first: &Value) -> Depth {
+    let deliveries = match count {
+        Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    let oldest_since_ms = match first {
+        Value::Array(pair) => match pair.get(1) {
+            Some(Value::BulkString(score)) => std::str::from_utf8(score).ok().and_then(|s| s.parse::<f64>().ok()).map(|ms| ms as u64),
+            Some(Value::Double(score)) => Some(*score as u64),
+            _ => None,
+        },
+        _ => None,
+    };
+    Depth { deliveries, oldest_since_ms: oldest_since_ms.filter(|_| deliveries > 0) }
+}
+
+/// The depth of `webhook`'s backlog, read now.
+pub fn depth(con: &mut Connection, keys: &Keys, webhook: &str) -> redis::RedisResult<Depth> {
+    Ok(depths_of(con, keys, &[webhook])?.pop().unwrap_or_default())
+}
+
+/// The webhooks with a backlog (at most `limit`, by next look) and each one's depth.
+pub fn depths(con: &mut Connection, keys: &Keys, limit: usize) -> redis::RedisResult<Vec<(String, Depth)>> {
+    let webhooks: Vec<String> = redis::cmd("ZRANGE").arg(keys.backlog_index()).arg(0).arg(limit.saturating_sub(1)).query(con)?;
+    let ids: Vec<&str> = webhooks.iter().map(String::as_str).collect();
+    let depths = depths_of(con, keys, &ids)?;
+    Ok(webhooks.into_iter().zip(depths).collect())
+}
+
+/// The depth of each of `webhooks`, in their order, in one round trip.
+pub fn depths_of(con: &mut Connection, keys: &Keys, webhooks: &[&str]) -> redis::RedisResult<Vec<Depth>> {
+    if webhooks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for webhook in webhooks {
+        queue_depth(&mut pipe, keys, webhook);
+    }
+    let replies: Vec<Value> = pipe.query(con)?;
+    if replies.len() != webhooks.len() * 2 {
+        return Err(RedisError::from((redis::ErrorKind::UnexpectedReturnType, "backlog depths", format!("{} replies for {} commands", replies.len(), webhooks.len() * 2))));
+    }
+    Ok(replies.chunks(2).map(|pair| depth_from(&pair[0], &pair[1])).collect())
+}
+
+/// An item as read back: its id, state and source entry's fields (`None`: it was finished
+/// meanwhile, or its state does not decode).
+struct Taken {
+    webhook: String,
+    item: String,
+    state: Option<(ItemMeta, Fields)>,
+}
+
+/// The pump's share of the pipeline: takes due work from the backlog and feeds the signer.
+pub struct Pump {
+    pub redis: RedisTarget,
+    pub keys: Keys,
+    pub routing: Arc<RoutingHandle>,
+    pub isolation: Arc<Isolation>,
+    /// A leased item comes back to the backlog this long after its attempt's timeout.
+    pub claim_after: Duration,
+    pub max_event_bytes: usize,
+    /// `wss_backlog_taken_total`.
+    pub taken: prometheus::IntCounter,
+}
+
+/// What a poll found.
+struct Poll {
+    took: usize,
+    /// Due work was left for lack of room on this instance.
+    left_due: bool,
+    /// When the earliest webhook in the index is next due (ms), if any.
+    next_ms: Option<u64>,
+}
+
+impl Pump {
+    /// `wake` says a hand-off or a freed slot may have made work takeable; `out` is the
+    /// signer's queue, `done` the outcome stage's.
+    pub fn run(self, wake: Receiver<()>, out: Sender<Delivery>, done: Sender<Completion>, shutdown: Receiver<()>) {
+        let evaluator = Evaluator::new();
+        let mut conn: Option<Connection> = None;
+        let mut wait = Duration::ZERO;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            select! {
+                recv(shutdown) -> _ => return,
+                recv(wake) -> msg => if msg.is_err() { return },
+                default(wait) => {}
+            }
+            // What was handed to the signer is admitted first (it takes the slots the next poll
+            // counts).
+            if !out.is_empty() {
+                wait = POLL_BUSY;
+                continue;
+            }
+            match self.poll(&mut conn, &evaluator, &out, &done) {
+                Ok(Some(poll)) => {
+                    backoff = BACKOFF_MIN;
+                    wait = if poll.took > 0 || poll.left_due {
+                        POLL_BUSY
+                    } else {
+                        let until_next = poll.next_ms.map_or(POLL_IDLE, |next| Duration::from_millis(next.saturating_sub(now_ms())));
+                        until_next.clamp(Duration::from_millis(1), POLL_IDLE)
+                    };
+                }
+                Ok(None) => return,
+                Err(err) => {
+                    if is_connection_error(&err) {
+                        self.redis.connection_lost(&err);
+                        log::debug!(target: "wss::backlog", "cannot read the backlog ({err}); trying again in {} ms", backoff.as_millis());
+                    } else {
+                        log::error!(target: "wss::backlog", "cannot read the backlog ({err}); trying again in {} ms", backoff.as_millis());
+                    }
+                    conn = None;
+                    wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// One poll; `Ok(None)` when a next stage is gone (shutdown).
+    fn poll(&self, conn: &mut Option<Connection>, evaluator: &Evaluator, out: &Sender<Delivery>, done: &Sender<Completion>) -> Result<Option<Poll>, RedisError> {
+        if conn.is_none() {
+            *conn = Some(self.redis.connect_bounded(Duration::from_secs(2), REDIS_TIMEOUT)?);
+        }
+        let con = conn.as_mut().expect("just connected");
+        let now = now_ms();
+        let index = self.keys.backlog_index();
+        let (candidates, first): (Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+            .cmd("ZRANGEBYSCORE")
+            .arg(&index)
+            .arg("-inf")
+            .arg(now)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(CANDIDATES)
+            .cmd("ZRANGE")
+            .arg(&index)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query(con)?;
+        let next_ms = first.first().map(|(_, score)| *score as u64);
+        if candidates.is_empty() {
+            return Ok(Some(Poll { took: 0, left_due: false, next_ms }));
+        }
+        let routing = self.routing.current();
+        let at = Instant::now();
+        let mut wanted: Vec<(String, usize)> = Vec::new();
+        let mut deferred: Vec<(String, u64)> = Vec::new();
+        let mut left_due = false;
+        let mut total = 0;
+        let mut longest_timeout = Duration::ZERO;
+        for (webhook, _) in candidates {
+            if total >= PER_POLL {
+                left_due = true;
+                break;
+            }
+            let n = match routing.webhooks.get(webhook.as_str()) {
+                // Deleted or disabled: taken at once, for the signer to dead-letter with the reason.
+                None => PER_WEBHOOK,
+                Some(route) if !route.is_active() => PER_WEBHOOK,
+                Some(route) => match self.isolation.room(&webhook, at) {
+                    Room::Free(free) => {
+                        longest_timeout = longest_timeout.max(route.policy.attempt_timeout);
+                        if free == 0 {
+                            left_due = true;
+                        }
+                        free.min(PER_WEBHOOK)
+                    }
+                    Room::OpenUntil(until) => {
+                        deferred.push((webhook, crate::pipeline::live::wall_ms(until)));
+                        continue;
+                    }
+                },
+            };
+            let n = n.min(PER_POLL - total);
+            if n > 0 {
+                total += n;
+                wanted.push((webhook, n));
+            }
+        }
+        let lease_until = now + (self.claim_after + longest_timeout).as_millis() as u64;
+        let mut pipe = redis::pipe();
+        // An open circuit: its webhook's next look is the end of the cool-down.
+        for (webhook, until_ms) in &deferred {
+            pipe.cmd("ZADD").arg(&index).arg("XX").arg("GT").arg(until_ms).arg(webhook).ignore();
+        }
+        if !wanted.is_empty() {
+            let take = pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(wanted.len() + 1).arg(&index);
+            for (webhook, _) in &wanted {
+                take.arg(self.keys.backlog_due(webhook));
+            }
+            take.arg(now).arg(lease_until);
+            for (webhook, n) in &wanted {
+                take.arg(webhook).arg(*n);
+            }
+        }
+        if pipe.cmd_iter().next().is_none() {
+            return Ok(Some(Poll { took: 0, left_due, next_ms }));
+        }
+        let replies: Vec<Value> = pipe.query(con)?;
+        let pairs: Vec<String> = match replies.into_iter().last() {
+            Some(reply) if !wanted.is_empty() => redis::from_redis_value(reply)?,
+            _ => Vec::new(),
+        };
+        if pairs.is_empty() {
+            return Ok(Some(Poll { took: 0, left_due, next_ms }));
+        }
+        let taken = self.read_items(con, &pairs)?;
+        let count = taken.len();
+        self.taken.inc_by(count as u64);
+        log::debug!(target: "wss::backlog", "took {count} due deliveries from the backlog");
+        let routing = self.routing.current();
+        for item in taken {
+            let Some((meta, fields)) = item.state else {
+                // Finished meanwhile by another instance whose lease had ended: drop its traces.
+                let mut pipe = redis::pipe();
+                queue_done(&mut pipe, &self.keys, &item.webhook, &item.item);
+                pipe.query::<()>(con)?;
+                continue;
+            };
+            let route = routing.webhooks.get(meta.webhook.as_str());
+            let sent = match rebuild(meta, fields, route, evaluator, self.max_event_bytes) {
+                Rebuilt::Send(delivery) => out.send(delivery).is_ok(),
+                Rebuilt::Done(completion) => done.send(completion).is_ok(),
+            };
+            if !sent {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Poll { took: count, left_due, next_ms }))
+    }
+
+    /// Reads the items `pairs` (webhook id, item id, flat) names, in one round trip.
+    fn read_items(&self, con: &mut Connection, pairs: &[String]) -> Result<Vec<Taken>, RedisError> {
+        let mut pipe = redis::pipe();
+        for pair in pairs.chunks(2) {
+            pipe.cmd("HGETALL").arg(self.keys.backlog_item(&pair[1]));
+        }
+        let replies: Vec<Vec<(Vec<u8>, Vec<u8>)>> = pipe.query(con)?;
+        Ok(pairs
+            .chunks(2)
+            .zip(replies)
+            .map(|(pair, hash)| Taken { webhook: pair[0].clone(), item: pair[1].clone(), state: decode_item(hash) })
+            .collect())
+    }
+}
+
+/// An item's state and fields from its hash; `None` when it is gone or its state is unreadable.
+fn decode_item(hash: Vec<(Vec<u8>, Vec<u8>)>) -> Option<(ItemMeta, Fields)> {
+    let mut meta = None;
+    let mut fields = Vec::with_capacity(hash.len().saturating_sub(1));
+    for (name, value) in hash {
+        if name == META_FIELD {
+            meta = serde_json::from_slice::<ItemMeta>(&value).ok();
+        } else if let Some(field) = name.strip_prefix(FIELD_PREFIX) {
+            fields.push((field.to_vec(), value));
+        }
+    }
+    meta.map(|meta| (meta, fields))
+}
+
+/// What an item becomes.
+enum Rebuilt {
+    /// To the signer.
+    Send(Delivery),
+    /// To the outcome stage.
+    Done(Completion),
+}
+
+/// Rebuilds an item's delivery with its webhook's current route (`None`: deleted): routed again
+/// by the transformer's rules ([`transformer::plan_one`]), so that a webhook whose types or
+/// filter no longer want the event does not get it, and a changed transform applies.
+fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator: &Evaluator, max_event_bytes: usize) -> Rebuilt {
+    let ticket = EntryTicket::new(meta.source.clone(), false);
+    let webhook_id: Arc<str> = match route {
+        Some(route) => route.id.clone(),
+        None => meta.webhook.as_str().into(),
+    };
+    let attempt = meta.attempt.max(1);
+    let entry = RawEntry { id: meta.source.clone(), fields: Some(fields) };
+    let parsed = if entry.fields.as_ref().is_some_and(|f| !f.is_empty()) { Some(parse_entry(&entry, max_event_bytes)) } else { None };
+    let fields = entry.fields.unwrap_or_default();
+    let delivery = |event: Arc<EventMeta>, body: Arc<[u8]>, history: Vec<AttemptRecord>, fields: Fields| Delivery {
+        ticket: ticket.clone(),
+        event,
+        webhook_id: webhook_id.clone(),
+        body,
+        attempt,
+        history,
+        backlog: Some(Box::new(Backlogged { fields })),
+    };
+    let event = match parsed {
+        Some(Ok(event)) => event,
+        failed => {
+            let (reason, detail) = match failed {
+                Some(Err(rejection)) => (rejection.reason, rejection.detail),
+                _ => (
+                    Reason::EntryDeleted,
+                    format!("stream entry {} was deleted (XDEL or trimming) before its delivery to webhook {} was handed to the backlog", meta.source, meta.webhook),
+                ),
+            };
+            let event = Arc::new(EventMeta::new(&meta.event_id, &meta.event_type, &meta.tenant));
+            return Rebuilt::Done(Completion::Abandoned { delivery: delivery(event, Arc::from(&[][..]), meta.attempts, fields), reason, detail });
+        }
+    };
+    let event_meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
+    let Some(route) = route.filter(|route| route.is_active()) else {
+        // Deleted or disabled: the signer abandons it with the reason, as it does any delivery.
+        return Rebuilt::Send(delivery(event_meta, envelope(&event).into(), meta.attempts, fields));
+    };
+    match transformer::plan_one(evaluator, &event, route) {
+        None => {
+            log::info!(target: "wss::backlog", tenant = event.tenant.as_str(), webhook = &*webhook_id, event_id = event.id.as_str(), outcome = "unrouted";
+                "waiting delivery of event {} to webhook {webhook_id} is not sent: the webhook no longer wants it (event types or filter changed)", event.id);
+            Rebuilt::Done(Completion::AlreadyTerminal { delivery: delivery(event_meta, Arc::from(&[][..]), meta.attempts, fields) })
+        }
+        Some(Plan::Send(body)) => Rebuilt::Send(delivery(event_meta, body, meta.attempts, fields)),
+        Some(Plan::DeadLetter { reason, detail, body }) => {
+            Rebuilt::Done(Completion::Abandoned { delivery: delivery(event_meta, body, meta.attempts, fields), reason, detail })
+        }
+    }
+}
+
+/// Webhooks whose parked deliveries the signer should release, counted per webhook: used by the
+/// signer to bound what it parks in memory.
+#[derive(Debug, Default)]
+pub struct ParkBudget {
+    per_webhook: usize,
+    total: usize,
+    held: HashMap<Arc<str>, usize>,
+    held_total: usize,
+}
+
+impl ParkBudget {
+    pub fn new(per_webhook: usize, total: usize) -> Self {
+        Self { per_webhook, total, held: HashMap::new(), held_total: 0 }
+    }
+
+    /// Whether one more delivery of `webhook` may be parked in memory (else it is handed off).
+    pub fn allows(&self, webhook: &str) -> bool {
+        self.held_total < self.total && self.held.get(webhook).copied().unwrap_or(0) < self.per_webhook
+    }
+
+    /// `webhook` now has `count` deliveries parked.
+    pub fn set(&mut self, webhook: &Arc<str>, count: usize) {
+        let before = if count == 0 { self.held.remove(webhook).unwrap_or(0) } else { self.held.insert(webhook.clone(), count).unwrap_or(0) };
+        self.held_total = self.held_total + count - before;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{
+            model::RetryPolicy,
+            routing::{Expression, RouteSigner},
+        },
+        expr::Filter,
+        signature::WssSigner,
+    };
+
+    fn route(id: &str, filter: Option<&str>) -> Arc<Route> {
+        let filter = filter.map(|source| Arc::new(Expression { source: source.into(), compiled: Filter::compile(source) }));
+        Arc::new(Route {
+            id: id.into(),
+            url: "https://example.com/".into(),
+            headers: Box::default(),
+            enabled: true,
+            tenant_disabled: false,
+            patterns: Box::default(),
+            filter,
+            transform: None,
+            policy: Arc::new(RetryPolicy::builtin_default()),
+            signer: RouteSigner::Wss(WssSigner::new(b"secret_0123456789")),
+        })
+    }
+
+    fn meta(attempt: u32) -> ItemMeta {
+        ItemMeta {
+            webhook: "wh_1".into(),
+            source: "1767225600000-0".into(),
+            event_id: "1767225600000-0".into(),
+            event_type: "order.created".into(),
+            tenant: "acme".into(),
+            attempt,
+            attempts: vec![AttemptRecord { attempt: 1, status: 500, error_kind: "http_status".into(), ..Default::default() }],
+        }
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> Fields {
+        pairs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn an_item_decodes_its_state_and_fields() {
+        let json = serde_json::to_vec(&meta(2)).unwrap();
+        let hash = vec![(b"m".to_vec(), json), (b"f:tenant".to_vec(), b"acme".to_vec()), (b"f:data".to_vec(), vec![0xff])];
+        let (back, fields) = decode_item(hash).unwrap();
+        assert_eq!(back, meta(2));
+        assert_eq!(fields, vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff])]);
+        assert!(decode_item(Vec::new()).is_none(), "gone");
+        assert!(decode_item(vec![(b"m".to_vec(), b"{".to_vec())]).is_none(), "unreadable");
+    }
+
+    #[test]
+    fn an_item_is_rebuilt_at_its_attempt_with_its_attempts() {
+        let entry = fields(&[("tenant", "acme"), ("type", "order.created"), ("data", r#"{"n":1}"#)]);
+        match rebuild(meta(2), entry.clone(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+            Rebuilt::Send(delivery) => {
+                assert_eq!((delivery.attempt, delivery.history.len()), (2, 1));
+                assert_eq!(delivery.ticket.stream_id, "1767225600000-0");
+                assert!(std::str::from_utf8(&delivery.body).unwrap().contains(r#""data":{"n":1}"#));
+                assert_eq!(delivery.backlog.unwrap().fields, entry);
+            }
+            Rebuilt::Done(_) => panic!("a due item of an active webhook is sent"),
+        }
+        // Its filter now says no: finished without an attempt.
+        let no = route("wh_1", Some("event.data.n == 2"));
+        assert!(matches!(rebuild(meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20), Rebuilt::Done(Completion::AlreadyTerminal { .. })));
+        // Deleted webhook: to the signer, which dead-letters it with the reason.
+        assert!(matches!(rebuild(meta(2), entry, None, &Evaluator::new(), 1 << 20), Rebuilt::Send(_)));
+        // The source entry was gone when it was handed off.
+        match rebuild(meta(3), Vec::new(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+            Rebuilt::Done(Completion::Abandoned { reason, delivery, .. }) => {
+                assert_eq!(reason, Reason::EntryDeleted);
+                assert_eq!((delivery.event.id(), delivery.attempt), ("1767225600000-0", 3));
+            }
+            _ => panic!("an item without its fields is dead-lettered"),
+        }
+    }
+
+    #[test]
+    fn the_park_budget_bounds_each_webhook_and_the_total() {
+        let mut budget = ParkBudget::new(2, 3);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        assert!(budget.allows("a"));
+        budget.set(&a, 2);
+        assert!(!budget.allows("a") && budget.allows("b"));
+        budget.set(&b, 1);
+        assert!(!budget.allows("b"), "the total is reached");
+        budget.set(&a, 0);
+        assert!(budget.allows("a") && budget.allows("b"));
+    }
+
+    #[test]
+    fn depths_read_from_replies() {
+        let first = Value::Array(vec![Value::BulkString(b"item".to_vec()), Value::BulkString(b"1767225600000".to_vec())]);
+        assert_eq!(depth_from(&Value::Int(3), &first), Depth { deliveries: 3, oldest_since_ms: Some(1_767_225_600_000) });
+        assert_eq!(depth_from(&Value::Int(0), &Value::Array(vec![])), Depth::default());
+    }
+}
