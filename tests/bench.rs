@@ -5,8 +5,9 @@
 
 use std::process::Command;
 
-/// The keys issue 7 fixes for `--json`, and the isolation measurement of issue 4.
-const KEYS: [&str; 13] = [
+/// The keys issue 7 fixes for `--json`, the isolation measurement of issue 4, and the backlog
+/// part of issue 12.
+const KEYS: [&str; 15] = [
     "deliveries_per_sec",
     "raw_per_sec",
     "ratio",
@@ -16,7 +17,9 @@ const KEYS: [&str; 13] = [
     "slow_receiver_per_sec",
     "peak_rss_mib",
     "idle_rss_mib_10k_webhooks",
-    "rss_mib_1m_retries",
+    "neighbor_p99_ms",
+    "backlog_rss_mib",
+    "redis_bytes_per_waiting_delivery",
     "isolation_baseline_per_sec",
     "isolation_hanging_per_sec",
     "isolation_ratio",
@@ -43,6 +46,7 @@ fn a_quick_bench_reports_every_figure() {
     }
     assert!(report["p50_ms"].as_f64() <= report["p99_ms"].as_f64(), "p50 ≤ p99: {report}");
     assert!(report["signatures_verified"].as_u64().is_some_and(|n| n > 0), "the receivers verified a sample of signatures: {report}");
+    assert!(report["backlog_waiting"].as_u64().is_some_and(|n| n > 0), "deliveries waited in the backlog: {report}");
     assert!(report["isolation_hanging_requests"].as_u64().is_some_and(|n| n > 0), "the hanging receiver got requests: {report}");
     let scaling = report["scaling"].as_array().expect("a scaling series");
     assert_eq!(scaling.len(), 3, "{report}");

@@ -8,8 +8,14 @@
 //! it matches at least once with a 2xx, nothing is pending, nothing was dead-lettered, no
 //! request went where it should not. Duplicates are bounded: a delivery is never requested again
 //! after a kill if the delivery history had recorded it as delivered at that kill (read from
-//! Redis while wss is down) — only a 2xx not yet recorded may be repeated. The number of
-//! duplicates is printed.
+//! Redis while wss is down) — only a 2xx not yet recorded may be repeated, so the duplicates are
+//! at most those plus the requests on the wire at each kill, and that bound is checked too. At
+//! the end the durable backlog is empty.
+//!
+//! A second run makes most deliveries wait in the backlog (`WSS_WEBHOOK_CONCURRENCY=1`, so
+//! what exceeds one attempt per webhook is postponed there): it checks that the backlog held
+//! leased deliveries at some kill — deliveries a dead instance had taken — and that they were
+//! taken over and delivered.
 //!
 //! The seed is printed; `WSS_CHAOS_SEED=<n>` replays the same choices (the interleaving of
 //! requests, and so which ones fail, still varies from run to run).
@@ -166,20 +172,39 @@ async fn poll<T>(within: Duration, what: &str, mut check: impl FnMut() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "chaos: 5,000 events and 5 SIGKILLs (~15 s here); .ci/run runs it on its own (./run-tests --test chaos -- --ignored)"]
 async fn deliveries_survive_random_receiver_failures_and_repeated_sigkills() {
-    chaos(&[]).await;
+    chaos(&[], false).await;
 }
 
-/// The same with every retry waiting light (`WSS_RETRY_IN_MEMORY_FOR=0s`: the policy's 100–500 ms
-/// backoffs are all beyond it), so each one is rebuilt from the stream and the history by the
-/// rehydrator, across the kills.
+/// The same with one attempt per webhook at a time, so that most deliveries are postponed to the
+/// durable backlog and taken from it under a lease, across the kills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "chaos: 5,000 events and 5 SIGKILLs (~15 s here); .ci/run runs it on its own (./run-tests --test chaos -- --ignored)"]
-async fn deliveries_survive_the_same_with_every_retry_waiting_light() {
-    chaos(&[("WSS_RETRY_IN_MEMORY_FOR", "0s")]).await;
+async fn deliveries_survive_the_same_waiting_in_the_backlog() {
+    chaos(&[("WSS_WEBHOOK_CONCURRENCY", "1")], true).await;
 }
 
-/// The chaos run, with `extra` settings for the service.
-async fn chaos(extra: &[(&str, &str)]) {
+/// Backlog deliveries whose score is this far ahead are leased (due retries are at most the
+/// policy's 500 ms + 20 % ahead; a lease is `WSS_CLAIM_AFTER` + the attempt timeout, 6 s).
+const LEASED_BEYOND_MS: u64 = 2000;
+
+/// Backlog deliveries leased now (score beyond [`LEASED_BEYOND_MS`]), and all.
+fn backlog_census(ks: &Keyspace, webhooks: &BTreeMap<String, (usize, String)>) -> (u64, u64) {
+    let now = wss::domain::store::now_ms();
+    let mut con = ks.conn();
+    let (mut leased, mut all) = (0, 0);
+    for webhook in webhooks.keys() {
+        let key = format!("{}backlog:due:{webhook}", ks.prefix);
+        let n: u64 = redis::cmd("ZCOUNT").arg(&key).arg(now + LEASED_BEYOND_MS).arg("+inf").query(&mut con).unwrap();
+        let total: u64 = redis::cmd("ZCARD").arg(&key).query(&mut con).unwrap();
+        leased += n;
+        all += total;
+    }
+    (leased, all)
+}
+
+/// The chaos run, with `extra` settings for the service; `backlog_heavy`: the backlog must have
+/// held leased deliveries at some kill.
+async fn chaos(extra: &[(&str, &str)], backlog_heavy: bool) {
     let started = Instant::now();
     let seed: u64 = std::env::var("WSS_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_c4a0_5bad_f00d);
     println!("chaos seed {seed} (set WSS_CHAOS_SEED to replay)");
@@ -269,6 +294,10 @@ async fn chaos(extra: &[(&str, &str)]) {
     let mut kills: Vec<(Instant, Instant)> = Vec::new();
     // After each kill, with wss dead: the deliveries its history records as delivered.
     let mut recorded_at_kill: Vec<BTreeSet<(String, usize, String)>> = Vec::new();
+    // After each kill: deliveries answered 2xx but not recorded (the only ones a restart may
+    // send again), and backlog deliveries the dead instance held leased.
+    let mut unrecorded_at_kill = 0usize;
+    let mut leased_at_kill = 0u64;
     let mut published = FIRST_BATCH;
     let mut last_id = publish(&ks, &events[..published]);
     for kill in 1..=KILLS {
@@ -287,9 +316,17 @@ async fn chaos(extra: &[(&str, &str)]) {
         drop(service); // SIGKILL, and wait for it to be gone
         kills.push((sent, Instant::now()));
         recorded_at_kill.push(recorded_delivered(&ks, &webhooks));
-        let delivered = delivered_count(&tally(&receivers));
-        let recorded = recorded_at_kill.last().map_or(0, BTreeSet::len);
-        println!("kill {kill} at {:.1?}: {delivered}/{due} published deliveries done, {recorded} recorded", started.elapsed());
+        let answered = tally(&receivers);
+        let delivered = delivered_count(&answered);
+        let recorded = recorded_at_kill.last().expect("just pushed");
+        unrecorded_at_kill += answered.ok.keys().filter(|k| !recorded.contains(*k)).count();
+        let (leased, waiting) = backlog_census(&ks, &webhooks);
+        leased_at_kill += leased;
+        println!(
+            "kill {kill} at {:.1?}: {delivered}/{due} published deliveries done, {} recorded; backlog {waiting}, {leased} of them leased",
+            started.elapsed(),
+            recorded.len()
+        );
         if published < EVENTS {
             let next = (published + BATCH_WHILE_DOWN).min(EVENTS);
             last_id = publish(&ks, &events[published..next]);
@@ -343,9 +380,24 @@ async fn chaos(extra: &[(&str, &str)]) {
         resent_though_recorded.len(),
         &resent_though_recorded[..resent_though_recorded.len().min(5)]
     );
+    assert!(recorded_at_kill.iter().any(|r| !r.is_empty()), "the history recorded nothing as delivered at any kill: the check above proved nothing");
     let duplicates: usize = t.ok.values().map(|n| n - 1).sum();
+    // A delivery is repeated only if its 2xx was unrecorded at a kill, or its request was on the
+    // wire then (at most one per sender thread).
+    let bound = unrecorded_at_kill + KILLS * 16;
+    assert!(duplicates <= bound, "{duplicates} duplicate 2xx deliveries, more than the {bound} the kills can explain");
+    poll(Duration::from_secs(30), "the backlog empty", || match backlog_census(&ks, &webhooks) {
+        (_, 0) => Ok(()),
+        (_, n) => Err(format!("{n} deliveries still in the backlog")),
+    })
+    .await;
+    let items = ks.keys().into_iter().filter(|k| k.starts_with(&format!("{}backlog:item:", ks.prefix))).count();
+    assert_eq!(items, 0, "backlog items left behind");
+    if backlog_heavy {
+        assert!(leased_at_kill > 0, "no kill found a leased backlog delivery: the takeover was not exercised");
+    }
     println!(
-        "chaos done in {:.1?}: {} deliveries, {} requests, {} answered 500 (or not answered), {duplicates} duplicate 2xx deliveries",
+        "chaos done in {:.1?}: {} deliveries, {} requests, {} answered 500 (or not answered), {duplicates} duplicate 2xx deliveries (bound {bound}); {leased_at_kill} leased backlog deliveries taken over",
         started.elapsed(),
         expected.len(),
         t.requests,

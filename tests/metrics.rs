@@ -151,7 +151,9 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
         ("wss_delivery_attempts_total{class=\"error\"}", 0.0),
         ("wss_delivery_attempt_duration_seconds_count", 5.0),
         ("wss_delivery_attempt_duration_seconds_bucket{le=\"+Inf\"}", 5.0),
-        ("wss_retry_heap_size", 0.0),
+        ("wss_backlog_deliveries", 0.0),
+        ("wss_backlog_handed_off_total", 2.0),
+        ("wss_backlog_taken_total", 2.0),
         ("wss_in_flight_entries", 0.0),
         ("wss_parked_deliveries", 0.0),
         ("wss_stream_lag", 0.0),
@@ -181,14 +183,15 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
         ("wss_deliveries_total", "counter"),
         ("wss_dead_letters_total", "counter"),
         ("wss_delivery_attempt_duration_seconds", "histogram"),
-        ("wss_retry_heap_size", "gauge"),
+        ("wss_backlog_deliveries", "gauge"),
+        ("wss_backlog_handed_off_total", "counter"),
         ("wss_stream_lag", "gauge"),
         ("wss_circuit_open", "gauge"),
         ("wss_channel_depth", "gauge"),
     ] {
         assert!(text.contains(&format!("\n# TYPE {family} {kind}\n")), "# TYPE {family} {kind} in:\n{text}");
     }
-    for edge in ["inbound", "fresh", "due", "signed", "completions", "retries"] {
+    for edge in ["inbound", "fresh", "due", "signed", "completions"] {
         assert!(samples.contains_key(&format!("wss_channel_depth{{edge=\"{edge}\"}}")), "depth of {edge}");
     }
     // Healthy webhooks have no circuit series; no label carries a tenant.
@@ -246,10 +249,11 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_waiting_for_a_slow_webhook_show_as_parked() {
+async fn deliveries_waiting_for_a_slow_webhook_show_as_parked_and_in_the_backlog() {
     let ks = Keyspace::new("metrics_parked");
-    // One attempt at a time, each taking 3 s: the other two wait in the signer meanwhile.
-    let slow = Receiver::slow(std::time::Duration::from_secs(3));
+    // One attempt at a time, each taking 5 s: of the other two, one waits in the signer (the
+    // cap's worth) and one in the backlog meanwhile.
+    let slow = Receiver::slow(std::time::Duration::from_secs(5));
     let service = Service::start(&ks, "metrics-parked", &[("WSS_WEBHOOK_CONCURRENCY", "1")]).await;
     let addr = service.wait_for_metrics().await;
     let grpc = service.grpc().await;
@@ -258,16 +262,33 @@ async fn deliveries_waiting_for_a_slow_webhook_show_as_parked() {
     for n in 0..3 {
         ks.publish("acme", "t", &format!("{{\"n\":{n}}}"));
     }
-    wait_until(WAIT, "two deliveries parked and one in flight, in the metrics and the status data", || {
+    wait_until(WAIT, "one delivery in flight, one parked and one in the backlog, in the metrics and the status data", || {
         let (samples, _) = scrape(addr)?;
         let (_, _, body) = http_get(addr, "/status.json", None)?;
         let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         let row = json["tenants"][0]["webhooks"][0].clone();
-        let seen = (value(&samples, "wss_parked_deliveries"), row["webhook_id"].as_str() == Some(&hook.webhook_id), row["in_flight"].as_u64(), row["parked"].as_u64());
-        if seen == (2.0, true, Some(1), Some(2)) {
+        let seen = (
+            value(&samples, "wss_parked_deliveries"),
+            row["webhook_id"].as_str() == Some(&hook.webhook_id),
+            row["in_flight"].as_u64(),
+            row["parked"].as_u64(),
+            row["backlog"].as_u64(),
+            row["backlog_oldest_age_ms"].is_u64(),
+        );
+        if seen == (1.0, true, Some(1), Some(1), Some(1), true) {
             Ok(())
         } else {
             Err(format!("{seen:?}: {row}"))
+        }
+    })
+    .await;
+    // Sampled every 5 s; the backlog holds its delivery for about 10.
+    let depth = format!("wss_backlog_depth{{webhook=\"{}\"}}", hook.webhook_id);
+    wait_until(WAIT, "the backlog in the metrics", || {
+        let (samples, _) = scrape(addr)?;
+        match (value(&samples, &depth), value(&samples, "wss_backlog_deliveries"), value(&samples, "wss_backlog_webhooks")) {
+            (1.0, 1.0, 1.0) => Ok(()),
+            other => Err(format!("{other:?}")),
         }
     })
     .await;

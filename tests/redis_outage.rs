@@ -5,9 +5,8 @@
 //! after the outage — with nothing left pending. The second test checks that wss keeps
 //! delivering what it holds while Redis is away: the held receiver answers one request at a
 //! time with Redis still down, and all of it (also what waited inside wss for a free slot of
-//! the webhook) must go out. The third: a retry waiting light (without body or attempts, see
-//! `WSS_RETRY_IN_MEMORY_FOR`) that comes due while Redis is away is read back once it returns,
-//! and sent at its attempt number.
+//! the webhook) must go out. The third: a retry waiting in the durable backlog that comes due
+//! while Redis is away is taken once Redis returns, and sent at its attempt number.
 //!
 //! The Redis runs with `appendonly yes` and `appendfsync always`: every write is on disk before
 //! it is acknowledged, so a SIGKILL loses nothing Redis confirmed (without persistence the
@@ -309,14 +308,14 @@ async fn what_wss_holds_is_delivered_while_redis_is_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_light_retry_due_during_an_outage_is_sent_once_redis_is_back() {
-    let ks = Keyspace::new("light_retry_outage");
+async fn a_backlog_retry_due_during_an_outage_is_sent_once_redis_is_back() {
+    let ks = Keyspace::new("backlog_retry_outage");
     let mut redis = PrivateRedis::start();
     let flaky = Receiver::failing_first(1);
-    // The retry is due 2 s after the first attempt: far beyond 100 ms, so it waits light.
-    let env = [("WSS_REDIS_URL", redis.url()), ("WSS_RETRY_IN_MEMORY_FOR", "100ms".into())];
+    // The retry is due 2 s after the first attempt, in the backlog.
+    let env = [("WSS_REDIS_URL", redis.url())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let service = Service::start(&ks, "light-outage", &env).await;
+    let service = Service::start(&ks, "backlog-outage", &env).await;
     let grpc = service.grpc().await;
     grpc.create_policy("later", 3, 2000, 2000).await;
     grpc.create_tenant("acme").await;
@@ -339,9 +338,9 @@ async fn a_light_retry_due_during_an_outage_is_sent_once_redis_is_back() {
 
     redis.kill();
     service
-        .wait_for(WAIT, "the rehydrator failing to read the due retry back", |l| l.contains("cannot read back 1 waiting retries"))
+        .wait_for(WAIT, "the backlog's pump failing to read the backlog", |l| l.contains("cannot read the backlog"))
         .await;
-    assert_eq!(flaky.requests().len(), 1, "nothing is sent while the retry cannot be rebuilt");
+    assert_eq!(flaky.requests().len(), 1, "nothing is sent while the backlog cannot be read");
     redis.launch();
 
     let all = flaky.wait_for_requests(1, "the retry, once Redis is back", Recorded::delivered).await;

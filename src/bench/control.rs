@@ -9,8 +9,8 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context;
 use tonic::transport::Channel;
 use wss::proto::{
-    retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
-    webhook_service_client::WebhookServiceClient, CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest,
+    tenant_service_client::TenantServiceClient,
+    webhook_service_client::WebhookServiceClient, CreateTenantRequest, CreateWebhookRequest,
 };
 
 use super::receiver::{secret_of, Receiver};
@@ -27,23 +27,6 @@ impl Control {
             .block_on(Channel::from_shared(format!("http://{addr}"))?.connect_timeout(Duration::from_secs(5)).connect())
             .with_context(|| format!("connecting to the control plane at {addr}"))?;
         Ok(Self { runtime, channel })
-    }
-
-    /// A retry policy whose delays are long enough that retries stay waiting for the whole run.
-    pub fn create_patient_policy(&self, id: &str) -> anyhow::Result<()> {
-        let hours = |h: i64| prost_types::Duration { seconds: h * 3600, nanos: 0 };
-        let request = CreateRetryPolicyRequest {
-            policy_id: id.into(),
-            max_attempts: Some(5),
-            initial_backoff: Some(hours(1)),
-            max_backoff: Some(hours(24)),
-            multiplier: Some(2.0),
-            jitter: Some(0.0),
-            attempt_timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
-        };
-        let mut client = RetryPolicyServiceClient::new(self.channel.clone());
-        self.runtime.block_on(client.create_retry_policy(request)).with_context(|| format!("CreateRetryPolicy {id}"))?;
-        Ok(())
     }
 
     /// Tenants `t0…t<count-1>` with one webhook each at `receiver`, using `policy` (empty: the

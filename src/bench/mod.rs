@@ -41,9 +41,13 @@
 //!    nor going first or second in a pair favours one side. The hanging webhook runs under the default policy, whose attempt timeout
 //!    bounds its requests; the run does not wait for them — it stops counting when the healthy
 //!    deliveries are all in, and the service is killed with its hanging entries still pending.
-//! 8. **Retries waiting**: `--retries` small events to a receiver that fails everything, under a
-//!    policy whose next attempt is an hour away; RSS once every one waits in the retry heap, and
-//!    the CPU the service uses meanwhile.
+//! 8. **Backlog**: two tenants' huge backlogs beside a healthy neighbour (issue 12): `--backlog-events`
+//!    small events, half to a webhook that answers 500 to everything and half to one that takes
+//!    1 s per request, all under the default policy; once every one is handed to the durable
+//!    backlog (its entry acknowledged), a third tenant publishes open-loop at 100 events/s for
+//!    `--latency-time`. Reported: the neighbour's `XADD` → receipt p99, the service's largest RSS
+//!    over the part, how fast the backlog filled, and the Redis memory each waiting delivery
+//!    costs (`used_memory` grown, less what the stream itself grew, over the deliveries waiting).
 //!
 //! `--quick` shrinks everything to a smoke run of seconds; its figures mean little.
 
@@ -105,9 +109,9 @@ pub struct Args {
     /// Events of each isolation run, spread over its 100 webhooks [default: 50000; --quick: 2000].
     #[arg(long)]
     isolation_events: Option<u64>,
-    /// Retries left waiting for the retry footprint [default: 1000000; --quick: 2000].
+    /// Events of the backlog part, half to a failing webhook and half to a slow one [default: 200000; --quick: 2000].
     #[arg(long)]
-    retries: Option<u64>,
+    backlog_events: Option<u64>,
     /// A smoke run: every size small, seconds instead of minutes. The figures mean little.
     #[arg(long)]
     quick: bool,
@@ -115,8 +119,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Run only these parts, comma-separated: throughput (with latency and the raw limit), slow,
-    /// scaling, isolation, idle, retries [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "retries"])]
+    /// scaling, isolation, idle, backlog [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "backlog"])]
     only: Vec<String>,
     /// Run the service under this command, split at spaces (`--wrap "valgrind --tool=callgrind"`,
     /// `--wrap "perf record -g -o perf.data"`): for profiling; memory and CPU figures are then
@@ -142,7 +146,7 @@ struct Plan {
     idle_tenants: usize,
     isolation_events: u64,
     isolation_rounds: usize,
-    retries: u64,
+    backlog_events: u64,
     quick: bool,
     only: Vec<String>,
 }
@@ -155,8 +159,10 @@ const SLOW_DELAY: Duration = Duration::from_millis(100);
 const ISOLATION_WEBHOOKS: usize = 100;
 /// Webhooks per tenant in the idle-footprint run.
 const IDLE_WEBHOOKS_PER_TENANT: usize = 10;
-/// Webhooks the retry-footprint run spreads its events over.
-const RETRY_WEBHOOKS: usize = 100;
+/// The backlog part's slow webhook's answer time.
+const BACKLOG_SLOW_DELAY: Duration = Duration::from_secs(1);
+/// The backlog part's neighbour's publishing rate, events/s.
+const NEIGHBOUR_RATE: f64 = 100.0;
 /// A run that makes no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -182,7 +188,7 @@ impl Plan {
             // At least one event per webhook, so that the hanging one gets requests.
             isolation_events: args.isolation_events.unwrap_or(pick(q, 2_000, 50_000)).max(ISOLATION_WEBHOOKS as u64),
             isolation_rounds: pick(q, 1, 3),
-            retries: args.retries.unwrap_or(pick(q, 2_000, 1_000_000)),
+            backlog_events: args.backlog_events.unwrap_or(pick(q, 2_000, 200_000)).max(2),
             quick: q,
             only: args.only.clone(),
         }
@@ -422,12 +428,18 @@ pub struct Report {
     isolation_events: u64,
     /// Requests the hanging receiver got (and never answered) over all rounds.
     isolation_hanging_requests: u64,
-    /// RSS with `retries_waiting` retries in the heap.
-    rss_mib_1m_retries: f64,
-    retries_waiting: u64,
-    retry_peak_rss_mib: f64,
-    retry_fill_per_sec: f64,
-    retry_idle_cpu_pct: f64,
+    /// Backlog: the neighbour's XADD → receipt p99 (and p50) beside two huge backlogs.
+    neighbor_p99_ms: f64,
+    neighbor_p50_ms: f64,
+    neighbor_events: u64,
+    /// The service's largest RSS (VmHWM) over the backlog part.
+    backlog_rss_mib: f64,
+    /// Deliveries waiting in the backlog when the neighbour published.
+    backlog_waiting: u64,
+    /// Events handed to the backlog per second, from the first XADD to the last XACK.
+    backlog_fill_per_sec: f64,
+    /// Redis memory per waiting delivery, bytes.
+    redis_bytes_per_waiting_delivery: f64,
     /// Deliveries/s by number of webhooks.
     scaling: Vec<ScalingPoint>,
     /// Where the CPU went in the throughput run, µs per delivery.
@@ -512,8 +524,8 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     if plan.runs("idle") {
         idle(plan, env, &mut report)?;
     }
-    if plan.runs("retries") && plan.retries > 0 {
-        retries(plan, env, &mut report)?;
+    if plan.runs("backlog") {
+        backlog(plan, env, &mut report)?;
     }
     report.load_after = load_average();
     Ok(report)
@@ -715,42 +727,60 @@ fn idle(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Many small events to a receiver that fails them all, under an hour's backoff: RSS once they
-/// all wait in the retry heap, and the CPU used while they wait.
-fn retries(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+/// Two huge backlogs — a webhook that fails everything, one that takes a second a request —
+/// beside a healthy neighbour, all under the default policy: how fast the backlog fills, what it
+/// costs Redis per waiting delivery and the service in memory, and the neighbour's latency.
+fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let failing = Receiver::start(500, Duration::ZERO)?;
-    let extra = [
-        ("WSS_MAX_IN_FLIGHT", (plan.retries + 10_000).to_string()),
-        // Every webhook fails: keep the circuits closed so each delivery is attempted once
-        // and then waits for its retry (an open circuit would hold them unattempted).
-        ("WSS_CIRCUIT_FAILURES", "1000000".to_owned()),
-    ];
-    let mut scn = Scenario::start(env, "retries", &extra, |_, _| Ok(()))?;
-    let control = scn.control()?;
-    control.create_patient_policy("bench-patient")?;
-    control.register(RETRY_WEBHOOKS, &failing, "bench-patient")?;
-    let shape = EventShape::new(RETRY_WEBHOOKS, 0);
-    progress(format_args!("retries: {} small events to {RETRY_WEBHOOKS} webhooks that answer 500", plan.retries));
-    let start = Instant::now();
+    let slow = Receiver::start(200, BACKLOG_SLOW_DELAY)?;
+    let neighbour = Receiver::start(200, Duration::ZERO)?;
+    let mut scn = Scenario::start(env, "backlog", &[], |_, _| Ok(()))?;
+    // t0 fails, t1 is slow, t2 is the neighbour.
+    scn.control()?.register_at(3, |i| [&failing, &slow, &neighbour][i].url(i), "")?;
+    let neighbour_shape = EventShape::new(1, 0).from_tenant(2);
+    let warm_last = redis::publish(&mut scn.redis()?, &scn.keys.events, &neighbour_shape, 0, 200)?;
+    wait_for_receipts(&mut scn, &neighbour, 200)?;
+    redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &warm_last, STALL)?;
+
     let mut con = scn.redis()?;
-    let (stream, publish_shape, count) = (scn.keys.events.clone(), shape.clone(), plan.retries);
-    let publisher = thread::spawn(move || redis::publish(&mut con, &stream, &publish_shape, 0, count));
-    wait_for_receipts(&mut scn, &failing, plan.retries)?;
-    report.retry_fill_per_sec = plan.retries as f64 / start.elapsed().as_secs_f64();
-    publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
-    // The outcome stage may still be writing history; wait until the service is quiet.
-    scn.service.wait_idle(Duration::from_secs(1), Duration::from_secs(600))?;
-    report.rss_mib_1m_retries = scn.service.rss_mib()?;
-    report.retry_peak_rss_mib = scn.service.peak_rss_mib()?;
-    report.retries_waiting = plan.retries;
-    let window = if plan.quick { Duration::from_secs(1) } else { Duration::from_secs(5) };
-    let before = scn.service.cpu_secs()?;
-    thread::sleep(window);
-    report.retry_idle_cpu_pct = (scn.service.cpu_secs()? - before) / window.as_secs_f64() * 100.0;
+    let (memory_before, stream_before) = (redis::used_memory(&mut con)?, redis::key_memory(&mut con, &scn.keys.events)?);
+    let events = plan.backlog_events;
+    progress(format_args!("backlog: {events} small events, half to a webhook answering 500, half to one taking {BACKLOG_SLOW_DELAY:?}"));
+    let start = Instant::now();
+    let last = redis::publish(&mut con, &scn.keys.events, &EventShape::new(2, 0), 0, events)?;
+    // Every entry acknowledged: each delivery went out once, or waits in the backlog.
+    redis::wait_all_acknowledged(&mut con, &scn.keys.events, &last, STALL * 5)?;
+    report.backlog_fill_per_sec = events as f64 / start.elapsed().as_secs_f64();
+    let waiting: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 10)?.iter().map(|(_, d)| d.deliveries).sum();
+    let grown = redis::used_memory(&mut con)?.saturating_sub(memory_before);
+    let stream_grown = redis::key_memory(&mut con, &scn.keys.events)?.saturating_sub(stream_before);
+    report.backlog_waiting = waiting;
+    report.redis_bytes_per_waiting_delivery = grown.saturating_sub(stream_grown) as f64 / waiting.max(1) as f64;
     progress(format_args!(
-        "  RSS {:.1} MiB with {} retries waiting (peak {:.1}); {:.1} % CPU while they wait",
-        report.rss_mib_1m_retries, plan.retries, report.retry_peak_rss_mib, report.retry_idle_cpu_pct
+        "  {:.0} events/s handed off; {waiting} deliveries waiting; Redis grew {:.1} MiB besides the stream: {:.0} B per waiting delivery",
+        report.backlog_fill_per_sec,
+        grown.saturating_sub(stream_grown) as f64 / 1_048_576.0,
+        report.redis_bytes_per_waiting_delivery
     ));
+
+    progress(format_args!("  the neighbour publishes at {NEIGHBOUR_RATE:.0} events/s for {:?}", plan.latency_time));
+    let target = neighbour.stats.received();
+    neighbour.stats.record_latencies();
+    let (sent, _) = redis::publish_at_rate(&mut con, &scn.keys.events, &neighbour_shape, NEIGHBOUR_RATE, plan.latency_time)?;
+    wait_for_receipts(&mut scn, &neighbour, target + sent)?;
+    let mut latencies = neighbour.stats.take_latencies();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
+    (report.neighbor_p50_ms, report.neighbor_p99_ms) = (pct(0.5), pct(0.99));
+    report.neighbor_events = latencies.len() as u64;
+    report.backlog_rss_mib = scn.service.peak_rss_mib()?;
+    let still: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 10)?.iter().map(|(_, d)| d.deliveries).sum();
+    progress(format_args!(
+        "  neighbour p50 {:.1} ms, p99 {:.1} ms over {} events, with {still} deliveries still in the backlog; service peak RSS {:.1} MiB",
+        report.neighbor_p50_ms, report.neighbor_p99_ms, report.neighbor_events, report.backlog_rss_mib
+    ));
+    anyhow::ensure!(neighbour.stats.bad_signatures() == 0, "{} sampled requests to the neighbour had a bad signature", neighbour.stats.bad_signatures());
+    report.signatures_verified += neighbour.stats.verified() + slow.stats.verified();
     Ok(())
 }
 
@@ -770,8 +800,10 @@ fn table(r: &Report) -> String {
         ("  RSS during that run".into(), format!("{:.1} MiB", r.slow_receiver_rss_mib), "≤ 128 MiB"),
         ("peak RSS (throughput and latency runs)".into(), format!("{:.1} MiB", r.peak_rss_mib), ""),
         (format!("idle RSS, {} tenants × 10 webhooks", r.idle_tenants), format!("{:.1} MiB", r.idle_rss_mib_10k_webhooks), "≤ 64 MiB"),
-        (format!("RSS, {} retries waiting", r.retries_waiting), format!("{:.1} MiB", r.rss_mib_1m_retries), "≤ 512 MiB"),
-        ("  CPU while they wait".into(), format!("{:.1} %", r.retry_idle_cpu_pct), ""),
+        (format!("backlog: neighbour p99 beside {} waiting deliveries", r.backlog_waiting), format!("{:.1} ms", r.neighbor_p99_ms), "≤ 1,000 ms"),
+        ("  service peak RSS over the part".into(), format!("{:.1} MiB", r.backlog_rss_mib), "≤ 128 MiB"),
+        ("  Redis per waiting delivery".into(), format!("{:.0} B", r.redis_bytes_per_waiting_delivery), ""),
+        ("  hand-off rate (events into the backlog)".into(), format!("{:.0} /s", r.backlog_fill_per_sec), ""),
         (format!("isolation: 99 of 100 webhooks, all healthy ({} events)", r.isolation_events), format!("{:.0} /s", r.isolation_baseline_per_sec), ""),
         ("  the same 99 beside one that never answers".into(), format!("{:.0} /s", r.isolation_hanging_per_sec), ""),
         ("  ratio".into(), format!("{:.2}", r.isolation_ratio), "≥ 0.9"),

@@ -102,6 +102,8 @@ pub fn connect(url: &str) -> anyhow::Result<Connection> {
 #[derive(Clone)]
 pub struct EventShape {
     pub tenants: usize,
+    /// The first tenant's number: events go to `t<first>…t<first + tenants - 1>`.
+    first: usize,
     /// Padding that brings the envelope to the body size asked for.
     pad: String,
 }
@@ -110,7 +112,13 @@ impl EventShape {
     pub fn new(tenants: usize, body_bytes: usize) -> Self {
         // The envelope of an event with a typical stream id and tenant, without padding.
         let bare = sample_envelope_len(&format!("t{}", tenants.saturating_sub(1)), "");
-        Self { tenants: tenants.max(1), pad: "x".repeat(body_bytes.saturating_sub(bare)) }
+        Self { tenants: tenants.max(1), first: 0, pad: "x".repeat(body_bytes.saturating_sub(bare)) }
+    }
+
+    /// The same shape over tenants from `t<first>` on.
+    pub fn from_tenant(mut self, first: usize) -> Self {
+        self.first = first;
+        self
     }
 
     /// The `data` of an event published at `t` (µs since the epoch).
@@ -119,7 +127,7 @@ impl EventShape {
     }
 
     pub fn tenant(&self, n: u64) -> String {
-        format!("t{}", n % self.tenants as u64)
+        format!("t{}", self.first as u64 + n % self.tenants as u64)
     }
 
     /// A body as wss would send it for webhook `i` (for the raw HTTP run; its publish time is
@@ -358,4 +366,19 @@ mod tests {
         assert_eq!(ids.len(), 100_000);
         assert!(ids.iter().all(|id| id.len() == 29 && id.starts_with("wh_")));
     }
+}
+
+/// `INFO memory`'s `used_memory`: bytes Redis holds.
+pub fn used_memory(con: &mut Connection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query(con).context("INFO memory")?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory without used_memory")
+}
+
+/// `MEMORY USAGE <key> SAMPLES 0`: the bytes of one key, every element counted (0 when absent).
+pub fn key_memory(con: &mut Connection, key: &str) -> anyhow::Result<u64> {
+    let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(con).context("MEMORY USAGE")?;
+    Ok(bytes.unwrap_or(0))
 }
