@@ -42,7 +42,7 @@ async fn a_retry_waits_in_the_backlog_with_its_entry_acknowledged() {
     wait_until(WAIT, "the entry acknowledged while its retry waits", || ks.all_acknowledged_through(&stream_id)).await;
     let waiting = flaky.requests().len();
     assert!(waiting < 3, "acknowledged before the delivery succeeded ({waiting} requests so far)");
-    assert_eq!(item_field(&ks, &item, "f:data").as_deref(), Some(data), "the item keeps the entry's fields");
+    assert_eq!(item_field(&ks, &item, "f:2:data").as_deref(), Some(data), "the item keeps the entry's fields");
     let meta: serde_json::Value = serde_json::from_str(&item_field(&ks, &item, "m").expect("the item's state")).unwrap();
     assert_eq!((meta["w"].as_str(), meta["e"].as_str()), (Some(webhook.webhook_id.as_str()), Some("evt-backlog")), "{meta}");
 

@@ -13,9 +13,11 @@
 //! Cluster hash tag per shard will go):
 //! - `backlog:item:<delivery id>` — a hash: `m`, the delivery's state as JSON ([`ItemMeta`]:
 //!   webhook, source entry id, event id, type and tenant, next attempt number, attempts so far),
-//!   and `f:<name>` for every field of its source entry, copied from the stream by the hand-off
-//!   script (so the entry may be trimmed, and a broker message acknowledged) — what a dead letter
-//!   and a redelivery need. The delivery id (`<entry id>:<webhook id>`) makes a hand-off
+//!   and `f:<n>:<name>` for every field of its source entry, in order (`n` its place, from 0: a
+//!   hash keeps no order once it outgrows Redis's compact encoding), copied from the stream by the hand-off
+//!   script (so the entry may be trimmed) — what a dead letter and a redelivery need. A source
+//!   that is not a Redis stream (a message queue, SPEC §7) hands the fields over in
+//!   [`HandOff::fields`] instead, and acknowledges its message once the hand-off is written. The delivery id (`<entry id>:<webhook id>`) makes a hand-off
 //!   idempotent: an entry read again after a crash hands off to the same item.
 //! - `backlog:due:<webhook>` — a sorted set of the webhook's items by due time (ms). A leased
 //!   item's score is its lease's end.
@@ -76,7 +78,7 @@ pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The hash field of an item that holds its [`ItemMeta`].
 const META_FIELD: &[u8] = b"m";
-/// Prefix of the hash fields that hold the source entry's fields.
+/// Prefix of the hash fields that hold the source entry's fields: `f:<place>:<name>`.
 const FIELD_PREFIX: &[u8] = b"f:";
 
 /// Webhooks looked at per poll, at most.
@@ -148,7 +150,7 @@ pub const HAND_OFF_SCRIPT: &str = r#"
 if #ARGV > 6 then
   local args = {'HSET', KEYS[1], 'm', ARGV[5]}
   for i = 7, #ARGV, 2 do
-    args[#args + 1] = 'f:' .. ARGV[i]
+    args[#args + 1] = 'f:' .. ((i - 7) / 2) .. ':' .. ARGV[i]
     args[#args + 1] = ARGV[i + 1]
   end
   redis.call(unpack(args))
@@ -158,7 +160,7 @@ elseif ARGV[6] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
   if source[1] then
     local fields = source[1][2]
     for i = 1, #fields, 2 do
-      args[#args + 1] = 'f:' .. fields[i]
+      args[#args + 1] = 'f:' .. ((i - 1) / 2) .. ':' .. fields[i]
       args[#args + 1] = fields[i + 1]
     end
   end
@@ -350,6 +352,9 @@ struct Poll {
     left_due: bool,
     /// When the earliest webhook in the index is next due (ms), if any.
     next_ms: Option<u64>,
+    /// A full page of candidates gave nothing to take: look at the next page next time, so that
+    /// more than [`CANDIDATES`] webhooks at their caps cannot hide the others.
+    next_offset: usize,
 }
 
 impl Pump {
@@ -360,6 +365,7 @@ impl Pump {
         let mut conn: Option<Connection> = None;
         let mut wait = Duration::ZERO;
         let mut backoff = BACKOFF_MIN;
+        let mut offset = 0;
         loop {
             select! {
                 recv(shutdown) -> _ => return,
@@ -372,9 +378,10 @@ impl Pump {
                 wait = POLL_BUSY;
                 continue;
             }
-            match self.poll(&mut conn, &evaluator, &out, &done) {
+            match self.poll(&mut conn, &evaluator, &out, &done, offset) {
                 Ok(Some(poll)) => {
                     backoff = BACKOFF_MIN;
+                    offset = poll.next_offset;
                     wait = if poll.took > 0 || poll.left_due {
                         POLL_BUSY
                     } else {
@@ -399,7 +406,14 @@ impl Pump {
     }
 
     /// One poll; `Ok(None)` when a next stage is gone (shutdown).
-    fn poll(&self, conn: &mut Option<Connection>, evaluator: &Evaluator, out: &Sender<Delivery>, done: &Sender<Completion>) -> Result<Option<Poll>, RedisError> {
+    fn poll(
+        &self,
+        conn: &mut Option<Connection>,
+        evaluator: &Evaluator,
+        out: &Sender<Delivery>,
+        done: &Sender<Completion>,
+        offset: usize,
+    ) -> Result<Option<Poll>, RedisError> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_bounded(Duration::from_secs(2), REDIS_TIMEOUT)?);
         }
@@ -413,7 +427,7 @@ impl Pump {
             .arg(now)
             .arg("WITHSCORES")
             .arg("LIMIT")
-            .arg(0)
+            .arg(offset)
             .arg(CANDIDATES)
             .cmd("ZRANGE")
             .arg(&index)
@@ -422,9 +436,12 @@ impl Pump {
             .arg("WITHSCORES")
             .query(con)?;
         let next_ms = first.first().map(|(_, score)| *score as u64);
+        let full_page = candidates.len() == CANDIDATES;
         if candidates.is_empty() {
-            return Ok(Some(Poll { took: 0, left_due: false, next_ms }));
+            // Past the last page (or nothing due): from the first page again.
+            return Ok(Some(Poll { took: 0, left_due: offset > 0, next_ms, next_offset: 0 }));
         }
+        let page_after = |took: usize| if took == 0 && full_page { offset + CANDIDATES } else { 0 };
         let routing = self.routing.current();
         let at = Instant::now();
         let mut wanted: Vec<(String, usize)> = Vec::new();
@@ -478,7 +495,7 @@ impl Pump {
             }
         }
         if pipe.cmd_iter().next().is_none() {
-            return Ok(Some(Poll { took: 0, left_due, next_ms }));
+            return Ok(Some(Poll { took: 0, left_due, next_ms, next_offset: page_after(0) }));
         }
         let replies: Vec<Value> = pipe.query(con)?;
         let pairs: Vec<String> = match replies.into_iter().last() {
@@ -486,7 +503,7 @@ impl Pump {
             _ => Vec::new(),
         };
         if pairs.is_empty() {
-            return Ok(Some(Poll { took: 0, left_due, next_ms }));
+            return Ok(Some(Poll { took: 0, left_due, next_ms, next_offset: page_after(0) }));
         }
         let taken = self.read_items(con, &pairs)?;
         let count = taken.len();
@@ -510,7 +527,7 @@ impl Pump {
                 return Ok(None);
             }
         }
-        Ok(Some(Poll { took: count, left_due, next_ms }))
+        Ok(Some(Poll { took: count, left_due, next_ms, next_offset: page_after(count) }))
     }
 
     /// Reads the items `pairs` (webhook id, item id, flat) names, in one round trip.
@@ -528,18 +545,22 @@ impl Pump {
     }
 }
 
-/// An item's state and fields from its hash; `None` when it is gone or its state is unreadable.
+/// An item's state and fields (in their entry's order) from its hash; `None` when it is gone or
+/// its state is unreadable.
 fn decode_item(hash: Vec<(Vec<u8>, Vec<u8>)>) -> Option<(ItemMeta, Fields)> {
     let mut meta = None;
-    let mut fields = Vec::with_capacity(hash.len().saturating_sub(1));
+    let mut placed: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::with_capacity(hash.len().saturating_sub(1));
     for (name, value) in hash {
         if name == META_FIELD {
             meta = serde_json::from_slice::<ItemMeta>(&value).ok();
-        } else if let Some(field) = name.strip_prefix(FIELD_PREFIX) {
-            fields.push((field.to_vec(), value));
+        } else if let Some(rest) = name.strip_prefix(FIELD_PREFIX) {
+            let Some(colon) = rest.iter().position(|b| *b == b':') else { continue };
+            let Some(place) = std::str::from_utf8(&rest[..colon]).ok().and_then(|p| p.parse::<usize>().ok()) else { continue };
+            placed.push((place, rest[colon + 1..].to_vec(), value));
         }
     }
-    meta.map(|meta| (meta, fields))
+    placed.sort_by_key(|(place, _, _)| *place);
+    meta.map(|meta| (meta, placed.into_iter().map(|(_, name, value)| (name, value)).collect()))
 }
 
 /// What an item becomes.
@@ -678,10 +699,16 @@ mod tests {
     #[test]
     fn an_item_decodes_its_state_and_fields() {
         let json = serde_json::to_vec(&meta(2)).unwrap();
-        let hash = vec![(b"m".to_vec(), json), (b"f:tenant".to_vec(), b"acme".to_vec()), (b"f:data".to_vec(), vec![0xff])];
+        // As HGETALL may give them: in any order.
+        let hash = vec![
+            (b"f:10:x:y".to_vec(), b"late".to_vec()),
+            (b"f:1:data".to_vec(), vec![0xff]),
+            (b"m".to_vec(), json),
+            (b"f:0:tenant".to_vec(), b"acme".to_vec()),
+        ];
         let (back, fields) = decode_item(hash).unwrap();
         assert_eq!(back, meta(2));
-        assert_eq!(fields, vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff])]);
+        assert_eq!(fields, vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff]), (b"x:y".to_vec(), b"late".to_vec())], "in their entry's order");
         assert!(decode_item(Vec::new()).is_none(), "gone");
         assert!(decode_item(vec![(b"m".to_vec(), b"{".to_vec())]).is_none(), "unreadable");
     }
