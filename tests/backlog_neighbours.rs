@@ -42,8 +42,9 @@ async fn a_neighbour_is_served_beside_two_huge_backlogs() {
     let failing = Receiver::always(500);
     let slow = Receiver::start(|_| Reply { status: 200, delay: Duration::from_secs(1) });
     let neighbour = Receiver::ok();
-    // Defaults, but info logs: a debug line per hand-off would be 200,000 lines.
-    let service = Service::start(&ks, "neighbours", &[("WSS_LOG_LEVEL", "info")]).await;
+    // Default settings (the tests' usual 8 senders would be the slow webhook's cap), but info
+    // logs: a debug line per hand-off would be 200,000 lines.
+    let service = Service::start(&ks, "neighbours", &[("WSS_LOG_LEVEL", "info"), ("WSS_SENDER_THREADS", "256")]).await;
     let grpc = service.grpc().await;
     for tenant in ["failing", "slow", "neighbour"] {
         grpc.create_tenant(tenant).await;

@@ -32,7 +32,8 @@
 //! due items of each, atomically, by pushing their score to the lease's end — WebhookX's
 //! approach — and moves each served webhook behind the others that wait (round robin), so a
 //! webhook with a million due deliveries gets its cap's worth of attempts per round, not the
-//! senders. The items are read (`HGETALL`), rebuilt — routed again by the transformer's rules, as
+//! senders; backlog work as a whole may occupy at most half the sender pool ([`Pump::budget`],
+//! shared out among the webhooks with due work), so fresh deliveries always find senders. The items are read (`HGETALL`), rebuilt — routed again by the transformer's rules, as
 //! the webhook stands now — and handed to the signer, which signs them afresh. An instance that
 //! crashes leaves its leased items to come due again when the lease ends (`WSS_CLAIM_AFTER` plus
 //! the attempt timeout), and any instance takes them. Memory holds only what is being attempted:
@@ -47,7 +48,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -343,6 +347,11 @@ pub struct Pump {
     pub max_event_bytes: usize,
     /// `wss_backlog_taken_total`.
     pub taken: prometheus::IntCounter,
+    /// Backlog deliveries in progress on this instance, at most: half the sender pool.
+    pub budget: usize,
+    /// Backlog deliveries handed to the signer and not yet finished (the outcome stage counts
+    /// them down as their completions arrive).
+    pub in_progress: Arc<AtomicUsize>,
 }
 
 /// What a poll found.
@@ -449,8 +458,11 @@ impl Pump {
         let mut left_due = false;
         let mut total = 0;
         let mut longest_timeout = Duration::ZERO;
+        // What the budget allows now, shared out: every webhook with due work gets a turn.
+        let allowed = self.budget.saturating_sub(self.in_progress.load(Ordering::SeqCst)).min(PER_POLL);
+        let fair = (self.budget / candidates.len()).max(1);
         for (webhook, _) in candidates {
-            if total >= PER_POLL {
+            if total >= allowed {
                 left_due = true;
                 break;
             }
@@ -464,7 +476,7 @@ impl Pump {
                         if free == 0 {
                             left_due = true;
                         }
-                        free.min(PER_WEBHOOK)
+                        free.min(PER_WEBHOOK).min(fair)
                     }
                     Room::OpenUntil(until) => {
                         deferred.push((webhook, crate::pipeline::live::wall_ms(until)));
@@ -472,7 +484,7 @@ impl Pump {
                     }
                 },
             };
-            let n = n.min(PER_POLL - total);
+            let n = n.min(allowed - total);
             if n > 0 {
                 total += n;
                 wanted.push((webhook, n));
@@ -507,11 +519,13 @@ impl Pump {
         }
         let taken = self.read_items(con, &pairs)?;
         let count = taken.len();
+        self.in_progress.fetch_add(count, Ordering::SeqCst);
         self.taken.inc_by(count as u64);
         log::debug!(target: "wss::backlog", "took {count} due deliveries from the backlog");
         let routing = self.routing.current();
         for item in taken {
             let Some((meta, fields)) = item.state else {
+                self.in_progress.fetch_sub(1, Ordering::SeqCst);
                 // Finished meanwhile by another instance whose lease had ended: drop its traces.
                 let mut pipe = redis::pipe();
                 queue_done(&mut pipe, &self.keys, &item.webhook, &item.item);

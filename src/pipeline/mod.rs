@@ -418,6 +418,7 @@ impl Pipeline {
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
 
+        let backlog_in_progress = Arc::new(AtomicUsize::new(0));
         let pump = backlog::Pump {
             redis: redis.clone(),
             keys: keys.clone(),
@@ -426,6 +427,8 @@ impl Pipeline {
             claim_after: config.claim_after,
             max_event_bytes: config.max_event_bytes,
             taken: metrics.backlog_taken.clone(),
+            budget: (config.sender_threads / 2).max(1),
+            in_progress: backlog_in_progress.clone(),
         };
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
         spawn("wss-backlog".into(), Box::new(move || pump.run(wake_rx, due_tx, done, stop)))?;
@@ -448,6 +451,7 @@ impl Pipeline {
             in_flight: in_flight.clone(),
             freed: freed_tx,
             wake: wake_tx,
+            backlog_in_progress,
             draw: crate::retry::random_draw,
             isolation: isolation.clone(),
             instance: config.consumer.clone(),

@@ -28,7 +28,10 @@
 //! in-flight window fills (and the batch stays bounded by it).
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering as AtomicOrdering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -84,6 +87,9 @@ pub struct Outcomes {
     pub freed: Sender<String>,
     /// Wakes the backlog's pump after hand-offs that are due soon.
     pub wake: Sender<()>,
+    /// Backlog deliveries in progress (`super::backlog::Pump::in_progress`): one less for each
+    /// completion of one.
+    pub backlog_in_progress: Arc<AtomicUsize>,
     /// Source of jitter draws in [-1, 1]; injected so tests can fix it.
     pub draw: fn() -> f64,
     /// Where circuit changes wait to be recorded in the stats.
@@ -193,6 +199,16 @@ impl Outcomes {
     }
 
     fn handle(&self, completion: Completion, batch: &mut Batch) {
+        let from_backlog = match &completion {
+            Completion::Attempted { delivery, .. }
+            | Completion::Abandoned { delivery, .. }
+            | Completion::AlreadyTerminal { delivery }
+            | Completion::Postponed { delivery, .. } => delivery.backlog.is_some(),
+            Completion::Rejected { .. } | Completion::Unrouted { .. } => false,
+        };
+        if from_backlog {
+            self.backlog_in_progress.fetch_sub(1, AtomicOrdering::SeqCst);
+        }
         match completion {
             Completion::Attempted { mut delivery, route, record, verdict, transition } => {
                 if let Some(transition) = transition {
