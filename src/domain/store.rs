@@ -115,9 +115,10 @@ impl Keys {
         format!("{}since:{webhook}", self.backlog_base())
     }
 
-    /// One waiting delivery: its state and its source entry's fields.
-    pub fn backlog_item(&self, item: &str) -> String {
-        format!("{}item:{item}", self.backlog_base())
+    /// One waiting delivery (of `webhook`, from stream entry `entry`): its state and its source
+    /// entry's fields.
+    pub fn backlog_item(&self, webhook: &str, entry: &str) -> String {
+        format!("{}item:{webhook}:{entry}", self.backlog_base())
     }
 }
 

@@ -11,19 +11,22 @@
 //!
 //! **Keys** (see `Keys::backlog_*`; every one starts with `<prefix>backlog:`, where a Redis
 //! Cluster hash tag per shard will go):
-//! - `backlog:item:<delivery id>` — a hash: `m`, the delivery's state as JSON ([`ItemMeta`]:
-//!   webhook, source entry id, event id, type and tenant, next attempt number, attempts so far),
-//!   and `f:<n>:<name>` for every field of its source entry, in order (`n` its place, from 0: a
-//!   hash keeps no order once it outgrows Redis's compact encoding), copied from the stream by the hand-off
-//!   script (so the entry may be trimmed) — what a dead letter and a redelivery need. A source
-//!   that is not a Redis stream (a message queue, SPEC §7) hands the fields over in
-//!   [`HandOff::fields`] instead, and acknowledges its message once the hand-off is written. The delivery id (`<entry id>:<webhook id>`) makes a hand-off
-//!   idempotent: an entry read again after a crash hands off to the same item.
-//! - `backlog:due:<webhook>` — a sorted set of the webhook's items by due time (ms). A leased
-//!   item's score is its lease's end.
-//! - `backlog:since:<webhook>` — the same items by when they entered the backlog, for the age
+//! - `backlog:item:<webhook id>:<entry id>` — one string: the delivery's state as JSON
+//!   ([`ItemMeta`]: webhook, source entry id, event id, type and tenant, next attempt number,
+//!   attempts so far), then every field of its source entry, name and value, in order — each
+//!   part written `<length>:<bytes>`, so any bytes go through. The fields are copied from the
+//!   stream by the hand-off script (so the entry may be trimmed) — what a dead letter and a
+//!   redelivery need. A source that is not a Redis stream (a message queue, SPEC §7) hands the
+//!   fields over in [`HandOff::fields`] instead, and acknowledges its message once the hand-off
+//!   is written. One string rather than a hash: a hash whose values outgrow 64 bytes leaves
+//!   Redis's compact encoding and costs several times the memory. The delivery's place (webhook,
+//!   entry) makes a hand-off idempotent: an entry read again after a crash hands off to the same
+//!   item.
+//! - `backlog:due:<webhook>` — a sorted set of the webhook's waiting deliveries (members: entry
+//!   ids) by due time (ms). A leased one's score is its lease's end.
+//! - `backlog:since:<webhook>` — the same members by when they entered the backlog, for the age
 //!   of the oldest.
-//! - `backlog:webhooks` — webhooks with items, scored by when to look at them next.
+//! - `backlog:webhooks` — webhooks with waiting deliveries, scored by when to look at them next.
 //!
 //! **Taking due work** ([`Pump`], thread `wss-backlog`, one per instance, all sharing the
 //! backlog): every poll reads the webhooks whose time has come, and for each asks the isolation
@@ -33,7 +36,8 @@
 //! approach — and moves each served webhook behind the others that wait (round robin), so a
 //! webhook with a million due deliveries gets its cap's worth of attempts per round, not the
 //! senders; backlog work as a whole may occupy at most half the sender pool ([`Pump::budget`],
-//! shared out among the webhooks with due work), so fresh deliveries always find senders. The items are read (`HGETALL`), rebuilt — routed again by the transformer's rules, as
+//! shared out among the webhooks with due work), so fresh deliveries always find senders. The
+//! items are read (`GET`), rebuilt — routed again by the transformer's rules, as
 //! the webhook stands now — and handed to the signer, which signs them afresh. An instance that
 //! crashes leaves its leased items to come due again when the lease ends (`WSS_CLAIM_AFTER` plus
 //! the attempt timeout), and any instance takes them. Memory holds only what is being attempted:
@@ -72,18 +76,12 @@ use crate::{
         store::{now_ms, Keys},
     },
     expr::Evaluator,
-    history,
     redis_conn::{is_connection_error, RedisTarget},
     streams::RawEntry,
 };
 
 /// An entry's fields, names and values as bytes.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The hash field of an item that holds its [`ItemMeta`].
-const META_FIELD: &[u8] = b"m";
-/// Prefix of the hash fields that hold the source entry's fields: `f:<place>:<name>`.
-const FIELD_PREFIX: &[u8] = b"f:";
 
 /// Webhooks looked at per poll, at most.
 const CANDIDATES: usize = 1000;
@@ -143,35 +141,24 @@ impl ItemMeta {
     }
 }
 
-/// Writes a waiting delivery into the backlog: its state, its source entry's fields (given, or
-/// copied from the stream entry when the item is new), its due time, its entry time (kept from
-/// the first hand-off), and its webhook's next look no later than the due time.
+/// Writes a fresh delivery into the backlog: its state, then its source entry's fields copied
+/// from the stream (none when the entry is gone), as one string; its due time; its entry time
+/// (kept from the first hand-off); and its webhook's next look no later than the due time.
 ///
 /// KEYS: item, due set, since set, index, events stream.
-/// ARGV: item id, webhook id, due ms, now ms, meta JSON, source entry id (empty: do not copy),
-/// then the fields' names and values, if given.
+/// ARGV: member (entry id), webhook id, due ms, now ms, state JSON.
 pub const HAND_OFF_SCRIPT: &str = r#"
-if #ARGV > 6 then
-  local args = {'HSET', KEYS[1], 'm', ARGV[5]}
-  for i = 7, #ARGV, 2 do
-    args[#args + 1] = 'f:' .. ((i - 7) / 2) .. ':' .. ARGV[i]
-    args[#args + 1] = ARGV[i + 1]
+local parts = {string.len(ARGV[5]), ':', ARGV[5]}
+local source = redis.call('XRANGE', KEYS[5], ARGV[1], ARGV[1])
+if source[1] then
+  local fields = source[1][2]
+  for i = 1, #fields do
+    parts[#parts + 1] = string.len(fields[i])
+    parts[#parts + 1] = ':'
+    parts[#parts + 1] = fields[i]
   end
-  redis.call(unpack(args))
-elseif ARGV[6] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
-  local args = {'HSET', KEYS[1], 'm', ARGV[5]}
-  local source = redis.call('XRANGE', KEYS[5], ARGV[6], ARGV[6])
-  if source[1] then
-    local fields = source[1][2]
-    for i = 1, #fields, 2 do
-      args[#args + 1] = 'f:' .. ((i - 1) / 2) .. ':' .. fields[i]
-      args[#args + 1] = fields[i + 1]
-    end
-  end
-  redis.call(unpack(args))
-else
-  redis.call('HSET', KEYS[1], 'm', ARGV[5])
 end
+redis.call('SET', KEYS[1], table.concat(parts))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[1])
 redis.call('ZADD', KEYS[4], 'LT', ARGV[3], ARGV[2])
@@ -212,59 +199,105 @@ return out
 /// A hand-off the outcome stage owes Redis.
 #[derive(Debug)]
 pub struct HandOff {
-    pub item: String,
     pub webhook: Arc<str>,
+    /// The source entry's id: the delivery's member in its webhook's sets.
+    pub entry: String,
     pub due_ms: u64,
     pub meta: ItemMeta,
-    /// The source entry to copy the fields from when the item is new (a fresh delivery); empty
-    /// for a delivery taken from the backlog, whose fields come along in `fields`.
-    pub copy_from: String,
-    pub fields: Fields,
+    /// The fields of a delivery taken from the backlog, written back with its state; `None` for a
+    /// fresh delivery, whose fields the hand-off script copies from its stream entry.
+    pub fields: Option<Fields>,
 }
 
 impl HandOff {
     /// The hand-off of `delivery`, due at `due_ms`; its attempts and attempt number as they
     /// stand.
     pub fn of(delivery: &Delivery, due_ms: u64) -> Self {
-        let item = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
-        let (copy_from, fields) = match &delivery.backlog {
-            Some(backlogged) => (String::new(), backlogged.fields.clone()),
-            None => (delivery.ticket.stream_id.clone(), Vec::new()),
-        };
-        Self { item, webhook: delivery.webhook_id.clone(), due_ms, meta: ItemMeta::of(delivery), copy_from, fields }
+        Self {
+            webhook: delivery.webhook_id.clone(),
+            entry: delivery.ticket.stream_id.clone(),
+            due_ms,
+            meta: ItemMeta::of(delivery),
+            fields: delivery.backlog.as_ref().map(|b| b.fields.clone()),
+        }
     }
 }
 
 /// Queues `hand_off` in `pipe` (the outcome stage's transaction).
 pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOff, now_ms: u64) {
     let meta = serde_json::to_string(&hand_off.meta).expect("an item's state always serializes");
-    let cmd = pipe
-        .cmd("EVAL")
-        .arg(HAND_OFF_SCRIPT)
-        .arg(5)
-        .arg(keys.backlog_item(&hand_off.item))
-        .arg(keys.backlog_due(&hand_off.webhook))
-        .arg(keys.backlog_since(&hand_off.webhook))
-        .arg(keys.backlog_index())
-        .arg(&keys.events)
-        .arg(&hand_off.item)
-        .arg(&*hand_off.webhook)
-        .arg(hand_off.due_ms)
-        .arg(now_ms)
-        .arg(meta)
-        .arg(&hand_off.copy_from);
-    for (name, value) in &hand_off.fields {
-        cmd.arg(name.as_slice()).arg(value.as_slice());
+    let (item, due, since) = (keys.backlog_item(&hand_off.webhook, &hand_off.entry), keys.backlog_due(&hand_off.webhook), keys.backlog_since(&hand_off.webhook));
+    match &hand_off.fields {
+        None => {
+            pipe.cmd("EVAL")
+                .arg(HAND_OFF_SCRIPT)
+                .arg(5)
+                .arg(item)
+                .arg(due)
+                .arg(since)
+                .arg(keys.backlog_index())
+                .arg(&keys.events)
+                .arg(&hand_off.entry)
+                .arg(&*hand_off.webhook)
+                .arg(hand_off.due_ms)
+                .arg(now_ms)
+                .arg(meta)
+                .ignore();
+        }
+        Some(fields) => {
+            pipe.cmd("SET").arg(item).arg(encode_item(&meta, fields)).ignore();
+            pipe.cmd("ZADD").arg(due).arg(hand_off.due_ms).arg(&hand_off.entry).ignore();
+            pipe.cmd("ZADD").arg(since).arg("NX").arg(now_ms).arg(&hand_off.entry).ignore();
+            pipe.cmd("ZADD").arg(keys.backlog_index()).arg("LT").arg(hand_off.due_ms).arg(&*hand_off.webhook).ignore();
+        }
     }
-    cmd.ignore();
 }
 
 /// Queues the removal of a finished backlog delivery (its webhook leaves the index at the next
 /// take that finds nothing).
-pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, item: &str) {
-    pipe.cmd("ZREM").arg(keys.backlog_due(webhook)).arg(item).ignore();
-    pipe.cmd("ZREM").arg(keys.backlog_since(webhook)).arg(item).ignore();
-    pipe.cmd("DEL").arg(keys.backlog_item(item)).ignore();
+pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry: &str) {
+    pipe.cmd("ZREM").arg(keys.backlog_due(webhook)).arg(entry).ignore();
+    pipe.cmd("ZREM").arg(keys.backlog_since(webhook)).arg(entry).ignore();
+    pipe.cmd("DEL").arg(keys.backlog_item(webhook, entry)).ignore();
+}
+
+/// An item as stored: its state JSON and its fields, each part `<length>:<bytes>`.
+fn encode_item(meta: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let size = meta.len() + fields.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() + 8;
+    let mut out = Vec::with_capacity(size);
+    let mut part = |bytes: &[u8]| {
+        out.extend_from_slice(bytes.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(bytes);
+    };
+    part(meta.as_bytes());
+    for (name, value) in fields {
+        part(name);
+        part(value);
+    }
+    out
+}
+
+/// An item's state and fields; `None` when it does not decode (written by hand, or cut short).
+fn decode_item(mut bytes: &[u8]) -> Option<(ItemMeta, Fields)> {
+    let mut next = || -> Option<Option<Vec<u8>>> {
+        if bytes.is_empty() {
+            return Some(None);
+        }
+        let colon = bytes.iter().position(|b| *b == b':')?;
+        let len: usize = std::str::from_utf8(&bytes[..colon]).ok()?.parse().ok()?;
+        let rest = &bytes[colon + 1..];
+        let part = rest.get(..len)?.to_vec();
+        bytes = &rest[len..];
+        Some(Some(part))
+    };
+    let meta: ItemMeta = serde_json::from_slice(&next()??).ok()?;
+    let mut fields = Vec::new();
+    while let Some(name) = next()? {
+        let value = next()??;
+        fields.push((name, value));
+    }
+    Some((meta, fields))
 }
 
 /// One webhook's backlog: how many deliveries wait, and since when the oldest does.
@@ -328,11 +361,11 @@ pub fn depths_of(con: &mut Connection, keys: &Keys, webhooks: &[&str]) -> redis:
     Ok(replies.chunks(2).map(|pair| depth_from(&pair[0], &pair[1])).collect())
 }
 
-/// An item as read back: its id, state and source entry's fields (`None`: it was finished
-/// meanwhile, or its state does not decode).
+/// An item as read back: its place, state and source entry's fields (`None`: it was finished
+/// meanwhile, or it does not decode).
 struct Taken {
     webhook: String,
-    item: String,
+    entry: String,
     state: Option<(ItemMeta, Fields)>,
 }
 
@@ -528,7 +561,7 @@ impl Pump {
                 self.in_progress.fetch_sub(1, Ordering::SeqCst);
                 // Finished meanwhile by another instance whose lease had ended: drop its traces.
                 let mut pipe = redis::pipe();
-                queue_done(&mut pipe, &self.keys, &item.webhook, &item.item);
+                queue_done(&mut pipe, &self.keys, &item.webhook, &item.entry);
                 pipe.query::<()>(con)?;
                 continue;
             };
@@ -544,37 +577,19 @@ impl Pump {
         Ok(Some(Poll { took: count, left_due, next_ms, next_offset: page_after(count) }))
     }
 
-    /// Reads the items `pairs` (webhook id, item id, flat) names, in one round trip.
+    /// Reads the items `pairs` (webhook id, entry id, flat) names, in one round trip.
     fn read_items(&self, con: &mut Connection, pairs: &[String]) -> Result<Vec<Taken>, RedisError> {
         let mut pipe = redis::pipe();
         for pair in pairs.chunks(2) {
-            pipe.cmd("HGETALL").arg(self.keys.backlog_item(&pair[1]));
+            pipe.cmd("GET").arg(self.keys.backlog_item(&pair[0], &pair[1]));
         }
-        let replies: Vec<Vec<(Vec<u8>, Vec<u8>)>> = pipe.query(con)?;
+        let replies: Vec<Option<Vec<u8>>> = pipe.query(con)?;
         Ok(pairs
             .chunks(2)
             .zip(replies)
-            .map(|(pair, hash)| Taken { webhook: pair[0].clone(), item: pair[1].clone(), state: decode_item(hash) })
+            .map(|(pair, stored)| Taken { webhook: pair[0].clone(), entry: pair[1].clone(), state: stored.as_deref().and_then(decode_item) })
             .collect())
     }
-}
-
-/// An item's state and fields (in their entry's order) from its hash; `None` when it is gone or
-/// its state is unreadable.
-fn decode_item(hash: Vec<(Vec<u8>, Vec<u8>)>) -> Option<(ItemMeta, Fields)> {
-    let mut meta = None;
-    let mut placed: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::with_capacity(hash.len().saturating_sub(1));
-    for (name, value) in hash {
-        if name == META_FIELD {
-            meta = serde_json::from_slice::<ItemMeta>(&value).ok();
-        } else if let Some(rest) = name.strip_prefix(FIELD_PREFIX) {
-            let Some(colon) = rest.iter().position(|b| *b == b':') else { continue };
-            let Some(place) = std::str::from_utf8(&rest[..colon]).ok().and_then(|p| p.parse::<usize>().ok()) else { continue };
-            placed.push((place, rest[colon + 1..].to_vec(), value));
-        }
-    }
-    placed.sort_by_key(|(place, _, _)| *place);
-    meta.map(|meta| (meta, placed.into_iter().map(|(_, name, value)| (name, value)).collect()))
 }
 
 /// What an item becomes.
@@ -711,20 +726,22 @@ mod tests {
     }
 
     #[test]
-    fn an_item_decodes_its_state_and_fields() {
-        let json = serde_json::to_vec(&meta(2)).unwrap();
-        // As HGETALL may give them: in any order.
-        let hash = vec![
-            (b"f:10:x:y".to_vec(), b"late".to_vec()),
-            (b"f:1:data".to_vec(), vec![0xff]),
-            (b"m".to_vec(), json),
-            (b"f:0:tenant".to_vec(), b"acme".to_vec()),
-        ];
-        let (back, fields) = decode_item(hash).unwrap();
-        assert_eq!(back, meta(2));
-        assert_eq!(fields, vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff]), (b"x:y".to_vec(), b"late".to_vec())], "in their entry's order");
-        assert!(decode_item(Vec::new()).is_none(), "gone");
-        assert!(decode_item(vec![(b"m".to_vec(), b"{".to_vec())]).is_none(), "unreadable");
+    fn an_item_round_trips_any_bytes_in_order() {
+        let json = serde_json::to_string(&meta(2)).unwrap();
+        let fields = vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff, b':', b'9']), (b"x:y".to_vec(), Vec::new())];
+        let stored = encode_item(&json, &fields);
+        assert!(stored.starts_with(format!("{}:{json}6:tenant4:acme", json.len()).as_bytes()), "{}", String::from_utf8_lossy(&stored));
+        assert_eq!(decode_item(&stored), Some((meta(2), fields.clone())));
+        assert_eq!(decode_item(&encode_item(&json, &[])), Some((meta(2), Vec::new())), "an item whose entry was gone");
+        for broken in [&b""[..], b"{}", b"5:{", b"2:{}", b"x:{}"] {
+            assert_eq!(decode_item(broken), None, "{}", String::from_utf8_lossy(broken));
+        }
+        let mut cut = stored.clone();
+        cut.truncate(stored.len() - 1);
+        assert_eq!(decode_item(&cut), None, "cut short");
+        let mut odd = encode_item(&json, &fields);
+        odd.extend_from_slice(b"4:name");
+        assert_eq!(decode_item(&odd), None, "a name without a value");
     }
 
     #[test]

@@ -111,7 +111,7 @@ struct Batch {
     history: HashMap<String, DeliveryRecord>,
     /// Deliveries into the backlog (or back into it), by item: only the latest state counts.
     hand_offs: HashMap<String, HandOff>,
-    /// Backlog deliveries that became terminal: (webhook, item) to remove.
+    /// Backlog deliveries that became terminal: (webhook, entry) to remove.
     backlog_done: Vec<(Arc<str>, String)>,
     /// Stats since they were last written; not counted in `len`: they wait for
     /// [`StatsWriting::due`] (or ride along with a batch written after it).
@@ -124,7 +124,7 @@ impl Batch {
     }
 
     fn hand_off(&mut self, hand_off: HandOff) {
-        self.hand_offs.insert(hand_off.item.clone(), hand_off);
+        self.hand_offs.insert(history::delivery_id(&hand_off.entry, &hand_off.webhook), hand_off);
     }
 
     fn len(&self) -> usize {
@@ -392,9 +392,8 @@ impl Outcomes {
         for hand_off in batch.hand_offs.values() {
             backlog::queue_hand_off(&mut pipe, &self.keys, hand_off, now);
         }
-        for (webhook, item) in &batch.backlog_done {
-            // Finished after being handed back in this same batch: the hand-off is dropped above.
-            backlog::queue_done(&mut pipe, &self.keys, webhook, item);
+        for (webhook, entry) in &batch.backlog_done {
+            backlog::queue_done(&mut pipe, &self.keys, webhook, entry);
         }
         if !batch.acks.is_empty() {
             pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
@@ -497,9 +496,8 @@ fn push_attempt(history: &mut Vec<AttemptRecord>, record: AttemptRecord) {
 /// the backlog, it leaves the backlog (and a hand-off of it earlier in this batch is dropped).
 fn finish(delivery: &Delivery, batch: &mut Batch) {
     if delivery.backlog.is_some() {
-        let item = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
-        batch.hand_offs.remove(&item);
-        batch.backlog_done.push((delivery.webhook_id.clone(), item));
+        batch.hand_offs.remove(&history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id));
+        batch.backlog_done.push((delivery.webhook_id.clone(), delivery.ticket.stream_id.clone()));
     } else if delivery.ticket.finish_one() {
         batch.acks.push(delivery.ticket.stream_id.clone());
     }

@@ -15,7 +15,7 @@
 //!
 //! Recovery: a delivery of an entry read again after a crash or claimed from another instance
 //! is first looked up in the delivery history (`<prefix>delivery:<id>`) and the backlog
-//! (`<prefix>backlog:item:<id>`), one round trip on this rare path. Already delivered,
+//! (`<prefix>backlog:item:<webhook>:<entry>`), one round trip on this rare path. Already delivered,
 //! dead-lettered or handed to the backlog: it is not sent again. A history record that says
 //! retrying without a backlog item (written by a version that kept retries in memory) is
 //! postponed to its due time with its attempts. So a receiver that answered 2xx gets a duplicate
@@ -193,7 +193,7 @@ impl Signer {
 
     fn resume(&self, conn: &mut Option<Connection>, mut delivery: Delivery) -> Resume {
         let id = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
-        match self.lookup(conn, &id) {
+        match self.lookup(conn, &id, &delivery.webhook_id, &delivery.ticket.stream_id) {
             Ok((_, true)) => {
                 log::info!(target: "wss::signer", "recovered delivery {id} was already handed to the backlog; not sending it again");
                 Resume::Done(delivery)
@@ -220,13 +220,13 @@ impl Signer {
     }
 
     /// The delivery's history record, and whether it waits in the backlog.
-    fn lookup(&self, conn: &mut Option<Connection>, id: &str) -> redis::RedisResult<(Option<DeliveryRecord>, bool)> {
+    fn lookup(&self, conn: &mut Option<Connection>, id: &str, webhook: &str, entry: &str) -> redis::RedisResult<(Option<DeliveryRecord>, bool)> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_once(Duration::from_secs(2))?);
         }
         let con = conn.as_mut().expect("just connected");
         let result = redis::cmd("EXISTS")
-            .arg(self.keys.backlog_item(id))
+            .arg(self.keys.backlog_item(webhook, entry))
             .query::<bool>(con)
             .and_then(|in_backlog| Ok((history::get(con, &self.keys, id)?, in_backlog)));
         if let Err(err) = &result {
