@@ -51,7 +51,6 @@
 //! connection); nothing leaves the backlog meanwhile.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -654,33 +653,6 @@ fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator
     }
 }
 
-/// Webhooks whose parked deliveries the signer should release, counted per webhook: used by the
-/// signer to bound what it parks in memory.
-#[derive(Debug, Default)]
-pub struct ParkBudget {
-    per_webhook: usize,
-    total: usize,
-    held: HashMap<Arc<str>, usize>,
-    held_total: usize,
-}
-
-impl ParkBudget {
-    pub fn new(per_webhook: usize, total: usize) -> Self {
-        Self { per_webhook, total, held: HashMap::new(), held_total: 0 }
-    }
-
-    /// Whether one more delivery of `webhook` may be parked in memory (else it is handed off).
-    pub fn allows(&self, webhook: &str) -> bool {
-        self.held_total < self.total && self.held.get(webhook).copied().unwrap_or(0) < self.per_webhook
-    }
-
-    /// `webhook` now has `count` deliveries parked.
-    pub fn set(&mut self, webhook: &Arc<str>, count: usize) {
-        let before = if count == 0 { self.held.remove(webhook).unwrap_or(0) } else { self.held.insert(webhook.clone(), count).unwrap_or(0) };
-        self.held_total = self.held_total + count - before;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -769,19 +741,6 @@ mod tests {
             }
             _ => panic!("an item without its fields is dead-lettered"),
         }
-    }
-
-    #[test]
-    fn the_park_budget_bounds_each_webhook_and_the_total() {
-        let mut budget = ParkBudget::new(2, 3);
-        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        assert!(budget.allows("a"));
-        budget.set(&a, 2);
-        assert!(!budget.allows("a") && budget.allows("b"));
-        budget.set(&b, 1);
-        assert!(!budget.allows("b"), "the total is reached");
-        budget.set(&a, 0);
-        assert!(budget.allows("a") && budget.allows("b"));
     }
 
     #[test]

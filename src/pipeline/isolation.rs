@@ -67,11 +67,13 @@ struct Endpoint {
     parked: bool,
     /// Deliveries the signer holds for this webhook now (reported by it, for the status page).
     waiting: usize,
+    /// How long its attempts take, lately (a moving average; zero: none seen yet).
+    attempt_time: Duration,
 }
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false, waiting: 0 }
+        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false, waiting: 0, attempt_time: Duration::ZERO }
     }
 }
 
@@ -202,6 +204,20 @@ impl Isolation {
         }
     }
 
+    /// How many deliveries of `webhook` may wait parked so that the last of them goes within
+    /// `horizon`, at the pace of its recent attempts under its cap (unbounded while that pace is
+    /// unknown).
+    pub fn park_limit(&self, webhook: &str, horizon: Duration) -> usize {
+        let endpoints = self.endpoints.lock();
+        match endpoints.get(webhook).map(|e| e.attempt_time) {
+            Some(pace) if !pace.is_zero() => {
+                let per_slot = (horizon.as_micros() / pace.max(Duration::from_millis(1)).as_micros()) as usize;
+                per_slot.saturating_mul(self.settings.max_in_flight).max(1)
+            }
+            _ => usize::MAX,
+        }
+    }
+
     /// The in-flight cap of every webhook.
     pub fn cap(&self) -> usize {
         self.settings.max_in_flight
@@ -244,16 +260,18 @@ impl Isolation {
 
     /// An attempt admitted with [`Gate::Go`] ended. Returns a transition to log, if any.
     pub fn finish(&self, webhook: &str, success: bool, now: Instant) -> Option<Transition> {
-        self.finish_and_release(webhook, success, now).0
+        self.finish_and_release(webhook, success, Duration::ZERO, now).0
     }
 
     /// [`Isolation::finish`], also saying whether a delivery of the webhook was parked since
     /// the last attempt ended — only then has the signer something to release, so only then is
     /// it woken (once per attempt, that wake-up was a measurable share of the signer's work).
-    pub fn finish_and_release(&self, webhook: &str, success: bool, now: Instant) -> (Option<Transition>, bool) {
+    /// `took`: how long the attempt took, for [`Isolation::park_limit`].
+    pub fn finish_and_release(&self, webhook: &str, success: bool, took: Duration, now: Instant) -> (Option<Transition>, bool) {
         let mut endpoints = self.endpoints.lock();
         let endpoint = entry(&mut endpoints, webhook);
         let release = std::mem::take(&mut endpoint.parked);
+        endpoint.attempt_time = if endpoint.attempt_time.is_zero() { took } else { (endpoint.attempt_time * 4 + took) / 5 };
         let transition = self.finish_endpoint(&mut endpoints, webhook, success, now);
         let change = match transition {
             Some(Transition::Opened { cooldown, .. }) => Some((CircuitState::Open, Some(now + cooldown))),
@@ -444,14 +462,14 @@ mod tests {
         let iso = isolation();
         let now = Instant::now();
         assert_eq!(iso.admit("a", now), Gate::Go);
-        assert_eq!(iso.finish_and_release("a", true, now), (None, false), "nothing was parked");
+        assert_eq!(iso.finish_and_release("a", true, Duration::ZERO, now), (None, false), "nothing was parked");
         assert_eq!(iso.admit("a", now), Gate::Go);
         assert_eq!(iso.admit("a", now), Gate::Go);
         assert_eq!(iso.admit("a", now), Gate::Park);
-        assert_eq!(iso.finish_and_release("a", true, now), (None, true), "the parked delivery may go");
+        assert_eq!(iso.finish_and_release("a", true, Duration::ZERO, now), (None, true), "the parked delivery may go");
         assert_eq!(iso.admit("a", now), Gate::Go, "the signer releases it");
-        assert_eq!(iso.finish_and_release("a", true, now), (None, false));
-        assert_eq!(iso.finish_and_release("a", true, now), (None, false));
+        assert_eq!(iso.finish_and_release("a", true, Duration::ZERO, now), (None, false));
+        assert_eq!(iso.finish_and_release("a", true, Duration::ZERO, now), (None, false));
     }
 
     #[test]
@@ -473,6 +491,26 @@ mod tests {
         assert_eq!(iso.room("a", until), Room::Free(1), "the probe may go");
         assert_eq!(iso.admit("a", until), Gate::Go);
         assert_eq!(iso.room("a", until), Room::Free(0), "the probe is out");
+    }
+
+    #[test]
+    fn the_park_limit_follows_the_pace_of_the_attempts() {
+        let iso = isolation();
+        let now = Instant::now();
+        assert_eq!(iso.park_limit("a", Duration::from_secs(2)), usize::MAX, "pace unknown");
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        iso.finish_and_release("a", true, Duration::from_secs(1), now);
+        // 1 s an attempt, 2 at once: 4 go within 2 s.
+        assert_eq!(iso.park_limit("a", Duration::from_secs(2)), 4);
+        // A quicker attempt moves the average a fifth of the way: 800 ms, 2 per slot.
+        assert_eq!(iso.admit("a", now), Gate::Go);
+        iso.finish_and_release("a", true, Duration::from_millis(1), now);
+        assert_eq!(iso.park_limit("a", Duration::from_secs(2)), 4);
+        assert_eq!(iso.park_limit("b", Duration::from_secs(2)), usize::MAX, "another webhook's pace is its own");
+        // Healthy and idle: forgotten, pace unknown again.
+        iso.finish_and_release("a", true, Duration::from_millis(1), now);
+        assert_eq!(iso.park_limit("a", Duration::from_secs(2)), usize::MAX);
     }
 
     #[test]

@@ -412,7 +412,6 @@ impl Pipeline {
             isolation: isolation.clone(),
             redis: redis.clone(),
             keys: keys.clone(),
-            park: signer::park_budget(config.webhook_concurrency, config.max_in_flight),
         };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone() };
         let stop = shutdown_rx.clone();

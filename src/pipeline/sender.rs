@@ -43,7 +43,8 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
         };
         let (record, verdict) = attempt(agent, &signed);
         let SignedDelivery { delivery, route, .. } = signed;
-        let (transition, release) = isolation.finish_and_release(&delivery.webhook_id, verdict == Verdict::Delivered, Instant::now());
+        let took = std::time::Duration::from_millis(record.duration_ms);
+        let (transition, release) = isolation.finish_and_release(&delivery.webhook_id, verdict == Verdict::Delivered, took, Instant::now());
         // A webhook to be disabled is freed by the outcome stage once it is disabled, so that
         // what waits for its slot is dead-lettered rather than attempted again.
         if release && !matches!(transition, Some(Transition::FailingTooLong { .. })) {

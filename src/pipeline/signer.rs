@@ -7,7 +7,8 @@
 //!
 //! Isolation: before sending, the signer asks `super::isolation`. Over the webhook's in-flight
 //! cap a fresh delivery is parked (unsigned, in order) until an attempt of that webhook ends —
-//! but only a little: at most the cap's worth per webhook and [`park_budget`] in all. Beyond
+//! but only as many as its recent pace sends within [`PARK_HORIZON`], and for [`PARK_FOR`] at
+//! most. Beyond
 //! that, and for a delivery taken from the backlog, it is *postponed*: handed to the outcome
 //! stage, which writes it into the durable backlog (`super::backlog`) and so frees its entry's
 //! place in the in-flight window. With the webhook's circuit open it is postponed to the end of
@@ -27,11 +28,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, tick, Receiver, Sender};
 use redis::Connection;
 
 use super::{
-    backlog::ParkBudget,
     isolation::{Gate, Isolation},
     Completion, Delivery, EventMeta, SignedDelivery,
 };
@@ -51,15 +51,23 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
-    /// How much may be parked in memory.
-    pub park: ParkBudget,
 }
 
-/// What may be parked in memory: a webhook's cap's worth each, and a tenth of the in-flight
-/// window in all (at least 64); the rest waits in the backlog.
-pub fn park_budget(webhook_cap: usize, window: usize) -> ParkBudget {
-    ParkBudget::new(webhook_cap, (window / 10).max(64))
-}
+/// A webhook may have as many deliveries parked as its recent pace sends within this
+/// ([`Isolation::park_limit`]): a slow webhook holds few of the window's entries (8 with the
+/// default cap at 1 s a request), a fast one as many as bursts and a merely saturated pipeline
+/// park (there every entry waits a little: that is the window's backpressure) — without
+/// touching Redis. The rest waits in the backlog.
+const PARK_HORIZON: Duration = Duration::from_secs(1);
+/// A delivery parked longer than this goes to the backlog all the same (its webhook slowed
+/// down after it was parked, or its pace was not known yet).
+const PARK_FOR: Duration = Duration::from_secs(5);
+/// How often parked deliveries are checked against [`PARK_FOR`].
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// Deliveries over their webhook's in-flight cap, unsigned, in arrival order, with when each was
+/// parked.
+type Parked = HashMap<Arc<str>, VecDeque<(Instant, Delivery)>>;
 
 /// What the history and the backlog say to do with a recovered delivery.
 enum Resume {
@@ -82,10 +90,10 @@ struct Stopped;
 impl Signer {
     /// `freed` names a webhook each time one of its attempts ends (sent by the sender that made
     /// it), so that its parked deliveries can go.
-    pub fn run(mut self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
+    pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
-        // Deliveries over their webhook's in-flight cap, unsigned, in arrival order.
-        let mut parked: HashMap<Arc<str>, VecDeque<Delivery>> = HashMap::new();
+        let mut parked: Parked = HashMap::new();
+        let sweep = tick(SWEEP_EVERY);
         loop {
             let delivery = select! {
                 recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
@@ -97,6 +105,12 @@ impl Signer {
                     }
                     continue;
                 }
+                recv(sweep) -> _ => {
+                if self.sweep(&mut parked, &outputs).is_err() {
+                    return;
+                }
+                continue;
+            }
                 recv(shutdown) -> _ => return,
             };
             let delivery = if delivery.ticket.recovered && delivery.attempt == 1 && delivery.history.is_empty() {
@@ -137,33 +151,56 @@ impl Signer {
         }
     }
 
-    /// Parks a delivery over its webhook's cap in memory while the budget allows and it is
-    /// fresh; otherwise postpones it to the backlog, due now (the pump takes it when the webhook
-    /// has room).
-    fn park_or_postpone(&mut self, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
-        if delivery.backlog.is_some() || !self.park.allows(&delivery.webhook_id) {
-            return outputs.done.send(Completion::Postponed { delivery, due_ms: now_ms() }).map_err(|_| Stopped);
+    /// Parks a delivery over its webhook's cap in memory while the budget allows, it is fresh,
+    /// and its webhook's parked queue moves; otherwise postpones it to the backlog, due now (the
+    /// pump takes it when the webhook has room).
+    fn park_or_postpone(&self, parked: &mut Parked, delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
+        let queue = parked.get(&delivery.webhook_id);
+        let stuck = queue.and_then(|q| q.front()).is_some_and(|(at, _)| at.elapsed() >= PARK_FOR);
+        let full = queue.is_some_and(|q| q.len() >= self.isolation.park_limit(&delivery.webhook_id, PARK_HORIZON));
+        if delivery.backlog.is_some() || stuck || full {
+            return postpone(delivery, outputs);
         }
         let webhook = delivery.webhook_id.clone();
         let queue = parked.entry(webhook.clone()).or_default();
-        queue.push_back(delivery);
-        let count = queue.len();
-        self.park.set(&webhook, count);
-        self.isolation.set_waiting(&webhook, count);
+        queue.push_back((Instant::now(), delivery));
+        self.isolation.set_waiting(&webhook, queue.len());
+        Ok(())
+    }
+
+    /// Moves deliveries parked longer than [`PARK_FOR`] to the backlog.
+    fn sweep(&self, parked: &mut Parked, outputs: &Outputs) -> Result<(), Stopped> {
+        let mut emptied = Vec::new();
+        for (webhook, queue) in parked.iter_mut() {
+            let before = queue.len();
+            while queue.front().is_some_and(|(at, _)| at.elapsed() >= PARK_FOR) {
+                let (_, delivery) = queue.pop_front().expect("just looked");
+                postpone(delivery, outputs)?;
+            }
+            if queue.len() != before {
+                log::debug!(target: "wss::signer", "webhook {webhook}: {} deliveries parked over {PARK_FOR:?} postponed to the backlog", before - queue.len());
+                self.isolation.set_waiting(webhook, queue.len());
+            }
+            if queue.is_empty() {
+                emptied.push(webhook.clone());
+            }
+        }
+        for webhook in emptied {
+            parked.remove(&webhook);
+        }
         Ok(())
     }
 
     /// Sends what the webhook's freed slots allow of its parked deliveries.
-    fn release(&mut self, webhook: &str, parked: &mut HashMap<Arc<str>, VecDeque<Delivery>>, outputs: &Outputs) -> Result<(), Stopped> {
+    fn release(&self, webhook: &str, parked: &mut Parked, outputs: &Outputs) -> Result<(), Stopped> {
         let Some((key, mut queue)) = parked.remove_entry(webhook) else { return Ok(()) };
-        while let Some(delivery) = queue.pop_front() {
+        while let Some((at, delivery)) = queue.pop_front() {
             if let Some(still_over) = self.dispatch(delivery, outputs)? {
-                queue.push_front(still_over);
+                queue.push_front((at, still_over));
                 break;
             }
         }
         self.isolation.set_waiting(webhook, queue.len());
-        self.park.set(&key, queue.len());
         if !queue.is_empty() {
             parked.insert(key, queue);
         }
@@ -236,6 +273,11 @@ impl Signer {
         }
         result
     }
+}
+
+/// Hands `delivery` to the outcome stage for the backlog, due now.
+fn postpone(delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
+    outputs.done.send(Completion::Postponed { delivery, due_ms: now_ms() }).map_err(|_| Stopped)
 }
 
 fn now_secs() -> u64 {
