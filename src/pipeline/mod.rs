@@ -140,7 +140,7 @@ pub struct Inbound {
     pub ticket: Arc<EntryTicket>,
 }
 
-/// transformer / scheduler → signer
+/// transformer / backlog pump → signer
 #[derive(Debug)]
 pub struct Delivery {
     pub ticket: Arc<EntryTicket>,

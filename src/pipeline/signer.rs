@@ -3,7 +3,8 @@
 //!
 //! It looks the webhook up in the current routing snapshot at signing time, so a retry of a
 //! webhook deleted or disabled meanwhile is abandoned (dead-lettered with that reason) rather
-//! than sent. Inputs: fresh deliveries from the transformer and due retries from the scheduler.
+//! than sent. Inputs: fresh deliveries from the transformer and due deliveries from the backlog's
+//! pump.
 //!
 //! Isolation: before sending, the signer asks `super::isolation`. Over the webhook's in-flight
 //! cap a fresh delivery is parked (unsigned, in order) until an attempt of that webhook ends —
