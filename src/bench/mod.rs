@@ -737,7 +737,7 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     let mut scn = Scenario::start(env, "backlog", &[], |_, _| Ok(()))?;
     // t0 fails, t1 is slow, t2 is the neighbour.
     scn.control()?.register_at(3, |i| [&failing, &slow, &neighbour][i].url(i), "")?;
-    let neighbour_shape = EventShape::new(1, 0).from_tenant(2);
+    let neighbour_shape = EventShape::new(1, 0).starting_at(2);
     let warm_last = redis::publish(&mut scn.redis()?, &scn.keys.events, &neighbour_shape, 0, 200)?;
     wait_for_receipts(&mut scn, &neighbour, 200)?;
     redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &warm_last, STALL)?;

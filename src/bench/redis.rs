@@ -116,7 +116,7 @@ impl EventShape {
     }
 
     /// The same shape over tenants from `t<first>` on.
-    pub fn from_tenant(mut self, first: usize) -> Self {
+    pub fn starting_at(mut self, first: usize) -> Self {
         self.first = first;
         self
     }
@@ -347,6 +347,21 @@ pub fn delete_keys(con: &mut Connection, prefix: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `INFO memory`'s `used_memory`: bytes Redis holds.
+pub fn used_memory(con: &mut Connection) -> anyhow::Result<u64> {
+    let info: String = redis::cmd("INFO").arg("memory").query(con).context("INFO memory")?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory without used_memory")
+}
+
+/// `MEMORY USAGE <key> SAMPLES 0`: the bytes of one key, every element counted (0 when absent).
+pub fn key_memory(con: &mut Connection, key: &str) -> anyhow::Result<u64> {
+    let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(con).context("MEMORY USAGE")?;
+    Ok(bytes.unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -366,19 +381,4 @@ mod tests {
         assert_eq!(ids.len(), 100_000);
         assert!(ids.iter().all(|id| id.len() == 29 && id.starts_with("wh_")));
     }
-}
-
-/// `INFO memory`'s `used_memory`: bytes Redis holds.
-pub fn used_memory(con: &mut Connection) -> anyhow::Result<u64> {
-    let info: String = redis::cmd("INFO").arg("memory").query(con).context("INFO memory")?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("INFO memory without used_memory")
-}
-
-/// `MEMORY USAGE <key> SAMPLES 0`: the bytes of one key, every element counted (0 when absent).
-pub fn key_memory(con: &mut Connection, key: &str) -> anyhow::Result<u64> {
-    let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(con).context("MEMORY USAGE")?;
-    Ok(bytes.unwrap_or(0))
 }

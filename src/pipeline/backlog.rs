@@ -386,6 +386,9 @@ pub struct Pump {
     pub in_progress: Arc<AtomicUsize>,
 }
 
+/// Members with their scores, as `ZRANGE … WITHSCORES` answers.
+type Scored = Vec<(String, f64)>;
+
 /// What a poll found.
 struct Poll {
     took: usize,
@@ -461,7 +464,7 @@ impl Pump {
         let con = conn.as_mut().expect("just connected");
         let now = now_ms();
         let index = self.keys.backlog_index();
-        let (candidates, first): (Vec<(String, f64)>, Vec<(String, f64)>) = redis::pipe()
+        let (candidates, first): (Scored, Scored) = redis::pipe()
             .cmd("ZRANGEBYSCORE")
             .arg(&index)
             .arg("-inf")
