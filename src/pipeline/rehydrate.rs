@@ -299,6 +299,7 @@ mod tests {
             transform: None,
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
+            client: None,
         })
     }
 

@@ -95,6 +95,16 @@ export interface CreateWebhookRequest {
    * empty: the server generates `whsec_` + base64 of 32 random bytes.
    */
   secret: string;
+  /**
+   * A client certificate for receivers that require one (mutual TLS): the chain in PEM, leaf
+   * first, at most 64 KiB. Given with client_key, or not at all.
+   */
+  clientCertificate: string;
+  /**
+   * The certificate's private key in PEM (PKCS#8, PKCS#1 or SEC1), at most 16 KiB; it must be
+   * the leaf's key. Never returned; sealed at rest under WSS_ENCRYPTION_KEY.
+   */
+  clientKey: string;
 }
 
 export interface CreateWebhookRequest_HeadersEntry {
@@ -155,7 +165,15 @@ export interface UpdateWebhookRequest {
     | string
     | undefined;
   /** Setting true also clears disabled_reason. */
-  enabled?: boolean | undefined;
+  enabled?:
+    | boolean
+    | undefined;
+  /**
+   * Replace the client certificate and key (rotation): set both, under CreateWebhookRequest's
+   * rules; set both to the empty string to remove them. Setting one alone is INVALID_ARGUMENT.
+   */
+  clientCertificate?: string | undefined;
+  clientKey?: string | undefined;
 }
 
 export interface DeleteWebhookRequest {
@@ -278,6 +296,8 @@ function createBaseCreateWebhookRequest(): CreateWebhookRequest {
     enabled: undefined,
     signatureScheme: 0,
     secret: "",
+    clientCertificate: "",
+    clientKey: "",
   };
 }
 
@@ -315,6 +335,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     }
     if (message.secret !== "") {
       writer.uint32(74).string(message.secret);
+    }
+    if (message.clientCertificate !== "") {
+      writer.uint32(98).string(message.clientCertificate);
+    }
+    if (message.clientKey !== "") {
+      writer.uint32(106).string(message.clientKey);
     }
     return writer;
   },
@@ -423,6 +449,22 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
             message.secret = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.clientCertificate = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.clientKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -477,6 +519,16 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
         ? signatureSchemeFromJSON(object.signature_scheme)
         : 0,
       secret: isSet(object.secret) ? globalThis.String(object.secret) : "",
+      clientCertificate: isSet(object.clientCertificate)
+        ? globalThis.String(object.clientCertificate)
+        : isSet(object.client_certificate)
+        ? globalThis.String(object.client_certificate)
+        : "",
+      clientKey: isSet(object.clientKey)
+        ? globalThis.String(object.clientKey)
+        : isSet(object.client_key)
+        ? globalThis.String(object.client_key)
+        : "",
     };
   },
 
@@ -521,6 +573,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     if (message.secret !== "") {
       obj.secret = message.secret;
     }
+    if (message.clientCertificate !== "") {
+      obj.clientCertificate = message.clientCertificate;
+    }
+    if (message.clientKey !== "") {
+      obj.clientKey = message.clientKey;
+    }
     return obj;
   },
 
@@ -548,6 +606,8 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     message.enabled = object.enabled ?? undefined;
     message.signatureScheme = object.signatureScheme ?? 0;
     message.secret = object.secret ?? "";
+    message.clientCertificate = object.clientCertificate ?? "";
+    message.clientKey = object.clientKey ?? "";
     return message;
   },
 };
@@ -1176,6 +1236,8 @@ function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
     headers: undefined,
     description: undefined,
     enabled: undefined,
+    clientCertificate: undefined,
+    clientKey: undefined,
   };
 }
 
@@ -1207,6 +1269,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     }
     if (message.enabled !== undefined) {
       writer.uint32(56).bool(message.enabled);
+    }
+    if (message.clientCertificate !== undefined) {
+      writer.uint32(82).string(message.clientCertificate);
+    }
+    if (message.clientKey !== undefined) {
+      writer.uint32(90).string(message.clientKey);
     }
     return writer;
   },
@@ -1296,6 +1364,22 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
             message.enabled = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.clientCertificate = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.clientKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1331,6 +1415,16 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
       headers: isSet(object.headers) ? Headers.fromJSON(object.headers) : undefined,
       description: isSet(object.description) ? globalThis.String(object.description) : undefined,
       enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : undefined,
+      clientCertificate: isSet(object.clientCertificate)
+        ? globalThis.String(object.clientCertificate)
+        : isSet(object.client_certificate)
+        ? globalThis.String(object.client_certificate)
+        : undefined,
+      clientKey: isSet(object.clientKey)
+        ? globalThis.String(object.clientKey)
+        : isSet(object.client_key)
+        ? globalThis.String(object.client_key)
+        : undefined,
     };
   },
 
@@ -1363,6 +1457,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.enabled !== undefined) {
       obj.enabled = message.enabled;
     }
+    if (message.clientCertificate !== undefined) {
+      obj.clientCertificate = message.clientCertificate;
+    }
+    if (message.clientKey !== undefined) {
+      obj.clientKey = message.clientKey;
+    }
     return obj;
   },
 
@@ -1384,6 +1484,8 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
       : undefined;
     message.description = object.description ?? undefined;
     message.enabled = object.enabled ?? undefined;
+    message.clientCertificate = object.clientCertificate ?? undefined;
+    message.clientKey = object.clientKey ?? undefined;
     return message;
   },
 };
