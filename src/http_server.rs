@@ -363,6 +363,11 @@ impl Server {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// Connections accepted so far (with TLS: handshakes begun).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.open.lock().next_id
+    }
 }
 
 impl Drop for Server {

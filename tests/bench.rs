@@ -5,8 +5,9 @@
 
 use std::process::Command;
 
-/// The keys issue 7 fixes for `--json`, and the isolation measurement of issue 4.
-const KEYS: [&str; 13] = [
+/// The keys issue 7 fixes for `--json`, the isolation measurement of issue 4, and the HTTPS
+/// throughput of issue 19.
+const KEYS: [&str; 14] = [
     "deliveries_per_sec",
     "raw_per_sec",
     "ratio",
@@ -20,6 +21,7 @@ const KEYS: [&str; 13] = [
     "isolation_baseline_per_sec",
     "isolation_hanging_per_sec",
     "isolation_ratio",
+    "https_per_sec",
 ];
 
 #[test]
@@ -44,6 +46,7 @@ fn a_quick_bench_reports_every_figure() {
     assert!(report["p50_ms"].as_f64() <= report["p99_ms"].as_f64(), "p50 ≤ p99: {report}");
     assert!(report["signatures_verified"].as_u64().is_some_and(|n| n > 0), "the receivers verified a sample of signatures: {report}");
     assert!(report["isolation_hanging_requests"].as_u64().is_some_and(|n| n > 0), "the hanging receiver got requests: {report}");
+    assert!(report["https_connections"].as_u64().is_some_and(|n| n > 0), "the HTTPS receiver counted its TLS connections: {report}");
     let scaling = report["scaling"].as_array().expect("a scaling series");
     assert_eq!(scaling.len(), 3, "{report}");
     assert!(scaling.iter().all(|p| p["deliveries_per_sec"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0)), "{report}");
