@@ -175,7 +175,9 @@ struct AgentsInner {
 impl Agents {
     /// The agents the configuration asks for (see [`agent_for`]).
     pub fn for_config(config: &crate::config::Config) -> Self {
-        Self::from_setup(AgentSetup::of(config))
+        let setup = AgentSetup::of(config);
+        log::info!(target: "wss::http", "receivers' certificates are verified against {:?}", setup.trust);
+        Self::from_setup(setup)
     }
 
     /// Plain agents as [`agent_with`] builds them, with `trust` for HTTPS.
