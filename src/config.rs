@@ -724,6 +724,25 @@ mod tests {
     }
 
     #[test]
+    fn target_trust_settings_are_checked_naming_their_variable() {
+        let c = Layers::new().environment(env(&[])).build().unwrap();
+        assert_eq!(format!("{:?}", c.target_trust), "the bundled Mozilla roots");
+        let err = Layers::new().environment(env(&[("WSS_TARGET_ROOTS", "off")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_ROOTS (environment) = \"off\": expected bundled, system or file-only"), "{err}");
+        let err = Layers::new().environment(env(&[("WSS_TARGET_ROOTS", "file-only")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_ROOTS (environment)") && err.contains("needs WSS_TARGET_CA_FILE"), "{err}");
+        let dir = std::env::temp_dir().join(format!("wss-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = Layers::new().environment(env(&[("WSS_TARGET_CA_FILE", junk.to_str().unwrap())])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_CA_FILE (environment)") && err.contains("no PEM certificate"), "{err}");
+        let err = Layers::new().environment(env(&[("WSS_TARGET_CA_FILE", "/nonexistent/ca.pem")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_CA_FILE (environment) = \"/nonexistent/ca.pem\": cannot read the file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn tokens_never_appear_in_errors() {
         let err = Layers::new().environment(env(&[("WSS_ADMIN_TOKEN", "short")])).build().unwrap_err();
         assert!(!err.to_string().contains("short"), "{err}");

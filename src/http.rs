@@ -1001,6 +1001,23 @@ mod tests {
     }
 
     #[test]
+    fn agents_are_made_once_per_client_identity() {
+        let agents = Agents::with(2, TargetPolicy::default(), None, TargetTrust::bundled()).unwrap();
+        let (_, cert, key) = pki(&["client"]);
+        let (_, other_cert, other_key) = pki(&["other"]);
+        let first = ClientIdentity::from_pem(&cert, &key).unwrap();
+        let again = ClientIdentity::from_pem(&cert, &key).unwrap();
+        let other = ClientIdentity::from_pem(&other_cert, &other_key).unwrap();
+        let _ = agents.agent(None);
+        assert_eq!(agents.identity_agents(), 0, "the default agent serves webhooks without a certificate");
+        let _ = agents.agent(Some(&first));
+        let _ = agents.agent(Some(&again));
+        assert_eq!(agents.identity_agents(), 1, "the same chain (parsed twice, e.g. by two snapshots) shares one agent and its pool");
+        let _ = agents.agent(Some(&other));
+        assert_eq!(agents.identity_agents(), 2);
+    }
+
+    #[test]
     fn tls_failures_are_read_from_rustls_errors() {
         use rustls::Error as E;
         let cases = [
