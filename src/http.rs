@@ -397,8 +397,10 @@ pub struct IdentityError {
     pub message: String,
 }
 
-/// Longest client certificate chain accepted (PEM), bytes.
-pub const MAX_CLIENT_CERTIFICATE_PEM: usize = 64 * 1024;
+/// Longest client certificate chain accepted (PEM), bytes: a leaf and two intermediates with
+/// 4096-bit RSA keys take about 7 KiB; the chain is returned with every webhook listed, so a page
+/// of them stays well inside a client's 4 MiB message limit.
+pub const MAX_CLIENT_CERTIFICATE_PEM: usize = 16 * 1024;
 /// Longest client key accepted (PEM), bytes.
 pub const MAX_CLIENT_KEY_PEM: usize = 16 * 1024;
 
@@ -998,6 +1000,8 @@ mod tests {
         }
         let long = "x".repeat(MAX_CLIENT_KEY_PEM + 1);
         assert_eq!(ClientIdentity::from_pem(&cert, &long).unwrap_err().field, "client_key");
+        let long_chain = cert.repeat(MAX_CLIENT_CERTIFICATE_PEM / cert.len() + 1);
+        assert_eq!(ClientIdentity::from_pem(&long_chain, &key).unwrap_err().field, "client_certificate");
     }
 
     #[test]

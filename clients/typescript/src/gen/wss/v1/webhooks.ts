@@ -97,7 +97,7 @@ export interface CreateWebhookRequest {
   secret: string;
   /**
    * A client certificate for receivers that require one (mutual TLS): the chain in PEM, leaf
-   * first, at most 64 KiB. Given with client_key, or not at all.
+   * first, at most 16 KiB. Given with client_key, or not at all.
    */
   clientCertificate: string;
   /**
