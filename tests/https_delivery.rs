@@ -11,7 +11,8 @@
 //!   certificate required`), and gets and verifies the webhook's certificate — the rotated one
 //!   after an UpdateWebhook; the key is sealed at rest, never returned, never logged;
 //! - certificate names are checked against the URL's host (`localhost`), while the address
-//!   dialled is the one the resolver vetted;
+//!   dialled is the one the resolver vetted, and trusting a CA opens no address;
+//! - each trust setting end to end: `bundled` + the file, `system` + the file, `file-only`;
 //! - a CA file that is not one stops the service at start-up, naming the variable.
 //!
 //! The receivers are a small blocking rustls server written here ([`TlsReceiver`]): a thread per
@@ -306,6 +307,21 @@ async fn https_delivers_with_a_private_ca_and_tls_failures_say_why() {
     let wrong_name = TlsReceiver::start(&ca.server(&["elsewhere.example"], &["127.0.0.2"]), None);
     let untrusted = TlsReceiver::start(&stranger.server(&[], &["127.0.0.1"]), None);
 
+    // Trusting a CA opens no address: 127.0.0.2 is still outside the one hole.
+    let outside = grpc
+        .webhooks()
+        .create_webhook(wss::proto::CreateWebhookRequest {
+            tenant_id: "acme".into(),
+            url: format!("https://127.0.0.2:{}/hook", good.addr.port()),
+            ..Default::default()
+        })
+        .await;
+    assert_status(outside, Code::InvalidArgument, Some("url"), "a loopback address outside WSS_ALLOWED_TARGET_CIDRS");
+    let plain = grpc
+        .webhooks()
+        .create_webhook(wss::proto::CreateWebhookRequest { tenant_id: "acme".into(), url: format!("http://{}/hook", good.addr), ..Default::default() })
+        .await;
+    assert_status(plain, Code::InvalidArgument, Some("url"), "http:// in the default https-only mode");
     let to_good = grpc.create_webhook("acme", &good.url(), |_| {}).await;
     let mut failing = Vec::new();
     for (receiver, words) in
@@ -368,12 +384,20 @@ async fn client_certificates_are_presented_rotated_and_kept_secret() {
     let dir = TempDir::new("mtls");
     let ca_file = dir.write("receivers-ca.pem", ca.pem().as_bytes());
     let ks = Keyspace::new("https_client_certs");
+    // The OS store plus the file (the machine's store has Debian's ca-certificates).
     let service = https_service(
         &ks,
         "mtls",
-        &[("WSS_ALLOW_PRIVATE_TARGETS", "false"), ("WSS_ALLOWED_TARGET_CIDRS", "127.0.0.1/32"), ("WSS_TARGET_CA_FILE", &ca_file)],
+        &[
+            ("WSS_ALLOW_PRIVATE_TARGETS", "false"),
+            ("WSS_ALLOWED_TARGET_CIDRS", "127.0.0.1/32"),
+            ("WSS_TARGET_ROOTS", "system"),
+            ("WSS_TARGET_CA_FILE", &ca_file),
+        ],
     )
     .await;
+    let line = service.wait_for_log("receivers' certificates are verified against", WAIT).await;
+    assert!(line.contains("the system trust store (") && line.contains("1 CA certificate from"), "{line}");
     let grpc = service.grpc().await;
     grpc.create_tenant("acme").await;
     grpc.create_policy("once", 1, 100, 100).await;
@@ -475,8 +499,16 @@ async fn certificate_names_are_checked_against_the_url_host() {
     let dir = TempDir::new("https-names");
     let ca_file = dir.write("receivers-ca.pem", ca.pem().as_bytes());
     let ks = Keyspace::new("https_names");
-    // `localhost` is refused as a target unless private targets are allowed as a whole.
-    let service = https_service(&ks, "names", &[("WSS_ALLOW_PRIVATE_TARGETS", "true"), ("WSS_TARGET_CA_FILE", &ca_file)]).await;
+    // `localhost` is refused as a target unless private targets are allowed as a whole. The CA
+    // file is the only trust here (`file-only`).
+    let service = https_service(
+        &ks,
+        "names",
+        &[("WSS_ALLOW_PRIVATE_TARGETS", "true"), ("WSS_TARGET_ROOTS", "file-only"), ("WSS_TARGET_CA_FILE", &ca_file)],
+    )
+    .await;
+    let line = service.wait_for_log("receivers' certificates are verified against", WAIT).await;
+    assert!(line.contains("1 CA certificate from") && !line.contains("Mozilla"), "file-only trusts the file alone: {line}");
     let grpc = service.grpc().await;
     grpc.create_tenant("acme").await;
     grpc.create_policy("once", 1, 100, 100).await;
