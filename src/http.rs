@@ -99,13 +99,6 @@ pub fn agent(sender_threads: usize, allow_private_targets: bool) -> Agent {
     agent_with(sender_threads, policy, None).expect("without a proxy there is nothing to refuse")
 }
 
-/// Builds the delivery agent as the configuration asks: the target policy
-/// (`WSS_ALLOW_PRIVATE_TARGETS`, `WSS_ALLOWED_TARGET_CIDRS`), the proxy (`WSS_PROXY`) and the
-/// trusted roots (`WSS_TARGET_ROOTS`, `WSS_TARGET_CA_FILE`), without a client certificate.
-pub fn agent_for(config: &crate::config::Config) -> Agent {
-    AgentSetup::of(config).build(None)
-}
-
 /// Builds the delivery agent; fails only on a proxy URL that ureq refuses.
 pub fn agent_with(sender_threads: usize, policy: TargetPolicy, proxy: Option<&str>) -> Result<Agent, ProxyError> {
     let proxy = proxy.map(parse_proxy).transpose()?;
@@ -173,7 +166,9 @@ struct AgentsInner {
 }
 
 impl Agents {
-    /// The agents the configuration asks for (see [`agent_for`]).
+    /// The agents the configuration asks for: the target policy (`WSS_ALLOW_PRIVATE_TARGETS`,
+    /// `WSS_ALLOWED_TARGET_CIDRS`), the proxy (`WSS_PROXY`) and the trusted roots
+    /// (`WSS_TARGET_ROOTS`, `WSS_TARGET_CA_FILE`).
     pub fn for_config(config: &crate::config::Config) -> Self {
         let setup = AgentSetup::of(config);
         log::info!(target: "wss::http", "receivers' certificates are verified against {:?}", setup.trust);
