@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use crate::{crypto::SecretCipher, http::Cidr};
+use crate::{
+    crypto::SecretCipher,
+    http::{Cidr, TargetRoots, TargetTrust},
+};
 
 /// One known setting: its key (in the TOML file; the environment variable is `WSS_` + upper
 /// case), its default (`None`: unset), and a line for `wss serve --help`-style docs.
@@ -34,6 +37,8 @@ const KEYS: &[Key] = &[
     Key { name: "allow_http", default: Some("false") },
     Key { name: "allowed_target_cidrs", default: None },
     Key { name: "proxy", default: None },
+    Key { name: "target_roots", default: Some("bundled") },
+    Key { name: "target_ca_file", default: None },
     Key { name: "encryption_key", default: None },
     Key { name: "encryption_key_file", default: None },
     Key { name: "tls_cert_file", default: None },
@@ -97,6 +102,9 @@ pub struct Config {
     /// dials webhook hosts, so it must refuse private targets itself. Environment proxies
     /// (`HTTPS_PROXY`, …) are never used.
     pub proxy: Option<String>,
+    /// The roots receivers' certificates are verified against (`WSS_TARGET_ROOTS`,
+    /// `WSS_TARGET_CA_FILE`), loaded at start-up.
+    pub target_trust: TargetTrust,
     /// Seals webhook secrets at rest (`WSS_ENCRYPTION_KEY`: base64 of 32 bytes); `None`: in clear.
     pub encryption_key: Option<SecretCipher>,
     /// Serve the control plane over TLS (`WSS_TLS_CERT_FILE` + `WSS_TLS_KEY_FILE`, and
@@ -149,6 +157,7 @@ impl fmt::Debug for Config {
             .field("allow_http", &self.allow_http)
             .field("allowed_target_cidrs", &self.allowed_target_cidrs)
             .field("proxy", &self.proxy.as_deref().map(crate::redis_conn::redact_url))
+            .field("target_trust", &self.target_trust)
             .field("encryption_key", &self.encryption_key)
             .field("tls", &self.tls)
             .field("consumer", &self.consumer)
@@ -299,6 +308,7 @@ impl Layers {
                 p.error("proxy", &shown, &e.to_string());
             }
         }
+        let target_trust = p.target_trust();
         let config = Config {
             redis_url: p.string("redis_url"),
             key_prefix: p.string("key_prefix"),
@@ -312,6 +322,7 @@ impl Layers {
             allow_http: p.boolean("allow_http"),
             allowed_target_cidrs,
             proxy,
+            target_trust,
             encryption_key,
             tls,
             consumer: p.opt_string("consumer").unwrap_or_else(default_consumer),
@@ -498,6 +509,37 @@ impl Parser<'_> {
         })
     }
 
+    /// `target_roots` and `target_ca_file`, loaded: the OS store read, the file parsed.
+    fn target_trust(&mut self) -> TargetTrust {
+        let roots_text = self.string("target_roots");
+        let roots = match roots_text.parse::<TargetRoots>() {
+            Ok(roots) => roots,
+            Err(e) => {
+                self.error("target_roots", &roots_text, &e);
+                return TargetTrust::bundled();
+            }
+        };
+        let file = self.opt_string("target_ca_file");
+        let pem = match &file {
+            Some(path) => match self.read_file("target_ca_file", path) {
+                Some(pem) => Some(pem),
+                None => return TargetTrust::bundled(),
+            },
+            None => None,
+        };
+        let ca_file = file.as_deref().zip(pem.as_deref());
+        match TargetTrust::load(roots, ca_file) {
+            Ok(trust) => trust,
+            Err(e) => {
+                match &file {
+                    Some(path) if e.in_ca_file => self.error("target_ca_file", path, &e.message),
+                    _ => self.error("target_roots", &roots_text, &e.message),
+                }
+                TargetTrust::bundled()
+            }
+        }
+    }
+
     /// A comma-separated list of CIDRs (`10.0.0.0/8, fd00::/8`; a bare address is one host).
     fn cidrs(&mut self, key: &'static str) -> Vec<Cidr> {
         let value = self.string(key);
@@ -674,6 +716,25 @@ mod tests {
         let err = Layers::new().environment(env(&[("WSS_ALLOWED_TARGET_CIDRS", "10.0.0.0/33,nonsense,10.0.0.0/8")])).build().unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
         assert!(err.to_string().contains("WSS_ALLOWED_TARGET_CIDRS (environment) = \"10.0.0.0/33\""), "{err}");
+    }
+
+    #[test]
+    fn target_trust_settings_are_checked_naming_their_variable() {
+        let c = Layers::new().environment(env(&[])).build().unwrap();
+        assert_eq!(format!("{:?}", c.target_trust), "the bundled Mozilla roots");
+        let err = Layers::new().environment(env(&[("WSS_TARGET_ROOTS", "off")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_ROOTS (environment) = \"off\": expected bundled, system or file-only"), "{err}");
+        let err = Layers::new().environment(env(&[("WSS_TARGET_ROOTS", "file-only")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_ROOTS (environment)") && err.contains("needs WSS_TARGET_CA_FILE"), "{err}");
+        let dir = std::env::temp_dir().join(format!("wss-config-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = Layers::new().environment(env(&[("WSS_TARGET_CA_FILE", junk.to_str().unwrap())])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_CA_FILE (environment)") && err.contains("no PEM certificate"), "{err}");
+        let err = Layers::new().environment(env(&[("WSS_TARGET_CA_FILE", "/nonexistent/ca.pem")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_TARGET_CA_FILE (environment) = \"/nonexistent/ca.pem\": cannot read the file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The HTTP client that delivers webhooks: one ureq 3 agent shared by every sender thread, and
-//! the guard that keeps tenants' URLs away from the network wss runs in (SSRF).
+//! The HTTP client that delivers webhooks: ureq 3 agents shared by every sender thread ([`Agents`]),
+//! the trust they verify receivers with, and the guard that keeps tenants' URLs away from the
+//! network wss runs in (SSRF).
 //!
 //! Why ureq and how it is set up (README "Why ureq"): keep-alive connections pooled per host (at
 //! least as many idle ones as sender threads), no redirects (a 3xx is the receiver's answer, and
@@ -25,16 +26,46 @@
 //! wss then resolves and vets only the proxy's own address (which may be private — it is the
 //! operator's), and the proxy resolves and dials the webhook's host. The guard cannot see that
 //! address, so the proxy must enforce the same rules itself (README "Security").
+//!
+//! **HTTPS** (README "HTTPS delivery", docs/https.md). Receivers' certificates are always
+//! verified — there is no switch to turn that off — against the roots `WSS_TARGET_ROOTS` names
+//! ([`TargetTrust`]): the Mozilla roots compiled in (`bundled`, the default), the operating
+//! system's store read once at start-up through `rustls-native-certs` (`system`), or none; plus
+//! the PEM file `WSS_TARGET_CA_FILE` (a company CA), or that file alone (`file-only`). ureq's own
+//! `platform-verifier` feature is not used: it cannot take the extra file. SNI and the
+//! certificate's name check use the URL's host, while the address dialled is the one the guarded
+//! resolver vetted, so a name check never widens what the guard allows.
+//!
+//! **Client certificates.** A webhook may carry a certificate chain and key to present to a
+//! receiver that asks for one ([`ClientIdentity`], checked when it is registered: both parse, and
+//! the key is the certificate's). ureq ties a client certificate to an agent's TLS
+//! configuration, and its connection pool to the agent, so [`Agents`] keeps one agent per
+//! distinct certificate chain beside the shared default one, made on first use and kept while it
+//! is used: each has its own keep-alive pool, and a connection made with one identity is never
+//! reused for another.
+//!
+//! **TLS failures** are told apart from other I/O errors by rustls's own error types, never by
+//! their text ([`tls_failure`]): unknown issuer, expired, not valid for this name, client
+//! certificate required or rejected, handshake failure.
 
 use std::{
+    collections::HashMap,
     fmt, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs},
     str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
+use parking_lot::RwLock;
+use rustls::{pki_types::CertificateDer, AlertDescription, CertificateError};
+use sha2::{Digest, Sha256};
 use ureq::{
     config::Config as UreqConfig,
     http::Uri,
+    tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig},
     unversioned::{
         resolver::{ResolvedSocketAddrs, Resolver},
         transport::{DefaultConnector, NextTimeout},
@@ -61,37 +92,123 @@ const INPUT_BUFFER: usize = MAX_RESPONSE_HEAD + 1024;
 /// pieces of its size.
 const OUTPUT_BUFFER: usize = 16 * 1024;
 
-/// Builds the delivery agent with the guard on (unless `allow_private_targets`) and no proxy.
+/// Builds the delivery agent with the guard on (unless `allow_private_targets`), no proxy and the
+/// bundled roots.
 pub fn agent(sender_threads: usize, allow_private_targets: bool) -> Agent {
     let policy = TargetPolicy { allow_private: allow_private_targets, allowed: Vec::new() };
     agent_with(sender_threads, policy, None).expect("without a proxy there is nothing to refuse")
 }
 
-/// Builds the delivery agent as the configuration asks: the target policy
-/// (`WSS_ALLOW_PRIVATE_TARGETS`, `WSS_ALLOWED_TARGET_CIDRS`) and the proxy (`WSS_PROXY`).
-pub fn agent_for(config: &crate::config::Config) -> Agent {
-    let policy = TargetPolicy { allow_private: config.allow_private_targets, allowed: config.allowed_target_cidrs.clone() };
-    // The proxy URL was checked when the configuration was built.
-    agent_with(config.sender_threads, policy, config.proxy.as_deref())
-        .unwrap_or_else(|e| panic!("the proxy URL was checked at start-up, yet ureq refuses it: {e}"))
-}
-
 /// Builds the delivery agent; fails only on a proxy URL that ureq refuses.
 pub fn agent_with(sender_threads: usize, policy: TargetPolicy, proxy: Option<&str>) -> Result<Agent, ProxyError> {
     let proxy = proxy.map(parse_proxy).transpose()?;
-    let proxy_host = proxy.as_ref().map(|p| (p.host().to_ascii_lowercase(), p.port()));
-    let config = Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(proxy)
-        .user_agent(concat!("wss/", env!("CARGO_PKG_VERSION")))
-        .max_idle_connections(sender_threads.max(16) * 4)
-        .max_idle_connections_per_host(sender_threads.max(4))
-        .max_response_header_size(MAX_RESPONSE_HEAD)
-        .input_buffer_size(INPUT_BUFFER)
-        .output_buffer_size(OUTPUT_BUFFER)
-        .build();
-    Ok(Agent::with_parts(config, DefaultConnector::default(), GuardedResolver { policy, proxy: proxy_host }))
+    Ok(AgentSetup { sender_threads, policy, proxy, trust: TargetTrust::bundled() }.build(None))
+}
+
+/// Everything an agent is built from but the client certificate.
+#[derive(Clone)]
+struct AgentSetup {
+    sender_threads: usize,
+    policy: TargetPolicy,
+    proxy: Option<Proxy>,
+    trust: TargetTrust,
+}
+
+impl AgentSetup {
+    fn of(config: &crate::config::Config) -> Self {
+        let policy = TargetPolicy { allow_private: config.allow_private_targets, allowed: config.allowed_target_cidrs.clone() };
+        // The proxy URL was checked when the configuration was built.
+        let proxy = config
+            .proxy
+            .as_deref()
+            .map(parse_proxy)
+            .transpose()
+            .unwrap_or_else(|e| panic!("the proxy URL was checked at start-up, yet ureq refuses it: {e}"));
+        Self { sender_threads: config.sender_threads, policy, proxy, trust: config.target_trust.clone() }
+    }
+
+    fn build(&self, client: Option<&ClientIdentity>) -> Agent {
+        let proxy_host = self.proxy.as_ref().map(|p| (p.host().to_ascii_lowercase(), p.port()));
+        let sender_threads = self.sender_threads;
+        // Verification stays on: `disable_verification` is never set, whatever the configuration.
+        let tls = TlsConfig::builder().root_certs(self.trust.roots.clone()).client_cert(client.map(|c| c.cert.clone())).build();
+        let config = Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(self.proxy.clone())
+            .user_agent(concat!("wss/", env!("CARGO_PKG_VERSION")))
+            .max_idle_connections(sender_threads.max(16) * 4)
+            .max_idle_connections_per_host(sender_threads.max(4))
+            .max_response_header_size(MAX_RESPONSE_HEAD)
+            .input_buffer_size(INPUT_BUFFER)
+            .output_buffer_size(OUTPUT_BUFFER)
+            .tls_config(tls)
+            .build();
+        Agent::with_parts(config, DefaultConnector::default(), GuardedResolver { policy: self.policy.clone(), proxy: proxy_host })
+    }
+}
+
+/// Agents with a client certificate are dropped when unused for this long once there are more
+/// than [`KEEP_IDENTITY_AGENTS`] of them (a webhook's certificate was rotated or removed).
+const IDLE_IDENTITY_AGENT_MS: u64 = 10 * 60 * 1000;
+const KEEP_IDENTITY_AGENTS: usize = 64;
+
+/// The delivery agents: the shared default one, and one per client certificate in use (see the
+/// module's note). Cloning shares them.
+#[derive(Clone)]
+pub struct Agents(Arc<AgentsInner>);
+
+struct AgentsInner {
+    default: Agent,
+    setup: AgentSetup,
+    /// By [`ClientIdentity::fingerprint`]: the agent and when it was last handed out (ms).
+    by_identity: RwLock<HashMap<[u8; 32], (Agent, AtomicU64)>>,
+}
+
+impl Agents {
+    /// The agents the configuration asks for: the target policy (`WSS_ALLOW_PRIVATE_TARGETS`,
+    /// `WSS_ALLOWED_TARGET_CIDRS`), the proxy (`WSS_PROXY`) and the trusted roots
+    /// (`WSS_TARGET_ROOTS`, `WSS_TARGET_CA_FILE`).
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        let setup = AgentSetup::of(config);
+        log::info!(target: "wss::http", "receivers' certificates are verified against {:?}", setup.trust);
+        Self::from_setup(setup)
+    }
+
+    /// Plain agents as [`agent_with`] builds them, with `trust` for HTTPS.
+    pub fn with(sender_threads: usize, policy: TargetPolicy, proxy: Option<&str>, trust: TargetTrust) -> Result<Self, ProxyError> {
+        let proxy = proxy.map(parse_proxy).transpose()?;
+        Ok(Self::from_setup(AgentSetup { sender_threads, policy, proxy, trust }))
+    }
+
+    fn from_setup(setup: AgentSetup) -> Self {
+        Self(Arc::new(AgentsInner { default: setup.build(None), setup, by_identity: RwLock::default() }))
+    }
+
+    /// The agent that presents `client` (the default agent for `None`), made on first use.
+    pub fn agent(&self, client: Option<&ClientIdentity>) -> Agent {
+        let Some(client) = client else { return self.0.default.clone() };
+        let now = crate::domain::store::now_ms();
+        if let Some((agent, used)) = self.0.by_identity.read().get(&client.fingerprint) {
+            used.store(now, Ordering::Relaxed);
+            return agent.clone();
+        }
+        let mut agents = self.0.by_identity.write();
+        if let Some((agent, _)) = agents.get(&client.fingerprint) {
+            return agent.clone();
+        }
+        if agents.len() >= KEEP_IDENTITY_AGENTS {
+            agents.retain(|_, (_, used)| now.saturating_sub(used.load(Ordering::Relaxed)) < IDLE_IDENTITY_AGENT_MS);
+        }
+        let agent = self.0.setup.build(Some(client));
+        agents.insert(client.fingerprint, (agent.clone(), AtomicU64::new(now)));
+        agent
+    }
+
+    /// Agents with a client certificate held now.
+    pub fn identity_agents(&self) -> usize {
+        self.0.by_identity.read().len()
+    }
 }
 
 /// A `WSS_PROXY` value wss cannot use.
@@ -111,6 +228,353 @@ pub fn parse_proxy(value: &str) -> Result<Proxy, ProxyError> {
         return Err(ProxyError("it has no host".into()));
     }
     Proxy::new(value).map_err(|e| ProxyError(format!("ureq refuses it ({e})")))
+}
+
+/// Which roots verify receivers' certificates (`WSS_TARGET_ROOTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetRoots {
+    /// The Mozilla roots compiled into wss (`webpki-roots`), plus `WSS_TARGET_CA_FILE` if given.
+    #[default]
+    Bundled,
+    /// The operating system's trust store (on Debian, the `ca-certificates` package, or
+    /// `SSL_CERT_FILE` / `SSL_CERT_DIR`), read at start-up, plus `WSS_TARGET_CA_FILE` if given.
+    System,
+    /// `WSS_TARGET_CA_FILE` alone.
+    FileOnly,
+}
+
+impl FromStr for TargetRoots {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "bundled" | "" => Ok(Self::Bundled),
+            "system" => Ok(Self::System),
+            "file-only" => Ok(Self::FileOnly),
+            _ => Err("expected bundled, system or file-only".into()),
+        }
+    }
+}
+
+/// The roots receivers' certificates are verified against, resolved once at start-up (the OS
+/// store read, the CA file parsed). Cloning shares them.
+#[derive(Clone)]
+pub struct TargetTrust {
+    roots: RootCerts,
+    description: Arc<str>,
+}
+
+impl fmt::Debug for TargetTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl Default for TargetTrust {
+    fn default() -> Self {
+        Self::bundled()
+    }
+}
+
+impl TargetTrust {
+    /// The compiled-in Mozilla roots alone (the default).
+    pub fn bundled() -> Self {
+        Self { roots: RootCerts::WebPki, description: "the bundled Mozilla roots".into() }
+    }
+
+    /// `roots`, plus the certificates of `ca_file` (its name, for messages, and its contents).
+    /// Errors say what is wrong and what to do, and which setting is at fault.
+    pub fn load(roots: TargetRoots, ca_file: Option<(&str, &[u8])>) -> Result<Self, TrustError> {
+        let extra = match ca_file {
+            Some((name, pem)) => Some((name, parse_ca_file(pem).map_err(|message| TrustError { in_ca_file: true, message })?)),
+            None => None,
+        };
+        let roots_error = |message: String| TrustError { in_ca_file: false, message };
+        let (mut certs, mut description): (Vec<Certificate<'static>>, String) = match roots {
+            TargetRoots::Bundled if extra.is_none() => return Ok(Self::bundled()),
+            TargetRoots::Bundled => (
+                webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect(),
+                "the bundled Mozilla roots".into(),
+            ),
+            TargetRoots::System => {
+                let found = rustls_native_certs::load_native_certs();
+                let usable: Vec<Certificate<'static>> = found
+                    .certs
+                    .iter()
+                    .filter(|c| anchor_usable(c))
+                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                    .collect();
+                if usable.is_empty() {
+                    let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+                    return Err(roots_error(format!(
+                        "the operating system's trust store has no usable certificate{}; install it (Debian: apt-get install ca-certificates), point SSL_CERT_FILE at a PEM bundle, or use WSS_TARGET_ROOTS=bundled",
+                        if errors.is_empty() { String::new() } else { format!(" ({})", errors.join("; ")) }
+                    )));
+                }
+                let n = usable.len();
+                (usable, format!("the system trust store ({n} roots)"))
+            }
+            TargetRoots::FileOnly if extra.is_none() => {
+                return Err(roots_error("file-only needs WSS_TARGET_CA_FILE (a PEM file of the CAs to trust)".into()))
+            }
+            TargetRoots::FileOnly => (Vec::new(), String::new()),
+        };
+        if let Some((name, file_certs)) = extra {
+            let n = file_certs.len();
+            certs.extend(file_certs);
+            let file = format!("{n} CA certificate{} from {name}", if n == 1 { "" } else { "s" });
+            description = if description.is_empty() { file } else { format!("{description} and {file}") };
+        }
+        Ok(Self { roots: RootCerts::new_with_certs(&certs), description: description.into() })
+    }
+}
+
+/// Why the configured trust cannot be loaded; `in_ca_file`: the fault is in `WSS_TARGET_CA_FILE`
+/// (else in `WSS_TARGET_ROOTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustError {
+    pub in_ca_file: bool,
+    pub message: String,
+}
+
+/// The certificates of a `WSS_TARGET_CA_FILE`: at least one, each usable as a trust anchor.
+fn parse_ca_file(pem: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
+    let mut certs = Vec::new();
+    for (i, item) in parse_pem(pem).enumerate() {
+        match item {
+            Ok(PemItem::Certificate(cert)) => {
+                if !anchor_usable(&CertificateDer::from(cert.der())) {
+                    return Err(format!("PEM block {} is not a certificate wss can trust as a root (it does not parse as X.509)", i + 1));
+                }
+                certs.push(cert);
+            }
+            Ok(_) => return Err(format!("PEM block {} is not a CERTIFICATE (a private key does not belong in a CA file)", i + 1)),
+            Err(e) => return Err(format!("the file is not valid PEM ({e})")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("the file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
+}
+
+fn anchor_usable(der: &CertificateDer<'_>) -> bool {
+    rustls::RootCertStore::empty().add(der.clone().into_owned()).is_ok()
+}
+
+/// The crypto provider ureq's rustls uses: the process default if one was installed, else ring.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    rustls::crypto::CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
+}
+
+/// A webhook's client certificate: the chain (leaf first) and its private key, checked. `Debug`
+/// shows the fingerprint only, never the key.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    cert: ClientCert,
+    /// SHA-256 of the chain's DER: names the identity (its key is the leaf's, so the chain alone
+    /// tells identities apart without hashing the key).
+    fingerprint: [u8; 32],
+}
+
+impl fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientIdentity(sha256:{})", self.fingerprint[..8].iter().map(|b| format!("{b:02x}")).collect::<String>())
+    }
+}
+
+/// Why a client certificate or key was refused; `field` names the request field at fault. The
+/// message never quotes the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct IdentityError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Longest client certificate chain accepted (PEM), bytes: a leaf and two intermediates with
+/// 4096-bit RSA keys take about 7 KiB; the chain is returned with every webhook listed, so a page
+/// of them stays well inside a client's 4 MiB message limit.
+pub const MAX_CLIENT_CERTIFICATE_PEM: usize = 16 * 1024;
+/// Longest client key accepted (PEM), bytes.
+pub const MAX_CLIENT_KEY_PEM: usize = 16 * 1024;
+
+impl ClientIdentity {
+    /// Parses and checks a chain (`client_certificate`: PEM certificates, leaf first) and its key
+    /// (`client_key`: one PEM private key, PKCS#8, PKCS#1 or SEC1): both parse, and the key is the
+    /// leaf's — the same check rustls makes when it loads them.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, IdentityError> {
+        let cert_err = |message: String| IdentityError { field: "client_certificate", message };
+        let key_err = |message: String| IdentityError { field: "client_key", message };
+        if chain_pem.len() > MAX_CLIENT_CERTIFICATE_PEM {
+            return Err(cert_err(format!("is {} bytes long; at most {MAX_CLIENT_CERTIFICATE_PEM} are allowed", chain_pem.len())));
+        }
+        if key_pem.len() > MAX_CLIENT_KEY_PEM {
+            return Err(key_err(format!("is {} bytes long; at most {MAX_CLIENT_KEY_PEM} are allowed", key_pem.len())));
+        }
+        let mut chain = Vec::new();
+        for (i, item) in parse_pem(chain_pem.as_bytes()).enumerate() {
+            match item {
+                Ok(PemItem::Certificate(cert)) => chain.push(cert),
+                Ok(_) => return Err(cert_err(format!("PEM block {} is not a CERTIFICATE; the key goes in client_key", i + 1))),
+                Err(e) => return Err(cert_err(format!("is not valid PEM ({e})"))),
+            }
+        }
+        if chain.is_empty() {
+            return Err(cert_err("holds no PEM certificate; give the chain, leaf first (-----BEGIN CERTIFICATE-----)".into()));
+        }
+        let mut keys = Vec::new();
+        for item in parse_pem(key_pem.as_bytes()) {
+            match item {
+                Ok(PemItem::PrivateKey(key)) => keys.push(key),
+                Ok(_) => return Err(key_err("holds something other than a private key; give one PEM private key".into())),
+                // The PEM error names a section kind or a base64 problem, never the key's bytes.
+                Err(e) => return Err(key_err(format!("is not valid PEM ({e})"))),
+            }
+        }
+        let key: PrivateKey<'static> = match keys.len() {
+            1 => keys.remove(0),
+            0 => return Err(key_err("holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA or EC)".into())),
+            n => return Err(key_err(format!("holds {n} private keys; give exactly one, the certificate's"))),
+        };
+        let der_chain: Vec<CertificateDer<'static>> = chain.iter().map(|c| CertificateDer::from(c.der()).into_owned()).collect();
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.der().to_vec())
+            .map_err(|e| key_err(format!("is not a private key rustls can read ({e})")))?;
+        match rustls::sign::CertifiedKey::from_der(der_chain, key_der, &crypto_provider()) {
+            Ok(_) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(key_err("does not belong to the certificate: the leaf's public key is another key's".into()))
+            }
+            Err(rustls::Error::InvalidCertificate(e)) => return Err(cert_err(format!("the leaf certificate does not parse ({e:?})"))),
+            Err(e) => return Err(key_err(format!("cannot be used ({e})"))),
+        }
+        let mut hasher = Sha256::new();
+        for cert in &chain {
+            hasher.update((cert.der().len() as u64).to_be_bytes());
+            hasher.update(cert.der());
+        }
+        Ok(Self { cert: ClientCert::new_with_certs(&chain, key), fingerprint: hasher.finalize().into() })
+    }
+
+    /// Names the identity: SHA-256 of its certificate chain.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+}
+
+/// Why a TLS connection to a receiver failed, from rustls's error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsReason {
+    UnknownIssuer,
+    Expired,
+    NotYetValid,
+    NotValidForName,
+    Revoked,
+    /// Another problem with the receiver's certificate (bad signature, a CA certificate used as
+    /// the server's, an unsupported algorithm, …).
+    BadCertificate,
+    /// The receiver wants a client certificate and the webhook has none.
+    ClientCertificateRequired,
+    /// The receiver refused the client certificate presented.
+    ClientCertificateRejected,
+    /// No protocol version or cipher suite in common, or the receiver ended the handshake.
+    HandshakeFailure,
+    /// The receiver broke the TLS protocol.
+    Protocol,
+    Other,
+}
+
+impl TlsReason {
+    /// The reason in words, as attempts and logs carry it.
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::UnknownIssuer => "unknown issuer",
+            Self::Expired => "certificate expired",
+            Self::NotYetValid => "certificate not yet valid",
+            Self::NotValidForName => "certificate not valid for this name",
+            Self::Revoked => "certificate revoked",
+            Self::BadCertificate => "invalid certificate",
+            Self::ClientCertificateRequired => "client certificate required",
+            Self::ClientCertificateRejected => "client certificate rejected",
+            Self::HandshakeFailure => "handshake failure",
+            Self::Protocol => "protocol violation",
+            Self::Other => "TLS error",
+        }
+    }
+
+    /// What to do about it.
+    fn advice(self) -> &'static str {
+        match self {
+            Self::UnknownIssuer => "the receiver's certificate does not chain to a trusted root; if it is issued by a private CA, add that CA with WSS_TARGET_CA_FILE",
+            Self::Expired => "the receiver's certificate has expired; the receiver must renew it",
+            Self::NotYetValid => "the receiver's certificate is not valid yet (or this machine's clock is wrong)",
+            Self::NotValidForName => "the receiver's certificate does not name the webhook URL's host; use the name the certificate was issued for",
+            Self::Revoked => "the receiver's certificate was revoked",
+            Self::BadCertificate => "the receiver's certificate cannot be used",
+            Self::ClientCertificateRequired => "the receiver asks for a client certificate; set the webhook's client_certificate and client_key",
+            Self::ClientCertificateRejected => "the receiver refused the webhook's client certificate; check that it is issued by a CA the receiver trusts and has not expired",
+            Self::HandshakeFailure => "the receiver ended the TLS handshake (no protocol version or cipher suite in common, or it wants a client certificate)",
+            Self::Protocol => "the receiver broke the TLS protocol (is it speaking TLS on this port?)",
+            Self::Other => "the TLS connection failed",
+        }
+    }
+}
+
+/// A TLS failure found in a ureq error: the reason, and the library's own description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFailure {
+    pub reason: TlsReason,
+    pub detail: String,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TLS {}: {} ({})", self.reason.words(), self.reason.advice(), self.detail)
+    }
+}
+
+/// The TLS failure behind `err`, if it is one: rustls's error, whether ureq returned it directly
+/// or inside the I/O error of a handshake, read or write.
+pub fn tls_failure(err: &ureq::Error) -> Option<TlsFailure> {
+    let rustls_error = match err {
+        ureq::Error::Rustls(e) => e,
+        ureq::Error::Io(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
+        ureq::Error::Tls(what) => return Some(TlsFailure { reason: TlsReason::Other, detail: (*what).to_owned() }),
+        _ => return None,
+    };
+    Some(TlsFailure { reason: tls_reason(rustls_error), detail: format!("rustls: {rustls_error}") })
+}
+
+/// The reason of a rustls error.
+pub fn tls_reason(err: &rustls::Error) -> TlsReason {
+    use rustls::Error as E;
+    match err {
+        E::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer => TlsReason::UnknownIssuer,
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => TlsReason::Expired,
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => TlsReason::NotYetValid,
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => TlsReason::NotValidForName,
+            CertificateError::Revoked => TlsReason::Revoked,
+            _ => TlsReason::BadCertificate,
+        },
+        E::NoCertificatesPresented => TlsReason::BadCertificate,
+        E::AlertReceived(alert) => match alert {
+            AlertDescription::CertificateRequired => TlsReason::ClientCertificateRequired,
+            AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied => TlsReason::ClientCertificateRejected,
+            _ => TlsReason::HandshakeFailure,
+        },
+        E::PeerIncompatible(_) => TlsReason::HandshakeFailure,
+        E::InvalidMessage(_) | E::PeerMisbehaved(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            TlsReason::Protocol
+        }
+        _ => TlsReason::Other,
+    }
 }
 
 /// Which addresses a tenant's webhook may reach.
@@ -451,6 +915,130 @@ mod tests {
         assert!(holes.refusal("169.254.169.254".parse().unwrap()).is_some());
         let open = TargetPolicy { allow_private: true, allowed: Vec::new() };
         assert_eq!(open.refusal("169.254.169.254".parse().unwrap()), None);
+    }
+
+    /// A CA and a leaf for `names` signed by it, as PEM: (ca cert, leaf cert, leaf key).
+    fn pki(names: &[&str]) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+    }
+
+    #[test]
+    fn trust_is_loaded_from_the_roots_and_the_file_and_bad_files_are_refused() {
+        let (ca, _, key) = pki(&["hooks.internal"]);
+        assert!(matches!(TargetTrust::load(TargetRoots::Bundled, None).unwrap().roots, RootCerts::WebPki));
+        let with_file = TargetTrust::load(TargetRoots::Bundled, Some(("ca.pem", ca.as_bytes()))).unwrap();
+        match &with_file.roots {
+            RootCerts::Specific(certs) => assert_eq!(certs.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len() + 1),
+            other => panic!("bundled + file: {other:?}"),
+        }
+        assert!(format!("{with_file:?}").contains("1 CA certificate from ca.pem"), "{with_file:?}");
+        let only = TargetTrust::load(TargetRoots::FileOnly, Some(("ca.pem", ca.as_bytes()))).unwrap();
+        assert!(matches!(&only.roots, RootCerts::Specific(certs) if certs.len() == 1));
+        let missing = TargetTrust::load(TargetRoots::FileOnly, None).unwrap_err();
+        assert!(!missing.in_ca_file && missing.message.contains("WSS_TARGET_CA_FILE"), "{missing:?}");
+        for (bad, why) in [
+            (key.as_str(), "not a CERTIFICATE"),
+            ("hello", "no PEM certificate"),
+            ("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", "not valid PEM"),
+            ("-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n", "does not parse"),
+        ] {
+            let err = TargetTrust::load(TargetRoots::Bundled, Some(("ca.pem", bad.as_bytes()))).unwrap_err();
+            assert!(err.in_ca_file && err.message.contains(why), "{why}: {err:?}");
+        }
+        assert_eq!("file-only".parse(), Ok(TargetRoots::FileOnly));
+        assert_eq!(" System ".parse(), Ok(TargetRoots::System));
+        assert!("none".parse::<TargetRoots>().is_err(), "there is no setting without verification");
+    }
+
+    #[test]
+    fn the_system_store_is_read_when_the_os_has_one() {
+        // Debian's ca-certificates bundle; without it `system` must fail with advice instead.
+        let has_store = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt").exists() || std::env::var_os("SSL_CERT_FILE").is_some();
+        match TargetTrust::load(TargetRoots::System, None) {
+            Ok(trust) => {
+                assert!(matches!(&trust.roots, RootCerts::Specific(certs) if !certs.is_empty()));
+                assert!(format!("{trust:?}").starts_with("the system trust store ("), "{trust:?}");
+            }
+            Err(e) => assert!(!has_store && e.message.contains("ca-certificates"), "{e:?}"),
+        }
+    }
+
+    #[test]
+    fn client_identities_need_a_matching_key() {
+        let (_, cert, key) = pki(&["client"]);
+        let (_, other_cert, other_key) = pki(&["other"]);
+        let identity = ClientIdentity::from_pem(&cert, &key).unwrap();
+        assert_eq!(identity.fingerprint(), ClientIdentity::from_pem(&cert, &key).unwrap().fingerprint(), "the same chain, the same identity");
+        assert_ne!(identity.fingerprint(), ClientIdentity::from_pem(&other_cert, &other_key).unwrap().fingerprint());
+        assert!(!format!("{identity:?}").contains("PRIVATE"), "{identity:?}");
+        let two_keys = format!("{key}{other_key}");
+        for (chain, key_pem, field, why) in [
+            (cert.as_str(), other_key.as_str(), "client_key", "does not belong to the certificate"),
+            (key.as_str(), key.as_str(), "client_certificate", "not a CERTIFICATE"),
+            ("", key.as_str(), "client_certificate", "no PEM certificate"),
+            (cert.as_str(), "", "client_key", "no PEM private key"),
+            (cert.as_str(), cert.as_str(), "client_key", "other than a private key"),
+            (cert.as_str(), two_keys.as_str(), "client_key", "2 private keys"),
+        ] {
+            let err = ClientIdentity::from_pem(chain, key_pem).unwrap_err();
+            assert_eq!(err.field, field, "{why}: {err}");
+            assert!(err.message.contains(why), "{why}: {err}");
+            assert!(!err.to_string().contains("PRIVATE KEY-----\nM"), "the key is never quoted: {err}");
+        }
+        let long = "x".repeat(MAX_CLIENT_KEY_PEM + 1);
+        assert_eq!(ClientIdentity::from_pem(&cert, &long).unwrap_err().field, "client_key");
+        let long_chain = cert.repeat(MAX_CLIENT_CERTIFICATE_PEM / cert.len() + 1);
+        assert_eq!(ClientIdentity::from_pem(&long_chain, &key).unwrap_err().field, "client_certificate");
+    }
+
+    #[test]
+    fn agents_are_made_once_per_client_identity() {
+        let agents = Agents::with(2, TargetPolicy::default(), None, TargetTrust::bundled()).unwrap();
+        let (_, cert, key) = pki(&["client"]);
+        let (_, other_cert, other_key) = pki(&["other"]);
+        let first = ClientIdentity::from_pem(&cert, &key).unwrap();
+        let again = ClientIdentity::from_pem(&cert, &key).unwrap();
+        let other = ClientIdentity::from_pem(&other_cert, &other_key).unwrap();
+        let _ = agents.agent(None);
+        assert_eq!(agents.identity_agents(), 0, "the default agent serves webhooks without a certificate");
+        let _ = agents.agent(Some(&first));
+        let _ = agents.agent(Some(&again));
+        assert_eq!(agents.identity_agents(), 1, "the same chain (parsed twice, e.g. by two snapshots) shares one agent and its pool");
+        let _ = agents.agent(Some(&other));
+        assert_eq!(agents.identity_agents(), 2);
+    }
+
+    #[test]
+    fn tls_failures_are_read_from_rustls_errors() {
+        use rustls::Error as E;
+        let cases = [
+            (E::InvalidCertificate(CertificateError::UnknownIssuer), TlsReason::UnknownIssuer, "unknown issuer"),
+            (E::InvalidCertificate(CertificateError::Expired), TlsReason::Expired, "certificate expired"),
+            (E::InvalidCertificate(CertificateError::NotValidForName), TlsReason::NotValidForName, "certificate not valid for this name"),
+            (E::InvalidCertificate(CertificateError::BadSignature), TlsReason::BadCertificate, "invalid certificate"),
+            (E::AlertReceived(AlertDescription::CertificateRequired), TlsReason::ClientCertificateRequired, "client certificate required"),
+            (E::AlertReceived(AlertDescription::UnknownCA), TlsReason::ClientCertificateRejected, "client certificate rejected"),
+            (E::AlertReceived(AlertDescription::HandshakeFailure), TlsReason::HandshakeFailure, "handshake failure"),
+        ];
+        for (error, reason, words) in cases {
+            let wrapped = ureq::Error::Io(io::Error::new(io::ErrorKind::InvalidData, error.clone()));
+            let failure = tls_failure(&wrapped).unwrap_or_else(|| panic!("{error:?} inside an I/O error is a TLS failure"));
+            assert_eq!(failure.reason, reason, "{error:?}");
+            assert!(failure.to_string().starts_with(&format!("TLS {words}: ")), "{failure}");
+            assert_eq!(tls_failure(&ureq::Error::Rustls(error)).map(|f| f.reason), Some(reason));
+        }
+        // Not TLS, whatever the text says.
+        let refused = ureq::Error::Io(io::Error::new(io::ErrorKind::ConnectionRefused, "tls tls tls"));
+        assert_eq!(tls_failure(&refused), None);
+        assert_eq!(tls_failure(&ureq::Error::HostNotFound), None);
     }
 
     fn resolver(policy: TargetPolicy) -> GuardedResolver {

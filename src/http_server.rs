@@ -36,9 +36,18 @@
 //! A handler that returns (or panics) without answering gets its client a 500; either way the
 //! connection is then closed. A client that disconnects mid-request is not reported: nobody is left to answer.
 //!
+//! # TLS
+//!
+//! [`Server::bind_tls`] serves HTTPS with a rustls server configuration the caller builds (its
+//! certificate, and client-certificate verification if it wants one): the handshake runs on the
+//! connection's thread at its first read, and a failed handshake closes the connection like any
+//! broken one. `wss bench` measures HTTPS delivery against it. A TLS connection is one rustls
+//! stream shared by the reading and the writing side behind a mutex, which is never contended:
+//! a connection reads a request, then writes its answer, on one thread.
+//!
 //! # Limits
 //!
-//! - No TLS, HTTP/2, upgrades or compression. Responses always carry their whole body with
+//! - No HTTP/2, upgrades or compression. Responses always carry their whole body with
 //!   `Content-Length` (none for 204 and 304; `HEAD` gets the headers only), and no `Date`.
 //! - No idle timeout and no cap on connections: each open connection costs a thread. That suits
 //!   loopback and a sender you run yourself, not the open internet.
@@ -282,6 +291,8 @@ pub struct Server {
 struct Shared {
     handler: Box<Handler>,
     options: Options,
+    /// HTTPS: every connection is wrapped in TLS with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
     stopping: AtomicBool,
     /// A handle on every open connection, so that dropping the server can shut them down.
     open: Mutex<OpenConnections>,
@@ -309,11 +320,31 @@ impl Server {
         options: Options,
         handler: impl Fn(&Request<'_>, Responder<'_>) + Send + Sync + 'static,
     ) -> io::Result<Server> {
+        Server::start(addr, options, None, handler)
+    }
+
+    /// [`Server::bind_with`], serving HTTPS with `tls` (see the module's note on TLS).
+    pub fn bind_tls(
+        addr: SocketAddr,
+        options: Options,
+        tls: Arc<rustls::ServerConfig>,
+        handler: impl Fn(&Request<'_>, Responder<'_>) + Send + Sync + 'static,
+    ) -> io::Result<Server> {
+        Server::start(addr, options, Some(tls), handler)
+    }
+
+    fn start(
+        addr: SocketAddr,
+        options: Options,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: impl Fn(&Request<'_>, Responder<'_>) + Send + Sync + 'static,
+    ) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
             options,
+            tls,
             stopping: AtomicBool::new(false),
             open: Mutex::default(),
         });
@@ -331,6 +362,11 @@ impl Server {
     /// The address actually listened on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections accepted so far (with TLS: handshakes begun).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.open.lock().next_id
     }
 }
 
@@ -423,9 +459,53 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// One side (reading or writing) of a connection: the socket itself, or the TLS stream both
+/// sides share.
+enum Half {
+    Plain(TcpStream),
+    Tls {
+        stream: Arc<Mutex<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>>,
+        /// The same socket, to shut down and to time out without taking the stream's lock.
+        socket: TcpStream,
+    },
+}
+
+impl Half {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Half::Plain(socket) | Half::Tls { socket, .. } => socket,
+        }
+    }
+}
+
+impl Read for Half {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Half::Plain(socket) => socket.read(buf),
+            Half::Tls { stream, .. } => stream.lock().read(buf),
+        }
+    }
+}
+
+impl Write for Half {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Half::Plain(socket) => socket.write(buf),
+            Half::Tls { stream, .. } => stream.lock().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Half::Plain(socket) => socket.flush(),
+            Half::Tls { stream, .. } => stream.lock().flush(),
+        }
+    }
+}
+
 /// The writing half of a connection and its response buffer.
 struct Writer {
-    stream: TcpStream,
+    stream: Half,
     out: Vec<u8>,
 }
 
@@ -467,7 +547,7 @@ impl Writer {
         if body_apart {
             self.stream.write_all(body)?;
         }
-        Ok(())
+        self.stream.flush()
     }
 }
 
@@ -535,8 +615,8 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     if let Err(err) = stream.set_nodelay(true) {
         log::debug!(target: LOG, "cannot set TCP_NODELAY: {err}");
     }
-    let read_half = match stream.try_clone() {
-        Ok(read_half) => read_half,
+    let (read_half, write_half) = match halves(stream, shared.tls.as_ref()) {
+        Ok(halves) => halves,
         Err(err) => {
             log::warn!(target: LOG, "dropping a connection, its socket cannot be cloned: {err}");
             return;
@@ -544,16 +624,31 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
     };
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
     let mut writer = Writer {
-        stream,
+        stream: write_half,
         out: Vec::with_capacity(1024),
     };
     let mut buffers = Buffers::default();
     while let Next::KeepAlive = serve_request(&mut reader, &mut writer, &mut buffers, shared) {}
 }
 
+/// The reading and writing sides of a new connection, in TLS when `tls` is given.
+fn halves(stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Result<(Half, Half)> {
+    let Some(config) = tls else {
+        let read_half = stream.try_clone()?;
+        return Ok((Half::Plain(read_half), Half::Plain(stream)));
+    };
+    let (read_socket, write_socket) = (stream.try_clone()?, stream.try_clone()?);
+    let connection = rustls::ServerConnection::new(config.clone()).map_err(io::Error::other)?;
+    let shared = Arc::new(Mutex::new(rustls::StreamOwned::new(connection, stream)));
+    Ok((
+        Half::Tls { stream: shared.clone(), socket: read_socket },
+        Half::Tls { stream: shared, socket: write_socket },
+    ))
+}
+
 /// Reads one request, answers it, and says whether the connection stays open.
 fn serve_request(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Half>,
     writer: &mut Writer,
     buffers: &mut Buffers,
     shared: &Shared,
@@ -636,7 +731,7 @@ fn broken(err: &io::Error) -> Next {
 
 /// Reports `refusal`, answers it and closes the connection.
 fn refuse(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Half>,
     writer: &mut Writer,
     shared: &Shared,
     refusal: &Refusal,
@@ -665,14 +760,14 @@ fn refuse(
 /// refusal before the client reads it (a client typically sends its whole body before reading).
 /// So: stop writing, then read and discard what the client still sends until it closes, for at
 /// most [`LINGER`] and [`LINGER_BYTES`].
-fn linger(reader: &mut BufReader<TcpStream>) {
-    let _ = reader.get_ref().shutdown(Shutdown::Write);
+fn linger(reader: &mut BufReader<Half>) {
+    let _ = reader.get_ref().socket().shutdown(Shutdown::Write);
     let deadline = Instant::now() + LINGER;
     let mut drained = 0;
     let mut scratch = [0; 8192];
     while drained < LINGER_BYTES {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || reader.get_ref().set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || reader.get_ref().socket().set_read_timeout(Some(left)).is_err() {
             return;
         }
         match reader.read(&mut scratch) {
@@ -686,7 +781,7 @@ fn linger(reader: &mut BufReader<TcpStream>) {
 /// the connection cleanly before a new request. Empty lines before the request line are
 /// ignored (RFC 9112 §2.2) but count towards the limit.
 fn read_head(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Half>,
     head: &mut Vec<u8>,
     max_head: usize,
 ) -> Result<bool, ReadError> {
@@ -876,7 +971,7 @@ fn parse_decimal(text: &str) -> Option<u64> {
 
 /// Reads the body `kind` describes into `body`.
 fn read_body(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Half>,
     kind: BodyKind,
     body: &mut Vec<u8>,
     line: &mut Vec<u8>,
@@ -931,7 +1026,7 @@ fn read_body(
 
 /// Appends exactly `n` bytes to `body`.
 fn read_exactly(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Half>,
     n: u64,
     body: &mut Vec<u8>,
 ) -> Result<(), ReadError> {
@@ -948,7 +1043,7 @@ fn read_exactly(
 
 /// Reads one line (through `\n`) into `line`; a longer line than `limit` is malformed.
 fn read_line(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Half>,
     line: &mut Vec<u8>,
     limit: u64,
 ) -> Result<(), ReadError> {
@@ -1113,6 +1208,33 @@ mod tests {
             let mut rest = Vec::new();
             matches!(self.reader.read_to_end(&mut rest), Ok(0))
         }
+    }
+
+    #[test]
+    fn tls_connections_are_served_and_kept_alive() {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().self_signed(&key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+            .unwrap();
+        let server = Server::bind_tls(loopback(), Options::default(), Arc::new(config), echo).unwrap();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&[ureq::tls::Certificate::from_der(cert.der()).to_owned()]))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder().tls_config(tls).timeout_global(Some(GIVE_UP)).build().into();
+        let url = format!("https://localhost:{}/tls", server.local_addr().port());
+        for body in ["one", "two", "three"] {
+            let mut response = agent.post(&url).send(body).unwrap();
+            assert_eq!(response.body_mut().read_to_string().unwrap(), format!("POST /tls {body}"));
+        }
+        assert_eq!(server.shared.open.lock().next_id, 1, "three requests on one kept-alive TLS connection");
+        let plain = ureq::get(format!("http://localhost:{}/tls", server.local_addr().port())).call();
+        assert!(plain.is_err(), "plain HTTP to a TLS listener fails: {plain:?}");
     }
 
     #[test]

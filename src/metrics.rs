@@ -10,7 +10,7 @@
 //! the stages themselves.
 //!
 //! Labels and their cardinality (README "Metrics and status page"):
-//! - `outcome`, `class`, `reason`, `edge`: fixed sets, listed below.
+//! - `outcome`, `class`, `reason`, `edge`, `kind`: fixed sets, listed below.
 //! - `webhook` on `wss_circuit_open` only: one series per webhook that has a circuit state in
 //!   this instance (it failed recently, or has attempts out), removed when the webhook is
 //!   deleted or its circuit closes. No tenant label anywhere: tenants are unbounded, and per-tenant
@@ -62,6 +62,23 @@ impl AttemptClass {
     }
 }
 
+/// Why an attempt got no answer, for `wss_delivery_attempt_errors_total{kind}`: the
+/// `error_kind` of its attempt record (`crate::deadletter::AttemptRecord`).
+pub const ERROR_KINDS: [&str; 8] = ["connect", "dns", "timeout", "tls", "io", "protocol", "refused_target", "error"];
+
+/// `wss_delivery_attempt_errors_total`, its series resolved; counted by the sender threads.
+/// Cloning shares the counters.
+#[derive(Clone)]
+pub struct AttemptErrors(std::sync::Arc<[IntCounter]>);
+
+impl AttemptErrors {
+    /// Counts an attempt that got no answer, by its error kind (an unknown kind counts as `error`).
+    pub fn count(&self, kind: &str) {
+        let i = ERROR_KINDS.iter().position(|k| *k == kind).unwrap_or(ERROR_KINDS.len() - 1);
+        self.0[i].inc();
+    }
+}
+
 /// The pipeline's channels, for `wss_channel_depth{edge}`.
 pub const EDGES: [&str; 5] = ["inbound", "fresh", "due", "signed", "completions"];
 
@@ -98,6 +115,8 @@ pub struct Metrics {
     pub dead_letter_stream_length: IntGauge,
     pub circuit_open: IntGaugeVec,
     channel_depth: Vec<IntGauge>,
+    /// Attempts without an answer, by error kind (`tls`, `timeout`, …).
+    pub attempt_errors: AttemptErrors,
 }
 
 impl Metrics {
@@ -198,6 +217,15 @@ impl Metrics {
             dead_letter_stream_length: gauge("wss_dead_letter_stream_length", "Records in <prefix>deadletters (XLEN)."),
             circuit_open,
             channel_depth: EDGES.iter().map(|edge| depth.with_label_values(&[*edge])).collect(),
+            attempt_errors: AttemptErrors(
+                counter_vec(
+                    "wss_delivery_attempt_errors_total",
+                    "Delivery attempts that got no answer, by error kind (connect, dns, timeout, tls, io, protocol, refused_target, error).",
+                    "kind",
+                    &ERROR_KINDS,
+                )
+                .into(),
+            ),
             registry,
         }
     }
@@ -265,6 +293,8 @@ mod tests {
         m.bad_entry(Reason::TooLarge);
         m.attempt(503, 0.2);
         m.attempt(0, 1.0);
+        m.attempt_errors.count("tls");
+        m.attempt_errors.count("no such kind");
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains("wss_dead_letters_total{reason=\"too_large\"} 1\n"), "{text}");
         assert!(text.contains("wss_dead_letters_total{reason=\"gone\"} 0\n"), "{text}");
@@ -272,6 +302,9 @@ mod tests {
         assert!(!text.contains("wss_bad_entries_total{reason=\"gone\"}"), "only entry reasons: {text}");
         assert!(text.contains("wss_delivery_attempts_total{class=\"5xx\"} 1\n"), "{text}");
         assert!(text.contains("wss_delivery_attempts_total{class=\"error\"} 1\n"), "{text}");
+        assert!(text.contains("wss_delivery_attempt_errors_total{kind=\"tls\"} 1\n"), "{text}");
+        assert!(text.contains("wss_delivery_attempt_errors_total{kind=\"error\"} 1\n"), "{text}");
+        assert!(text.contains("wss_delivery_attempt_errors_total{kind=\"timeout\"} 0\n"), "{text}");
         assert!(text.contains("wss_delivery_attempt_duration_seconds_count 2\n"), "{text}");
         assert!(text.contains("# TYPE wss_delivery_attempt_duration_seconds histogram\n"), "{text}");
     }

@@ -5,9 +5,9 @@
 
 use std::process::Command;
 
-/// The keys issue 7 fixes for `--json`, the isolation measurement of issue 4, and the backlog
-/// part of issue 12.
-const KEYS: [&str; 15] = [
+/// The keys issue 7 fixes for `--json`, the isolation measurement of issue 4, the backlog part of
+/// issue 12 and the HTTPS throughput of issue 19.
+const KEYS: [&str; 16] = [
     "deliveries_per_sec",
     "raw_per_sec",
     "ratio",
@@ -23,6 +23,7 @@ const KEYS: [&str; 15] = [
     "isolation_baseline_per_sec",
     "isolation_hanging_per_sec",
     "isolation_ratio",
+    "https_per_sec",
 ];
 
 #[test]
@@ -48,6 +49,7 @@ fn a_quick_bench_reports_every_figure() {
     assert!(report["signatures_verified"].as_u64().is_some_and(|n| n > 0), "the receivers verified a sample of signatures: {report}");
     assert!(report["backlog_waiting"].as_u64().is_some_and(|n| n > 0), "deliveries waited in the backlog: {report}");
     assert!(report["isolation_hanging_requests"].as_u64().is_some_and(|n| n > 0), "the hanging receiver got requests: {report}");
+    assert!(report["https_connections"].as_u64().is_some_and(|n| n > 0), "the HTTPS receiver counted its TLS connections: {report}");
     let scaling = report["scaling"].as_array().expect("a scaling series");
     assert_eq!(scaling.len(), 3, "{report}");
     assert!(scaling.iter().all(|p| p["deliveries_per_sec"].as_f64().is_some_and(|v| v.is_finite() && v > 0.0)), "{report}");

@@ -48,6 +48,11 @@
 //!    `--latency-time`. Reported: the neighbour's `XADD` → receipt p99, the service's largest RSS
 //!    over the part, how fast the backlog filled, and the Redis memory each waiting delivery
 //!    costs (`used_memory` grown, less what the stream itself grew, over the deliveries waiting).
+//! 9. **HTTPS** ([`https_throughput`]): the throughput run's events and webhooks over HTTPS, to
+//!    the same receiver speaking TLS (`wss::http_server` with rustls) with a certificate for
+//!    127.0.0.1 from a CA the bench makes, trusted through `WSS_TARGET_CA_FILE` — the production
+//!    path, https-only included; deliveries/s beside the plain figure, and the TLS connections
+//!    (handshakes) the receiver accepted, which keep-alive keeps near the sender pool's size.
 //!
 //! `--quick` shrinks everything to a smoke run of seconds; its figures mean little.
 
@@ -71,6 +76,7 @@ use wss::{config::Layers, domain::store::Keys};
 use self::{
     control::Control,
     receiver::Receiver,
+    receiver::ReceiverPki,
     redis::{EventShape, PrivateRedis},
     service::Service,
 };
@@ -119,8 +125,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Run only these parts, comma-separated: throughput (with latency and the raw limit), slow,
-    /// scaling, isolation, idle, backlog [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "backlog"])]
+    /// scaling, isolation, idle, backlog, https [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "backlog", "https"])]
     only: Vec<String>,
     /// Run the service under this command, split at spaces (`--wrap "valgrind --tool=callgrind"`,
     /// `--wrap "perf record -g -o perf.data"`): for profiling; memory and CPU figures are then
@@ -464,6 +470,11 @@ pub struct Report {
     load_before: String,
     load_after: String,
     quick: bool,
+    /// HTTPS: the throughput run's events over TLS to a receiver with a private CA's certificate.
+    https_per_sec: f64,
+    /// TLS connections (handshakes) the HTTPS receiver accepted, warm-up included.
+    https_connections: u64,
+    https_service_cpu_us_per_delivery: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -517,6 +528,9 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     }
     if plan.runs("isolation") {
         isolation(plan, env, &mut report)?;
+    }
+    if plan.runs("https") {
+        https_throughput(plan, env, &mut report)?;
     }
     report.signatures_verified += fast.stats.verified();
     anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
@@ -580,6 +594,31 @@ fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut 
     report.raw_bench_cpu_us_per_request = raw_cpu;
     report.ratio = report.deliveries_per_sec / raw;
     progress(format_args!("  {raw:.0} requests/s ({raw_cpu:.0} µs CPU each); ratio {:.2}", report.ratio));
+    Ok(())
+}
+
+/// The throughput run over HTTPS: a receiver with a certificate from a CA made now, which the
+/// service trusts through `WSS_TARGET_CA_FILE`, in its default https-only mode.
+fn https_throughput(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    let pki = ReceiverPki::new().context("making the HTTPS receiver's certificates")?;
+    let ca_file = env.dir.join("receivers-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).with_context(|| format!("writing {}", ca_file.display()))?;
+    let receiver = Receiver::start_tls(200, Duration::ZERO, pki.server)?;
+    let shape = EventShape::new(plan.webhooks, plan.body_bytes);
+    let extra = [("WSS_TARGET_CA_FILE", ca_file.display().to_string()), ("WSS_ALLOW_HTTP", "false".to_owned())];
+    let mut scn = Scenario::start(env, "https", &extra, |_, _| Ok(()))?;
+    set_up(&mut scn, &receiver, plan.webhooks, &shape)?;
+    progress(format_args!("https: {} events over {} webhooks, TLS to a private CA's certificate", plan.events, plan.webhooks));
+    let b = burst(&mut scn, &receiver, &shape, plan.events)?;
+    report.https_per_sec = b.per_sec;
+    report.https_service_cpu_us_per_delivery = b.service_cpu * 1e6 / plan.events as f64;
+    report.https_connections = receiver.connections();
+    progress(format_args!(
+        "  {:.0} deliveries/s over {} TLS connections; service CPU {:.0} µs per delivery",
+        b.per_sec, report.https_connections, report.https_service_cpu_us_per_delivery
+    ));
+    report.signatures_verified += receiver.stats.verified();
+    anyhow::ensure!(receiver.stats.bad_signatures() == 0, "{} sampled HTTPS requests had a bad signature", receiver.stats.bad_signatures());
     Ok(())
 }
 
@@ -791,6 +830,11 @@ fn table(r: &Report) -> String {
         (format!("throughput ({} events, {} webhooks, {} B bodies)", r.events, r.webhooks, r.body_bytes), format!("{:.0} /s", r.deliveries_per_sec), ""),
         (format!("raw HTTP limit (same client, {} threads)", r.sender_threads), format!("{:.0} /s", r.raw_per_sec), ""),
         ("ratio".into(), format!("{:.2}", r.ratio), "≥ 0.70"),
+        (
+            format!("HTTPS throughput (private CA, {} TLS connections)", r.https_connections),
+            format!("{:.0} /s", r.https_per_sec),
+            "",
+        ),
         (
             format!("latency p50 / p90 / p99 / max at {:.0} /s", r.latency_rate_per_sec),
             format!("{:.1} / {:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms),

@@ -10,6 +10,10 @@
 //! and its URL path is `/w<i>`), so a bench that measures unsigned or wrongly signed deliveries
 //! says so instead of reporting a figure.
 //!
+//! An HTTPS receiver ([`Receiver::start_tls`]) is the same server speaking TLS with a
+//! certificate for 127.0.0.1 from a CA made when the bench runs ([`ReceiverPki`]); the service
+//! trusts that CA through `WSS_TARGET_CA_FILE`, as an operator trusts a company CA.
+//!
 //! A hanging receiver ([`Receiver::hanging`]) counts what it gets and never answers: each request
 //! holds its connection open until the receiver is dropped. It is the bad webhook of the
 //! isolation run.
@@ -25,7 +29,7 @@ use std::{
 
 use parking_lot::Mutex;
 use wss::{
-    http_server::{Request, Responder, Response, Server},
+    http_server::{Options, Request, Responder, Response, Server},
     signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER},
 };
 
@@ -121,9 +125,41 @@ fn publish_time(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(&body[at..at + digits]).ok()?.parse().ok().filter(|t| *t > 0)
 }
 
+/// A CA and a server certificate for 127.0.0.1 it signed, made now (`rcgen`).
+pub struct ReceiverPki {
+    /// The CA's certificate, PEM: what the service must trust.
+    pub ca_pem: String,
+    /// The receiver's TLS configuration: the certificate and its key.
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl ReceiverPki {
+    pub fn new() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "wss bench receivers CA");
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+        leaf.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let leaf_key = KeyPair::generate()?;
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+        let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(anyhow::Error::msg)?;
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf_cert.der().clone()], key)?;
+        Ok(Self { ca_pem: ca_cert.pem(), server: Arc::new(server) })
+    }
+}
+
 /// A listening receiver; dropping it closes it.
 pub struct Receiver {
     server: Server,
+    /// `http` or `https`.
+    scheme: &'static str,
     pub stats: Arc<Stats>,
     /// A hanging receiver's handlers wait until this is dropped. Declared after `server`, so
     /// dropped after it: the connections are shut down first, then the handlers return (their
@@ -134,16 +170,35 @@ pub struct Receiver {
 impl Receiver {
     /// Answers every request with `status` after `delay`.
     pub fn start(status: u16, delay: Duration) -> std::io::Result<Self> {
+        Self::answering(status, delay, None)
+    }
+
+    /// [`Receiver::start`] over HTTPS with `tls` (see [`ReceiverPki`]).
+    pub fn start_tls(status: u16, delay: Duration, tls: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+        Self::answering(status, delay, Some(tls))
+    }
+
+    fn answering(status: u16, delay: Duration, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
         let stats = Self::new_stats();
         let seen = stats.clone();
-        let server = Server::bind(([127, 0, 0, 1], 0).into(), move |request: &Request<'_>, responder: Responder<'_>| {
+        let handler = move |request: &Request<'_>, responder: Responder<'_>| {
             seen.on_request(request);
             if !delay.is_zero() {
                 thread::sleep(delay); // the receiver's own slowness
             }
             let _ = responder.send(Response::empty(status));
-        })?;
-        Ok(Self { server, stats, _release: None })
+        };
+        let addr = ([127, 0, 0, 1], 0).into();
+        let (server, scheme) = match tls {
+            Some(tls) => (Server::bind_tls(addr, Options::default(), tls, handler)?, "https"),
+            None => (Server::bind(addr, handler)?, "http"),
+        };
+        Ok(Self { server, scheme, stats, _release: None })
+    }
+
+    /// Connections the receiver accepted (over HTTPS: TLS handshakes).
+    pub fn connections(&self) -> u64 {
+        self.server.connections_accepted()
     }
 
     /// Accepts every request, reads it, counts it, and never answers: the request's connection
@@ -158,7 +213,7 @@ impl Receiver {
             // Nothing is ever sent on this channel: `recv` returns when the receiver is dropped.
             let _ = released.recv();
         })?;
-        Ok(Self { server, stats, _release: Some(release) })
+        Ok(Self { server, scheme: "http", stats, _release: Some(release) })
     }
 
     fn new_stats() -> Arc<Stats> {
@@ -175,7 +230,7 @@ impl Receiver {
 
     /// The URL of webhook number `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}/w{i}", self.server.local_addr())
+        format!("{}://{}/w{i}", self.scheme, self.server.local_addr())
     }
 }
 

@@ -94,6 +94,14 @@ pub struct Webhook {
     /// End of the rotation's overlap, Unix milliseconds; 0 without one.
     #[serde(default)]
     pub previous_secret_until_ms: u64,
+    /// The client certificate chain (PEM, leaf first) presented to a receiver that asks for one;
+    /// empty: none. Public, returned by the control plane.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_certificate: String,
+    /// The certificate's private key (PEM): write-only like `secret`, sealed at rest like it,
+    /// never returned or logged. Set exactly when `client_certificate` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<Secret>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }

@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     expr::{CompileError, Filter, Transform},
+    http::ClientIdentity,
     signature::{StandardSigner, WssSigner},
 };
 
@@ -92,6 +93,17 @@ pub struct Route {
     pub transform: Option<Arc<Expression<Transform>>>,
     pub policy: Arc<RetryPolicy>,
     pub signer: RouteSigner,
+    /// The client certificate presented to the receiver, if the webhook has one; the sender
+    /// picks the agent that presents it (`crate::http::Agents`).
+    pub client: Option<Arc<RouteClient>>,
+}
+
+/// A webhook's client certificate, parsed and checked once, and the PEM it came from (public),
+/// so that a rebuilt snapshot reuses it while the certificate is unchanged (its key is the
+/// certificate's, so the same chain is the same identity).
+pub struct RouteClient {
+    pub certificate: Box<str>,
+    pub identity: ClientIdentity,
 }
 
 /// A stored filter or transform: its text and the program compiled from it (or why it does not
@@ -178,6 +190,17 @@ impl<'p> RoutingBuilder<'p> {
             }
         };
         let before = self.previous.webhooks.get(webhook.id.as_str());
+        let client = match (&webhook.client_key, before.and_then(|r| r.client.as_ref())) {
+            (None, _) => None,
+            (Some(_), Some(previous)) if *previous.certificate == *webhook.client_certificate => Some(previous.clone()),
+            (Some(key), _) => match ClientIdentity::from_pem(&webhook.client_certificate, key.expose()) {
+                Ok(identity) => Some(Arc::new(RouteClient { certificate: webhook.client_certificate.as_str().into(), identity })),
+                Err(err) => {
+                    log::error!(target: "wss::routing", "webhook {} has an unusable client certificate ({err}); it receives nothing until it is replaced", webhook.id);
+                    return;
+                }
+            },
+        };
         let refused = |field: &'static str| {
             let id = &webhook.id;
             move |err: &CompileError| {
@@ -203,6 +226,7 @@ impl<'p> RoutingBuilder<'p> {
             transform,
             policy,
             signer,
+            client,
         });
         if route.enabled {
             tenant.routes.push(route.clone());
@@ -328,6 +352,8 @@ mod tests {
                 secret: Secret::new("whsec_0123456789abcdef".into()),
                 previous_secret: None,
                 previous_secret_until_ms: 0,
+                client_certificate: String::new(),
+                client_key: None,
                 created_at_ms: 0,
                 updated_at_ms: 0,
             })

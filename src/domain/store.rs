@@ -9,7 +9,7 @@
 //! A webhook's statistics (`P stats:webhook:<id>`, written by the outcome stage, see
 //! `crate::stats`) are deleted with it, in the same transaction.
 //!
-//! Webhook secrets are sealed with `WSS_ENCRYPTION_KEY` when one is configured ([`Store::with_cipher`]):
+//! Webhook secrets (and client keys) are sealed with `WSS_ENCRYPTION_KEY` when one is configured ([`Store::with_cipher`]):
 //! the JSON of a webhook then holds `enc:v1:…` instead of the secret, and only this module seals
 //! and opens it, so every other module sees the secret in clear and Redis never does. Without a
 //! key, secrets are stored in clear.
@@ -405,7 +405,7 @@ impl Store {
             for (id, json) in raw {
                 let stored: Webhook =
                     serde_json::from_str(&json).map_err(|source| DomainError::Corrupt { kind: "webhook", id: id.clone(), source })?;
-                if crypto::is_sealed(stored.secret.expose()) {
+                if crypto::is_sealed(stored.secret.expose()) && stored.client_key.as_ref().is_none_or(|k| crypto::is_sealed(k.expose())) {
                     continue;
                 }
                 pipe.hset(&keys.webhooks, &id, self.encode(&stored)?).ignore();
@@ -769,6 +769,12 @@ impl Stored for ApiToken {
     const KIND: &'static str = "token";
 }
 
+/// The associated data a webhook's client key is sealed with: it opens only on that webhook, and
+/// only as its client key.
+fn client_key_context(webhook_id: &str) -> String {
+    format!("webhook-client-key:{webhook_id}")
+}
+
 /// The associated data a webhook secret is sealed with: it opens only on that webhook, and only
 /// in its place (current or previous).
 fn secret_context(webhook_id: &str, previous: bool) -> String {
@@ -798,6 +804,16 @@ impl Stored for Webhook {
         };
         copy.secret = seal(&self.secret, false)?;
         copy.previous_secret = copy.previous_secret.as_ref().map(|s| seal(s, true)).transpose()?;
+        copy.client_key = self
+            .client_key
+            .as_ref()
+            .map(|key| {
+                cipher
+                    .seal(key.expose(), &client_key_context(&self.id))
+                    .map(Secret::new)
+                    .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+            })
+            .transpose()?;
         Ok(Some(copy))
     }
 
@@ -810,6 +826,15 @@ impl Stored for Webhook {
         };
         self.secret = open(&self.secret, false)?;
         self.previous_secret = self.previous_secret.as_ref().map(|s| open(s, true)).transpose()?;
+        self.client_key = self
+            .client_key
+            .as_ref()
+            .map(|key| {
+                crypto::open(cipher, key.expose(), &client_key_context(&self.id))
+                    .map(Secret::new)
+                    .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+            })
+            .transpose()?;
         Ok(())
     }
 }

@@ -145,6 +145,10 @@ pub fn webhook_to_proto(webhook: Webhook) -> proto::Webhook {
         enabled: webhook.enabled,
         signature_scheme: scheme_to_proto(webhook.signature_scheme) as i32,
         secret: String::new(),
+        has_client_key: webhook.client_key.is_some(),
+        client_certificate: webhook.client_certificate,
+        // Write-only, like the secret.
+        client_key: String::new(),
         disabled_reason: webhook.disabled_reason,
         created_at: timestamp(webhook.created_at_ms),
         updated_at: timestamp(webhook.updated_at_ms),
@@ -274,6 +278,8 @@ mod tests {
             secret: model::Secret::new("whsec_c2VjcmV0c2VjcmV0c2VjcmV0".into()),
             previous_secret: None,
             previous_secret_until_ms: 0,
+            client_certificate: String::new(),
+            client_key: None,
             created_at_ms: 1000,
             updated_at_ms: 2000,
         };

@@ -22,6 +22,12 @@
 //! waiting (`crate::pipeline::live`). The answer says which instance that is. It follows
 //! GetWebhook's rules: a tenant token reads only its own tenant's webhooks.
 //!
+//! A client certificate (`client_certificate` + `client_key`, for receivers that require mutual
+//! TLS) is checked here — both PEM, the key the leaf's (`crate::http::ClientIdentity`) — and
+//! given together or not at all; UpdateWebhook replaces (rotates) or removes both at once. The
+//! key is write-only: no answer carries it (`has_client_key` says one is stored), no log line
+//! names it, and the store seals it like the secret.
+//!
 //! `filter` and `transform` are compiled here, before anything is stored, so that an invalid
 //! expression is `INVALID_ARGUMENT` naming the field, with the compiler's message, line, column
 //! and caret; the routing snapshot compiles the stored text again for the pipeline.
@@ -177,6 +183,17 @@ fn check_secret(secret: &str, scheme: SignatureScheme) -> Result<(), DomainError
     Ok(())
 }
 
+/// A client certificate and its key, given together (or neither), checked: both parse and the
+/// key is the leaf's. Messages name the field and never quote the key.
+fn check_client_identity(certificate: &str, key: &str) -> Result<(), DomainError> {
+    match (certificate.trim().is_empty(), key.trim().is_empty()) {
+        (true, true) => Ok(()),
+        (false, true) => Err(invalid("client_key", "is missing: a client_certificate needs its private key (PEM)")),
+        (true, false) => Err(invalid("client_certificate", "is missing: a client_key needs its certificate chain (PEM, leaf first)")),
+        (false, false) => crate::http::ClientIdentity::from_pem(certificate, key).map(drop).map_err(|e| invalid(e.field, e.message)),
+    }
+}
+
 /// GetWebhookStats's window: absent is [`stats::DEFAULT_WINDOW`], otherwise from
 /// [`stats::MIN_WINDOW`] to [`stats::MAX_WINDOW`], rounded up to whole minutes.
 fn window_from_proto(value: Option<&prost_types::Duration>) -> Result<Duration, DomainError> {
@@ -256,6 +273,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         check_secret(&req.secret, signature_scheme)?;
         req.secret
     };
+    check_client_identity(&req.client_certificate, &req.client_key)?;
+    let has_client = !req.client_certificate.trim().is_empty();
     let now = now_ms();
     Ok(Webhook {
         id,
@@ -273,6 +292,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         secret: Secret::new(secret),
         previous_secret: None,
         previous_secret_until_ms: 0,
+        client_certificate: if has_client { req.client_certificate } else { String::new() },
+        client_key: has_client.then(|| Secret::new(req.client_key)),
         created_at_ms: now,
         updated_at_ms: now,
     })
@@ -289,6 +310,8 @@ struct WebhookPatch {
     headers: Option<BTreeMap<String, String>>,
     description: Option<String>,
     enabled: Option<bool>,
+    /// A new client certificate and key (both empty: remove them).
+    client_identity: Option<(String, Secret)>,
 }
 
 impl WebhookPatch {
@@ -318,7 +341,24 @@ impl WebhookPatch {
         if let Some(description) = &req.description {
             max_chars("description", description, MAX_DESCRIPTION)?;
         }
+        let client_identity = match (req.client_certificate, req.client_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid("client_key", "is missing: set client_certificate and client_key together (both empty to remove them)"))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "client_certificate",
+                    "is missing: set client_certificate and client_key together (both empty to remove them)",
+                ))
+            }
+            (Some(certificate), Some(key)) => {
+                check_client_identity(&certificate, &key)?;
+                Some((certificate, Secret::new(key)))
+            }
+        };
         Ok(Self {
+            client_identity,
             url: req.url,
             event_types,
             filter,
@@ -351,6 +391,15 @@ impl WebhookPatch {
         }
         if let Some(description) = &self.description {
             webhook.description.clone_from(description);
+        }
+        if let Some((certificate, key)) = &self.client_identity {
+            if certificate.trim().is_empty() {
+                webhook.client_certificate.clear();
+                webhook.client_key = None;
+            } else {
+                webhook.client_certificate.clone_from(certificate);
+                webhook.client_key = Some(key.clone());
+            }
         }
         if let Some(enabled) = self.enabled {
             webhook.enabled = enabled;

@@ -681,6 +681,7 @@ mod tests {
             transform: None,
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"secret_0123456789")),
+            client: None,
         })
     }
 

@@ -365,7 +365,7 @@ impl Pipeline {
             debug_assert_eq!(depths.len(), crate::metrics::EDGES.len());
             gauges::Depths(depths)
         };
-        let agent = crate::http::agent_for(&config);
+        let agent = crate::http::Agents::for_config(&config);
 
         let mut threads = Vec::new();
         let mut spawn = |name: String, work: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {
@@ -433,9 +433,16 @@ impl Pipeline {
         spawn("wss-backlog".into(), Box::new(move || pump.run(wake_rx, due_tx, done, stop)))?;
 
         for i in 0..config.sender_threads {
-            let (agent, iso, input, done, freed, stop) =
-                (agent.clone(), isolation.clone(), signed_rx.clone(), done_tx.clone(), freed_tx.clone(), shutdown_rx.clone());
-            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &iso, input, done, freed, stop)))?;
+            let (agent, errors, iso, input, done, freed, stop) = (
+                agent.clone(),
+                metrics.attempt_errors.clone(),
+                isolation.clone(),
+                signed_rx.clone(),
+                done_tx.clone(),
+                freed_tx.clone(),
+                shutdown_rx.clone(),
+            );
+            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &errors, &iso, input, done, freed, stop)))?;
         }
         drop(signed_rx);
         drop(done_tx);

@@ -1,6 +1,9 @@
 //! Sender: a pool of threads, each POSTing one signed delivery at a time through the shared ureq
-//! agent (keep-alive pool, no redirects, guarded resolver — see `crate::http`), then reporting
-//! the attempt to the outcome stage.
+//! agent (keep-alive pool, no redirects, guarded resolver — see `crate::http`; the agent that
+//! presents the webhook's client certificate when it has one), then reporting the attempt to the
+//! outcome stage. An attempt that gets no answer is classed by its error (`tls` with the reason
+//! read from rustls's error types, `timeout`, `connect`, …) and counted in
+//! `wss_delivery_attempt_errors_total`.
 //!
 //! The moment an attempt ends, its sender frees the webhook's in-flight slot (`super::isolation`)
 //! and, if the signer parked a delivery of that webhook meanwhile, tells it, so that it can send it. Freeing it here
@@ -20,13 +23,12 @@ use std::{
 };
 
 use crossbeam_channel::{select, Receiver, Sender};
-use ureq::Agent;
 
 use super::{
     isolation::{Isolation, Transition},
     Completion, SignedDelivery, Verdict,
 };
-use crate::{deadletter::AttemptRecord, domain::store::now_ms, retry::parse_retry_after};
+use crate::{deadletter::AttemptRecord, domain::store::now_ms, http::Agents, metrics::AttemptErrors, retry::parse_retry_after};
 
 /// Response bytes kept in the attempt record.
 const EXCERPT_BYTES: usize = 1024;
@@ -35,13 +37,24 @@ const DRAIN_BYTES: u64 = 64 * 1024;
 
 /// `freed` names the webhook of an attempt that ended when the signer parked one of its
 /// deliveries meanwhile (it has something to release).
-pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>, done: Sender<Completion>, freed: Sender<String>, shutdown: Receiver<()>) {
+pub fn run(
+    agents: &Agents,
+    errors: &AttemptErrors,
+    isolation: &Isolation,
+    input: Receiver<SignedDelivery>,
+    done: Sender<Completion>,
+    freed: Sender<String>,
+    shutdown: Receiver<()>,
+) {
     loop {
         let signed = select! {
             recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        let (record, verdict) = attempt(agent, &signed);
+        let (record, verdict) = attempt(agents, &signed);
+        if record.status == 0 && !record.error_kind.is_empty() {
+            errors.count(&record.error_kind);
+        }
         let SignedDelivery { delivery, route, .. } = signed;
         let took = std::time::Duration::from_millis(record.duration_ms);
         let (transition, release) = isolation.finish_and_release(&delivery.webhook_id, verdict == Verdict::Delivered, took, Instant::now());
@@ -56,8 +69,9 @@ pub fn run(agent: &Agent, isolation: &Isolation, input: Receiver<SignedDelivery>
     }
 }
 
-fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
+fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
     let route = &signed.route;
+    let agent = agents.agent(route.client.as_ref().map(|c| &c.identity));
     let timeout = route.policy.attempt_timeout;
     let started_at_ms = now_ms();
     let clock = Instant::now();
@@ -88,8 +102,16 @@ fn attempt(agent: &Agent, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
             verdict
         }
         Err(err) => {
-            record.error_kind = error_kind(&err).into();
-            record.error = err.to_string();
+            match crate::http::tls_failure(&err) {
+                Some(tls) => {
+                    record.error_kind = "tls".into();
+                    record.error = tls.to_string();
+                }
+                None => {
+                    record.error_kind = error_kind(&err).into();
+                    record.error = err.to_string();
+                }
+            }
             Verdict::Retry { retry_after: None }
         }
     };
@@ -120,7 +142,8 @@ fn read_excerpt(body: impl Read) -> String {
     String::from_utf8_lossy(&excerpt).into_owned()
 }
 
-/// A short class for errors where no response arrived.
+/// A short class for errors where no response arrived and that are not TLS failures (those are
+/// found first, from rustls's error types: `crate::http::tls_failure`).
 fn error_kind(err: &ureq::Error) -> &'static str {
     match err {
         ureq::Error::Timeout(_) => "timeout",
@@ -135,8 +158,7 @@ fn error_kind(err: &ureq::Error) -> &'static str {
             _ => "io",
         },
         ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => "protocol",
-        ureq::Error::Tls(_) => "tls",
-        other if other.to_string().to_ascii_lowercase().contains("tls") => "tls",
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::TlsRequired => "tls",
         _ => "error",
     }
 }

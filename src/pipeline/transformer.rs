@@ -342,6 +342,7 @@ mod tests {
             transform: compiled_transform,
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
+            client: None,
         })
     }
 

@@ -24,7 +24,7 @@ CIRCUIT_STATE_OPEN: CircuitState
 CIRCUIT_STATE_HALF_OPEN: CircuitState
 
 class CreateWebhookRequest(_message.Message):
-    __slots__ = ("tenant_id", "url", "event_types", "filter", "transform", "retry_policy_id", "headers", "description", "enabled", "signature_scheme", "secret")
+    __slots__ = ("tenant_id", "url", "event_types", "filter", "transform", "retry_policy_id", "headers", "description", "enabled", "signature_scheme", "secret", "client_certificate", "client_key")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,8 @@ class CreateWebhookRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_SCHEME_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     url: str
     event_types: _containers.RepeatedScalarFieldContainer[str]
@@ -54,7 +56,9 @@ class CreateWebhookRequest(_message.Message):
     enabled: bool
     signature_scheme: _resources_pb2.SignatureScheme
     secret: str
-    def __init__(self, tenant_id: _Optional[str] = ..., url: _Optional[str] = ..., event_types: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., transform: _Optional[str] = ..., retry_policy_id: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., enabled: _Optional[bool] = ..., signature_scheme: _Optional[_Union[_resources_pb2.SignatureScheme, str]] = ..., secret: _Optional[str] = ...) -> None: ...
+    client_certificate: str
+    client_key: str
+    def __init__(self, tenant_id: _Optional[str] = ..., url: _Optional[str] = ..., event_types: _Optional[_Iterable[str]] = ..., filter: _Optional[str] = ..., transform: _Optional[str] = ..., retry_policy_id: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., description: _Optional[str] = ..., enabled: _Optional[bool] = ..., signature_scheme: _Optional[_Union[_resources_pb2.SignatureScheme, str]] = ..., secret: _Optional[str] = ..., client_certificate: _Optional[str] = ..., client_key: _Optional[str] = ...) -> None: ...
 
 class GetWebhookRequest(_message.Message):
     __slots__ = ("webhook_id",)
@@ -100,7 +104,7 @@ class Headers(_message.Message):
     def __init__(self, headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class UpdateWebhookRequest(_message.Message):
-    __slots__ = ("webhook_id", "url", "event_types", "filter", "transform", "retry_policy_id", "headers", "description", "enabled")
+    __slots__ = ("webhook_id", "url", "event_types", "filter", "transform", "retry_policy_id", "headers", "description", "enabled", "client_certificate", "client_key")
     WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +114,8 @@ class UpdateWebhookRequest(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_KEY_FIELD_NUMBER: _ClassVar[int]
     webhook_id: str
     url: str
     event_types: EventTypes
@@ -119,7 +125,9 @@ class UpdateWebhookRequest(_message.Message):
     headers: Headers
     description: str
     enabled: bool
-    def __init__(self, webhook_id: _Optional[str] = ..., url: _Optional[str] = ..., event_types: _Optional[_Union[EventTypes, _Mapping]] = ..., filter: _Optional[str] = ..., transform: _Optional[str] = ..., retry_policy_id: _Optional[str] = ..., headers: _Optional[_Union[Headers, _Mapping]] = ..., description: _Optional[str] = ..., enabled: _Optional[bool] = ...) -> None: ...
+    client_certificate: str
+    client_key: str
+    def __init__(self, webhook_id: _Optional[str] = ..., url: _Optional[str] = ..., event_types: _Optional[_Union[EventTypes, _Mapping]] = ..., filter: _Optional[str] = ..., transform: _Optional[str] = ..., retry_policy_id: _Optional[str] = ..., headers: _Optional[_Union[Headers, _Mapping]] = ..., description: _Optional[str] = ..., enabled: _Optional[bool] = ..., client_certificate: _Optional[str] = ..., client_key: _Optional[str] = ...) -> None: ...
 
 class DeleteWebhookRequest(_message.Message):
     __slots__ = ("webhook_id",)
@@ -162,7 +170,7 @@ class CircuitChange(_message.Message):
     def __init__(self, state: _Optional[_Union[CircuitState, str]] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class WebhookStats(_message.Message):
-    __slots__ = ("webhook_id", "tenant_id", "window", "attempts_succeeded", "attempts_failed", "success_rate", "last_success_at", "last_failure_at", "last_failure_status_code", "last_failure_error_kind", "last_failure_error", "dead_letters", "circuit_state", "circuit_open_until", "last_circuit_change", "in_flight", "queued", "parked", "retries_waiting", "instance")
+    __slots__ = ("webhook_id", "tenant_id", "window", "attempts_succeeded", "attempts_failed", "success_rate", "last_success_at", "last_failure_at", "last_failure_status_code", "last_failure_error_kind", "last_failure_error", "dead_letters", "circuit_state", "circuit_open_until", "last_circuit_change", "in_flight", "queued", "parked", "retries_waiting", "instance", "backlog_depth", "backlog_oldest_age")
     WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +191,8 @@ class WebhookStats(_message.Message):
     PARKED_FIELD_NUMBER: _ClassVar[int]
     RETRIES_WAITING_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_OLDEST_AGE_FIELD_NUMBER: _ClassVar[int]
     webhook_id: str
     tenant_id: str
     window: _duration_pb2.Duration
@@ -203,4 +213,6 @@ class WebhookStats(_message.Message):
     parked: int
     retries_waiting: int
     instance: str
-    def __init__(self, webhook_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempts_succeeded: _Optional[int] = ..., attempts_failed: _Optional[int] = ..., success_rate: _Optional[float] = ..., last_success_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_status_code: _Optional[int] = ..., last_failure_error_kind: _Optional[str] = ..., last_failure_error: _Optional[str] = ..., dead_letters: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., circuit_open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_circuit_change: _Optional[_Union[CircuitChange, _Mapping]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., parked: _Optional[int] = ..., retries_waiting: _Optional[int] = ..., instance: _Optional[str] = ...) -> None: ...
+    backlog_depth: int
+    backlog_oldest_age: _duration_pb2.Duration
+    def __init__(self, webhook_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., attempts_succeeded: _Optional[int] = ..., attempts_failed: _Optional[int] = ..., success_rate: _Optional[float] = ..., last_success_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_failure_status_code: _Optional[int] = ..., last_failure_error_kind: _Optional[str] = ..., last_failure_error: _Optional[str] = ..., dead_letters: _Optional[int] = ..., circuit_state: _Optional[_Union[CircuitState, str]] = ..., circuit_open_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_circuit_change: _Optional[_Union[CircuitChange, _Mapping]] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., parked: _Optional[int] = ..., retries_waiting: _Optional[int] = ..., instance: _Optional[str] = ..., backlog_depth: _Optional[int] = ..., backlog_oldest_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -115,7 +115,21 @@ export interface Webhook {
    * While a secret rotation's overlap lasts: when it ends. Until then every request carries the
    * new secret's signature first and the previous secret's after it; unset otherwise.
    */
-  previousSecretExpiresAt: Date | undefined;
+  previousSecretExpiresAt:
+    | Date
+    | undefined;
+  /**
+   * The client certificate (PEM chain, leaf first) presented to a receiver that asks for one
+   * (mutual TLS); empty: none. Returned as stored: a certificate is public.
+   */
+  clientCertificate: string;
+  /**
+   * The certificate's private key (PEM): write-only, like `secret`. Always empty in answers
+   * (has_client_key says whether one is stored); sealed at rest under WSS_ENCRYPTION_KEY.
+   */
+  clientKey: string;
+  /** True when the webhook has a client certificate and key. */
+  hasClientKey: boolean;
 }
 
 export interface Webhook_HeadersEntry {
@@ -392,6 +406,9 @@ function createBaseWebhook(): Webhook {
     createdAt: undefined,
     updatedAt: undefined,
     previousSecretExpiresAt: undefined,
+    clientCertificate: "",
+    clientKey: "",
+    hasClientKey: false,
   };
 }
 
@@ -444,6 +461,15 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.previousSecretExpiresAt !== undefined) {
       Timestamp.encode(toTimestamp(message.previousSecretExpiresAt), writer.uint32(130).fork()).join();
+    }
+    if (message.clientCertificate !== "") {
+      writer.uint32(138).string(message.clientCertificate);
+    }
+    if (message.clientKey !== "") {
+      writer.uint32(146).string(message.clientKey);
+    }
+    if (message.hasClientKey !== false) {
+      writer.uint32(152).bool(message.hasClientKey);
     }
     return writer;
   },
@@ -592,6 +618,30 @@ export const Webhook: MessageFns<Webhook> = {
             message.previousSecretExpiresAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.clientCertificate = reader.string();
+            continue;
+          }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.clientKey = reader.string();
+            continue;
+          }
+          case 19: {
+            if (tag !== 152) {
+              break;
+            }
+
+            message.hasClientKey = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -671,6 +721,21 @@ export const Webhook: MessageFns<Webhook> = {
         : isSet(object.previous_secret_expires_at)
         ? fromJsonTimestamp(object.previous_secret_expires_at)
         : undefined,
+      clientCertificate: isSet(object.clientCertificate)
+        ? globalThis.String(object.clientCertificate)
+        : isSet(object.client_certificate)
+        ? globalThis.String(object.client_certificate)
+        : "",
+      clientKey: isSet(object.clientKey)
+        ? globalThis.String(object.clientKey)
+        : isSet(object.client_key)
+        ? globalThis.String(object.client_key)
+        : "",
+      hasClientKey: isSet(object.hasClientKey)
+        ? globalThis.Boolean(object.hasClientKey)
+        : isSet(object.has_client_key)
+        ? globalThis.Boolean(object.has_client_key)
+        : false,
     };
   },
 
@@ -730,6 +795,15 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.previousSecretExpiresAt !== undefined) {
       obj.previousSecretExpiresAt = message.previousSecretExpiresAt.toISOString();
     }
+    if (message.clientCertificate !== "") {
+      obj.clientCertificate = message.clientCertificate;
+    }
+    if (message.clientKey !== "") {
+      obj.clientKey = message.clientKey;
+    }
+    if (message.hasClientKey !== false) {
+      obj.hasClientKey = message.hasClientKey;
+    }
     return obj;
   },
 
@@ -762,6 +836,9 @@ export const Webhook: MessageFns<Webhook> = {
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
     message.previousSecretExpiresAt = object.previousSecretExpiresAt ?? undefined;
+    message.clientCertificate = object.clientCertificate ?? "";
+    message.clientKey = object.clientKey ?? "";
+    message.hasClientKey = object.hasClientKey ?? false;
     return message;
   },
 };

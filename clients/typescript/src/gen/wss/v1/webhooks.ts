@@ -95,6 +95,16 @@ export interface CreateWebhookRequest {
    * empty: the server generates `whsec_` + base64 of 32 random bytes.
    */
   secret: string;
+  /**
+   * A client certificate for receivers that require one (mutual TLS): the chain in PEM, leaf
+   * first, at most 16 KiB. Given with client_key, or not at all.
+   */
+  clientCertificate: string;
+  /**
+   * The certificate's private key in PEM (PKCS#8, PKCS#1 or SEC1), at most 16 KiB; it must be
+   * the leaf's key. Never returned; sealed at rest under WSS_ENCRYPTION_KEY.
+   */
+  clientKey: string;
 }
 
 export interface CreateWebhookRequest_HeadersEntry {
@@ -155,7 +165,15 @@ export interface UpdateWebhookRequest {
     | string
     | undefined;
   /** Setting true also clears disabled_reason. */
-  enabled?: boolean | undefined;
+  enabled?:
+    | boolean
+    | undefined;
+  /**
+   * Replace the client certificate and key (rotation): set both, under CreateWebhookRequest's
+   * rules; set both to the empty string to remove them. Setting one alone is INVALID_ARGUMENT.
+   */
+  clientCertificate?: string | undefined;
+  clientKey?: string | undefined;
 }
 
 export interface DeleteWebhookRequest {
@@ -252,17 +270,25 @@ export interface WebhookStats {
     | undefined;
   /** Attempts of this webhook on the wire on the answering instance now. */
   inFlight: number;
-  /** Deliveries of this webhook waiting on the answering instance: parked + retries_waiting. */
+  /** Deliveries of this webhook waiting: parked (on the answering instance) + backlog_depth. */
   queued: number;
   /**
-   * Waiting for a free slot under the webhook's in-flight cap (WSS_WEBHOOK_CONCURRENCY), or
-   * behind a half-open circuit's probe.
+   * Parked in the answering instance's memory for a free slot under the webhook's in-flight cap
+   * (WSS_WEBHOOK_CONCURRENCY), or behind a half-open circuit's probe; as many as the
+   * webhook's recent pace sends within a second, for 5 s at most; the rest waits in the backlog.
    */
   parked: number;
-  /** Waiting for a retry's due time, or for an open circuit to let attempts go. */
+  /** The same as backlog_depth (kept for clients written before the durable backlog). */
   retriesWaiting: number;
-  /** The answering instance (its consumer name): whose circuit_state, in_flight and queued these are. */
+  /** The answering instance (its consumer name): whose circuit_state, in_flight and parked these are. */
   instance: string;
+  /**
+   * Deliveries of this webhook waiting in the durable backlog in Redis, for all instances: retries
+   * waiting for their due time, and deliveries postponed by an open circuit or a full webhook.
+   */
+  backlogDepth: number;
+  /** How long the oldest of them has waited in the backlog (absent: the backlog is empty). */
+  backlogOldestAge: Duration | undefined;
 }
 
 function createBaseCreateWebhookRequest(): CreateWebhookRequest {
@@ -278,6 +304,8 @@ function createBaseCreateWebhookRequest(): CreateWebhookRequest {
     enabled: undefined,
     signatureScheme: 0,
     secret: "",
+    clientCertificate: "",
+    clientKey: "",
   };
 }
 
@@ -315,6 +343,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     }
     if (message.secret !== "") {
       writer.uint32(74).string(message.secret);
+    }
+    if (message.clientCertificate !== "") {
+      writer.uint32(98).string(message.clientCertificate);
+    }
+    if (message.clientKey !== "") {
+      writer.uint32(106).string(message.clientKey);
     }
     return writer;
   },
@@ -423,6 +457,22 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
             message.secret = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.clientCertificate = reader.string();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.clientKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -477,6 +527,16 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
         ? signatureSchemeFromJSON(object.signature_scheme)
         : 0,
       secret: isSet(object.secret) ? globalThis.String(object.secret) : "",
+      clientCertificate: isSet(object.clientCertificate)
+        ? globalThis.String(object.clientCertificate)
+        : isSet(object.client_certificate)
+        ? globalThis.String(object.client_certificate)
+        : "",
+      clientKey: isSet(object.clientKey)
+        ? globalThis.String(object.clientKey)
+        : isSet(object.client_key)
+        ? globalThis.String(object.client_key)
+        : "",
     };
   },
 
@@ -521,6 +581,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     if (message.secret !== "") {
       obj.secret = message.secret;
     }
+    if (message.clientCertificate !== "") {
+      obj.clientCertificate = message.clientCertificate;
+    }
+    if (message.clientKey !== "") {
+      obj.clientKey = message.clientKey;
+    }
     return obj;
   },
 
@@ -548,6 +614,8 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     message.enabled = object.enabled ?? undefined;
     message.signatureScheme = object.signatureScheme ?? 0;
     message.secret = object.secret ?? "";
+    message.clientCertificate = object.clientCertificate ?? "";
+    message.clientKey = object.clientKey ?? "";
     return message;
   },
 };
@@ -1176,6 +1244,8 @@ function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
     headers: undefined,
     description: undefined,
     enabled: undefined,
+    clientCertificate: undefined,
+    clientKey: undefined,
   };
 }
 
@@ -1207,6 +1277,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     }
     if (message.enabled !== undefined) {
       writer.uint32(56).bool(message.enabled);
+    }
+    if (message.clientCertificate !== undefined) {
+      writer.uint32(82).string(message.clientCertificate);
+    }
+    if (message.clientKey !== undefined) {
+      writer.uint32(90).string(message.clientKey);
     }
     return writer;
   },
@@ -1296,6 +1372,22 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
             message.enabled = reader.bool();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.clientCertificate = reader.string();
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.clientKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1331,6 +1423,16 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
       headers: isSet(object.headers) ? Headers.fromJSON(object.headers) : undefined,
       description: isSet(object.description) ? globalThis.String(object.description) : undefined,
       enabled: isSet(object.enabled) ? globalThis.Boolean(object.enabled) : undefined,
+      clientCertificate: isSet(object.clientCertificate)
+        ? globalThis.String(object.clientCertificate)
+        : isSet(object.client_certificate)
+        ? globalThis.String(object.client_certificate)
+        : undefined,
+      clientKey: isSet(object.clientKey)
+        ? globalThis.String(object.clientKey)
+        : isSet(object.client_key)
+        ? globalThis.String(object.client_key)
+        : undefined,
     };
   },
 
@@ -1363,6 +1465,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.enabled !== undefined) {
       obj.enabled = message.enabled;
     }
+    if (message.clientCertificate !== undefined) {
+      obj.clientCertificate = message.clientCertificate;
+    }
+    if (message.clientKey !== undefined) {
+      obj.clientKey = message.clientKey;
+    }
     return obj;
   },
 
@@ -1384,6 +1492,8 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
       : undefined;
     message.description = object.description ?? undefined;
     message.enabled = object.enabled ?? undefined;
+    message.clientCertificate = object.clientCertificate ?? undefined;
+    message.clientKey = object.clientKey ?? undefined;
     return message;
   },
 };
@@ -1858,6 +1968,8 @@ function createBaseWebhookStats(): WebhookStats {
     parked: 0,
     retriesWaiting: 0,
     instance: "",
+    backlogDepth: 0,
+    backlogOldestAge: undefined,
   };
 }
 
@@ -1922,6 +2034,12 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     }
     if (message.instance !== "") {
       writer.uint32(162).string(message.instance);
+    }
+    if (message.backlogDepth !== 0) {
+      writer.uint32(168).uint64(message.backlogDepth);
+    }
+    if (message.backlogOldestAge !== undefined) {
+      Duration.encode(message.backlogOldestAge, writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -2099,6 +2217,22 @@ export const WebhookStats: MessageFns<WebhookStats> = {
             message.instance = reader.string();
             continue;
           }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.backlogDepth = longToNumber(reader.uint64());
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.backlogOldestAge = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2197,6 +2331,16 @@ export const WebhookStats: MessageFns<WebhookStats> = {
         ? globalThis.Number(object.retries_waiting)
         : 0,
       instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+      backlogDepth: isSet(object.backlogDepth)
+        ? globalThis.Number(object.backlogDepth)
+        : isSet(object.backlog_depth)
+        ? globalThis.Number(object.backlog_depth)
+        : 0,
+      backlogOldestAge: isSet(object.backlogOldestAge)
+        ? Duration.fromJSON(object.backlogOldestAge)
+        : isSet(object.backlog_oldest_age)
+        ? Duration.fromJSON(object.backlog_oldest_age)
+        : undefined,
     };
   },
 
@@ -2262,6 +2406,12 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     if (message.instance !== "") {
       obj.instance = message.instance;
     }
+    if (message.backlogDepth !== 0) {
+      obj.backlogDepth = Math.round(message.backlogDepth);
+    }
+    if (message.backlogOldestAge !== undefined) {
+      obj.backlogOldestAge = Duration.toJSON(message.backlogOldestAge);
+    }
     return obj;
   },
 
@@ -2294,6 +2444,10 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     message.parked = object.parked ?? 0;
     message.retriesWaiting = object.retriesWaiting ?? 0;
     message.instance = object.instance ?? "";
+    message.backlogDepth = object.backlogDepth ?? 0;
+    message.backlogOldestAge = (object.backlogOldestAge !== undefined && object.backlogOldestAge !== null)
+      ? Duration.fromPartial(object.backlogOldestAge)
+      : undefined;
     return message;
   },
 };
