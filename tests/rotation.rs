@@ -58,7 +58,7 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
         .unwrap()
         .into_inner();
     let long_new = long_rotated.secret.clone();
-    let long_end = long_rotated.previous_secret_expires_at.clone().expect("an overlap end");
+    let long_end = long_rotated.previous_secret_expires_at.expect("an overlap end");
     let long_end_ms = long_end.seconds as u64 * 1000 + long_end.nanos as u64 / 1_000_000;
 
     // Rotate with a 4 s overlap; the new secret is shown once.
@@ -85,7 +85,7 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     // was signed at, and the overlap's end as RotateWebhookSecret reported it: both (new first)
     // while the timestamp is before the end, the new one's alone from then on. Checked on every
     // request, however slow the machine: a late request is held to the rule for its time.
-    let expires = rotated.previous_secret_expires_at.clone().expect("an overlap end");
+    let expires = rotated.previous_secret_expires_at.expect("an overlap end");
     let overlap_end_ms = expires.seconds as u64 * 1000 + expires.nanos as u64 / 1_000_000;
     let expected = |request: &Recorded| -> Vec<usize> {
         let signed_at_ms = request.header("X-WSS-Timestamp").parse::<u64>().expect("Unix seconds") * 1000;
