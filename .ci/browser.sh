@@ -19,5 +19,5 @@ ensure_chromium() {
 
 status_page_test() {
   ensure_chromium
-  WSS_CI_ARTIFACTS=${WSS_CI_ARTIFACTS:-$PWD/target/artifacts} ./run-tests --test status_page -- --ignored --nocapture
+  WSS_CI_ARTIFACTS=${WSS_CI_ARTIFACTS:-$PWD/target/artifacts} ./run-tests --locked --test status_page -- --ignored --nocapture
 }

@@ -46,6 +46,7 @@ const KEYS: &[Key] = &[
     Key { name: "tls_client_ca_file", default: None },
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
+    Key { name: "stream_retention", default: Some("24h") },
     Key { name: "sender_threads", default: Some("256") },
     Key { name: "webhook_concurrency", default: Some("8") },
     Key { name: "circuit_failures", default: Some("5") },
@@ -114,6 +115,10 @@ pub struct Config {
     pub consumer: String,
     /// An entry pending this long under a consumer that stopped renewing it is claimed.
     pub claim_after: Duration,
+    /// Acknowledged entries of `<prefix>events` older than this are trimmed by wss, never one
+    /// still pending or unread in any consumer group (`WSS_STREAM_RETENTION`, SPEC §6); `None`
+    /// (`off`): trimming is left to producers.
+    pub stream_retention: Option<Duration>,
     /// Threads sending HTTP requests; size for latency, not cores.
     pub sender_threads: usize,
     /// Attempts to one webhook at once, at most; the excess waits (endpoint isolation).
@@ -327,6 +332,10 @@ impl Layers {
             tls,
             consumer: p.opt_string("consumer").unwrap_or_else(default_consumer),
             claim_after: p.duration("claim_after", Duration::from_secs(1), Duration::from_secs(86_400)),
+            stream_retention: match p.string("stream_retention").trim() {
+                "off" => None,
+                _ => Some(p.duration("stream_retention", Duration::from_secs(1), Duration::from_secs(10 * 365 * 86_400))),
+            },
             sender_threads: p.count("sender_threads", 1, 4096),
             webhook_concurrency: p.count("webhook_concurrency", 1, 4096),
             circuit_failures: p.count("circuit_failures", 1, 1_000_000) as u32,
@@ -735,6 +744,21 @@ mod tests {
         let err = Layers::new().environment(env(&[("WSS_TARGET_CA_FILE", "/nonexistent/ca.pem")])).build().unwrap_err().to_string();
         assert!(err.contains("WSS_TARGET_CA_FILE (environment) = \"/nonexistent/ca.pem\": cannot read the file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stream_retention_is_a_duration_or_off() {
+        let c = Layers::new().environment(env(&[])).build().unwrap();
+        assert_eq!(c.stream_retention, Some(Duration::from_secs(86_400)), "SPEC §6: 24h by default");
+        let c = Layers::new().environment(env(&[("WSS_STREAM_RETENTION", "off")])).build().unwrap();
+        assert_eq!(c.stream_retention, None);
+        let mut layers = Layers::new();
+        layers.toml("stream_retention = \"90s\"\n", "test.toml");
+        assert_eq!(layers.build().unwrap().stream_retention, Some(Duration::from_secs(90)));
+        for bad in ["soon", "0s", ""] {
+            let err = Layers::new().environment(env(&[("WSS_STREAM_RETENTION", bad)])).build().unwrap_err().to_string();
+            assert!(err.contains(&format!("WSS_STREAM_RETENTION (environment) = {bad:?}")), "{err}");
+        }
     }
 
     #[test]

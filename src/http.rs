@@ -687,31 +687,45 @@ impl Resolver for GuardedResolver {
             Some(ip) => vec![SocketAddr::new(ip, port)],
             None => (host, port).to_socket_addrs().map_err(ureq::Error::Io)?.collect(),
         };
-        let mut result = self.empty();
-        let mut refused = None;
-        for addr in config.ip_family().keep_wanted(found.into_iter()) {
-            if !is_proxy {
-                if let Some(reason) = self.policy.refusal(addr.ip()) {
-                    refused = Some((addr.ip(), reason));
-                    continue;
+        match vet_answer(&self.policy, is_proxy, config.ip_family().keep_wanted(found.into_iter())) {
+            Ok(kept) => {
+                let mut result = self.empty();
+                for addr in kept {
+                    result.push(addr);
                 }
+                Ok(result)
             }
-            if result.len() < MAX_ADDRS {
-                result.push(addr);
+            Err(Some((ip, reason))) => Err(ureq::Error::Io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{host} resolves to {ip}, a {reason} address; set WSS_ALLOWED_TARGET_CIDRS (or WSS_ALLOW_PRIVATE_TARGETS=true) to allow it"),
+            ))),
+            Err(None) => Err(ureq::Error::HostNotFound),
+        }
+    }
+}
+
+/// Vets a host's DNS answer: the addresses that may be dialled, in the answer's order and at
+/// most [`MAX_ADDRS`] — a name that resolves to both public and private addresses is dialled on
+/// its public ones only — or, when none may, the last refused address and why (`None`: the
+/// answer was empty). `exempt`: the configured proxy, which is never vetted.
+fn vet_answer(policy: &TargetPolicy, exempt: bool, found: impl Iterator<Item = SocketAddr>) -> Result<Vec<SocketAddr>, Option<(IpAddr, &'static str)>> {
+    let mut kept = Vec::new();
+    let mut refused = None;
+    for addr in found {
+        if !exempt {
+            if let Some(reason) = policy.refusal(addr.ip()) {
+                refused = Some((addr.ip(), reason));
+                continue;
             }
         }
-        if result.is_empty() {
-            return Err(match refused {
-                Some((ip, reason)) => ureq::Error::Io(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{host} resolves to {ip}, a {reason} address; set WSS_ALLOWED_TARGET_CIDRS (or WSS_ALLOW_PRIVATE_TARGETS=true) to allow it"
-                    ),
-                )),
-                None => ureq::Error::HostNotFound,
-            });
+        if kept.len() < MAX_ADDRS {
+            kept.push(addr);
         }
-        Ok(result)
+    }
+    if kept.is_empty() {
+        Err(refused)
+    } else {
+        Ok(kept)
     }
 }
 
@@ -1059,6 +1073,28 @@ mod tests {
         assert_eq!(addrs[0], "127.0.0.1:9".parse::<SocketAddr>().unwrap());
         let hole = resolver(TargetPolicy { allow_private: false, allowed: vec!["127.0.0.1/32".parse().unwrap()] });
         assert!(hole.resolve(&uri, &config, NextTimeout::default()).is_ok());
+    }
+
+    #[test]
+    fn a_mixed_answer_is_dialled_on_its_public_addresses_only() {
+        let addrs = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().unwrap()).collect::<Vec<_>>();
+        // A name answering with public and private addresses, as a rebinding attacker's would.
+        let mixed = addrs(&["127.0.0.1:443", "93.184.215.14:443", "10.0.0.7:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443", "[::1]:443", "169.254.169.254:443", "[::ffff:192.168.1.1]:443"]);
+        let strict = TargetPolicy::default();
+        assert_eq!(vet_answer(&strict, false, mixed.clone().into_iter()), Ok(addrs(&["93.184.215.14:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"])));
+        // Only private ones: refused, naming the last one refused.
+        let private = addrs(&["10.0.0.7:443", "[fd00::1]:443"]);
+        assert_eq!(vet_answer(&strict, false, private.clone().into_iter()), Err(Some(("fd00::1".parse().unwrap(), "unique local"))));
+        assert_eq!(vet_answer(&strict, false, std::iter::empty()), Err(None));
+        // A hole lets its range through and nothing else; allowing private targets, everything.
+        let hole = TargetPolicy { allow_private: false, allowed: vec!["10.0.0.0/24".parse().unwrap()] };
+        assert_eq!(vet_answer(&hole, false, mixed.clone().into_iter()), Ok(addrs(&["93.184.215.14:443", "10.0.0.7:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"])));
+        let open = TargetPolicy { allow_private: true, allowed: Vec::new() };
+        assert_eq!(vet_answer(&open, false, mixed.clone().into_iter()), Ok(mixed.clone()));
+        // The proxy is never vetted; answers are capped.
+        assert_eq!(vet_answer(&strict, true, private.clone().into_iter()), Ok(private));
+        let many = (1..=40u8).map(|i| SocketAddr::from(([93, 184, 215, i], 443)));
+        assert_eq!(vet_answer(&strict, false, many).map(|kept| kept.len()), Ok(MAX_ADDRS));
     }
 
     #[test]

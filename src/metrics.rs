@@ -113,6 +113,8 @@ pub struct Metrics {
     pub stream_lag: IntGauge,
     pub stream_pending: IntGauge,
     pub dead_letter_stream_length: IntGauge,
+    /// Entries of `<prefix>events` removed by wss's own trimming (`WSS_STREAM_RETENTION`).
+    pub stream_trimmed: IntCounter,
     pub circuit_open: IntGaugeVec,
     channel_depth: Vec<IntGauge>,
     /// Attempts without an answer, by error kind (`tls`, `timeout`, …).
@@ -215,6 +217,10 @@ impl Metrics {
             stream_lag: gauge("wss_stream_lag", "Entries of <prefix>events not yet read by group wss (XINFO GROUPS lag; -1 when Redis cannot tell)."),
             stream_pending: gauge("wss_stream_pending", "Entries read by group wss and not yet acknowledged, by all instances (XINFO GROUPS pending)."),
             dead_letter_stream_length: gauge("wss_dead_letter_stream_length", "Records in <prefix>deadletters (XLEN)."),
+            stream_trimmed: counter(
+                "wss_stream_trimmed_entries_total",
+                "Entries of <prefix>events removed by wss's trimming: acknowledged by every consumer group and older than WSS_STREAM_RETENTION.",
+            ),
             circuit_open,
             channel_depth: EDGES.iter().map(|edge| depth.with_label_values(&[*edge])).collect(),
             attempt_errors: AttemptErrors(

@@ -158,6 +158,7 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
         ("wss_parked_deliveries", 0.0),
         ("wss_stream_lag", 0.0),
         ("wss_stream_pending", 0.0),
+        ("wss_stream_trimmed_entries_total", 0.0),
         ("wss_dead_letter_stream_length", 2.0),
         ("wss_redis_outages_total", 0.0),
         ("wss_channel_depth{edge=\"completions\"}", 0.0),

@@ -12,6 +12,7 @@ use tonic::Code;
 use wss::proto::{GetWebhookRequest, RotateWebhookSecretRequest, SignatureScheme};
 
 const OLD: &str = "whsec_the-old-secret-0123456789";
+const LONG_OLD: &str = "whsec_the-other-old-secret-0123";
 
 fn overlap(seconds: i64) -> Option<prost_types::Duration> {
     Some(prost_types::Duration { seconds, nanos: 0 })
@@ -44,12 +45,23 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     let webhook = grpc.create_webhook("acme", &receiver.url(), |w| w.secret = OLD.into()).await;
     let mut webhooks = grpc.webhooks();
 
+    let long_receiver = Receiver::ok();
+    let long_webhook = grpc.create_webhook("acme", &long_receiver.url(), |w| w.secret = LONG_OLD.into()).await;
+
     ks.publish("acme", "order.created", r#"{"n":1}"#);
     let seen = receiver.wait_for_requests(1, "the first event", Recorded::delivered).await;
     assert_eq!(signers(&seen[0], &[OLD]), [0], "before the rotation: the old secret alone");
+    long_receiver.wait_for_requests(1, "the first event", Recorded::delivered).await;
+    let long_rotated = webhooks
+        .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: long_webhook.webhook_id.clone(), overlap: overlap(3600), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let long_new = long_rotated.secret.clone();
+    let long_end = long_rotated.previous_secret_expires_at.expect("an overlap end");
+    let long_end_ms = long_end.seconds as u64 * 1000 + long_end.nanos as u64 / 1_000_000;
 
     // Rotate with a 4 s overlap; the new secret is shown once.
-    let rotated_at = Instant::now();
     let rotated = webhooks
         .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: webhook.webhook_id.clone(), overlap: overlap(4), ..Default::default() })
         .await
@@ -69,14 +81,23 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     assert!(stored["previous_secret"].as_str().unwrap().starts_with("enc:v1:"), "{json}");
     assert!(!json.contains("the-old-secret") && !json.contains(new.trim_start_matches("whsec_")), "{json}");
 
+    // Which signatures a request must carry follows from its own X-WSS-Timestamp, the time it
+    // was signed at, and the overlap's end as RotateWebhookSecret reported it: both (new first)
+    // while the timestamp is before the end, the new one's alone from then on. Checked on every
+    // request, however slow the machine: a late request is held to the rule for its time.
+    let expires = rotated.previous_secret_expires_at.expect("an overlap end");
+    let overlap_end_ms = expires.seconds as u64 * 1000 + expires.nanos as u64 / 1_000_000;
+    let expected = |request: &Recorded| -> Vec<usize> {
+        let signed_at_ms = request.header("X-WSS-Timestamp").parse::<u64>().expect("Unix seconds") * 1000;
+        if signed_at_ms < overlap_end_ms { vec![0, 1] } else { vec![0] }
+    };
+
     // During the overlap: new first, then old.
     ks.publish("acme", "order.created", r#"{"n":2}"#);
     let seen = receiver.wait_for_requests(2, "the second event", Recorded::delivered).await;
-    if rotated_at.elapsed() < Duration::from_secs(4) {
-        assert_eq!(signers(&seen[1], &[&new, OLD]), [0, 1], "during the overlap: the new secret's signature, then the old one's");
-    }
+    assert_eq!(signers(&seen[1], &[&new, OLD]), expected(&seen[1]), "signed at {}, overlap until {overlap_end_ms} ms", seen[1].header("X-WSS-Timestamp"));
 
-    // After the overlap (polled with a deadline: an event at a time until one is signed once).
+    // Over the overlap's end (polled with a deadline: an event at a time until one is signed once).
     let deadline = Instant::now() + WAIT;
     loop {
         let before = receiver.requests().len();
@@ -84,13 +105,21 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
         let seen = receiver.wait_for_requests(before + 1, "the next event", Recorded::delivered).await;
         let last = seen.last().unwrap();
         let order = signers(last, &[&new, OLD]);
+        assert_eq!(order, expected(last), "signed at {}, overlap until {overlap_end_ms} ms", last.header("X-WSS-Timestamp"));
         if order == [0] {
-            assert!(rotated_at.elapsed() >= Duration::from_secs(4), "the old signature went away before the overlap ended");
             break;
         }
-        assert_eq!(order, [0, 1]);
         assert!(Instant::now() < deadline, "the old signature is still sent long after the overlap");
         tokio::time::sleep(Duration::from_millis(250)).await; // pacing the probe events, not waiting for work
+    }
+    // A webhook rotated with an hour's overlap is inside it for the whole test, however slow
+    // the machine: every one of its requests after the first (made before its rotation)
+    // carries both signatures, new first.
+    let long_seen = long_receiver.wait_for_requests(receiver.requests().len() - 1, "the long-overlap webhook's events", Recorded::delivered).await;
+    for request in long_seen.iter().filter(|r| r.delivered()).skip(1) {
+        let signed_at_ms = request.header("X-WSS-Timestamp").parse::<u64>().expect("Unix seconds") * 1000;
+        assert!(signed_at_ms < long_end_ms);
+        assert_eq!(signers(request, &[&long_new, LONG_OLD]), [0, 1], "during the overlap: the new secret's signature, then the old one's");
     }
     let got = webhooks.get_webhook(GetWebhookRequest { webhook_id: webhook.webhook_id.clone() }).await.unwrap().into_inner();
     assert_eq!(got.previous_secret_expires_at, None, "the overlap is over");

@@ -4,15 +4,32 @@
 
 mod common;
 
-use std::{collections::BTreeSet, net::TcpListener, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::TcpListener,
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
+};
 
-use common::{wait_until, Keyspace, Receiver, Recorded, Service, WAIT};
+use common::{wait_until, Keyspace, Receiver, Recorded, Reply, Service, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_loses_nothing_and_a_restart_delivers_the_rest() {
     let ks = Keyspace::new("shutdown");
-    let receiver = Receiver::slow(Duration::from_millis(300));
-    let mut first = Service::start(&ks, "shutdown-consumer", &[]).await;
+    // The receiver answers its first 3 requests at once and holds every later one until the
+    // first instance has exited (its grace, 1 s, runs out with those sends open): so that
+    // instance delivers exactly 3 of the 40 events, whatever the machine's speed, and the
+    // restart must deliver the rest.
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let held = gate.clone();
+    let receiver = Receiver::start(move |n| {
+        if n >= 3 {
+            let (open, changed) = &*held;
+            let _open = changed.wait_timeout_while(open.lock().unwrap(), Duration::from_secs(60), |open| !*open).unwrap();
+        }
+        Reply::status(200)
+    });
+    let mut first = Service::start(&ks, "shutdown-consumer", &[("WSS_SHUTDOWN_GRACE", "1s")]).await;
     let grpc = first.grpc().await;
     grpc.create_tenant("acme").await;
     grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
@@ -22,9 +39,15 @@ async fn sigterm_loses_nothing_and_a_restart_delivers_the_rest() {
 
     let status = first.terminate().await;
     assert!(status.success(), "wss must exit 0 on SIGTERM, got {status}");
+    assert!(first.lines().iter().any(|l| l.contains("grace period over with sends still running")), "the held sends outlasted the grace");
     let delivered_before: BTreeSet<String> =
         receiver.requests().iter().filter(|r| r.delivered()).map(|r| r.event_id().to_owned()).collect();
     drop(grpc);
+    {
+        let (open, changed) = &*gate;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
 
     let _second = Service::start(&ks, "shutdown-consumer", &[]).await;
     let all: BTreeSet<String> = ids.iter().cloned().collect();
@@ -43,7 +66,7 @@ async fn sigterm_loses_nothing_and_a_restart_delivers_the_rest() {
     let unknown: Vec<String> =
         receiver.requests().iter().map(|r| r.event_id().to_owned()).filter(|id| !all.contains(id)).collect();
     assert!(unknown.is_empty(), "requests for events never sent: {unknown:?}");
-    assert!(delivered_before.len() < 40, "the test must stop the first instance before it delivered everything");
+    assert_eq!(delivered_before.len(), 3, "the first instance delivered only what the receiver answered before it stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

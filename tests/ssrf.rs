@@ -7,7 +7,8 @@
 //!   long URLs and bad ports with INVALID_ARGUMENT naming `url`;
 //! - a host accepted at registration is vetted again at every connect (a name that came to resolve
 //!   to a private address is refused then, and the receiver gets nothing);
-//! - `WSS_ALLOWED_TARGET_CIDRS` opens exactly the listed holes; redirects are never followed.
+//! - `WSS_ALLOWED_TARGET_CIDRS` opens exactly the listed holes (the address just outside one is
+//!   refused when dialled); redirects are never followed; environment proxies are ignored.
 
 mod common;
 mod secure;
@@ -229,6 +230,11 @@ async fn registration_refuses_private_literals_in_any_spelling() {
 /// Registers a webhook to `url` through a lax service (private targets allowed), with a policy
 /// of one attempt, and stops that service; returns the webhook id.
 async fn register_while_lax(ks: &Keyspace, url: &str) -> String {
+    register_all_while_lax(ks, &[url]).await.remove(0)
+}
+
+/// [`register_while_lax`] for several webhooks of tenant `acme`; their ids in order.
+async fn register_all_while_lax(ks: &Keyspace, urls: &[&str]) -> Vec<String> {
     let mut lax = Service::start(ks, "lax", &[]).await;
     let grpc = lax.grpc().await;
     grpc.create_tenant("acme").await;
@@ -236,9 +242,12 @@ async fn register_while_lax(ks: &Keyspace, url: &str) -> String {
         .create_retry_policy(CreateRetryPolicyRequest { policy_id: "once".into(), max_attempts: Some(1), ..Default::default() })
         .await
         .unwrap();
-    let webhook = grpc.create_webhook("acme", url, |w| w.retry_policy_id = "once".into()).await;
+    let mut ids = Vec::new();
+    for url in urls {
+        ids.push(grpc.create_webhook("acme", url, |w| w.retry_policy_id = "once".into()).await.webhook_id);
+    }
     assert!(lax.terminate().await.success());
-    webhook.webhook_id
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,16 +297,38 @@ async fn allowed_cidrs_open_exactly_their_hole_at_registration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_cidrs_open_exactly_their_hole_at_connect() {
+    // Two receivers on loopback: 127.0.0.1, inside the hole, and 127.0.0.2, the address just
+    // outside it. Both webhooks passed registration (lax); the strict service must dial only
+    // the first and refuse the second when it connects.
     let ks = Keyspace::new("ssrf_cidrs");
-    let receiver = Receiver::ok();
-    let outside = Receiver::ok();
-    register_while_lax(&ks, &receiver.url()).await;
-    let url = format!("http://localhost:{}/hook", outside.addr.port());
-    let _holed = Service::start(&ks, "holed", &[("WSS_ALLOW_PRIVATE_TARGETS", "false"), ("WSS_ALLOWED_TARGET_CIDRS", "127.0.0.1/32")]).await;
+    let inside = Receiver::ok();
+    let outside_hits = Arc::new(Mutex::new(0usize));
+    let counted = outside_hits.clone();
+    let outside = Server::bind(SocketAddr::from(([127, 0, 0, 2], 0)), move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
+        *counted.lock().unwrap() += 1;
+        let _ = responder.send(Response::empty(200));
+    })
+    .expect("binding a receiver on 127.0.0.2 (all of 127/8 is loopback on Linux)");
+    let outside_url = format!("http://{}/hook", outside.local_addr());
+    let ids = register_all_while_lax(&ks, &[&inside.url(), &outside_url]).await;
+    let holed = Service::start(&ks, "holed", &[("WSS_ALLOW_PRIVATE_TARGETS", "false"), ("WSS_ALLOWED_TARGET_CIDRS", "127.0.0.1/32")]).await;
+    let grpc = holed.grpc().await;
     let event = ks.publish("acme", "order.created", r#"{"n":1}"#);
-    let requests = receiver.wait_for_requests(1, "the event delivered through the hole", Recorded::delivered).await;
+    let requests = inside.wait_for_requests(1, "the event delivered through the hole", Recorded::delivered).await;
     assert_eq!(requests[0].event_id(), event);
-    let _ = url;
+    let dead = eventually(WAIT, "the delivery to 127.0.0.2 dead-lettered as a refused target", || {
+        let (grpc, event) = (grpc.clone(), event.clone());
+        assert_eq!(*outside_hits.lock().unwrap(), 0, "the address outside the hole got a request");
+        async move {
+            let dead = grpc.dead_letters("acme").await?;
+            dead.into_iter().find(|d| d.stream_entry_id == event).ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await;
+    assert_eq!(dead.webhook_id, ids[1], "{dead:?}");
+    assert_eq!(dead.attempts[0].error_kind, "refused_target", "{dead:?}");
+    assert!(dead.attempts[0].error.contains("resolves to 127.0.0.2"), "{}", dead.attempts[0].error);
+    assert_eq!(*outside_hits.lock().unwrap(), 0, "the address outside the hole got a request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,12 +416,9 @@ impl ConnectProxy {
 }
 
 #[test]
-fn an_explicit_proxy_is_the_egress_point_and_environment_proxies_are_ignored() {
+fn an_explicit_proxy_is_the_egress_point() {
     let receiver = Receiver::ok();
     let proxy = ConnectProxy::start(receiver.addr);
-    // Environment proxies never apply: one pointing nowhere changes nothing below.
-    std::env::set_var("HTTP_PROXY", "http://127.0.0.1:9");
-    std::env::set_var("http_proxy", "http://127.0.0.1:9");
 
     // Through the proxy: wss dials only the proxy (a loopback address, allowed because it is the
     // configured proxy) and sends the webhook's host to it; the guard cannot see the target.
@@ -400,13 +428,33 @@ fn an_explicit_proxy_is_the_egress_point_and_environment_proxies_are_ignored() {
     assert_eq!(proxy.targets.lock().unwrap().as_slice(), ["hooks.example.test:80"]);
     assert_eq!(receiver.requests().len(), 1);
 
-    // Without a proxy, the same loopback receiver is refused by the guard, and no environment
-    // proxy is used instead.
+    // Without a proxy, the same loopback receiver is refused by the guard.
     let direct = wss::http::agent_with(2, TargetPolicy::default(), None).unwrap();
     let err = direct.post(&receiver.url()).send(b"{}".as_slice()).unwrap_err();
     assert!(matches!(&err, ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied), "{err}");
     assert_eq!(receiver.requests().len(), 1);
-    assert_eq!(proxy.targets.lock().unwrap().len(), 1, "the environment proxy setting was not used");
+    assert_eq!(proxy.targets.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_proxies_are_ignored() {
+    // The proxy variables go to the wss process only (never set in this test process, whose
+    // other tests run at the same time). The proxy they name tunnels to the receiver, so the
+    // event arrives either way; only its record of CONNECTs tells whether it was used.
+    let ks = Keyspace::new("ssrf_env_proxy");
+    let receiver = Receiver::ok();
+    let env_proxy = ConnectProxy::start(receiver.addr);
+    let env_proxy_url = format!("http://{}", env_proxy.addr);
+    let mut env: Vec<(&str, &str)> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"].iter().map(|name| (*name, env_proxy_url.as_str())).collect();
+    env.extend([("NO_PROXY", ""), ("no_proxy", "")]);
+    let service = Service::start(&ks, "env-proxy", &env).await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
+    let event = ks.publish("acme", "order.created", r#"{"n":1}"#);
+    let requests = receiver.wait_for_requests(1, "the event delivered", Recorded::delivered).await;
+    assert_eq!(requests[0].event_id(), event);
+    assert!(env_proxy.targets.lock().unwrap().is_empty(), "an environment proxy was used: {:?}", env_proxy.targets.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,7 +159,8 @@ fn group_figures(reply: &Value, group: &str) -> Option<(Option<i64>, i64)> {
     })
 }
 
-fn pairs(value: &Value) -> Vec<(String, &Value)> {
+/// The key/value pairs of a RESP2 flat list or a RESP3 map (also read by `super::retention`).
+pub(super) fn pairs(value: &Value) -> Vec<(String, &Value)> {
     match value {
         Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, &kv[1]))).collect(),
         Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
@@ -167,7 +168,7 @@ fn pairs(value: &Value) -> Vec<(String, &Value)> {
     }
 }
 
-fn text(value: &Value) -> Option<String> {
+pub(super) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),

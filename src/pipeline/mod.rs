@@ -31,7 +31,8 @@
 //!
 //! A `wss-gauges` thread samples channel depths, the window, circuits, the backlog and the
 //! stream's lag for `/metrics` and the status page ([`gauges`]); the stages count what happens in
-//! `crate::metrics::Metrics`, on counters resolved once at start.
+//! `crate::metrics::Metrics`, on counters resolved once at start. A `wss-retention` thread
+//! trims the stream of entries every group is done with (`WSS_STREAM_RETENTION`, [`retention`]).
 //!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
@@ -47,6 +48,7 @@ mod leases;
 pub mod live;
 mod outcomes;
 mod reader;
+mod retention;
 mod sender;
 mod signer;
 mod transformer;
@@ -465,6 +467,14 @@ impl Pipeline {
         };
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
+
+        if let Some(keep_for) = config.stream_retention {
+            let retention = retention::Retention { redis: redis.clone(), stream: keys.events.clone(), keep_for, trimmed: metrics.stream_trimmed.clone() };
+            let stop = shutdown_rx.clone();
+            spawn("wss-retention".into(), Box::new(move || retention.run(stop)))?;
+        } else {
+            log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
+        }
 
         let gauges = gauges::Gauges {
             metrics,

@@ -286,8 +286,13 @@ impl Service {
     /// Starts `wss serve` with exactly `env` (inherited `WSS_*`/`RUST_LOG` variables removed)
     /// and waits for nothing.
     pub fn spawn(label: &str, env: Vec<(String, String)>) -> Self {
+        Self::spawn_with(label, &[], env)
+    }
+
+    /// [`Service::spawn`] with arguments after `serve` (flags, `--config FILE`).
+    pub fn spawn_with(label: &str, args: &[&str], env: Vec<(String, String)>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wss"));
-        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg("serve").args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("WSS_") || name == "RUST_LOG" {
                 cmd.env_remove(&name);
