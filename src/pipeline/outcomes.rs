@@ -217,8 +217,8 @@ impl Outcomes {
                 batch.stats.attempt(&delivery.webhook_id, &record, verdict == Verdict::Delivered);
                 self.metrics.attempt(record.status, record.duration_ms as f64 / 1000.0);
                 let policy = &route.policy;
-                match verdict {
-                    Verdict::Delivered => {
+                match decide(policy, delivery.attempt, verdict, self.draw) {
+                    Next::Delivered => {
                         self.metrics.delivered.inc();
                         log::debug!(target: "wss::outcomes",
                             tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
@@ -229,15 +229,14 @@ impl Outcomes {
                         batch.record(history_record(&delivery, Status::Delivered, 0, ""));
                         finish(&delivery, batch);
                     }
-                    Verdict::Gone => {
+                    Next::Gone => {
                         log_failure(&delivery, &record, "dead_lettered", "the receiver answered 410 Gone: disabling the webhook");
                         self.disable_webhook(&delivery.webhook_id, "the receiver answered 410 Gone".to_owned());
                         push_attempt(&mut delivery.history, record);
                         let detail = format!("the receiver answered 410 Gone on attempt {}; webhook {} was disabled", delivery.attempt, delivery.webhook_id);
                         self.dead_letter(delivery, Reason::Gone, detail, batch);
                     }
-                    Verdict::Retry { retry_after } if delivery.attempt < policy.max_attempts => {
-                        let delay = next_delay(policy, delivery.attempt, retry_after, (self.draw)());
+                    Next::RetryIn(delay) => {
                         log_failure(&delivery, &record, "retrying", &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
                         push_attempt(&mut delivery.history, record);
                         let due_ms = now_ms() + delay.as_millis() as u64;
@@ -246,7 +245,7 @@ impl Outcomes {
                         delivery.attempt += 1;
                         self.hand_off(delivery, due_ms, batch);
                     }
-                    Verdict::Retry { .. } => {
+                    Next::Exhausted => {
                         log_failure(&delivery, &record, "dead_lettered", "no attempts left: dead-lettering");
                         push_attempt(&mut delivery.history, record);
                         let detail = format!("all {} attempts failed; the last: {}", policy.max_attempts, last_error(&delivery.history));
@@ -465,6 +464,29 @@ impl Outcomes {
     }
 }
 
+/// What becomes of a delivery after attempt number `attempt` ended with `verdict`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Next {
+    Delivered,
+    /// 410 Gone: dead-lettered, and the webhook disabled.
+    Gone,
+    /// Attempted again after this delay (the backlog holds it meanwhile).
+    RetryIn(Duration),
+    /// The policy's last attempt failed: dead-lettered.
+    Exhausted,
+}
+
+/// The retry decision, pure: the policy's delay (SPEC §4, `crate::retry`) with `draw`'s jitter,
+/// or the receiver's `Retry-After` capped by the policy, while attempts are left.
+fn decide(policy: &crate::domain::model::RetryPolicy, attempt: u32, verdict: Verdict, draw: fn() -> f64) -> Next {
+    match verdict {
+        Verdict::Delivered => Next::Delivered,
+        Verdict::Gone => Next::Gone,
+        Verdict::Retry { retry_after } if attempt < policy.max_attempts => Next::RetryIn(next_delay(policy, attempt, retry_after, draw())),
+        Verdict::Retry { .. } => Next::Exhausted,
+    }
+}
+
 /// The history record of a delivery whose attempts so far are in `delivery.history`.
 fn history_record(delivery: &Delivery, status: Status, next_attempt_at_ms: u64, dead_letter_reason: &str) -> DeliveryRecord {
     let now = now_ms();
@@ -529,4 +551,59 @@ fn fields_as_json(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
         .collect();
     serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::model::RetryPolicy;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::builtin_default() // 8 attempts, 5 s × 5 up to 10 h, jitter 0.2
+    }
+
+    fn none() -> f64 {
+        0.0
+    }
+
+    fn longest() -> f64 {
+        1.0
+    }
+
+    fn shortest() -> f64 {
+        -1.0
+    }
+
+    const FAILED: Verdict = Verdict::Retry { retry_after: None };
+
+    #[test]
+    fn each_failed_attempt_waits_the_policy_s_delay_for_its_number() {
+        let p = policy();
+        let delays: Vec<Next> = (1..=8).map(|attempt| decide(&p, attempt, FAILED, none)).collect();
+        let secs = |s: u64| Next::RetryIn(Duration::from_secs(s));
+        assert_eq!(delays, [secs(5), secs(25), secs(125), secs(625), secs(3125), secs(15625), secs(36000), Next::Exhausted], "attempt n waits initial × multiplier^(n-1), capped; the 8th is the last");
+    }
+
+    #[test]
+    fn the_draw_spreads_the_delay_by_the_jitter_both_ways() {
+        let p = policy();
+        assert_eq!(decide(&p, 1, FAILED, longest), Next::RetryIn(Duration::from_secs(6)));
+        assert_eq!(decide(&p, 1, FAILED, shortest), Next::RetryIn(Duration::from_secs(4)));
+        assert_eq!(decide(&p, 2, FAILED, shortest), Next::RetryIn(Duration::from_secs(20)));
+        assert_eq!(decide(&p, 7, FAILED, longest), Next::RetryIn(Duration::from_secs(36000)), "never past the cap");
+    }
+
+    #[test]
+    fn retry_after_replaces_the_delay_within_the_cap_and_success_and_gone_end_it() {
+        let p = policy();
+        let asked = |secs| Verdict::Retry { retry_after: Some(Duration::from_secs(secs)) };
+        assert_eq!(decide(&p, 1, asked(90), longest), Next::RetryIn(Duration::from_secs(90)), "no jitter on Retry-After");
+        assert_eq!(decide(&p, 1, asked(100_000), none), Next::RetryIn(Duration::from_secs(36000)));
+        assert_eq!(decide(&p, 8, asked(1), none), Next::Exhausted, "Retry-After adds no attempt");
+        assert_eq!(decide(&p, 3, Verdict::Delivered, none), Next::Delivered);
+        assert_eq!(decide(&p, 1, Verdict::Gone, none), Next::Gone);
+        let mut once = policy();
+        once.max_attempts = 1;
+        assert_eq!(decide(&once, 1, FAILED, none), Next::Exhausted);
+    }
 }
