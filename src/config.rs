@@ -28,6 +28,9 @@ struct Key {
 
 const KEYS: &[Key] = &[
     Key { name: "redis_url", default: Some("redis://127.0.0.1:6379") },
+    Key { name: "redis_ca_file", default: None },
+    Key { name: "redis_client_cert_file", default: None },
+    Key { name: "redis_client_key_file", default: None },
     Key { name: "key_prefix", default: Some("wss:") },
     Key { name: "grpc_addr", default: Some("127.0.0.1:50051") },
     Key { name: "metrics_addr", default: Some("127.0.0.1:9464") },
@@ -84,6 +87,8 @@ pub enum LogFormat {
 pub struct Config {
     /// Redis to read events from and keep state in.
     pub redis_url: String,
+    /// TLS material for a `rediss://` URL beyond the OS trust store.
+    pub redis_tls: RedisTls,
     /// Prefix of every Redis key; the stream is `<prefix>events`.
     pub key_prefix: String,
     /// Control-plane listener.
@@ -168,6 +173,22 @@ impl fmt::Debug for Config {
             .field("consumer", &self.consumer)
             .field("sender_threads", &self.sender_threads)
             .finish_non_exhaustive()
+    }
+}
+
+/// TLS material for Redis (`WSS_REDIS_CA_FILE`, `WSS_REDIS_CLIENT_CERT_FILE`,
+/// `WSS_REDIS_CLIENT_KEY_FILE`), read at start-up: the CA that signed the server's certificate
+/// (else the OS trust store verifies it), and a client certificate and key for mutual TLS.
+/// `Debug` shows neither.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls").field("ca", &self.ca_pem.is_some()).field("client_certificate", &self.client.is_some()).finish()
     }
 }
 
@@ -314,8 +335,10 @@ impl Layers {
             }
         }
         let target_trust = p.target_trust();
+        let redis_tls = p.redis_tls();
         let config = Config {
             redis_url: p.string("redis_url"),
+            redis_tls,
             key_prefix: p.string("key_prefix"),
             grpc_addr: p.parse("grpc_addr", "a socket address like 127.0.0.1:50051").unwrap_or_else(|| ([127, 0, 0, 1], 50051).into()),
             metrics_addr: match p.string("metrics_addr").trim() {
@@ -516,6 +539,44 @@ impl Parser<'_> {
             client_ca_file: ca.map(PathBuf::from),
             client_ca_pem,
         })
+    }
+
+    /// `redis_ca_file`, `redis_client_cert_file` and `redis_client_key_file`, read: only with a
+    /// `rediss://` URL, the certificate and key together.
+    fn redis_tls(&mut self) -> RedisTls {
+        let url = self.string("redis_url");
+        let tls_url = url.starts_with("rediss://");
+        let ca = self.opt_string("redis_ca_file");
+        let cert = self.opt_string("redis_client_cert_file");
+        let key = self.opt_string("redis_client_key_file");
+        let mut tls = RedisTls::default();
+        if !tls_url && (ca.is_some() || cert.is_some() || key.is_some()) {
+            self.errors.push(
+                "redis_ca_file, redis_client_cert_file and redis_client_key_file are for TLS: write WSS_REDIS_URL as rediss://host:port".into(),
+            );
+            return tls;
+        }
+        let pem = |this: &mut Self, name: &'static str, path: &str| {
+            let bytes = this.read_file(name, path)?;
+            if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+                this.error(name, path, "the file is not PEM (no -----BEGIN line)");
+                return None;
+            }
+            Some(bytes)
+        };
+        if let Some(path) = &ca {
+            tls.ca_pem = pem(self, "redis_ca_file", path);
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                if let (Some(cert), Some(key)) = (pem(self, "redis_client_cert_file", &cert), pem(self, "redis_client_key_file", &key)) {
+                    tls.client = Some((cert, key));
+                }
+            }
+            (None, None) => {}
+            _ => self.errors.push("set both redis_client_cert_file and redis_client_key_file (PEM files) for mutual TLS with Redis, or neither".into()),
+        }
+        tls
     }
 
     /// `target_roots` and `target_ca_file`, loaded: the OS store read, the file parsed.

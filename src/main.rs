@@ -351,7 +351,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let redis = RedisTarget::new(&config.redis_url).context("opening the Redis client")?;
+    let redis = RedisTarget::with_tls(&config.redis_url, &config.redis_tls)
+        .with_context(|| format!("opening the Redis client for {} (WSS_REDIS_URL, WSS_REDIS_CA_FILE, WSS_REDIS_CLIENT_CERT_FILE)", wss::redis_conn::redact_url(&config.redis_url)))?;
     let keys = Keys::new(&config.key_prefix);
     let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()));
     let routing = Arc::new(RoutingHandle::default());

@@ -5,6 +5,13 @@
 //! — naming the URL and how to start a Redis — and its end once, however many threads notice it.
 //! Only a failed *connect* declares an outage: a command failing on an existing connection just
 //! makes its owner reconnect. Waits between attempts end early on shutdown.
+//!
+//! `rediss://` URLs speak TLS (rustls): the server's certificate is verified against the OS trust
+//! store, or the CA of `WSS_REDIS_CA_FILE`, and its name against the URL's host; a client
+//! certificate is presented when `WSS_REDIS_CLIENT_CERT_FILE`/`_KEY_FILE` are set.
+//! `redis://user:password@host` authenticates as an ACL user. A failed connect says which of
+//! these went wrong — refused credentials, a TLS handshake that failed and why, or nobody
+//! answering — and what to do about it ([`explain`]).
 
 use std::{
     sync::{
@@ -17,6 +24,8 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 use redis::{Client, Connection, RedisError};
+
+use crate::config::RedisTls;
 
 #[derive(Clone)]
 pub struct RedisTarget {
@@ -35,11 +44,21 @@ struct Outage {
 
 impl RedisTarget {
     pub fn new(url: &str) -> Result<Self, RedisError> {
-        Ok(Self {
-            client: Client::open(url)?,
-            display_url: redact_url(url).into(),
-            outage: Arc::default(),
-        })
+        Self::with_tls(url, &RedisTls::default())
+    }
+
+    /// A target whose `rediss://` connections use `tls`'s CA and client certificate.
+    pub fn with_tls(url: &str, tls: &RedisTls) -> Result<Self, RedisError> {
+        let client = if tls.ca_pem.is_none() && tls.client.is_none() {
+            Client::open(url)?
+        } else {
+            let certificates = redis::TlsCertificates {
+                client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+                root_cert: tls.ca_pem.clone(),
+            };
+            Client::build_with_tls(url, certificates)?
+        };
+        Ok(Self { client, display_url: redact_url(url).into(), outage: Arc::default() })
     }
 
     /// Counts every outage (logged once, however many threads notice it) on `counter`; shared by
@@ -110,11 +129,7 @@ impl RedisTarget {
             if let Some(counter) = self.outage.counter.get() {
                 counter.inc();
             }
-            log::error!(
-                target: "wss::redis",
-                "Redis at {} is unreachable ({err}). Start one (e.g. `redis-server --port 6379`) or point WSS_REDIS_URL at one; retrying in the background",
-                self.display_url
-            );
+            log::error!(target: "wss::redis", "{}; retrying in the background", explain(&self.display_url, err));
         }
     }
 
@@ -125,6 +140,58 @@ impl RedisTarget {
             log::info!(target: "wss::redis", "Redis at {} is reachable again (outage lasted {})", self.display_url, after.as_deref().unwrap_or("?"));
         }
     }
+}
+
+/// Why connecting to Redis at `url` (as displayed: no password) failed, and what to do.
+pub fn explain(url: &str, err: &RedisError) -> String {
+    if err.kind() == redis::ErrorKind::AuthenticationFailed || err.code().is_some_and(|code| matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")) {
+        return format!(
+            "Redis at {url} refused the credentials ({}): check the user and password in WSS_REDIS_URL (redis://user:password@host:port) against the server's ACL (ACL LIST)",
+            without_secrets(err)
+        );
+    }
+    if let Some(tls) = rustls_error(err) {
+        let reason = crate::http::tls_reason(tls);
+        let advice = match reason {
+            crate::http::TlsReason::UnknownIssuer | crate::http::TlsReason::BadCertificate => {
+                "set WSS_REDIS_CA_FILE to the CA that signed the server's certificate (without it the OS trust store decides)"
+            }
+            crate::http::TlsReason::NotValidForName => "connect by a host name (or address) the server's certificate names",
+            crate::http::TlsReason::Expired | crate::http::TlsReason::NotYetValid => "renew the server's certificate (or check this machine's clock)",
+            crate::http::TlsReason::ClientCertificateRequired | crate::http::TlsReason::ClientCertificateRejected => {
+                "set WSS_REDIS_CLIENT_CERT_FILE and WSS_REDIS_CLIENT_KEY_FILE to a certificate the server's tls-ca-cert-file trusts"
+            }
+            _ => "check that the port speaks TLS (redis-server --tls-port) and that both sides share a TLS version and cipher",
+        };
+        return format!("the TLS handshake with Redis at {url} failed: {} ({tls}); {advice}", reason.words());
+    }
+    if url.starts_with("rediss://") && err.is_io_error() && !err.is_connection_refusal() {
+        return format!(
+            "Redis at {url} did not complete a TLS connection ({err}): check that the port speaks TLS (redis-server --tls-port), not plain TCP, and whether the server requires client certificates (tls-auth-clients): then set WSS_REDIS_CLIENT_CERT_FILE and WSS_REDIS_CLIENT_KEY_FILE"
+        );
+    }
+    format!("Redis at {url} is unreachable ({err}). Start one (e.g. `redis-server --port 6379`) or point WSS_REDIS_URL at one")
+}
+
+/// The rustls error under a connect error, if the TLS handshake is what failed. (redis-rs keeps
+/// an I/O error behind an `Arc<dyn Error>`, which is what its `source()` hands out; rustls's
+/// error is that I/O error's payload.)
+fn rustls_error(err: &RedisError) -> Option<&rustls::Error> {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let source = std::error::Error::source(err)?;
+    let inner: &(dyn std::error::Error + 'static) = match source.downcast_ref::<Shared>() {
+        Some(shared) => shared.as_ref(),
+        None => source,
+    };
+    if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    inner.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// An authentication error's text, which never carries the password (Redis's own words).
+fn without_secrets(err: &RedisError) -> String {
+    err.detail().map_or_else(|| err.to_string(), ToOwned::to_owned)
 }
 
 /// Hides the password part of `redis://user:password@host`.
