@@ -50,6 +50,7 @@ const KEYS: &[Key] = &[
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
     Key { name: "stream_retention", default: Some("24h") },
+    Key { name: "dedupe_window", default: Some("24h") },
     Key { name: "sender_threads", default: Some("256") },
     Key { name: "webhook_concurrency", default: Some("8") },
     Key { name: "circuit_failures", default: Some("5") },
@@ -124,6 +125,9 @@ pub struct Config {
     /// still pending or unread in any consumer group (`WSS_STREAM_RETENTION`, SPEC §6); `None`
     /// (`off`): trimming is left to producers.
     pub stream_retention: Option<Duration>,
+    /// How long a published `event_id` is remembered per tenant: publishing it again meanwhile
+    /// appends nothing (`WSS_DEDUPE_WINDOW`, SPEC §9).
+    pub dedupe_window: Duration,
     /// Threads sending HTTP requests; size for latency, not cores.
     pub sender_threads: usize,
     /// Attempts to one webhook at once, at most; the excess waits (endpoint isolation).
@@ -359,6 +363,7 @@ impl Layers {
                 "off" => None,
                 _ => Some(p.duration("stream_retention", Duration::from_secs(1), Duration::from_secs(10 * 365 * 86_400))),
             },
+            dedupe_window: p.duration("dedupe_window", Duration::from_secs(1), Duration::from_secs(365 * 86_400)),
             sender_threads: p.count("sender_threads", 1, 4096),
             webhook_concurrency: p.count("webhook_concurrency", 1, 4096),
             circuit_failures: p.count("circuit_failures", 1, 1_000_000) as u32,

@@ -354,7 +354,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let redis = RedisTarget::with_tls(&config.redis_url, &config.redis_tls)
         .with_context(|| format!("opening the Redis client for {} (WSS_REDIS_URL, WSS_REDIS_CA_FILE, WSS_REDIS_CLIENT_CERT_FILE)", wss::redis_conn::redact_url(&config.redis_url)))?;
     let keys = Keys::new(&config.key_prefix);
-    let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()));
+    let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window));
     let routing = Arc::new(RoutingHandle::default());
     let metrics = Arc::new(Metrics::new());
     // Shared by the pipeline, which keeps it up to date, and GetWebhookStats and the status

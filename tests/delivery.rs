@@ -301,3 +301,48 @@ async fn publish_event_appends_a_deliverable_event() {
     let ghost = PublishEventRequest { tenant_id: "ghost".into(), event_type: "order.shipped".into(), data: "{}".into(), ..Default::default() };
     assert_status(events.publish_event(ghost).await, Code::NotFound, None, "PublishEvent for an unknown tenant");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_an_event_id_again_within_the_window_appends_nothing() {
+    let ks = Keyspace::new("publish_once");
+    let receiver = Receiver::ok();
+    let service = Service::start(&ks, "publish-once", &[("WSS_DEDUPE_WINDOW", "2s")]).await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    grpc.create_tenant("beta").await;
+    grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
+    let mut events = grpc.events();
+    let publish = |tenant: &str, data: &str| PublishEventRequest {
+        tenant_id: tenant.into(),
+        event_type: "order.paid".into(),
+        data: data.into(),
+        event_id: "order-A-1001-paid".into(),
+        ..Default::default()
+    };
+
+    let first = events.publish_event(publish("acme", r#"{"n":1}"#)).await.unwrap().into_inner();
+    assert!(!first.duplicate);
+    // A retry of the producer, even with other data, is the same event: nothing appended.
+    let again = events.publish_event(publish("acme", r#"{"n":2}"#)).await.unwrap().into_inner();
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!((again.stream_entry_id.as_str(), again.event_id.as_str()), (first.stream_entry_id.as_str(), "order-A-1001-paid"));
+    // Ids are per tenant.
+    let other_tenant = events.publish_event(publish("beta", "{}")).await.unwrap().into_inner();
+    assert!(!other_tenant.duplicate);
+    let length: u64 = redis::cmd("XLEN").arg(ks.events()).query(&mut ks.conn()).unwrap();
+    assert_eq!(length, 2, "one entry per tenant");
+
+    let got = receiver.wait_for_requests(1, "the event, once", Recorded::delivered).await;
+    assert_eq!(got[0].json()["data"]["n"], 1);
+    // Past the window the id may be published anew.
+    wait_until(WAIT, "the id forgotten after the 2 s window", || {
+        let key: bool = redis::cmd("EXISTS").arg(format!("{}published:acme:order-A-1001-paid", ks.prefix)).query(&mut ks.conn()).unwrap();
+        if key { Err("still remembered".to_owned()) } else { Ok(()) }
+    })
+    .await;
+    let later = events.publish_event(publish("acme", r#"{"n":3}"#)).await.unwrap().into_inner();
+    assert!(!later.duplicate && later.stream_entry_id != first.stream_entry_id);
+    let got = receiver.wait_for_requests(2, "the first event and the later one", Recorded::delivered).await;
+    let data: Vec<i64> = got.iter().map(|r| r.json()["data"]["n"].as_i64().unwrap()).collect();
+    assert_eq!(data, [1, 3], "the duplicate (n = 2) never reached the receiver");
+}

@@ -87,6 +87,11 @@ impl Keys {
         format!("{}deliveries:event:{event}", self.prefix)
     }
 
+    /// The entry a tenant's `event_id` was first published as, while the dedupe window lasts.
+    pub fn published(&self, tenant: &str, event_id: &str) -> String {
+        format!("{}published:{tenant}:{event_id}", self.prefix)
+    }
+
     /// A webhook's delivery statistics (see `crate::stats`).
     pub fn webhook_stats(&self, webhook: &str) -> String {
         format!("{}stats:webhook:{webhook}", self.prefix)
@@ -159,7 +164,31 @@ pub struct Store {
     conn: Mutex<Option<Connection>>,
     /// Seals webhook secrets at rest; `None`: stored in clear.
     cipher: Option<SecretCipher>,
+    /// How long a published `event_id` is remembered (`WSS_DEDUPE_WINDOW`).
+    dedupe_window: Duration,
 }
+
+/// What publishing an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The stream entry: new, or the first publication's for a duplicate.
+    pub stream_entry_id: String,
+    /// The same `event_id` was published for the tenant within the dedupe window: nothing was
+    /// appended.
+    pub duplicate: bool,
+}
+
+/// Appends an event unless its id was published for its tenant within the window, atomically:
+/// two concurrent publications of one id append once.
+///
+/// KEYS: the dedupe key, the stream. ARGV: the window in ms, then the entry's fields.
+const PUBLISH_ONCE_SCRIPT: &str = r#"
+local first = redis.call('GET', KEYS[1])
+if first then return {first, 1} end
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
+return {id, 0}
+"#;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -167,7 +196,13 @@ pub fn now_ms() -> u64 {
 
 impl Store {
     pub fn new(target: RedisTarget, keys: Keys) -> Self {
-        Self { target, keys, conn: Mutex::new(None), cipher: None }
+        Self { target, keys, conn: Mutex::new(None), cipher: None, dedupe_window: Duration::from_secs(86_400) }
+    }
+
+    /// Remembers published event ids this long (`WSS_DEDUPE_WINDOW`; default 24 h).
+    pub fn with_dedupe_window(mut self, window: Duration) -> Self {
+        self.dedupe_window = window;
+        self
     }
 
     /// Seals webhook secrets with `cipher` from now on (`WSS_ENCRYPTION_KEY`).
@@ -525,6 +560,24 @@ impl Store {
     pub fn publish_event(&self, fields: &[(&str, &str)]) -> Result<String, DomainError> {
         self.with_conn(|con, keys| {
             redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e))
+        })
+    }
+
+    /// [`Store::publish_event`] of an event with its own id (SPEC §9): appended once per tenant
+    /// and id within the dedupe window; a repeat answers the first publication's entry.
+    pub fn publish_event_once(&self, tenant: &str, event_id: &str, fields: &[(&str, &str)]) -> Result<Published, DomainError> {
+        let window_ms = self.dedupe_window.as_millis().max(1) as u64;
+        self.with_conn(|con, keys| {
+            let (stream_entry_id, duplicate): (String, i64) = redis::cmd("EVAL")
+                .arg(PUBLISH_ONCE_SCRIPT)
+                .arg(2)
+                .arg(keys.published(tenant, event_id))
+                .arg(&keys.events)
+                .arg(window_ms)
+                .arg(fields)
+                .query(con)
+                .map_err(|e| self.unavailable(e))?;
+            Ok(Published { stream_entry_id, duplicate: duplicate == 1 })
         })
     }
 

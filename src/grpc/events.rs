@@ -5,6 +5,12 @@
 //! event id, attribute names — so that a gRPC caller hears about a mistake at once instead of
 //! finding its event in the dead-letter stream. The size limit is left to the reader, which alone
 //! knows the configured value; tonic's own 4 MiB message limit bounds the request meanwhile.
+//!
+//! Idempotent publishing (SPEC §9): an event with an `event_id` is appended once per tenant and
+//! id within `WSS_DEDUPE_WINDOW` (default 24 h) — a script checks and remembers the id with the
+//! `XADD`, in one step (`<prefix>published:<tenant>:<event id>`, expiring with the window) — and a
+//! repeat answers the first publication's entry with `duplicate` set. Without an `event_id`
+//! every call appends.
 
 use std::sync::Arc;
 
@@ -15,6 +21,7 @@ use super::{ControlPlane, TARGET};
 use crate::{
     domain::{
         model::{invalid, validate_id},
+        store::Published,
         DomainError,
     },
     proto::{self, event_service_server::EventService},
@@ -105,17 +112,25 @@ impl EventService for EventApi {
         request: Request<proto::PublishEventRequest>,
     ) -> Result<Response<proto::PublishEventResponse>, Status> {
         let event = Event::from_request(request.into_inner())?;
-        let (event, stream_entry_id) = self
+        let (event, published) = self
             .plane
             .read(move |store| {
                 store.get_tenant(&event.tenant_id)?;
-                let id = store.publish_event(&event.fields())?;
-                Ok((event, id))
+                let published = match &event.event_id {
+                    Some(id) => store.publish_event_once(&event.tenant_id, id, &event.fields())?,
+                    None => Published { stream_entry_id: store.publish_event(&event.fields())?, duplicate: false },
+                };
+                Ok((event, published))
             })
             .await?;
-        log::debug!(target: TARGET, "published {} event {stream_entry_id} of tenant {}", event.event_type, event.tenant_id);
+        let Published { stream_entry_id, duplicate } = published;
+        if duplicate {
+            log::debug!(target: TARGET, "event {} of tenant {} was published before as {stream_entry_id}: not appended again", event.event_id.as_deref().unwrap_or_default(), event.tenant_id);
+        } else {
+            log::debug!(target: TARGET, "published {} event {stream_entry_id} of tenant {}", event.event_type, event.tenant_id);
+        }
         let event_id = event.event_id.unwrap_or_else(|| stream_entry_id.clone());
-        Ok(Response::new(proto::PublishEventResponse { stream_entry_id, event_id }))
+        Ok(Response::new(proto::PublishEventResponse { stream_entry_id, event_id, duplicate }))
     }
 }
 

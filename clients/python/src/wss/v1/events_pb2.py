@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13wss/v1/events.proto\x12\x06wss.v1\"\xd0\x01\n\x13PublishEventRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12?\n\nattributes\x18\x05 \x03(\x0b\x32+.wss.v1.PublishEventRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x14PublishEventResponse\x12\x17\n\x0fstream_entry_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t2Y\n\x0c\x45ventService\x12I\n\x0cPublishEvent\x12\x1b.wss.v1.PublishEventRequest\x1a\x1c.wss.v1.PublishEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13wss/v1/events.proto\x12\x06wss.v1\"\xd0\x01\n\x13PublishEventRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12?\n\nattributes\x18\x05 \x03(\x0b\x32+.wss.v1.PublishEventRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x14PublishEventResponse\x12\x17\n\x0fstream_entry_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x32Y\n\x0c\x45ventService\x12I\n\x0cPublishEvent\x12\x1b.wss.v1.PublishEventRequest\x1a\x1c.wss.v1.PublishEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHEVENTREQUEST_ATTRIBUTESENTRY']._serialized_start=191
   _globals['_PUBLISHEVENTREQUEST_ATTRIBUTESENTRY']._serialized_end=240
   _globals['_PUBLISHEVENTRESPONSE']._serialized_start=242
-  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=307
-  _globals['_EVENTSERVICE']._serialized_start=309
-  _globals['_EVENTSERVICE']._serialized_end=398
+  _globals['_PUBLISHEVENTRESPONSE']._serialized_end=326
+  _globals['_EVENTSERVICE']._serialized_start=328
+  _globals['_EVENTSERVICE']._serialized_end=417
 # @@protoc_insertion_point(module_scope)

@@ -28,9 +28,11 @@ class PublishEventRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., event_type: _Optional[str] = ..., data: _Optional[str] = ..., event_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PublishEventResponse(_message.Message):
-    __slots__ = ("stream_entry_id", "event_id")
+    __slots__ = ("stream_entry_id", "event_id", "duplicate")
     STREAM_ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     stream_entry_id: str
     event_id: str
-    def __init__(self, stream_entry_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, stream_entry_id: _Optional[str] = ..., event_id: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...

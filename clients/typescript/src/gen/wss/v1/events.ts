@@ -24,7 +24,10 @@ export interface PublishEventRequest {
   eventType: string;
   /** JSON text. */
   data: string;
-  /** Empty: receivers see the stream entry id. */
+  /**
+   * Empty: receivers see the stream entry id (and every call appends). Set: publishing it again
+   * for the same tenant within WSS_DEDUPE_WINDOW appends nothing (see duplicate).
+   */
   eventId: string;
   /** Extra string attributes, stored as further stream fields. */
   attributes: { [key: string]: string };
@@ -40,6 +43,11 @@ export interface PublishEventResponse {
   streamEntryId: string;
   /** The event id receivers will see. */
   eventId: string;
+  /**
+   * This event_id was published for the tenant before, within WSS_DEDUPE_WINDOW: nothing was
+   * appended, and stream_entry_id is the first publication's.
+   */
+  duplicate: boolean;
 }
 
 function createBasePublishEventRequest(): PublishEventRequest {
@@ -303,7 +311,7 @@ export const PublishEventRequest_AttributesEntry: MessageFns<PublishEventRequest
 };
 
 function createBasePublishEventResponse(): PublishEventResponse {
-  return { streamEntryId: "", eventId: "" };
+  return { streamEntryId: "", eventId: "", duplicate: false };
 }
 
 export const PublishEventResponse: MessageFns<PublishEventResponse> = {
@@ -313,6 +321,9 @@ export const PublishEventResponse: MessageFns<PublishEventResponse> = {
     }
     if (message.eventId !== "") {
       writer.uint32(18).string(message.eventId);
+    }
+    if (message.duplicate !== false) {
+      writer.uint32(24).bool(message.duplicate);
     }
     return writer;
   },
@@ -346,6 +357,14 @@ export const PublishEventResponse: MessageFns<PublishEventResponse> = {
             message.eventId = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.duplicate = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -370,6 +389,7 @@ export const PublishEventResponse: MessageFns<PublishEventResponse> = {
         : isSet(object.event_id)
         ? globalThis.String(object.event_id)
         : "",
+      duplicate: isSet(object.duplicate) ? globalThis.Boolean(object.duplicate) : false,
     };
   },
 
@@ -381,6 +401,9 @@ export const PublishEventResponse: MessageFns<PublishEventResponse> = {
     if (message.eventId !== "") {
       obj.eventId = message.eventId;
     }
+    if (message.duplicate !== false) {
+      obj.duplicate = message.duplicate;
+    }
     return obj;
   },
 
@@ -391,6 +414,7 @@ export const PublishEventResponse: MessageFns<PublishEventResponse> = {
     const message = createBasePublishEventResponse();
     message.streamEntryId = object.streamEntryId ?? "";
     message.eventId = object.eventId ?? "";
+    message.duplicate = object.duplicate ?? false;
     return message;
   },
 };
@@ -401,7 +425,11 @@ export const EventServiceDefinition = {
   name: "EventService",
   fullName: "wss.v1.EventService",
   methods: {
-    /** Appends an event to the stream, exactly as an XADD would (SPEC.md §1). */
+    /**
+     * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+     * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
+     * answers the first publication's entry with duplicate set (idempotent publishing).
+     */
     publishEvent: {
       name: "PublishEvent",
       requestType: PublishEventRequest as typeof PublishEventRequest,
@@ -416,7 +444,11 @@ export const EventServiceDefinition = {
 /** Events: for services that speak gRPC rather than Redis. */
 export type EventServiceService = typeof EventServiceService;
 export const EventServiceService = {
-  /** Appends an event to the stream, exactly as an XADD would (SPEC.md §1). */
+  /**
+   * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+   * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
+   * answers the first publication's entry with duplicate set (idempotent publishing).
+   */
   publishEvent: {
     path: "/wss.v1.EventService/PublishEvent" as const,
     requestStream: false as const,
@@ -430,12 +462,20 @@ export const EventServiceService = {
 } as const;
 
 export interface EventServiceServer extends UntypedServiceImplementation {
-  /** Appends an event to the stream, exactly as an XADD would (SPEC.md §1). */
+  /**
+   * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+   * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
+   * answers the first publication's entry with duplicate set (idempotent publishing).
+   */
   publishEvent: handleUnaryCall<PublishEventRequest, PublishEventResponse>;
 }
 
 export interface EventServiceClient extends Client {
-  /** Appends an event to the stream, exactly as an XADD would (SPEC.md §1). */
+  /**
+   * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+   * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
+   * answers the first publication's entry with duplicate set (idempotent publishing).
+   */
   publishEvent(
     request: PublishEventRequest,
     callback: (error: ServiceError | null, response: PublishEventResponse) => void,
