@@ -83,6 +83,8 @@ pub struct Metrics {
     attempts: Vec<IntCounter>,
     pub attempt_duration: Histogram,
     pub redis_outages: IntCounter,
+    /// 1 when Redis answered the last health probe (`crate::health`), else 0.
+    pub redis_up: IntGauge,
     pub retry_heap_size: IntGauge,
     pub in_flight: IntGauge,
     pub in_flight_limit: IntGauge,
@@ -165,6 +167,7 @@ impl Metrics {
             ),
             attempt_duration,
             redis_outages: counter("wss_redis_outages_total", "Times Redis became unreachable (a failed connect after a successful one)."),
+            redis_up: gauge("wss_redis_up", "1 when Redis answered the last health probe (PING, once a second), else 0."),
             retry_heap_size: gauge("wss_retry_heap_size", "Deliveries waiting in the retry scheduler for their next attempt."),
             in_flight: gauge("wss_in_flight_entries", "Stream entries read and not yet acknowledged (the in-flight window)."),
             in_flight_limit: gauge("wss_in_flight_limit", "Size of the in-flight window (WSS_MAX_IN_FLIGHT)."),

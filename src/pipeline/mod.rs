@@ -332,6 +332,32 @@ pub struct Pipeline {
     shutdown: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     in_flight: Arc<InFlight>,
+    died: Receiver<String>,
+}
+
+/// Spawns one pipeline thread that reports on `died` if it panics, or returns while `shutdown`
+/// has not been signalled (its sender dropped). The threads that evaluate filters and transforms
+/// get the stack [`crate::expr::EVAL_STACK_BYTES`] their deepest evaluation needs.
+fn watched_thread(name: String, work: Box<dyn FnOnce() + Send>, died: Sender<String>, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+    let mut builder = thread::Builder::new().name(name.clone());
+    if name == "wss-transformer" || name == "wss-rehydrate" {
+        builder = builder.stack_size(crate::expr::EVAL_STACK_BYTES);
+    }
+    builder.spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let stopping = matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
+        let why = match outcome {
+            Err(panic) => {
+                let text = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Some(format!("pipeline thread {name} panicked: {}", text.as_deref().unwrap_or("(no message)")))
+            }
+            Ok(()) if !stopping => Some(format!("pipeline thread {name} stopped without being asked to")),
+            Ok(()) => None,
+        };
+        if let Some(why) = why {
+            let _ = died.send(why);
+        }
+    })
 }
 
 /// Channel capacities between stages: enough to keep each busy, small enough to bound memory.
@@ -368,8 +394,10 @@ impl Pipeline {
         let agent = crate::http::agent_for(&config);
 
         let mut threads = Vec::new();
+        let (died_tx, died_rx) = crossbeam_channel::unbounded::<String>();
+        let watch = (died_tx, shutdown_rx.clone());
         let mut spawn = |name: String, work: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {
-            threads.push(thread::Builder::new().name(name).spawn(work)?);
+            threads.push(watched_thread(name, work, watch.0.clone(), watch.1.clone())?);
             Ok(())
         };
 
@@ -475,7 +503,14 @@ impl Pipeline {
             Box::new(move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop)),
         )?;
 
-        Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight })
+        Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight, died: died_rx })
+    }
+
+    /// Says, once for each, why a pipeline thread ended when it was not asked to (a panic, or a
+    /// return without shutdown). The process must not go on half alive: `main` exits on the
+    /// first message.
+    pub fn failures(&self) -> &Receiver<String> {
+        &self.died
     }
 
     /// Entries read and not yet acknowledged.
