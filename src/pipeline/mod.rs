@@ -42,6 +42,7 @@ pub mod isolation;
 mod leases;
 pub mod live;
 mod outcomes;
+mod poison;
 mod reader;
 mod rehydrate;
 mod scheduler;

@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use redis::{Connection, RedisError, Value};
 
-use super::{event::parse_entry, Admission, Completion, EntryTicket, InFlight, Inbound};
+use super::{event::parse_entry, poison, Admission, Completion, EntryTicket, InFlight, Inbound};
 use crate::{
     redis_conn::{is_connection_error, RedisTarget},
     streams::{parse_read_reply, RawEntry},
@@ -87,6 +87,8 @@ impl Reader {
                     None => Cursor::New,
                 };
             }
+            // Entries read again: how often Redis delivered each (poison entries, `super::poison`).
+            let reads = if recovered { self.delivery_counts(con, &entries) } else { Default::default() };
             for entry in entries {
                 match self.in_flight.admit(&entry.id, &shutdown) {
                     Admission::Admitted => {}
@@ -94,11 +96,22 @@ impl Reader {
                     Admission::AlreadyInFlight | Admission::Full => continue,
                     Admission::ShuttingDown => return,
                 }
-                if !hand_on(entry, recovered, self.max_event_bytes, &out, &done) {
+                let count = reads.get(&entry.id).copied();
+                if !hand_on(entry, recovered, count, self.max_event_bytes, &out, &done) {
                     return;
                 }
             }
         }
+    }
+
+    /// Delivery counts of the entries not in flight; none when Redis cannot say (they are then
+    /// processed, and counted at the next read).
+    fn delivery_counts(&self, con: &mut Connection, entries: &[RawEntry]) -> std::collections::HashMap<String, u64> {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).filter(|id| !self.in_flight.contains(id)).collect();
+        poison::delivery_counts(con, &self.stream, &ids).unwrap_or_else(|err| {
+            log::warn!(target: "wss::reader", "reading the delivery counts of {} pending entries failed ({err}); processing them anyway", ids.len());
+            Default::default()
+        })
     }
 
     fn connect(&self, shutdown: &Receiver<()>) -> Option<Connection> {
@@ -146,13 +159,27 @@ impl Reader {
 }
 
 /// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
-pub(super) fn hand_on(entry: RawEntry, recovered: bool, max_event_bytes: usize, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
+/// `reads`: how often Redis delivered it, for an entry read again (see `super::poison`).
+pub(super) fn hand_on(entry: RawEntry, recovered: bool, reads: Option<u64>, max_event_bytes: usize, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
     let ticket = EntryTicket::new(entry.id.clone(), recovered);
-    match parse_entry(&entry, max_event_bytes) {
+    let parsed = match reads {
+        Some(reads) if reads >= poison::MAX_READS => Err(poison::poison_rejection(&entry, reads)),
+        _ => parse_entry(&entry, max_event_bytes),
+    };
+    match parsed {
         Ok(event) => out.send(Inbound { event, ticket }).is_ok(),
-        Err(rejection) => {
-            let raw_fields = entry.fields.unwrap_or_default();
+        Err(mut rejection) => {
+            let mut raw_fields = entry.fields.unwrap_or_default();
+            // An oversized entry is not copied into its record: an excerpt and its size are.
+            if entry_size(&raw_fields) > max_event_bytes {
+                rejection.detail = format!("{}; {}", rejection.detail, poison::excerpt(&raw_fields));
+                raw_fields = Vec::new();
+            }
             done.send(Completion::Rejected { ticket, rejection, raw_fields }).is_ok()
         }
     }
+}
+
+fn entry_size(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    fields.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
