@@ -16,7 +16,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -44,6 +44,11 @@ pub struct Health {
     pipeline: AtomicU8,
     /// Why the pipeline failed, once it did.
     failure: Mutex<Option<String>>,
+    /// Bumped at every change; the gRPC health reporter records the last one it applied, so
+    /// that `main` can wait for it ([`Health::wait_reported`]).
+    generation: AtomicU64,
+    reported: AtomicU64,
+    reporter_attached: AtomicBool,
 }
 
 impl Health {
@@ -52,7 +57,37 @@ impl Health {
     }
 
     pub fn set_redis_up(&self, up: bool) {
-        self.redis_up.store(up, Ordering::SeqCst);
+        if self.redis_up.swap(up, Ordering::SeqCst) != up {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The current generation (bumped at every change).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A reporter (gRPC health) follows this state from now on.
+    pub fn attach_reporter(&self) {
+        self.reporter_attached.store(true, Ordering::SeqCst);
+    }
+
+    /// The reporter has applied the state of `generation`.
+    pub fn reported(&self, generation: u64) {
+        self.reported.fetch_max(generation, Ordering::SeqCst);
+    }
+
+    /// Waits (at most `within`) until an attached reporter shows the state as it is now, so
+    /// that what is logged next (`reading … as consumer …`) is also what gRPC health answers.
+    pub fn wait_reported(&self, within: Duration) {
+        if !self.reporter_attached.load(Ordering::SeqCst) {
+            return;
+        }
+        let target = self.generation();
+        let deadline = std::time::Instant::now() + within;
+        while self.reported.load(Ordering::SeqCst) < target && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     pub fn redis_up(&self) -> bool {
@@ -62,12 +97,14 @@ impl Health {
     /// The pipeline's threads are running.
     pub fn pipeline_started(&self) {
         let _ = self.pipeline.compare_exchange(NOT_STARTED, RUNNING, Ordering::SeqCst, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A pipeline thread died; the process is about to exit.
     pub fn pipeline_failed(&self, why: &str) {
         self.pipeline.store(FAILED, Ordering::SeqCst);
         self.failure.lock().get_or_insert_with(|| why.to_owned());
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Not alive only once the pipeline failed.

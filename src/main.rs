@@ -494,6 +494,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics })
         .context("starting the pipeline threads")?;
     health.pipeline_started();
+    // gRPC health says SERVING before the line that says the pipeline reads.
+    health.wait_reported(Duration::from_secs(2));
     log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
 
     // Runs until a signal, or until a pipeline thread dies: then the process exits non-zero

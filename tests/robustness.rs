@@ -132,6 +132,37 @@ async fn oversized_entries_leave_an_excerpt_and_listing_stays_small() {
     assert_eq!(delivered_ids(&receiver), ["\"small\""]);
 }
 
+/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
+fn memory_mib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("Linux /proc");
+    let kib = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    (kib("VmRSS:") / 1024, kib("VmHWM:") / 1024)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_ten_megabyte_entries_are_never_pulled_whole() {
+    let ks = Keyspace::new("rss");
+    let receiver = Receiver::ok();
+    let service = Service::start(&ks, "c1", &[]).await;
+    tenant_with_webhook(&service, "acme", &receiver).await;
+    let (before, _) = memory_mib(service.pid());
+    let big = format!(r#"{{"n":"{}"}}"#, "x".repeat(10 << 20));
+    for _ in 0..20 {
+        ks.publish("acme", "t", &big);
+    }
+    let good = ks.publish("acme", "t", r#"{"n":"small"}"#);
+    wait_until(WAIT, "all handled and acknowledged", || ks.all_acknowledged_through(&good)).await;
+    let records = dead_letters(&service, "acme", 20).await;
+    assert!(records.iter().all(|r| r.reason == "too_large" && r.detail.contains("it was not read whole")), "{:?}", records.first().map(|r| &r.detail));
+    let (after, peak) = memory_mib(service.pid());
+    eprintln!("RSS of wss: {before} MiB before, {after} MiB after, {peak} MiB at peak (200 MiB of entries appended)");
+    // Pulled whole, the entries alone would be 200 MiB (the issue measured 956 MiB at peak).
+    assert!(peak < before + 64, "peak RSS {peak} MiB from {before} MiB");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expressions_beyond_the_limits_are_refused_naming_field_and_limit() {
     let ks = Keyspace::new("expr_limits");

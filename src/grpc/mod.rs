@@ -184,10 +184,11 @@ pub async fn serve_with(
     // Follows the process's health (Redis, pipeline) for as long as the runtime runs.
     if let Some(state) = options.health.clone() {
         let reporter = health.clone();
+        state.attach_reporter();
         tokio::spawn(async move {
             let mut last = ready_now;
             loop {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let generation = state.generation();
                 let ready = state.ready().is_ok();
                 if ready != last {
                     for name in SERVICES {
@@ -195,6 +196,8 @@ pub async fn serve_with(
                     }
                     last = ready;
                 }
+                state.reported(generation);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         });
     }

@@ -111,16 +111,18 @@ impl Leases {
             return Ok(claimed);
         }
         let mut start = "0-0".to_owned();
+        let claim = super::poison::claim_script();
         loop {
-            let reply: Value = redis::cmd("XAUTOCLAIM")
-                .arg(&self.stream)
+            // Oversized entries come back stubbed, never whole (`super::poison`).
+            let reply: Value = claim
+                .key(&self.stream)
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg(idle_ms)
                 .arg(&start)
-                .arg("COUNT")
                 .arg(self.batch.min(room))
-                .query(con)?;
+                .arg(self.max_event_bytes)
+                .invoke(con)?;
             let Value::Array(mut parts) = reply else { break };
             if parts.len() < 2 {
                 break;

@@ -411,6 +411,7 @@ impl Pipeline {
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
             events_read: metrics.events_read.clone(),
+            script: poison::read_script(),
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
@@ -566,6 +567,23 @@ mod tests {
         window.release("1-0");
         assert_eq!((window.len(), window.room()), (1, 1));
         assert!(matches!(window.try_admit("3-0"), Admission::Admitted));
+    }
+
+    #[test]
+    fn a_thread_that_dies_says_why_and_one_stopped_on_request_says_nothing() {
+        let (died_tx, died) = crossbeam_channel::unbounded::<String>();
+        let (shutdown_tx, shutdown) = bounded::<()>(0);
+        let panicking = watched_thread("wss-test-panic".into(), Box::new(|| panic!("boom")), died_tx.clone(), shutdown.clone()).unwrap();
+        let returning = watched_thread("wss-test-return".into(), Box::new(|| {}), died_tx.clone(), shutdown.clone()).unwrap();
+        let _ = panicking.join();
+        let _ = returning.join();
+        let mut reasons: Vec<String> = died.try_iter().collect();
+        reasons.sort();
+        assert_eq!(reasons, ["pipeline thread wss-test-panic panicked: boom", "pipeline thread wss-test-return stopped without being asked to"]);
+        drop(shutdown_tx);
+        let stopped = watched_thread("wss-test-stopped".into(), Box::new(|| {}), died_tx, shutdown).unwrap();
+        let _ = stopped.join();
+        assert!(died.try_recv().is_err(), "a thread ending after shutdown is not a failure");
     }
 
     #[test]

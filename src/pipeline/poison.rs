@@ -13,7 +13,13 @@
 //! An entry whose processing panics without killing the process is dead-lettered `poison` at
 //! once by the transformer (the panic is caught around each event).
 //!
-//! Also here: the excerpt a `too_large` record keeps instead of the whole entry.
+//! Also here: oversized entries are never pulled whole into this process. The reader and the
+//! claimer read through [`READ_SCRIPT`] and [`CLAIM_SCRIPT`], which run `XREADGROUP` /
+//! `XAUTOCLAIM` inside Redis and replace the fields of every entry larger than
+//! `WSS_MAX_EVENT_BYTES` by a stub ([`OVERSIZED_MARK`], the size, and the first bytes of its
+//! first fields) before the reply leaves Redis. A read therefore costs at most its batch size
+//! times `WSS_MAX_EVENT_BYTES` here, whatever producers append; the `too_large` record keeps the
+//! size and an excerpt ([`excerpt`]), not the entry.
 
 use std::collections::HashMap;
 
@@ -24,6 +30,65 @@ use crate::{deadletter::Reason, streams::RawEntry};
 
 /// Reads of one pending entry, without its lease being renewed, after which it is poison.
 pub const MAX_READS: u64 = 5;
+
+/// First field name of an oversized entry's stub (a NUL byte: no producer's field by accident).
+pub const OVERSIZED_MARK: &[u8] = b"\0wss:oversized";
+
+/// Lua: replaces the fields of oversized entries in `entries` (an `XREADGROUP`/`XAUTOCLAIM`
+/// entry list) by a stub: the mark, the size, then up to 16 fields with the first 256 bytes of
+/// each value.
+const STUB_LUA: &str = r#"
+local function stub_oversized(entries, max)
+  for _, e in ipairs(entries) do
+    local fields = e[2]
+    if fields then
+      local size = 0
+      for j = 1, #fields do size = size + #fields[j] end
+      if size > max then
+        local stub = {'\0wss:oversized', tostring(size)}
+        for j = 1, math.min(#fields, 32), 2 do
+          stub[#stub + 1] = string.sub(fields[j], 1, 64)
+          stub[#stub + 1] = string.sub(fields[j + 1] or '', 1, 256)
+        end
+        e[2] = stub
+      end
+    end
+  end
+  return entries
+end
+"#;
+
+/// `XREADGROUP GROUP <ARGV[1]> <ARGV[2]> COUNT <ARGV[3]> STREAMS <KEYS[1]> <ARGV[4]>` (never
+/// blocking: scripts cannot), oversized entries stubbed (ARGV[5]: the limit). Returns the
+/// entries, or an empty list.
+pub fn read_script() -> redis::Script {
+    redis::Script::new(&format!(
+        "{STUB_LUA}
+local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], ARGV[4])
+if not reply then return {{}} end
+return stub_oversized(reply[1][2], tonumber(ARGV[5]))"
+    ))
+}
+
+/// `XAUTOCLAIM <KEYS[1]> <ARGV[1]> <ARGV[2]> <ARGV[3]> <ARGV[4]> COUNT <ARGV[5]>`, oversized
+/// entries stubbed (ARGV[6]: the limit). Returns `{next start, entries}`.
+pub fn claim_script() -> redis::Script {
+    redis::Script::new(&format!(
+        "{STUB_LUA}
+local reply = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+return {{reply[1], stub_oversized(reply[2], tonumber(ARGV[6]))}}"
+    ))
+}
+
+/// The size of an entry whose fields the scripts replaced by a stub, and its stubbed fields.
+pub fn oversized(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<(u64, &[(Vec<u8>, Vec<u8>)])> {
+    let (mark, size) = fields.first()?;
+    if mark != OVERSIZED_MARK {
+        return None;
+    }
+    let size = std::str::from_utf8(size).ok()?.parse().ok()?;
+    Some((size, &fields[1..]))
+}
 
 /// Most bytes of each field value kept in a `too_large` record's excerpt.
 const EXCERPT_VALUE_BYTES: usize = 256;
@@ -108,6 +173,17 @@ mod tests {
         assert!(text.len() < EXCERPT_FIELDS * (EXCERPT_VALUE_BYTES + 128) + 64, "{}", text.len());
         assert!(text.contains(&format!("({} bytes)", 10 << 20)) && text.ends_with("and 84 more fields"), "{text}");
         assert_eq!(excerpt(&[(b"type".to_vec(), b"t".to_vec())]), r#"excerpt: type (1 bytes) = "t";"#);
+    }
+
+    #[test]
+    fn only_the_scripts_stub_reads_as_oversized() {
+        let stub = vec![(OVERSIZED_MARK.to_vec(), b"10485760".to_vec()), (b"tenant".to_vec(), b"acme".to_vec())];
+        let (size, rest) = oversized(&stub).unwrap();
+        assert_eq!((size, rest.len()), (10_485_760, 1));
+        assert!(oversized(&[(b"wss:oversized".to_vec(), b"1".to_vec())]).is_none());
+        assert!(oversized(&[(OVERSIZED_MARK.to_vec(), b"many".to_vec())]).is_none());
+        assert!(oversized(&[]).is_none());
+        assert!(STUB_LUA.contains("\\0wss:oversized") && OVERSIZED_MARK.starts_with(b"\0"), "the script writes the mark Rust reads");
     }
 
     #[test]
