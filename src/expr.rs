@@ -1541,6 +1541,17 @@ mod tests {
         assert_eq!(transform("[3, 1, 2, 1].distinct().sort()").unwrap(), "[1,2,3]");
         assert_eq!(transform("event.data.items.sortBy(i, i.qty).map(i, i.sku)").unwrap(), r#"["Y-2","X-1"]"#);
         assert!(EvalError::OverBudget(Spent::Steps).to_string().starts_with("the expression needs more than 1000000 steps"));
+        // Times from input at the edge of the representable: an error, never a crash.
+        for source in [
+            "timestamp('9999-12-31T23:59:59Z') + duration('87600h')",
+            "timestamp('0001-01-01T00:00:00Z') - duration('87600h')",
+            "timestamp('10000-01-01T00:00:00Z')",
+            "timestamp(253402300800)",
+        ] {
+            if let Ok(body) = transform(source) {
+                assert!(body.starts_with('"'), "{source}: {body}");
+            }
+        }
     }
 
     #[test]

@@ -80,8 +80,11 @@ return {{reply[1], stub_oversized(reply[2], tonumber(ARGV[6]))}}"
     ))
 }
 
+/// A stream entry's fields, names and values as bytes.
+type Fields = [(Vec<u8>, Vec<u8>)];
+
 /// The size of an entry whose fields the scripts replaced by a stub, and its stubbed fields.
-pub fn oversized(fields: &[(Vec<u8>, Vec<u8>)]) -> Option<(u64, &[(Vec<u8>, Vec<u8>)])> {
+pub fn oversized(fields: &Fields) -> Option<(u64, &Fields)> {
     let (mark, size) = fields.first()?;
     if mark != OVERSIZED_MARK {
         return None;

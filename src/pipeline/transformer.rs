@@ -154,7 +154,7 @@ fn route(
             event_type: event.event_type.clone(),
             event_id: event.id.clone(),
         },
-        raw_fields: raw_fields(&event),
+        raw_fields: raw_fields(event),
     };
     let Some(tenant) = snapshot.tenants.get(&event.tenant) else {
         let detail = format!("tenant {:?} does not exist; create it with TenantService/CreateTenant", event.tenant);
@@ -179,7 +179,7 @@ fn route(
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook's event types", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
     }
-    let plans = plan(evaluator, &event, &candidates);
+    let plans = plan(evaluator, event, &candidates);
     if plans.is_empty() {
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
