@@ -336,12 +336,16 @@ pub struct Pipeline {
     died: Receiver<String>,
 }
 
+/// The threads that evaluate filters and transforms (the transformer; the rehydrator, or with
+/// the durable backlog of issue 12 the backlog pump, rebuilding a delivery by today's rules).
+const EVALUATING_THREADS: &[&str] = &["wss-transformer", "wss-rehydrate", "wss-backlog"];
+
 /// Spawns one pipeline thread that reports on `died` if it panics, or returns while `shutdown`
 /// has not been signalled (its sender dropped). The threads that evaluate filters and transforms
 /// get the stack [`crate::expr::EVAL_STACK_BYTES`] their deepest evaluation needs.
 fn watched_thread(name: String, work: Box<dyn FnOnce() + Send>, died: Sender<String>, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
     let mut builder = thread::Builder::new().name(name.clone());
-    if name == "wss-transformer" || name == "wss-rehydrate" {
+    if EVALUATING_THREADS.contains(&name.as_str()) {
         builder = builder.stack_size(crate::expr::EVAL_STACK_BYTES);
     }
     builder.spawn(move || {
