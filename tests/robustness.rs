@@ -164,6 +164,31 @@ async fn twenty_ten_megabyte_entries_are_never_pulled_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_dead_letter_page_exceeds_what_a_grpc_client_accepts() {
+    // Nine records of 900 KB each (entries whose data is not JSON keep their fields, and their
+    // body shows them): 8 MB, twice what a client decodes by default in one message.
+    let ks = Keyspace::new("dl_pages");
+    let service = Service::start(&ks, "c1", &[("WSS_MAX_EVENT_BYTES", "1048576")]).await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    let junk = format!("{{{}", "y".repeat(900 << 10));
+    for _ in 0..9 {
+        ks.publish("acme", "t", &junk);
+    }
+    // The test client keeps tonic's default 4 MiB decoding limit: a larger page would fail.
+    let all = dead_letters(&service, "acme", 9).await;
+    assert_eq!(all.len(), 9);
+    assert!(all.iter().all(|r| r.reason == "data_not_json"));
+    let first = grpc
+        .deliveries()
+        .list_dead_letters(wss::proto::ListDeadLettersRequest { tenant_id: "acme".into(), page_size: 100, page_token: String::new() })
+        .await
+        .expect("a page within the message limit")
+        .into_inner();
+    assert!(first.dead_letters.len() < 9 && !first.next_page_token.is_empty(), "{} records in the first page", first.dead_letters.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn expressions_beyond_the_limits_are_refused_naming_field_and_limit() {
     let ks = Keyspace::new("expr_limits");
     let service = Service::start(&ks, "c1", &[]).await;

@@ -867,4 +867,17 @@ mod tests {
         let even = paginate(ids, 10, "", |s| s != "c", |s| s);
         assert_eq!(even.items, ["a", "b", "d", "e"]);
     }
+
+    #[test]
+    fn a_record_too_large_to_list_is_cut_and_says_so() {
+        let small = DeadLetter { body: "{}".into(), detail: "d".into(), ..Default::default() };
+        let mut same = small.clone();
+        cut_for_listing(&mut same);
+        assert_eq!(same, small, "a record of ordinary size is listed whole");
+        let mut huge = DeadLetter { body: "é".repeat(1 << 20), detail: "x".repeat(10), ..Default::default() };
+        cut_for_listing(&mut huge);
+        assert!(huge.body.ends_with(&format!("… [cut for listing: {} bytes in all]", 2 << 20)), "{}", &huge.body[huge.body.len() - 60..]);
+        assert!(listed_bytes(&huge) < 70 << 10 && huge.detail.len() == 10);
+        assert!(listed_bytes(&huge) * 40 < MAX_DEAD_LETTER_PAGE_BYTES * 2, "many cut records still fit a couple of pages");
+    }
 }
