@@ -3,9 +3,13 @@
 //! stage for the events routed to the webhook.
 //!
 //! Why CEL (the Common Expression Language): it is made for exactly this — small expressions
-//! over untrusted data, with no loops, no recursion, no I/O — so an evaluation always ends, in
-//! time bounded by the sizes of the event and of the expression (both capped). Kubernetes, Envoy
-//! and cloud event routers use it for the same job.
+//! over untrusted data, with no loops, no recursion, no I/O — so an evaluation always ends.
+//! Kubernetes, Envoy and cloud event routers use it for the same job. "Ends" is not "ends soon",
+//! though, and the `cel` crate (0.15) recurses as deep as the expression and has no cost limit,
+//! so wss adds both bounds: limits on the expression's shape at registration ([`MAX_DEPTH`],
+//! [`MAX_NODES`], [`MAX_SOURCE_BYTES`]) and a budget per evaluation ([`MAX_STEPS`],
+//! [`MAX_PRODUCED_BYTES`], see "The evaluation budget" below); threads that evaluate get
+//! [`EVAL_STACK_BYTES`] of stack.
 //!
 //! Both kinds of expression see one variable, `event`, the envelope of SPEC.md §1–2:
 //!
@@ -25,7 +29,8 @@
 //! The pieces, in the order they are used:
 //!
 //! 1. [`Filter::compile`] / [`Transform::compile`] at registration: a length limit, the CEL
-//!    parser (its errors come back with line, column and a caret), then a static check that
+//!    parser (its errors come back with line, column and a caret; it runs on a thread with a
+//!    stack it cannot exhaust), the depth and node limits, then a static check that
 //!    every variable is `event` (or a comprehension's own), so that a typo is refused at once
 //!    instead of dead-lettering every event later. (The `cel` crate has no type checker; a
 //!    filter whose shape alone shows it is not boolean — a literal, arithmetic — is refused too.)
