@@ -4,7 +4,10 @@
 //! compile limits and the evaluation budget of `wss::expr`), and a body that is JSON.
 //!
 //! The input is split at NUL bytes: the first part is the filter, the second the transform (each
-//! empty for none), the rest field names and values, pairwise.
+//! empty for none), the third the entry's `data`, the rest more field names and values, pairwise
+//! (attributes, reserved fields, or a second `tenant` that breaks the entry). The entry always
+//! has `tenant` and `type`, so that most inputs reach the expressions; `parse_entry` on arbitrary
+//! fields is the `parse_entry` target's job.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,7 +21,8 @@ fn run(data: Vec<u8>) {
     let mut parts = data.split(|b| *b == 0);
     let filter_source = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
     let transform_source = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-    let mut fields = Vec::new();
+    let data = parts.next().unwrap_or(b"{}");
+    let mut fields = vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"type".to_vec(), b"order.created".to_vec()), (b"data".to_vec(), data.to_vec())];
     while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
         fields.push((name.to_vec(), value.to_vec()));
     }
