@@ -49,12 +49,16 @@ pub enum Reason {
     FilterError,
     /// The webhook's transform failed on the event, or its value has no JSON form.
     TransformError,
+    /// The entry was read `pipeline::poison::MAX_READS` times without being finished (each time
+    /// its processing crashed or hung the instance), or its processing panicked: it is set aside
+    /// so that it cannot crash-loop every instance.
+    Poison,
 }
 
 impl Reason {
     /// Every reason, in declaration order (so `reason as usize` indexes it: `crate::metrics`
     /// resolves one counter per reason up front).
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MaxAttemptsExhausted,
         Reason::Gone,
         Reason::WebhookDeleted,
@@ -70,6 +74,7 @@ impl Reason {
         Reason::EntryDeleted,
         Reason::FilterError,
         Reason::TransformError,
+        Reason::Poison,
     ];
 
     /// The reason of its string form, if it is one.
@@ -90,6 +95,7 @@ impl Reason {
                 | Reason::TooManyFields
                 | Reason::TooDeep
                 | Reason::EntryDeleted
+                | Reason::Poison
         )
     }
 
@@ -110,6 +116,7 @@ impl Reason {
             Reason::EntryDeleted => "entry_deleted",
             Reason::FilterError => "filter_error",
             Reason::TransformError => "transform_error",
+            Reason::Poison => "poison",
         }
     }
 }

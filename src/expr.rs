@@ -3,9 +3,13 @@
 //! stage for the events routed to the webhook.
 //!
 //! Why CEL (the Common Expression Language): it is made for exactly this — small expressions
-//! over untrusted data, with no loops, no recursion, no I/O — so an evaluation always ends, in
-//! time bounded by the sizes of the event and of the expression (both capped). Kubernetes, Envoy
-//! and cloud event routers use it for the same job.
+//! over untrusted data, with no loops, no recursion, no I/O — so an evaluation always ends.
+//! Kubernetes, Envoy and cloud event routers use it for the same job. "Ends" is not "ends soon",
+//! though, and the `cel` crate (0.15) recurses as deep as the expression and has no cost limit,
+//! so wss adds both bounds: limits on the expression's shape at registration ([`MAX_DEPTH`],
+//! [`MAX_NODES`], [`MAX_SOURCE_BYTES`]) and a budget per evaluation ([`MAX_STEPS`],
+//! [`MAX_PRODUCED_BYTES`], see "The evaluation budget" below); threads that evaluate get
+//! [`EVAL_STACK_BYTES`] of stack.
 //!
 //! Both kinds of expression see one variable, `event`, the envelope of SPEC.md §1–2:
 //!
@@ -25,7 +29,8 @@
 //! The pieces, in the order they are used:
 //!
 //! 1. [`Filter::compile`] / [`Transform::compile`] at registration: a length limit, the CEL
-//!    parser (its errors come back with line, column and a caret), then a static check that
+//!    parser (its errors come back with line, column and a caret; it runs on a thread with a
+//!    stack it cannot exhaust), the depth and node limits, then a static check that
 //!    every variable is `event` (or a comprehension's own), so that a typo is refused at once
 //!    instead of dead-lettering every event later. (The `cel` crate has no type checker; a
 //!    filter whose shape alone shows it is not boolean — a literal, arithmetic — is refused too.)
@@ -81,6 +86,24 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// Longest accepted expression, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 4096;
+/// Deepest nesting of the parsed expression (after macros such as `map` are expanded): each
+/// operator, call, selection, list, map and comprehension is a level. Evaluation recurses once
+/// per level, so this bounds its stack.
+pub const MAX_DEPTH: usize = 64;
+/// Stack for a thread that evaluates expressions (the transformer's): [`MAX_DEPTH`] levels,
+/// each about doubled by the budget checks, and values nested as deep as event data may be
+/// (`pipeline::event::MAX_JSON_DEPTH`) plus what the expression nests, with room to spare
+/// (measured: see the `limits_hold_for_every_construct` test).
+pub const EVAL_STACK_BYTES: usize = 32 << 20;
+/// Most nodes of the parsed expression (after macro expansion).
+pub const MAX_NODES: usize = 1000;
+/// Most steps one evaluation may take: comprehension iterations (`map`, `filter`, `all`,
+/// `exists`…, counted when the loop starts, for every element), comparisons of `distinct` and
+/// `sort`, elements of `lists.range`.
+pub const MAX_STEPS: u64 = 1_000_000;
+/// Most bytes one evaluation may produce in new values: strings, bytes, lists and maps made by
+/// operators and functions (`+`, `replace`, `join`, `map`…), each counted when made.
+pub const MAX_PRODUCED_BYTES: u64 = 64 << 20;
 
 /// Most characters of a run-time error kept in a dead letter's detail: a CEL error may quote a
 /// whole operand, and that operand may be the whole event.
@@ -101,6 +124,7 @@ fn env() -> &'static Arc<Env> {
             ("lists", env.add_extension(cel::extensions::lists)),
             ("math", env.add_extension(cel::extensions::math)),
             ("encoders", env.add_extension(cel::extensions::encoders)),
+            ("budget", env.add_extension(add_budget_functions)),
         ] {
             // Only a clash between two of the cel crate's own libraries could fail here.
             if let Err(err) = result {
@@ -121,6 +145,10 @@ fn env() -> &'static Arc<Env> {
 pub enum CompileError {
     #[error("is {len} bytes long; at most {MAX_SOURCE_BYTES} are allowed (select event types with event_types, and keep the expression to what they cannot say)")]
     TooLong { len: usize },
+    #[error("nests more than {MAX_DEPTH} levels deep (the limit on nesting depth); split long chains of || or && into `in` lists (event.type in ['a', 'b']) and flatten nested calls")]
+    TooDeep,
+    #[error("has {nodes} nodes after macro expansion; at most {MAX_NODES} are allowed (the limit on node count); simplify it, or select event types with event_types")]
+    TooManyNodes { nodes: usize },
     #[error("{}", render_syntax(.0))]
     Syntax(Vec<SyntaxError>),
     #[error("unknown variable {name:?} at line {line}, column {column}: the only variable is `event` (event.id, event.type, event.tenant, event.created_at, event.data, event.attributes)")]
@@ -170,6 +198,8 @@ fn render_syntax(errors: &[SyntaxError]) -> String {
 struct Compiled {
     source: String,
     program: Program,
+    /// The expression as evaluated: the program's, with the budget checks of [`meter`] woven in.
+    metered: IdedExpr,
 }
 
 /// A webhook's filter, compiled: whether the webhook gets an event. Cheap to clone.
@@ -214,14 +244,36 @@ impl Transform {
     }
 }
 
+/// Stack of the thread an expression is parsed on. The CEL parser is generated by ANTLR and
+/// recurses some twenty rules per nesting level, up to its own limit of 96 levels; measured in a
+/// debug build, 64 nested parentheses need 16 MiB (a release build needs far less). Only the
+/// pages touched are ever committed.
+const PARSE_STACK_BYTES: usize = 64 << 20;
+
+/// Compiles on a thread of its own, with a stack the parser cannot exhaust whatever the source
+/// (callers' threads, such as the control plane's, have 2 MiB).
 fn compile(source: &str) -> Result<Compiled, CompileError> {
     if source.len() > MAX_SOURCE_BYTES {
         return Err(CompileError::TooLong { len: source.len() });
     }
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new().name("wss-cel-compile".into()).stack_size(PARSE_STACK_BYTES);
+        match worker.spawn_scoped(scope, || compile_here(source)) {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| Err(CompileError::Internal(panic_text(&panic)))),
+            Err(err) => Err(CompileError::Internal(format!("no thread to compile on: {err}"))),
+        }
+    })
+}
+
+fn compile_here(source: &str) -> Result<Compiled, CompileError> {
     // The parser is a large generated state machine; should it ever panic on some input, that
     // input is refused rather than taking the control plane's worker down.
     let parsed = catch_unwind(|| env().compile(source)).map_err(|panic| CompileError::Internal(panic_text(&panic)))?;
     let program = parsed.map_err(|errors| {
+        // The parser's own nesting limit (96 levels) is the same refusal as ours.
+        if errors.errors.iter().any(|e| e.msg.contains("Recursion limit")) {
+            return CompileError::TooDeep;
+        }
         CompileError::Syntax(
             errors
                 .errors
@@ -239,8 +291,11 @@ fn compile(source: &str) -> Result<Compiled, CompileError> {
                 .collect(),
         )
     })?;
+    check_shape(program.expression())?;
     check_references(&program, program.expression(), &mut Vec::new(), source)?;
-    Ok(Compiled { source: source.to_owned(), program })
+    let mut next_id = max_id(program.expression()) + 1;
+    let metered = meter(program.expression(), &mut next_id);
+    Ok(Compiled { source: source.to_owned(), program, metered })
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
@@ -349,6 +404,372 @@ fn check_references<'a>(program: &Program, expr: &'a IdedExpr, scope: &mut Vec<&
     Ok(())
 }
 
+/// The direct sub-expressions of `expr`.
+fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
+    match &expr.expr {
+        Expr::Call(call) => call.target.as_deref().into_iter().chain(call.args.iter()).collect(),
+        Expr::Select(select) => vec![&select.operand],
+        Expr::Comprehension(c) => vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result],
+        Expr::List(list) => list.elements.iter().collect(),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
+    }
+}
+
+/// Refuses an expression deeper than [`MAX_DEPTH`] or larger than [`MAX_NODES`]. Iterative, so
+/// that it cannot itself run out of stack on whatever the parser made.
+fn check_shape(root: &IdedExpr) -> Result<(), CompileError> {
+    let mut nodes = 0usize;
+    let mut stack = vec![(root, 1usize)];
+    while let Some((expr, depth)) = stack.pop() {
+        nodes += 1;
+        if depth > MAX_DEPTH {
+            return Err(CompileError::TooDeep);
+        }
+        stack.extend(children(expr).into_iter().map(|child| (child, depth + 1)));
+    }
+    if nodes > MAX_NODES {
+        return Err(CompileError::TooManyNodes { nodes });
+    }
+    Ok(())
+}
+
+/// The largest node id in a (shape-checked) expression.
+fn max_id(expr: &IdedExpr) -> u64 {
+    children(expr).into_iter().map(max_id).fold(expr.id, u64::max)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The evaluation budget
+// ---------------------------------------------------------------------------------------------
+//
+// The cel crate has no cost limit of its own, and CEL, though it has no loops, can ask for a lot
+// of work in a few characters: `lists.range(1000000).map(i, lists.range(1000000))`,
+// `event.data.big.replace('a', event.data.big)`, `[...].distinct()` on a long list. So the
+// compiled expression is rewritten ([`meter`]) with calls to functions of our own, whose names
+// start with `@` (no source can spell them), that charge a per-evaluation budget of
+// [`MAX_STEPS`] and [`MAX_PRODUCED_BYTES`] *before* the work is done where the work can be
+// large (a comprehension's iterations, `distinct`, `sort`, `lists.range`, `replace`, `join`),
+// and right after a value is made elsewhere (every other call's and comprehension's new value:
+// an operator's result is at most a small multiple of its operands, which were charged when
+// made). Once the budget is spent every charge fails, so the evaluation fails soon with
+// [`EvalError::OverBudget`]. The shapes the interpreter optimizes (`@result + [x]` of `map`,
+// `@result && x` of `all`) are left as they are.
+
+/// The budget of the evaluation running on this thread.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    steps: u64,
+    bytes: u64,
+    /// What ran out, once something did.
+    spent: Option<Spent>,
+}
+
+/// Which part of the budget ran out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Spent {
+    Steps,
+    Bytes,
+}
+
+thread_local! {
+    static BUDGET: std::cell::Cell<Budget> = const { std::cell::Cell::new(Budget { steps: MAX_STEPS, bytes: MAX_PRODUCED_BYTES, spent: None }) };
+}
+
+/// Starts a fresh budget for one evaluation on this thread.
+fn reset_budget() {
+    BUDGET.with(|b| b.set(Budget { steps: MAX_STEPS, bytes: MAX_PRODUCED_BYTES, spent: None }));
+}
+
+/// What ran out during the evaluation on this thread, if anything did.
+fn budget_spent() -> Option<Spent> {
+    BUDGET.with(|b| b.get().spent)
+}
+
+/// Takes `steps` and `bytes` from this thread's budget, or fails (for good) when they are not left.
+fn charge(steps: u64, bytes: u64) -> Result<(), ExecutionError> {
+    BUDGET.with(|cell| {
+        let mut budget = cell.get();
+        let spent = if budget.spent.is_some() {
+            budget.spent
+        } else if steps > budget.steps {
+            Some(Spent::Steps)
+        } else if bytes > budget.bytes {
+            Some(Spent::Bytes)
+        } else {
+            None
+        };
+        match spent {
+            Some(what) => {
+                budget.spent = Some(what);
+                cell.set(budget);
+                Err(ExecutionError::function_error("budget", over_budget_text(what)))
+            }
+            None => {
+                budget.steps -= steps;
+                budget.bytes -= bytes;
+                cell.set(budget);
+                Ok(())
+            }
+        }
+    })
+}
+
+fn over_budget_text(what: Spent) -> String {
+    match what {
+        Spent::Steps => format!("the expression needs more than {MAX_STEPS} steps (comprehension iterations, comparisons) on this event"),
+        Spent::Bytes => format!("the expression makes more than {} MiB of values on this event", MAX_PRODUCED_BYTES >> 20),
+    }
+}
+
+/// About how many bytes a value holds: its strings and bytes, plus a word or two per element.
+/// Iterative (values built from events nest, but never mind how deep).
+fn value_bytes(value: &dyn Val) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        total += 16;
+        match v.get_type().kind() {
+            Kind::String => total += v.downcast_ref::<CelString>().map_or(0, |s| s.inner().len() as u64),
+            Kind::Bytes => total += v.downcast_ref::<CelBytes>().map_or(0, |b| b.inner().len() as u64),
+            Kind::List => {
+                if let Some(list) = v.downcast_ref::<CelList>() {
+                    stack.extend(list.inner().iter().map(|item| item.as_ref()));
+                }
+            }
+            Kind::Map => {
+                if let Some(map) = v.downcast_ref::<CelMap>() {
+                    for (key, item) in map.inner() {
+                        total += 16 + key_text(key).len() as u64;
+                        stack.push(item.as_ref());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Elements of a list or map (0 for anything else).
+fn element_count(value: &dyn Val) -> u64 {
+    if let Some(list) = value.downcast_ref::<CelList>() {
+        list.inner().len() as u64
+    } else if let Some(map) = value.downcast_ref::<CelMap>() {
+        map.inner().len() as u64
+    } else {
+        0
+    }
+}
+
+type CowVal<'b, 'v> = cel::common::value::CowVal<'b, 'v>;
+
+fn only_arg<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let count = args.len();
+    args.into_iter().next().filter(|_| count == 1).ok_or_else(|| ExecutionError::invalid_argument_count(1, count))
+}
+
+/// `@wss_made(x)`: charges a value just made (owned); one merely looked up costs nothing.
+fn budget_made<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let value = only_arg(args)?;
+    if matches!(value, CowVal::Owned(_)) {
+        charge(0, value_bytes(value.as_ref()))?;
+    }
+    Ok(value)
+}
+
+/// `@wss_iter(range)`: a comprehension is about to run once per element.
+fn budget_iter<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let value = only_arg(args)?;
+    charge(element_count(value.as_ref()), 0)?;
+    Ok(value)
+}
+
+/// `@wss_quadratic(list)`: `distinct` compares every pair.
+fn budget_quadratic<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let value = only_arg(args)?;
+    let n = element_count(value.as_ref());
+    charge(n.saturating_mul(n) / 2, n.saturating_mul(16))?;
+    Ok(value)
+}
+
+/// `@wss_sort(list)`: `sort` and `sortBy` make n·log n comparisons and a new list.
+fn budget_sort<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let value = only_arg(args)?;
+    let n = element_count(value.as_ref());
+    charge(n.saturating_mul(u64::from(n.max(2).ilog2()) + 1), n.saturating_mul(16))?;
+    Ok(value)
+}
+
+/// `@wss_range(n)`: `lists.range(n)` makes n elements.
+fn budget_range<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let value = only_arg(args)?;
+    if let Some(n) = value.downcast_ref::<CelInt>().map(|n| u64::try_from(*n.inner()).unwrap_or(0)) {
+        charge(n, n.saturating_mul(32))?;
+    }
+    Ok(value)
+}
+
+fn string_arg<'a>(value: &'a CowVal<'_, '_>) -> Result<&'a str, ExecutionError> {
+    value.downcast_ref::<CelString>().map(|s| s.inner()).ok_or_else(|| ExecutionError::UnexpectedType {
+        got: value.get_type().name().to_owned(),
+        want: "string".to_owned(),
+    })
+}
+
+/// `s.@wss_replace(from, to[, n])`: the strings extension's `replace`, with the size of the
+/// result charged before it is made (`'a…a'.replace('a', <a long string>)` multiplies).
+fn budget_replace<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let (this, from, to) = match args.as_slice() {
+        [this, from, to] | [this, from, to, _] => (string_arg(this)?, string_arg(from)?, string_arg(to)?),
+        _ => return Err(ExecutionError::invalid_argument_count(3, args.len())),
+    };
+    let limit = match args.get(3) {
+        None => None,
+        Some(n) => {
+            let n = *n.downcast_ref::<CelInt>().ok_or_else(|| ExecutionError::UnexpectedType { got: n.get_type().name().to_owned(), want: "int".to_owned() })?.inner();
+            usize::try_from(n).ok() // negative: all
+        }
+    };
+    let found = if from.is_empty() { this.chars().count() + 1 } else { this.matches(from).count() };
+    let replaced = limit.map_or(found, |n| n.min(found)) as u64;
+    let size = (this.len() as u64).saturating_add(replaced.saturating_mul(to.len() as u64));
+    charge(this.len() as u64 / 64 + 1, size)?;
+    let out = match limit {
+        None => this.replace(from, to),
+        Some(n) => this.replacen(from, to, n),
+    };
+    Ok(CowVal::Owned(Box::new(CelString::from(out))))
+}
+
+/// `list.@wss_join([sep])`: the strings extension's `join`, with the size of the result charged
+/// before it is made (a long separator multiplies).
+fn budget_join<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let (list, separator) = match args.as_slice() {
+        [list] => (list, ""),
+        [list, separator] => (list, string_arg(separator)?),
+        _ => return Err(ExecutionError::invalid_argument_count(1, args.len())),
+    };
+    let list = list.downcast_ref::<CelList>().ok_or_else(|| ExecutionError::UnexpectedType { got: list.get_type().name().to_owned(), want: "list".to_owned() })?;
+    let mut parts = Vec::with_capacity(list.inner().len());
+    for item in list.inner() {
+        parts.push(item.downcast_ref::<CelString>().map(|s| s.inner()).ok_or_else(|| ExecutionError::UnexpectedType {
+            got: item.get_type().name().to_owned(),
+            want: "string".to_owned(),
+        })?);
+    }
+    let size = parts.iter().map(|p| p.len() as u64).sum::<u64>() + (parts.len().saturating_sub(1) as u64).saturating_mul(separator.len() as u64);
+    charge(parts.len() as u64, size)?;
+    Ok(CowVal::Owned(Box::new(CelString::from(parts.join(separator)))))
+}
+
+/// The functions [`meter`] weaves in, registered on the environment.
+fn add_budget_functions(env: &mut Env) -> Result<(), cel::DeclarationError> {
+    use cel::common::types::{DYN_TYPE, INT_TYPE, LIST_TYPE, STRING_TYPE};
+    env.add_overload("@wss_made", "wss_made", vec![DYN_TYPE], budget_made)?;
+    env.add_overload("@wss_iter", "wss_iter", vec![DYN_TYPE], budget_iter)?;
+    env.add_overload("@wss_quadratic", "wss_quadratic", vec![DYN_TYPE], budget_quadratic)?;
+    env.add_overload("@wss_sort", "wss_sort", vec![DYN_TYPE], budget_sort)?;
+    env.add_overload("@wss_range", "wss_range", vec![DYN_TYPE], budget_range)?;
+    env.add_member_overload("@wss_replace", "wss_replace", STRING_TYPE, vec![STRING_TYPE, STRING_TYPE], budget_replace)?;
+    env.add_member_overload("@wss_replace", "wss_replace_n", STRING_TYPE, vec![STRING_TYPE, STRING_TYPE, INT_TYPE], budget_replace)?;
+    env.add_member_overload("@wss_join", "wss_join", LIST_TYPE, vec![], budget_join)?;
+    env.add_member_overload("@wss_join", "wss_join_sep", LIST_TYPE, vec![STRING_TYPE], budget_join)?;
+    Ok(())
+}
+
+/// Calls whose result is never a new value of any size (comparisons, logic, lookups), or whose
+/// operands are charged already (`_?_:_` yields one of them): not wrapped.
+const UNMETERED_CALLS: &[&str] = &[
+    "_&&_", "_||_", "!_", "_?_:_", "_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "@in", "_[_]", "_[?_]", "_?._", "@not_strictly_false",
+    "size", "has", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "bool", "type", "dyn",
+];
+
+/// `expr` with the budget checks woven in (see the section's comment). Recursive: only called
+/// on shape-checked expressions, at most [`MAX_DEPTH`] deep.
+fn meter(expr: &IdedExpr, next_id: &mut u64) -> IdedExpr {
+    fn wrap(name: &str, inner: IdedExpr, next_id: &mut u64) -> IdedExpr {
+        *next_id += 1;
+        IdedExpr { id: *next_id, expr: Expr::Call(cel::common::ast::CallExpr { func_name: name.to_owned(), target: None, args: vec![inner] }) }
+    }
+    let rewritten = match &expr.expr {
+        Expr::Call(call) => {
+            let mut call = call.clone();
+            call.target = call.target.as_deref().map(|t| Box::new(meter(t, next_id)));
+            call.args = call.args.iter().map(|a| meter(a, next_id)).collect();
+            let is_accumulator = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name.starts_with('@'));
+            // The shapes the interpreter recognises in comprehensions stay as they are.
+            let folds_accumulator = call.target.as_deref().is_some_and(is_accumulator) || call.args.iter().any(is_accumulator);
+            let through_lists = matches!(call.target.as_deref().map(|t| &t.expr), Some(Expr::Ident(n)) if n == "lists");
+            match (call.func_name.as_str(), call.target.is_some()) {
+                ("range", true) if through_lists => {
+                    call.args = call.args.into_iter().map(|a| wrap("@wss_range", a, next_id)).collect();
+                    let ided = IdedExpr { id: expr.id, expr: Expr::Call(call) };
+                    return wrap("@wss_made", ided, next_id);
+                }
+                ("distinct", true) => call.target = call.target.map(|t| Box::new(wrap("@wss_quadratic", *t, next_id))),
+                ("sort" | "@sortByAssociatedKeys", true) => call.target = call.target.map(|t| Box::new(wrap("@wss_sort", *t, next_id))),
+                ("replace", true) => call.func_name = "@wss_replace".into(),
+                ("join", true) => call.func_name = "@wss_join".into(),
+                _ => {}
+            }
+            let unmetered = folds_accumulator || UNMETERED_CALLS.contains(&call.func_name.as_str()) || call.func_name == "@wss_replace" || call.func_name == "@wss_join";
+            let ided = IdedExpr { id: expr.id, expr: Expr::Call(call) };
+            return if unmetered { ided } else { wrap("@wss_made", ided, next_id) };
+        }
+        Expr::Comprehension(c) => {
+            let mut c = c.clone();
+            c.iter_range = wrap("@wss_iter", meter(&c.iter_range, next_id), next_id);
+            c.accu_init = meter(&c.accu_init, next_id);
+            c.loop_cond = meter(&c.loop_cond, next_id);
+            c.loop_step = meter(&c.loop_step, next_id);
+            c.result = meter(&c.result, next_id);
+            let ided = IdedExpr { id: expr.id, expr: Expr::Comprehension(c) };
+            return wrap("@wss_made", ided, next_id);
+        }
+        Expr::Select(select) => {
+            let mut select = select.clone();
+            select.operand = Box::new(meter(&select.operand, next_id));
+            Expr::Select(select)
+        }
+        Expr::List(list) => {
+            let mut list = list.clone();
+            list.elements = list.elements.iter().map(|e| meter(e, next_id)).collect();
+            Expr::List(list)
+        }
+        Expr::Map(map) => {
+            let mut map = map.clone();
+            for entry in &mut map.entries {
+                match &mut entry.expr {
+                    EntryExpr::MapEntry(e) => {
+                        e.key = meter(&e.key, next_id);
+                        e.value = meter(&e.value, next_id);
+                    }
+                    EntryExpr::StructField(f) => f.value = meter(&f.value, next_id),
+                }
+            }
+            Expr::Map(map)
+        }
+        other => other.clone(),
+    };
+    IdedExpr { id: expr.id, expr: rewritten }
+}
+
 /// `a.b.c` as a dotted name when the expression is only identifiers and field selections.
 fn qualified_name(expr: &IdedExpr) -> Option<String> {
     match &expr.expr {
@@ -407,6 +828,8 @@ pub enum EvalError {
     NotJson { what: String, path: String },
     #[error("the CEL library failed on this event ({0}); please report the expression and the event")]
     Internal(String),
+    #[error("{}: it was stopped (make it do less per event, e.g. filter lists before mapping them)", over_budget_text(*.0))]
+    OverBudget(Spent),
 }
 
 /// An execution error in words, with a hint for the common case, and of bounded length.
@@ -498,7 +921,7 @@ impl Bound<'_> {
     /// True when the webhook gets the event.
     pub fn filter(&self, filter: &Filter) -> Result<bool, EvalError> {
         self.guarded(|| {
-            let value = Value::resolve_val(filter.0.program.expression(), &self.scope).map_err(EvalError::Execution)?;
+            let value = Value::resolve_val(&filter.0.metered, &self.scope).map_err(EvalError::Execution)?;
             match value.downcast_ref::<CelBool>() {
                 Some(b) => Ok(*b.inner()),
                 None => Err(EvalError::NotBoolean { got: value.get_type().name().to_owned() }),
@@ -509,16 +932,23 @@ impl Bound<'_> {
     /// The request body: the transform's value as JSON.
     pub fn transform(&self, transform: &Transform) -> Result<Vec<u8>, EvalError> {
         self.guarded(|| {
-            let value = Value::resolve_val(transform.0.program.expression(), &self.scope).map_err(EvalError::Execution)?;
+            let value = Value::resolve_val(&transform.0.metered, &self.scope).map_err(EvalError::Execution)?;
             let mut out = Vec::with_capacity(256);
             write_json(&mut out, &*value).map_err(|failure| EvalError::NotJson { path: failure.path_text(), what: failure.what })?;
             Ok(out)
         })
     }
 
-    /// A panic inside the CEL library fails this one evaluation instead of the pipeline.
+    /// A panic inside the CEL library fails this one evaluation instead of the pipeline, and
+    /// the evaluation runs on a fresh budget: one that ran out fails it whatever it yielded
+    /// (an `exists` may have absorbed the error).
     fn guarded<T>(&self, evaluate: impl FnOnce() -> Result<T, EvalError>) -> Result<T, EvalError> {
-        catch_unwind(AssertUnwindSafe(evaluate)).unwrap_or_else(|panic| Err(EvalError::Internal(panic_text(&panic))))
+        reset_budget();
+        let result = catch_unwind(AssertUnwindSafe(evaluate)).unwrap_or_else(|panic| Err(EvalError::Internal(panic_text(&panic))));
+        match budget_spent() {
+            Some(spent) => Err(EvalError::OverBudget(spent)),
+            None => result,
+        }
     }
 }
 
@@ -983,6 +1413,150 @@ mod tests {
             assert_eq!(bound.filter(&Filter::compile(check).unwrap()), Ok(true), "{data}");
         }
         assert!(matches!(evaluator.bind(&envelope("1e999", &attributes)), Err(EvalError::Data(_))));
+    }
+
+
+    /// Expressions of every construct, nested or chained `n` times.
+    fn generated(n: usize) -> Vec<(&'static str, String)> {
+        let nest = |open: &str, inner: &str, close: &str| format!("{}{inner}{}", open.repeat(n), close.repeat(n));
+        vec![
+            ("operator chain", format!("{} == 0", vec!["1"; n].join(" + "))),
+            ("logical chain", vec!["event.type == 'x'"; n].join(" || ")),
+            ("string concatenation", format!("{} == ''", vec!["event.type"; n].join(" + "))),
+            ("parentheses", nest("(", "true", ")")),
+            ("negation", format!("{}true", "!".repeat(n))),
+            ("unary minus", format!("{}1 == 1", "-".repeat(n))),
+            ("nested calls", format!("{} == 1", nest("int(", "1", ")"))),
+            ("nested member calls", format!("'a'{} == 'a'", ".lowerAscii()".repeat(n))),
+            ("nested lists", format!("size({}) == 1", nest("[", "1", "]"))),
+            ("long list", format!("size([{}]) > 0", vec!["1"; n].join(", "))),
+            ("nested maps", format!("size({}) == 1", nest("{'a': ", "1", "}"))),
+            ("selection", format!("has(event.data{})", ".a".repeat(n))),
+            ("ternaries", format!("{}true{}", "true ? (".repeat(n), ") : false".repeat(n))),
+            ("nested map macros", format!("size({}) == 1", nest("[1].map(x, ", "x", ")"))),
+            ("nested all/exists", nest("[1].all(x, [1].exists(y, ", "true", "))")),
+            ("nested filters", format!("size({}) > 0", nest("[1].filter(x, size(", "[1]", ") > 0)"))),
+        ]
+    }
+
+    #[test]
+    fn limits_hold_for_every_construct() {
+        // The parser runs on the control plane's threads (2 MiB stacks); evaluation on the
+        // transformer's (EVAL_STACK_BYTES). Whatever the parser accepts is either refused with
+        // a limit or evaluates without running out of stack.
+        let compile_thread = std::thread::Builder::new().stack_size(2 << 20);
+        let compiled = compile_thread
+            .spawn(|| {
+                let mut accepted = Vec::new();
+                for n in [1, 8, 30, 31, 32, 33, 60, 63, 64, 65, 100, 400, 1000, 1365, 2000] {
+                    for (construct, source) in generated(n) {
+                        match Filter::compile(&source) {
+                            Ok(filter) => accepted.push((construct, n, filter)),
+                            Err(CompileError::TooLong { .. } | CompileError::TooDeep | CompileError::TooManyNodes { .. } | CompileError::Syntax(_)) => {}
+                            Err(other) => panic!("{construct} × {n}: {other}"),
+                        }
+                    }
+                }
+                accepted
+            })
+            .unwrap()
+            .join()
+            .expect("compiling never overflows the stack");
+        for construct in ["operator chain", "nested calls", "nested lists", "nested maps", "nested map macros", "ternaries", "string concatenation"] {
+            assert!(compiled.iter().any(|(c, n, _)| *c == construct && *n == 8), "{construct} × 8 is accepted");
+            assert!(!compiled.iter().any(|(c, n, _)| *c == construct && *n == 1000), "{construct} × 1000 is refused");
+        }
+        let eval_thread = std::thread::Builder::new().stack_size(EVAL_STACK_BYTES);
+        eval_thread
+            .spawn(move || {
+                let attributes = attributes();
+                let evaluator = Evaluator::new();
+                let bound = evaluator.bind(&envelope(DATA, &attributes)).unwrap();
+                for (construct, n, filter) in &compiled {
+                    // Any answer will do; only running out of stack or budget would not.
+                    if let Err(EvalError::OverBudget(_) | EvalError::Internal(_)) = bound.filter(filter) {
+                        panic!("{construct} × {n}");
+                    }
+                }
+            })
+            .unwrap()
+            .join()
+            .expect("evaluating never overflows the stack");
+    }
+
+    #[test]
+    fn the_reported_crash_is_refused_naming_the_limit() {
+        let source = format!("{} == 0", vec!["1"; 1500].join("+"));
+        let err = Filter::compile(&source).unwrap_err();
+        assert_eq!(err, CompileError::TooDeep);
+        assert!(err.to_string().contains(&format!("more than {MAX_DEPTH} levels deep")), "{err}");
+        let err = Transform::compile(&vec!["event.type"; 300].join("+")).unwrap_err();
+        assert_eq!(err, CompileError::TooDeep);
+        let wide = format!("[{}]", vec!["[1, 2, 3]"; 300].join(","));
+        let err = Transform::compile(&wide).unwrap_err();
+        assert!(matches!(err, CompileError::TooManyNodes { nodes } if nodes > MAX_NODES), "{err:?}");
+        assert!(err.to_string().contains("at most 1000 are allowed (the limit on node count)"), "{err}");
+    }
+
+    /// Runs `test` on a thread with the stack the transformer has.
+    fn on_eval_stack(test: impl FnOnce() + Send + 'static) {
+        let thread = std::thread::Builder::new().stack_size(EVAL_STACK_BYTES).spawn(test).unwrap();
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[test]
+    fn evaluation_stops_at_its_budget() {
+        on_eval_stack(evaluation_stops_at_its_budget_here);
+    }
+
+    fn evaluation_stops_at_its_budget_here() {
+        for (source, spent) in [
+            ("lists.range(1000000).map(i, lists.range(1000000).map(j, j))", Spent::Steps),
+            ("lists.range(1000000).all(i, lists.range(100).exists(j, j < 0) == false)", Spent::Steps),
+            ("lists.range(100000).distinct()", Spent::Steps),
+            ("lists.range(10000).map(i, 'x').join(lists.range(10000).map(i, 'y').join())", Spent::Bytes),
+            ("lists.range(20000).map(i, 'x').join().replace('x', lists.range(20000).map(i, 'y').join())", Spent::Bytes),
+            ("lists.range(400000).map(i, event.data.order_id + event.data.order_id + event.data.order_id + event.data.order_id + event.data.order_id)", Spent::Bytes),
+            // Doubling a string with nested comprehensions: 2^14 times the first.
+            (
+                &({
+                    let mut e = "lists.range(1000).map(i, 'abcdefgh').join()".to_owned();
+                    for _ in 0..14 {
+                        e = format!("[{e}].map(s, s + s)[0]");
+                    }
+                    e
+                }),
+                Spent::Bytes,
+            ),
+        ] {
+            let got = transform(source).map(|body| body.len());
+            assert_eq!(got, Err(EvalError::OverBudget(spent)), "{source}");
+        }
+        // An exists() that absorbs the error still fails: the budget ran out.
+        assert_eq!(filter("lists.range(1000000).map(i, i).size() > 0 || true"), Err(EvalError::OverBudget(Spent::Steps)));
+        // Plenty is left for real work, and the budget is fresh for every evaluation.
+        for _ in 0..3 {
+            assert_eq!(transform("size(lists.range(100000).filter(i, i % 2 == 0))").unwrap(), "50000");
+        }
+        assert_eq!(transform("'a-b-a'.replace('a', 'xy')").unwrap(), r#""xy-b-xy""#);
+        assert_eq!(transform("'a-b-a'.replace('a', 'xy', 1)").unwrap(), r#""xy-b-a""#);
+        assert_eq!(transform("['a', 'b'].join('/') + ['c'].join()").unwrap(), r#""a/bc""#);
+        assert_eq!(transform("[3, 1, 2, 1].distinct().sort()").unwrap(), "[1,2,3]");
+        assert_eq!(transform("event.data.items.sortBy(i, i.qty).map(i, i.sku)").unwrap(), r#"["Y-2","X-1"]"#);
+        assert!(EvalError::OverBudget(Spent::Steps).to_string().starts_with("the expression needs more than 1000000 steps"));
+        // Times from input at the edge of the representable: an error, never a crash.
+        for source in [
+            "timestamp('9999-12-31T23:59:59Z') + duration('87600h')",
+            "timestamp('0001-01-01T00:00:00Z') - duration('87600h')",
+            "timestamp('10000-01-01T00:00:00Z')",
+            "timestamp(253402300800)",
+        ] {
+            if let Ok(body) = transform(source) {
+                assert!(body.starts_with('"'), "{source}: {body}");
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod deadletter;
 pub mod domain;
 pub mod expr;
 pub mod grpc;
+pub mod health;
 pub mod history;
 pub mod http;
 pub mod http_server;

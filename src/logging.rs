@@ -51,11 +51,24 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
             dispatch = dispatch.level_for(noisy, LevelFilter::Warn.min(default));
         }
     }
+    // And never below info, whatever is asked: their debug and trace lines carry what must never
+    // reach a log (ureq: whole URLs with their query; ureq_proto: a dump of the request head,
+    // static headers such as `authorization` included).
+    dispatch = dispatch.filter(|metadata| shown(metadata.target(), metadata.level()));
     let dispatch = match format {
         LogFormat::Text => dispatch.format(|out, message, record| out.finish(format_args!("{}", text_line(SystemTime::now(), message, record)))),
         LogFormat::Json => dispatch.format(|out, message, record| out.finish(format_args!("{}", json_line(SystemTime::now(), message, record)))),
     };
     dispatch.chain(std::io::stderr()).apply().map_err(|e| e.to_string())
+}
+
+/// Most detail a dependency's log line may have: info. Only wss's own targets go further.
+const DEPENDENCY_CAP: log::Level = log::Level::Info;
+
+/// Whether a line of `target` at `level` may be written at all (before the level filter).
+fn shown(target: &str, level: log::Level) -> bool {
+    let own = target == "wss" || target.starts_with("wss::");
+    own || level <= DEPENDENCY_CAP
 }
 
 /// Keys of the JSON line itself, which a field may not replace.
@@ -117,6 +130,16 @@ fn json_line(now: SystemTime, message: &fmt::Arguments<'_>, record: &Record<'_>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dependencies_never_log_below_info() {
+        use log::Level::*;
+        for target in ["ureq", "ureq_proto::client", "rustls::client", "h2", "hyper", "tonic::transport", "redis", "wssx"] {
+            assert!(shown(target, Info) && shown(target, Error), "{target}");
+            assert!(!shown(target, Debug) && !shown(target, Trace), "{target}");
+        }
+        assert!(shown("wss", Trace) && shown("wss::outcomes", Trace) && shown("wss::reader", Debug));
+    }
 
     #[test]
     fn filters_parse_like_rust_log() {

@@ -176,7 +176,14 @@ fn main() -> ExitCode {
             tolerance,
             standard_webhooks: matches!(scheme, Scheme::StandardWebhooks),
         }),
-        Command::CheckExpr(args) => return check_expr(&args),
+        // On a thread with the stack the transformer evaluates on (its deepest expressions need it).
+        Command::CheckExpr(args) => {
+            let evaluating = std::thread::Builder::new().stack_size(wss::expr::EVAL_STACK_BYTES).spawn(move || check_expr(&args));
+            return match evaluating.map(std::thread::JoinHandle::join) {
+                Ok(Ok(status)) => status,
+                _ => ExitCode::from(2),
+            };
+        }
         Command::Bench(args) => bench::run(args),
     };
     match result {
@@ -361,6 +368,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // page, which read it.
     let live = pipeline::live_view(&config);
     redis.count_outages(metrics.redis_outages.clone());
+    // Probes Redis from now on, for /readyz, gRPC health and wss_redis_up; stops when this
+    // function returns (its sender dropped).
+    let health = wss::health::Health::new();
+    let (_stop_probe, probe_stop) = bounded::<()>(0);
+    wss::health::spawn_prober(redis.clone(), health.clone(), metrics.redis_up.clone(), probe_stop).context("starting the health probe thread")?;
     match &config.encryption_key {
         Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
         None => log::info!(target: "wss", "no WSS_ENCRYPTION_KEY: webhook secrets are stored in Redis in clear"),
@@ -393,6 +405,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 live: live.clone(),
                 routing: routing.clone(),
                 store: store.clone(),
+                health: health.clone(),
                 admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
             };
             let server = status::serve(addr, sources).with_context(|| {
@@ -427,7 +440,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_private_targets: config.allow_private_targets,
         allowed_target_cidrs: config.allowed_target_cidrs.clone(),
     };
-    let options = grpc::ServeOptions { admin_token: config.admin_token.clone(), tls: config.tls.clone() };
+    let options = grpc::ServeOptions { admin_token: config.admin_token.clone(), tls: config.tls.clone(), health: Some(health.clone()) };
     let transport = match &config.tls {
         None => "plaintext",
         Some(tls) if tls.client_ca_pem.is_some() => "TLS, client certificates required",
@@ -481,9 +494,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let grace = config.shutdown_grace;
     let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics })
         .context("starting the pipeline threads")?;
+    health.pipeline_started();
+    // gRPC health says SERVING before the line that says the pipeline reads.
+    health.wait_reported(Duration::from_secs(2));
     log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
 
-    let signal = signal_rx.recv().unwrap_or("shutdown");
+    // Runs until a signal, or until a pipeline thread dies: then the process exits non-zero
+    // rather than stay half alive (a supervisor restarts it).
+    let failure = crossbeam_channel::select! {
+        recv(signal_rx) -> signal => Ok(signal.unwrap_or("shutdown")),
+        recv(pipeline.failures()) -> why => Err(why.unwrap_or_else(|_| "every pipeline thread stopped".into())),
+    };
+    let signal = match failure {
+        Ok(signal) => signal,
+        Err(why) => {
+            health.pipeline_failed(&why);
+            log::error!(target: "wss", "{why}; stopping with a failure status so that a supervisor restarts wss (unfinished entries stay pending and are read again; an entry that keeps failing is dead-lettered as poison)");
+            let _ = pipeline.stop(grace);
+            let _ = stop_grpc_tx.send(());
+            let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), grpc_task).await });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            anyhow::bail!("{why}");
+        }
+    };
     log::info!(target: "wss", "{signal} received: stopping the reader, finishing sends in flight (grace {})", humantime::format_duration(grace));
     let in_flight = pipeline.in_flight();
     if pipeline.stop(grace) {

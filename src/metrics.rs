@@ -112,6 +112,8 @@ pub struct Metrics {
     pub parked: IntGauge,
     pub stream_lag: IntGauge,
     pub stream_pending: IntGauge,
+    /// 1 when Redis answered the last health probe (`crate::health`), else 0.
+    pub redis_up: IntGauge,
     pub dead_letter_stream_length: IntGauge,
     /// Entries of `<prefix>events` removed by wss's own trimming (`WSS_STREAM_RETENTION`).
     pub stream_trimmed: IntCounter,
@@ -216,6 +218,7 @@ impl Metrics {
             parked: gauge("wss_parked_deliveries", "Deliveries held by the signer until their webhook has a free slot (WSS_WEBHOOK_CONCURRENCY)."),
             stream_lag: gauge("wss_stream_lag", "Entries of <prefix>events not yet read by group wss (XINFO GROUPS lag; -1 when Redis cannot tell)."),
             stream_pending: gauge("wss_stream_pending", "Entries read by group wss and not yet acknowledged, by all instances (XINFO GROUPS pending)."),
+            redis_up: gauge("wss_redis_up", "1 when Redis answered the last health probe (PING, once a second), else 0."),
             dead_letter_stream_length: gauge("wss_dead_letter_stream_length", "Records in <prefix>deadletters (XLEN)."),
             stream_trimmed: counter(
                 "wss_stream_trimmed_entries_total",

@@ -174,6 +174,8 @@ pub struct Sources {
     pub live: Arc<LiveView>,
     pub routing: Arc<RoutingHandle>,
     pub store: Arc<Store>,
+    /// What `/healthz` and `/readyz` answer from.
+    pub health: Arc<crate::health::Health>,
     /// SHA-256 of the admin token; `None`: no token configured (the listener is on loopback).
     pub admin_token_digest: Option<[u8; 32]>,
 }
@@ -223,6 +225,9 @@ impl Sources {
         let path = request.path.split('?').next().unwrap_or_default();
         match path {
             "/metrics" => with_type(200, metrics::CONTENT_TYPE, self.metrics.render()),
+            // Open, like /metrics: they say nothing about tenants. 503 with the reason when not.
+            "/healthz" => health_answer(self.health.alive()),
+            "/readyz" => health_answer(self.health.ready()),
             "/" | "/index.html" => {
                 let mut response = with_type(200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec());
                 // Inline script and style only; nothing loaded from anywhere else.
@@ -252,9 +257,18 @@ impl Sources {
                 with_type(200, "application/json", body.into_bytes())
             }
             "/favicon.ico" => Response::empty(204),
-            _ => Response::text(404, "not found: this listener serves /metrics, / (the status page) and /status.json\n"),
+            _ => Response::text(404, "not found: this listener serves /metrics, /healthz, /readyz, / (the status page) and /status.json\n"),
         }
     }
+}
+
+fn health_answer(state: Result<(), String>) -> Response {
+    let mut response = match state {
+        Ok(()) => Response::text(200, "ok\n"),
+        Err(why) => Response::text(503, format!("{why}\n")),
+    };
+    response.headers.push(("Cache-Control".into(), "no-store".into()));
+    response
 }
 
 fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {

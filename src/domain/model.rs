@@ -251,6 +251,11 @@ pub fn validate_url(value: &str, allow_http: bool) -> Result<(), DomainError> {
     if authority.host().is_empty() {
         return Err(invalid(FIELD, "has no host"));
     }
+    // An IPv6 zone id (`[fe80::1%25eth0]`) names an interface of this machine, not an address:
+    // nothing a receiver could be.
+    if authority.host().starts_with('[') && authority.host().contains('%') {
+        return Err(invalid(FIELD, "an IPv6 address with a zone id (%25…) names a local interface and cannot be a webhook target; give the address alone"));
+    }
     // The port as written (`Authority::port` hides one that does not fit in 16 bits).
     let after_host = authority.as_str().rsplit_once(']').map_or(authority.as_str(), |(_, rest)| rest);
     if let Some((_, port)) = after_host.rsplit_once(':') {
@@ -429,6 +434,9 @@ mod tests {
             "https://example.com:99999/",
             "https://example.com:65536/",
             "https:///nohost",
+            "https://[::1%25lo]:18443/h",
+            "https://[fe80::1%25eth0]/",
+            "https://[fe80::1%eth0]/",
         ] {
             assert!(validate_url(bad, true).is_err(), "{bad}");
         }

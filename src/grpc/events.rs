@@ -24,6 +24,7 @@ use crate::{
         store::Published,
         DomainError,
     },
+    pipeline::event::{CREATED_AT_FIELD, MAX_TIME_MS},
     proto::{self, event_service_server::EventService},
 };
 
@@ -80,7 +81,11 @@ impl Event {
         };
         let mut attributes: Vec<(String, String)> = req.attributes.into_iter().collect();
         attributes.sort();
-        for (name, _) in &attributes {
+        for (name, value) in &attributes {
+            // The pipeline would dead-letter it as invalid_field; say so now.
+            if name == CREATED_AT_FIELD && !value.parse::<u64>().is_ok_and(|ms| ms <= MAX_TIME_MS) {
+                return Err(invalid("attributes", format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)")));
+            }
             if name.is_empty() {
                 return Err(invalid("attributes", "an attribute name is empty"));
             }
@@ -209,5 +214,13 @@ mod tests {
             req.attributes.insert(name.into(), "v".into());
             assert_eq!(invalid_of(req).0, "attributes", "{name:?}");
         }
+        for bad in ["18446744073709551615", "253402300800000", "-1", "soon"] {
+            let mut req = request();
+            req.attributes.insert(CREATED_AT_FIELD.into(), bad.into());
+            assert_eq!(invalid_of(req).0, "attributes", "{bad:?}");
+        }
+        let mut req = request();
+        req.attributes.insert(CREATED_AT_FIELD.into(), "253402300799999".into());
+        assert!(Event::from_request(req).is_ok());
     }
 }

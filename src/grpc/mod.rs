@@ -113,6 +113,9 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Serve gRPC over TLS (and require client certificates when a client CA is given).
     pub tls: Option<TlsSettings>,
+    /// What `grpc.health.v1.Health` answers from: `SERVING` only while [`crate::health::Health::ready`]
+    /// (Redis reachable, pipeline running), `NOT_SERVING` otherwise. `None`: always `SERVING`.
+    pub health: Option<Arc<crate::health::Health>>,
 }
 
 /// Serves all wss.v1 services + grpc.health.v1.Health + reflection on `listener` until
@@ -123,7 +126,7 @@ pub async fn serve(
     admin_token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    serve_with(listener, plane, ServeOptions { admin_token, tls: None }, shutdown).await
+    serve_with(listener, plane, ServeOptions { admin_token, tls: None, health: None }, shutdown).await
 }
 
 /// The tonic TLS configuration of `tls`. Fails when the certificate or key is not usable; call
@@ -164,7 +167,7 @@ pub async fn serve_with(
     let tokens = limited!(TokenServiceServer::new(tokens::TokenApi::new(plane)));
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    for name in [
+    const SERVICES: [&str; 7] = [
         "",
         crate::proto::tenant_service_server::SERVICE_NAME,
         crate::proto::webhook_service_server::SERVICE_NAME,
@@ -172,8 +175,31 @@ pub async fn serve_with(
         crate::proto::event_service_server::SERVICE_NAME,
         crate::proto::delivery_service_server::SERVICE_NAME,
         crate::proto::token_service_server::SERVICE_NAME,
-    ] {
-        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    ];
+    let status_of = |ready: bool| if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+    let ready_now = options.health.as_ref().is_none_or(|h| h.ready().is_ok());
+    for name in SERVICES {
+        health.set_service_status(name, status_of(ready_now)).await;
+    }
+    // Follows the process's health (Redis, pipeline) for as long as the runtime runs.
+    if let Some(state) = options.health.clone() {
+        let reporter = health.clone();
+        state.attach_reporter();
+        tokio::spawn(async move {
+            let mut last = ready_now;
+            loop {
+                let generation = state.generation();
+                let ready = state.ready().is_ok();
+                if ready != last {
+                    for name in SERVICES {
+                        reporter.set_service_status(name, status_of(ready)).await;
+                    }
+                    last = ready;
+                }
+                state.reported(generation);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        });
     }
 
     // The descriptor sets are compiled in, so a failure here is a build defect; serving the

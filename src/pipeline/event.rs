@@ -30,6 +30,10 @@ pub const MAX_JSON_DEPTH: usize = 64;
 pub const ONLY_WEBHOOK_FIELD: &str = "_wss_webhook";
 /// Reserved field: the event's `created_at` in Unix milliseconds, instead of the entry id's.
 pub const CREATED_AT_FIELD: &str = "_wss_created_at_ms";
+/// The latest time an event may carry, in Unix milliseconds: 9999-12-31T23:59:59.999Z, the last
+/// instant RFC 3339 can write. A later one (an entry id, `_wss_created_at_ms`) is refused as
+/// `invalid_field`.
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// An event as the rest of the pipeline sees it.
 #[derive(Debug)]
@@ -160,12 +164,15 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
             _ => return reject(rejection, Reason::InvalidField, format!("{ONLY_WEBHOOK_FIELD} must be a webhook id")),
         },
     };
-    let entry_ms = entry.id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0);
+    let entry_ms = entry.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0);
     let created_at_ms = match created_at {
+        None if entry_ms > MAX_TIME_MS => {
+            return reject(rejection, Reason::InvalidField, format!("the entry id {} is a time after year 9999; give the event its time in {CREATED_AT_FIELD}", entry.id));
+        }
         None => entry_ms,
         Some(raw) => match std::str::from_utf8(raw).ok().and_then(|v| v.parse::<u64>().ok()) {
-            Some(ms) => ms,
-            None => return reject(rejection, Reason::InvalidField, format!("{CREATED_AT_FIELD} must be Unix milliseconds")),
+            Some(ms) if ms <= MAX_TIME_MS => ms,
+            _ => return reject(rejection, Reason::InvalidField, format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)")),
         },
     };
     if let Err(depth) = check_depth(data, MAX_JSON_DEPTH) {
@@ -242,8 +249,11 @@ fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
 
 /// `created_at` of the envelope: RFC 3339 UTC with whole seconds, as in SPEC.md §2 (the exact
 /// milliseconds stay visible in the stream entry id).
+///
+/// A time past [`MAX_TIME_MS`] (refused by [`parse_entry`], so never an event's) is written as
+/// that last instant rather than panicking the formatter.
 pub fn rfc3339_seconds(ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ms / 1000);
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(ms.min(MAX_TIME_MS) / 1000);
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
@@ -373,6 +383,28 @@ mod tests {
             let e = entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b"{}"), bad]);
             assert_eq!(parse_entry(&e, 1024).unwrap_err().reason, Reason::InvalidField, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn times_past_year_9999_are_refused_and_never_panic() {
+        let fields: [(&str, &[u8]); 3] = [("tenant", b"acme"), ("type", b"t"), ("data", b"{}")];
+        for id in ["253402300800000-0", "18446744073709551615-0"] {
+            let rejection = parse_entry(&entry(id, &fields), 1024).unwrap_err();
+            assert_eq!(rejection.reason, Reason::InvalidField, "{id}");
+            assert!(rejection.detail.contains("after year 9999"), "{}", rejection.detail);
+        }
+        for bad in [&b"18446744073709551615"[..], b"253402300800000", b"-1", b"99999999999999999999999"] {
+            let mut with = fields.to_vec();
+            with.push((CREATED_AT_FIELD, bad));
+            assert_eq!(parse_entry(&entry("1-0", &with), 1024).unwrap_err().reason, Reason::InvalidField, "{bad:?}");
+        }
+        // The last instant is fine; a later id is fine when the field gives the time.
+        let mut with = fields.to_vec();
+        with.push((CREATED_AT_FIELD, b"253402300799999"));
+        let event = parse_entry(&entry("253402300800000-0", &with), 1024).unwrap();
+        assert!(String::from_utf8(envelope(&event)).unwrap().contains(r#""created_at":"9999-12-31T23:59:59Z""#));
+        assert_eq!(rfc3339_seconds(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]

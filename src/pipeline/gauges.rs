@@ -66,7 +66,8 @@ impl Gauges {
             if Instant::now() >= next_poll {
                 next_poll = Instant::now() + POLL_REDIS;
                 if let Err(err) = self.poll_redis(&mut conn) {
-                    log::debug!(target: "wss::gauges", "reading the stream's lag failed ({err}); keeping the last figures");
+                    log::debug!(target: "wss::gauges", "reading the stream's lag failed ({err}); it is -1 (unknown) until Redis answers");
+                    self.metrics.stream_lag.set(-1);
                     conn = None;
                 }
             }

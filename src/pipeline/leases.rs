@@ -25,13 +25,14 @@ use crate::{
 };
 
 /// Renews this consumer's lease on the given entries: resets the idle time of each one it still
-/// owns (`XCLAIM … 0 … JUSTID` would otherwise steal it back from a consumer that claimed it).
+/// owns (`XCLAIM … 0 … JUSTID` would otherwise steal it back from a consumer that claimed it),
+/// and its delivery count to one: an entry being worked on is not poison (`super::poison`).
 const RENEW_SCRIPT: &str = r#"
 local renewed = 0
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'RETRYCOUNT', 1, 'JUSTID')
     renewed = renewed + 1
   end
 end
@@ -65,8 +66,12 @@ impl Leases {
                 conn = self.redis.connect_once(Duration::from_secs(2)).ok();
             }
             let Some(con) = conn.as_mut() else { continue };
-            match self.renew_and_claim(con, &renew) {
-                Ok(claimed) => {
+            match self.renew_and_claim(con, &renew).and_then(|claimed| {
+                let ids: Vec<&str> = claimed.iter().map(|e| e.id.as_str()).collect();
+                let reads = super::poison::delivery_counts(con, &self.stream, &ids)?;
+                Ok((claimed, reads))
+            }) {
+                Ok((claimed, reads)) => {
                     self.events_read.inc_by(claimed.len() as u64);
                     for entry in claimed {
                         match self.in_flight.try_admit(&entry.id) {
@@ -75,7 +80,8 @@ impl Leases {
                             // again after the lease.
                             Admission::AlreadyInFlight | Admission::Full | Admission::ShuttingDown => continue,
                         }
-                        if !hand_on(entry, true, self.max_event_bytes, &out, &done) {
+                        let count = reads.get(&entry.id).copied();
+                        if !hand_on(entry, true, count, self.max_event_bytes, &out, &done) {
                             return;
                         }
                     }
@@ -105,16 +111,18 @@ impl Leases {
             return Ok(claimed);
         }
         let mut start = "0-0".to_owned();
+        let claim = super::poison::claim_script();
         loop {
-            let reply: Value = redis::cmd("XAUTOCLAIM")
-                .arg(&self.stream)
+            // Oversized entries come back stubbed, never whole (`super::poison`).
+            let reply: Value = claim
+                .key(&self.stream)
                 .arg(GROUP)
                 .arg(&self.consumer)
                 .arg(idle_ms)
                 .arg(&start)
-                .arg("COUNT")
                 .arg(self.batch.min(room))
-                .query(con)?;
+                .arg(self.max_event_bytes)
+                .invoke(con)?;
             let Value::Array(mut parts) = reply else { break };
             if parts.len() < 2 {
                 break;

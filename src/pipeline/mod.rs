@@ -47,6 +47,7 @@ pub mod isolation;
 mod leases;
 pub mod live;
 mod outcomes;
+mod poison;
 mod reader;
 mod retention;
 mod sender;
@@ -335,6 +336,36 @@ pub struct Pipeline {
     shutdown: Option<Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     in_flight: Arc<InFlight>,
+    died: Receiver<String>,
+}
+
+/// The threads that evaluate filters and transforms (the transformer; the rehydrator, or with
+/// the durable backlog of issue 12 the backlog pump, rebuilding a delivery by today's rules).
+const EVALUATING_THREADS: &[&str] = &["wss-transformer", "wss-rehydrate", "wss-backlog"];
+
+/// Spawns one pipeline thread that reports on `died` if it panics, or returns while `shutdown`
+/// has not been signalled (its sender dropped). The threads that evaluate filters and transforms
+/// get the stack [`crate::expr::EVAL_STACK_BYTES`] their deepest evaluation needs.
+fn watched_thread(name: String, work: Box<dyn FnOnce() + Send>, died: Sender<String>, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+    let mut builder = thread::Builder::new().name(name.clone());
+    if EVALUATING_THREADS.contains(&name.as_str()) {
+        builder = builder.stack_size(crate::expr::EVAL_STACK_BYTES);
+    }
+    builder.spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let stopping = matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
+        let why = match outcome {
+            Err(panic) => {
+                let text = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned());
+                Some(format!("pipeline thread {name} panicked: {}", text.as_deref().unwrap_or("(no message)")))
+            }
+            Ok(()) if !stopping => Some(format!("pipeline thread {name} stopped without being asked to")),
+            Ok(()) => None,
+        };
+        if let Some(why) = why {
+            let _ = died.send(why);
+        }
+    })
 }
 
 /// Channel capacities between stages: enough to keep each busy, small enough to bound memory.
@@ -370,8 +401,10 @@ impl Pipeline {
         let agent = crate::http::Agents::for_config(&config);
 
         let mut threads = Vec::new();
+        let (died_tx, died_rx) = crossbeam_channel::unbounded::<String>();
+        let watch = (died_tx, shutdown_rx.clone());
         let mut spawn = |name: String, work: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {
-            threads.push(thread::Builder::new().name(name).spawn(work)?);
+            threads.push(watched_thread(name, work, watch.0.clone(), watch.1.clone())?);
             Ok(())
         };
 
@@ -384,6 +417,7 @@ impl Pipeline {
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
             events_read: metrics.events_read.clone(),
+            script: poison::read_script(),
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
@@ -494,7 +528,14 @@ impl Pipeline {
             Box::new(move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop)),
         )?;
 
-        Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight })
+        Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight, died: died_rx })
+    }
+
+    /// Says, once for each, why a pipeline thread ended when it was not asked to (a panic, or a
+    /// return without shutdown). The process must not go on half alive: `main` exits on the
+    /// first message.
+    pub fn failures(&self) -> &Receiver<String> {
+        &self.died
     }
 
     /// Entries read and not yet acknowledged.
@@ -549,6 +590,23 @@ mod tests {
         window.release("1-0");
         assert_eq!((window.len(), window.room()), (1, 1));
         assert!(matches!(window.try_admit("3-0"), Admission::Admitted));
+    }
+
+    #[test]
+    fn a_thread_that_dies_says_why_and_one_stopped_on_request_says_nothing() {
+        let (died_tx, died) = crossbeam_channel::unbounded::<String>();
+        let (shutdown_tx, shutdown) = bounded::<()>(0);
+        let panicking = watched_thread("wss-test-panic".into(), Box::new(|| panic!("boom")), died_tx.clone(), shutdown.clone()).unwrap();
+        let returning = watched_thread("wss-test-return".into(), Box::new(|| {}), died_tx.clone(), shutdown.clone()).unwrap();
+        let _ = panicking.join();
+        let _ = returning.join();
+        let mut reasons: Vec<String> = died.try_iter().collect();
+        reasons.sort();
+        assert_eq!(reasons, ["pipeline thread wss-test-panic panicked: boom", "pipeline thread wss-test-return stopped without being asked to"]);
+        drop(shutdown_tx);
+        let stopped = watched_thread("wss-test-stopped".into(), Box::new(|| {}), died_tx, shutdown).unwrap();
+        let _ = stopped.join();
+        assert!(died.try_recv().is_err(), "a thread ending after shutdown is not a failure");
     }
 
     #[test]

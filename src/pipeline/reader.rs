@@ -2,11 +2,17 @@
 //!
 //! On start, and after every reconnect, it first re-reads this consumer's own pending entries
 //! (`XREADGROUP … STREAMS <key> 0`, page by page), skipping those already in flight; then it
-//! reads new ones (`>`) with `BLOCK`. The group is created with `MKSTREAM` from id `0`, so entries
-//! appended before the first start are delivered too.
+//! reads new ones (`>`). The group is created with `MKSTREAM` from id `0`, so entries appended
+//! before the first start are delivered too.
 //!
-//! The connection's read timeout is BLOCK plus a margin: a shorter one would make redis-rs drop a
-//! reply that arrives late, stranding its entries in the pending list.
+//! Every read goes through a script ([`poison::read_script`]) that stubs entries over
+//! `WSS_MAX_EVENT_BYTES` inside Redis, so that an oversized entry is never pulled whole. A script
+//! cannot block, so when nothing new came the reader waits 2 ms, then twice as long each time it
+//! finds nothing, up to 50 ms (or `WSS_READ_BLOCK` if shorter): at most about 20 cheap reads a
+//! second while idle, and a few milliseconds of latency once events flow.
+//!
+//! Entries re-read from the pending list carry Redis's delivery count (`XPENDING`): one read
+//! too often without being finished is dead-lettered as poison ([`super::poison`]).
 //!
 //! Each entry is parsed ([`super::event::parse_entry`]) and admitted to the in-flight window;
 //! a valid one goes to the transformer, a bad one straight to the outcome stage as a rejection.
@@ -20,14 +26,18 @@ use std::{sync::Arc, time::Duration};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use redis::{Connection, RedisError, Value};
 
-use super::{event::parse_entry, Admission, Completion, EntryTicket, InFlight, Inbound};
+use super::{event::parse_entry, poison, Admission, Completion, EntryTicket, InFlight, Inbound};
 use crate::{
     redis_conn::{is_connection_error, RedisTarget},
-    streams::{parse_read_reply, RawEntry},
+    streams::{parse_entries, RawEntry},
 };
 
 
 pub const GROUP: &str = "wss";
+
+/// Shortest and longest wait between two reads that found nothing new.
+const IDLE_POLL_MIN: Duration = Duration::from_millis(2);
+const IDLE_POLL_MAX: Duration = Duration::from_millis(50);
 
 pub struct Reader {
     pub redis: RedisTarget,
@@ -39,6 +49,8 @@ pub struct Reader {
     pub in_flight: Arc<InFlight>,
     /// `wss_events_read_total`.
     pub events_read: prometheus::IntCounter,
+    /// [`poison::read_script`].
+    pub script: redis::Script,
 }
 
 /// Where the next read starts: this consumer's pending entries after an id, or new ones.
@@ -51,6 +63,7 @@ impl Reader {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
         let mut conn: Option<Connection> = None;
         let mut cursor = Cursor::Pending("0".into());
+        let mut idle = IDLE_POLL_MIN;
         loop {
             if !matches!(shutdown.try_recv(), Err(TryRecvError::Empty)) {
                 return;
@@ -81,12 +94,26 @@ impl Reader {
                 }
             };
             self.events_read.inc_by(entries.len() as u64);
+            // Nothing new: wait a little before asking again (the read cannot block, see `read`),
+            // longer the longer it stays idle, up to [`IDLE_POLL_MAX`] or WSS_READ_BLOCK.
+            if matches!(cursor, Cursor::New) {
+                if entries.is_empty() {
+                    if !matches!(shutdown.recv_timeout(idle), Err(crossbeam_channel::RecvTimeoutError::Timeout)) {
+                        return;
+                    }
+                    idle = (idle * 2).min(IDLE_POLL_MAX.min(self.block));
+                } else {
+                    idle = IDLE_POLL_MIN;
+                }
+            }
             if let Cursor::Pending(_) = cursor {
                 cursor = match entries.last() {
                     Some(last) => Cursor::Pending(last.id.clone()),
                     None => Cursor::New,
                 };
             }
+            // Entries read again: how often Redis delivered each (poison entries, `super::poison`).
+            let reads = if recovered { self.delivery_counts(con, &entries) } else { Default::default() };
             for entry in entries {
                 match self.in_flight.admit(&entry.id, &shutdown) {
                     Admission::Admitted => {}
@@ -94,11 +121,22 @@ impl Reader {
                     Admission::AlreadyInFlight | Admission::Full => continue,
                     Admission::ShuttingDown => return,
                 }
-                if !hand_on(entry, recovered, self.max_event_bytes, &out, &done) {
+                let count = reads.get(&entry.id).copied();
+                if !hand_on(entry, recovered, count, self.max_event_bytes, &out, &done) {
                     return;
                 }
             }
         }
+    }
+
+    /// Delivery counts of the entries not in flight; none when Redis cannot say (they are then
+    /// processed, and counted at the next read).
+    fn delivery_counts(&self, con: &mut Connection, entries: &[RawEntry]) -> std::collections::HashMap<String, u64> {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).filter(|id| !self.in_flight.contains(id)).collect();
+        poison::delivery_counts(con, &self.stream, &ids).unwrap_or_else(|err| {
+            log::warn!(target: "wss::reader", "reading the delivery counts of {} pending entries failed ({err}); processing them anyway", ids.len());
+            Default::default()
+        })
     }
 
     fn connect(&self, shutdown: &Receiver<()>) -> Option<Connection> {
@@ -129,30 +167,56 @@ impl Reader {
         }
     }
 
+    /// One page, through [`poison::read_script`]: an oversized entry arrives as a stub, never
+    /// whole. The script cannot block; the caller waits when nothing new came.
     fn read(&self, con: &mut Connection, cursor: &Cursor) -> Result<Vec<RawEntry>, RedisError> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&self.consumer).arg("COUNT").arg(self.batch);
         let start = match cursor {
             Cursor::Pending(after) => after.as_str(),
-            Cursor::New => {
-                cmd.arg("BLOCK").arg(self.block.as_millis() as u64);
-                ">"
-            }
+            Cursor::New => ">",
         };
-        let reply: Value = cmd.arg("STREAMS").arg(&self.stream).arg(start).query(con)?;
-        parse_read_reply(reply).map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREADGROUP reply", e.to_string())))
+        let reply: Value = self
+            .script
+            .key(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(self.batch)
+            .arg(start)
+            .arg(self.max_event_bytes)
+            .invoke(con)?;
+        parse_entries(reply).map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREADGROUP reply", e.to_string())))
     }
 
 }
 
 /// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
-pub(super) fn hand_on(entry: RawEntry, recovered: bool, max_event_bytes: usize, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
+/// `reads`: how often Redis delivered it, for an entry read again (see `super::poison`).
+pub(super) fn hand_on(entry: RawEntry, recovered: bool, reads: Option<u64>, max_event_bytes: usize, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
     let ticket = EntryTicket::new(entry.id.clone(), recovered);
-    match parse_entry(&entry, max_event_bytes) {
+    let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
+    let parsed = match (stubbed, reads) {
+        (Some((size, excerpt)), _) => {
+            let mut rejection = poison::poison_rejection(&entry, 0);
+            rejection.reason = crate::deadletter::Reason::TooLarge;
+            rejection.detail = format!("the entry is {size} bytes; the limit is {max_event_bytes} (WSS_MAX_EVENT_BYTES); it was not read whole; {excerpt}");
+            return done.send(Completion::Rejected { ticket, rejection, raw_fields: Vec::new() }).is_ok();
+        }
+        (None, Some(reads)) if reads >= poison::MAX_READS => Err(poison::poison_rejection(&entry, reads)),
+        (None, _) => parse_entry(&entry, max_event_bytes),
+    };
+    match parsed {
         Ok(event) => out.send(Inbound { event, ticket }).is_ok(),
-        Err(rejection) => {
-            let raw_fields = entry.fields.unwrap_or_default();
+        Err(mut rejection) => {
+            let mut raw_fields = entry.fields.unwrap_or_default();
+            // An oversized entry is not copied into its record: an excerpt and its size are.
+            if entry_size(&raw_fields) > max_event_bytes {
+                rejection.detail = format!("{}; {}", rejection.detail, poison::excerpt(&raw_fields));
+                raw_fields = Vec::new();
+            }
             done.send(Completion::Rejected { ticket, rejection, raw_fields }).is_ok()
         }
     }
+}
+
+fn entry_size(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    fields.iter().map(|(k, v)| k.len() + v.len()).sum()
 }

@@ -22,6 +22,7 @@
 //! webhook. The CEL root context is built once, when the thread starts ([`Evaluator`]).
 
 use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -59,7 +60,27 @@ pub fn run(
             recv(input) -> msg => match msg { Ok(m) => m, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        if !route(routing, &mut freshness, &evaluator, inbound, &out, &done) {
+        // A panic while routing one event dead-letters that event (`poison`) instead of killing
+        // the stage; its deliveries, if it had handed any on already, go on as they are.
+        let routed = catch_unwind(AssertUnwindSafe(|| route(routing, &mut freshness, &evaluator, &inbound, &out, &done)));
+        let handed_on = match routed {
+            Ok(handed_on) => handed_on,
+            Err(panic) => {
+                let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned());
+                let event = &inbound.event;
+                log::error!(target: "wss::transformer", event_id = event.id.as_str(), tenant = event.tenant.as_str();
+                    "processing event {} (stream entry {}) panicked: {}; it is dead-lettered as poison", event.id, event.stream_id, what.as_deref().unwrap_or("(no message)"));
+                let rejection = Rejection {
+                    reason: Reason::Poison,
+                    detail: format!("processing the event panicked ({}); please report it with the event", what.as_deref().unwrap_or("no message")),
+                    tenant: event.tenant.clone(),
+                    event_type: event.event_type.clone(),
+                    event_id: event.id.clone(),
+                };
+                done.send(Completion::Rejected { ticket: inbound.ticket.clone(), rejection, raw_fields: raw_fields(event) }).is_ok()
+            }
+        };
+        if !handed_on {
             return;
         }
     }
@@ -100,7 +121,7 @@ fn route(
     routing: &RoutingHandle,
     freshness: &mut Freshness<'_>,
     evaluator: &Evaluator,
-    inbound: Inbound,
+    inbound: &Inbound,
     out: &Sender<Delivery>,
     done: &Sender<Completion>,
 ) -> bool {
@@ -133,7 +154,7 @@ fn route(
             event_type: event.event_type.clone(),
             event_id: event.id.clone(),
         },
-        raw_fields: raw_fields(&event),
+        raw_fields: raw_fields(event),
     };
     let Some(tenant) = snapshot.tenants.get(&event.tenant) else {
         let detail = format!("tenant {:?} does not exist; create it with TenantService/CreateTenant", event.tenant);
@@ -152,16 +173,16 @@ fn route(
     if let (Some(only), true) = (&event.only_webhook, candidates.is_empty()) {
         log::info!(target: "wss::transformer", tenant = event.tenant.as_str(), webhook = only.as_str(), event_id = event.id.as_str(), outcome = "unrouted";
             "redelivered event {} is not sent: webhook {only} of tenant {} is gone, disabled, or no longer wants type {}", event.id, event.tenant, event.event_type);
-        return done.send(Completion::Unrouted { ticket }).is_ok();
+        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
     }
     if candidates.is_empty() {
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook's event types", event.id, event.event_type, event.tenant);
-        return done.send(Completion::Unrouted { ticket }).is_ok();
+        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
     }
-    let plans = plan(evaluator, &event, &candidates);
+    let plans = plan(evaluator, event, &candidates);
     if plans.is_empty() {
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
-        return done.send(Completion::Unrouted { ticket }).is_ok();
+        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
     }
     let meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
     ticket.expect(plans.len());

@@ -189,7 +189,9 @@ export interface DeadLetter {
   /**
    * Machine-readable reason: `max_attempts_exhausted`, `gone`, `webhook_deleted`,
    * `webhook_disabled`, `tenant_disabled`, `unknown_tenant`, `missing_field`, `invalid_field`,
-   * `data_not_json`, `too_large`, `entry_deleted`, `filter_error`, `transform_error`.
+   * `data_not_json`, `too_large`, `too_many_fields`, `too_deep`, `entry_deleted`, `filter_error`,
+   * `transform_error`, `poison` (an entry read repeatedly without being finished, or whose
+   * processing crashed).
    */
   reason: string;
   /** Human-readable explanation. */
