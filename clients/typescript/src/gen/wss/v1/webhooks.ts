@@ -252,17 +252,25 @@ export interface WebhookStats {
     | undefined;
   /** Attempts of this webhook on the wire on the answering instance now. */
   inFlight: number;
-  /** Deliveries of this webhook waiting on the answering instance: parked + retries_waiting. */
+  /** Deliveries of this webhook waiting: parked (on the answering instance) + backlog_depth. */
   queued: number;
   /**
-   * Waiting for a free slot under the webhook's in-flight cap (WSS_WEBHOOK_CONCURRENCY), or
-   * behind a half-open circuit's probe.
+   * Parked in the answering instance's memory for a free slot under the webhook's in-flight cap
+   * (WSS_WEBHOOK_CONCURRENCY), or behind a half-open circuit's probe; as many as the
+   * webhook's recent pace sends within a second, for 5 s at most; the rest waits in the backlog.
    */
   parked: number;
-  /** Waiting for a retry's due time, or for an open circuit to let attempts go. */
+  /** The same as backlog_depth (kept for clients written before the durable backlog). */
   retriesWaiting: number;
-  /** The answering instance (its consumer name): whose circuit_state, in_flight and queued these are. */
+  /** The answering instance (its consumer name): whose circuit_state, in_flight and parked these are. */
   instance: string;
+  /**
+   * Deliveries of this webhook waiting in the durable backlog in Redis, for all instances: retries
+   * waiting for their due time, and deliveries postponed by an open circuit or a full webhook.
+   */
+  backlogDepth: number;
+  /** How long the oldest of them has waited in the backlog (absent: the backlog is empty). */
+  backlogOldestAge: Duration | undefined;
 }
 
 function createBaseCreateWebhookRequest(): CreateWebhookRequest {
@@ -1858,6 +1866,8 @@ function createBaseWebhookStats(): WebhookStats {
     parked: 0,
     retriesWaiting: 0,
     instance: "",
+    backlogDepth: 0,
+    backlogOldestAge: undefined,
   };
 }
 
@@ -1922,6 +1932,12 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     }
     if (message.instance !== "") {
       writer.uint32(162).string(message.instance);
+    }
+    if (message.backlogDepth !== 0) {
+      writer.uint32(168).uint64(message.backlogDepth);
+    }
+    if (message.backlogOldestAge !== undefined) {
+      Duration.encode(message.backlogOldestAge, writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -2099,6 +2115,22 @@ export const WebhookStats: MessageFns<WebhookStats> = {
             message.instance = reader.string();
             continue;
           }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.backlogDepth = longToNumber(reader.uint64());
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.backlogOldestAge = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2197,6 +2229,16 @@ export const WebhookStats: MessageFns<WebhookStats> = {
         ? globalThis.Number(object.retries_waiting)
         : 0,
       instance: isSet(object.instance) ? globalThis.String(object.instance) : "",
+      backlogDepth: isSet(object.backlogDepth)
+        ? globalThis.Number(object.backlogDepth)
+        : isSet(object.backlog_depth)
+        ? globalThis.Number(object.backlog_depth)
+        : 0,
+      backlogOldestAge: isSet(object.backlogOldestAge)
+        ? Duration.fromJSON(object.backlogOldestAge)
+        : isSet(object.backlog_oldest_age)
+        ? Duration.fromJSON(object.backlog_oldest_age)
+        : undefined,
     };
   },
 
@@ -2262,6 +2304,12 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     if (message.instance !== "") {
       obj.instance = message.instance;
     }
+    if (message.backlogDepth !== 0) {
+      obj.backlogDepth = Math.round(message.backlogDepth);
+    }
+    if (message.backlogOldestAge !== undefined) {
+      obj.backlogOldestAge = Duration.toJSON(message.backlogOldestAge);
+    }
     return obj;
   },
 
@@ -2294,6 +2342,10 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     message.parked = object.parked ?? 0;
     message.retriesWaiting = object.retriesWaiting ?? 0;
     message.instance = object.instance ?? "";
+    message.backlogDepth = object.backlogDepth ?? 0;
+    message.backlogOldestAge = (object.backlogOldestAge !== undefined && object.backlogOldestAge !== null)
+      ? Duration.fromPartial(object.backlogOldestAge)
+      : undefined;
     return message;
   },
 };
