@@ -17,7 +17,7 @@ unit() {
       return 0
     fi
   fi
-  cargo build --quiet --bin wss
+  cargo build --quiet --locked --bin wss
   local dir
   dir=$(mktemp -d)
   trap 'rm -rf "$dir"' RETURN
@@ -33,7 +33,7 @@ unit() {
 }
 
 config() {
-  cargo run --quiet --bin wss -- config check deploy/wss.toml
+  cargo run --quiet --locked --bin wss -- config check deploy/wss.toml
 }
 
 case "${1:-}" in

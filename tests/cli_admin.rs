@@ -201,3 +201,16 @@ fn config_check_passes_the_shipped_example_and_reports_every_problem_of_a_broken
         assert!(run.stderr.contains(needle), "{needle:?} missing from: {}", run.stderr);
     }
 }
+
+#[test]
+fn the_example_config_names_every_setting_the_loader_knows() {
+    // The loader's key table, read from its source, against the example's `key =` lines
+    // (commented out or not), so that a new setting cannot be left out of deploy/wss.toml.
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).expect("reading src/config.rs");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/wss.toml")).expect("reading deploy/wss.toml");
+    let keys: Vec<&str> = source.split("Key { name: \"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+    assert!(keys.len() >= 30 && keys.contains(&"redis_url"), "the key table was not found in src/config.rs: {keys:?}");
+    let named = |key: &str| example.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} = ")));
+    let missing: Vec<&&str> = keys.iter().filter(|k| !named(k)).collect();
+    assert!(missing.is_empty(), "deploy/wss.toml lacks {missing:?}: add each with its default and one comment line");
+}

@@ -170,15 +170,6 @@ fn group_figures(reply: &Value, group: &str) -> Option<(Option<i64>, i64)> {
     })
 }
 
-/// The smallest pending id in an `XPENDING <key> <group>` summary (`[count, smallest, greatest,
-/// consumers]`); `None` when nothing is pending (its ids are nil).
-fn oldest_pending(summary: &Value) -> Option<String> {
-    match summary {
-        Value::Array(items) => items.get(1).and_then(text),
-        _ => None,
-    }
-}
-
 fn pairs(value: &Value) -> Vec<(String, &Value)> {
     match value {
         Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, &kv[1]))).collect(),
@@ -199,6 +190,15 @@ fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The smallest pending id in an `XPENDING <key> <group>` summary (`[count, smallest, greatest,
+/// consumers]`); `None` when nothing is pending (its ids are nil).
+fn oldest_pending(summary: &Value) -> Option<String> {
+    match summary {
+        Value::Array(items) => items.get(1).and_then(text),
         _ => None,
     }
 }
