@@ -254,6 +254,12 @@ impl Metrics {
         self.dead_letters[reason as usize].inc();
     }
 
+    /// Dead-letter records this instance wrote since it started, by reason (those rejected
+    /// before routing included); reasons with none left out.
+    pub fn dead_letter_counts(&self) -> Vec<(&'static str, u64)> {
+        Reason::ALL.iter().zip(&self.dead_letters).map(|(r, c)| (r.as_str(), c.get())).filter(|(_, n)| *n > 0).collect()
+    }
+
     /// Counts an entry rejected before routing (its dead letter is counted by [`Self::dead_letter`]).
     pub fn bad_entry(&self, reason: Reason) {
         if let Some(counter) = &self.bad_entries[reason as usize] {
