@@ -718,7 +718,9 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
     const COLUMNS: &[&str] = &["webhook_id", "tenant_id", "url", "event_types", "enabled", "disabled_reason", "description"];
     Ok(match verb {
         WebhookVerb::Create { tenant, url, event_types, filter, transform, retry_policy, headers, description, disabled, scheme, secret } => {
-            let request = CreateWebhookRequest {
+            // `..Default::default()`: fields this CLI has no flag for stay unset (newer servers
+            // may have more); the secret is set after, so that the literal never names them all.
+            let mut request = CreateWebhookRequest {
                 tenant_id: tenant,
                 url,
                 event_types,
@@ -732,8 +734,9 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
                     Scheme::Wss => SignatureScheme::Wss,
                     Scheme::StandardWebhooks => SignatureScheme::StandardWebhooks,
                 } as i32,
-                secret,
+                ..Default::default()
             };
+            request.secret = secret;
             Printed::one(&render::webhook(&c.webhooks.create_webhook(request).await?.into_inner()))
         }
         WebhookVerb::Get { webhook_id } => Printed::one(&render::webhook(&c.webhooks.get_webhook(GetWebhookRequest { webhook_id }).await?.into_inner())),
@@ -762,7 +765,8 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             description,
             enabled,
         } => {
-            let request = UpdateWebhookRequest {
+            // As for create: unset fields are left as they are by the server.
+            let mut request = UpdateWebhookRequest {
                 webhook_id,
                 url,
                 event_types: (all_event_types || !event_types.is_empty()).then_some(EventTypes { patterns: event_types }),
@@ -771,8 +775,9 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
                 retry_policy_id: retry_policy,
                 headers: (no_headers || !headers.is_empty()).then(|| Headers { headers: headers.into_iter().collect() }),
                 description,
-                enabled,
+                ..Default::default()
             };
+            request.enabled = enabled;
             Printed::one(&render::webhook(&c.webhooks.update_webhook(request).await?.into_inner()))
         }
         WebhookVerb::Delete { webhook_id } => {
