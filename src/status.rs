@@ -76,6 +76,12 @@ fn url_host(url: &str) -> String {
     url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned())).unwrap_or_default()
 }
 
+/// The `id` of a query string, when it looks like a webhook id (letters, digits, `_`, at most 64).
+fn webhook_id_of(query: &str) -> Option<&str> {
+    let id = query.split('&').find_map(|pair| pair.strip_prefix("id="))?;
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(id)
+}
+
 /// Instance-wide figures shown on the page (read from the gauges).
 fn pipeline_figures(m: &Metrics) -> Value {
     json!({
@@ -223,6 +229,23 @@ impl Sources {
         }
     }
 
+    /// `/status/webhook.json?id=…`: the webhook's last deliveries, with their attempts.
+    fn recent_deliveries(&self, query: &str) -> Response {
+        let Some(id) = webhook_id_of(query) else {
+            return Response::text(400, "give the webhook: /status/webhook.json?id=wh_…\n");
+        };
+        let wanted = crate::history::Query { webhook_id: id.to_owned(), ..Default::default() };
+        match self.store.list_deliveries(&wanted, RECENT_DELIVERIES, "") {
+            Ok(page) => {
+                let body = json!({ "webhook_id": id, "deliveries": page.items });
+                let mut response = with_type(200, "application/json", body.to_string().into_bytes());
+                response.headers.push(("Cache-Control".into(), "no-store".into()));
+                response
+            }
+            Err(err) => Response::text(503, format!("the delivery history cannot be read ({err})\n")),
+        }
+    }
+
     /// Answers one request.
     pub fn answer(&self, request: &Request<'_>) -> Response {
         if request.method != "GET" && request.method != "HEAD" {
@@ -266,31 +289,6 @@ impl Sources {
             _ => Response::text(404, "not found: this listener serves /metrics, / (the status page) and /status.json\n"),
         }
     }
-}
-
-impl Sources {
-    /// `/status/webhook.json?id=…`: the webhook's last deliveries, with their attempts.
-    fn recent_deliveries(&self, query: &str) -> Response {
-        let Some(id) = webhook_id_of(query) else {
-            return Response::text(400, "give the webhook: /status/webhook.json?id=wh_…\n");
-        };
-        let wanted = crate::history::Query { webhook_id: id.to_owned(), ..Default::default() };
-        match self.store.list_deliveries(&wanted, RECENT_DELIVERIES, "") {
-            Ok(page) => {
-                let body = json!({ "webhook_id": id, "deliveries": page.items });
-                let mut response = with_type(200, "application/json", body.to_string().into_bytes());
-                response.headers.push(("Cache-Control".into(), "no-store".into()));
-                response
-            }
-            Err(err) => Response::text(503, format!("the delivery history cannot be read ({err})\n")),
-        }
-    }
-}
-
-/// The `id` of a query string, when it looks like a webhook id (letters, digits, `_`, at most 64).
-fn webhook_id_of(query: &str) -> Option<&str> {
-    let id = query.split('&').find_map(|pair| pair.strip_prefix("id="))?;
-    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(id)
 }
 
 fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
