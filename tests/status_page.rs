@@ -1,7 +1,7 @@
 //! The status page in a real browser (issue 8): headless Chromium driven by chromedriver over the
 //! W3C WebDriver HTTP API (ureq + serde_json, no WebDriver crate). The page loads, asks for the
-//! admin token, shows a healthy webhook, then shows a webhook whose receiver answers 500 in red;
-//! the browser's console has no error; a screenshot is kept (`$WSS_CI_ARTIFACTS/status-page.png`,
+//! admin token, shows a healthy webhook, then shows a webhook whose receiver answers 500 in red,
+//! and its recent attempts when asked; the browser's console has no error; a screenshot is kept (`$WSS_CI_ARTIFACTS/status-page.png`,
 //! else `target/artifacts/status-page.png`).
 //!
 //! Ignored in `./run-tests` (it needs Chromium, ~300 MB); `.ci/run` installs `chromium` and
@@ -241,6 +241,26 @@ async fn the_status_page_shows_a_failing_webhook_in_red_without_console_errors()
     let page_text = browser.script("return document.body.innerText;").unwrap();
     assert!(!page_text.as_str().unwrap().contains(TOKEN), "the token is not shown");
     assert!(!page_text.as_str().unwrap().contains(&bad.secret), "no secret is shown");
+
+    // "Why is it red": its recent attempts open under its row, and stay open across refreshes.
+    let open = format!("document.querySelector('button[data-open=\"{}\"]').click(); return true;", bad.webhook_id);
+    browser.script(&open).unwrap();
+    let attempts_script = format!(
+        "const d = document.querySelector('tr.detail[data-attempts=\"{}\"]'); return d ? Array.from(d.querySelectorAll('tr.attempt')).map(r => r.innerText) : null;",
+        bad.webhook_id
+    );
+    let shows_500 = |attempts: &Value| attempts.as_array().is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t.contains("HTTP 500"))));
+    let updated = "return document.getElementById('updated').textContent;";
+    let first = wait_until(WAIT, "the broken webhook's recent attempts under its row", || {
+        let attempts = browser.script(&attempts_script)?;
+        if shows_500(&attempts) { browser.script(updated) } else { Err(format!("attempts {attempts}")) }
+    })
+    .await;
+    wait_until(WAIT, "the attempts still shown after the next refresh", || {
+        let (now, attempts) = (browser.script(updated)?, browser.script(&attempts_script)?);
+        if now != first && shows_500(&attempts) { Ok(()) } else { Err(format!("updated {now}, attempts {attempts}")) }
+    })
+    .await;
 
     let png = browser.session_call("GET", "/screenshot", None).unwrap();
     let png = base64_decode(png.as_str().expect("a base64 string"));
