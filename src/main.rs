@@ -1,9 +1,11 @@
 //! The `wss` command: `serve` runs the service; `sign`, `verify` and `receive` are small tools for
 //! people building or testing a receiver; `check-expr` tries a filter and a transform on a sample
-//! event before they are registered.
+//! event before they are registered; `tenant`, `webhook`, … `config check` are the admin CLI
+//! (`cli`).
 #![forbid(unsafe_code)]
 
 mod bench;
+mod cli;
 
 use std::{
     io::Read,
@@ -90,6 +92,10 @@ enum Command {
     /// of `wss serve` against a private redis-server and in-process receivers (README
     /// "Performance"). `--quick` is a smoke run of seconds.
     Bench(bench::Args),
+    /// The admin CLI: `wss tenant|webhook|policy|token|delivery|dead-letter|event <verb>` over
+    /// gRPC, and `wss config check FILE` (docs/cli.md).
+    #[command(flatten)]
+    Admin(cli::Admin),
 }
 
 /// `wss check-expr`: the flags, and what stdin holds.
@@ -185,6 +191,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Bench(args) => bench::run(args),
+        Command::Admin(admin) => return cli::run(admin),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

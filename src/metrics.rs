@@ -9,6 +9,11 @@
 //! the stream's lag) are set by the pipeline's `wss-gauges` thread about once a second, not by
 //! the stages themselves.
 //!
+//! Besides the pipeline's own figures: `wss_build_info` (the version, as a label), and the
+//! process collector of the `prometheus` crate (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_open_fds`, `process_threads`, …, read from /proc
+//! at each scrape; Linux only).
+//!
 //! Labels and their cardinality (README "Metrics and status page"):
 //! - `outcome`, `class`, `reason`, `edge`, `kind`: fixed sets, listed below.
 //! - `webhook` on `wss_circuit_open` only: one series per webhook that has a circuit state in
@@ -17,7 +22,7 @@
 //!   figures are on the status page instead.
 
 use prometheus::{
-    core::Collector, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::deadletter::Reason;
@@ -25,6 +30,19 @@ use crate::deadletter::Reason;
 /// Buckets of `wss_delivery_attempt_duration_seconds`: from a fast receiver on the same network
 /// to the 30 s an attempt may take by default.
 const ATTEMPT_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Buckets of `wss_event_delivery_latency_seconds`: from a delivery on the first attempt to one
+/// that waited out a long retry schedule (4 h, a day).
+const LATENCY_BUCKETS: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0];
+
+/// Seconds from a stream entry's id (`<ms>-<seq>`: the time Redis appended it) to `now_ms`;
+/// `None` for an id that is not of that form (an entry id given explicitly may be anything
+/// Redis accepts, but always `<ms>-<seq>`). A clock behind Redis's gives 0, not a negative age.
+pub fn entry_age_seconds(stream_id: &str, now_ms: u64) -> Option<f64> {
+    let ms: u64 = stream_id.split_once('-')?.0.parse().ok()?;
+    Some(now_ms.saturating_sub(ms) as f64 / 1000.0)
+}
 
 /// How an attempt ended, for `wss_delivery_attempts_total{class}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +117,10 @@ pub struct Metrics {
     dead_letters: Vec<IntCounter>,
     attempts: Vec<IntCounter>,
     pub attempt_duration: Histogram,
+    /// From the event's stream entry (its `XADD`, or the redelivery's) to the 2xx that delivered it.
+    event_delivery_latency: Histogram,
+    /// Age of the oldest entry read by group `wss` and not acknowledged, by any instance.
+    pub oldest_pending_age: Gauge,
     pub redis_outages: IntCounter,
     pub backlog_handed_off: IntCounter,
     pub backlog_taken: IntCounter,
@@ -158,6 +180,29 @@ impl Metrics {
         )
         .expect("valid histogram options");
         register(&registry, &attempt_duration);
+        let event_delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "wss_event_delivery_latency_seconds",
+                "From an event's stream entry (its XADD; for a redelivered dead letter, the redelivery) to the 2xx that delivered it to a webhook, retries included.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid histogram options");
+        register(&registry, &event_delivery_latency);
+        let oldest_pending_age = Gauge::new(
+            "wss_oldest_pending_age_seconds",
+            "Age of the oldest entry of <prefix>events read by group wss and not yet acknowledged, by any instance (0 when none): how long the oldest work in progress has been in hand.",
+        )
+        .expect("a valid metric name");
+        register(&registry, &oldest_pending_age);
+        let build_info = IntGaugeVec::new(Opts::new("wss_build_info", "Always 1; the labels say which wss this is."), &["version", "profile"])
+            .expect("a valid metric name");
+        register(&registry, &build_info);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), if cfg!(debug_assertions) { "debug" } else { "release" }]).set(1);
+        // CPU, memory, file descriptors and threads of this process, read at each scrape (each
+        // `Metrics` has a registry of its own, so tests may make several).
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("the process collector is registered once");
         let circuit_open = IntGaugeVec::new(
             Opts::new("wss_circuit_open", "1 while the webhook's circuit is open or half-open (a probe is out), 0 while closed; only webhooks with a circuit state in this instance."),
             &["webhook"],
@@ -203,6 +248,8 @@ impl Metrics {
                 &classes,
             ),
             attempt_duration,
+            event_delivery_latency,
+            oldest_pending_age,
             redis_outages: counter("wss_redis_outages_total", "Times Redis became unreachable (a failed connect after a successful one)."),
             backlog_handed_off: counter(
                 "wss_backlog_handed_off_total",
@@ -244,6 +291,12 @@ impl Metrics {
         self.dead_letters[reason as usize].inc();
     }
 
+    /// Dead-letter records this instance wrote since it started, by reason (those rejected
+    /// before routing included); reasons with none left out.
+    pub fn dead_letter_counts(&self) -> Vec<(&'static str, u64)> {
+        Reason::ALL.iter().zip(&self.dead_letters).map(|(r, c)| (r.as_str(), c.get())).filter(|(_, n)| *n > 0).collect()
+    }
+
     /// Counts an entry rejected before routing (its dead letter is counted by [`Self::dead_letter`]).
     pub fn bad_entry(&self, reason: Reason) {
         if let Some(counter) = &self.bad_entries[reason as usize] {
@@ -255,6 +308,13 @@ impl Metrics {
     pub fn attempt(&self, status: u16, seconds: f64) {
         self.attempts[AttemptClass::of(status) as usize].inc();
         self.attempt_duration.observe(seconds);
+    }
+
+    /// Counts an event delivered to a webhook now: the time since its stream entry `stream_id`.
+    pub fn event_delivered(&self, stream_id: &str, now_ms: u64) {
+        if let Some(seconds) = entry_age_seconds(stream_id, now_ms) {
+            self.event_delivery_latency.observe(seconds);
+        }
     }
 
     /// Sets the depth of the channel `EDGES[edge]`.
@@ -316,6 +376,28 @@ mod tests {
         assert!(text.contains("wss_delivery_attempt_errors_total{kind=\"timeout\"} 0\n"), "{text}");
         assert!(text.contains("wss_delivery_attempt_duration_seconds_count 2\n"), "{text}");
         assert!(text.contains("# TYPE wss_delivery_attempt_duration_seconds histogram\n"), "{text}");
+    }
+
+    #[test]
+    fn latency_is_measured_from_the_entry_id_and_build_and_process_figures_are_exported() {
+        assert_eq!(entry_age_seconds("1700000000000-3", 1_700_000_002_500), Some(2.5));
+        assert_eq!(entry_age_seconds("1700000000000-0", 1_699_999_999_000), Some(0.0), "a clock behind Redis's is not a negative age");
+        assert_eq!(entry_age_seconds("not-an-id", 1), None);
+        assert_eq!(entry_age_seconds("12345", 1), None);
+        let m = Metrics::new();
+        m.event_delivered("1700000000000-0", 1_700_000_000_040);
+        m.event_delivered("1700000000000-1", 1_700_000_007_200);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("# TYPE wss_event_delivery_latency_seconds histogram\n"), "{text}");
+        assert!(text.contains("wss_event_delivery_latency_seconds_bucket{le=\"0.05\"} 1\n"), "{text}");
+        assert!(text.contains("wss_event_delivery_latency_seconds_bucket{le=\"10\"} 2\n"), "{text}");
+        assert!(text.contains("wss_event_delivery_latency_seconds_count 2\n"), "{text}");
+        assert!(text.contains("wss_oldest_pending_age_seconds 0\n"), "{text}");
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        assert!(text.contains(&format!("wss_build_info{{profile=\"{profile}\",version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))), "{text}");
+        for family in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_threads"] {
+            assert!(text.contains(&format!("\n{family} ")), "{family} missing: {text}");
+        }
     }
 
     #[test]

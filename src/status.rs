@@ -16,6 +16,12 @@
 //!   a secret: no webhook secret, header or URL path — a webhook is shown by id, host and
 //!   description.
 //!
+//! - `/status/webhook.json?id=<webhook id>` (the same token) answers "why is it red": the
+//!   webhook's last [`RECENT_DELIVERIES`] deliveries with every attempt (time, status, duration,
+//!   error), read from the delivery history when the page opens a webhook.
+//! - `/status.json` also carries this instance's dead letters by reason since it started, those
+//!   rejected before routing (unknown tenant, bad entries) included.
+//!
 //! Per-webhook counts, last success and last failure are cluster-wide: they are the stats every
 //! instance's outcome stage writes to Redis (`crate::stats`, the same as `GetWebhookStats`),
 //! read with the stored webhooks on each refresh (one `HSCAN` pass and one pipelined round
@@ -51,6 +57,9 @@ const WINDOW: Duration = Duration::from_secs(5 * 60);
 const FAILING_RATE: f64 = 0.5;
 const MIN_ATTEMPTS_FOR_RATE: u64 = 4;
 
+/// Deliveries shown when the page opens a webhook, newest first.
+const RECENT_DELIVERIES: usize = 10;
+
 /// The page: static, no data in it.
 const PAGE: &str = include_str!("status.html");
 
@@ -65,6 +74,12 @@ fn failing(circuit: CircuitState, last_success_ms: u64, last_failure_ms: u64, su
 /// credential, nor `user:password@`.
 fn url_host(url: &str) -> String {
     url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned())).unwrap_or_default()
+}
+
+/// The `id` of a query string, when it looks like a webhook id (letters, digits, `_`, at most 64).
+fn webhook_id_of(query: &str) -> Option<&str> {
+    let id = query.split('&').find_map(|pair| pair.strip_prefix("id="))?;
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(id)
 }
 
 /// Instance-wide figures shown on the page (read from the gauges).
@@ -140,6 +155,7 @@ pub fn status_json(routing: &Routing, stats: &StatsRead, live: &LiveView, metric
         "config_version": routing.version,
         "stats_error": stats.error,
         "pipeline": pipeline_figures(metrics),
+        "dead_letters_by_reason": metrics.dead_letter_counts().into_iter().map(|(reason, n)| (reason.to_owned(), Value::from(n))).collect::<serde_json::Map<_, _>>(),
         "tenants": tenants,
     })
 }
@@ -215,6 +231,23 @@ impl Sources {
         }
     }
 
+    /// `/status/webhook.json?id=…`: the webhook's last deliveries, with their attempts.
+    fn recent_deliveries(&self, query: &str) -> Response {
+        let Some(id) = webhook_id_of(query) else {
+            return Response::text(400, "give the webhook: /status/webhook.json?id=wh_…\n");
+        };
+        let wanted = crate::history::Query { webhook_id: id.to_owned(), ..Default::default() };
+        match self.store.list_deliveries(&wanted, RECENT_DELIVERIES, "") {
+            Ok(page) => {
+                let body = json!({ "webhook_id": id, "deliveries": page.items });
+                let mut response = with_type(200, "application/json", body.to_string().into_bytes());
+                response.headers.push(("Cache-Control".into(), "no-store".into()));
+                response
+            }
+            Err(err) => Response::text(503, format!("the delivery history cannot be read ({err})\n")),
+        }
+    }
+
     /// Answers one request.
     pub fn answer(&self, request: &Request<'_>) -> Response {
         if request.method != "GET" && request.method != "HEAD" {
@@ -237,12 +270,13 @@ impl Sources {
                 ));
                 response
             }
+            "/status.json" | "/status/webhook.json" if !self.authorized(request) => {
+                let mut response = Response::text(401, "send `Authorization: Bearer <admin token>` (WSS_ADMIN_TOKEN)\n");
+                response.headers.push(("WWW-Authenticate".into(), "Bearer realm=\"wss\"".into()));
+                response
+            }
+            "/status/webhook.json" => self.recent_deliveries(request.path.split_once('?').map_or("", |(_, q)| q)),
             "/status.json" => {
-                if !self.authorized(request) {
-                    let mut response = Response::text(401, "send `Authorization: Bearer <admin token>` (WSS_ADMIN_TOKEN)\n");
-                    response.headers.push(("WWW-Authenticate".into(), "Bearer realm=\"wss\"".into()));
-                    return response;
-                }
                 let now_ms = now_ms();
                 let routing = self.routing.current();
                 let stats = self.read_stats(now_ms);
@@ -300,6 +334,15 @@ mod tests {
         assert!(failing(CircuitState::Closed, 20, 10, 1, 3, false), "success rate 25 %");
         assert!(!failing(CircuitState::Closed, 20, 10, 1, 2, false), "too few attempts for a rate");
         assert!(failing(CircuitState::Closed, 0, 0, 0, 0, true), "disabled by wss");
+    }
+
+    #[test]
+    fn the_webhook_of_a_query_must_look_like_a_webhook_id() {
+        assert_eq!(webhook_id_of("id=wh_abc123"), Some("wh_abc123"));
+        assert_eq!(webhook_id_of("x=1&id=wh_abc"), Some("wh_abc"));
+        assert_eq!(webhook_id_of("id="), None);
+        assert_eq!(webhook_id_of("id=wh_a%2F..%2F"), None);
+        assert_eq!(webhook_id_of(""), None);
     }
 
     #[test]

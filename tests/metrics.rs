@@ -377,3 +377,64 @@ async fn a_taken_or_public_metrics_address_stops_the_start_naming_the_variable()
     service.wait_for_log("WSS_METRICS_ADDR=off", WAIT).await;
     drop(taken);
 }
+
+/// Issue 16: the event-to-delivery latency, the oldest pending entry's age, the build and the
+/// process. A receiver holds the first request until the test lets it go, so that the entry is
+/// seen pending (its age above 0), then goes back to 0 once it is acknowledged; the delivery is
+/// counted in the latency histogram, retry and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_oldest_pending_age_build_and_process_are_exported() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let ks = Keyspace::new("metrics_latency");
+    let release = Arc::new(AtomicBool::new(false));
+    let held = release.clone();
+    let receiver = Receiver::start(move |_| {
+        // The receiver's own slowness (the service's attempt timeout is 30 s by default); the
+        // test does not wait on it, it polls /metrics.
+        while !held.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        common::Reply::status(200)
+    });
+    let service = Service::start(&ks, "metrics-latency", &[]).await;
+    let addr = service.wait_for_metrics().await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
+
+    let (before, text) = scrape(addr).unwrap();
+    assert_eq!(value(&before, "wss_event_delivery_latency_seconds_count"), 0.0);
+    assert_eq!(value(&before, "wss_oldest_pending_age_seconds"), 0.0);
+    assert!(text.contains("\n# TYPE wss_event_delivery_latency_seconds histogram\n"), "{text}");
+    let build = format!("wss_build_info{{profile=\"debug\",version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    let release_build = build.replace("debug", "release");
+    assert!(value(&before, &build) == 1.0 || value(&before, &release_build) == 1.0, "{text}");
+    assert!(value(&before, "process_resident_memory_bytes") > 1_000_000.0, "{text}");
+    assert!(value(&before, "process_open_fds") >= 3.0, "{text}");
+    assert!(value(&before, "process_threads") >= 8.0, "the pipeline's and 8 sender threads: {text}");
+    assert!(value(&before, "process_cpu_seconds_total") >= 0.0, "{text}");
+    assert!(value(&before, "process_start_time_seconds") > 1.6e9, "{text}");
+
+    let entry = ks.publish("acme", "order.created", r#"{"n":1}"#);
+    wait_until(WAIT, "the held entry's age in wss_oldest_pending_age_seconds", || {
+        let (samples, _) = scrape(addr)?;
+        let age = value(&samples, "wss_oldest_pending_age_seconds");
+        if age > 0.0 { Ok(()) } else { Err(format!("age {age}")) }
+    })
+    .await;
+    release.store(true, Ordering::SeqCst);
+    receiver.wait_for_requests(1, "the delivery", Recorded::delivered).await;
+    wait_until(WAIT, "the entry acknowledged", || ks.all_acknowledged_through(&entry)).await;
+    let samples = wait_until(WAIT, "one delivery in the latency histogram and nothing pending", || {
+        let (samples, _) = scrape(addr)?;
+        let (count, age) = (value(&samples, "wss_event_delivery_latency_seconds_count"), value(&samples, "wss_oldest_pending_age_seconds"));
+        if count == 1.0 && age == 0.0 { Ok(samples) } else { Err(format!("count {count}, age {age}")) }
+    })
+    .await;
+    assert_eq!(value(&samples, "wss_event_delivery_latency_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    // It waited for the receiver at least as long as the entry was seen pending.
+    assert!(value(&samples, "wss_event_delivery_latency_seconds_sum") > 0.0);
+}

@@ -1,7 +1,7 @@
 //! The status page in a real browser (issue 8): headless Chromium driven by chromedriver over the
 //! W3C WebDriver HTTP API (ureq + serde_json, no WebDriver crate). The page loads, asks for the
-//! admin token, shows a healthy webhook, then shows a webhook whose receiver answers 500 in red;
-//! the browser's console has no error; a screenshot is kept (`$WSS_CI_ARTIFACTS/status-page.png`,
+//! admin token, shows a healthy webhook, then shows a webhook whose receiver answers 500 in red,
+//! and its recent attempts when asked; the browser's console has no error; a screenshot is kept (`$WSS_CI_ARTIFACTS/status-page.png`,
 //! else `target/artifacts/status-page.png`).
 //!
 //! Ignored in `./run-tests` (it needs Chromium, ~300 MB); `.ci/run` installs `chromium` and
@@ -242,6 +242,26 @@ async fn the_status_page_shows_a_failing_webhook_in_red_without_console_errors()
     assert!(!page_text.as_str().unwrap().contains(TOKEN), "the token is not shown");
     assert!(!page_text.as_str().unwrap().contains(&bad.secret), "no secret is shown");
 
+    // "Why is it red": its recent attempts open under its row, and stay open across refreshes.
+    let open = format!("document.querySelector('button[data-open=\"{}\"]').click(); return true;", bad.webhook_id);
+    browser.script(&open).unwrap();
+    let attempts_script = format!(
+        "const d = document.querySelector('tr.detail[data-attempts=\"{}\"]'); return d ? Array.from(d.querySelectorAll('tr.attempt')).map(r => r.innerText) : null;",
+        bad.webhook_id
+    );
+    let shows_500 = |attempts: &Value| attempts.as_array().is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t.contains("HTTP 500"))));
+    let updated = "return document.getElementById('updated').textContent;";
+    let first = wait_until(WAIT, "the broken webhook's recent attempts under its row", || {
+        let attempts = browser.script(&attempts_script)?;
+        if shows_500(&attempts) { browser.script(updated) } else { Err(format!("attempts {attempts}")) }
+    })
+    .await;
+    wait_until(WAIT, "the attempts still shown after the next refresh", || {
+        let (now, attempts) = (browser.script(updated)?, browser.script(&attempts_script)?);
+        if now != first && shows_500(&attempts) { Ok(()) } else { Err(format!("updated {now}, attempts {attempts}")) }
+    })
+    .await;
+
     let png = browser.session_call("GET", "/screenshot", None).unwrap();
     let png = base64_decode(png.as_str().expect("a base64 string"));
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
@@ -262,4 +282,55 @@ async fn the_status_page_shows_a_failing_webhook_in_red_without_console_errors()
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(text).expect("valid base64")
+}
+
+/// Issue 16, "why is it red": `/status/webhook.json?id=…` gives a webhook's recent deliveries with
+/// every attempt (time, status, duration, error) behind the admin token, and `/status.json`
+/// counts dead letters by reason, those rejected before routing included. Plain HTTP, no browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_attempts_and_dead_letters_by_reason_are_served_behind_the_token() {
+    use common::http_get;
+    use wss::proto::CreateRetryPolicyRequest;
+    let ks = Keyspace::new("status_why");
+    let broken = Receiver::always(500);
+    let mut service = Service::start(&ks, "status-why", &[("WSS_ADMIN_TOKEN", TOKEN)]).await;
+    let addr = service.wait_for_metrics().await;
+    let grpc = service.grpc().await;
+    let once = CreateRetryPolicyRequest { policy_id: "once".into(), max_attempts: Some(1), ..Default::default() };
+    grpc.policies().create_retry_policy(authed(once)).await.expect("CreateRetryPolicy");
+    let tenant = CreateTenantRequest { tenant_id: "acme".into(), default_retry_policy_id: "once".into(), ..Default::default() };
+    grpc.tenants().create_tenant(authed(tenant)).await.expect("CreateTenant");
+    let request = CreateWebhookRequest { tenant_id: "acme".into(), url: broken.url(), ..Default::default() };
+    let webhook = grpc.webhooks().create_webhook(authed(request)).await.expect("CreateWebhook").into_inner();
+    ks.publish("acme", "order.created", r#"{"n":1}"#);
+    ks.publish("nobody", "order.created", r#"{"n":2}"#); // rejected before routing: unknown_tenant
+
+    let path = format!("/status/webhook.json?id={}", webhook.webhook_id);
+    assert_eq!(http_get(addr, &path, None).unwrap().0, 401, "the attempts need the token");
+    assert_eq!(http_get(addr, "/status/webhook.json?id=../x", Some(TOKEN)).unwrap().0, 400);
+    let recent = wait_until(WAIT, "the dead-lettered delivery in the webhook's recent attempts", || {
+        let (status, _, body) = http_get(addr, &path, Some(TOKEN))?;
+        let recent: Value = serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+        match recent["deliveries"][0]["status"].as_str() {
+            Some("dead_lettered") => Ok(recent),
+            _ => Err(format!("not yet: {recent}")),
+        }
+    })
+    .await;
+    let delivery = &recent["deliveries"][0];
+    assert_eq!(delivery["dead_letter_reason"], "max_attempts_exhausted");
+    let attempt = &delivery["attempts"][0];
+    assert_eq!((attempt["attempt"].as_u64(), attempt["status"].as_u64()), (Some(1), Some(500)), "{attempt}");
+    assert!(attempt["started_at_ms"].as_u64().is_some_and(|t| t > 1_600_000_000_000) && attempt["duration_ms"].is_u64(), "{attempt}");
+    assert!(attempt["error"].as_str().is_some_and(|e| e.contains("500")), "{attempt}");
+
+    let reasons = wait_until(WAIT, "dead letters by reason in /status.json", || {
+        let (_, _, body) = http_get(addr, "/status.json", Some(TOKEN))?;
+        let status: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let reasons = status["dead_letters_by_reason"].clone();
+        if reasons["max_attempts_exhausted"] == 1 && reasons["unknown_tenant"] == 1 { Ok(reasons) } else { Err(format!("{reasons}")) }
+    })
+    .await;
+    assert!(reasons.as_object().is_some_and(|r| r.len() == 2), "only reasons that occurred: {reasons}");
+    service.terminate().await;
 }

@@ -6,7 +6,8 @@
 //!   (`wss_circuit_open{webhook}`, whose series of webhooks that went back to healthy and idle,
 //!   or were deleted, are removed).
 //! - Every [`POLL_REDIS`] (2 s): `XINFO GROUPS <prefix>events` for group `wss`'s `lag` (Redis ≥ 7; -1
-//!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, and `XLEN <prefix>deadletters`.
+//!   when Redis cannot tell, e.g. after an `XDEL`) and `pending`, `XLEN <prefix>deadletters`, and
+//!   `XPENDING <prefix>events wss` for the oldest pending entry (`wss_oldest_pending_age_seconds`).
 //!   On its own connection with a short timeout; a failure leaves the last figures and is
 //!   logged at debug only (the stages that depend on Redis log outages).
 //! - Every [`POLL_BACKLOG`] (5 s): the durable backlog (`super::backlog`) — how many webhooks
@@ -108,12 +109,22 @@ impl Gauges {
             *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("connected above");
-        let (groups, dead): (Value, i64) =
-            redis::pipe().cmd("XINFO").arg("GROUPS").arg(&self.keys.events).cmd("XLEN").arg(&self.keys.dead_letters).query(con)?;
+        let (groups, dead, summary): (Value, i64, Value) = redis::pipe()
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.keys.events)
+            .cmd("XLEN")
+            .arg(&self.keys.dead_letters)
+            .cmd("XPENDING")
+            .arg(&self.keys.events)
+            .arg(super::reader::GROUP)
+            .query(con)?;
         if let Some((lag, pending)) = group_figures(&groups, super::reader::GROUP) {
             self.metrics.stream_lag.set(lag.unwrap_or(-1));
             self.metrics.stream_pending.set(pending);
         }
+        let oldest = oldest_pending(&summary).and_then(|id| crate::metrics::entry_age_seconds(&id, now_ms()));
+        self.metrics.oldest_pending_age.set(oldest.unwrap_or(0.0));
         self.metrics.dead_letter_stream_length.set(dead);
         Ok(())
     }
@@ -185,6 +196,15 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
+/// The smallest pending id in an `XPENDING <key> <group>` summary (`[count, smallest, greatest,
+/// consumers]`); `None` when nothing is pending (its ids are nil).
+fn oldest_pending(summary: &Value) -> Option<String> {
+    match summary {
+        Value::Array(items) => items.get(1).and_then(text),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +223,13 @@ mod tests {
         let nil_lag = Value::Array(vec![Value::Map(vec![(bulk("name"), bulk("wss")), (bulk("pending"), Value::Int(0)), (bulk("lag"), Value::Nil)])]);
         assert_eq!(group_figures(&nil_lag, "wss"), Some((None, 0)));
         assert_eq!(group_figures(&Value::Array(vec![]), "wss"), None);
+    }
+
+    #[test]
+    fn the_oldest_pending_id_is_the_summary_s_smallest() {
+        let summary = Value::Array(vec![Value::Int(2), bulk("1700000000000-0"), bulk("1700000000500-1"), Value::Array(vec![])]);
+        assert_eq!(oldest_pending(&summary).as_deref(), Some("1700000000000-0"));
+        let empty = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
+        assert_eq!(oldest_pending(&empty), None);
     }
 }

@@ -220,6 +220,7 @@ impl Outcomes {
                 match decide(policy, delivery.attempt, verdict, self.draw) {
                     Next::Delivered => {
                         self.metrics.delivered.inc();
+                        self.metrics.event_delivered(&delivery.ticket.stream_id, now_ms());
                         log::debug!(target: "wss::outcomes",
                             tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
                             attempt = record.attempt, outcome = "delivered", status = record.status;

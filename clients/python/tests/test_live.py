@@ -215,6 +215,17 @@ def test_errors_carry_grpc_codes(wss):
     assert invalid.value.details().startswith("url")
 
 
+def test_tokens_are_issued_listed_and_revoked_through_the_tokens_attribute(wss):
+    from wss.v1 import tokens_pb2
+
+    issued = wss.tokens.CreateToken(tokens_pb2.CreateTokenRequest(tenant_id="acme", description="python client test"))
+    assert issued.token.startswith(issued.token_id + ".")
+    listed = wss.tokens.ListTokens(tokens_pb2.ListTokensRequest(tenant_id="acme")).tokens
+    assert issued.token_id in [t.token_id for t in listed]
+    wss.tokens.RevokeToken(tokens_pb2.RevokeTokenRequest(token_id=issued.token_id))
+    assert issued.token_id not in [t.token_id for t in wss.tokens.ListTokens(tokens_pb2.ListTokensRequest(tenant_id="acme")).tokens]
+
+
 def test_stub_gives_any_generated_service_the_same_token_and_deadline(wss):
     from wss.v1 import tenants_pb2_grpc
 

@@ -25,6 +25,7 @@ import { DeliveryServiceClient, DeliveryServiceDefinition } from "./gen/wss/v1/d
 import { EventServiceClient, EventServiceDefinition } from "./gen/wss/v1/events";
 import { RetryPolicyServiceClient, RetryPolicyServiceDefinition } from "./gen/wss/v1/retry_policies";
 import { TenantServiceClient, TenantServiceDefinition } from "./gen/wss/v1/tenants";
+import { TokenServiceClient, TokenServiceDefinition } from "./gen/wss/v1/tokens";
 import { WebhookServiceClient, WebhookServiceDefinition } from "./gen/wss/v1/webhooks";
 
 export interface WssClientOptions {
@@ -90,6 +91,7 @@ export class WssClient {
   readonly retryPolicies: Promised<typeof RetryPolicyServiceDefinition>;
   readonly events: Promised<typeof EventServiceDefinition>;
   readonly deliveries: Promised<typeof DeliveryServiceDefinition>;
+  readonly tokens: Promised<typeof TokenServiceDefinition>;
   /** The generated callback-style stubs, sharing the same channel, token and deadline. */
   readonly stubs: {
     tenants: TenantServiceClient;
@@ -97,6 +99,7 @@ export class WssClient {
     retryPolicies: RetryPolicyServiceClient;
     events: EventServiceClient;
     deliveries: DeliveryServiceClient;
+    tokens: TokenServiceClient;
   };
 
   private readonly creds: ChannelCredentials;
@@ -119,17 +122,19 @@ export class WssClient {
       retryPolicies: new RetryPolicyServiceClient(target, creds, shared),
       events: new EventServiceClient(target, creds, shared),
       deliveries: new DeliveryServiceClient(target, creds, shared),
+      tokens: new TokenServiceClient(target, creds, shared),
     };
     this.tenants = promised(TenantServiceDefinition, this.stubs.tenants);
     this.webhooks = promised(WebhookServiceDefinition, this.stubs.webhooks);
     this.retryPolicies = promised(RetryPolicyServiceDefinition, this.stubs.retryPolicies);
     this.events = promised(EventServiceDefinition, this.stubs.events);
     this.deliveries = promised(DeliveryServiceDefinition, this.stubs.deliveries);
+    this.tokens = promised(TokenServiceDefinition, this.stubs.tokens);
   }
 
   /**
    * A generated stub of any other service (one added to proto/ after this file was written), on
-   * the same channel, token and deadline: `promised(TokenServiceDefinition, wss.stub(TokenServiceClient))`.
+   * the same channel, token and deadline: `promised(FooServiceDefinition, wss.stub(FooServiceClient))`.
    */
   stub<C extends Client>(ctor: new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>) => C): C {
     return new ctor(this.target, this.creds, this.sharedOptions);

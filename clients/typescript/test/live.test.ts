@@ -189,6 +189,16 @@ test("errors carry gRPC codes", { timeout: 30_000 }, async () => {
   );
 });
 
+test("tokens are issued, listed and revoked through wss.tokens", { timeout: 30_000 }, async () => {
+  const issued = await wss.tokens.createToken({ tenantId: "acme", description: "typescript client test" });
+  assert.ok(issued.token.startsWith(`${issued.tokenId}.`));
+  const { tokens } = await wss.tokens.listTokens({ tenantId: "acme" });
+  assert.ok(tokens.some((t) => t.tokenId === issued.tokenId));
+  await wss.tokens.revokeToken({ tokenId: issued.tokenId });
+  const after = await wss.tokens.listTokens({ tenantId: "acme" });
+  assert.ok(!after.tokens.some((t) => t.tokenId === issued.tokenId));
+});
+
 test("stub() gives any generated service the same channel, token and deadline", { timeout: 30_000 }, async () => {
   const tenants = promised(TenantServiceDefinition, wss.stub(TenantServiceClient));
   const { tenants: listed } = await tenants.listTenants({ pageSize: 10 });

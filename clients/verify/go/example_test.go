@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"wssverify"
+	wssverify "github.com/wss-project/wss/clients/verify/go"
 )
 
 // A net/http receiver, as in the README: read the raw body, verify, then use it.

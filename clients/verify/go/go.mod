@@ -1,3 +1,3 @@
-module wssverify
+module github.com/wss-project/wss/clients/verify/go
 
 go 1.19

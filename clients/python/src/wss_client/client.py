@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 
 import grpc
 
@@ -13,8 +13,11 @@ from wss.v1 import (
     events_pb2_grpc,
     retry_policies_pb2_grpc,
     tenants_pb2_grpc,
+    tokens_pb2_grpc,
     webhooks_pb2_grpc,
 )
+
+_Stub = TypeVar("_Stub")
 
 #: Seconds a call may take when it sets no ``timeout`` of its own.
 DEFAULT_TIMEOUT = 10.0
@@ -52,21 +55,22 @@ class _AuthAndDeadline(
             getattr(details, "compression", None),
         )
 
-    def intercept_unary_unary(self, continuation: Callable, details: grpc.ClientCallDetails, request: Any):
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
         return continuation(self._details(details), request)
 
-    def intercept_unary_stream(self, continuation: Callable, details: grpc.ClientCallDetails, request: Any):
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
         return continuation(self._details(details), request)
 
-    def intercept_stream_unary(self, continuation: Callable, details: grpc.ClientCallDetails, request_iterator: Any):
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request_iterator: Any) -> Any:
         return continuation(self._details(details), request_iterator)
 
-    def intercept_stream_stream(self, continuation: Callable, details: grpc.ClientCallDetails, request_iterator: Any):
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request_iterator: Any) -> Any:
         return continuation(self._details(details), request_iterator)
 
 
 class Client:
-    """The five ``wss.v1`` services on one channel.
+    """The six ``wss.v1`` services on one channel: ``tenants``, ``webhooks``, ``retry_policies``,
+    ``events``, ``deliveries`` and ``tokens``.
 
     ``target``: ``host:port`` of the control plane (wss's ``WSS_GRPC_ADDR``). ``token``: the
     admin token, sent as ``authorization: Bearer <token>`` on every call (needed when wss runs
@@ -86,7 +90,7 @@ class Client:
         timeout: Optional[float] = DEFAULT_TIMEOUT,
         credentials: Optional[grpc.ChannelCredentials] = None,
         options: Sequence[Tuple[str, Any]] = (),
-    ):
+    ) -> None:
         self.target = target
         if credentials is None:
             self._base = grpc.insecure_channel(target, options=list(options))
@@ -99,10 +103,11 @@ class Client:
         self.retry_policies = retry_policies_pb2_grpc.RetryPolicyServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.deliveries = deliveries_pb2_grpc.DeliveryServiceStub(self.channel)
+        self.tokens = tokens_pb2_grpc.TokenServiceStub(self.channel)
 
-    def stub(self, stub_class: Callable[[grpc.Channel], Any]) -> Any:
+    def stub(self, stub_class: Callable[[grpc.Channel], _Stub]) -> _Stub:
         """A generated stub of any other service, on this client's channel (token and deadline
-        included): ``client.stub(wss.v1.tokens_pb2_grpc.TokenServiceStub)``."""
+        included): ``client.stub(grpc_health.v1.health_pb2_grpc.HealthStub)``."""
         return stub_class(self.channel)
 
     @classmethod
