@@ -8,9 +8,8 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from("proto");
-    let mut protos: Vec<PathBuf> = fs::read_dir(proto_dir.join("wss/v1"))?
-        .map(|entry| entry.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+    let mut protos: Vec<PathBuf> =
+        fs::read_dir(proto_dir.join("wss/v1"))?.map(|entry| entry.map(|e| e.path())).collect::<Result<_, _>>()?;
     protos.retain(|p| p.extension().is_some_and(|ext| ext == "proto"));
     protos.sort();
 
@@ -23,9 +22,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("wss_descriptor.bin"), fds.encode_to_vec())?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
     Ok(())
 }

@@ -18,7 +18,8 @@ use wss::{
 /// A typical order event: a dozen fields, a nested object, a list of two line items.
 const DATA: &str = r#"{"order_id":"A-1001","status":"shipped","customer":{"id":"c-77","tier":"gold","email":"ana@example.com"},"items":[{"sku":"X-1","qty":2,"price":19.99},{"sku":"Y-2","qty":1,"price":5.5}],"total":45.48,"currency":"EUR","carrier":"DHL","tracking":"JD014600003SE"}"#;
 const FILTER: &str = r#"event.data.status in ["shipped", "delivered"]"#;
-const FILTER_AND_TYPE: &str = r#"event.type.startsWith("order.") && event.data.status in ["shipped", "delivered"] && event.data.total > 10"#;
+const FILTER_AND_TYPE: &str =
+    r#"event.type.startsWith("order.") && event.data.status in ["shipped", "delivered"] && event.data.total > 10"#;
 const TRANSFORM: &str = r#"{"order_id": event.data.order_id, "status": event.data.status, "tracking": event.data.tracking}"#;
 
 fn event() -> Event {
@@ -75,9 +76,8 @@ fn transformer(c: &mut Criterion) {
     let filter_and_type = Filter::compile(FILTER_AND_TYPE).expect("compiles");
     let transform = Transform::compile(TRANSFORM).expect("compiles");
     // Ten webhooks of one tenant, each wanting other statuses; the last one with a transform.
-    let fan_filters: Vec<Filter> = (0..10)
-        .map(|i| Filter::compile(&format!(r#"event.data.status in ["shipped", "status-{i}"]"#)).expect("compiles"))
-        .collect();
+    let fan_filters: Vec<Filter> =
+        (0..10).map(|i| Filter::compile(&format!(r#"event.data.status in ["shipped", "status-{i}"]"#)).expect("compiles")).collect();
     let mut fan_out: Vec<Webhook<'_>> = fan_filters.iter().map(|f| (Some(f), None)).collect();
     fan_out[9].1 = Some(&transform);
 

@@ -522,7 +522,8 @@ impl Parser<'_> {
                 return None;
             }
             _ => {
-                self.errors.push("set both tls_cert_file and tls_key_file (PEM files) to serve the control plane over TLS, or neither".into());
+                self.errors
+                    .push("set both tls_cert_file and tls_key_file (PEM files) to serve the control plane over TLS, or neither".into());
                 return None;
             }
         };
@@ -557,7 +558,8 @@ impl Parser<'_> {
         let mut tls = RedisTls::default();
         if !tls_url && (ca.is_some() || cert.is_some() || key.is_some()) {
             self.errors.push(
-                "redis_ca_file, redis_client_cert_file and redis_client_key_file are for TLS: write WSS_REDIS_URL as rediss://host:port".into(),
+                "redis_ca_file, redis_client_cert_file and redis_client_key_file are for TLS: write WSS_REDIS_URL as rediss://host:port"
+                    .into(),
             );
             return tls;
         }
@@ -579,7 +581,9 @@ impl Parser<'_> {
                 }
             }
             (None, None) => {}
-            _ => self.errors.push("set both redis_client_cert_file and redis_client_key_file (PEM files) for mutual TLS with Redis, or neither".into()),
+            _ => self
+                .errors
+                .push("set both redis_client_cert_file and redis_client_key_file (PEM files) for mutual TLS with Redis, or neither".into()),
         }
         tls
     }
@@ -778,7 +782,10 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(missing.0.len(), 2, "{missing}");
-        assert!(missing.to_string().contains("WSS_TLS_CERT_FILE (environment) = \"/nonexistent/cert.pem\": cannot read the file"), "{missing}");
+        assert!(
+            missing.to_string().contains("WSS_TLS_CERT_FILE (environment) = \"/nonexistent/cert.pem\": cannot read the file"),
+            "{missing}"
+        );
         assert!(missing.to_string().contains("tls_key_file: the file is not PEM"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -48,7 +48,9 @@ const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 pub enum CryptoError {
     #[error("is not a valid key: {0}; generate one with `openssl rand -base64 32`")]
     BadKey(&'static str),
-    #[error("is sealed with key {stored}, but the configured WSS_ENCRYPTION_KEY has id {configured}; configure the key it was sealed with")]
+    #[error(
+        "is sealed with key {stored}, but the configured WSS_ENCRYPTION_KEY has id {configured}; configure the key it was sealed with"
+    )]
     WrongKey { stored: String, configured: String },
     #[error("is sealed, but no WSS_ENCRYPTION_KEY is configured; start wss with the key it was sealed with")]
     NoKey,
@@ -120,9 +122,8 @@ impl SecretCipher {
         if key_id != self.key_id {
             return Err(CryptoError::WrongKey { stored: key_id.to_owned(), configured: self.key_id.clone() });
         }
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| CryptoError::Malformed("not base64url"))?;
+        let bytes =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| CryptoError::Malformed("not base64url"))?;
         if bytes.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Malformed("too short"));
         }
@@ -187,18 +188,14 @@ pub fn issue_token() -> Result<IssuedToken, getrandom::Error> {
 pub fn token_id_of(presented: &str) -> Option<&str> {
     let (id, secret) = presented.split_once('.')?;
     let random = id.strip_prefix(TOKEN_ID_PREFIX)?;
-    let well_formed = random.len() == TOKEN_ID_RANDOM
-        && random.bytes().all(|b| BASE32.contains(&b))
-        && !secret.is_empty()
-        && secret.len() <= 128;
+    let well_formed =
+        random.len() == TOKEN_ID_RANDOM && random.bytes().all(|b| BASE32.contains(&b)) && !secret.is_empty() && secret.len() <= 128;
     well_formed.then_some(id)
 }
 
 /// True when `value` is shaped like a token id (`tok_` + 26 base32 characters).
 pub fn is_token_id(value: &str) -> bool {
-    value
-        .strip_prefix(TOKEN_ID_PREFIX)
-        .is_some_and(|r| r.len() == TOKEN_ID_RANDOM && r.bytes().all(|b| BASE32.contains(&b)))
+    value.strip_prefix(TOKEN_ID_PREFIX).is_some_and(|r| r.len() == TOKEN_ID_RANDOM && r.bytes().all(|b| BASE32.contains(&b)))
 }
 
 /// SHA-256 of a token, as stored.
@@ -299,7 +296,8 @@ mod tests {
         assert!(!format!("{issued:?}").contains(&issued.token[issued.id.len() + 1..]));
         let other = issue_token().unwrap();
         assert_ne!(issued.id, other.id);
-        for bad in ["", "tok_.x", "tok_abc.x", "admin-token-0123456789", &format!("{}.", issued.id), &format!("TOK_{}", &issued.token[4..])] {
+        for bad in ["", "tok_.x", "tok_abc.x", "admin-token-0123456789", &format!("{}.", issued.id), &format!("TOK_{}", &issued.token[4..])]
+        {
             assert_eq!(token_id_of(bad), None, "{bad}");
         }
     }

@@ -370,7 +370,8 @@ mod tests {
             ])
         );
         // Dead-lettered again after a redelivery: its fields already say id, time and webhook.
-        let again = DeadLetter { raw_fields: record.redelivery_fields(None).unwrap(), stream_entry_id: "1767229999999-0".into(), ..record.clone() };
+        let again =
+            DeadLetter { raw_fields: record.redelivery_fields(None).unwrap(), stream_entry_id: "1767229999999-0".into(), ..record.clone() };
         assert_eq!(again.redelivery_fields(None).unwrap(), record.redelivery_fields(None).unwrap());
     }
 
@@ -397,10 +398,26 @@ mod tests {
 
     #[test]
     fn old_records_use_the_source_entry_and_refuse_without_one() {
-        let old = DeadLetter { tenant_id: "acme".into(), webhook_id: "wh_1".into(), event_id: "e1".into(), stream_entry_id: "7-0".into(), ..Default::default() };
+        let old = DeadLetter {
+            tenant_id: "acme".into(),
+            webhook_id: "wh_1".into(),
+            event_id: "e1".into(),
+            stream_entry_id: "7-0".into(),
+            ..Default::default()
+        };
         assert_eq!(old.redelivery_fields(None), Err(NotRedeliverable::EventGone));
         let out = old.redelivery_fields(Some(fields(&[("tenant", "acme"), ("type", "t"), ("data", "1"), ("id", "e1")]))).unwrap();
-        assert_eq!(out, fields(&[("tenant", "acme"), ("type", "t"), ("data", "1"), ("id", "e1"), (CREATED_AT_FIELD, "7"), (ONLY_WEBHOOK_FIELD, "wh_1")]));
+        assert_eq!(
+            out,
+            fields(&[
+                ("tenant", "acme"),
+                ("type", "t"),
+                ("data", "1"),
+                ("id", "e1"),
+                (CREATED_AT_FIELD, "7"),
+                (ONLY_WEBHOOK_FIELD, "wh_1")
+            ])
+        );
         let forged = old.redelivery_fields(Some(fields(&[("tenant", "globex"), ("type", "t"), ("data", "1")])));
         assert!(matches!(forged, Err(NotRedeliverable::TenantMismatch { .. })), "{forged:?}");
     }

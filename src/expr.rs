@@ -75,8 +75,8 @@ use cel::{
     common::{
         ast::{EntryExpr, Expr, IdedExpr, LiteralValue},
         types::{
-            CelBool, CelBytes, CelDouble, CelDuration, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString,
-            CelTimestamp, CelType, CelUInt, Kind,
+            CelBool, CelBytes, CelDouble, CelDuration, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, CelType,
+            CelUInt, Kind,
         },
         value::Val,
     },
@@ -626,10 +626,10 @@ fn budget_range<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Exe
 }
 
 fn string_arg<'a>(value: &'a CowVal<'_, '_>) -> Result<&'a str, ExecutionError> {
-    value.downcast_ref::<CelString>().map(|s| s.inner()).ok_or_else(|| ExecutionError::UnexpectedType {
-        got: value.get_type().name().to_owned(),
-        want: "string".to_owned(),
-    })
+    value
+        .downcast_ref::<CelString>()
+        .map(|s| s.inner())
+        .ok_or_else(|| ExecutionError::UnexpectedType { got: value.get_type().name().to_owned(), want: "string".to_owned() })
 }
 
 /// `s.@wss_replace(from, to[, n])`: the strings extension's `replace`, with the size of the
@@ -642,7 +642,10 @@ fn budget_replace<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, E
     let limit = match args.get(3) {
         None => None,
         Some(n) => {
-            let n = *n.downcast_ref::<CelInt>().ok_or_else(|| ExecutionError::UnexpectedType { got: n.get_type().name().to_owned(), want: "int".to_owned() })?.inner();
+            let n = *n
+                .downcast_ref::<CelInt>()
+                .ok_or_else(|| ExecutionError::UnexpectedType { got: n.get_type().name().to_owned(), want: "int".to_owned() })?
+                .inner();
             usize::try_from(n).ok() // negative: all
         }
     };
@@ -665,15 +668,19 @@ fn budget_join<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Exec
         [list, separator] => (list, string_arg(separator)?),
         _ => return Err(ExecutionError::invalid_argument_count(1, args.len())),
     };
-    let list = list.downcast_ref::<CelList>().ok_or_else(|| ExecutionError::UnexpectedType { got: list.get_type().name().to_owned(), want: "list".to_owned() })?;
+    let list = list
+        .downcast_ref::<CelList>()
+        .ok_or_else(|| ExecutionError::UnexpectedType { got: list.get_type().name().to_owned(), want: "list".to_owned() })?;
     let mut parts = Vec::with_capacity(list.inner().len());
     for item in list.inner() {
-        parts.push(item.downcast_ref::<CelString>().map(|s| s.inner()).ok_or_else(|| ExecutionError::UnexpectedType {
-            got: item.get_type().name().to_owned(),
-            want: "string".to_owned(),
-        })?);
+        parts.push(
+            item.downcast_ref::<CelString>()
+                .map(|s| s.inner())
+                .ok_or_else(|| ExecutionError::UnexpectedType { got: item.get_type().name().to_owned(), want: "string".to_owned() })?,
+        );
     }
-    let size = parts.iter().map(|p| p.len() as u64).sum::<u64>() + (parts.len().saturating_sub(1) as u64).saturating_mul(separator.len() as u64);
+    let size =
+        parts.iter().map(|p| p.len() as u64).sum::<u64>() + (parts.len().saturating_sub(1) as u64).saturating_mul(separator.len() as u64);
     charge(parts.len() as u64, size)?;
     Ok(CowVal::Owned(Box::new(CelString::from(parts.join(separator)))))
 }
@@ -696,8 +703,33 @@ fn add_budget_functions(env: &mut Env) -> Result<(), cel::DeclarationError> {
 /// Calls whose result is never a new value of any size (comparisons, logic, lookups), or whose
 /// operands are charged already (`_?_:_` yields one of them): not wrapped.
 const UNMETERED_CALLS: &[&str] = &[
-    "_&&_", "_||_", "!_", "_?_:_", "_==_", "_!=_", "_<_", "_<=_", "_>_", "_>=_", "@in", "_[_]", "_[?_]", "_?._", "@not_strictly_false",
-    "size", "has", "matches", "startsWith", "endsWith", "contains", "int", "uint", "double", "bool", "type", "dyn",
+    "_&&_",
+    "_||_",
+    "!_",
+    "_?_:_",
+    "_==_",
+    "_!=_",
+    "_<_",
+    "_<=_",
+    "_>_",
+    "_>=_",
+    "@in",
+    "_[_]",
+    "_[?_]",
+    "_?._",
+    "@not_strictly_false",
+    "size",
+    "has",
+    "matches",
+    "startsWith",
+    "endsWith",
+    "contains",
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "type",
+    "dyn",
 ];
 
 /// `expr` with the budget checks woven in (see the section's comment). Recursive: only called
@@ -705,7 +737,10 @@ const UNMETERED_CALLS: &[&str] = &[
 fn meter(expr: &IdedExpr, next_id: &mut u64) -> IdedExpr {
     fn wrap(name: &str, inner: IdedExpr, next_id: &mut u64) -> IdedExpr {
         *next_id += 1;
-        IdedExpr { id: *next_id, expr: Expr::Call(cel::common::ast::CallExpr { func_name: name.to_owned(), target: None, args: vec![inner] }) }
+        IdedExpr {
+            id: *next_id,
+            expr: Expr::Call(cel::common::ast::CallExpr { func_name: name.to_owned(), target: None, args: vec![inner] }),
+        }
     }
     let rewritten = match &expr.expr {
         Expr::Call(call) => {
@@ -728,7 +763,10 @@ fn meter(expr: &IdedExpr, next_id: &mut u64) -> IdedExpr {
                 ("join", true) => call.func_name = "@wss_join".into(),
                 _ => {}
             }
-            let unmetered = folds_accumulator || UNMETERED_CALLS.contains(&call.func_name.as_str()) || call.func_name == "@wss_replace" || call.func_name == "@wss_join";
+            let unmetered = folds_accumulator
+                || UNMETERED_CALLS.contains(&call.func_name.as_str())
+                || call.func_name == "@wss_replace"
+                || call.func_name == "@wss_join";
             let ided = IdedExpr { id: expr.id, expr: Expr::Call(call) };
             return if unmetered { ided } else { wrap("@wss_made", ided, next_id) };
         }
@@ -1260,10 +1298,7 @@ mod tests {
         let err = Filter::compile("event.data.").unwrap_err();
         let CompileError::Syntax(errors) = &err else { panic!("{err:?}") };
         assert_eq!((errors[0].line, errors[0].column), (1, 12));
-        assert_eq!(
-            err.to_string(),
-            "syntax error at line 1, column 12: no viable alternative at input '.'\n| event.data.\n| ...........^"
-        );
+        assert_eq!(err.to_string(), "syntax error at line 1, column 12: no viable alternative at input '.'\n| event.data.\n| ...........^");
         let err = Transform::compile("{\"a\": 1,\n  \"b\": }").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("syntax error at line 2, column 8: "), "{text}");
@@ -1293,7 +1328,13 @@ mod tests {
 
     #[test]
     fn filters_that_cannot_be_boolean_are_refused() {
-        for (source, yields) in [("'shipped'", "a string"), ("1 + 2", "the result of arithmetic"), ("[true]", "a list"), ("{'a': true}", "a map"), ("null", "null")] {
+        for (source, yields) in [
+            ("'shipped'", "a string"),
+            ("1 + 2", "the result of arithmetic"),
+            ("[true]", "a list"),
+            ("{'a': true}", "a map"),
+            ("null", "null"),
+        ] {
             assert_eq!(Filter::compile(source).unwrap_err(), CompileError::NotBoolean { yields }, "{source}");
             Transform::compile(source).unwrap();
         }
@@ -1408,13 +1449,17 @@ mod tests {
     fn data_of_any_json_shape_binds() {
         let attributes = Vec::new();
         let evaluator = Evaluator::new();
-        for (data, check) in [("[1,2]", "size(event.data) == 2"), ("\"text\"", "event.data == 'text'"), ("5", "event.data == 5"), ("null", "event.data == null")] {
+        for (data, check) in [
+            ("[1,2]", "size(event.data) == 2"),
+            ("\"text\"", "event.data == 'text'"),
+            ("5", "event.data == 5"),
+            ("null", "event.data == null"),
+        ] {
             let bound = evaluator.bind(&envelope(data, &attributes)).unwrap();
             assert_eq!(bound.filter(&Filter::compile(check).unwrap()), Ok(true), "{data}");
         }
         assert!(matches!(evaluator.bind(&envelope("1e999", &attributes)), Err(EvalError::Data(_))));
     }
-
 
     /// Expressions of every construct, nested or chained `n` times.
     fn generated(n: usize) -> Vec<(&'static str, String)> {
@@ -1452,7 +1497,12 @@ mod tests {
                     for (construct, source) in generated(n) {
                         match Filter::compile(&source) {
                             Ok(filter) => accepted.push((construct, n, filter)),
-                            Err(CompileError::TooLong { .. } | CompileError::TooDeep | CompileError::TooManyNodes { .. } | CompileError::Syntax(_)) => {}
+                            Err(
+                                CompileError::TooLong { .. }
+                                | CompileError::TooDeep
+                                | CompileError::TooManyNodes { .. }
+                                | CompileError::Syntax(_),
+                            ) => {}
                             Err(other) => panic!("{construct} × {n}: {other}"),
                         }
                     }
@@ -1462,7 +1512,9 @@ mod tests {
             .unwrap()
             .join()
             .expect("compiling never overflows the stack");
-        for construct in ["operator chain", "nested calls", "nested lists", "nested maps", "nested map macros", "ternaries", "string concatenation"] {
+        for construct in
+            ["operator chain", "nested calls", "nested lists", "nested maps", "nested map macros", "ternaries", "string concatenation"]
+        {
             assert!(compiled.iter().any(|(c, n, _)| *c == construct && *n == 8), "{construct} × 8 is accepted");
             assert!(!compiled.iter().any(|(c, n, _)| *c == construct && *n == 1000), "{construct} × 1000 is refused");
         }

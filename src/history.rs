@@ -246,8 +246,15 @@ pub fn list(
     let mut scanned = 0usize;
     let max = if upper == u64::MAX { "+inf".to_owned() } else { upper.to_string() };
     loop {
-        let members: Vec<(String, f64)> =
-            redis::cmd("ZREVRANGEBYSCORE").arg(&index).arg(&max).arg(lower).arg("WITHSCORES").arg("LIMIT").arg(offset).arg(batch).query(con)?;
+        let members: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(&index)
+            .arg(&max)
+            .arg(lower)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(batch)
+            .query(con)?;
         let exhausted = members.len() < batch;
         offset += members.len();
         scanned += members.len();
@@ -381,7 +388,13 @@ mod tests {
         touched.sort();
         assert_eq!(
             touched,
-            ["p:deliveries", "p:deliveries:tenant:acme", "p:deliveries:tenant:globex", "p:deliveries:webhook:wh_1", "p:deliveries:webhook:wh_2"]
+            [
+                "p:deliveries",
+                "p:deliveries:tenant:acme",
+                "p:deliveries:tenant:globex",
+                "p:deliveries:webhook:wh_1",
+                "p:deliveries:webhook:wh_2"
+            ]
         );
     }
 
@@ -392,4 +405,3 @@ mod tests {
         assert_eq!(decode_token("garbage"), None);
     }
 }
-

@@ -298,12 +298,8 @@ impl TargetTrust {
             ),
             TargetRoots::System => {
                 let found = rustls_native_certs::load_native_certs();
-                let usable: Vec<Certificate<'static>> = found
-                    .certs
-                    .iter()
-                    .filter(|c| anchor_usable(c))
-                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                    .collect();
+                let usable: Vec<Certificate<'static>> =
+                    found.certs.iter().filter(|c| anchor_usable(c)).map(|c| Certificate::from_der(c.as_ref()).to_owned()).collect();
                 if usable.is_empty() {
                     let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
                     return Err(roots_error(format!(
@@ -636,7 +632,8 @@ impl FromStr for Cidr {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),
         };
-        let network: IpAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address; write CIDRs like 10.20.0.0/16 or fd00::/8"))?;
+        let network: IpAddr =
+            addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address; write CIDRs like 10.20.0.0/16 or fd00::/8"))?;
         let bits = if network.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => bits,
@@ -708,7 +705,11 @@ impl Resolver for GuardedResolver {
 /// most [`MAX_ADDRS`] — a name that resolves to both public and private addresses is dialled on
 /// its public ones only — or, when none may, the last refused address and why (`None`: the
 /// answer was empty). `exempt`: the configured proxy, which is never vetted.
-fn vet_answer(policy: &TargetPolicy, exempt: bool, found: impl Iterator<Item = SocketAddr>) -> Result<Vec<SocketAddr>, Option<(IpAddr, &'static str)>> {
+fn vet_answer(
+    policy: &TargetPolicy,
+    exempt: bool,
+    found: impl Iterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, Option<(IpAddr, &'static str)>> {
     let mut kept = Vec::new();
     let mut refused = None;
     for addr in found {
@@ -853,11 +854,39 @@ mod tests {
     #[test]
     fn private_and_special_addresses_are_refused() {
         for ip in [
-            "127.0.0.1", "127.1.2.3", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-            "0.0.0.0", "255.255.255.255", "224.0.0.1", "192.0.2.1", "198.18.0.1", "192.88.99.1", "::1", "::", "fc00::1",
-            "fd12::1", "fe80::1", "fec0::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1", "64:ff9b::a00:1",
-            "64:ff9b:1::1", "2001:db8::1", "3fff::1", "ff02::1", "100::1", "2001::1", "2001:2::1", "2002:7f00:1::1",
-            "2002:a9fe:a9fe::1", "::ffff:0:7f00:1",
+            "127.0.0.1",
+            "127.1.2.3",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "192.88.99.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "fec0::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2001:db8::1",
+            "3fff::1",
+            "ff02::1",
+            "100::1",
+            "2001::1",
+            "2001:2::1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "::ffff:0:7f00:1",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
             assert!(forbidden_reason(parsed).is_some(), "{ip} should be refused");
@@ -867,8 +896,14 @@ mod tests {
     #[test]
     fn public_addresses_pass() {
         for ip in [
-            "93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1",
-            "1.1.1.1", "2a00:1450:4001::1",
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "1.1.1.1",
+            "2a00:1450:4001::1",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
             assert_eq!(forbidden_reason(parsed), None, "{ip}");
@@ -883,7 +918,8 @@ mod tests {
         }
         assert_eq!(parse_ipv4_lenient("0xa9.0xfe.0xa9.0xfe"), Some(Ipv4Addr::new(169, 254, 169, 254)));
         assert_eq!(parse_ipv4_lenient("0"), Some(Ipv4Addr::UNSPECIFIED));
-        for name in ["", "example.com", "1.2.3.4.5", "256.1.1.1", "1.16777216", "4294967296", "08.1.1.1", "1..2", "0xg", "-1", "1.2.3.256"] {
+        for name in ["", "example.com", "1.2.3.4.5", "256.1.1.1", "1.16777216", "4294967296", "08.1.1.1", "1..2", "0xg", "-1", "1.2.3.256"]
+        {
             assert_eq!(parse_ipv4_lenient(name), None, "{name}");
         }
         assert_eq!(literal_ip("[::1]"), Some("::1".parse().unwrap()));
@@ -940,7 +976,8 @@ mod tests {
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(ca, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
-        let leaf = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        let leaf =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap().signed_by(&leaf_key, &issuer).unwrap();
         (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
     }
 
@@ -990,7 +1027,11 @@ mod tests {
         let (_, cert, key) = pki(&["client"]);
         let (_, other_cert, other_key) = pki(&["other"]);
         let identity = ClientIdentity::from_pem(&cert, &key).unwrap();
-        assert_eq!(identity.fingerprint(), ClientIdentity::from_pem(&cert, &key).unwrap().fingerprint(), "the same chain, the same identity");
+        assert_eq!(
+            identity.fingerprint(),
+            ClientIdentity::from_pem(&cert, &key).unwrap().fingerprint(),
+            "the same chain, the same identity"
+        );
         assert_ne!(identity.fingerprint(), ClientIdentity::from_pem(&other_cert, &other_key).unwrap().fingerprint());
         assert!(!format!("{identity:?}").contains("PRIVATE"), "{identity:?}");
         let two_keys = format!("{key}{other_key}");
@@ -1062,7 +1103,9 @@ mod tests {
     #[test]
     fn the_resolver_refuses_loopback_unless_allowed() {
         let config = UreqConfig::default();
-        for url in ["http://127.0.0.1:9/", "http://2130706433:9/", "http://0x7f.1:9/", "http://localhost:9/", "http://[::ffff:127.0.0.1]:9/"] {
+        for url in
+            ["http://127.0.0.1:9/", "http://2130706433:9/", "http://0x7f.1:9/", "http://localhost:9/", "http://[::ffff:127.0.0.1]:9/"]
+        {
             let uri: Uri = url.parse().unwrap();
             let err = resolver(TargetPolicy::default()).resolve(&uri, &config, NextTimeout::default()).unwrap_err();
             assert!(matches!(&err, ureq::Error::Io(e) if e.kind() == io::ErrorKind::PermissionDenied), "{url}: {err}");
@@ -1079,16 +1122,30 @@ mod tests {
     fn a_mixed_answer_is_dialled_on_its_public_addresses_only() {
         let addrs = |list: &[&str]| list.iter().map(|a| a.parse::<SocketAddr>().unwrap()).collect::<Vec<_>>();
         // A name answering with public and private addresses, as a rebinding attacker's would.
-        let mixed = addrs(&["127.0.0.1:443", "93.184.215.14:443", "10.0.0.7:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443", "[::1]:443", "169.254.169.254:443", "[::ffff:192.168.1.1]:443"]);
+        let mixed = addrs(&[
+            "127.0.0.1:443",
+            "93.184.215.14:443",
+            "10.0.0.7:443",
+            "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443",
+            "[::1]:443",
+            "169.254.169.254:443",
+            "[::ffff:192.168.1.1]:443",
+        ]);
         let strict = TargetPolicy::default();
-        assert_eq!(vet_answer(&strict, false, mixed.clone().into_iter()), Ok(addrs(&["93.184.215.14:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"])));
+        assert_eq!(
+            vet_answer(&strict, false, mixed.clone().into_iter()),
+            Ok(addrs(&["93.184.215.14:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"]))
+        );
         // Only private ones: refused, naming the last one refused.
         let private = addrs(&["10.0.0.7:443", "[fd00::1]:443"]);
         assert_eq!(vet_answer(&strict, false, private.clone().into_iter()), Err(Some(("fd00::1".parse().unwrap(), "unique local"))));
         assert_eq!(vet_answer(&strict, false, std::iter::empty()), Err(None));
         // A hole lets its range through and nothing else; allowing private targets, everything.
         let hole = TargetPolicy { allow_private: false, allowed: vec!["10.0.0.0/24".parse().unwrap()] };
-        assert_eq!(vet_answer(&hole, false, mixed.clone().into_iter()), Ok(addrs(&["93.184.215.14:443", "10.0.0.7:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"])));
+        assert_eq!(
+            vet_answer(&hole, false, mixed.clone().into_iter()),
+            Ok(addrs(&["93.184.215.14:443", "10.0.0.7:443", "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:443"]))
+        );
         let open = TargetPolicy { allow_private: true, allowed: Vec::new() };
         assert_eq!(vet_answer(&open, false, mixed.clone().into_iter()), Ok(mixed.clone()));
         // The proxy is never vetted; answers are capped.

@@ -114,11 +114,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            max_body: DEFAULT_MAX_BODY,
-            max_head: DEFAULT_MAX_HEAD,
-            on_refusal: None,
-        }
+        Options { max_body: DEFAULT_MAX_BODY, max_head: DEFAULT_MAX_HEAD, on_refusal: None }
     }
 }
 
@@ -153,9 +149,7 @@ impl<'a> Request<'a> {
     /// Every header as `(name, value)`, in the order sent; values trimmed of surrounding spaces.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let head = self.head;
-        self.spans
-            .iter()
-            .map(move |span| (&head[span.name.clone()], &head[span.value.clone()]))
+        self.spans.iter().map(move |span| (&head[span.name.clone()], &head[span.value.clone()]))
     }
 
     /// The first value of a header, by case-insensitive name.
@@ -168,9 +162,7 @@ impl<'a> Request<'a> {
     where
         'a: 'n,
     {
-        self.headers()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value)
+        self.headers().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, value)| value)
     }
 }
 
@@ -188,12 +180,7 @@ pub struct Response {
 impl Response {
     /// `status` with an empty body (allocates nothing).
     pub fn empty(status: u16) -> Self {
-        Response {
-            status,
-            content_type: None,
-            headers: Vec::new(),
-            body: Cow::Borrowed(b""),
-        }
+        Response { status, content_type: None, headers: Vec::new(), body: Cow::Borrowed(b"") }
     }
 
     /// `status` with a `text/plain` body.
@@ -202,12 +189,7 @@ impl Response {
             Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
             Cow::Owned(text) => Cow::Owned(text.into_bytes()),
         };
-        Response {
-            status,
-            content_type: Some(TEXT_PLAIN),
-            headers: Vec::new(),
-            body,
-        }
+        Response { status, content_type: Some(TEXT_PLAIN), headers: Vec::new(), body }
     }
 }
 
@@ -243,11 +225,7 @@ impl Responder<'_> {
             self.keep_alive,
             self.head_only,
         );
-        *self.sent = if written.is_ok() {
-            Sent::Written
-        } else {
-            Sent::Failed
-        };
+        *self.sent = if written.is_ok() { Sent::Written } else { Sent::Failed };
         written
     }
 }
@@ -307,10 +285,7 @@ struct OpenConnections {
 impl Server {
     /// Listens on `addr` (port 0 picks a free one) with the default [`Options`], answering every
     /// request with `handler` on its connection's thread.
-    pub fn bind(
-        addr: SocketAddr,
-        handler: impl Fn(&Request<'_>, Responder<'_>) + Send + Sync + 'static,
-    ) -> io::Result<Server> {
+    pub fn bind(addr: SocketAddr, handler: impl Fn(&Request<'_>, Responder<'_>) + Send + Sync + 'static) -> io::Result<Server> {
         Server::bind_with(addr, Options::default(), handler)
     }
 
@@ -341,22 +316,13 @@ impl Server {
     ) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            handler: Box::new(handler),
-            options,
-            tls,
-            stopping: AtomicBool::new(false),
-            open: Mutex::default(),
-        });
+        let shared =
+            Arc::new(Shared { handler: Box::new(handler), options, tls, stopping: AtomicBool::new(false), open: Mutex::default() });
         let accept = thread::Builder::new().name("http-accept".into()).spawn({
             let shared = shared.clone();
             move || accept_loop(listener, &shared)
         })?;
-        Ok(Server {
-            addr,
-            shared,
-            accept: Some(accept),
-        })
+        Ok(Server { addr, shared, accept: Some(accept) })
     }
 
     /// The address actually listened on.
@@ -421,15 +387,10 @@ fn accept_loop(listener: TcpListener, shared: &Arc<Shared>) {
             }
         };
         let conn_shared = shared.clone();
-        let spawned = thread::Builder::new()
-            .name("http-conn".into())
-            .spawn(move || {
-                let _registered = Registered {
-                    shared: &conn_shared,
-                    id,
-                };
-                serve_connection(stream, &conn_shared);
-            });
+        let spawned = thread::Builder::new().name("http-conn".into()).spawn(move || {
+            let _registered = Registered { shared: &conn_shared, id };
+            serve_connection(stream, &conn_shared);
+        });
         if let Err(err) = spawned {
             log::warn!(target: LOG, "dropping a new connection, no thread for it: {err}");
             shared.open.lock().streams.remove(&id);
@@ -533,11 +494,7 @@ impl Writer {
         if has_body {
             write!(out, "Content-Length: {}\r\n", body.len())?;
         }
-        out.extend_from_slice(if keep_alive {
-            b"Connection: keep-alive\r\n\r\n"
-        } else {
-            b"Connection: close\r\n\r\n"
-        });
+        out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n\r\n" } else { b"Connection: close\r\n\r\n" });
         let send_body = has_body && !head_only && !body.is_empty();
         let body_apart = send_body && body.len() > ONE_WRITE;
         if send_body && !body_apart {
@@ -565,13 +522,8 @@ fn check_response(response: &Response) -> Result<(), &'static str> {
         if !is_field_value(value) {
             return Err("a header value has a control character");
         }
-        if ["content-length", "transfer-encoding", "connection"]
-            .iter()
-            .any(|framing| name.eq_ignore_ascii_case(framing))
-        {
-            return Err(
-                "Content-Length, Transfer-Encoding and Connection are the server's to write",
-            );
+        if ["content-length", "transfer-encoding", "connection"].iter().any(|framing| name.eq_ignore_ascii_case(framing)) {
+            return Err("Content-Length, Transfer-Encoding and Connection are the server's to write");
         }
     }
     Ok(())
@@ -623,10 +575,7 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         }
     };
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
-    let mut writer = Writer {
-        stream: write_half,
-        out: Vec::with_capacity(1024),
-    };
+    let mut writer = Writer { stream: write_half, out: Vec::with_capacity(1024) };
     let mut buffers = Buffers::default();
     while let Next::KeepAlive = serve_request(&mut reader, &mut writer, &mut buffers, shared) {}
 }
@@ -640,19 +589,11 @@ fn halves(stream: TcpStream, tls: Option<&Arc<rustls::ServerConfig>>) -> io::Res
     let (read_socket, write_socket) = (stream.try_clone()?, stream.try_clone()?);
     let connection = rustls::ServerConnection::new(config.clone()).map_err(io::Error::other)?;
     let shared = Arc::new(Mutex::new(rustls::StreamOwned::new(connection, stream)));
-    Ok((
-        Half::Tls { stream: shared.clone(), socket: read_socket },
-        Half::Tls { stream: shared, socket: write_socket },
-    ))
+    Ok((Half::Tls { stream: shared.clone(), socket: read_socket }, Half::Tls { stream: shared, socket: write_socket }))
 }
 
 /// Reads one request, answers it, and says whether the connection stays open.
-fn serve_request(
-    reader: &mut BufReader<Half>,
-    writer: &mut Writer,
-    buffers: &mut Buffers,
-    shared: &Shared,
-) -> Next {
+fn serve_request(reader: &mut BufReader<Half>, writer: &mut Writer, buffers: &mut Buffers, shared: &Shared) -> Next {
     let options = &shared.options;
     match read_head(reader, &mut buffers.head, options.max_head) {
         Ok(true) => {}
@@ -661,23 +602,14 @@ fn serve_request(
         Err(ReadError::Refused(refusal)) => return refuse(reader, writer, shared, &refusal, None),
     }
     let Ok(head) = std::str::from_utf8(&buffers.head) else {
-        let refusal = Refusal::Malformed {
-            what: "the head is not UTF-8",
-        };
+        let refusal = Refusal::Malformed { what: "the head is not UTF-8" };
         return refuse(reader, writer, shared, &refusal, None);
     };
     let (method, path, version) = match parse_head(head, &mut buffers.spans) {
         Ok(parsed) => parsed,
         Err(refusal) => return refuse(reader, writer, shared, &refusal, None),
     };
-    let mut request = Request {
-        method,
-        path,
-        version,
-        body: &[],
-        head,
-        spans: &buffers.spans,
-    };
+    let mut request = Request { method, path, version, body: &[], head, spans: &buffers.spans };
     let framing = match framing(&request, options.max_body) {
         Ok(framing) => framing,
         Err(refusal) => return refuse(reader, writer, shared, &refusal, Some(&request)),
@@ -691,19 +623,12 @@ fn serve_request(
     match read_body(reader, framing.body, body, &mut buffers.line, options) {
         Ok(()) => {}
         Err(ReadError::Io(err)) => return broken(&err),
-        Err(ReadError::Refused(refusal)) => {
-            return refuse(reader, writer, shared, &refusal, Some(&request))
-        }
+        Err(ReadError::Refused(refusal)) => return refuse(reader, writer, shared, &refusal, Some(&request)),
     }
     request.body = body;
 
     let mut sent = Sent::Not;
-    let responder = Responder {
-        writer: &mut *writer,
-        keep_alive: framing.keep_alive,
-        head_only: method == "HEAD",
-        sent: &mut sent,
-    };
+    let responder = Responder { writer: &mut *writer, keep_alive: framing.keep_alive, head_only: method == "HEAD", sent: &mut sent };
     let handled = panic::catch_unwind(AssertUnwindSafe(|| (shared.handler)(&request, responder)));
     if handled.is_err() {
         log::error!(target: LOG, "the handler panicked on {method} {path}; closing the connection");
@@ -730,26 +655,13 @@ fn broken(err: &io::Error) -> Next {
 }
 
 /// Reports `refusal`, answers it and closes the connection.
-fn refuse(
-    reader: &mut BufReader<Half>,
-    writer: &mut Writer,
-    shared: &Shared,
-    refusal: &Refusal,
-    request: Option<&Request<'_>>,
-) -> Next {
+fn refuse(reader: &mut BufReader<Half>, writer: &mut Writer, shared: &Shared, refusal: &Refusal, request: Option<&Request<'_>>) -> Next {
     log::debug!(target: LOG, "refusing a request ({}): {refusal}", refusal.status());
     if let Some(on_refusal) = &shared.options.on_refusal {
         on_refusal(refusal, request);
     }
     let body = format!("{refusal}\n");
-    let written = writer.write_response(
-        refusal.status(),
-        Some(TEXT_PLAIN),
-        &[],
-        body.as_bytes(),
-        false,
-        false,
-    );
+    let written = writer.write_response(refusal.status(), Some(TEXT_PLAIN), &[], body.as_bytes(), false, false);
     if written.is_ok() {
         linger(reader);
     }
@@ -780,11 +692,7 @@ fn linger(reader: &mut BufReader<Half>) {
 /// Reads a request head (through its empty line) into `head`. `Ok(false)`: the client closed
 /// the connection cleanly before a new request. Empty lines before the request line are
 /// ignored (RFC 9112 §2.2) but count towards the limit.
-fn read_head(
-    reader: &mut BufReader<Half>,
-    head: &mut Vec<u8>,
-    max_head: usize,
-) -> Result<bool, ReadError> {
+fn read_head(reader: &mut BufReader<Half>, head: &mut Vec<u8>, max_head: usize) -> Result<bool, ReadError> {
     head.clear();
     let mut started = false;
     loop {
@@ -810,34 +718,20 @@ fn read_head(
 }
 
 /// Splits a head into request line and header spans (into `spans`).
-fn parse_head<'h>(
-    head: &'h str,
-    spans: &mut Vec<HeaderSpan>,
-) -> Result<(&'h str, &'h str, Version), Refusal> {
+fn parse_head<'h>(head: &'h str, spans: &mut Vec<HeaderSpan>) -> Result<(&'h str, &'h str, Version), Refusal> {
     let malformed = |what| Refusal::Malformed { what };
     spans.clear();
-    let mut lines = head
-        .split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line));
-    let request_line = lines
-        .by_ref()
-        .find(|line| !line.is_empty())
-        .ok_or(malformed("no request line"))?;
+    let mut lines = head.split('\n').map(|line| line.strip_suffix('\r').unwrap_or(line));
+    let request_line = lines.by_ref().find(|line| !line.is_empty()).ok_or(malformed("no request line"))?;
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(malformed(
-            "the request line is not `METHOD target HTTP/1.x`",
-        ));
+    let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed("the request line is not `METHOD target HTTP/1.x`"));
     };
     if !is_token(method) {
         return Err(malformed("the method is not a token"));
     }
     if path.is_empty() || path.bytes().any(|b| b.is_ascii_control()) {
-        return Err(malformed(
-            "the request target is empty or has a control character",
-        ));
+        return Err(malformed("the request target is empty or has a control character"));
     }
     let version = match version {
         "HTTP/1.1" => Version::Http11,
@@ -848,9 +742,7 @@ fn parse_head<'h>(
         if line.starts_with([' ', '\t']) {
             return Err(malformed("obsolete header line folding"));
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or(malformed("a header line has no colon"))?;
+        let (name, value) = line.split_once(':').ok_or(malformed("a header line has no colon"))?;
         if !is_token(name) {
             return Err(malformed("a header name is not a token"));
         }
@@ -858,10 +750,7 @@ fn parse_head<'h>(
         if !is_field_value(value) {
             return Err(malformed("a header value has a control character"));
         }
-        spans.push(HeaderSpan {
-            name: span(head, name),
-            value: span(head, value),
-        });
+        spans.push(HeaderSpan { name: span(head, name), value: span(head, value) });
     }
     Ok((method, path, version))
 }
@@ -874,10 +763,7 @@ fn span(whole: &str, part: &str) -> Range<usize> {
 
 /// RFC 9110 §5.6.2 token.
 fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// No control characters but tab (which also rules out CR and LF).
@@ -903,19 +789,11 @@ struct Framing {
 
 fn framing(request: &Request<'_>, max_body: usize) -> Result<Framing, Refusal> {
     let malformed = |what| Refusal::Malformed { what };
-    let tokens = |name| {
-        request
-            .headers_named(name)
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-    };
+    let tokens = |name| request.headers_named(name).flat_map(|value| value.split(',')).map(str::trim).filter(|token| !token.is_empty());
     let close = tokens("connection").any(|t| t.eq_ignore_ascii_case("close"));
     let keep_alive = match request.version {
         Version::Http11 => !close,
-        Version::Http10 => {
-            !close && tokens("connection").any(|t| t.eq_ignore_ascii_case("keep-alive"))
-        }
+        Version::Http10 => !close && tokens("connection").any(|t| t.eq_ignore_ascii_case("keep-alive")),
     };
 
     let mut codings = tokens("transfer-encoding");
@@ -925,10 +803,7 @@ fn framing(request: &Request<'_>, max_body: usize) -> Result<Framing, Refusal> {
         _ => return Err(Refusal::UnsupportedTransferCoding),
     };
     let mut length = None;
-    for value in request
-        .headers_named("content-length")
-        .flat_map(|value| value.split(','))
-    {
+    for value in request.headers_named("content-length").flat_map(|value| value.split(',')) {
         let n = parse_decimal(value.trim()).ok_or(malformed("an invalid Content-Length"))?;
         if length.is_some_and(|seen| seen != n) {
             return Err(malformed("conflicting Content-Length values"));
@@ -940,9 +815,7 @@ fn framing(request: &Request<'_>, max_body: usize) -> Result<Framing, Refusal> {
         (true, Some(_)) => return Err(malformed("both Transfer-Encoding and Content-Length")),
         (true, None) => BodyKind::Chunked,
         (false, None | Some(0)) => BodyKind::None,
-        (false, Some(n)) if n > max_body as u64 => {
-            return Err(Refusal::BodyTooLarge { limit: max_body })
-        }
+        (false, Some(n)) if n > max_body as u64 => return Err(Refusal::BodyTooLarge { limit: max_body }),
         (false, Some(n)) => BodyKind::Length(n),
     };
 
@@ -954,11 +827,7 @@ fn framing(request: &Request<'_>, max_body: usize) -> Result<Framing, Refusal> {
         }
         Some(_) => return Err(Refusal::UnsupportedExpectation),
     };
-    Ok(Framing {
-        body,
-        keep_alive,
-        expect_continue,
-    })
+    Ok(Framing { body, keep_alive, expect_continue })
 }
 
 /// Digits only (no sign, no spaces), fitting a u64.
@@ -984,25 +853,17 @@ fn read_body(
         BodyKind::Chunked => {
             loop {
                 read_line(reader, line, MAX_CHUNK_LINE)?;
-                let size = parse_chunk_size(line).ok_or(Refusal::Malformed {
-                    what: "a bad chunk size",
-                })?;
+                let size = parse_chunk_size(line).ok_or(Refusal::Malformed { what: "a bad chunk size" })?;
                 if size == 0 {
                     break;
                 }
                 if size > (options.max_body - body.len()) as u64 {
-                    return Err(Refusal::BodyTooLarge {
-                        limit: options.max_body,
-                    }
-                    .into());
+                    return Err(Refusal::BodyTooLarge { limit: options.max_body }.into());
                 }
                 read_exactly(reader, size, body)?;
                 read_line(reader, line, MAX_CHUNK_LINE)?;
                 if !matches!(line.as_slice(), b"\r\n" | b"\n") {
-                    return Err(Refusal::Malformed {
-                        what: "a chunk is longer than its size",
-                    }
-                    .into());
+                    return Err(Refusal::Malformed { what: "a chunk is longer than its size" }.into());
                 }
             }
             // Trailer fields, read and ignored, through the empty line.
@@ -1014,10 +875,7 @@ fn read_body(
                 }
                 trailers += line.len();
                 if trailers > options.max_head {
-                    return Err(Refusal::HeadTooLarge {
-                        limit: options.max_head,
-                    }
-                    .into());
+                    return Err(Refusal::HeadTooLarge { limit: options.max_head }.into());
                 }
             }
         }
@@ -1025,37 +883,24 @@ fn read_body(
 }
 
 /// Appends exactly `n` bytes to `body`.
-fn read_exactly(
-    reader: &mut BufReader<Half>,
-    n: u64,
-    body: &mut Vec<u8>,
-) -> Result<(), ReadError> {
+fn read_exactly(reader: &mut BufReader<Half>, n: u64, body: &mut Vec<u8>) -> Result<(), ReadError> {
     let want = body.len() + n as usize;
     body.reserve(n as usize);
     reader.by_ref().take(n).read_to_end(body)?;
     if body.len() < want {
-        return Err(
-            io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed mid-body").into(),
-        );
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed mid-body").into());
     }
     Ok(())
 }
 
 /// Reads one line (through `\n`) into `line`; a longer line than `limit` is malformed.
-fn read_line(
-    reader: &mut BufReader<Half>,
-    line: &mut Vec<u8>,
-    limit: u64,
-) -> Result<(), ReadError> {
+fn read_line(reader: &mut BufReader<Half>, line: &mut Vec<u8>, limit: u64) -> Result<(), ReadError> {
     line.clear();
     let n = reader.by_ref().take(limit).read_until(b'\n', line)?;
     if line.last() == Some(&b'\n') {
         Ok(())
     } else if n as u64 == limit {
-        Err(Refusal::Malformed {
-            what: "a line of the chunked body is too long",
-        }
-        .into())
+        Err(Refusal::Malformed { what: "a line of the chunked body is too long" }.into())
     } else {
         Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed mid-body").into())
     }
@@ -1123,12 +968,7 @@ mod tests {
 
     /// Answers `200 <method> <path> <body>`.
     fn echo(request: &Request<'_>, responder: Responder<'_>) {
-        let text = format!(
-            "{} {} {}",
-            request.method,
-            request.path,
-            String::from_utf8_lossy(request.body)
-        );
+        let text = format!("{} {} {}", request.method, request.path, String::from_utf8_lossy(request.body));
         responder.send(Response::text(200, text)).unwrap();
     }
 
@@ -1150,10 +990,7 @@ mod tests {
 
     impl Answer {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
+            self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
         }
     }
 
@@ -1173,11 +1010,7 @@ mod tests {
         fn answer(&mut self) -> Answer {
             let mut line = String::new();
             self.reader.read_line(&mut line).unwrap();
-            let status = line
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| panic!("not a status line: {line:?}"));
+            let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a status line: {line:?}"));
             let mut headers = Vec::new();
             loop {
                 let mut line = String::new();
@@ -1189,14 +1022,8 @@ mod tests {
                 let (name, value) = line.split_once(':').unwrap();
                 headers.push((name.to_owned(), value.trim().to_owned()));
             }
-            let mut answer = Answer {
-                status,
-                headers,
-                body: String::new(),
-            };
-            let length: usize = answer
-                .header("content-length")
-                .map_or(0, |v| v.parse().unwrap());
+            let mut answer = Answer { status, headers, body: String::new() };
+            let length: usize = answer.header("content-length").map_or(0, |v| v.parse().unwrap());
             let mut body = vec![0; length];
             self.reader.read_exact(&mut body).unwrap();
             answer.body = String::from_utf8(body).unwrap();
@@ -1248,9 +1075,7 @@ mod tests {
         assert_eq!(first.header("content-type"), Some(TEXT_PLAIN));
 
         // The second request on the same socket, pipelined with a third.
-        client.send(
-            b"GET /b?q=1 HTTP/1.1\r\nHost: x\r\n\r\nPUT /c HTTP/1.1\r\ncontent-length: 1\r\n\r\n!",
-        );
+        client.send(b"GET /b?q=1 HTTP/1.1\r\nHost: x\r\n\r\nPUT /c HTTP/1.1\r\ncontent-length: 1\r\n\r\n!");
         let second = client.answer();
         let third = client.answer();
         assert_eq!((second.status, second.body.as_str()), (200, "GET /b?q=1 "));
@@ -1275,26 +1100,19 @@ mod tests {
     #[test]
     fn headers_are_found_by_any_case_in_order() {
         let (seen_tx, seen) = bounded(1);
-        let server = Server::bind(
-            loopback(),
-            move |request: &Request<'_>, responder: Responder<'_>| {
-                let all: Vec<String> = request.headers_named("x-sig").map(str::to_owned).collect();
-                let first = request.header("X-SIG").map(str::to_owned);
-                let count = request.headers().count();
-                seen_tx.send((first, all, count)).unwrap();
-                responder.send(Response::empty(204)).unwrap();
-            },
-        )
+        let server = Server::bind(loopback(), move |request: &Request<'_>, responder: Responder<'_>| {
+            let all: Vec<String> = request.headers_named("x-sig").map(str::to_owned).collect();
+            let first = request.header("X-SIG").map(str::to_owned);
+            let count = request.headers().count();
+            seen_tx.send((first, all, count)).unwrap();
+            responder.send(Response::empty(204)).unwrap();
+        })
         .unwrap();
         let mut client = Client::connect(server.local_addr());
         client.send(b"GET / HTTP/1.1\r\nX-Sig:  a \r\nHost: x\r\nx-sig:b\r\n\r\n");
         let answer = client.answer();
         assert_eq!(answer.status, 204);
-        assert_eq!(
-            answer.header("content-length"),
-            None,
-            "no Content-Length in a 204"
-        );
+        assert_eq!(answer.header("content-length"), None, "no Content-Length in a 204");
         let (first, all, count) = seen.recv_timeout(GIVE_UP).unwrap();
         assert_eq!(first.as_deref(), Some("a"));
         assert_eq!(all, ["a", "b"]);
@@ -1309,23 +1127,17 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let (refused_tx, refused) = bounded(8);
         let options = Options {
-            on_refusal: Some(Arc::new(
-                move |refusal: &Refusal, request: Option<&Request<'_>>| {
-                    let path = request.map(|r| r.path.to_owned());
-                    refused_tx.send((refusal.clone(), path)).unwrap();
-                },
-            )),
+            on_refusal: Some(Arc::new(move |refusal: &Refusal, request: Option<&Request<'_>>| {
+                let path = request.map(|r| r.path.to_owned());
+                refused_tx.send((refusal.clone(), path)).unwrap();
+            })),
             ..options
         };
         let counter = calls.clone();
-        let server = Server::bind_with(
-            loopback(),
-            options,
-            move |request: &Request<'_>, responder: Responder<'_>| {
-                counter.fetch_add(1, Ordering::SeqCst);
-                echo(request, responder);
-            },
-        )
+        let server = Server::bind_with(loopback(), options, move |request: &Request<'_>, responder: Responder<'_>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            echo(request, responder);
+        })
         .unwrap();
         (server, calls, refused)
     }
@@ -1336,33 +1148,18 @@ mod tests {
         let mut client = Client::connect(server.local_addr());
         // The client sends its whole body before reading, as most do.
         let body = vec![b'x'; DEFAULT_MAX_BODY + 1];
-        client.send(
-            format!(
-                "POST /big HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
+        client.send(format!("POST /big HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
         client.send(&body);
         let answer = client.answer();
         assert_eq!(answer.status, 413);
-        assert_eq!(
-            answer.body,
-            format!("the body is larger than {DEFAULT_MAX_BODY} bytes\n")
-        );
+        assert_eq!(answer.body, format!("the body is larger than {DEFAULT_MAX_BODY} bytes\n"));
         assert_eq!(answer.header("connection"), Some("close"));
         assert!(client.closed());
         let limit = DEFAULT_MAX_BODY;
-        assert_eq!(
-            refused.recv_timeout(GIVE_UP).unwrap(),
-            (Refusal::BodyTooLarge { limit }, Some("/big".to_owned()))
-        );
+        assert_eq!(refused.recv_timeout(GIVE_UP).unwrap(), (Refusal::BodyTooLarge { limit }, Some("/big".to_owned())));
 
         // Chunked, the limit is found while reading; with 100-continue, before the body.
-        let small = Options {
-            max_body: 8,
-            ..Options::default()
-        };
+        let small = Options { max_body: 8, ..Options::default() };
         let (server, small_calls, refused) = counting(small);
         let mut client = Client::connect(server.local_addr());
         client.send(b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n5\r\n67890\r\n0\r\n\r\n");
@@ -1370,28 +1167,11 @@ mod tests {
         assert!(client.closed());
         let mut client = Client::connect(server.local_addr());
         client.send(b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n");
-        assert_eq!(
-            client.answer().status,
-            413,
-            "refused instead of 100 Continue"
-        );
+        assert_eq!(client.answer().status, 413, "refused instead of 100 Continue");
         assert!(client.closed());
-        assert_eq!(
-            refused.recv_timeout(GIVE_UP).unwrap().1.as_deref(),
-            Some("/c")
-        );
-        assert_eq!(
-            refused.recv_timeout(GIVE_UP).unwrap().1.as_deref(),
-            Some("/e")
-        );
-        assert_eq!(
-            (
-                calls.load(Ordering::SeqCst),
-                small_calls.load(Ordering::SeqCst)
-            ),
-            (0, 0),
-            "the handler never saw them"
-        );
+        assert_eq!(refused.recv_timeout(GIVE_UP).unwrap().1.as_deref(), Some("/c"));
+        assert_eq!(refused.recv_timeout(GIVE_UP).unwrap().1.as_deref(), Some("/e"));
+        assert_eq!((calls.load(Ordering::SeqCst), small_calls.load(Ordering::SeqCst)), (0, 0), "the handler never saw them");
     }
 
     #[test]
@@ -1411,10 +1191,7 @@ mod tests {
             let answer = client.answer();
             let shown = String::from_utf8_lossy(raw);
             assert_eq!(answer.status, 400, "{shown:?}: {answer:?}");
-            assert!(
-                answer.body.starts_with("malformed request: "),
-                "{shown:?}: {answer:?}"
-            );
+            assert!(answer.body.starts_with("malformed request: "), "{shown:?}: {answer:?}");
             assert!(client.closed(), "{shown:?}");
             let (refusal, _) = refused.recv_timeout(GIVE_UP).unwrap();
             assert_eq!(refusal.status(), 400);
@@ -1467,17 +1244,14 @@ mod tests {
     fn a_slow_handler_does_not_hold_up_another_connection() {
         let (started_tx, started) = bounded(1);
         let (release_tx, release) = bounded::<()>(1);
-        let server = Server::bind(
-            loopback(),
-            move |request: &Request<'_>, responder: Responder<'_>| {
-                if request.path == "/slow" {
-                    started_tx.send(()).unwrap();
-                    // Blocks until the test has been answered on the other connection.
-                    release.recv_timeout(GIVE_UP).unwrap();
-                }
-                echo(request, responder);
-            },
-        )
+        let server = Server::bind(loopback(), move |request: &Request<'_>, responder: Responder<'_>| {
+            if request.path == "/slow" {
+                started_tx.send(()).unwrap();
+                // Blocks until the test has been answered on the other connection.
+                release.recv_timeout(GIVE_UP).unwrap();
+            }
+            echo(request, responder);
+        })
         .unwrap();
         let mut slow = Client::connect(server.local_addr());
         slow.send(b"GET /slow HTTP/1.1\r\n\r\n");
@@ -1493,19 +1267,14 @@ mod tests {
 
     #[test]
     fn a_handler_that_does_not_answer_gets_its_client_a_500() {
-        let server = Server::bind(
-            loopback(),
-            |request: &Request<'_>, responder: Responder<'_>| {
-                if request.path == "/bad-header" {
-                    let mut response = Response::empty(200);
-                    response
-                        .headers
-                        .push(("X-Injected".into(), "a\r\nb: c".into()));
-                    let err = responder.send(response).unwrap_err();
-                    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-                }
-            },
-        )
+        let server = Server::bind(loopback(), |request: &Request<'_>, responder: Responder<'_>| {
+            if request.path == "/bad-header" {
+                let mut response = Response::empty(200);
+                response.headers.push(("X-Injected".into(), "a\r\nb: c".into()));
+                let err = responder.send(response).unwrap_err();
+                assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            }
+        })
         .unwrap();
         for path in ["/silent", "/bad-header"] {
             let mut client = Client::connect(server.local_addr());
@@ -1534,14 +1303,7 @@ mod tests {
         let mut spans = Vec::new();
         let (method, path, version) = parse_head(head, &mut spans).unwrap();
         assert_eq!((method, path, version), ("POST", "/p", Version::Http11));
-        let request = Request {
-            method,
-            path,
-            version,
-            body: b"",
-            head,
-            spans: &spans,
-        };
+        let request = Request { method, path, version, body: b"", head, spans: &spans };
         let headers: Vec<_> = request.headers().collect();
         assert_eq!(headers, [("A", "1"), ("B", "two words")]);
         assert_eq!(parse_chunk_size(b"1a;x=y\r\n"), Some(0x1a));

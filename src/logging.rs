@@ -28,7 +28,8 @@ pub fn parse_filter(spec: &str) -> Result<(LevelFilter, Vec<(String, LevelFilter
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('=') {
             Some((target, level)) => {
-                let level = level.trim().parse().map_err(|_| format!("{level:?} is not a log level (error, warn, info, debug, trace, off)"))?;
+                let level =
+                    level.trim().parse().map_err(|_| format!("{level:?} is not a log level (error, warn, info, debug, trace, off)"))?;
                 targets.push((target.trim().to_owned(), level));
             }
             None => {
@@ -56,8 +57,12 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), String> {
     // static headers such as `authorization` included).
     dispatch = dispatch.filter(|metadata| shown(metadata.target(), metadata.level()));
     let dispatch = match format {
-        LogFormat::Text => dispatch.format(|out, message, record| out.finish(format_args!("{}", text_line(SystemTime::now(), message, record)))),
-        LogFormat::Json => dispatch.format(|out, message, record| out.finish(format_args!("{}", json_line(SystemTime::now(), message, record)))),
+        LogFormat::Text => {
+            dispatch.format(|out, message, record| out.finish(format_args!("{}", text_line(SystemTime::now(), message, record))))
+        }
+        LogFormat::Json => {
+            dispatch.format(|out, message, record| out.finish(format_args!("{}", json_line(SystemTime::now(), message, record))))
+        }
     };
     dispatch.chain(std::io::stderr()).apply().map_err(|e| e.to_string())
 }
@@ -104,7 +109,9 @@ fn text_line(now: SystemTime, message: &fmt::Arguments<'_>, record: &Record<'_>)
     let mut line = format!("{} {:<5} {} {}", humantime::format_rfc3339_millis(now), record.level(), record.target(), message);
     for (key, value) in fields(record) {
         let text = match value {
-            serde_json::Value::String(s) if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') => format!("{s:?}"),
+            serde_json::Value::String(s) if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') => {
+                format!("{s:?}")
+            }
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         };
@@ -183,7 +190,8 @@ mod tests {
 
     #[test]
     fn text_lines_append_the_fields_readably() {
-        let kvs = [("tenant", kv::Value::from("acme")), ("attempt", kv::Value::from(2u32)), ("reason", kv::Value::from("no attempts left"))];
+        let kvs =
+            [("tenant", kv::Value::from("acme")), ("attempt", kv::Value::from(2u32)), ("reason", kv::Value::from("no attempts left"))];
         assert_eq!(
             formatted(&kvs, text_line),
             r#"1970-01-01T00:00:00.000Z WARN  wss::outcomes attempt 2 of event evt-1 failed: HTTP 500 tenant=acme attempt=2 reason="no attempts left""#

@@ -21,18 +21,24 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crossbeam_channel::{bounded, RecvTimeoutError};
 use wss::{
     config::{Config, Layers},
-    domain::{routing::RoutingHandle, store::{Keys, Store}},
+    domain::{
+        routing::RoutingHandle,
+        store::{Keys, Store},
+    },
     grpc::{self, ControlPlane},
     metrics::Metrics,
     pipeline::{self, Deps, Pipeline},
     receive::{self, ReceiveOptions},
     redis_conn::RedisTarget,
-    signature,
-    status,
+    signature, status,
 };
 
 #[derive(Parser)]
-#[command(name = "wss", version, about = "Webhook Sender Service: delivers events from Redis Streams to tenants' webhooks, signed and retried")]
+#[command(
+    name = "wss",
+    version,
+    about = "Webhook Sender Service: delivers events from Redis Streams to tenants' webhooks, signed and retried"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -365,10 +371,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let redis = RedisTarget::with_tls(&config.redis_url, &config.redis_tls)
-        .with_context(|| format!("opening the Redis client for {} (WSS_REDIS_URL, WSS_REDIS_CA_FILE, WSS_REDIS_CLIENT_CERT_FILE)", wss::redis_conn::redact_url(&config.redis_url)))?;
+    let redis = RedisTarget::with_tls(&config.redis_url, &config.redis_tls).with_context(|| {
+        format!(
+            "opening the Redis client for {} (WSS_REDIS_URL, WSS_REDIS_CA_FILE, WSS_REDIS_CLIENT_CERT_FILE)",
+            wss::redis_conn::redact_url(&config.redis_url)
+        )
+    })?;
     let keys = Keys::new(&config.key_prefix);
-    let store = Arc::new(Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window));
+    let store = Arc::new(
+        Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window),
+    );
     let routing = Arc::new(RoutingHandle::default());
     let metrics = Arc::new(Metrics::new());
     // Shared by the pipeline, which keeps it up to date, and GetWebhookStats and the status
@@ -379,7 +391,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // function returns (its sender dropped).
     let health = wss::health::Health::new();
     let (_stop_probe, probe_stop) = bounded::<()>(0);
-    wss::health::spawn_prober(redis.clone(), health.clone(), metrics.redis_up.clone(), probe_stop).context("starting the health probe thread")?;
+    wss::health::spawn_prober(redis.clone(), health.clone(), metrics.redis_up.clone(), probe_stop)
+        .context("starting the health probe thread")?;
     match &config.encryption_key {
         Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
         None => log::info!(target: "wss", "no WSS_ENCRYPTION_KEY: webhook secrets are stored in Redis in clear"),
@@ -494,7 +507,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         match store.seal_clear_secrets() {
             Ok(0) => {}
             Ok(n) => log::info!(target: "wss", "sealed {n} webhook secret(s) stored in clear before WSS_ENCRYPTION_KEY was set"),
-            Err(err) => log::warn!(target: "wss", "could not seal the webhook secrets stored in clear ({err}); they stay readable, and are sealed at the next start"),
+            Err(err) => {
+                log::warn!(target: "wss", "could not seal the webhook secrets stored in clear ({err}); they stay readable, and are sealed at the next start")
+            }
         }
     }
 

@@ -22,7 +22,8 @@
 //!   figures are on the status page instead.
 
 use prometheus::{
-    core::Collector, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::deadletter::Reason;
@@ -175,8 +176,11 @@ impl Metrics {
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         let classes: Vec<&str> = AttemptClass::ALL.iter().map(|c| c.as_str()).collect();
         let attempt_duration = Histogram::with_opts(
-            HistogramOpts::new("wss_delivery_attempt_duration_seconds", "Duration of delivery attempts: connect, request, response and the start of its body.")
-                .buckets(ATTEMPT_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "wss_delivery_attempt_duration_seconds",
+                "Duration of delivery attempts: connect, request, response and the start of its body.",
+            )
+            .buckets(ATTEMPT_BUCKETS.to_vec()),
         )
         .expect("valid histogram options");
         register(&registry, &attempt_duration);
@@ -195,29 +199,36 @@ impl Metrics {
         )
         .expect("a valid metric name");
         register(&registry, &oldest_pending_age);
-        let build_info = IntGaugeVec::new(Opts::new("wss_build_info", "Always 1; the labels say which wss this is."), &["version", "profile"])
-            .expect("a valid metric name");
+        let build_info =
+            IntGaugeVec::new(Opts::new("wss_build_info", "Always 1; the labels say which wss this is."), &["version", "profile"])
+                .expect("a valid metric name");
         register(&registry, &build_info);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), if cfg!(debug_assertions) { "debug" } else { "release" }]).set(1);
         // CPU, memory, file descriptors and threads of this process, read at each scrape (each
         // `Metrics` has a registry of its own, so tests may make several).
         #[cfg(target_os = "linux")]
-        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("the process collector is registered once");
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector is registered once");
         let circuit_open = IntGaugeVec::new(
             Opts::new("wss_circuit_open", "1 while the webhook's circuit is open or half-open (a probe is out), 0 while closed; only webhooks with a circuit state in this instance."),
             &["webhook"],
         )
         .expect("a valid metric name");
         register(&registry, &circuit_open);
-        let depth = IntGaugeVec::new(Opts::new("wss_channel_depth", "Messages waiting in the channel between two pipeline stages."), &["edge"])
-            .expect("a valid metric name");
+        let depth =
+            IntGaugeVec::new(Opts::new("wss_channel_depth", "Messages waiting in the channel between two pipeline stages."), &["edge"])
+                .expect("a valid metric name");
         register(&registry, &depth);
         let per_webhook = |name: &str, help: &str| {
             let vec = IntGaugeVec::new(Opts::new(name, help), &["webhook"]).expect("a valid metric name");
             register(&registry, &vec);
             vec
         };
-        let backlog_depth = per_webhook("wss_backlog_depth", "Deliveries of the webhook waiting in the durable backlog (cluster-wide; only webhooks with a backlog).");
+        let backlog_depth = per_webhook(
+            "wss_backlog_depth",
+            "Deliveries of the webhook waiting in the durable backlog (cluster-wide; only webhooks with a backlog).",
+        );
         let backlog_oldest_age = per_webhook(
             "wss_backlog_oldest_age_seconds",
             "Age of the webhook's oldest delivery in the durable backlog: seconds since it entered it (only webhooks with a backlog).",

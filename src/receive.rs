@@ -69,20 +69,12 @@ impl Receiver {
     /// Checks the secret, then binds the listener, so that a bad secret fails before anything
     /// listens.
     pub fn bind(opts: ReceiveOptions) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            !opts.secret.is_empty(),
-            "--secret is empty: pass the webhook's secret"
-        );
+        anyhow::ensure!(!opts.secret.is_empty(), "--secret is empty: pass the webhook's secret");
         let scheme = if opts.standard_webhooks {
-            StandardSigner::new(&opts.secret)
-                .context("--secret is not a usable Standard Webhooks secret")?;
-            Scheme::Standard {
-                secret: opts.secret,
-            }
+            StandardSigner::new(&opts.secret).context("--secret is not a usable Standard Webhooks secret")?;
+            Scheme::Standard { secret: opts.secret }
         } else {
-            Scheme::Wss {
-                secret: opts.secret.into_bytes(),
-            }
+            Scheme::Wss { secret: opts.secret.into_bytes() }
         };
         let tolerance = opts.tolerance;
         let (queue, lines) = crossbeam_channel::bounded(QUEUED_LINES);
@@ -90,26 +82,17 @@ impl Receiver {
         let refusals = queue.clone();
         let options = http_server::Options {
             max_body: MAX_BODY,
-            on_refusal: Some(Arc::new(
-                move |refusal: &Refusal, request: Option<&Request<'_>>| {
-                    let headers: Vec<(&str, &str)> =
-                        request.map(|r| r.headers().collect()).unwrap_or_default();
-                    let rejection = Err(Rejection::Refused(refusal.clone()));
-                    // Fails only once `serve` has stopped: then no line can be shown anyway.
-                    let _ = refusals.send(log_line(&rejection, &headers, b""));
-                },
-            )),
+            on_refusal: Some(Arc::new(move |refusal: &Refusal, request: Option<&Request<'_>>| {
+                let headers: Vec<(&str, &str)> = request.map(|r| r.headers().collect()).unwrap_or_default();
+                let rejection = Err(Rejection::Refused(refusal.clone()));
+                // Fails only once `serve` has stopped: then no line can be shown anyway.
+                let _ = refusals.send(log_line(&rejection, &headers, b""));
+            })),
             ..http_server::Options::default()
         };
         let handler = move |request: &Request<'_>, responder: Responder<'_>| {
             let headers: Vec<(&str, &str)> = request.headers().collect();
-            let verdict = check(
-                &scheme,
-                tolerance,
-                &headers,
-                request.body,
-                SystemTime::now(),
-            );
+            let verdict = check(&scheme, tolerance, &headers, request.body, SystemTime::now());
             // Queued before the answer is written, so that a client's requests are shown in the
             // order it sent them; fails only once `serve` has stopped.
             let _ = queue.send(log_line(&verdict, &headers, request.body));
@@ -121,8 +104,7 @@ impl Receiver {
                 log::warn!(target: "wss::receive", "could not send the response: {err}");
             }
         };
-        let server = Server::bind_with(opts.bind, options, handler)
-            .with_context(|| format!("cannot listen on {}", opts.bind))?;
+        let server = Server::bind_with(opts.bind, options, handler).with_context(|| format!("cannot listen on {}", opts.bind))?;
         Ok(Receiver { server, lines })
     }
 
@@ -134,18 +116,12 @@ impl Receiver {
     /// Writes one line per request to `out`, as requests are answered. Returns only if `out`
     /// fails (e.g. the pipe it wrote to was closed); the listener closes with it.
     pub fn serve(self, mut out: impl Write) -> anyhow::Result<()> {
-        writeln!(
-            out,
-            "listening on http://{} — verifying with the given secret",
-            self.local_addr()
-        )
-        .and_then(|()| out.flush())
-        .context("cannot write to stdout")?;
+        writeln!(out, "listening on http://{} — verifying with the given secret", self.local_addr())
+            .and_then(|()| out.flush())
+            .context("cannot write to stdout")?;
         // Never ends by itself: the server's handler holds the sending side.
         for line in &self.lines {
-            writeln!(out, "{line}")
-                .and_then(|()| out.flush())
-                .context("cannot write to stdout")?;
+            writeln!(out, "{line}").and_then(|()| out.flush()).context("cannot write to stdout")?;
         }
         Ok(())
     }
@@ -172,20 +148,13 @@ impl Rejection {
     }
 }
 
-fn check(
-    scheme: &Scheme,
-    tolerance: Duration,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    now: SystemTime,
-) -> Result<(), Rejection> {
+fn check(scheme: &Scheme, tolerance: Duration, headers: &[(&str, &str)], body: &[u8], now: SystemTime) -> Result<(), Rejection> {
     match scheme {
         Scheme::Wss { secret } => {
             signature::verify_headers(secret, headers.iter().copied(), body, tolerance, now)?;
         }
         Scheme::Standard { secret } => {
-            let required =
-                |name: &'static str| header(headers, name).ok_or(Rejection::MissingHeader(name));
+            let required = |name: &'static str| header(headers, name).ok_or(Rejection::MissingHeader(name));
             let id = required("webhook-id")?;
             let timestamp = required("webhook-timestamp")?;
             let signature = required("webhook-signature")?;
@@ -198,13 +167,7 @@ fn check(
 /// `✔ verified  event=… type=… attempt=…  <body>` or `✘ rejected  (<reason>)  event=… …`.
 fn log_line(verdict: &Result<(), Rejection>, headers: &[(&str, &str)], body: &[u8]) -> String {
     let field = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|name| header(headers, name))
-            .map_or_else(
-                || "-".to_owned(),
-                |value| printable(value, SHOWN_HEADER_CHARS),
-            )
+        names.iter().find_map(|name| header(headers, name)).map_or_else(|| "-".to_owned(), |value| printable(value, SHOWN_HEADER_CHARS))
     };
     let details = format!(
         "event={} type={} attempt={}  {}",
@@ -221,10 +184,7 @@ fn log_line(verdict: &Result<(), Rejection>, headers: &[(&str, &str)], body: &[u
 
 /// The first value of a header, by case-insensitive name.
 fn header<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|&(_, v)| v)
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|&(_, v)| v)
 }
 
 /// One terminal-safe line: control characters escaped, at most `max` characters kept.
@@ -254,9 +214,7 @@ mod tests {
     const BODY: &[u8] = br#"{"order_id":"A-1001","status":"shipped"}"#;
 
     fn wss(secret: &str) -> Scheme {
-        Scheme::Wss {
-            secret: secret.as_bytes().to_vec(),
-        }
+        Scheme::Wss { secret: secret.as_bytes().to_vec() }
     }
 
     #[test]
@@ -271,59 +229,32 @@ mod tests {
             ("X-WSS-Event-Type", "order.status_updated"),
             ("X-WSS-Attempt", "2"),
         ];
-        let ok = check(
-            &wss("s3cret"),
-            signature::DEFAULT_TOLERANCE,
-            &headers,
-            BODY,
-            now,
-        );
+        let ok = check(&wss("s3cret"), signature::DEFAULT_TOLERANCE, &headers, BODY, now);
         assert_eq!(
             log_line(&ok, &headers, BODY),
             r#"✔ verified  event=1767225600000-0 type=order.status_updated attempt=2  {"order_id":"A-1001","status":"shipped"}"#
         );
 
-        let bad = check(
-            &wss("other"),
-            signature::DEFAULT_TOLERANCE,
-            &headers,
-            BODY,
-            now,
-        );
+        let bad = check(&wss("other"), signature::DEFAULT_TOLERANCE, &headers, BODY, now);
         let line = log_line(&bad, &headers, BODY);
-        assert!(
-            line.starts_with("✘ rejected  (no signature matches"),
-            "{line}"
-        );
+        assert!(line.starts_with("✘ rejected  (no signature matches"), "{line}");
         assert!(line.contains("event=1767225600000-0"), "{line}");
-        assert!(
-            !line.contains("other") && !line.contains("s3cret"),
-            "the secret leaked: {line}"
-        );
+        assert!(!line.contains("other") && !line.contains("s3cret"), "the secret leaked: {line}");
         assert_eq!(bad.unwrap_err().status(), 401);
     }
 
     #[test]
     fn standard_webhooks_headers_are_required_by_name() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        let scheme = Scheme::Standard {
-            secret: secret.to_owned(),
-        };
+        let scheme = Scheme::Standard { secret: secret.to_owned() };
         let body = br#"{"test": 2432232314}"#;
-        let sig = StandardSigner::new(secret)
-            .unwrap()
-            .sign("msg_1", "1614265330", body);
+        let sig = StandardSigner::new(secret).unwrap().sign("msg_1", "1614265330", body);
         let now = UNIX_EPOCH + Duration::from_secs(1_614_265_330);
-        let mut headers = vec![
-            ("Webhook-Id", "msg_1"),
-            ("Webhook-Timestamp", "1614265330"),
-            ("Webhook-Signature", sig.as_str()),
-        ];
+        let mut headers = vec![("Webhook-Id", "msg_1"), ("Webhook-Timestamp", "1614265330"), ("Webhook-Signature", sig.as_str())];
         assert!(check(&scheme, signature::DEFAULT_TOLERANCE, &headers, body, now).is_ok());
         assert!(log_line(&Ok(()), &headers, body).contains("event=msg_1 type=- attempt=-"));
         headers.remove(0);
-        let missing =
-            check(&scheme, signature::DEFAULT_TOLERANCE, &headers, body, now).unwrap_err();
+        let missing = check(&scheme, signature::DEFAULT_TOLERANCE, &headers, body, now).unwrap_err();
         assert_eq!(missing.to_string(), "the webhook-id header is missing");
     }
 
@@ -344,19 +275,13 @@ mod tests {
         };
         let err = Receiver::bind(opts).err().expect("rejected");
         let shown = format!("{err:#}");
-        assert!(
-            shown.contains("whsec_") && !shown.contains("not-a-whsec-secret"),
-            "{shown}"
-        );
+        assert!(shown.contains("whsec_") && !shown.contains("not-a-whsec-secret"), "{shown}");
     }
 
     /// Sends one raw HTTP/1.1 request and returns the response's status line and body.
     fn post(addr: SocketAddr, headers: &[(&str, &str)], body: &[u8]) -> (String, String) {
         let mut stream = TcpStream::connect(addr).unwrap();
-        let mut request = format!(
-            "POST /hook HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+        let mut request = format!("POST /hook HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -366,10 +291,7 @@ mod tests {
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let status = response.lines().next().unwrap_or_default().to_owned();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
         (status, body)
     }
 
@@ -407,27 +329,16 @@ mod tests {
         .unwrap();
         let addr = receiver.local_addr();
         let (lines_tx, lines) = crossbeam_channel::unbounded();
-        let sink = LineSink {
-            partial: Vec::new(),
-            lines: lines_tx,
-        };
+        let sink = LineSink { partial: Vec::new(), lines: lines_tx };
         // The server thread lives until the test process exits.
         std::thread::spawn(move || receiver.serve(sink));
         // An upper bound for giving up, not a timing assertion.
         let next_line = || lines.recv_timeout(Duration::from_secs(20)).unwrap();
         assert!(next_line().starts_with("listening on http://127.0.0.1:"));
 
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            .to_string();
+        let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
         let sig = signature::sign(b"s3cret", &ts, BODY);
-        let (status, body) = post(
-            addr,
-            &[("X-WSS-Timestamp", &ts), ("X-WSS-Signature", &sig)],
-            BODY,
-        );
+        let (status, body) = post(addr, &[("X-WSS-Timestamp", &ts), ("X-WSS-Signature", &sig)], BODY);
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
         assert_eq!(body, "ok\n");
         let line = next_line();
@@ -437,16 +348,9 @@ mod tests {
         assert!(status.starts_with("HTTP/1.1 401"), "{status}");
         assert_eq!(body, "the X-WSS-Signature header is missing\n");
         let line = next_line();
-        assert!(
-            line.starts_with("✘ rejected  (the X-WSS-Signature header is missing)"),
-            "{line}"
-        );
+        assert!(line.starts_with("✘ rejected  (the X-WSS-Signature header is missing)"), "{line}");
 
-        let (status, _) = post(
-            addr,
-            &[("X-WSS-Timestamp", &ts), ("X-WSS-Signature", &sig)],
-            b"{}",
-        );
+        let (status, _) = post(addr, &[("X-WSS-Timestamp", &ts), ("X-WSS-Signature", &sig)], b"{}");
         assert!(status.starts_with("HTTP/1.1 401"), "{status}");
         assert!(next_line().starts_with("✘ rejected  (no signature matches"));
 
@@ -455,17 +359,11 @@ mod tests {
         assert!(status.starts_with("HTTP/1.1 413"), "{status}");
         assert_eq!(body, format!("the body is larger than {MAX_BODY} bytes\n"));
         let line = next_line();
-        assert!(
-            line.starts_with("✘ rejected  (the body is larger than 4194304 bytes)  event=evt-big"),
-            "{line}"
-        );
+        assert!(line.starts_with("✘ rejected  (the body is larger than 4194304 bytes)  event=evt-big"), "{line}");
 
         let (status, _) = post(addr, &[("Bad Header", "x")], b"");
         assert!(status.starts_with("HTTP/1.1 400"), "{status}");
         let line = next_line();
-        assert!(
-            line.starts_with("✘ rejected  (malformed request: a header name is not a token)"),
-            "{line}"
-        );
+        assert!(line.starts_with("✘ rejected  (malformed request: a header name is not a token)"), "{line}");
     }
 }

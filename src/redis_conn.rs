@@ -53,7 +53,10 @@ impl RedisTarget {
             Client::open(url)?
         } else {
             let certificates = redis::TlsCertificates {
-                client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+                client_tls: tls
+                    .client
+                    .as_ref()
+                    .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
                 root_cert: tls.ca_pem.clone(),
             };
             Client::build_with_tls(url, certificates)?
@@ -144,7 +147,9 @@ impl RedisTarget {
 
 /// Why connecting to Redis at `url` (as displayed: no password) failed, and what to do.
 pub fn explain(url: &str, err: &RedisError) -> String {
-    if err.kind() == redis::ErrorKind::AuthenticationFailed || err.code().is_some_and(|code| matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM")) {
+    if err.kind() == redis::ErrorKind::AuthenticationFailed
+        || err.code().is_some_and(|code| matches!(code, "WRONGPASS" | "NOAUTH" | "NOPERM"))
+    {
         return format!(
             "Redis at {url} refused the credentials ({}): check the user and password in WSS_REDIS_URL (redis://user:password@host:port) against the server's ACL (ACL LIST)",
             without_secrets(err)
@@ -157,7 +162,9 @@ pub fn explain(url: &str, err: &RedisError) -> String {
                 "set WSS_REDIS_CA_FILE to the CA that signed the server's certificate (without it the OS trust store decides)"
             }
             crate::http::TlsReason::NotValidForName => "connect by a host name (or address) the server's certificate names",
-            crate::http::TlsReason::Expired | crate::http::TlsReason::NotYetValid => "renew the server's certificate (or check this machine's clock)",
+            crate::http::TlsReason::Expired | crate::http::TlsReason::NotYetValid => {
+                "renew the server's certificate (or check this machine's clock)"
+            }
             crate::http::TlsReason::ClientCertificateRequired | crate::http::TlsReason::ClientCertificateRejected => {
                 "set WSS_REDIS_CLIENT_CERT_FILE and WSS_REDIS_CLIENT_KEY_FILE to a certificate the server's tls-ca-cert-file trusts"
             }

@@ -72,10 +72,8 @@ const MIN_STANDARD_KEY_LEN: usize = 16;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Standard alphabet; decodes with or without `=` padding, since secrets get copied by hand.
-const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+const BASE64_LENIENT: GeneralPurpose =
+    GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
 
 fn keyed(key: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length (long ones are hashed first), so this cannot fail.
@@ -144,10 +142,7 @@ pub enum VerifyError {
         "the timestamp is {ahead_secs} s in the future, more than the {tolerance_secs} s tolerance \
          (the sender's or this machine's clock is wrong)"
     )]
-    TooNew {
-        ahead_secs: u64,
-        tolerance_secs: u64,
-    },
+    TooNew { ahead_secs: u64, tolerance_secs: u64 },
     #[error(
         "no signature matches: check that the secret is the webhook's current one and that the \
          raw body is verified exactly as received, not re-serialised"
@@ -211,9 +206,7 @@ fn verify_wss(
     if signatures.is_empty() {
         return Err(VerifyError::MissingSignature);
     }
-    let signed_at = parse_timestamp(timestamp).ok_or_else(|| VerifyError::BadTimestamp {
-        value: timestamp.to_owned(),
-    })?;
+    let signed_at = parse_timestamp(timestamp).ok_or_else(|| VerifyError::BadTimestamp { value: timestamp.to_owned() })?;
     check_freshness(signed_at, tolerance, now)?;
 
     let expected = WssSigner::new(secret).mac_bytes(timestamp, body);
@@ -236,21 +229,13 @@ fn any_match<C: AsRef<[u8]>>(candidates: impl Iterator<Item = Option<C>>, expect
     matched.into()
 }
 
-fn check_freshness(
-    signed_at: SystemTime,
-    tolerance: Duration,
-    now: SystemTime,
-) -> Result<(), VerifyError> {
+fn check_freshness(signed_at: SystemTime, tolerance: Duration, now: SystemTime) -> Result<(), VerifyError> {
     match now.duration_since(signed_at) {
-        Ok(age) if age > tolerance => Err(VerifyError::TooOld {
-            age_secs: ceil_secs(age),
-            tolerance_secs: tolerance.as_secs(),
-        }),
+        Ok(age) if age > tolerance => Err(VerifyError::TooOld { age_secs: ceil_secs(age), tolerance_secs: tolerance.as_secs() }),
         Ok(_) => Ok(()),
-        Err(ahead) if ahead.duration() > tolerance => Err(VerifyError::TooNew {
-            ahead_secs: ceil_secs(ahead.duration()),
-            tolerance_secs: tolerance.as_secs(),
-        }),
+        Err(ahead) if ahead.duration() > tolerance => {
+            Err(VerifyError::TooNew { ahead_secs: ceil_secs(ahead.duration()), tolerance_secs: tolerance.as_secs() })
+        }
         Err(_) => Ok(()),
     }
 }
@@ -294,12 +279,8 @@ pub enum SecretError {
 impl StandardSigner {
     /// Decodes a `whsec_<base64>` secret into the HMAC key.
     pub fn new(secret: &str) -> Result<Self, SecretError> {
-        let encoded = secret
-            .strip_prefix(WHSEC_PREFIX)
-            .ok_or(SecretError::MissingPrefix)?;
-        let key = BASE64_LENIENT
-            .decode(encoded)
-            .map_err(|_| SecretError::NotBase64)?;
+        let encoded = secret.strip_prefix(WHSEC_PREFIX).ok_or(SecretError::MissingPrefix)?;
+        let key = BASE64_LENIENT.decode(encoded).map_err(|_| SecretError::NotBase64)?;
         if key.len() < MIN_STANDARD_KEY_LEN {
             return Err(SecretError::TooShort { len: key.len() });
         }
@@ -309,10 +290,7 @@ impl StandardSigner {
     /// The `webhook-signature` value: `v1,` + base64 of HMAC(id "." timestamp "." body).
     pub fn sign(&self, id: &str, timestamp: &str, body: &[u8]) -> String {
         let mac = self.mac_bytes(id, timestamp, body);
-        format!(
-            "v1,{}",
-            base64::engine::general_purpose::STANDARD.encode(mac)
-        )
+        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac))
     }
 
     fn mac_bytes(&self, id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
@@ -340,10 +318,7 @@ impl fmt::Debug for StandardSigner {
 pub fn generate_secret() -> String {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).expect("the operating system's random number generator failed");
-    format!(
-        "{WHSEC_PREFIX}{}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
+    format!("{WHSEC_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(key))
 }
 
 /// Standard Webhooks verification: headers webhook-id, webhook-timestamp (epoch secs),
@@ -360,9 +335,7 @@ pub fn verify_standard(
     now: SystemTime,
 ) -> Result<(), VerifyError> {
     let signer = StandardSigner::new(secret)?;
-    let signed_at = parse_epoch_seconds(timestamp).ok_or_else(|| VerifyError::BadTimestamp {
-        value: timestamp.to_owned(),
-    })?;
+    let signed_at = parse_epoch_seconds(timestamp).ok_or_else(|| VerifyError::BadTimestamp { value: timestamp.to_owned() })?;
     check_freshness(signed_at, tolerance, now)?;
 
     let expected = signer.mac_bytes(id, timestamp, body);
@@ -400,13 +373,7 @@ fn parse_epoch_seconds(value: &str) -> Option<SystemTime> {
 /// `YYYY-MM-DD(T|t| )hh:mm:ss[.fraction](Z|z|±hh:mm)`, as RFC 3339 §5.6 allows.
 fn parse_rfc3339(value: &str) -> Option<SystemTime> {
     let b = value.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let year = i64::from(digits(&b[0..4])?);
@@ -415,13 +382,7 @@ fn parse_rfc3339(value: &str) -> Option<SystemTime> {
     let hour = digits(&b[11..13])?;
     let minute = digits(&b[14..16])?;
     let second = digits(&b[17..19])?; // 60 is a leap second; the arithmetic rolls it over
-    if !(1..=12).contains(&month)
-        || day == 0
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
 
@@ -456,23 +417,17 @@ fn parse_rfc3339(value: &str) -> Option<SystemTime> {
         _ => return None,
     };
 
-    let secs = days_from_civil(year, month, day) * 86_400
-        + i64::from(hour * 3600 + minute * 60 + second)
-        - offset_secs;
+    let secs = days_from_civil(year, month, day) * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset_secs;
     if secs >= 0 {
         UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
     } else {
-        UNIX_EPOCH
-            .checked_sub(Duration::from_secs(secs.unsigned_abs()))?
-            .checked_add(Duration::from_nanos(u64::from(nanos)))
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))?.checked_add(Duration::from_nanos(u64::from(nanos)))
     }
 }
 
 /// The number the ASCII digits spell, or `None` if any byte is not a digit.
 fn digits(bytes: &[u8]) -> Option<u32> {
-    bytes.iter().try_fold(0u32, |n, &b| {
-        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
-    })
+    bytes.iter().try_fold(0u32, |n, &b| b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0')))
 }
 
 fn days_in_month(year: i64, month: u32) -> u32 {
@@ -550,18 +505,12 @@ mod tests {
         assert!(!list.is_empty(), "no {kind} cases in the vectors");
         list.iter()
             .map(|c| {
-                let field = |k: &str| {
-                    c[k].as_str()
-                        .unwrap_or_else(|| panic!("case lacks {k}"))
-                        .to_owned()
-                };
+                let field = |k: &str| c[k].as_str().unwrap_or_else(|| panic!("case lacks {k}")).to_owned();
                 Case {
                     name: field("name"),
                     secret: field("secret"),
                     timestamp: field("timestamp"),
-                    body: base64::engine::general_purpose::STANDARD
-                        .decode(field("body_base64"))
-                        .expect("body_base64 is base64"),
+                    body: base64::engine::general_purpose::STANDARD.decode(field("body_base64")).expect("body_base64 is base64"),
                     signature: field("signature"),
                 }
             })
@@ -580,32 +529,15 @@ mod tests {
     fn valid_vectors_sign_to_the_published_signature_and_verify() {
         for case in cases("valid") {
             let secret = case.secret.as_bytes();
-            assert_eq!(
-                sign(secret, &case.timestamp, &case.body),
-                case.signature,
-                "{}",
-                case.name
-            );
+            assert_eq!(sign(secret, &case.timestamp, &case.body), case.signature, "{}", case.name);
             let signer = WssSigner::new(secret);
             // Twice, to show signing leaves the signer as it was.
             for _ in 0..2 {
-                assert_eq!(
-                    signer.sign(&case.timestamp, &case.body),
-                    case.signature,
-                    "{}",
-                    case.name
-                );
+                assert_eq!(signer.sign(&case.timestamp, &case.body), case.signature, "{}", case.name);
             }
             let now = parse_timestamp(&case.timestamp).expect(&case.name);
             assert_eq!(
-                verify(
-                    secret,
-                    Some(&case.timestamp),
-                    Some(&case.signature),
-                    &case.body,
-                    DEFAULT_TOLERANCE,
-                    now
-                ),
+                verify(secret, Some(&case.timestamp), Some(&case.signature), &case.body, DEFAULT_TOLERANCE, now),
                 Ok(()),
                 "{}",
                 case.name
@@ -617,41 +549,22 @@ mod tests {
     fn invalid_vectors_are_rejected() {
         for case in cases("invalid") {
             let now = parse_timestamp(&case.timestamp).expect(&case.name);
-            let result = verify(
-                case.secret.as_bytes(),
-                Some(&case.timestamp),
-                Some(&case.signature),
-                &case.body,
-                DEFAULT_TOLERANCE,
-                now,
-            );
+            let result = verify(case.secret.as_bytes(), Some(&case.timestamp), Some(&case.signature), &case.body, DEFAULT_TOLERANCE, now);
             assert_eq!(result, Err(VerifyError::NoMatch), "{}", case.name);
         }
     }
 
     #[test]
     fn a_signature_over_the_body_alone_fails() {
-        let case = cases("invalid")
-            .into_iter()
-            .find(|c| c.name.starts_with("body-only-signature"))
-            .expect("the body-only-signature vector");
+        let case =
+            cases("invalid").into_iter().find(|c| c.name.starts_with("body-only-signature")).expect("the body-only-signature vector");
         // The vector really is HMAC(body) — the classic mistake of leaving the timestamp out.
         let mut body_only = keyed(case.secret.as_bytes());
         body_only.update(&case.body);
-        assert_eq!(
-            hex_lower(&body_only.finalize().into_bytes()),
-            case.signature
-        );
+        assert_eq!(hex_lower(&body_only.finalize().into_bytes()), case.signature);
 
         let now = parse_timestamp(&case.timestamp).unwrap();
-        let result = verify(
-            case.secret.as_bytes(),
-            Some(&case.timestamp),
-            Some(&case.signature),
-            &case.body,
-            DEFAULT_TOLERANCE,
-            now,
-        );
+        let result = verify(case.secret.as_bytes(), Some(&case.timestamp), Some(&case.signature), &case.body, DEFAULT_TOLERANCE, now);
         assert_eq!(result, Err(VerifyError::NoMatch));
     }
 
@@ -660,51 +573,18 @@ mod tests {
         let ts = TS.to_string();
         let sig = sign(SECRET, &ts, BODY);
         for accepted in [TS - 300, TS - 299, TS, TS + 299, TS + 300] {
-            assert_eq!(
-                verify_at(&ts, &sig, at(accepted)),
-                Ok(()),
-                "now = ts {:+}",
-                accepted as i64 - TS as i64
-            );
+            assert_eq!(verify_at(&ts, &sig, at(accepted)), Ok(()), "now = ts {:+}", accepted as i64 - TS as i64);
         }
-        assert_eq!(
-            verify_at(&ts, &sig, at(TS + 301)),
-            Err(VerifyError::TooOld {
-                age_secs: 301,
-                tolerance_secs: 300
-            })
-        );
-        assert_eq!(
-            verify_at(&ts, &sig, at(TS - 301)),
-            Err(VerifyError::TooNew {
-                ahead_secs: 301,
-                tolerance_secs: 300
-            })
-        );
+        assert_eq!(verify_at(&ts, &sig, at(TS + 301)), Err(VerifyError::TooOld { age_secs: 301, tolerance_secs: 300 }));
+        assert_eq!(verify_at(&ts, &sig, at(TS - 301)), Err(VerifyError::TooNew { ahead_secs: 301, tolerance_secs: 300 }));
         // Sub-second overshoot is still an overshoot, and is not reported as "300 s, more than 300 s".
         assert_eq!(
             verify_at(&ts, &sig, at(TS + 300) + Duration::from_millis(1)),
-            Err(VerifyError::TooOld {
-                age_secs: 301,
-                tolerance_secs: 300
-            })
+            Err(VerifyError::TooOld { age_secs: 301, tolerance_secs: 300 })
         );
         // A custom tolerance is honoured.
-        let tight = verify(
-            SECRET,
-            Some(&ts),
-            Some(&sig),
-            BODY,
-            Duration::from_secs(10),
-            at(TS + 11),
-        );
-        assert_eq!(
-            tight,
-            Err(VerifyError::TooOld {
-                age_secs: 11,
-                tolerance_secs: 10
-            })
-        );
+        let tight = verify(SECRET, Some(&ts), Some(&sig), BODY, Duration::from_secs(10), at(TS + 11));
+        assert_eq!(tight, Err(VerifyError::TooOld { age_secs: 11, tolerance_secs: 10 }));
     }
 
     #[test]
@@ -712,50 +592,23 @@ mod tests {
         // A replay with a valid signature must still fail, and say why.
         let ts = TS.to_string();
         let sig = sign(SECRET, &ts, BODY);
-        assert!(matches!(
-            verify_at(&ts, &sig, at(TS + 3600)),
-            Err(VerifyError::TooOld { .. })
-        ));
+        assert!(matches!(verify_at(&ts, &sig, at(TS + 3600)), Err(VerifyError::TooOld { .. })));
     }
 
     #[test]
     fn rotation_header_new_comma_old_accepts_either_secret() {
         let ts = TS.to_string();
         let (new_secret, old_secret) = (b"new-secret".as_slice(), b"old-secret".as_slice());
-        let header = format!(
-            "{}, {}",
-            sign(new_secret, &ts, BODY),
-            sign(old_secret, &ts, BODY)
-        );
-        let check = |secret: &[u8], header: &str| {
-            verify(
-                secret,
-                Some(&ts),
-                Some(header),
-                BODY,
-                DEFAULT_TOLERANCE,
-                at(TS),
-            )
-        };
-        assert_eq!(
-            check(new_secret, &header),
-            Ok(()),
-            "receiver already on the new secret"
-        );
-        assert_eq!(
-            check(old_secret, &header),
-            Ok(()),
-            "receiver still on the old secret"
-        );
+        let header = format!("{}, {}", sign(new_secret, &ts, BODY), sign(old_secret, &ts, BODY));
+        let check = |secret: &[u8], header: &str| verify(secret, Some(&ts), Some(header), BODY, DEFAULT_TOLERANCE, at(TS));
+        assert_eq!(check(new_secret, &header), Ok(()), "receiver already on the new secret");
+        assert_eq!(check(old_secret, &header), Ok(()), "receiver still on the old secret");
         assert_eq!(check(b"third-secret", &header), Err(VerifyError::NoMatch));
         // Garbage and empty entries around a good one neither match nor spoil the match.
         let messy = format!(" not-hex ,,{} ,", sign(old_secret, &ts, BODY));
         assert_eq!(check(old_secret, &messy), Ok(()));
         // Uppercase hex is still the same 32 bytes.
-        assert_eq!(
-            check(new_secret, &sign(new_secret, &ts, BODY).to_uppercase()),
-            Ok(())
-        );
+        assert_eq!(check(new_secret, &sign(new_secret, &ts, BODY).to_uppercase()), Ok(()));
     }
 
     #[test]
@@ -766,45 +619,21 @@ mod tests {
         assert_eq!(parse_timestamp("2025-12-31T19:30:00-04:30"), Some(instant));
         assert_eq!(parse_timestamp("2026-01-01t00:00:00z"), Some(instant));
         assert_eq!(parse_timestamp("2026-01-01 00:00:00+00:00"), Some(instant));
-        assert_eq!(
-            parse_timestamp("2025-12-31T19:00:00.250-05:00"),
-            Some(instant + Duration::from_millis(250))
-        );
-        assert_eq!(
-            parse_timestamp("2026-01-01T00:00:00.1234567891234Z"),
-            Some(instant + Duration::from_nanos(123_456_789))
-        );
-        assert_eq!(
-            parse_timestamp("2024-02-29T00:00:00Z"),
-            Some(at(1_709_164_800))
-        );
+        assert_eq!(parse_timestamp("2025-12-31T19:00:00.250-05:00"), Some(instant + Duration::from_millis(250)));
+        assert_eq!(parse_timestamp("2026-01-01T00:00:00.1234567891234Z"), Some(instant + Duration::from_nanos(123_456_789)));
+        assert_eq!(parse_timestamp("2024-02-29T00:00:00Z"), Some(at(1_709_164_800)));
         // 2000 is a leap year (divisible by 400); 2100 is not (divisible by 100).
-        assert_eq!(
-            parse_timestamp("2000-02-29T12:00:00Z"),
-            Some(at(951_825_600))
-        );
+        assert_eq!(parse_timestamp("2000-02-29T12:00:00Z"), Some(at(951_825_600)));
         assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
-        assert_eq!(
-            parse_timestamp("1969-12-31T23:59:59Z"),
-            Some(UNIX_EPOCH - Duration::from_secs(1))
-        );
-        assert_eq!(
-            parse_timestamp("2000-03-01T00:00:00Z"),
-            Some(at(951_868_800))
-        );
+        assert_eq!(parse_timestamp("1969-12-31T23:59:59Z"), Some(UNIX_EPOCH - Duration::from_secs(1)));
+        assert_eq!(parse_timestamp("2000-03-01T00:00:00Z"), Some(at(951_868_800)));
 
         // Signed as sent: an offset timestamp is its own message, verified at the instant it names.
         let ts = "2026-01-01T01:00:00+01:00";
         let sig = sign(SECRET, ts, BODY);
         assert_ne!(sig, sign(SECRET, "2026-01-01T00:00:00Z", BODY));
         assert_eq!(verify_at(ts, &sig, at(TS)), Ok(()));
-        assert_eq!(
-            verify_at(ts, &sig, at(TS + 301)),
-            Err(VerifyError::TooOld {
-                age_secs: 301,
-                tolerance_secs: 300
-            })
-        );
+        assert_eq!(verify_at(ts, &sig, at(TS + 301)), Err(VerifyError::TooOld { age_secs: 301, tolerance_secs: 300 }));
     }
 
     #[test]
@@ -840,178 +669,81 @@ mod tests {
             assert_eq!(parse_timestamp(bad), None, "{bad:?}");
         }
         let sig = sign(SECRET, "yesterday", BODY);
-        assert_eq!(
-            verify_at("yesterday", &sig, at(TS)),
-            Err(VerifyError::BadTimestamp {
-                value: "yesterday".into()
-            })
-        );
+        assert_eq!(verify_at("yesterday", &sig, at(TS)), Err(VerifyError::BadTimestamp { value: "yesterday".into() }));
     }
 
     #[test]
     fn missing_headers_are_named() {
         let ts = TS.to_string();
         let sig = sign(SECRET, &ts, BODY);
-        assert_eq!(
-            verify(SECRET, None, Some(&sig), BODY, DEFAULT_TOLERANCE, at(TS)),
-            Err(VerifyError::MissingTimestamp)
-        );
-        assert_eq!(
-            verify(SECRET, Some(&ts), None, BODY, DEFAULT_TOLERANCE, at(TS)),
-            Err(VerifyError::MissingSignature)
-        );
-        assert_eq!(
-            verify(SECRET, Some(&ts), Some(""), BODY, DEFAULT_TOLERANCE, at(TS)),
-            Err(VerifyError::NoMatch)
-        );
+        assert_eq!(verify(SECRET, None, Some(&sig), BODY, DEFAULT_TOLERANCE, at(TS)), Err(VerifyError::MissingTimestamp));
+        assert_eq!(verify(SECRET, Some(&ts), None, BODY, DEFAULT_TOLERANCE, at(TS)), Err(VerifyError::MissingSignature));
+        assert_eq!(verify(SECRET, Some(&ts), Some(""), BODY, DEFAULT_TOLERANCE, at(TS)), Err(VerifyError::NoMatch));
     }
 
     #[test]
     fn verify_headers_finds_headers_case_insensitively() {
         let ts = TS.to_string();
         let sig = sign(SECRET, &ts, BODY);
-        let headers = [
-            ("content-type", "application/json"),
-            ("x-wss-timestamp", ts.as_str()),
-            ("X-Wss-Signature", sig.as_str()),
-        ];
-        assert_eq!(
-            verify_headers(SECRET, headers, BODY, DEFAULT_TOLERANCE, at(TS)),
-            Ok(())
-        );
+        let headers = [("content-type", "application/json"), ("x-wss-timestamp", ts.as_str()), ("X-Wss-Signature", sig.as_str())];
+        assert_eq!(verify_headers(SECRET, headers, BODY, DEFAULT_TOLERANCE, at(TS)), Ok(()));
 
         // A signature list split over two header lines means the same as one joined line.
         let old = sign(b"old", &ts, BODY);
-        let split = [
-            (TIMESTAMP_HEADER, ts.as_str()),
-            (SIGNATURE_HEADER, old.as_str()),
-            (SIGNATURE_HEADER, sig.as_str()),
-        ];
-        assert_eq!(
-            verify_headers(SECRET, split, BODY, DEFAULT_TOLERANCE, at(TS)),
-            Ok(())
-        );
+        let split = [(TIMESTAMP_HEADER, ts.as_str()), (SIGNATURE_HEADER, old.as_str()), (SIGNATURE_HEADER, sig.as_str())];
+        assert_eq!(verify_headers(SECRET, split, BODY, DEFAULT_TOLERANCE, at(TS)), Ok(()));
 
         assert_eq!(
-            verify_headers(
-                SECRET,
-                [("X-WSS-Signature", sig.as_str())],
-                BODY,
-                DEFAULT_TOLERANCE,
-                at(TS)
-            ),
+            verify_headers(SECRET, [("X-WSS-Signature", sig.as_str())], BODY, DEFAULT_TOLERANCE, at(TS)),
             Err(VerifyError::MissingTimestamp)
         );
         assert_eq!(
-            verify_headers(
-                SECRET,
-                [("X-WSS-Timestamp", ts.as_str())],
-                BODY,
-                DEFAULT_TOLERANCE,
-                at(TS)
-            ),
+            verify_headers(SECRET, [("X-WSS-Timestamp", ts.as_str())], BODY, DEFAULT_TOLERANCE, at(TS)),
             Err(VerifyError::MissingSignature)
         );
-        let tampered = [
-            ("X-WSS-Timestamp", ts.as_str()),
-            ("X-WSS-Signature", sig.as_str()),
-        ];
-        assert_eq!(
-            verify_headers(SECRET, tampered, b"{}", DEFAULT_TOLERANCE, at(TS)),
-            Err(VerifyError::NoMatch)
-        );
+        let tampered = [("X-WSS-Timestamp", ts.as_str()), ("X-WSS-Signature", sig.as_str())];
+        assert_eq!(verify_headers(SECRET, tampered, b"{}", DEFAULT_TOLERANCE, at(TS)), Err(VerifyError::NoMatch));
     }
 
     #[test]
     fn standard_webhooks_spec_example() {
-        let doc: Value =
-            serde_json::from_str(STANDARD_VECTORS).expect("standard-webhooks.json is JSON");
+        let doc: Value = serde_json::from_str(STANDARD_VECTORS).expect("standard-webhooks.json is JSON");
         let cases = doc["valid"].as_array().expect("a list of cases");
         assert!(!cases.is_empty());
         for case in cases {
             let field = |k: &str| case[k].as_str().unwrap_or_else(|| panic!("case lacks {k}"));
-            let (secret, id, ts, body, sig) = (
-                field("secret"),
-                field("id"),
-                field("timestamp"),
-                field("body").as_bytes(),
-                field("signature"),
-            );
+            let (secret, id, ts, body, sig) =
+                (field("secret"), field("id"), field("timestamp"), field("body").as_bytes(), field("signature"));
             let signer = StandardSigner::new(secret).expect("the spec's secret is valid");
             assert_eq!(signer.sign(id, ts, body), sig, "{}", field("name"));
 
             let now = parse_timestamp(ts).unwrap();
-            let check = |id: &str, sig: &str, body: &[u8], now| {
-                verify_standard(secret, id, ts, sig, body, DEFAULT_TOLERANCE, now)
-            };
+            let check = |id: &str, sig: &str, body: &[u8], now| verify_standard(secret, id, ts, sig, body, DEFAULT_TOLERANCE, now);
             assert_eq!(check(id, sig, body, now), Ok(()));
-            assert_eq!(
-                check(id, &format!("v1,Zm9v v1a,xyz {sig}"), body, now),
-                Ok(()),
-                "space-separated list"
-            );
-            assert_eq!(
-                check(id, sig, b"{\"test\": 2432232315}", now),
-                Err(VerifyError::NoMatch)
-            );
-            assert_eq!(
-                check("msg_other", sig, body, now),
-                Err(VerifyError::NoMatch)
-            );
-            assert_eq!(
-                check(id, &sig.replacen("v1,", "v2,", 1), body, now),
-                Err(VerifyError::NoMatch)
-            );
-            assert_eq!(
-                check(id, "v1,not base64!", body, now),
-                Err(VerifyError::NoMatch)
-            );
-            assert!(matches!(
-                check(id, sig, body, now + Duration::from_secs(301)),
-                Err(VerifyError::TooOld { age_secs: 301, .. })
-            ));
-            assert!(matches!(
-                check(id, sig, body, now - Duration::from_secs(301)),
-                Err(VerifyError::TooNew {
-                    ahead_secs: 301,
-                    ..
-                })
-            ));
+            assert_eq!(check(id, &format!("v1,Zm9v v1a,xyz {sig}"), body, now), Ok(()), "space-separated list");
+            assert_eq!(check(id, sig, b"{\"test\": 2432232315}", now), Err(VerifyError::NoMatch));
+            assert_eq!(check("msg_other", sig, body, now), Err(VerifyError::NoMatch));
+            assert_eq!(check(id, &sig.replacen("v1,", "v2,", 1), body, now), Err(VerifyError::NoMatch));
+            assert_eq!(check(id, "v1,not base64!", body, now), Err(VerifyError::NoMatch));
+            assert!(matches!(check(id, sig, body, now + Duration::from_secs(301)), Err(VerifyError::TooOld { age_secs: 301, .. })));
+            assert!(matches!(check(id, sig, body, now - Duration::from_secs(301)), Err(VerifyError::TooNew { ahead_secs: 301, .. })));
             // Standard Webhooks timestamps are epoch seconds only.
-            let iso = verify_standard(
-                secret,
-                id,
-                "2021-02-25T15:02:10Z",
-                sig,
-                body,
-                DEFAULT_TOLERANCE,
-                now,
-            );
+            let iso = verify_standard(secret, id, "2021-02-25T15:02:10Z", sig, body, DEFAULT_TOLERANCE, now);
             assert!(matches!(iso, Err(VerifyError::BadTimestamp { .. })));
         }
     }
 
     #[test]
     fn standard_secrets_are_validated_without_echoing_them() {
-        assert_eq!(
-            StandardSigner::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err(),
-            SecretError::MissingPrefix
-        );
-        assert_eq!(
-            StandardSigner::new("whsec_not*base64").unwrap_err(),
-            SecretError::NotBase64
-        );
-        assert_eq!(
-            StandardSigner::new("whsec_c2hvcnQ=").unwrap_err(),
-            SecretError::TooShort { len: 5 }
-        );
+        assert_eq!(StandardSigner::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap_err(), SecretError::MissingPrefix);
+        assert_eq!(StandardSigner::new("whsec_not*base64").unwrap_err(), SecretError::NotBase64);
+        assert_eq!(StandardSigner::new("whsec_c2hvcnQ=").unwrap_err(), SecretError::TooShort { len: 5 });
         // Padding is optional: 16 bytes, with and without `==`.
         assert!(StandardSigner::new("whsec_MDEyMzQ1Njc4OWFiY2RlZg==").is_ok());
         assert!(StandardSigner::new("whsec_MDEyMzQ1Njc4OWFiY2RlZg").is_ok());
 
         let secret = "whsec_c2hvcnQ=";
-        let err =
-            verify_standard(secret, "id", "1", "v1,x", b"", DEFAULT_TOLERANCE, at(1)).unwrap_err();
+        let err = verify_standard(secret, "id", "1", "v1,x", b"", DEFAULT_TOLERANCE, at(1)).unwrap_err();
         assert_eq!(err, VerifyError::Secret(SecretError::TooShort { len: 5 }));
         assert!(!err.to_string().contains("c2hvcnQ"), "{err}");
     }
@@ -1021,37 +753,14 @@ mod tests {
         let (a, b) = (generate_secret(), generate_secret());
         assert_ne!(a, b);
         assert!(a.starts_with("whsec_"), "{a}");
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(&a["whsec_".len()..])
-            .unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD.decode(&a["whsec_".len()..]).unwrap();
         assert_eq!(decoded.len(), 32);
         let signer = StandardSigner::new(&a).expect("a generated secret is a valid whsec_ secret");
         let sig = signer.sign("msg_1", "1767225600", BODY);
-        assert_eq!(
-            verify_standard(
-                &a,
-                "msg_1",
-                "1767225600",
-                &sig,
-                BODY,
-                DEFAULT_TOLERANCE,
-                at(TS)
-            ),
-            Ok(())
-        );
+        assert_eq!(verify_standard(&a, "msg_1", "1767225600", &sig, BODY, DEFAULT_TOLERANCE, at(TS)), Ok(()));
         let ts = TS.to_string();
         let wss_sig = sign(a.as_bytes(), &ts, BODY);
-        assert_eq!(
-            verify(
-                a.as_bytes(),
-                Some(&ts),
-                Some(&wss_sig),
-                BODY,
-                DEFAULT_TOLERANCE,
-                at(TS)
-            ),
-            Ok(())
-        );
+        assert_eq!(verify(a.as_bytes(), Some(&ts), Some(&wss_sig), BODY, DEFAULT_TOLERANCE, at(TS)), Ok(()));
     }
 
     #[test]

@@ -436,7 +436,10 @@ mod tests {
         tally.attempt("wh_c", &attempt(T, 200, ""), true);
         queue_writes(&mut pipe, &Keys::new("p:"), &tally, &mut trims, T, KEY_TTL);
         let hdel = pipeline_commands(&pipe).into_iter().find(|c| c.starts_with("HDEL")).expect("a new webhook is trimmed");
-        assert!(hdel.starts_with(&format!("HDEL p:stats:webhook:wh_c s:{} f:{0} d:{0} ", M - KEPT_MINUTES - FIRST_TRIM_MINUTES + 1)), "{hdel}");
+        assert!(
+            hdel.starts_with(&format!("HDEL p:stats:webhook:wh_c s:{} f:{0} d:{0} ", M - KEPT_MINUTES - FIRST_TRIM_MINUTES + 1)),
+            "{hdel}"
+        );
         assert_eq!(hdel.split(' ').count() as u64, 2 + 3 * FIRST_TRIM_MINUTES);
 
         trims.prune(M + FIRST_TRIM_MINUTES + 1);
@@ -450,8 +453,8 @@ mod tests {
             (format!("s:{M}"), "7"),
             (format!("f:{M}"), "3"),
             (format!("d:{}", M - 1), "1"),
-            (format!("s:{}", M - 60), "2"),         // the oldest kept
-            (format!("s:{}", M - 61), "100"),       // stale
+            (format!("s:{}", M - 60), "2"),   // the oldest kept
+            (format!("s:{}", M - 61), "100"), // stale
             ("ok_at".into(), "1767225599000"),
             ("fail_at".into(), "1767225598000"),
             ("fail_code".into(), "0"),
@@ -473,7 +476,12 @@ mod tests {
         );
         assert_eq!(
             stored.last_circuit_change,
-            Some(CircuitRecord { state: CircuitState::Open, at_ms: 1_767_225_597_000, open_until_ms: 1_767_225_627_000, instance: "host-1".into() })
+            Some(CircuitRecord {
+                state: CircuitState::Open,
+                at_ms: 1_767_225_597_000,
+                open_until_ms: 1_767_225_627_000,
+                instance: "host-1".into()
+            })
         );
         assert_eq!(parse(Vec::new(), now), (Stored::default(), Vec::new()), "no key: no stats");
 

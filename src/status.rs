@@ -28,12 +28,7 @@
 //! trip). Circuit, attempts in flight and parked deliveries are this instance's
 //! (`crate::pipeline::live`).
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -73,7 +68,10 @@ fn failing(circuit: CircuitState, last_success_ms: u64, last_failure_ms: u64, su
 /// The host of a webhook URL: enough to recognise it, without a path or query that may carry a
 /// credential, nor `user:password@`.
 fn url_host(url: &str) -> String {
-    url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned())).unwrap_or_default()
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned()))
+        .unwrap_or_default()
 }
 
 /// The `id` of a query string, when it looks like a webhook id (letters, digits, `_`, at most 64).

@@ -124,7 +124,10 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("wss:events"),
             Value::Array(vec![
-                Value::Array(vec![bulk("1-0"), Value::Array(vec![bulk("tenant"), bulk("acme"), bulk("data"), Value::BulkString(vec![0xff])])]),
+                Value::Array(vec![
+                    bulk("1-0"),
+                    Value::Array(vec![bulk("tenant"), bulk("acme"), bulk("data"), Value::BulkString(vec![0xff])]),
+                ]),
                 Value::Array(vec![bulk("2-0"), Value::Nil]),
             ]),
         ])]);

@@ -17,7 +17,8 @@ use wss::proto::{DeliveryStatus, GetDeliveryRequest, GetWebhookStatsRequest};
 /// A backlog item as stored (`<length>:<bytes>` parts: its state, then its entry's fields),
 /// read straight from Redis and split into its parts.
 fn item_parts(ks: &Keyspace, webhook: &str, entry: &str) -> Option<Vec<String>> {
-    let stored: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{}backlog:item:{webhook}:{entry}", ks.prefix)).query(&mut ks.conn()).unwrap();
+    let stored: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{}backlog:item:{webhook}:{entry}", ks.prefix)).query(&mut ks.conn()).unwrap();
     let mut rest = &stored?[..];
     let mut parts = Vec::new();
     while !rest.is_empty() {
@@ -53,9 +54,17 @@ async fn a_retry_waits_in_the_backlog_with_its_entry_acknowledged() {
     let waiting = flaky.requests().len();
     assert!(waiting < 3, "acknowledged before the delivery succeeded ({waiting} requests so far)");
     let parts = item_parts(&ks, &webhook.webhook_id, &stream_id).expect("the item");
-    assert_eq!(parts[1..], ["tenant", "acme", "type", "order.created", "data", data, "id", "evt-backlog"], "the item keeps the entry's fields, in order");
+    assert_eq!(
+        parts[1..],
+        ["tenant", "acme", "type", "order.created", "data", data, "id", "evt-backlog"],
+        "the item keeps the entry's fields, in order"
+    );
     let meta: serde_json::Value = serde_json::from_str(&parts[0]).unwrap();
-    assert_eq!((meta["w"].as_str(), meta["e"].as_str(), meta["a"].as_u64()), (Some(webhook.webhook_id.as_str()), Some("evt-backlog"), Some(2)), "{meta}");
+    assert_eq!(
+        (meta["w"].as_str(), meta["e"].as_str(), meta["a"].as_u64()),
+        (Some(webhook.webhook_id.as_str()), Some("evt-backlog"), Some(2)),
+        "{meta}"
+    );
 
     let all = flaky.wait_for_requests(1, "two failures, then the delivery", Recorded::delivered).await;
     assert_eq!(all.iter().map(|r| r.header("X-WSS-Attempt")).collect::<Vec<_>>(), ["1", "2", "3"]);
@@ -72,9 +81,11 @@ async fn a_retry_waits_in_the_backlog_with_its_entry_acknowledged() {
     })
     .await;
     assert_eq!(record.attempts.iter().map(|a| a.status_code).collect::<Vec<_>>(), [500, 500, 200]);
-    wait_until(WAIT, "the backlog emptied", || match (backlog_len(&ks, &webhook.webhook_id), item_parts(&ks, &webhook.webhook_id, &stream_id)) {
-        (0, None) => Ok(()),
-        other => Err(format!("{other:?}")),
+    wait_until(WAIT, "the backlog emptied", || {
+        match (backlog_len(&ks, &webhook.webhook_id), item_parts(&ks, &webhook.webhook_id, &stream_id)) {
+            (0, None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
     })
     .await;
 }
@@ -106,12 +117,22 @@ async fn a_waiting_delivery_outlives_its_stream_entry() {
 
     let dead = eventually(WAIT, "beta's dead letter", || async {
         let all = grpc.dead_letters("beta").await?;
-        if all.is_empty() { Err("none yet".to_owned()) } else { Ok(all) }
+        if all.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(all)
+        }
     })
     .await;
-    assert_eq!((dead[0].reason.as_str(), dead[0].event_id.as_str(), dead[0].attempts.len()), ("max_attempts_exhausted", "evt-b", 2), "{:?}", dead[0]);
+    assert_eq!(
+        (dead[0].reason.as_str(), dead[0].event_id.as_str(), dead[0].attempts.len()),
+        ("max_attempts_exhausted", "evt-b", 2),
+        "{:?}",
+        dead[0]
+    );
     // The record keeps the source entry's fields (for redelivery), though the entry is gone.
-    let records: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE").arg(format!("{}deadletters", ks.prefix)).arg("-").arg("+").query(&mut ks.conn()).unwrap();
+    let records: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg(format!("{}deadletters", ks.prefix)).arg("-").arg("+").query(&mut ks.conn()).unwrap();
     let fields = &records.iter().find(|(_, f)| f.iter().any(|(k, v)| k == "event_id" && v == "evt-b")).expect("the record").1;
     for (name, value) in [("field:data", r#"{"n":2}"#), ("field:region", "eu"), ("field:tenant", "beta")] {
         assert!(fields.iter().any(|(k, v)| k == name && v == value), "{name} = {value} in {fields:?}");
@@ -149,7 +170,12 @@ async fn waiting_retries_never_fill_the_window_for_other_tenants() {
         n => Err(format!("{n}")),
     })
     .await;
-    let stats = grpc.webhooks().get_webhook_stats(GetWebhookStatsRequest { webhook_id: big.webhook_id.clone(), window: None }).await.unwrap().into_inner();
+    let stats = grpc
+        .webhooks()
+        .get_webhook_stats(GetWebhookStatsRequest { webhook_id: big.webhook_id.clone(), window: None })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stats.backlog_depth, 200, "{stats:?}");
     assert!(stats.backlog_oldest_age.is_some(), "{stats:?}");
 }
@@ -212,7 +238,8 @@ async fn leased_backlog_deliveries_come_back_after_a_crash() {
     let webhook = grpc.create_webhook("acme", &receiver.url(), |r| r.retry_policy_id = "soon".into()).await;
     let stream_id = ks.xadd(&[("tenant", "acme"), ("type", "t"), ("data", "{}"), ("id", "evt-lease")]);
     receiver.wait_for_requests(2, "the first attempt and the leased retry", |_| true).await;
-    let leased: f64 = redis::cmd("ZSCORE").arg(format!("{}backlog:due:{}", ks.prefix, webhook.webhook_id)).arg(&stream_id).query(&mut ks.conn()).unwrap();
+    let leased: f64 =
+        redis::cmd("ZSCORE").arg(format!("{}backlog:due:{}", ks.prefix, webhook.webhook_id)).arg(&stream_id).query(&mut ks.conn()).unwrap();
     assert!(leased > wss::domain::store::now_ms() as f64, "the retry is leased while its attempt is out");
     drop(first); // SIGKILL, and wait for it to be gone
 

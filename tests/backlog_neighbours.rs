@@ -60,7 +60,15 @@ async fn a_neighbour_is_served_beside_two_huge_backlogs() {
         let mut pipe = redis::pipe();
         for n in 0..1000 {
             let tenant = if (chunk * 1000 + n) % 2 == 0 { "failing" } else { "slow" };
-            pipe.cmd("XADD").arg(ks.events()).arg("*").arg("tenant").arg(tenant).arg("type").arg("order.created").arg("data").arg(r#"{"n":1}"#);
+            pipe.cmd("XADD")
+                .arg(ks.events())
+                .arg("*")
+                .arg("tenant")
+                .arg(tenant)
+                .arg("type")
+                .arg("order.created")
+                .arg("data")
+                .arg(r#"{"n":1}"#);
         }
         let ids: Vec<String> = pipe.query(&mut con).expect("XADD");
         last = ids.last().cloned().expect("ids");
@@ -72,13 +80,21 @@ async fn a_neighbour_is_served_beside_two_huge_backlogs() {
     let depth = |webhook: String| {
         let grpc = &grpc;
         async move {
-            let stats = grpc.webhooks().get_webhook_stats(GetWebhookStatsRequest { webhook_id: webhook, window: None }).await.expect("GetWebhookStats").into_inner();
+            let stats = grpc
+                .webhooks()
+                .get_webhook_stats(GetWebhookStatsRequest { webhook_id: webhook, window: None })
+                .await
+                .expect("GetWebhookStats")
+                .into_inner();
             stats.backlog_depth
         }
     };
     let (failing_before, slow_before) = (depth(failing_hook.webhook_id.clone()).await, depth(slow_hook.webhook_id.clone()).await);
     println!("backlogs: failing {failing_before}, slow {slow_before}");
-    assert!(failing_before >= (BIG as u64) * 99 / 100 && slow_before >= (BIG as u64) * 99 / 100, "the backlogs formed: {failing_before}, {slow_before}");
+    assert!(
+        failing_before >= (BIG as u64) * 99 / 100 && slow_before >= (BIG as u64) * 99 / 100,
+        "the backlogs formed: {failing_before}, {slow_before}"
+    );
 
     let mut published: HashMap<String, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -90,10 +106,8 @@ async fn a_neighbour_is_served_beside_two_huge_backlogs() {
     }
     let arrived = neighbour.wait_for_requests(NEIGHBOUR_EVENTS, "the neighbour's events", |r| r.delivered()).await;
     let (failing_after, slow_after) = (depth(failing_hook.webhook_id.clone()).await, depth(slow_hook.webhook_id.clone()).await);
-    let mut latencies: Vec<Duration> = arrived
-        .iter()
-        .filter_map(|r| published.get(r.event_id()).map(|at| r.arrived.saturating_duration_since(*at)))
-        .collect();
+    let mut latencies: Vec<Duration> =
+        arrived.iter().filter_map(|r| published.get(r.event_id()).map(|at| r.arrived.saturating_duration_since(*at))).collect();
     assert_eq!(latencies.len(), NEIGHBOUR_EVENTS, "each neighbour event arrived once");
     latencies.sort();
     let p99 = latencies[(latencies.len() * 99).div_ceil(100) - 1];
@@ -104,7 +118,10 @@ async fn a_neighbour_is_served_beside_two_huge_backlogs() {
         latencies[latencies.len() - 1]
     );
     // The design's own check: they arrived while nearly everything of the others still waited.
-    assert!(failing_after >= (BIG as u64) * 99 / 100 && slow_after >= (BIG as u64) * 99 / 100, "the neighbour waited for the backlogs to drain");
+    assert!(
+        failing_after >= (BIG as u64) * 99 / 100 && slow_after >= (BIG as u64) * 99 / 100,
+        "the neighbour waited for the backlogs to drain"
+    );
     assert!(p99 <= Duration::from_secs(1), "issue 12: the neighbour's p99 publish → receipt is {p99:?}, above 1 s");
     assert!(peak <= 128.0, "issue 12: wss's RSS reached {peak:.1} MiB, above 128 MiB");
 }

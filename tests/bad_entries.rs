@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{assert_signed, wait_until, eventually, Keyspace, Receiver, Recorded, Service, WAIT};
+use common::{assert_signed, eventually, wait_until, Keyspace, Receiver, Recorded, Service, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_entries_are_dead_lettered_and_the_stream_keeps_flowing() {

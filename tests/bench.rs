@@ -28,10 +28,7 @@ const KEYS: [&str; 16] = [
 
 #[test]
 fn a_quick_bench_reports_every_figure() {
-    let output = Command::new(env!("CARGO_BIN_EXE_wss"))
-        .args(["bench", "--quick", "--json"])
-        .output()
-        .expect("running wss bench");
+    let output = Command::new(env!("CARGO_BIN_EXE_wss")).args(["bench", "--quick", "--json"]).output().expect("running wss bench");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "wss bench --quick --json failed ({}):\n{stderr}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);

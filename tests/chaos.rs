@@ -142,9 +142,11 @@ fn recorded_delivered(ks: &Keyspace, webhooks: &BTreeMap<String, (usize, String)
     let records: Vec<String> = ks.keys().into_iter().filter(|k| k.starts_with(&format!("{}delivery:", ks.prefix))).collect();
     let mut found = BTreeSet::new();
     for chunk in records.chunks(500) {
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(&mut ks.conn()).unwrap_or_else(|e| panic!("MGET of history records: {e}"));
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(chunk).query(&mut ks.conn()).unwrap_or_else(|e| panic!("MGET of history records: {e}"));
         for json in values.into_iter().flatten() {
-            let record: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("a history record is not JSON ({e}): {json}"));
+            let record: serde_json::Value =
+                serde_json::from_str(&json).unwrap_or_else(|e| panic!("a history record is not JSON ({e}): {json}"));
             if record["status"] != "delivered" {
                 continue;
             }
@@ -382,7 +384,10 @@ async fn chaos(extra: &[(&str, &str)], backlog_heavy: bool) {
         resent_though_recorded.len(),
         &resent_though_recorded[..resent_though_recorded.len().min(5)]
     );
-    assert!(recorded_at_kill.iter().any(|r| !r.is_empty()), "the history recorded nothing as delivered at any kill: the check above proved nothing");
+    assert!(
+        recorded_at_kill.iter().any(|r| !r.is_empty()),
+        "the history recorded nothing as delivered at any kill: the check above proved nothing"
+    );
     let duplicates: usize = t.ok.values().map(|n| n - 1).sum();
     // A delivery is repeated only if its 2xx was unrecorded at a kill, or its request was on the
     // wire then (at most one per sender thread).

@@ -105,8 +105,28 @@ async fn poison_entries_are_set_aside_while_two_instances_deliver_everything_els
     let mut expected: BTreeMap<String, &str> = BTreeMap::new();
     for owner in ["a", "gone"] {
         let id = ks.publish("acme", "good", r#"{"n":-1}"#);
-        let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("wss").arg(owner).arg("COUNT").arg(1).arg("STREAMS").arg(&events).arg(">").query(&mut con).unwrap();
-        let _: redis::Value = redis::cmd("XCLAIM").arg(&events).arg("wss").arg(owner).arg(0).arg(&id).arg("RETRYCOUNT").arg(9).arg("JUSTID").query(&mut con).unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("wss")
+            .arg(owner)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&events)
+            .arg(">")
+            .query(&mut con)
+            .unwrap();
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&events)
+            .arg("wss")
+            .arg(owner)
+            .arg(0)
+            .arg(&id)
+            .arg("RETRYCOUNT")
+            .arg(9)
+            .arg("JUSTID")
+            .query(&mut con)
+            .unwrap();
         expected.insert(id, "poison");
     }
 
@@ -139,12 +159,23 @@ async fn poison_entries_are_set_aside_while_two_instances_deliver_everything_els
     for batch in 0..BATCHES {
         let mut pipe = redis::pipe();
         for _ in 0..GOOD / BATCHES {
-            pipe.cmd("XADD").arg(&events).arg("*").arg("tenant").arg("acme").arg("type").arg("good").arg("data").arg(format!(r#"{{"n":{next}}}"#));
+            pipe.cmd("XADD")
+                .arg(&events)
+                .arg("*")
+                .arg("tenant")
+                .arg("acme")
+                .arg("type")
+                .arg("good")
+                .arg("data")
+                .arg(format!(r#"{{"n":{next}}}"#));
             next += 1;
         }
         let _: Vec<String> = pipe.query(&mut con).unwrap();
         // One of each poison kind per batch.
-        expected.insert(xadd(&ks, "*", &[("tenant", "acme"), ("type", "good"), ("data", "{}"), ("_wss_created_at_ms", "18446744073709551615")]), "invalid_field");
+        expected.insert(
+            xadd(&ks, "*", &[("tenant", "acme"), ("type", "good"), ("data", "{}"), ("_wss_created_at_ms", "18446744073709551615")]),
+            "invalid_field",
+        );
         expected.insert(xadd(&ks, "*", &[("tenant", "acme"), ("type", "good"), ("data", &big)]), "too_large");
         expected.insert(xadd(&ks, "*", &[("tenant", "acme"), ("type", "costly"), ("data", "{}")]), "filter_error");
         expected.insert(xadd(&ks, "*", &[("tenant", "acme"), ("type", "good"), ("data", &deep_data)]), "too_deep");
@@ -180,9 +211,20 @@ async fn poison_entries_are_set_aside_while_two_instances_deliver_everything_els
     // failed for), and nothing pending.
     let records = poll(CONVERGE, "every poison entry dead-lettered", || {
         supervisor.supervise();
-        let ids: Vec<String> = redis::cmd("XRANGE").arg(format!("{}deadletters", ks.prefix)).arg("-").arg("+").query::<redis::Value>(&mut ks.conn()).map(|v| dead_letter_reasons(&v)).map_err(|e| e.to_string())?;
-        let found: BTreeMap<String, String> = ids.iter().filter_map(|r| r.split_once(' ').map(|(id, reason)| (id.to_owned(), reason.to_owned()))).collect();
-        let wrong: Vec<String> = expected.iter().filter(|(id, reason)| found.get(*id).map(String::as_str) != Some(**reason)).map(|(id, reason)| format!("{id}: want {reason}, got {:?}", found.get(id))).collect();
+        let ids: Vec<String> = redis::cmd("XRANGE")
+            .arg(format!("{}deadletters", ks.prefix))
+            .arg("-")
+            .arg("+")
+            .query::<redis::Value>(&mut ks.conn())
+            .map(|v| dead_letter_reasons(&v))
+            .map_err(|e| e.to_string())?;
+        let found: BTreeMap<String, String> =
+            ids.iter().filter_map(|r| r.split_once(' ').map(|(id, reason)| (id.to_owned(), reason.to_owned()))).collect();
+        let wrong: Vec<String> = expected
+            .iter()
+            .filter(|(id, reason)| found.get(*id).map(String::as_str) != Some(**reason))
+            .map(|(id, reason)| format!("{id}: want {reason}, got {:?}", found.get(id)))
+            .collect();
         if wrong.is_empty() {
             Ok(found)
         } else {

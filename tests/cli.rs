@@ -60,12 +60,19 @@ async fn each_layer_overrides_the_one_before() {
         ),
     )
     .unwrap();
-    let env = vec![("WSS_REDIS_URL".to_owned(), redis_url()), ("WSS_CONSUMER".to_owned(), "from-env".to_owned()), ("WSS_SENDER_THREADS".to_owned(), "5".to_owned())];
+    let env = vec![
+        ("WSS_REDIS_URL".to_owned(), redis_url()),
+        ("WSS_CONSUMER".to_owned(), "from-env".to_owned()),
+        ("WSS_SENDER_THREADS".to_owned(), "5".to_owned()),
+    ];
     let mut service = Service::spawn_with("layers", &["--config", file.to_str().unwrap(), "--sender-threads", "7"], env);
     service.wait_for_control_plane().await;
     let line = service.wait_for_log("as consumer", WAIT).await;
     let expected = format!("reading {}events as consumer \"from-env\" of group wss with 7 sender threads", ks.prefix);
-    assert!(line.contains(&expected), "expected {expected:?} (prefix from the file, consumer from the environment, threads from the flag), got {line:?}");
+    assert!(
+        line.contains(&expected),
+        "expected {expected:?} (prefix from the file, consumer from the environment, threads from the flag), got {line:?}"
+    );
     service.wait_for_log("WSS_METRICS_ADDR=off", WAIT).await;
     assert!(!service.lines().iter().any(|l| l.contains("DEV MODE")));
     std::fs::remove_dir_all(&dir).unwrap();
@@ -110,7 +117,9 @@ fn every_bad_value_is_reported_at_once_naming_its_layer() {
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    for expected in ["sender_threads (config file) = \"many\"", "WSS_READ_BLOCK (environment) = \"soon\"", "--metrics-addr (flag) = \"nowhere\""] {
+    for expected in
+        ["sender_threads (config file) = \"many\"", "WSS_READ_BLOCK (environment) = \"soon\"", "--metrics-addr (flag) = \"nowhere\""]
+    {
         assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
@@ -147,11 +156,19 @@ fn sign_reproduces_every_vector() {
 #[test]
 fn verify_accepts_every_valid_vector_and_refuses_every_invalid_one() {
     for (name, secret, timestamp, body, signature) in vectors("valid") {
-        let output = run(&["verify", "--secret", &secret, "--timestamp", &timestamp, "--signature", &signature, "--tolerance", ANY_TIME], &[], &body);
+        let output = run(
+            &["verify", "--secret", &secret, "--timestamp", &timestamp, "--signature", &signature, "--tolerance", ANY_TIME],
+            &[],
+            &body,
+        );
         assert_eq!((output.status.code(), stdout(&output).as_str()), (Some(0), "valid\n"), "{name}: {output:?}");
     }
     for (name, secret, timestamp, body, signature) in vectors("invalid") {
-        let output = run(&["verify", "--secret", &secret, "--timestamp", &timestamp, "--signature", &signature, "--tolerance", ANY_TIME], &[], &body);
+        let output = run(
+            &["verify", "--secret", &secret, "--timestamp", &timestamp, "--signature", &signature, "--tolerance", ANY_TIME],
+            &[],
+            &body,
+        );
         assert_eq!(output.status.code(), Some(1), "{name}: {output:?}");
         assert!(stdout(&output).starts_with("invalid: no signature matches"), "{name}: {}", stdout(&output));
     }
@@ -167,7 +184,9 @@ fn what_sign_prints_verify_accepts_and_nothing_else() {
         text.lines().find_map(|l| l.strip_prefix(&format!("{name}: "))).unwrap_or_else(|| panic!("no {name} in {text:?}")).to_owned()
     };
     let (timestamp, signature) = (header("X-WSS-Timestamp"), header("X-WSS-Signature"));
-    let verify = |secret: &str, timestamp: &str, body: &[u8]| run(&["verify", "--secret", secret, "--timestamp", timestamp, "--signature", &signature], &[], body);
+    let verify = |secret: &str, timestamp: &str, body: &[u8]| {
+        run(&["verify", "--secret", secret, "--timestamp", timestamp, "--signature", &signature], &[], body)
+    };
 
     // Signed now, verified now with the default tolerance.
     let ok = verify("whsec_round-trip", &timestamp, body);
@@ -187,6 +206,10 @@ fn what_sign_prints_verify_accepts_and_nothing_else() {
     let stale = run(&["verify", "--secret", "whsec_round-trip", "--timestamp", "1000000000", "--signature", &old_signature], &[], body);
     assert_eq!(stale.status.code(), Some(1), "{stale:?}");
     assert!(!stdout(&stale).contains("no signature matches"), "refused for its age, not its signature: {}", stdout(&stale));
-    let accepted = run(&["verify", "--secret", "whsec_round-trip", "--timestamp", "1000000000", "--signature", &old_signature, "--tolerance", ANY_TIME], &[], body);
+    let accepted = run(
+        &["verify", "--secret", "whsec_round-trip", "--timestamp", "1000000000", "--signature", &old_signature, "--tolerance", ANY_TIME],
+        &[],
+        body,
+    );
     assert_eq!(accepted.status.code(), Some(0), "{accepted:?}");
 }

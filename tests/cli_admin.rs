@@ -90,7 +90,8 @@ async fn an_operator_runs_the_quickstart_flow_with_wss_commands_only() {
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.starts_with("wss: INVALID_ARGUMENT: url"), "{}", bad.stderr);
     let url = receiver.url();
-    let created = admin(&["webhook", "create", "--tenant", "acme", "--url", &url, "--event-type", "order.*", "--retry-policy", "once"]).json();
+    let created =
+        admin(&["webhook", "create", "--tenant", "acme", "--url", &url, "--event-type", "order.*", "--retry-policy", "once"]).json();
     let webhook_id = created["webhook_id"].as_str().expect("a webhook id").to_owned();
     let secret = created["secret"].as_str().expect("the secret, shown at creation").to_owned();
     assert_eq!(created["event_types"], serde_json::json!(["order.*"]));

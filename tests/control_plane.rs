@@ -89,7 +89,12 @@ async fn retry_policies_crud_and_errors() {
 
     // Update changes only what it sets.
     let updated = policies
-        .update_retry_policy(UpdateRetryPolicyRequest { policy_id: "fast".into(), max_attempts: Some(7), multiplier: Some(3.0), ..Default::default() })
+        .update_retry_policy(UpdateRetryPolicyRequest {
+            policy_id: "fast".into(),
+            max_attempts: Some(7),
+            multiplier: Some(3.0),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -170,7 +175,12 @@ async fn tenants_crud_and_errors() {
 
     // Update.
     let updated = tenants
-        .update_tenant(UpdateTenantRequest { tenant_id: "beta".into(), display_name: Some("Beta GmbH".into()), disabled: Some(true), ..Default::default() })
+        .update_tenant(UpdateTenantRequest {
+            tenant_id: "beta".into(),
+            display_name: Some("Beta GmbH".into()),
+            disabled: Some(true),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -178,7 +188,9 @@ async fn tenants_crud_and_errors() {
     let got = tenants.get_tenant(GetTenantRequest { tenant_id: "beta".into() }).await.unwrap().into_inner();
     assert_eq!((got.display_name.as_str(), got.disabled), ("Beta GmbH", true));
     assert_status(
-        tenants.update_tenant(UpdateTenantRequest { tenant_id: "ghost".into(), display_name: Some("x".into()), ..Default::default() }).await,
+        tenants
+            .update_tenant(UpdateTenantRequest { tenant_id: "ghost".into(), display_name: Some("x".into()), ..Default::default() })
+            .await,
         Code::NotFound,
         None,
         "UpdateTenant ghost",
@@ -195,7 +207,12 @@ async fn tenants_crud_and_errors() {
     }
     let deleted = tenants.delete_tenant(DeleteTenantRequest { tenant_id: "corp-3".into() }).await.unwrap().into_inner();
     assert_eq!(deleted.deleted_webhooks, 2);
-    assert_status(tenants.get_tenant(GetTenantRequest { tenant_id: "corp-3".into() }).await, Code::NotFound, None, "GetTenant after delete");
+    assert_status(
+        tenants.get_tenant(GetTenantRequest { tenant_id: "corp-3".into() }).await,
+        Code::NotFound,
+        None,
+        "GetTenant after delete",
+    );
     for id in &doomed {
         let got = grpc.webhooks().get_webhook(GetWebhookRequest { webhook_id: id.clone() }).await;
         assert_status(got, Code::NotFound, None, "GetWebhook of a deleted tenant's webhook");
@@ -284,13 +301,23 @@ async fn webhooks_crud_and_errors() {
     let ftp = CreateWebhookRequest { url: "ftp://x".into(), ..base() };
     assert_status(webhooks.create_webhook(ftp).await, Code::InvalidArgument, Some("url"), "CreateWebhook ftp://x");
     let reserved = CreateWebhookRequest { headers: [("X-WSS-Signature".to_owned(), "forged".to_owned())].into_iter().collect(), ..base() };
-    assert_status(webhooks.create_webhook(reserved).await, Code::InvalidArgument, Some("headers"), "CreateWebhook with header X-WSS-Signature");
+    assert_status(
+        webhooks.create_webhook(reserved).await,
+        Code::InvalidArgument,
+        Some("headers"),
+        "CreateWebhook with header X-WSS-Signature",
+    );
     let bad_tenant = CreateWebhookRequest { tenant_id: "Bad Id".into(), ..base() };
     assert_status(webhooks.create_webhook(bad_tenant).await, Code::InvalidArgument, Some("tenant_id"), "CreateWebhook tenant \"Bad Id\"");
     let bad_update = UpdateWebhookRequest { webhook_id: second.webhook_id.clone(), url: Some("ftp://x".into()), ..Default::default() };
     assert_status(webhooks.update_webhook(bad_update).await, Code::InvalidArgument, Some("url"), "UpdateWebhook url ftp://x");
     let unknown = "wh_aaaaaaaaaaaaaaaaaaaaaaaaaa".to_owned();
-    assert_status(webhooks.get_webhook(GetWebhookRequest { webhook_id: unknown.clone() }).await, Code::NotFound, None, "GetWebhook unknown");
+    assert_status(
+        webhooks.get_webhook(GetWebhookRequest { webhook_id: unknown.clone() }).await,
+        Code::NotFound,
+        None,
+        "GetWebhook unknown",
+    );
     let update_unknown = UpdateWebhookRequest { webhook_id: unknown.clone(), description: Some("x".into()), ..Default::default() };
     assert_status(webhooks.update_webhook(update_unknown).await, Code::NotFound, None, "UpdateWebhook unknown");
 

@@ -291,14 +291,27 @@ async fn publish_event_appends_a_deliverable_event() {
     let by_id: BTreeMap<&str, &Recorded> = requests.iter().map(|r| (r.event_id(), r)).collect();
     assert_eq!(by_id.len(), 2, "two distinct events: {requests:?}");
     let first = by_id.get(published.event_id.as_str()).unwrap_or_else(|| panic!("{} not delivered: {requests:?}", published.event_id));
-    assert_envelope(first, &published.event_id, "order.shipped", "acme", &published.stream_entry_id, &json!({"order_id":"A-1001","status":"shipped"}));
+    assert_envelope(
+        first,
+        &published.event_id,
+        "order.shipped",
+        "acme",
+        &published.stream_entry_id,
+        &json!({"order_id":"A-1001","status":"shipped"}),
+    );
     assert_signed(&webhook.secret, first);
     let second = by_id.get("evt-from-grpc").unwrap_or_else(|| panic!("evt-from-grpc not delivered: {requests:?}"));
     assert_envelope(second, "evt-from-grpc", "order.shipped", "acme", &with_id.stream_entry_id, &json!([1, 2]));
 
-    let bad_data = PublishEventRequest { tenant_id: "acme".into(), event_type: "order.shipped".into(), data: "{not json".into(), ..Default::default() };
+    let bad_data = PublishEventRequest {
+        tenant_id: "acme".into(),
+        event_type: "order.shipped".into(),
+        data: "{not json".into(),
+        ..Default::default()
+    };
     assert_status(events.publish_event(bad_data).await, Code::InvalidArgument, Some("data"), "PublishEvent with data that is not JSON");
-    let ghost = PublishEventRequest { tenant_id: "ghost".into(), event_type: "order.shipped".into(), data: "{}".into(), ..Default::default() };
+    let ghost =
+        PublishEventRequest { tenant_id: "ghost".into(), event_type: "order.shipped".into(), data: "{}".into(), ..Default::default() };
     assert_status(events.publish_event(ghost).await, Code::NotFound, None, "PublishEvent for an unknown tenant");
 }
 
@@ -337,7 +350,11 @@ async fn publishing_an_event_id_again_within_the_window_appends_nothing() {
     // Past the window the id may be published anew.
     wait_until(WAIT, "the id forgotten after the 2 s window", || {
         let key: bool = redis::cmd("EXISTS").arg(format!("{}published:acme:order-A-1001-paid", ks.prefix)).query(&mut ks.conn()).unwrap();
-        if key { Err("still remembered".to_owned()) } else { Ok(()) }
+        if key {
+            Err("still remembered".to_owned())
+        } else {
+            Ok(())
+        }
     })
     .await;
     let later = events.publish_event(publish("acme", r#"{"n":3}"#)).await.unwrap().into_inner();

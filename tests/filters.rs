@@ -178,11 +178,13 @@ async fn invalid_expressions_are_refused_at_registration_and_updates_take_effect
     let base = || CreateWebhookRequest { tenant_id: "acme".into(), url: receiver.url(), ..Default::default() };
 
     let syntax = CreateWebhookRequest { filter: "event.data.status ==".into(), ..base() };
-    let status = assert_status(webhooks.create_webhook(syntax).await, Code::InvalidArgument, Some("filter"), "a filter with a syntax error");
+    let status =
+        assert_status(webhooks.create_webhook(syntax).await, Code::InvalidArgument, Some("filter"), "a filter with a syntax error");
     assert!(status.message().starts_with("filter: syntax error at line 1, column 21: "), "{}", status.message());
     assert!(status.message().contains("| event.data.status ==\n| ....................^"), "the caret: {}", status.message());
     let typo = CreateWebhookRequest { transform: "{\n  \"id\": evnt.id\n}".into(), ..base() };
-    let status = assert_status(webhooks.create_webhook(typo).await, Code::InvalidArgument, Some("transform"), "a transform naming no variable");
+    let status =
+        assert_status(webhooks.create_webhook(typo).await, Code::InvalidArgument, Some("transform"), "a transform naming no variable");
     assert!(status.message().starts_with("transform: unknown variable \"evnt\" at line 2, column 9"), "{}", status.message());
     let not_bool = CreateWebhookRequest { filter: "event.data.status".into(), ..base() };
     let literal = CreateWebhookRequest { filter: "\"shipped\"".into(), ..base() };
@@ -192,12 +194,17 @@ async fn invalid_expressions_are_refused_at_registration_and_updates_take_effect
     let status = assert_status(webhooks.create_webhook(long).await, Code::InvalidArgument, Some("filter"), "a 5 KB filter");
     assert!(status.message().contains("at most 4096 are allowed"), "{}", status.message());
     assert!(grpc.dead_letters("acme").await.unwrap().is_empty());
-    let listed = webhooks.list_webhooks(wss::proto::ListWebhooksRequest { tenant_id: "acme".into(), ..Default::default() }).await.unwrap().into_inner();
+    let listed = webhooks
+        .list_webhooks(wss::proto::ListWebhooksRequest { tenant_id: "acme".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.webhooks.is_empty(), "nothing refused was stored: {listed:?}");
 
     // A filter that only fails at run time (not boolean) compiles: CEL here has no type checker.
     let webhook = webhooks.create_webhook(not_bool).await.expect("accepted").into_inner();
-    let bad_update = UpdateWebhookRequest { webhook_id: webhook.webhook_id.clone(), transform: Some("{'a': }".into()), ..Default::default() };
+    let bad_update =
+        UpdateWebhookRequest { webhook_id: webhook.webhook_id.clone(), transform: Some("{'a': }".into()), ..Default::default() };
     assert_status(webhooks.update_webhook(bad_update).await, Code::InvalidArgument, Some("transform"), "an update with a bad transform");
 
     // Updates: replace the filter, add a transform; the very next event uses them.

@@ -44,7 +44,11 @@ async fn every_attempt_is_recorded_and_deliveries_can_be_filtered_and_paged() {
     // The flaky webhook: delivered on attempt 3, after two 500s.
     let delivered = eventually(WAIT, "one DELIVERED delivery", || async {
         let found = list(&grpc, wanted(DeliveryStatus::Delivered)).await;
-        if found.len() == 1 { Ok(found) } else { Err(format!("{found:?}")) }
+        if found.len() == 1 {
+            Ok(found)
+        } else {
+            Err(format!("{found:?}"))
+        }
     })
     .await;
     let d = &delivered[0];
@@ -59,7 +63,11 @@ async fn every_attempt_is_recorded_and_deliveries_can_be_filtered_and_paged() {
     // The broken webhook: dead-lettered after 3 attempts.
     let dead = eventually(WAIT, "one DEAD_LETTERED delivery", || async {
         let found = list(&grpc, wanted(DeliveryStatus::DeadLettered)).await;
-        if found.len() == 1 { Ok(found) } else { Err(format!("{found:?}")) }
+        if found.len() == 1 {
+            Ok(found)
+        } else {
+            Err(format!("{found:?}"))
+        }
     })
     .await;
     assert_eq!(dead[0].webhook_id, bad.webhook_id);
@@ -81,17 +89,47 @@ async fn every_attempt_is_recorded_and_deliveries_can_be_filtered_and_paged() {
     }
     wait_until(WAIT, "events 2 and 3 delivered to the flaky webhook", || {
         let n = flaky.requests().iter().filter(|r| r.delivered()).count();
-        if n == 3 { Ok(()) } else { Err(format!("{n} delivered")) }
+        if n == 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} delivered"))
+        }
     })
     .await;
     let by_webhook = eventually(WAIT, "three DELIVERED deliveries of the flaky webhook", || async {
-        let found = list(&grpc, ListDeliveriesRequest { webhook_id: good.webhook_id.clone(), status: DeliveryStatus::Delivered.into(), ..Default::default() }).await;
-        if found.len() == 3 { Ok(found) } else { Err(format!("{} found", found.len())) }
+        let found = list(
+            &grpc,
+            ListDeliveriesRequest { webhook_id: good.webhook_id.clone(), status: DeliveryStatus::Delivered.into(), ..Default::default() },
+        )
+        .await;
+        if found.len() == 3 {
+            Ok(found)
+        } else {
+            Err(format!("{} found", found.len()))
+        }
     })
     .await;
-    assert!(by_webhook.windows(2).all(|w| w[0].updated_at.as_ref().map(|t| (t.seconds, t.nanos)) >= w[1].updated_at.as_ref().map(|t| (t.seconds, t.nanos))), "newest first");
-    let paged = list(&grpc, ListDeliveriesRequest { webhook_id: good.webhook_id.clone(), status: DeliveryStatus::Delivered.into(), page_size: 1, ..Default::default() }).await;
-    assert_eq!(paged.iter().map(|d| &d.delivery_id).collect::<Vec<_>>(), by_webhook.iter().map(|d| &d.delivery_id).collect::<Vec<_>>(), "pages of one give the same list");
+    assert!(
+        by_webhook
+            .windows(2)
+            .all(|w| w[0].updated_at.as_ref().map(|t| (t.seconds, t.nanos)) >= w[1].updated_at.as_ref().map(|t| (t.seconds, t.nanos))),
+        "newest first"
+    );
+    let paged = list(
+        &grpc,
+        ListDeliveriesRequest {
+            webhook_id: good.webhook_id.clone(),
+            status: DeliveryStatus::Delivered.into(),
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        paged.iter().map(|d| &d.delivery_id).collect::<Vec<_>>(),
+        by_webhook.iter().map(|d| &d.delivery_id).collect::<Vec<_>>(),
+        "pages of one give the same list"
+    );
     let by_event = list(&grpc, ListDeliveriesRequest { event_id: "evt-1".into(), ..Default::default() }).await;
     assert_eq!(by_event.len(), 2, "evt-1 went to two webhooks: {by_event:?}");
     assert!(by_event.iter().all(|d| d.event_id == "evt-1"));
@@ -121,7 +159,11 @@ async fn history_is_trimmed_to_its_maximum_count() {
     }
     wait_until(WAIT, "150 deliveries", || {
         let n = receiver.requests().len();
-        if n >= 150 { Ok(()) } else { Err(format!("{n} requests")) }
+        if n >= 150 {
+            Ok(())
+        } else {
+            Err(format!("{n} requests"))
+        }
     })
     .await;
     // Trimming runs at most once a second, on the next write: keep a trickle of events flowing.
@@ -131,7 +173,13 @@ async fn history_is_trimmed_to_its_maximum_count() {
         ks.publish("acme", "t", "{}");
         let members: usize = conn.zcard(&index).unwrap();
         let records = ks.keys().iter().filter(|k| k.starts_with(&format!("{}delivery:", ks.prefix))).count();
-        async move { if members <= 100 && records <= 105 { Ok(()) } else { Err(format!("{members} indexed, {records} records")) } }
+        async move {
+            if members <= 100 && records <= 105 {
+                Ok(())
+            } else {
+                Err(format!("{members} indexed, {records} records"))
+            }
+        }
     })
     .await;
     let listed = list(&grpc, ListDeliveriesRequest { page_size: 1000, ..Default::default() }).await;

@@ -246,7 +246,11 @@ fn serve(tcp: TcpStream, config: Arc<ServerConfig>, seen: &Seen) {
         }
         seen.requests.lock().unwrap().push(Got { body, client_cert: client_cert.clone() });
         let stream = reader.get_mut();
-        if stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok").and_then(|()| stream.flush()).is_err() {
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
             return;
         }
     }
@@ -319,7 +323,11 @@ async fn https_delivers_with_a_private_ca_and_tls_failures_say_why() {
     assert_status(outside, Code::InvalidArgument, Some("url"), "a loopback address outside WSS_ALLOWED_TARGET_CIDRS");
     let plain = grpc
         .webhooks()
-        .create_webhook(wss::proto::CreateWebhookRequest { tenant_id: "acme".into(), url: format!("http://{}/hook", good.addr), ..Default::default() })
+        .create_webhook(wss::proto::CreateWebhookRequest {
+            tenant_id: "acme".into(),
+            url: format!("http://{}/hook", good.addr),
+            ..Default::default()
+        })
         .await;
     assert_status(plain, Code::InvalidArgument, Some("url"), "http:// in the default https-only mode");
     let to_good = grpc.create_webhook("acme", &good.url(), |_| {}).await;
@@ -469,7 +477,11 @@ async fn client_certificates_are_presented_rotated_and_kept_secret() {
     // Rotation: both together; one alone is refused.
     let half = grpc
         .webhooks()
-        .update_webhook(UpdateWebhookRequest { webhook_id: with.webhook_id.clone(), client_key: Some(second.key_pem.clone()), ..Default::default() })
+        .update_webhook(UpdateWebhookRequest {
+            webhook_id: with.webhook_id.clone(),
+            client_key: Some(second.key_pem.clone()),
+            ..Default::default()
+        })
         .await;
     assert_status(half, Code::InvalidArgument, Some("client_certificate"), "a key alone");
     let rotated = grpc
@@ -490,7 +502,10 @@ async fn client_certificates_are_presented_rotated_and_kept_secret() {
 
     let lines = service.lines();
     let key_line = |pem: &str| pem.lines().nth(1).unwrap().to_owned();
-    secure::assert_never_logged(&lines, &[("the first client key", &key_line(&first.key_pem)), ("the second client key", &key_line(&second.key_pem))]);
+    secure::assert_never_logged(
+        &lines,
+        &[("the first client key", &key_line(&first.key_pem)), ("the second client key", &key_line(&second.key_pem))],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

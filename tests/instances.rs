@@ -70,7 +70,11 @@ async fn instances_split_the_stream_and_route_configuration_made_elsewhere_immed
     wait_until(WAIT, "all 50 events delivered", || {
         let got: BTreeSet<String> = receiver.requests().iter().filter(|r| r.delivered()).map(|r| r.event_id().to_owned()).collect();
         let missing = ids.difference(&got).count();
-        if missing == 0 { Ok(()) } else { Err(format!("{missing} missing")) }
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(format!("{missing} missing"))
+        }
     })
     .await;
     assert!(grpc.dead_letters("").await.unwrap().is_empty(), "no event was turned away as from an unknown tenant");
@@ -89,7 +93,11 @@ async fn instances_split_the_stream_and_route_configuration_made_elsewhere_immed
     // add up to every event: no instance delivered what the other did.
     let (by_a, by_b) = wait_until(WAIT, "the instances' delivered counters to add up to 50", || {
         let (by_a, by_b) = (delivered_by(metrics_a)?, delivered_by(metrics_b)?);
-        if by_a + by_b == ids.len() as u64 { Ok((by_a, by_b)) } else { Err(format!("a {by_a}, b {by_b}")) }
+        if by_a + by_b == ids.len() as u64 {
+            Ok((by_a, by_b))
+        } else {
+            Err(format!("a {by_a}, b {by_b}"))
+        }
     })
     .await;
     assert!(by_a >= WINDOW as u64 && by_b >= WINDOW as u64, "each instance delivers a share: a {by_a}, b {by_b}");

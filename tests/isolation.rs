@@ -115,7 +115,11 @@ async fn failures_open_the_circuit_and_a_single_probe_decides() {
         let lines = service.lines();
         let opened = lines.iter().filter(|l| l.contains("circuit of webhook") && l.contains("opened")).count();
         let closed = lines.iter().any(|l| l.contains("circuit of webhook") && l.contains("closed"));
-        if opened == 2 && closed { Ok(()) } else { Err(format!("opened {opened} times, closed: {closed}")) }
+        if opened == 2 && closed {
+            Ok(())
+        } else {
+            Err(format!("opened {opened} times, closed: {closed}"))
+        }
     })
     .await;
     // The waiting deliveries kept their attempts: none was dead-lettered.
@@ -139,14 +143,22 @@ async fn a_webhook_failing_for_too_long_is_disabled_with_its_reason() {
         let id = webhook.webhook_id.clone();
         async move {
             let w = client.get_webhook(wss::proto::GetWebhookRequest { webhook_id: id }).await.map_err(|s| format!("{s:?}"))?.into_inner();
-            if w.enabled { Err("still enabled".to_owned()) } else { Ok(w) }
+            if w.enabled {
+                Err("still enabled".to_owned())
+            } else {
+                Ok(w)
+            }
         }
     })
     .await;
     assert!(disabled.disabled_reason.contains("failed for"), "the reason says why: {:?}", disabled.disabled_reason);
     let dead = common::eventually(WAIT, "the pending delivery dead-lettered", || async {
         let found = grpc.dead_letters("acme").await?;
-        if found.len() == 1 { Ok(found) } else { Err(format!("{found:?}")) }
+        if found.len() == 1 {
+            Ok(found)
+        } else {
+            Err(format!("{found:?}"))
+        }
     })
     .await;
     assert_eq!(dead[0].reason, "webhook_disabled");

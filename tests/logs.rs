@@ -45,8 +45,14 @@ async fn json_log_lines_carry_the_delivery_fields() {
     assert_eq!(retrying["status"], 500);
     assert!(retrying["msg"].as_str().unwrap().contains("failed: HTTP 500"), "{retrying}");
     let delivered = find("delivered");
-    assert_eq!((&delivered["event_id"], &delivered["attempt"], &delivered["webhook"]), (&"evt-log-1".into(), &2.into(), &hook.webhook_id.as_str().into()));
+    assert_eq!(
+        (&delivered["event_id"], &delivered["attempt"], &delivered["webhook"]),
+        (&"evt-log-1".into(), &2.into(), &hook.webhook_id.as_str().into())
+    );
     let rejected = find("rejected");
-    assert_eq!((&rejected["tenant"], &rejected["event_id"], &rejected["reason"]), (&"acme".into(), &"evt-log-2".into(), &"data_not_json".into()));
+    assert_eq!(
+        (&rejected["tenant"], &rejected["event_id"], &rejected["reason"]),
+        (&"acme".into(), &"evt-log-2".into(), &"data_not_json".into())
+    );
     assert!(service.lines().iter().all(|l| !l.contains(&hook.secret)), "the webhook's secret reached the log");
 }

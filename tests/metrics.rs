@@ -33,7 +33,8 @@ fn parse_exposition(text: &str) -> Result<BTreeMap<String, f64>, String> {
         if line.starts_with('#') {
             return Err(format!("a comment that is neither HELP nor TYPE: {line:?}"));
         }
-        let name_end = line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).ok_or_else(|| format!("no value in {line:?}"))?;
+        let name_end =
+            line.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).ok_or_else(|| format!("no value in {line:?}"))?;
         let name = &line[..name_end];
         if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
             return Err(format!("bad metric name in {line:?}"));
@@ -216,11 +217,17 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
             });
             counted.next().is_some() && counted.next().is_some()
         });
-        if written { Ok((body, json)) } else { Err(format!("not yet: {body}")) }
+        if written {
+            Ok((body, json))
+        } else {
+            Err(format!("not yet: {body}"))
+        }
     })
     .await;
     let tenant = json["tenants"].as_array().unwrap().iter().find(|t| t["tenant_id"] == "acme").unwrap_or_else(|| panic!("{json}"));
-    let row = |id: &str| tenant["webhooks"].as_array().unwrap().iter().find(|w| w["webhook_id"] == id).cloned().unwrap_or_else(|| panic!("{id} in {json}"));
+    let row = |id: &str| {
+        tenant["webhooks"].as_array().unwrap().iter().find(|w| w["webhook_id"] == id).cloned().unwrap_or_else(|| panic!("{id} in {json}"))
+    };
     let broken_row = row(&broken_hook.webhook_id);
     assert_eq!(broken_row["failing"], true, "{broken_row}");
     assert_eq!(broken_row["circuit"], "open", "{broken_row}");
@@ -234,10 +241,7 @@ async fn counters_follow_deliveries_retries_dead_letters_and_bad_entries() {
     assert!(!body.contains(&broken_hook.secret) && !body.contains("/hook"), "no secret or URL path on the page: {body}");
 
     // A deleted webhook's circuit series goes.
-    grpc.webhooks()
-        .delete_webhook(DeleteWebhookRequest { webhook_id: broken_hook.webhook_id.clone() })
-        .await
-        .expect("DeleteWebhook");
+    grpc.webhooks().delete_webhook(DeleteWebhookRequest { webhook_id: broken_hook.webhook_id.clone() }).await.expect("DeleteWebhook");
     wait_until(WAIT, "the deleted webhook's circuit series to go", || {
         let (samples, _) = scrape(addr)?;
         if samples.contains_key(&open_circuit) {
@@ -339,7 +343,10 @@ async fn the_status_data_needs_the_admin_token_and_the_metrics_do_not() {
 
     let (status, content_type, page) = http_get(addr, "/", None).unwrap();
     assert_eq!((status, content_type.as_str()), (200, "text/html; charset=utf-8"));
-    assert!(page.contains("/status.json") && !page.contains("http://") && !page.contains("https://"), "a static page with no external asset");
+    assert!(
+        page.contains("/status.json") && !page.contains("http://") && !page.contains("https://"),
+        "a static page with no external asset"
+    );
     assert!(scrape(addr).is_ok(), "/metrics is open");
     let (status, _, _) = http_get(addr, "/nothing-here", None).unwrap();
     assert_eq!(status, 404);
@@ -422,7 +429,11 @@ async fn latency_oldest_pending_age_build_and_process_are_exported() {
     wait_until(WAIT, "the held entry's age in wss_oldest_pending_age_seconds", || {
         let (samples, _) = scrape(addr)?;
         let age = value(&samples, "wss_oldest_pending_age_seconds");
-        if age > 0.0 { Ok(()) } else { Err(format!("age {age}")) }
+        if age > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("age {age}"))
+        }
     })
     .await;
     release.store(true, Ordering::SeqCst);
@@ -431,7 +442,11 @@ async fn latency_oldest_pending_age_build_and_process_are_exported() {
     let samples = wait_until(WAIT, "one delivery in the latency histogram and nothing pending", || {
         let (samples, _) = scrape(addr)?;
         let (count, age) = (value(&samples, "wss_event_delivery_latency_seconds_count"), value(&samples, "wss_oldest_pending_age_seconds"));
-        if count == 1.0 && age == 0.0 { Ok(samples) } else { Err(format!("count {count}, age {age}")) }
+        if count == 1.0 && age == 0.0 {
+            Ok(samples)
+        } else {
+            Err(format!("count {count}, age {age}"))
+        }
     })
     .await;
     assert_eq!(value(&samples, "wss_event_delivery_latency_seconds_bucket{le=\"+Inf\"}"), 1.0);

@@ -18,9 +18,7 @@ use std::{
 
 use common::{eventually, pb_ms, wait_until, Grpc, Keyspace, Receiver, Service, WAIT};
 use faults::{pattern_byte, Act, FaultServer, FullBacklog};
-use wss::proto::{
-    Attempt, CreateRetryPolicyRequest, DeadLetter, Delivery, DeliveryStatus, GetDeliveryRequest, GetWebhookRequest, Webhook,
-};
+use wss::proto::{Attempt, CreateRetryPolicyRequest, DeadLetter, Delivery, DeliveryStatus, GetDeliveryRequest, GetWebhookRequest, Webhook};
 
 /// One test's world: a service, tenant `acme`, and a healthy webhook on its own receiver.
 struct Bed {
@@ -68,7 +66,14 @@ impl Bed {
     /// Publishes events `evt-<first>`..`evt-<first+n-1>`; returns their stream ids.
     fn publish(&self, first: usize, n: usize) -> Vec<String> {
         (first..first + n)
-            .map(|i| self.ks.xadd(&[("tenant", "acme"), ("type", "order.created"), ("data", &format!(r#"{{"n":{i}}}"#)), ("id", &format!("evt-{i}"))]))
+            .map(|i| {
+                self.ks.xadd(&[
+                    ("tenant", "acme"),
+                    ("type", "order.created"),
+                    ("data", &format!(r#"{{"n":{i}}}"#)),
+                    ("id", &format!("evt-{i}")),
+                ])
+            })
             .collect()
     }
 
@@ -78,7 +83,11 @@ impl Bed {
         wait_until(WAIT, &format!("the healthy webhook to get {wanted:?}"), || {
             let got: BTreeSet<String> = self.healthy.requests().iter().filter(|r| r.delivered()).map(|r| r.event_id().to_owned()).collect();
             let missing: Vec<&String> = wanted.difference(&got).collect();
-            if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:?}")) }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
         })
         .await;
     }
@@ -128,7 +137,11 @@ impl Bed {
         eventually(WAIT, &format!("{n} dead letters of webhook {webhook_id}"), || async {
             let all = self.grpc.dead_letters("acme").await?;
             let mine: Vec<DeadLetter> = all.into_iter().filter(|d| d.webhook_id == webhook_id).collect();
-            if mine.len() >= n { Ok(mine) } else { Err(format!("{} so far: {mine:?}", mine.len())) }
+            if mine.len() >= n {
+                Ok(mine)
+            } else {
+                Err(format!("{} so far: {mine:?}", mine.len()))
+            }
         })
         .await
     }
@@ -226,7 +239,11 @@ async fn a_receiver_that_never_answers_times_out_and_is_hung_up_on() {
     // One request per attempt, and wss closed each connection when it gave up (no leak).
     let seen = wait_until(WAIT, "wss to hang up on every silent request", || {
         let seen = silent.seen();
-        if seen.len() == 6 && seen.iter().all(|s| s.client_hung_up) { Ok(seen) } else { Err(format!("{seen:#?}")) }
+        if seen.len() == 6 && seen.iter().all(|s| s.client_hung_up) {
+            Ok(seen)
+        } else {
+            Err(format!("{seen:#?}"))
+        }
     })
     .await;
     let attempts: BTreeSet<(String, u32)> = seen.iter().map(|s| (s.event_id().to_owned(), s.attempt())).collect();
@@ -272,7 +289,11 @@ async fn a_body_that_trickles_past_the_timeout_ends_the_attempt() {
     for (server, n) in [(&slow_ok, 1), (&slow_error, 2)] {
         let seen = wait_until(WAIT, "wss to hang up on the trickling bodies", || {
             let seen = server.seen();
-            if seen.len() == n && seen.iter().all(|s| s.client_hung_up) { Ok(seen) } else { Err(format!("{seen:#?}")) }
+            if seen.len() == n && seen.iter().all(|s| s.client_hung_up) {
+                Ok(seen)
+            } else {
+                Err(format!("{seen:#?}"))
+            }
         })
         .await;
         assert!(seen.iter().all(|s| !s.finished && s.body_bytes_sent < 600), "{seen:#?}");
@@ -297,7 +318,11 @@ async fn a_connection_reset_in_the_middle_of_the_response_head_is_an_error() {
         for a in &d.attempts {
             // Not a 200 (the head never completed), not a timeout: a transport error.
             assert_eq!(a.status_code, 0, "a half-written head is no response: {a:?}");
-            assert!(["io", "protocol"].contains(&a.error_kind.as_str()), "a reset is an io or protocol error, not {:?}: {a:?}", a.error_kind);
+            assert!(
+                ["io", "protocol"].contains(&a.error_kind.as_str()),
+                "a reset is an io or protocol error, not {:?}: {a:?}",
+                a.error_kind
+            );
             assert!(!a.error.is_empty(), "{a:?}");
         }
         dead.push(d);
@@ -349,7 +374,10 @@ async fn a_429_with_retry_after_seconds_is_honoured_and_capped() {
     let seen = limited.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     let waited = seen[1].arrived - seen[0].answered.expect("the 429 was written");
-    assert!(waited + CLOCK_MARGIN >= Duration::from_secs(1), "the retry came {waited:?} after `Retry-After: 1` (the policy alone says 100 ms)");
+    assert!(
+        waited + CLOCK_MARGIN >= Duration::from_secs(1),
+        "the retry came {waited:?} after `Retry-After: 1` (the policy alone says 100 ms)"
+    );
 
     let capped = bed.delivered(&ids[0], &greedy_hook.webhook_id).await;
     assert_eq!(kinds(&capped.attempts), [(1, 429, "http_status"), (2, 200, "")], "{capped:#?}");
@@ -467,7 +495,11 @@ async fn an_endless_response_body_is_cut_short_and_only_its_start_kept() {
     for (server, n) in [(&endless_error, 2), (&endless_ok, 1)] {
         let seen = wait_until(WAIT, "each endless body to end (wss hung up, or all 100 MB sent)", || {
             let seen = server.seen();
-            if seen.len() == n && seen.iter().all(|s| s.client_hung_up || s.finished) { Ok(seen) } else { Err(format!("{seen:#?}")) }
+            if seen.len() == n && seen.iter().all(|s| s.client_hung_up || s.finished) {
+                Ok(seen)
+            } else {
+                Err(format!("{seen:#?}"))
+            }
         })
         .await;
         for s in &seen {
@@ -537,7 +569,7 @@ async fn a_hanging_webhook_does_not_hold_back_the_other_99() {
     const SENDERS: usize = 16;
     const CAP: usize = 4;
     const EVENTS: usize = 20; // each to all 100 webhooks: 20 hanging deliveries > 16 senders
-    // Only a bound for giving up, far below the hanging requests' 300 s timeout.
+                              // Only a bound for giving up, far below the hanging requests' 300 s timeout.
     const GIVE_UP: Duration = Duration::from_secs(60);
     let ks = Keyspace::new("fault_isolation");
     let healthy = Receiver::ok();
@@ -571,7 +603,11 @@ async fn a_hanging_webhook_does_not_hold_back_the_other_99() {
         let got: BTreeSet<(String, String)> =
             healthy.requests().iter().filter(|r| r.delivered()).map(|r| (r.event_id().to_owned(), r.path.clone())).collect();
         let missing = expected.difference(&got).count();
-        if missing == 0 { Ok(()) } else { Err(format!("{missing} of {} missing", expected.len())) }
+        if missing == 0 {
+            Ok(())
+        } else {
+            Err(format!("{missing} of {} missing", expected.len()))
+        }
     })
     .await;
     let seen = hanging.seen();
@@ -587,7 +623,18 @@ async fn a_hanging_webhook_does_not_hold_back_the_other_99() {
 fn publish_in_one_go(ks: &Keyspace, n: usize) {
     let mut pipe = redis::pipe();
     for i in 0..n {
-        pipe.cmd("XADD").arg(ks.events()).arg("*").arg("tenant").arg("acme").arg("type").arg("order.created").arg("data").arg("{}").arg("id").arg(format!("evt-{i}")).ignore();
+        pipe.cmd("XADD")
+            .arg(ks.events())
+            .arg("*")
+            .arg("tenant")
+            .arg("acme")
+            .arg("type")
+            .arg("order.created")
+            .arg("data")
+            .arg("{}")
+            .arg("id")
+            .arg(format!("evt-{i}"))
+            .ignore();
     }
     pipe.query::<()>(&mut ks.conn()).unwrap_or_else(|e| panic!("publishing {n} events: {e}"));
 }

@@ -15,7 +15,8 @@ async fn a_killed_instances_entries_are_claimed_and_finished_without_repeats() {
     let ks = Keyspace::new("claim");
     let steady = Receiver::ok();
     // The first request hangs (the attempt is on the wire when the instance dies); then 200.
-    let hanging_first = Receiver::start(|i| if i == 0 { Reply { status: 200, delay: Duration::from_secs(30) } } else { Reply::status(200) });
+    let hanging_first =
+        Receiver::start(|i| if i == 0 { Reply { status: 200, delay: Duration::from_secs(30) } } else { Reply::status(200) });
     let lease = [("WSS_CLAIM_AFTER", "1s")];
     let first = Service::start(&ks, "doomed", &lease).await;
     let grpc = first.grpc().await;
@@ -31,7 +32,11 @@ async fn a_killed_instances_entries_are_claimed_and_finished_without_repeats() {
     wait_until(WAIT, "the steady delivery recorded", || {
         let keys = ks.keys();
         let recorded = keys.iter().filter(|k| k.starts_with(&record)).count();
-        if recorded == 1 { Ok(()) } else { Err(format!("{recorded} records")) }
+        if recorded == 1 {
+            Ok(())
+        } else {
+            Err(format!("{recorded} records"))
+        }
     })
     .await;
     assert_eq!(ks.group_state().unwrap().pending, 1, "the entry is pending while an attempt is out");
@@ -65,19 +70,16 @@ async fn a_living_instance_renews_its_leases_while_an_attempt_is_out() {
     let mut conn = ks.conn();
     let mut probes = 0;
     wait_until(WAIT, "the delivery made, with no entry claimable meanwhile", || {
-        let claimable: redis::Value = redis::cmd("XAUTOCLAIM")
-            .arg(ks.events())
-            .arg("wss")
-            .arg("thief")
-            .arg(1000)
-            .arg("0-0")
-            .arg("JUSTID")
-            .query(&mut conn)
-            .unwrap();
+        let claimable: redis::Value =
+            redis::cmd("XAUTOCLAIM").arg(ks.events()).arg("wss").arg("thief").arg(1000).arg("0-0").arg("JUSTID").query(&mut conn).unwrap();
         let stolen = format!("{claimable:?}");
         assert!(!stolen.contains(&stream_id), "probe {probes}: the entry was claimable although its holder lives: {stolen}");
         probes += 1;
-        if slow.requests().iter().any(|r| r.delivered()) { Ok(()) } else { Err(format!("{probes} probes, not yet answered")) }
+        if slow.requests().iter().any(|r| r.delivered()) {
+            Ok(())
+        } else {
+            Err(format!("{probes} probes, not yet answered"))
+        }
     })
     .await;
     assert!(probes > 1, "the probes ran while the attempt was out");

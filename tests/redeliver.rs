@@ -94,7 +94,10 @@ async fn a_redelivered_dead_letter_arrives_once_freshly_signed_with_its_event_id
     let entry = ks.xadd(&[("tenant", "acme"), ("type", "order.created"), ("data", r#"{"n":1}"#), ("region", "eu")]);
     let dead = dead_letters(&grpc, "acme", 1).await;
     let dl = &dead[0];
-    assert_eq!((dl.reason.as_str(), dl.webhook_id.as_str(), dl.event_id.as_str()), ("max_attempts_exhausted", hook.webhook_id.as_str(), entry.as_str()));
+    assert_eq!(
+        (dl.reason.as_str(), dl.webhook_id.as_str(), dl.event_id.as_str()),
+        ("max_attempts_exhausted", hook.webhook_id.as_str(), entry.as_str())
+    );
     let failed = flaky.receiver.requests();
     assert_eq!(failed.len(), 2, "two attempts, both answered 500: {failed:?}");
     other.wait_for_requests(1, "the original event at the other webhook", Recorded::delivered).await;
@@ -118,7 +121,10 @@ async fn a_redelivered_dead_letter_arrives_once_freshly_signed_with_its_event_id
     let answer = redeliver(&grpc, by_id(&dl.dead_letter_id)).await;
     assert_eq!(answer.redelivered_count, 1);
     let sent = &answer.redelivered[0];
-    assert_eq!((sent.dead_letter_id.as_str(), sent.event_id.as_str(), sent.webhook_id.as_str()), (dl.dead_letter_id.as_str(), entry.as_str(), hook.webhook_id.as_str()));
+    assert_eq!(
+        (sent.dead_letter_id.as_str(), sent.event_id.as_str(), sent.webhook_id.as_str()),
+        (dl.dead_letter_id.as_str(), entry.as_str(), hook.webhook_id.as_str())
+    );
     assert_ne!(sent.stream_entry_id, entry, "it re-enters the pipeline as a new stream entry");
 
     flaky.receiver.wait_for_requests(1, "the redelivery delivered", Recorded::delivered).await;
@@ -149,13 +155,20 @@ async fn a_redelivered_dead_letter_arrives_once_freshly_signed_with_its_event_id
     assert_status(twice, Code::NotFound, None, "redelivering the same dead letter again");
     let history = grpc
         .deliveries()
-        .list_deliveries(ListDeliveriesRequest { webhook_id: hook.webhook_id.clone(), status: DeliveryStatus::Delivered.into(), ..Default::default() })
+        .list_deliveries(ListDeliveriesRequest {
+            webhook_id: hook.webhook_id.clone(),
+            status: DeliveryStatus::Delivered.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
         .deliveries;
     assert_eq!(history.len(), 1, "{history:?}");
-    assert_eq!((history[0].event_id.as_str(), history[0].stream_entry_id.as_str(), history[0].attempts.len()), (entry.as_str(), sent.stream_entry_id.as_str(), 1));
+    assert_eq!(
+        (history[0].event_id.as_str(), history[0].stream_entry_id.as_str(), history[0].attempts.len()),
+        (entry.as_str(), sent.stream_entry_id.as_str(), 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +193,12 @@ async fn bulk_redelivery_takes_exactly_the_matching_dead_letters_and_never_twice
     grpc.create_webhook("acme", &invoices.receiver.url(), once(&["invoice.*"])).await;
     grpc.create_webhook("globex", &globex_receiver.receiver.url(), once(&["order.*"])).await;
 
-    for (tenant, event_type, id) in [("acme", "order.created", "o-1"), ("acme", "invoice.paid", "i-1"), ("acme", "order.paid", "o-2"), ("globex", "order.created", "g-1")] {
+    for (tenant, event_type, id) in [
+        ("acme", "order.created", "o-1"),
+        ("acme", "invoice.paid", "i-1"),
+        ("acme", "order.paid", "o-2"),
+        ("globex", "order.created", "g-1"),
+    ] {
         ks.xadd(&[("tenant", tenant), ("type", event_type), ("data", "{}"), ("id", id)]);
     }
     let acme = dead_letters(&grpc, "acme", 3).await;
@@ -269,12 +287,17 @@ async fn a_tenant_token_cannot_redeliver_another_tenants_dead_letters() {
         .create_retry_policy(wss::proto::CreateRetryPolicyRequest { policy_id: "once".into(), max_attempts: Some(1), ..Default::default() })
         .await
         .unwrap();
-    let create = CreateWebhookRequest { tenant_id: "globex".into(), url: failing.url(), retry_policy_id: "once".into(), ..Default::default() };
+    let create =
+        CreateWebhookRequest { tenant_id: "globex".into(), url: failing.url(), retry_policy_id: "once".into(), ..Default::default() };
     admin.webhooks().create_webhook(create).await.unwrap();
     ks.publish("globex", "order.created", "{}");
     let dead = eventually(WAIT, "globex's dead letter", || async {
         let found = admin.dead_letters("globex").await.map_err(|s| format!("{s:?}"))?;
-        if found.len() == 1 { Ok(found) } else { Err(format!("{found:?}")) }
+        if found.len() == 1 {
+            Ok(found)
+        } else {
+            Err(format!("{found:?}"))
+        }
     })
     .await;
     let id = dead[0].dead_letter_id.clone();
@@ -283,7 +306,10 @@ async fn a_tenant_token_cannot_redeliver_another_tenants_dead_letters() {
     let denied = acme.deliveries().redeliver_dead_letter(by_id(&id)).await;
     let status = assert_status(denied, Code::PermissionDenied, None, "acme's token redelivering globex's dead letter");
     assert!(!status.message().contains("globex"), "the refusal does not name the owner: {}", status.message());
-    let denied = acme.deliveries().redeliver_dead_letter(by_filter(DeadLetterFilter { tenant_id: "globex".into(), ..Default::default() }, 0, "")).await;
+    let denied = acme
+        .deliveries()
+        .redeliver_dead_letter(by_filter(DeadLetterFilter { tenant_id: "globex".into(), ..Default::default() }, 0, ""))
+        .await;
     assert_status(denied, Code::PermissionDenied, Some("filter.tenant_id"), "acme's token filtering on globex");
     // An empty filter means acme's own dead letters: none.
     let own = acme.deliveries().redeliver_dead_letter(by_filter(DeadLetterFilter::default(), 0, "")).await.unwrap().into_inner();
@@ -318,7 +344,11 @@ async fn an_unknown_tenants_entry_is_delivered_once_the_tenant_exists() {
 
     grpc.create_tenant("latecomer").await;
     // The transform shows what filters and transforms see: no reserved field among the attributes.
-    let hook = grpc.create_webhook("latecomer", &receiver.url(), |r| r.transform = "{'id': event.id, 'attributes': event.attributes, 'created_at': event.created_at}".into()).await;
+    let hook = grpc
+        .create_webhook("latecomer", &receiver.url(), |r| {
+            r.transform = "{'id': event.id, 'attributes': event.attributes, 'created_at': event.created_at}".into()
+        })
+        .await;
     let sent = redeliver(&grpc, by_id(&id)).await;
     assert_eq!((sent.redelivered[0].event_id.as_str(), sent.redelivered[0].webhook_id.as_str()), (entry.as_str(), ""));
     let requests = receiver.wait_for_requests(1, "the latecomer's event", Recorded::delivered).await;

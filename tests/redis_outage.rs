@@ -95,7 +95,8 @@ impl PrivateRedis {
 
     /// `XPENDING <stream> wss`: the number of entries read and not acknowledged.
     fn pending(&self, stream: &str) -> Result<u64, String> {
-        let reply: redis::Value = redis::cmd("XPENDING").arg(stream).arg("wss").query(&mut self.conn()).map_err(|e| format!("XPENDING: {e}"))?;
+        let reply: redis::Value =
+            redis::cmd("XPENDING").arg(stream).arg("wss").query(&mut self.conn()).map_err(|e| format!("XPENDING: {e}"))?;
         match reply {
             redis::Value::Array(items) => match items.first() {
                 Some(redis::Value::Int(n)) => Ok(*n as u64),
@@ -146,7 +147,11 @@ async fn wait_delivered(receiver: &Receiver, ids: &BTreeSet<String>, what: &str)
     wait_until(WAIT, what, || {
         let got = delivered(receiver);
         let missing: Vec<&String> = ids.difference(&got).collect();
-        if missing.is_empty() { Ok(()) } else { Err(format!("{} missing: {missing:?}", missing.len())) }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} missing: {missing:?}", missing.len()))
+        }
     })
     .await;
 }
@@ -155,7 +160,18 @@ async fn wait_delivered(receiver: &Receiver, ids: &BTreeSet<String>, what: &str)
 fn publish(redis: &PrivateRedis, stream: &str, event_type: &str, ids: &BTreeSet<String>) {
     let mut pipe = redis::pipe();
     for id in ids {
-        pipe.cmd("XADD").arg(stream).arg("*").arg("tenant").arg("acme").arg("type").arg(event_type).arg("data").arg("{}").arg("id").arg(id).ignore();
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("tenant")
+            .arg("acme")
+            .arg("type")
+            .arg(event_type)
+            .arg("data")
+            .arg("{}")
+            .arg("id")
+            .arg(id)
+            .ignore();
     }
     pipe.query::<()>(&mut redis.conn()).unwrap_or_else(|e| panic!("XADD of {ids:?}: {e}"));
 }
@@ -244,7 +260,12 @@ impl Outage {
 
     /// Publishes `after`; checks that every event went exactly where it should, that nothing
     /// is pending, and that wss still runs. Returns the outage's log lines: (down, up).
-    async fn finish(mut self, before: &BTreeSet<String>, during: &BTreeSet<String>, after: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    async fn finish(
+        mut self,
+        before: &BTreeSet<String>,
+        during: &BTreeSet<String>,
+        after: &BTreeSet<String>,
+    ) -> (Vec<String>, Vec<String>) {
         publish(&self.redis, &self.stream(), "after.created", after);
         wait_delivered(&self.steady, after, "the events published after the outage delivered").await;
         wait_delivered(&self.held, during, "the held events delivered").await;
@@ -297,7 +318,11 @@ async fn what_wss_holds_is_delivered_while_redis_is_down() {
         outage.turnstile.allow(n);
         wait_until(WAIT, &format!("held request {n} of {} answered while Redis is down", during.len()), || {
             let answered = outage.held.requests().iter().filter(|r| r.delivered()).count();
-            if answered >= n { Ok(()) } else { Err(format!("{answered} answered; {} requests arrived", outage.held.requests().len())) }
+            if answered >= n {
+                Ok(())
+            } else {
+                Err(format!("{answered} answered; {} requests arrived", outage.held.requests().len()))
+            }
         })
         .await;
     }
@@ -337,9 +362,7 @@ async fn a_backlog_retry_due_during_an_outage_is_sent_once_redis_is_back() {
     .await;
 
     redis.kill();
-    service
-        .wait_for(WAIT, "the backlog's pump failing to read the backlog", |l| l.contains("cannot read the backlog"))
-        .await;
+    service.wait_for(WAIT, "the backlog's pump failing to read the backlog", |l| l.contains("cannot read the backlog")).await;
     assert_eq!(flaky.requests().len(), 1, "nothing is sent while the backlog cannot be read");
     redis.launch();
 

@@ -103,7 +103,23 @@ impl PrivateRedis {
         let port_text = port.to_string();
         let ca = pki.ca();
         let auth = if require_client_certificates { "yes" } else { "no" };
-        Self::start(port, &["--port", "0", "--tls-port", &port_text, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca, "--tls-auth-clients", auth])
+        Self::start(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                auth,
+            ],
+        )
     }
 }
 
@@ -135,7 +151,12 @@ async fn delivers_through(service: &mut Service, receiver: &Receiver) {
     grpc.create_tenant("acme").await;
     grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
     grpc.events()
-        .publish_event(PublishEventRequest { tenant_id: "acme".into(), event_type: "t".into(), data: r#"{"over":"tls"}"#.into(), ..Default::default() })
+        .publish_event(PublishEventRequest {
+            tenant_id: "acme".into(),
+            event_type: "t".into(),
+            data: r#"{"over":"tls"}"#.into(),
+            ..Default::default()
+        })
         .await
         .expect("PublishEvent");
     let got = receiver.wait_for_requests(1, "the event, through the TLS Redis", Recorded::delivered).await;
@@ -172,7 +193,9 @@ async fn tls_failures_say_what_is_wrong_and_what_to_do() {
     // Trusted, but the server asks for a client certificate that is not there.
     let ca = pki.ca();
     let no_client = spawn(&ks, "no-client-cert", &url, &[("WSS_REDIS_CA_FILE", &ca)]);
-    let line = no_client.wait_for(WAIT, "the missing client certificate said", |l| l.contains("Redis") && l.contains("WSS_REDIS_CLIENT_CERT_FILE")).await;
+    let line = no_client
+        .wait_for(WAIT, "the missing client certificate said", |l| l.contains("Redis") && l.contains("WSS_REDIS_CLIENT_CERT_FILE"))
+        .await;
     assert!(!line.contains("Start one"), "not an unreachable Redis: {line}");
     drop(no_client);
 
@@ -206,7 +229,8 @@ async fn an_acl_user_connects_and_wrong_credentials_are_called_so() {
     let redis = PrivateRedis::start(port, &["--port", &port.to_string()]);
     let admin = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port)).unwrap();
     let mut con = admin.get_connection().unwrap();
-    let _: () = redis::cmd("ACL").arg("SETUSER").arg("wss").arg("on").arg(">s3cret-pass").arg("~*").arg("&*").arg("+@all").query(&mut con).unwrap();
+    let _: () =
+        redis::cmd("ACL").arg("SETUSER").arg("wss").arg("on").arg(">s3cret-pass").arg("~*").arg("&*").arg("+@all").query(&mut con).unwrap();
     // Nobody else gets in.
     let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("off").query(&mut con).unwrap();
     drop(con);

@@ -41,7 +41,15 @@ fn oldest(con: &mut redis::Connection, stream: &str) -> Option<String> {
 fn publish_many(con: &mut redis::Connection, stream: &str, tenant: &str, count: usize) -> Vec<String> {
     let mut pipe = redis::pipe();
     for n in 0..count {
-        pipe.cmd("XADD").arg(stream).arg("*").arg("tenant").arg(tenant).arg("type").arg("order.created").arg("data").arg(format!("{{\"n\":{n}}}"));
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("tenant")
+            .arg(tenant)
+            .arg("type")
+            .arg("order.created")
+            .arg("data")
+            .arg(format!("{{\"n\":{n}}}"));
     }
     pipe.query(con).unwrap_or_else(|e| panic!("XADD ×{count}: {e}"))
 }
@@ -149,7 +157,10 @@ async fn a_steady_stream_stays_bounded_with_a_second_group_reading_along() {
     // some 400 here; in the last third of the run, never half of everything published.
     let late: Vec<&(Duration, u64, usize)> = samples.iter().filter(|(at, _, _)| *at >= run * 2 / 3).collect();
     let peak = late.iter().map(|(_, len, _)| *len).max().expect("samples in the last third");
-    assert!(peak < published / 2, "XLEN reached {peak} in the last third of the run, of {published} published; samples (elapsed, XLEN, published): {samples:?}");
+    assert!(
+        peak < published / 2,
+        "XLEN reached {peak} in the last third of the run, of {published} published; samples (elapsed, XLEN, published): {samples:?}"
+    );
 
     // Once everything is delivered and both groups are done, all but the node holding the last
     // entry goes (the point never passes a group's last-delivered id).
@@ -158,7 +169,11 @@ async fn a_steady_stream_stays_bounded_with_a_second_group_reading_along() {
     ack(&mut con, &stream, "audit", &rest);
     let left = wait_until(WAIT, &format!("the stream trimmed to at most one node ({node} entries)"), || {
         let len = xlen(&mut con, &stream);
-        if len <= node { Ok(len) } else { Err(format!("XLEN {len}")) }
+        if len <= node {
+            Ok(len)
+        } else {
+            Err(format!("XLEN {len}"))
+        }
     })
     .await;
     assert!(present(&mut con, &stream, &last), "the last-delivered entry {last} stays");
@@ -168,7 +183,11 @@ async fn a_steady_stream_stays_bounded_with_a_second_group_reading_along() {
     wait_until(WAIT, "wss_stream_trimmed_entries_total = published − XLEN", || {
         let counted = trimmed_counter(metrics)?;
         let len = xlen(&mut con, &stream);
-        if counted == published - len { Ok(()) } else { Err(format!("counter {counted}, published {published}, XLEN {len} (was {left})")) }
+        if counted == published - len {
+            Ok(())
+        } else {
+            Err(format!("counter {counted}, published {published}, XLEN {len} (was {left})"))
+        }
     })
     .await;
 }
@@ -205,7 +224,14 @@ async fn an_entry_pending_in_another_group_is_never_trimmed_nor_anything_after_i
 
     // Acknowledged, it goes too.
     ack(&mut con, &stream, "audit", std::slice::from_ref(&held));
-    wait_until(WAIT, "the entry trimmed once acknowledged", || if present(&mut con, &stream, &held) { Err("still there".into()) } else { Ok(()) }).await;
+    wait_until(WAIT, "the entry trimmed once acknowledged", || {
+        if present(&mut con, &stream, &held) {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 /// A receiver that holds every request until [`Gate::open`]: a hanging endpoint.
@@ -263,7 +289,14 @@ async fn an_entry_whose_delivery_hangs_is_never_trimmed() {
     gate.open();
     hanging.wait_for_requests(1, "the held delivery answered", Recorded::delivered).await;
     wait_until(WAIT, "everything acknowledged", || ks.all_acknowledged_through(after.last().unwrap())).await;
-    wait_until(WAIT, "the entry trimmed once delivered", || if present(&mut con, &stream, &stuck) { Err("still there".into()) } else { Ok(()) }).await;
+    wait_until(WAIT, "the entry trimmed once delivered", || {
+        if present(&mut con, &stream, &stuck) {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +323,11 @@ async fn off_leaves_the_stream_to_producers() {
     }
     wait_until(WAIT, "the service with a retention trimmed its stream", || {
         let len = xlen(&mut con, &ks_on.events());
-        if len < 3 * node as u64 { Ok(()) } else { Err(format!("XLEN {len}")) }
+        if len < 3 * node as u64 {
+            Ok(())
+        } else {
+            Err(format!("XLEN {len}"))
+        }
     })
     .await;
     assert_eq!(xlen(&mut con, &ks_off.events()), 3 * node as u64, "with WSS_STREAM_RETENTION=off nothing is trimmed");

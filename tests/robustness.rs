@@ -59,8 +59,28 @@ async fn pending_entries_read_too_often_are_dead_lettered_as_poison() {
     let own = ks.publish("acme", "t", r#"{"n":"own"}"#);
     let orphan = ks.publish("acme", "t", r#"{"n":"orphan"}"#);
     for (id, owner) in [(&own, "victim"), (&orphan, "dead-instance")] {
-        let _: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("wss").arg(owner).arg("COUNT").arg(1).arg("STREAMS").arg(&events).arg(">").query(&mut con).unwrap();
-        let _: redis::Value = redis::cmd("XCLAIM").arg(&events).arg("wss").arg(owner).arg(0).arg(id.as_str()).arg("RETRYCOUNT").arg(9).arg("JUSTID").query(&mut con).unwrap();
+        let _: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("wss")
+            .arg(owner)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&events)
+            .arg(">")
+            .query(&mut con)
+            .unwrap();
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&events)
+            .arg("wss")
+            .arg(owner)
+            .arg(0)
+            .arg(id.as_str())
+            .arg("RETRYCOUNT")
+            .arg(9)
+            .arg("JUSTID")
+            .query(&mut con)
+            .unwrap();
     }
     let receiver = Receiver::ok();
     let service = Service::start(&ks, "victim", &[("WSS_CLAIM_AFTER", "1s")]).await;
@@ -103,7 +123,14 @@ async fn times_past_year_9999_are_invalid_fields_and_delivery_goes_on() {
     let records = dead_letters(&service, "acme", 3).await;
     assert!(records.iter().all(|r| r.reason == "invalid_field"), "{records:?}");
     assert!(records.iter().any(|r| r.detail.contains("after year 9999")), "{records:?}");
-    wait_until(WAIT, "event 3 delivered", || if delivered_ids(&receiver) == ["3"] { Ok(()) } else { Err(format!("{:?}", delivered_ids(&receiver))) }).await;
+    wait_until(WAIT, "event 3 delivered", || {
+        if delivered_ids(&receiver) == ["3"] {
+            Ok(())
+        } else {
+            Err(format!("{:?}", delivered_ids(&receiver)))
+        }
+    })
+    .await;
     wait_until(WAIT, "everything acknowledged", || ks.all_acknowledged_through(&last)).await;
     let metrics = service.wait_for_metrics().await;
     let (status, _, _) = http_get(metrics, "/healthz", None).unwrap();
@@ -124,7 +151,11 @@ async fn oversized_entries_leave_an_excerpt_and_listing_stays_small() {
     let records = dead_letters(&service, "acme", 3).await;
     for record in &records {
         assert_eq!(record.reason, "too_large");
-        assert!(record.detail.contains(&format!("the entry is {} bytes", big.len() + "tenant".len() + 4 + "type".len() + 1 + "data".len())), "{}", &record.detail[..200.min(record.detail.len())]);
+        assert!(
+            record.detail.contains(&format!("the entry is {} bytes", big.len() + "tenant".len() + 4 + "type".len() + 1 + "data".len())),
+            "{}",
+            &record.detail[..200.min(record.detail.len())]
+        );
         assert!(record.detail.contains("excerpt:") && record.detail.len() < 8 << 10, "{} bytes of detail", record.detail.len());
         assert!(record.body.len() < 8 << 10, "{} bytes of body", record.body.len());
     }
@@ -156,7 +187,11 @@ async fn twenty_ten_megabyte_entries_are_never_pulled_whole() {
     let good = ks.publish("acme", "t", r#"{"n":"small"}"#);
     wait_until(WAIT, "all handled and acknowledged", || ks.all_acknowledged_through(&good)).await;
     let records = dead_letters(&service, "acme", 20).await;
-    assert!(records.iter().all(|r| r.reason == "too_large" && r.detail.contains("it was not read whole")), "{:?}", records.first().map(|r| &r.detail));
+    assert!(
+        records.iter().all(|r| r.reason == "too_large" && r.detail.contains("it was not read whole")),
+        "{:?}",
+        records.first().map(|r| &r.detail)
+    );
     let (after, peak) = memory_mib(service.pid());
     eprintln!("RSS of wss: {before} MiB before, {after} MiB after, {peak} MiB at peak (200 MiB of entries appended)");
     // Pulled whole, the entries alone would be 200 MiB (the issue measured 956 MiB at peak).
@@ -208,7 +243,8 @@ async fn expressions_beyond_the_limits_are_refused_naming_field_and_limit() {
             transform: transform.into(),
             ..Default::default()
         };
-        let status = assert_status(grpc.webhooks().create_webhook(request).await, Code::InvalidArgument, Some(field), "a too complex expression");
+        let status =
+            assert_status(grpc.webhooks().create_webhook(request).await, Code::InvalidArgument, Some(field), "a too complex expression");
         assert!(status.message().contains(limit), "{}", status.message());
     }
 }
@@ -300,7 +336,11 @@ async fn health_follows_redis_going_away_and_coming_back() {
     redis.kill();
     eventually(WAIT, "not ready with Redis down, yet alive", || async {
         match health_of(&service, metrics).await? {
-            (200, 503, why, NOT_SERVING, up, lag) if up == "wss_redis_up 0" && why.contains("Redis is unreachable") && lag == "wss_stream_lag -1" => Ok(()),
+            (200, 503, why, NOT_SERVING, up, lag)
+                if up == "wss_redis_up 0" && why.contains("Redis is unreachable") && lag == "wss_stream_lag -1" =>
+            {
+                Ok(())
+            }
             other => Err(format!("{other:?}")),
         }
     })

@@ -53,7 +53,11 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     assert_eq!(signers(&seen[0], &[OLD]), [0], "before the rotation: the old secret alone");
     long_receiver.wait_for_requests(1, "the first event", Recorded::delivered).await;
     let long_rotated = webhooks
-        .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: long_webhook.webhook_id.clone(), overlap: overlap(3600), ..Default::default() })
+        .rotate_webhook_secret(RotateWebhookSecretRequest {
+            webhook_id: long_webhook.webhook_id.clone(),
+            overlap: overlap(3600),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -63,7 +67,11 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
 
     // Rotate with a 4 s overlap; the new secret is shown once.
     let rotated = webhooks
-        .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: webhook.webhook_id.clone(), overlap: overlap(4), ..Default::default() })
+        .rotate_webhook_secret(RotateWebhookSecretRequest {
+            webhook_id: webhook.webhook_id.clone(),
+            overlap: overlap(4),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -89,13 +97,22 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     let overlap_end_ms = expires.seconds as u64 * 1000 + expires.nanos as u64 / 1_000_000;
     let expected = |request: &Recorded| -> Vec<usize> {
         let signed_at_ms = request.header("X-WSS-Timestamp").parse::<u64>().expect("Unix seconds") * 1000;
-        if signed_at_ms < overlap_end_ms { vec![0, 1] } else { vec![0] }
+        if signed_at_ms < overlap_end_ms {
+            vec![0, 1]
+        } else {
+            vec![0]
+        }
     };
 
     // During the overlap: new first, then old.
     ks.publish("acme", "order.created", r#"{"n":2}"#);
     let seen = receiver.wait_for_requests(2, "the second event", Recorded::delivered).await;
-    assert_eq!(signers(&seen[1], &[&new, OLD]), expected(&seen[1]), "signed at {}, overlap until {overlap_end_ms} ms", seen[1].header("X-WSS-Timestamp"));
+    assert_eq!(
+        signers(&seen[1], &[&new, OLD]),
+        expected(&seen[1]),
+        "signed at {}, overlap until {overlap_end_ms} ms",
+        seen[1].header("X-WSS-Timestamp")
+    );
 
     // Over the overlap's end (polled with a deadline: an event at a time until one is signed once).
     let deadline = Instant::now() + WAIT;
@@ -115,7 +132,8 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     // A webhook rotated with an hour's overlap is inside it for the whole test, however slow
     // the machine: every one of its requests after the first (made before its rotation)
     // carries both signatures, new first.
-    let long_seen = long_receiver.wait_for_requests(receiver.requests().len() - 1, "the long-overlap webhook's events", Recorded::delivered).await;
+    let long_seen =
+        long_receiver.wait_for_requests(receiver.requests().len() - 1, "the long-overlap webhook's events", Recorded::delivered).await;
     for request in long_seen.iter().filter(|r| r.delivered()).skip(1) {
         let signed_at_ms = request.header("X-WSS-Timestamp").parse::<u64>().expect("Unix seconds") * 1000;
         assert!(signed_at_ms < long_end_ms);
@@ -127,7 +145,11 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     // A supplied secret, switched at once; bad requests name their field.
     assert_status(
         webhooks
-            .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: webhook.webhook_id.clone(), secret: "short".into(), ..Default::default() })
+            .rotate_webhook_secret(RotateWebhookSecretRequest {
+                webhook_id: webhook.webhook_id.clone(),
+                secret: "short".into(),
+                ..Default::default()
+            })
             .await,
         Code::InvalidArgument,
         Some("secret"),
@@ -135,7 +157,11 @@ async fn rotation_signs_with_both_secrets_for_the_overlap_then_the_new_one() {
     );
     assert_status(
         webhooks
-            .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: webhook.webhook_id.clone(), overlap: overlap(8 * 86_400), ..Default::default() })
+            .rotate_webhook_secret(RotateWebhookSecretRequest {
+                webhook_id: webhook.webhook_id.clone(),
+                overlap: overlap(8 * 86_400),
+                ..Default::default()
+            })
             .await,
         Code::InvalidArgument,
         Some("overlap"),
@@ -180,7 +206,11 @@ async fn standard_webhooks_rotation_sends_both_signatures() {
     let webhook = grpc.create_webhook("acme", &receiver.url(), |w| w.signature_scheme = SignatureScheme::StandardWebhooks as i32).await;
     let rotated = grpc
         .webhooks()
-        .rotate_webhook_secret(RotateWebhookSecretRequest { webhook_id: webhook.webhook_id.clone(), overlap: overlap(600), ..Default::default() })
+        .rotate_webhook_secret(RotateWebhookSecretRequest {
+            webhook_id: webhook.webhook_id.clone(),
+            overlap: overlap(600),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

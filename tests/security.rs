@@ -20,9 +20,9 @@ use common::{assert_status, eventually, wait_until, Keyspace, Receiver, Recorded
 use secure::Authed;
 use tonic::Code;
 use wss::proto::{
-    CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest, DeleteTenantRequest, GetDeliveryRequest,
-    GetTenantRequest, ListDeliveriesRequest, ListRetryPoliciesRequest, ListTenantsRequest, ListTokensRequest,
-    ListWebhooksRequest, PublishEventRequest, RevokeTokenRequest, UpdateWebhookRequest,
+    CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest, DeleteTenantRequest, GetDeliveryRequest, GetTenantRequest,
+    ListDeliveriesRequest, ListRetryPoliciesRequest, ListTenantsRequest, ListTokensRequest, ListWebhooksRequest, PublishEventRequest,
+    RevokeTokenRequest, UpdateWebhookRequest,
 };
 
 const ADMIN: &str = "security-test-admin-token-0123456789";
@@ -84,13 +84,8 @@ async fn tenant_tokens_reach_only_their_own_tenant() {
     let listed = admin.tokens().list_tokens(ListTokensRequest::default()).await.unwrap().into_inner().tokens;
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.iter().all(|t| t.token.is_empty()), "ListTokens never shows a token: {listed:?}");
-    let only_acme = admin
-        .tokens()
-        .list_tokens(ListTokensRequest { tenant_id: "acme".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .tokens;
+    let only_acme =
+        admin.tokens().list_tokens(ListTokensRequest { tenant_id: "acme".into(), ..Default::default() }).await.unwrap().into_inner().tokens;
     assert_eq!(only_acme.iter().map(|t| t.token_id.as_str()).collect::<Vec<_>>(), [acme_token.token_id.as_str()]);
     let stored: BTreeMap<String, String> = redis::cmd("HGETALL").arg(format!("{}tokens", ks.prefix)).query(&mut ks.conn()).unwrap();
     for (id, json) in &stored {
@@ -124,7 +119,12 @@ async fn tenant_tokens_reach_only_their_own_tenant() {
     );
     assert_status(
         acme.events()
-            .publish_event(PublishEventRequest { tenant_id: "acme".into(), event_type: "x".into(), data: "{}".into(), ..Default::default() })
+            .publish_event(PublishEventRequest {
+                tenant_id: "acme".into(),
+                event_type: "x".into(),
+                data: "{}".into(),
+                ..Default::default()
+            })
             .await,
         Code::PermissionDenied,
         None,
@@ -236,20 +236,27 @@ async fn tenant_tokens_reach_only_their_own_tenant() {
     );
     assert_status(
         acme.webhooks()
-            .rotate_webhook_secret(wss::proto::RotateWebhookSecretRequest { webhook_id: globex_hook.webhook_id.clone(), ..Default::default() })
+            .rotate_webhook_secret(wss::proto::RotateWebhookSecretRequest {
+                webhook_id: globex_hook.webhook_id.clone(),
+                ..Default::default()
+            })
             .await,
         Code::PermissionDenied,
         None,
         "RotateWebhookSecret of another tenant's webhook",
     );
-    let untouched = admin.webhooks().get_webhook(wss::proto::GetWebhookRequest { webhook_id: globex_hook.webhook_id.clone() }).await.unwrap();
+    let untouched =
+        admin.webhooks().get_webhook(wss::proto::GetWebhookRequest { webhook_id: globex_hook.webhook_id.clone() }).await.unwrap();
     assert!(untouched.into_inner().enabled, "the refused update changed nothing");
     acme.webhooks()
         .update_webhook(UpdateWebhookRequest { webhook_id: own.webhook_id.clone(), description: Some("mine".into()), ..Default::default() })
         .await
         .expect("UpdateWebhook of its own");
     acme.webhooks().get_webhook(wss::proto::GetWebhookRequest { webhook_id: own.webhook_id.clone() }).await.expect("GetWebhook of its own");
-    acme.webhooks().delete_webhook(wss::proto::DeleteWebhookRequest { webhook_id: own.webhook_id.clone() }).await.expect("DeleteWebhook of its own");
+    acme.webhooks()
+        .delete_webhook(wss::proto::DeleteWebhookRequest { webhook_id: own.webhook_id.clone() })
+        .await
+        .expect("DeleteWebhook of its own");
 
     // Unknown, wrong and missing tokens: UNAUTHENTICATED, on tenant rpcs and admin rpcs alike.
     let wrong_secret = format!("{}.{}", acme_token.token_id, "A".repeat(43));
@@ -262,7 +269,12 @@ async fn tenant_tokens_reach_only_their_own_tenant() {
         ("a malformed header", Authed::raw(&channel, "Basic YWRtaW46YWRtaW4=")),
     ] {
         assert_status(who.dead_letters("").await, Code::Unauthenticated, None, &format!("ListDeadLetters with {label}"));
-        assert_status(who.tenants().list_tenants(ListTenantsRequest::default()).await, Code::Unauthenticated, None, &format!("ListTenants with {label}"));
+        assert_status(
+            who.tenants().list_tenants(ListTenantsRequest::default()).await,
+            Code::Unauthenticated,
+            None,
+            &format!("ListTenants with {label}"),
+        );
     }
 
     // Health and reflection stay open to everyone.
@@ -559,7 +571,12 @@ async fn no_secret_or_token_reaches_the_log_or_a_response() {
     let first = ks.publish("acme", "order.created", r#"{"n":1}"#);
     admin
         .events()
-        .publish_event(PublishEventRequest { tenant_id: "acme".into(), event_type: "order.paid".into(), data: r#"{"n":2}"#.into(), ..Default::default() })
+        .publish_event(PublishEventRequest {
+            tenant_id: "acme".into(),
+            event_type: "order.paid".into(),
+            data: r#"{"n":2}"#.into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     ok.wait_for_requests(4, "both events at both healthy webhooks", Recorded::delivered).await;
@@ -625,7 +642,11 @@ async fn no_secret_or_token_reaches_the_log_or_a_response() {
     assert!(listed.iter().all(|w| w.secret.is_empty()), "{listed:?}");
     let updated = admin
         .webhooks()
-        .update_webhook(UpdateWebhookRequest { webhook_id: supplied.webhook_id.clone(), description: Some("d".into()), ..Default::default() })
+        .update_webhook(UpdateWebhookRequest {
+            webhook_id: supplied.webhook_id.clone(),
+            description: Some("d".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -52,8 +52,7 @@ async fn sigterm_loses_nothing_and_a_restart_delivers_the_rest() {
     let _second = Service::start(&ks, "shutdown-consumer", &[]).await;
     let all: BTreeSet<String> = ids.iter().cloned().collect();
     wait_until(Duration::from_secs(30), "every one of the 40 events delivered at least once", || {
-        let delivered: BTreeSet<String> =
-            receiver.requests().iter().filter(|r| r.delivered()).map(|r| r.event_id().to_owned()).collect();
+        let delivered: BTreeSet<String> = receiver.requests().iter().filter(|r| r.delivered()).map(|r| r.event_id().to_owned()).collect();
         let missing: Vec<&String> = all.difference(&delivered).collect();
         if missing.is_empty() {
             Ok(())
@@ -63,8 +62,7 @@ async fn sigterm_loses_nothing_and_a_restart_delivers_the_rest() {
     })
     .await;
     wait_until(WAIT, "every entry acknowledged (XPENDING 0)", || ks.all_acknowledged_through(ids.last().unwrap())).await;
-    let unknown: Vec<String> =
-        receiver.requests().iter().map(|r| r.event_id().to_owned()).filter(|id| !all.contains(id)).collect();
+    let unknown: Vec<String> = receiver.requests().iter().map(|r| r.event_id().to_owned()).filter(|id| !all.contains(id)).collect();
     assert!(unknown.is_empty(), "requests for events never sent: {unknown:?}");
     assert_eq!(delivered_before.len(), 3, "the first instance delivered only what the receiver answered before it stopped");
 }

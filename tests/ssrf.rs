@@ -162,11 +162,11 @@ fn every_address_form_has_its_verdict() {
     assert!(wrong.is_empty(), "the SSRF matrix has {} wrong verdicts:\n  {}", wrong.len(), wrong.join("\n  "));
 
     // Holes are opened deliberately and exactly.
-    let hole = GuardedResolver {
-        policy: TargetPolicy { allow_private: false, allowed: vec!["10.20.0.0/16".parse().unwrap()] },
-        proxy: None,
-    };
-    for (host, allowed) in [("10.20.1.2", true), ("0xa.20.1.2", true), ("10.21.0.1", false), ("127.0.0.1", false), ("169.254.169.254", false)] {
+    let hole =
+        GuardedResolver { policy: TargetPolicy { allow_private: false, allowed: vec!["10.20.0.0/16".parse().unwrap()] }, proxy: None };
+    for (host, allowed) in
+        [("10.20.1.2", true), ("0xa.20.1.2", true), ("10.21.0.1", false), ("127.0.0.1", false), ("169.254.169.254", false)]
+    {
         let uri: Uri = format!("https://{host}/").parse().unwrap();
         assert_eq!(hole.resolve(&uri, &config, NextTimeout::default()).is_ok(), allowed, "{host} with 10.20.0.0/16 allowed");
     }
@@ -187,7 +187,8 @@ async fn registration_refuses_private_literals_in_any_spelling() {
     let mut wrong = Vec::new();
     for &(host, verdict, what) in MATRIX {
         let url = format!("https://{host}/hook");
-        let result = webhooks.create_webhook(CreateWebhookRequest { tenant_id: "acme".into(), url: url.clone(), ..Default::default() }).await;
+        let result =
+            webhooks.create_webhook(CreateWebhookRequest { tenant_id: "acme".into(), url: url.clone(), ..Default::default() }).await;
         match (verdict, result) {
             (Refused, Err(status)) if status.code() == Code::InvalidArgument && status.message().starts_with("url: ") => {}
             (Allowed, Ok(_)) => {}
@@ -222,7 +223,11 @@ async fn registration_refuses_private_literals_in_any_spelling() {
     }
     // Names are accepted at registration and vetted when dialled.
     webhooks
-        .create_webhook(CreateWebhookRequest { tenant_id: "acme".into(), url: "https://hooks.example.com:8443/in".into(), ..Default::default() })
+        .create_webhook(CreateWebhookRequest {
+            tenant_id: "acme".into(),
+            url: "https://hooks.example.com:8443/in".into(),
+            ..Default::default()
+        })
         .await
         .expect("a public name");
 }
@@ -279,7 +284,9 @@ async fn a_host_is_vetted_again_at_every_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_cidrs_open_exactly_their_hole_at_registration() {
     let ks = Keyspace::new("ssrf_cidrs_registration");
-    let service = Service::start(&ks, "holed", &[("WSS_ALLOW_PRIVATE_TARGETS", "false"), ("WSS_ALLOWED_TARGET_CIDRS", "10.20.0.0/16, fd00:1::/64")]).await;
+    let service =
+        Service::start(&ks, "holed", &[("WSS_ALLOW_PRIVATE_TARGETS", "false"), ("WSS_ALLOWED_TARGET_CIDRS", "10.20.0.0/16, fd00:1::/64")])
+            .await;
     let grpc = service.grpc().await;
     grpc.create_tenant("acme").await;
     for url in ["http://10.20.3.4/hook", "http://0xa.20.3.4/hook", "http://[fd00:1::5]/hook"] {
@@ -304,10 +311,13 @@ async fn allowed_cidrs_open_exactly_their_hole_at_connect() {
     let inside = Receiver::ok();
     let outside_hits = Arc::new(Mutex::new(0usize));
     let counted = outside_hits.clone();
-    let outside = Server::bind(SocketAddr::from(([127, 0, 0, 2], 0)), move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
-        *counted.lock().unwrap() += 1;
-        let _ = responder.send(Response::empty(200));
-    })
+    let outside = Server::bind(
+        SocketAddr::from(([127, 0, 0, 2], 0)),
+        move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
+            *counted.lock().unwrap() += 1;
+            let _ = responder.send(Response::empty(200));
+        },
+    )
     .expect("binding a receiver on 127.0.0.2 (all of 127/8 is loopback on Linux)");
     let outside_url = format!("http://{}/hook", outside.local_addr());
     let ids = register_all_while_lax(&ks, &[&inside.url(), &outside_url]).await;
@@ -338,12 +348,15 @@ async fn redirects_are_never_followed() {
     let location = target.url();
     let hits = Arc::new(Mutex::new(0usize));
     let counted = hits.clone();
-    let redirector = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
-        *counted.lock().unwrap() += 1;
-        let mut response = Response::empty(307);
-        response.headers.push(("Location".into(), location.clone()));
-        let _ = responder.send(response);
-    })
+    let redirector = Server::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
+            *counted.lock().unwrap() += 1;
+            let mut response = Response::empty(307);
+            response.headers.push(("Location".into(), location.clone()));
+            let _ = responder.send(response);
+        },
+    )
     .unwrap();
     let service = Service::start(&ks, "redirect", &[]).await;
     let grpc = service.grpc().await;
@@ -445,7 +458,10 @@ async fn environment_proxies_are_ignored() {
     let receiver = Receiver::ok();
     let env_proxy = ConnectProxy::start(receiver.addr);
     let env_proxy_url = format!("http://{}", env_proxy.addr);
-    let mut env: Vec<(&str, &str)> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"].iter().map(|name| (*name, env_proxy_url.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = ["HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+        .iter()
+        .map(|name| (*name, env_proxy_url.as_str()))
+        .collect();
     env.extend([("NO_PROXY", ""), ("no_proxy", "")]);
     let service = Service::start(&ks, "env-proxy", &env).await;
     let grpc = service.grpc().await;

@@ -53,7 +53,8 @@ impl Browser {
         let install = "install them with `apt-get install -y chromium chromium-driver` (Debian; .ci/run does this)";
         let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"])
             .unwrap_or_else(|| panic!("this test needs Chromium and chromedriver: no chromium on PATH; {install}"));
-        let chromedriver = find_program(&["chromedriver"]).unwrap_or_else(|| panic!("this test needs chromedriver: not on PATH; {install}"));
+        let chromedriver =
+            find_program(&["chromedriver"]).unwrap_or_else(|| panic!("this test needs chromedriver: not on PATH; {install}"));
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
@@ -249,16 +250,25 @@ async fn the_status_page_shows_a_failing_webhook_in_red_without_console_errors()
         "const d = document.querySelector('tr.detail[data-attempts=\"{}\"]'); return d ? Array.from(d.querySelectorAll('tr.attempt')).map(r => r.innerText) : null;",
         bad.webhook_id
     );
-    let shows_500 = |attempts: &Value| attempts.as_array().is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t.contains("HTTP 500"))));
+    let shows_500 =
+        |attempts: &Value| attempts.as_array().is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t.contains("HTTP 500"))));
     let updated = "return document.getElementById('updated').textContent;";
     let first = wait_until(WAIT, "the broken webhook's recent attempts under its row", || {
         let attempts = browser.script(&attempts_script)?;
-        if shows_500(&attempts) { browser.script(updated) } else { Err(format!("attempts {attempts}")) }
+        if shows_500(&attempts) {
+            browser.script(updated)
+        } else {
+            Err(format!("attempts {attempts}"))
+        }
     })
     .await;
     wait_until(WAIT, "the attempts still shown after the next refresh", || {
         let (now, attempts) = (browser.script(updated)?, browser.script(&attempts_script)?);
-        if now != first && shows_500(&attempts) { Ok(()) } else { Err(format!("updated {now}, attempts {attempts}")) }
+        if now != first && shows_500(&attempts) {
+            Ok(())
+        } else {
+            Err(format!("updated {now}, attempts {attempts}"))
+        }
     })
     .await;
 
@@ -270,11 +280,12 @@ async fn the_status_page_shows_a_failing_webhook_in_red_without_console_errors()
     println!("screenshot of the status page: {}", path.display());
 
     let console = browser.console().unwrap();
-    assert!(console.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("wss-test-probe"))), "the console is read: {console:?}");
-    let errors: Vec<&Value> = console
-        .iter()
-        .filter(|e| e["level"] == "SEVERE" && !e["message"].as_str().is_some_and(|m| m.contains("wss-test-probe")))
-        .collect();
+    assert!(
+        console.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains("wss-test-probe"))),
+        "the console is read: {console:?}"
+    );
+    let errors: Vec<&Value> =
+        console.iter().filter(|e| e["level"] == "SEVERE" && !e["message"].as_str().is_some_and(|m| m.contains("wss-test-probe"))).collect();
     assert!(errors.is_empty(), "console errors: {errors:?}");
 }
 
@@ -328,7 +339,11 @@ async fn recent_attempts_and_dead_letters_by_reason_are_served_behind_the_token(
         let (_, _, body) = http_get(addr, "/status.json", Some(TOKEN))?;
         let status: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         let reasons = status["dead_letters_by_reason"].clone();
-        if reasons["max_attempts_exhausted"] == 1 && reasons["unknown_tenant"] == 1 { Ok(reasons) } else { Err(format!("{reasons}")) }
+        if reasons["max_attempts_exhausted"] == 1 && reasons["unknown_tenant"] == 1 {
+            Ok(reasons)
+        } else {
+            Err(format!("{reasons}"))
+        }
     })
     .await;
     assert!(reasons.as_object().is_some_and(|r| r.len() == 2), "only reasons that occurred: {reasons}");

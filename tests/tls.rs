@@ -34,10 +34,7 @@ async fn tls_channel(port: u16, pki: &TestPki, client: Option<(&str, &str)>) -> 
 
 /// A channel without TLS; the connect itself may succeed, calls must not.
 async fn plaintext_channel(port: u16) -> Channel {
-    Channel::from_shared(format!("http://127.0.0.1:{port}"))
-        .expect("a valid URI")
-        .timeout(Duration::from_secs(5))
-        .connect_lazy()
+    Channel::from_shared(format!("http://127.0.0.1:{port}")).expect("a valid URI").timeout(Duration::from_secs(5)).connect_lazy()
 }
 
 async fn list_tenants(channel: &Channel) -> Result<usize, tonic::Status> {
@@ -63,9 +60,8 @@ async fn the_control_plane_speaks_tls_only_when_configured() {
     let admin = Authed::new(&channel, Some(ADMIN));
     admin.tenants().create_tenant(CreateTenantRequest { tenant_id: "acme".into(), ..Default::default() }).await.unwrap();
     assert_eq!(list_tenants(&channel).await.unwrap(), 1);
-    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await;
+    let health =
+        tonic_health::pb::health_client::HealthClient::new(channel.clone()).check(tonic_health::pb::HealthCheckRequest::default()).await;
     assert!(health.is_ok(), "health over TLS: {health:?}");
 
     let plain = plaintext_channel(port).await;

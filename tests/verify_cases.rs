@@ -43,13 +43,8 @@ fn the_rust_verifier_agrees_with_every_shared_verifier_case() {
             .collect();
         let tolerance = case.get("tolerance").or_else(|| doc.get("tolerance")).and_then(Value::as_f64).expect("tolerance");
         let now = UNIX_EPOCH + Duration::from_secs_f64(case["now"].as_f64().expect("now"));
-        let result = verify_headers(
-            text_of("secret").as_bytes(),
-            headers,
-            text_of("body").as_bytes(),
-            Duration::from_secs_f64(tolerance),
-            now,
-        );
+        let result =
+            verify_headers(text_of("secret").as_bytes(), headers, text_of("body").as_bytes(), Duration::from_secs_f64(tolerance), now);
         let (got, expected) = (reason(&result), text_of("expect"));
         if got != expected {
             failures.push(format!("{name}: expected {expected}, got {got} ({result:?})"));

@@ -65,7 +65,11 @@ async fn a_healthy_webhook_shows_its_successes_only_to_its_tenant_and_its_stats_
     receiver.wait_for_requests(4, "deliveries", Recorded::delivered).await;
     let stats = eventually(WAIT, "3 successful attempts in acme's webhook's stats", || async {
         let s = stats_of(&admin, &webhook.webhook_id).await?;
-        if s.attempts_succeeded == 3 && s.in_flight == 0 { Ok(s) } else { Err(format!("{s:?}")) }
+        if s.attempts_succeeded == 3 && s.in_flight == 0 {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     assert_eq!(stats.success_rate, Some(1.0));
@@ -97,7 +101,11 @@ async fn a_healthy_webhook_shows_its_successes_only_to_its_tenant_and_its_stats_
     assert!(!denied.message().contains("globex"), "the refusal does not say whose it is: {}", denied.message());
     eventually(WAIT, "globex's webhook's success in its stats", || async {
         let s = stats_of(&admin, &theirs.webhook_id).await?;
-        if s.tenant_id == "globex" && s.attempts_succeeded == 1 { Ok(()) } else { Err(format!("{s:?}")) }
+        if s.tenant_id == "globex" && s.attempts_succeeded == 1 {
+            Ok(())
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
 
@@ -140,7 +148,11 @@ async fn a_failing_webhook_shows_its_failures_open_circuit_dead_letters_and_wait
     let stats = eventually(WAIT, "3 failed attempts, an open circuit and a dead letter", || async {
         let s = stats_of(&admin, &webhook.webhook_id).await?;
         let open = s.circuit_state == CircuitState::Open as i32;
-        if s.attempts_failed >= 3 && open && s.dead_letters >= 1 && s.last_circuit_change.is_some() { Ok(s) } else { Err(format!("{s:?}")) }
+        if s.attempts_failed >= 3 && open && s.dead_letters >= 1 && s.last_circuit_change.is_some() {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
     })
     .await;
     assert_eq!(stats.attempts_succeeded, 0);

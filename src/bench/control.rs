@@ -9,8 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context;
 use tonic::transport::Channel;
 use wss::proto::{
-    tenant_service_client::TenantServiceClient,
-    webhook_service_client::WebhookServiceClient, CreateTenantRequest, CreateWebhookRequest,
+    tenant_service_client::TenantServiceClient, webhook_service_client::WebhookServiceClient, CreateTenantRequest, CreateWebhookRequest,
 };
 
 use super::receiver::{secret_of, Receiver};
@@ -43,9 +42,11 @@ impl Control {
         self.runtime.block_on(async {
             for i in 0..count {
                 let tenant_id = format!("t{i}");
-                let tenant = CreateTenantRequest { tenant_id: tenant_id.clone(), default_retry_policy_id: policy.into(), ..Default::default() };
+                let tenant =
+                    CreateTenantRequest { tenant_id: tenant_id.clone(), default_retry_policy_id: policy.into(), ..Default::default() };
                 tenants.create_tenant(tenant).await.with_context(|| format!("CreateTenant {tenant_id}"))?;
-                let webhook = CreateWebhookRequest { tenant_id: tenant_id.clone(), url: url_of(i), secret: secret_of(i), ..Default::default() };
+                let webhook =
+                    CreateWebhookRequest { tenant_id: tenant_id.clone(), url: url_of(i), secret: secret_of(i), ..Default::default() };
                 webhooks.create_webhook(webhook).await.with_context(|| format!("CreateWebhook for {tenant_id}"))?;
             }
             Ok(())

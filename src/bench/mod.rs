@@ -580,7 +580,8 @@ fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut 
     let mut latencies = fast.stats.take_latencies();
     redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &last, STALL)?;
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
     (report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
     report.latency_rate_per_sec = rate;
     report.latency_samples = latencies.len() as u64;
@@ -636,7 +637,11 @@ fn slow_receivers(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result
     report.slow_receiver_rss_mib = b.max_rss_mib;
     progress(format_args!("  {:.0} deliveries/s, RSS up to {:.1} MiB", b.per_sec, b.max_rss_mib));
     report.signatures_verified += slow.stats.verified();
-    anyhow::ensure!(slow.stats.bad_signatures() == 0, "{} sampled requests to the slow receiver had a bad signature", slow.stats.bad_signatures());
+    anyhow::ensure!(
+        slow.stats.bad_signatures() == 0,
+        "{} sampled requests to the slow receiver had a bad signature",
+        slow.stats.bad_signatures()
+    );
     Ok(())
 }
 
@@ -684,13 +689,20 @@ fn isolation(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> 
             with_hanging.push(run_hanging()?);
             baseline.push(run_baseline()?);
         }
-        progress(format_args!("  round {round}: {:.0} deliveries/s to the 99 all healthy, {:.0} beside the hanging one", baseline[round], with_hanging[round]));
+        progress(format_args!(
+            "  round {round}: {:.0} deliveries/s to the 99 all healthy, {:.0} beside the hanging one",
+            baseline[round], with_hanging[round]
+        ));
     }
     // Without requests to the hanging receiver the second run measured nothing of interest.
     report.isolation_hanging_requests = hanging.stats.received();
     anyhow::ensure!(report.isolation_hanging_requests > 0, "the hanging webhook got no request: the isolation run measured nothing");
     report.signatures_verified += healthy.stats.verified();
-    anyhow::ensure!(healthy.stats.bad_signatures() == 0, "{} sampled requests in the isolation runs had a bad signature", healthy.stats.bad_signatures());
+    anyhow::ensure!(
+        healthy.stats.bad_signatures() == 0,
+        "{} sampled requests in the isolation runs had a bad signature",
+        healthy.stats.bad_signatures()
+    );
     report.isolation_events = events;
     report.isolation_baseline_per_sec = median(&mut baseline);
     report.isolation_hanging_per_sec = median(&mut with_hanging);
@@ -726,9 +738,8 @@ fn isolation_run(plan: &Plan, env: &Env, name: &str, healthy: &Receiver, last: &
     let mut con = scn.redis()?;
     let stream = scn.keys.events.clone();
     let start = Instant::now();
-    let publisher = thread::Builder::new()
-        .name("bench-publish".into())
-        .spawn(move || redis::publish(&mut con, &stream, &shape, 0, events))?;
+    let publisher =
+        thread::Builder::new().name("bench-publish".into()).spawn(move || redis::publish(&mut con, &stream, &shape, 0, events))?;
     wait_for_receipts(&mut scn, healthy, target)?;
     let elapsed = healthy.stats.last_receipt().saturating_duration_since(start);
     publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
@@ -809,7 +820,8 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     wait_for_receipts(&mut scn, &neighbour, target + sent)?;
     let mut latencies = neighbour.stats.take_latencies();
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
     (report.neighbor_p50_ms, report.neighbor_p99_ms) = (pct(0.5), pct(0.99));
     report.neighbor_events = latencies.len() as u64;
     report.backlog_rss_mib = scn.service.peak_rss_mib()?;
@@ -818,7 +830,11 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
         "  neighbour p50 {:.1} ms, p99 {:.1} ms over {} events, with {still} deliveries still in the backlog; service peak RSS {:.1} MiB",
         report.neighbor_p50_ms, report.neighbor_p99_ms, report.neighbor_events, report.backlog_rss_mib
     ));
-    anyhow::ensure!(neighbour.stats.bad_signatures() == 0, "{} sampled requests to the neighbour had a bad signature", neighbour.stats.bad_signatures());
+    anyhow::ensure!(
+        neighbour.stats.bad_signatures() == 0,
+        "{} sampled requests to the neighbour had a bad signature",
+        neighbour.stats.bad_signatures()
+    );
     report.signatures_verified += neighbour.stats.verified() + slow.stats.verified();
     Ok(())
 }
@@ -827,14 +843,14 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
 fn table(r: &Report) -> String {
     let mut out = String::new();
     let rows: Vec<(String, String, &str)> = vec![
-        (format!("throughput ({} events, {} webhooks, {} B bodies)", r.events, r.webhooks, r.body_bytes), format!("{:.0} /s", r.deliveries_per_sec), ""),
-        (format!("raw HTTP limit (same client, {} threads)", r.sender_threads), format!("{:.0} /s", r.raw_per_sec), ""),
-        ("ratio".into(), format!("{:.2}", r.ratio), "≥ 0.70"),
         (
-            format!("HTTPS throughput (private CA, {} TLS connections)", r.https_connections),
-            format!("{:.0} /s", r.https_per_sec),
+            format!("throughput ({} events, {} webhooks, {} B bodies)", r.events, r.webhooks, r.body_bytes),
+            format!("{:.0} /s", r.deliveries_per_sec),
             "",
         ),
+        (format!("raw HTTP limit (same client, {} threads)", r.sender_threads), format!("{:.0} /s", r.raw_per_sec), ""),
+        ("ratio".into(), format!("{:.2}", r.ratio), "≥ 0.70"),
+        (format!("HTTPS throughput (private CA, {} TLS connections)", r.https_connections), format!("{:.0} /s", r.https_per_sec), ""),
         (
             format!("latency p50 / p90 / p99 / max at {:.0} /s", r.latency_rate_per_sec),
             format!("{:.1} / {:.1} / {:.1} / {:.1} ms", r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms),
@@ -844,11 +860,19 @@ fn table(r: &Report) -> String {
         ("  RSS during that run".into(), format!("{:.1} MiB", r.slow_receiver_rss_mib), "≤ 128 MiB"),
         ("peak RSS (throughput and latency runs)".into(), format!("{:.1} MiB", r.peak_rss_mib), ""),
         (format!("idle RSS, {} tenants × 10 webhooks", r.idle_tenants), format!("{:.1} MiB", r.idle_rss_mib_10k_webhooks), "≤ 64 MiB"),
-        (format!("backlog: neighbour p99 beside {} waiting deliveries", r.backlog_waiting), format!("{:.1} ms", r.neighbor_p99_ms), "≤ 1,000 ms"),
+        (
+            format!("backlog: neighbour p99 beside {} waiting deliveries", r.backlog_waiting),
+            format!("{:.1} ms", r.neighbor_p99_ms),
+            "≤ 1,000 ms",
+        ),
         ("  service peak RSS over the part".into(), format!("{:.1} MiB", r.backlog_rss_mib), "≤ 128 MiB"),
         ("  Redis per waiting delivery".into(), format!("{:.0} B", r.redis_bytes_per_waiting_delivery), ""),
         ("  hand-off rate (events into the backlog)".into(), format!("{:.0} /s", r.backlog_fill_per_sec), ""),
-        (format!("isolation: 99 of 100 webhooks, all healthy ({} events)", r.isolation_events), format!("{:.0} /s", r.isolation_baseline_per_sec), ""),
+        (
+            format!("isolation: 99 of 100 webhooks, all healthy ({} events)", r.isolation_events),
+            format!("{:.0} /s", r.isolation_baseline_per_sec),
+            "",
+        ),
         ("  the same 99 beside one that never answers".into(), format!("{:.0} /s", r.isolation_hanging_per_sec), ""),
         ("  ratio".into(), format!("{:.2}", r.isolation_ratio), "≥ 0.9"),
     ];
@@ -871,7 +895,14 @@ fn table(r: &Report) -> String {
     }
     let width = rows.iter().map(|(l, _, _)| l.chars().count()).max().unwrap_or(0);
     let value_width = rows.iter().map(|(_, v, _)| v.chars().count()).max().unwrap_or(0);
-    let _ = writeln!(out, "wss bench — {} CPUs, load {} before, {} after{}", r.cpus, r.load_before, r.load_after, if r.quick { " (--quick: figures mean little)" } else { "" });
+    let _ = writeln!(
+        out,
+        "wss bench — {} CPUs, load {} before, {} after{}",
+        r.cpus,
+        r.load_before,
+        r.load_after,
+        if r.quick { " (--quick: figures mean little)" } else { "" }
+    );
     let _ = writeln!(out, "{:width$}  {:>value_width$}  target", "measure", "value");
     for (label, value, target) in rows {
         let pad = width - label.chars().count();

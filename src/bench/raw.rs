@@ -67,7 +67,8 @@ pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, 
     let go = Arc::new(std::sync::Barrier::new(threads + 1));
     let mut workers = Vec::with_capacity(threads);
     for _ in 0..threads {
-        let (agent, prepared, next, failed, warm, go) = (agent.clone(), prepared.clone(), next.clone(), failed.clone(), warm.clone(), go.clone());
+        let (agent, prepared, next, failed, warm, go) =
+            (agent.clone(), prepared.clone(), next.clone(), failed.clone(), warm.clone(), go.clone());
         workers.push(thread::Builder::new().name("bench-raw".into()).spawn(move || {
             // Warm-up: one request each, so that every thread has its connection.
             post(&agent, &prepared[0]).unwrap_or_else(|_| {
@@ -102,7 +103,8 @@ pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, 
 
 /// One POST, made as `wss`'s sender makes it.
 fn post(agent: &Agent, prepared: &Prepared) -> anyhow::Result<()> {
-    let mut request = agent.post(&prepared.url).config().timeout_global(Some(ATTEMPT_TIMEOUT)).timeout_connect(Some(ATTEMPT_TIMEOUT)).build();
+    let mut request =
+        agent.post(&prepared.url).config().timeout_global(Some(ATTEMPT_TIMEOUT)).timeout_connect(Some(ATTEMPT_TIMEOUT)).build();
     for (name, value) in &prepared.headers {
         request = request.header(*name, value);
     }

@@ -182,7 +182,13 @@ fn publish_batch(con: &mut Connection, stream: &str, shape: &EventShape, first: 
 /// Publishes open-loop at `rate` events per second for `duration`: every millisecond it sends
 /// as many as are due, whether or not the earlier ones were delivered. Returns the number sent
 /// and the last entry id.
-pub fn publish_at_rate(con: &mut Connection, stream: &str, shape: &EventShape, rate: f64, duration: Duration) -> anyhow::Result<(u64, String)> {
+pub fn publish_at_rate(
+    con: &mut Connection,
+    stream: &str,
+    shape: &EventShape,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(u64, String)> {
     let start = Instant::now();
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let mut sent = 0u64;

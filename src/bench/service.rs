@@ -39,7 +39,14 @@ pub struct Service {
 impl Service {
     /// Starts `wss serve` and waits until its control plane listens and its pipeline reads.
     /// `wrap` (a profiler, say) runs the service when not empty.
-    pub fn start(wrap: &[String], settings: &Path, redis_url: &str, prefix: &str, consumer: &str, extra: &[(&str, String)]) -> anyhow::Result<Self> {
+    pub fn start(
+        wrap: &[String],
+        settings: &Path,
+        redis_url: &str,
+        prefix: &str,
+        consumer: &str,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         // `/proc/self/exe` rather than its path: the very binary running, even when a build has
         // replaced the file meanwhile. (A wrapper needs the path: for it, /proc/self is itself.)
         let exe = match Path::new("/proc/self/exe").exists() && wrap.is_empty() {
@@ -195,7 +202,10 @@ impl Drop for Service {
                 thread::sleep(Duration::from_millis(100));
             }
             if matches!(self.child.try_wait(), Ok(None)) {
-                eprintln!("bench: the wrapped service did not exit within 5 minutes of SIGINT; killing it. Its last lines:\n{}", self.tail());
+                eprintln!(
+                    "bench: the wrapped service did not exit within 5 minutes of SIGINT; killing it. Its last lines:\n{}",
+                    self.tail()
+                );
             }
         }
         let _ = self.child.kill();

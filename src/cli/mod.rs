@@ -38,8 +38,8 @@ use tonic::{
 };
 use wss::proto::{
     delivery_service_client::DeliveryServiceClient, event_service_client::EventServiceClient, redeliver_dead_letter_request::Target,
-    retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient, token_service_client::TokenServiceClient,
-    webhook_service_client::WebhookServiceClient, *,
+    retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
+    token_service_client::TokenServiceClient, webhook_service_client::WebhookServiceClient, *,
 };
 
 /// The admin commands, flattened into `wss`'s own.
@@ -643,7 +643,9 @@ async fn connect(conn: &Conn) -> anyhow::Result<Clients> {
     let bearer = match &conn.token {
         None => Bearer(None),
         Some(token) => Bearer(Some(
-            format!("Bearer {}", token.trim()).parse().map_err(|_| anyhow::anyhow!("--token / WSS_TOKEN holds characters a header cannot carry"))?,
+            format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--token / WSS_TOKEN holds characters a header cannot carry"))?,
         )),
     };
     let svc = || InterceptedService::new(channel.clone(), bearer.clone());
@@ -691,7 +693,9 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
             let request = CreateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled };
             Printed::one(&render::tenant(&c.tenants.create_tenant(request).await?.into_inner()))
         }
-        TenantVerb::Get { tenant_id } => Printed::one(&render::tenant(&c.tenants.get_tenant(GetTenantRequest { tenant_id }).await?.into_inner())),
+        TenantVerb::Get { tenant_id } => {
+            Printed::one(&render::tenant(&c.tenants.get_tenant(GetTenantRequest { tenant_id }).await?.into_inner()))
+        }
         TenantVerb::List(paging) => {
             let (items, next) = pages(&paging, |page_size, page_token| {
                 let mut client = c.tenants.clone();
@@ -709,7 +713,10 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
         }
         TenantVerb::Delete { tenant_id } => {
             let r = c.tenants.delete_tenant(DeleteTenantRequest { tenant_id: tenant_id.clone() }).await?.into_inner();
-            done(serde_json::json!({ "deleted_webhooks": r.deleted_webhooks }), format!("deleted tenant {tenant_id} and its {} webhook(s)", r.deleted_webhooks))
+            done(
+                serde_json::json!({ "deleted_webhooks": r.deleted_webhooks }),
+                format!("deleted tenant {tenant_id} and its {} webhook(s)", r.deleted_webhooks),
+            )
         }
     })
 }
@@ -717,7 +724,19 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
 async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> {
     const COLUMNS: &[&str] = &["webhook_id", "tenant_id", "url", "event_types", "enabled", "disabled_reason", "description"];
     Ok(match verb {
-        WebhookVerb::Create { tenant, url, event_types, filter, transform, retry_policy, headers, description, disabled, scheme, secret } => {
+        WebhookVerb::Create {
+            tenant,
+            url,
+            event_types,
+            filter,
+            transform,
+            retry_policy,
+            headers,
+            description,
+            disabled,
+            scheme,
+            secret,
+        } => {
             // `..Default::default()`: fields this CLI has no flag for stay unset (newer servers
             // may have more); the secret is set after, so that the literal never names them all.
             let mut request = CreateWebhookRequest {
@@ -739,7 +758,9 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             request.secret = secret;
             Printed::one(&render::webhook(&c.webhooks.create_webhook(request).await?.into_inner()))
         }
-        WebhookVerb::Get { webhook_id } => Printed::one(&render::webhook(&c.webhooks.get_webhook(GetWebhookRequest { webhook_id }).await?.into_inner())),
+        WebhookVerb::Get { webhook_id } => {
+            Printed::one(&render::webhook(&c.webhooks.get_webhook(GetWebhookRequest { webhook_id }).await?.into_inner()))
+        }
         WebhookVerb::List { tenant, paging } => {
             let (items, next) = pages(&paging, |page_size, page_token| {
                 let mut client = c.webhooks.clone();
@@ -810,7 +831,9 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
             };
             Printed::one(&render::policy(&c.policies.create_retry_policy(request).await?.into_inner()))
         }
-        PolicyVerb::Get { policy_id } => Printed::one(&render::policy(&c.policies.get_retry_policy(GetRetryPolicyRequest { policy_id }).await?.into_inner())),
+        PolicyVerb::Get { policy_id } => {
+            Printed::one(&render::policy(&c.policies.get_retry_policy(GetRetryPolicyRequest { policy_id }).await?.into_inner()))
+        }
         PolicyVerb::List(paging) => {
             let (items, next) = pages(&paging, |page_size, page_token| {
                 let mut client = c.policies.clone();
@@ -866,7 +889,8 @@ async fn token(mut c: Clients, verb: TokenVerb) -> Result<Printed, Failure> {
 }
 
 async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure> {
-    const COLUMNS: &[&str] = &["delivery_id", "tenant_id", "webhook_id", "event_id", "event_type", "status", "attempt_count", "last_status_code", "updated_at"];
+    const COLUMNS: &[&str] =
+        &["delivery_id", "tenant_id", "webhook_id", "event_id", "event_type", "status", "attempt_count", "last_status_code", "updated_at"];
     Ok(match verb {
         DeliveryVerb::List { tenant, webhook, event, status, after, before, paging } => {
             let status = match status {
@@ -895,7 +919,9 @@ async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure
             .await?;
             page("deliveries", items.iter().map(render::delivery).collect(), COLUMNS, &next)
         }
-        DeliveryVerb::Get { delivery_id } => Printed::one(&render::delivery(&c.deliveries.get_delivery(GetDeliveryRequest { delivery_id }).await?.into_inner())),
+        DeliveryVerb::Get { delivery_id } => {
+            Printed::one(&render::delivery(&c.deliveries.get_delivery(GetDeliveryRequest { delivery_id }).await?.into_inner()))
+        }
     })
 }
 
@@ -956,12 +982,10 @@ async fn event(mut c: Clients, verb: EventVerb) -> Result<Printed, Failure> {
                 }
                 Some(text) => text.to_owned(),
             };
-            let request = PublishEventRequest { tenant_id: tenant, event_type, data, event_id: id, attributes: attributes.into_iter().collect() };
+            let request =
+                PublishEventRequest { tenant_id: tenant, event_type, data, event_id: id, attributes: attributes.into_iter().collect() };
             let r = c.events.publish_event(request).await?.into_inner();
-            let record = Record(vec![
-                ("stream_entry_id", r.stream_entry_id.clone().into()),
-                ("event_id", r.event_id.clone().into()),
-            ]);
+            let record = Record(vec![("stream_entry_id", r.stream_entry_id.clone().into()), ("event_id", r.event_id.clone().into())]);
             Ok(Printed::one(&record))
         }
     }
@@ -972,7 +996,13 @@ fn config_check(file: &std::path::Path) -> ExitCode {
     match wss::config::Layers::new().file(file).build() {
         Ok(config) => {
             println!("{}: valid", file.display());
-            println!("  redis_url {}, key prefix {:?}, control plane {}, {} sender threads", wss::redis_conn::redact_url(&config.redis_url), config.key_prefix, config.grpc_addr, config.sender_threads);
+            println!(
+                "  redis_url {}, key prefix {:?}, control plane {}, {} sender threads",
+                wss::redis_conn::redact_url(&config.redis_url),
+                config.key_prefix,
+                config.grpc_addr,
+                config.sender_threads
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -67,7 +67,9 @@ pub fn cell(value: &Value) -> String {
         Value::String(s) if s.is_empty() => "-".into(),
         Value::String(s) => s.clone(),
         Value::Array(items) if items.is_empty() => "-".into(),
-        Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Array(items) if items.iter().all(|v| !v.is_object() && !v.is_array()) => {
+            items.iter().map(cell).collect::<Vec<_>>().join(",")
+        }
         Value::Object(map) if map.is_empty() => "-".into(),
         other => other.to_string(),
     }
@@ -75,11 +77,11 @@ pub fn cell(value: &Value) -> String {
 
 /// Aligned columns with an upper-case header; the last column is not padded.
 pub fn columns_table(records: &[Record], columns: &[&str]) -> String {
-    let rows: Vec<Vec<String>> = records.iter().map(|r| columns.iter().map(|c| r.get(c).map_or_else(|| "-".into(), cell)).collect()).collect();
+    let rows: Vec<Vec<String>> =
+        records.iter().map(|r| columns.iter().map(|c| r.get(c).map_or_else(|| "-".into(), cell)).collect()).collect();
     let header: Vec<String> = columns.iter().map(|c| c.to_uppercase()).collect();
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> =
+        (0..columns.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
@@ -136,7 +138,11 @@ pub fn time(ts: Option<&prost_types::Timestamp>) -> Value {
             match u64::try_from(ts.seconds) {
                 Ok(secs) => {
                     let at = UNIX_EPOCH + Duration::new(secs, nanos);
-                    let text = if nanos == 0 { humantime::format_rfc3339_seconds(at).to_string() } else { humantime::format_rfc3339_millis(at).to_string() };
+                    let text = if nanos == 0 {
+                        humantime::format_rfc3339_seconds(at).to_string()
+                    } else {
+                        humantime::format_rfc3339_millis(at).to_string()
+                    };
                     Value::String(text)
                 }
                 Err(_) => Value::String(format!("{}s before 1970", -ts.seconds)),
@@ -175,7 +181,8 @@ pub fn tenant(t: &Tenant) -> Record {
 }
 
 pub fn webhook(w: &Webhook) -> Record {
-    let scheme = SignatureScheme::try_from(w.signature_scheme).map_or_else(|_| Value::from(w.signature_scheme), |s| enum_name(s.as_str_name(), "SIGNATURE_SCHEME_"));
+    let scheme = SignatureScheme::try_from(w.signature_scheme)
+        .map_or_else(|_| Value::from(w.signature_scheme), |s| enum_name(s.as_str_name(), "SIGNATURE_SCHEME_"));
     let mut record = Record::default()
         .with("webhook_id", w.webhook_id.clone())
         .with("tenant_id", w.tenant_id.clone())
@@ -235,7 +242,8 @@ pub fn attempt(a: &Attempt) -> Value {
 }
 
 pub fn delivery(d: &Delivery) -> Record {
-    let status = DeliveryStatus::try_from(d.status).map_or_else(|_| Value::from(d.status), |s| enum_name(s.as_str_name(), "DELIVERY_STATUS_"));
+    let status =
+        DeliveryStatus::try_from(d.status).map_or_else(|_| Value::from(d.status), |s| enum_name(s.as_str_name(), "DELIVERY_STATUS_"));
     let last = d.attempts.last();
     Record::default()
         .with("delivery_id", d.delivery_id.clone())
@@ -322,8 +330,11 @@ pub fn redelivered(r: &RedeliverDeadLetterResponse) -> Printed {
                 .with("webhook_id", x.webhook_id.clone())
         })
         .collect();
-    let skipped: Vec<Record> =
-        r.skipped.iter().map(|x| Record::default().with("dead_letter_id", x.dead_letter_id.clone()).with("reason", x.reason.clone())).collect();
+    let skipped: Vec<Record> = r
+        .skipped
+        .iter()
+        .map(|x| Record::default().with("dead_letter_id", x.dead_letter_id.clone()).with("reason", x.reason.clone()))
+        .collect();
     let json = json!({
         "redelivered": sent.iter().map(Record::to_json).collect::<Vec<_>>(),
         "skipped": skipped.iter().map(Record::to_json).collect::<Vec<_>>(),
@@ -338,7 +349,8 @@ pub fn redelivered(r: &RedeliverDeadLetterResponse) -> Printed {
         table.push_str(&format!("skipped {} (they stay):\n", skipped.len()));
         table.push_str(&columns_table(&skipped, &["dead_letter_id", "reason"]));
     }
-    let note = (!r.next_page_token.is_empty()).then(|| format!("more may match: run again with --page-token {} (or --all)", r.next_page_token));
+    let note =
+        (!r.next_page_token.is_empty()).then(|| format!("more may match: run again with --page-token {} (or --all)", r.next_page_token));
     Printed { json, table, note }
 }
 
@@ -366,7 +378,8 @@ mod tests {
 
     #[test]
     fn a_page_in_json_keeps_the_response_shape() {
-        let printed = Printed::page("tenants", &[tenant(&Tenant { tenant_id: "acme".into(), ..Default::default() })], &["tenant_id"], "next");
+        let printed =
+            Printed::page("tenants", &[tenant(&Tenant { tenant_id: "acme".into(), ..Default::default() })], &["tenant_id"], "next");
         assert_eq!(printed.json["tenants"][0]["tenant_id"], "acme");
         assert_eq!(printed.json["tenants"][0]["created_at"], Value::Null);
         assert_eq!(printed.json["next_page_token"], "next");

@@ -187,10 +187,7 @@ impl RetryPolicy {
 
 fn check_range(field: &'static str, value: Duration, min: Duration, max: Duration) -> Result<(), DomainError> {
     if value < min || value > max {
-        return Err(invalid(
-            field,
-            format!("must be between {} and {}", humantime::format_duration(min), humantime::format_duration(max)),
-        ));
+        return Err(invalid(field, format!("must be between {} and {}", humantime::format_duration(min), humantime::format_duration(max))));
     }
     Ok(())
 }
@@ -231,15 +228,11 @@ pub fn validate_url(value: &str, allow_http: bool) -> Result<(), DomainError> {
     if value.len() > MAX_URL_LEN {
         return Err(invalid(FIELD, format!("is {} bytes long; at most {MAX_URL_LEN} are allowed", value.len())));
     }
-    let uri: ureq::http::Uri = value
-        .parse()
-        .map_err(|e| invalid(FIELD, format!("{value:?} is not a valid URL: {e}")))?;
+    let uri: ureq::http::Uri = value.parse().map_err(|e| invalid(FIELD, format!("{value:?} is not a valid URL: {e}")))?;
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if allow_http => {}
-        Some("http") => {
-            return Err(invalid(FIELD, "http:// URLs are refused; use https:// (or start wss with WSS_ALLOW_HTTP=true)"))
-        }
+        Some("http") => return Err(invalid(FIELD, "http:// URLs are refused; use https:// (or start wss with WSS_ALLOW_HTTP=true)")),
         _ => return Err(invalid(FIELD, format!("{value:?} must start with https://"))),
     }
     let Some(authority) = uri.authority() else {
@@ -254,7 +247,10 @@ pub fn validate_url(value: &str, allow_http: bool) -> Result<(), DomainError> {
     // An IPv6 zone id (`[fe80::1%25eth0]`) names an interface of this machine, not an address:
     // nothing a receiver could be.
     if authority.host().starts_with('[') && authority.host().contains('%') {
-        return Err(invalid(FIELD, "an IPv6 address with a zone id (%25…) names a local interface and cannot be a webhook target; give the address alone"));
+        return Err(invalid(
+            FIELD,
+            "an IPv6 address with a zone id (%25…) names a local interface and cannot be a webhook target; give the address alone",
+        ));
     }
     // The port as written (`Authority::port` hides one that does not fit in 16 bits).
     let after_host = authority.as_str().rsplit_once(']').map_or(authority.as_str(), |(_, rest)| rest);
@@ -274,10 +270,7 @@ fn is_reserved_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.starts_with("x-wss-")
         || lower.starts_with("webhook-")
-        || matches!(
-            lower.as_str(),
-            "host" | "content-length" | "content-type" | "transfer-encoding" | "connection" | "user-agent"
-        )
+        || matches!(lower.as_str(), "host" | "content-length" | "content-type" | "transfer-encoding" | "connection" | "user-agent")
 }
 
 pub fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), DomainError> {
@@ -305,9 +298,7 @@ pub fn validate_event_types(patterns: &[String]) -> Result<(), DomainError> {
         return Err(invalid(FIELD, format!("has {} patterns; at most {MAX_EVENT_TYPES} are allowed", patterns.len())));
     }
     for pattern in patterns {
-        let ok = !pattern.is_empty()
-            && pattern.len() <= 256
-            && pattern.bytes().all(|b| b.is_ascii_graphic());
+        let ok = !pattern.is_empty() && pattern.len() <= 256 && pattern.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
             return Err(invalid(
                 FIELD,

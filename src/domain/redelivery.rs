@@ -139,7 +139,8 @@ impl Redeliverer<'_> {
     /// redelivered meanwhile (`NOT_FOUND`).
     pub fn one(&self, record: &DeadLetter) -> Result<Redelivered, DomainError> {
         let routing = self.fresh_routing()?;
-        self.send(&routing, record)?.map_err(|why| DomainError::FailedPrecondition(format!("dead letter {:?} cannot be redelivered: {why}", record.id)))
+        self.send(&routing, record)?
+            .map_err(|why| DomainError::FailedPrecondition(format!("dead letter {:?} cannot be redelivered: {why}", record.id)))
     }
 
     /// Sends again up to `limit` records matching `filter`, oldest first, after `token`.
@@ -200,7 +201,12 @@ impl Redeliverer<'_> {
         let event_id = fields.iter().find(|(k, _)| k == b"id").map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         log::info!(target: "wss::grpc", tenant = record.tenant_id.as_str(), webhook = record.webhook_id.as_str(), event_id = event_id.as_str(), outcome = "redelivered";
             "dead letter {} ({}) redelivered as stream entry {entry_id}", record.id, record.reason);
-        Ok(Ok(Redelivered { dead_letter_id: record.id.clone(), event_id, stream_entry_id: entry_id, webhook_id: record.webhook_id.clone() }))
+        Ok(Ok(Redelivered {
+            dead_letter_id: record.id.clone(),
+            event_id,
+            stream_entry_id: entry_id,
+            webhook_id: record.webhook_id.clone(),
+        }))
     }
 }
 
@@ -223,14 +229,24 @@ mod tests {
     fn filters_match_every_part_that_is_set() {
         let r = record("1000-0", "acme", "wh_1", Reason::MaxAttemptsExhausted, 1000);
         assert!(Filter::default().matches(&r));
-        assert!(Filter { tenant_id: "acme".into(), webhook_id: "wh_1".into(), reason: Some(Reason::MaxAttemptsExhausted), after_ms: Some(1000), before_ms: Some(1001) }.matches(&r));
+        assert!(Filter {
+            tenant_id: "acme".into(),
+            webhook_id: "wh_1".into(),
+            reason: Some(Reason::MaxAttemptsExhausted),
+            after_ms: Some(1000),
+            before_ms: Some(1001)
+        }
+        .matches(&r));
         assert!(!Filter { tenant_id: "globex".into(), ..Default::default() }.matches(&r));
         assert!(!Filter { webhook_id: "wh_2".into(), ..Default::default() }.matches(&r));
         assert!(!Filter { reason: Some(Reason::Gone), ..Default::default() }.matches(&r));
         assert!(!Filter { after_ms: Some(1001), ..Default::default() }.matches(&r));
         assert!(!Filter { before_ms: Some(1000), ..Default::default() }.matches(&r), "before is exclusive");
         let late_write = DeadLetter { dead_lettered_at_ms: 990, ..r };
-        assert!(Filter { after_ms: Some(1000), ..Default::default() }.matches(&late_write), "the record's id time decides, as in the range");
+        assert!(
+            Filter { after_ms: Some(1000), ..Default::default() }.matches(&late_write),
+            "the record's id time decides, as in the range"
+        );
     }
 
     #[test]

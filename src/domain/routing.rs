@@ -44,7 +44,11 @@ pub enum RouteSigner {
     /// A secret being rotated (SPEC.md §3): every request is signed with `current` first, then —
     /// until `until_ms` (Unix milliseconds), checked at signing time — with `previous` too.
     /// Both are of the webhook's one scheme; neither is itself `Rotating`.
-    Rotating { current: Box<RouteSigner>, previous: Box<RouteSigner>, until_ms: u64 },
+    Rotating {
+        current: Box<RouteSigner>,
+        previous: Box<RouteSigner>,
+        until_ms: u64,
+    },
 }
 
 impl RouteSigner {
@@ -367,7 +371,8 @@ mod tests {
 
     #[test]
     fn a_rebuild_reuses_unchanged_programs_and_compiles_changed_ones() {
-        let first = Routing::build(everything(&[("wh_a", "event.type == 'a'"), ("wh_b", "event.type == 'b'"), ("wh_c", "")]), &Routing::default());
+        let first =
+            Routing::build(everything(&[("wh_a", "event.type == 'a'"), ("wh_b", "event.type == 'b'"), ("wh_c", "")]), &Routing::default());
         assert!(filter_of(&first, "wh_c").is_none());
         let second = Routing::build(everything(&[("wh_a", "event.type == 'a'"), ("wh_b", "event.type == 'B'"), ("wh_c", "")]), &first);
         let (Some(Ok(a1)), Some(Ok(a2))) = (filter_of(&first, "wh_a"), filter_of(&second, "wh_a")) else { panic!("wh_a compiles") };

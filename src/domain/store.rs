@@ -217,10 +217,7 @@ impl Store {
 
     /// Runs `f` on the shared connection, connecting first when there is none. A Redis error
     /// drops the connection so that the next call starts afresh.
-    fn with_conn<T>(
-        &self,
-        f: impl FnOnce(&mut Connection, &Keys) -> Result<T, DomainError>,
-    ) -> Result<T, DomainError> {
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection, &Keys) -> Result<T, DomainError>) -> Result<T, DomainError> {
         let mut guard = self.conn.lock();
         if guard.is_none() {
             let conn = self.target.connect_once(Duration::from_secs(2)).map_err(|e| self.unavailable(e))?;
@@ -242,10 +239,7 @@ impl Store {
     /// tokens): `check` reads what it needs and queues its writes on the pipeline (or refuses);
     /// the version bump is added here. Retried from the start when another writer changed a
     /// watched key meanwhile.
-    fn mutate<T>(
-        &self,
-        mut check: impl FnMut(&mut Connection, &Keys, &mut Pipeline) -> Result<T, DomainError>,
-    ) -> Result<T, DomainError> {
+    fn mutate<T>(&self, mut check: impl FnMut(&mut Connection, &Keys, &mut Pipeline) -> Result<T, DomainError>) -> Result<T, DomainError> {
         self.with_conn(|con, keys| loop {
             let watched = [&keys.tenants, &keys.webhooks, &keys.policies, &keys.tokens];
             redis::cmd("WATCH").arg(&watched).exec(con).map_err(|e| self.unavailable(e))?;
@@ -341,11 +335,7 @@ impl Store {
     }
 
     /// Applies `patch` to the stored tenant and stores the result after checking it.
-    pub fn update_tenant(
-        &self,
-        id: &str,
-        patch: impl Fn(&mut Tenant) -> Result<(), DomainError>,
-    ) -> Result<Tenant, DomainError> {
+    pub fn update_tenant(&self, id: &str, patch: impl Fn(&mut Tenant) -> Result<(), DomainError>) -> Result<Tenant, DomainError> {
         self.mutate(|con, keys, pipe| {
             let mut tenant: Tenant = self.fetch(con, &keys.tenants, "tenant", id)?;
             patch(&mut tenant)?;
@@ -399,15 +389,19 @@ impl Store {
             if !tenant_id.is_empty() {
                 self.require_tenant(con, keys, tenant_id)?;
             }
-            self.list(con, &keys.webhooks, "webhook", page_size, token, |w: &Webhook| tenant_id.is_empty() || w.tenant_id == tenant_id, |w| &w.id)
+            self.list(
+                con,
+                &keys.webhooks,
+                "webhook",
+                page_size,
+                token,
+                |w: &Webhook| tenant_id.is_empty() || w.tenant_id == tenant_id,
+                |w| &w.id,
+            )
         })
     }
 
-    pub fn update_webhook(
-        &self,
-        id: &str,
-        patch: impl Fn(&mut Webhook) -> Result<(), DomainError>,
-    ) -> Result<Webhook, DomainError> {
+    pub fn update_webhook(&self, id: &str, patch: impl Fn(&mut Webhook) -> Result<(), DomainError>) -> Result<Webhook, DomainError> {
         self.mutate(|con, keys, pipe| {
             let mut webhook: Webhook = self.fetch(con, &keys.webhooks, "webhook", id)?;
             patch(&mut webhook)?;
@@ -477,7 +471,15 @@ impl Store {
 
     pub fn list_tokens(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<ApiToken>, DomainError> {
         self.with_conn(|con, keys| {
-            self.list(con, &keys.tokens, "token", page_size, token, |t: &ApiToken| tenant_id.is_empty() || t.tenant_id == tenant_id, |t| &t.id)
+            self.list(
+                con,
+                &keys.tokens,
+                "token",
+                page_size,
+                token,
+                |t: &ApiToken| tenant_id.is_empty() || t.tenant_id == tenant_id,
+                |t| &t.id,
+            )
         })
     }
 
@@ -513,11 +515,7 @@ impl Store {
         })
     }
 
-    pub fn update_policy(
-        &self,
-        id: &str,
-        patch: impl Fn(&mut RetryPolicy) -> Result<(), DomainError>,
-    ) -> Result<RetryPolicy, DomainError> {
+    pub fn update_policy(&self, id: &str, patch: impl Fn(&mut RetryPolicy) -> Result<(), DomainError>) -> Result<RetryPolicy, DomainError> {
         self.mutate(|con, keys, pipe| {
             let mut policy = self.fetch_policy(con, keys, id)?;
             patch(&mut policy)?;
@@ -558,9 +556,7 @@ impl Store {
 
     /// Appends an event to the stream exactly as an `XADD` by another system would.
     pub fn publish_event(&self, fields: &[(&str, &str)]) -> Result<String, DomainError> {
-        self.with_conn(|con, keys| {
-            redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e))
-        })
+        self.with_conn(|con, keys| redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e)))
     }
 
     /// [`Store::publish_event`] of an event with its own id (SPEC §9): appended once per tenant
@@ -605,7 +601,9 @@ impl Store {
                     .arg(batch)
                     .query(con)
                     .map_err(|e| self.unavailable(e))?;
-                let entries = parse_entries(reply).map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREVRANGE", e.to_string()))))?;
+                let entries = parse_entries(reply).map_err(|e| {
+                    self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREVRANGE", e.to_string())))
+                })?;
                 let exhausted = entries.len() < batch;
                 for entry in entries {
                     scanned += 1;
@@ -654,8 +652,9 @@ impl Store {
                 .arg(count)
                 .query(con)
                 .map_err(|e| self.unavailable(e))?;
-            let entries = parse_entries(reply)
-                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))?;
+            let entries = parse_entries(reply).map_err(|e| {
+                self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string())))
+            })?;
             Ok(entries.into_iter().map(|e| DeadLetter::from_fields(e.id, e.fields.unwrap_or_default())).collect())
         })
     }
@@ -664,8 +663,9 @@ impl Store {
     pub fn event_entry(&self, id: &str) -> Result<Option<crate::deadletter::Fields>, DomainError> {
         self.with_conn(|con, keys| {
             let reply: redis::Value = redis::cmd("XRANGE").arg(&keys.events).arg(id).arg(id).query(con).map_err(|e| self.unavailable(e))?;
-            let entries = parse_entries(reply)
-                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))?;
+            let entries = parse_entries(reply).map_err(|e| {
+                self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string())))
+            })?;
             Ok(entries.into_iter().next().and_then(|e| e.fields))
         })
     }
@@ -795,8 +795,7 @@ impl Store {
     }
 
     fn decode<T: Stored>(&self, id: &str, raw: &str) -> Result<T, DomainError> {
-        let mut value: T =
-            serde_json::from_str(raw).map_err(|source| DomainError::Corrupt { kind: T::KIND, id: id.to_owned(), source })?;
+        let mut value: T = serde_json::from_str(raw).map_err(|source| DomainError::Corrupt { kind: T::KIND, id: id.to_owned(), source })?;
         value.open(self.cipher.as_ref())?;
         Ok(value)
     }
@@ -862,10 +861,11 @@ impl Stored for Webhook {
             return Ok((copy.previous_secret != self.previous_secret).then_some(copy));
         };
         let seal = |secret: &Secret, previous: bool| {
-            cipher
-                .seal(secret.expose(), &secret_context(&self.id, previous))
-                .map(Secret::new)
-                .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+            cipher.seal(secret.expose(), &secret_context(&self.id, previous)).map(Secret::new).map_err(|source| DomainError::Sealed {
+                kind: Self::KIND,
+                id: self.id.clone(),
+                source,
+            })
         };
         copy.secret = seal(&self.secret, false)?;
         copy.previous_secret = copy.previous_secret.as_ref().map(|s| seal(s, true)).transpose()?;
@@ -873,10 +873,11 @@ impl Stored for Webhook {
             .client_key
             .as_ref()
             .map(|key| {
-                cipher
-                    .seal(key.expose(), &client_key_context(&self.id))
-                    .map(Secret::new)
-                    .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+                cipher.seal(key.expose(), &client_key_context(&self.id)).map(Secret::new).map_err(|source| DomainError::Sealed {
+                    kind: Self::KIND,
+                    id: self.id.clone(),
+                    source,
+                })
             })
             .transpose()?;
         Ok(Some(copy))
@@ -891,15 +892,15 @@ impl Stored for Webhook {
         };
         self.secret = open(&self.secret, false)?;
         self.previous_secret = self.previous_secret.as_ref().map(|s| open(s, true)).transpose()?;
-        self.client_key = self
-            .client_key
-            .as_ref()
-            .map(|key| {
-                crypto::open(cipher, key.expose(), &client_key_context(&self.id))
-                    .map(Secret::new)
-                    .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
-            })
-            .transpose()?;
+        self.client_key =
+            self.client_key
+                .as_ref()
+                .map(|key| {
+                    crypto::open(cipher, key.expose(), &client_key_context(&self.id))
+                        .map(Secret::new)
+                        .map_err(|source| DomainError::Sealed { kind: Self::KIND, id: self.id.clone(), source })
+                })
+                .transpose()?;
         Ok(())
     }
 }
@@ -912,13 +913,7 @@ fn with_builtin_default(mut policies: Vec<RetryPolicy>) -> Vec<RetryPolicy> {
 }
 
 /// Sorts by id and returns the page after `token` (an id; empty for the first page).
-pub fn paginate<T>(
-    mut items: Vec<T>,
-    page_size: usize,
-    token: &str,
-    keep: impl Fn(&T) -> bool,
-    id_of: impl Fn(&T) -> &String,
-) -> Page<T> {
+pub fn paginate<T>(mut items: Vec<T>, page_size: usize, token: &str, keep: impl Fn(&T) -> bool, id_of: impl Fn(&T) -> &String) -> Page<T> {
     items.retain(|item| keep(item) && (token.is_empty() || id_of(item).as_str() > token));
     items.sort_by(|a, b| id_of(a).cmp(id_of(b)));
     let more = items.len() > page_size;
@@ -934,7 +929,13 @@ pub const MAX_DEAD_LETTER_PAGE_BYTES: usize = 3 << 20;
 /// About how many bytes a listed record takes in a reply.
 fn listed_bytes(record: &DeadLetter) -> usize {
     let attempts: usize = record.attempts.iter().map(|a| a.error.len() + a.response_excerpt.len() + a.error_kind.len() + 32).sum();
-    256 + record.body.len() + record.detail.len() + record.tenant_id.len() + record.webhook_id.len() + record.event_id.len() + record.event_type.len() + attempts
+    256 + record.body.len()
+        + record.detail.len()
+        + record.tenant_id.len()
+        + record.webhook_id.len()
+        + record.event_id.len()
+        + record.event_type.len()
+        + attempts
 }
 
 /// Cuts the body (and, were it huge, the detail) of a record larger than half a page, saying so;

@@ -73,10 +73,7 @@ pub fn timestamp(ms: u64) -> Option<Timestamp> {
 }
 
 pub fn duration_to_proto(value: Duration) -> PbDuration {
-    PbDuration {
-        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
-        nanos: value.subsec_nanos() as i32,
-    }
+    PbDuration { seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX), nanos: value.subsec_nanos() as i32 }
 }
 
 /// A google.protobuf.Duration as a std Duration; negative values and `nanos` outside

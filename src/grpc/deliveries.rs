@@ -122,7 +122,12 @@ fn filter_from_proto(filter: &proto::DeadLetterFilter) -> Result<redelivery::Fil
 }
 
 fn redelivered_to_proto(r: redelivery::Redelivered) -> proto::Redelivered {
-    proto::Redelivered { dead_letter_id: r.dead_letter_id, event_id: r.event_id, stream_entry_id: r.stream_entry_id, webhook_id: r.webhook_id }
+    proto::Redelivered {
+        dead_letter_id: r.dead_letter_id,
+        event_id: r.event_id,
+        stream_entry_id: r.stream_entry_id,
+        webhook_id: r.webhook_id,
+    }
 }
 
 fn report_to_proto(report: redelivery::Report) -> proto::RedeliverDeadLetterResponse {
@@ -210,7 +215,8 @@ impl DeliveryService for DeliveryApi {
                 if id.is_empty() {
                     return Err(invalid("dead_letter_id", "is required").into());
                 }
-                check_stream_token(&id).map_err(|_| invalid("dead_letter_id", "is not a dead-letter id (`<ms>-<seq>`, as ListDeadLetters shows)"))?;
+                check_stream_token(&id)
+                    .map_err(|_| invalid("dead_letter_id", "is not a dead-letter id (`<ms>-<seq>`, as ListDeadLetters shows)"))?;
                 if !req.page_token.is_empty() {
                     return Err(invalid("page_token", "goes with a filter, not with one dead_letter_id").into());
                 }

@@ -74,7 +74,9 @@ impl Event {
         } else if req.event_id.len() > MAX_EVENT_ID || !req.event_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
             return Err(invalid(
                 "event_id",
-                format!("use at most {MAX_EVENT_ID} printable ASCII characters without spaces, or leave it empty to use the stream entry id"),
+                format!(
+                    "use at most {MAX_EVENT_ID} printable ASCII characters without spaces, or leave it empty to use the stream entry id"
+                ),
             ));
         } else {
             Some(req.event_id)
@@ -84,7 +86,10 @@ impl Event {
         for (name, value) in &attributes {
             // The pipeline would dead-letter it as invalid_field; say so now.
             if name == CREATED_AT_FIELD && !value.parse::<u64>().is_ok_and(|ms| ms <= MAX_TIME_MS) {
-                return Err(invalid("attributes", format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)")));
+                return Err(invalid(
+                    "attributes",
+                    format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)"),
+                ));
             }
             if name.is_empty() {
                 return Err(invalid("attributes", "an attribute name is empty"));
@@ -112,10 +117,7 @@ impl Event {
 
 #[tonic::async_trait]
 impl EventService for EventApi {
-    async fn publish_event(
-        &self,
-        request: Request<proto::PublishEventRequest>,
-    ) -> Result<Response<proto::PublishEventResponse>, Status> {
+    async fn publish_event(&self, request: Request<proto::PublishEventRequest>) -> Result<Response<proto::PublishEventResponse>, Status> {
         let event = Event::from_request(request.into_inner())?;
         let (event, published) = self
             .plane

@@ -132,9 +132,7 @@ pub async fn serve(
 /// The tonic TLS configuration of `tls`. Fails when the certificate or key is not usable; call
 /// it before serving to report that at start-up.
 pub fn tls_config(tls: &TlsSettings) -> Result<ServerTlsConfig, tonic::transport::Error> {
-    let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem))
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem)).timeout(TLS_HANDSHAKE_TIMEOUT);
     if let Some(ca) = &tls.client_ca_pem {
         config = config.client_ca_root(Certificate::from_pem(ca));
     }
@@ -204,14 +202,9 @@ pub async fn serve_with(
 
     // The descriptor sets are compiled in, so a failure here is a build defect; serving the
     // control plane without reflection is still better than not serving it.
-    let reflection_v1 = reflection()
-        .build_v1()
-        .inspect_err(|e| log::error!(target: TARGET, "gRPC reflection v1 is unavailable: {e}"))
-        .ok();
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .inspect_err(|e| log::error!(target: TARGET, "gRPC reflection v1alpha is unavailable: {e}"))
-        .ok();
+    let reflection_v1 = reflection().build_v1().inspect_err(|e| log::error!(target: TARGET, "gRPC reflection v1 is unavailable: {e}")).ok();
+    let reflection_v1alpha =
+        reflection().build_v1alpha().inspect_err(|e| log::error!(target: TARGET, "gRPC reflection v1alpha is unavailable: {e}")).ok();
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &options.tls {
@@ -463,7 +456,9 @@ impl Authenticator {
                 })?;
                 match found {
                     Some(record) if crypto::token_matches(token, &record.digest) => Principal::Tenant(record.tenant_id),
-                    Some(_) => return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("token {id} with a wrong secret"))),
+                    Some(_) => {
+                        return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("token {id} with a wrong secret")))
+                    }
                     None => return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("unknown or revoked token {id}"))),
                 }
             }

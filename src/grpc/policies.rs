@@ -116,20 +116,14 @@ fn patch_from_update(req: &proto::UpdateRetryPolicyRequest) -> Result<PolicyPatc
 
 #[tonic::async_trait]
 impl RetryPolicyService for RetryPolicyApi {
-    async fn create_retry_policy(
-        &self,
-        request: Request<proto::CreateRetryPolicyRequest>,
-    ) -> Result<Response<proto::RetryPolicy>, Status> {
+    async fn create_retry_policy(&self, request: Request<proto::CreateRetryPolicyRequest>) -> Result<Response<proto::RetryPolicy>, Status> {
         let policy = policy_from_create(request.get_ref())?;
         let created = self.plane.write(move |store| store.create_policy(policy)).await?;
         log::info!(target: TARGET, "created retry policy {}", created.id);
         Ok(Response::new(policy_to_proto(created)))
     }
 
-    async fn get_retry_policy(
-        &self,
-        request: Request<proto::GetRetryPolicyRequest>,
-    ) -> Result<Response<proto::RetryPolicy>, Status> {
+    async fn get_retry_policy(&self, request: Request<proto::GetRetryPolicyRequest>) -> Result<Response<proto::RetryPolicy>, Status> {
         let id = request.into_inner().policy_id;
         validate_id("policy_id", &id)?;
         let policy = self.plane.read(move |store| store.get_policy(&id)).await?;
@@ -149,10 +143,7 @@ impl RetryPolicyService for RetryPolicyApi {
         }))
     }
 
-    async fn update_retry_policy(
-        &self,
-        request: Request<proto::UpdateRetryPolicyRequest>,
-    ) -> Result<Response<proto::RetryPolicy>, Status> {
+    async fn update_retry_policy(&self, request: Request<proto::UpdateRetryPolicyRequest>) -> Result<Response<proto::RetryPolicy>, Status> {
         let req = request.into_inner();
         let patch = patch_from_update(&req)?;
         let id = req.policy_id;
@@ -212,10 +203,8 @@ mod tests {
         assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "policy_id");
         let bad = proto::CreateRetryPolicyRequest { initial_backoff: secs(-1), ..base.clone() };
         assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "initial_backoff");
-        let bad = proto::CreateRetryPolicyRequest {
-            attempt_timeout: Some(PbDuration { seconds: 1, nanos: 2_000_000_000 }),
-            ..base.clone()
-        };
+        let bad =
+            proto::CreateRetryPolicyRequest { attempt_timeout: Some(PbDuration { seconds: 1, nanos: 2_000_000_000 }), ..base.clone() };
         assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "attempt_timeout");
         let bad = proto::CreateRetryPolicyRequest { max_backoff: secs(1), ..base.clone() };
         assert_eq!(field_of(policy_from_create(&bad).unwrap_err()), "max_backoff");

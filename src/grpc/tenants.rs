@@ -102,10 +102,7 @@ impl TenantService for TenantApi {
         Ok(Response::new(tenant_to_proto(tenant)))
     }
 
-    async fn list_tenants(
-        &self,
-        request: Request<proto::ListTenantsRequest>,
-    ) -> Result<Response<proto::ListTenantsResponse>, Status> {
+    async fn list_tenants(&self, request: Request<proto::ListTenantsRequest>) -> Result<Response<proto::ListTenantsResponse>, Status> {
         let req = request.into_inner();
         let size = page_size(req.page_size);
         let page = self.plane.read(move |store| store.list_tenants(size, &req.page_token)).await?;
@@ -133,10 +130,7 @@ impl TenantService for TenantApi {
         Ok(Response::new(tenant_to_proto(updated)))
     }
 
-    async fn delete_tenant(
-        &self,
-        request: Request<proto::DeleteTenantRequest>,
-    ) -> Result<Response<proto::DeleteTenantResponse>, Status> {
+    async fn delete_tenant(&self, request: Request<proto::DeleteTenantRequest>) -> Result<Response<proto::DeleteTenantResponse>, Status> {
         let id = request.into_inner().tenant_id;
         validate_id("tenant_id", &id)?;
         let log_id = id.clone();

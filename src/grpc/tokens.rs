@@ -15,7 +15,12 @@ use super::{
 };
 use crate::{
     crypto,
-    domain::{model::{invalid, validate_id}, store::now_ms, token::ApiToken, DomainError},
+    domain::{
+        model::{invalid, validate_id},
+        store::now_ms,
+        token::ApiToken,
+        DomainError,
+    },
     proto::{self, token_service_server::TokenService},
 };
 
@@ -57,7 +62,10 @@ fn check_token_id(id: &str) -> Result<(), DomainError> {
         return Err(invalid("token_id", "is required"));
     }
     if !crypto::is_token_id(id) {
-        return Err(invalid("token_id", "is not a token id this service issued (tok_ + 26 characters; the part of the token before the dot)"));
+        return Err(invalid(
+            "token_id",
+            "is not a token id this service issued (tok_ + 26 characters; the part of the token before the dot)",
+        ));
     }
     Ok(())
 }

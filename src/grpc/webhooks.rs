@@ -38,21 +38,21 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref,
-        scheme_from_proto, timestamp, webhook_to_proto,
+        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto,
+        timestamp, webhook_to_proto,
     },
     ControlPlane, Principal, TARGET,
 };
 use crate::{
-    http::TargetPolicy,
     domain::{
         model::{self, invalid, Secret, SignatureScheme, Webhook},
         store::now_ms,
         DomainError,
     },
+    http::TargetPolicy,
     pipeline::{
-        isolation::{Circuit, CircuitState},
         backlog::Depth,
+        isolation::{Circuit, CircuitState},
         live::{wall_ms, LiveStats},
     },
     proto::{self, webhook_service_server::WebhookService},
@@ -215,7 +215,15 @@ fn circuit_state_to_proto(state: CircuitState) -> proto::CircuitState {
 
 /// The answer of GetWebhookStats, from the stored stats read at `now_ms` and this instance's
 /// live view.
-fn stats_to_proto(webhook: &Webhook, stored: &Stored, live: LiveStats, backlog: Depth, instance: &str, window: Duration, now_ms: u64) -> proto::WebhookStats {
+fn stats_to_proto(
+    webhook: &Webhook,
+    stored: &Stored,
+    live: LiveStats,
+    backlog: Depth,
+    instance: &str,
+    window: Duration,
+    now_ms: u64,
+) -> proto::WebhookStats {
     let counts = stats::summarize(stored, now_ms, window);
     let failure = stored.last_failure.clone().unwrap_or_default();
     let open_until = match live.circuit {
@@ -443,10 +451,7 @@ impl WebhookService for WebhookApi {
         Ok(Response::new(webhook_to_proto(webhook)))
     }
 
-    async fn list_webhooks(
-        &self,
-        request: Request<proto::ListWebhooksRequest>,
-    ) -> Result<Response<proto::ListWebhooksResponse>, Status> {
+    async fn list_webhooks(&self, request: Request<proto::ListWebhooksRequest>) -> Result<Response<proto::ListWebhooksResponse>, Status> {
         let principal = Principal::of(&request)?;
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
@@ -479,10 +484,7 @@ impl WebhookService for WebhookApi {
         Ok(Response::new(webhook_to_proto(updated)))
     }
 
-    async fn rotate_webhook_secret(
-        &self,
-        request: Request<proto::RotateWebhookSecretRequest>,
-    ) -> Result<Response<proto::Webhook>, Status> {
+    async fn rotate_webhook_secret(&self, request: Request<proto::RotateWebhookSecretRequest>) -> Result<Response<proto::Webhook>, Status> {
         let principal = Principal::of(&request)?;
         let req = request.into_inner();
         required_ref("webhook_id", &req.webhook_id)?;
@@ -518,10 +520,7 @@ impl WebhookService for WebhookApi {
         Ok(Response::new(out))
     }
 
-    async fn get_webhook_stats(
-        &self,
-        request: Request<proto::GetWebhookStatsRequest>,
-    ) -> Result<Response<proto::WebhookStats>, Status> {
+    async fn get_webhook_stats(&self, request: Request<proto::GetWebhookStatsRequest>) -> Result<Response<proto::WebhookStats>, Status> {
         let principal = Principal::of(&request)?;
         let req = request.into_inner();
         required_ref("webhook_id", &req.webhook_id)?;
@@ -620,7 +619,8 @@ mod tests {
         let (_, message) = invalid_of(check_url("https://localhost:8443/", STRICT).unwrap_err());
         assert!(message.starts_with("localhost always means this machine"), "{message}");
         assert!(check_url("https://localhost:8443/", LAX).is_ok());
-        let holed = UrlRules { allow_http: false, targets: TargetPolicy { allow_private: false, allowed: vec!["10.20.0.0/16".parse().unwrap()] } };
+        let holed =
+            UrlRules { allow_http: false, targets: TargetPolicy { allow_private: false, allowed: vec!["10.20.0.0/16".parse().unwrap()] } };
         assert!(check_url("https://10.20.1.1/", holed.clone()).is_ok());
         assert!(check_url("https://10.21.1.1/", holed).is_err());
         assert_eq!(invalid_of(check_url("http://example.com/", STRICT).unwrap_err()).0, "url");
@@ -657,8 +657,10 @@ mod tests {
         let mut stored = Stored { last_success_ms: now - 5000, ..Default::default() };
         stored.buckets.insert(minute, Counts { succeeded: 3, failed: 1, dead_letters: 1 });
         stored.buckets.insert(minute - 30, Counts { succeeded: 4, failed: 0, dead_letters: 0 });
-        stored.last_failure = Some(Failure { at_ms: now - 1000, status: 503, kind: "http_status".into(), error: "HTTP 503 Service Unavailable".into() });
-        stored.last_circuit_change = Some(CircuitRecord { state: CircuitState::Open, at_ms: now - 900, open_until_ms: now + 29_100, instance: "b-1".into() });
+        stored.last_failure =
+            Some(Failure { at_ms: now - 1000, status: 503, kind: "http_status".into(), error: "HTTP 503 Service Unavailable".into() });
+        stored.last_circuit_change =
+            Some(CircuitRecord { state: CircuitState::Open, at_ms: now - 900, open_until_ms: now + 29_100, instance: "b-1".into() });
         let until = std::time::Instant::now() + Duration::from_secs(30);
         let live = LiveStats { in_flight: 2, parked: 3, circuit: Circuit::Open { until, cooldown: Duration::from_secs(30) } };
         let backlog = Depth { deliveries: 4, oldest_since_ms: Some(now - 90_000) };
@@ -715,15 +717,13 @@ mod tests {
         let not_whsec = "a-long-enough-plain-secret";
         assert!(webhook_from_create(create(not_whsec, proto::SignatureScheme::Wss), "wh_x".into(), STRICT).is_ok());
         let (field, message) = invalid_of(
-            webhook_from_create(create(not_whsec, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT)
-                .unwrap_err(),
+            webhook_from_create(create(not_whsec, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT).unwrap_err(),
         );
         assert_eq!(field, "secret");
         assert!(!message.contains(not_whsec), "{message}");
 
         let standard = generate_secret();
-        let ok = webhook_from_create(create(&standard, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT)
-            .unwrap();
+        let ok = webhook_from_create(create(&standard, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT).unwrap();
         assert_eq!(ok.secret.expose(), standard);
     }
 

@@ -225,7 +225,8 @@ impl HandOff {
 /// Queues `hand_off` in `pipe` (the outcome stage's transaction).
 pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOff, now_ms: u64) {
     let meta = serde_json::to_string(&hand_off.meta).expect("an item's state always serializes");
-    let (item, due, since) = (keys.backlog_item(&hand_off.webhook, &hand_off.entry), keys.backlog_due(&hand_off.webhook), keys.backlog_since(&hand_off.webhook));
+    let (item, due, since) =
+        (keys.backlog_item(&hand_off.webhook, &hand_off.entry), keys.backlog_due(&hand_off.webhook), keys.backlog_since(&hand_off.webhook));
     match &hand_off.fields {
         None => {
             pipe.cmd("EVAL")
@@ -355,7 +356,11 @@ pub fn depths_of(con: &mut Connection, keys: &Keys, webhooks: &[&str]) -> redis:
     }
     let replies: Vec<Value> = pipe.query(con)?;
     if replies.len() != webhooks.len() * 2 {
-        return Err(RedisError::from((redis::ErrorKind::UnexpectedReturnType, "backlog depths", format!("{} replies for {} commands", replies.len(), webhooks.len() * 2))));
+        return Err(RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "backlog depths",
+            format!("{} replies for {} commands", replies.len(), webhooks.len() * 2),
+        )));
     }
     Ok(replies.chunks(2).map(|pair| depth_from(&pair[0], &pair[1])).collect())
 }
@@ -589,7 +594,11 @@ impl Pump {
         Ok(pairs
             .chunks(2)
             .zip(replies)
-            .map(|(pair, stored)| Taken { webhook: pair[0].clone(), entry: pair[1].clone(), state: stored.as_deref().and_then(decode_item) })
+            .map(|(pair, stored)| Taken {
+                webhook: pair[0].clone(),
+                entry: pair[1].clone(),
+                state: stored.as_deref().and_then(decode_item),
+            })
             .collect())
     }
 }
@@ -631,11 +640,18 @@ fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator
                 Some(Err(rejection)) => (rejection.reason, rejection.detail),
                 _ => (
                     Reason::EntryDeleted,
-                    format!("stream entry {} was deleted (XDEL or trimming) before its delivery to webhook {} was handed to the backlog", meta.source, meta.webhook),
+                    format!(
+                        "stream entry {} was deleted (XDEL or trimming) before its delivery to webhook {} was handed to the backlog",
+                        meta.source, meta.webhook
+                    ),
                 ),
             };
             let event = Arc::new(EventMeta::new(&meta.event_id, &meta.event_type, &meta.tenant));
-            return Rebuilt::Done(Completion::Abandoned { delivery: delivery(event, Arc::from(&[][..]), meta.attempts, fields), reason, detail });
+            return Rebuilt::Done(Completion::Abandoned {
+                delivery: delivery(event, Arc::from(&[][..]), meta.attempts, fields),
+                reason,
+                detail,
+            });
         }
     };
     let event_meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
@@ -704,7 +720,8 @@ mod tests {
     #[test]
     fn an_item_round_trips_any_bytes_in_order() {
         let json = serde_json::to_string(&meta(2)).unwrap();
-        let fields = vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff, b':', b'9']), (b"x:y".to_vec(), Vec::new())];
+        let fields =
+            vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"data".to_vec(), vec![0xff, b':', b'9']), (b"x:y".to_vec(), Vec::new())];
         let stored = encode_item(&json, &fields);
         assert!(stored.starts_with(format!("{}:{json}6:tenant4:acme", json.len()).as_bytes()), "{}", String::from_utf8_lossy(&stored));
         assert_eq!(decode_item(&stored), Some((meta(2), fields.clone())));
@@ -734,7 +751,10 @@ mod tests {
         }
         // Its filter now says no: finished without an attempt.
         let no = route("wh_1", Some("event.data.n == 2"));
-        assert!(matches!(rebuild(meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20), Rebuilt::Done(Completion::AlreadyTerminal { .. })));
+        assert!(matches!(
+            rebuild(meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20),
+            Rebuilt::Done(Completion::AlreadyTerminal { .. })
+        ));
         // Deleted webhook: to the signer, which dead-letters it with the reason.
         assert!(matches!(rebuild(meta(2), entry, None, &Evaluator::new(), 1 << 20), Rebuilt::Send(_)));
         // The source entry was gone when it was handed off.

@@ -81,9 +81,8 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
         return reject(rejection, Reason::EntryDeleted, "the entry was deleted from the stream while pending".into());
     };
     // Best-effort context for the record, before any check can fail.
-    let lossy = |name: &str| {
-        fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).chars().take(256).collect())
-    };
+    let lossy =
+        |name: &str| fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).chars().take(256).collect());
     rejection.tenant = lossy("tenant").unwrap_or_default();
     rejection.event_type = lossy("type").unwrap_or_default();
     rejection.event_id = lossy("id").unwrap_or_default();
@@ -167,20 +166,31 @@ pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejectio
     let entry_ms = entry.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0);
     let created_at_ms = match created_at {
         None if entry_ms > MAX_TIME_MS => {
-            return reject(rejection, Reason::InvalidField, format!("the entry id {} is a time after year 9999; give the event its time in {CREATED_AT_FIELD}", entry.id));
+            return reject(
+                rejection,
+                Reason::InvalidField,
+                format!("the entry id {} is a time after year 9999; give the event its time in {CREATED_AT_FIELD}", entry.id),
+            );
         }
         None => entry_ms,
         Some(raw) => match std::str::from_utf8(raw).ok().and_then(|v| v.parse::<u64>().ok()) {
             Some(ms) if ms <= MAX_TIME_MS => ms,
-            _ => return reject(rejection, Reason::InvalidField, format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)")),
+            _ => {
+                return reject(
+                    rejection,
+                    Reason::InvalidField,
+                    format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)"),
+                )
+            }
         },
     };
     if let Err(depth) = check_depth(data, MAX_JSON_DEPTH) {
         return reject(rejection, Reason::TooDeep, format!("data nests deeper than {MAX_JSON_DEPTH} levels (at least {depth})"));
     }
-    let data: Box<RawValue> = match std::str::from_utf8(data).map_err(|e| e.to_string()).and_then(|text| {
-        serde_json::from_str::<Box<RawValue>>(text.trim()).map_err(|e| e.to_string())
-    }) {
+    let data: Box<RawValue> = match std::str::from_utf8(data)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_json::from_str::<Box<RawValue>>(text.trim()).map_err(|e| e.to_string()))
+    {
         Ok(value) => value,
         Err(e) => return reject(rejection, Reason::DataNotJson, format!("data is not JSON: {e}")),
     };
@@ -292,7 +302,12 @@ mod tests {
     fn a_valid_entry_becomes_the_spec_envelope() {
         let e = entry(
             "1767225600000-0",
-            &[("tenant", b"acme"), ("type", b"order.status_updated"), ("data", br#"{"order_id":"A-1001", "status":"shipped"}"#), ("region", b"eu")],
+            &[
+                ("tenant", b"acme"),
+                ("type", b"order.status_updated"),
+                ("data", br#"{"order_id":"A-1001", "status":"shipped"}"#),
+                ("region", b"eu"),
+            ],
         );
         let event = parse_entry(&e, 1024).unwrap();
         assert_eq!(event.id, "1767225600000-0");
@@ -367,7 +382,14 @@ mod tests {
     fn reserved_redelivery_fields_are_read_and_never_attributes() {
         let e = entry(
             "1767225600000-0",
-            &[("tenant", b"acme"), ("type", b"t"), ("data", b"{}"), ("region", b"eu"), (ONLY_WEBHOOK_FIELD, b"wh_1"), (CREATED_AT_FIELD, b"1700000000123")],
+            &[
+                ("tenant", b"acme"),
+                ("type", b"t"),
+                ("data", b"{}"),
+                ("region", b"eu"),
+                (ONLY_WEBHOOK_FIELD, b"wh_1"),
+                (CREATED_AT_FIELD, b"1700000000123"),
+            ],
         );
         let event = parse_entry(&e, 1024).unwrap();
         assert_eq!(event.only_webhook.as_deref(), Some("wh_1"));

@@ -24,9 +24,16 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Connection, Value};
 
-use super::{backlog, isolation::{Circuit, Isolation}, InFlight};
+use super::{
+    backlog,
+    isolation::{Circuit, Isolation},
+    InFlight,
+};
 use crate::{
-    domain::{routing::RoutingHandle, store::{now_ms, Keys}},
+    domain::{
+        routing::RoutingHandle,
+        store::{now_ms, Keys},
+    },
     metrics::Metrics,
     redis_conn::RedisTarget,
 };
@@ -217,10 +224,20 @@ mod tests {
     fn lag_and_pending_are_read_from_either_protocol() {
         let resp2 = Value::Array(vec![
             Value::Array(vec![bulk("name"), bulk("other"), bulk("pending"), Value::Int(9), bulk("lag"), Value::Int(9)]),
-            Value::Array(vec![bulk("name"), bulk("wss"), bulk("consumers"), Value::Int(1), bulk("pending"), Value::Int(3), bulk("lag"), Value::Int(7)]),
+            Value::Array(vec![
+                bulk("name"),
+                bulk("wss"),
+                bulk("consumers"),
+                Value::Int(1),
+                bulk("pending"),
+                Value::Int(3),
+                bulk("lag"),
+                Value::Int(7),
+            ]),
         ]);
         assert_eq!(group_figures(&resp2, "wss"), Some((Some(7), 3)));
-        let nil_lag = Value::Array(vec![Value::Map(vec![(bulk("name"), bulk("wss")), (bulk("pending"), Value::Int(0)), (bulk("lag"), Value::Nil)])]);
+        let nil_lag =
+            Value::Array(vec![Value::Map(vec![(bulk("name"), bulk("wss")), (bulk("pending"), Value::Int(0)), (bulk("lag"), Value::Nil)])]);
         assert_eq!(group_figures(&nil_lag, "wss"), Some((None, 0)));
         assert_eq!(group_figures(&Value::Array(vec![]), "wss"), None);
     }

@@ -51,9 +51,14 @@ impl Settings {
 pub enum Circuit {
     Closed,
     /// Attempts wait until `until`; the next cool-down after a failed probe is `cooldown` × 2.
-    Open { until: Instant, cooldown: Duration },
+    Open {
+        until: Instant,
+        cooldown: Duration,
+    },
     /// The probe is out; everything else waits for its verdict.
-    HalfOpen { cooldown: Duration },
+    HalfOpen {
+        cooldown: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -73,7 +78,15 @@ struct Endpoint {
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self { in_flight: 0, failures: 0, circuit: Circuit::Closed, failing_since: None, parked: false, waiting: 0, attempt_time: Duration::ZERO }
+        Self {
+            in_flight: 0,
+            failures: 0,
+            circuit: Circuit::Closed,
+            failing_since: None,
+            parked: false,
+            waiting: 0,
+            attempt_time: Duration::ZERO,
+        }
     }
 }
 
@@ -100,10 +113,16 @@ pub enum Gate {
 /// A change of circuit state worth logging.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
-    Opened { failures: u32, cooldown: Duration },
+    Opened {
+        failures: u32,
+        cooldown: Duration,
+    },
     Closed,
     /// Failing without a success for longer than `auto_disable_after`: disable the webhook.
-    FailingTooLong { failures: u32, since: Duration },
+    FailingTooLong {
+        failures: u32,
+        since: Duration,
+    },
 }
 
 /// A circuit's state without its timing, as recorded and reported.
@@ -186,7 +205,12 @@ impl Isolation {
             endpoint.parked = true;
         }
         if endpoint.circuit.state() == CircuitState::HalfOpen && before != CircuitState::HalfOpen {
-            self.changes.lock().push(CircuitChange { webhook: webhook.to_owned(), state: CircuitState::HalfOpen, at: now, open_until: None });
+            self.changes.lock().push(CircuitChange {
+                webhook: webhook.to_owned(),
+                state: CircuitState::HalfOpen,
+                at: now,
+                open_until: None,
+            });
         }
         gate
     }
@@ -231,10 +255,11 @@ impl Isolation {
     /// `webhook`'s attempts in flight, parked deliveries and circuit on this instance (none and closed when it has
     /// nothing to remember).
     pub fn live(&self, webhook: &str) -> Live {
-        self.endpoints
-            .lock()
-            .get(webhook)
-            .map_or(Live { in_flight: 0, parked: 0, circuit: Circuit::Closed }, |e| Live { in_flight: e.in_flight, parked: e.waiting, circuit: e.circuit })
+        self.endpoints.lock().get(webhook).map_or(Live { in_flight: 0, parked: 0, circuit: Circuit::Closed }, |e| Live {
+            in_flight: e.in_flight,
+            parked: e.waiting,
+            circuit: e.circuit,
+        })
     }
 
     fn gate(settings: &Settings, endpoint: &mut Endpoint, now: Instant) -> Gate {
@@ -436,7 +461,14 @@ mod tests {
             assert_eq!(iso.admit("a", t0), Gate::Go);
             iso.finish("a", false, t0);
         }
-        assert_eq!(iso.live("a"), Live { in_flight: 0, parked: 0, circuit: Circuit::Open { until: t0 + Duration::from_secs(30), cooldown: Duration::from_secs(30) } });
+        assert_eq!(
+            iso.live("a"),
+            Live {
+                in_flight: 0,
+                parked: 0,
+                circuit: Circuit::Open { until: t0 + Duration::from_secs(30), cooldown: Duration::from_secs(30) }
+            }
+        );
         let t1 = t0 + Duration::from_secs(31);
         assert_eq!(iso.admit("a", t1), Gate::Go, "the probe");
         assert_eq!(iso.admit("a", t1), Gate::Park);
@@ -548,7 +580,12 @@ mod tests {
 
     #[test]
     fn cool_downs_are_capped() {
-        let iso = Isolation::new(Settings { max_in_flight: 1, failures_to_open: 1, cooldown: Duration::from_secs(300), auto_disable_after: None });
+        let iso = Isolation::new(Settings {
+            max_in_flight: 1,
+            failures_to_open: 1,
+            cooldown: Duration::from_secs(300),
+            auto_disable_after: None,
+        });
         let mut t = Instant::now();
         assert_eq!(iso.admit("a", t), Gate::Go);
         iso.finish("a", false, t);

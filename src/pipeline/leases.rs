@@ -18,7 +18,10 @@ use std::{sync::Arc, time::Duration};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::{Connection, RedisError, Script, Value};
 
-use super::{reader::{hand_on, GROUP}, Admission, Completion, InFlight, Inbound};
+use super::{
+    reader::{hand_on, GROUP},
+    Admission, Completion, InFlight, Inbound,
+};
 use crate::{
     redis_conn::{is_connection_error, RedisTarget},
     streams::{parse_entries, RawEntry},
@@ -38,7 +41,6 @@ for i = 3, #ARGV do
 end
 return renewed
 "#;
-
 
 pub struct Leases {
     pub redis: RedisTarget,
@@ -145,5 +147,4 @@ impl Leases {
         }
         Ok(claimed)
     }
-
 }

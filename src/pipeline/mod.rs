@@ -69,12 +69,12 @@ use parking_lot::Mutex;
 
 use crate::{
     config::Config,
-    metrics::Metrics,
     deadletter::{AttemptRecord, Reason},
     domain::{
         routing::{Route, RoutingHandle},
         store::{Keys, Store},
     },
+    metrics::Metrics,
     redis_conn::RedisTarget,
 };
 
@@ -171,7 +171,9 @@ pub enum Verdict {
     Delivered,
     /// 410 Gone: the receiver asked to stop; the webhook is disabled.
     Gone,
-    Retry { retry_after: Option<Duration> },
+    Retry {
+        retry_after: Option<Duration>,
+    },
 }
 
 /// anything → outcomes
@@ -346,7 +348,12 @@ const EVALUATING_THREADS: &[&str] = &["wss-transformer", "wss-rehydrate", "wss-b
 /// Spawns one pipeline thread that reports on `died` if it panics, or returns while `shutdown`
 /// has not been signalled (its sender dropped). The threads that evaluate filters and transforms
 /// get the stack [`crate::expr::EVAL_STACK_BYTES`] their deepest evaluation needs.
-fn watched_thread(name: String, work: Box<dyn FnOnce() + Send>, died: Sender<String>, shutdown: Receiver<()>) -> std::io::Result<JoinHandle<()>> {
+fn watched_thread(
+    name: String,
+    work: Box<dyn FnOnce() + Send>,
+    died: Sender<String>,
+    shutdown: Receiver<()>,
+) -> std::io::Result<JoinHandle<()>> {
     let mut builder = thread::Builder::new().name(name.clone());
     if EVALUATING_THREADS.contains(&name.as_str()) {
         builder = builder.stack_size(crate::expr::EVAL_STACK_BYTES);
@@ -443,12 +450,7 @@ impl Pipeline {
         // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
         // progress are bounded by the sender queue and pool. Bounded, it could close a cycle.
         let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<String>();
-        let signer = signer::Signer {
-            routing: routing.clone(),
-            isolation: isolation.clone(),
-            redis: redis.clone(),
-            keys: keys.clone(),
-        };
+        let signer = signer::Signer { routing: routing.clone(), isolation: isolation.clone(), redis: redis.clone(), keys: keys.clone() };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone() };
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
@@ -503,7 +505,12 @@ impl Pipeline {
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
 
         if let Some(keep_for) = config.stream_retention {
-            let retention = retention::Retention { redis: redis.clone(), stream: keys.events.clone(), keep_for, trimmed: metrics.stream_trimmed.clone() };
+            let retention = retention::Retention {
+                redis: redis.clone(),
+                stream: keys.events.clone(),
+                keep_for,
+                trimmed: metrics.stream_trimmed.clone(),
+            };
             let stop = shutdown_rx.clone();
             spawn("wss-retention".into(), Box::new(move || retention.run(stop)))?;
         } else {
@@ -523,10 +530,7 @@ impl Pipeline {
         spawn("wss-gauges".into(), Box::new(move || gauges.run(stop)))?;
 
         let (r, s, stop) = (routing, store, shutdown_rx);
-        spawn(
-            "wss-config".into(),
-            Box::new(move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop)),
-        )?;
+        spawn("wss-config".into(), Box::new(move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop)))?;
 
         Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight, died: died_rx })
     }
@@ -602,7 +606,10 @@ mod tests {
         let _ = returning.join();
         let mut reasons: Vec<String> = died.try_iter().collect();
         reasons.sort();
-        assert_eq!(reasons, ["pipeline thread wss-test-panic panicked: boom", "pipeline thread wss-test-return stopped without being asked to"]);
+        assert_eq!(
+            reasons,
+            ["pipeline thread wss-test-panic panicked: boom", "pipeline thread wss-test-return stopped without being asked to"]
+        );
         drop(shutdown_tx);
         let stopped = watched_thread("wss-test-stopped".into(), Box::new(|| {}), died_tx, shutdown).unwrap();
         let _ = stopped.join();

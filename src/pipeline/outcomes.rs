@@ -234,11 +234,19 @@ impl Outcomes {
                         log_failure(&delivery, &record, "dead_lettered", "the receiver answered 410 Gone: disabling the webhook");
                         self.disable_webhook(&delivery.webhook_id, "the receiver answered 410 Gone".to_owned());
                         push_attempt(&mut delivery.history, record);
-                        let detail = format!("the receiver answered 410 Gone on attempt {}; webhook {} was disabled", delivery.attempt, delivery.webhook_id);
+                        let detail = format!(
+                            "the receiver answered 410 Gone on attempt {}; webhook {} was disabled",
+                            delivery.attempt, delivery.webhook_id
+                        );
                         self.dead_letter(delivery, Reason::Gone, detail, batch);
                     }
                     Next::RetryIn(delay) => {
-                        log_failure(&delivery, &record, "retrying", &format!("retrying in {}", humantime::format_duration(round_ms(delay))));
+                        log_failure(
+                            &delivery,
+                            &record,
+                            "retrying",
+                            &format!("retrying in {}", humantime::format_duration(round_ms(delay))),
+                        );
                         push_attempt(&mut delivery.history, record);
                         let due_ms = now_ms() + delay.as_millis() as u64;
                         batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
@@ -302,10 +310,14 @@ impl Outcomes {
     /// (those deliveries are then dead-lettered as `webhook_disabled`).
     fn circuit_changed(&self, webhook_id: &str, transition: Transition) {
         match transition {
-            Transition::Opened { failures, cooldown } => log::warn!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_opened";
+            Transition::Opened { failures, cooldown } => {
+                log::warn!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_opened";
                 "circuit of webhook {webhook_id} opened after {failures} consecutive failures: no attempts for {}, then one probe",
-                humantime::format_duration(cooldown)),
-            Transition::Closed => log::info!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_closed"; "circuit of webhook {webhook_id} closed: the probe succeeded"),
+                humantime::format_duration(cooldown))
+            }
+            Transition::Closed => {
+                log::info!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_closed"; "circuit of webhook {webhook_id} closed: the probe succeeded")
+            }
             Transition::FailingTooLong { failures, since } => {
                 let reason = format!(
                     "every attempt failed for {} ({failures} in a row; WSS_AUTO_DISABLE_AFTER); re-enable with UpdateWebhook enabled=true",
@@ -369,7 +381,14 @@ impl Outcomes {
     /// One attempt to write the batch in one transaction; true when it is written (or empty).
     /// On failure the batch is kept for the next attempt. The stats join when they are due
     /// (or `force`d, at shutdown).
-    fn flush(&self, conn: &mut Option<Connection>, batch: &mut Batch, trimming: &mut Trimming, stats: &mut StatsWriting, force: bool) -> bool {
+    fn flush(
+        &self,
+        conn: &mut Option<Connection>,
+        batch: &mut Batch,
+        trimming: &mut Trimming,
+        stats: &mut StatsWriting,
+        force: bool,
+    ) -> bool {
         self.take_circuit_changes(&mut batch.stats);
         let write_stats = !batch.stats.is_empty() && (force || Instant::now() >= stats.due);
         if batch.len() == 0 && !write_stats {
@@ -528,7 +547,8 @@ fn finish(delivery: &Delivery, batch: &mut Batch) {
 
 /// Logs a failed attempt once, with its fields; `outcome`: what happens to the delivery now.
 fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next: &str) {
-    let what = if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
+    let what =
+        if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
     let error = if record.status != 0 { "http_status" } else { &*record.error_kind };
     log::warn!(target: "wss::outcomes",
         tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
@@ -582,7 +602,11 @@ mod tests {
         let p = policy();
         let delays: Vec<Next> = (1..=8).map(|attempt| decide(&p, attempt, FAILED, none)).collect();
         let secs = |s: u64| Next::RetryIn(Duration::from_secs(s));
-        assert_eq!(delays, [secs(5), secs(25), secs(125), secs(625), secs(3125), secs(15625), secs(36000), Next::Exhausted], "attempt n waits initial × multiplier^(n-1), capped; the 8th is the last");
+        assert_eq!(
+            delays,
+            [secs(5), secs(25), secs(125), secs(625), secs(3125), secs(15625), secs(36000), Next::Exhausted],
+            "attempt n waits initial × multiplier^(n-1), capped; the 8th is the last"
+        );
     }
 
     #[test]

@@ -191,7 +191,8 @@ mod tests {
 
     #[test]
     fn a_poison_rejection_says_what_could_be_read() {
-        let entry = RawEntry { id: "1-0".into(), fields: Some(vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"type".to_vec(), b"t".to_vec())]) };
+        let entry =
+            RawEntry { id: "1-0".into(), fields: Some(vec![(b"tenant".to_vec(), b"acme".to_vec()), (b"type".to_vec(), b"t".to_vec())]) };
         let r = poison_rejection(&entry, 6);
         assert_eq!((r.reason, r.tenant.as_str(), r.event_type.as_str(), r.event_id.as_str()), (Reason::Poison, "acme", "t", ""));
         assert!(r.detail.starts_with("the entry was read 6 times"), "{}", r.detail);

@@ -34,7 +34,6 @@ use crate::{
     streams::{parse_entries, RawEntry},
 };
 
-
 pub const GROUP: &str = "wss";
 
 /// Shortest and longest wait between two reads that found nothing new.
@@ -144,9 +143,7 @@ impl Reader {
     fn connect(&self, shutdown: &Receiver<()>) -> Option<Connection> {
         loop {
             let mut con = self.redis.connect_with_retry(shutdown)?;
-            let setup = con
-                .set_read_timeout(Some(self.block + Duration::from_secs(5)))
-                .and_then(|()| self.create_group(&mut con));
+            let setup = con.set_read_timeout(Some(self.block + Duration::from_secs(5))).and_then(|()| self.create_group(&mut con));
             match setup {
                 Ok(()) => return Some(con),
                 Err(err) => {
@@ -187,19 +184,27 @@ impl Reader {
             .invoke(con)?;
         parse_entries(reply).map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREADGROUP reply", e.to_string())))
     }
-
 }
 
 /// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
 /// `reads`: how often Redis delivered it, for an entry read again (see `super::poison`).
-pub(super) fn hand_on(entry: RawEntry, recovered: bool, reads: Option<u64>, max_event_bytes: usize, out: &Sender<Inbound>, done: &Sender<Completion>) -> bool {
+pub(super) fn hand_on(
+    entry: RawEntry,
+    recovered: bool,
+    reads: Option<u64>,
+    max_event_bytes: usize,
+    out: &Sender<Inbound>,
+    done: &Sender<Completion>,
+) -> bool {
     let ticket = EntryTicket::new(entry.id.clone(), recovered);
     let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
     let parsed = match (stubbed, reads) {
         (Some((size, excerpt)), _) => {
             let mut rejection = poison::poison_rejection(&entry, 0);
             rejection.reason = crate::deadletter::Reason::TooLarge;
-            rejection.detail = format!("the entry is {size} bytes; the limit is {max_event_bytes} (WSS_MAX_EVENT_BYTES); it was not read whole; {excerpt}");
+            rejection.detail = format!(
+                "the entry is {size} bytes; the limit is {max_event_bytes} (WSS_MAX_EVENT_BYTES); it was not read whole; {excerpt}"
+            );
             return done.send(Completion::Rejected { ticket, rejection, raw_fields: Vec::new() }).is_ok();
         }
         (None, Some(reads)) if reads >= poison::MAX_READS => Err(poison::poison_rejection(&entry, reads)),

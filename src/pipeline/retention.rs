@@ -92,10 +92,7 @@ pub fn trim_point(now_ms: u64, keep_for: Duration, groups: &[GroupPosition]) -> 
     }
     let keep_ms = u64::try_from(keep_for.as_millis()).unwrap_or(u64::MAX);
     let age_limit = StreamId { ms: now_ms.checked_sub(keep_ms)?, seq: 0 };
-    let point = groups
-        .iter()
-        .flat_map(|g| std::iter::once(g.last_delivered).chain(g.oldest_pending))
-        .fold(age_limit, std::cmp::min);
+    let point = groups.iter().flat_map(|g| std::iter::once(g.last_delivered).chain(g.oldest_pending)).fold(age_limit, std::cmp::min);
     (point > StreamId { ms: 0, seq: 0 }).then_some(point)
 }
 
@@ -203,7 +200,8 @@ fn group_positions(reply: &Value) -> Result<Vec<GroupPosition>, String> {
             let field = |key: &str| fields.iter().find(|(k, _)| k == key).and_then(|(_, v)| text(v));
             let name = field("name").ok_or_else(|| format!("a group without a name: {g:?}"))?;
             let last = field("last-delivered-id").ok_or_else(|| format!("group {name} without last-delivered-id"))?;
-            let last_delivered = StreamId::parse(&last).ok_or_else(|| format!("group {name}: last-delivered-id {last:?} is not an entry id"))?;
+            let last_delivered =
+                StreamId::parse(&last).ok_or_else(|| format!("group {name}: last-delivered-id {last:?} is not an entry id"))?;
             Ok(GroupPosition { name, last_delivered, oldest_pending: None })
         })
         .collect()
@@ -295,14 +293,26 @@ mod tests {
     #[test]
     fn group_positions_and_pending_summaries_are_read_from_either_protocol() {
         let resp2 = Value::Array(vec![
-            Value::Array(vec![bulk("name"), bulk("wss"), bulk("consumers"), Value::Int(1), bulk("pending"), Value::Int(3), bulk("last-delivered-id"), bulk("12-3")]),
+            Value::Array(vec![
+                bulk("name"),
+                bulk("wss"),
+                bulk("consumers"),
+                Value::Int(1),
+                bulk("pending"),
+                Value::Int(3),
+                bulk("last-delivered-id"),
+                bulk("12-3"),
+            ]),
             Value::Map(vec![(bulk("name"), bulk("audit")), (bulk("last-delivered-id"), bulk("0-0"))]),
         ]);
         let positions = group_positions(&resp2).unwrap();
-        assert_eq!(positions, [
-            GroupPosition { name: "wss".into(), last_delivered: id(12, 3), oldest_pending: None },
-            GroupPosition { name: "audit".into(), last_delivered: id(0, 0), oldest_pending: None },
-        ]);
+        assert_eq!(
+            positions,
+            [
+                GroupPosition { name: "wss".into(), last_delivered: id(12, 3), oldest_pending: None },
+                GroupPosition { name: "audit".into(), last_delivered: id(0, 0), oldest_pending: None },
+            ]
+        );
         assert!(group_positions(&Value::Array(vec![Value::Array(vec![bulk("name"), bulk("x")])])).is_err());
         assert!(group_positions(&Value::Nil).is_err());
 

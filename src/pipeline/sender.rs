@@ -86,11 +86,8 @@ fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict)
     let verdict = match request.send(&signed.delivery.body[..]) {
         Ok(mut response) => {
             let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let retry_after =
+                response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()));
             record.status = status;
             record.response_excerpt = read_excerpt(response.body_mut().as_reader());
             let verdict = classify(status, retry_after);
@@ -151,9 +148,10 @@ fn error_kind(err: &ureq::Error) -> &'static str {
         ureq::Error::ConnectionFailed => "connect",
         ureq::Error::Io(e) => match e.kind() {
             io::ErrorKind::PermissionDenied => "refused_target",
-            io::ErrorKind::ConnectionRefused | io::ErrorKind::AddrNotAvailable | io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => {
-                "connect"
-            }
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable => "connect",
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
             _ => "io",
         },

@@ -91,7 +91,14 @@ struct Stopped;
 impl Signer {
     /// `freed` names a webhook each time one of its attempts ends (sent by the sender that made
     /// it), so that its parked deliveries can go.
-    pub fn run(self, fresh: Receiver<Delivery>, due: Receiver<Delivery>, freed: Receiver<String>, outputs: Outputs, shutdown: Receiver<()>) {
+    pub fn run(
+        self,
+        fresh: Receiver<Delivery>,
+        due: Receiver<Delivery>,
+        freed: Receiver<String>,
+        outputs: Outputs,
+        shutdown: Receiver<()>,
+    ) {
         let mut conn: Option<Connection> = None;
         let mut parked: Parked = HashMap::new();
         let sweep = tick(SWEEP_EVERY);
@@ -258,7 +265,13 @@ impl Signer {
     }
 
     /// The delivery's history record, and whether it waits in the backlog.
-    fn lookup(&self, conn: &mut Option<Connection>, id: &str, webhook: &str, entry: &str) -> redis::RedisResult<(Option<DeliveryRecord>, bool)> {
+    fn lookup(
+        &self,
+        conn: &mut Option<Connection>,
+        id: &str,
+        webhook: &str,
+        entry: &str,
+    ) -> redis::RedisResult<(Option<DeliveryRecord>, bool)> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_once(Duration::from_secs(2))?);
         }
@@ -403,8 +416,16 @@ mod tests {
         assert_eq!(get("webhook-signature").split(' ').count(), 2);
         let now = UNIX_EPOCH + Duration::from_secs(at);
         for secret in ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ="] {
-            verify_standard(secret, get("webhook-id"), get("webhook-timestamp"), get("webhook-signature"), body, Duration::from_secs(300), now)
-                .unwrap();
+            verify_standard(
+                secret,
+                get("webhook-id"),
+                get("webhook-timestamp"),
+                get("webhook-signature"),
+                body,
+                Duration::from_secs(300),
+                now,
+            )
+            .unwrap();
         }
     }
 

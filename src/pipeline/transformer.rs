@@ -39,7 +39,7 @@ use crate::{
         routing::{Route, RoutingHandle},
         store::Store,
     },
-    expr::{Bound, EvalError, Evaluator, Envelope, Failure, Filter, Outcome, Transform},
+    expr::{Bound, Envelope, EvalError, Evaluator, Failure, Filter, Outcome, Transform},
 };
 
 /// Longest excerpt of an expression quoted in a dead letter's detail, in characters.
@@ -72,7 +72,10 @@ pub fn run(
                     "processing event {} (stream entry {}) panicked: {}; it is dead-lettered as poison", event.id, event.stream_id, what.as_deref().unwrap_or("(no message)"));
                 let rejection = Rejection {
                     reason: Reason::Poison,
-                    detail: format!("processing the event panicked ({}); please report it with the event", what.as_deref().unwrap_or("no message")),
+                    detail: format!(
+                        "processing the event panicked ({}); please report it with the event",
+                        what.as_deref().unwrap_or("no message")
+                    ),
                     tenant: event.tenant.clone(),
                     event_type: event.event_type.clone(),
                     event_id: event.id.clone(),
@@ -198,7 +201,9 @@ fn route(
         };
         let sent = match plan {
             Plan::Send(body) => out.send(delivery(body)).is_ok(),
-            Plan::DeadLetter { reason, detail, body } => done.send(Completion::Abandoned { delivery: delivery(body), reason, detail }).is_ok(),
+            Plan::DeadLetter { reason, detail, body } => {
+                done.send(Completion::Abandoned { delivery: delivery(body), reason, detail }).is_ok()
+            }
         };
         if !sent {
             return false;
@@ -212,7 +217,11 @@ fn route(
 pub(super) enum Plan {
     Send(Arc<[u8]>),
     /// An expression failed on the event; `body` is the envelope, kept in the dead letter.
-    DeadLetter { reason: Reason, detail: String, body: Arc<[u8]> },
+    DeadLetter {
+        reason: Reason,
+        detail: String,
+        body: Arc<[u8]>,
+    },
 }
 
 /// The same rules for one webhook, as they stand now: `None` when its types no longer match the
@@ -281,7 +290,9 @@ fn expressions(route: &Route) -> Result<Expressions<'_>, (Reason, String)> {
     let filter = match route.filter.as_deref().map(|e| &e.compiled) {
         None => None,
         Some(Ok(filter)) => Some(filter),
-        Some(Err(err)) => return Err((Reason::FilterError, format!("the stored filter does not compile: {err}; replace it with UpdateWebhook"))),
+        Some(Err(err)) => {
+            return Err((Reason::FilterError, format!("the stored filter does not compile: {err}; replace it with UpdateWebhook")))
+        }
     };
     let transform = match route.transform.as_deref().map(|e| &e.compiled) {
         None => None,
@@ -349,7 +360,8 @@ mod tests {
     }
 
     fn route(id: &str, filter: &str, transform: &str) -> Arc<Route> {
-        let compiled_filter = (!filter.is_empty()).then(|| Arc::new(Expression { source: filter.into(), compiled: Filter::compile(filter) }));
+        let compiled_filter =
+            (!filter.is_empty()).then(|| Arc::new(Expression { source: filter.into(), compiled: Filter::compile(filter) }));
         let compiled_transform =
             (!transform.is_empty()).then(|| Arc::new(Expression { source: transform.into(), compiled: Transform::compile(transform) }));
         Arc::new(Route {
@@ -437,7 +449,9 @@ mod tests {
         assert!(matches!(plans[0].1, Plan::Send(_)));
         let filtered = route("wh_f", "true", "");
         let plans = plan(&Evaluator::new(), &event, &[&filtered]);
-        assert!(matches!(&plans[0].1, Plan::DeadLetter { reason: Reason::FilterError, detail, .. } if detail.starts_with("filter failed: event.data cannot be given to CEL")));
+        assert!(
+            matches!(&plans[0].1, Plan::DeadLetter { reason: Reason::FilterError, detail, .. } if detail.starts_with("filter failed: event.data cannot be given to CEL"))
+        );
     }
 
     #[test]

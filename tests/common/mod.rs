@@ -35,8 +35,8 @@ use wss::http_server::{Request, Responder, Response, Server};
 use wss::proto::{
     delivery_service_client::DeliveryServiceClient, event_service_client::EventServiceClient,
     retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
-    webhook_service_client::WebhookServiceClient, CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest,
-    DeadLetter, ListDeadLettersRequest, RetryPolicy, Tenant, Webhook,
+    webhook_service_client::WebhookServiceClient, CreateRetryPolicyRequest, CreateTenantRequest, CreateWebhookRequest, DeadLetter,
+    ListDeadLettersRequest, RetryPolicy, Tenant, Webhook,
 };
 
 /// How long a test waits for something the service should do "soon". Generous: the machine is a
@@ -83,7 +83,10 @@ pub fn redis_url() -> String {
 /// A stream entry id as `(milliseconds, sequence)`, for ordering.
 pub fn parse_stream_id(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or_else(|| panic!("{id:?} is not a stream id"));
-    (ms.parse().unwrap_or_else(|_| panic!("{id:?} is not a stream id")), seq.parse().unwrap_or_else(|_| panic!("{id:?} is not a stream id")))
+    (
+        ms.parse().unwrap_or_else(|_| panic!("{id:?} is not a stream id")),
+        seq.parse().unwrap_or_else(|_| panic!("{id:?} is not a stream id")),
+    )
 }
 
 /// The state of consumer group `wss` on a stream.
@@ -107,9 +110,7 @@ impl Keyspace {
         let url = redis_url();
         let client = redis::Client::open(url.as_str()).unwrap_or_else(|e| panic!("WSS_TEST_REDIS_URL={url:?} is not a Redis URL: {e}"));
         let ks = Self { prefix, client };
-        let pong: String = redis::cmd("PING")
-            .query(&mut ks.conn())
-            .unwrap_or_else(|e| panic!("Redis at {url} does not answer PING: {e}"));
+        let pong: String = redis::cmd("PING").query(&mut ks.conn()).unwrap_or_else(|e| panic!("Redis at {url} does not answer PING: {e}"));
         assert_eq!(pong, "PONG");
         ks
     }
@@ -182,17 +183,11 @@ impl Keyspace {
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
-            let (next, batch): (u64, Vec<String>) = match redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{}*", self.prefix))
-                .arg("COUNT")
-                .arg(500)
-                .query(&mut con)
-            {
-                Ok(reply) => reply,
-                Err(_) => return keys,
-            };
+            let (next, batch): (u64, Vec<String>) =
+                match redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{}*", self.prefix)).arg("COUNT").arg(500).query(&mut con) {
+                    Ok(reply) => reply,
+                    Err(_) => return keys,
+                };
             keys.extend(batch);
             if next == 0 {
                 return keys;
@@ -444,12 +439,8 @@ impl Drop for Service {
 /// `GET http://<addr><path>` with an optional bearer token: (status, content type, body). Any
 /// status is returned, not turned into an error.
 pub fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).proxy(None).timeout_global(Some(Duration::from_secs(10))).build().into();
     let mut request = agent.get(format!("http://{addr}{path}"));
     if let Some(token) = token {
         request = request.header("Authorization", format!("Bearer {token}"));
@@ -683,7 +674,11 @@ impl Grpc {
 
     pub async fn create_tenant(&self, tenant_id: &str) -> Tenant {
         self.tenants()
-            .create_tenant(CreateTenantRequest { tenant_id: tenant_id.into(), display_name: format!("Tenant {tenant_id}"), ..Default::default() })
+            .create_tenant(CreateTenantRequest {
+                tenant_id: tenant_id.into(),
+                display_name: format!("Tenant {tenant_id}"),
+                ..Default::default()
+            })
             .await
             .unwrap_or_else(|s| panic!("CreateTenant {tenant_id}: {s:?}"))
             .into_inner()

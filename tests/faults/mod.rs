@@ -386,7 +386,8 @@ fn serve(state: &State, connection: usize, mut stream: TcpStream) {
                 return;
             }
             Act::EndlessBody { status, total } => {
-                let head = format!("HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", reason(status));
+                let head =
+                    format!("HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n", reason(status));
                 if stream.write_all(head.as_bytes()).is_err() {
                     update(&|s| s.client_hung_up = true);
                     return;

@@ -8,7 +8,10 @@
 //! - [`assert_never_logged`]: the grep of a service's log for secrets.
 #![allow(dead_code)]
 
-use std::{path::PathBuf, time::{SystemTime, UNIX_EPOCH}};
+use std::{
+    path::PathBuf,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use tonic::{
     metadata::{Ascii, MetadataValue},
@@ -170,11 +173,7 @@ impl TestPki {
             (cert, rcgen::Issuer::new(params, key))
         }
 
-        fn leaf(
-            names: &[&str],
-            purpose: ExtendedKeyUsagePurpose,
-            issuer: &rcgen::Issuer<'static, KeyPair>,
-        ) -> (String, String) {
+        fn leaf(names: &[&str], purpose: ExtendedKeyUsagePurpose, issuer: &rcgen::Issuer<'static, KeyPair>) -> (String, String) {
             let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
             params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
             params.extended_key_usages = vec![purpose];
