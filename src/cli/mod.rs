@@ -415,7 +415,8 @@ pub enum EventVerb {
         /// The data, JSON text; `-` or absent: read from stdin.
         #[arg(long)]
         data: Option<String>,
-        /// The event id receivers see (default: the stream entry id).
+        /// The event id receivers see (default: the stream entry id). Publishing the same id for
+        /// the tenant again within WSS_DEDUPE_WINDOW appends nothing (duplicate: true).
         #[arg(long, default_value = "")]
         id: String,
         /// NAME=VALUE stored as a further stream field; repeat for more.
@@ -985,7 +986,11 @@ async fn event(mut c: Clients, verb: EventVerb) -> Result<Printed, Failure> {
             let request =
                 PublishEventRequest { tenant_id: tenant, event_type, data, event_id: id, attributes: attributes.into_iter().collect() };
             let r = c.events.publish_event(request).await?.into_inner();
-            let record = Record(vec![("stream_entry_id", r.stream_entry_id.clone().into()), ("event_id", r.event_id.clone().into())]);
+            let record = Record(vec![
+                ("stream_entry_id", r.stream_entry_id.clone().into()),
+                ("event_id", r.event_id.clone().into()),
+                ("duplicate", r.duplicate.into()),
+            ]);
             Ok(Printed::one(&record))
         }
     }
