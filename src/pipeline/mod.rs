@@ -341,9 +341,9 @@ pub struct Pipeline {
     died: Receiver<String>,
 }
 
-/// The threads that evaluate filters and transforms (the transformer; the rehydrator, or with
-/// the durable backlog of issue 12 the backlog pump, rebuilding a delivery by today's rules).
-const EVALUATING_THREADS: &[&str] = &["wss-transformer", "wss-rehydrate", "wss-backlog"];
+/// The threads that evaluate filters and transforms (the transformer, and the backlog pump
+/// rebuilding a delivery by today's rules).
+const EVALUATING_THREADS: &[&str] = &["wss-transformer", "wss-backlog"];
 
 /// Spawns one pipeline thread that reports on `died` if it panics, or returns while `shutdown`
 /// has not been signalled (its sender dropped). The threads that evaluate filters and transforms
