@@ -534,7 +534,7 @@ impl Parser<'_> {
             None => None,
         };
         for (name, pem) in [("tls_cert_file", &cert_pem), ("tls_key_file", &key_pem)] {
-            if pem.as_ref().is_some_and(|bytes| !bytes.windows(11).any(|w| w == b"-----BEGIN ")) {
+            if pem.as_deref().is_some_and(|bytes| !looks_like_pem(bytes)) {
                 self.errors.push(format!("{name}: the file is not PEM (no -----BEGIN line)"));
             }
         }
@@ -565,7 +565,7 @@ impl Parser<'_> {
         }
         let pem = |this: &mut Self, name: &'static str, path: &str| {
             let bytes = this.read_file(name, path)?;
-            if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            if !looks_like_pem(&bytes) {
                 this.error(name, path, "the file is not PEM (no -----BEGIN line)");
                 return None;
             }
@@ -670,6 +670,12 @@ impl Parser<'_> {
             }
         }
     }
+}
+
+/// Whether `bytes` has a PEM `-----BEGIN` line: enough to tell a PEM file from a wrong one
+/// before its contents are parsed where they are used.
+fn looks_like_pem(bytes: &[u8]) -> bool {
+    bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
 #[cfg(test)]

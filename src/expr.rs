@@ -73,7 +73,7 @@ use std::{
 use base64::Engine as _;
 use cel::{
     common::{
-        ast::{EntryExpr, Expr, IdedExpr, LiteralValue},
+        ast::{EntryExpr, Expr, IdedEntryExpr, IdedExpr, LiteralValue},
         types::{
             CelBool, CelBytes, CelDouble, CelDuration, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp, CelType,
             CelUInt, Kind,
@@ -405,28 +405,25 @@ fn check_references<'a>(program: &Program, expr: &'a IdedExpr, scope: &mut Vec<&
 }
 
 /// The direct sub-expressions of `expr`.
+/// The expressions of a map's or a struct's entries: a map entry's key and value, a field's value.
+fn entry_children(entries: &[IdedEntryExpr]) -> Vec<&IdedExpr> {
+    entries
+        .iter()
+        .flat_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
+            EntryExpr::StructField(f) => vec![&f.value],
+        })
+        .collect()
+}
+
 fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
     match &expr.expr {
         Expr::Call(call) => call.target.as_deref().into_iter().chain(call.args.iter()).collect(),
         Expr::Select(select) => vec![&select.operand],
         Expr::Comprehension(c) => vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result],
         Expr::List(list) => list.elements.iter().collect(),
-        Expr::Map(map) => map
-            .entries
-            .iter()
-            .flat_map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
-                EntryExpr::StructField(f) => vec![&f.value],
-            })
-            .collect(),
-        Expr::Struct(s) => s
-            .entries
-            .iter()
-            .flat_map(|entry| match &entry.expr {
-                EntryExpr::MapEntry(e) => vec![&e.key, &e.value],
-                EntryExpr::StructField(f) => vec![&f.value],
-            })
-            .collect(),
+        Expr::Map(map) => entry_children(&map.entries),
+        Expr::Struct(s) => entry_children(&s.entries),
         Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => Vec::new(),
     }
 }

@@ -242,11 +242,6 @@ impl Isolation {
         }
     }
 
-    /// The in-flight cap of every webhook.
-    pub fn cap(&self) -> usize {
-        self.settings.max_in_flight
-    }
-
     /// The circuit changes since the last call, oldest first.
     pub fn take_changes(&self) -> Vec<CircuitChange> {
         std::mem::take(&mut *self.changes.lock())
