@@ -98,7 +98,7 @@ impl Keys {
     }
 
     // The durable backlog (`crate::pipeline::backlog`). Every backlog key starts with
-    // `backlog_base`, the one place a Redis Cluster hash tag per shard (`{k}`, SPEC §8) goes, so
+    // `backlog_base`, the one place a Redis Cluster hash tag per shard (`{k}`, docs/contract.md §8) goes, so
     // that the keys of one shard share a slot with its stream.
 
     fn backlog_base(&self) -> String {
@@ -559,7 +559,7 @@ impl Store {
         self.with_conn(|con, keys| redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e)))
     }
 
-    /// [`Store::publish_event`] of an event with its own id (SPEC §9): appended once per tenant
+    /// [`Store::publish_event`] of an event with its own id (docs/contract.md §9): appended once per tenant
     /// and id within the dedupe window; a repeat answers the first publication's entry.
     pub fn publish_event_once(&self, tenant: &str, event_id: &str, fields: &[(&str, &str)]) -> Result<Published, DomainError> {
         let window_ms = self.dedupe_window.as_millis().max(1) as u64;

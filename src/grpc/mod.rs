@@ -1,4 +1,4 @@
-//! The control plane: the six `wss.v1` gRPC services (SPEC.md §5, plus `TokenService`), plus
+//! The control plane: the six `wss.v1` gRPC services (docs/contract.md §5, plus `TokenService`), plus
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) so that `grpcurl` works without
 //! proto files.
 //!

@@ -116,7 +116,7 @@ fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict)
     (record, verdict)
 }
 
-/// What a status means (SPEC.md §2): 2xx delivered; 410 stop; 429/503 honour Retry-After;
+/// What a status means (docs/contract.md §2): 2xx delivered; 410 stop; 429/503 honour Retry-After;
 /// anything else (3xx included — redirects are not followed) is retried.
 pub fn classify(status: u16, retry_after: Option<std::time::Duration>) -> Verdict {
     match status {
