@@ -319,3 +319,40 @@ async fn tenant_tokens_resend_and_replay_only_their_own_tenant() {
     );
     assert_status(bad(ReplayEventsRequest { tenant_id: "nobody".into(), ..full }).await, Code::NotFound, None, "an unknown tenant");
 }
+
+/// Runs the built `wss` CLI with `args` against the control plane at `addr`; returns its JSON.
+fn cli(addr: std::net::SocketAddr, args: &[&str]) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wss"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("WSS_") {
+            cmd.env_remove(&name);
+        }
+    }
+    let out = cmd.env("WSS_SERVER", format!("http://{addr}")).args(args).stdin(std::process::Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "wss {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("wss {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_resends_replays_and_tests() {
+    let ks = Keyspace::new("resend_cli");
+    let receiver = Receiver::ok();
+    let service = Service::start(&ks, "resend-cli", &[]).await;
+    let grpc = service.grpc().await;
+    let addr = service.grpc_addr.unwrap();
+    grpc.create_tenant("acme").await;
+    let hook = grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
+    let entry = ks.publish("acme", "order.created", r#"{"n":1}"#);
+    let delivery_id = format!("{entry}:{}", hook.webhook_id);
+    delivery_status(&grpc, &delivery_id, DeliveryStatus::Delivered).await;
+
+    let resent = cli(addr, &["delivery", "resend", &delivery_id]);
+    assert_eq!((resent["event_id"].as_str(), resent["event_source"].as_str()), (Some(entry.as_str()), Some("stream")), "{resent}");
+    let replayed = cli(addr, &["event", "replay", "--tenant", "acme", "--since", "10m", "--limit", "1", "--all"]);
+    assert_eq!((replayed["events_examined"].as_u64(), replayed["deliveries_scheduled"].as_u64()), (Some(1), Some(1)), "{replayed}");
+    let tested = cli(addr, &["webhook", "test", &hook.webhook_id]);
+    assert_eq!((tested["succeeded"].as_bool(), tested["status_code"].as_u64()), (Some(true), Some(200)), "{tested}");
+    let all = receiver.wait_for_requests(4, "original, resend, replay and test", Recorded::delivered).await;
+    assert_eq!(all.iter().filter(|r| r.event_id() == entry).count(), 3, "{all:?}");
+}
