@@ -125,6 +125,9 @@ async fn a_test_event_reports_its_attempt_and_is_recorded_like_any() {
     })
     .await;
     assert!(grpc.dead_letters("acme").await.unwrap().is_empty(), "no dead-letter record");
+    let again = grpc.deliveries().resend_delivery(wss::proto::ResendDeliveryRequest { delivery_id: sent.delivery_id.clone() }).await;
+    let status = assert_status(again, Code::FailedPrecondition, None, "resending a test event");
+    assert!(status.message().contains("SendTestEvent"), "{}", status.message());
 
     // Nobody listening: a connect error, no status.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -39,7 +39,10 @@ use crate::{
     deadletter::{DeadLetter, Fields},
     expr::Evaluator,
     history::{self, DeliveryRecord, Status},
-    pipeline::event::{parse_entry, CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD},
+    pipeline::{
+        event::{parse_entry, CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD},
+        test_event::ID_PREFIX as TEST_EVENT_PREFIX,
+    },
     streams::parse_id,
 };
 
@@ -171,6 +174,9 @@ impl Resender<'_> {
             return Err(refuse(
                 "it is still being retried; resend it once it is delivered or dead-lettered (GetDelivery shows its status)".into(),
             ));
+        }
+        if delivery.event_id.starts_with(TEST_EVENT_PREFIX) && parse_id(&delivery.stream_entry_id).is_none() {
+            return Err(refuse("it is a test event, which is never sent again; send another with WebhookService/SendTestEvent".into()));
         }
         let routing = self.fresh_routing()?;
         let target = DeadLetter { tenant_id: delivery.tenant_id.clone(), webhook_id: delivery.webhook_id.clone(), ..Default::default() };

@@ -30,6 +30,8 @@ use crate::{
     streams::RawEntry,
 };
 
+/// How a test event's id starts (`wss-test-<ms>-<random>`).
+pub const ID_PREFIX: &str = "wss-test-";
 /// The event type when the request gives none.
 pub const DEFAULT_TYPE: &str = "wss.test";
 /// `DeliveryRecord.dead_letter_reason` of a failed test attempt.
@@ -53,7 +55,7 @@ impl TestEvent {
         let mut random = [0u8; 4];
         // Without randomness the millisecond alone still tells tests apart, nearly always.
         let _ = getrandom::fill(&mut random);
-        let id = format!("wss-test-{now}-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let id = format!("{ID_PREFIX}{now}-{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let event_type = if event_type.is_empty() { DEFAULT_TYPE } else { event_type };
         let default_data;
         let data = if data.is_empty() {
