@@ -686,6 +686,82 @@ impl Store {
         })
     }
 
+    /// Entries of `<prefix>events` oldest first, from `start` to `end` (`XRANGE` bounds), at
+    /// most `count` (ReplayEvents).
+    pub fn events_between(&self, start: &str, end: &str, count: usize) -> Result<Vec<crate::streams::RawEntry>, DomainError> {
+        self.with_conn(|con, keys| {
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(&keys.events)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count)
+                .query(con)
+                .map_err(|e| self.unavailable(e))?;
+            parse_entries(reply)
+                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))
+        })
+    }
+
+    /// Appends every entry of `entries` to `<prefix>events`, all or none (`MULTI … EXEC`), and
+    /// returns their new ids in order (ResendDelivery, ReplayEvents).
+    pub fn append_events(&self, entries: &[crate::deadletter::Fields]) -> Result<Vec<String>, DomainError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_conn(|con, keys| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for fields in entries {
+                pipe.cmd("XADD").arg(&keys.events).arg("*").arg(fields);
+            }
+            pipe.query(con).map_err(|e| self.unavailable(e))
+        })
+    }
+
+    /// The dead-letter record of delivery (`stream_entry_id`, `webhook_id`), looked for among
+    /// the records written from `from_ms` on (at most `scan` of them).
+    pub fn find_dead_letter(
+        &self,
+        stream_entry_id: &str,
+        webhook_id: &str,
+        from_ms: u64,
+        scan: usize,
+    ) -> Result<Option<DeadLetter>, DomainError> {
+        let mut start = format!("{from_ms}-0");
+        let mut scanned = 0;
+        loop {
+            let batch = self.dead_letters_between(&start, "+", 500)?;
+            let exhausted = batch.len() < 500;
+            for record in batch {
+                scanned += 1;
+                start = format!("({}", record.id);
+                if record.stream_entry_id == stream_entry_id && record.webhook_id == webhook_id {
+                    return Ok(Some(record));
+                }
+            }
+            if exhausted || scanned >= scan {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Records one attempt made outside the pipeline (SendTestEvent): its history record and
+    /// its webhook's stats, in one transaction, as the outcome stage writes them.
+    pub fn record_attempt(&self, record: &DeliveryRecord, retention: history::Retention, succeeded: bool) -> Result<(), DomainError> {
+        self.with_conn(|con, keys| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            history::queue_writes(&mut pipe, keys, retention, [record]);
+            let mut tally = stats::Tally::default();
+            for attempt in &record.attempts {
+                tally.attempt(&record.webhook_id, attempt, succeeded);
+            }
+            stats::queue_writes(&mut pipe, keys, &tally, &mut stats::Trims::default(), now_ms(), stats::KEY_TTL);
+            pipe.query::<()>(con).map_err(|e| self.unavailable(e))
+        })
+    }
+
     /// Deliveries, newest first (see `crate::history::list`).
     pub fn list_deliveries(&self, query: &history::Query, page_size: usize, token: &str) -> Result<Page<DeliveryRecord>, DomainError> {
         let token = if token.is_empty() {

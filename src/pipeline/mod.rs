@@ -50,9 +50,10 @@ mod outcomes;
 mod poison;
 mod reader;
 mod retention;
-mod sender;
-mod signer;
-mod transformer;
+pub(crate) mod sender;
+pub(crate) mod signer;
+pub(crate) mod test_event;
+pub(crate) mod transformer;
 
 use std::{
     collections::HashSet,
