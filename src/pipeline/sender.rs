@@ -28,7 +28,14 @@ use super::{
     isolation::{Isolation, Transition},
     Completion, SignedDelivery, Verdict,
 };
-use crate::{deadletter::AttemptRecord, domain::store::now_ms, http::Agents, metrics::AttemptErrors, retry::parse_retry_after};
+use crate::{
+    deadletter::AttemptRecord,
+    domain::store::now_ms,
+    http::Agents,
+    metrics::AttemptErrors,
+    otel::{self, Tracer},
+    retry::parse_retry_after,
+};
 
 /// Response bytes kept in the attempt record.
 const EXCERPT_BYTES: usize = 1024;
@@ -37,10 +44,12 @@ const DRAIN_BYTES: u64 = 64 * 1024;
 
 /// `freed` names the webhook of an attempt that ended when the signer parked one of its
 /// deliveries meanwhile (it has something to release).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     agents: &Agents,
     errors: &AttemptErrors,
     isolation: &Isolation,
+    tracer: &Tracer,
     input: Receiver<SignedDelivery>,
     done: Sender<Completion>,
     freed: Sender<String>,
@@ -51,7 +60,7 @@ pub fn run(
             recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        let (record, verdict) = attempt(agents, &signed);
+        let (record, verdict) = attempt(agents, tracer, &signed);
         if record.status == 0 && !record.error_kind.is_empty() {
             errors.count(&record.error_kind);
         }
@@ -69,8 +78,10 @@ pub fn run(
     }
 }
 
-fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
+fn attempt(agents: &Agents, tracer: &Tracer, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
     let route = &signed.route;
+    // The attempt's span (tracing on) and the trace headers (also when off: the event's own).
+    let trace = tracer.attempt(&signed.delivery.event, &signed.delivery.webhook_id, signed.delivery.attempt);
     let agent = agents.agent(route.client.as_ref().map(|c| &c.identity));
     let timeout = route.policy.attempt_timeout;
     let started_at_ms = now_ms();
@@ -79,7 +90,20 @@ fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict)
     for (name, value) in &signed.headers {
         request = request.header(*name, value);
     }
+    let traced = match trace.traceparent() {
+        Some(traceparent) => {
+            request = request.header(otel::TRACEPARENT, traceparent);
+            if let Some(tracestate) = trace.tracestate() {
+                request = request.header(otel::TRACESTATE, tracestate);
+            }
+            true
+        }
+        None => false,
+    };
     for (name, value) in &route.headers {
+        if traced && otel::is_trace_header(name) {
+            continue;
+        }
         request = request.header(&**name, &**value);
     }
     let mut record = AttemptRecord { attempt: signed.delivery.attempt, started_at_ms, ..Default::default() };
@@ -113,6 +137,7 @@ fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict)
         }
     };
     record.duration_ms = clock.elapsed().as_millis() as u64;
+    trace.end(&record, verdict, route.policy.max_attempts);
     (record, verdict)
 }
 
