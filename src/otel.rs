@@ -36,7 +36,7 @@ use opentelemetry::{
     trace::{Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _},
     Context, KeyValue,
 };
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::WithTonicConfig as _;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor},
@@ -63,6 +63,9 @@ pub const QUEUE: usize = 8192;
 const BATCH: usize = 512;
 /// A batch is sent at least this often when spans wait.
 const EXPORT_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait for a connection to the collector, and for one export.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the shutdown waits for the last spans to be exported.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -302,19 +305,24 @@ pub struct Exporting {
 impl Exporting {
     /// Builds the OTLP exporter on `runtime` (its gRPC channel runs there) and the batch span
     /// processor (its own thread). Nothing connects yet: an unreachable collector shows as export
-    /// errors, logged, never as a start-up failure.
+    /// errors, logged, never as a start-up failure. An `https://` endpoint is verified against
+    /// the OS trust store; `OTEL_EXPORTER_OTLP_HEADERS` adds request headers (an API key).
     pub fn start(
         settings: &OtlpSettings,
         instance: &str,
         counters: SpanCounters,
         runtime: &tokio::runtime::Handle,
-    ) -> Result<Self, opentelemetry_otlp::ExporterBuildError> {
+    ) -> anyhow::Result<Self> {
         let _entered = runtime.enter();
-        let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(settings.endpoint.clone());
+        // The channel is made here rather than by the exporter's builder, for a connect timeout:
+        // a collector behind a firewall that drops packets would hold each export for the OS's
+        // connect timeout (minutes) instead.
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(settings.endpoint.clone())?.connect_timeout(CONNECT_TIMEOUT).timeout(EXPORT_TIMEOUT);
         if settings.endpoint.starts_with("https://") {
-            builder = builder.with_tls_config(opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new().with_native_roots());
+            endpoint = endpoint.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())?;
         }
-        let exporter = builder.build()?;
+        let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_channel(endpoint.connect_lazy()).build()?;
         let queued = Arc::new(AtomicUsize::new(0));
         let exporter = Counting {
             inner: exporter,
@@ -542,6 +550,23 @@ mod tests {
         let trace = tracer.attempt(&traced, &webhook, 1);
         assert_eq!((trace.traceparent(), trace.tracestate()), (Some(VALID), Some("k=v")));
         trace.end(&AttemptRecord::default(), Verdict::Delivered, 5);
+    }
+
+    #[test]
+    fn the_exporter_is_made_without_connecting_for_http_and_https_collectors() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let counters = SpanCounters {
+            exported: IntCounter::new("e", "e").unwrap(),
+            dropped: IntCounter::new("d", "d").unwrap(),
+            failed: IntCounter::new("f", "f").unwrap(),
+        };
+        for endpoint in ["http://127.0.0.1:4317", "https://collector.example:4317"] {
+            let settings = OtlpSettings { endpoint: endpoint.into(), service_name: "wss".into(), sample_ratio: 1.0 };
+            let exporting = Exporting::start(&settings, "test-1", counters.clone(), runtime.handle()).unwrap();
+            assert!(exporting.tracer().is_on(), "{endpoint}");
+            exporting.shutdown();
+        }
+        assert_eq!(counters.exported.get() + counters.failed.get(), 0, "no span, no export");
     }
 
     #[test]

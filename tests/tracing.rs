@@ -320,3 +320,27 @@ async fn an_unreachable_collector_is_logged_once_and_deliveries_go_on() {
     let status = service.terminate().await;
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_does_not_hold_deliveries_back() {
+    // Connections are accepted by the kernel and never answered: every export waits out its
+    // timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let ks = Keyspace::new("tracing_silent");
+    let receiver = Receiver::ok();
+    let mut service = Service::start(&ks, "tracing-silent", &[("WSS_OTLP_ENDPOINT", endpoint.as_str())]).await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    grpc.create_webhook("acme", &receiver.url(), |_| {}).await;
+
+    for i in 0..50 {
+        ks.xadd(&[("tenant", "acme"), ("type", "t"), ("data", "{}"), ("id", &format!("evt-{i}"))]);
+    }
+    receiver.wait_for_requests(50, "delivered requests", Recorded::delivered).await;
+    service.wait_for_log("cannot export trace spans", WAIT).await;
+    let status = service.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(service.lines().iter().filter(|l| l.contains("cannot export trace spans")).count() == 1);
+    drop(silent);
+}

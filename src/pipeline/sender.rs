@@ -16,6 +16,10 @@
 //! and reading the start of its body — is bounded by the policy's `attempt_timeout`. At most
 //! 1 KiB of the response body is kept, and at most 64 KiB is read, so that a receiver that
 //! answers endlessly cannot hold a thread or memory.
+//!
+//! Each attempt is a trace span when tracing is on (`crate::otel`), and carries the event's trace
+//! context on to the receiver in `traceparent` (the attempt span's id; tracing off, the event's
+//! own value), instead of a webhook's static `traceparent`.
 
 use std::{
     io::{self, Read},
