@@ -66,6 +66,9 @@ const KEYS: &[Key] = &[
     Key { name: "shutdown_grace", default: Some("30s") },
     Key { name: "log_format", default: Some("text") },
     Key { name: "log_level", default: Some("info") },
+    Key { name: "otlp_endpoint", default: None },
+    Key { name: "otlp_service_name", default: Some("wss") },
+    Key { name: "trace_sample_ratio", default: Some("1") },
 ];
 
 /// Where a value came from, for error messages.
@@ -157,6 +160,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter: `info`, or `warn,wss::pipeline=debug`.
     pub log_level: String,
+    /// OpenTelemetry traces of delivery attempts, exported over OTLP/gRPC (`WSS_OTLP_ENDPOINT`,
+    /// `crate::otel`); `None` (unset, empty or `off`): no tracing.
+    pub otlp: Option<crate::otel::OtlpSettings>,
 }
 
 impl fmt::Debug for Config {
@@ -176,6 +182,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("consumer", &self.consumer)
             .field("sender_threads", &self.sender_threads)
+            .field("otlp", &self.otlp)
             .finish_non_exhaustive()
     }
 }
@@ -389,6 +396,7 @@ impl Layers {
                 }
             },
             log_level: p.string("log_level"),
+            otlp: p.otlp(),
         };
         if config.key_prefix.is_empty() || config.key_prefix.contains(char::is_whitespace) {
             p.errors.push("key_prefix must be non-empty and without spaces".into());
@@ -619,6 +627,34 @@ impl Parser<'_> {
         }
     }
 
+    /// `otlp_endpoint` (an `http://` or `https://` URL; unset, empty or `off`: no tracing),
+    /// `otlp_service_name` and `trace_sample_ratio` (0 to 1).
+    fn otlp(&mut self) -> Option<crate::otel::OtlpSettings> {
+        let endpoint = self.opt_string("otlp_endpoint").map(|e| e.trim().to_owned()).filter(|e| !e.is_empty() && e != "off");
+        let service_name = self.string("otlp_service_name").trim().to_owned();
+        if service_name.is_empty() {
+            self.error("otlp_service_name", &service_name, "must not be empty");
+        }
+        let ratio_text = self.string("trace_sample_ratio");
+        let sample_ratio = match ratio_text.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => r,
+            _ => {
+                self.error("trace_sample_ratio", &ratio_text, "must be a number from 0 to 1 (1: every trace, 0.1: one in ten)");
+                1.0
+            }
+        };
+        let endpoint = endpoint?;
+        let parsed = endpoint.parse::<http::Uri>();
+        match parsed {
+            Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => {
+                self.error("otlp_endpoint", &endpoint, "must be the collector's OTLP/gRPC URL, like http://127.0.0.1:4317 (or off)");
+                return None;
+            }
+        }
+        Some(crate::otel::OtlpSettings { endpoint, service_name, sample_ratio })
+    }
+
     /// A comma-separated list of CIDRs (`10.0.0.0/8, fd00::/8`; a bare address is one host).
     fn cidrs(&mut self, key: &'static str) -> Vec<Cidr> {
         let value = self.string(key);
@@ -838,6 +874,27 @@ mod tests {
             let err = Layers::new().environment(env(&[("WSS_STREAM_RETENTION", bad)])).build().unwrap_err().to_string();
             assert!(err.contains(&format!("WSS_STREAM_RETENTION (environment) = {bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_endpoint_is_given_and_its_settings_are_checked() {
+        assert_eq!(Layers::new().environment(env(&[])).build().unwrap().otlp, None);
+        let off = Layers::new().environment(env(&[("WSS_OTLP_ENDPOINT", "off"), ("WSS_TRACE_SAMPLE_RATIO", "0.5")])).build().unwrap();
+        assert_eq!(off.otlp, None);
+        let mut layers = Layers::new();
+        layers.toml("otlp_endpoint = \"http://collector:4317\"\ntrace_sample_ratio = 0.25\n", "test.toml");
+        let on = layers.environment(env(&[("WSS_OTLP_SERVICE_NAME", "wss-eu")])).build().unwrap().otlp.unwrap();
+        assert_eq!(
+            on,
+            crate::otel::OtlpSettings { endpoint: "http://collector:4317".into(), service_name: "wss-eu".into(), sample_ratio: 0.25 }
+        );
+        let err = Layers::new()
+            .environment(env(&[("WSS_OTLP_ENDPOINT", "collector:4317"), ("WSS_TRACE_SAMPLE_RATIO", "2")]))
+            .build()
+            .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.to_string().contains("WSS_OTLP_ENDPOINT (environment) = \"collector:4317\""), "{err}");
+        assert!(err.to_string().contains("WSS_TRACE_SAMPLE_RATIO (environment) = \"2\""), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod http;
 pub mod http_server;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod pipeline;
 pub mod receive;
 pub mod redis_conn;

@@ -170,6 +170,10 @@ struct ServeArgs {
     /// text or json [env: WSS_LOG_FORMAT].
     #[arg(long)]
     log_format: Option<String>,
+    /// OpenTelemetry collector (OTLP/gRPC) for traces of delivery attempts, e.g.
+    /// http://127.0.0.1:4317 [env: WSS_OTLP_ENDPOINT] (default: off).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Local trials: allow http:// and loopback/private webhook targets (logs a loud warning).
     #[arg(long)]
     dev: bool,
@@ -336,7 +340,8 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         .flag("metrics_addr", args.metrics_addr.clone())
         .flag("consumer", args.consumer.clone())
         .flag("sender_threads", args.sender_threads.clone())
-        .flag("log_format", args.log_format.clone());
+        .flag("log_format", args.log_format.clone())
+        .flag("otlp_endpoint", args.otlp_endpoint.clone());
     if let Ok(filter) = std::env::var("RUST_LOG") {
         if std::env::var_os("WSS_LOG_LEVEL").is_none() {
             layers = layers.flag("log_level", Some(filter));
@@ -443,6 +448,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the control-plane runtime")?;
 
+    // Traces of delivery attempts: the exporter's gRPC channel runs on this runtime, so it is
+    // shut down (its last spans exported) before the runtime is.
+    let exporting = match &config.otlp {
+        None => None,
+        Some(otlp) => {
+            let exporting = wss::otel::Exporting::start(otlp, &config.consumer, metrics.trace_spans.clone(), runtime.handle())
+                .with_context(|| format!("setting up the OTLP trace exporter for {} (WSS_OTLP_ENDPOINT)", otlp.endpoint))?;
+            log::info!(target: "wss", "tracing delivery attempts: spans go to {} over OTLP/gRPC (service.name {:?}, sample ratio {})",
+                otlp.endpoint, otlp.service_name, otlp.sample_ratio);
+            Some(exporting)
+        }
+    };
+    let tracer = exporting.as_ref().map_or_else(wss::otel::Tracer::off, wss::otel::Exporting::tracer);
+
     // Signals → one crossbeam channel the main thread waits on.
     let (signal_tx, signal_rx) = bounded::<&'static str>(1);
     runtime.spawn(async move {
@@ -516,7 +535,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let grace = config.shutdown_grace;
-    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics })
+    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics, tracer })
         .context("starting the pipeline threads")?;
     health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
@@ -535,6 +554,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             health.pipeline_failed(&why);
             log::error!(target: "wss", "{why}; stopping with a failure status so that a supervisor restarts wss (unfinished entries stay pending and are read again; an entry that keeps failing is dead-lettered as poison)");
             let _ = pipeline.stop(grace);
+            if let Some(exporting) = &exporting {
+                exporting.shutdown();
+            }
             let _ = stop_grpc_tx.send(());
             let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), grpc_task).await });
             runtime.shutdown_timeout(Duration::from_secs(1));
@@ -547,6 +569,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         log::info!(target: "wss", "pipeline stopped; entries not finished stay pending and are delivered after a restart");
     } else {
         log::warn!(target: "wss", "grace period over with sends still running ({in_flight} entries were in flight); unfinished entries stay pending and are delivered after a restart");
+    }
+    if let Some(exporting) = &exporting {
+        exporting.shutdown();
     }
     let _ = stop_grpc_tx.send(());
     let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), grpc_task).await });

@@ -144,6 +144,8 @@ pub struct Metrics {
     channel_depth: Vec<IntGauge>,
     /// Attempts without an answer, by error kind (`tls`, `timeout`, …).
     pub attempt_errors: AttemptErrors,
+    /// Spans of attempts exported, dropped or failed (`crate::otel`; all 0 with tracing off).
+    pub trace_spans: crate::otel::SpanCounters,
 }
 
 impl Metrics {
@@ -293,6 +295,15 @@ impl Metrics {
                 )
                 .into(),
             ),
+            trace_spans: {
+                let spans = counter_vec(
+                    "wss_trace_spans_total",
+                    "Trace spans of delivery attempts (WSS_OTLP_ENDPOINT): exported to the collector; dropped because the export queue was full; failed: the collector refused them or could not be reached.",
+                    "outcome",
+                    &["exported", "dropped", "failed"],
+                );
+                crate::otel::SpanCounters { exported: spans[0].clone(), dropped: spans[1].clone(), failed: spans[2].clone() }
+            },
             registry,
         }
     }

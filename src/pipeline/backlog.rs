@@ -654,7 +654,7 @@ fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator
             });
         }
     };
-    let event_meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
+    let event_meta = Arc::new(EventMeta::of(&event));
     let Some(route) = route.filter(|route| route.is_active()) else {
         // Deleted or disabled: the signer abandons it with the reason, as it does any delivery.
         return Rebuilt::Send(delivery(event_meta, envelope(&event).into(), meta.attempts, fields));

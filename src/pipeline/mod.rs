@@ -107,13 +107,15 @@ impl EntryTicket {
 
 /// The part of an event every delivery of it shares: its id, type and tenant, kept back to back
 /// in one string. A waiting retry holds one, and a million may wait (docs/performance.md):
-/// one allocation instead of three.
+/// one allocation instead of three. Its trace context, when it has one, is a second.
 #[derive(Debug)]
 pub struct EventMeta {
     text: Box<str>,
     /// Where the type starts, then the tenant (event fields are far below 4 GiB).
     type_at: u32,
     tenant_at: u32,
+    /// The event's W3C trace context (its `traceparent` attribute), when it has a valid one.
+    trace: Option<Box<crate::otel::EventTrace>>,
 }
 
 impl EventMeta {
@@ -121,7 +123,22 @@ impl EventMeta {
         let text = [id, event_type, tenant].concat().into_boxed_str();
         let type_at = u32::try_from(id.len()).expect("an event id is far below 4 GiB");
         let tenant_at = type_at + u32::try_from(event_type.len()).expect("an event type is far below 4 GiB");
-        Self { text, type_at, tenant_at }
+        Self { text, type_at, tenant_at, trace: None }
+    }
+
+    /// The part of `event` its deliveries share, its trace context included.
+    pub fn of(event: &event::Event) -> Self {
+        Self::new(&event.id, &event.event_type, &event.tenant).with_trace(crate::otel::EventTrace::from_attributes(&event.attributes))
+    }
+
+    pub fn with_trace(mut self, trace: Option<Box<crate::otel::EventTrace>>) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The trace context the event came with (`crate::otel`).
+    pub fn trace(&self) -> Option<&crate::otel::EventTrace> {
+        self.trace.as_deref()
     }
 
     /// The id receivers dedupe on (`X-WSS-Event-Id`).
@@ -320,6 +337,8 @@ pub struct Deps {
     /// Built with [`live_view`]; the pipeline keeps it up to date.
     pub live: Arc<live::LiveView>,
     pub metrics: Arc<Metrics>,
+    /// Spans of delivery attempts ([`crate::otel::Tracer::off`]: none).
+    pub tracer: crate::otel::Tracer,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -382,7 +401,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics, tracer } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -481,7 +500,8 @@ impl Pipeline {
                 freed_tx.clone(),
                 shutdown_rx.clone(),
             );
-            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &errors, &iso, input, done, freed, stop)))?;
+            let tracer = tracer.clone();
+            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &errors, &iso, &tracer, input, done, freed, stop)))?;
         }
         drop(signed_rx);
         drop(done_tx);

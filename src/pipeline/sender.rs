@@ -16,6 +16,10 @@
 //! and reading the start of its body — is bounded by the policy's `attempt_timeout`. At most
 //! 1 KiB of the response body is kept, and at most 64 KiB is read, so that a receiver that
 //! answers endlessly cannot hold a thread or memory.
+//!
+//! Each attempt is a trace span when tracing is on (`crate::otel`), and carries the event's trace
+//! context on to the receiver in `traceparent` (the attempt span's id; tracing off, the event's
+//! own value), instead of a webhook's static `traceparent`.
 
 use std::{
     io::{self, Read},
@@ -29,7 +33,12 @@ use super::{
     Completion, SignedDelivery, Verdict,
 };
 use crate::{
-    deadletter::AttemptRecord, domain::routing::Route, domain::store::now_ms, http::Agents, metrics::AttemptErrors,
+    deadletter::AttemptRecord,
+    domain::routing::Route,
+    domain::store::now_ms,
+    http::Agents,
+    metrics::AttemptErrors,
+    otel::{self, AttemptTrace, Tracer},
     retry::parse_retry_after,
 };
 
@@ -40,10 +49,12 @@ const DRAIN_BYTES: u64 = 64 * 1024;
 
 /// `freed` names the webhook of an attempt that ended when the signer parked one of its
 /// deliveries meanwhile (it has something to release).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     agents: &Agents,
     errors: &AttemptErrors,
     isolation: &Isolation,
+    tracer: &Tracer,
     input: Receiver<SignedDelivery>,
     done: Sender<Completion>,
     freed: Sender<String>,
@@ -54,7 +65,7 @@ pub fn run(
             recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        let (record, verdict) = attempt(agents, &signed);
+        let (record, verdict) = attempt(agents, tracer, &signed);
         if record.status == 0 && !record.error_kind.is_empty() {
             errors.count(&record.error_kind);
         }
@@ -72,18 +83,22 @@ pub fn run(
     }
 }
 
-fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
-    send_once(agents, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt)
+fn attempt(agents: &Agents, tracer: &Tracer, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
+    // The attempt's span (tracing on) and the trace headers (also when off: the event's own).
+    let trace = tracer.attempt(&signed.delivery.event, &signed.delivery.webhook_id, signed.delivery.attempt);
+    send_once(agents, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt, trace)
 }
 
 /// One POST of `body` with the signed `headers` to `route`, as every attempt makes it (also used
-/// by `WebhookService/SendTestEvent`, outside the pipeline): its record and what it means.
+/// by `WebhookService/SendTestEvent`, outside the pipeline), under its `trace`: its record and
+/// what it means.
 pub fn send_once(
     agents: &Agents,
     route: &Route,
     headers: &[(&'static str, String)],
     body: &[u8],
     attempt: u32,
+    trace: AttemptTrace<'_>,
 ) -> (AttemptRecord, Verdict) {
     let agent = agents.agent(route.client.as_ref().map(|c| &c.identity));
     let timeout = route.policy.attempt_timeout;
@@ -93,7 +108,20 @@ pub fn send_once(
     for (name, value) in headers {
         request = request.header(*name, value);
     }
+    let traced = match trace.traceparent() {
+        Some(traceparent) => {
+            request = request.header(otel::TRACEPARENT, traceparent);
+            if let Some(tracestate) = trace.tracestate() {
+                request = request.header(otel::TRACESTATE, tracestate);
+            }
+            true
+        }
+        None => false,
+    };
     for (name, value) in &route.headers {
+        if traced && otel::is_trace_header(name) {
+            continue;
+        }
         request = request.header(&**name, &**value);
     }
     let mut record = AttemptRecord { attempt, started_at_ms, ..Default::default() };
@@ -127,6 +155,7 @@ pub fn send_once(
         }
     };
     record.duration_ms = clock.elapsed().as_millis() as u64;
+    trace.end(&record, verdict, route.policy.max_attempts);
     (record, verdict)
 }
 

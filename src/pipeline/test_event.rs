@@ -21,6 +21,7 @@ use crate::{
     domain::{routing::Route, store::now_ms},
     history::{delivery_id, DeliveryRecord, Status},
     http::Agents,
+    otel::Tracer,
     pipeline::{
         event::{envelope, parse_entry, Rejection, CREATED_AT_FIELD},
         sender::send_once,
@@ -91,7 +92,7 @@ pub struct TestOutcome {
 pub fn send(agents: &Agents, route: &Route, event: &TestEvent) -> TestOutcome {
     let meta = EventMeta::new(&event.id, &event.event_type, &event.tenant);
     let headers = signed_headers(&route.signer, &meta, 1, &event.body, now_ms() / 1000);
-    let (attempt, verdict) = send_once(agents, route, &headers, &event.body, 1);
+    let (attempt, verdict) = send_once(agents, route, &headers, &event.body, 1, Tracer::off().attempt(&meta, &route.id, 1));
     let succeeded = verdict == Verdict::Delivered;
     let ended_ms = attempt.started_at_ms + attempt.duration_ms;
     let record = DeliveryRecord {

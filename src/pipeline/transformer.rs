@@ -187,7 +187,7 @@ fn route(
         log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
         return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
     }
-    let meta = Arc::new(EventMeta::new(&event.id, &event.event_type, &event.tenant));
+    let meta = Arc::new(EventMeta::of(event));
     ticket.expect(plans.len());
     for (route, plan) in plans {
         let delivery = |body| Delivery {
