@@ -38,7 +38,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto,
+        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, ordering_from_proto, page_size, required_ref, scheme_from_proto,
         timestamp, webhook_to_proto,
     },
     ControlPlane, Principal, TARGET,
@@ -257,6 +257,7 @@ fn stats_to_proto(
         retries_waiting: backlog.deliveries,
         instance: instance.to_owned(),
         backlog_depth: backlog.deliveries,
+        rate_limited: stored.rate_limited,
         backlog_oldest_age: backlog.oldest_since_ms.map(|since| duration_to_proto(Duration::from_millis(now_ms.saturating_sub(since)))),
     }
 }
@@ -282,6 +283,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         req.secret
     };
     check_client_identity(&req.client_certificate, &req.client_key)?;
+    let ordering = ordering_from_proto(req.ordering)?;
+    model::validate_rate_limit(req.rate_limit_per_second)?;
     let has_client = !req.client_certificate.trim().is_empty();
     let now = now_ms();
     Ok(Webhook {
@@ -302,6 +305,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         previous_secret_until_ms: 0,
         client_certificate: if has_client { req.client_certificate } else { String::new() },
         client_key: has_client.then(|| Secret::new(req.client_key)),
+        ordering,
+        rate_limit_per_second: req.rate_limit_per_second,
         created_at_ms: now,
         updated_at_ms: now,
     })
@@ -320,6 +325,8 @@ struct WebhookPatch {
     enabled: Option<bool>,
     /// A new client certificate and key (both empty: remove them).
     client_identity: Option<(String, Secret)>,
+    ordering: Option<model::Ordering>,
+    rate_limit_per_second: Option<u32>,
 }
 
 impl WebhookPatch {
@@ -365,8 +372,14 @@ impl WebhookPatch {
                 Some((certificate, Secret::new(key)))
             }
         };
+        let ordering = req.ordering.map(ordering_from_proto).transpose()?;
+        if let Some(rate) = req.rate_limit_per_second {
+            model::validate_rate_limit(rate)?;
+        }
         Ok(Self {
             client_identity,
+            ordering,
+            rate_limit_per_second: req.rate_limit_per_second,
             url: req.url,
             event_types,
             filter,
@@ -408,6 +421,12 @@ impl WebhookPatch {
                 webhook.client_certificate.clone_from(certificate);
                 webhook.client_key = Some(key.clone());
             }
+        }
+        if let Some(ordering) = self.ordering {
+            webhook.ordering = ordering;
+        }
+        if let Some(rate) = self.rate_limit_per_second {
+            webhook.rate_limit_per_second = rate;
         }
         if let Some(enabled) = self.enabled {
             webhook.enabled = enabled;

@@ -698,6 +698,8 @@ mod tests {
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"secret_0123456789")),
             client: None,
+            fifo: false,
+            rate_limit: 0,
         })
     }
 
