@@ -302,11 +302,14 @@ mod tests {
             previous_secret_until_ms: 0,
             client_certificate: String::new(),
             client_key: None,
+            ordering: Ordering::Fifo,
+            rate_limit_per_second: 20,
             created_at_ms: 1000,
             updated_at_ms: 2000,
         };
         let out = webhook_to_proto(webhook);
         assert_eq!(out.secret, "");
+        assert_eq!((out.ordering, out.rate_limit_per_second), (proto::Ordering::Fifo as i32, 20));
         assert_eq!(out.signature_scheme, proto::SignatureScheme::StandardWebhooks as i32);
         assert_eq!(out.headers.get("X-A").map(String::as_str), Some("1"));
         assert_eq!((out.filter.as_str(), out.transform.as_str()), ("event.data.n > 1", ""));
