@@ -66,7 +66,10 @@ async fn attempts_never_exceed_the_rate_across_two_instances() {
     for t in 1..=seconds {
         let so_far = at.iter().filter(|s| **s < t as f64).count();
         let bound = BURST + rate * (t as f64 + SPREAD);
-        assert!(so_far as f64 <= bound, "{so_far} requests in the first {t} s; the bucket allows {bound} (burst {BURST} + {rate}/s, {SPREAD} s of spread)");
+        assert!(
+            so_far as f64 <= bound,
+            "{so_far} requests in the first {t} s; the bucket allows {bound} (burst {BURST} + {rate}/s, {SPREAD} s of spread)"
+        );
         let in_second = at.iter().filter(|s| **s >= (t - 1) as f64 && **s < t as f64).count();
         let bound = BURST + rate * (1.0 + SPREAD);
         assert!(in_second as f64 <= bound, "{in_second} requests in second {t}; the bucket allows {bound} in any one second");

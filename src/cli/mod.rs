@@ -753,8 +753,17 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
 }
 
 async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> {
-    const COLUMNS: &[&str] =
-        &["webhook_id", "tenant_id", "url", "event_types", "enabled", "ordering", "rate_limit_per_second", "disabled_reason", "description"];
+    const COLUMNS: &[&str] = &[
+        "webhook_id",
+        "tenant_id",
+        "url",
+        "event_types",
+        "enabled",
+        "ordering",
+        "rate_limit_per_second",
+        "disabled_reason",
+        "description",
+    ];
     Ok(match verb {
         WebhookVerb::Create {
             tenant,

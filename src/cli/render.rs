@@ -12,8 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use wss::proto::{
-    Attempt, CircuitChange, CircuitState, DeadLetter, Delivery, DeliveryStatus, RedeliverDeadLetterResponse, Ordering, RetryPolicy, SignatureScheme,
-    Tenant, Token, Webhook, WebhookStats,
+    Attempt, CircuitChange, CircuitState, DeadLetter, Delivery, DeliveryStatus, Ordering, RedeliverDeadLetterResponse, RetryPolicy,
+    SignatureScheme, Tenant, Token, Webhook, WebhookStats,
 };
 
 /// A message as ordered (field, value) pairs.

@@ -38,8 +38,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, ordering_from_proto, page_size, required_ref, scheme_from_proto,
-        timestamp, webhook_to_proto,
+        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, ordering_from_proto, page_size, required_ref,
+        scheme_from_proto, timestamp, webhook_to_proto,
     },
     ControlPlane, Principal, TARGET,
 };

@@ -421,7 +421,15 @@ pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry:
     pipe.cmd("DEL").arg(keys.backlog_item(webhook, entry)).ignore();
     if fifo {
         pipe.cmd("ZREM").arg(keys.backlog_fifo(webhook)).arg(fifo_member(entry)).ignore();
-        pipe.cmd("EVAL").arg(FIFO_DONE_SCRIPT).arg(2).arg(keys.backlog_hold(webhook)).arg(keys.backlog_index()).arg(entry).arg(now_ms()).arg(webhook).ignore();
+        pipe.cmd("EVAL")
+            .arg(FIFO_DONE_SCRIPT)
+            .arg(2)
+            .arg(keys.backlog_hold(webhook))
+            .arg(keys.backlog_index())
+            .arg(entry)
+            .arg(now_ms())
+            .arg(webhook)
+            .ignore();
     }
 }
 
