@@ -127,6 +127,11 @@ impl Batch {
         self.hand_offs.insert(history::delivery_id(&hand_off.entry, &hand_off.webhook), hand_off);
     }
 
+    /// A FIFO webhook's head was finished: its next delivery waits for this batch.
+    fn finished_fifo_head(&self) -> bool {
+        self.backlog_done.iter().any(|(_, _, fifo)| *fifo)
+    }
+
     fn len(&self) -> usize {
         self.dead.len() + self.acks.len() + self.history.len() + self.hand_offs.len() + self.backlog_done.len()
     }
@@ -171,8 +176,10 @@ impl Outcomes {
             }
             // Group commit: what arrives within LINGER of the first joins its transaction, so
             // that the fixed costs (MULTI/EXEC, XACK, one ZADD per index) are shared.
+            // Except behind a finished FIFO head: its webhook's next delivery waits for this
+            // write, so it goes at once (docs/ordering.md).
             let linger_until = Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && !batch.finished_fifo_head() {
                 match input.recv_deadline(linger_until) {
                     Ok(next) => self.handle(next, &mut batch),
                     Err(_) => break,
@@ -441,7 +448,7 @@ impl Outcomes {
                 batch.history.clear();
                 let soon = now + 1000;
                 // A FIFO head finished: its webhook's next one may go at once.
-                let next_head = batch.backlog_done.iter().any(|(_, _, fifo)| *fifo);
+                let next_head = batch.finished_fifo_head();
                 if batch.hand_offs.drain().any(|(_, h)| h.due_ms <= soon) || next_head {
                     let _ = self.wake.try_send(());
                 }
