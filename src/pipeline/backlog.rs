@@ -27,6 +27,20 @@
 //! - `backlog:since:<webhook>` — the same members by when they entered the backlog, for the age
 //!   of the oldest.
 //! - `backlog:webhooks` — webhooks with waiting deliveries, scored by when to look at them next.
+//! - `backlog:fifo:<webhook>` — a FIFO webhook's (`ORDERING_FIFO`) waiting deliveries in stream
+//!   entry order ([`fifo_member`]), instead of the due set; `backlog:hold:<webhook>` — the entry
+//!   id of its head while an attempt of it is out (expiring with the lease) or while its retry
+//!   waits (expiring at the due time). See docs/ordering.md.
+//! - `backlog:rate:<webhook>` — a rate-limited webhook's token bucket (tokens, when counted;
+//!   expires once full); `backlog:throttled:<webhook>` — its deliveries already counted in the
+//!   stats' `rate_limited`. See docs/rate-limits.md.
+//!
+//! **FIFO and rate-limited webhooks** send *every* delivery through the backlog (the signer
+//! postpones their fresh deliveries at once): the take script alone decides, atomically for all
+//! instances, which of their deliveries may go — a FIFO webhook's head only, one at a time, and
+//! only once no earlier stream entry is still pending in the consumer group (it might be an
+//! event for this webhook on its way to the backlog); and as many as the webhook's tokens allow.
+//! Unordered, unlimited webhooks never come here unless they must wait.
 //!
 //! **Taking due work** ([`Pump`], thread `wss-backlog`, one per instance, all sharing the
 //! backlog): every poll reads the webhooks whose time has come, and for each asks the isolation
