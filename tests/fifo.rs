@@ -142,3 +142,39 @@ async fn an_earlier_event_still_on_its_way_holds_back_the_later_ones() {
     assert_eq!(without_repeats(&requests), (0..=20).collect::<Vec<u64>>(), "event 0, claimed from the stopped consumer, goes first");
     drop((a, b));
 }
+
+/// Retries, the circuit breaker and dead-lettering with FIFO: a receiver that always fails gets
+/// each event's two attempts before the next event's first — the open circuit holds the head
+/// back and the ones after it with it — and each dead letter lets the next event go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_head_holds_the_rest_through_retries_and_an_open_circuit_until_dead_lettered() {
+    let ks = Keyspace::new("fifo_failing");
+    let receiver = Receiver::always(500);
+    let extra = [("WSS_CIRCUIT_FAILURES", "3"), ("WSS_CIRCUIT_COOLDOWN", "100ms"), ("WSS_LOG_LEVEL", "info")];
+    let service = Service::start(&ks, "failing", &extra).await;
+    let grpc = service.grpc().await;
+    grpc.create_tenant("acme").await;
+    grpc.create_policy("twice", 2, 100, 100).await;
+    grpc.create_webhook("acme", &receiver.url(), |w| {
+        w.ordering = Ordering::Fifo as i32;
+        w.retry_policy_id = "twice".into();
+    })
+    .await;
+    // (The cool-down doubles after each failed probe: three events keep the test short.)
+    for n in 0..3 {
+        ks.publish("acme", "order.updated", &format!(r#"{{"n":{n}}}"#));
+    }
+    let dead = common::eventually(common::WAIT, "3 dead letters", || async {
+        let dead = grpc.dead_letters("acme").await?;
+        if dead.len() == 3 {
+            Ok(dead)
+        } else {
+            Err(format!("{} dead letters", dead.len()))
+        }
+    })
+    .await;
+    assert!(dead.iter().all(|d| d.reason == "max_attempts_exhausted"), "{dead:?}");
+    let seen: Vec<u64> = receiver.requests().iter().map(number).collect();
+    assert_eq!(seen, [0, 0, 1, 1, 2, 2], "each event's attempts, in order, one event at a time");
+    service.wait_for_log("circuit of webhook", common::WAIT).await;
+}
