@@ -607,6 +607,38 @@ mod tests {
     }
 
     #[test]
+    fn ordering_and_rate_limit_are_checked_and_kept() {
+        let mut req = create("", proto::SignatureScheme::Wss);
+        req.ordering = proto::Ordering::Fifo as i32;
+        req.rate_limit_per_second = 50;
+        let webhook = webhook_from_create(req.clone(), "wh_1".into(), STRICT).unwrap();
+        assert_eq!((webhook.ordering, webhook.rate_limit_per_second), (model::Ordering::Fifo, 50));
+        let (field, _) =
+            invalid_of(webhook_from_create(proto::CreateWebhookRequest { ordering: 9, ..req.clone() }, "wh_1".into(), STRICT).unwrap_err());
+        assert_eq!(field, "ordering");
+        let too_many = proto::CreateWebhookRequest { rate_limit_per_second: model::MAX_RATE_LIMIT_PER_SECOND + 1, ..req };
+        let (field, message) = invalid_of(webhook_from_create(too_many, "wh_1".into(), STRICT).unwrap_err());
+        assert_eq!(field, "rate_limit_per_second");
+        assert!(message.contains("use 0 for no limit"), "{message}");
+
+        // An update changes only what it sets.
+        let mut stored = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_1".into(), STRICT).unwrap();
+        let update = |ordering, rate| proto::UpdateWebhookRequest {
+            webhook_id: "wh_1".into(),
+            ordering,
+            rate_limit_per_second: rate,
+            ..Default::default()
+        };
+        WebhookPatch::from_request(update(Some(proto::Ordering::Fifo as i32), None), STRICT).unwrap().apply(&mut stored);
+        assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Fifo, 0));
+        WebhookPatch::from_request(update(None, Some(7)), STRICT).unwrap().apply(&mut stored);
+        assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Fifo, 7));
+        WebhookPatch::from_request(update(Some(proto::Ordering::Unordered as i32), Some(0)), STRICT).unwrap().apply(&mut stored);
+        assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Unordered, 0));
+        assert_eq!(invalid_of(WebhookPatch::from_request(update(Some(5), None), STRICT).unwrap_err()).0, "ordering");
+    }
+
+    #[test]
     fn ids_are_prefixed_base32_and_distinct() {
         let a = new_webhook_id().unwrap();
         let b = new_webhook_id().unwrap();
