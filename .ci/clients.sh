@@ -17,7 +17,7 @@
 #                    every case of clients/verify/cases.json)
 #   live             the Python and TypeScript client tests against `target/debug/wss serve`
 #                    on a private redis-server
-#   readme-grpcurl   the grpcurl commands of README.md's "Operating it with grpcurl", as written,
+#   readme-grpcurl   the grpcurl commands of docs/grpc.md's "Operating it with grpcurl", as written,
 #                    against a live server (.ci/readme-grpcurl.sh)
 # Needs $WSS_CI_WORK (a scratch directory) and, from `live` on, target/debug/wss.
 set -euo pipefail

@@ -8,13 +8,13 @@
 #
 # Every file in fuzz/fuzz_targets/ must be a target `cargo fuzz list` knows (a [[bin]] in
 # fuzz/Cargo.toml), so a new target cannot be left out. The sanitizer flags cargo-fuzz passes are
-# nightly-only: RUSTC_BOOTSTRAP=1 lets the stable toolchain take them (README "Security").
+# nightly-only: RUSTC_BOOTSTRAP=1 lets the stable toolchain take them (docs/security.md, "Hostile input").
 # A crash fails the step, prints libFuzzer's report and leaves the input in fuzz/artifacts/.
 #
 # Built in the dev profile by default (WSS_FUZZ_PROFILE=release for cargo-fuzz's own default).
 # Measured on this project's 2-core machine, cold: dev 4.5 CPU-minutes to build, ~1,000 runs/s
 # of parse_entry; release 8.6 CPU-minutes (one codegen unit per crate), ~15,000 runs/s. In CI the
-# build time counts and a minute of fuzzing is a smoke test either way; longer runs: README.
+# build time counts and a minute of fuzzing is a smoke test either way; longer runs: docs/security.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the grpcurl commands of README.md's "## Operating it with grpcurl" exactly as written,
+# Runs the grpcurl commands of docs/grpc.md's "## Operating it with grpcurl" (the control plane's
+# reference by example, linked from the README) exactly as written,
 # against a live `wss serve` (admin token on, private redis-server, a receiver on loopback), so
 # the operators' docs cannot drift from the server.
 #
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 wss_bin=${WSS_BIN:-$root/target/debug/wss}
-readme=$root/README.md
+doc=$root/docs/grpc.md
 section="Operating it with grpcurl"
 wait_secs=30
 
@@ -36,13 +37,13 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the section's ```sh blocks, in order: block-0.sh (variables), block-1.sh, ... -------------
-python3 - "$readme" "$section" "$work" <<'PY'
+python3 - "$doc" "$section" "$work" <<'PY'
 import pathlib, re, sys
-readme, section, work = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
-text = pathlib.Path(readme).read_text(encoding="utf-8")
+doc, section, work = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+text = pathlib.Path(doc).read_text(encoding="utf-8")
 m = re.search(r"^## " + re.escape(section) + r"\n(.*?)(?=^## |\Z)", text, re.S | re.M)
 if not m:
-    sys.exit(f"README.md has no section '## {section}'")
+    sys.exit(f"{doc} has no section '## {section}'")
 blocks = re.findall(r"^```sh\n(.*?)^```[ \t]*$", m.group(1), re.S | re.M)
 if len(blocks) < 2:
     sys.exit(f"'## {section}' should hold a ```sh block of variables and at least one of commands; found {len(blocks)} blocks")
@@ -124,9 +125,9 @@ for ((i = 1; i < blocks; i++)); do
       sleep 0.1
     done
   fi
-  echo "::: README block $i"
+  echo "::: docs/grpc.md block $i"
   if ! (cd "$work" && bash -euo pipefail -v "block-$i.sh") 2>&1 | redact; then
-    echo "readme-grpcurl: README block $i failed (above: the line that failed, then its error); wss log tail:" >&2
+    echo "readme-grpcurl: docs/grpc.md block $i failed (above: the line that failed, then its error); wss log tail:" >&2
     tail -20 "$work/wss.log" >&2
     exit 1
   fi

@@ -4,7 +4,7 @@
 //! serialization (shared by every webhook that sends it).
 //!
 //! `cargo bench --bench transformer`; criterion prints each case's time per event and its
-//! throughput in events/s (`thrpt`). The figures are in README.md, "Filters and transforms".
+//! throughput in events/s (`thrpt`). The figures are in docs/performance.md.
 
 use std::{hint::black_box, sync::Arc, time::Duration};
 

@@ -122,11 +122,11 @@ pub struct Config {
     /// An entry pending this long under a consumer that stopped renewing it is claimed.
     pub claim_after: Duration,
     /// Acknowledged entries of `<prefix>events` older than this are trimmed by wss, never one
-    /// still pending or unread in any consumer group (`WSS_STREAM_RETENTION`, SPEC §6); `None`
+    /// still pending or unread in any consumer group (`WSS_STREAM_RETENTION`, docs/contract.md §6); `None`
     /// (`off`): trimming is left to producers.
     pub stream_retention: Option<Duration>,
     /// How long a published `event_id` is remembered per tenant: publishing it again meanwhile
-    /// appends nothing (`WSS_DEDUPE_WINDOW`, SPEC §9).
+    /// appends nothing (`WSS_DEDUPE_WINDOW`, docs/contract.md §9).
     pub dedupe_window: Duration,
     /// Threads sending HTTP requests; size for latency, not cores.
     pub sender_threads: usize,
@@ -417,7 +417,7 @@ fn env_name(key: &str) -> String {
     format!("WSS_{}", key.to_ascii_uppercase())
 }
 
-/// `<hostname>-<pid>` (SPEC.md §6).
+/// `<hostname>-<pid>` (docs/contract.md §6).
 fn default_consumer() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -828,7 +828,7 @@ mod tests {
     #[test]
     fn stream_retention_is_a_duration_or_off() {
         let c = Layers::new().environment(env(&[])).build().unwrap();
-        assert_eq!(c.stream_retention, Some(Duration::from_secs(86_400)), "SPEC §6: 24h by default");
+        assert_eq!(c.stream_retention, Some(Duration::from_secs(86_400)), "docs/contract.md §6: 24h by default");
         let c = Layers::new().environment(env(&[("WSS_STREAM_RETENTION", "off")])).build().unwrap();
         assert_eq!(c.stream_retention, None);
         let mut layers = Layers::new();

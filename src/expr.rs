@@ -11,7 +11,7 @@
 //! [`MAX_PRODUCED_BYTES`], see "The evaluation budget" below); threads that evaluate get
 //! [`EVAL_STACK_BYTES`] of stack.
 //!
-//! Both kinds of expression see one variable, `event`, the envelope of SPEC.md §1–2:
+//! Both kinds of expression see one variable, `event`, the envelope of docs/contract.md §1–2:
 //!
 //! ```text
 //! event.id          string  the event id receivers dedupe on

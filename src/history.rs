@@ -70,8 +70,8 @@ pub struct Retention {
 /// Each record is one `SET … EX`; the index entries are grouped by key, so that a batch costs
 /// one `ZADD` per index it touches (the global one, and one per tenant and per webhook in the
 /// batch) and one `SADD` + `EXPIRE` per event, rather than six commands per record. The keys,
-/// members and scores written are the same; Redis parses and runs fewer commands (README
-/// "Performance").
+/// members and scores written are the same; Redis parses and runs fewer commands
+/// (docs/performance.md).
 pub fn queue_writes<'r>(
     pipe: &mut Pipeline,
     keys: &Keys,
@@ -153,7 +153,7 @@ pub fn trim(con: &mut Connection, keys: &Keys, retention: Retention, touched: &H
     let mut excess = con.zcard::<_, usize>(&keys.deliveries)?.saturating_sub(retention.max_count);
     // In slices, each its own round trip, so that other clients are served in between: evicting
     // a second's worth of records at once blocked Redis for milliseconds and was most of the
-    // delivery latency's 99th percentile (README "Performance").
+    // delivery latency's 99th percentile (docs/performance.md).
     while excess > 0 {
         let slice = excess.min(EVICTION_SLICE);
         let evicted: Vec<(String, f64)> = con.zpopmin(&keys.deliveries, slice as isize)?;

@@ -2,7 +2,7 @@
 //! the trust they verify receivers with, and the guard that keeps tenants' URLs away from the
 //! network wss runs in (SSRF).
 //!
-//! Why ureq and how it is set up (README "Why ureq"): keep-alive connections pooled per host (at
+//! Why ureq and how it is set up (docs/decisions.md, "Why ureq"): keep-alive connections pooled per host (at
 //! least as many idle ones as sender threads), no redirects (a 3xx is the receiver's answer, and
 //! a failure), no environment proxies (`WSS_PROXY` only), non-2xx statuses returned as responses
 //! rather than errors, and our own [`GuardedResolver`], which resolves on the calling thread
@@ -25,9 +25,9 @@
 //! **A proxy** (`WSS_PROXY`, an `http://` or `https://` CONNECT proxy) becomes the egress point:
 //! wss then resolves and vets only the proxy's own address (which may be private — it is the
 //! operator's), and the proxy resolves and dials the webhook's host. The guard cannot see that
-//! address, so the proxy must enforce the same rules itself (README "Security").
+//! address, so the proxy must enforce the same rules itself (docs/security.md, "Delivery targets").
 //!
-//! **HTTPS** (README "HTTPS delivery", docs/https.md). Receivers' certificates are always
+//! **HTTPS** (docs/security.md, "HTTPS delivery"; docs/https.md). Receivers' certificates are always
 //! verified — there is no switch to turn that off — against the roots `WSS_TARGET_ROOTS` names
 //! ([`TargetTrust`]): the Mozilla roots compiled in (`bundled`, the default), the operating
 //! system's store read once at start-up through `rustls-native-certs` (`system`), or none; plus

@@ -3,7 +3,7 @@
 //! Internal systems append events to a Redis stream; wss delivers each to the webhooks its tenant
 //! registered, signed with HMAC-SHA256 over timestamp ++ body, retried with exponential backoff,
 //! and dead-lettered when the retries run out. A gRPC control plane manages tenants, webhooks and
-//! retry policies. See README.md for the picture and SPEC.md for the contract.
+//! retry policies. See docs/architecture.md for the picture and docs/contract.md for the contract.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -49,9 +49,9 @@ enum Command {
     /// Run the service: read <prefix>events, deliver to webhooks, serve the gRPC control plane.
     ///
     /// Settings come from embedded defaults, then --config FILE (TOML), then WSS_* environment
-    /// variables, then these flags. See README.md for every setting.
+    /// variables, then these flags. Every setting: docs/configuration.md.
     Serve(ServeArgs),
-    /// Print the signature headers for a body read from stdin (SPEC.md §3).
+    /// Print the signature headers for a body read from stdin (docs/contract.md §3).
     Sign {
         /// The webhook's secret.
         #[arg(long)]
@@ -95,8 +95,7 @@ enum Command {
     /// transformer evaluates them; prints the filter's answer and the body the webhook would get.
     CheckExpr(CheckExprArgs),
     /// Measure this machine: throughput, latency, the raw HTTP limit, slow receivers and memory
-    /// of `wss serve` against a private redis-server and in-process receivers (README
-    /// "Performance"). `--quick` is a smoke run of seconds.
+    /// of `wss serve` against a private redis-server and in-process receivers (docs/performance.md). `--quick` is a smoke run of seconds.
     Bench(bench::Args),
     /// The admin CLI: `wss tenant|webhook|policy|token|delivery|dead-letter|event <verb>` over
     /// gRPC, and `wss config check FILE` (docs/cli.md).
@@ -147,7 +146,7 @@ enum Scheme {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// TOML file with settings (keys as in README.md, e.g. `redis_url = "redis://…"`).
+    /// TOML file with settings (keys as in docs/configuration.md, e.g. `redis_url = "redis://…"`).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Redis URL [env: WSS_REDIS_URL] (default redis://127.0.0.1:6379).
@@ -459,6 +458,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_http: config.allow_http,
         allow_private_targets: config.allow_private_targets,
         allowed_target_cidrs: config.allowed_target_cidrs.clone(),
+        agents: wss::http::Agents::for_config(&config),
+        max_event_bytes: config.max_event_bytes,
+        history_retention: wss::history::Retention { max_age: config.history_max_age, max_count: config.history_max_count },
     };
     let options = grpc::ServeOptions { admin_token: config.admin_token.clone(), tls: config.tls.clone(), health: Some(health.clone()) };
     let transport = match &config.tls {

@@ -14,7 +14,7 @@
 //! `process_resident_memory_bytes`, `process_open_fds`, `process_threads`, …, read from /proc
 //! at each scrape; Linux only).
 //!
-//! Labels and their cardinality (README "Metrics and status page"):
+//! Labels and their cardinality (docs/operating.md, "Metrics and status page"):
 //! - `outcome`, `class`, `reason`, `edge`, `kind`: fixed sets, listed below.
 //! - `webhook` on `wss_circuit_open` only: one series per webhook that has a circuit state in
 //!   this instance (it failed recently, or has attempts out), removed when the webhook is

@@ -1,4 +1,4 @@
-//! Retry delays (SPEC.md §4), as pure functions: the caller supplies the random draw, so tests
+//! Retry delays (docs/contract.md §4), as pure functions: the caller supplies the random draw, so tests
 //! check the maths exactly.
 //!
 //! The delay before attempt n+1 is `min(max_backoff, initial_backoff × multiplier^(n-1))`, then

@@ -1,6 +1,6 @@
 //! Signing and verifying webhook requests: pure functions, no I/O, no clock of their own.
 //!
-//! # The wss scheme (SPEC §3)
+//! # The wss scheme (docs/contract.md §3)
 //!
 //! ```text
 //! X-WSS-Signature = lowercase hex( HMAC-SHA256( key     = UTF-8 bytes of the shared secret,
@@ -153,7 +153,7 @@ pub enum VerifyError {
     Secret(#[from] SecretError),
 }
 
-/// Verify per SPEC §3: timestamp is epoch seconds or ISO 8601/RFC 3339 (Z or ±HH:MM offset,
+/// Verify per docs/contract.md §3: timestamp is epoch seconds or ISO 8601/RFC 3339 (Z or ±HH:MM offset,
 /// optional fraction); |now - ts| <= tolerance both ways; HMAC over the timestamp AS SENT ++ raw
 /// body; compared in constant time (subtle) against each comma-separated value of the signature
 /// header (trim spaces); any match accepts. A value that is not 64 hex chars simply doesn't match.

@@ -1,4 +1,4 @@
-//! The durable backlog (README "Endpoint isolation"): a delivery that cannot be attempted now —
+//! The durable backlog (docs/reliability.md, "Endpoint isolation"): a delivery that cannot be attempted now —
 //! a retry waiting for its backoff, a delivery over its webhook's in-flight cap, one behind an
 //! open circuit — is written into Redis and its entry acknowledged, so that it leaves the shared
 //! in-flight window; the backlog's pump takes it back when due, fairly, under a lease that a

@@ -1,4 +1,4 @@
-//! Entries that break the stream contract (SPEC.md §1) are dead-lettered with their reason,
+//! Entries that break the stream contract (docs/contract.md §1) are dead-lettered with their reason,
 //! acknowledged and logged at WARN, and never block the stream: a good event after them is still
 //! delivered.
 

@@ -1,7 +1,7 @@
 //! `wss bench --quick --json` end to end: it starts its own redis-server, the service and its
 //! receivers, and prints one JSON object. Checked here: the run succeeds and every figure the
 //! issue names is there, positive and finite. Never the speed — that is the machine's, not the
-//! code's (the figures are in README "Performance").
+//! code's (the figures are in docs/performance.md).
 
 use std::process::Command;
 

@@ -71,7 +71,7 @@ impl XorShift {
     }
 }
 
-/// The README's pattern rule: `*` matches any run of characters (dots included).
+/// The pattern rule (docs/contract.md, "Choices the contract leaves to wss"): `*` matches any run of characters (dots included).
 fn glob(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,

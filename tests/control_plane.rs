@@ -1,4 +1,4 @@
-//! The gRPC control plane (SPEC.md §5) through tonic clients against the real binary: CRUD of
+//! The gRPC control plane (docs/contract.md §5) through tonic clients against the real binary: CRUD of
 //! retry policies, tenants and webhooks, the error codes, and bearer-token authentication.
 
 mod common;
@@ -60,7 +60,7 @@ async fn retry_policies_crud_and_errors() {
     let first = policies.list_retry_policies(ListRetryPoliciesRequest::default()).await.unwrap().into_inner();
     assert!(first.retry_policies.iter().any(|p| p.policy_id == "default"), "ListRetryPolicies lacks `default`: {first:?}");
     let default = policies.get_retry_policy(GetRetryPolicyRequest { policy_id: "default".into() }).await.unwrap().into_inner();
-    assert_eq!(default.max_attempts, 8, "the built-in default (SPEC.md §4): {default:?}");
+    assert_eq!(default.max_attempts, 8, "the built-in default (docs/contract.md §4): {default:?}");
 
     // Create, get.
     let created = policies

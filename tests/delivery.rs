@@ -1,4 +1,4 @@
-//! Events from the stream to receivers (SPEC.md §1–4): the request a receiver gets, its
+//! Events from the stream to receivers (docs/contract.md §1–4): the request a receiver gets, its
 //! signature, acknowledgement, retries with backoff, dead letters, 410 Gone, tenant isolation and
 //! EventService/PublishEvent.
 
@@ -14,7 +14,7 @@ use serde_json::json;
 use tonic::Code;
 use wss::proto::{GetWebhookRequest, PublishEventRequest};
 
-/// Checks the body is the SPEC.md §2 envelope of the event.
+/// Checks the body is the docs/contract.md §2 envelope of the event.
 fn assert_envelope(request: &Recorded, id: &str, event_type: &str, tenant: &str, stream_id: &str, data: &serde_json::Value) {
     let body = request.json();
     let object = body.as_object().unwrap_or_else(|| panic!("the body is not a JSON object: {body}"));

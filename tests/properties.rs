@@ -1,7 +1,7 @@
 //! Property tests (proptest) for the three places where wss reads hostile input: stream-entry
 //! parsing, signature verification, and URL/address vetting. Each property holds for any input;
 //! proptest shrinks a failure to a minimal case. (The `fuzz/` targets exercise the same functions
-//! with coverage guidance; see README "Security".)
+//! with coverage guidance; see docs/security.md, "Hostile input".)
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

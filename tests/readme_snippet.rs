@@ -1,18 +1,19 @@
-//! The receiver snippet in README.md is code people paste: run it, as written, against every
-//! signature test vector, so the docs cannot drift from the contract.
+//! The receiver snippet in docs/receivers.md (the README links to it) is code people paste: run
+//! it, as written, against every signature test vector, so the docs cannot drift from the
+//! contract (docs/contract.md §3).
 
 use std::{io::Write, process::Command};
 
-fn python_block(readme: &str) -> &str {
-    let start = readme.find("```python\n").expect("README.md has a ```python block") + "```python\n".len();
-    let len = readme[start..].find("```").expect("the python block is closed");
-    &readme[start..start + len]
+fn python_block(page: &str) -> &str {
+    let start = page.find("```python\n").expect("docs/receivers.md has a ```python block") + "```python\n".len();
+    let len = page[start..].find("```").expect("the python block is closed");
+    &page[start..start + len]
 }
 
 #[test]
-fn the_readme_python_verifier_passes_every_signature_vector() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let snippet = python_block(&readme);
+fn the_receivers_doc_python_verifier_passes_every_signature_vector() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/receivers.md")).unwrap();
+    let snippet = python_block(&page);
     let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/signatures.json");
     let harness = format!(
         r#"{snippet}
@@ -51,12 +52,12 @@ assert not failures, failures
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("python3 is needed to check the README's Python snippet");
+        .expect("python3 is needed to check the Python snippet of docs/receivers.md");
     child.stdin.take().unwrap().write_all(harness.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "the README snippet failed:\nstdout: {}\nstderr: {}",
+        "the docs/receivers.md snippet failed:\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

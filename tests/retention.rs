@@ -1,4 +1,4 @@
-//! Stream retention (`WSS_STREAM_RETENTION`, SPEC §6): wss trims `<prefix>events` of entries every
+//! Stream retention (`WSS_STREAM_RETENTION`, docs/contract.md §6): wss trims `<prefix>events` of entries every
 //! consumer group is done with once they are older than the retention, so the stream stays
 //! bounded under a steady flow; an entry still pending — in another group the test reads
 //! without acknowledging, or in group `wss` behind a receiver that hangs — is never trimmed, nor

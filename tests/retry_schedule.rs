@@ -1,4 +1,4 @@
-//! The retry formula as the pipeline applies it (SPEC §4): with jitter 0, each retry is due
+//! The retry formula as the pipeline applies it (docs/contract.md §4): with jitter 0, each retry is due
 //! `min(max_backoff, initial × multiplier^(n-1))` after attempt n ended — not a step early or
 //! late in the exponent. Read from the delivery history at the moment each retry arrives at the
 //! receiver: then the record still holds the previous attempt, and the due time the outcome

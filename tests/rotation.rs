@@ -1,4 +1,4 @@
-//! Secret rotation with an overlap (SPEC.md §3, issue 5): RotateWebhookSecret returns the new
+//! Secret rotation with an overlap (docs/contract.md §3, issue 5): RotateWebhookSecret returns the new
 //! secret once; during the overlap every request carries the new secret's signature first and the
 //! old one's after it (comma-separated for X-WSS-Signature, space-separated for Standard
 //! Webhooks); after it, the new one's alone. With WSS_ENCRYPTION_KEY both are sealed at rest.

@@ -141,7 +141,7 @@ pub struct Args {
     /// the wrapper's.
     #[arg(long)]
     wrap: Option<String>,
-    /// A setting of the service under test, `KEY=VALUE` with a key of README's configuration
+    /// A setting of the service under test, `KEY=VALUE` with a key of docs/configuration.md's
     /// table (`--set sender_threads=128`); repeatable. Without it the defaults are measured.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     settings: Vec<String>,

@@ -47,17 +47,17 @@ use wss::proto::{
 pub enum Admin {
     /// Tenants: who events belong to (create, get, list, update, delete).
     Tenant(Resource<TenantVerb>),
-    /// Webhooks: where a tenant's events go (create, get, list, update, delete, rotate-secret, stats).
+    /// Webhooks: where a tenant's events go (create, get, list, update, delete, rotate-secret, stats, test).
     Webhook(Resource<WebhookVerb>),
     /// Retry policies: when failed deliveries are tried again (create, get, list, update, delete).
     Policy(Resource<PolicyVerb>),
     /// Tenant tokens for the control plane (create, list, revoke).
     Token(Resource<TokenVerb>),
-    /// Deliveries: what happened to events (list, get).
+    /// Deliveries: what happened to events (list, get, resend).
     Delivery(Resource<DeliveryVerb>),
     /// Dead letters: deliveries that will not be tried again by themselves (list, redeliver).
     DeadLetter(Resource<DeadLetterVerb>),
-    /// Events: publish one through the control plane (as an XADD would).
+    /// Events: publish one through the control plane (as an XADD would), replay a period.
     Event(Resource<EventVerb>),
     /// The service's configuration file.
     Config {
@@ -169,7 +169,7 @@ pub enum TenantVerb {
     Delete { tenant_id: String },
 }
 
-/// `--ordering` (SPEC §9, docs/ordering.md).
+/// `--ordering` (docs/contract.md §9, docs/ordering.md).
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OrderingFlag {
     /// Attempts may overlap (the default).
@@ -299,6 +299,17 @@ pub enum WebhookVerb {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         window: Duration,
     },
+    /// Send one signed test event now and show the receiver's answer (status, latency, error,
+    /// start of the body); recorded in the history like any attempt, never retried.
+    Test {
+        webhook_id: String,
+        /// The event type (default: wss.test).
+        #[arg(long = "type", default_value = "")]
+        event_type: String,
+        /// The data, JSON text (default: {"test":true,...}).
+        #[arg(long, default_value = "")]
+        data: String,
+    },
 }
 
 #[derive(Args)]
@@ -393,6 +404,9 @@ pub enum DeliveryVerb {
     },
     /// Show one delivery with all its attempts.
     Get { delivery_id: String },
+    /// Attempt a delivered or dead-lettered delivery again, as a new delivery with the same event
+    /// id, freshly signed; prints the new delivery's id.
+    Resend { delivery_id: String },
 }
 
 #[derive(Subcommand)]
@@ -452,6 +466,32 @@ pub enum EventVerb {
         /// NAME=VALUE stored as a further stream field; repeat for more.
         #[arg(long = "attribute", value_parser = key_value)]
         attributes: Vec<(String, String)>,
+    },
+    /// Send a tenant's events of a period again to the webhooks that match them now (as far back
+    /// as the stream retains entries, WSS_STREAM_RETENTION); --limit events per call.
+    Replay {
+        #[arg(long)]
+        tenant: String,
+        /// Only to this webhook of the tenant.
+        #[arg(long, default_value = "")]
+        webhook: String,
+        /// Only events of this type pattern (`order.*`); repeat for more.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        /// Events that entered the stream at or after: RFC 3339, or a duration ago (`1h`).
+        #[arg(long, value_parser = time_arg)]
+        since: SystemTime,
+        /// Events that entered the stream before: RFC 3339, or a duration ago (default: now).
+        #[arg(long, value_parser = time_arg)]
+        until: Option<SystemTime>,
+        /// At most this many events per call (server default 100, at most 1000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Repeat until the whole period was replayed.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -862,6 +902,10 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             let request = GetWebhookStatsRequest { webhook_id, window: Some(pb_duration(window)) };
             Printed::one(&render::stats(&c.webhooks.get_webhook_stats(request).await?.into_inner()))
         }
+        WebhookVerb::Test { webhook_id, event_type, data } => {
+            let request = SendTestEventRequest { webhook_id, event_type, data };
+            render::test_event(&c.webhooks.send_test_event(request).await?.into_inner())
+        }
     })
 }
 
@@ -971,6 +1015,16 @@ async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure
         DeliveryVerb::Get { delivery_id } => {
             Printed::one(&render::delivery(&c.deliveries.get_delivery(GetDeliveryRequest { delivery_id }).await?.into_inner()))
         }
+        DeliveryVerb::Resend { delivery_id } => {
+            let r = c.deliveries.resend_delivery(ResendDeliveryRequest { delivery_id }).await?.into_inner();
+            Printed::one(&Record(vec![
+                ("delivery_id", r.delivery_id.into()),
+                ("event_id", r.event_id.into()),
+                ("webhook_id", r.webhook_id.into()),
+                ("stream_entry_id", r.stream_entry_id.into()),
+                ("event_source", r.event_source.into()),
+            ]))
+        }
     })
 }
 
@@ -1040,6 +1094,32 @@ async fn event(mut c: Clients, verb: EventVerb) -> Result<Printed, Failure> {
                 ("duplicate", r.duplicate.into()),
             ]);
             Ok(Printed::one(&record))
+        }
+        EventVerb::Replay { tenant, webhook, event_types, since, until, limit, mut page_token, all } => {
+            let request = ReplayEventsRequest {
+                tenant_id: tenant,
+                webhook_id: webhook,
+                event_types,
+                since: Some(pb_time(since)),
+                until: Some(pb_time(until.unwrap_or_else(SystemTime::now))),
+                limit,
+                page_token: String::new(),
+            };
+            // With --all, every call's answers are put together into one.
+            let mut total = ReplayEventsResponse::default();
+            loop {
+                let r = c.deliveries.replay_events(ReplayEventsRequest { page_token, ..request.clone() }).await?.into_inner();
+                total.deliveries.extend(r.deliveries);
+                total.deliveries_scheduled += r.deliveries_scheduled;
+                total.events_examined += r.events_examined;
+                total.events_replayed += r.events_replayed;
+                total.next_page_token = r.next_page_token;
+                if !all || total.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = total.next_page_token.clone();
+            }
+            Ok(render::replayed(&total))
         }
     }
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use wss::proto::{
-    Attempt, CircuitChange, CircuitState, DeadLetter, Delivery, DeliveryStatus, Ordering, RedeliverDeadLetterResponse, RetryPolicy,
-    SignatureScheme, Tenant, Token, Webhook, WebhookStats,
+    Attempt, CircuitChange, CircuitState, DeadLetter, Delivery, DeliveryStatus, Ordering, RedeliverDeadLetterResponse,
+    ReplayEventsResponse, RetryPolicy, SendTestEventResponse, SignatureScheme, Tenant, Token, Webhook, WebhookStats,
 };
 
 /// A message as ordered (field, value) pairs.
@@ -324,6 +324,52 @@ pub fn stats(s: &WebhookStats) -> Record {
 }
 
 /// A redelivery's answer: JSON as the response; the table lists what was sent and what was not.
+pub fn replayed(r: &ReplayEventsResponse) -> Printed {
+    let sent: Vec<Record> = r
+        .deliveries
+        .iter()
+        .map(|x| {
+            Record::default()
+                .with("delivery_id", x.delivery_id.clone())
+                .with("event_id", x.event_id.clone())
+                .with("webhook_id", x.webhook_id.clone())
+                .with("original_stream_entry_id", x.original_stream_entry_id.clone())
+        })
+        .collect();
+    let json = json!({
+        "deliveries": sent.iter().map(Record::to_json).collect::<Vec<_>>(),
+        "deliveries_scheduled": r.deliveries_scheduled,
+        "events_examined": r.events_examined,
+        "events_replayed": r.events_replayed,
+        "next_page_token": r.next_page_token,
+    });
+    let mut table = format!(
+        "examined {} event(s), replayed {}: {} delivery(ies) scheduled\n",
+        r.events_examined, r.events_replayed, r.deliveries_scheduled
+    );
+    if !sent.is_empty() {
+        table.push_str(&columns_table(&sent, &["delivery_id", "event_id", "webhook_id", "original_stream_entry_id"]));
+    }
+    let note = (!r.next_page_token.is_empty())
+        .then(|| format!("more of the period may follow: run again with --page-token {} (or --all)", r.next_page_token));
+    Printed { json, table, note }
+}
+
+pub fn test_event(r: &SendTestEventResponse) -> Printed {
+    let latency_ms = r.latency.as_ref().map_or(0, |d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000);
+    Printed::one(
+        &Record::default()
+            .with("succeeded", r.succeeded)
+            .with("status_code", r.status_code)
+            .with("latency_ms", latency_ms)
+            .with("error_kind", r.error_kind.clone())
+            .with("error", r.error.clone())
+            .with("response_body", r.response_body.clone())
+            .with("delivery_id", r.delivery_id.clone())
+            .with("event_id", r.event_id.clone()),
+    )
+}
+
 pub fn redelivered(r: &RedeliverDeadLetterResponse) -> Printed {
     let sent: Vec<Record> = r
         .redelivered

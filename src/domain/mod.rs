@@ -8,6 +8,7 @@
 
 pub mod model;
 pub mod redelivery;
+pub mod resend;
 pub mod routing;
 pub mod store;
 pub mod token;

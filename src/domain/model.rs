@@ -32,7 +32,7 @@ pub struct Tenant {
     pub updated_at_ms: u64,
 }
 
-/// How a webhook's requests are signed (SPEC.md §3).
+/// How a webhook's requests are signed (docs/contract.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SignatureScheme {
@@ -41,7 +41,7 @@ pub enum SignatureScheme {
     StandardWebhooks,
 }
 
-/// How attempts to one webhook are ordered (SPEC §9, docs/ordering.md).
+/// How attempts to one webhook are ordered (docs/contract.md §9, docs/ordering.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ordering {
@@ -114,7 +114,7 @@ pub struct Webhook {
     pub signature_scheme: SignatureScheme,
     pub secret: Secret,
     /// The secret a rotation replaced, still signed with — after `secret` — until
-    /// `previous_secret_until_ms` (SPEC.md §3). `None` outside an overlap.
+    /// `previous_secret_until_ms` (docs/contract.md §3). `None` outside an overlap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<Secret>,
     /// End of the rotation's overlap, Unix milliseconds; 0 without one.
@@ -191,7 +191,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The built-in policy of SPEC.md §4: 5 s, ×5, capped at 10 h, 8 attempts, jitter 0.2, 15 s.
+    /// The built-in policy of docs/contract.md §4: 5 s, ×5, capped at 10 h, 8 attempts, jitter 0.2, 15 s.
     pub fn builtin_default() -> Self {
         Self {
             id: DEFAULT_POLICY_ID.to_owned(),
@@ -236,7 +236,7 @@ pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Domain
     DomainError::Invalid { field, message: message.into() }
 }
 
-/// Tenant and policy ids: `[a-z0-9][a-z0-9_-]{0,63}` (SPEC.md §1).
+/// Tenant and policy ids: `[a-z0-9][a-z0-9_-]{0,63}` (docs/contract.md §1).
 pub fn is_valid_id(value: &str) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty()
@@ -305,7 +305,7 @@ pub fn validate_url(value: &str, allow_http: bool) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// Headers a webhook may not set because wss owns them (SPEC.md §2).
+/// Headers a webhook may not set because wss owns them (docs/contract.md §2).
 fn is_reserved_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.starts_with("x-wss-")

@@ -41,7 +41,7 @@ use crate::{
 pub enum RouteSigner {
     Wss(WssSigner),
     Standard(StandardSigner),
-    /// A secret being rotated (SPEC.md §3): every request is signed with `current` first, then —
+    /// A secret being rotated (docs/contract.md §3): every request is signed with `current` first, then —
     /// until `until_ms` (Unix milliseconds), checked at signing time — with `previous` too.
     /// Both are of the webhook's one scheme; neither is itself `Rotating`.
     Rotating {

@@ -98,7 +98,7 @@ impl Keys {
     }
 
     // The durable backlog (`crate::pipeline::backlog`). Every backlog key starts with
-    // `backlog_base`, the one place a Redis Cluster hash tag per shard (`{k}`, SPEC §8) goes, so
+    // `backlog_base`, the one place a Redis Cluster hash tag per shard (`{k}`, docs/contract.md §8) goes, so
     // that the keys of one shard share a slot with its stream.
 
     fn backlog_base(&self) -> String {
@@ -581,7 +581,7 @@ impl Store {
         self.with_conn(|con, keys| redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e)))
     }
 
-    /// [`Store::publish_event`] of an event with its own id (SPEC §9): appended once per tenant
+    /// [`Store::publish_event`] of an event with its own id (docs/contract.md §9): appended once per tenant
     /// and id within the dedupe window; a repeat answers the first publication's entry.
     pub fn publish_event_once(&self, tenant: &str, event_id: &str, fields: &[(&str, &str)]) -> Result<Published, DomainError> {
         let window_ms = self.dedupe_window.as_millis().max(1) as u64;
@@ -705,6 +705,82 @@ impl Store {
                 .arg(fields)
                 .query(con)
                 .map_err(|e| self.unavailable(e))
+        })
+    }
+
+    /// Entries of `<prefix>events` oldest first, from `start` to `end` (`XRANGE` bounds), at
+    /// most `count` (ReplayEvents).
+    pub fn events_between(&self, start: &str, end: &str, count: usize) -> Result<Vec<crate::streams::RawEntry>, DomainError> {
+        self.with_conn(|con, keys| {
+            let reply: redis::Value = redis::cmd("XRANGE")
+                .arg(&keys.events)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count)
+                .query(con)
+                .map_err(|e| self.unavailable(e))?;
+            parse_entries(reply)
+                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))
+        })
+    }
+
+    /// Appends every entry of `entries` to `<prefix>events`, all or none (`MULTI … EXEC`), and
+    /// returns their new ids in order (ResendDelivery, ReplayEvents).
+    pub fn append_events(&self, entries: &[crate::deadletter::Fields]) -> Result<Vec<String>, DomainError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_conn(|con, keys| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for fields in entries {
+                pipe.cmd("XADD").arg(&keys.events).arg("*").arg(fields);
+            }
+            pipe.query(con).map_err(|e| self.unavailable(e))
+        })
+    }
+
+    /// The dead-letter record of delivery (`stream_entry_id`, `webhook_id`), looked for among
+    /// the records written from `from_ms` on (at most `scan` of them).
+    pub fn find_dead_letter(
+        &self,
+        stream_entry_id: &str,
+        webhook_id: &str,
+        from_ms: u64,
+        scan: usize,
+    ) -> Result<Option<DeadLetter>, DomainError> {
+        let mut start = format!("{from_ms}-0");
+        let mut scanned = 0;
+        loop {
+            let batch = self.dead_letters_between(&start, "+", 500)?;
+            let exhausted = batch.len() < 500;
+            for record in batch {
+                scanned += 1;
+                start = format!("({}", record.id);
+                if record.stream_entry_id == stream_entry_id && record.webhook_id == webhook_id {
+                    return Ok(Some(record));
+                }
+            }
+            if exhausted || scanned >= scan {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Records one attempt made outside the pipeline (SendTestEvent): its history record and
+    /// its webhook's stats, in one transaction, as the outcome stage writes them.
+    pub fn record_attempt(&self, record: &DeliveryRecord, retention: history::Retention, succeeded: bool) -> Result<(), DomainError> {
+        self.with_conn(|con, keys| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            history::queue_writes(&mut pipe, keys, retention, [record]);
+            let mut tally = stats::Tally::default();
+            for attempt in &record.attempts {
+                tally.attempt(&record.webhook_id, attempt, succeeded);
+            }
+            stats::queue_writes(&mut pipe, keys, &tally, &mut stats::Trims::default(), now_ms(), stats::KEY_TTL);
+            pipe.query::<()>(con).map_err(|e| self.unavailable(e))
         })
     }
 

@@ -8,9 +8,15 @@
 //! [`crate::domain::redelivery`]: one dead letter by id, or a filter with a per-call limit and a
 //! token to go on.
 //!
+//! ResendDelivery and ReplayEvents check the request and leave the work to
+//! [`crate::domain::resend`]; ReplayEvents runs on a thread with the evaluators' stack, since it
+//! evaluates webhooks' filters.
+//!
 //! A tenant token sees only its own tenant: its lists are restricted to it (an empty `tenant_id`
 //! means its own, another tenant's is `PERMISSION_DENIED`), and GetDelivery of another tenant's
-//! delivery, or RedeliverDeadLetter of another tenant's dead letter, is `PERMISSION_DENIED`.
+//! delivery, RedeliverDeadLetter of another tenant's dead letter, ResendDelivery of another
+//! tenant's delivery and ReplayEvents of another tenant (or to its webhook) are
+//! `PERMISSION_DENIED`.
 
 use std::sync::Arc;
 
@@ -20,13 +26,14 @@ use prost_types::Timestamp;
 
 use super::{
     convert::{attempt_to_proto, dead_letter_to_proto, optional_id, page_size, required_ref, timestamp},
-    ControlPlane, Principal,
+    run_evaluating, ControlPlane, Principal,
 };
 use crate::{
     deadletter::Reason,
     domain::{
-        model::invalid,
+        model::{invalid, validate_event_types, TypePattern},
         redelivery::{self, Redeliverer},
+        resend::{self, Resender},
         DomainError,
     },
     history::{DeliveryRecord, Query, Status as HistoryStatus},
@@ -139,6 +146,42 @@ fn report_to_proto(report: redelivery::Report) -> proto::RedeliverDeadLetterResp
     }
 }
 
+/// The longest period one replay may cover.
+const MAX_REPLAY_PERIOD_MS: u64 = 31 * 24 * 3600 * 1000;
+
+/// A replay request, checked; the tenant is still to be scoped to the caller.
+fn replay_from_proto(req: &proto::ReplayEventsRequest) -> Result<resend::Replay, DomainError> {
+    optional_id("tenant_id", &req.tenant_id)?;
+    if !req.webhook_id.is_empty() {
+        required_ref("webhook_id", &req.webhook_id)?;
+    }
+    validate_event_types(&req.event_types)?;
+    let since_ms = ms_from_proto("since", req.since.as_ref())?.ok_or_else(|| invalid("since", "is required: the start of the period"))?;
+    let until_ms = ms_from_proto("until", req.until.as_ref())?.ok_or_else(|| invalid("until", "is required: the end of the period"))?;
+    if until_ms <= since_ms {
+        return Err(invalid("until", "must be later than since"));
+    }
+    if until_ms - since_ms > MAX_REPLAY_PERIOD_MS {
+        return Err(invalid("until", "at most 31 days after since; replay a longer period in several calls"));
+    }
+    Ok(resend::Replay {
+        tenant_id: req.tenant_id.clone(),
+        webhook_id: req.webhook_id.clone(),
+        event_types: req.event_types.iter().map(|p| TypePattern::new(p)).collect(),
+        since_ms,
+        until_ms,
+    })
+}
+
+fn scheduled_to_proto(s: resend::Scheduled) -> proto::ReplayedDelivery {
+    proto::ReplayedDelivery {
+        delivery_id: s.delivery_id,
+        event_id: s.event_id,
+        webhook_id: s.webhook_id,
+        original_stream_entry_id: s.original_stream_entry_id,
+    }
+}
+
 pub fn delivery_to_proto(record: DeliveryRecord) -> proto::Delivery {
     proto::Delivery {
         delivery_id: record.id,
@@ -243,6 +286,70 @@ impl DeliveryService for DeliveryApi {
             }
         }
     }
+
+    async fn resend_delivery(
+        &self,
+        request: Request<proto::ResendDeliveryRequest>,
+    ) -> Result<Response<proto::ResendDeliveryResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let id = request.into_inner().delivery_id;
+        required_ref("delivery_id", &id)?;
+        let plane = self.plane.clone();
+        // `plane.read`, although it writes: the event goes to the stream, the configuration is
+        // untouched.
+        let (sent, source) = self
+            .plane
+            .read(move |store| {
+                let record = store.get_delivery(&id)?;
+                principal.require_tenant("delivery", &record.id, &record.tenant_id)?;
+                Resender { store, routing: &plane.routing, max_event_bytes: plane.max_event_bytes }.resend(&record)
+            })
+            .await?;
+        Ok(Response::new(proto::ResendDeliveryResponse {
+            delivery_id: sent.delivery_id,
+            event_id: sent.event_id,
+            stream_entry_id: sent.stream_entry_id,
+            webhook_id: sent.webhook_id,
+            event_source: source.as_str().to_owned(),
+        }))
+    }
+
+    async fn replay_events(&self, request: Request<proto::ReplayEventsRequest>) -> Result<Response<proto::ReplayEventsResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        let mut replay = replay_from_proto(&req)?;
+        replay.tenant_id = principal.scope("tenant_id", &replay.tenant_id)?;
+        if replay.tenant_id.is_empty() {
+            return Err(invalid("tenant_id", "is required: the tenant whose events are replayed").into());
+        }
+        check_stream_token(&req.page_token)?;
+        if !replay.webhook_id.is_empty() {
+            let webhook_id = replay.webhook_id.clone();
+            let webhook = self.plane.read(move |store| store.get_webhook(&webhook_id)).await?;
+            principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
+            if webhook.tenant_id != replay.tenant_id {
+                return Err(invalid("webhook_id", format!("is a webhook of another tenant than {:?}", replay.tenant_id)).into());
+            }
+        }
+        let limit = page_size(req.limit);
+        let plane = self.plane.clone();
+        let report = run_evaluating(move |evaluator| {
+            Resender { store: &plane.store, routing: &plane.routing, max_event_bytes: plane.max_event_bytes }.replay(
+                &replay,
+                evaluator,
+                limit,
+                &req.page_token,
+            )
+        })
+        .await?;
+        Ok(Response::new(proto::ReplayEventsResponse {
+            deliveries_scheduled: report.scheduled.len() as u32,
+            events_examined: report.examined as u32,
+            events_replayed: report.replayed as u32,
+            next_page_token: report.next_token,
+            deliveries: report.scheduled.into_iter().map(scheduled_to_proto).collect(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -292,6 +399,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(field(backwards), "filter.dead_lettered_before");
+    }
+
+    #[test]
+    fn replay_periods_are_required_ordered_and_bounded() {
+        let at = |seconds| Some(Timestamp { seconds, nanos: 0 });
+        let ok = proto::ReplayEventsRequest { tenant_id: "acme".into(), since: at(10), until: at(20), ..Default::default() };
+        let r = replay_from_proto(&ok).unwrap();
+        assert_eq!((r.since_ms, r.until_ms), (10_000, 20_000));
+        let field = |req: proto::ReplayEventsRequest| match replay_from_proto(&req) {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("{req:?}: expected INVALID_ARGUMENT, got {other:?}"),
+        };
+        assert_eq!(field(proto::ReplayEventsRequest { since: None, ..ok.clone() }), "since");
+        assert_eq!(field(proto::ReplayEventsRequest { until: None, ..ok.clone() }), "until");
+        assert_eq!(field(proto::ReplayEventsRequest { until: at(10), ..ok.clone() }), "until");
+        assert_eq!(field(proto::ReplayEventsRequest { until: at(10 + 32 * 86_400), ..ok.clone() }), "until");
+        assert_eq!(field(proto::ReplayEventsRequest { event_types: vec!["".into()], ..ok.clone() }), "event_types");
+        assert_eq!(field(proto::ReplayEventsRequest { tenant_id: "Not Valid".into(), ..ok.clone() }), "tenant_id");
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! `wss.v1.EventService`: PublishEvent appends an event to `<prefix>events` exactly as an `XADD`
-//! by another system would (SPEC.md §1), for services that speak gRPC rather than Redis.
+//! by another system would (docs/contract.md §1), for services that speak gRPC rather than Redis.
 //!
 //! The request is held to the stream contract up front — known tenant, event type, JSON data,
 //! event id, attribute names — so that a gRPC caller hears about a mistake at once instead of
 //! finding its event in the dead-letter stream. The size limit is left to the reader, which alone
 //! knows the configured value; tonic's own 4 MiB message limit bounds the request meanwhile.
 //!
-//! Idempotent publishing (SPEC §9): an event with an `event_id` is appended once per tenant and
+//! Idempotent publishing (docs/contract.md §9): an event with an `event_id` is appended once per tenant and
 //! id within `WSS_DEDUPE_WINDOW` (default 24 h) — a script checks and remembers the id with the
 //! `XADD`, in one step (`<prefix>published:<tenant>:<event id>`, expiring with the window) — and a
 //! repeat answers the first publication's entry with `duplicate` set. Without an `event_id`
@@ -30,7 +30,7 @@ use crate::{
 
 /// Longest event type, in bytes.
 const MAX_EVENT_TYPE: usize = 256;
-/// Longest event id, in bytes (SPEC.md §1).
+/// Longest event id, in bytes (docs/contract.md §1).
 const MAX_EVENT_ID: usize = 128;
 /// Stream fields that carry the event itself; attributes cannot take these names.
 const RESERVED_FIELDS: [&str; 4] = ["tenant", "type", "data", "id"];

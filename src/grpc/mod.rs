@@ -1,4 +1,4 @@
-//! The control plane: the six `wss.v1` gRPC services (SPEC.md §5, plus `TokenService`), plus
+//! The control plane: the six `wss.v1` gRPC services (docs/contract.md §5, plus `TokenService`), plus
 //! `grpc.health.v1.Health` and server reflection (v1 and v1alpha) so that `grpcurl` works without
 //! proto files.
 //!
@@ -97,6 +97,13 @@ pub struct ControlPlane {
     pub allow_private_targets: bool,
     /// Private ranges accepted all the same (`WSS_ALLOWED_TARGET_CIDRS`).
     pub allowed_target_cidrs: Vec<crate::http::Cidr>,
+    /// The delivery agents, built from the same settings as the sender's (address guard, proxy,
+    /// trusted roots): SendTestEvent's attempts go through them.
+    pub agents: crate::http::Agents,
+    /// `WSS_MAX_EVENT_BYTES`: the size rule of test events and replayed entries.
+    pub max_event_bytes: usize,
+    /// How long and how many deliveries the history keeps (SendTestEvent writes one).
+    pub history_retention: crate::history::Retention,
 }
 
 impl ControlPlane {
@@ -290,6 +297,32 @@ impl ControlPlane {
     }
 }
 
+/// Runs `op` on a thread of its own with the stack expression evaluation needs
+/// ([`crate::expr::EVAL_STACK_BYTES`]; the blocking pool's threads have 2 MiB), handing it an
+/// evaluator (ReplayEvents runs webhooks' filters).
+async fn run_evaluating<T, F>(op: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(&crate::expr::Evaluator) -> Result<T, DomainError> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("wss-grpc-eval".into()).stack_size(crate::expr::EVAL_STACK_BYTES).spawn(move || {
+        let evaluator = crate::expr::Evaluator::new();
+        let _ = tx.send(op(&evaluator));
+    });
+    if let Err(err) = spawned {
+        log::error!(target: TARGET, "cannot start a thread to evaluate expressions: {err}");
+        return Err(Status::unavailable("cannot start a worker thread now; try again"));
+    }
+    match rx.await {
+        Ok(result) => result.map_err(Status::from),
+        Err(_) => {
+            log::error!(target: TARGET, "a control-plane evaluation did not complete (its thread panicked)");
+            Err(Status::internal("the call did not complete; see the server log"))
+        }
+    }
+}
+
 async fn run_blocking<T, F>(op: F) -> Result<T, Status>
 where
     T: Send + 'static,
@@ -379,6 +412,9 @@ pub fn access_of(path: &str) -> Access {
         | "/wss.v1.DeliveryService/GetDelivery"
         | "/wss.v1.DeliveryService/ListDeadLetters"
         | "/wss.v1.DeliveryService/RedeliverDeadLetter"
+        | "/wss.v1.DeliveryService/ResendDelivery"
+        | "/wss.v1.DeliveryService/ReplayEvents"
+        | "/wss.v1.WebhookService/SendTestEvent"
         | "/wss.v1.WebhookService/CreateWebhook"
         | "/wss.v1.WebhookService/GetWebhook"
         | "/wss.v1.WebhookService/ListWebhooks"
@@ -597,6 +633,9 @@ mod tests {
         assert_eq!(access_of("/wss.v1.DeliveryService/RedeliverDeadLetter"), Access::Tenant);
         assert_eq!(access_of("/wss.v1.TenantService/GetTenant"), Access::Tenant);
         assert_eq!(access_of("/wss.v1.WebhookService/GetWebhookStats"), Access::Tenant);
+        assert_eq!(access_of("/wss.v1.DeliveryService/ResendDelivery"), Access::Tenant);
+        assert_eq!(access_of("/wss.v1.DeliveryService/ReplayEvents"), Access::Tenant);
+        assert_eq!(access_of("/wss.v1.WebhookService/SendTestEvent"), Access::Tenant);
         for admin in [
             "/wss.v1.TenantService/CreateTenant",
             "/wss.v1.TenantService/ListTenants",

@@ -28,6 +28,10 @@
 //! key is write-only: no answer carries it (`has_client_key` says one is stored), no log line
 //! names it, and the store seals it like the secret.
 //!
+//! SendTestEvent makes one signed attempt now (`crate::pipeline::test_event`), on the blocking
+//! pool since it waits for the receiver, and records it in the history and stats; it follows
+//! GetWebhook's rules for tenant tokens.
+//!
 //! `filter` and `transform` are compiled here, before anything is stored, so that an invalid
 //! expression is `INVALID_ARGUMENT` naming the field, with the compiler's message, line, column
 //! and caret; the routing snapshot compiles the stored text again for the pipeline.
@@ -54,6 +58,7 @@ use crate::{
         backlog::Depth,
         isolation::{Circuit, CircuitState},
         live::{wall_ms, LiveStats},
+        test_event::{self, TestEvent},
     },
     proto::{self, webhook_service_server::WebhookService},
     signature::{generate_secret, StandardSigner},
@@ -579,6 +584,62 @@ impl WebhookService for WebhookApi {
             .await?;
         log::info!(target: TARGET, "deleted webhook {log_id}");
         Ok(Response::new(proto::DeleteWebhookResponse {}))
+    }
+
+    async fn send_test_event(
+        &self,
+        request: Request<proto::SendTestEventRequest>,
+    ) -> Result<Response<proto::SendTestEventResponse>, Status> {
+        let principal = Principal::of(&request)?;
+        let req = request.into_inner();
+        required_ref("webhook_id", &req.webhook_id)?;
+        let plane = self.plane.clone();
+        // On the blocking pool, the attempt included: it waits for the receiver (at most the
+        // webhook's attempt timeout).
+        let (event, outcome) = self
+            .plane
+            .read(move |store| {
+                let webhook = store.get_webhook(&req.webhook_id)?;
+                principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
+                if store.config_version()? != plane.routing.current().version {
+                    plane.routing.reload(store)?;
+                }
+                let routing = plane.routing.current();
+                let target = crate::deadletter::DeadLetter {
+                    tenant_id: webhook.tenant_id.clone(),
+                    webhook_id: webhook.id.clone(),
+                    ..Default::default()
+                };
+                if let Some(why) = crate::domain::redelivery::hindrance(&routing, &target) {
+                    return Err(DomainError::FailedPrecondition(format!("cannot send a test event: {why}")));
+                }
+                let route = routing.webhooks.get(webhook.id.as_str()).cloned().ok_or_else(|| DomainError::NotFound { kind: "webhook", id: webhook.id.clone() })?;
+                let event = TestEvent::new(&webhook.tenant_id, &webhook.id, &req.event_type, &req.data, plane.max_event_bytes).map_err(|rejection| {
+                    let field = if rejection.detail.starts_with("type") { "event_type" } else { "data" };
+                    invalid(field, rejection.detail)
+                })?;
+                let outcome = test_event::send(&plane.agents, &route, &event);
+                if let Err(err) = store.record_attempt(&outcome.record, plane.history_retention, outcome.succeeded) {
+                    log::warn!(target: TARGET, "test event {} to webhook {} was sent, but recording it failed: {err}", event.id, webhook.id);
+                }
+                log::info!(target: TARGET, tenant = webhook.tenant_id.as_str(), webhook = webhook.id.as_str(), event_id = event.id.as_str(), outcome = if outcome.succeeded { "delivered" } else { "failed" };
+                    "test event {} to webhook {}: status {} in {} ms", event.id, webhook.id, outcome.attempt.status, outcome.attempt.duration_ms);
+                Ok((event, outcome))
+            })
+            .await?;
+        let attempt = outcome.attempt;
+        Ok(Response::new(proto::SendTestEventResponse {
+            delivery_id: outcome.record.id,
+            event_id: event.id,
+            succeeded: outcome.succeeded,
+            status_code: attempt.status.into(),
+            latency: Some(duration_to_proto(Duration::from_millis(attempt.duration_ms))),
+            error_kind: attempt.error_kind.into_owned(),
+            error: attempt.error,
+            response_body: attempt.response_excerpt,
+            sent_at: timestamp(attempt.started_at_ms),
+            request_body: String::from_utf8_lossy(&event.body).into_owned(),
+        }))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Backlog: the durable home of deliveries that cannot be attempted now — a retry waiting for
 //! its backoff, a delivery parked behind its webhook's in-flight cap, one held back by an open
 //! circuit — so that they leave the shared in-flight window and one tenant's failing or slow
-//! endpoint never stops the reader for everybody (README "Endpoint isolation").
+//! endpoint never stops the reader for everybody (docs/reliability.md, "Endpoint isolation").
 //!
 //! **Hand-off.** The outcome stage writes a waiting delivery into the backlog in the same
 //! `MULTI … EXEC` as its history record and, when it was its entry's last unfinished delivery,
@@ -16,7 +16,7 @@
 //!   attempts so far), then every field of its source entry, name and value, in order — each
 //!   part written `<length>:<bytes>`, so any bytes go through. The fields are copied from the
 //!   stream by the hand-off script (so the entry may be trimmed) — what a dead letter and a
-//!   redelivery need. A source that is not a Redis stream (a message queue, SPEC §7) hands the
+//!   redelivery need. A source that is not a Redis stream (a message queue, docs/contract.md §7) hands the
 //!   fields over in [`HandOff::fields`] instead, and acknowledges its message once the hand-off
 //!   is written. One string rather than a hash: a hash whose values outgrow 64 bytes leaves
 //!   Redis's compact encoding and costs several times the memory. The delivery's place (webhook,

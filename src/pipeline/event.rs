@@ -1,4 +1,4 @@
-//! A stream entry, parsed and checked against the contract of SPEC.md §1, and the envelope that
+//! A stream entry, parsed and checked against the contract of docs/contract.md §1, and the envelope that
 //! becomes the request body.
 //!
 //! Parsing is pure: it returns either a valid [`Event`] or a [`Rejection`] naming the dead-letter
@@ -257,7 +257,7 @@ fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
     chunks.remainder().iter().position(|&b| b == b'"' || b == b'\\').map(|i| offset + i)
 }
 
-/// `created_at` of the envelope: RFC 3339 UTC with whole seconds, as in SPEC.md §2 (the exact
+/// `created_at` of the envelope: RFC 3339 UTC with whole seconds, as in docs/contract.md §2 (the exact
 /// milliseconds stay visible in the stream entry id).
 ///
 /// A time past [`MAX_TIME_MS`] (refused by [`parse_entry`], so never an event's) is written as
@@ -277,7 +277,7 @@ struct Envelope<'a> {
     data: &'a RawValue,
 }
 
-/// The default request body (SPEC.md §2), serialized once per event whatever its fan-out. `data`
+/// The default request body (docs/contract.md §2), serialized once per event whatever its fan-out. `data`
 /// is embedded exactly as the producer wrote it.
 pub fn envelope(event: &Event) -> Vec<u8> {
     serde_json::to_vec(&Envelope {
@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn data_is_judged_by_the_json_grammar_and_embedded_as_written() {
         // Found by the parse_entry fuzz target: a number beyond f64 is valid JSON. It is kept
-        // byte for byte (as the README promises), not rejected or rewritten.
+        // byte for byte (as docs/contract.md §1 promises), not rejected or rewritten.
         let e = entry("1-0", &[("tenant", b"acme"), ("type", b"t"), ("data", b" 7777e7777 ")]);
         let event = parse_entry(&e, 1024).unwrap();
         let body = String::from_utf8(envelope(&event)).unwrap();

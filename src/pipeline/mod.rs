@@ -50,9 +50,10 @@ mod outcomes;
 mod poison;
 mod reader;
 mod retention;
-mod sender;
-mod signer;
-mod transformer;
+pub(crate) mod sender;
+pub(crate) mod signer;
+pub(crate) mod test_event;
+pub(crate) mod transformer;
 
 use std::{
     collections::HashSet,
@@ -105,7 +106,7 @@ impl EntryTicket {
 }
 
 /// The part of an event every delivery of it shares: its id, type and tenant, kept back to back
-/// in one string. A waiting retry holds one, and a million may wait (README "Performance"):
+/// in one string. A waiting retry holds one, and a million may wait (docs/performance.md):
 /// one allocation instead of three.
 #[derive(Debug)]
 pub struct EventMeta {
@@ -205,7 +206,7 @@ pub struct InFlight {
 
 /// A stream entry id as the window remembers it: Redis's `<ms>-<seq>` as two numbers, 16 bytes
 /// in place rather than a string on the heap — the window holds one per entry, a million when
-/// long retries wait (README "Performance"). Any other text (never from Redis) is kept as is.
+/// long retries wait (docs/performance.md). Any other text (never from Redis) is kept as is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum EntryKey {
     Id(u64, u64),

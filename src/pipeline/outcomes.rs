@@ -510,7 +510,7 @@ enum Next {
     Exhausted,
 }
 
-/// The retry decision, pure: the policy's delay (SPEC §4, `crate::retry`) with `draw`'s jitter,
+/// The retry decision, pure: the policy's delay (docs/contract.md §4, `crate::retry`) with `draw`'s jitter,
 /// or the receiver's `Retry-After` capped by the policy, while attempts are left.
 fn decide(policy: &crate::domain::model::RetryPolicy, attempt: u32, verdict: Verdict, draw: fn() -> f64) -> Next {
     match verdict {

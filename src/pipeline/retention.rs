@@ -1,6 +1,6 @@
 //! Stream retention: a thread of its own (`wss-retention`) that trims `<prefix>events` of
 //! entries every consumer group is done with, once they are older than `WSS_STREAM_RETENTION`
-//! (default 24 h; `off`: the thread is not started and trimming is left to producers). SPEC §6.
+//! (default 24 h; `off`: the thread is not started and trimming is left to producers). docs/contract.md §6.
 //!
 //! Without it the stream grows for ever, and a producer that caps it with `MAXLEN` can trim away
 //! entries still pending, which wss then dead-letters as `entry_deleted`. Trimming here is safe

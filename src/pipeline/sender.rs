@@ -28,7 +28,10 @@ use super::{
     isolation::{Isolation, Transition},
     Completion, SignedDelivery, Verdict,
 };
-use crate::{deadletter::AttemptRecord, domain::store::now_ms, http::Agents, metrics::AttemptErrors, retry::parse_retry_after};
+use crate::{
+    deadletter::AttemptRecord, domain::routing::Route, domain::store::now_ms, http::Agents, metrics::AttemptErrors,
+    retry::parse_retry_after,
+};
 
 /// Response bytes kept in the attempt record.
 const EXCERPT_BYTES: usize = 1024;
@@ -70,20 +73,31 @@ pub fn run(
 }
 
 fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
-    let route = &signed.route;
+    send_once(agents, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt)
+}
+
+/// One POST of `body` with the signed `headers` to `route`, as every attempt makes it (also used
+/// by `WebhookService/SendTestEvent`, outside the pipeline): its record and what it means.
+pub fn send_once(
+    agents: &Agents,
+    route: &Route,
+    headers: &[(&'static str, String)],
+    body: &[u8],
+    attempt: u32,
+) -> (AttemptRecord, Verdict) {
     let agent = agents.agent(route.client.as_ref().map(|c| &c.identity));
     let timeout = route.policy.attempt_timeout;
     let started_at_ms = now_ms();
     let clock = Instant::now();
     let mut request = agent.post(&*route.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
-    for (name, value) in &signed.headers {
+    for (name, value) in headers {
         request = request.header(*name, value);
     }
     for (name, value) in &route.headers {
         request = request.header(&**name, &**value);
     }
-    let mut record = AttemptRecord { attempt: signed.delivery.attempt, started_at_ms, ..Default::default() };
-    let verdict = match request.send(&signed.delivery.body[..]) {
+    let mut record = AttemptRecord { attempt, started_at_ms, ..Default::default() };
+    let verdict = match request.send(body) {
         Ok(mut response) => {
             let status = response.status().as_u16();
             let retry_after =
@@ -116,7 +130,7 @@ fn attempt(agents: &Agents, signed: &SignedDelivery) -> (AttemptRecord, Verdict)
     (record, verdict)
 }
 
-/// What a status means (SPEC.md §2): 2xx delivered; 410 stop; 429/503 honour Retry-After;
+/// What a status means (docs/contract.md §2): 2xx delivered; 410 stop; 429/503 honour Retry-After;
 /// anything else (3xx included — redirects are not followed) is retried.
 pub fn classify(status: u16, retry_after: Option<std::time::Duration>) -> Verdict {
     match status {

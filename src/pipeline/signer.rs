@@ -1,5 +1,5 @@
 //! Signer: gives every attempt — first try, retry or redelivery — a fresh timestamp and
-//! signature, with the webhook's current secret and scheme (SPEC.md §3).
+//! signature, with the webhook's current secret and scheme (docs/contract.md §3).
 //!
 //! It looks the webhook up in the current routing snapshot at signing time, so a retry of a
 //! webhook deleted or disabled meanwhile is abandoned (dead-lettered with that reason) rather
@@ -329,7 +329,7 @@ fn current_route(routing: &RoutingHandle, delivery: Delivery) -> Result<(Deliver
     Ok((delivery, route.clone()))
 }
 
-/// The headers wss owns for one attempt (SPEC.md §2–3); static headers are added by the sender.
+/// The headers wss owns for one attempt (docs/contract.md §2–3); static headers are added by the sender.
 pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, body: &[u8], now_secs: u64) -> Vec<(&'static str, String)> {
     let timestamp = now_secs.to_string();
     let mut headers = Vec::with_capacity(8);
@@ -344,7 +344,7 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
             headers.push(("webhook-id", event.id().to_owned()));
             headers.push(("webhook-timestamp", timestamp));
         }
-        // A rotation's overlap (SPEC.md §3): the new secret's signature first, then the old one's
+        // A rotation's overlap (docs/contract.md §3): the new secret's signature first, then the old one's
         // — comma-separated in X-WSS-Signature, space-separated in webhook-signature (Standard
         // Webhooks); after the overlap, the new one's alone.
         RouteSigner::Rotating { current, previous, until_ms } => {

@@ -214,7 +214,7 @@ fn route(
 
 /// What becomes of the event for one webhook whose types match.
 #[derive(Debug)]
-pub(super) enum Plan {
+pub(crate) enum Plan {
     Send(Arc<[u8]>),
     /// An expression failed on the event; `body` is the envelope, kept in the dead letter.
     DeadLetter {
@@ -227,7 +227,7 @@ pub(super) enum Plan {
 /// The same rules for one webhook, as they stand now: `None` when its types no longer match the
 /// event or its filter turns it away. For a delivery taken from the backlog
 /// (`super::backlog`), whose webhook may have changed since the event was routed.
-pub(super) fn plan_one(evaluator: &Evaluator, event: &Event, route: &Arc<Route>) -> Option<Plan> {
+pub(crate) fn plan_one(evaluator: &Evaluator, event: &Event, route: &Arc<Route>) -> Option<Plan> {
     if !route.wants(&event.event_type) {
         return None;
     }

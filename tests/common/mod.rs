@@ -602,7 +602,7 @@ impl Receiver {
 // Signatures (an implementation independent of wss::signature)
 // ---------------------------------------------------------------------------------------------
 
-/// lowercase hex(HMAC-SHA256(secret, timestamp ++ body)), SPEC.md §3.
+/// lowercase hex(HMAC-SHA256(secret, timestamp ++ body)), docs/contract.md §3.
 pub fn wss_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(timestamp.as_bytes());

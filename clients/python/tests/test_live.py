@@ -195,7 +195,7 @@ def test_create_tenant_and_webhook_publish_and_read_back_in_list_deliveries(live
     fetched = wss.deliveries.GetDelivery(deliveries_pb2.GetDeliveryRequest(delivery_id=delivery.delivery_id))
     assert fetched.delivery_id == delivery.delivery_id and len(fetched.attempts) == 1
 
-    # What the receiver got: the event, signed with the webhook's secret (SPEC.md sections 2-3).
+    # What the receiver got: the event, signed with the webhook's secret (docs/contract.md sections 2-3).
     got = [(h, b) for h, b in receiver.received if h.get("x-wss-event-id") == "evt-py-1"]
     assert got, "the receiver got the event"
     headers, body = got[0]

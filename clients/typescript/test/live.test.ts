@@ -171,7 +171,7 @@ test("create a tenant and a webhook, publish an event, read it back in ListDeliv
   assert.equal(fetched.deliveryId, delivery.deliveryId);
   assert.equal(fetched.attempts.length, 1);
 
-  // What the receiver got: the event, signed with the webhook's secret (SPEC.md §2–3).
+  // What the receiver got: the event, signed with the webhook's secret (docs/contract.md §2–3).
   const request = receiver.received.find((r) => r.headers["x-wss-event-id"] === "evt-ts-1");
   assert.ok(request, "the receiver got the event");
   const ts = request.headers["x-wss-timestamp"] as string;

@@ -12,7 +12,7 @@ import (
 	wssverify "github.com/wss-project/wss/clients/verify/go"
 )
 
-// A net/http receiver, as in the README: read the raw body, verify, then use it.
+// A net/http receiver, as in this directory's README: read the raw body, verify, then use it.
 func Example() {
 	secret := "whsec_demo_secret_0123456789"
 	hook := func(w http.ResponseWriter, r *http.Request) {

@@ -7,7 +7,7 @@
 //		return
 //	}
 //
-// The scheme (SPEC.md §3): X-WSS-Signature is the lowercase hex HMAC-SHA256, keyed with the UTF-8
+// The scheme (docs/contract.md §3): X-WSS-Signature is the lowercase hex HMAC-SHA256, keyed with the UTF-8
 // bytes of the webhook's secret, of the X-WSS-Timestamp header value as sent followed directly by
 // the raw request body. The timestamp is Unix epoch seconds (wss sends those) or an RFC 3339
 // date-time with an offset; it must be within the tolerance (default 300 s) of the receiver's

@@ -5,7 +5,7 @@
     if not result:
         abort(401, result.reason)
 
-The scheme (SPEC.md section 3): ``X-WSS-Signature`` is the lowercase hex HMAC-SHA256, keyed with
+The scheme (docs/contract.md section 3): ``X-WSS-Signature`` is the lowercase hex HMAC-SHA256, keyed with
 the UTF-8 bytes of the webhook's secret, of the ``X-WSS-Timestamp`` header value *as sent*
 followed directly by the *raw* request body. The timestamp is Unix epoch seconds (wss sends
 those) or an RFC 3339 date-time with an offset; it must be within ``tolerance`` seconds of the

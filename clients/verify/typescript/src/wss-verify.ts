@@ -4,7 +4,7 @@
  *     const result = verify(secret, req.headers, rawBody);
  *     if (!result.ok) return res.status(401).send(result.reason);
  *
- * The scheme (SPEC.md §3): `X-WSS-Signature` is the lowercase hex HMAC-SHA256, keyed with the
+ * The scheme (docs/contract.md §3): `X-WSS-Signature` is the lowercase hex HMAC-SHA256, keyed with the
  * UTF-8 bytes of the webhook's secret, of the `X-WSS-Timestamp` header value *as sent* followed
  * directly by the *raw* request body. The timestamp is Unix epoch seconds (wss sends those) or an
  * RFC 3339 date-time with an offset; it must be within `tolerance` seconds of the receiver's

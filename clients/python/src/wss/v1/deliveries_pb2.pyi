@@ -431,3 +431,199 @@ class SkippedDeadLetter(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SkippedDeadLetter: _TypeAlias = SkippedDeadLetter  # noqa: Y015
+
+@_typing.final
+class ResendDeliveryRequest(_message.Message):
+    """Which delivery to attempt again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The delivery (`<stream entry id>:<webhook id>`, as ListDeliveries shows); it must be
+    DELIVERED or DEAD_LETTERED.
+    """
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendDeliveryRequest: _TypeAlias = ResendDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class ResendDeliveryResponse(_message.Message):
+    """The new delivery a resend scheduled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    STREAM_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_SOURCE_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The new delivery's id (`<new stream entry id>:<webhook id>`): follow it with GetDelivery."""
+    event_id: _builtins.str
+    """The event id, unchanged (receivers see it as X-WSS-Event-Id)."""
+    stream_entry_id: _builtins.str
+    """The new stream entry the event re-entered the pipeline as."""
+    webhook_id: _builtins.str
+    """The webhook it goes to: the resent delivery's own."""
+    event_source: _builtins.str
+    """Where the event's fields came from: `stream` (its entry, still retained) or `dead_letter`
+    (the delivery's dead-letter record).
+    """
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        stream_entry_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        event_source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "event_id", b"event_id", "event_source", b"event_source", "stream_entry_id", b"stream_entry_id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendDeliveryResponse: _TypeAlias = ResendDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class ReplayEventsRequest(_message.Message):
+    """A replay: which events of a tenant, and to which webhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant whose events are sent again; required (a tenant token may leave it empty for
+    its own).
+    """
+    webhook_id: _builtins.str
+    """Only to this webhook of the tenant; empty: every enabled webhook of the tenant that matches."""
+    limit: _builtins.int
+    """At most this many events replayed per call; 0 means 100, more than 1000 is clamped to 1000."""
+    page_token: _builtins.str
+    """Continue after the previous call (its next_page_token), with the same other fields."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events whose type matches one of these patterns (as Webhook.event_types: exact, or
+        `*` globs); empty: every type.
+        """
+
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Events that entered the stream at or after this time; required."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Events that entered the stream before this time; required, later than `since`, and at most
+        31 days after it.
+        """
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "limit", b"limit", "page_token", b"page_token", "since", b"since", "tenant_id", b"tenant_id", "until", b"until", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEventsRequest: _TypeAlias = ReplayEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReplayEventsResponse(_message.Message):
+    """What a replay call scheduled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_SCHEDULED_FIELD_NUMBER: _builtins.int
+    EVENTS_EXAMINED_FIELD_NUMBER: _builtins.int
+    EVENTS_REPLAYED_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    deliveries_scheduled: _builtins.int
+    """Deliveries scheduled (one per event and matching webhook)."""
+    events_examined: _builtins.int
+    """Events of the tenant in the period that this call looked at (matching or not)."""
+    events_replayed: _builtins.int
+    """Events that produced at least one delivery."""
+    next_page_token: _builtins.str
+    """Non-empty when more events of the period may follow; pass it as page_token."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplayedDelivery]:
+        """The deliveries scheduled, oldest event first."""
+
+    def __init__(
+        self,
+        *,
+        deliveries_scheduled: _builtins.int = ...,
+        events_examined: _builtins.int = ...,
+        events_replayed: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+        deliveries: _abc.Iterable[Global___ReplayedDelivery] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "deliveries_scheduled", b"deliveries_scheduled", "events_examined", b"events_examined", "events_replayed", b"events_replayed", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEventsResponse: _TypeAlias = ReplayEventsResponse  # noqa: Y015
+
+@_typing.final
+class ReplayedDelivery(_message.Message):
+    """One delivery a replay scheduled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_STREAM_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The new delivery's id (`<new stream entry id>:<webhook id>`)."""
+    event_id: _builtins.str
+    """The event id, unchanged."""
+    webhook_id: _builtins.str
+    """The webhook it goes to."""
+    original_stream_entry_id: _builtins.str
+    """The stream entry of the original event."""
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        original_stream_entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "event_id", b"event_id", "original_stream_entry_id", b"original_stream_entry_id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayedDelivery: _TypeAlias = ReplayedDelivery  # noqa: Y015

@@ -55,6 +55,16 @@ class DeliveryServiceStub:
                 request_serializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterRequest.SerializeToString,
                 response_deserializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterResponse.FromString,
                 _registered_method=True)
+        self.ResendDelivery = channel.unary_unary(
+                '/wss.v1.DeliveryService/ResendDelivery',
+                request_serializer=wss_dot_v1_dot_deliveries__pb2.ResendDeliveryRequest.SerializeToString,
+                response_deserializer=wss_dot_v1_dot_deliveries__pb2.ResendDeliveryResponse.FromString,
+                _registered_method=True)
+        self.ReplayEvents = channel.unary_unary(
+                '/wss.v1.DeliveryService/ReplayEvents',
+                request_serializer=wss_dot_v1_dot_deliveries__pb2.ReplayEventsRequest.SerializeToString,
+                response_deserializer=wss_dot_v1_dot_deliveries__pb2.ReplayEventsResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -95,6 +105,33 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResendDelivery(self, request, context):
+        """Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+        delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+        with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+        from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+        delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+        more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+        it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+        (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayEvents(self, request, context):
+        """Sends a tenant's events of a period again to the webhooks that match them now (event
+        types, filter; transform applied when sent), optionally only one webhook and some event
+        types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+        read from the events stream by the time they entered it, so the period reaches back only as
+        far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+        trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+        next_page_token to continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +154,16 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.RedeliverDeadLetter,
                     request_deserializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterRequest.FromString,
                     response_serializer=wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterResponse.SerializeToString,
+            ),
+            'ResendDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResendDelivery,
+                    request_deserializer=wss_dot_v1_dot_deliveries__pb2.ResendDeliveryRequest.FromString,
+                    response_serializer=wss_dot_v1_dot_deliveries__pb2.ResendDeliveryResponse.SerializeToString,
+            ),
+            'ReplayEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayEvents,
+                    request_deserializer=wss_dot_v1_dot_deliveries__pb2.ReplayEventsRequest.FromString,
+                    response_serializer=wss_dot_v1_dot_deliveries__pb2.ReplayEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +275,60 @@ class DeliveryService:
             '/wss.v1.DeliveryService/RedeliverDeadLetter',
             wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterRequest.SerializeToString,
             wss_dot_v1_dot_deliveries__pb2.RedeliverDeadLetterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResendDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wss.v1.DeliveryService/ResendDelivery',
+            wss_dot_v1_dot_deliveries__pb2.ResendDeliveryRequest.SerializeToString,
+            wss_dot_v1_dot_deliveries__pb2.ResendDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wss.v1.DeliveryService/ReplayEvents',
+            wss_dot_v1_dot_deliveries__pb2.ReplayEventsRequest.SerializeToString,
+            wss_dot_v1_dot_deliveries__pb2.ReplayEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

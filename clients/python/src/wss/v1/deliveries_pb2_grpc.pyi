@@ -48,6 +48,25 @@ class DeliveryServiceStub:
     unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
     webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
     """
+    ResendDelivery: _grpc.UnaryUnaryMultiCallable[_deliveries_pb2.ResendDeliveryRequest, _deliveries_pb2.ResendDeliveryResponse]
+    """Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+    delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+    with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+    from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+    delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+    more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+    it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+    (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+    """
+    ReplayEvents: _grpc.UnaryUnaryMultiCallable[_deliveries_pb2.ReplayEventsRequest, _deliveries_pb2.ReplayEventsResponse]
+    """Sends a tenant's events of a period again to the webhooks that match them now (event
+    types, filter; transform applied when sent), optionally only one webhook and some event
+    types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+    read from the events stream by the time they entered it, so the period reaches back only as
+    far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+    trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+    next_page_token to continue.
+    """
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
@@ -68,6 +87,25 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
     unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
     webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+    """
+    ResendDelivery: _aio.UnaryUnaryMultiCallable[_deliveries_pb2.ResendDeliveryRequest, _deliveries_pb2.ResendDeliveryResponse]  # type: ignore[assignment]
+    """Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+    delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+    with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+    from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+    delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+    more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+    it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+    (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+    """
+    ReplayEvents: _aio.UnaryUnaryMultiCallable[_deliveries_pb2.ReplayEventsRequest, _deliveries_pb2.ReplayEventsResponse]  # type: ignore[assignment]
+    """Sends a tenant's events of a period again to the webhooks that match them now (event
+    types, filter; transform applied when sent), optionally only one webhook and some event
+    types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+    read from the events stream by the time they entered it, so the period reaches back only as
+    far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+    trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+    next_page_token to continue.
     """
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +148,37 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         the same step, so running the same redelivery twice sends nothing twice. NOT_FOUND for an
         unknown (or already redelivered) id; FAILED_PRECONDITION when it cannot be sent yet (its
         webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
+        """
+
+    @_abc_1.abstractmethod
+    def ResendDelivery(
+        self,
+        request: _deliveries_pb2.ResendDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deliveries_pb2.ResendDeliveryResponse, _abc.Awaitable[_deliveries_pb2.ResendDeliveryResponse]]:
+        """Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+        delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+        with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+        from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+        delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+        more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+        it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+        (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+        """
+
+    @_abc_1.abstractmethod
+    def ReplayEvents(
+        self,
+        request: _deliveries_pb2.ReplayEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_deliveries_pb2.ReplayEventsResponse, _abc.Awaitable[_deliveries_pb2.ReplayEventsResponse]]:
+        """Sends a tenant's events of a period again to the webhooks that match them now (event
+        types, filter; transform applied when sent), optionally only one webhook and some event
+        types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+        read from the events stream by the time they entered it, so the period reaches back only as
+        far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+        trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+        next_page_token to continue.
         """
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -47,7 +47,7 @@ class EventServiceServicer:
     """
 
     def PublishEvent(self, request, context):
-        """Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+        """Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
         already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
         answers the first publication's entry with duplicate set (idempotent publishing).
         """

@@ -34,7 +34,7 @@ class EventServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EventServiceAsyncStub: ...
     PublishEvent: _grpc.UnaryUnaryMultiCallable[_events_pb2.PublishEventRequest, _events_pb2.PublishEventResponse]
-    """Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+    """Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
     already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
     answers the first publication's entry with duplicate set (idempotent publishing).
     """
@@ -45,7 +45,7 @@ class EventServiceAsyncStub(EventServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     PublishEvent: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishEventRequest, _events_pb2.PublishEventResponse]  # type: ignore[assignment]
-    """Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+    """Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
     already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
     answers the first publication's entry with duplicate set (idempotent publishing).
     """
@@ -59,7 +59,7 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _events_pb2.PublishEventRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.PublishEventResponse, _abc.Awaitable[_events_pb2.PublishEventResponse]]:
-        """Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+        """Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
         already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
         answers the first publication's entry with duplicate set (idempotent publishing).
         """

@@ -37,7 +37,7 @@ class _SignatureSchemeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Signa
     """
 
 class SignatureScheme(_SignatureScheme, metaclass=_SignatureSchemeEnumTypeWrapper):
-    """How a delivery is signed (SPEC.md §3)."""
+    """How a delivery is signed (docs/contract.md §3)."""
 
 SIGNATURE_SCHEME_UNSPECIFIED: SignatureScheme.ValueType  # 0
 """Treated as SIGNATURE_SCHEME_WSS."""
@@ -225,7 +225,7 @@ Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
 
 @_typing.final
 class RetryPolicy(_message.Message):
-    """When and how often a failed delivery is tried again (SPEC.md §4). The delay before attempt n+1
+    """When and how often a failed delivery is tried again (docs/contract.md §4). The delay before attempt n+1
     is min(max_backoff, initial_backoff × multiplier^(n-1)), spread by ± jitter.
     """
 

@@ -617,3 +617,99 @@ class WebhookStats(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__success_rate) -> _WhichOneofReturnType__success_rate | None: ...
 
 Global___WebhookStats: _TypeAlias = WebhookStats  # noqa: Y015
+
+@_typing.final
+class SendTestEventRequest(_message.Message):
+    """A test event for a webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    webhook_id: _builtins.str
+    """The webhook to send to."""
+    event_type: _builtins.str
+    """The event type; empty means `wss.test`."""
+    data: _builtins.str
+    """The event's data, JSON text; empty means `{"test":true,"webhook_id":…}`."""
+    def __init__(
+        self,
+        *,
+        webhook_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        data: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_type", b"event_type", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendTestEventRequest: _TypeAlias = SendTestEventRequest  # noqa: Y015
+
+@_typing.final
+class SendTestEventResponse(_message.Message):
+    """The outcome of a test event's one attempt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    SUCCEEDED_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    ERROR_KIND_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    SENT_AT_FIELD_NUMBER: _builtins.int
+    REQUEST_BODY_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.str
+    """The attempt's delivery in the history (`<test id>:<webhook id>`), for GetDelivery."""
+    event_id: _builtins.str
+    """The test event's id (`wss-test-…`), sent as X-WSS-Event-Id."""
+    succeeded: _builtins.bool
+    """True when the receiver answered 2xx."""
+    status_code: _builtins.int
+    """The HTTP status; 0 when no response arrived."""
+    error_kind: _builtins.str
+    """Empty on success; else the error class: http_status, connect, timeout, dns, tls, io,
+    protocol, refused_target.
+    """
+    error: _builtins.str
+    """Empty on success; else what went wrong (`HTTP 500 Internal Server Error`, or the
+    connection error).
+    """
+    response_body: _builtins.str
+    """The first bytes of the response body, at most 1 KiB (invalid UTF-8 replaced)."""
+    request_body: _builtins.str
+    """The request body that was sent."""
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """From the start of the attempt to the end of reading the response's first bytes."""
+
+    @_builtins.property
+    def sent_at(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt started."""
+
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        succeeded: _builtins.bool = ...,
+        status_code: _builtins.int = ...,
+        latency: _duration_pb2.Duration | None = ...,
+        error_kind: _builtins.str = ...,
+        error: _builtins.str = ...,
+        response_body: _builtins.str = ...,
+        sent_at: _timestamp_pb2.Timestamp | None = ...,
+        request_body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "sent_at", b"sent_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_id", b"delivery_id", "error", b"error", "error_kind", b"error_kind", "event_id", b"event_id", "latency", b"latency", "request_body", b"request_body", "response_body", b"response_body", "sent_at", b"sent_at", "status_code", b"status_code", "succeeded", b"succeeded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendTestEventResponse: _TypeAlias = SendTestEventResponse  # noqa: Y015

@@ -71,6 +71,11 @@ class WebhookServiceStub:
                 request_serializer=wss_dot_v1_dot_webhooks__pb2.GetWebhookStatsRequest.SerializeToString,
                 response_deserializer=wss_dot_v1_dot_webhooks__pb2.WebhookStats.FromString,
                 _registered_method=True)
+        self.SendTestEvent = channel.unary_unary(
+                '/wss.v1.WebhookService/SendTestEvent',
+                request_serializer=wss_dot_v1_dot_webhooks__pb2.SendTestEventRequest.SerializeToString,
+                response_deserializer=wss_dot_v1_dot_webhooks__pb2.SendTestEventResponse.FromString,
+                _registered_method=True)
 
 
 class WebhookServiceServicer:
@@ -131,6 +136,19 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendTestEvent(self, request, context):
+        """Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+        `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+        webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+        guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+        recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+        webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+        FAILED_PRECONDITION when the webhook or its tenant is disabled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WebhookServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +186,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.GetWebhookStats,
                     request_deserializer=wss_dot_v1_dot_webhooks__pb2.GetWebhookStatsRequest.FromString,
                     response_serializer=wss_dot_v1_dot_webhooks__pb2.WebhookStats.SerializeToString,
+            ),
+            'SendTestEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestEvent,
+                    request_deserializer=wss_dot_v1_dot_webhooks__pb2.SendTestEventRequest.FromString,
+                    response_serializer=wss_dot_v1_dot_webhooks__pb2.SendTestEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +383,33 @@ class WebhookService:
             '/wss.v1.WebhookService/GetWebhookStats',
             wss_dot_v1_dot_webhooks__pb2.GetWebhookStatsRequest.SerializeToString,
             wss_dot_v1_dot_webhooks__pb2.WebhookStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wss.v1.WebhookService/SendTestEvent',
+            wss_dot_v1_dot_webhooks__pb2.SendTestEventRequest.SerializeToString,
+            wss_dot_v1_dot_webhooks__pb2.SendTestEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,15 @@ class WebhookServiceStub:
     cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
     and queued are the answering instance's own. NOT_FOUND when unknown.
     """
+    SendTestEvent: _grpc.UnaryUnaryMultiCallable[_webhooks_pb2.SendTestEventRequest, _webhooks_pb2.SendTestEventResponse]
+    """Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+    `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+    webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+    guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+    recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+    webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+    FAILED_PRECONDITION when the webhook or its tenant is disabled.
+    """
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -81,6 +90,15 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     failure, dead letters, circuit, in flight and queued. Counts and last times are
     cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
     and queued are the answering instance's own. NOT_FOUND when unknown.
+    """
+    SendTestEvent: _aio.UnaryUnaryMultiCallable[_webhooks_pb2.SendTestEventRequest, _webhooks_pb2.SendTestEventResponse]  # type: ignore[assignment]
+    """Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+    `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+    webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+    guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+    recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+    webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+    FAILED_PRECONDITION when the webhook or its tenant is disabled.
     """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -147,6 +165,21 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         failure, dead letters, circuit, in flight and queued. Counts and last times are
         cluster-wide (written by every instance, at most a second late); circuit_state, in_flight
         and queued are the answering instance's own. NOT_FOUND when unknown.
+        """
+
+    @_abc_1.abstractmethod
+    def SendTestEvent(
+        self,
+        request: _webhooks_pb2.SendTestEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_webhooks_pb2.SendTestEventResponse, _abc.Awaitable[_webhooks_pb2.SendTestEventResponse]]:
+        """Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+        `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+        webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+        guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+        recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+        webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+        FAILED_PRECONDITION when the webhook or its tenant is disabled.
         """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

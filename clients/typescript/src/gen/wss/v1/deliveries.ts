@@ -207,6 +207,89 @@ export interface SkippedDeadLetter {
   reason: string;
 }
 
+/** Which delivery to attempt again. */
+export interface ResendDeliveryRequest {
+  /**
+   * The delivery (`<stream entry id>:<webhook id>`, as ListDeliveries shows); it must be
+   * DELIVERED or DEAD_LETTERED.
+   */
+  deliveryId: string;
+}
+
+/** The new delivery a resend scheduled. */
+export interface ResendDeliveryResponse {
+  /** The new delivery's id (`<new stream entry id>:<webhook id>`): follow it with GetDelivery. */
+  deliveryId: string;
+  /** The event id, unchanged (receivers see it as X-WSS-Event-Id). */
+  eventId: string;
+  /** The new stream entry the event re-entered the pipeline as. */
+  streamEntryId: string;
+  /** The webhook it goes to: the resent delivery's own. */
+  webhookId: string;
+  /**
+   * Where the event's fields came from: `stream` (its entry, still retained) or `dead_letter`
+   * (the delivery's dead-letter record).
+   */
+  eventSource: string;
+}
+
+/** A replay: which events of a tenant, and to which webhooks. */
+export interface ReplayEventsRequest {
+  /**
+   * The tenant whose events are sent again; required (a tenant token may leave it empty for
+   * its own).
+   */
+  tenantId: string;
+  /** Only to this webhook of the tenant; empty: every enabled webhook of the tenant that matches. */
+  webhookId: string;
+  /**
+   * Only events whose type matches one of these patterns (as Webhook.event_types: exact, or
+   * `*` globs); empty: every type.
+   */
+  eventTypes: string[];
+  /** Events that entered the stream at or after this time; required. */
+  since:
+    | Date
+    | undefined;
+  /**
+   * Events that entered the stream before this time; required, later than `since`, and at most
+   * 31 days after it.
+   */
+  until:
+    | Date
+    | undefined;
+  /** At most this many events replayed per call; 0 means 100, more than 1000 is clamped to 1000. */
+  limit: number;
+  /** Continue after the previous call (its next_page_token), with the same other fields. */
+  pageToken: string;
+}
+
+/** What a replay call scheduled. */
+export interface ReplayEventsResponse {
+  /** Deliveries scheduled (one per event and matching webhook). */
+  deliveriesScheduled: number;
+  /** Events of the tenant in the period that this call looked at (matching or not). */
+  eventsExamined: number;
+  /** Events that produced at least one delivery. */
+  eventsReplayed: number;
+  /** Non-empty when more events of the period may follow; pass it as page_token. */
+  nextPageToken: string;
+  /** The deliveries scheduled, oldest event first. */
+  deliveries: ReplayedDelivery[];
+}
+
+/** One delivery a replay scheduled. */
+export interface ReplayedDelivery {
+  /** The new delivery's id (`<new stream entry id>:<webhook id>`). */
+  deliveryId: string;
+  /** The event id, unchanged. */
+  eventId: string;
+  /** The webhook it goes to. */
+  webhookId: string;
+  /** The stream entry of the original event. */
+  originalStreamEntryId: string;
+}
+
 function createBaseDelivery(): Delivery {
   return {
     deliveryId: "",
@@ -1722,6 +1805,697 @@ export const SkippedDeadLetter: MessageFns<SkippedDeadLetter> = {
   },
 };
 
+function createBaseResendDeliveryRequest(): ResendDeliveryRequest {
+  return { deliveryId: "" };
+}
+
+export const ResendDeliveryRequest: MessageFns<ResendDeliveryRequest> = {
+  encode(message: ResendDeliveryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deliveryId !== "") {
+      writer.uint32(10).string(message.deliveryId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResendDeliveryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResendDeliveryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveryId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResendDeliveryRequest {
+    return {
+      deliveryId: isSet(object.deliveryId)
+        ? globalThis.String(object.deliveryId)
+        : isSet(object.delivery_id)
+        ? globalThis.String(object.delivery_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ResendDeliveryRequest): unknown {
+    const obj: any = {};
+    if (message.deliveryId !== "") {
+      obj.deliveryId = message.deliveryId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResendDeliveryRequest>): ResendDeliveryRequest {
+    return ResendDeliveryRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResendDeliveryRequest>): ResendDeliveryRequest {
+    const message = createBaseResendDeliveryRequest();
+    message.deliveryId = object.deliveryId ?? "";
+    return message;
+  },
+};
+
+function createBaseResendDeliveryResponse(): ResendDeliveryResponse {
+  return { deliveryId: "", eventId: "", streamEntryId: "", webhookId: "", eventSource: "" };
+}
+
+export const ResendDeliveryResponse: MessageFns<ResendDeliveryResponse> = {
+  encode(message: ResendDeliveryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deliveryId !== "") {
+      writer.uint32(10).string(message.deliveryId);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(18).string(message.eventId);
+    }
+    if (message.streamEntryId !== "") {
+      writer.uint32(26).string(message.streamEntryId);
+    }
+    if (message.webhookId !== "") {
+      writer.uint32(34).string(message.webhookId);
+    }
+    if (message.eventSource !== "") {
+      writer.uint32(42).string(message.eventSource);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResendDeliveryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResendDeliveryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveryId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.streamEntryId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.eventSource = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResendDeliveryResponse {
+    return {
+      deliveryId: isSet(object.deliveryId)
+        ? globalThis.String(object.deliveryId)
+        : isSet(object.delivery_id)
+        ? globalThis.String(object.delivery_id)
+        : "",
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      streamEntryId: isSet(object.streamEntryId)
+        ? globalThis.String(object.streamEntryId)
+        : isSet(object.stream_entry_id)
+        ? globalThis.String(object.stream_entry_id)
+        : "",
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      eventSource: isSet(object.eventSource)
+        ? globalThis.String(object.eventSource)
+        : isSet(object.event_source)
+        ? globalThis.String(object.event_source)
+        : "",
+    };
+  },
+
+  toJSON(message: ResendDeliveryResponse): unknown {
+    const obj: any = {};
+    if (message.deliveryId !== "") {
+      obj.deliveryId = message.deliveryId;
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.streamEntryId !== "") {
+      obj.streamEntryId = message.streamEntryId;
+    }
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.eventSource !== "") {
+      obj.eventSource = message.eventSource;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResendDeliveryResponse>): ResendDeliveryResponse {
+    return ResendDeliveryResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResendDeliveryResponse>): ResendDeliveryResponse {
+    const message = createBaseResendDeliveryResponse();
+    message.deliveryId = object.deliveryId ?? "";
+    message.eventId = object.eventId ?? "";
+    message.streamEntryId = object.streamEntryId ?? "";
+    message.webhookId = object.webhookId ?? "";
+    message.eventSource = object.eventSource ?? "";
+    return message;
+  },
+};
+
+function createBaseReplayEventsRequest(): ReplayEventsRequest {
+  return { tenantId: "", webhookId: "", eventTypes: [], since: undefined, until: undefined, limit: 0, pageToken: "" };
+}
+
+export const ReplayEventsRequest: MessageFns<ReplayEventsRequest> = {
+  encode(message: ReplayEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenantId !== "") {
+      writer.uint32(10).string(message.tenantId);
+    }
+    if (message.webhookId !== "") {
+      writer.uint32(18).string(message.webhookId);
+    }
+    for (const v of message.eventTypes) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.since !== undefined) {
+      Timestamp.encode(toTimestamp(message.since), writer.uint32(34).fork()).join();
+    }
+    if (message.until !== undefined) {
+      Timestamp.encode(toTimestamp(message.until), writer.uint32(42).fork()).join();
+    }
+    if (message.limit !== 0) {
+      writer.uint32(48).uint32(message.limit);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(58).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplayEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplayEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenantId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.eventTypes.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.since = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.until = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.limit = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplayEventsRequest {
+    return {
+      tenantId: isSet(object.tenantId)
+        ? globalThis.String(object.tenantId)
+        : isSet(object.tenant_id)
+        ? globalThis.String(object.tenant_id)
+        : "",
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      eventTypes: globalThis.Array.isArray(object?.eventTypes)
+        ? object.eventTypes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.event_types)
+        ? object.event_types.map((e: any) => globalThis.String(e))
+        : [],
+      since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
+      until: isSet(object.until) ? fromJsonTimestamp(object.until) : undefined,
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ReplayEventsRequest): unknown {
+    const obj: any = {};
+    if (message.tenantId !== "") {
+      obj.tenantId = message.tenantId;
+    }
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.eventTypes?.length) {
+      obj.eventTypes = message.eventTypes;
+    }
+    if (message.since !== undefined) {
+      obj.since = message.since.toISOString();
+    }
+    if (message.until !== undefined) {
+      obj.until = message.until.toISOString();
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReplayEventsRequest>): ReplayEventsRequest {
+    return ReplayEventsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReplayEventsRequest>): ReplayEventsRequest {
+    const message = createBaseReplayEventsRequest();
+    message.tenantId = object.tenantId ?? "";
+    message.webhookId = object.webhookId ?? "";
+    message.eventTypes = object.eventTypes?.map((e) => e) || [];
+    message.since = object.since ?? undefined;
+    message.until = object.until ?? undefined;
+    message.limit = object.limit ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseReplayEventsResponse(): ReplayEventsResponse {
+  return { deliveriesScheduled: 0, eventsExamined: 0, eventsReplayed: 0, nextPageToken: "", deliveries: [] };
+}
+
+export const ReplayEventsResponse: MessageFns<ReplayEventsResponse> = {
+  encode(message: ReplayEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deliveriesScheduled !== 0) {
+      writer.uint32(8).uint32(message.deliveriesScheduled);
+    }
+    if (message.eventsExamined !== 0) {
+      writer.uint32(16).uint32(message.eventsExamined);
+    }
+    if (message.eventsReplayed !== 0) {
+      writer.uint32(24).uint32(message.eventsReplayed);
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(34).string(message.nextPageToken);
+    }
+    for (const v of message.deliveries) {
+      ReplayedDelivery.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplayEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplayEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deliveriesScheduled = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.eventsExamined = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.eventsReplayed = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.deliveries.push(ReplayedDelivery.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplayEventsResponse {
+    return {
+      deliveriesScheduled: isSet(object.deliveriesScheduled)
+        ? globalThis.Number(object.deliveriesScheduled)
+        : isSet(object.deliveries_scheduled)
+        ? globalThis.Number(object.deliveries_scheduled)
+        : 0,
+      eventsExamined: isSet(object.eventsExamined)
+        ? globalThis.Number(object.eventsExamined)
+        : isSet(object.events_examined)
+        ? globalThis.Number(object.events_examined)
+        : 0,
+      eventsReplayed: isSet(object.eventsReplayed)
+        ? globalThis.Number(object.eventsReplayed)
+        : isSet(object.events_replayed)
+        ? globalThis.Number(object.events_replayed)
+        : 0,
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+      deliveries: globalThis.Array.isArray(object?.deliveries)
+        ? object.deliveries.map((e: any) => ReplayedDelivery.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ReplayEventsResponse): unknown {
+    const obj: any = {};
+    if (message.deliveriesScheduled !== 0) {
+      obj.deliveriesScheduled = Math.round(message.deliveriesScheduled);
+    }
+    if (message.eventsExamined !== 0) {
+      obj.eventsExamined = Math.round(message.eventsExamined);
+    }
+    if (message.eventsReplayed !== 0) {
+      obj.eventsReplayed = Math.round(message.eventsReplayed);
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    if (message.deliveries?.length) {
+      obj.deliveries = message.deliveries.map((e) => ReplayedDelivery.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReplayEventsResponse>): ReplayEventsResponse {
+    return ReplayEventsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReplayEventsResponse>): ReplayEventsResponse {
+    const message = createBaseReplayEventsResponse();
+    message.deliveriesScheduled = object.deliveriesScheduled ?? 0;
+    message.eventsExamined = object.eventsExamined ?? 0;
+    message.eventsReplayed = object.eventsReplayed ?? 0;
+    message.nextPageToken = object.nextPageToken ?? "";
+    message.deliveries = object.deliveries?.map((e) => ReplayedDelivery.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseReplayedDelivery(): ReplayedDelivery {
+  return { deliveryId: "", eventId: "", webhookId: "", originalStreamEntryId: "" };
+}
+
+export const ReplayedDelivery: MessageFns<ReplayedDelivery> = {
+  encode(message: ReplayedDelivery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deliveryId !== "") {
+      writer.uint32(10).string(message.deliveryId);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(18).string(message.eventId);
+    }
+    if (message.webhookId !== "") {
+      writer.uint32(26).string(message.webhookId);
+    }
+    if (message.originalStreamEntryId !== "") {
+      writer.uint32(34).string(message.originalStreamEntryId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplayedDelivery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplayedDelivery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveryId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.originalStreamEntryId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplayedDelivery {
+    return {
+      deliveryId: isSet(object.deliveryId)
+        ? globalThis.String(object.deliveryId)
+        : isSet(object.delivery_id)
+        ? globalThis.String(object.delivery_id)
+        : "",
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      originalStreamEntryId: isSet(object.originalStreamEntryId)
+        ? globalThis.String(object.originalStreamEntryId)
+        : isSet(object.original_stream_entry_id)
+        ? globalThis.String(object.original_stream_entry_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ReplayedDelivery): unknown {
+    const obj: any = {};
+    if (message.deliveryId !== "") {
+      obj.deliveryId = message.deliveryId;
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.originalStreamEntryId !== "") {
+      obj.originalStreamEntryId = message.originalStreamEntryId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReplayedDelivery>): ReplayedDelivery {
+    return ReplayedDelivery.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReplayedDelivery>): ReplayedDelivery {
+    const message = createBaseReplayedDelivery();
+    message.deliveryId = object.deliveryId ?? "";
+    message.eventId = object.eventId ?? "";
+    message.webhookId = object.webhookId ?? "";
+    message.originalStreamEntryId = object.originalStreamEntryId ?? "";
+    return message;
+  },
+};
+
 /** Deliveries: what happened to events. */
 export type DeliveryServiceDefinition = typeof DeliveryServiceDefinition;
 export const DeliveryServiceDefinition = {
@@ -1769,6 +2543,41 @@ export const DeliveryServiceDefinition = {
       requestType: RedeliverDeadLetterRequest as typeof RedeliverDeadLetterRequest,
       requestStream: false,
       responseType: RedeliverDeadLetterResponse as typeof RedeliverDeadLetterResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+     * delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+     * with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+     * from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+     * delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+     * more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+     * it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+     * (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+     */
+    resendDelivery: {
+      name: "ResendDelivery",
+      requestType: ResendDeliveryRequest as typeof ResendDeliveryRequest,
+      requestStream: false,
+      responseType: ResendDeliveryResponse as typeof ResendDeliveryResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Sends a tenant's events of a period again to the webhooks that match them now (event
+     * types, filter; transform applied when sent), optionally only one webhook and some event
+     * types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+     * read from the events stream by the time they entered it, so the period reaches back only as
+     * far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+     * trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+     * next_page_token to continue.
+     */
+    replayEvents: {
+      name: "ReplayEvents",
+      requestType: ReplayEventsRequest as typeof ReplayEventsRequest,
+      requestStream: false,
+      responseType: ReplayEventsResponse as typeof ReplayEventsResponse,
       responseStream: false,
       options: {},
     },
@@ -1832,6 +2641,46 @@ export const DeliveryServiceService = {
       Buffer.from(RedeliverDeadLetterResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RedeliverDeadLetterResponse => RedeliverDeadLetterResponse.decode(value),
   },
+  /**
+   * Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+   * delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+   * with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+   * from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+   * delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+   * more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+   * it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+   * (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+   */
+  resendDelivery: {
+    path: "/wss.v1.DeliveryService/ResendDelivery" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResendDeliveryRequest): Buffer =>
+      Buffer.from(ResendDeliveryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResendDeliveryRequest => ResendDeliveryRequest.decode(value),
+    responseSerialize: (value: ResendDeliveryResponse): Buffer =>
+      Buffer.from(ResendDeliveryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResendDeliveryResponse => ResendDeliveryResponse.decode(value),
+  },
+  /**
+   * Sends a tenant's events of a period again to the webhooks that match them now (event
+   * types, filter; transform applied when sent), optionally only one webhook and some event
+   * types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+   * read from the events stream by the time they entered it, so the period reaches back only as
+   * far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+   * trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+   * next_page_token to continue.
+   */
+  replayEvents: {
+    path: "/wss.v1.DeliveryService/ReplayEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReplayEventsRequest): Buffer => Buffer.from(ReplayEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReplayEventsRequest => ReplayEventsRequest.decode(value),
+    responseSerialize: (value: ReplayEventsResponse): Buffer =>
+      Buffer.from(ReplayEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReplayEventsResponse => ReplayEventsResponse.decode(value),
+  },
 } as const;
 
 export interface DeliveryServiceServer extends UntypedServiceImplementation {
@@ -1851,6 +2700,27 @@ export interface DeliveryServiceServer extends UntypedServiceImplementation {
    * webhook deleted or disabled, its tenant missing or disabled, its event no longer stored).
    */
   redeliverDeadLetter: handleUnaryCall<RedeliverDeadLetterRequest, RedeliverDeadLetterResponse>;
+  /**
+   * Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+   * delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+   * with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+   * from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+   * delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+   * more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+   * it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+   * (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+   */
+  resendDelivery: handleUnaryCall<ResendDeliveryRequest, ResendDeliveryResponse>;
+  /**
+   * Sends a tenant's events of a period again to the webhooks that match them now (event
+   * types, filter; transform applied when sent), optionally only one webhook and some event
+   * types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+   * read from the events stream by the time they entered it, so the period reaches back only as
+   * far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+   * trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+   * next_page_token to continue.
+   */
+  replayEvents: handleUnaryCall<ReplayEventsRequest, ReplayEventsResponse>;
 }
 
 export interface DeliveryServiceClient extends Client {
@@ -1925,6 +2795,55 @@ export interface DeliveryServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RedeliverDeadLetterResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Attempts a delivered or dead-lettered delivery again, to its webhook: a new delivery (new
+   * delivery id, attempt count 1, the webhook's current retry policy, transform and secret)
+   * with the same event id and `created_at`, signed afresh at every attempt. The event is taken
+   * from the events stream while WSS_STREAM_RETENTION still holds its entry, else from the
+   * delivery's dead-letter record; FAILED_PRECONDITION, saying why, when neither holds it any
+   * more, when the delivery is still being retried, or when its webhook or tenant cannot receive
+   * it now (deleted, disabled). NOT_FOUND when the delivery is unknown or its history expired
+   * (WSS_HISTORY_MAX_AGE). A dead letter is left in place (RedeliverDeadLetter removes it).
+   */
+  resendDelivery(
+    request: ResendDeliveryRequest,
+    callback: (error: ServiceError | null, response: ResendDeliveryResponse) => void,
+  ): ClientUnaryCall;
+  resendDelivery(
+    request: ResendDeliveryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResendDeliveryResponse) => void,
+  ): ClientUnaryCall;
+  resendDelivery(
+    request: ResendDeliveryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResendDeliveryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Sends a tenant's events of a period again to the webhooks that match them now (event
+   * types, filter; transform applied when sent), optionally only one webhook and some event
+   * types: each one a new delivery with the event's id and `created_at`, signed afresh. Events are
+   * read from the events stream by the time they entered it, so the period reaches back only as
+   * far as WSS_STREAM_RETENTION keeps entries (events from message-queue sources and entries
+   * trimmed away are not replayed). Oldest first, at most `limit` events per call; pass
+   * next_page_token to continue.
+   */
+  replayEvents(
+    request: ReplayEventsRequest,
+    callback: (error: ServiceError | null, response: ReplayEventsResponse) => void,
+  ): ClientUnaryCall;
+  replayEvents(
+    request: ReplayEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReplayEventsResponse) => void,
+  ): ClientUnaryCall;
+  replayEvents(
+    request: ReplayEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReplayEventsResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -426,7 +426,7 @@ export const EventServiceDefinition = {
   fullName: "wss.v1.EventService",
   methods: {
     /**
-     * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+     * Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
      * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
      * answers the first publication's entry with duplicate set (idempotent publishing).
      */
@@ -445,7 +445,7 @@ export const EventServiceDefinition = {
 export type EventServiceService = typeof EventServiceService;
 export const EventServiceService = {
   /**
-   * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+   * Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
    * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
    * answers the first publication's entry with duplicate set (idempotent publishing).
    */
@@ -463,7 +463,7 @@ export const EventServiceService = {
 
 export interface EventServiceServer extends UntypedServiceImplementation {
   /**
-   * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+   * Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
    * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
    * answers the first publication's entry with duplicate set (idempotent publishing).
    */
@@ -472,7 +472,7 @@ export interface EventServiceServer extends UntypedServiceImplementation {
 
 export interface EventServiceClient extends Client {
   /**
-   * Appends an event to the stream, exactly as an XADD would (SPEC.md §1). With an event_id
+   * Appends an event to the stream, exactly as an XADD would (docs/contract.md §1). With an event_id
    * already published for the tenant within WSS_DEDUPE_WINDOW (default 24h), appends nothing and
    * answers the first publication's entry with duplicate set (idempotent publishing).
    */

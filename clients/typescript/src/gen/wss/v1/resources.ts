@@ -9,7 +9,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Duration } from "../../google/protobuf/duration";
 import { Timestamp } from "../../google/protobuf/timestamp";
 
-/** How a delivery is signed (SPEC.md §3). */
+/** How a delivery is signed (docs/contract.md §3). */
 export enum SignatureScheme {
   /** SIGNATURE_SCHEME_UNSPECIFIED - Treated as SIGNATURE_SCHEME_WSS. */
   SIGNATURE_SCHEME_UNSPECIFIED = 0,
@@ -138,7 +138,7 @@ export interface Webhook_HeadersEntry {
 }
 
 /**
- * When and how often a failed delivery is tried again (SPEC.md §4). The delay before attempt n+1
+ * When and how often a failed delivery is tried again (docs/contract.md §4). The delay before attempt n+1
  * is min(max_backoff, initial_backoff × multiplier^(n-1)), spread by ± jitter.
  */
 export interface RetryPolicy {

@@ -291,6 +291,50 @@ export interface WebhookStats {
   backlogOldestAge: Duration | undefined;
 }
 
+/** A test event for a webhook. */
+export interface SendTestEventRequest {
+  /** The webhook to send to. */
+  webhookId: string;
+  /** The event type; empty means `wss.test`. */
+  eventType: string;
+  /** The event's data, JSON text; empty means `{"test":true,"webhook_id":…}`. */
+  data: string;
+}
+
+/** The outcome of a test event's one attempt. */
+export interface SendTestEventResponse {
+  /** The attempt's delivery in the history (`<test id>:<webhook id>`), for GetDelivery. */
+  deliveryId: string;
+  /** The test event's id (`wss-test-…`), sent as X-WSS-Event-Id. */
+  eventId: string;
+  /** True when the receiver answered 2xx. */
+  succeeded: boolean;
+  /** The HTTP status; 0 when no response arrived. */
+  statusCode: number;
+  /** From the start of the attempt to the end of reading the response's first bytes. */
+  latency:
+    | Duration
+    | undefined;
+  /**
+   * Empty on success; else the error class: http_status, connect, timeout, dns, tls, io,
+   * protocol, refused_target.
+   */
+  errorKind: string;
+  /**
+   * Empty on success; else what went wrong (`HTTP 500 Internal Server Error`, or the
+   * connection error).
+   */
+  error: string;
+  /** The first bytes of the response body, at most 1 KiB (invalid UTF-8 replaced). */
+  responseBody: string;
+  /** When the attempt started. */
+  sentAt:
+    | Date
+    | undefined;
+  /** The request body that was sent. */
+  requestBody: string;
+}
+
 function createBaseCreateWebhookRequest(): CreateWebhookRequest {
   return {
     tenantId: "",
@@ -2452,6 +2496,369 @@ export const WebhookStats: MessageFns<WebhookStats> = {
   },
 };
 
+function createBaseSendTestEventRequest(): SendTestEventRequest {
+  return { webhookId: "", eventType: "", data: "" };
+}
+
+export const SendTestEventRequest: MessageFns<SendTestEventRequest> = {
+  encode(message: SendTestEventRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.webhookId !== "") {
+      writer.uint32(10).string(message.webhookId);
+    }
+    if (message.eventType !== "") {
+      writer.uint32(18).string(message.eventType);
+    }
+    if (message.data !== "") {
+      writer.uint32(26).string(message.data);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SendTestEventRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSendTestEventRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.webhookId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventType = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.data = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SendTestEventRequest {
+    return {
+      webhookId: isSet(object.webhookId)
+        ? globalThis.String(object.webhookId)
+        : isSet(object.webhook_id)
+        ? globalThis.String(object.webhook_id)
+        : "",
+      eventType: isSet(object.eventType)
+        ? globalThis.String(object.eventType)
+        : isSet(object.event_type)
+        ? globalThis.String(object.event_type)
+        : "",
+      data: isSet(object.data) ? globalThis.String(object.data) : "",
+    };
+  },
+
+  toJSON(message: SendTestEventRequest): unknown {
+    const obj: any = {};
+    if (message.webhookId !== "") {
+      obj.webhookId = message.webhookId;
+    }
+    if (message.eventType !== "") {
+      obj.eventType = message.eventType;
+    }
+    if (message.data !== "") {
+      obj.data = message.data;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SendTestEventRequest>): SendTestEventRequest {
+    return SendTestEventRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SendTestEventRequest>): SendTestEventRequest {
+    const message = createBaseSendTestEventRequest();
+    message.webhookId = object.webhookId ?? "";
+    message.eventType = object.eventType ?? "";
+    message.data = object.data ?? "";
+    return message;
+  },
+};
+
+function createBaseSendTestEventResponse(): SendTestEventResponse {
+  return {
+    deliveryId: "",
+    eventId: "",
+    succeeded: false,
+    statusCode: 0,
+    latency: undefined,
+    errorKind: "",
+    error: "",
+    responseBody: "",
+    sentAt: undefined,
+    requestBody: "",
+  };
+}
+
+export const SendTestEventResponse: MessageFns<SendTestEventResponse> = {
+  encode(message: SendTestEventResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deliveryId !== "") {
+      writer.uint32(10).string(message.deliveryId);
+    }
+    if (message.eventId !== "") {
+      writer.uint32(18).string(message.eventId);
+    }
+    if (message.succeeded !== false) {
+      writer.uint32(24).bool(message.succeeded);
+    }
+    if (message.statusCode !== 0) {
+      writer.uint32(32).uint32(message.statusCode);
+    }
+    if (message.latency !== undefined) {
+      Duration.encode(message.latency, writer.uint32(42).fork()).join();
+    }
+    if (message.errorKind !== "") {
+      writer.uint32(50).string(message.errorKind);
+    }
+    if (message.error !== "") {
+      writer.uint32(58).string(message.error);
+    }
+    if (message.responseBody !== "") {
+      writer.uint32(66).string(message.responseBody);
+    }
+    if (message.sentAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.sentAt), writer.uint32(74).fork()).join();
+    }
+    if (message.requestBody !== "") {
+      writer.uint32(82).string(message.requestBody);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SendTestEventResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSendTestEventResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveryId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.succeeded = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.statusCode = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.latency = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.errorKind = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.responseBody = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.sentAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.requestBody = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SendTestEventResponse {
+    return {
+      deliveryId: isSet(object.deliveryId)
+        ? globalThis.String(object.deliveryId)
+        : isSet(object.delivery_id)
+        ? globalThis.String(object.delivery_id)
+        : "",
+      eventId: isSet(object.eventId)
+        ? globalThis.String(object.eventId)
+        : isSet(object.event_id)
+        ? globalThis.String(object.event_id)
+        : "",
+      succeeded: isSet(object.succeeded) ? globalThis.Boolean(object.succeeded) : false,
+      statusCode: isSet(object.statusCode)
+        ? globalThis.Number(object.statusCode)
+        : isSet(object.status_code)
+        ? globalThis.Number(object.status_code)
+        : 0,
+      latency: isSet(object.latency) ? Duration.fromJSON(object.latency) : undefined,
+      errorKind: isSet(object.errorKind)
+        ? globalThis.String(object.errorKind)
+        : isSet(object.error_kind)
+        ? globalThis.String(object.error_kind)
+        : "",
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+      responseBody: isSet(object.responseBody)
+        ? globalThis.String(object.responseBody)
+        : isSet(object.response_body)
+        ? globalThis.String(object.response_body)
+        : "",
+      sentAt: isSet(object.sentAt)
+        ? fromJsonTimestamp(object.sentAt)
+        : isSet(object.sent_at)
+        ? fromJsonTimestamp(object.sent_at)
+        : undefined,
+      requestBody: isSet(object.requestBody)
+        ? globalThis.String(object.requestBody)
+        : isSet(object.request_body)
+        ? globalThis.String(object.request_body)
+        : "",
+    };
+  },
+
+  toJSON(message: SendTestEventResponse): unknown {
+    const obj: any = {};
+    if (message.deliveryId !== "") {
+      obj.deliveryId = message.deliveryId;
+    }
+    if (message.eventId !== "") {
+      obj.eventId = message.eventId;
+    }
+    if (message.succeeded !== false) {
+      obj.succeeded = message.succeeded;
+    }
+    if (message.statusCode !== 0) {
+      obj.statusCode = Math.round(message.statusCode);
+    }
+    if (message.latency !== undefined) {
+      obj.latency = Duration.toJSON(message.latency);
+    }
+    if (message.errorKind !== "") {
+      obj.errorKind = message.errorKind;
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    if (message.responseBody !== "") {
+      obj.responseBody = message.responseBody;
+    }
+    if (message.sentAt !== undefined) {
+      obj.sentAt = message.sentAt.toISOString();
+    }
+    if (message.requestBody !== "") {
+      obj.requestBody = message.requestBody;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SendTestEventResponse>): SendTestEventResponse {
+    return SendTestEventResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SendTestEventResponse>): SendTestEventResponse {
+    const message = createBaseSendTestEventResponse();
+    message.deliveryId = object.deliveryId ?? "";
+    message.eventId = object.eventId ?? "";
+    message.succeeded = object.succeeded ?? false;
+    message.statusCode = object.statusCode ?? 0;
+    message.latency = (object.latency !== undefined && object.latency !== null)
+      ? Duration.fromPartial(object.latency)
+      : undefined;
+    message.errorKind = object.errorKind ?? "";
+    message.error = object.error ?? "";
+    message.responseBody = object.responseBody ?? "";
+    message.sentAt = object.sentAt ?? undefined;
+    message.requestBody = object.requestBody ?? "";
+    return message;
+  },
+};
+
 /** Webhooks: where a tenant's events go. */
 export type WebhookServiceDefinition = typeof WebhookServiceDefinition;
 export const WebhookServiceDefinition = {
@@ -2527,6 +2934,23 @@ export const WebhookServiceDefinition = {
       requestType: GetWebhookStatsRequest as typeof GetWebhookStatsRequest,
       requestStream: false,
       responseType: WebhookStats as typeof WebhookStats,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+     * `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+     * webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+     * guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+     * recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+     * webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+     * FAILED_PRECONDITION when the webhook or its tenant is disabled.
+     */
+    sendTestEvent: {
+      name: "SendTestEvent",
+      requestType: SendTestEventRequest as typeof SendTestEventRequest,
+      requestStream: false,
+      responseType: SendTestEventResponse as typeof SendTestEventResponse,
       responseStream: false,
       options: {},
     },
@@ -2619,6 +3043,25 @@ export const WebhookServiceService = {
     responseSerialize: (value: WebhookStats): Buffer => Buffer.from(WebhookStats.encode(value).finish()),
     responseDeserialize: (value: Buffer): WebhookStats => WebhookStats.decode(value),
   },
+  /**
+   * Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+   * `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+   * webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+   * guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+   * recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+   * webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+   * FAILED_PRECONDITION when the webhook or its tenant is disabled.
+   */
+  sendTestEvent: {
+    path: "/wss.v1.WebhookService/SendTestEvent" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SendTestEventRequest): Buffer => Buffer.from(SendTestEventRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SendTestEventRequest => SendTestEventRequest.decode(value),
+    responseSerialize: (value: SendTestEventResponse): Buffer =>
+      Buffer.from(SendTestEventResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SendTestEventResponse => SendTestEventResponse.decode(value),
+  },
 } as const;
 
 export interface WebhookServiceServer extends UntypedServiceImplementation {
@@ -2645,6 +3088,16 @@ export interface WebhookServiceServer extends UntypedServiceImplementation {
    * and queued are the answering instance's own. NOT_FOUND when unknown.
    */
   getWebhookStats: handleUnaryCall<GetWebhookStatsRequest, WebhookStats>;
+  /**
+   * Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+   * `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+   * webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+   * guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+   * recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+   * webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+   * FAILED_PRECONDITION when the webhook or its tenant is disabled.
+   */
+  sendTestEvent: handleUnaryCall<SendTestEventRequest, SendTestEventResponse>;
 }
 
 export interface WebhookServiceClient extends Client {
@@ -2768,6 +3221,30 @@ export interface WebhookServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WebhookStats) => void,
+  ): ClientUnaryCall;
+  /**
+   * Makes one signed attempt to the webhook now and returns its outcome: an envelope of type
+   * `wss.test` with data `{"test":true,...}` unless the request gives a type and data (the
+   * webhook's filter and transform are not applied). It goes through the same HTTP agent, address
+   * guard and client certificate as deliveries, bounded by the webhook's attempt timeout, and is
+   * recorded like any attempt: in the delivery history (ListDeliveries, GetDelivery) and the
+   * webhook's stats. It is never retried, dead-lettered, or counted by the circuit breaker.
+   * FAILED_PRECONDITION when the webhook or its tenant is disabled.
+   */
+  sendTestEvent(
+    request: SendTestEventRequest,
+    callback: (error: ServiceError | null, response: SendTestEventResponse) => void,
+  ): ClientUnaryCall;
+  sendTestEvent(
+    request: SendTestEventRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SendTestEventResponse) => void,
+  ): ClientUnaryCall;
+  sendTestEvent(
+    request: SendTestEventRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SendTestEventResponse) => void,
   ): ClientUnaryCall;
 }
 
