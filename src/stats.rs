@@ -10,6 +10,7 @@
 //! | `ok_at` | when the last successful attempt ended (Unix ms) |
 //! | `fail_at`, `fail_code`, `fail_kind`, `fail_err` | the last failed attempt: when it ended, its HTTP status (0 without a response), its error class (`http_status`, `connect`, `timeout`, …) and message (at most [`MAX_ERROR_CHARS`]) |
 //! | `circuit`, `circuit_at`, `circuit_until`, `circuit_by` | the last circuit change: `open`, `half_open` or `closed`, when, until when an opened one holds attempts back, and the instance (consumer name) that saw it |
+//! | `rate_limited` | deliveries that were due and had to wait for the webhook's rate limit, in all (`HINCRBY` by the backlog's take script, each delivery counted once) |
 //!
 //! **Writing.** The outcome stage adds each attempt and dead letter to a [`Tally`] in memory and
 //! writes the tally inside one of its batch transactions (`MULTI … EXEC`) at most once per
@@ -38,6 +39,9 @@ use std::{
 use redis::{Connection, Pipeline, RedisResult};
 
 use crate::{deadletter::AttemptRecord, domain::store::Keys, pipeline::isolation::CircuitState};
+
+/// The field counting deliveries held back by the webhook's rate limit (a total, not per minute).
+pub const RATE_LIMITED_FIELD: &str = "rate_limited";
 
 /// One bucket's span.
 pub const BUCKET_MS: u64 = 60_000;
@@ -270,6 +274,9 @@ pub struct Stored {
     pub last_success_ms: u64,
     pub last_failure: Option<Failure>,
     pub last_circuit_change: Option<CircuitRecord>,
+    /// Deliveries that were due and waited for the webhook's rate limit, in all (written by the
+    /// backlog's take script, `crate::pipeline::backlog`).
+    pub rate_limited: u64,
 }
 
 /// The fields of a stats hash; also names the bucket fields older than the retention at
@@ -307,6 +314,7 @@ pub fn parse(fields: Vec<(String, String)>, now_ms: u64) -> (Stored, Vec<String>
             "circuit_at" => circuit_at = number(&value),
             "circuit_until" => circuit_until = number(&value),
             "circuit_by" => circuit_by = value,
+            RATE_LIMITED_FIELD => stored.rate_limited = number(&value),
             _ => {}
         }
     }

@@ -128,6 +128,9 @@ pub fn status_json(routing: &Routing, stats: &StatsRead, live: &LiveView, metric
             "backlog": backlog.deliveries,
             "backlog_oldest_age_ms": backlog.oldest_since_ms.map(|since| now_ms.saturating_sub(since)),
             "dead_letters": counts.dead_letters,
+            "fifo": webhook.ordering == crate::domain::model::Ordering::Fifo,
+            "rate_limit_per_second": webhook.rate_limit_per_second,
+            "rate_limited": stored.rate_limited,
             "failing": failing(here.circuit.state(), stored.last_success_ms, failure.at_ms, counts.succeeded, counts.failed, auto_disabled),
         });
         let tenant = tenants.entry(webhook.tenant_id.as_str()).or_default();

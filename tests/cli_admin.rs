@@ -115,6 +115,36 @@ async fn an_operator_runs_the_quickstart_flow_with_wss_commands_only() {
     assert_eq!(updated["headers"]["X-Team"], "ops");
     assert_eq!(updated["event_types"], serde_json::json!(["order.*"]), "fields not given stay");
 
+    // Ordering and rate limit (docs/ordering.md, docs/rate-limits.md), on a webhook that gets nothing.
+    let fifo = admin(&[
+        "webhook",
+        "create",
+        "--tenant",
+        "acme",
+        "--url",
+        &url,
+        "--event-type",
+        "never.*",
+        "--ordering",
+        "fifo",
+        "--rate-limit",
+        "5",
+    ])
+    .json();
+    assert_eq!((fifo["ordering"].as_str(), fifo["rate_limit_per_second"].as_u64()), (Some("fifo"), Some(5)), "{fifo}");
+    let fifo_id = fifo["webhook_id"].as_str().expect("a webhook id").to_owned();
+    let changed = admin(&["webhook", "update", &fifo_id, "--ordering", "unordered"]).json();
+    assert_eq!((changed["ordering"].as_str(), changed["rate_limit_per_second"].as_u64()), (Some("unordered"), Some(5)), "{changed}");
+    let too_fast = admin(&["webhook", "update", &fifo_id, "--rate-limit", "1000000"]);
+    assert!(too_fast.stderr.starts_with("wss: INVALID_ARGUMENT: rate_limit_per_second"), "{}", too_fast.stderr);
+    let table = admin(&["webhook", "list", "--tenant", "acme", "-o", "table"]);
+    assert!(
+        table.stdout.lines().next().is_some_and(|head| head.contains("ORDERING") && head.contains("RATE_LIMIT_PER_SECOND")),
+        "{}",
+        table.stdout
+    );
+    assert_eq!(admin(&["webhook", "delete", &fifo_id]).code, 0);
+
     // Publish: the receiver answers 500 and the policy allows one attempt, so it dead-letters.
     let published = admin(&["event", "publish", "--tenant", "acme", "--type", "order.created", "--data", r#"{"order_id":"A-1"}"#]).json();
     let event_id = published["event_id"].as_str().expect("an event id").to_owned();

@@ -34,6 +34,24 @@ impl Control {
         self.register_at(count, |i| receiver.url(i), policy)
     }
 
+    /// Tenant `t0` with one FIFO webhook (`ORDERING_FIFO`) at `receiver`.
+    pub fn register_fifo(&self, receiver: &Receiver) -> anyhow::Result<()> {
+        let mut tenants = TenantServiceClient::new(self.channel.clone());
+        let mut webhooks = WebhookServiceClient::new(self.channel.clone());
+        self.runtime.block_on(async {
+            tenants.create_tenant(CreateTenantRequest { tenant_id: "t0".into(), ..Default::default() }).await.context("CreateTenant t0")?;
+            let webhook = CreateWebhookRequest {
+                tenant_id: "t0".into(),
+                url: receiver.url(0),
+                secret: secret_of(0),
+                ordering: wss::proto::Ordering::Fifo as i32,
+                ..Default::default()
+            };
+            webhooks.create_webhook(webhook).await.context("CreateWebhook (FIFO) for t0")?;
+            Ok(())
+        })
+    }
+
     /// [`Control::register`] with webhook `i` at `url_of(i)` (so that some may go to another
     /// receiver; the path should stay `/w<i>` for signature checks).
     pub fn register_at(&self, count: usize, url_of: impl Fn(usize) -> String, policy: &str) -> anyhow::Result<()> {

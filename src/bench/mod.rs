@@ -53,6 +53,11 @@
 //!    127.0.0.1 from a CA the bench makes, trusted through `WSS_TARGET_CA_FILE` — the production
 //!    path, https-only included; deliveries/s beside the plain figure, and the TLS connections
 //!    (handshakes) the receiver accepted, which keep-alive keeps near the sender pool's size.
+//! 10. **FIFO** ([`fifo`]): `--fifo-events` events to one FIFO webhook (`ORDERING_FIFO`, one
+//!     attempt at a time in stream order), with receivers answering at once and after 5 ms;
+//!     deliveries/s of each. The cost of the order: every delivery goes through the durable
+//!     backlog and waits for the one before it to be recorded. Unordered webhooks never take that
+//!     path: the throughput run above is their figure, unchanged by FIFO's existence.
 //!
 //! `--quick` shrinks everything to a smoke run of seconds; its figures mean little.
 
@@ -118,6 +123,9 @@ pub struct Args {
     /// Events of the backlog part, half to a failing webhook and half to a slow one [default: 200000; --quick: 2000].
     #[arg(long)]
     backlog_events: Option<u64>,
+    /// Events of each FIFO run, to one FIFO webhook [default: 2000; --quick: 200].
+    #[arg(long)]
+    fifo_events: Option<u64>,
     /// A smoke run: every size small, seconds instead of minutes. The figures mean little.
     #[arg(long)]
     quick: bool,
@@ -125,8 +133,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Run only these parts, comma-separated: throughput (with latency and the raw limit), slow,
-    /// scaling, isolation, idle, backlog, https [default: all].
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "backlog", "https"])]
+    /// scaling, isolation, idle, backlog, https, fifo [default: all].
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "backlog", "https", "fifo"])]
     only: Vec<String>,
     /// Run the service under this command, split at spaces (`--wrap "valgrind --tool=callgrind"`,
     /// `--wrap "perf record -g -o perf.data"`): for profiling; memory and CPU figures are then
@@ -153,6 +161,7 @@ struct Plan {
     isolation_events: u64,
     isolation_rounds: usize,
     backlog_events: u64,
+    fifo_events: u64,
     quick: bool,
     only: Vec<String>,
 }
@@ -169,6 +178,8 @@ const IDLE_WEBHOOKS_PER_TENANT: usize = 10;
 const BACKLOG_SLOW_DELAY: Duration = Duration::from_secs(1);
 /// The backlog part's neighbour's publishing rate, events/s.
 const NEIGHBOUR_RATE: f64 = 100.0;
+/// The FIFO part's receiver answer times.
+const FIFO_DELAYS: [Duration; 2] = [Duration::ZERO, Duration::from_millis(5)];
 /// A run that makes no progress for this long has failed.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -195,6 +206,7 @@ impl Plan {
             isolation_events: args.isolation_events.unwrap_or(pick(q, 2_000, 50_000)).max(ISOLATION_WEBHOOKS as u64),
             isolation_rounds: pick(q, 1, 3),
             backlog_events: args.backlog_events.unwrap_or(pick(q, 2_000, 200_000)).max(2),
+            fifo_events: args.fifo_events.unwrap_or(pick(q, 200, 2_000)).max(1),
             quick: q,
             only: args.only.clone(),
         }
@@ -475,6 +487,15 @@ pub struct Report {
     /// TLS connections (handshakes) the HTTPS receiver accepted, warm-up included.
     https_connections: u64,
     https_service_cpu_us_per_delivery: f64,
+    /// FIFO: deliveries/s to one FIFO webhook, by receiver answer time.
+    fifo: Vec<FifoPoint>,
+    fifo_events: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct FifoPoint {
+    receiver_ms: u64,
+    deliveries_per_sec: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -531,6 +552,9 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     }
     if plan.runs("https") {
         https_throughput(plan, env, &mut report)?;
+    }
+    if plan.runs("fifo") {
+        fifo(plan, env, &mut report)?;
     }
     report.signatures_verified += fast.stats.verified();
     anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
@@ -642,6 +666,28 @@ fn slow_receivers(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result
         "{} sampled requests to the slow receiver had a bad signature",
         slow.stats.bad_signatures()
     );
+    Ok(())
+}
+
+/// Deliveries/s to one FIFO webhook, a fresh service and receiver for each answer time.
+fn fifo(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
+    report.fifo_events = plan.fifo_events;
+    for delay in FIFO_DELAYS {
+        let receiver = Receiver::start(200, delay)?;
+        let mut scn = Scenario::start(env, &format!("fifo-{}ms", delay.as_millis()), &[], |_, _| Ok(()))?;
+        scn.control()?.register_fifo(&receiver)?;
+        let shape = EventShape::new(1, plan.body_bytes);
+        progress(format_args!("fifo: {} events to one FIFO webhook answering after {delay:?}", plan.fifo_events));
+        let b = burst(&mut scn, &receiver, &shape, plan.fifo_events)?;
+        report.fifo.push(FifoPoint { receiver_ms: delay.as_millis() as u64, deliveries_per_sec: b.per_sec });
+        progress(format_args!("  {:.0} deliveries/s", b.per_sec));
+        report.signatures_verified += receiver.stats.verified();
+        anyhow::ensure!(
+            receiver.stats.bad_signatures() == 0,
+            "{} sampled FIFO requests had a bad signature",
+            receiver.stats.bad_signatures()
+        );
+    }
     Ok(())
 }
 
@@ -879,6 +925,13 @@ fn table(r: &Report) -> String {
     let mut rows = rows;
     for point in &r.scaling {
         rows.push((format!("scaling: {} webhook(s)", point.webhooks), format!("{:.0} /s", point.deliveries_per_sec), ""));
+    }
+    for point in &r.fifo {
+        rows.push((
+            format!("FIFO: one webhook, receiver answering in {} ms ({} events)", point.receiver_ms, r.fifo_events),
+            format!("{:.0} /s", point.deliveries_per_sec),
+            "",
+        ));
     }
     rows.push((
         "CPU per delivery: service (kernel) / Redis / bench".into(),

@@ -169,6 +169,24 @@ pub enum TenantVerb {
     Delete { tenant_id: String },
 }
 
+/// `--ordering` (docs/contract.md §9, docs/ordering.md).
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OrderingFlag {
+    /// Attempts may overlap (the default).
+    Unordered,
+    /// One attempt at a time, in stream order.
+    Fifo,
+}
+
+impl OrderingFlag {
+    fn to_proto(self) -> i32 {
+        match self {
+            OrderingFlag::Unordered => wss::proto::Ordering::Unordered as i32,
+            OrderingFlag::Fifo => wss::proto::Ordering::Fifo as i32,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Scheme {
     Wss,
@@ -207,6 +225,12 @@ pub enum WebhookVerb {
         /// The signing secret (default: the server generates one).
         #[arg(long, default_value = "", hide_default_value = true)]
         secret: String,
+        /// fifo: one attempt at a time, in stream order (docs/ordering.md).
+        #[arg(long, value_enum, default_value_t = OrderingFlag::Unordered)]
+        ordering: OrderingFlag,
+        /// Attempts per second at most, across all instances (0: unlimited; docs/rate-limits.md).
+        #[arg(long = "rate-limit", default_value_t = 0)]
+        rate_limit: u32,
     },
     /// Show one webhook (without its secret).
     Get { webhook_id: String },
@@ -249,6 +273,12 @@ pub enum WebhookVerb {
         /// true also clears disabled_reason.
         #[arg(long)]
         enabled: Option<bool>,
+        /// fifo or unordered (docs/ordering.md).
+        #[arg(long, value_enum)]
+        ordering: Option<OrderingFlag>,
+        /// Attempts per second at most (0: unlimited).
+        #[arg(long = "rate-limit")]
+        rate_limit: Option<u32>,
     },
     /// Delete a webhook (its scheduled retries are dead-lettered as webhook_deleted).
     Delete { webhook_id: String },
@@ -763,7 +793,17 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
 }
 
 async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> {
-    const COLUMNS: &[&str] = &["webhook_id", "tenant_id", "url", "event_types", "enabled", "disabled_reason", "description"];
+    const COLUMNS: &[&str] = &[
+        "webhook_id",
+        "tenant_id",
+        "url",
+        "event_types",
+        "enabled",
+        "ordering",
+        "rate_limit_per_second",
+        "disabled_reason",
+        "description",
+    ];
     Ok(match verb {
         WebhookVerb::Create {
             tenant,
@@ -777,6 +817,8 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             disabled,
             scheme,
             secret,
+            ordering,
+            rate_limit,
         } => {
             // `..Default::default()`: fields this CLI has no flag for stay unset (newer servers
             // may have more); the secret is set after, so that the literal never names them all.
@@ -797,6 +839,8 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
                 ..Default::default()
             };
             request.secret = secret;
+            request.ordering = ordering.to_proto();
+            request.rate_limit_per_second = rate_limit;
             Printed::one(&render::webhook(&c.webhooks.create_webhook(request).await?.into_inner()))
         }
         WebhookVerb::Get { webhook_id } => {
@@ -826,6 +870,8 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             no_headers,
             description,
             enabled,
+            ordering,
+            rate_limit,
         } => {
             // As for create: unset fields are left as they are by the server.
             let mut request = UpdateWebhookRequest {
@@ -840,6 +886,8 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
                 ..Default::default()
             };
             request.enabled = enabled;
+            request.ordering = ordering.map(OrderingFlag::to_proto);
+            request.rate_limit_per_second = rate_limit;
             Printed::one(&render::webhook(&c.webhooks.update_webhook(request).await?.into_inner()))
         }
         WebhookVerb::Delete { webhook_id } => {

@@ -12,8 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 use wss::proto::{
-    Attempt, CircuitChange, CircuitState, DeadLetter, Delivery, DeliveryStatus, RedeliverDeadLetterResponse, ReplayEventsResponse,
-    RetryPolicy, SendTestEventResponse, SignatureScheme, Tenant, Token, Webhook, WebhookStats,
+    Attempt, CircuitChange, CircuitState, DeadLetter, Delivery, DeliveryStatus, Ordering, RedeliverDeadLetterResponse,
+    ReplayEventsResponse, RetryPolicy, SendTestEventResponse, SignatureScheme, Tenant, Token, Webhook, WebhookStats,
 };
 
 /// A message as ordered (field, value) pairs.
@@ -196,6 +196,11 @@ pub fn webhook(w: &Webhook) -> Record {
         .with("enabled", w.enabled)
         .with("disabled_reason", w.disabled_reason.clone())
         .with("signature_scheme", scheme)
+        .with(
+            "ordering",
+            Ordering::try_from(w.ordering).map_or_else(|_| Value::from(w.ordering), |o| enum_name(o.as_str_name(), "ORDERING_")),
+        )
+        .with("rate_limit_per_second", w.rate_limit_per_second)
         .with("created_at", time(w.created_at.as_ref()))
         .with("updated_at", time(w.updated_at.as_ref()))
         .with("previous_secret_expires_at", time(w.previous_secret_expires_at.as_ref()));
@@ -314,6 +319,7 @@ pub fn stats(s: &WebhookStats) -> Record {
         .with("parked", s.parked)
         .with("backlog_depth", s.backlog_depth)
         .with("backlog_oldest_age", duration(s.backlog_oldest_age.as_ref()))
+        .with("rate_limited", s.rate_limited)
         .with("instance", s.instance.clone())
 }
 

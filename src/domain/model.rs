@@ -41,6 +41,32 @@ pub enum SignatureScheme {
     StandardWebhooks,
 }
 
+/// How attempts to one webhook are ordered (docs/contract.md §9, docs/ordering.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Attempts may overlap, up to the webhook's in-flight cap.
+    #[default]
+    Unordered,
+    /// One attempt at a time, in stream entry order; a failing event holds back the ones after it.
+    Fifo,
+}
+
+/// The highest `rate_limit_per_second` accepted: beyond it the limit is no limit in practice
+/// (the backlog pump takes at most 64 deliveries of a webhook per poll).
+pub const MAX_RATE_LIMIT_PER_SECOND: u32 = 100_000;
+
+/// Checks a webhook's rate limit (0: unlimited).
+pub fn validate_rate_limit(rate: u32) -> Result<(), DomainError> {
+    if rate > MAX_RATE_LIMIT_PER_SECOND {
+        return Err(DomainError::Invalid {
+            field: "rate_limit_per_second",
+            message: format!("{rate} is over the maximum of {MAX_RATE_LIMIT_PER_SECOND}; use 0 for no limit"),
+        });
+    }
+    Ok(())
+}
+
 /// A webhook's signing secret. Its `Debug` never shows the value, so a secret cannot reach a log
 /// line through `{:?}`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,8 +128,22 @@ pub struct Webhook {
     /// never returned or logged. Set exactly when `client_certificate` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_key: Option<Secret>,
+    /// FIFO or not (`#[serde(default)]`: webhooks stored before it existed are unordered).
+    #[serde(default, skip_serializing_if = "is_unordered")]
+    pub ordering: Ordering,
+    /// Attempts per second at most, across all instances; 0: unlimited.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rate_limit_per_second: u32,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+}
+
+fn is_unordered(ordering: &Ordering) -> bool {
+    *ordering == Ordering::Unordered
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Webhook {

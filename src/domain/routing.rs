@@ -100,6 +100,10 @@ pub struct Route {
     /// The client certificate presented to the receiver, if the webhook has one; the sender
     /// picks the agent that presents it (`crate::http::Agents`).
     pub client: Option<Arc<RouteClient>>,
+    /// `ORDERING_FIFO`: every delivery waits its turn in the backlog (`crate::pipeline::backlog`).
+    pub fifo: bool,
+    /// Attempts per second at most, across all instances; 0: unlimited.
+    pub rate_limit: u32,
 }
 
 /// A webhook's client certificate, parsed and checked once, and the PEM it came from (public),
@@ -119,6 +123,13 @@ pub struct Expression<T> {
 }
 
 impl Route {
+    /// True when every delivery to this webhook goes through the durable backlog, which alone
+    /// orders them (FIFO) and meters them (rate limit) across instances. Unordered, unlimited
+    /// webhooks never do: their fresh deliveries go out at once, as before.
+    pub fn through_backlog(&self) -> bool {
+        self.fifo || self.rate_limit > 0
+    }
+
     /// True when the event type matches one of the patterns (or there are none).
     pub fn wants(&self, event_type: &str) -> bool {
         self.patterns.is_empty() || self.patterns.iter().any(|p| p.matches(event_type))
@@ -217,7 +228,7 @@ impl<'p> RoutingBuilder<'p> {
         let transform = reuse_or_compile(&webhook.transform, before.and_then(|r| r.transform.as_ref()), |source| {
             Transform::compile(source).inspect_err(refused("transform"))
         });
-        let Webhook { id, url, event_types, headers, enabled, .. } = webhook;
+        let Webhook { id, url, event_types, headers, enabled, ordering, rate_limit_per_second, .. } = webhook;
         let id: Arc<str> = id.into();
         let route = Arc::new(Route {
             id: id.clone(),
@@ -231,6 +242,8 @@ impl<'p> RoutingBuilder<'p> {
             policy,
             signer,
             client,
+            fifo: ordering == crate::domain::model::Ordering::Fifo,
+            rate_limit: rate_limit_per_second,
         });
         if route.enabled {
             tenant.routes.push(route.clone());
@@ -358,6 +371,8 @@ mod tests {
                 previous_secret_until_ms: 0,
                 client_certificate: String::new(),
                 client_key: None,
+                ordering: Default::default(),
+                rate_limit_per_second: 0,
                 created_at_ms: 0,
                 updated_at_ms: 0,
             })

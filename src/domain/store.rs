@@ -120,6 +120,28 @@ impl Keys {
         format!("{}since:{webhook}", self.backlog_base())
     }
 
+    /// A FIFO webhook's waiting deliveries in stream entry order (members: padded entry ids, all
+    /// scored 0, so that the lexicographic order is the entry order).
+    pub fn backlog_fifo(&self, webhook: &str) -> String {
+        format!("{}fifo:{webhook}", self.backlog_base())
+    }
+
+    /// A FIFO webhook's hold: the entry id of its head while an attempt of it is out (expiring
+    /// with the lease) or while it waits for its retry (expiring at the due time).
+    pub fn backlog_hold(&self, webhook: &str) -> String {
+        format!("{}hold:{webhook}", self.backlog_base())
+    }
+
+    /// A rate-limited webhook's token bucket (a hash: tokens, and when they were counted).
+    pub fn backlog_rate(&self, webhook: &str) -> String {
+        format!("{}rate:{webhook}", self.backlog_base())
+    }
+
+    /// The deliveries of a rate-limited webhook already counted as held back by its limit.
+    pub fn backlog_throttled(&self, webhook: &str) -> String {
+        format!("{}throttled:{webhook}", self.backlog_base())
+    }
+
     /// One waiting delivery (of `webhook`, from stream entry `entry`): its state and its source
     /// entry's fields.
     pub fn backlog_item(&self, webhook: &str, entry: &str) -> String {

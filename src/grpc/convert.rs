@@ -14,7 +14,7 @@ use prost_types::{Duration as PbDuration, Timestamp};
 use crate::{
     deadletter::{AttemptRecord, DeadLetter},
     domain::{
-        model::{self, invalid, RetryPolicy, SignatureScheme, Tenant, Webhook},
+        model::{self, invalid, Ordering, RetryPolicy, SignatureScheme, Tenant, Webhook},
         DomainError,
     },
     proto,
@@ -101,6 +101,21 @@ pub fn scheme_from_proto(value: i32) -> Result<SignatureScheme, DomainError> {
     }
 }
 
+pub fn ordering_from_proto(value: i32) -> Result<Ordering, DomainError> {
+    match proto::Ordering::try_from(value) {
+        Ok(proto::Ordering::Unordered) => Ok(Ordering::Unordered),
+        Ok(proto::Ordering::Fifo) => Ok(Ordering::Fifo),
+        Err(_) => Err(invalid("ordering", format!("{value} is not a known ordering; use ORDERING_UNORDERED or ORDERING_FIFO"))),
+    }
+}
+
+pub fn ordering_to_proto(value: Ordering) -> proto::Ordering {
+    match value {
+        Ordering::Unordered => proto::Ordering::Unordered,
+        Ordering::Fifo => proto::Ordering::Fifo,
+    }
+}
+
 pub fn scheme_to_proto(value: SignatureScheme) -> proto::SignatureScheme {
     match value {
         SignatureScheme::Wss => proto::SignatureScheme::Wss,
@@ -147,6 +162,8 @@ pub fn webhook_to_proto(webhook: Webhook) -> proto::Webhook {
         // Write-only, like the secret.
         client_key: String::new(),
         disabled_reason: webhook.disabled_reason,
+        ordering: ordering_to_proto(webhook.ordering) as i32,
+        rate_limit_per_second: webhook.rate_limit_per_second,
         created_at: timestamp(webhook.created_at_ms),
         updated_at: timestamp(webhook.updated_at_ms),
     }
@@ -246,6 +263,14 @@ mod tests {
     }
 
     #[test]
+    fn orderings_map_both_ways_and_refuse_unknown_numbers() {
+        assert_eq!(ordering_from_proto(0).unwrap(), Ordering::Unordered);
+        assert_eq!(ordering_from_proto(1).unwrap(), Ordering::Fifo);
+        assert!(message_of(ordering_from_proto(2).unwrap_err()).starts_with("ordering: "));
+        assert_eq!(ordering_to_proto(Ordering::Fifo) as i32, 1);
+    }
+
+    #[test]
     fn optional_ids_and_lengths() {
         assert!(optional_id("default_retry_policy_id", "").is_ok());
         assert!(optional_id("default_retry_policy_id", "fast").is_ok());
@@ -277,11 +302,14 @@ mod tests {
             previous_secret_until_ms: 0,
             client_certificate: String::new(),
             client_key: None,
+            ordering: Ordering::Fifo,
+            rate_limit_per_second: 20,
             created_at_ms: 1000,
             updated_at_ms: 2000,
         };
         let out = webhook_to_proto(webhook);
         assert_eq!(out.secret, "");
+        assert_eq!((out.ordering, out.rate_limit_per_second), (proto::Ordering::Fifo as i32, 20));
         assert_eq!(out.signature_scheme, proto::SignatureScheme::StandardWebhooks as i32);
         assert_eq!(out.headers.get("X-A").map(String::as_str), Some("1"));
         assert_eq!((out.filter.as_str(), out.transform.as_str()), ("event.data.n > 1", ""));

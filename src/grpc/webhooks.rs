@@ -42,8 +42,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, page_size, required_ref, scheme_from_proto,
-        timestamp, webhook_to_proto,
+        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, ordering_from_proto, page_size, required_ref,
+        scheme_from_proto, timestamp, webhook_to_proto,
     },
     ControlPlane, Principal, TARGET,
 };
@@ -262,6 +262,7 @@ fn stats_to_proto(
         retries_waiting: backlog.deliveries,
         instance: instance.to_owned(),
         backlog_depth: backlog.deliveries,
+        rate_limited: stored.rate_limited,
         backlog_oldest_age: backlog.oldest_since_ms.map(|since| duration_to_proto(Duration::from_millis(now_ms.saturating_sub(since)))),
     }
 }
@@ -287,6 +288,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         req.secret
     };
     check_client_identity(&req.client_certificate, &req.client_key)?;
+    let ordering = ordering_from_proto(req.ordering)?;
+    model::validate_rate_limit(req.rate_limit_per_second)?;
     let has_client = !req.client_certificate.trim().is_empty();
     let now = now_ms();
     Ok(Webhook {
@@ -307,6 +310,8 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
         previous_secret_until_ms: 0,
         client_certificate: if has_client { req.client_certificate } else { String::new() },
         client_key: has_client.then(|| Secret::new(req.client_key)),
+        ordering,
+        rate_limit_per_second: req.rate_limit_per_second,
         created_at_ms: now,
         updated_at_ms: now,
     })
@@ -325,6 +330,8 @@ struct WebhookPatch {
     enabled: Option<bool>,
     /// A new client certificate and key (both empty: remove them).
     client_identity: Option<(String, Secret)>,
+    ordering: Option<model::Ordering>,
+    rate_limit_per_second: Option<u32>,
 }
 
 impl WebhookPatch {
@@ -370,8 +377,14 @@ impl WebhookPatch {
                 Some((certificate, Secret::new(key)))
             }
         };
+        let ordering = req.ordering.map(ordering_from_proto).transpose()?;
+        if let Some(rate) = req.rate_limit_per_second {
+            model::validate_rate_limit(rate)?;
+        }
         Ok(Self {
             client_identity,
+            ordering,
+            rate_limit_per_second: req.rate_limit_per_second,
             url: req.url,
             event_types,
             filter,
@@ -413,6 +426,12 @@ impl WebhookPatch {
                 webhook.client_certificate.clone_from(certificate);
                 webhook.client_key = Some(key.clone());
             }
+        }
+        if let Some(ordering) = self.ordering {
+            webhook.ordering = ordering;
+        }
+        if let Some(rate) = self.rate_limit_per_second {
+            webhook.rate_limit_per_second = rate;
         }
         if let Some(enabled) = self.enabled {
             webhook.enabled = enabled;
@@ -646,6 +665,38 @@ mod tests {
             secret: secret.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn ordering_and_rate_limit_are_checked_and_kept() {
+        let mut req = create("", proto::SignatureScheme::Wss);
+        req.ordering = proto::Ordering::Fifo as i32;
+        req.rate_limit_per_second = 50;
+        let webhook = webhook_from_create(req.clone(), "wh_1".into(), STRICT).unwrap();
+        assert_eq!((webhook.ordering, webhook.rate_limit_per_second), (model::Ordering::Fifo, 50));
+        let (field, _) =
+            invalid_of(webhook_from_create(proto::CreateWebhookRequest { ordering: 9, ..req.clone() }, "wh_1".into(), STRICT).unwrap_err());
+        assert_eq!(field, "ordering");
+        let too_many = proto::CreateWebhookRequest { rate_limit_per_second: model::MAX_RATE_LIMIT_PER_SECOND + 1, ..req };
+        let (field, message) = invalid_of(webhook_from_create(too_many, "wh_1".into(), STRICT).unwrap_err());
+        assert_eq!(field, "rate_limit_per_second");
+        assert!(message.contains("use 0 for no limit"), "{message}");
+
+        // An update changes only what it sets.
+        let mut stored = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_1".into(), STRICT).unwrap();
+        let update = |ordering, rate| proto::UpdateWebhookRequest {
+            webhook_id: "wh_1".into(),
+            ordering,
+            rate_limit_per_second: rate,
+            ..Default::default()
+        };
+        WebhookPatch::from_request(update(Some(proto::Ordering::Fifo as i32), None), STRICT).unwrap().apply(&mut stored);
+        assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Fifo, 0));
+        WebhookPatch::from_request(update(None, Some(7)), STRICT).unwrap().apply(&mut stored);
+        assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Fifo, 7));
+        WebhookPatch::from_request(update(Some(proto::Ordering::Unordered as i32), Some(0)), STRICT).unwrap().apply(&mut stored);
+        assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Unordered, 0));
+        assert_eq!(invalid_of(WebhookPatch::from_request(update(Some(5), None), STRICT).unwrap_err()).0, "ordering");
     }
 
     #[test]

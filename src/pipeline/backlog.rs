@@ -27,6 +27,20 @@
 //! - `backlog:since:<webhook>` — the same members by when they entered the backlog, for the age
 //!   of the oldest.
 //! - `backlog:webhooks` — webhooks with waiting deliveries, scored by when to look at them next.
+//! - `backlog:fifo:<webhook>` — a FIFO webhook's (`ORDERING_FIFO`) waiting deliveries in stream
+//!   entry order ([`fifo_member`]), instead of the due set; `backlog:hold:<webhook>` — the entry
+//!   id of its head while an attempt of it is out (expiring with the lease) or while its retry
+//!   waits (expiring at the due time). See docs/ordering.md.
+//! - `backlog:rate:<webhook>` — a rate-limited webhook's token bucket (tokens, when counted;
+//!   expires once full); `backlog:throttled:<webhook>` — its deliveries already counted in the
+//!   stats' `rate_limited`. See docs/rate-limits.md.
+//!
+//! **FIFO and rate-limited webhooks** send *every* delivery through the backlog (the signer
+//! postpones their fresh deliveries at once): the take script alone decides, atomically for all
+//! instances, which of their deliveries may go — a FIFO webhook's head only, one at a time, and
+//! only once no earlier stream entry is still pending in the consumer group (it might be an
+//! event for this webhook on its way to the backlog); and as many as the webhook's tokens allow.
+//! Unordered, unlimited webhooks never come here unless they must wait.
 //!
 //! **Taking due work** ([`Pump`], thread `wss-backlog`, one per instance, all sharing the
 //! backlog): every poll reads the webhooks whose time has come, and for each asks the isolation
@@ -103,6 +117,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Backlogged {
     /// Its source entry's fields, for a dead letter (the entry itself may be trimmed by now).
     pub fields: Fields,
+    /// It is its FIFO webhook's head: finishing it or writing it back releases the webhook's
+    /// hold (see [`TAKE_SCRIPT`]).
+    pub fifo: bool,
 }
 
 /// A waiting delivery's state, stored as JSON in its item (short names: a million may wait).
@@ -124,10 +141,14 @@ pub struct ItemMeta {
     pub attempt: u32,
     #[serde(rename = "h", default)]
     pub attempts: Vec<AttemptRecord>,
+    /// Waits in its webhook's FIFO set (`backlog:fifo:<webhook>`) rather than its due set; stays
+    /// so until it is finished, whatever the webhook's ordering becomes meanwhile.
+    #[serde(rename = "o", default, skip_serializing_if = "std::ops::Not::not")]
+    pub fifo: bool,
 }
 
 impl ItemMeta {
-    pub fn of(delivery: &Delivery) -> Self {
+    pub fn of(delivery: &Delivery, fifo: bool) -> Self {
         Self {
             webhook: delivery.webhook_id.to_string(),
             source: delivery.ticket.stream_id.clone(),
@@ -136,16 +157,28 @@ impl ItemMeta {
             tenant: delivery.event.tenant().to_owned(),
             attempt: delivery.attempt,
             attempts: delivery.history.clone(),
+            fifo,
         }
     }
 }
 
+/// An entry id as a member of a FIFO set: `<ms>-<seq>` with both numbers zero-padded to 20
+/// digits, so that the set's lexicographic order (every score is 0) is the stream's order.
+/// Anything else (never from a Redis stream) is kept as it is.
+pub fn fifo_member(entry: &str) -> String {
+    match entry.split_once('-').and_then(|(ms, seq)| Some((ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?))) {
+        Some((ms, seq)) if format!("{ms}-{seq}") == entry => format!("{ms:020}-{seq:020}"),
+        _ => entry.to_owned(),
+    }
+}
+
 /// Writes a fresh delivery into the backlog: its state, then its source entry's fields copied
-/// from the stream (none when the entry is gone), as one string; its due time; its entry time
-/// (kept from the first hand-off); and its webhook's next look no later than the due time.
+/// from the stream (none when the entry is gone), as one string; its due time — or, for a FIFO
+/// webhook, its place in the webhook's FIFO set, in entry order, due now; its entry time (kept
+/// from the first hand-off); and its webhook's next look no later than the due time.
 ///
-/// KEYS: item, due set, since set, index, events stream.
-/// ARGV: member (entry id), webhook id, due ms, now ms, state JSON.
+/// KEYS: item, due set, since set, index, events stream, FIFO set.
+/// ARGV: member (entry id), webhook id, due ms, now ms, state JSON, FIFO member ("": unordered).
 pub const HAND_OFF_SCRIPT: &str = r#"
 local parts = {string.len(ARGV[5]), ':', ARGV[5]}
 local source = redis.call('XRANGE', KEYS[5], ARGV[1], ARGV[1])
@@ -158,35 +191,148 @@ if source[1] then
   end
 end
 redis.call('SET', KEYS[1], table.concat(parts))
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local due = ARGV[3]
+if ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[6], 0, ARGV[6])
+  due = ARGV[4]
+else
+  redis.call('ZADD', KEYS[2], due, ARGV[1])
+end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[1])
-redis.call('ZADD', KEYS[4], 'LT', ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[4], 'LT', due, ARGV[2])
+return 1
+"#;
+
+/// Writes a FIFO webhook's head back after an attempt or a postponement: it keeps the webhook's
+/// hold until its due time (a retry, an open circuit), or releases it when it is due now. A hold
+/// of another entry is left alone (a lease that ended and was taken over).
+///
+/// KEYS: hold, index. ARGV: entry id, due ms, now ms, webhook id.
+const FIFO_WRITE_BACK_SCRIPT: &str = r#"
+local due, now = tonumber(ARGV[2]), tonumber(ARGV[3])
+local held = redis.call('GET', KEYS[1])
+if due > now then
+  if (not held) or held == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', due - now) end
+elseif held == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+if due < now then due = now end
+redis.call('ZADD', KEYS[2], 'LT', due, ARGV[4])
 return 1
 "#;
 
 /// Takes due items of some webhooks under a lease, atomically.
 ///
-/// KEYS: the index, then one due set per webhook. ARGV: now ms, lease end ms, then per webhook
-/// its id and how many to take. For each: its first `n` items due by now get the lease's end as
-/// score; then the webhook's next look is its earliest item — but not before now when it was
-/// served, so that it queues behind webhooks not served yet — or, with nothing left, it leaves
-/// the index. Returns webhook id and item id pairs, flat.
+/// KEYS: the index, the events stream, then six per webhook: due set, FIFO set, hold, token
+/// bucket, throttled set, stats hash. ARGV: now ms, lease end ms, consumer group, stats TTL
+/// (s), then per webhook its id, how many to take, and its rate limit (0: none).
+///
+/// For each webhook:
+/// - **FIFO head** (when its FIFO set exists): the first member, in entry order, is taken only
+///   when the webhook has no hold (no attempt of its head out, no retry of it waiting) and no
+///   entry *before* it is still pending in the consumer group — an earlier event for this
+///   webhook may still be on its way to the backlog, read by some instance and not yet handed
+///   off (docs/ordering.md). Taking it sets the hold, expiring with the lease.
+/// - **Due items**: its first `n` items due by now get the lease's end as score.
+/// - **Rate limit**: each item taken needs a token of the webhook's bucket (refilled at `rate`
+///   per second up to `rate`: a second's worth of burst, by Redis's clock, `TIME`); an item
+///   that is due but finds none waits, and is counted once in the stats' `rate_limited`.
+///
+/// Then the webhook's next look is its earliest item or hold's end — not before now when it was
+/// served, so that it queues behind webhooks not served yet, and not before its next token
+/// when it was throttled — or, with nothing left, it leaves the index. Returns webhook id and
+/// item id pairs, flat.
 pub const TAKE_SCRIPT: &str = r#"
 local out = {}
 local now = tonumber(ARGV[1])
-for k = 2, #KEYS do
-  local webhook = ARGV[2 * k - 1]
-  local n = tonumber(ARGV[2 * k])
-  local items = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', now, 'LIMIT', 0, n)
-  for _, item in ipairs(items) do
-    redis.call('ZADD', KEYS[k], ARGV[2], item)
-    out[#out + 1] = webhook
-    out[#out + 1] = item
+local lease_end = tonumber(ARGV[2])
+local function entry_of(member)
+  local ms, seq = string.match(member, '^(%d+)-(%d+)$')
+  if not ms then return member end
+  return (string.gsub(ms, '^0+(%d)', '%1')) .. '-' .. (string.gsub(seq, '^0+(%d)', '%1'))
+end
+for w = 0, (#KEYS - 2) / 6 - 1 do
+  local k = 3 + w * 6
+  local due, fifo, hold, bucket, throttled, stats = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local webhook = ARGV[5 + w * 3]
+  local n = tonumber(ARGV[6 + w * 3])
+  local rate = tonumber(ARGV[7 + w * 3])
+  local tokens, clock = nil, 0
+  if rate > 0 then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local b = redis.call('HMGET', bucket, 't', 'at')
+    tokens = rate
+    if b[1] then tokens = math.min(rate, tonumber(b[1]) + math.max(0, clock - tonumber(b[2])) * rate / 1000) end
+  else
+    redis.call('DEL', throttled)
   end
-  local first = redis.call('ZRANGE', KEYS[k], 0, 0, 'WITHSCORES')
-  if first[1] then
-    local next = tonumber(first[2])
-    if #items > 0 and next < now then next = now end
+  local throttled_now, counted, took = false, 0, 0
+  local function grant(item)
+    if tokens == nil then return true end
+    if tokens >= 1 then
+      tokens = tokens - 1
+      redis.call('SREM', throttled, item)
+      return true
+    end
+    throttled_now = true
+    if redis.call('SADD', throttled, item) == 1 then counted = counted + 1 end
+    return false
+  end
+  local next_fifo = nil
+  if redis.call('EXISTS', fifo) == 1 then
+    local ttl = redis.call('PTTL', hold)
+    if ttl > 0 then
+      next_fifo = now + ttl
+    elseif ttl == -1 then
+      redis.call('DEL', hold)
+      next_fifo = now
+    else
+      local entry = entry_of(redis.call('ZRANGE', fifo, 0, 0)[1])
+      local ok, earlier = pcall(redis.call, 'XPENDING', KEYS[2], ARGV[3], '-', '(' .. entry, 1)
+      if ok and earlier[1] then
+        next_fifo = now + 20
+      elseif n > 0 and grant(entry) then
+        redis.call('SET', hold, entry, 'PX', math.max(1, lease_end - now))
+        out[#out + 1] = webhook
+        out[#out + 1] = entry
+        n = n - 1
+        took = took + 1
+        next_fifo = lease_end
+      else
+        next_fifo = now
+      end
+    end
+  end
+  if n > 0 then
+    local items = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, n)
+    for _, item in ipairs(items) do
+      if not grant(item) then break end
+      redis.call('ZADD', due, lease_end, item)
+      out[#out + 1] = webhook
+      out[#out + 1] = item
+      took = took + 1
+    end
+  end
+  if rate > 0 then
+    redis.call('HSET', bucket, 't', tostring(tokens), 'at', clock)
+    redis.call('PEXPIRE', bucket, 2000)
+  end
+  if counted > 0 then
+    redis.call('HINCRBY', stats, 'rate_limited', counted)
+    redis.call('EXPIRE', stats, ARGV[4])
+  end
+  local next = nil
+  local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
+  if first[1] then next = tonumber(first[2]) end
+  if next_fifo and ((not next) or next_fifo < next) then next = next_fifo end
+  if next then
+    if took > 0 and next < now then next = now end
+    if throttled_now then
+      local token_at = clock + math.ceil((1 - tokens) * 1000 / rate)
+      local wait = now + (token_at - clock)
+      if next < wait then next = wait end
+    end
     redis.call('ZADD', KEYS[1], next, webhook)
   else
     redis.call('ZREM', KEYS[1], webhook)
@@ -210,13 +356,14 @@ pub struct HandOff {
 
 impl HandOff {
     /// The hand-off of `delivery`, due at `due_ms`; its attempts and attempt number as they
-    /// stand.
-    pub fn of(delivery: &Delivery, due_ms: u64) -> Self {
+    /// stand. `fifo`: into its webhook's FIFO set (a fresh one is then due at once: its turn,
+    /// not a time, decides when it goes).
+    pub fn of(delivery: &Delivery, due_ms: u64, fifo: bool) -> Self {
         Self {
             webhook: delivery.webhook_id.clone(),
             entry: delivery.ticket.stream_id.clone(),
             due_ms,
-            meta: ItemMeta::of(delivery),
+            meta: ItemMeta::of(delivery, fifo),
             fields: delivery.backlog.as_ref().map(|b| b.fields.clone()),
         }
     }
@@ -227,21 +374,39 @@ pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOf
     let meta = serde_json::to_string(&hand_off.meta).expect("an item's state always serializes");
     let (item, due, since) =
         (keys.backlog_item(&hand_off.webhook, &hand_off.entry), keys.backlog_due(&hand_off.webhook), keys.backlog_since(&hand_off.webhook));
+    let fifo = hand_off.meta.fifo;
     match &hand_off.fields {
         None => {
             pipe.cmd("EVAL")
                 .arg(HAND_OFF_SCRIPT)
-                .arg(5)
+                .arg(6)
                 .arg(item)
                 .arg(due)
                 .arg(since)
                 .arg(keys.backlog_index())
                 .arg(&keys.events)
+                .arg(keys.backlog_fifo(&hand_off.webhook))
                 .arg(&hand_off.entry)
                 .arg(&*hand_off.webhook)
                 .arg(hand_off.due_ms)
                 .arg(now_ms)
                 .arg(meta)
+                .arg(if fifo { fifo_member(&hand_off.entry) } else { String::new() })
+                .ignore();
+        }
+        Some(fields) if fifo => {
+            pipe.cmd("SET").arg(item).arg(encode_item(&meta, fields)).ignore();
+            pipe.cmd("ZADD").arg(since).arg("NX").arg(now_ms).arg(&hand_off.entry).ignore();
+            pipe.cmd("ZADD").arg(keys.backlog_fifo(&hand_off.webhook)).arg(0).arg(fifo_member(&hand_off.entry)).ignore();
+            pipe.cmd("EVAL")
+                .arg(FIFO_WRITE_BACK_SCRIPT)
+                .arg(2)
+                .arg(keys.backlog_hold(&hand_off.webhook))
+                .arg(keys.backlog_index())
+                .arg(&hand_off.entry)
+                .arg(hand_off.due_ms)
+                .arg(now_ms)
+                .arg(&*hand_off.webhook)
                 .ignore();
         }
         Some(fields) => {
@@ -253,12 +418,33 @@ pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOf
     }
 }
 
+/// Releases a FIFO webhook's hold if `ARGV[1]` holds it, and has the webhook looked at now (its
+/// next head). KEYS: hold, index. ARGV: entry id, now ms, webhook id.
+const FIFO_DONE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZADD', KEYS[2], 'LT', ARGV[2], ARGV[3])
+return 1
+"#;
+
 /// Queues the removal of a finished backlog delivery (its webhook leaves the index at the next
-/// take that finds nothing).
-pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry: &str) {
+/// take that finds nothing). `fifo`: it was its FIFO webhook's head, whose hold is released so
+/// that the next one may go.
+pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry: &str, fifo: bool) {
     pipe.cmd("ZREM").arg(keys.backlog_due(webhook)).arg(entry).ignore();
     pipe.cmd("ZREM").arg(keys.backlog_since(webhook)).arg(entry).ignore();
     pipe.cmd("DEL").arg(keys.backlog_item(webhook, entry)).ignore();
+    if fifo {
+        pipe.cmd("ZREM").arg(keys.backlog_fifo(webhook)).arg(fifo_member(entry)).ignore();
+        pipe.cmd("EVAL")
+            .arg(FIFO_DONE_SCRIPT)
+            .arg(2)
+            .arg(keys.backlog_hold(webhook))
+            .arg(keys.backlog_index())
+            .arg(entry)
+            .arg(now_ms())
+            .arg(webhook)
+            .ignore();
+    }
 }
 
 /// An item as stored: its state JSON and its fields, each part `<length>:<bytes>`.
@@ -308,10 +494,10 @@ pub struct Depth {
     pub oldest_since_ms: Option<u64>,
 }
 
-/// Queues the two reads [`depth_from`] answers: `ZCARD` of the due set, and the first of the
-/// since set.
+/// Queues the two reads [`depth_from`] answers: `ZCARD` of the since set (every waiting
+/// delivery, in the due set or the FIFO set), and its first.
 pub fn queue_depth(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str) {
-    pipe.cmd("ZCARD").arg(keys.backlog_due(webhook));
+    pipe.cmd("ZCARD").arg(keys.backlog_since(webhook));
     pipe.cmd("ZRANGE").arg(keys.backlog_since(webhook)).arg(0).arg(0).arg("WITHSCORES");
 }
 
@@ -493,7 +679,8 @@ impl Pump {
         let page_after = |took: usize| if took == 0 && full_page { offset + CANDIDATES } else { 0 };
         let routing = self.routing.current();
         let at = Instant::now();
-        let mut wanted: Vec<(String, usize)> = Vec::new();
+        // Webhook, how many to take, its rate limit (0: none).
+        let mut wanted: Vec<(String, usize, u32)> = Vec::new();
         let mut deferred: Vec<(String, u64)> = Vec::new();
         let mut left_due = false;
         let mut total = 0;
@@ -506,6 +693,7 @@ impl Pump {
                 left_due = true;
                 break;
             }
+            let rate = routing.webhooks.get(webhook.as_str()).map_or(0, |route| route.rate_limit);
             let n = match routing.webhooks.get(webhook.as_str()) {
                 // Deleted or disabled: taken at once, for the signer to dead-letter with the reason.
                 None => PER_WEBHOOK,
@@ -527,7 +715,7 @@ impl Pump {
             let n = n.min(allowed - total);
             if n > 0 {
                 total += n;
-                wanted.push((webhook, n));
+                wanted.push((webhook, n, rate));
             }
         }
         let lease_until = now + (self.claim_after + longest_timeout).as_millis() as u64;
@@ -537,13 +725,18 @@ impl Pump {
             pipe.cmd("ZADD").arg(&index).arg("XX").arg("GT").arg(until_ms).arg(webhook).ignore();
         }
         if !wanted.is_empty() {
-            let take = pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(wanted.len() + 1).arg(&index);
-            for (webhook, _) in &wanted {
-                take.arg(self.keys.backlog_due(webhook));
+            let take = pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(wanted.len() * 6 + 2).arg(&index).arg(&self.keys.events);
+            for (webhook, _, _) in &wanted {
+                take.arg(self.keys.backlog_due(webhook))
+                    .arg(self.keys.backlog_fifo(webhook))
+                    .arg(self.keys.backlog_hold(webhook))
+                    .arg(self.keys.backlog_rate(webhook))
+                    .arg(self.keys.backlog_throttled(webhook))
+                    .arg(self.keys.webhook_stats(webhook));
             }
-            take.arg(now).arg(lease_until);
-            for (webhook, n) in &wanted {
-                take.arg(webhook).arg(*n);
+            take.arg(now).arg(lease_until).arg(super::reader::GROUP).arg(crate::stats::KEY_TTL.as_secs());
+            for (webhook, n, rate) in &wanted {
+                take.arg(webhook).arg(*n).arg(*rate);
             }
         }
         if pipe.cmd_iter().next().is_none() {
@@ -568,7 +761,8 @@ impl Pump {
                 self.in_progress.fetch_sub(1, Ordering::SeqCst);
                 // Finished meanwhile by another instance whose lease had ended: drop its traces.
                 let mut pipe = redis::pipe();
-                queue_done(&mut pipe, &self.keys, &item.webhook, &item.entry);
+                // (As a FIFO head too, harmlessly for an unordered one: its hold must not stay.)
+                queue_done(&mut pipe, &self.keys, &item.webhook, &item.entry, true);
                 pipe.query::<()>(con)?;
                 continue;
             };
@@ -621,6 +815,7 @@ fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator
         None => meta.webhook.as_str().into(),
     };
     let attempt = meta.attempt.max(1);
+    let fifo = meta.fifo;
     let entry = RawEntry { id: meta.source.clone(), fields: Some(fields) };
     let parsed = if entry.fields.as_ref().is_some_and(|f| !f.is_empty()) { Some(parse_entry(&entry, max_event_bytes)) } else { None };
     let fields = entry.fields.unwrap_or_default();
@@ -631,7 +826,7 @@ fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator
         body,
         attempt,
         history,
-        backlog: Some(Box::new(Backlogged { fields })),
+        backlog: Some(Box::new(Backlogged { fields, fifo })),
     };
     let event = match parsed {
         Some(Ok(event)) => event,
@@ -698,6 +893,8 @@ mod tests {
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"secret_0123456789")),
             client: None,
+            fifo: false,
+            rate_limit: 0,
         })
     }
 
@@ -710,6 +907,7 @@ mod tests {
             tenant: "acme".into(),
             attempt,
             attempts: vec![AttemptRecord { attempt: 1, status: 500, error_kind: "http_status".into(), ..Default::default() }],
+            fifo: false,
         }
     }
 
@@ -765,6 +963,23 @@ mod tests {
             }
             _ => panic!("an item without its fields is dead-lettered"),
         }
+    }
+
+    #[test]
+    fn fifo_members_sort_as_the_stream_does() {
+        let mut ids = ["1767225600000-10", "1767225600000-9", "999-0", "1767225600001-0"];
+        ids.sort_by_key(|id| fifo_member(id));
+        assert_eq!(ids, ["999-0", "1767225600000-9", "1767225600000-10", "1767225600001-0"]);
+        assert_eq!(fifo_member("12-3"), "00000000000000000012-00000000000000000003");
+        for odd in ["abc", "01-2", "1-2-3", "-1"] {
+            assert_eq!(fifo_member(odd), odd, "kept as it is");
+        }
+        // The state says FIFO only when it is; older items read back as unordered.
+        let fifo = ItemMeta { fifo: true, ..meta(1) };
+        let json = serde_json::to_string(&fifo).unwrap();
+        assert!(json.contains(r#""o":true"#), "{json}");
+        assert!(!serde_json::to_string(&meta(1)).unwrap().contains(r#""o""#));
+        assert_eq!(serde_json::from_str::<ItemMeta>(&json).unwrap(), fifo);
     }
 
     #[test]

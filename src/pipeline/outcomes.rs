@@ -111,8 +111,8 @@ struct Batch {
     history: HashMap<String, DeliveryRecord>,
     /// Deliveries into the backlog (or back into it), by item: only the latest state counts.
     hand_offs: HashMap<String, HandOff>,
-    /// Backlog deliveries that became terminal: (webhook, entry) to remove.
-    backlog_done: Vec<(Arc<str>, String)>,
+    /// Backlog deliveries that became terminal: (webhook, entry, FIFO head) to remove.
+    backlog_done: Vec<(Arc<str>, String, bool)>,
     /// Stats since they were last written; not counted in `len`: they wait for
     /// [`StatsWriting::due`] (or ride along with a batch written after it).
     stats: Tally,
@@ -125,6 +125,11 @@ impl Batch {
 
     fn hand_off(&mut self, hand_off: HandOff) {
         self.hand_offs.insert(history::delivery_id(&hand_off.entry, &hand_off.webhook), hand_off);
+    }
+
+    /// A FIFO webhook's head was finished: its next delivery waits for this batch.
+    fn finished_fifo_head(&self) -> bool {
+        self.backlog_done.iter().any(|(_, _, fifo)| *fifo)
     }
 
     fn len(&self) -> usize {
@@ -171,8 +176,10 @@ impl Outcomes {
             }
             // Group commit: what arrives within LINGER of the first joins its transaction, so
             // that the fixed costs (MULTI/EXEC, XACK, one ZADD per index) are shared.
+            // Except behind a finished FIFO head: its webhook's next delivery waits for this
+            // write, so it goes at once (docs/ordering.md).
             let linger_until = Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && !batch.finished_fifo_head() {
                 match input.recv_deadline(linger_until) {
                     Ok(next) => self.handle(next, &mut batch),
                     Err(_) => break,
@@ -356,7 +363,12 @@ impl Outcomes {
     /// its share of the entry (acknowledged with the hand-off when it was the last).
     fn hand_off(&self, delivery: Delivery, due_ms: u64, batch: &mut Batch) {
         self.metrics.backlog_handed_off.inc();
-        batch.hand_off(HandOff::of(&delivery, due_ms));
+        // A FIFO item stays one until it is finished; a fresh delivery goes by its webhook now.
+        let fifo = match &delivery.backlog {
+            Some(taken) => taken.fifo,
+            None => self.routing.current().webhooks.get(&*delivery.webhook_id).is_some_and(|route| route.fifo),
+        };
+        batch.hand_off(HandOff::of(&delivery, due_ms, fifo));
         if delivery.backlog.is_none() && delivery.ticket.finish_one() {
             batch.acks.push(delivery.ticket.stream_id.clone());
         }
@@ -411,8 +423,8 @@ impl Outcomes {
         for hand_off in batch.hand_offs.values() {
             backlog::queue_hand_off(&mut pipe, &self.keys, hand_off, now);
         }
-        for (webhook, entry) in &batch.backlog_done {
-            backlog::queue_done(&mut pipe, &self.keys, webhook, entry);
+        for (webhook, entry, fifo) in &batch.backlog_done {
+            backlog::queue_done(&mut pipe, &self.keys, webhook, entry, *fifo);
         }
         if !batch.acks.is_empty() {
             pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
@@ -435,7 +447,9 @@ impl Outcomes {
                 batch.dead.clear();
                 batch.history.clear();
                 let soon = now + 1000;
-                if batch.hand_offs.drain().any(|(_, h)| h.due_ms <= soon) {
+                // A FIFO head finished: its webhook's next one may go at once.
+                let next_head = batch.finished_fifo_head();
+                if batch.hand_offs.drain().any(|(_, h)| h.due_ms <= soon) || next_head {
                     let _ = self.wake.try_send(());
                 }
                 batch.backlog_done.clear();
@@ -537,9 +551,9 @@ fn push_attempt(history: &mut Vec<AttemptRecord>, record: AttemptRecord) {
 /// A delivery became terminal: its entry is acknowledged when it was the last, or, taken from
 /// the backlog, it leaves the backlog (and a hand-off of it earlier in this batch is dropped).
 fn finish(delivery: &Delivery, batch: &mut Batch) {
-    if delivery.backlog.is_some() {
+    if let Some(taken) = &delivery.backlog {
         batch.hand_offs.remove(&history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id));
-        batch.backlog_done.push((delivery.webhook_id.clone(), delivery.ticket.stream_id.clone()));
+        batch.backlog_done.push((delivery.webhook_id.clone(), delivery.ticket.stream_id.clone(), taken.fifo));
     } else if delivery.ticket.finish_one() {
         batch.acks.push(delivery.ticket.stream_id.clone());
     }

@@ -15,6 +15,10 @@
 //! place in the in-flight window. With the webhook's circuit open it is postponed to the end of
 //! the cool-down. Parked deliveries therefore hold little of the window, however slow a webhook.
 //!
+//! FIFO (`ORDERING_FIFO`) and rate-limited webhooks: a fresh delivery is postponed to the backlog
+//! at once, without an attempt; the backlog's take script hands out their work in order and
+//! within the rate (docs/ordering.md, docs/rate-limits.md). Other webhooks are not touched by it.
+//!
 //! Recovery: a delivery of an entry read again after a crash or claimed from another instance
 //! is first looked up in the delivery history (`<prefix>delivery:<id>`) and the backlog
 //! (`<prefix>backlog:item:<webhook>:<entry>`), one round trip on this rare path. Already delivered,
@@ -223,6 +227,11 @@ impl Signer {
             Err(abandoned) => return outputs.done.send(abandoned).map(|_| None).map_err(|_| Stopped),
         };
         let (delivery, route) = route;
+        // FIFO and rate-limited webhooks: every fresh delivery waits its turn in the backlog,
+        // which alone orders and meters them across instances (`super::backlog`).
+        if delivery.backlog.is_none() && route.through_backlog() {
+            return postpone(delivery, outputs).map(|()| None);
+        }
         match self.isolation.admit(&delivery.webhook_id, Instant::now()) {
             Gate::Go => {
                 let headers = signed_headers(&route.signer, &delivery.event, delivery.attempt, &delivery.body, now_secs());

@@ -376,6 +376,8 @@ mod tests {
             policy: Arc::new(RetryPolicy::builtin_default()),
             signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
             client: None,
+            fifo: false,
+            rate_limit: 0,
         })
     }
 
