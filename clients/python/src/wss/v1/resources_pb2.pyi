@@ -21,6 +21,26 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Ordering:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ordering.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDERING_UNORDERED: _Ordering.ValueType  # 0
+    """Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order."""
+    ORDERING_FIFO: _Ordering.ValueType  # 1
+    """One attempt at a time, in the order the events entered their stream."""
+
+class Ordering(_Ordering, metaclass=_OrderingEnumTypeWrapper):
+    """docs/contract.md §9: how attempts to one webhook are ordered."""
+
+ORDERING_UNORDERED: Ordering.ValueType  # 0
+"""Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order."""
+ORDERING_FIFO: Ordering.ValueType  # 1
+"""One attempt at a time, in the order the events entered their stream."""
+Global___Ordering: _TypeAlias = Ordering  # noqa: Y015
+
 class _SignatureScheme:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -135,6 +155,8 @@ class Webhook(_message.Message):
     CLIENT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     CLIENT_KEY_FIELD_NUMBER: _builtins.int
     HAS_CLIENT_KEY_FIELD_NUMBER: _builtins.int
+    ORDERING_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     """Assigned by the server (`wh_` + 26 characters)."""
     tenant_id: _builtins.str
@@ -172,6 +194,17 @@ class Webhook(_message.Message):
     """
     has_client_key: _builtins.bool
     """True when the webhook has a client certificate and key."""
+    ordering: Global___Ordering.ValueType
+    """How attempts to this webhook are ordered (docs/ordering.md). UNORDERED (default): attempts
+    may overlap, up to the in-flight cap. FIFO: one attempt at a time, in stream entry order per
+    stream (shard or source); a failing event holds back the ones after it until it is
+    delivered or dead-lettered.
+    """
+    rate_limit_per_second: _builtins.int
+    """Attempts per second at most, across all instances (a token bucket in Redis whose burst is
+    one second's worth, docs/rate-limits.md); 0: unlimited. Excess waits in the backlog
+    without using attempts.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Glob patterns on the event type (`order.*`, `*.created`, `order.shipped`); empty means all."""
@@ -214,10 +247,12 @@ class Webhook(_message.Message):
         client_certificate: _builtins.str = ...,
         client_key: _builtins.str = ...,
         has_client_key: _builtins.bool = ...,
+        ordering: Global___Ordering.ValueType = ...,
+        rate_limit_per_second: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "previous_secret_expires_at", b"previous_secret_expires_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_certificate", b"client_certificate", "client_key", b"client_key", "created_at", b"created_at", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "has_client_key", b"has_client_key", "headers", b"headers", "previous_secret_expires_at", b"previous_secret_expires_at", "retry_policy_id", b"retry_policy_id", "secret", b"secret", "signature_scheme", b"signature_scheme", "tenant_id", b"tenant_id", "transform", b"transform", "updated_at", b"updated_at", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_certificate", b"client_certificate", "client_key", b"client_key", "created_at", b"created_at", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "has_client_key", b"has_client_key", "headers", b"headers", "ordering", b"ordering", "previous_secret_expires_at", b"previous_secret_expires_at", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "secret", b"secret", "signature_scheme", b"signature_scheme", "tenant_id", b"tenant_id", "transform", b"transform", "updated_at", b"updated_at", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

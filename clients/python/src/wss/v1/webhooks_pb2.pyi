@@ -84,6 +84,8 @@ class CreateWebhookRequest(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     CLIENT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     CLIENT_KEY_FIELD_NUMBER: _builtins.int
+    ORDERING_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     url: _builtins.str
     filter: _builtins.str
@@ -111,6 +113,10 @@ class CreateWebhookRequest(_message.Message):
     """The certificate's private key in PEM (PKCS#8, PKCS#1 or SEC1), at most 16 KiB; it must be
     the leaf's key. Never returned; sealed at rest under WSS_ENCRYPTION_KEY.
     """
+    ordering: _resources_pb2.Ordering.ValueType
+    """ORDERING_UNORDERED (default) or ORDERING_FIFO (see Webhook.ordering)."""
+    rate_limit_per_second: _builtins.int
+    """Attempts per second at most, across all instances; 0 (default): unlimited; at most 100000."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -131,10 +137,12 @@ class CreateWebhookRequest(_message.Message):
         secret: _builtins.str = ...,
         client_certificate: _builtins.str = ...,
         client_key: _builtins.str = ...,
+        ordering: _resources_pb2.Ordering.ValueType = ...,
+        rate_limit_per_second: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "enabled", b"enabled"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "retry_policy_id", b"retry_policy_id", "secret", b"secret", "signature_scheme", b"signature_scheme", "tenant_id", b"tenant_id", "transform", b"transform", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_enabled", b"_enabled", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "secret", b"secret", "signature_scheme", b"signature_scheme", "tenant_id", b"tenant_id", "transform", b"transform", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
@@ -290,6 +298,8 @@ class UpdateWebhookRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     CLIENT_CERTIFICATE_FIELD_NUMBER: _builtins.int
     CLIENT_KEY_FIELD_NUMBER: _builtins.int
+    ORDERING_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     url: _builtins.str
     filter: _builtins.str
@@ -306,6 +316,12 @@ class UpdateWebhookRequest(_message.Message):
     rules; set both to the empty string to remove them. Setting one alone is INVALID_ARGUMENT.
     """
     client_key: _builtins.str
+    ordering: _resources_pb2.Ordering.ValueType
+    """Change the ordering; a change applies to events read after every instance has seen it
+    (within a second); what already waits for the webhook keeps its order.
+    """
+    rate_limit_per_second: _builtins.int
+    """Change the rate limit; 0: unlimited."""
     @_builtins.property
     def event_types(self) -> Global___EventTypes: ...
     @_builtins.property
@@ -324,10 +340,12 @@ class UpdateWebhookRequest(_message.Message):
         enabled: _builtins.bool | None = ...,
         client_certificate: _builtins.str | None = ...,
         client_key: _builtins.str | None = ...,
+        ordering: _resources_pb2.Ordering.ValueType | None = ...,
+        rate_limit_per_second: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_retry_policy_id", b"_retry_policy_id", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "retry_policy_id", b"retry_policy_id", "transform", b"transform", "url", b"url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_ordering", b"_ordering", "_rate_limit_per_second", b"_rate_limit_per_second", "_retry_policy_id", b"_retry_policy_id", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "transform", b"transform", "url", b"url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_retry_policy_id", b"_retry_policy_id", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "retry_policy_id", b"retry_policy_id", "transform", b"transform", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_ordering", b"_ordering", "_rate_limit_per_second", b"_rate_limit_per_second", "_retry_policy_id", b"_retry_policy_id", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "transform", b"transform", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__client_certificate: _TypeAlias = _typing.Literal["client_certificate"]  # noqa: Y015
     _WhichOneofArgType__client_certificate: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate"]  # noqa: Y015
@@ -339,6 +357,10 @@ class UpdateWebhookRequest(_message.Message):
     _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
     _WhichOneofReturnType__filter: _TypeAlias = _typing.Literal["filter"]  # noqa: Y015
     _WhichOneofArgType__filter: _TypeAlias = _typing.Literal["_filter", b"_filter"]  # noqa: Y015
+    _WhichOneofReturnType__ordering: _TypeAlias = _typing.Literal["ordering"]  # noqa: Y015
+    _WhichOneofArgType__ordering: _TypeAlias = _typing.Literal["_ordering", b"_ordering"]  # noqa: Y015
+    _WhichOneofReturnType__rate_limit_per_second: _TypeAlias = _typing.Literal["rate_limit_per_second"]  # noqa: Y015
+    _WhichOneofArgType__rate_limit_per_second: _TypeAlias = _typing.Literal["_rate_limit_per_second", b"_rate_limit_per_second"]  # noqa: Y015
     _WhichOneofReturnType__retry_policy_id: _TypeAlias = _typing.Literal["retry_policy_id"]  # noqa: Y015
     _WhichOneofArgType__retry_policy_id: _TypeAlias = _typing.Literal["_retry_policy_id", b"_retry_policy_id"]  # noqa: Y015
     _WhichOneofReturnType__transform: _TypeAlias = _typing.Literal["transform"]  # noqa: Y015
@@ -355,6 +377,10 @@ class UpdateWebhookRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__filter) -> _WhichOneofReturnType__filter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ordering) -> _WhichOneofReturnType__ordering | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_limit_per_second) -> _WhichOneofReturnType__rate_limit_per_second | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_policy_id) -> _WhichOneofReturnType__retry_policy_id | None: ...
     @_typing.overload
@@ -521,6 +547,7 @@ class WebhookStats(_message.Message):
     INSTANCE_FIELD_NUMBER: _builtins.int
     BACKLOG_DEPTH_FIELD_NUMBER: _builtins.int
     BACKLOG_OLDEST_AGE_FIELD_NUMBER: _builtins.int
+    RATE_LIMITED_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     tenant_id: _builtins.str
     attempts_succeeded: _builtins.int
@@ -557,6 +584,11 @@ class WebhookStats(_message.Message):
     backlog_depth: _builtins.int
     """Deliveries of this webhook waiting in the durable backlog in Redis, for all instances: retries
     waiting for their due time, and deliveries postponed by an open circuit or a full webhook.
+    """
+    rate_limited: _builtins.int
+    """Deliveries of this webhook that were due and had to wait for its rate limit
+    (rate_limit_per_second), on every instance, each counted once; a total kept with the
+    webhook's stats (which expire 7 days after their last write).
     """
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
@@ -607,10 +639,11 @@ class WebhookStats(_message.Message):
         instance: _builtins.str = ...,
         backlog_depth: _builtins.int = ...,
         backlog_oldest_age: _duration_pb2.Duration | None = ...,
+        rate_limited: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_success_at", b"last_success_at", "success_rate", b"success_rate", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "attempts_failed", b"attempts_failed", "attempts_succeeded", b"attempts_succeeded", "backlog_depth", b"backlog_depth", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "dead_letters", b"dead_letters", "in_flight", b"in_flight", "instance", b"instance", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_failure_error", b"last_failure_error", "last_failure_error_kind", b"last_failure_error_kind", "last_failure_status_code", b"last_failure_status_code", "last_success_at", b"last_success_at", "parked", b"parked", "queued", b"queued", "retries_waiting", b"retries_waiting", "success_rate", b"success_rate", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "attempts_failed", b"attempts_failed", "attempts_succeeded", b"attempts_succeeded", "backlog_depth", b"backlog_depth", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "dead_letters", b"dead_letters", "in_flight", b"in_flight", "instance", b"instance", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_failure_error", b"last_failure_error", "last_failure_error_kind", b"last_failure_error_kind", "last_failure_status_code", b"last_failure_status_code", "last_success_at", b"last_success_at", "parked", b"parked", "queued", b"queued", "rate_limited", b"rate_limited", "retries_waiting", b"retries_waiting", "success_rate", b"success_rate", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__success_rate: _TypeAlias = _typing.Literal["success_rate"]  # noqa: Y015
     _WhichOneofArgType__success_rate: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate"]  # noqa: Y015

@@ -9,6 +9,42 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Duration } from "../../google/protobuf/duration";
 import { Timestamp } from "../../google/protobuf/timestamp";
 
+/** docs/contract.md §9: how attempts to one webhook are ordered. */
+export enum Ordering {
+  /** ORDERING_UNORDERED - Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order. */
+  ORDERING_UNORDERED = 0,
+  /** ORDERING_FIFO - One attempt at a time, in the order the events entered their stream. */
+  ORDERING_FIFO = 1,
+  UNRECOGNIZED = -1,
+}
+
+export function orderingFromJSON(object: any): Ordering {
+  switch (object) {
+    case 0:
+    case "ORDERING_UNORDERED":
+      return Ordering.ORDERING_UNORDERED;
+    case 1:
+    case "ORDERING_FIFO":
+      return Ordering.ORDERING_FIFO;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return Ordering.UNRECOGNIZED;
+  }
+}
+
+export function orderingToJSON(object: Ordering): string {
+  switch (object) {
+    case Ordering.ORDERING_UNORDERED:
+      return "ORDERING_UNORDERED";
+    case Ordering.ORDERING_FIFO:
+      return "ORDERING_FIFO";
+    case Ordering.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** How a delivery is signed (docs/contract.md §3). */
 export enum SignatureScheme {
   /** SIGNATURE_SCHEME_UNSPECIFIED - Treated as SIGNATURE_SCHEME_WSS. */
@@ -130,6 +166,19 @@ export interface Webhook {
   clientKey: string;
   /** True when the webhook has a client certificate and key. */
   hasClientKey: boolean;
+  /**
+   * How attempts to this webhook are ordered (docs/ordering.md). UNORDERED (default): attempts
+   * may overlap, up to the in-flight cap. FIFO: one attempt at a time, in stream entry order per
+   * stream (shard or source); a failing event holds back the ones after it until it is
+   * delivered or dead-lettered.
+   */
+  ordering: Ordering;
+  /**
+   * Attempts per second at most, across all instances (a token bucket in Redis whose burst is
+   * one second's worth, docs/rate-limits.md); 0: unlimited. Excess waits in the backlog
+   * without using attempts.
+   */
+  rateLimitPerSecond: number;
 }
 
 export interface Webhook_HeadersEntry {
@@ -411,6 +460,8 @@ function createBaseWebhook(): Webhook {
     clientCertificate: "",
     clientKey: "",
     hasClientKey: false,
+    ordering: 0,
+    rateLimitPerSecond: 0,
   };
 }
 
@@ -472,6 +523,12 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.hasClientKey !== false) {
       writer.uint32(152).bool(message.hasClientKey);
+    }
+    if (message.ordering !== 0) {
+      writer.uint32(240).int32(message.ordering);
+    }
+    if (message.rateLimitPerSecond !== 0) {
+      writer.uint32(248).uint32(message.rateLimitPerSecond);
     }
     return writer;
   },
@@ -644,6 +701,22 @@ export const Webhook: MessageFns<Webhook> = {
             message.hasClientKey = reader.bool();
             continue;
           }
+          case 30: {
+            if (tag !== 240) {
+              break;
+            }
+
+            message.ordering = reader.int32() as any;
+            continue;
+          }
+          case 31: {
+            if (tag !== 248) {
+              break;
+            }
+
+            message.rateLimitPerSecond = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -738,6 +811,12 @@ export const Webhook: MessageFns<Webhook> = {
         : isSet(object.has_client_key)
         ? globalThis.Boolean(object.has_client_key)
         : false,
+      ordering: isSet(object.ordering) ? orderingFromJSON(object.ordering) : 0,
+      rateLimitPerSecond: isSet(object.rateLimitPerSecond)
+        ? globalThis.Number(object.rateLimitPerSecond)
+        : isSet(object.rate_limit_per_second)
+        ? globalThis.Number(object.rate_limit_per_second)
+        : 0,
     };
   },
 
@@ -806,6 +885,12 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.hasClientKey !== false) {
       obj.hasClientKey = message.hasClientKey;
     }
+    if (message.ordering !== 0) {
+      obj.ordering = orderingToJSON(message.ordering);
+    }
+    if (message.rateLimitPerSecond !== 0) {
+      obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
+    }
     return obj;
   },
 
@@ -841,6 +926,8 @@ export const Webhook: MessageFns<Webhook> = {
     message.clientCertificate = object.clientCertificate ?? "";
     message.clientKey = object.clientKey ?? "";
     message.hasClientKey = object.hasClientKey ?? false;
+    message.ordering = object.ordering ?? 0;
+    message.rateLimitPerSecond = object.rateLimitPerSecond ?? 0;
     return message;
   },
 };

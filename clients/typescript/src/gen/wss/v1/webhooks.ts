@@ -20,7 +20,15 @@ import {
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { SignatureScheme, signatureSchemeFromJSON, signatureSchemeToJSON, Webhook } from "./resources";
+import {
+  Ordering,
+  orderingFromJSON,
+  orderingToJSON,
+  SignatureScheme,
+  signatureSchemeFromJSON,
+  signatureSchemeToJSON,
+  Webhook,
+} from "./resources";
 
 export enum CircuitState {
   CIRCUIT_STATE_UNSPECIFIED = 0,
@@ -105,6 +113,10 @@ export interface CreateWebhookRequest {
    * the leaf's key. Never returned; sealed at rest under WSS_ENCRYPTION_KEY.
    */
   clientKey: string;
+  /** ORDERING_UNORDERED (default) or ORDERING_FIFO (see Webhook.ordering). */
+  ordering: Ordering;
+  /** Attempts per second at most, across all instances; 0 (default): unlimited; at most 100000. */
+  rateLimitPerSecond: number;
 }
 
 export interface CreateWebhookRequest_HeadersEntry {
@@ -173,7 +185,18 @@ export interface UpdateWebhookRequest {
    * rules; set both to the empty string to remove them. Setting one alone is INVALID_ARGUMENT.
    */
   clientCertificate?: string | undefined;
-  clientKey?: string | undefined;
+  clientKey?:
+    | string
+    | undefined;
+  /**
+   * Change the ordering; a change applies to events read after every instance has seen it
+   * (within a second); what already waits for the webhook keeps its order.
+   */
+  ordering?:
+    | Ordering
+    | undefined;
+  /** Change the rate limit; 0: unlimited. */
+  rateLimitPerSecond?: number | undefined;
 }
 
 export interface DeleteWebhookRequest {
@@ -288,7 +311,15 @@ export interface WebhookStats {
    */
   backlogDepth: number;
   /** How long the oldest of them has waited in the backlog (absent: the backlog is empty). */
-  backlogOldestAge: Duration | undefined;
+  backlogOldestAge:
+    | Duration
+    | undefined;
+  /**
+   * Deliveries of this webhook that were due and had to wait for its rate limit
+   * (rate_limit_per_second), on every instance, each counted once; a total kept with the
+   * webhook's stats (which expire 7 days after their last write).
+   */
+  rateLimited: number;
 }
 
 /** A test event for a webhook. */
@@ -350,6 +381,8 @@ function createBaseCreateWebhookRequest(): CreateWebhookRequest {
     secret: "",
     clientCertificate: "",
     clientKey: "",
+    ordering: 0,
+    rateLimitPerSecond: 0,
   };
 }
 
@@ -393,6 +426,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     }
     if (message.clientKey !== "") {
       writer.uint32(106).string(message.clientKey);
+    }
+    if (message.ordering !== 0) {
+      writer.uint32(240).int32(message.ordering);
+    }
+    if (message.rateLimitPerSecond !== 0) {
+      writer.uint32(248).uint32(message.rateLimitPerSecond);
     }
     return writer;
   },
@@ -517,6 +556,22 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
             message.clientKey = reader.string();
             continue;
           }
+          case 30: {
+            if (tag !== 240) {
+              break;
+            }
+
+            message.ordering = reader.int32() as any;
+            continue;
+          }
+          case 31: {
+            if (tag !== 248) {
+              break;
+            }
+
+            message.rateLimitPerSecond = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -581,6 +636,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
         : isSet(object.client_key)
         ? globalThis.String(object.client_key)
         : "",
+      ordering: isSet(object.ordering) ? orderingFromJSON(object.ordering) : 0,
+      rateLimitPerSecond: isSet(object.rateLimitPerSecond)
+        ? globalThis.Number(object.rateLimitPerSecond)
+        : isSet(object.rate_limit_per_second)
+        ? globalThis.Number(object.rate_limit_per_second)
+        : 0,
     };
   },
 
@@ -631,6 +692,12 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     if (message.clientKey !== "") {
       obj.clientKey = message.clientKey;
     }
+    if (message.ordering !== 0) {
+      obj.ordering = orderingToJSON(message.ordering);
+    }
+    if (message.rateLimitPerSecond !== 0) {
+      obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
+    }
     return obj;
   },
 
@@ -660,6 +727,8 @@ export const CreateWebhookRequest: MessageFns<CreateWebhookRequest> = {
     message.secret = object.secret ?? "";
     message.clientCertificate = object.clientCertificate ?? "";
     message.clientKey = object.clientKey ?? "";
+    message.ordering = object.ordering ?? 0;
+    message.rateLimitPerSecond = object.rateLimitPerSecond ?? 0;
     return message;
   },
 };
@@ -1290,6 +1359,8 @@ function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
     enabled: undefined,
     clientCertificate: undefined,
     clientKey: undefined,
+    ordering: undefined,
+    rateLimitPerSecond: undefined,
   };
 }
 
@@ -1327,6 +1398,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     }
     if (message.clientKey !== undefined) {
       writer.uint32(90).string(message.clientKey);
+    }
+    if (message.ordering !== undefined) {
+      writer.uint32(240).int32(message.ordering);
+    }
+    if (message.rateLimitPerSecond !== undefined) {
+      writer.uint32(248).uint32(message.rateLimitPerSecond);
     }
     return writer;
   },
@@ -1432,6 +1509,22 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
             message.clientKey = reader.string();
             continue;
           }
+          case 30: {
+            if (tag !== 240) {
+              break;
+            }
+
+            message.ordering = reader.int32() as any;
+            continue;
+          }
+          case 31: {
+            if (tag !== 248) {
+              break;
+            }
+
+            message.rateLimitPerSecond = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1477,6 +1570,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
         : isSet(object.client_key)
         ? globalThis.String(object.client_key)
         : undefined,
+      ordering: isSet(object.ordering) ? orderingFromJSON(object.ordering) : undefined,
+      rateLimitPerSecond: isSet(object.rateLimitPerSecond)
+        ? globalThis.Number(object.rateLimitPerSecond)
+        : isSet(object.rate_limit_per_second)
+        ? globalThis.Number(object.rate_limit_per_second)
+        : undefined,
     };
   },
 
@@ -1515,6 +1614,12 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.clientKey !== undefined) {
       obj.clientKey = message.clientKey;
     }
+    if (message.ordering !== undefined) {
+      obj.ordering = orderingToJSON(message.ordering);
+    }
+    if (message.rateLimitPerSecond !== undefined) {
+      obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
+    }
     return obj;
   },
 
@@ -1538,6 +1643,8 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     message.enabled = object.enabled ?? undefined;
     message.clientCertificate = object.clientCertificate ?? undefined;
     message.clientKey = object.clientKey ?? undefined;
+    message.ordering = object.ordering ?? undefined;
+    message.rateLimitPerSecond = object.rateLimitPerSecond ?? undefined;
     return message;
   },
 };
@@ -2014,6 +2121,7 @@ function createBaseWebhookStats(): WebhookStats {
     instance: "",
     backlogDepth: 0,
     backlogOldestAge: undefined,
+    rateLimited: 0,
   };
 }
 
@@ -2084,6 +2192,9 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     }
     if (message.backlogOldestAge !== undefined) {
       Duration.encode(message.backlogOldestAge, writer.uint32(178).fork()).join();
+    }
+    if (message.rateLimited !== 0) {
+      writer.uint32(240).uint64(message.rateLimited);
     }
     return writer;
   },
@@ -2277,6 +2388,14 @@ export const WebhookStats: MessageFns<WebhookStats> = {
             message.backlogOldestAge = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 30: {
+            if (tag !== 240) {
+              break;
+            }
+
+            message.rateLimited = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2385,6 +2504,11 @@ export const WebhookStats: MessageFns<WebhookStats> = {
         : isSet(object.backlog_oldest_age)
         ? Duration.fromJSON(object.backlog_oldest_age)
         : undefined,
+      rateLimited: isSet(object.rateLimited)
+        ? globalThis.Number(object.rateLimited)
+        : isSet(object.rate_limited)
+        ? globalThis.Number(object.rate_limited)
+        : 0,
     };
   },
 
@@ -2456,6 +2580,9 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     if (message.backlogOldestAge !== undefined) {
       obj.backlogOldestAge = Duration.toJSON(message.backlogOldestAge);
     }
+    if (message.rateLimited !== 0) {
+      obj.rateLimited = Math.round(message.rateLimited);
+    }
     return obj;
   },
 
@@ -2492,6 +2619,7 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     message.backlogOldestAge = (object.backlogOldestAge !== undefined && object.backlogOldestAge !== null)
       ? Duration.fromPartial(object.backlogOldestAge)
       : undefined;
+    message.rateLimited = object.rateLimited ?? 0;
     return message;
   },
 };
