@@ -709,7 +709,8 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
             page("tenants", items.iter().map(render::tenant).collect(), COLUMNS, &next)
         }
         TenantVerb::Update { tenant_id, display_name, retry_policy, disabled } => {
-            let request = UpdateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled };
+            let request =
+                UpdateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled, ..Default::default() };
             Printed::one(&render::tenant(&c.tenants.update_tenant(request).await?.into_inner()))
         }
         TenantVerb::Delete { tenant_id } => {
@@ -855,6 +856,7 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
                 multiplier: f.multiplier,
                 jitter: f.jitter,
                 attempt_timeout: f.attempt_timeout.map(pb_duration),
+                ..Default::default()
             };
             Printed::one(&render::policy(&c.policies.update_retry_policy(request).await?.into_inner()))
         }
@@ -911,6 +913,7 @@ async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure
                     updated_before: before.map(pb_time),
                     page_size,
                     page_token,
+                    ..Default::default()
                 };
                 async move {
                     let r = client.list_deliveries(request).await?.into_inner();
@@ -934,7 +937,10 @@ async fn dead_letter(mut c: Clients, verb: DeadLetterVerb) -> Result<Printed, Fa
                 let mut client = c.deliveries.clone();
                 let tenant_id = tenant.clone();
                 async move {
-                    let r = client.list_dead_letters(ListDeadLettersRequest { tenant_id, page_size, page_token }).await?.into_inner();
+                    let r = client
+                        .list_dead_letters(ListDeadLettersRequest { tenant_id, page_size, page_token, ..Default::default() })
+                        .await?
+                        .into_inner();
                     Ok((r.dead_letters, r.next_page_token))
                 }
             })
@@ -952,6 +958,7 @@ async fn dead_letter(mut c: Clients, verb: DeadLetterVerb) -> Result<Printed, Fa
                 reason,
                 dead_lettered_after: after.map(pb_time),
                 dead_lettered_before: before.map(pb_time),
+                ..Default::default()
             };
             // With --all, every call's answers are put together into one.
             let mut total = RedeliverDeadLetterResponse::default();
