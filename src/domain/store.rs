@@ -701,6 +701,18 @@ impl Store {
     /// gRPC client accepts (4 MiB by default), and a record larger than half that is listed with
     /// its body cut (see [`cut_for_listing`]).
     pub fn list_dead_letters(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<DeadLetter>, DomainError> {
+        self.list_dead_letters_view(tenant_id, page_size, token, true)
+    }
+
+    /// [`Store::list_dead_letters`]; without `full`, the records' bodies and attempts are dropped
+    /// as they are read (the BASIC view), so that they neither fill the page nor travel further.
+    pub fn list_dead_letters_view(
+        &self,
+        tenant_id: &str,
+        page_size: usize,
+        token: &str,
+        full: bool,
+    ) -> Result<Page<DeadLetter>, DomainError> {
         const SCAN_LIMIT: usize = 20_000;
         self.with_conn(|con, keys| {
             let mut items: Vec<DeadLetter> = Vec::new();
@@ -726,6 +738,10 @@ impl Store {
                     cursor = format!("({}", entry.id);
                     let mut record = DeadLetter::from_fields(entry.id, entry.fields.unwrap_or_default());
                     if tenant_id.is_empty() || record.tenant_id == tenant_id {
+                        if !full {
+                            record.body.clear();
+                            record.attempts.clear();
+                        }
                         cut_for_listing(&mut record);
                         let bytes = listed_bytes(&record);
                         if page_bytes + bytes > MAX_DEAD_LETTER_PAGE_BYTES && !items.is_empty() {

@@ -252,15 +252,8 @@ impl DeliveryService for DeliveryApi {
         let paging = PageQuery::new("ListDeadLetters", &[("tenant_id", &tenant_id)]);
         let cursor = paging.open(&req.page_token)?;
         check_stream_token(&cursor)?;
-        let page = self.plane.read(move |store| store.list_dead_letters(&tenant_id, size, &cursor)).await?;
-        let to_proto = |mut record: crate::deadletter::DeadLetter| {
-            if !full {
-                record.body.clear();
-                record.attempts.clear();
-            }
-            dead_letter_to_proto(record)
-        };
-        let (dead_letters, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, to_proto, |r| r.id.clone())?;
+        let page = self.plane.read(move |store| store.list_dead_letters_view(&tenant_id, size, &cursor, full)).await?;
+        let (dead_letters, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, dead_letter_to_proto, |r| r.id.clone())?;
         Ok(Response::new(proto::ListDeadLettersResponse { dead_letters, next_page_token: paging.seal(next) }))
     }
 
