@@ -530,10 +530,30 @@ fn describe(status: &Status, server: &str) -> String {
         _ => "",
     };
     let message = if status.message().is_empty() { "(no message)" } else { status.message() };
+    let details = details_of(status);
     if status.code() == Code::Unavailable {
-        format!("{code}: {message} (server {server}){hint}")
+        format!("{code}: {message} (server {server}){hint}{details}")
     } else {
-        format!("{code}: {message}{hint}")
+        format!("{code}: {message}{hint}{details}")
+    }
+}
+
+/// The status's `google.rpc` details as the CLI shows them: ` [reason POLICY_IN_USE]`, with the
+/// field of an INVALID_ARGUMENT (` [reason INVALID_FIELD, field url]`); empty without details.
+fn details_of(status: &Status) -> String {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let mut parts = Vec::new();
+    if let Some(info) = details.error_info() {
+        parts.push(format!("reason {}", info.reason));
+    }
+    if let Some(bad) = details.bad_request() {
+        parts.extend(bad.field_violations.iter().map(|v| format!("field {}", v.field)));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
     }
 }
 
@@ -1062,5 +1082,7 @@ mod tests {
         let text = describe(&Status::invalid_argument("url: must start with https://"), "127.0.0.1:50051");
         assert_eq!(text, "INVALID_ARGUMENT: url: must start with https://");
         assert!(describe(&Status::unauthenticated("missing authorization metadata"), "x").contains("WSS_TOKEN"));
+        let rich = wss::grpc::status_of(wss::domain::DomainError::Invalid { field: "url", message: "must start with https://".into() });
+        assert_eq!(describe(&rich, "x"), "INVALID_ARGUMENT: url: must start with https:// [reason INVALID_FIELD, field url]");
     }
 }
