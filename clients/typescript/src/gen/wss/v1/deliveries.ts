@@ -19,8 +19,18 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { Attempt, DeadLetter } from "./resources";
+import {
+  Attempt,
+  DeadLetter,
+  DeadLetterReason,
+  deadLetterReasonFromJSON,
+  deadLetterReasonToJSON,
+  RecordView,
+  recordViewFromJSON,
+  recordViewToJSON,
+} from "./resources";
 
+/** Where a delivery stands. */
 export enum DeliveryStatus {
   /** DELIVERY_STATUS_UNSPECIFIED - In a filter: any status. */
   DELIVERY_STATUS_UNSPECIFIED = 0,
@@ -74,11 +84,17 @@ export function deliveryStatusToJSON(object: DeliveryStatus): string {
 export interface Delivery {
   /** `<stream entry id>:<webhook id>`; stable across retries. */
   deliveryId: string;
+  /** The tenant the event belongs to. */
   tenantId: string;
+  /** The webhook the event goes to. */
   webhookId: string;
+  /** The event id receivers see (X-WSS-Event-Id / webhook-id). */
   eventId: string;
+  /** The event's type. */
   eventType: string;
+  /** The stream entry the event came from. */
   streamEntryId: string;
+  /** Where the delivery stands. */
   status: DeliveryStatus;
   /** When the first attempt was made. */
   createdAt:
@@ -96,8 +112,11 @@ export interface Delivery {
   attempts: Attempt[];
   /** For DEAD_LETTERED: the dead-letter reason. */
   deadLetterReason: string;
+  /** dead_letter_reason as an enum value. */
+  deadLetterReasonCode: DeadLetterReason;
 }
 
+/** Which deliveries to list, and how many at a time. */
 export interface ListDeliveriesRequest {
   /** Only this tenant's deliveries; empty for all. */
   tenantId: string;
@@ -117,31 +136,50 @@ export interface ListDeliveriesRequest {
     | undefined;
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /**
+   * next_page_token of the previous page; empty for the first (docs/api.md: opaque, bound to the
+   * filters).
+   */
   pageToken: string;
+  /** RECORD_VIEW_BASIC leaves the attempts out; UNSPECIFIED and FULL include them. */
+  view: RecordView;
 }
 
+/** One page of deliveries. */
 export interface ListDeliveriesResponse {
+  /** The deliveries of this page, newest first. */
   deliveries: Delivery[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
+/** Which delivery to return. */
 export interface GetDeliveryRequest {
+  /** The delivery's id, as listed (`<stream entry id>:<webhook id>`). */
   deliveryId: string;
 }
 
+/** Which dead letters to list, and how many at a time. */
 export interface ListDeadLettersRequest {
   /** Only this tenant's dead letters; empty for all. */
   tenantId: string;
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /** next_page_token of the previous page; empty for the first (opaque, bound to tenant_id). */
   pageToken: string;
+  /** RECORD_VIEW_BASIC leaves bodies and attempts out; UNSPECIFIED and FULL include them. */
+  view: RecordView;
 }
 
+/** One page of dead letters. */
 export interface ListDeadLettersResponse {
+  /** The dead letters of this page, newest first. */
   deadLetters: DeadLetter[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
+/** What to redeliver: one dead letter, or those matching a filter. */
 export interface RedeliverDeadLetterRequest {
   /** One dead letter, by its id. */
   deadLetterId?:
@@ -176,9 +214,14 @@ export interface DeadLetterFilter {
     | Date
     | undefined;
   /** Only those dead-lettered before this time (likewise). */
-  deadLetteredBefore: Date | undefined;
+  deadLetteredBefore:
+    | Date
+    | undefined;
+  /** Only those with this reason, as an enum value; set it or `reason`, not both differently. */
+  reasonCode: DeadLetterReason;
 }
 
+/** What a redelivery did. */
 export interface RedeliverDeadLetterResponse {
   /** What was sent again, oldest first. */
   redelivered: Redelivered[];
@@ -190,6 +233,7 @@ export interface RedeliverDeadLetterResponse {
   redeliveredCount: number;
 }
 
+/** One dead letter sent again. */
 export interface Redelivered {
   /** The dead letter, now removed. */
   deadLetterId: string;
@@ -201,7 +245,9 @@ export interface Redelivered {
   webhookId: string;
 }
 
+/** A dead letter that matched a filter but was not sent. */
 export interface SkippedDeadLetter {
+  /** The dead letter, which stays. */
   deadLetterId: string;
   /** Why it was not sent, and what to do about it. */
   reason: string;
@@ -221,6 +267,7 @@ function createBaseDelivery(): Delivery {
     nextAttemptAt: undefined,
     attempts: [],
     deadLetterReason: "",
+    deadLetterReasonCode: 0,
   };
 }
 
@@ -261,6 +308,9 @@ export const Delivery: MessageFns<Delivery> = {
     }
     if (message.deadLetterReason !== "") {
       writer.uint32(98).string(message.deadLetterReason);
+    }
+    if (message.deadLetterReasonCode !== 0) {
+      writer.uint32(320).int32(message.deadLetterReasonCode);
     }
     return writer;
   },
@@ -374,6 +424,14 @@ export const Delivery: MessageFns<Delivery> = {
             message.deadLetterReason = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.deadLetterReasonCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -442,6 +500,11 @@ export const Delivery: MessageFns<Delivery> = {
         : isSet(object.dead_letter_reason)
         ? globalThis.String(object.dead_letter_reason)
         : "",
+      deadLetterReasonCode: isSet(object.deadLetterReasonCode)
+        ? deadLetterReasonFromJSON(object.deadLetterReasonCode)
+        : isSet(object.dead_letter_reason_code)
+        ? deadLetterReasonFromJSON(object.dead_letter_reason_code)
+        : 0,
     };
   },
 
@@ -483,6 +546,9 @@ export const Delivery: MessageFns<Delivery> = {
     if (message.deadLetterReason !== "") {
       obj.deadLetterReason = message.deadLetterReason;
     }
+    if (message.deadLetterReasonCode !== 0) {
+      obj.deadLetterReasonCode = deadLetterReasonToJSON(message.deadLetterReasonCode);
+    }
     return obj;
   },
 
@@ -503,6 +569,7 @@ export const Delivery: MessageFns<Delivery> = {
     message.nextAttemptAt = object.nextAttemptAt ?? undefined;
     message.attempts = object.attempts?.map((e) => Attempt.fromPartial(e)) || [];
     message.deadLetterReason = object.deadLetterReason ?? "";
+    message.deadLetterReasonCode = object.deadLetterReasonCode ?? 0;
     return message;
   },
 };
@@ -517,6 +584,7 @@ function createBaseListDeliveriesRequest(): ListDeliveriesRequest {
     updatedBefore: undefined,
     pageSize: 0,
     pageToken: "",
+    view: 0,
   };
 }
 
@@ -545,6 +613,9 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(66).string(message.pageToken);
+    }
+    if (message.view !== 0) {
+      writer.uint32(320).int32(message.view);
     }
     return writer;
   },
@@ -626,6 +697,14 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -676,6 +755,7 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      view: isSet(object.view) ? recordViewFromJSON(object.view) : 0,
     };
   },
 
@@ -705,6 +785,9 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.view !== 0) {
+      obj.view = recordViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -721,6 +804,7 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
     message.updatedBefore = object.updatedBefore ?? undefined;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.view = object.view ?? 0;
     return message;
   },
 };
@@ -890,7 +974,7 @@ export const GetDeliveryRequest: MessageFns<GetDeliveryRequest> = {
 };
 
 function createBaseListDeadLettersRequest(): ListDeadLettersRequest {
-  return { tenantId: "", pageSize: 0, pageToken: "" };
+  return { tenantId: "", pageSize: 0, pageToken: "", view: 0 };
 }
 
 export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
@@ -903,6 +987,9 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(26).string(message.pageToken);
+    }
+    if (message.view !== 0) {
+      writer.uint32(320).int32(message.view);
     }
     return writer;
   },
@@ -944,6 +1031,14 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -973,6 +1068,7 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      view: isSet(object.view) ? recordViewFromJSON(object.view) : 0,
     };
   },
 
@@ -987,6 +1083,9 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.view !== 0) {
+      obj.view = recordViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -998,6 +1097,7 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     message.tenantId = object.tenantId ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.view = object.view ?? 0;
     return message;
   },
 };
@@ -1223,7 +1323,14 @@ export const RedeliverDeadLetterRequest: MessageFns<RedeliverDeadLetterRequest> 
 };
 
 function createBaseDeadLetterFilter(): DeadLetterFilter {
-  return { tenantId: "", webhookId: "", reason: "", deadLetteredAfter: undefined, deadLetteredBefore: undefined };
+  return {
+    tenantId: "",
+    webhookId: "",
+    reason: "",
+    deadLetteredAfter: undefined,
+    deadLetteredBefore: undefined,
+    reasonCode: 0,
+  };
 }
 
 export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
@@ -1242,6 +1349,9 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
     }
     if (message.deadLetteredBefore !== undefined) {
       Timestamp.encode(toTimestamp(message.deadLetteredBefore), writer.uint32(42).fork()).join();
+    }
+    if (message.reasonCode !== 0) {
+      writer.uint32(320).int32(message.reasonCode);
     }
     return writer;
   },
@@ -1299,6 +1409,14 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
             message.deadLetteredBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.reasonCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1334,6 +1452,11 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
         : isSet(object.dead_lettered_before)
         ? fromJsonTimestamp(object.dead_lettered_before)
         : undefined,
+      reasonCode: isSet(object.reasonCode)
+        ? deadLetterReasonFromJSON(object.reasonCode)
+        : isSet(object.reason_code)
+        ? deadLetterReasonFromJSON(object.reason_code)
+        : 0,
     };
   },
 
@@ -1354,6 +1477,9 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
     if (message.deadLetteredBefore !== undefined) {
       obj.deadLetteredBefore = message.deadLetteredBefore.toISOString();
     }
+    if (message.reasonCode !== 0) {
+      obj.reasonCode = deadLetterReasonToJSON(message.reasonCode);
+    }
     return obj;
   },
 
@@ -1367,6 +1493,7 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
     message.reason = object.reason ?? "";
     message.deadLetteredAfter = object.deadLetteredAfter ?? undefined;
     message.deadLetteredBefore = object.deadLetteredBefore ?? undefined;
+    message.reasonCode = object.reasonCode ?? 0;
     return message;
   },
 };
