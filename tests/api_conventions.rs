@@ -194,6 +194,32 @@ async fn etags_refuse_stale_updates_and_masks_touch_only_their_fields() {
     let listed = tenants.list_tenants(ListTenantsRequest::default()).await.unwrap().into_inner();
     assert_eq!(listed.tenants[0].etag, updated.etag, "List shows the etag too");
 
+    // Many writers at once with the same etag: exactly one wins (the version is checked and
+    // bumped in the record's own transaction).
+    let base = tenants.get_tenant(GetTenantRequest { tenant_id: "acme".into() }).await.unwrap().into_inner();
+    let racers: Vec<_> = (0..8)
+        .map(|n| {
+            let mut client = grpc.tenants();
+            let request = UpdateTenantRequest {
+                tenant_id: "acme".into(),
+                display_name: Some(format!("racer {n}")),
+                etag: base.etag.clone(),
+                ..Default::default()
+            };
+            tokio::spawn(async move { client.update_tenant(request).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(reply) => won.push(reply.into_inner()),
+            Err(status) => assert_eq!((status.code(), reason_of(&status).0.as_str()), (Code::Aborted, "STALE_ETAG"), "{status:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one of the racers wins: {won:?}");
+    let now = tenants.get_tenant(GetTenantRequest { tenant_id: "acme".into() }).await.unwrap().into_inner();
+    assert_eq!((now.display_name.as_str(), now.etag.as_str()), (won[0].display_name.as_str(), won[0].etag.as_str()));
+
     // A mask: `disabled` is set but not named (untouched), display_name is named and unset (cleared).
     let masked = UpdateTenantRequest {
         tenant_id: "acme".into(),
