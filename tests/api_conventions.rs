@@ -290,7 +290,7 @@ async fn pages_of_large_dead_letters_stay_under_the_message_limit() {
     let receiver = Receiver::always(500);
     grpc.create_tenant("acme").await;
     grpc.create_policy("once", 1, 100, 100).await;
-    grpc.create_webhook("acme", &receiver.url(), |r| r.retry_policy_id = "once".into()).await;
+    let webhook = grpc.create_webhook("acme", &receiver.url(), |r| r.retry_policy_id = "once".into()).await;
     for i in 0..EVENTS {
         let data = serde_json::to_string(&format!("{i}{}", "x".repeat(BODY))).unwrap();
         let request = PublishEventRequest { tenant_id: "acme".into(), event_type: "big".into(), data, ..Default::default() };
@@ -347,5 +347,13 @@ async fn pages_of_large_dead_letters_stay_under_the_message_limit() {
         token = page.next_page_token;
     }
     assert_eq!(bodies, EVENTS);
+    let stats = grpc
+        .webhooks()
+        .get_webhook_stats(wss::proto::GetWebhookStatsRequest { webhook_id: webhook.webhook_id, window: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.last_failure_error_kind, "http_status");
+    assert_eq!(stats.last_failure_error_kind_code, wss::proto::ErrorKind::HttpStatus as i32);
     assert!(pages >= 3, "{EVENTS} records of {BODY} bytes need several pages under 4 MiB, got {pages}");
 }

@@ -241,6 +241,7 @@ fn stats_to_proto(
         last_success_at: timestamp(stored.last_success_ms),
         last_failure_at: timestamp(failure.at_ms),
         last_failure_status_code: u32::from(failure.status),
+        last_failure_error_kind_code: super::convert::error_kind_to_proto(&failure.kind).into(),
         last_failure_error_kind: failure.kind,
         last_failure_error: failure.error,
         dead_letters: counts.dead_letters,

@@ -604,6 +604,7 @@ class WebhookStats(_message.Message):
     INSTANCE_FIELD_NUMBER: _builtins.int
     BACKLOG_DEPTH_FIELD_NUMBER: _builtins.int
     BACKLOG_OLDEST_AGE_FIELD_NUMBER: _builtins.int
+    LAST_FAILURE_ERROR_KIND_CODE_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     """The webhook."""
     tenant_id: _builtins.str
@@ -643,6 +644,8 @@ class WebhookStats(_message.Message):
     """Deliveries of this webhook waiting in the durable backlog in Redis, for all instances: retries
     waiting for their due time, and deliveries postponed by an open circuit or a full webhook.
     """
+    last_failure_error_kind_code: _resources_pb2.ErrorKind.ValueType
+    """last_failure_error_kind as an enum value."""
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
         """The window the counts cover, in whole minutes."""
@@ -692,10 +695,11 @@ class WebhookStats(_message.Message):
         instance: _builtins.str = ...,
         backlog_depth: _builtins.int = ...,
         backlog_oldest_age: _duration_pb2.Duration | None = ...,
+        last_failure_error_kind_code: _resources_pb2.ErrorKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_success_at", b"last_success_at", "success_rate", b"success_rate", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "attempts_failed", b"attempts_failed", "attempts_succeeded", b"attempts_succeeded", "backlog_depth", b"backlog_depth", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "dead_letters", b"dead_letters", "in_flight", b"in_flight", "instance", b"instance", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_failure_error", b"last_failure_error", "last_failure_error_kind", b"last_failure_error_kind", "last_failure_status_code", b"last_failure_status_code", "last_success_at", b"last_success_at", "parked", b"parked", "queued", b"queued", "retries_waiting", b"retries_waiting", "success_rate", b"success_rate", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "attempts_failed", b"attempts_failed", "attempts_succeeded", b"attempts_succeeded", "backlog_depth", b"backlog_depth", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "dead_letters", b"dead_letters", "in_flight", b"in_flight", "instance", b"instance", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_failure_error", b"last_failure_error", "last_failure_error_kind", b"last_failure_error_kind", "last_failure_error_kind_code", b"last_failure_error_kind_code", "last_failure_status_code", b"last_failure_status_code", "last_success_at", b"last_success_at", "parked", b"parked", "queued", b"queued", "retries_waiting", b"retries_waiting", "success_rate", b"success_rate", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__success_rate: _TypeAlias = _typing.Literal["success_rate"]  # noqa: Y015
     _WhichOneofArgType__success_rate: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate"]  # noqa: Y015

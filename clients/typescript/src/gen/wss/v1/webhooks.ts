@@ -21,7 +21,15 @@ import {
 import { Duration } from "../../google/protobuf/duration";
 import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { SignatureScheme, signatureSchemeFromJSON, signatureSchemeToJSON, Webhook } from "./resources";
+import {
+  ErrorKind,
+  errorKindFromJSON,
+  errorKindToJSON,
+  SignatureScheme,
+  signatureSchemeFromJSON,
+  signatureSchemeToJSON,
+  Webhook,
+} from "./resources";
 
 /** The state of a webhook's circuit breaker on one instance. */
 export enum CircuitState {
@@ -359,7 +367,11 @@ export interface WebhookStats {
    */
   backlogDepth: number;
   /** How long the oldest of them has waited in the backlog (absent: the backlog is empty). */
-  backlogOldestAge: Duration | undefined;
+  backlogOldestAge:
+    | Duration
+    | undefined;
+  /** last_failure_error_kind as an enum value. */
+  lastFailureErrorKindCode: ErrorKind;
 }
 
 function createBaseCreateWebhookRequest(): CreateWebhookRequest {
@@ -2100,6 +2112,7 @@ function createBaseWebhookStats(): WebhookStats {
     instance: "",
     backlogDepth: 0,
     backlogOldestAge: undefined,
+    lastFailureErrorKindCode: 0,
   };
 }
 
@@ -2170,6 +2183,9 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     }
     if (message.backlogOldestAge !== undefined) {
       Duration.encode(message.backlogOldestAge, writer.uint32(178).fork()).join();
+    }
+    if (message.lastFailureErrorKindCode !== 0) {
+      writer.uint32(320).int32(message.lastFailureErrorKindCode);
     }
     return writer;
   },
@@ -2363,6 +2379,14 @@ export const WebhookStats: MessageFns<WebhookStats> = {
             message.backlogOldestAge = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.lastFailureErrorKindCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2471,6 +2495,11 @@ export const WebhookStats: MessageFns<WebhookStats> = {
         : isSet(object.backlog_oldest_age)
         ? Duration.fromJSON(object.backlog_oldest_age)
         : undefined,
+      lastFailureErrorKindCode: isSet(object.lastFailureErrorKindCode)
+        ? errorKindFromJSON(object.lastFailureErrorKindCode)
+        : isSet(object.last_failure_error_kind_code)
+        ? errorKindFromJSON(object.last_failure_error_kind_code)
+        : 0,
     };
   },
 
@@ -2542,6 +2571,9 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     if (message.backlogOldestAge !== undefined) {
       obj.backlogOldestAge = Duration.toJSON(message.backlogOldestAge);
     }
+    if (message.lastFailureErrorKindCode !== 0) {
+      obj.lastFailureErrorKindCode = errorKindToJSON(message.lastFailureErrorKindCode);
+    }
     return obj;
   },
 
@@ -2578,6 +2610,7 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     message.backlogOldestAge = (object.backlogOldestAge !== undefined && object.backlogOldestAge !== null)
       ? Duration.fromPartial(object.backlogOldestAge)
       : undefined;
+    message.lastFailureErrorKindCode = object.lastFailureErrorKindCode ?? 0;
     return message;
   },
 };
