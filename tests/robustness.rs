@@ -216,7 +216,7 @@ async fn no_dead_letter_page_exceeds_what_a_grpc_client_accepts() {
     assert!(all.iter().all(|r| r.reason == "data_not_json"));
     let first = grpc
         .deliveries()
-        .list_dead_letters(wss::proto::ListDeadLettersRequest { tenant_id: "acme".into(), page_size: 100, page_token: String::new() })
+        .list_dead_letters(wss::proto::ListDeadLettersRequest { tenant_id: "acme".into(), page_size: 100, ..Default::default() })
         .await
         .expect("a page within the message limit")
         .into_inner();

@@ -600,10 +600,30 @@ fn describe(status: &Status, server: &str) -> String {
         _ => "",
     };
     let message = if status.message().is_empty() { "(no message)" } else { status.message() };
+    let details = details_of(status);
     if status.code() == Code::Unavailable {
-        format!("{code}: {message} (server {server}){hint}")
+        format!("{code}: {message} (server {server}){hint}{details}")
     } else {
-        format!("{code}: {message}{hint}")
+        format!("{code}: {message}{hint}{details}")
+    }
+}
+
+/// The status's `google.rpc` details as the CLI shows them: ` [reason POLICY_IN_USE]`, with the
+/// field of an INVALID_ARGUMENT (` [reason INVALID_FIELD, field url]`); empty without details.
+fn details_of(status: &Status) -> String {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let mut parts = Vec::new();
+    if let Some(info) = details.error_info() {
+        parts.push(format!("reason {}", info.reason));
+    }
+    if let Some(bad) = details.bad_request() {
+        parts.extend(bad.field_violations.iter().map(|v| format!("field {}", v.field)));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", parts.join(", "))
     }
 }
 
@@ -779,7 +799,8 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
             page("tenants", items.iter().map(render::tenant).collect(), COLUMNS, &next)
         }
         TenantVerb::Update { tenant_id, display_name, retry_policy, disabled } => {
-            let request = UpdateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled };
+            let request =
+                UpdateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled, ..Default::default() };
             Printed::one(&render::tenant(&c.tenants.update_tenant(request).await?.into_inner()))
         }
         TenantVerb::Delete { tenant_id } => {
@@ -947,6 +968,7 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
                 multiplier: f.multiplier,
                 jitter: f.jitter,
                 attempt_timeout: f.attempt_timeout.map(pb_duration),
+                ..Default::default()
             };
             Printed::one(&render::policy(&c.policies.update_retry_policy(request).await?.into_inner()))
         }
@@ -1003,6 +1025,7 @@ async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure
                     updated_before: before.map(pb_time),
                     page_size,
                     page_token,
+                    ..Default::default()
                 };
                 async move {
                     let r = client.list_deliveries(request).await?.into_inner();
@@ -1036,7 +1059,10 @@ async fn dead_letter(mut c: Clients, verb: DeadLetterVerb) -> Result<Printed, Fa
                 let mut client = c.deliveries.clone();
                 let tenant_id = tenant.clone();
                 async move {
-                    let r = client.list_dead_letters(ListDeadLettersRequest { tenant_id, page_size, page_token }).await?.into_inner();
+                    let r = client
+                        .list_dead_letters(ListDeadLettersRequest { tenant_id, page_size, page_token, ..Default::default() })
+                        .await?
+                        .into_inner();
                     Ok((r.dead_letters, r.next_page_token))
                 }
             })
@@ -1054,6 +1080,7 @@ async fn dead_letter(mut c: Clients, verb: DeadLetterVerb) -> Result<Printed, Fa
                 reason,
                 dead_lettered_after: after.map(pb_time),
                 dead_lettered_before: before.map(pb_time),
+                ..Default::default()
             };
             // With --all, every call's answers are put together into one.
             let mut total = RedeliverDeadLetterResponse::default();
@@ -1183,5 +1210,7 @@ mod tests {
         let text = describe(&Status::invalid_argument("url: must start with https://"), "127.0.0.1:50051");
         assert_eq!(text, "INVALID_ARGUMENT: url: must start with https://");
         assert!(describe(&Status::unauthenticated("missing authorization metadata"), "x").contains("WSS_TOKEN"));
+        let rich = wss::grpc::status_of(wss::domain::DomainError::Invalid { field: "url", message: "must start with https://".into() });
+        assert_eq!(describe(&rich, "x"), "INVALID_ARGUMENT: url: must start with https:// [reason INVALID_FIELD, field url]");
     }
 }

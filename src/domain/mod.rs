@@ -25,6 +25,13 @@ pub enum DomainError {
     AlreadyExists { kind: &'static str, id: String },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// FAILED_PRECONDITION with a stable machine-readable reason (`POLICY_IN_USE`,
+    /// `WEBHOOK_DISABLED`, ...: the `google.rpc.ErrorInfo` reason, docs/api.md).
+    #[error("{message}")]
+    Precondition { reason: &'static str, message: String },
+    /// ABORTED: a concurrent change got there first (`STALE_ETAG`); read again and retry.
+    #[error("{message}")]
+    Aborted { reason: &'static str, message: String },
     /// The caller's token may not touch this resource (another tenant's, or an admin's).
     #[error("{0}")]
     PermissionDenied(String),

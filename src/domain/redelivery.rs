@@ -96,13 +96,22 @@ pub struct Report {
 
 /// Why `record` cannot be sent again right now, by the configuration in `routing`; `None` when
 /// it can. Pure.
-pub fn hindrance(routing: &Routing, record: &DeadLetter) -> Option<String> {
+///
+/// With its stable reason (`TENANT_NOT_FOUND`, `TENANT_DISABLED`,
+/// `WEBHOOK_DISABLED`, `WEBHOOK_MOVED`, `WEBHOOK_NOT_FOUND`: docs/api.md).
+pub fn hindrance(routing: &Routing, record: &DeadLetter) -> Option<(&'static str, String)> {
     let tenant = &record.tenant_id;
     let Some(routes) = routing.tenants.get(tenant) else {
-        return Some(format!("tenant {tenant:?} does not exist; create it with TenantService/CreateTenant, then redeliver"));
+        return Some((
+            "TENANT_NOT_FOUND",
+            format!("tenant {tenant:?} does not exist; create it with TenantService/CreateTenant, then redeliver"),
+        ));
     };
     if routes.tenant.disabled {
-        return Some(format!("tenant {tenant:?} is disabled; enable it with TenantService/UpdateTenant, then redeliver"));
+        return Some((
+            "TENANT_DISABLED",
+            format!("tenant {tenant:?} is disabled; enable it with TenantService/UpdateTenant, then redeliver"),
+        ));
     }
     if record.webhook_id.is_empty() {
         return None;
@@ -110,12 +119,15 @@ pub fn hindrance(routing: &Routing, record: &DeadLetter) -> Option<String> {
     let id = &record.webhook_id;
     // The tenant's routes hold its enabled webhooks only: a disabled one is known by its id alone.
     match routing.webhooks.get(id.as_str()) {
-        Some(route) if !route.enabled => {
-            Some(format!("webhook {id:?} is disabled; enable it with WebhookService/UpdateWebhook (enabled: true), then redeliver"))
+        Some(route) if !route.enabled => Some((
+            "WEBHOOK_DISABLED",
+            format!("webhook {id:?} is disabled; enable it with WebhookService/UpdateWebhook (enabled: true), then redeliver"),
+        )),
+        Some(_) if !routes.routes.iter().any(|r| *r.id == **id) => {
+            Some(("WEBHOOK_MOVED", format!("webhook {id:?} no longer belongs to tenant {tenant:?}")))
         }
-        Some(_) if !routes.routes.iter().any(|r| *r.id == **id) => Some(format!("webhook {id:?} no longer belongs to tenant {tenant:?}")),
         Some(_) => None,
-        None => Some(format!("webhook {id:?} no longer exists; nothing would receive the event")),
+        None => Some(("WEBHOOK_NOT_FOUND", format!("webhook {id:?} no longer exists; nothing would receive the event"))),
     }
 }
 
@@ -139,8 +151,10 @@ impl Redeliverer<'_> {
     /// redelivered meanwhile (`NOT_FOUND`).
     pub fn one(&self, record: &DeadLetter) -> Result<Redelivered, DomainError> {
         let routing = self.fresh_routing()?;
-        self.send(&routing, record)?
-            .map_err(|why| DomainError::FailedPrecondition(format!("dead letter {:?} cannot be redelivered: {why}", record.id)))
+        self.send(&routing, record)?.map_err(|(reason, why)| DomainError::Precondition {
+            reason,
+            message: format!("dead letter {:?} cannot be redelivered: {why}", record.id),
+        })
     }
 
     /// Sends again up to `limit` records matching `filter`, oldest first, after `token`.
@@ -161,7 +175,7 @@ impl Redeliverer<'_> {
                 }
                 match self.send(&routing, &record) {
                     Ok(Ok(sent)) => report.redelivered.push(sent),
-                    Ok(Err(why)) => report.skipped.push((record.id.clone(), why)),
+                    Ok(Err((_, why))) => report.skipped.push((record.id.clone(), why)),
                     // Redelivered by someone else meanwhile: nothing to report.
                     Err(DomainError::NotFound { .. }) => {}
                     Err(err) => return Err(err),
@@ -181,10 +195,10 @@ impl Redeliverer<'_> {
         }
     }
 
-    /// `Ok(Err(why))`: left alone, and why.
-    fn send(&self, routing: &Routing, record: &DeadLetter) -> Result<Result<Redelivered, String>, DomainError> {
-        if let Some(why) = hindrance(routing, record) {
-            return Ok(Err(why));
+    /// `Ok(Err((reason, why)))`: left alone, and why.
+    fn send(&self, routing: &Routing, record: &DeadLetter) -> Result<Result<Redelivered, (&'static str, String)>, DomainError> {
+        if let Some(hindered) = hindrance(routing, record) {
+            return Ok(Err(hindered));
         }
         let source = if record.raw_fields.is_empty() && !record.stream_entry_id.is_empty() {
             self.store.event_entry(&record.stream_entry_id)?
@@ -193,7 +207,13 @@ impl Redeliverer<'_> {
         };
         let fields = match record.redelivery_fields(source) {
             Ok(fields) => fields,
-            Err(why) => return Ok(Err(why.to_string())),
+            Err(why) => {
+                let reason = match why {
+                    crate::deadletter::NotRedeliverable::EventGone => "EVENT_NOT_STORED",
+                    crate::deadletter::NotRedeliverable::TenantMismatch { .. } => "EVENT_ALTERED",
+                };
+                return Ok(Err((reason, why.to_string())));
+            }
         };
         let Some(entry_id) = self.store.redeliver_dead_letter(&record.id, &fields)? else {
             return Err(DomainError::NotFound { kind: "dead letter", id: record.id.clone() });

@@ -180,8 +180,8 @@ impl Resender<'_> {
         }
         let routing = self.fresh_routing()?;
         let target = DeadLetter { tenant_id: delivery.tenant_id.clone(), webhook_id: delivery.webhook_id.clone(), ..Default::default() };
-        if let Some(why) = hindrance(&routing, &target) {
-            return Err(refuse(why));
+        if let Some((reason, why)) = hindrance(&routing, &target) {
+            return Err(DomainError::Precondition { reason, message: format!("delivery {:?} cannot be resent: {why}", delivery.id) });
         }
         let (fields, source) = match self.event_fields(delivery)? {
             Some(found) => found,
@@ -247,8 +247,8 @@ impl Resender<'_> {
             routes.routes.iter().filter(|r| r.is_active()).collect()
         } else {
             let target = DeadLetter { tenant_id: replay.tenant_id.clone(), webhook_id: replay.webhook_id.clone(), ..Default::default() };
-            if let Some(why) = hindrance(&routing, &target) {
-                return Err(DomainError::FailedPrecondition(format!("cannot replay to webhook {:?}: {why}", replay.webhook_id)));
+            if let Some((reason, why)) = hindrance(&routing, &target) {
+                return Err(DomainError::Precondition { reason, message: format!("cannot replay to webhook {:?}: {why}", replay.webhook_id) });
             }
             routes.routes.iter().filter(|r| *r.id == *replay.webhook_id).collect()
         };

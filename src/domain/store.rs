@@ -149,6 +149,21 @@ impl Keys {
     }
 }
 
+/// A record with its version: 1 when created, one more at every change, stored beside it
+/// (`<hash key>:versions`, written in the same MULTI as the record), and shown as its `etag`. A
+/// record written before versions were kept has version 0 until its next change. Versions of
+/// tenants and retry policies outlive a deletion, so that a re-created id never repeats an etag.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: u64,
+}
+
+/// The hash that holds the versions of the records of hash `key`.
+pub fn versions_key(key: &str) -> String {
+    format!("{key}:versions")
+}
+
 /// One page of a listing, ordered by id.
 #[derive(Debug)]
 pub struct Page<T> {
@@ -338,13 +353,18 @@ impl Store {
     // ---- tenants ----
 
     pub fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, DomainError> {
+        self.create_tenant_versioned(tenant).map(|v| v.value)
+    }
+
+    pub fn create_tenant_versioned(&self, tenant: Tenant) -> Result<Versioned<Tenant>, DomainError> {
         self.mutate(|con, keys, pipe| {
             if con.hexists(&keys.tenants, &tenant.id).map_err(|e| self.unavailable(e))? {
                 return Err(DomainError::AlreadyExists { kind: "tenant", id: tenant.id.clone() });
             }
             self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
             pipe.hset(&keys.tenants, &tenant.id, self.encode(&tenant)?).ignore();
-            Ok(tenant.clone())
+            let version = self.bump_version(con, pipe, &keys.tenants, &tenant.id)?;
+            Ok(Versioned { value: tenant.clone(), version })
         })
     }
 
@@ -352,19 +372,44 @@ impl Store {
         self.with_conn(|con, keys| self.fetch(con, &keys.tenants, "tenant", id))
     }
 
+    /// The tenant and its version, read together.
+    pub fn get_tenant_versioned(&self, id: &str) -> Result<Versioned<Tenant>, DomainError> {
+        self.with_conn(|con, keys| self.fetch_versioned(con, &keys.tenants, id))
+    }
+
     pub fn list_tenants(&self, page_size: usize, token: &str) -> Result<Page<Tenant>, DomainError> {
         self.with_conn(|con, keys| self.list(con, &keys.tenants, "tenant", page_size, token, |_: &Tenant| true, |t| &t.id))
     }
 
+    /// [`Store::list_tenants`] with each tenant's version.
+    pub fn list_tenants_versioned(&self, page_size: usize, token: &str) -> Result<Page<Versioned<Tenant>>, DomainError> {
+        self.with_conn(|con, keys| {
+            Ok(paginate(self.all_versioned::<Tenant>(con, &keys.tenants)?, page_size, token, |_| true, |t| &t.value.id))
+        })
+    }
+
     /// Applies `patch` to the stored tenant and stores the result after checking it.
     pub fn update_tenant(&self, id: &str, patch: impl Fn(&mut Tenant) -> Result<(), DomainError>) -> Result<Tenant, DomainError> {
+        self.update_tenant_versioned(id, None, patch).map(|v| v.value)
+    }
+
+    /// [`Store::update_tenant`], refused with `ABORTED` (`STALE_ETAG`) unless the stored version
+    /// is `expected` (when given).
+    pub fn update_tenant_versioned(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        patch: impl Fn(&mut Tenant) -> Result<(), DomainError>,
+    ) -> Result<Versioned<Tenant>, DomainError> {
         self.mutate(|con, keys, pipe| {
-            let mut tenant: Tenant = self.fetch(con, &keys.tenants, "tenant", id)?;
+            let Versioned { value: mut tenant, version } = self.fetch_versioned_in::<Tenant>(con, &keys.tenants, id, false)?;
+            check_version("tenant", id, version, expected)?;
             patch(&mut tenant)?;
             self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
             tenant.updated_at_ms = now_ms();
             pipe.hset(&keys.tenants, id, self.encode(&tenant)?).ignore();
-            Ok(tenant)
+            pipe.hset(versions_key(&keys.tenants), id, version + 1).ignore();
+            Ok(Versioned { value: tenant, version: version + 1 })
         })
     }
 
@@ -377,6 +422,7 @@ impl Store {
             pipe.hdel(&keys.tenants, id).ignore();
             if !doomed.is_empty() {
                 pipe.hdel(&keys.webhooks, &doomed).ignore();
+                pipe.hdel(versions_key(&keys.webhooks), &doomed).ignore();
                 pipe.del(doomed.iter().map(|w| keys.webhook_stats(w)).collect::<Vec<_>>()).ignore();
             }
             let tokens: Vec<ApiToken> = self.all(con, &keys.tokens, "token")?;
@@ -391,6 +437,10 @@ impl Store {
     // ---- webhooks ----
 
     pub fn create_webhook(&self, webhook: Webhook) -> Result<Webhook, DomainError> {
+        self.create_webhook_versioned(webhook).map(|v| v.value)
+    }
+
+    pub fn create_webhook_versioned(&self, webhook: Webhook) -> Result<Versioned<Webhook>, DomainError> {
         self.mutate(|con, keys, pipe| {
             self.require_tenant(con, keys, &webhook.tenant_id)?;
             self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
@@ -398,12 +448,29 @@ impl Store {
                 return Err(DomainError::AlreadyExists { kind: "webhook", id: webhook.id.clone() });
             }
             pipe.hset(&keys.webhooks, &webhook.id, self.encode(&webhook)?).ignore();
-            Ok(webhook.clone())
+            let version = self.bump_version(con, pipe, &keys.webhooks, &webhook.id)?;
+            Ok(Versioned { value: webhook.clone(), version })
         })
     }
 
     pub fn get_webhook(&self, id: &str) -> Result<Webhook, DomainError> {
         self.with_conn(|con, keys| self.fetch(con, &keys.webhooks, "webhook", id))
+    }
+
+    /// The webhook and its version, read together.
+    pub fn get_webhook_versioned(&self, id: &str) -> Result<Versioned<Webhook>, DomainError> {
+        self.with_conn(|con, keys| self.fetch_versioned(con, &keys.webhooks, id))
+    }
+
+    /// [`Store::list_webhooks`] with each webhook's version.
+    pub fn list_webhooks_versioned(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<Versioned<Webhook>>, DomainError> {
+        self.with_conn(|con, keys| {
+            if !tenant_id.is_empty() {
+                self.require_tenant(con, keys, tenant_id)?;
+            }
+            let all = self.all_versioned::<Webhook>(con, &keys.webhooks)?;
+            Ok(paginate(all, page_size, token, |w| tenant_id.is_empty() || w.value.tenant_id == tenant_id, |w| &w.value.id))
+        })
     }
 
     pub fn list_webhooks(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<Webhook>, DomainError> {
@@ -424,13 +491,26 @@ impl Store {
     }
 
     pub fn update_webhook(&self, id: &str, patch: impl Fn(&mut Webhook) -> Result<(), DomainError>) -> Result<Webhook, DomainError> {
+        self.update_webhook_versioned(id, None, patch).map(|v| v.value)
+    }
+
+    /// [`Store::update_webhook`], refused with `ABORTED` (`STALE_ETAG`) unless the stored version
+    /// is `expected` (when given).
+    pub fn update_webhook_versioned(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        patch: impl Fn(&mut Webhook) -> Result<(), DomainError>,
+    ) -> Result<Versioned<Webhook>, DomainError> {
         self.mutate(|con, keys, pipe| {
-            let mut webhook: Webhook = self.fetch(con, &keys.webhooks, "webhook", id)?;
+            let Versioned { value: mut webhook, version } = self.fetch_versioned_in::<Webhook>(con, &keys.webhooks, id, false)?;
+            check_version("webhook", id, version, expected)?;
             patch(&mut webhook)?;
             self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
             webhook.updated_at_ms = now_ms();
             pipe.hset(&keys.webhooks, id, self.encode(&webhook)?).ignore();
-            Ok(webhook)
+            pipe.hset(versions_key(&keys.webhooks), id, version + 1).ignore();
+            Ok(Versioned { value: webhook, version: version + 1 })
         })
     }
 
@@ -439,6 +519,7 @@ impl Store {
         self.mutate(|con, keys, pipe| {
             let _: Webhook = self.fetch(con, &keys.webhooks, "webhook", id)?;
             pipe.hdel(&keys.webhooks, id).ignore();
+            pipe.hdel(versions_key(&keys.webhooks), id).ignore();
             pipe.del(keys.webhook_stats(id)).ignore();
             Ok(())
         })
@@ -517,17 +598,38 @@ impl Store {
     // ---- retry policies ----
 
     pub fn create_policy(&self, policy: RetryPolicy) -> Result<RetryPolicy, DomainError> {
+        self.create_policy_versioned(policy).map(|v| v.value)
+    }
+
+    pub fn create_policy_versioned(&self, policy: RetryPolicy) -> Result<Versioned<RetryPolicy>, DomainError> {
         self.mutate(|con, keys, pipe| {
             if policy.id == DEFAULT_POLICY_ID || con.hexists(&keys.policies, &policy.id).map_err(|e| self.unavailable(e))? {
                 return Err(DomainError::AlreadyExists { kind: "retry policy", id: policy.id.clone() });
             }
             pipe.hset(&keys.policies, &policy.id, self.encode(&policy)?).ignore();
-            Ok(policy.clone())
+            let version = self.bump_version(con, pipe, &keys.policies, &policy.id)?;
+            Ok(Versioned { value: policy.clone(), version })
         })
     }
 
     pub fn get_policy(&self, id: &str) -> Result<RetryPolicy, DomainError> {
         self.with_conn(|con, keys| self.fetch_policy(con, keys, id))
+    }
+
+    /// The policy and its version, read together (the built-in default, never changed: 0).
+    pub fn get_policy_versioned(&self, id: &str) -> Result<Versioned<RetryPolicy>, DomainError> {
+        self.with_conn(|con, keys| self.fetch_policy_versioned(con, keys, id, true))
+    }
+
+    /// [`Store::list_policies`] with each policy's version.
+    pub fn list_policies_versioned(&self, page_size: usize, token: &str) -> Result<Page<Versioned<RetryPolicy>>, DomainError> {
+        self.with_conn(|con, keys| {
+            let mut all = self.all_versioned::<RetryPolicy>(con, &keys.policies)?;
+            if !all.iter().any(|p| p.value.id == DEFAULT_POLICY_ID) {
+                all.push(Versioned { value: RetryPolicy::builtin_default(), version: 0 });
+            }
+            Ok(paginate(all, page_size, token, |_| true, |p| &p.value.id))
+        })
     }
 
     pub fn list_policies(&self, page_size: usize, token: &str) -> Result<Page<RetryPolicy>, DomainError> {
@@ -538,36 +640,50 @@ impl Store {
     }
 
     pub fn update_policy(&self, id: &str, patch: impl Fn(&mut RetryPolicy) -> Result<(), DomainError>) -> Result<RetryPolicy, DomainError> {
+        self.update_policy_versioned(id, None, patch).map(|v| v.value)
+    }
+
+    /// [`Store::update_policy`], refused with `ABORTED` (`STALE_ETAG`) unless the stored version
+    /// is `expected` (when given).
+    pub fn update_policy_versioned(
+        &self,
+        id: &str,
+        expected: Option<u64>,
+        patch: impl Fn(&mut RetryPolicy) -> Result<(), DomainError>,
+    ) -> Result<Versioned<RetryPolicy>, DomainError> {
         self.mutate(|con, keys, pipe| {
-            let mut policy = self.fetch_policy(con, keys, id)?;
+            let Versioned { value: mut policy, version } = self.fetch_policy_versioned(con, keys, id, false)?;
+            check_version("retry policy", id, version, expected)?;
             patch(&mut policy)?;
             policy.validate()?;
             pipe.hset(&keys.policies, id, self.encode(&policy)?).ignore();
-            Ok(policy)
+            pipe.hset(versions_key(&keys.policies), id, version + 1).ignore();
+            Ok(Versioned { value: policy, version: version + 1 })
         })
     }
 
     pub fn delete_policy(&self, id: &str) -> Result<(), DomainError> {
         self.mutate(|con, keys, pipe| {
             if id == DEFAULT_POLICY_ID {
-                return Err(DomainError::FailedPrecondition(
-                    "the built-in policy \"default\" cannot be deleted (it can be updated)".into(),
-                ));
+                return Err(DomainError::Precondition {
+                    reason: "BUILTIN_POLICY",
+                    message: "the built-in policy \"default\" cannot be deleted (it can be updated)".into(),
+                });
             }
             let _: RetryPolicy = self.fetch(con, &keys.policies, "retry policy", id)?;
             let tenants: Vec<Tenant> = self.all(con, &keys.tenants, "tenant")?;
             if let Some(t) = tenants.iter().find(|t| t.default_retry_policy_id == id) {
-                return Err(DomainError::FailedPrecondition(format!(
-                    "retry policy {id:?} is the default of tenant {:?}; change that first",
-                    t.id
-                )));
+                return Err(DomainError::Precondition {
+                    reason: "POLICY_IN_USE",
+                    message: format!("retry policy {id:?} is the default of tenant {:?}; change that first", t.id),
+                });
             }
             let webhooks: Vec<Webhook> = self.all(con, &keys.webhooks, "webhook")?;
             if let Some(w) = webhooks.iter().find(|w| w.retry_policy_id == id) {
-                return Err(DomainError::FailedPrecondition(format!(
-                    "retry policy {id:?} is used by webhook {:?}; change that first",
-                    w.id
-                )));
+                return Err(DomainError::Precondition {
+                    reason: "POLICY_IN_USE",
+                    message: format!("retry policy {id:?} is used by webhook {:?}; change that first", w.id),
+                });
             }
             pipe.hdel(&keys.policies, id).ignore();
             Ok(())
@@ -607,6 +723,18 @@ impl Store {
     /// gRPC client accepts (4 MiB by default), and a record larger than half that is listed with
     /// its body cut (see [`cut_for_listing`]).
     pub fn list_dead_letters(&self, tenant_id: &str, page_size: usize, token: &str) -> Result<Page<DeadLetter>, DomainError> {
+        self.list_dead_letters_view(tenant_id, page_size, token, true)
+    }
+
+    /// [`Store::list_dead_letters`]; without `full`, the records' bodies and attempts are dropped
+    /// as they are read (the BASIC view), so that they neither fill the page nor travel further.
+    pub fn list_dead_letters_view(
+        &self,
+        tenant_id: &str,
+        page_size: usize,
+        token: &str,
+        full: bool,
+    ) -> Result<Page<DeadLetter>, DomainError> {
         const SCAN_LIMIT: usize = 20_000;
         self.with_conn(|con, keys| {
             let mut items: Vec<DeadLetter> = Vec::new();
@@ -632,6 +760,10 @@ impl Store {
                     cursor = format!("({}", entry.id);
                     let mut record = DeadLetter::from_fields(entry.id, entry.fields.unwrap_or_default());
                     if tenant_id.is_empty() || record.tenant_id == tenant_id {
+                        if !full {
+                            record.body.clear();
+                            record.attempts.clear();
+                        }
                         cut_for_listing(&mut record);
                         let bytes = listed_bytes(&record);
                         if page_bytes + bytes > MAX_DEAD_LETTER_PAGE_BYTES && !items.is_empty() {
@@ -837,6 +969,59 @@ impl Store {
         self.decode(id, &raw)
     }
 
+    /// A record and its version in one MULTI, so that they always match.
+    fn fetch_versioned<T: Stored>(&self, con: &mut Connection, key: &str, id: &str) -> Result<Versioned<T>, DomainError> {
+        self.fetch_versioned_in(con, key, id, true)
+    }
+
+    /// [`Store::fetch_versioned`] inside [`Store::mutate`]: no MULTI of its own (an EXEC would end
+    /// the WATCH); the transaction's EXEC fails when either changed meanwhile.
+    fn fetch_versioned_in<T: Stored>(&self, con: &mut Connection, key: &str, id: &str, atomic: bool) -> Result<Versioned<T>, DomainError> {
+        let mut pipe = redis::pipe();
+        if atomic {
+            pipe.atomic();
+        }
+        let (raw, version): (Option<String>, Option<u64>) =
+            pipe.hget(key, id).hget(versions_key(key), id).query(con).map_err(|e| self.unavailable(e))?;
+        let raw = raw.ok_or_else(|| DomainError::NotFound { kind: T::KIND, id: id.to_owned() })?;
+        Ok(Versioned { value: self.decode(id, &raw)?, version: version.unwrap_or(0) })
+    }
+
+    /// Every record of hash `key` with its version, read in one MULTI.
+    fn all_versioned<T: Stored>(&self, con: &mut Connection, key: &str) -> Result<Vec<Versioned<T>>, DomainError> {
+        let (raw, versions): (Vec<(String, String)>, std::collections::HashMap<String, u64>) =
+            redis::pipe().atomic().hgetall(key).hgetall(versions_key(key)).query(con).map_err(|e| self.unavailable(e))?;
+        raw.iter()
+            .map(|(id, json)| Ok(Versioned { value: self.decode(id, json)?, version: versions.get(id).copied().unwrap_or(0) }))
+            .collect()
+    }
+
+    /// Queues version n+1 of a new record `id` of hash `key` (n: the version its id last had, kept
+    /// across a deletion) and returns it.
+    fn bump_version(&self, con: &mut Connection, pipe: &mut Pipeline, key: &str, id: &str) -> Result<u64, DomainError> {
+        let versions = versions_key(key);
+        let last: Option<u64> = con.hget(&versions, id).map_err(|e| self.unavailable(e))?;
+        let version = last.unwrap_or(0) + 1;
+        pipe.hset(versions, id, version).ignore();
+        Ok(version)
+    }
+
+    fn fetch_policy_versioned(
+        &self,
+        con: &mut Connection,
+        keys: &Keys,
+        id: &str,
+        atomic: bool,
+    ) -> Result<Versioned<RetryPolicy>, DomainError> {
+        match self.fetch_versioned_in(con, &keys.policies, id, atomic) {
+            Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => {
+                let version: Option<u64> = con.hget(versions_key(&keys.policies), id).map_err(|e| self.unavailable(e))?;
+                Ok(Versioned { value: RetryPolicy::builtin_default(), version: version.unwrap_or(0) })
+            }
+            other => other,
+        }
+    }
+
     fn fetch_policy(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
         match self.fetch(con, &keys.policies, "retry policy", id) {
             Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => Ok(RetryPolicy::builtin_default()),
@@ -1008,6 +1193,20 @@ fn with_builtin_default(mut policies: Vec<RetryPolicy>) -> Vec<RetryPolicy> {
         policies.push(RetryPolicy::builtin_default());
     }
     policies
+}
+
+/// Ok when the stored `version` is the `expected` one (or none is expected); otherwise
+/// `ABORTED` with reason `STALE_ETAG`.
+fn check_version(kind: &str, id: &str, version: u64, expected: Option<u64>) -> Result<(), DomainError> {
+    match expected {
+        Some(expected) if expected != version => Err(DomainError::Aborted {
+            reason: "STALE_ETAG",
+            message: format!(
+                "{kind} {id:?} changed since it was read (etag \"{expected}\", now \"{version}\"); read it again and reapply the change"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Sorts by id and returns the page after `token` (an id; empty for the first page).

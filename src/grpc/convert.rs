@@ -15,6 +15,7 @@ use crate::{
     deadletter::{AttemptRecord, DeadLetter},
     domain::{
         model::{self, invalid, Ordering, RetryPolicy, SignatureScheme, Tenant, Webhook},
+        store::Versioned,
         DomainError,
     },
     proto,
@@ -135,6 +136,108 @@ pub fn tenant_to_proto(tenant: Tenant) -> proto::Tenant {
         disabled: tenant.disabled,
         created_at: timestamp(tenant.created_at_ms),
         updated_at: timestamp(tenant.updated_at_ms),
+        etag: String::new(),
+    }
+}
+
+/// A record's version as its etag: opaque to clients, who only pass it back.
+pub fn etag(version: u64) -> String {
+    version.to_string()
+}
+
+/// An etag a client passed back; empty: no check.
+pub fn etag_from_proto(value: &str) -> Result<Option<u64>, DomainError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| invalid("etag", "is not an etag this service returned; pass the resource's etag unchanged"))
+}
+
+pub fn versioned_tenant_to_proto(tenant: Versioned<Tenant>) -> proto::Tenant {
+    proto::Tenant { etag: etag(tenant.version), ..tenant_to_proto(tenant.value) }
+}
+
+pub fn versioned_webhook_to_proto(webhook: Versioned<Webhook>) -> proto::Webhook {
+    proto::Webhook { etag: etag(webhook.version), ..webhook_to_proto(webhook.value) }
+}
+
+pub fn versioned_policy_to_proto(policy: Versioned<RetryPolicy>) -> proto::RetryPolicy {
+    proto::RetryPolicy { etag: etag(policy.version), ..policy_to_proto(policy.value) }
+}
+
+/// The paths an update mask names, checked against the fields the request may change. `None`:
+/// no mask (every field set in the request changes).
+pub fn update_mask(mask: Option<&prost_types::FieldMask>, allowed: &[&str]) -> Result<Option<Vec<String>>, DomainError> {
+    let Some(mask) = mask else { return Ok(None) };
+    for path in &mask.paths {
+        if !allowed.contains(&path.as_str()) {
+            return Err(invalid(
+                "update_mask",
+                format!("{path:?} is not a field this update can change; use one of: {}", allowed.join(", ")),
+            ));
+        }
+    }
+    Ok(Some(mask.paths.clone()))
+}
+
+/// What an update does with one optional field under `mask`: without a mask, the request's value
+/// when set; with one, the value (or the default when unset) if the mask names `path`, else
+/// nothing.
+pub fn masked<T: Default>(mask: &Option<Vec<String>>, path: &str, value: Option<T>) -> Option<T> {
+    match mask {
+        None => value,
+        Some(paths) if paths.iter().any(|p| p == path) => Some(value.unwrap_or_default()),
+        Some(_) => None,
+    }
+}
+
+/// The wire enum of a dead-letter reason string (UNSPECIFIED for one this release does not know).
+pub fn reason_to_proto(reason: &str) -> proto::DeadLetterReason {
+    use crate::deadletter::Reason;
+    let Some(reason) = Reason::parse(reason) else { return proto::DeadLetterReason::Unspecified };
+    match reason {
+        Reason::MaxAttemptsExhausted => proto::DeadLetterReason::MaxAttemptsExhausted,
+        Reason::Gone => proto::DeadLetterReason::Gone,
+        Reason::WebhookDeleted => proto::DeadLetterReason::WebhookDeleted,
+        Reason::WebhookDisabled => proto::DeadLetterReason::WebhookDisabled,
+        Reason::TenantDisabled => proto::DeadLetterReason::TenantDisabled,
+        Reason::UnknownTenant => proto::DeadLetterReason::UnknownTenant,
+        Reason::MissingField => proto::DeadLetterReason::MissingField,
+        Reason::InvalidField => proto::DeadLetterReason::InvalidField,
+        Reason::DataNotJson => proto::DeadLetterReason::DataNotJson,
+        Reason::TooLarge => proto::DeadLetterReason::TooLarge,
+        Reason::TooManyFields => proto::DeadLetterReason::TooManyFields,
+        Reason::TooDeep => proto::DeadLetterReason::TooDeep,
+        Reason::EntryDeleted => proto::DeadLetterReason::EntryDeleted,
+        Reason::FilterError => proto::DeadLetterReason::FilterError,
+        Reason::TransformError => proto::DeadLetterReason::TransformError,
+        Reason::Poison => proto::DeadLetterReason::Poison,
+    }
+}
+
+/// The reason string of a wire enum value; `None` for UNSPECIFIED, an error for an unknown number.
+pub fn reason_from_proto(field: &'static str, value: i32) -> Result<Option<crate::deadletter::Reason>, DomainError> {
+    use crate::deadletter::Reason;
+    match proto::DeadLetterReason::try_from(value) {
+        Ok(proto::DeadLetterReason::Unspecified) => Ok(None),
+        Ok(known) => Ok(Reason::ALL.into_iter().find(|r| reason_to_proto(r.as_str()) == known)),
+        Err(_) => Err(invalid(field, format!("{value} is not a DeadLetterReason"))),
+    }
+}
+
+/// The wire enum of an attempt's error class.
+pub fn error_kind_to_proto(kind: &str) -> proto::ErrorKind {
+    match kind {
+        "connect" => proto::ErrorKind::Connect,
+        "timeout" => proto::ErrorKind::Timeout,
+        "io" => proto::ErrorKind::Io,
+        "tls" => proto::ErrorKind::Tls,
+        "protocol" => proto::ErrorKind::Protocol,
+        "dns" => proto::ErrorKind::Dns,
+        "refused_target" => proto::ErrorKind::RefusedTarget,
+        "http_status" => proto::ErrorKind::HttpStatus,
+        "error" => proto::ErrorKind::Other,
+        _ => proto::ErrorKind::Unspecified,
     }
 }
 
@@ -166,6 +269,7 @@ pub fn webhook_to_proto(webhook: Webhook) -> proto::Webhook {
         rate_limit_per_second: webhook.rate_limit_per_second,
         created_at: timestamp(webhook.created_at_ms),
         updated_at: timestamp(webhook.updated_at_ms),
+        etag: String::new(),
     }
 }
 
@@ -178,6 +282,7 @@ pub fn policy_to_proto(policy: RetryPolicy) -> proto::RetryPolicy {
         multiplier: policy.multiplier,
         jitter: policy.jitter,
         attempt_timeout: Some(duration_to_proto(policy.attempt_timeout)),
+        etag: String::new(),
     }
 }
 
@@ -187,6 +292,7 @@ pub fn attempt_to_proto(attempt: AttemptRecord) -> proto::Attempt {
         started_at: timestamp(attempt.started_at_ms),
         duration: Some(duration_to_proto(Duration::from_millis(attempt.duration_ms))),
         status_code: u32::from(attempt.status),
+        error_kind_code: error_kind_to_proto(&attempt.error_kind).into(),
         error_kind: attempt.error_kind.into_owned(),
         error: attempt.error,
         response_excerpt: attempt.response_excerpt,
@@ -198,6 +304,7 @@ pub fn attempt_to_proto(attempt: AttemptRecord) -> proto::Attempt {
 pub fn dead_letter_to_proto(record: DeadLetter) -> proto::DeadLetter {
     proto::DeadLetter {
         dead_letter_id: record.id,
+        reason_code: reason_to_proto(&record.reason).into(),
         reason: record.reason,
         detail: record.detail,
         tenant_id: record.tenant_id,

@@ -25,7 +25,8 @@ use tonic::{Request, Response, Status};
 use prost_types::Timestamp;
 
 use super::{
-    convert::{attempt_to_proto, dead_letter_to_proto, optional_id, page_size, required_ref, timestamp},
+    convert::{attempt_to_proto, dead_letter_to_proto, optional_id, page_size, reason_from_proto, required_ref, timestamp},
+    paging::{fit, PageQuery, MAX_PAGE_BYTES},
     run_evaluating, ControlPlane, Principal,
 };
 use crate::{
@@ -118,6 +119,15 @@ fn filter_from_proto(filter: &proto::DeadLetterFilter) -> Result<redelivery::Fil
             invalid("filter.reason", format!("{text:?} is not a dead-letter reason; one of: {}", known.join(", ")))
         })?),
     };
+    let reason = match (reason, reason_from_proto("filter.reason_code", filter.reason_code)?) {
+        (Some(text), Some(code)) if text != code => {
+            return Err(invalid(
+                "filter.reason_code",
+                format!("says {:?} where filter.reason says {:?}; set one of them", code.as_str(), text.as_str()),
+            ))
+        }
+        (text, code) => text.or(code),
+    };
     let after_ms = ms_from_proto("filter.dead_lettered_after", filter.dead_lettered_after.as_ref())?;
     let before_ms = ms_from_proto("filter.dead_lettered_before", filter.dead_lettered_before.as_ref())?;
     if let (Some(after), Some(before)) = (after_ms, before_ms) {
@@ -182,6 +192,44 @@ fn scheduled_to_proto(s: resend::Scheduled) -> proto::ReplayedDelivery {
     }
 }
 
+/// Whether a List call asked for bodies and attempts (UNSPECIFIED: yes, as before views existed).
+fn full_view(value: i32) -> Result<bool, DomainError> {
+    match proto::RecordView::try_from(value) {
+        Ok(proto::RecordView::Unspecified | proto::RecordView::Full) => Ok(true),
+        Ok(proto::RecordView::Basic) => Ok(false),
+        Err(_) => Err(invalid("view", format!("{value} is not a RecordView"))),
+    }
+}
+
+/// The fields of a history query that decide which deliveries a page holds.
+fn delivery_filters(query: &Query) -> [(&'static str, String); 6] {
+    let ms = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    [
+        ("tenant_id", query.tenant_id.clone()),
+        ("webhook_id", query.webhook_id.clone()),
+        ("event_id", query.event_id.clone()),
+        ("status", query.status.map(|s| format!("{s:?}")).unwrap_or_default()),
+        ("updated_after", ms(query.updated_after_ms)),
+        ("updated_before", ms(query.updated_before_ms)),
+    ]
+}
+
+/// The fields of a bulk redelivery's filter, for its page token.
+fn dead_letter_filters(filter: &redelivery::Filter) -> [(&'static str, String); 5] {
+    let ms = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+    [
+        ("tenant_id", filter.tenant_id.clone()),
+        ("webhook_id", filter.webhook_id.clone()),
+        ("reason", filter.reason.map(|r| r.as_str().to_owned()).unwrap_or_default()),
+        ("after", ms(filter.after_ms)),
+        ("before", ms(filter.before_ms)),
+    ]
+}
+
+fn borrowed<'a, const N: usize>(filters: &'a [(&'static str, String); N]) -> Vec<(&'static str, &'a str)> {
+    filters.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 pub fn delivery_to_proto(record: DeliveryRecord) -> proto::Delivery {
     proto::Delivery {
         delivery_id: record.id,
@@ -195,6 +243,7 @@ pub fn delivery_to_proto(record: DeliveryRecord) -> proto::Delivery {
         updated_at: timestamp(record.updated_at_ms),
         next_attempt_at: timestamp(record.next_attempt_at_ms),
         attempts: record.attempts.into_iter().map(attempt_to_proto).collect(),
+        dead_letter_reason_code: super::convert::reason_to_proto(&record.dead_letter_reason).into(),
         dead_letter_reason: record.dead_letter_reason,
     }
 }
@@ -210,11 +259,18 @@ impl DeliveryService for DeliveryApi {
         let mut query = query_from_proto(&req)?;
         query.tenant_id = principal.scope("tenant_id", &query.tenant_id)?;
         let size = page_size(req.page_size);
-        let page = self.plane.read(move |store| store.list_deliveries(&query, size, &req.page_token)).await?;
-        Ok(Response::new(proto::ListDeliveriesResponse {
-            deliveries: page.items.into_iter().map(delivery_to_proto).collect(),
-            next_page_token: page.next_token,
-        }))
+        let full = full_view(req.view)?;
+        let paging = PageQuery::new("ListDeliveries", &borrowed(&delivery_filters(&query)));
+        let cursor = paging.open(&req.page_token)?;
+        let page = self.plane.read(move |store| store.list_deliveries(&query, size, &cursor)).await?;
+        let to_proto = |mut record: DeliveryRecord| {
+            if !full {
+                record.attempts.clear();
+            }
+            delivery_to_proto(record)
+        };
+        let (deliveries, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, to_proto, crate::history::encode_token)?;
+        Ok(Response::new(proto::ListDeliveriesResponse { deliveries, next_page_token: paging.seal(next) }))
     }
 
     async fn get_delivery(&self, request: Request<proto::GetDeliveryRequest>) -> Result<Response<proto::Delivery>, Status> {
@@ -235,12 +291,13 @@ impl DeliveryService for DeliveryApi {
         optional_id("tenant_id", &req.tenant_id)?;
         let tenant_id = principal.scope("tenant_id", &req.tenant_id)?;
         let size = page_size(req.page_size);
-        check_stream_token(&req.page_token)?;
-        let page = self.plane.read(move |store| store.list_dead_letters(&tenant_id, size, &req.page_token)).await?;
-        Ok(Response::new(proto::ListDeadLettersResponse {
-            dead_letters: page.items.into_iter().map(dead_letter_to_proto).collect(),
-            next_page_token: page.next_token,
-        }))
+        let full = full_view(req.view)?;
+        let paging = PageQuery::new("ListDeadLetters", &[("tenant_id", &tenant_id)]);
+        let cursor = paging.open(&req.page_token)?;
+        check_stream_token(&cursor)?;
+        let page = self.plane.read(move |store| store.list_dead_letters_view(&tenant_id, size, &cursor, full)).await?;
+        let (dead_letters, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, dead_letter_to_proto, |r| r.id.clone())?;
+        Ok(Response::new(proto::ListDeadLettersResponse { dead_letters, next_page_token: paging.seal(next) }))
     }
 
     async fn redeliver_dead_letter(
@@ -263,6 +320,9 @@ impl DeliveryService for DeliveryApi {
                 if !req.page_token.is_empty() {
                     return Err(invalid("page_token", "goes with a filter, not with one dead_letter_id").into());
                 }
+                if req.limit != 0 {
+                    return Err(invalid("limit", "goes with a filter, not with one dead_letter_id (which redelivers that one only)").into());
+                }
                 let sent = self
                     .plane
                     .read(move |store| {
@@ -276,12 +336,13 @@ impl DeliveryService for DeliveryApi {
             Some(Target::Filter(filter)) => {
                 let mut filter = filter_from_proto(&filter)?;
                 filter.tenant_id = principal.scope("filter.tenant_id", &filter.tenant_id)?;
-                check_stream_token(&req.page_token)?;
+                let paging = PageQuery::new("RedeliverDeadLetter", &borrowed(&dead_letter_filters(&filter)));
+                let cursor = paging.open(&req.page_token)?;
+                check_stream_token(&cursor)?;
                 let limit = page_size(req.limit);
-                let report = self
-                    .plane
-                    .read(move |store| Redeliverer { store, routing: &plane.routing }.matching(&filter, limit, &req.page_token))
-                    .await?;
+                let mut report =
+                    self.plane.read(move |store| Redeliverer { store, routing: &plane.routing }.matching(&filter, limit, &cursor)).await?;
+                report.next_token = paging.seal(report.next_token);
                 Ok(Response::new(report_to_proto(report)))
             }
         }
@@ -322,7 +383,19 @@ impl DeliveryService for DeliveryApi {
         if replay.tenant_id.is_empty() {
             return Err(invalid("tenant_id", "is required: the tenant whose events are replayed").into());
         }
-        check_stream_token(&req.page_token)?;
+        let (since, until, types) = (replay.since_ms.to_string(), replay.until_ms.to_string(), req.event_types.join("\n"));
+        let paging = PageQuery::new(
+            "ReplayEvents",
+            &[
+                ("tenant_id", &replay.tenant_id),
+                ("webhook_id", &replay.webhook_id),
+                ("event_types", &types),
+                ("since", &since),
+                ("until", &until),
+            ],
+        );
+        let cursor = paging.open(&req.page_token)?;
+        check_stream_token(&cursor)?;
         if !replay.webhook_id.is_empty() {
             let webhook_id = replay.webhook_id.clone();
             let webhook = self.plane.read(move |store| store.get_webhook(&webhook_id)).await?;
@@ -338,7 +411,7 @@ impl DeliveryService for DeliveryApi {
                 &replay,
                 evaluator,
                 limit,
-                &req.page_token,
+                &cursor,
             )
         })
         .await?;
@@ -346,7 +419,7 @@ impl DeliveryService for DeliveryApi {
             deliveries_scheduled: report.scheduled.len() as u32,
             events_examined: report.examined as u32,
             events_replayed: report.replayed as u32,
-            next_page_token: report.next_token,
+            next_page_token: paging.seal(report.next_token),
             deliveries: report.scheduled.into_iter().map(scheduled_to_proto).collect(),
         }))
     }

@@ -38,7 +38,9 @@
 
 pub mod convert;
 mod deliveries;
+pub mod errors;
 mod events;
+pub mod paging;
 mod policies;
 mod tenants;
 mod tokens;
@@ -76,6 +78,8 @@ const TARGET: &str = "wss::grpc";
 
 /// Largest request message accepted (tonic's default, made explicit): a PublishEvent carries at
 /// most one event, and every other request is small. Larger ones are refused before decoding.
+/// Also the largest response sent (what a gRPC client accepts by default): List pages stop
+/// short of it ([`paging::fit`]).
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Largest HTTP/2 header block (metadata) accepted.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
@@ -161,7 +165,7 @@ pub async fn serve_with(
 
     macro_rules! limited {
         ($server:expr) => {
-            $server.max_decoding_message_size(MAX_MESSAGE_BYTES)
+            $server.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
         };
     }
     let tenants = limited!(TenantServiceServer::new(tenants::TenantApi::new(plane.clone())));
@@ -238,25 +242,20 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.ErrorInfo, BadRequest, ...: so that grpcurl shows errors' details decoded.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 // ---- errors ----
 
-/// The one mapping from domain errors to gRPC statuses.
+/// The one mapping from domain errors to gRPC statuses, with their `google.rpc` details
+/// ([`errors`]).
 pub fn status_of(err: DomainError) -> Status {
-    let code = match &err {
-        DomainError::Invalid { .. } => Code::InvalidArgument,
-        DomainError::NotFound { .. } => Code::NotFound,
-        DomainError::AlreadyExists { .. } => Code::AlreadyExists,
-        DomainError::FailedPrecondition(_) => Code::FailedPrecondition,
-        DomainError::PermissionDenied(_) => Code::PermissionDenied,
-        DomainError::Unavailable { .. } => Code::Unavailable,
-        DomainError::Corrupt { .. } | DomainError::Sealed { .. } => Code::Internal,
-    };
-    if code == Code::Internal {
+    let status = errors::rich(&err);
+    if status.code() == Code::Internal {
         log::error!(target: TARGET, "{err}");
     }
-    Status::new(code, err.to_string())
+    status
 }
 
 impl From<DomainError> for Status {
@@ -332,7 +331,7 @@ where
         Ok(result) => result.map_err(Status::from),
         Err(join) => {
             log::error!(target: TARGET, "a control-plane store call did not complete: {join}");
-            Err(Status::internal("the store call did not complete; see the server log"))
+            Err(errors::status(Code::Internal, "INTERNAL", "the store call did not complete; see the server log"))
         }
     }
 }
@@ -358,7 +357,7 @@ impl Principal {
     pub fn of<T>(request: &Request<T>) -> Result<Principal, Status> {
         request.extensions().get::<Principal>().cloned().ok_or_else(|| {
             log::error!(target: TARGET, "a call reached a handler without passing authentication; refusing it");
-            Status::internal("the call was not authenticated; this is a bug in wss, see the server log")
+            errors::status(Code::Internal, "INTERNAL", "the call was not authenticated; this is a bug in wss, see the server log")
         })
     }
 
@@ -439,6 +438,18 @@ enum Credential<'a> {
     Unknown(&'static str),
 }
 
+/// The reason of an authentication refusal's message.
+fn unauthenticated(message: &'static str) -> Status {
+    let reason = if message == MISSING_AUTH {
+        "MISSING_TOKEN"
+    } else if message == MALFORMED_AUTH {
+        "MALFORMED_TOKEN"
+    } else {
+        "UNKNOWN_TOKEN"
+    };
+    errors::status(Code::Unauthenticated, reason, message)
+}
+
 /// Reads the authorization value. Pure: the tenant-token lookup comes after.
 fn credential<'a>(admin: Option<&[u8; 32]>, header: Option<&'a [u8]>) -> Credential<'a> {
     let Some(raw) = header else { return Credential::None };
@@ -481,26 +492,28 @@ impl Authenticator {
             Credential::Admin => Principal::Admin,
             Credential::None if self.admin.is_none() => Principal::Admin,
             Credential::Unknown(_) if self.admin.is_none() => Principal::Admin,
-            Credential::None => return Err(refuse(path, Status::unauthenticated(MISSING_AUTH), "no token")),
-            Credential::Unknown(why) => return Err(refuse(path, Status::unauthenticated(why), "not a known token")),
+            Credential::None => return Err(refuse(path, unauthenticated(MISSING_AUTH), "no token")),
+            Credential::Unknown(why) => return Err(refuse(path, unauthenticated(why), "not a known token")),
             Credential::TenantToken { id, token } => {
                 let store = self.store.clone();
                 let lookup_id = id.to_owned();
                 let found = run_blocking(move || store.find_token(&lookup_id)).await.map_err(|status| {
                     log::warn!(target: TARGET, "cannot check token {id} for {path}: {}", status.message());
-                    Status::unavailable(format!("cannot check the token right now ({}); try again", status.message()))
+                    errors::status(
+                        Code::Unavailable,
+                        "TOKEN_CHECK_UNAVAILABLE",
+                        format!("cannot check the token right now ({}); try again", status.message()),
+                    )
                 })?;
                 match found {
                     Some(record) if crypto::token_matches(token, &record.digest) => Principal::Tenant(record.tenant_id),
-                    Some(_) => {
-                        return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("token {id} with a wrong secret")))
-                    }
-                    None => return Err(refuse(path, Status::unauthenticated(UNKNOWN_TOKEN), &format!("unknown or revoked token {id}"))),
+                    Some(_) => return Err(refuse(path, unauthenticated(UNKNOWN_TOKEN), &format!("token {id} with a wrong secret"))),
+                    None => return Err(refuse(path, unauthenticated(UNKNOWN_TOKEN), &format!("unknown or revoked token {id}"))),
                 }
             }
         };
         if let (Access::Admin, Principal::Tenant(tenant)) = (access, &principal) {
-            let status = Status::permission_denied(format!(
+            let status = errors::status(Code::PermissionDenied, "ADMIN_REQUIRED", format!(
                 "this rpc needs the admin token; a tenant token (tenant {tenant:?}) may only use its own tenant's webhooks, deliveries and dead letters"
             ));
             return Err(refuse(path, status, &format!("a token of tenant {tenant} on an admin rpc")));

@@ -9,7 +9,8 @@ use prost_types::Duration as PbDuration;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{duration_from_proto, page_size, policy_to_proto},
+    convert::{duration_from_proto, etag_from_proto, page_size, update_mask, versioned_policy_to_proto},
+    paging::{fit, PageQuery, MAX_PAGE_BYTES},
     ControlPlane, TARGET,
 };
 use crate::{
@@ -102,32 +103,49 @@ fn policy_from_create(req: &proto::CreateRetryPolicyRequest) -> Result<RetryPoli
     Ok(policy)
 }
 
+/// The paths an UpdateRetryPolicyRequest's update_mask may name.
+const UPDATE_PATHS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff", "multiplier", "jitter", "attempt_timeout"];
+
+/// With an update mask, exactly the fields it names change, those unset in the request to the
+/// built-in `default` policy's values; without one, the fields set in the request.
 fn patch_from_update(req: &proto::UpdateRetryPolicyRequest) -> Result<PolicyPatch, DomainError> {
     validate_id("policy_id", &req.policy_id)?;
-    PolicyPatch::new(
+    let mask = update_mask(req.update_mask.as_ref(), UPDATE_PATHS)?;
+    let patch = PolicyPatch::new(
         req.max_attempts,
         req.initial_backoff.as_ref(),
         req.max_backoff.as_ref(),
         req.multiplier,
         req.jitter,
         req.attempt_timeout.as_ref(),
-    )
+    )?;
+    let Some(paths) = mask else { return Ok(patch) };
+    let named = |path: &str| paths.iter().any(|p| p == path);
+    let d = RetryPolicy::builtin_default();
+    Ok(PolicyPatch {
+        max_attempts: named("max_attempts").then(|| patch.max_attempts.unwrap_or(d.max_attempts)),
+        initial_backoff: named("initial_backoff").then(|| patch.initial_backoff.unwrap_or(d.initial_backoff)),
+        max_backoff: named("max_backoff").then(|| patch.max_backoff.unwrap_or(d.max_backoff)),
+        multiplier: named("multiplier").then(|| patch.multiplier.unwrap_or(d.multiplier)),
+        jitter: named("jitter").then(|| patch.jitter.unwrap_or(d.jitter)),
+        attempt_timeout: named("attempt_timeout").then(|| patch.attempt_timeout.unwrap_or(d.attempt_timeout)),
+    })
 }
 
 #[tonic::async_trait]
 impl RetryPolicyService for RetryPolicyApi {
     async fn create_retry_policy(&self, request: Request<proto::CreateRetryPolicyRequest>) -> Result<Response<proto::RetryPolicy>, Status> {
         let policy = policy_from_create(request.get_ref())?;
-        let created = self.plane.write(move |store| store.create_policy(policy)).await?;
-        log::info!(target: TARGET, "created retry policy {}", created.id);
-        Ok(Response::new(policy_to_proto(created)))
+        let created = self.plane.write(move |store| store.create_policy_versioned(policy)).await?;
+        log::info!(target: TARGET, "created retry policy {}", created.value.id);
+        Ok(Response::new(versioned_policy_to_proto(created)))
     }
 
     async fn get_retry_policy(&self, request: Request<proto::GetRetryPolicyRequest>) -> Result<Response<proto::RetryPolicy>, Status> {
         let id = request.into_inner().policy_id;
         validate_id("policy_id", &id)?;
-        let policy = self.plane.read(move |store| store.get_policy(&id)).await?;
-        Ok(Response::new(policy_to_proto(policy)))
+        let policy = self.plane.read(move |store| store.get_policy_versioned(&id)).await?;
+        Ok(Response::new(versioned_policy_to_proto(policy)))
     }
 
     async fn list_retry_policies(
@@ -136,28 +154,29 @@ impl RetryPolicyService for RetryPolicyApi {
     ) -> Result<Response<proto::ListRetryPoliciesResponse>, Status> {
         let req = request.into_inner();
         let size = page_size(req.page_size);
-        let page = self.plane.read(move |store| store.list_policies(size, &req.page_token)).await?;
-        Ok(Response::new(proto::ListRetryPoliciesResponse {
-            retry_policies: page.items.into_iter().map(policy_to_proto).collect(),
-            next_page_token: page.next_token,
-        }))
+        let query = PageQuery::new("ListRetryPolicies", &[]);
+        let cursor = query.open(&req.page_token)?;
+        let page = self.plane.read(move |store| store.list_policies_versioned(size, &cursor)).await?;
+        let (retry_policies, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, versioned_policy_to_proto, |p| p.value.id.clone())?;
+        Ok(Response::new(proto::ListRetryPoliciesResponse { retry_policies, next_page_token: query.seal(next) }))
     }
 
     async fn update_retry_policy(&self, request: Request<proto::UpdateRetryPolicyRequest>) -> Result<Response<proto::RetryPolicy>, Status> {
         let req = request.into_inner();
         let patch = patch_from_update(&req)?;
+        let expected = etag_from_proto(&req.etag)?;
         let id = req.policy_id;
         let updated = self
             .plane
             .write(move |store| {
-                store.update_policy(&id, |policy| {
+                store.update_policy_versioned(&id, expected, |policy| {
                     patch.apply(policy);
                     policy.validate()
                 })
             })
             .await?;
-        log::info!(target: TARGET, "updated retry policy {}", updated.id);
-        Ok(Response::new(policy_to_proto(updated)))
+        log::info!(target: TARGET, "updated retry policy {}", updated.value.id);
+        Ok(Response::new(versioned_policy_to_proto(updated)))
     }
 
     async fn delete_retry_policy(
@@ -232,5 +251,27 @@ mod tests {
 
         let bad = proto::UpdateRetryPolicyRequest { policy_id: "default".into(), max_backoff: secs(-3), ..Default::default() };
         assert_eq!(field_of(patch_from_update(&bad).unwrap_err()), "max_backoff");
+    }
+
+    #[test]
+    fn masked_updates_reset_named_unset_fields_to_the_default_and_ignore_the_rest() {
+        let mut policy = RetryPolicy { max_attempts: 3, multiplier: 4.0, jitter: 0.5, ..RetryPolicy::builtin_default() };
+        let req = proto::UpdateRetryPolicyRequest {
+            policy_id: "fast".into(),
+            multiplier: Some(9.0),
+            jitter: Some(0.1),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["max_attempts".into(), "jitter".into()] }),
+            ..Default::default()
+        };
+        patch_from_update(&req).unwrap().apply(&mut policy);
+        assert_eq!(policy.max_attempts, RetryPolicy::builtin_default().max_attempts, "named, unset: the default's");
+        assert_eq!(policy.jitter, 0.1, "named and set");
+        assert_eq!(policy.multiplier, 4.0, "set but not named: untouched");
+        let bad = proto::UpdateRetryPolicyRequest {
+            policy_id: "fast".into(),
+            update_mask: Some(prost_types::FieldMask { paths: vec!["policy_id".into()] }),
+            ..Default::default()
+        };
+        assert_eq!(field_of(patch_from_update(&bad).unwrap_err()), "update_mask");
     }
 }

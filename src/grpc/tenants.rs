@@ -8,7 +8,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::{max_chars, optional_id, page_size, tenant_to_proto},
+    convert::{etag_from_proto, masked, max_chars, optional_id, page_size, update_mask, versioned_tenant_to_proto},
+    paging::{fit, PageQuery, MAX_PAGE_BYTES},
     ControlPlane, Principal, TARGET,
 };
 use crate::{
@@ -56,19 +57,21 @@ struct TenantPatch {
     disabled: Option<bool>,
 }
 
+/// The paths an UpdateTenantRequest's update_mask may name.
+const UPDATE_PATHS: &[&str] = &["display_name", "default_retry_policy_id", "disabled"];
+
 impl TenantPatch {
     fn from_request(req: &proto::UpdateTenantRequest) -> Result<Self, DomainError> {
-        if let Some(name) = &req.display_name {
+        let mask = update_mask(req.update_mask.as_ref(), UPDATE_PATHS)?;
+        let display_name = masked(&mask, "display_name", req.display_name.clone());
+        let default_retry_policy_id = masked(&mask, "default_retry_policy_id", req.default_retry_policy_id.clone());
+        if let Some(name) = &display_name {
             max_chars("display_name", name, MAX_DISPLAY_NAME)?;
         }
-        if let Some(id) = &req.default_retry_policy_id {
+        if let Some(id) = &default_retry_policy_id {
             optional_id("default_retry_policy_id", id)?;
         }
-        Ok(Self {
-            display_name: req.display_name.clone(),
-            default_retry_policy_id: req.default_retry_policy_id.clone(),
-            disabled: req.disabled,
-        })
+        Ok(Self { display_name, default_retry_policy_id, disabled: masked(&mask, "disabled", req.disabled) })
     }
 
     fn apply(&self, tenant: &mut Tenant) {
@@ -88,9 +91,9 @@ impl TenantPatch {
 impl TenantService for TenantApi {
     async fn create_tenant(&self, request: Request<proto::CreateTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
         let tenant = tenant_from_create(request.into_inner())?;
-        let created = self.plane.write(move |store| store.create_tenant(tenant)).await?;
-        log::info!(target: TARGET, "created tenant {}", created.id);
-        Ok(Response::new(tenant_to_proto(created)))
+        let created = self.plane.write(move |store| store.create_tenant_versioned(tenant)).await?;
+        log::info!(target: TARGET, "created tenant {}", created.value.id);
+        Ok(Response::new(versioned_tenant_to_proto(created)))
     }
 
     async fn get_tenant(&self, request: Request<proto::GetTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
@@ -98,36 +101,37 @@ impl TenantService for TenantApi {
         let id = request.into_inner().tenant_id;
         validate_id("tenant_id", &id)?;
         principal.require_tenant("tenant", &id, &id)?;
-        let tenant = self.plane.read(move |store| store.get_tenant(&id)).await?;
-        Ok(Response::new(tenant_to_proto(tenant)))
+        let tenant = self.plane.read(move |store| store.get_tenant_versioned(&id)).await?;
+        Ok(Response::new(versioned_tenant_to_proto(tenant)))
     }
 
     async fn list_tenants(&self, request: Request<proto::ListTenantsRequest>) -> Result<Response<proto::ListTenantsResponse>, Status> {
         let req = request.into_inner();
         let size = page_size(req.page_size);
-        let page = self.plane.read(move |store| store.list_tenants(size, &req.page_token)).await?;
-        Ok(Response::new(proto::ListTenantsResponse {
-            tenants: page.items.into_iter().map(tenant_to_proto).collect(),
-            next_page_token: page.next_token,
-        }))
+        let query = PageQuery::new("ListTenants", &[]);
+        let cursor = query.open(&req.page_token)?;
+        let page = self.plane.read(move |store| store.list_tenants_versioned(size, &cursor)).await?;
+        let (tenants, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, versioned_tenant_to_proto, |t| t.value.id.clone())?;
+        Ok(Response::new(proto::ListTenantsResponse { tenants, next_page_token: query.seal(next) }))
     }
 
     async fn update_tenant(&self, request: Request<proto::UpdateTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
         let req = request.into_inner();
         validate_id("tenant_id", &req.tenant_id)?;
         let patch = TenantPatch::from_request(&req)?;
+        let expected = etag_from_proto(&req.etag)?;
         let id = req.tenant_id;
         let updated = self
             .plane
             .write(move |store| {
-                store.update_tenant(&id, |tenant| {
+                store.update_tenant_versioned(&id, expected, |tenant| {
                     patch.apply(tenant);
                     Ok(())
                 })
             })
             .await?;
-        log::info!(target: TARGET, "updated tenant {}", updated.id);
-        Ok(Response::new(tenant_to_proto(updated)))
+        log::info!(target: TARGET, "updated tenant {}", updated.value.id);
+        Ok(Response::new(versioned_tenant_to_proto(updated)))
     }
 
     async fn delete_tenant(&self, request: Request<proto::DeleteTenantRequest>) -> Result<Response<proto::DeleteTenantResponse>, Status> {
@@ -182,5 +186,28 @@ mod tests {
 
         let req = proto::UpdateTenantRequest { display_name: Some("y".repeat(300)), ..Default::default() };
         assert_eq!(field_of(TenantPatch::from_request(&req).unwrap_err()), "display_name");
+    }
+
+    #[test]
+    fn an_update_mask_changes_the_fields_it_names_and_only_those() {
+        let mut tenant = tenant_from_create(proto::CreateTenantRequest {
+            tenant_id: "acme".into(),
+            display_name: "ACME".into(),
+            default_retry_policy_id: "fast".into(),
+            disabled: true,
+        })
+        .unwrap();
+        let mask = |paths: &[&str]| Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() });
+        // disabled is named and unset: reset to false; display_name is set but not named: kept.
+        let req = proto::UpdateTenantRequest {
+            tenant_id: "acme".into(),
+            display_name: Some("ignored".into()),
+            update_mask: mask(&["disabled", "default_retry_policy_id"]),
+            ..Default::default()
+        };
+        TenantPatch::from_request(&req).unwrap().apply(&mut tenant);
+        assert_eq!((tenant.display_name.as_str(), tenant.default_retry_policy_id.as_str(), tenant.disabled), ("ACME", "", false));
+        let bad = proto::UpdateTenantRequest { update_mask: mask(&["tenant_id"]), ..Default::default() };
+        assert_eq!(field_of(TenantPatch::from_request(&bad).unwrap_err()), "update_mask");
     }
 }

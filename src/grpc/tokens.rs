@@ -77,7 +77,11 @@ impl TokenService for TokenApi {
         check_create(&req)?;
         let issued = crypto::issue_token().map_err(|e| {
             log::error!(target: TARGET, "cannot draw a token: {e}");
-            Status::internal("the operating system's random number generator failed; see the server log")
+            super::errors::status(
+                tonic::Code::Internal,
+                "RANDOM_UNAVAILABLE",
+                "the operating system's random number generator failed; see the server log",
+            )
         })?;
         let record = ApiToken {
             id: issued.id.clone(),
@@ -97,11 +101,12 @@ impl TokenService for TokenApi {
         let req = request.into_inner();
         optional_id("tenant_id", &req.tenant_id)?;
         let size = page_size(req.page_size);
-        let page = self.plane.read(move |store| store.list_tokens(&req.tenant_id, size, &req.page_token)).await?;
-        Ok(Response::new(proto::ListTokensResponse {
-            tokens: page.items.into_iter().map(token_to_proto).collect(),
-            next_page_token: page.next_token,
-        }))
+        let query = super::paging::PageQuery::new("ListTokens", &[("tenant_id", &req.tenant_id)]);
+        let cursor = query.open(&req.page_token)?;
+        let page = self.plane.read(move |store| store.list_tokens(&req.tenant_id, size, &cursor)).await?;
+        let (tokens, next) =
+            super::paging::fit(page.items, page.next_token, super::paging::MAX_PAGE_BYTES, token_to_proto, |t| t.id.clone())?;
+        Ok(Response::new(proto::ListTokensResponse { tokens, next_page_token: query.seal(next) }))
     }
 
     async fn revoke_token(&self, request: Request<proto::RevokeTokenRequest>) -> Result<Response<proto::RevokeTokenResponse>, Status> {

@@ -42,9 +42,10 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{
-        duration_from_proto, duration_to_proto, headers_from_proto, max_chars, optional_id, ordering_from_proto, page_size, required_ref,
-        scheme_from_proto, timestamp, webhook_to_proto,
+        duration_from_proto, duration_to_proto, etag_from_proto, headers_from_proto, masked, max_chars, optional_id, ordering_from_proto,
+        page_size, required_ref, scheme_from_proto, timestamp, update_mask, versioned_webhook_to_proto,
     },
+    paging::{fit, PageQuery, MAX_PAGE_BYTES},
     ControlPlane, Principal, TARGET,
 };
 use crate::{
@@ -245,6 +246,7 @@ fn stats_to_proto(
         last_success_at: timestamp(stored.last_success_ms),
         last_failure_at: timestamp(failure.at_ms),
         last_failure_status_code: u32::from(failure.status),
+        last_failure_error_kind_code: super::convert::error_kind_to_proto(&failure.kind).into(),
         last_failure_error_kind: failure.kind,
         last_failure_error: failure.error,
         dead_letters: counts.dead_letters,
@@ -332,10 +334,57 @@ struct WebhookPatch {
     client_identity: Option<(String, Secret)>,
     ordering: Option<model::Ordering>,
     rate_limit_per_second: Option<u32>,
+    signature_scheme: Option<SignatureScheme>,
+}
+
+/// The paths an UpdateWebhookRequest's update_mask may name.
+const UPDATE_PATHS: &[&str] = &[
+    "url",
+    "event_types",
+    "filter",
+    "transform",
+    "retry_policy_id",
+    "headers",
+    "description",
+    "enabled",
+    "signature_scheme",
+    "client_certificate",
+    "client_key",
+    "ordering",
+    "rate_limit_per_second",
+];
+
+/// The request as it applies under its update mask: each field the mask names, set or reset to
+/// its default; every other field unset. Without a mask, the request as it is.
+fn under_mask(req: proto::UpdateWebhookRequest) -> Result<proto::UpdateWebhookRequest, DomainError> {
+    let mask = update_mask(req.update_mask.as_ref(), UPDATE_PATHS)?;
+    if mask.is_none() {
+        return Ok(req);
+    }
+    Ok(proto::UpdateWebhookRequest {
+        webhook_id: req.webhook_id,
+        url: masked(&mask, "url", req.url),
+        event_types: masked(&mask, "event_types", req.event_types),
+        filter: masked(&mask, "filter", req.filter),
+        transform: masked(&mask, "transform", req.transform),
+        retry_policy_id: masked(&mask, "retry_policy_id", req.retry_policy_id),
+        headers: masked(&mask, "headers", req.headers),
+        description: masked(&mask, "description", req.description),
+        enabled: masked(&mask, "enabled", req.enabled),
+        client_certificate: masked(&mask, "client_certificate", req.client_certificate),
+        client_key: masked(&mask, "client_key", req.client_key),
+        signature_scheme: masked(&mask, "signature_scheme", req.signature_scheme),
+        ordering: masked(&mask, "ordering", req.ordering),
+        rate_limit_per_second: masked(&mask, "rate_limit_per_second", req.rate_limit_per_second),
+        update_mask: None,
+        etag: req.etag,
+    })
 }
 
 impl WebhookPatch {
     fn from_request(req: proto::UpdateWebhookRequest, rules: UrlRules) -> Result<Self, DomainError> {
+        let req = under_mask(req)?;
+        let signature_scheme = req.signature_scheme.map(scheme_from_proto).transpose()?;
         if let Some(url) = &req.url {
             check_url(url, rules)?;
         }
@@ -385,6 +434,7 @@ impl WebhookPatch {
             client_identity,
             ordering,
             rate_limit_per_second: req.rate_limit_per_second,
+            signature_scheme,
             url: req.url,
             event_types,
             filter,
@@ -396,7 +446,21 @@ impl WebhookPatch {
         })
     }
 
-    fn apply(&self, webhook: &mut Webhook) {
+    /// Fails only when a new signature scheme does not suit the stored secret(s).
+    fn apply(&self, webhook: &mut Webhook) -> Result<(), DomainError> {
+        if let Some(scheme) = self.signature_scheme {
+            let secrets = std::iter::once(&webhook.secret).chain(webhook.previous_secret.as_ref());
+            for secret in secrets {
+                if scheme == SignatureScheme::StandardWebhooks && StandardSigner::new(secret.expose()).is_err() {
+                    return Err(invalid(
+                        "signature_scheme",
+                        "the webhook's secret is not a Standard Webhooks secret (`whsec_` + base64 of at least 16 bytes); \
+                         rotate it to one (RotateWebhookSecret with such a secret and overlap 0s), then change the scheme",
+                    ));
+                }
+            }
+            webhook.signature_scheme = scheme;
+        }
         if let Some(url) = &self.url {
             webhook.url.clone_from(url);
         }
@@ -439,6 +503,7 @@ impl WebhookPatch {
             // disabled_reason empty when enabled or when disabled by an operator.
             webhook.disabled_reason.clear();
         }
+        Ok(())
     }
 }
 
@@ -447,7 +512,11 @@ impl WebhookService for WebhookApi {
     async fn create_webhook(&self, request: Request<proto::CreateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
         let id = new_webhook_id().map_err(|e| {
             log::error!(target: TARGET, "cannot draw a webhook id: {e}");
-            Status::internal("the operating system's random number generator failed; see the server log")
+            super::errors::status(
+                tonic::Code::Internal,
+                "RANDOM_UNAVAILABLE",
+                "the operating system's random number generator failed; see the server log",
+            )
         })?;
         let principal = Principal::of(&request)?;
         let mut req = request.into_inner();
@@ -458,10 +527,10 @@ impl WebhookService for WebhookApi {
         }
         principal.scope("tenant_id", &req.tenant_id)?;
         let webhook = webhook_from_create(req, id, self.url_rules())?;
-        let created = self.plane.write(move |store| store.create_webhook(webhook)).await?;
-        log::info!(target: TARGET, "created webhook {} of tenant {}", created.id, created.tenant_id);
-        let secret = created.secret.expose().to_owned();
-        let mut out = webhook_to_proto(created);
+        let created = self.plane.write(move |store| store.create_webhook_versioned(webhook)).await?;
+        log::info!(target: TARGET, "created webhook {} of tenant {}", created.value.id, created.value.tenant_id);
+        let secret = created.value.secret.expose().to_owned();
+        let mut out = versioned_webhook_to_proto(created);
         out.secret = secret; // the one answer that shows it
         Ok(Response::new(out))
     }
@@ -470,9 +539,9 @@ impl WebhookService for WebhookApi {
         let principal = Principal::of(&request)?;
         let id = request.into_inner().webhook_id;
         required_ref("webhook_id", &id)?;
-        let webhook = self.plane.read(move |store| store.get_webhook(&id)).await?;
-        principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
-        Ok(Response::new(webhook_to_proto(webhook)))
+        let webhook = self.plane.read(move |store| store.get_webhook_versioned(&id)).await?;
+        principal.require_tenant("webhook", &webhook.value.id, &webhook.value.tenant_id)?;
+        Ok(Response::new(versioned_webhook_to_proto(webhook)))
     }
 
     async fn list_webhooks(&self, request: Request<proto::ListWebhooksRequest>) -> Result<Response<proto::ListWebhooksResponse>, Status> {
@@ -481,11 +550,11 @@ impl WebhookService for WebhookApi {
         optional_id("tenant_id", &req.tenant_id)?;
         let tenant_id = principal.scope("tenant_id", &req.tenant_id)?;
         let size = page_size(req.page_size);
-        let page = self.plane.read(move |store| store.list_webhooks(&tenant_id, size, &req.page_token)).await?;
-        Ok(Response::new(proto::ListWebhooksResponse {
-            webhooks: page.items.into_iter().map(webhook_to_proto).collect(),
-            next_page_token: page.next_token,
-        }))
+        let query = PageQuery::new("ListWebhooks", &[("tenant_id", &tenant_id)]);
+        let cursor = query.open(&req.page_token)?;
+        let page = self.plane.read(move |store| store.list_webhooks_versioned(&tenant_id, size, &cursor)).await?;
+        let (webhooks, next) = fit(page.items, page.next_token, MAX_PAGE_BYTES, versioned_webhook_to_proto, |w| w.value.id.clone())?;
+        Ok(Response::new(proto::ListWebhooksResponse { webhooks, next_page_token: query.seal(next) }))
     }
 
     async fn update_webhook(&self, request: Request<proto::UpdateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
@@ -493,19 +562,19 @@ impl WebhookService for WebhookApi {
         let req = request.into_inner();
         required_ref("webhook_id", &req.webhook_id)?;
         let id = req.webhook_id.clone();
+        let expected = etag_from_proto(&req.etag)?;
         let patch = WebhookPatch::from_request(req, self.url_rules())?;
         let updated = self
             .plane
             .write(move |store| {
-                store.update_webhook(&id, |webhook| {
+                store.update_webhook_versioned(&id, expected, |webhook| {
                     principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
-                    patch.apply(webhook);
-                    Ok(())
+                    patch.apply(webhook)
                 })
             })
             .await?;
-        log::info!(target: TARGET, "updated webhook {} of tenant {}", updated.id, updated.tenant_id);
-        Ok(Response::new(webhook_to_proto(updated)))
+        log::info!(target: TARGET, "updated webhook {} of tenant {}", updated.value.id, updated.value.tenant_id);
+        Ok(Response::new(versioned_webhook_to_proto(updated)))
     }
 
     async fn rotate_webhook_secret(&self, request: Request<proto::RotateWebhookSecretRequest>) -> Result<Response<proto::Webhook>, Status> {
@@ -518,7 +587,7 @@ impl WebhookService for WebhookApi {
         let rotated = self
             .plane
             .write(move |store| {
-                store.update_webhook(&id, |webhook| {
+                store.update_webhook_versioned(&id, None, |webhook| {
                     principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
                     let secret = if supplied.is_empty() {
                         generate_secret()
@@ -534,12 +603,12 @@ impl WebhookService for WebhookApi {
         log::info!(
             target: TARGET,
             "rotated the secret of webhook {} of tenant {} (the old one signs too for {})",
-            rotated.id,
-            rotated.tenant_id,
+            rotated.value.id,
+            rotated.value.tenant_id,
             humantime::format_duration(overlap)
         );
-        let secret = rotated.secret.expose().to_owned();
-        let mut out = webhook_to_proto(rotated);
+        let secret = rotated.value.secret.expose().to_owned();
+        let mut out = versioned_webhook_to_proto(rotated);
         out.secret = secret; // the one answer that shows it
         Ok(Response::new(out))
     }
@@ -610,8 +679,8 @@ impl WebhookService for WebhookApi {
                     webhook_id: webhook.id.clone(),
                     ..Default::default()
                 };
-                if let Some(why) = crate::domain::redelivery::hindrance(&routing, &target) {
-                    return Err(DomainError::FailedPrecondition(format!("cannot send a test event: {why}")));
+                if let Some((reason, why)) = crate::domain::redelivery::hindrance(&routing, &target) {
+                    return Err(DomainError::Precondition { reason, message: format!("cannot send a test event: {why}") });
                 }
                 let route = routing.webhooks.get(webhook.id.as_str()).cloned().ok_or_else(|| DomainError::NotFound { kind: "webhook", id: webhook.id.clone() })?;
                 let event = TestEvent::new(&webhook.tenant_id, &webhook.id, &req.event_type, &req.data, plane.max_event_bytes).map_err(|rejection| {
@@ -690,11 +759,11 @@ mod tests {
             rate_limit_per_second: rate,
             ..Default::default()
         };
-        WebhookPatch::from_request(update(Some(proto::Ordering::Fifo as i32), None), STRICT).unwrap().apply(&mut stored);
+        WebhookPatch::from_request(update(Some(proto::Ordering::Fifo as i32), None), STRICT).unwrap().apply(&mut stored).unwrap();
         assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Fifo, 0));
-        WebhookPatch::from_request(update(None, Some(7)), STRICT).unwrap().apply(&mut stored);
+        WebhookPatch::from_request(update(None, Some(7)), STRICT).unwrap().apply(&mut stored).unwrap();
         assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Fifo, 7));
-        WebhookPatch::from_request(update(Some(proto::Ordering::Unordered as i32), Some(0)), STRICT).unwrap().apply(&mut stored);
+        WebhookPatch::from_request(update(Some(proto::Ordering::Unordered as i32), Some(0)), STRICT).unwrap().apply(&mut stored).unwrap();
         assert_eq!((stored.ordering, stored.rate_limit_per_second), (model::Ordering::Unordered, 0));
         assert_eq!(invalid_of(WebhookPatch::from_request(update(Some(5), None), STRICT).unwrap_err()).0, "ordering");
     }
@@ -869,7 +938,7 @@ mod tests {
             description: Some("new".into()),
             ..Default::default()
         };
-        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook);
+        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook).unwrap();
         assert!(webhook.enabled);
         assert_eq!(webhook.disabled_reason, "");
         assert!(webhook.event_types.is_empty());
@@ -912,14 +981,54 @@ mod tests {
         // Update: absent leaves alone, "" clears, anything else is compiled first.
         let mut webhook = webhook;
         let req = proto::UpdateWebhookRequest { description: Some("d".into()), ..Default::default() };
-        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook);
+        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook).unwrap();
         assert_eq!(webhook.filter, "event.data.status == 'shipped'");
         let req = proto::UpdateWebhookRequest { filter: Some(String::new()), transform: Some("event.data".into()), ..Default::default() };
-        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook);
+        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook).unwrap();
         assert_eq!((webhook.filter.as_str(), webhook.transform.as_str()), ("", "event.data"));
         let req = proto::UpdateWebhookRequest { filter: Some("1 + 1".into()), ..Default::default() };
         assert_eq!(invalid_of(WebhookPatch::from_request(req, STRICT).unwrap_err()).0, "filter");
         let req = proto::UpdateWebhookRequest { transform: Some("x".repeat(5000)), ..Default::default() };
         assert_eq!(invalid_of(WebhookPatch::from_request(req, STRICT).unwrap_err()).0, "transform");
+    }
+
+    #[test]
+    fn masked_updates_touch_only_the_named_fields() {
+        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        webhook.description = "keep me".into();
+        webhook.event_types = vec!["order.*".into()];
+        let mask = |paths: &[&str]| Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() });
+        let req = proto::UpdateWebhookRequest {
+            webhook_id: "wh_x".into(),
+            description: Some("not named".into()),
+            enabled: Some(true),
+            update_mask: mask(&["event_types", "enabled"]),
+            ..Default::default()
+        };
+        WebhookPatch::from_request(req, STRICT).unwrap().apply(&mut webhook).unwrap();
+        assert_eq!(webhook.description, "keep me", "set but not named: untouched");
+        assert!(webhook.event_types.is_empty(), "named and unset: cleared");
+        assert!(webhook.enabled);
+        let req = proto::UpdateWebhookRequest { update_mask: mask(&["secret"]), ..Default::default() };
+        assert_eq!(invalid_of(WebhookPatch::from_request(req, STRICT).unwrap_err()).0, "update_mask");
+        // One of the client identity's two fields alone is refused, as without a mask.
+        let req = proto::UpdateWebhookRequest { update_mask: mask(&["client_key"]), ..Default::default() };
+        assert_eq!(invalid_of(WebhookPatch::from_request(req, STRICT).unwrap_err()).0, "client_certificate");
+    }
+
+    #[test]
+    fn the_signature_scheme_changes_only_to_one_the_secret_suits() {
+        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        let to_standard =
+            proto::UpdateWebhookRequest { signature_scheme: Some(proto::SignatureScheme::StandardWebhooks.into()), ..Default::default() };
+        // A generated secret is `whsec_` + base64: it suits Standard Webhooks.
+        WebhookPatch::from_request(to_standard.clone(), STRICT).unwrap().apply(&mut webhook).unwrap();
+        assert_eq!(webhook.signature_scheme, SignatureScheme::StandardWebhooks);
+        webhook.secret = Secret::new("a-plain-secret-of-enough-bytes".into());
+        let err = WebhookPatch::from_request(to_standard, STRICT).unwrap().apply(&mut webhook).unwrap_err();
+        assert_eq!(invalid_of(err).0, "signature_scheme");
+        let back = proto::UpdateWebhookRequest { signature_scheme: Some(proto::SignatureScheme::Wss.into()), ..Default::default() };
+        WebhookPatch::from_request(back, STRICT).unwrap().apply(&mut webhook).unwrap();
+        assert_eq!(webhook.signature_scheme, SignatureScheme::Wss);
     }
 }

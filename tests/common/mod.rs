@@ -717,7 +717,12 @@ impl Grpc {
         loop {
             let page = self
                 .deliveries()
-                .list_dead_letters(ListDeadLettersRequest { tenant_id: tenant_id.into(), page_size: 100, page_token: token })
+                .list_dead_letters(ListDeadLettersRequest {
+                    tenant_id: tenant_id.into(),
+                    page_size: 100,
+                    page_token: token,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|s| format!("ListDeadLetters: {s:?}"))?
                 .into_inner();

@@ -103,7 +103,12 @@ impl Authed {
         loop {
             let page = self
                 .deliveries()
-                .list_dead_letters(ListDeadLettersRequest { tenant_id: tenant_id.into(), page_size: 100, page_token: token })
+                .list_dead_letters(ListDeadLettersRequest {
+                    tenant_id: tenant_id.into(),
+                    page_size: 100,
+                    page_token: token,
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             all.extend(page.dead_letters);

@@ -26,7 +26,7 @@ import grpc
 import pytest
 
 from wss.v1 import deliveries_pb2, events_pb2, tenants_pb2, webhooks_pb2
-from wss_client import Client
+from wss_client import Client, error_details
 
 PACKAGE = Path(__file__).resolve().parents[1]
 ROOT = PACKAGE.parents[1]
@@ -158,6 +158,21 @@ def test_calls_without_the_bearer_token_are_refused(live):
         with pytest.raises(grpc.RpcError) as refused:
             anonymous.tenants.ListTenants(tenants_pb2.ListTenantsRequest())
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    details = error_details(refused.value)
+    assert details is not None and (details.reason, details.domain) == ("MISSING_TOKEN", "wss")
+
+
+def test_errors_carry_their_reason_and_field(wss):
+    with pytest.raises(grpc.RpcError) as missing:
+        wss.tenants.GetTenant(tenants_pb2.GetTenantRequest(tenant_id="nobody"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    details = error_details(missing.value)
+    assert details is not None and details.reason == "TENANT_NOT_FOUND" and details.metadata["id"] == "nobody"
+    with pytest.raises(grpc.RpcError) as invalid:
+        wss.tenants.CreateTenant(tenants_pb2.CreateTenantRequest(tenant_id="Not Valid"))
+    assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = error_details(invalid.value)
+    assert details is not None and (details.reason, details.field) == ("INVALID_FIELD", "tenant_id")
 
 
 def test_create_tenant_and_webhook_publish_and_read_back_in_list_deliveries(live, wss):

@@ -14,7 +14,7 @@ import { resolve } from "node:path";
 import { inspect } from "node:util";
 import { after, before, test } from "node:test";
 
-import { DeliveryStatus, promised, status, TenantServiceClient, TenantServiceDefinition, WssClient, type ServiceError } from "../src";
+import { DeliveryStatus, errorDetails, promised, status, TenantServiceClient, TenantServiceDefinition, WssClient, type ServiceError } from "../src";
 
 const PACKAGE = resolve(__dirname, "..", ".."); // compiled to dist/test/
 const ROOT = resolve(PACKAGE, "..", "..");
@@ -187,6 +187,22 @@ test("errors carry gRPC codes", { timeout: 30_000 }, async () => {
     wss.webhooks.createWebhook({ tenantId: "acme", url: "not a url" }),
     (e: ServiceError) => e.code === status.INVALID_ARGUMENT && e.details.startsWith("url"),
   );
+});
+
+test("errorDetails reads the reason and the field", { timeout: 30_000 }, async () => {
+  await assert.rejects(wss.tenants.getTenant({ tenantId: "nobody" }), (e: ServiceError) => {
+    const details = errorDetails(e);
+    assert.equal(details?.reason, "TENANT_NOT_FOUND");
+    assert.equal(details?.domain, "wss");
+    assert.equal(details?.metadata.id, "nobody");
+    return true;
+  });
+  await assert.rejects(wss.webhooks.createWebhook({ tenantId: "acme", url: "not a url" }), (e: ServiceError) => {
+    const details = errorDetails(e);
+    assert.deepEqual([details?.reason, details?.field], ["INVALID_FIELD", "url"]);
+    assert.ok(details?.fieldViolations[0].description);
+    return true;
+  });
 });
 
 test("tokens are issued, listed and revoked through wss.tokens", { timeout: 30_000 }, async () => {

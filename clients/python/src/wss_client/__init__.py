@@ -10,8 +10,11 @@ deadline::
 
     with Client("127.0.0.1:50051", token=os.environ["WSS_ADMIN_TOKEN"]) as wss:
         wss.tenants.CreateTenant(tenants_pb2.CreateTenantRequest(tenant_id="acme"))
+
+:func:`error_details` reads an error's stable reason and field (docs/api.md).
 """
 
 from wss_client.client import DEFAULT_TIMEOUT, Client
+from wss_client.errors import ErrorDetails, error_details
 
-__all__ = ["Client", "DEFAULT_TIMEOUT"]
+__all__ = ["Client", "DEFAULT_TIMEOUT", "ErrorDetails", "error_details"]

@@ -26,47 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from wss.v1 import resources_pb2 as wss_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17wss/v1/deliveries.proto\x12\x06wss.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16wss/v1/resources.proto\"\x81\x03\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x17\n\x0fstream_entry_id\x18\x06 \x01(\t\x12&\n\x06status\x18\x07 \x01(\x0e\x32\x16.wss.v1.DeliveryStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32\x0f.wss.v1.Attempt\x12\x1a\n\x12\x64\x65\x61\x64_letter_reason\x18\x0c \x01(\t\"\x86\x02\n\x15ListDeliveriesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.wss.v1.DeliveryStatus\x12\x31\n\rupdated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eupdated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\"W\n\x16ListDeliveriesResponse\x12$\n\ndeliveries\x18\x01 \x03(\x0b\x32\x10.wss.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetDeliveryRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"R\n\x16ListDeadLettersRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x17ListDeadLettersResponse\x12(\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x12.wss.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x1aRedeliverDeadLetterRequest\x12\x18\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\tH\x00\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x18.wss.v1.DeadLetterFilterH\x00\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\tB\x08\n\x06target\"\xbc\x01\n\x10\x44\x65\x61\x64LetterFilter\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x37\n\x13\x64\x65\x61\x64_lettered_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x64\x65\x61\x64_lettered_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x1bRedeliverDeadLetterResponse\x12(\n\x0bredelivered\x18\x01 \x03(\x0b\x32\x13.wss.v1.Redelivered\x12*\n\x07skipped\x18\x02 \x03(\x0b\x32\x19.wss.v1.SkippedDeadLetter\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x19\n\x11redelivered_count\x18\x04 \x01(\r\"d\n\x0bRedelivered\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x17\n\x0fstream_entry_id\x18\x03 \x01(\t\x12\x12\n\nwebhook_id\x18\x04 \x01(\t\";\n\x11SkippedDeadLetter\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x15ResendDeliveryRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"\x82\x01\n\x16ResendDeliveryResponse\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x17\n\x0fstream_entry_id\x18\x03 \x01(\t\x12\x12\n\nwebhook_id\x18\x04 \x01(\t\x12\x14\n\x0c\x65vent_source\x18\x05 \x01(\t\"\xca\x01\n\x13ReplayEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"\xad\x01\n\x14ReplayEventsResponse\x12\x1c\n\x14\x64\x65liveries_scheduled\x18\x01 \x01(\r\x12\x17\n\x0f\x65vents_examined\x18\x02 \x01(\r\x12\x17\n\x0f\x65vents_replayed\x18\x03 \x01(\r\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12,\n\ndeliveries\x18\x05 \x03(\x0b\x32\x18.wss.v1.ReplayedDelivery\"o\n\x10ReplayedDelivery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12 \n\x18original_stream_entry_id\x18\x04 \x01(\t*\x91\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATUS_RETRYING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12!\n\x1d\x44\x45LIVERY_STATUS_DEAD_LETTERED\x10\x03\x32\xef\x03\n\x0f\x44\x65liveryService\x12O\n\x0eListDeliveries\x12\x1d.wss.v1.ListDeliveriesRequest\x1a\x1e.wss.v1.ListDeliveriesResponse\x12;\n\x0bGetDelivery\x12\x1a.wss.v1.GetDeliveryRequest\x1a\x10.wss.v1.Delivery\x12R\n\x0fListDeadLetters\x12\x1e.wss.v1.ListDeadLettersRequest\x1a\x1f.wss.v1.ListDeadLettersResponse\x12^\n\x13RedeliverDeadLetter\x12\".wss.v1.RedeliverDeadLetterRequest\x1a#.wss.v1.RedeliverDeadLetterResponse\x12O\n\x0eResendDelivery\x12\x1d.wss.v1.ResendDeliveryRequest\x1a\x1e.wss.v1.ResendDeliveryResponse\x12I\n\x0cReplayEvents\x12\x1b.wss.v1.ReplayEventsRequest\x1a\x1c.wss.v1.ReplayEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17wss/v1/deliveries.proto\x12\x06wss.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16wss/v1/resources.proto\"\xbc\x03\n\x08\x44\x65livery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x17\n\x0fstream_entry_id\x18\x06 \x01(\t\x12&\n\x06status\x18\x07 \x01(\x0e\x32\x16.wss.v1.DeliveryStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fnext_attempt_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x08\x61ttempts\x18\x0b \x03(\x0b\x32\x0f.wss.v1.Attempt\x12\x1a\n\x12\x64\x65\x61\x64_letter_reason\x18\x0c \x01(\t\x12\x39\n\x17\x64\x65\x61\x64_letter_reason_code\x18( \x01(\x0e\x32\x18.wss.v1.DeadLetterReason\"\xa8\x02\n\x15ListDeliveriesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12&\n\x06status\x18\x04 \x01(\x0e\x32\x16.wss.v1.DeliveryStatus\x12\x31\n\rupdated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eupdated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\t\x12 \n\x04view\x18( \x01(\x0e\x32\x12.wss.v1.RecordView\"W\n\x16ListDeliveriesResponse\x12$\n\ndeliveries\x18\x01 \x03(\x0b\x32\x10.wss.v1.Delivery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x12GetDeliveryRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"t\n\x16ListDeadLettersRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\x12 \n\x04view\x18( \x01(\x0e\x32\x12.wss.v1.RecordView\"\\\n\x17ListDeadLettersResponse\x12(\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32\x12.wss.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8f\x01\n\x1aRedeliverDeadLetterRequest\x12\x18\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\tH\x00\x12*\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x18.wss.v1.DeadLetterFilterH\x00\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\tB\x08\n\x06target\"\xeb\x01\n\x10\x44\x65\x61\x64LetterFilter\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x37\n\x13\x64\x65\x61\x64_lettered_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14\x64\x65\x61\x64_lettered_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x0breason_code\x18( \x01(\x0e\x32\x18.wss.v1.DeadLetterReason\"\xa7\x01\n\x1bRedeliverDeadLetterResponse\x12(\n\x0bredelivered\x18\x01 \x03(\x0b\x32\x13.wss.v1.Redelivered\x12*\n\x07skipped\x18\x02 \x03(\x0b\x32\x19.wss.v1.SkippedDeadLetter\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x19\n\x11redelivered_count\x18\x04 \x01(\r\"d\n\x0bRedelivered\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x17\n\x0fstream_entry_id\x18\x03 \x01(\t\x12\x12\n\nwebhook_id\x18\x04 \x01(\t\";\n\x11SkippedDeadLetter\x12\x16\n\x0e\x64\x65\x61\x64_letter_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\",\n\x15ResendDeliveryRequest\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\"\x82\x01\n\x16ResendDeliveryResponse\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x17\n\x0fstream_entry_id\x18\x03 \x01(\t\x12\x12\n\nwebhook_id\x18\x04 \x01(\t\x12\x14\n\x0c\x65vent_source\x18\x05 \x01(\t\"\xca\x01\n\x13ReplayEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x12\n\nwebhook_id\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\"\xad\x01\n\x14ReplayEventsResponse\x12\x1c\n\x14\x64\x65liveries_scheduled\x18\x01 \x01(\r\x12\x17\n\x0f\x65vents_examined\x18\x02 \x01(\r\x12\x17\n\x0f\x65vents_replayed\x18\x03 \x01(\r\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12,\n\ndeliveries\x18\x05 \x03(\x0b\x32\x18.wss.v1.ReplayedDelivery\"o\n\x10ReplayedDelivery\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nwebhook_id\x18\x03 \x01(\t\x12 \n\x18original_stream_entry_id\x18\x04 \x01(\t*\x91\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATUS_RETRYING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12!\n\x1d\x44\x45LIVERY_STATUS_DEAD_LETTERED\x10\x03\x32\xef\x03\n\x0f\x44\x65liveryService\x12O\n\x0eListDeliveries\x12\x1d.wss.v1.ListDeliveriesRequest\x1a\x1e.wss.v1.ListDeliveriesResponse\x12;\n\x0bGetDelivery\x12\x1a.wss.v1.GetDeliveryRequest\x1a\x10.wss.v1.Delivery\x12R\n\x0fListDeadLetters\x12\x1e.wss.v1.ListDeadLettersRequest\x1a\x1f.wss.v1.ListDeadLettersResponse\x12^\n\x13RedeliverDeadLetter\x12\".wss.v1.RedeliverDeadLetterRequest\x1a#.wss.v1.RedeliverDeadLetterResponse\x12O\n\x0eResendDelivery\x12\x1d.wss.v1.ResendDeliveryRequest\x1a\x1e.wss.v1.ResendDeliveryResponse\x12I\n\x0cReplayEvents\x12\x1b.wss.v1.ReplayEventsRequest\x1a\x1c.wss.v1.ReplayEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wss.v1.deliveries_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYSTATUS']._serialized_start=2399
-  _globals['_DELIVERYSTATUS']._serialized_end=2544
+  _globals['_DELIVERYSTATUS']._serialized_start=2573
+  _globals['_DELIVERYSTATUS']._serialized_end=2718
   _globals['_DELIVERY']._serialized_start=93
-  _globals['_DELIVERY']._serialized_end=478
-  _globals['_LISTDELIVERIESREQUEST']._serialized_start=481
-  _globals['_LISTDELIVERIESREQUEST']._serialized_end=743
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=745
-  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=832
-  _globals['_GETDELIVERYREQUEST']._serialized_start=834
-  _globals['_GETDELIVERYREQUEST']._serialized_end=875
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=877
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=959
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=961
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1053
-  _globals['_REDELIVERDEADLETTERREQUEST']._serialized_start=1056
-  _globals['_REDELIVERDEADLETTERREQUEST']._serialized_end=1199
-  _globals['_DEADLETTERFILTER']._serialized_start=1202
-  _globals['_DEADLETTERFILTER']._serialized_end=1390
-  _globals['_REDELIVERDEADLETTERRESPONSE']._serialized_start=1393
-  _globals['_REDELIVERDEADLETTERRESPONSE']._serialized_end=1560
-  _globals['_REDELIVERED']._serialized_start=1562
-  _globals['_REDELIVERED']._serialized_end=1662
-  _globals['_SKIPPEDDEADLETTER']._serialized_start=1664
-  _globals['_SKIPPEDDEADLETTER']._serialized_end=1723
-  _globals['_RESENDDELIVERYREQUEST']._serialized_start=1725
-  _globals['_RESENDDELIVERYREQUEST']._serialized_end=1769
-  _globals['_RESENDDELIVERYRESPONSE']._serialized_start=1772
-  _globals['_RESENDDELIVERYRESPONSE']._serialized_end=1902
-  _globals['_REPLAYEVENTSREQUEST']._serialized_start=1905
-  _globals['_REPLAYEVENTSREQUEST']._serialized_end=2107
-  _globals['_REPLAYEVENTSRESPONSE']._serialized_start=2110
-  _globals['_REPLAYEVENTSRESPONSE']._serialized_end=2283
-  _globals['_REPLAYEDDELIVERY']._serialized_start=2285
-  _globals['_REPLAYEDDELIVERY']._serialized_end=2396
-  _globals['_DELIVERYSERVICE']._serialized_start=2547
-  _globals['_DELIVERYSERVICE']._serialized_end=3042
+  _globals['_DELIVERY']._serialized_end=537
+  _globals['_LISTDELIVERIESREQUEST']._serialized_start=540
+  _globals['_LISTDELIVERIESREQUEST']._serialized_end=836
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_start=838
+  _globals['_LISTDELIVERIESRESPONSE']._serialized_end=925
+  _globals['_GETDELIVERYREQUEST']._serialized_start=927
+  _globals['_GETDELIVERYREQUEST']._serialized_end=968
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=970
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=1086
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=1088
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=1180
+  _globals['_REDELIVERDEADLETTERREQUEST']._serialized_start=1183
+  _globals['_REDELIVERDEADLETTERREQUEST']._serialized_end=1326
+  _globals['_DEADLETTERFILTER']._serialized_start=1329
+  _globals['_DEADLETTERFILTER']._serialized_end=1564
+  _globals['_REDELIVERDEADLETTERRESPONSE']._serialized_start=1567
+  _globals['_REDELIVERDEADLETTERRESPONSE']._serialized_end=1734
+  _globals['_REDELIVERED']._serialized_start=1736
+  _globals['_REDELIVERED']._serialized_end=1836
+  _globals['_SKIPPEDDEADLETTER']._serialized_start=1838
+  _globals['_SKIPPEDDEADLETTER']._serialized_end=1897
+  _globals['_RESENDDELIVERYREQUEST']._serialized_start=1899
+  _globals['_RESENDDELIVERYREQUEST']._serialized_end=1943
+  _globals['_RESENDDELIVERYRESPONSE']._serialized_start=1946
+  _globals['_RESENDDELIVERYRESPONSE']._serialized_end=2076
+  _globals['_REPLAYEVENTSREQUEST']._serialized_start=2079
+  _globals['_REPLAYEVENTSREQUEST']._serialized_end=2281
+  _globals['_REPLAYEVENTSRESPONSE']._serialized_start=2284
+  _globals['_REPLAYEVENTSRESPONSE']._serialized_end=2457
+  _globals['_REPLAYEDDELIVERY']._serialized_start=2459
+  _globals['_REPLAYEDDELIVERY']._serialized_end=2570
+  _globals['_DELIVERYSERVICE']._serialized_start=2721
+  _globals['_DELIVERYSERVICE']._serialized_end=3216
 # @@protoc_insertion_point(module_scope)

@@ -36,7 +36,8 @@ class _DeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Delive
     DELIVERY_STATUS_DEAD_LETTERED: _DeliveryStatus.ValueType  # 3
     """No further attempt will be made; see ListDeadLetters."""
 
-class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper): ...
+class DeliveryStatus(_DeliveryStatus, metaclass=_DeliveryStatusEnumTypeWrapper):
+    """Where a delivery stands."""
 
 DELIVERY_STATUS_UNSPECIFIED: DeliveryStatus.ValueType  # 0
 """In a filter: any status."""
@@ -66,16 +67,25 @@ class Delivery(_message.Message):
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     DEAD_LETTER_REASON_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_REASON_CODE_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
     """`<stream entry id>:<webhook id>`; stable across retries."""
     tenant_id: _builtins.str
+    """The tenant the event belongs to."""
     webhook_id: _builtins.str
+    """The webhook the event goes to."""
     event_id: _builtins.str
+    """The event id receivers see (X-WSS-Event-Id / webhook-id)."""
     event_type: _builtins.str
+    """The event's type."""
     stream_entry_id: _builtins.str
+    """The stream entry the event came from."""
     status: Global___DeliveryStatus.ValueType
+    """Where the delivery stands."""
     dead_letter_reason: _builtins.str
     """For DEAD_LETTERED: the dead-letter reason."""
+    dead_letter_reason_code: _resources_pb2.DeadLetterReason.ValueType
+    """dead_letter_reason as an enum value."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the first attempt was made."""
@@ -107,10 +117,11 @@ class Delivery(_message.Message):
         next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
         attempts: _abc.Iterable[_resources_pb2.Attempt] | None = ...,
         dead_letter_reason: _builtins.str = ...,
+        dead_letter_reason_code: _resources_pb2.DeadLetterReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_attempt_at", b"next_attempt_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "dead_letter_reason", b"dead_letter_reason", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_type", b"event_type", "next_attempt_at", b"next_attempt_at", "status", b"status", "stream_entry_id", b"stream_entry_id", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "dead_letter_reason", b"dead_letter_reason", "dead_letter_reason_code", b"dead_letter_reason_code", "delivery_id", b"delivery_id", "event_id", b"event_id", "event_type", b"event_type", "next_attempt_at", b"next_attempt_at", "status", b"status", "stream_entry_id", b"stream_entry_id", "tenant_id", b"tenant_id", "updated_at", b"updated_at", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -118,6 +129,8 @@ Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
 
 @_typing.final
 class ListDeliveriesRequest(_message.Message):
+    """Which deliveries to list, and how many at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
@@ -128,6 +141,7 @@ class ListDeliveriesRequest(_message.Message):
     UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Only this tenant's deliveries; empty for all."""
     webhook_id: _builtins.str
@@ -139,6 +153,11 @@ class ListDeliveriesRequest(_message.Message):
     page_size: _builtins.int
     """0 means 100; more than 1000 is clamped to 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first (docs/api.md: opaque, bound to the
+    filters).
+    """
+    view: _resources_pb2.RecordView.ValueType
+    """RECORD_VIEW_BASIC leaves the attempts out; UNSPECIFIED and FULL include them."""
     @_builtins.property
     def updated_after(self) -> _timestamp_pb2.Timestamp:
         """Only deliveries last updated at or after this time."""
@@ -158,10 +177,11 @@ class ListDeliveriesRequest(_message.Message):
         updated_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: _resources_pb2.RecordView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "tenant_id", b"tenant_id", "updated_after", b"updated_after", "updated_before", b"updated_before", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "page_size", b"page_size", "page_token", b"page_token", "status", b"status", "tenant_id", b"tenant_id", "updated_after", b"updated_after", "updated_before", b"updated_before", "view", b"view", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,13 +189,18 @@ Global___ListDeliveriesRequest: _TypeAlias = ListDeliveriesRequest  # noqa: Y015
 
 @_typing.final
 class ListDeliveriesResponse(_message.Message):
+    """One page of deliveries."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELIVERIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page; otherwise pass it as page_token for the next."""
     @_builtins.property
-    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]: ...
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The deliveries of this page, newest first."""
+
     def __init__(
         self,
         *,
@@ -192,10 +217,13 @@ Global___ListDeliveriesResponse: _TypeAlias = ListDeliveriesResponse  # noqa: Y0
 
 @_typing.final
 class GetDeliveryRequest(_message.Message):
+    """Which delivery to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELIVERY_ID_FIELD_NUMBER: _builtins.int
     delivery_id: _builtins.str
+    """The delivery's id, as listed (`<stream entry id>:<webhook id>`)."""
     def __init__(
         self,
         *,
@@ -211,26 +239,33 @@ Global___GetDeliveryRequest: _TypeAlias = GetDeliveryRequest  # noqa: Y015
 
 @_typing.final
 class ListDeadLettersRequest(_message.Message):
+    """Which dead letters to list, and how many at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Only this tenant's dead letters; empty for all."""
     page_size: _builtins.int
     """0 means 100; more than 1000 is clamped to 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first (opaque, bound to tenant_id)."""
+    view: _resources_pb2.RecordView.ValueType
+    """RECORD_VIEW_BASIC leaves bodies and attempts out; UNSPECIFIED and FULL include them."""
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: _resources_pb2.RecordView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "tenant_id", b"tenant_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -238,13 +273,18 @@ Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y0
 
 @_typing.final
 class ListDeadLettersResponse(_message.Message):
+    """One page of dead letters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page; otherwise pass it as page_token for the next."""
     @_builtins.property
-    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.DeadLetter]: ...
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.DeadLetter]:
+        """The dead letters of this page, newest first."""
+
     def __init__(
         self,
         *,
@@ -261,6 +301,8 @@ Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: 
 
 @_typing.final
 class RedeliverDeadLetterRequest(_message.Message):
+    """What to redeliver: one dead letter, or those matching a filter."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
@@ -308,12 +350,15 @@ class DeadLetterFilter(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DEAD_LETTERED_AFTER_FIELD_NUMBER: _builtins.int
     DEAD_LETTERED_BEFORE_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Only this tenant's; empty for all (a tenant token: its own)."""
     webhook_id: _builtins.str
     """Only those of this webhook."""
     reason: _builtins.str
     """Only those with this reason (`max_attempts_exhausted`, `unknown_tenant`, ...)."""
+    reason_code: _resources_pb2.DeadLetterReason.ValueType
+    """Only those with this reason, as an enum value; set it or `reason`, not both differently."""
     @_builtins.property
     def dead_lettered_after(self) -> _timestamp_pb2.Timestamp:
         """Only those dead-lettered at or after this time (when the record was written: the time of
@@ -332,10 +377,11 @@ class DeadLetterFilter(_message.Message):
         reason: _builtins.str = ...,
         dead_lettered_after: _timestamp_pb2.Timestamp | None = ...,
         dead_lettered_before: _timestamp_pb2.Timestamp | None = ...,
+        reason_code: _resources_pb2.DeadLetterReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dead_lettered_after", b"dead_lettered_after", "dead_lettered_before", b"dead_lettered_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered_after", b"dead_lettered_after", "dead_lettered_before", b"dead_lettered_before", "reason", b"reason", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_lettered_after", b"dead_lettered_after", "dead_lettered_before", b"dead_lettered_before", "reason", b"reason", "reason_code", b"reason_code", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -343,6 +389,8 @@ Global___DeadLetterFilter: _TypeAlias = DeadLetterFilter  # noqa: Y015
 
 @_typing.final
 class RedeliverDeadLetterResponse(_message.Message):
+    """What a redelivery did."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REDELIVERED_FIELD_NUMBER: _builtins.int
@@ -379,6 +427,8 @@ Global___RedeliverDeadLetterResponse: _TypeAlias = RedeliverDeadLetterResponse  
 
 @_typing.final
 class Redelivered(_message.Message):
+    """One dead letter sent again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
@@ -411,11 +461,14 @@ Global___Redelivered: _TypeAlias = Redelivered  # noqa: Y015
 
 @_typing.final
 class SkippedDeadLetter(_message.Message):
+    """A dead letter that matched a filter but was not sent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEAD_LETTER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     dead_letter_id: _builtins.str
+    """The dead letter, which stays."""
     reason: _builtins.str
     """Why it was not sent, and what to do about it."""
     def __init__(

@@ -20,6 +20,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class PublishEventRequest(_message.Message):
+    """One event to append to the stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -48,7 +50,11 @@ class PublishEventRequest(_message.Message):
     EVENT_ID_FIELD_NUMBER: _builtins.int
     ATTRIBUTES_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The tenant the event belongs to (an existing tenant, or it is dead-lettered as
+    `unknown_tenant`).
+    """
     event_type: _builtins.str
+    """The event's type, matched against webhooks' event_types (`order.created`)."""
     data: _builtins.str
     """JSON text."""
     event_id: _builtins.str
@@ -78,6 +84,8 @@ Global___PublishEventRequest: _TypeAlias = PublishEventRequest  # noqa: Y015
 
 @_typing.final
 class PublishEventResponse(_message.Message):
+    """Where the event went."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STREAM_ENTRY_ID_FIELD_NUMBER: _builtins.int

@@ -69,6 +69,162 @@ id.timestamp.body, keyed with the base64 part of a `whsec_` secret.
 """
 Global___SignatureScheme: _TypeAlias = SignatureScheme  # noqa: Y015
 
+class _RecordView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RecordViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RecordView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RECORD_VIEW_UNSPECIFIED: _RecordView.ValueType  # 0
+    """The default: RECORD_VIEW_FULL."""
+    RECORD_VIEW_BASIC: _RecordView.ValueType  # 1
+    """Without bodies and attempts: small pages, for browsing and counting."""
+    RECORD_VIEW_FULL: _RecordView.ValueType  # 2
+    """Everything (a body larger than half a page is cut, and says so)."""
+
+class RecordView(_RecordView, metaclass=_RecordViewEnumTypeWrapper):
+    """How much of each record a List call returns."""
+
+RECORD_VIEW_UNSPECIFIED: RecordView.ValueType  # 0
+"""The default: RECORD_VIEW_FULL."""
+RECORD_VIEW_BASIC: RecordView.ValueType  # 1
+"""Without bodies and attempts: small pages, for browsing and counting."""
+RECORD_VIEW_FULL: RecordView.ValueType  # 2
+"""Everything (a body larger than half a page is cut, and says so)."""
+Global___RecordView: _TypeAlias = RecordView  # noqa: Y015
+
+class _DeadLetterReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeadLetterReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeadLetterReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEAD_LETTER_REASON_UNSPECIFIED: _DeadLetterReason.ValueType  # 0
+    """Not set, or a reason this release does not know (see the string reason)."""
+    DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED: _DeadLetterReason.ValueType  # 1
+    """`max_attempts_exhausted`: the retry policy's last attempt failed."""
+    DEAD_LETTER_REASON_GONE: _DeadLetterReason.ValueType  # 2
+    """`gone`: the receiver answered 410 Gone (the webhook was disabled)."""
+    DEAD_LETTER_REASON_WEBHOOK_DELETED: _DeadLetterReason.ValueType  # 3
+    """`webhook_deleted`: the webhook was deleted while the delivery waited."""
+    DEAD_LETTER_REASON_WEBHOOK_DISABLED: _DeadLetterReason.ValueType  # 4
+    """`webhook_disabled`: the webhook was disabled while the delivery waited."""
+    DEAD_LETTER_REASON_TENANT_DISABLED: _DeadLetterReason.ValueType  # 5
+    """`tenant_disabled`: the event's tenant is disabled."""
+    DEAD_LETTER_REASON_UNKNOWN_TENANT: _DeadLetterReason.ValueType  # 6
+    """`unknown_tenant`: the event names no existing tenant."""
+    DEAD_LETTER_REASON_MISSING_FIELD: _DeadLetterReason.ValueType  # 7
+    """`missing_field`: the stream entry lacks a required field."""
+    DEAD_LETTER_REASON_INVALID_FIELD: _DeadLetterReason.ValueType  # 8
+    """`invalid_field`: a field of the stream entry is malformed."""
+    DEAD_LETTER_REASON_DATA_NOT_JSON: _DeadLetterReason.ValueType  # 9
+    """`data_not_json`: the entry's data is not JSON."""
+    DEAD_LETTER_REASON_TOO_LARGE: _DeadLetterReason.ValueType  # 10
+    """`too_large`: the entry is larger than WSS_MAX_EVENT_BYTES."""
+    DEAD_LETTER_REASON_TOO_MANY_FIELDS: _DeadLetterReason.ValueType  # 11
+    """`too_many_fields`: the entry has too many fields."""
+    DEAD_LETTER_REASON_TOO_DEEP: _DeadLetterReason.ValueType  # 12
+    """`too_deep`: the entry's data nests too deeply."""
+    DEAD_LETTER_REASON_ENTRY_DELETED: _DeadLetterReason.ValueType  # 13
+    """`entry_deleted`: the stream entry was deleted before it was delivered."""
+    DEAD_LETTER_REASON_FILTER_ERROR: _DeadLetterReason.ValueType  # 14
+    """`filter_error`: the webhook's filter failed on the event."""
+    DEAD_LETTER_REASON_TRANSFORM_ERROR: _DeadLetterReason.ValueType  # 15
+    """`transform_error`: the webhook's transform failed on the event."""
+    DEAD_LETTER_REASON_POISON: _DeadLetterReason.ValueType  # 16
+    """`poison`: an entry read repeatedly without being finished, or whose processing crashed."""
+
+class DeadLetterReason(_DeadLetterReason, metaclass=_DeadLetterReasonEnumTypeWrapper):
+    """Why a delivery or stream entry was dead-lettered (DeadLetter.reason, as an enum value)."""
+
+DEAD_LETTER_REASON_UNSPECIFIED: DeadLetterReason.ValueType  # 0
+"""Not set, or a reason this release does not know (see the string reason)."""
+DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED: DeadLetterReason.ValueType  # 1
+"""`max_attempts_exhausted`: the retry policy's last attempt failed."""
+DEAD_LETTER_REASON_GONE: DeadLetterReason.ValueType  # 2
+"""`gone`: the receiver answered 410 Gone (the webhook was disabled)."""
+DEAD_LETTER_REASON_WEBHOOK_DELETED: DeadLetterReason.ValueType  # 3
+"""`webhook_deleted`: the webhook was deleted while the delivery waited."""
+DEAD_LETTER_REASON_WEBHOOK_DISABLED: DeadLetterReason.ValueType  # 4
+"""`webhook_disabled`: the webhook was disabled while the delivery waited."""
+DEAD_LETTER_REASON_TENANT_DISABLED: DeadLetterReason.ValueType  # 5
+"""`tenant_disabled`: the event's tenant is disabled."""
+DEAD_LETTER_REASON_UNKNOWN_TENANT: DeadLetterReason.ValueType  # 6
+"""`unknown_tenant`: the event names no existing tenant."""
+DEAD_LETTER_REASON_MISSING_FIELD: DeadLetterReason.ValueType  # 7
+"""`missing_field`: the stream entry lacks a required field."""
+DEAD_LETTER_REASON_INVALID_FIELD: DeadLetterReason.ValueType  # 8
+"""`invalid_field`: a field of the stream entry is malformed."""
+DEAD_LETTER_REASON_DATA_NOT_JSON: DeadLetterReason.ValueType  # 9
+"""`data_not_json`: the entry's data is not JSON."""
+DEAD_LETTER_REASON_TOO_LARGE: DeadLetterReason.ValueType  # 10
+"""`too_large`: the entry is larger than WSS_MAX_EVENT_BYTES."""
+DEAD_LETTER_REASON_TOO_MANY_FIELDS: DeadLetterReason.ValueType  # 11
+"""`too_many_fields`: the entry has too many fields."""
+DEAD_LETTER_REASON_TOO_DEEP: DeadLetterReason.ValueType  # 12
+"""`too_deep`: the entry's data nests too deeply."""
+DEAD_LETTER_REASON_ENTRY_DELETED: DeadLetterReason.ValueType  # 13
+"""`entry_deleted`: the stream entry was deleted before it was delivered."""
+DEAD_LETTER_REASON_FILTER_ERROR: DeadLetterReason.ValueType  # 14
+"""`filter_error`: the webhook's filter failed on the event."""
+DEAD_LETTER_REASON_TRANSFORM_ERROR: DeadLetterReason.ValueType  # 15
+"""`transform_error`: the webhook's transform failed on the event."""
+DEAD_LETTER_REASON_POISON: DeadLetterReason.ValueType  # 16
+"""`poison`: an entry read repeatedly without being finished, or whose processing crashed."""
+Global___DeadLetterReason: _TypeAlias = DeadLetterReason  # noqa: Y015
+
+class _ErrorKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_KIND_UNSPECIFIED: _ErrorKind.ValueType  # 0
+    """No error, or a class this release does not know (see the string error_kind)."""
+    ERROR_KIND_CONNECT: _ErrorKind.ValueType  # 1
+    """`connect`: the connection could not be made."""
+    ERROR_KIND_TIMEOUT: _ErrorKind.ValueType  # 2
+    """`timeout`: the attempt took longer than the policy's attempt_timeout."""
+    ERROR_KIND_IO: _ErrorKind.ValueType  # 3
+    """`io`: the connection failed while sending or receiving."""
+    ERROR_KIND_TLS: _ErrorKind.ValueType  # 4
+    """`tls`: the TLS handshake failed (certificate, protocol)."""
+    ERROR_KIND_PROTOCOL: _ErrorKind.ValueType  # 5
+    """`protocol`: the receiver did not speak valid HTTP."""
+    ERROR_KIND_DNS: _ErrorKind.ValueType  # 6
+    """`dns`: the host name did not resolve."""
+    ERROR_KIND_REFUSED_TARGET: _ErrorKind.ValueType  # 7
+    """`refused_target`: the address is one wss refuses to reach (private, loopback)."""
+    ERROR_KIND_HTTP_STATUS: _ErrorKind.ValueType  # 8
+    """`http_status`: a response arrived with a status that is not 2xx."""
+    ERROR_KIND_OTHER: _ErrorKind.ValueType  # 9
+    """`error`: any other failure."""
+
+class ErrorKind(_ErrorKind, metaclass=_ErrorKindEnumTypeWrapper):
+    """Why an attempt failed without a usable response (Attempt.error_kind, as an enum value)."""
+
+ERROR_KIND_UNSPECIFIED: ErrorKind.ValueType  # 0
+"""No error, or a class this release does not know (see the string error_kind)."""
+ERROR_KIND_CONNECT: ErrorKind.ValueType  # 1
+"""`connect`: the connection could not be made."""
+ERROR_KIND_TIMEOUT: ErrorKind.ValueType  # 2
+"""`timeout`: the attempt took longer than the policy's attempt_timeout."""
+ERROR_KIND_IO: ErrorKind.ValueType  # 3
+"""`io`: the connection failed while sending or receiving."""
+ERROR_KIND_TLS: ErrorKind.ValueType  # 4
+"""`tls`: the TLS handshake failed (certificate, protocol)."""
+ERROR_KIND_PROTOCOL: ErrorKind.ValueType  # 5
+"""`protocol`: the receiver did not speak valid HTTP."""
+ERROR_KIND_DNS: ErrorKind.ValueType  # 6
+"""`dns`: the host name did not resolve."""
+ERROR_KIND_REFUSED_TARGET: ErrorKind.ValueType  # 7
+"""`refused_target`: the address is one wss refuses to reach (private, loopback)."""
+ERROR_KIND_HTTP_STATUS: ErrorKind.ValueType  # 8
+"""`http_status`: a response arrived with a status that is not 2xx."""
+ERROR_KIND_OTHER: ErrorKind.ValueType  # 9
+"""`error`: any other failure."""
+Global___ErrorKind: _TypeAlias = ErrorKind  # noqa: Y015
+
 @_typing.final
 class Tenant(_message.Message):
     """A tenant owns webhooks. Events on the stream name their tenant in the `tenant` field."""
@@ -81,17 +237,27 @@ class Tenant(_message.Message):
     DISABLED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """`[a-z0-9][a-z0-9_-]{0,63}`, chosen by the caller, immutable."""
     display_name: _builtins.str
+    """A name for people; at most 256 characters."""
     default_retry_policy_id: _builtins.str
     """Policy used by this tenant's webhooks that name none; empty means the built-in `default`."""
     disabled: _builtins.bool
     """A disabled tenant's events are dead-lettered with reason `tenant_disabled` instead of delivered."""
+    etag: _builtins.str
+    """The version of this tenant, opaque: changes at every write. Pass it as
+    UpdateTenantRequest.etag to update only if nobody changed the tenant since it was read.
+    """
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the tenant was created."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the tenant was last changed."""
+
     def __init__(
         self,
         *,
@@ -101,10 +267,11 @@ class Tenant(_message.Message):
         disabled: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_retry_policy_id", b"default_retry_policy_id", "disabled", b"disabled", "display_name", b"display_name", "tenant_id", b"tenant_id", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "default_retry_policy_id", b"default_retry_policy_id", "disabled", b"disabled", "display_name", b"display_name", "etag", b"etag", "tenant_id", b"tenant_id", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,9 +324,11 @@ class Webhook(_message.Message):
     HAS_CLIENT_KEY_FIELD_NUMBER: _builtins.int
     ORDERING_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
     """Assigned by the server (`wh_` + 26 characters)."""
     tenant_id: _builtins.str
+    """The tenant the webhook belongs to; immutable."""
     url: _builtins.str
     """https:// (http:// only with WSS_ALLOW_HTTP=true); at most 2048 bytes; no user:password@."""
     filter: _builtins.str
@@ -175,9 +344,11 @@ class Webhook(_message.Message):
     retry_policy_id: _builtins.str
     """Policy for this webhook; empty means the tenant's default, else `default`."""
     description: _builtins.str
+    """A note for people; at most 1024 characters."""
     enabled: _builtins.bool
     """A disabled webhook receives nothing; deliveries already scheduled for it are dead-lettered."""
     signature_scheme: Global___SignatureScheme.ValueType
+    """How requests are signed; UNSPECIFIED is SIGNATURE_SCHEME_WSS."""
     secret: _builtins.str
     """The signing secret: returned only by CreateWebhook; empty everywhere else."""
     disabled_reason: _builtins.str
@@ -205,6 +376,10 @@ class Webhook(_message.Message):
     one second's worth, docs/rate-limits.md); 0: unlimited. Excess waits in the backlog
     without using attempts.
     """
+    etag: _builtins.str
+    """The version of this webhook, opaque: changes at every write (the service's own, such as
+    disabling it on 410 Gone, included). Pass it as UpdateWebhookRequest.etag.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Glob patterns on the event type (`order.*`, `*.created`, `order.shipped`); empty means all."""
@@ -216,9 +391,13 @@ class Webhook(_message.Message):
         """
 
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the webhook was created."""
+
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the webhook was last changed."""
+
     @_builtins.property
     def previous_secret_expires_at(self) -> _timestamp_pb2.Timestamp:
         """While a secret rotation's overlap lasts: when it ends. Until then every request carries the
@@ -249,10 +428,11 @@ class Webhook(_message.Message):
         has_client_key: _builtins.bool = ...,
         ordering: Global___Ordering.ValueType = ...,
         rate_limit_per_second: _builtins.int = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "previous_secret_expires_at", b"previous_secret_expires_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_certificate", b"client_certificate", "client_key", b"client_key", "created_at", b"created_at", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "has_client_key", b"has_client_key", "headers", b"headers", "ordering", b"ordering", "previous_secret_expires_at", b"previous_secret_expires_at", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "secret", b"secret", "signature_scheme", b"signature_scheme", "tenant_id", b"tenant_id", "transform", b"transform", "updated_at", b"updated_at", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_certificate", b"client_certificate", "client_key", b"client_key", "created_at", b"created_at", "description", b"description", "disabled_reason", b"disabled_reason", "enabled", b"enabled", "etag", b"etag", "event_types", b"event_types", "filter", b"filter", "has_client_key", b"has_client_key", "headers", b"headers", "ordering", b"ordering", "previous_secret_expires_at", b"previous_secret_expires_at", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "secret", b"secret", "signature_scheme", b"signature_scheme", "tenant_id", b"tenant_id", "transform", b"transform", "updated_at", b"updated_at", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,6 +453,7 @@ class RetryPolicy(_message.Message):
     MULTIPLIER_FIELD_NUMBER: _builtins.int
     JITTER_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
     """`[a-z0-9][a-z0-9_-]{0,63}`; `default` is built in and cannot be deleted."""
     max_attempts: _builtins.int
@@ -281,6 +462,10 @@ class RetryPolicy(_message.Message):
     """1.0..=100.0."""
     jitter: _builtins.float
     """0.0..=1.0, a fraction of each delay."""
+    etag: _builtins.str
+    """The version of this policy, opaque: changes at every write. Pass it as
+    UpdateRetryPolicyRequest.etag.
+    """
     @_builtins.property
     def initial_backoff(self) -> _duration_pb2.Duration:
         """100ms..=24h."""
@@ -303,10 +488,11 @@ class RetryPolicy(_message.Message):
         multiplier: _builtins.float = ...,
         jitter: _builtins.float = ...,
         attempt_timeout: _duration_pb2.Duration | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "initial_backoff", b"initial_backoff", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "policy_id", b"policy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_timeout", b"attempt_timeout", "etag", b"etag", "initial_backoff", b"initial_backoff", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "policy_id", b"policy_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -325,7 +511,9 @@ class Attempt(_message.Message):
     ERROR_KIND_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     RESPONSE_EXCERPT_FIELD_NUMBER: _builtins.int
+    ERROR_KIND_CODE_FIELD_NUMBER: _builtins.int
     attempt: _builtins.int
+    """The attempt's number: 1 for the first try."""
     status_code: _builtins.int
     """The HTTP status, or 0 when no response arrived."""
     error_kind: _builtins.str
@@ -336,10 +524,18 @@ class Attempt(_message.Message):
     """Human-readable detail of the error or status."""
     response_excerpt: _builtins.str
     """The start of the response body, at most 1 KiB, lossily decoded as UTF-8."""
+    error_kind_code: Global___ErrorKind.ValueType
+    """error_kind as an enum value (ERROR_KIND_UNSPECIFIED when error_kind is empty, or a class
+    this release does not know).
+    """
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt started."""
+
     @_builtins.property
-    def duration(self) -> _duration_pb2.Duration: ...
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the attempt took, up to its response or failure."""
+
     def __init__(
         self,
         *,
@@ -350,10 +546,11 @@ class Attempt(_message.Message):
         error_kind: _builtins.str = ...,
         error: _builtins.str = ...,
         response_excerpt: _builtins.str = ...,
+        error_kind_code: Global___ErrorKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "error", b"error", "error_kind", b"error_kind", "response_excerpt", b"response_excerpt", "started_at", b"started_at", "status_code", b"status_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "duration", b"duration", "error", b"error", "error_kind", b"error_kind", "error_kind_code", b"error_kind_code", "response_excerpt", b"response_excerpt", "started_at", b"started_at", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,6 +573,7 @@ class DeadLetter(_message.Message):
     DEAD_LETTERED_AT_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
     dead_letter_id: _builtins.str
     """Id of the dead-letter record (a stream entry id in <prefix>deadletters)."""
     reason: _builtins.str
@@ -388,20 +586,31 @@ class DeadLetter(_message.Message):
     detail: _builtins.str
     """Human-readable explanation."""
     tenant_id: _builtins.str
+    """The tenant of the event."""
     webhook_id: _builtins.str
     """Empty for entries rejected before routing."""
     event_id: _builtins.str
+    """The event id receivers see."""
     event_type: _builtins.str
+    """The event's type."""
     stream_entry_id: _builtins.str
     """Id of the stream entry the event came from."""
     body: _builtins.str
     """The request body that was (or would have been) sent; for a rejected entry, its fields as a
     JSON object.
     """
+    reason_code: Global___DeadLetterReason.ValueType
+    """reason as an enum value (DEAD_LETTER_REASON_UNSPECIFIED for a reason this release does not
+    know).
+    """
     @_builtins.property
-    def dead_lettered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def dead_lettered_at(self) -> _timestamp_pb2.Timestamp:
+        """When the delivery (or entry) was dead-lettered."""
+
     @_builtins.property
-    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]:
+        """Every attempt made, oldest first; empty for an entry rejected before routing."""
+
     def __init__(
         self,
         *,
@@ -416,10 +625,11 @@ class DeadLetter(_message.Message):
         dead_lettered_at: _timestamp_pb2.Timestamp | None = ...,
         body: _builtins.str = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
+        reason_code: Global___DeadLetterReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dead_lettered_at", b"dead_lettered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "dead_letter_id", b"dead_letter_id", "dead_lettered_at", b"dead_lettered_at", "detail", b"detail", "event_id", b"event_id", "event_type", b"event_type", "reason", b"reason", "stream_entry_id", b"stream_entry_id", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "body", b"body", "dead_letter_id", b"dead_letter_id", "dead_lettered_at", b"dead_lettered_at", "detail", b"detail", "event_id", b"event_id", "event_type", b"event_type", "reason", b"reason", "reason_code", b"reason_code", "stream_entry_id", b"stream_entry_id", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

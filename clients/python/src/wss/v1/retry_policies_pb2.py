@@ -23,30 +23,31 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from wss.v1 import resources_pb2 as wss_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwss/v1/retry_policies.proto\x12\x06wss.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16wss/v1/resources.proto\"\xb9\x02\n\x18\x43reateRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x19\n\x0cmax_attempts\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x32\n\x0finitial_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\nmultiplier\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06jitter\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_max_attemptsB\r\n\x0b_multiplierB\t\n\x07_jitter\"*\n\x15GetRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"A\n\x18ListRetryPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x19ListRetryPoliciesResponse\x12+\n\x0eretry_policies\x18\x01 \x03(\x0b\x32\x13.wss.v1.RetryPolicy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb9\x02\n\x18UpdateRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x19\n\x0cmax_attempts\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x32\n\x0finitial_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\nmultiplier\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06jitter\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_max_attemptsB\r\n\x0b_multiplierB\t\n\x07_jitter\"-\n\x18\x44\x65leteRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteRetryPolicyResponse2\xa6\x03\n\x12RetryPolicyService\x12J\n\x11\x43reateRetryPolicy\x12 .wss.v1.CreateRetryPolicyRequest\x1a\x13.wss.v1.RetryPolicy\x12\x44\n\x0eGetRetryPolicy\x12\x1d.wss.v1.GetRetryPolicyRequest\x1a\x13.wss.v1.RetryPolicy\x12X\n\x11ListRetryPolicies\x12 .wss.v1.ListRetryPoliciesRequest\x1a!.wss.v1.ListRetryPoliciesResponse\x12J\n\x11UpdateRetryPolicy\x12 .wss.v1.UpdateRetryPolicyRequest\x1a\x13.wss.v1.RetryPolicy\x12X\n\x11\x44\x65leteRetryPolicy\x12 .wss.v1.DeleteRetryPolicyRequest\x1a!.wss.v1.DeleteRetryPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bwss/v1/retry_policies.proto\x12\x06wss.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x16wss/v1/resources.proto\"\xb9\x02\n\x18\x43reateRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x19\n\x0cmax_attempts\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x32\n\x0finitial_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\nmultiplier\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06jitter\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_max_attemptsB\r\n\x0b_multiplierB\t\n\x07_jitter\"*\n\x15GetRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"A\n\x18ListRetryPoliciesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x19ListRetryPoliciesResponse\x12+\n\x0eretry_policies\x18\x01 \x03(\x0b\x32\x13.wss.v1.RetryPolicy\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf8\x02\n\x18UpdateRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\x12\x19\n\x0cmax_attempts\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x32\n\x0finitial_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\nmultiplier\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06jitter\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x32\n\x0f\x61ttempt_timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bupdate_mask\x18( \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18) \x01(\tB\x0f\n\r_max_attemptsB\r\n\x0b_multiplierB\t\n\x07_jitter\"-\n\x18\x44\x65leteRetryPolicyRequest\x12\x11\n\tpolicy_id\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteRetryPolicyResponse2\xa6\x03\n\x12RetryPolicyService\x12J\n\x11\x43reateRetryPolicy\x12 .wss.v1.CreateRetryPolicyRequest\x1a\x13.wss.v1.RetryPolicy\x12\x44\n\x0eGetRetryPolicy\x12\x1d.wss.v1.GetRetryPolicyRequest\x1a\x13.wss.v1.RetryPolicy\x12X\n\x11ListRetryPolicies\x12 .wss.v1.ListRetryPoliciesRequest\x1a!.wss.v1.ListRetryPoliciesResponse\x12J\n\x11UpdateRetryPolicy\x12 .wss.v1.UpdateRetryPolicyRequest\x1a\x13.wss.v1.RetryPolicy\x12X\n\x11\x44\x65leteRetryPolicy\x12 .wss.v1.DeleteRetryPolicyRequest\x1a!.wss.v1.DeleteRetryPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wss.v1.retry_policies_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATERETRYPOLICYREQUEST']._serialized_start=96
-  _globals['_CREATERETRYPOLICYREQUEST']._serialized_end=409
-  _globals['_GETRETRYPOLICYREQUEST']._serialized_start=411
-  _globals['_GETRETRYPOLICYREQUEST']._serialized_end=453
-  _globals['_LISTRETRYPOLICIESREQUEST']._serialized_start=455
-  _globals['_LISTRETRYPOLICIESREQUEST']._serialized_end=520
-  _globals['_LISTRETRYPOLICIESRESPONSE']._serialized_start=522
-  _globals['_LISTRETRYPOLICIESRESPONSE']._serialized_end=619
-  _globals['_UPDATERETRYPOLICYREQUEST']._serialized_start=622
-  _globals['_UPDATERETRYPOLICYREQUEST']._serialized_end=935
-  _globals['_DELETERETRYPOLICYREQUEST']._serialized_start=937
-  _globals['_DELETERETRYPOLICYREQUEST']._serialized_end=982
-  _globals['_DELETERETRYPOLICYRESPONSE']._serialized_start=984
-  _globals['_DELETERETRYPOLICYRESPONSE']._serialized_end=1011
-  _globals['_RETRYPOLICYSERVICE']._serialized_start=1014
-  _globals['_RETRYPOLICYSERVICE']._serialized_end=1436
+  _globals['_CREATERETRYPOLICYREQUEST']._serialized_start=130
+  _globals['_CREATERETRYPOLICYREQUEST']._serialized_end=443
+  _globals['_GETRETRYPOLICYREQUEST']._serialized_start=445
+  _globals['_GETRETRYPOLICYREQUEST']._serialized_end=487
+  _globals['_LISTRETRYPOLICIESREQUEST']._serialized_start=489
+  _globals['_LISTRETRYPOLICIESREQUEST']._serialized_end=554
+  _globals['_LISTRETRYPOLICIESRESPONSE']._serialized_start=556
+  _globals['_LISTRETRYPOLICIESRESPONSE']._serialized_end=653
+  _globals['_UPDATERETRYPOLICYREQUEST']._serialized_start=656
+  _globals['_UPDATERETRYPOLICYREQUEST']._serialized_end=1032
+  _globals['_DELETERETRYPOLICYREQUEST']._serialized_start=1034
+  _globals['_DELETERETRYPOLICYREQUEST']._serialized_end=1079
+  _globals['_DELETERETRYPOLICYRESPONSE']._serialized_start=1081
+  _globals['_DELETERETRYPOLICYRESPONSE']._serialized_end=1108
+  _globals['_RETRYPOLICYSERVICE']._serialized_start=1111
+  _globals['_RETRYPOLICYSERVICE']._serialized_end=1533
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from wss.v1 import resources_pb2 as _resources_pb2
@@ -22,6 +23,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class CreateRetryPolicyRequest(_message.Message):
+    """A new retry policy; unset fields take the built-in `default` policy's values."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_ID_FIELD_NUMBER: _builtins.int
@@ -32,15 +35,25 @@ class CreateRetryPolicyRequest(_message.Message):
     JITTER_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
+    """The new policy's id: `[a-z0-9][a-z0-9_-]{0,63}`, not `default`."""
     max_attempts: _builtins.int
+    """Attempts in all, the first included: 1..=50."""
     multiplier: _builtins.float
+    """Growth of the delay from one retry to the next: 1.0..=100.0."""
     jitter: _builtins.float
+    """Random spread of each delay, as a fraction: 0.0..=1.0."""
     @_builtins.property
-    def initial_backoff(self) -> _duration_pb2.Duration: ...
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """Delay before the first retry: 100ms..=24h."""
+
     @_builtins.property
-    def max_backoff(self) -> _duration_pb2.Duration: ...
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """Longest delay between attempts: initial_backoff..=7 days."""
+
     @_builtins.property
-    def attempt_timeout(self) -> _duration_pb2.Duration: ...
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """Connect + send + response, for one attempt: 100ms..=5min."""
+
     def __init__(
         self,
         *,
@@ -73,10 +86,13 @@ Global___CreateRetryPolicyRequest: _TypeAlias = CreateRetryPolicyRequest  # noqa
 
 @_typing.final
 class GetRetryPolicyRequest(_message.Message):
+    """Which policy to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_ID_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
+    """The policy's id (`default` always exists)."""
     def __init__(
         self,
         *,
@@ -92,12 +108,16 @@ Global___GetRetryPolicyRequest: _TypeAlias = GetRetryPolicyRequest  # noqa: Y015
 
 @_typing.final
 class ListRetryPoliciesRequest(_message.Message):
+    """How many policies to list at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """0 means 100; more than 1000 is clamped to 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
     def __init__(
         self,
         *,
@@ -114,13 +134,18 @@ Global___ListRetryPoliciesRequest: _TypeAlias = ListRetryPoliciesRequest  # noqa
 
 @_typing.final
 class ListRetryPoliciesResponse(_message.Message):
+    """One page of retry policies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RETRY_POLICIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page; otherwise pass it as page_token for the next."""
     @_builtins.property
-    def retry_policies(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RetryPolicy]: ...
+    def retry_policies(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.RetryPolicy]:
+        """The policies of this page, ordered by id."""
+
     def __init__(
         self,
         *,
@@ -137,6 +162,8 @@ Global___ListRetryPoliciesResponse: _TypeAlias = ListRetryPoliciesResponse  # no
 
 @_typing.final
 class UpdateRetryPolicyRequest(_message.Message):
+    """Changes to a retry policy: the fields set (or named by update_mask)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_ID_FIELD_NUMBER: _builtins.int
@@ -146,16 +173,40 @@ class UpdateRetryPolicyRequest(_message.Message):
     MULTIPLIER_FIELD_NUMBER: _builtins.int
     JITTER_FIELD_NUMBER: _builtins.int
     ATTEMPT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
+    """The policy to change (`default` included)."""
     max_attempts: _builtins.int
+    """New attempts in all, the first included: 1..=50."""
     multiplier: _builtins.float
+    """New growth of the delay: 1.0..=100.0."""
     jitter: _builtins.float
+    """New random spread of each delay: 0.0..=1.0."""
+    etag: _builtins.str
+    """The policy's etag as last read: refused with ABORTED (STALE_ETAG) when it changed since.
+    Empty: no check.
+    """
     @_builtins.property
-    def initial_backoff(self) -> _duration_pb2.Duration: ...
+    def initial_backoff(self) -> _duration_pb2.Duration:
+        """New delay before the first retry: 100ms..=24h."""
+
     @_builtins.property
-    def max_backoff(self) -> _duration_pb2.Duration: ...
+    def max_backoff(self) -> _duration_pb2.Duration:
+        """New longest delay: initial_backoff..=7 days."""
+
     @_builtins.property
-    def attempt_timeout(self) -> _duration_pb2.Duration: ...
+    def attempt_timeout(self) -> _duration_pb2.Duration:
+        """New time limit of one attempt: 100ms..=5min."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change (`max_attempts`, `initial_backoff`, `max_backoff`, `multiplier`,
+        `jitter`, `attempt_timeout`); a field named here and unset in the request takes the built-in
+        `default` policy's value. Absent: every field set in the request. An unknown path is
+        INVALID_ARGUMENT (INVALID_UPDATE_MASK).
+        """
+
     def __init__(
         self,
         *,
@@ -166,10 +217,12 @@ class UpdateRetryPolicyRequest(_message.Message):
         multiplier: _builtins.float | None = ...,
         jitter: _builtins.float | None = ...,
         attempt_timeout: _duration_pb2.Duration | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_jitter", b"_jitter", "_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "attempt_timeout", b"attempt_timeout", "initial_backoff", b"initial_backoff", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_jitter", b"_jitter", "_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "attempt_timeout", b"attempt_timeout", "initial_backoff", b"initial_backoff", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_jitter", b"_jitter", "_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "attempt_timeout", b"attempt_timeout", "initial_backoff", b"initial_backoff", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "policy_id", b"policy_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_jitter", b"_jitter", "_max_attempts", b"_max_attempts", "_multiplier", b"_multiplier", "attempt_timeout", b"attempt_timeout", "etag", b"etag", "initial_backoff", b"initial_backoff", "jitter", b"jitter", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "multiplier", b"multiplier", "policy_id", b"policy_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__jitter: _TypeAlias = _typing.Literal["jitter"]  # noqa: Y015
     _WhichOneofArgType__jitter: _TypeAlias = _typing.Literal["_jitter", b"_jitter"]  # noqa: Y015
@@ -188,10 +241,13 @@ Global___UpdateRetryPolicyRequest: _TypeAlias = UpdateRetryPolicyRequest  # noqa
 
 @_typing.final
 class DeleteRetryPolicyRequest(_message.Message):
+    """Which policy to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_ID_FIELD_NUMBER: _builtins.int
     policy_id: _builtins.str
+    """The policy's id; not `default`, and used by no tenant or webhook."""
     def __init__(
         self,
         *,
@@ -207,6 +263,8 @@ Global___DeleteRetryPolicyRequest: _TypeAlias = DeleteRetryPolicyRequest  # noqa
 
 @_typing.final
 class DeleteRetryPolicyResponse(_message.Message):
+    """Empty: the policy is deleted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(

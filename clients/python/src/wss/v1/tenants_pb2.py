@@ -22,30 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from wss.v1 import resources_pb2 as wss_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14wss/v1/tenants.proto\x12\x06wss.v1\x1a\x16wss/v1/resources.proto\"q\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_retry_policy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x13ListTenantsResponse\x12\x1f\n\x07tenants\x18\x01 \x03(\x0b\x32\x0e.wss.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xba\x01\n\x13UpdateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x19\n\x0c\x64isplay_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12$\n\x17\x64\x65\x66\x61ult_retry_policy_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08\x64isabled\x18\x04 \x01(\x08H\x02\x88\x01\x01\x42\x0f\n\r_display_nameB\x1a\n\x18_default_retry_policy_idB\x0b\n\t_disabled\"(\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"0\n\x14\x44\x65leteTenantResponse\x12\x18\n\x10\x64\x65leted_webhooks\x18\x01 \x01(\r2\xd3\x02\n\rTenantService\x12;\n\x0c\x43reateTenant\x12\x1b.wss.v1.CreateTenantRequest\x1a\x0e.wss.v1.Tenant\x12\x35\n\tGetTenant\x12\x18.wss.v1.GetTenantRequest\x1a\x0e.wss.v1.Tenant\x12\x46\n\x0bListTenants\x12\x1a.wss.v1.ListTenantsRequest\x1a\x1b.wss.v1.ListTenantsResponse\x12;\n\x0cUpdateTenant\x12\x1b.wss.v1.UpdateTenantRequest\x1a\x0e.wss.v1.Tenant\x12I\n\x0c\x44\x65leteTenant\x12\x1b.wss.v1.DeleteTenantRequest\x1a\x1c.wss.v1.DeleteTenantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14wss/v1/tenants.proto\x12\x06wss.v1\x1a google/protobuf/field_mask.proto\x1a\x16wss/v1/resources.proto\"q\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_retry_policy_id\x18\x03 \x01(\t\x12\x10\n\x08\x64isabled\x18\x04 \x01(\x08\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x13ListTenantsResponse\x12\x1f\n\x07tenants\x18\x01 \x03(\x0b\x32\x0e.wss.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf9\x01\n\x13UpdateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x19\n\x0c\x64isplay_name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12$\n\x17\x64\x65\x66\x61ult_retry_policy_id\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x15\n\x08\x64isabled\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12/\n\x0bupdate_mask\x18( \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18) \x01(\tB\x0f\n\r_display_nameB\x1a\n\x18_default_retry_policy_idB\x0b\n\t_disabled\"(\n\x13\x44\x65leteTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"0\n\x14\x44\x65leteTenantResponse\x12\x18\n\x10\x64\x65leted_webhooks\x18\x01 \x01(\r2\xd3\x02\n\rTenantService\x12;\n\x0c\x43reateTenant\x12\x1b.wss.v1.CreateTenantRequest\x1a\x0e.wss.v1.Tenant\x12\x35\n\tGetTenant\x12\x18.wss.v1.GetTenantRequest\x1a\x0e.wss.v1.Tenant\x12\x46\n\x0bListTenants\x12\x1a.wss.v1.ListTenantsRequest\x1a\x1b.wss.v1.ListTenantsResponse\x12;\n\x0cUpdateTenant\x12\x1b.wss.v1.UpdateTenantRequest\x1a\x0e.wss.v1.Tenant\x12I\n\x0c\x44\x65leteTenant\x12\x1b.wss.v1.DeleteTenantRequest\x1a\x1c.wss.v1.DeleteTenantResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wss.v1.tenants_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATETENANTREQUEST']._serialized_start=56
-  _globals['_CREATETENANTREQUEST']._serialized_end=169
-  _globals['_GETTENANTREQUEST']._serialized_start=171
-  _globals['_GETTENANTREQUEST']._serialized_end=208
-  _globals['_LISTTENANTSREQUEST']._serialized_start=210
-  _globals['_LISTTENANTSREQUEST']._serialized_end=269
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=271
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=350
-  _globals['_UPDATETENANTREQUEST']._serialized_start=353
-  _globals['_UPDATETENANTREQUEST']._serialized_end=539
-  _globals['_DELETETENANTREQUEST']._serialized_start=541
-  _globals['_DELETETENANTREQUEST']._serialized_end=581
-  _globals['_DELETETENANTRESPONSE']._serialized_start=583
-  _globals['_DELETETENANTRESPONSE']._serialized_end=631
-  _globals['_TENANTSERVICE']._serialized_start=634
-  _globals['_TENANTSERVICE']._serialized_end=973
+  _globals['_CREATETENANTREQUEST']._serialized_start=90
+  _globals['_CREATETENANTREQUEST']._serialized_end=203
+  _globals['_GETTENANTREQUEST']._serialized_start=205
+  _globals['_GETTENANTREQUEST']._serialized_end=242
+  _globals['_LISTTENANTSREQUEST']._serialized_start=244
+  _globals['_LISTTENANTSREQUEST']._serialized_end=303
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=305
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=384
+  _globals['_UPDATETENANTREQUEST']._serialized_start=387
+  _globals['_UPDATETENANTREQUEST']._serialized_end=636
+  _globals['_DELETETENANTREQUEST']._serialized_start=638
+  _globals['_DELETETENANTREQUEST']._serialized_end=678
+  _globals['_DELETETENANTRESPONSE']._serialized_start=680
+  _globals['_DELETETENANTRESPONSE']._serialized_end=728
+  _globals['_TENANTSERVICE']._serialized_start=731
+  _globals['_TENANTSERVICE']._serialized_end=1070
 # @@protoc_insertion_point(module_scope)

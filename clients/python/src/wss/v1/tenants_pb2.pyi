@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from wss.v1 import resources_pb2 as _resources_pb2
@@ -21,6 +22,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class CreateTenantRequest(_message.Message):
+    """A new tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
@@ -28,9 +31,13 @@ class CreateTenantRequest(_message.Message):
     DEFAULT_RETRY_POLICY_ID_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The new tenant's id: `[a-z0-9][a-z0-9_-]{0,63}`, immutable."""
     display_name: _builtins.str
+    """A name for people; at most 256 characters."""
     default_retry_policy_id: _builtins.str
+    """Policy of the tenant's webhooks that name none; empty means the built-in `default`."""
     disabled: _builtins.bool
+    """True: the tenant's events are dead-lettered (`tenant_disabled`) instead of delivered."""
     def __init__(
         self,
         *,
@@ -49,10 +56,13 @@ Global___CreateTenantRequest: _TypeAlias = CreateTenantRequest  # noqa: Y015
 
 @_typing.final
 class GetTenantRequest(_message.Message):
+    """Which tenant to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The tenant's id."""
     def __init__(
         self,
         *,
@@ -68,6 +78,8 @@ Global___GetTenantRequest: _TypeAlias = GetTenantRequest  # noqa: Y015
 
 @_typing.final
 class ListTenantsRequest(_message.Message):
+    """How many tenants to list at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -92,6 +104,8 @@ Global___ListTenantsRequest: _TypeAlias = ListTenantsRequest  # noqa: Y015
 
 @_typing.final
 class ListTenantsResponse(_message.Message):
+    """One page of tenants."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANTS_FIELD_NUMBER: _builtins.int
@@ -99,7 +113,9 @@ class ListTenantsResponse(_message.Message):
     next_page_token: _builtins.str
     """Empty on the last page."""
     @_builtins.property
-    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Tenant]: ...
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Tenant]:
+        """The tenants of this page, ordered by id."""
+
     def __init__(
         self,
         *,
@@ -116,17 +132,35 @@ Global___ListTenantsResponse: _TypeAlias = ListTenantsResponse  # noqa: Y015
 
 @_typing.final
 class UpdateTenantRequest(_message.Message):
+    """Changes to a tenant: the fields set (or named by update_mask)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     DEFAULT_RETRY_POLICY_ID_FIELD_NUMBER: _builtins.int
     DISABLED_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The tenant to change."""
     display_name: _builtins.str
+    """A new name for people; at most 256 characters."""
     default_retry_policy_id: _builtins.str
     """Empty string: back to the built-in `default`."""
     disabled: _builtins.bool
+    """True disables the tenant, false enables it."""
+    etag: _builtins.str
+    """The tenant's etag as last read: the update is refused with ABORTED (STALE_ETAG) when the
+    tenant changed since. Empty: no check.
+    """
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change (`display_name`, `default_retry_policy_id`, `disabled`); a field named
+        here and unset in the request is reset to its default. Absent: every field set in the
+        request (today's behaviour). An unknown path is INVALID_ARGUMENT (INVALID_UPDATE_MASK).
+        """
+
     def __init__(
         self,
         *,
@@ -134,10 +168,12 @@ class UpdateTenantRequest(_message.Message):
         display_name: _builtins.str | None = ...,
         default_retry_policy_id: _builtins.str | None = ...,
         disabled: _builtins.bool | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_retry_policy_id", b"_default_retry_policy_id", "_disabled", b"_disabled", "_display_name", b"_display_name", "default_retry_policy_id", b"default_retry_policy_id", "disabled", b"disabled", "display_name", b"display_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_retry_policy_id", b"_default_retry_policy_id", "_disabled", b"_disabled", "_display_name", b"_display_name", "default_retry_policy_id", b"default_retry_policy_id", "disabled", b"disabled", "display_name", b"display_name", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_retry_policy_id", b"_default_retry_policy_id", "_disabled", b"_disabled", "_display_name", b"_display_name", "default_retry_policy_id", b"default_retry_policy_id", "disabled", b"disabled", "display_name", b"display_name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_retry_policy_id", b"_default_retry_policy_id", "_disabled", b"_disabled", "_display_name", b"_display_name", "default_retry_policy_id", b"default_retry_policy_id", "disabled", b"disabled", "display_name", b"display_name", "etag", b"etag", "tenant_id", b"tenant_id", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__default_retry_policy_id: _TypeAlias = _typing.Literal["default_retry_policy_id"]  # noqa: Y015
     _WhichOneofArgType__default_retry_policy_id: _TypeAlias = _typing.Literal["_default_retry_policy_id", b"_default_retry_policy_id"]  # noqa: Y015
@@ -156,10 +192,13 @@ Global___UpdateTenantRequest: _TypeAlias = UpdateTenantRequest  # noqa: Y015
 
 @_typing.final
 class DeleteTenantRequest(_message.Message):
+    """Which tenant to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The tenant's id; its webhooks and tokens are deleted with it."""
     def __init__(
         self,
         *,
@@ -175,6 +214,8 @@ Global___DeleteTenantRequest: _TypeAlias = DeleteTenantRequest  # noqa: Y015
 
 @_typing.final
 class DeleteTenantResponse(_message.Message):
+    """What the deletion took with it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_WEBHOOKS_FIELD_NUMBER: _builtins.int

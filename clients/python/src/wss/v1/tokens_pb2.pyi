@@ -21,6 +21,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class Token(_message.Message):
+    """A tenant token: lets a service manage its own tenant's webhooks and read its deliveries."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
@@ -33,13 +35,17 @@ class Token(_message.Message):
     the dot, and names the token in ListTokens, RevokeToken and the server's log.
     """
     tenant_id: _builtins.str
+    """The tenant the token acts for."""
     description: _builtins.str
+    """What the token is for."""
     token: _builtins.str
     """The bearer token, `<token_id>.<43 characters>`: returned only by CreateToken; empty
     everywhere else.
     """
     @_builtins.property
-    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the token was issued."""
+
     def __init__(
         self,
         *,
@@ -59,6 +65,8 @@ Global___Token: _TypeAlias = Token  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):
+    """A token to issue."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
@@ -83,6 +91,8 @@ Global___CreateTokenRequest: _TypeAlias = CreateTokenRequest  # noqa: Y015
 
 @_typing.final
 class ListTokensRequest(_message.Message):
+    """Which tokens to list, and how many at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
@@ -93,6 +103,7 @@ class ListTokensRequest(_message.Message):
     page_size: _builtins.int
     """0 means 100; more than 1000 is clamped to 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first (bound to tenant_id)."""
     def __init__(
         self,
         *,
@@ -110,13 +121,18 @@ Global___ListTokensRequest: _TypeAlias = ListTokensRequest  # noqa: Y015
 
 @_typing.final
 class ListTokensResponse(_message.Message):
+    """One page of tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page; otherwise pass it as page_token for the next."""
     @_builtins.property
-    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]: ...
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___Token]:
+        """The tokens of this page, ordered by id, without the tokens themselves."""
+
     def __init__(
         self,
         *,
@@ -133,10 +149,13 @@ Global___ListTokensResponse: _TypeAlias = ListTokensResponse  # noqa: Y015
 
 @_typing.final
 class RevokeTokenRequest(_message.Message):
+    """Which token to revoke."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
+    """The token's id (`tok_…`, the part before the dot)."""
     def __init__(
         self,
         *,
@@ -152,6 +171,8 @@ Global___RevokeTokenRequest: _TypeAlias = RevokeTokenRequest  # noqa: Y015
 
 @_typing.final
 class RevokeTokenResponse(_message.Message):
+    """Empty: the token is revoked."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from wss.v1 import resources_pb2 as wss_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wss/v1/webhooks.proto\x12\x06wss.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16wss/v1/resources.proto\"\xe0\x03\n\x14\x43reateWebhookRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ilter\x18\n \x01(\t\x12\x11\n\ttransform\x18\x0b \x01(\t\x12\x17\n\x0fretry_policy_id\x18\x04 \x01(\t\x12:\n\x07headers\x18\x05 \x03(\x0b\x32).wss.v1.CreateWebhookRequest.HeadersEntry\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x31\n\x10signature_scheme\x18\x08 \x01(\x0e\x32\x17.wss.v1.SignatureScheme\x12\x0e\n\x06secret\x18\t \x01(\t\x12\x1a\n\x12\x63lient_certificate\x18\x0c \x01(\t\x12\x12\n\nclient_key\x18\r \x01(\t\x12\"\n\x08ordering\x18\x1e \x01(\x0e\x32\x10.wss.v1.Ordering\x12\x1d\n\x15rate_limit_per_second\x18\x1f \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08_enabled\"\'\n\x11GetWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"O\n\x13ListWebhooksRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x14ListWebhooksResponse\x12!\n\x08webhooks\x18\x01 \x03(\x0b\x32\x0f.wss.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\nEventTypes\x12\x10\n\x08patterns\x18\x01 \x03(\t\"h\n\x07Headers\x12-\n\x07headers\x18\x01 \x03(\x0b\x32\x1c.wss.v1.Headers.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x04\n\x14UpdateWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x10\n\x03url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\'\n\x0b\x65vent_types\x18\x03 \x01(\x0b\x32\x12.wss.v1.EventTypes\x12\x13\n\x06\x66ilter\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x16\n\ttransform\x18\t \x01(\tH\x02\x88\x01\x01\x12\x1c\n\x0fretry_policy_id\x18\x04 \x01(\tH\x03\x88\x01\x01\x12 \n\x07headers\x18\x05 \x01(\x0b\x32\x0f.wss.v1.Headers\x12\x18\n\x0b\x64\x65scription\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x05\x88\x01\x01\x12\x1f\n\x12\x63lient_certificate\x18\n \x01(\tH\x06\x88\x01\x01\x12\x17\n\nclient_key\x18\x0b \x01(\tH\x07\x88\x01\x01\x12\'\n\x08ordering\x18\x1e \x01(\x0e\x32\x10.wss.v1.OrderingH\x08\x88\x01\x01\x12\"\n\x15rate_limit_per_second\x18\x1f \x01(\rH\t\x88\x01\x01\x42\x06\n\x04_urlB\t\n\x07_filterB\x0c\n\n_transformB\x12\n\x10_retry_policy_idB\x0e\n\x0c_descriptionB\n\n\x08_enabledB\x15\n\x13_client_certificateB\r\n\x0b_client_keyB\x0b\n\t_orderingB\x18\n\x16_rate_limit_per_second\"*\n\x14\x44\x65leteWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"l\n\x1aRotateWebhookSecretRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06secret\x18\x03 \x01(\t\"W\n\x16GetWebhookStatsRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa6\x01\n\rCircuitChange\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.wss.v1.CircuitState\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08instance\x18\x04 \x01(\t\"\xfb\x05\n\x0cWebhookStats\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x61ttempts_succeeded\x18\x04 \x01(\x04\x12\x17\n\x0f\x61ttempts_failed\x18\x05 \x01(\x04\x12\x19\n\x0csuccess_rate\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x33\n\x0flast_success_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_failure_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18last_failure_status_code\x18\t \x01(\r\x12\x1f\n\x17last_failure_error_kind\x18\n \x01(\t\x12\x1a\n\x12last_failure_error\x18\x0b \x01(\t\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x0c \x01(\x04\x12+\n\rcircuit_state\x18\r \x01(\x0e\x32\x14.wss.v1.CircuitState\x12\x36\n\x12\x63ircuit_open_until\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x13last_circuit_change\x18\x0f \x01(\x0b\x32\x15.wss.v1.CircuitChange\x12\x11\n\tin_flight\x18\x10 \x01(\r\x12\x0e\n\x06queued\x18\x11 \x01(\x04\x12\x0e\n\x06parked\x18\x12 \x01(\x04\x12\x17\n\x0fretries_waiting\x18\x13 \x01(\x04\x12\x10\n\x08instance\x18\x14 \x01(\t\x12\x15\n\rbacklog_depth\x18\x15 \x01(\x04\x12\x35\n\x12\x62\x61\x63klog_oldest_age\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crate_limited\x18\x1e \x01(\x04\x42\x0f\n\r_success_rate\"L\n\x14SendTestEventRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\"\x8f\x02\n\x15SendTestEventResponse\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nerror_kind\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x15\n\rresponse_body\x18\x08 \x01(\t\x12+\n\x07sent_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequest_body\x18\n \x01(\t*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\xc6\x04\n\x0eWebhookService\x12>\n\rCreateWebhook\x12\x1c.wss.v1.CreateWebhookRequest\x1a\x0f.wss.v1.Webhook\x12\x38\n\nGetWebhook\x12\x19.wss.v1.GetWebhookRequest\x1a\x0f.wss.v1.Webhook\x12I\n\x0cListWebhooks\x12\x1b.wss.v1.ListWebhooksRequest\x1a\x1c.wss.v1.ListWebhooksResponse\x12>\n\rUpdateWebhook\x12\x1c.wss.v1.UpdateWebhookRequest\x1a\x0f.wss.v1.Webhook\x12L\n\rDeleteWebhook\x12\x1c.wss.v1.DeleteWebhookRequest\x1a\x1d.wss.v1.DeleteWebhookResponse\x12J\n\x13RotateWebhookSecret\x12\".wss.v1.RotateWebhookSecretRequest\x1a\x0f.wss.v1.Webhook\x12G\n\x0fGetWebhookStats\x12\x1e.wss.v1.GetWebhookStatsRequest\x1a\x14.wss.v1.WebhookStats\x12L\n\rSendTestEvent\x12\x1c.wss.v1.SendTestEventRequest\x1a\x1d.wss.v1.SendTestEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15wss/v1/webhooks.proto\x12\x06wss.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16wss/v1/resources.proto\"\xe0\x03\n\x14\x43reateWebhookRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x0e\n\x06\x66ilter\x18\n \x01(\t\x12\x11\n\ttransform\x18\x0b \x01(\t\x12\x17\n\x0fretry_policy_id\x18\x04 \x01(\t\x12:\n\x07headers\x18\x05 \x03(\x0b\x32).wss.v1.CreateWebhookRequest.HeadersEntry\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x00\x88\x01\x01\x12\x31\n\x10signature_scheme\x18\x08 \x01(\x0e\x32\x17.wss.v1.SignatureScheme\x12\x0e\n\x06secret\x18\t \x01(\t\x12\x1a\n\x12\x63lient_certificate\x18\x0c \x01(\t\x12\x12\n\nclient_key\x18\r \x01(\t\x12\"\n\x08ordering\x18\x1e \x01(\x0e\x32\x10.wss.v1.Ordering\x12\x1d\n\x15rate_limit_per_second\x18\x1f \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08_enabled\"\'\n\x11GetWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"O\n\x13ListWebhooksRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"R\n\x14ListWebhooksResponse\x12!\n\x08webhooks\x18\x01 \x03(\x0b\x32\x0f.wss.v1.Webhook\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1e\n\nEventTypes\x12\x10\n\x08patterns\x18\x01 \x03(\t\"h\n\x07Headers\x12-\n\x07headers\x18\x01 \x03(\x0b\x32\x1c.wss.v1.Headers.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb3\x05\n\x14UpdateWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x10\n\x03url\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\'\n\x0b\x65vent_types\x18\x03 \x01(\x0b\x32\x12.wss.v1.EventTypes\x12\x13\n\x06\x66ilter\x18\x08 \x01(\tH\x01\x88\x01\x01\x12\x16\n\ttransform\x18\t \x01(\tH\x02\x88\x01\x01\x12\x1c\n\x0fretry_policy_id\x18\x04 \x01(\tH\x03\x88\x01\x01\x12 \n\x07headers\x18\x05 \x01(\x0b\x32\x0f.wss.v1.Headers\x12\x18\n\x0b\x64\x65scription\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x14\n\x07\x65nabled\x18\x07 \x01(\x08H\x05\x88\x01\x01\x12\x1f\n\x12\x63lient_certificate\x18\n \x01(\tH\x06\x88\x01\x01\x12\x17\n\nclient_key\x18\x0b \x01(\tH\x07\x88\x01\x01\x12\'\n\x08ordering\x18\x1e \x01(\x0e\x32\x10.wss.v1.OrderingH\x08\x88\x01\x01\x12\"\n\x15rate_limit_per_second\x18\x1f \x01(\rH\t\x88\x01\x01\x12/\n\x0bupdate_mask\x18( \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0c\n\x04\x65tag\x18) \x01(\t\x12\x36\n\x10signature_scheme\x18* \x01(\x0e\x32\x17.wss.v1.SignatureSchemeH\n\x88\x01\x01\x42\x06\n\x04_urlB\t\n\x07_filterB\x0c\n\n_transformB\x12\n\x10_retry_policy_idB\x0e\n\x0c_descriptionB\n\n\x08_enabledB\x15\n\x13_client_certificateB\r\n\x0b_client_keyB\x0b\n\t_orderingB\x18\n\x16_rate_limit_per_secondB\x13\n\x11_signature_scheme\"*\n\x14\x44\x65leteWebhookRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteWebhookResponse\"l\n\x1aRotateWebhookSecretRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12*\n\x07overlap\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06secret\x18\x03 \x01(\t\"W\n\x16GetWebhookStatsRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12)\n\x06window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa6\x01\n\rCircuitChange\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.wss.v1.CircuitState\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nopen_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08instance\x18\x04 \x01(\t\"\xb4\x06\n\x0cWebhookStats\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12)\n\x06window\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x61ttempts_succeeded\x18\x04 \x01(\x04\x12\x17\n\x0f\x61ttempts_failed\x18\x05 \x01(\x04\x12\x19\n\x0csuccess_rate\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x33\n\x0flast_success_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0flast_failure_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18last_failure_status_code\x18\t \x01(\r\x12\x1f\n\x17last_failure_error_kind\x18\n \x01(\t\x12\x1a\n\x12last_failure_error\x18\x0b \x01(\t\x12\x14\n\x0c\x64\x65\x61\x64_letters\x18\x0c \x01(\x04\x12+\n\rcircuit_state\x18\r \x01(\x0e\x32\x14.wss.v1.CircuitState\x12\x36\n\x12\x63ircuit_open_until\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x13last_circuit_change\x18\x0f \x01(\x0b\x32\x15.wss.v1.CircuitChange\x12\x11\n\tin_flight\x18\x10 \x01(\r\x12\x0e\n\x06queued\x18\x11 \x01(\x04\x12\x0e\n\x06parked\x18\x12 \x01(\x04\x12\x17\n\x0fretries_waiting\x18\x13 \x01(\x04\x12\x10\n\x08instance\x18\x14 \x01(\t\x12\x15\n\rbacklog_depth\x18\x15 \x01(\x04\x12\x35\n\x12\x62\x61\x63klog_oldest_age\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0crate_limited\x18\x1e \x01(\x04\x12\x37\n\x1clast_failure_error_kind_code\x18( \x01(\x0e\x32\x11.wss.v1.ErrorKindB\x0f\n\r_success_rate\"L\n\x14SendTestEventRequest\x12\x12\n\nwebhook_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\"\x8f\x02\n\x15SendTestEventResponse\x12\x13\n\x0b\x64\x65livery_id\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\tsucceeded\x18\x03 \x01(\x08\x12\x13\n\x0bstatus_code\x18\x04 \x01(\r\x12*\n\x07latency\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nerror_kind\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x15\n\rresponse_body\x18\x08 \x01(\t\x12+\n\x07sent_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crequest_body\x18\n \x01(\t*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\xc6\x04\n\x0eWebhookService\x12>\n\rCreateWebhook\x12\x1c.wss.v1.CreateWebhookRequest\x1a\x0f.wss.v1.Webhook\x12\x38\n\nGetWebhook\x12\x19.wss.v1.GetWebhookRequest\x1a\x0f.wss.v1.Webhook\x12I\n\x0cListWebhooks\x12\x1b.wss.v1.ListWebhooksRequest\x1a\x1c.wss.v1.ListWebhooksResponse\x12>\n\rUpdateWebhook\x12\x1c.wss.v1.UpdateWebhookRequest\x1a\x0f.wss.v1.Webhook\x12L\n\rDeleteWebhook\x12\x1c.wss.v1.DeleteWebhookRequest\x1a\x1d.wss.v1.DeleteWebhookResponse\x12J\n\x13RotateWebhookSecret\x12\".wss.v1.RotateWebhookSecretRequest\x1a\x0f.wss.v1.Webhook\x12G\n\x0fGetWebhookStats\x12\x1e.wss.v1.GetWebhookStatsRequest\x1a\x14.wss.v1.WebhookStats\x12L\n\rSendTestEvent\x12\x1c.wss.v1.SendTestEventRequest\x1a\x1d.wss.v1.SendTestEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,42 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEWEBHOOKREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_HEADERS_HEADERSENTRY']._loaded_options = None
   _globals['_HEADERS_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_CIRCUITSTATE']._serialized_start=3058
-  _globals['_CIRCUITSTATE']._serialized_end=3182
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=123
-  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=603
-  _globals['_CREATEWEBHOOKREQUEST_HEADERSENTRY']._serialized_start=545
-  _globals['_CREATEWEBHOOKREQUEST_HEADERSENTRY']._serialized_end=591
-  _globals['_GETWEBHOOKREQUEST']._serialized_start=605
-  _globals['_GETWEBHOOKREQUEST']._serialized_end=644
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=646
-  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=725
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=727
-  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=809
-  _globals['_EVENTTYPES']._serialized_start=811
-  _globals['_EVENTTYPES']._serialized_end=841
-  _globals['_HEADERS']._serialized_start=843
-  _globals['_HEADERS']._serialized_end=947
-  _globals['_HEADERS_HEADERSENTRY']._serialized_start=545
-  _globals['_HEADERS_HEADERSENTRY']._serialized_end=591
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=950
-  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=1501
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1503
-  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1545
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1547
-  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1570
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1572
-  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1680
-  _globals['_GETWEBHOOKSTATSREQUEST']._serialized_start=1682
-  _globals['_GETWEBHOOKSTATSREQUEST']._serialized_end=1769
-  _globals['_CIRCUITCHANGE']._serialized_start=1772
-  _globals['_CIRCUITCHANGE']._serialized_end=1938
-  _globals['_WEBHOOKSTATS']._serialized_start=1941
-  _globals['_WEBHOOKSTATS']._serialized_end=2704
-  _globals['_SENDTESTEVENTREQUEST']._serialized_start=2706
-  _globals['_SENDTESTEVENTREQUEST']._serialized_end=2782
-  _globals['_SENDTESTEVENTRESPONSE']._serialized_start=2785
-  _globals['_SENDTESTEVENTRESPONSE']._serialized_end=3056
-  _globals['_WEBHOOKSERVICE']._serialized_start=3185
-  _globals['_WEBHOOKSERVICE']._serialized_end=3767
+  _globals['_CIRCUITSTATE']._serialized_start=3289
+  _globals['_CIRCUITSTATE']._serialized_end=3413
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_start=157
+  _globals['_CREATEWEBHOOKREQUEST']._serialized_end=637
+  _globals['_CREATEWEBHOOKREQUEST_HEADERSENTRY']._serialized_start=579
+  _globals['_CREATEWEBHOOKREQUEST_HEADERSENTRY']._serialized_end=625
+  _globals['_GETWEBHOOKREQUEST']._serialized_start=639
+  _globals['_GETWEBHOOKREQUEST']._serialized_end=678
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_start=680
+  _globals['_LISTWEBHOOKSREQUEST']._serialized_end=759
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_start=761
+  _globals['_LISTWEBHOOKSRESPONSE']._serialized_end=843
+  _globals['_EVENTTYPES']._serialized_start=845
+  _globals['_EVENTTYPES']._serialized_end=875
+  _globals['_HEADERS']._serialized_start=877
+  _globals['_HEADERS']._serialized_end=981
+  _globals['_HEADERS_HEADERSENTRY']._serialized_start=579
+  _globals['_HEADERS_HEADERSENTRY']._serialized_end=625
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_start=984
+  _globals['_UPDATEWEBHOOKREQUEST']._serialized_end=1675
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_start=1677
+  _globals['_DELETEWEBHOOKREQUEST']._serialized_end=1719
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_start=1721
+  _globals['_DELETEWEBHOOKRESPONSE']._serialized_end=1744
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=1746
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=1854
+  _globals['_GETWEBHOOKSTATSREQUEST']._serialized_start=1856
+  _globals['_GETWEBHOOKSTATSREQUEST']._serialized_end=1943
+  _globals['_CIRCUITCHANGE']._serialized_start=1946
+  _globals['_CIRCUITCHANGE']._serialized_end=2112
+  _globals['_WEBHOOKSTATS']._serialized_start=2115
+  _globals['_WEBHOOKSTATS']._serialized_end=2935
+  _globals['_SENDTESTEVENTREQUEST']._serialized_start=2937
+  _globals['_SENDTESTEVENTREQUEST']._serialized_end=3013
+  _globals['_SENDTESTEVENTRESPONSE']._serialized_start=3016
+  _globals['_SENDTESTEVENTRESPONSE']._serialized_end=3287
+  _globals['_WEBHOOKSERVICE']._serialized_start=3416
+  _globals['_WEBHOOKSERVICE']._serialized_end=3998
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -29,6 +30,7 @@ class _CircuitState:
 class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    """Not known (never set by the service)."""
     CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
     """Attempts go out (up to the in-flight cap)."""
     CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
@@ -36,9 +38,11 @@ class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitS
     CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
     """One probe is out; its outcome closes or reopens the circuit."""
 
-class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper): ...
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """The state of a webhook's circuit breaker on one instance."""
 
 CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+"""Not known (never set by the service)."""
 CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
 """Attempts go out (up to the in-flight cap)."""
 CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
@@ -49,6 +53,8 @@ Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
 
 @_typing.final
 class CreateWebhookRequest(_message.Message):
+    """A new webhook."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -87,7 +93,9 @@ class CreateWebhookRequest(_message.Message):
     ORDERING_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
+    """The tenant the webhook belongs to (a tenant token may leave it empty for its own)."""
     url: _builtins.str
+    """Where requests go: https:// (http:// only with WSS_ALLOW_HTTP=true); at most 2048 bytes."""
     filter: _builtins.str
     """CEL boolean expression (see Webhook.filter), compiled now: an invalid one is
     INVALID_ARGUMENT "filter: …" with the line and column of the problem. Empty: no filter.
@@ -97,10 +105,13 @@ class CreateWebhookRequest(_message.Message):
     envelope.
     """
     retry_policy_id: _builtins.str
+    """Policy for this webhook; empty means the tenant's default."""
     description: _builtins.str
+    """A note for people; at most 1024 characters."""
     enabled: _builtins.bool
     """Absent means enabled."""
     signature_scheme: _resources_pb2.SignatureScheme.ValueType
+    """How requests are signed; UNSPECIFIED is SIGNATURE_SCHEME_WSS."""
     secret: _builtins.str
     """At least 16 bytes (for Standard Webhooks: `whsec_` + base64 of at least 16 bytes);
     empty: the server generates `whsec_` + base64 of 32 random bytes.
@@ -118,9 +129,13 @@ class CreateWebhookRequest(_message.Message):
     rate_limit_per_second: _builtins.int
     """Attempts per second at most, across all instances; 0 (default): unlimited; at most 100000."""
     @_builtins.property
-    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Glob patterns on the event type (`order.*`); empty means all."""
+
     @_builtins.property
-    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Static headers added to every request (see Webhook.headers)."""
+
     def __init__(
         self,
         *,
@@ -152,10 +167,13 @@ Global___CreateWebhookRequest: _TypeAlias = CreateWebhookRequest  # noqa: Y015
 
 @_typing.final
 class GetWebhookRequest(_message.Message):
+    """Which webhook to return."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
+    """The webhook's id (`wh_…`)."""
     def __init__(
         self,
         *,
@@ -171,6 +189,8 @@ Global___GetWebhookRequest: _TypeAlias = GetWebhookRequest  # noqa: Y015
 
 @_typing.final
 class ListWebhooksRequest(_message.Message):
+    """Which webhooks to list, and how many at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
@@ -181,6 +201,7 @@ class ListWebhooksRequest(_message.Message):
     page_size: _builtins.int
     """0 means 100; more than 1000 is clamped to 1000."""
     page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first (bound to tenant_id)."""
     def __init__(
         self,
         *,
@@ -198,13 +219,18 @@ Global___ListWebhooksRequest: _TypeAlias = ListWebhooksRequest  # noqa: Y015
 
 @_typing.final
 class ListWebhooksResponse(_message.Message):
+    """One page of webhooks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOKS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Empty on the last page; otherwise pass it as page_token for the next."""
     @_builtins.property
-    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Webhook]: ...
+    def webhooks(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Webhook]:
+        """The webhooks of this page, ordered by id, without their secrets."""
+
     def __init__(
         self,
         *,
@@ -227,7 +253,9 @@ class EventTypes(_message.Message):
 
     PATTERNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Glob patterns on the event type; empty means all."""
+
     def __init__(
         self,
         *,
@@ -269,7 +297,9 @@ class Headers(_message.Message):
 
     HEADERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Header names and values."""
+
     def __init__(
         self,
         *,
@@ -285,6 +315,8 @@ Global___Headers: _TypeAlias = Headers  # noqa: Y015
 
 @_typing.final
 class UpdateWebhookRequest(_message.Message):
+    """Changes to a webhook: the fields set (or named by update_mask)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
@@ -300,8 +332,13 @@ class UpdateWebhookRequest(_message.Message):
     CLIENT_KEY_FIELD_NUMBER: _builtins.int
     ORDERING_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    SIGNATURE_SCHEME_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
+    """The webhook to change."""
     url: _builtins.str
+    """A new URL, under CreateWebhookRequest's rules."""
     filter: _builtins.str
     """Empty string: remove the filter."""
     transform: _builtins.str
@@ -309,6 +346,7 @@ class UpdateWebhookRequest(_message.Message):
     retry_policy_id: _builtins.str
     """Empty string: back to the tenant's default."""
     description: _builtins.str
+    """A new note for people; at most 1024 characters."""
     enabled: _builtins.bool
     """Setting true also clears disabled_reason."""
     client_certificate: _builtins.str
@@ -316,16 +354,38 @@ class UpdateWebhookRequest(_message.Message):
     rules; set both to the empty string to remove them. Setting one alone is INVALID_ARGUMENT.
     """
     client_key: _builtins.str
+    """The new certificate's private key (PEM); see client_certificate."""
     ordering: _resources_pb2.Ordering.ValueType
     """Change the ordering; a change applies to events read after every instance has seen it
     (within a second); what already waits for the webhook keeps its order.
     """
     rate_limit_per_second: _builtins.int
     """Change the rate limit; 0: unlimited."""
+    etag: _builtins.str
+    """The webhook's etag as last read: refused with ABORTED (STALE_ETAG) when it changed since.
+    Empty: no check.
+    """
+    signature_scheme: _resources_pb2.SignatureScheme.ValueType
+    """A new signature scheme. The current secret must suit it (a Standard Webhooks secret is
+    `whsec_` + base64 of at least 16 bytes): otherwise INVALID_ARGUMENT; rotate the secret first.
+    """
     @_builtins.property
-    def event_types(self) -> Global___EventTypes: ...
+    def event_types(self) -> Global___EventTypes:
+        """New event-type patterns (an empty list: all events)."""
+
     @_builtins.property
-    def headers(self) -> Global___Headers: ...
+    def headers(self) -> Global___Headers:
+        """New static headers, replacing all of them (an empty map: none)."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change (`url`, `event_types`, `filter`, `transform`, `retry_policy_id`,
+        `headers`, `description`, `enabled`, `signature_scheme`, `ordering`,
+        `rate_limit_per_second`, `client_certificate` and `client_key` together); a field named here and unset in the request is reset to its
+        default (`enabled`: false). Absent: every field set in the request. An unknown path is
+        INVALID_ARGUMENT (INVALID_UPDATE_MASK).
+        """
+
     def __init__(
         self,
         *,
@@ -342,10 +402,13 @@ class UpdateWebhookRequest(_message.Message):
         client_key: _builtins.str | None = ...,
         ordering: _resources_pb2.Ordering.ValueType | None = ...,
         rate_limit_per_second: _builtins.int | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        etag: _builtins.str = ...,
+        signature_scheme: _resources_pb2.SignatureScheme.ValueType | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_ordering", b"_ordering", "_rate_limit_per_second", b"_rate_limit_per_second", "_retry_policy_id", b"_retry_policy_id", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "transform", b"transform", "url", b"url"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_ordering", b"_ordering", "_rate_limit_per_second", b"_rate_limit_per_second", "_retry_policy_id", b"_retry_policy_id", "_signature_scheme", b"_signature_scheme", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "signature_scheme", b"signature_scheme", "transform", b"transform", "update_mask", b"update_mask", "url", b"url"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_ordering", b"_ordering", "_rate_limit_per_second", b"_rate_limit_per_second", "_retry_policy_id", b"_retry_policy_id", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "transform", b"transform", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate", "_client_key", b"_client_key", "_description", b"_description", "_enabled", b"_enabled", "_filter", b"_filter", "_ordering", b"_ordering", "_rate_limit_per_second", b"_rate_limit_per_second", "_retry_policy_id", b"_retry_policy_id", "_signature_scheme", b"_signature_scheme", "_transform", b"_transform", "_url", b"_url", "client_certificate", b"client_certificate", "client_key", b"client_key", "description", b"description", "enabled", b"enabled", "etag", b"etag", "event_types", b"event_types", "filter", b"filter", "headers", b"headers", "ordering", b"ordering", "rate_limit_per_second", b"rate_limit_per_second", "retry_policy_id", b"retry_policy_id", "signature_scheme", b"signature_scheme", "transform", b"transform", "update_mask", b"update_mask", "url", b"url", "webhook_id", b"webhook_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__client_certificate: _TypeAlias = _typing.Literal["client_certificate"]  # noqa: Y015
     _WhichOneofArgType__client_certificate: _TypeAlias = _typing.Literal["_client_certificate", b"_client_certificate"]  # noqa: Y015
@@ -363,6 +426,8 @@ class UpdateWebhookRequest(_message.Message):
     _WhichOneofArgType__rate_limit_per_second: _TypeAlias = _typing.Literal["_rate_limit_per_second", b"_rate_limit_per_second"]  # noqa: Y015
     _WhichOneofReturnType__retry_policy_id: _TypeAlias = _typing.Literal["retry_policy_id"]  # noqa: Y015
     _WhichOneofArgType__retry_policy_id: _TypeAlias = _typing.Literal["_retry_policy_id", b"_retry_policy_id"]  # noqa: Y015
+    _WhichOneofReturnType__signature_scheme: _TypeAlias = _typing.Literal["signature_scheme"]  # noqa: Y015
+    _WhichOneofArgType__signature_scheme: _TypeAlias = _typing.Literal["_signature_scheme", b"_signature_scheme"]  # noqa: Y015
     _WhichOneofReturnType__transform: _TypeAlias = _typing.Literal["transform"]  # noqa: Y015
     _WhichOneofArgType__transform: _TypeAlias = _typing.Literal["_transform", b"_transform"]  # noqa: Y015
     _WhichOneofReturnType__url: _TypeAlias = _typing.Literal["url"]  # noqa: Y015
@@ -384,6 +449,8 @@ class UpdateWebhookRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_policy_id) -> _WhichOneofReturnType__retry_policy_id | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__signature_scheme) -> _WhichOneofReturnType__signature_scheme | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__transform) -> _WhichOneofReturnType__transform | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__url) -> _WhichOneofReturnType__url | None: ...
@@ -392,10 +459,13 @@ Global___UpdateWebhookRequest: _TypeAlias = UpdateWebhookRequest  # noqa: Y015
 
 @_typing.final
 class DeleteWebhookRequest(_message.Message):
+    """Which webhook to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
+    """The webhook's id."""
     def __init__(
         self,
         *,
@@ -411,6 +481,8 @@ Global___DeleteWebhookRequest: _TypeAlias = DeleteWebhookRequest  # noqa: Y015
 
 @_typing.final
 class DeleteWebhookResponse(_message.Message):
+    """Empty: the webhook is deleted."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -426,12 +498,15 @@ Global___DeleteWebhookResponse: _TypeAlias = DeleteWebhookResponse  # noqa: Y015
 
 @_typing.final
 class RotateWebhookSecretRequest(_message.Message):
+    """A new secret for a webhook."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
     OVERLAP_FIELD_NUMBER: _builtins.int
     SECRET_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
+    """The webhook whose secret to replace."""
     secret: _builtins.str
     """The new secret, under the same rules as CreateWebhookRequest.secret; empty: the server
     generates one.
@@ -460,11 +535,14 @@ Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # 
 
 @_typing.final
 class GetWebhookStatsRequest(_message.Message):
+    """Which webhook's statistics to return, over which window."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
     WINDOW_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
+    """The webhook's id."""
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
         """What the counts and success_rate cover, back from now: 60s to 3600s, rounded up to whole
@@ -497,10 +575,13 @@ class CircuitChange(_message.Message):
     OPEN_UNTIL_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     state: Global___CircuitState.ValueType
+    """The state the circuit changed to."""
     instance: _builtins.str
     """The instance (its consumer name, WSS_CONSUMER) whose circuit changed."""
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it changed."""
+
     @_builtins.property
     def open_until(self) -> _timestamp_pb2.Timestamp:
         """For OPEN: when the probe may go."""
@@ -523,6 +604,8 @@ Global___CircuitChange: _TypeAlias = CircuitChange  # noqa: Y015
 
 @_typing.final
 class WebhookStats(_message.Message):
+    """How a webhook is doing (GetWebhookStats)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEBHOOK_ID_FIELD_NUMBER: _builtins.int
@@ -548,8 +631,11 @@ class WebhookStats(_message.Message):
     BACKLOG_DEPTH_FIELD_NUMBER: _builtins.int
     BACKLOG_OLDEST_AGE_FIELD_NUMBER: _builtins.int
     RATE_LIMITED_FIELD_NUMBER: _builtins.int
+    LAST_FAILURE_ERROR_KIND_CODE_FIELD_NUMBER: _builtins.int
     webhook_id: _builtins.str
+    """The webhook."""
     tenant_id: _builtins.str
+    """Its tenant."""
     attempts_succeeded: _builtins.int
     """Attempts (first tries and retries) that got a 2xx, in the window, on every instance."""
     attempts_failed: _builtins.int
@@ -590,6 +676,8 @@ class WebhookStats(_message.Message):
     (rate_limit_per_second), on every instance, each counted once; a total kept with the
     webhook's stats (which expire 7 days after their last write).
     """
+    last_failure_error_kind_code: _resources_pb2.ErrorKind.ValueType
+    """last_failure_error_kind as an enum value."""
     @_builtins.property
     def window(self) -> _duration_pb2.Duration:
         """The window the counts cover, in whole minutes."""
@@ -640,10 +728,11 @@ class WebhookStats(_message.Message):
         backlog_depth: _builtins.int = ...,
         backlog_oldest_age: _duration_pb2.Duration | None = ...,
         rate_limited: _builtins.int = ...,
+        last_failure_error_kind_code: _resources_pb2.ErrorKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_success_at", b"last_success_at", "success_rate", b"success_rate", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "attempts_failed", b"attempts_failed", "attempts_succeeded", b"attempts_succeeded", "backlog_depth", b"backlog_depth", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "dead_letters", b"dead_letters", "in_flight", b"in_flight", "instance", b"instance", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_failure_error", b"last_failure_error", "last_failure_error_kind", b"last_failure_error_kind", "last_failure_status_code", b"last_failure_status_code", "last_success_at", b"last_success_at", "parked", b"parked", "queued", b"queued", "rate_limited", b"rate_limited", "retries_waiting", b"retries_waiting", "success_rate", b"success_rate", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate", "attempts_failed", b"attempts_failed", "attempts_succeeded", b"attempts_succeeded", "backlog_depth", b"backlog_depth", "backlog_oldest_age", b"backlog_oldest_age", "circuit_open_until", b"circuit_open_until", "circuit_state", b"circuit_state", "dead_letters", b"dead_letters", "in_flight", b"in_flight", "instance", b"instance", "last_circuit_change", b"last_circuit_change", "last_failure_at", b"last_failure_at", "last_failure_error", b"last_failure_error", "last_failure_error_kind", b"last_failure_error_kind", "last_failure_error_kind_code", b"last_failure_error_kind_code", "last_failure_status_code", b"last_failure_status_code", "last_success_at", b"last_success_at", "parked", b"parked", "queued", b"queued", "rate_limited", b"rate_limited", "retries_waiting", b"retries_waiting", "success_rate", b"success_rate", "tenant_id", b"tenant_id", "webhook_id", b"webhook_id", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__success_rate: _TypeAlias = _typing.Literal["success_rate"]  # noqa: Y015
     _WhichOneofArgType__success_rate: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate"]  # noqa: Y015

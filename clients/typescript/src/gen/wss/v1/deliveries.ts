@@ -19,8 +19,18 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
-import { Attempt, DeadLetter } from "./resources";
+import {
+  Attempt,
+  DeadLetter,
+  DeadLetterReason,
+  deadLetterReasonFromJSON,
+  deadLetterReasonToJSON,
+  RecordView,
+  recordViewFromJSON,
+  recordViewToJSON,
+} from "./resources";
 
+/** Where a delivery stands. */
 export enum DeliveryStatus {
   /** DELIVERY_STATUS_UNSPECIFIED - In a filter: any status. */
   DELIVERY_STATUS_UNSPECIFIED = 0,
@@ -74,11 +84,17 @@ export function deliveryStatusToJSON(object: DeliveryStatus): string {
 export interface Delivery {
   /** `<stream entry id>:<webhook id>`; stable across retries. */
   deliveryId: string;
+  /** The tenant the event belongs to. */
   tenantId: string;
+  /** The webhook the event goes to. */
   webhookId: string;
+  /** The event id receivers see (X-WSS-Event-Id / webhook-id). */
   eventId: string;
+  /** The event's type. */
   eventType: string;
+  /** The stream entry the event came from. */
   streamEntryId: string;
+  /** Where the delivery stands. */
   status: DeliveryStatus;
   /** When the first attempt was made. */
   createdAt:
@@ -96,8 +112,11 @@ export interface Delivery {
   attempts: Attempt[];
   /** For DEAD_LETTERED: the dead-letter reason. */
   deadLetterReason: string;
+  /** dead_letter_reason as an enum value. */
+  deadLetterReasonCode: DeadLetterReason;
 }
 
+/** Which deliveries to list, and how many at a time. */
 export interface ListDeliveriesRequest {
   /** Only this tenant's deliveries; empty for all. */
   tenantId: string;
@@ -117,31 +136,50 @@ export interface ListDeliveriesRequest {
     | undefined;
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /**
+   * next_page_token of the previous page; empty for the first (docs/api.md: opaque, bound to the
+   * filters).
+   */
   pageToken: string;
+  /** RECORD_VIEW_BASIC leaves the attempts out; UNSPECIFIED and FULL include them. */
+  view: RecordView;
 }
 
+/** One page of deliveries. */
 export interface ListDeliveriesResponse {
+  /** The deliveries of this page, newest first. */
   deliveries: Delivery[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
+/** Which delivery to return. */
 export interface GetDeliveryRequest {
+  /** The delivery's id, as listed (`<stream entry id>:<webhook id>`). */
   deliveryId: string;
 }
 
+/** Which dead letters to list, and how many at a time. */
 export interface ListDeadLettersRequest {
   /** Only this tenant's dead letters; empty for all. */
   tenantId: string;
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /** next_page_token of the previous page; empty for the first (opaque, bound to tenant_id). */
   pageToken: string;
+  /** RECORD_VIEW_BASIC leaves bodies and attempts out; UNSPECIFIED and FULL include them. */
+  view: RecordView;
 }
 
+/** One page of dead letters. */
 export interface ListDeadLettersResponse {
+  /** The dead letters of this page, newest first. */
   deadLetters: DeadLetter[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
+/** What to redeliver: one dead letter, or those matching a filter. */
 export interface RedeliverDeadLetterRequest {
   /** One dead letter, by its id. */
   deadLetterId?:
@@ -176,9 +214,14 @@ export interface DeadLetterFilter {
     | Date
     | undefined;
   /** Only those dead-lettered before this time (likewise). */
-  deadLetteredBefore: Date | undefined;
+  deadLetteredBefore:
+    | Date
+    | undefined;
+  /** Only those with this reason, as an enum value; set it or `reason`, not both differently. */
+  reasonCode: DeadLetterReason;
 }
 
+/** What a redelivery did. */
 export interface RedeliverDeadLetterResponse {
   /** What was sent again, oldest first. */
   redelivered: Redelivered[];
@@ -190,6 +233,7 @@ export interface RedeliverDeadLetterResponse {
   redeliveredCount: number;
 }
 
+/** One dead letter sent again. */
 export interface Redelivered {
   /** The dead letter, now removed. */
   deadLetterId: string;
@@ -201,7 +245,9 @@ export interface Redelivered {
   webhookId: string;
 }
 
+/** A dead letter that matched a filter but was not sent. */
 export interface SkippedDeadLetter {
+  /** The dead letter, which stays. */
   deadLetterId: string;
   /** Why it was not sent, and what to do about it. */
   reason: string;
@@ -304,6 +350,7 @@ function createBaseDelivery(): Delivery {
     nextAttemptAt: undefined,
     attempts: [],
     deadLetterReason: "",
+    deadLetterReasonCode: 0,
   };
 }
 
@@ -344,6 +391,9 @@ export const Delivery: MessageFns<Delivery> = {
     }
     if (message.deadLetterReason !== "") {
       writer.uint32(98).string(message.deadLetterReason);
+    }
+    if (message.deadLetterReasonCode !== 0) {
+      writer.uint32(320).int32(message.deadLetterReasonCode);
     }
     return writer;
   },
@@ -457,6 +507,14 @@ export const Delivery: MessageFns<Delivery> = {
             message.deadLetterReason = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.deadLetterReasonCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -525,6 +583,11 @@ export const Delivery: MessageFns<Delivery> = {
         : isSet(object.dead_letter_reason)
         ? globalThis.String(object.dead_letter_reason)
         : "",
+      deadLetterReasonCode: isSet(object.deadLetterReasonCode)
+        ? deadLetterReasonFromJSON(object.deadLetterReasonCode)
+        : isSet(object.dead_letter_reason_code)
+        ? deadLetterReasonFromJSON(object.dead_letter_reason_code)
+        : 0,
     };
   },
 
@@ -566,6 +629,9 @@ export const Delivery: MessageFns<Delivery> = {
     if (message.deadLetterReason !== "") {
       obj.deadLetterReason = message.deadLetterReason;
     }
+    if (message.deadLetterReasonCode !== 0) {
+      obj.deadLetterReasonCode = deadLetterReasonToJSON(message.deadLetterReasonCode);
+    }
     return obj;
   },
 
@@ -586,6 +652,7 @@ export const Delivery: MessageFns<Delivery> = {
     message.nextAttemptAt = object.nextAttemptAt ?? undefined;
     message.attempts = object.attempts?.map((e) => Attempt.fromPartial(e)) || [];
     message.deadLetterReason = object.deadLetterReason ?? "";
+    message.deadLetterReasonCode = object.deadLetterReasonCode ?? 0;
     return message;
   },
 };
@@ -600,6 +667,7 @@ function createBaseListDeliveriesRequest(): ListDeliveriesRequest {
     updatedBefore: undefined,
     pageSize: 0,
     pageToken: "",
+    view: 0,
   };
 }
 
@@ -628,6 +696,9 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(66).string(message.pageToken);
+    }
+    if (message.view !== 0) {
+      writer.uint32(320).int32(message.view);
     }
     return writer;
   },
@@ -709,6 +780,14 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -759,6 +838,7 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      view: isSet(object.view) ? recordViewFromJSON(object.view) : 0,
     };
   },
 
@@ -788,6 +868,9 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.view !== 0) {
+      obj.view = recordViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -804,6 +887,7 @@ export const ListDeliveriesRequest: MessageFns<ListDeliveriesRequest> = {
     message.updatedBefore = object.updatedBefore ?? undefined;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.view = object.view ?? 0;
     return message;
   },
 };
@@ -973,7 +1057,7 @@ export const GetDeliveryRequest: MessageFns<GetDeliveryRequest> = {
 };
 
 function createBaseListDeadLettersRequest(): ListDeadLettersRequest {
-  return { tenantId: "", pageSize: 0, pageToken: "" };
+  return { tenantId: "", pageSize: 0, pageToken: "", view: 0 };
 }
 
 export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
@@ -986,6 +1070,9 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(26).string(message.pageToken);
+    }
+    if (message.view !== 0) {
+      writer.uint32(320).int32(message.view);
     }
     return writer;
   },
@@ -1027,6 +1114,14 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.view = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1056,6 +1151,7 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      view: isSet(object.view) ? recordViewFromJSON(object.view) : 0,
     };
   },
 
@@ -1070,6 +1166,9 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.view !== 0) {
+      obj.view = recordViewToJSON(message.view);
+    }
     return obj;
   },
 
@@ -1081,6 +1180,7 @@ export const ListDeadLettersRequest: MessageFns<ListDeadLettersRequest> = {
     message.tenantId = object.tenantId ?? "";
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.view = object.view ?? 0;
     return message;
   },
 };
@@ -1306,7 +1406,14 @@ export const RedeliverDeadLetterRequest: MessageFns<RedeliverDeadLetterRequest> 
 };
 
 function createBaseDeadLetterFilter(): DeadLetterFilter {
-  return { tenantId: "", webhookId: "", reason: "", deadLetteredAfter: undefined, deadLetteredBefore: undefined };
+  return {
+    tenantId: "",
+    webhookId: "",
+    reason: "",
+    deadLetteredAfter: undefined,
+    deadLetteredBefore: undefined,
+    reasonCode: 0,
+  };
 }
 
 export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
@@ -1325,6 +1432,9 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
     }
     if (message.deadLetteredBefore !== undefined) {
       Timestamp.encode(toTimestamp(message.deadLetteredBefore), writer.uint32(42).fork()).join();
+    }
+    if (message.reasonCode !== 0) {
+      writer.uint32(320).int32(message.reasonCode);
     }
     return writer;
   },
@@ -1382,6 +1492,14 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
             message.deadLetteredBefore = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.reasonCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1417,6 +1535,11 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
         : isSet(object.dead_lettered_before)
         ? fromJsonTimestamp(object.dead_lettered_before)
         : undefined,
+      reasonCode: isSet(object.reasonCode)
+        ? deadLetterReasonFromJSON(object.reasonCode)
+        : isSet(object.reason_code)
+        ? deadLetterReasonFromJSON(object.reason_code)
+        : 0,
     };
   },
 
@@ -1437,6 +1560,9 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
     if (message.deadLetteredBefore !== undefined) {
       obj.deadLetteredBefore = message.deadLetteredBefore.toISOString();
     }
+    if (message.reasonCode !== 0) {
+      obj.reasonCode = deadLetterReasonToJSON(message.reasonCode);
+    }
     return obj;
   },
 
@@ -1450,6 +1576,7 @@ export const DeadLetterFilter: MessageFns<DeadLetterFilter> = {
     message.reason = object.reason ?? "";
     message.deadLetteredAfter = object.deadLetteredAfter ?? undefined;
     message.deadLetteredBefore = object.deadLetteredBefore ?? undefined;
+    message.reasonCode = object.reasonCode ?? 0;
     return message;
   },
 };

@@ -19,8 +19,14 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 
+/** One event to append to the stream. */
 export interface PublishEventRequest {
+  /**
+   * The tenant the event belongs to (an existing tenant, or it is dead-lettered as
+   * `unknown_tenant`).
+   */
   tenantId: string;
+  /** The event's type, matched against webhooks' event_types (`order.created`). */
   eventType: string;
   /** JSON text. */
   data: string;
@@ -38,6 +44,7 @@ export interface PublishEventRequest_AttributesEntry {
   value: string;
 }
 
+/** Where the event went. */
 export interface PublishEventResponse {
   /** Id of the new stream entry. */
   streamEntryId: string;

@@ -91,23 +91,312 @@ export function signatureSchemeToJSON(object: SignatureScheme): string {
   }
 }
 
+/** How much of each record a List call returns. */
+export enum RecordView {
+  /** RECORD_VIEW_UNSPECIFIED - The default: RECORD_VIEW_FULL. */
+  RECORD_VIEW_UNSPECIFIED = 0,
+  /** RECORD_VIEW_BASIC - Without bodies and attempts: small pages, for browsing and counting. */
+  RECORD_VIEW_BASIC = 1,
+  /** RECORD_VIEW_FULL - Everything (a body larger than half a page is cut, and says so). */
+  RECORD_VIEW_FULL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function recordViewFromJSON(object: any): RecordView {
+  switch (object) {
+    case 0:
+    case "RECORD_VIEW_UNSPECIFIED":
+      return RecordView.RECORD_VIEW_UNSPECIFIED;
+    case 1:
+    case "RECORD_VIEW_BASIC":
+      return RecordView.RECORD_VIEW_BASIC;
+    case 2:
+    case "RECORD_VIEW_FULL":
+      return RecordView.RECORD_VIEW_FULL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return RecordView.UNRECOGNIZED;
+  }
+}
+
+export function recordViewToJSON(object: RecordView): string {
+  switch (object) {
+    case RecordView.RECORD_VIEW_UNSPECIFIED:
+      return "RECORD_VIEW_UNSPECIFIED";
+    case RecordView.RECORD_VIEW_BASIC:
+      return "RECORD_VIEW_BASIC";
+    case RecordView.RECORD_VIEW_FULL:
+      return "RECORD_VIEW_FULL";
+    case RecordView.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Why a delivery or stream entry was dead-lettered (DeadLetter.reason, as an enum value). */
+export enum DeadLetterReason {
+  /** DEAD_LETTER_REASON_UNSPECIFIED - Not set, or a reason this release does not know (see the string reason). */
+  DEAD_LETTER_REASON_UNSPECIFIED = 0,
+  /** DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED - `max_attempts_exhausted`: the retry policy's last attempt failed. */
+  DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED = 1,
+  /** DEAD_LETTER_REASON_GONE - `gone`: the receiver answered 410 Gone (the webhook was disabled). */
+  DEAD_LETTER_REASON_GONE = 2,
+  /** DEAD_LETTER_REASON_WEBHOOK_DELETED - `webhook_deleted`: the webhook was deleted while the delivery waited. */
+  DEAD_LETTER_REASON_WEBHOOK_DELETED = 3,
+  /** DEAD_LETTER_REASON_WEBHOOK_DISABLED - `webhook_disabled`: the webhook was disabled while the delivery waited. */
+  DEAD_LETTER_REASON_WEBHOOK_DISABLED = 4,
+  /** DEAD_LETTER_REASON_TENANT_DISABLED - `tenant_disabled`: the event's tenant is disabled. */
+  DEAD_LETTER_REASON_TENANT_DISABLED = 5,
+  /** DEAD_LETTER_REASON_UNKNOWN_TENANT - `unknown_tenant`: the event names no existing tenant. */
+  DEAD_LETTER_REASON_UNKNOWN_TENANT = 6,
+  /** DEAD_LETTER_REASON_MISSING_FIELD - `missing_field`: the stream entry lacks a required field. */
+  DEAD_LETTER_REASON_MISSING_FIELD = 7,
+  /** DEAD_LETTER_REASON_INVALID_FIELD - `invalid_field`: a field of the stream entry is malformed. */
+  DEAD_LETTER_REASON_INVALID_FIELD = 8,
+  /** DEAD_LETTER_REASON_DATA_NOT_JSON - `data_not_json`: the entry's data is not JSON. */
+  DEAD_LETTER_REASON_DATA_NOT_JSON = 9,
+  /** DEAD_LETTER_REASON_TOO_LARGE - `too_large`: the entry is larger than WSS_MAX_EVENT_BYTES. */
+  DEAD_LETTER_REASON_TOO_LARGE = 10,
+  /** DEAD_LETTER_REASON_TOO_MANY_FIELDS - `too_many_fields`: the entry has too many fields. */
+  DEAD_LETTER_REASON_TOO_MANY_FIELDS = 11,
+  /** DEAD_LETTER_REASON_TOO_DEEP - `too_deep`: the entry's data nests too deeply. */
+  DEAD_LETTER_REASON_TOO_DEEP = 12,
+  /** DEAD_LETTER_REASON_ENTRY_DELETED - `entry_deleted`: the stream entry was deleted before it was delivered. */
+  DEAD_LETTER_REASON_ENTRY_DELETED = 13,
+  /** DEAD_LETTER_REASON_FILTER_ERROR - `filter_error`: the webhook's filter failed on the event. */
+  DEAD_LETTER_REASON_FILTER_ERROR = 14,
+  /** DEAD_LETTER_REASON_TRANSFORM_ERROR - `transform_error`: the webhook's transform failed on the event. */
+  DEAD_LETTER_REASON_TRANSFORM_ERROR = 15,
+  /** DEAD_LETTER_REASON_POISON - `poison`: an entry read repeatedly without being finished, or whose processing crashed. */
+  DEAD_LETTER_REASON_POISON = 16,
+  UNRECOGNIZED = -1,
+}
+
+export function deadLetterReasonFromJSON(object: any): DeadLetterReason {
+  switch (object) {
+    case 0:
+    case "DEAD_LETTER_REASON_UNSPECIFIED":
+      return DeadLetterReason.DEAD_LETTER_REASON_UNSPECIFIED;
+    case 1:
+    case "DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED":
+      return DeadLetterReason.DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED;
+    case 2:
+    case "DEAD_LETTER_REASON_GONE":
+      return DeadLetterReason.DEAD_LETTER_REASON_GONE;
+    case 3:
+    case "DEAD_LETTER_REASON_WEBHOOK_DELETED":
+      return DeadLetterReason.DEAD_LETTER_REASON_WEBHOOK_DELETED;
+    case 4:
+    case "DEAD_LETTER_REASON_WEBHOOK_DISABLED":
+      return DeadLetterReason.DEAD_LETTER_REASON_WEBHOOK_DISABLED;
+    case 5:
+    case "DEAD_LETTER_REASON_TENANT_DISABLED":
+      return DeadLetterReason.DEAD_LETTER_REASON_TENANT_DISABLED;
+    case 6:
+    case "DEAD_LETTER_REASON_UNKNOWN_TENANT":
+      return DeadLetterReason.DEAD_LETTER_REASON_UNKNOWN_TENANT;
+    case 7:
+    case "DEAD_LETTER_REASON_MISSING_FIELD":
+      return DeadLetterReason.DEAD_LETTER_REASON_MISSING_FIELD;
+    case 8:
+    case "DEAD_LETTER_REASON_INVALID_FIELD":
+      return DeadLetterReason.DEAD_LETTER_REASON_INVALID_FIELD;
+    case 9:
+    case "DEAD_LETTER_REASON_DATA_NOT_JSON":
+      return DeadLetterReason.DEAD_LETTER_REASON_DATA_NOT_JSON;
+    case 10:
+    case "DEAD_LETTER_REASON_TOO_LARGE":
+      return DeadLetterReason.DEAD_LETTER_REASON_TOO_LARGE;
+    case 11:
+    case "DEAD_LETTER_REASON_TOO_MANY_FIELDS":
+      return DeadLetterReason.DEAD_LETTER_REASON_TOO_MANY_FIELDS;
+    case 12:
+    case "DEAD_LETTER_REASON_TOO_DEEP":
+      return DeadLetterReason.DEAD_LETTER_REASON_TOO_DEEP;
+    case 13:
+    case "DEAD_LETTER_REASON_ENTRY_DELETED":
+      return DeadLetterReason.DEAD_LETTER_REASON_ENTRY_DELETED;
+    case 14:
+    case "DEAD_LETTER_REASON_FILTER_ERROR":
+      return DeadLetterReason.DEAD_LETTER_REASON_FILTER_ERROR;
+    case 15:
+    case "DEAD_LETTER_REASON_TRANSFORM_ERROR":
+      return DeadLetterReason.DEAD_LETTER_REASON_TRANSFORM_ERROR;
+    case 16:
+    case "DEAD_LETTER_REASON_POISON":
+      return DeadLetterReason.DEAD_LETTER_REASON_POISON;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return DeadLetterReason.UNRECOGNIZED;
+  }
+}
+
+export function deadLetterReasonToJSON(object: DeadLetterReason): string {
+  switch (object) {
+    case DeadLetterReason.DEAD_LETTER_REASON_UNSPECIFIED:
+      return "DEAD_LETTER_REASON_UNSPECIFIED";
+    case DeadLetterReason.DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED:
+      return "DEAD_LETTER_REASON_MAX_ATTEMPTS_EXHAUSTED";
+    case DeadLetterReason.DEAD_LETTER_REASON_GONE:
+      return "DEAD_LETTER_REASON_GONE";
+    case DeadLetterReason.DEAD_LETTER_REASON_WEBHOOK_DELETED:
+      return "DEAD_LETTER_REASON_WEBHOOK_DELETED";
+    case DeadLetterReason.DEAD_LETTER_REASON_WEBHOOK_DISABLED:
+      return "DEAD_LETTER_REASON_WEBHOOK_DISABLED";
+    case DeadLetterReason.DEAD_LETTER_REASON_TENANT_DISABLED:
+      return "DEAD_LETTER_REASON_TENANT_DISABLED";
+    case DeadLetterReason.DEAD_LETTER_REASON_UNKNOWN_TENANT:
+      return "DEAD_LETTER_REASON_UNKNOWN_TENANT";
+    case DeadLetterReason.DEAD_LETTER_REASON_MISSING_FIELD:
+      return "DEAD_LETTER_REASON_MISSING_FIELD";
+    case DeadLetterReason.DEAD_LETTER_REASON_INVALID_FIELD:
+      return "DEAD_LETTER_REASON_INVALID_FIELD";
+    case DeadLetterReason.DEAD_LETTER_REASON_DATA_NOT_JSON:
+      return "DEAD_LETTER_REASON_DATA_NOT_JSON";
+    case DeadLetterReason.DEAD_LETTER_REASON_TOO_LARGE:
+      return "DEAD_LETTER_REASON_TOO_LARGE";
+    case DeadLetterReason.DEAD_LETTER_REASON_TOO_MANY_FIELDS:
+      return "DEAD_LETTER_REASON_TOO_MANY_FIELDS";
+    case DeadLetterReason.DEAD_LETTER_REASON_TOO_DEEP:
+      return "DEAD_LETTER_REASON_TOO_DEEP";
+    case DeadLetterReason.DEAD_LETTER_REASON_ENTRY_DELETED:
+      return "DEAD_LETTER_REASON_ENTRY_DELETED";
+    case DeadLetterReason.DEAD_LETTER_REASON_FILTER_ERROR:
+      return "DEAD_LETTER_REASON_FILTER_ERROR";
+    case DeadLetterReason.DEAD_LETTER_REASON_TRANSFORM_ERROR:
+      return "DEAD_LETTER_REASON_TRANSFORM_ERROR";
+    case DeadLetterReason.DEAD_LETTER_REASON_POISON:
+      return "DEAD_LETTER_REASON_POISON";
+    case DeadLetterReason.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/** Why an attempt failed without a usable response (Attempt.error_kind, as an enum value). */
+export enum ErrorKind {
+  /** ERROR_KIND_UNSPECIFIED - No error, or a class this release does not know (see the string error_kind). */
+  ERROR_KIND_UNSPECIFIED = 0,
+  /** ERROR_KIND_CONNECT - `connect`: the connection could not be made. */
+  ERROR_KIND_CONNECT = 1,
+  /** ERROR_KIND_TIMEOUT - `timeout`: the attempt took longer than the policy's attempt_timeout. */
+  ERROR_KIND_TIMEOUT = 2,
+  /** ERROR_KIND_IO - `io`: the connection failed while sending or receiving. */
+  ERROR_KIND_IO = 3,
+  /** ERROR_KIND_TLS - `tls`: the TLS handshake failed (certificate, protocol). */
+  ERROR_KIND_TLS = 4,
+  /** ERROR_KIND_PROTOCOL - `protocol`: the receiver did not speak valid HTTP. */
+  ERROR_KIND_PROTOCOL = 5,
+  /** ERROR_KIND_DNS - `dns`: the host name did not resolve. */
+  ERROR_KIND_DNS = 6,
+  /** ERROR_KIND_REFUSED_TARGET - `refused_target`: the address is one wss refuses to reach (private, loopback). */
+  ERROR_KIND_REFUSED_TARGET = 7,
+  /** ERROR_KIND_HTTP_STATUS - `http_status`: a response arrived with a status that is not 2xx. */
+  ERROR_KIND_HTTP_STATUS = 8,
+  /** ERROR_KIND_OTHER - `error`: any other failure. */
+  ERROR_KIND_OTHER = 9,
+  UNRECOGNIZED = -1,
+}
+
+export function errorKindFromJSON(object: any): ErrorKind {
+  switch (object) {
+    case 0:
+    case "ERROR_KIND_UNSPECIFIED":
+      return ErrorKind.ERROR_KIND_UNSPECIFIED;
+    case 1:
+    case "ERROR_KIND_CONNECT":
+      return ErrorKind.ERROR_KIND_CONNECT;
+    case 2:
+    case "ERROR_KIND_TIMEOUT":
+      return ErrorKind.ERROR_KIND_TIMEOUT;
+    case 3:
+    case "ERROR_KIND_IO":
+      return ErrorKind.ERROR_KIND_IO;
+    case 4:
+    case "ERROR_KIND_TLS":
+      return ErrorKind.ERROR_KIND_TLS;
+    case 5:
+    case "ERROR_KIND_PROTOCOL":
+      return ErrorKind.ERROR_KIND_PROTOCOL;
+    case 6:
+    case "ERROR_KIND_DNS":
+      return ErrorKind.ERROR_KIND_DNS;
+    case 7:
+    case "ERROR_KIND_REFUSED_TARGET":
+      return ErrorKind.ERROR_KIND_REFUSED_TARGET;
+    case 8:
+    case "ERROR_KIND_HTTP_STATUS":
+      return ErrorKind.ERROR_KIND_HTTP_STATUS;
+    case 9:
+    case "ERROR_KIND_OTHER":
+      return ErrorKind.ERROR_KIND_OTHER;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ErrorKind.UNRECOGNIZED;
+  }
+}
+
+export function errorKindToJSON(object: ErrorKind): string {
+  switch (object) {
+    case ErrorKind.ERROR_KIND_UNSPECIFIED:
+      return "ERROR_KIND_UNSPECIFIED";
+    case ErrorKind.ERROR_KIND_CONNECT:
+      return "ERROR_KIND_CONNECT";
+    case ErrorKind.ERROR_KIND_TIMEOUT:
+      return "ERROR_KIND_TIMEOUT";
+    case ErrorKind.ERROR_KIND_IO:
+      return "ERROR_KIND_IO";
+    case ErrorKind.ERROR_KIND_TLS:
+      return "ERROR_KIND_TLS";
+    case ErrorKind.ERROR_KIND_PROTOCOL:
+      return "ERROR_KIND_PROTOCOL";
+    case ErrorKind.ERROR_KIND_DNS:
+      return "ERROR_KIND_DNS";
+    case ErrorKind.ERROR_KIND_REFUSED_TARGET:
+      return "ERROR_KIND_REFUSED_TARGET";
+    case ErrorKind.ERROR_KIND_HTTP_STATUS:
+      return "ERROR_KIND_HTTP_STATUS";
+    case ErrorKind.ERROR_KIND_OTHER:
+      return "ERROR_KIND_OTHER";
+    case ErrorKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** A tenant owns webhooks. Events on the stream name their tenant in the `tenant` field. */
 export interface Tenant {
   /** `[a-z0-9][a-z0-9_-]{0,63}`, chosen by the caller, immutable. */
   tenantId: string;
+  /** A name for people; at most 256 characters. */
   displayName: string;
   /** Policy used by this tenant's webhooks that name none; empty means the built-in `default`. */
   defaultRetryPolicyId: string;
   /** A disabled tenant's events are dead-lettered with reason `tenant_disabled` instead of delivered. */
   disabled: boolean;
-  createdAt: Date | undefined;
-  updatedAt: Date | undefined;
+  /** When the tenant was created. */
+  createdAt:
+    | Date
+    | undefined;
+  /** When the tenant was last changed. */
+  updatedAt:
+    | Date
+    | undefined;
+  /**
+   * The version of this tenant, opaque: changes at every write. Pass it as
+   * UpdateTenantRequest.etag to update only if nobody changed the tenant since it was read.
+   */
+  etag: string;
 }
 
 /** A URL that receives a tenant's events. */
 export interface Webhook {
   /** Assigned by the server (`wh_` + 26 characters). */
   webhookId: string;
+  /** The tenant the webhook belongs to; immutable. */
   tenantId: string;
   /** https:// (http:// only with WSS_ALLOW_HTTP=true); at most 2048 bytes; no user:password@. */
   url: string;
@@ -132,9 +421,11 @@ export interface Webhook {
    * Content-Length, Content-Type, Transfer-Encoding or Connection.
    */
   headers: { [key: string]: string };
+  /** A note for people; at most 1024 characters. */
   description: string;
   /** A disabled webhook receives nothing; deliveries already scheduled for it are dead-lettered. */
   enabled: boolean;
+  /** How requests are signed; UNSPECIFIED is SIGNATURE_SCHEME_WSS. */
   signatureScheme: SignatureScheme;
   /** The signing secret: returned only by CreateWebhook; empty everywhere else. */
   secret: string;
@@ -143,7 +434,11 @@ export interface Webhook {
    * when enabled or disabled by an operator.
    */
   disabledReason: string;
-  createdAt: Date | undefined;
+  /** When the webhook was created. */
+  createdAt:
+    | Date
+    | undefined;
+  /** When the webhook was last changed. */
   updatedAt:
     | Date
     | undefined;
@@ -179,6 +474,11 @@ export interface Webhook {
    * without using attempts.
    */
   rateLimitPerSecond: number;
+  /**
+   * The version of this webhook, opaque: changes at every write (the service's own, such as
+   * disabling it on 410 Gone, included). Pass it as UpdateWebhookRequest.etag.
+   */
+  etag: string;
 }
 
 export interface Webhook_HeadersEntry {
@@ -208,13 +508,25 @@ export interface RetryPolicy {
   /** 0.0..=1.0, a fraction of each delay. */
   jitter: number;
   /** Connect + send + response, for one attempt: 100ms..=5min. */
-  attemptTimeout: Duration | undefined;
+  attemptTimeout:
+    | Duration
+    | undefined;
+  /**
+   * The version of this policy, opaque: changes at every write. Pass it as
+   * UpdateRetryPolicyRequest.etag.
+   */
+  etag: string;
 }
 
 /** The outcome of one delivery attempt. */
 export interface Attempt {
+  /** The attempt's number: 1 for the first try. */
   attempt: number;
-  startedAt: Date | undefined;
+  /** When the attempt started. */
+  startedAt:
+    | Date
+    | undefined;
+  /** How long the attempt took, up to its response or failure. */
   duration:
     | Duration
     | undefined;
@@ -229,6 +541,11 @@ export interface Attempt {
   error: string;
   /** The start of the response body, at most 1 KiB, lossily decoded as UTF-8. */
   responseExcerpt: string;
+  /**
+   * error_kind as an enum value (ERROR_KIND_UNSPECIFIED when error_kind is empty, or a class
+   * this release does not know).
+   */
+  errorKindCode: ErrorKind;
 }
 
 /** A delivery (or a stream entry) that will not be tried again by itself. */
@@ -245,13 +562,17 @@ export interface DeadLetter {
   reason: string;
   /** Human-readable explanation. */
   detail: string;
+  /** The tenant of the event. */
   tenantId: string;
   /** Empty for entries rejected before routing. */
   webhookId: string;
+  /** The event id receivers see. */
   eventId: string;
+  /** The event's type. */
   eventType: string;
   /** Id of the stream entry the event came from. */
   streamEntryId: string;
+  /** When the delivery (or entry) was dead-lettered. */
   deadLetteredAt:
     | Date
     | undefined;
@@ -260,7 +581,13 @@ export interface DeadLetter {
    * JSON object.
    */
   body: string;
+  /** Every attempt made, oldest first; empty for an entry rejected before routing. */
   attempts: Attempt[];
+  /**
+   * reason as an enum value (DEAD_LETTER_REASON_UNSPECIFIED for a reason this release does not
+   * know).
+   */
+  reasonCode: DeadLetterReason;
 }
 
 function createBaseTenant(): Tenant {
@@ -271,6 +598,7 @@ function createBaseTenant(): Tenant {
     disabled: false,
     createdAt: undefined,
     updatedAt: undefined,
+    etag: "",
   };
 }
 
@@ -293,6 +621,9 @@ export const Tenant: MessageFns<Tenant> = {
     }
     if (message.updatedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.updatedAt), writer.uint32(50).fork()).join();
+    }
+    if (message.etag !== "") {
+      writer.uint32(322).string(message.etag);
     }
     return writer;
   },
@@ -358,6 +689,14 @@ export const Tenant: MessageFns<Tenant> = {
             message.updatedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -398,6 +737,7 @@ export const Tenant: MessageFns<Tenant> = {
         : isSet(object.updated_at)
         ? fromJsonTimestamp(object.updated_at)
         : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
     };
   },
 
@@ -421,6 +761,9 @@ export const Tenant: MessageFns<Tenant> = {
     if (message.updatedAt !== undefined) {
       obj.updatedAt = message.updatedAt.toISOString();
     }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
     return obj;
   },
 
@@ -435,6 +778,7 @@ export const Tenant: MessageFns<Tenant> = {
     message.disabled = object.disabled ?? false;
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
+    message.etag = object.etag ?? "";
     return message;
   },
 };
@@ -462,6 +806,7 @@ function createBaseWebhook(): Webhook {
     hasClientKey: false,
     ordering: 0,
     rateLimitPerSecond: 0,
+    etag: "",
   };
 }
 
@@ -529,6 +874,9 @@ export const Webhook: MessageFns<Webhook> = {
     }
     if (message.rateLimitPerSecond !== 0) {
       writer.uint32(248).uint32(message.rateLimitPerSecond);
+    }
+    if (message.etag !== "") {
+      writer.uint32(322).string(message.etag);
     }
     return writer;
   },
@@ -717,6 +1065,14 @@ export const Webhook: MessageFns<Webhook> = {
             message.rateLimitPerSecond = reader.uint32();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -817,6 +1173,7 @@ export const Webhook: MessageFns<Webhook> = {
         : isSet(object.rate_limit_per_second)
         ? globalThis.Number(object.rate_limit_per_second)
         : 0,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
     };
   },
 
@@ -891,6 +1248,9 @@ export const Webhook: MessageFns<Webhook> = {
     if (message.rateLimitPerSecond !== 0) {
       obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
     }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
     return obj;
   },
 
@@ -928,6 +1288,7 @@ export const Webhook: MessageFns<Webhook> = {
     message.hasClientKey = object.hasClientKey ?? false;
     message.ordering = object.ordering ?? 0;
     message.rateLimitPerSecond = object.rateLimitPerSecond ?? 0;
+    message.etag = object.etag ?? "";
     return message;
   },
 };
@@ -1026,6 +1387,7 @@ function createBaseRetryPolicy(): RetryPolicy {
     multiplier: 0,
     jitter: 0,
     attemptTimeout: undefined,
+    etag: "",
   };
 }
 
@@ -1051,6 +1413,9 @@ export const RetryPolicy: MessageFns<RetryPolicy> = {
     }
     if (message.attemptTimeout !== undefined) {
       Duration.encode(message.attemptTimeout, writer.uint32(58).fork()).join();
+    }
+    if (message.etag !== "") {
+      writer.uint32(322).string(message.etag);
     }
     return writer;
   },
@@ -1124,6 +1489,14 @@ export const RetryPolicy: MessageFns<RetryPolicy> = {
             message.attemptTimeout = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1165,6 +1538,7 @@ export const RetryPolicy: MessageFns<RetryPolicy> = {
         : isSet(object.attempt_timeout)
         ? Duration.fromJSON(object.attempt_timeout)
         : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
     };
   },
 
@@ -1191,6 +1565,9 @@ export const RetryPolicy: MessageFns<RetryPolicy> = {
     if (message.attemptTimeout !== undefined) {
       obj.attemptTimeout = Duration.toJSON(message.attemptTimeout);
     }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
     return obj;
   },
 
@@ -1212,6 +1589,7 @@ export const RetryPolicy: MessageFns<RetryPolicy> = {
     message.attemptTimeout = (object.attemptTimeout !== undefined && object.attemptTimeout !== null)
       ? Duration.fromPartial(object.attemptTimeout)
       : undefined;
+    message.etag = object.etag ?? "";
     return message;
   },
 };
@@ -1225,6 +1603,7 @@ function createBaseAttempt(): Attempt {
     errorKind: "",
     error: "",
     responseExcerpt: "",
+    errorKindCode: 0,
   };
 }
 
@@ -1250,6 +1629,9 @@ export const Attempt: MessageFns<Attempt> = {
     }
     if (message.responseExcerpt !== "") {
       writer.uint32(58).string(message.responseExcerpt);
+    }
+    if (message.errorKindCode !== 0) {
+      writer.uint32(320).int32(message.errorKindCode);
     }
     return writer;
   },
@@ -1323,6 +1705,14 @@ export const Attempt: MessageFns<Attempt> = {
             message.responseExcerpt = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.errorKindCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1360,6 +1750,11 @@ export const Attempt: MessageFns<Attempt> = {
         : isSet(object.response_excerpt)
         ? globalThis.String(object.response_excerpt)
         : "",
+      errorKindCode: isSet(object.errorKindCode)
+        ? errorKindFromJSON(object.errorKindCode)
+        : isSet(object.error_kind_code)
+        ? errorKindFromJSON(object.error_kind_code)
+        : 0,
     };
   },
 
@@ -1386,6 +1781,9 @@ export const Attempt: MessageFns<Attempt> = {
     if (message.responseExcerpt !== "") {
       obj.responseExcerpt = message.responseExcerpt;
     }
+    if (message.errorKindCode !== 0) {
+      obj.errorKindCode = errorKindToJSON(message.errorKindCode);
+    }
     return obj;
   },
 
@@ -1403,6 +1801,7 @@ export const Attempt: MessageFns<Attempt> = {
     message.errorKind = object.errorKind ?? "";
     message.error = object.error ?? "";
     message.responseExcerpt = object.responseExcerpt ?? "";
+    message.errorKindCode = object.errorKindCode ?? 0;
     return message;
   },
 };
@@ -1420,6 +1819,7 @@ function createBaseDeadLetter(): DeadLetter {
     deadLetteredAt: undefined,
     body: "",
     attempts: [],
+    reasonCode: 0,
   };
 }
 
@@ -1457,6 +1857,9 @@ export const DeadLetter: MessageFns<DeadLetter> = {
     }
     for (const v of message.attempts) {
       Attempt.encode(v!, writer.uint32(90).fork()).join();
+    }
+    if (message.reasonCode !== 0) {
+      writer.uint32(320).int32(message.reasonCode);
     }
     return writer;
   },
@@ -1562,6 +1965,14 @@ export const DeadLetter: MessageFns<DeadLetter> = {
             message.attempts.push(Attempt.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.reasonCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1617,6 +2028,11 @@ export const DeadLetter: MessageFns<DeadLetter> = {
       attempts: globalThis.Array.isArray(object?.attempts)
         ? object.attempts.map((e: any) => Attempt.fromJSON(e))
         : [],
+      reasonCode: isSet(object.reasonCode)
+        ? deadLetterReasonFromJSON(object.reasonCode)
+        : isSet(object.reason_code)
+        ? deadLetterReasonFromJSON(object.reason_code)
+        : 0,
     };
   },
 
@@ -1655,6 +2071,9 @@ export const DeadLetter: MessageFns<DeadLetter> = {
     if (message.attempts?.length) {
       obj.attempts = message.attempts.map((e) => Attempt.toJSON(e));
     }
+    if (message.reasonCode !== 0) {
+      obj.reasonCode = deadLetterReasonToJSON(message.reasonCode);
+    }
     return obj;
   },
 
@@ -1674,6 +2093,7 @@ export const DeadLetter: MessageFns<DeadLetter> = {
     message.deadLetteredAt = object.deadLetteredAt ?? undefined;
     message.body = object.body ?? "";
     message.attempts = object.attempts?.map((e) => Attempt.fromPartial(e)) || [];
+    message.reasonCode = object.reasonCode ?? 0;
     return message;
   },
 };

@@ -19,46 +19,110 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
+import { FieldMask } from "../../google/protobuf/field_mask";
 import { RetryPolicy } from "./resources";
 
+/** A new retry policy; unset fields take the built-in `default` policy's values. */
 export interface CreateRetryPolicyRequest {
+  /** The new policy's id: `[a-z0-9][a-z0-9_-]{0,63}`, not `default`. */
   policyId: string;
-  maxAttempts?: number | undefined;
-  initialBackoff: Duration | undefined;
-  maxBackoff: Duration | undefined;
-  multiplier?: number | undefined;
-  jitter?: number | undefined;
+  /** Attempts in all, the first included: 1..=50. */
+  maxAttempts?:
+    | number
+    | undefined;
+  /** Delay before the first retry: 100ms..=24h. */
+  initialBackoff:
+    | Duration
+    | undefined;
+  /** Longest delay between attempts: initial_backoff..=7 days. */
+  maxBackoff:
+    | Duration
+    | undefined;
+  /** Growth of the delay from one retry to the next: 1.0..=100.0. */
+  multiplier?:
+    | number
+    | undefined;
+  /** Random spread of each delay, as a fraction: 0.0..=1.0. */
+  jitter?:
+    | number
+    | undefined;
+  /** Connect + send + response, for one attempt: 100ms..=5min. */
   attemptTimeout: Duration | undefined;
 }
 
+/** Which policy to return. */
 export interface GetRetryPolicyRequest {
+  /** The policy's id (`default` always exists). */
   policyId: string;
 }
 
+/** How many policies to list at a time. */
 export interface ListRetryPoliciesRequest {
+  /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /** next_page_token of the previous page; empty for the first. */
   pageToken: string;
 }
 
+/** One page of retry policies. */
 export interface ListRetryPoliciesResponse {
+  /** The policies of this page, ordered by id. */
   retryPolicies: RetryPolicy[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
+/** Changes to a retry policy: the fields set (or named by update_mask). */
 export interface UpdateRetryPolicyRequest {
+  /** The policy to change (`default` included). */
   policyId: string;
-  maxAttempts?: number | undefined;
-  initialBackoff: Duration | undefined;
-  maxBackoff: Duration | undefined;
-  multiplier?: number | undefined;
-  jitter?: number | undefined;
-  attemptTimeout: Duration | undefined;
+  /** New attempts in all, the first included: 1..=50. */
+  maxAttempts?:
+    | number
+    | undefined;
+  /** New delay before the first retry: 100ms..=24h. */
+  initialBackoff:
+    | Duration
+    | undefined;
+  /** New longest delay: initial_backoff..=7 days. */
+  maxBackoff:
+    | Duration
+    | undefined;
+  /** New growth of the delay: 1.0..=100.0. */
+  multiplier?:
+    | number
+    | undefined;
+  /** New random spread of each delay: 0.0..=1.0. */
+  jitter?:
+    | number
+    | undefined;
+  /** New time limit of one attempt: 100ms..=5min. */
+  attemptTimeout:
+    | Duration
+    | undefined;
+  /**
+   * The fields to change (`max_attempts`, `initial_backoff`, `max_backoff`, `multiplier`,
+   * `jitter`, `attempt_timeout`); a field named here and unset in the request takes the built-in
+   * `default` policy's value. Absent: every field set in the request. An unknown path is
+   * INVALID_ARGUMENT (INVALID_UPDATE_MASK).
+   */
+  updateMask:
+    | string[]
+    | undefined;
+  /**
+   * The policy's etag as last read: refused with ABORTED (STALE_ETAG) when it changed since.
+   * Empty: no check.
+   */
+  etag: string;
 }
 
+/** Which policy to delete. */
 export interface DeleteRetryPolicyRequest {
+  /** The policy's id; not `default`, and used by no tenant or webhook. */
   policyId: string;
 }
 
+/** Empty: the policy is deleted. */
 export interface DeleteRetryPolicyResponse {
 }
 
@@ -529,6 +593,8 @@ function createBaseUpdateRetryPolicyRequest(): UpdateRetryPolicyRequest {
     multiplier: undefined,
     jitter: undefined,
     attemptTimeout: undefined,
+    updateMask: undefined,
+    etag: "",
   };
 }
 
@@ -554,6 +620,12 @@ export const UpdateRetryPolicyRequest: MessageFns<UpdateRetryPolicyRequest> = {
     }
     if (message.attemptTimeout !== undefined) {
       Duration.encode(message.attemptTimeout, writer.uint32(58).fork()).join();
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(322).fork()).join();
+    }
+    if (message.etag !== "") {
+      writer.uint32(330).string(message.etag);
     }
     return writer;
   },
@@ -627,6 +699,22 @@ export const UpdateRetryPolicyRequest: MessageFns<UpdateRetryPolicyRequest> = {
             message.attemptTimeout = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -668,6 +756,12 @@ export const UpdateRetryPolicyRequest: MessageFns<UpdateRetryPolicyRequest> = {
         : isSet(object.attempt_timeout)
         ? Duration.fromJSON(object.attempt_timeout)
         : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
     };
   },
 
@@ -694,6 +788,12 @@ export const UpdateRetryPolicyRequest: MessageFns<UpdateRetryPolicyRequest> = {
     if (message.attemptTimeout !== undefined) {
       obj.attemptTimeout = Duration.toJSON(message.attemptTimeout);
     }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
+    }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
     return obj;
   },
 
@@ -715,6 +815,8 @@ export const UpdateRetryPolicyRequest: MessageFns<UpdateRetryPolicyRequest> = {
     message.attemptTimeout = (object.attemptTimeout !== undefined && object.attemptTimeout !== null)
       ? Duration.fromPartial(object.attemptTimeout)
       : undefined;
+    message.updateMask = object.updateMask ?? undefined;
+    message.etag = object.etag ?? "";
     return message;
   },
 };

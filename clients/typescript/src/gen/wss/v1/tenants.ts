@@ -18,19 +18,28 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { FieldMask } from "../../google/protobuf/field_mask";
 import { Tenant } from "./resources";
 
+/** A new tenant. */
 export interface CreateTenantRequest {
+  /** The new tenant's id: `[a-z0-9][a-z0-9_-]{0,63}`, immutable. */
   tenantId: string;
+  /** A name for people; at most 256 characters. */
   displayName: string;
+  /** Policy of the tenant's webhooks that name none; empty means the built-in `default`. */
   defaultRetryPolicyId: string;
+  /** True: the tenant's events are dead-lettered (`tenant_disabled`) instead of delivered. */
   disabled: boolean;
 }
 
+/** Which tenant to return. */
 export interface GetTenantRequest {
+  /** The tenant's id. */
   tenantId: string;
 }
 
+/** How many tenants to list at a time. */
 export interface ListTenantsRequest {
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
@@ -38,26 +47,52 @@ export interface ListTenantsRequest {
   pageToken: string;
 }
 
+/** One page of tenants. */
 export interface ListTenantsResponse {
+  /** The tenants of this page, ordered by id. */
   tenants: Tenant[];
   /** Empty on the last page. */
   nextPageToken: string;
 }
 
+/** Changes to a tenant: the fields set (or named by update_mask). */
 export interface UpdateTenantRequest {
+  /** The tenant to change. */
   tenantId: string;
+  /** A new name for people; at most 256 characters. */
   displayName?:
     | string
     | undefined;
   /** Empty string: back to the built-in `default`. */
-  defaultRetryPolicyId?: string | undefined;
-  disabled?: boolean | undefined;
+  defaultRetryPolicyId?:
+    | string
+    | undefined;
+  /** True disables the tenant, false enables it. */
+  disabled?:
+    | boolean
+    | undefined;
+  /**
+   * The fields to change (`display_name`, `default_retry_policy_id`, `disabled`); a field named
+   * here and unset in the request is reset to its default. Absent: every field set in the
+   * request (today's behaviour). An unknown path is INVALID_ARGUMENT (INVALID_UPDATE_MASK).
+   */
+  updateMask:
+    | string[]
+    | undefined;
+  /**
+   * The tenant's etag as last read: the update is refused with ABORTED (STALE_ETAG) when the
+   * tenant changed since. Empty: no check.
+   */
+  etag: string;
 }
 
+/** Which tenant to delete. */
 export interface DeleteTenantRequest {
+  /** The tenant's id; its webhooks and tokens are deleted with it. */
   tenantId: string;
 }
 
+/** What the deletion took with it. */
 export interface DeleteTenantResponse {
   /** How many webhooks were deleted with the tenant. */
   deletedWebhooks: number;
@@ -448,7 +483,14 @@ export const ListTenantsResponse: MessageFns<ListTenantsResponse> = {
 };
 
 function createBaseUpdateTenantRequest(): UpdateTenantRequest {
-  return { tenantId: "", displayName: undefined, defaultRetryPolicyId: undefined, disabled: undefined };
+  return {
+    tenantId: "",
+    displayName: undefined,
+    defaultRetryPolicyId: undefined,
+    disabled: undefined,
+    updateMask: undefined,
+    etag: "",
+  };
 }
 
 export const UpdateTenantRequest: MessageFns<UpdateTenantRequest> = {
@@ -464,6 +506,12 @@ export const UpdateTenantRequest: MessageFns<UpdateTenantRequest> = {
     }
     if (message.disabled !== undefined) {
       writer.uint32(32).bool(message.disabled);
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(322).fork()).join();
+    }
+    if (message.etag !== "") {
+      writer.uint32(330).string(message.etag);
     }
     return writer;
   },
@@ -513,6 +561,22 @@ export const UpdateTenantRequest: MessageFns<UpdateTenantRequest> = {
             message.disabled = reader.bool();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -543,6 +607,12 @@ export const UpdateTenantRequest: MessageFns<UpdateTenantRequest> = {
         ? globalThis.String(object.default_retry_policy_id)
         : undefined,
       disabled: isSet(object.disabled) ? globalThis.Boolean(object.disabled) : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
     };
   },
 
@@ -560,6 +630,12 @@ export const UpdateTenantRequest: MessageFns<UpdateTenantRequest> = {
     if (message.disabled !== undefined) {
       obj.disabled = message.disabled;
     }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
+    }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
     return obj;
   },
 
@@ -572,6 +648,8 @@ export const UpdateTenantRequest: MessageFns<UpdateTenantRequest> = {
     message.displayName = object.displayName ?? undefined;
     message.defaultRetryPolicyId = object.defaultRetryPolicyId ?? undefined;
     message.disabled = object.disabled ?? undefined;
+    message.updateMask = object.updateMask ?? undefined;
+    message.etag = object.etag ?? "";
     return message;
   },
 };

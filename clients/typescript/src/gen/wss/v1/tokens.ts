@@ -20,14 +20,18 @@ import {
 } from "@grpc/grpc-js";
 import { Timestamp } from "../../google/protobuf/timestamp";
 
+/** A tenant token: lets a service manage its own tenant's webhooks and read its deliveries. */
 export interface Token {
   /**
    * Assigned by the server: `tok_` + 26 characters. Public: it is the part of the token before
    * the dot, and names the token in ListTokens, RevokeToken and the server's log.
    */
   tokenId: string;
+  /** The tenant the token acts for. */
   tenantId: string;
+  /** What the token is for. */
   description: string;
+  /** When the token was issued. */
   createdAt:
     | Date
     | undefined;
@@ -38,6 +42,7 @@ export interface Token {
   token: string;
 }
 
+/** A token to issue. */
 export interface CreateTokenRequest {
   /** An existing tenant. */
   tenantId: string;
@@ -45,23 +50,31 @@ export interface CreateTokenRequest {
   description: string;
 }
 
+/** Which tokens to list, and how many at a time. */
 export interface ListTokensRequest {
   /** Only this tenant's tokens; empty for all. */
   tenantId: string;
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /** next_page_token of the previous page; empty for the first (bound to tenant_id). */
   pageToken: string;
 }
 
+/** One page of tokens. */
 export interface ListTokensResponse {
+  /** The tokens of this page, ordered by id, without the tokens themselves. */
   tokens: Token[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
+/** Which token to revoke. */
 export interface RevokeTokenRequest {
+  /** The token's id (`tok_…`, the part before the dot). */
   tokenId: string;
 }
 
+/** Empty: the token is revoked. */
 export interface RevokeTokenResponse {
 }
 

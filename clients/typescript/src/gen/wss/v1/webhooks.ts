@@ -19,8 +19,12 @@ import {
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration";
+import { FieldMask } from "../../google/protobuf/field_mask";
 import { Timestamp } from "../../google/protobuf/timestamp";
 import {
+  ErrorKind,
+  errorKindFromJSON,
+  errorKindToJSON,
   Ordering,
   orderingFromJSON,
   orderingToJSON,
@@ -30,7 +34,9 @@ import {
   Webhook,
 } from "./resources";
 
+/** The state of a webhook's circuit breaker on one instance. */
 export enum CircuitState {
+  /** CIRCUIT_STATE_UNSPECIFIED - Not known (never set by the service). */
   CIRCUIT_STATE_UNSPECIFIED = 0,
   /** CIRCUIT_STATE_CLOSED - Attempts go out (up to the in-flight cap). */
   CIRCUIT_STATE_CLOSED = 1,
@@ -78,9 +84,13 @@ export function circuitStateToJSON(object: CircuitState): string {
   }
 }
 
+/** A new webhook. */
 export interface CreateWebhookRequest {
+  /** The tenant the webhook belongs to (a tenant token may leave it empty for its own). */
   tenantId: string;
+  /** Where requests go: https:// (http:// only with WSS_ALLOW_HTTP=true); at most 2048 bytes. */
   url: string;
+  /** Glob patterns on the event type (`order.*`); empty means all. */
   eventTypes: string[];
   /**
    * CEL boolean expression (see Webhook.filter), compiled now: an invalid one is
@@ -92,11 +102,17 @@ export interface CreateWebhookRequest {
    * envelope.
    */
   transform: string;
+  /** Policy for this webhook; empty means the tenant's default. */
   retryPolicyId: string;
+  /** Static headers added to every request (see Webhook.headers). */
   headers: { [key: string]: string };
+  /** A note for people; at most 1024 characters. */
   description: string;
   /** Absent means enabled. */
-  enabled?: boolean | undefined;
+  enabled?:
+    | boolean
+    | undefined;
+  /** How requests are signed; UNSPECIFIED is SIGNATURE_SCHEME_WSS. */
   signatureScheme: SignatureScheme;
   /**
    * At least 16 bytes (for Standard Webhooks: `whsec_` + base64 of at least 16 bytes);
@@ -124,30 +140,39 @@ export interface CreateWebhookRequest_HeadersEntry {
   value: string;
 }
 
+/** Which webhook to return. */
 export interface GetWebhookRequest {
+  /** The webhook's id (`wh_…`). */
   webhookId: string;
 }
 
+/** Which webhooks to list, and how many at a time. */
 export interface ListWebhooksRequest {
   /** Only this tenant's webhooks; empty for all. */
   tenantId: string;
   /** 0 means 100; more than 1000 is clamped to 1000. */
   pageSize: number;
+  /** next_page_token of the previous page; empty for the first (bound to tenant_id). */
   pageToken: string;
 }
 
+/** One page of webhooks. */
 export interface ListWebhooksResponse {
+  /** The webhooks of this page, ordered by id, without their secrets. */
   webhooks: Webhook[];
+  /** Empty on the last page; otherwise pass it as page_token for the next. */
   nextPageToken: string;
 }
 
 /** A list of event-type patterns, so that an update can tell "leave as is" from "clear". */
 export interface EventTypes {
+  /** Glob patterns on the event type; empty means all. */
   patterns: string[];
 }
 
 /** A header map, so that an update can tell "leave as is" from "clear". */
 export interface Headers {
+  /** Header names and values. */
   headers: { [key: string]: string };
 }
 
@@ -156,9 +181,15 @@ export interface Headers_HeadersEntry {
   value: string;
 }
 
+/** Changes to a webhook: the fields set (or named by update_mask). */
 export interface UpdateWebhookRequest {
+  /** The webhook to change. */
   webhookId: string;
-  url?: string | undefined;
+  /** A new URL, under CreateWebhookRequest's rules. */
+  url?:
+    | string
+    | undefined;
+  /** New event-type patterns (an empty list: all events). */
   eventTypes:
     | EventTypes
     | undefined;
@@ -171,8 +202,14 @@ export interface UpdateWebhookRequest {
     | string
     | undefined;
   /** Empty string: back to the tenant's default. */
-  retryPolicyId?: string | undefined;
-  headers: Headers | undefined;
+  retryPolicyId?:
+    | string
+    | undefined;
+  /** New static headers, replacing all of them (an empty map: none). */
+  headers:
+    | Headers
+    | undefined;
+  /** A new note for people; at most 1024 characters. */
   description?:
     | string
     | undefined;
@@ -184,7 +221,10 @@ export interface UpdateWebhookRequest {
    * Replace the client certificate and key (rotation): set both, under CreateWebhookRequest's
    * rules; set both to the empty string to remove them. Setting one alone is INVALID_ARGUMENT.
    */
-  clientCertificate?: string | undefined;
+  clientCertificate?:
+    | string
+    | undefined;
+  /** The new certificate's private key (PEM); see client_certificate. */
   clientKey?:
     | string
     | undefined;
@@ -196,17 +236,44 @@ export interface UpdateWebhookRequest {
     | Ordering
     | undefined;
   /** Change the rate limit; 0: unlimited. */
-  rateLimitPerSecond?: number | undefined;
+  rateLimitPerSecond?:
+    | number
+    | undefined;
+  /**
+   * The fields to change (`url`, `event_types`, `filter`, `transform`, `retry_policy_id`,
+   * `headers`, `description`, `enabled`, `signature_scheme`, `ordering`,
+   * `rate_limit_per_second`, `client_certificate` and `client_key` together); a field named here and unset in the request is reset to its
+   * default (`enabled`: false). Absent: every field set in the request. An unknown path is
+   * INVALID_ARGUMENT (INVALID_UPDATE_MASK).
+   */
+  updateMask:
+    | string[]
+    | undefined;
+  /**
+   * The webhook's etag as last read: refused with ABORTED (STALE_ETAG) when it changed since.
+   * Empty: no check.
+   */
+  etag: string;
+  /**
+   * A new signature scheme. The current secret must suit it (a Standard Webhooks secret is
+   * `whsec_` + base64 of at least 16 bytes): otherwise INVALID_ARGUMENT; rotate the secret first.
+   */
+  signatureScheme?: SignatureScheme | undefined;
 }
 
+/** Which webhook to delete. */
 export interface DeleteWebhookRequest {
+  /** The webhook's id. */
   webhookId: string;
 }
 
+/** Empty: the webhook is deleted. */
 export interface DeleteWebhookResponse {
 }
 
+/** A new secret for a webhook. */
 export interface RotateWebhookSecretRequest {
+  /** The webhook whose secret to replace. */
   webhookId: string;
   /**
    * How long the old secret keeps signing, after the new one: 0s to 7 days; absent means 24 h,
@@ -223,7 +290,9 @@ export interface RotateWebhookSecretRequest {
   secret: string;
 }
 
+/** Which webhook's statistics to return, over which window. */
 export interface GetWebhookStatsRequest {
+  /** The webhook's id. */
   webhookId: string;
   /**
    * What the counts and success_rate cover, back from now: 60s to 3600s, rounded up to whole
@@ -235,7 +304,9 @@ export interface GetWebhookStatsRequest {
 
 /** A change of a webhook's circuit, as the instance that saw it recorded it. */
 export interface CircuitChange {
+  /** The state the circuit changed to. */
   state: CircuitState;
+  /** When it changed. */
   changedAt:
     | Date
     | undefined;
@@ -247,8 +318,11 @@ export interface CircuitChange {
   instance: string;
 }
 
+/** How a webhook is doing (GetWebhookStats). */
 export interface WebhookStats {
+  /** The webhook. */
   webhookId: string;
+  /** Its tenant. */
   tenantId: string;
   /** The window the counts cover, in whole minutes. */
   window:
@@ -320,6 +394,8 @@ export interface WebhookStats {
    * webhook's stats (which expire 7 days after their last write).
    */
   rateLimited: number;
+  /** last_failure_error_kind as an enum value. */
+  lastFailureErrorKindCode: ErrorKind;
 }
 
 /** A test event for a webhook. */
@@ -1361,6 +1437,9 @@ function createBaseUpdateWebhookRequest(): UpdateWebhookRequest {
     clientKey: undefined,
     ordering: undefined,
     rateLimitPerSecond: undefined,
+    updateMask: undefined,
+    etag: "",
+    signatureScheme: undefined,
   };
 }
 
@@ -1404,6 +1483,15 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     }
     if (message.rateLimitPerSecond !== undefined) {
       writer.uint32(248).uint32(message.rateLimitPerSecond);
+    }
+    if (message.updateMask !== undefined) {
+      FieldMask.encode(FieldMask.wrap(message.updateMask), writer.uint32(322).fork()).join();
+    }
+    if (message.etag !== "") {
+      writer.uint32(330).string(message.etag);
+    }
+    if (message.signatureScheme !== undefined) {
+      writer.uint32(336).int32(message.signatureScheme);
     }
     return writer;
   },
@@ -1525,6 +1613,30 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
             message.rateLimitPerSecond = reader.uint32();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.updateMask = FieldMask.unwrap(FieldMask.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.etag = reader.string();
+            continue;
+          }
+          case 42: {
+            if (tag !== 336) {
+              break;
+            }
+
+            message.signatureScheme = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1576,6 +1688,17 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
         : isSet(object.rate_limit_per_second)
         ? globalThis.Number(object.rate_limit_per_second)
         : undefined,
+      updateMask: isSet(object.updateMask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.updateMask))
+        : isSet(object.update_mask)
+        ? FieldMask.unwrap(FieldMask.fromJSON(object.update_mask))
+        : undefined,
+      etag: isSet(object.etag) ? globalThis.String(object.etag) : "",
+      signatureScheme: isSet(object.signatureScheme)
+        ? signatureSchemeFromJSON(object.signatureScheme)
+        : isSet(object.signature_scheme)
+        ? signatureSchemeFromJSON(object.signature_scheme)
+        : undefined,
     };
   },
 
@@ -1620,6 +1743,15 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     if (message.rateLimitPerSecond !== undefined) {
       obj.rateLimitPerSecond = Math.round(message.rateLimitPerSecond);
     }
+    if (message.updateMask !== undefined) {
+      obj.updateMask = FieldMask.toJSON(FieldMask.wrap(message.updateMask));
+    }
+    if (message.etag !== "") {
+      obj.etag = message.etag;
+    }
+    if (message.signatureScheme !== undefined) {
+      obj.signatureScheme = signatureSchemeToJSON(message.signatureScheme);
+    }
     return obj;
   },
 
@@ -1645,6 +1777,9 @@ export const UpdateWebhookRequest: MessageFns<UpdateWebhookRequest> = {
     message.clientKey = object.clientKey ?? undefined;
     message.ordering = object.ordering ?? undefined;
     message.rateLimitPerSecond = object.rateLimitPerSecond ?? undefined;
+    message.updateMask = object.updateMask ?? undefined;
+    message.etag = object.etag ?? "";
+    message.signatureScheme = object.signatureScheme ?? undefined;
     return message;
   },
 };
@@ -2122,6 +2257,7 @@ function createBaseWebhookStats(): WebhookStats {
     backlogDepth: 0,
     backlogOldestAge: undefined,
     rateLimited: 0,
+    lastFailureErrorKindCode: 0,
   };
 }
 
@@ -2195,6 +2331,9 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     }
     if (message.rateLimited !== 0) {
       writer.uint32(240).uint64(message.rateLimited);
+    }
+    if (message.lastFailureErrorKindCode !== 0) {
+      writer.uint32(320).int32(message.lastFailureErrorKindCode);
     }
     return writer;
   },
@@ -2396,6 +2535,14 @@ export const WebhookStats: MessageFns<WebhookStats> = {
             message.rateLimited = longToNumber(reader.uint64());
             continue;
           }
+          case 40: {
+            if (tag !== 320) {
+              break;
+            }
+
+            message.lastFailureErrorKindCode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2509,6 +2656,11 @@ export const WebhookStats: MessageFns<WebhookStats> = {
         : isSet(object.rate_limited)
         ? globalThis.Number(object.rate_limited)
         : 0,
+      lastFailureErrorKindCode: isSet(object.lastFailureErrorKindCode)
+        ? errorKindFromJSON(object.lastFailureErrorKindCode)
+        : isSet(object.last_failure_error_kind_code)
+        ? errorKindFromJSON(object.last_failure_error_kind_code)
+        : 0,
     };
   },
 
@@ -2583,6 +2735,9 @@ export const WebhookStats: MessageFns<WebhookStats> = {
     if (message.rateLimited !== 0) {
       obj.rateLimited = Math.round(message.rateLimited);
     }
+    if (message.lastFailureErrorKindCode !== 0) {
+      obj.lastFailureErrorKindCode = errorKindToJSON(message.lastFailureErrorKindCode);
+    }
     return obj;
   },
 
@@ -2620,6 +2775,7 @@ export const WebhookStats: MessageFns<WebhookStats> = {
       ? Duration.fromPartial(object.backlogOldestAge)
       : undefined;
     message.rateLimited = object.rateLimited ?? 0;
+    message.lastFailureErrorKindCode = object.lastFailureErrorKindCode ?? 0;
     return message;
   },
 };
