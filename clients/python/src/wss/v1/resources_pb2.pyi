@@ -28,7 +28,10 @@ class _Ordering:
 class _OrderingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ordering.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ORDERING_UNORDERED: _Ordering.ValueType  # 0
-    """Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order."""
+    """Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order. The
+    zero value is a real choice, the default, as the contract names it (docs/contract.md §9).
+    buf:lint:ignore ENUM_ZERO_VALUE_SUFFIX
+    """
     ORDERING_FIFO: _Ordering.ValueType  # 1
     """One attempt at a time, in the order the events entered their stream."""
 
@@ -36,7 +39,10 @@ class Ordering(_Ordering, metaclass=_OrderingEnumTypeWrapper):
     """docs/contract.md §9: how attempts to one webhook are ordered."""
 
 ORDERING_UNORDERED: Ordering.ValueType  # 0
-"""Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order."""
+"""Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order. The
+zero value is a real choice, the default, as the contract names it (docs/contract.md §9).
+buf:lint:ignore ENUM_ZERO_VALUE_SUFFIX
+"""
 ORDERING_FIFO: Ordering.ValueType  # 1
 """One attempt at a time, in the order the events entered their stream."""
 Global___Ordering: _TypeAlias = Ordering  # noqa: Y015

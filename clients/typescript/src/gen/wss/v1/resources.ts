@@ -11,7 +11,11 @@ import { Timestamp } from "../../google/protobuf/timestamp";
 
 /** docs/contract.md §9: how attempts to one webhook are ordered. */
 export enum Ordering {
-  /** ORDERING_UNORDERED - Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order. */
+  /**
+   * ORDERING_UNORDERED - Attempts to the webhook may overlap (up to its in-flight cap) and finish in any order. The
+   * zero value is a real choice, the default, as the contract names it (docs/contract.md §9).
+   * buf:lint:ignore ENUM_ZERO_VALUE_SUFFIX
+   */
   ORDERING_UNORDERED = 0,
   /** ORDERING_FIFO - One attempt at a time, in the order the events entered their stream. */
   ORDERING_FIFO = 1,
