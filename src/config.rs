@@ -66,6 +66,7 @@ const KEYS: &[Key] = &[
     Key { name: "shutdown_grace", default: Some("30s") },
     Key { name: "log_format", default: Some("text") },
     Key { name: "log_level", default: Some("info") },
+    Key { name: "sources", default: None },
 ];
 
 /// Where a value came from, for error messages.
@@ -157,6 +158,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`-style filter: `info`, or `warn,wss::pipeline=debug`.
     pub log_level: String,
+    /// Where events come from (`WSS_SOURCES`, or `[[sources]]` in the file; SPEC §7): by
+    /// default the Redis stream `<prefix>events` alone, as before sources existed.
+    pub sources: Vec<crate::source::SourceSpec>,
 }
 
 impl fmt::Debug for Config {
@@ -176,6 +180,7 @@ impl fmt::Debug for Config {
             .field("tls", &self.tls)
             .field("consumer", &self.consumer)
             .field("sender_threads", &self.sender_threads)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +232,9 @@ pub struct ConfigErrors(pub Vec<String>);
 pub struct Layers {
     values: BTreeMap<&'static str, (String, Source)>,
     errors: Vec<String>,
+    /// The file's `[[sources]]` tables, parsed in `build` (a `sources` string, from any layer,
+    /// replaces them).
+    source_tables: Vec<(toml::Table, String)>,
 }
 
 impl Layers {
@@ -274,6 +282,15 @@ impl Layers {
                 continue;
             };
             let text = match value {
+                toml::Value::Array(tables) if key == "sources" => {
+                    for (i, table) in tables.into_iter().enumerate() {
+                        match table {
+                            toml::Value::Table(table) => self.source_tables.push((table, format!("config file {origin}: [[sources]] #{}", i + 1))),
+                            other => self.errors.push(format!("config file {origin}: sources must be [[sources]] tables, not {}", other.type_str())),
+                        }
+                    }
+                    continue;
+                }
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
@@ -389,6 +406,7 @@ impl Layers {
                 }
             },
             log_level: p.string("log_level"),
+            sources: p.sources(),
         };
         if config.key_prefix.is_empty() || config.key_prefix.contains(char::is_whitespace) {
             p.errors.push("key_prefix must be non-empty and without spaces".into());
@@ -405,6 +423,43 @@ impl Layers {
         } else {
             Err(ConfigErrors(p.errors))
         }
+    }
+}
+
+impl Parser<'_> {
+    /// `sources` (comma-separated URLs), else the file's `[[sources]]`, else the Redis stream.
+    fn sources(&mut self) -> Vec<crate::source::SourceSpec> {
+        use crate::source::SourceSpec;
+        let redis_url = self.string("redis_url");
+        let mut specs = Vec::new();
+        if let Some(list) = self.opt_string("sources") {
+            for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                match SourceSpec::from_url(url, &redis_url) {
+                    Ok(spec) => specs.push(spec),
+                    Err(problem) => {
+                        let shown = crate::redis_conn::redact_url(url);
+                        self.error("sources", &shown, &problem);
+                    }
+                }
+            }
+            if specs.is_empty() && self.errors.is_empty() {
+                self.error("sources", &crate::redis_conn::redact_url(&list), "names no source");
+            }
+        } else {
+            for (table, origin) in &self.layers.source_tables {
+                match SourceSpec::from_table(table, &redis_url) {
+                    Ok(spec) => specs.push(spec),
+                    Err(problem) => self.errors.push(format!("{origin}: {problem}")),
+                }
+            }
+        }
+        if specs.is_empty() {
+            specs.push(SourceSpec::Redis);
+        }
+        if specs.iter().filter(|s| **s == SourceSpec::Redis).count() > 1 {
+            self.errors.push("sources: the Redis stream is listed more than once".into());
+        }
+        specs
     }
 }
 
@@ -674,7 +729,7 @@ impl Parser<'_> {
 
 /// Whether `bytes` has a PEM `-----BEGIN` line: enough to tell a PEM file from a wrong one
 /// before its contents are parsed where they are used.
-fn looks_like_pem(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_pem(bytes: &[u8]) -> bool {
     bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 

@@ -203,8 +203,9 @@ pub struct HandOff {
     pub entry: String,
     pub due_ms: u64,
     pub meta: ItemMeta,
-    /// The fields of a delivery taken from the backlog, written back with its state; `None` for a
-    /// fresh delivery, whose fields the hand-off script copies from its stream entry.
+    /// The fields of a delivery taken from the backlog, written back with its state, or of a
+    /// broker-sourced event's; `None` for a fresh delivery of a Redis stream entry, whose fields
+    /// the hand-off script copies from the stream.
     pub fields: Option<Fields>,
 }
 
@@ -217,7 +218,11 @@ impl HandOff {
             entry: delivery.ticket.stream_id.clone(),
             due_ms,
             meta: ItemMeta::of(delivery),
-            fields: delivery.backlog.as_ref().map(|b| b.fields.clone()),
+            // A broker's event hands over its fields from memory: no stream entry to copy.
+            fields: match &delivery.backlog {
+                Some(backlogged) => Some(backlogged.fields.clone()),
+                None => delivery.ticket.broker_fields().cloned(),
+            },
         }
     }
 }

@@ -76,7 +76,22 @@ use crate::{
     },
     metrics::Metrics,
     redis_conn::RedisTarget,
+    source::BrokerHold,
 };
+
+/// Hands a broker's message on like the Redis reader hands an entry (`crate::source`): parsed,
+/// to the transformer, or rejected to the outcome stage; false when the next stage is gone.
+pub(crate) fn hand_on_broker(
+    entry: crate::streams::RawEntry,
+    recovered: bool,
+    reads: Option<u64>,
+    max_event_bytes: usize,
+    broker: BrokerHold,
+    out: &Sender<Inbound>,
+    done: &Sender<Completion>,
+) -> bool {
+    reader::hand_on_held(entry, recovered, reads, max_event_bytes, Some(broker), out, done)
+}
 
 /// Bookkeeping for one stream entry: acknowledged when its last delivery is terminal.
 #[derive(Debug)]
@@ -86,11 +101,23 @@ pub struct EntryTicket {
     /// already be done (the signer checks the delivery history before sending).
     pub recovered: bool,
     remaining: AtomicUsize,
+    /// A broker-sourced event's fields and acknowledgement (`crate::source`); `None` for a
+    /// Redis stream entry, acknowledged by `XACK` in the outcome stage's transaction.
+    pub broker: Option<Box<BrokerHold>>,
 }
 
 impl EntryTicket {
     fn new(stream_id: String, recovered: bool) -> Arc<Self> {
-        Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0) })
+        Self::with_hold(stream_id, recovered, None)
+    }
+
+    fn with_hold(stream_id: String, recovered: bool, broker: Option<Box<BrokerHold>>) -> Arc<Self> {
+        Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0), broker })
+    }
+
+    /// The fields a broker-sourced event arrived with (`None` for a Redis stream entry).
+    pub fn broker_fields(&self) -> Option<&crate::source::Fields> {
+        self.broker.as_ref().map(|hold| &hold.fields)
     }
 
     /// Called once, before the deliveries are handed on.
@@ -249,7 +276,7 @@ impl InFlight {
         Self { permits: bounded(max), ids: Mutex::new(HashSet::new()) }
     }
 
-    fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
+    pub(crate) fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
         let key = EntryKey::of(id);
         if self.ids.lock().contains(&key) {
             return Admission::AlreadyInFlight;
@@ -280,7 +307,7 @@ impl InFlight {
     }
 
     /// Free places in the window.
-    fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.permits.0.capacity().unwrap_or(usize::MAX).saturating_sub(self.permits.0.len())
     }
 
@@ -319,6 +346,8 @@ pub struct Deps {
     /// Built with [`live_view`]; the pipeline keeps it up to date.
     pub live: Arc<live::LiveView>,
     pub metrics: Arc<Metrics>,
+    /// Readiness: message-queue sources report their outages there.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -381,7 +410,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics, health } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -415,32 +444,58 @@ impl Pipeline {
             Ok(())
         };
 
-        let reader = reader::Reader {
-            redis: redis.clone(),
-            stream: keys.events.clone(),
-            consumer: config.consumer.clone(),
-            batch: config.read_batch,
-            block: config.read_block,
-            max_event_bytes: config.max_event_bytes,
-            in_flight: in_flight.clone(),
-            events_read: metrics.events_read.clone(),
-            script: poison::read_script(),
-        };
-        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
+        let reads_redis = config.sources.contains(&crate::source::SourceSpec::Redis);
+        if reads_redis {
+            let reader = reader::Reader {
+                redis: redis.clone(),
+                stream: keys.events.clone(),
+                consumer: config.consumer.clone(),
+                batch: config.read_batch,
+                block: config.read_block,
+                max_event_bytes: config.max_event_bytes,
+                in_flight: in_flight.clone(),
+                events_read: metrics.events_read.clone(),
+                script: poison::read_script(),
+            };
+            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+            spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
 
-        let leases = leases::Leases {
-            redis: redis.clone(),
-            stream: keys.events.clone(),
-            consumer: config.consumer.clone(),
-            claim_after: config.claim_after,
-            batch: config.read_batch,
-            max_event_bytes: config.max_event_bytes,
-            in_flight: in_flight.clone(),
-            events_read: metrics.events_read.clone(),
-        };
-        let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-leases".into(), Box::new(move || leases.run(inbound_tx, done, stop)))?;
+            let leases = leases::Leases {
+                redis: redis.clone(),
+                stream: keys.events.clone(),
+                consumer: config.consumer.clone(),
+                claim_after: config.claim_after,
+                batch: config.read_batch,
+                max_event_bytes: config.max_event_bytes,
+                in_flight: in_flight.clone(),
+                events_read: metrics.events_read.clone(),
+            };
+            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+            spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
+        }
+        for (n, spec) in config.sources.iter().enumerate() {
+            let crate::source::SourceSpec::Nats(spec) = spec else { continue };
+            let label = spec.label();
+            let status = crate::source::nats::SourceStatus {
+                label: label.clone(),
+                health: health.clone(),
+                events_read: metrics.events_read.clone(),
+                up: metrics.source_up.with_label_values(&[&label]),
+                outages: metrics.source_outages.with_label_values(&[&label]),
+                pending: metrics.source_pending.with_label_values(&[&label]),
+            };
+            let source = crate::source::nats::NatsSource {
+                spec: spec.clone(),
+                max_event_bytes: config.max_event_bytes,
+                batch: config.read_batch,
+                window: config.max_in_flight,
+                in_flight: in_flight.clone(),
+                status,
+            };
+            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+            spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
+        }
+        drop(inbound_tx);
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
         let s = store.clone();
@@ -504,7 +559,7 @@ impl Pipeline {
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
 
-        if let Some(keep_for) = config.stream_retention {
+        if let (true, Some(keep_for)) = (reads_redis, config.stream_retention) {
             let retention = retention::Retention {
                 redis: redis.clone(),
                 stream: keys.events.clone(),
@@ -513,7 +568,7 @@ impl Pipeline {
             };
             let stop = shutdown_rx.clone();
             spawn("wss-retention".into(), Box::new(move || retention.run(stop)))?;
-        } else {
+        } else if reads_redis {
             log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
         }
 

@@ -31,6 +31,7 @@ use redis::{Connection, RedisError, Value};
 use super::{event::parse_entry, poison, Admission, Completion, EntryTicket, InFlight, Inbound};
 use crate::{
     redis_conn::{is_connection_error, RedisTarget},
+    source::BrokerHold,
     streams::{parse_entries, RawEntry},
 };
 
@@ -196,7 +197,21 @@ pub(super) fn hand_on(
     out: &Sender<Inbound>,
     done: &Sender<Completion>,
 ) -> bool {
-    let ticket = EntryTicket::new(entry.id.clone(), recovered);
+    hand_on_held(entry, recovered, reads, max_event_bytes, None, out, done)
+}
+
+/// [`hand_on`] for an event of any source: a broker's carries its [`BrokerHold`] (its fields
+/// and its acknowledgement, `crate::source`), a Redis entry none.
+pub(crate) fn hand_on_held(
+    entry: RawEntry,
+    recovered: bool,
+    reads: Option<u64>,
+    max_event_bytes: usize,
+    broker: Option<BrokerHold>,
+    out: &Sender<Inbound>,
+    done: &Sender<Completion>,
+) -> bool {
+    let ticket = EntryTicket::with_hold(entry.id.clone(), recovered, broker.map(Box::new));
     let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
     let parsed = match (stubbed, reads) {
         (Some((size, excerpt)), _) => {
