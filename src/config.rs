@@ -159,7 +159,8 @@ pub struct Config {
     /// `RUST_LOG`-style filter: `info`, or `warn,wss::pipeline=debug`.
     pub log_level: String,
     /// Where events come from (`WSS_SOURCES`, or `[[sources]]` in the file; SPEC §7): by
-    /// default the Redis stream `<prefix>events` alone, as before sources existed.
+    /// default the Redis stream `<prefix>events` alone, as before sources existed. The Redis
+    /// stream is read whether listed or not (PublishEvent and RedeliverDeadLetter append to it).
     pub sources: Vec<crate::source::SourceSpec>,
 }
 

@@ -519,9 +519,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
     health.wait_reported(Duration::from_secs(2));
-    if config.sources.contains(&wss::source::SourceSpec::Redis) {
-        log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
-    }
+    log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
     for source in config.sources.iter().filter(|s| **s != wss::source::SourceSpec::Redis) {
         log::info!(target: "wss", "reading source {} with {} sender threads", source.label(), config.sender_threads);
     }

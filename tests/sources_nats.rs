@@ -343,3 +343,83 @@ async fn a_broker_restart_midway_loses_nothing_and_shows_as_an_outage() {
     let logged = service.lines().iter().filter(|l| l.contains("unreachable") && l.contains("logged once per outage")).count();
     assert_eq!(logged, 1, "the outage is logged once");
 }
+
+/// A backlog item as stored (`<length>:<bytes>` parts: its state, then its event's fields).
+fn item_parts(ks: &Keyspace, webhook: &str, entry: &str) -> Option<Vec<String>> {
+    let stored: Option<Vec<u8>> =
+        redis::cmd("GET").arg(format!("{}backlog:item:{webhook}:{entry}", ks.prefix)).query(&mut ks.conn()).unwrap();
+    let mut rest = &stored?[..];
+    let mut parts = Vec::new();
+    while !rest.is_empty() {
+        let colon = rest.iter().position(|b| *b == b':').expect("a length");
+        let len: usize = std::str::from_utf8(&rest[..colon]).unwrap().parse().unwrap();
+        parts.push(String::from_utf8_lossy(&rest[colon + 1..colon + 1 + len]).into_owned());
+        rest = &rest[colon + 1 + len..];
+    }
+    Some(parts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_wait_in_the_backlog_with_the_message_acknowledged_and_dead_letters_keep_the_event() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    use wss::proto::{redeliver_dead_letter_request::Target, RedeliverDeadLetterRequest};
+
+    let ks = Keyspace::new("nats_backlog");
+    let names = Names::new("backlog");
+    let server = nats_url();
+    let flaky = Receiver::failing_first(2);
+    let fixed = Arc::new(AtomicBool::new(false));
+    let switch = fixed.clone();
+    let broken = Receiver::start(move |_| common::Reply::status(if switch.load(Ordering::SeqCst) { 200 } else { 500 }));
+    let service = start(&ks, "nats-backlog", &names.source(&server)).await;
+    let grpc = service.grpc().await;
+    grpc.create_policy("later", 4, 2000, 2000).await;
+    grpc.create_policy("twice", 2, 100, 100).await;
+    grpc.create_tenant("acme").await;
+    grpc.create_tenant("beta").await;
+    let webhook = grpc.create_webhook("acme", &flaky.url(), |r| r.retry_policy_id = "later".into()).await;
+    grpc.create_webhook("beta", &broken.url(), |r| r.retry_policy_id = "twice".into()).await;
+    let js = js(&server).await;
+    let data = r#"{"order":"A-1"}"#;
+    publish(&js, format!("{}.acme", names.subject), &[("WSS-Tenant", "acme"), ("WSS-Type", "order.created"), ("WSS-Id", "evt-retry")], data).await;
+
+    flaky.wait_for_requests(1, "the first attempt", |_| true).await;
+    // While its retry waits in the backlog, the message is acknowledged, and the item holds the
+    // event's fields (from memory: there is no stream entry to copy them from).
+    wait_all_acknowledged(&js, &names).await;
+    assert!(flaky.requests().len() < 3, "acknowledged before the delivery succeeded");
+    let parts = item_parts(&ks, &webhook.webhook_id, "evt-retry").expect("the backlog item");
+    assert_eq!(parts[1..7], ["tenant", "acme", "type", "order.created", "id", "evt-retry"], "{parts:?}");
+    assert_eq!(parts[7..9], ["data", data]);
+    assert_eq!(parts[9], "_wss_created_at_ms");
+    let all = flaky.wait_for_requests(1, "two failures, then the delivery", Recorded::delivered).await;
+    assert_eq!(all.iter().map(|r| r.header("X-WSS-Attempt")).collect::<Vec<_>>(), ["1", "2", "3"]);
+    assert!(all.iter().all(|r| r.event_id() == "evt-retry" && r.body == all[0].body));
+    assert_signed(&webhook.secret, &all[2]);
+
+    // Dead-lettered after its attempts: the record keeps the event, and redelivering it (through
+    // the Redis stream) sends the same event again.
+    publish(&js, format!("{}.beta", names.subject), &[("WSS-Tenant", "beta"), ("WSS-Type", "t"), ("WSS-Id", "evt-dead"), ("WSS-Attr-Region", "eu")], "[1]").await;
+    let dead = eventually(WAIT, "the dead letter", || async {
+        let dead = grpc.dead_letters("beta").await?;
+        dead.into_iter().find(|d| d.event_id == "evt-dead").ok_or_else(|| "none yet".to_owned())
+    })
+    .await;
+    assert_eq!((dead.reason.as_str(), dead.stream_entry_id.as_str()), ("max_attempts_exhausted", "evt-dead"));
+    wait_all_acknowledged(&js, &names).await;
+    let first_body = broken.requests()[0].json();
+    fixed.store(true, Ordering::SeqCst);
+    grpc.deliveries()
+        .redeliver_dead_letter(RedeliverDeadLetterRequest { target: Some(Target::DeadLetterId(dead.dead_letter_id.clone())), ..Default::default() })
+        .await
+        .expect("RedeliverDeadLetter");
+    let again = broken.wait_for_requests(1, "the redelivered event", Recorded::delivered).await;
+    let delivered = again.iter().find(|r| r.delivered()).unwrap();
+    assert_eq!(delivered.event_id(), "evt-dead");
+    let body = delivered.json();
+    assert_eq!((&body["data"], &body["created_at"]), (&first_body["data"], &first_body["created_at"]), "the same event: {body}");
+    let _ = js.delete_stream(&names.stream).await;
+}

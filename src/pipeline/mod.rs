@@ -444,35 +444,34 @@ impl Pipeline {
             Ok(())
         };
 
-        let reads_redis = config.sources.contains(&crate::source::SourceSpec::Redis);
-        if reads_redis {
-            let reader = reader::Reader {
-                redis: redis.clone(),
-                stream: keys.events.clone(),
-                consumer: config.consumer.clone(),
-                batch: config.read_batch,
-                block: config.read_block,
-                max_event_bytes: config.max_event_bytes,
-                in_flight: in_flight.clone(),
-                events_read: metrics.events_read.clone(),
-                script: poison::read_script(),
-            };
-            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-            spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
+        // The Redis stream is always read, whatever else is: the control plane's PublishEvent
+        // and RedeliverDeadLetter append to it (an idle stream costs a cheap read every 10 ms).
+        let reader = reader::Reader {
+            redis: redis.clone(),
+            stream: keys.events.clone(),
+            consumer: config.consumer.clone(),
+            batch: config.read_batch,
+            block: config.read_block,
+            max_event_bytes: config.max_event_bytes,
+            in_flight: in_flight.clone(),
+            events_read: metrics.events_read.clone(),
+            script: poison::read_script(),
+        };
+        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
 
-            let leases = leases::Leases {
-                redis: redis.clone(),
-                stream: keys.events.clone(),
-                consumer: config.consumer.clone(),
-                claim_after: config.claim_after,
-                batch: config.read_batch,
-                max_event_bytes: config.max_event_bytes,
-                in_flight: in_flight.clone(),
-                events_read: metrics.events_read.clone(),
-            };
-            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-            spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
-        }
+        let leases = leases::Leases {
+            redis: redis.clone(),
+            stream: keys.events.clone(),
+            consumer: config.consumer.clone(),
+            claim_after: config.claim_after,
+            batch: config.read_batch,
+            max_event_bytes: config.max_event_bytes,
+            in_flight: in_flight.clone(),
+            events_read: metrics.events_read.clone(),
+        };
+        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
         for (n, spec) in config.sources.iter().enumerate() {
             let crate::source::SourceSpec::Nats(spec) = spec else { continue };
             let label = spec.label();
@@ -559,7 +558,7 @@ impl Pipeline {
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
 
-        if let (true, Some(keep_for)) = (reads_redis, config.stream_retention) {
+        if let Some(keep_for) = config.stream_retention {
             let retention = retention::Retention {
                 redis: redis.clone(),
                 stream: keys.events.clone(),
@@ -568,7 +567,7 @@ impl Pipeline {
             };
             let stop = shutdown_rx.clone();
             spawn("wss-retention".into(), Box::new(move || retention.run(stop)))?;
-        } else if reads_redis {
+        } else {
             log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
         }
 
