@@ -286,8 +286,12 @@ impl Layers {
                 toml::Value::Array(tables) if key == "sources" => {
                     for (i, table) in tables.into_iter().enumerate() {
                         match table {
-                            toml::Value::Table(table) => self.source_tables.push((table, format!("config file {origin}: [[sources]] #{}", i + 1))),
-                            other => self.errors.push(format!("config file {origin}: sources must be [[sources]] tables, not {}", other.type_str())),
+                            toml::Value::Table(table) => {
+                                self.source_tables.push((table, format!("config file {origin}: [[sources]] #{}", i + 1)))
+                            }
+                            other => self
+                                .errors
+                                .push(format!("config file {origin}: sources must be [[sources]] tables, not {}", other.type_str())),
                         }
                     }
                     continue;

@@ -514,8 +514,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let grace = config.shutdown_grace;
-    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics, health: health.clone() })
-        .context("starting the pipeline threads")?;
+    let pipeline =
+        Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics, health: health.clone() })
+            .context("starting the pipeline threads")?;
     health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
     health.wait_reported(Duration::from_secs(2));

@@ -241,15 +241,21 @@ impl Metrics {
             "Age of the webhook's oldest delivery in the durable backlog: seconds since it entered it (only webhooks with a backlog).",
         );
 
-        let source_up = IntGaugeVec::new(Opts::new("wss_source_up", "1 while the message-queue source answers, 0 during an outage."), &["source"])
-            .expect("a valid metric name");
-        register(&registry, &source_up);
-        let source_outages =
-            IntCounterVec::new(Opts::new("wss_source_outages_total", "Outages of the message-queue source (each counted once, when it starts)."), &["source"])
+        let source_up =
+            IntGaugeVec::new(Opts::new("wss_source_up", "1 while the message-queue source answers, 0 during an outage."), &["source"])
                 .expect("a valid metric name");
+        register(&registry, &source_up);
+        let source_outages = IntCounterVec::new(
+            Opts::new("wss_source_outages_total", "Outages of the message-queue source (each counted once, when it starts)."),
+            &["source"],
+        )
+        .expect("a valid metric name");
         register(&registry, &source_outages);
         let source_pending = IntGaugeVec::new(
-            Opts::new("wss_source_pending", "Messages of the message-queue source not yet read by wss plus those read and not yet acknowledged (its lag)."),
+            Opts::new(
+                "wss_source_pending",
+                "Messages of the message-queue source not yet read by wss plus those read and not yet acknowledged (its lag).",
+            ),
             &["source"],
         )
         .expect("a valid metric name");

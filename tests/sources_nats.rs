@@ -45,7 +45,8 @@ impl Names {
 }
 
 async fn js(server: &str) -> jetstream::Context {
-    let client = async_nats::connect(server).await.unwrap_or_else(|e| panic!("cannot connect to NATS at {server}: {e}; set WSS_TEST_NATS_URL"));
+    let client =
+        async_nats::connect(server).await.unwrap_or_else(|e| panic!("cannot connect to NATS at {server}: {e}; set WSS_TEST_NATS_URL"));
     jetstream::new(client)
 }
 
@@ -128,7 +129,13 @@ async fn tenants_events_are_delivered_bad_messages_dead_lettered_and_all_acknowl
         let id = format!("evt-{n}");
         let body = format!(r#"{{"n":{n}}}"#);
         if n % 2 == 0 {
-            publish(&js, subject, &[("WSS-Tenant", &tenant), ("WSS-Type", "order.created"), ("WSS-Id", &id), ("WSS-Attr-Region", "eu")], &body).await;
+            publish(
+                &js,
+                subject,
+                &[("WSS-Tenant", &tenant), ("WSS-Type", "order.created"), ("WSS-Id", &id), ("WSS-Attr-Region", "eu")],
+                &body,
+            )
+            .await;
             want.insert(id);
         } else {
             // No id header: the event id is `<stream>:<stream sequence>`.
@@ -155,7 +162,11 @@ async fn tenants_events_are_delivered_bad_messages_dead_lettered_and_all_acknowl
         assert!(body["created_at"].as_str().is_some_and(|t| t.starts_with("20")), "created_at is the JetStream time: {body}");
     }
     let sample = requests.iter().find(|r| r.event_id() == "evt-0").expect("evt-0 delivered");
-    assert!(String::from_utf8_lossy(&sample.body).contains(r#""n":0"#), "the body carries the message's data: {}", String::from_utf8_lossy(&sample.body));
+    assert!(
+        String::from_utf8_lossy(&sample.body).contains(r#""n":0"#),
+        "the body carries the message's data: {}",
+        String::from_utf8_lossy(&sample.body)
+    );
     let dead = eventually(WAIT, "three dead letters", || async {
         let dead = grpc.dead_letters("").await?;
         if dead.len() >= 3 {
@@ -203,7 +214,13 @@ async fn a_sigkill_midway_loses_nothing() {
     for n in 0..total {
         let tenant = format!("tenant-{}", n % 20);
         let id = format!("kill-{n}");
-        publish(&js, format!("{}.{tenant}", names.subject), &[("WSS-Tenant", &tenant), ("WSS-Type", "order.created"), ("WSS-Id", &id)], "{}").await;
+        publish(
+            &js,
+            format!("{}.{tenant}", names.subject),
+            &[("WSS-Tenant", &tenant), ("WSS-Type", "order.created"), ("WSS-Id", &id)],
+            "{}",
+        )
+        .await;
         want.insert(id);
     }
     receiver.wait_for_requests(50, "some deliveries before the kill", Recorded::delivered).await;
@@ -301,7 +318,13 @@ async fn a_broker_restart_midway_loses_nothing_and_shows_as_an_outage() {
         async move {
             for n in range {
                 let tenant = format!("tenant-{}", n % 4);
-                publish(&js, format!("{subject}.{tenant}"), &[("WSS-Tenant", &tenant), ("WSS-Type", "t"), ("WSS-Id", &format!("r-{n}"))], "{}").await;
+                publish(
+                    &js,
+                    format!("{subject}.{tenant}"),
+                    &[("WSS-Tenant", &tenant), ("WSS-Type", "t"), ("WSS-Id", &format!("r-{n}"))],
+                    "{}",
+                )
+                .await;
             }
         }
     };
@@ -384,7 +407,13 @@ async fn retries_wait_in_the_backlog_with_the_message_acknowledged_and_dead_lett
     grpc.create_webhook("beta", &broken.url(), |r| r.retry_policy_id = "twice".into()).await;
     let js = js(&server).await;
     let data = r#"{"order":"A-1"}"#;
-    publish(&js, format!("{}.acme", names.subject), &[("WSS-Tenant", "acme"), ("WSS-Type", "order.created"), ("WSS-Id", "evt-retry")], data).await;
+    publish(
+        &js,
+        format!("{}.acme", names.subject),
+        &[("WSS-Tenant", "acme"), ("WSS-Type", "order.created"), ("WSS-Id", "evt-retry")],
+        data,
+    )
+    .await;
 
     flaky.wait_for_requests(1, "the first attempt", |_| true).await;
     // While its retry waits in the backlog, the message is acknowledged, and the item holds the
@@ -402,7 +431,13 @@ async fn retries_wait_in_the_backlog_with_the_message_acknowledged_and_dead_lett
 
     // Dead-lettered after its attempts: the record keeps the event, and redelivering it (through
     // the Redis stream) sends the same event again.
-    publish(&js, format!("{}.beta", names.subject), &[("WSS-Tenant", "beta"), ("WSS-Type", "t"), ("WSS-Id", "evt-dead"), ("WSS-Attr-Region", "eu")], "[1]").await;
+    publish(
+        &js,
+        format!("{}.beta", names.subject),
+        &[("WSS-Tenant", "beta"), ("WSS-Type", "t"), ("WSS-Id", "evt-dead"), ("WSS-Attr-Region", "eu")],
+        "[1]",
+    )
+    .await;
     let dead = eventually(WAIT, "the dead letter", || async {
         let dead = grpc.dead_letters("beta").await?;
         dead.into_iter().find(|d| d.event_id == "evt-dead").ok_or_else(|| "none yet".to_owned())
@@ -413,7 +448,10 @@ async fn retries_wait_in_the_backlog_with_the_message_acknowledged_and_dead_lett
     let first_body = broken.requests()[0].json();
     fixed.store(true, Ordering::SeqCst);
     grpc.deliveries()
-        .redeliver_dead_letter(RedeliverDeadLetterRequest { target: Some(Target::DeadLetterId(dead.dead_letter_id.clone())), ..Default::default() })
+        .redeliver_dead_letter(RedeliverDeadLetterRequest {
+            target: Some(Target::DeadLetterId(dead.dead_letter_id.clone())),
+            ..Default::default()
+        })
         .await
         .expect("RedeliverDeadLetter");
     let again = broken.wait_for_requests(1, "the redelivered event", Recorded::delivered).await;

@@ -7,9 +7,12 @@
 //!                                                     └──── backlog pump ◄── durable backlog (Redis)
 //! ```
 //!
-//! - [`reader`] reads `<prefix>events` with XREADGROUP (its own pending entries first), parses
-//!   each entry and admits it into the in-flight window, which bounds memory: when the window is
-//!   full the reader waits, so a slow sender pool slows the reader instead of growing queues.
+//! - The sources (`crate::source`) feed it: the Redis stream's reader
+//!   (`crate::source::redis::reader`) reads `<prefix>events` with XREADGROUP (its own pending
+//!   entries first), a NATS JetStream source (`crate::source::nats`) pulls its consumer; each
+//!   parses every event and admits it into the in-flight window, which bounds memory: when the
+//!   window is full the source waits, so a slow sender pool slows reading instead of growing
+//!   queues.
 //! - [`transformer`] routes an event to its tenant's matching webhooks and serializes the body
 //!   once, whatever the fan-out.
 //! - [`signer`] signs every attempt afresh (new timestamp, current secret), whether it comes from
@@ -18,7 +21,8 @@
 //!   outcome stage for the backlog.
 //! - [`sender`] threads POST with ureq and classify the answer.
 //! - [`outcomes`] acknowledges an entry once every delivery it produced is terminal or handed to
-//!   the durable backlog (`super::backlog`), in the same transaction as the hand-off; writes
+//!   the durable backlog (`super::backlog`), in the same transaction as the hand-off (a Redis
+//!   entry's `XACK`), or to its broker right after it (a broker's message); writes
 //!   retries and postponed deliveries into the backlog, and dead letters — batching its Redis
 //!   writes.
 //! - [`backlog`]'s pump takes due work from the backlog — fairly across webhooks, only as much as
@@ -32,7 +36,8 @@
 //! A `wss-gauges` thread samples channel depths, the window, circuits, the backlog and the
 //! stream's lag for `/metrics` and the status page ([`gauges`]); the stages count what happens in
 //! `crate::metrics::Metrics`, on counters resolved once at start. A `wss-retention` thread
-//! trims the stream of entries every group is done with (`WSS_STREAM_RETENTION`, [`retention`]).
+//! trims the stream of entries every group is done with (`WSS_STREAM_RETENTION`,
+//! `crate::source::redis::retention`).
 //!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
@@ -42,14 +47,10 @@
 
 pub mod backlog;
 pub mod event;
-mod gauges;
+pub(crate) mod gauges;
 pub mod isolation;
-mod leases;
 pub mod live;
 mod outcomes;
-mod poison;
-mod reader;
-mod retention;
 mod sender;
 mod signer;
 mod transformer;
@@ -79,20 +80,6 @@ use crate::{
     source::BrokerHold,
 };
 
-/// Hands a broker's message on like the Redis reader hands an entry (`crate::source`): parsed,
-/// to the transformer, or rejected to the outcome stage; false when the next stage is gone.
-pub(crate) fn hand_on_broker(
-    entry: crate::streams::RawEntry,
-    recovered: bool,
-    reads: Option<u64>,
-    max_event_bytes: usize,
-    broker: BrokerHold,
-    out: &Sender<Inbound>,
-    done: &Sender<Completion>,
-) -> bool {
-    reader::hand_on_held(entry, recovered, reads, max_event_bytes, Some(broker), out, done)
-}
-
 /// Bookkeeping for one stream entry: acknowledged when its last delivery is terminal.
 #[derive(Debug)]
 pub struct EntryTicket {
@@ -107,11 +94,11 @@ pub struct EntryTicket {
 }
 
 impl EntryTicket {
-    fn new(stream_id: String, recovered: bool) -> Arc<Self> {
+    pub(crate) fn new(stream_id: String, recovered: bool) -> Arc<Self> {
         Self::with_hold(stream_id, recovered, None)
     }
 
-    fn with_hold(stream_id: String, recovered: bool, broker: Option<Box<BrokerHold>>) -> Arc<Self> {
+    pub(crate) fn with_hold(stream_id: String, recovered: bool, broker: Option<Box<BrokerHold>>) -> Arc<Self> {
         Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0), broker })
     }
 
@@ -291,7 +278,7 @@ impl InFlight {
     }
 
     /// Like [`InFlight::admit`], but never waits: a full window answers [`Admission::Full`].
-    fn try_admit(&self, id: &str) -> Admission {
+    pub(crate) fn try_admit(&self, id: &str) -> Admission {
         let key = EntryKey::of(id);
         let mut ids = self.ids.lock();
         if ids.contains(&key) {
@@ -321,13 +308,13 @@ impl InFlight {
         self.ids.lock().len()
     }
 
-    fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.ids.lock().contains(&EntryKey::of(id))
     }
 
     /// The ids in flight now, for renewing their leases (as keys: a million of them are 24 MB
     /// here, where strings were 56).
-    fn ids(&self) -> Vec<EntryKey> {
+    pub(crate) fn ids(&self) -> Vec<EntryKey> {
         self.ids.lock().iter().cloned().collect()
     }
 
@@ -446,7 +433,7 @@ impl Pipeline {
 
         // The Redis stream is always read, whatever else is: the control plane's PublishEvent
         // and RedeliverDeadLetter append to it (an idle stream costs a cheap read every 10 ms).
-        let reader = reader::Reader {
+        let reader = crate::source::redis::reader::Reader {
             redis: redis.clone(),
             stream: keys.events.clone(),
             consumer: config.consumer.clone(),
@@ -455,12 +442,12 @@ impl Pipeline {
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
             events_read: metrics.events_read.clone(),
-            script: poison::read_script(),
+            script: crate::source::redis::poison::read_script(),
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
 
-        let leases = leases::Leases {
+        let leases = crate::source::redis::leases::Leases {
             redis: redis.clone(),
             stream: keys.events.clone(),
             consumer: config.consumer.clone(),
@@ -559,7 +546,7 @@ impl Pipeline {
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
 
         if let Some(keep_for) = config.stream_retention {
-            let retention = retention::Retention {
+            let retention = crate::source::redis::retention::Retention {
                 redis: redis.clone(),
                 stream: keys.events.clone(),
                 keep_for,

@@ -437,9 +437,7 @@ impl Outcomes {
         for (webhook, entry) in &batch.backlog_done {
             backlog::queue_done(&mut pipe, &self.keys, webhook, entry);
         }
-        if !batch.acks.is_empty() {
-            pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
-        }
+        crate::source::redis::queue_ack(&mut pipe, &self.keys.events, &batch.acks);
         if write_stats {
             // A deleted webhook's stats were deleted with it: do not write them again.
             let routing = self.routing.current();

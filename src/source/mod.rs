@@ -21,10 +21,71 @@
 //! `stream_entry_id`, its member in the backlog) is its event id by the rules of SPEC §7.
 
 pub mod nats;
+pub mod redis;
 
 use std::{path::PathBuf, time::Duration};
 
+use crossbeam_channel::Sender;
+
+use self::redis::poison;
+use crate::pipeline::{event::parse_entry, Completion, EntryTicket, Inbound};
 pub use crate::streams::RawEntry;
+
+/// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
+/// `reads`: how often Redis delivered it, for an entry read again (see `redis::poison`).
+pub(crate) fn hand_on(
+    entry: RawEntry,
+    recovered: bool,
+    reads: Option<u64>,
+    max_event_bytes: usize,
+    out: &Sender<Inbound>,
+    done: &Sender<Completion>,
+) -> bool {
+    hand_on_held(entry, recovered, reads, max_event_bytes, None, out, done)
+}
+
+/// [`hand_on`] for an event of any source: a broker's carries its [`BrokerHold`] (its fields
+/// and its acknowledgement, `crate::source`), a Redis entry none.
+pub(crate) fn hand_on_held(
+    entry: RawEntry,
+    recovered: bool,
+    reads: Option<u64>,
+    max_event_bytes: usize,
+    broker: Option<BrokerHold>,
+    out: &Sender<Inbound>,
+    done: &Sender<Completion>,
+) -> bool {
+    let ticket = EntryTicket::with_hold(entry.id.clone(), recovered, broker.map(Box::new));
+    let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
+    let parsed = match (stubbed, reads) {
+        (Some((size, excerpt)), _) => {
+            let mut rejection = poison::poison_rejection(&entry, 0);
+            rejection.reason = crate::deadletter::Reason::TooLarge;
+            rejection.detail = format!(
+                "the entry is {size} bytes; the limit is {max_event_bytes} (WSS_MAX_EVENT_BYTES); it was not read whole; {excerpt}"
+            );
+            return done.send(Completion::Rejected { ticket, rejection, raw_fields: Vec::new() }).is_ok();
+        }
+        (None, Some(reads)) if reads >= poison::MAX_READS => Err(poison::poison_rejection(&entry, reads)),
+        (None, _) => parse_entry(&entry, max_event_bytes),
+    };
+    match parsed {
+        Ok(event) => out.send(Inbound { event, ticket }).is_ok(),
+        Err(mut rejection) => {
+            let mut raw_fields = entry.fields.unwrap_or_default();
+            // An oversized entry is not copied into its record: an excerpt and its size are.
+            if entry_size(&raw_fields) > max_event_bytes {
+                rejection.detail = format!("{}; {}", rejection.detail, poison::excerpt(&raw_fields));
+                raw_fields = Vec::new();
+            }
+            done.send(Completion::Rejected { ticket, rejection, raw_fields }).is_ok()
+        }
+    }
+}
+
+fn entry_size(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
 
 /// An event's fields, names and values as bytes (as a Redis stream entry has them).
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -207,7 +268,9 @@ impl SourceSpec {
                 spec.check()?;
                 Ok(SourceSpec::Nats(spec))
             }
-            "amqp" | "amqps" => Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into()),
+            "amqp" | "amqps" => {
+                Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into())
+            }
             other => Err(format!("unknown source scheme {other:?} (redis, rediss, nats, tls)")),
         }
     }
@@ -225,7 +288,9 @@ impl SourceSpec {
         let known: &[&str] = match kind.as_str() {
             "redis" => &["kind"],
             "nats" => &["kind", "url", "stream", "subjects", "consumer", "ack_wait", "user", "password", "token", "ca_file", "tls"],
-            "amqp" => return Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into()),
+            "amqp" => {
+                return Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into())
+            }
             other => return Err(format!("unknown kind {other:?} (redis or nats)")),
         };
         if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
@@ -248,7 +313,8 @@ impl SourceSpec {
             None => {}
             Some(toml::Value::String(s)) => spec.subjects = s.split(',').map(|s| s.trim().to_owned()).collect(),
             Some(toml::Value::Array(items)) => {
-                spec.subjects = items.iter().map(|v| v.as_str().map(str::to_owned).ok_or("subjects must be strings")).collect::<Result<_, _>>()?;
+                spec.subjects =
+                    items.iter().map(|v| v.as_str().map(str::to_owned).ok_or("subjects must be strings")).collect::<Result<_, _>>()?;
             }
             Some(other) => return Err(format!("subjects must be a list of strings, not {}", other.type_str())),
         }
@@ -298,7 +364,10 @@ mod tests {
     #[test]
     fn a_nats_url_takes_the_defaults_of_spec_7_and_its_query_overrides_them() {
         let SourceSpec::Nats(spec) = SourceSpec::from_url("nats://127.0.0.1:4222", REDIS).unwrap() else { panic!() };
-        assert_eq!((spec.stream.as_str(), spec.subjects.as_slice(), spec.consumer.as_str()), ("WSS_EVENTS", &["wss.events.>".to_owned()][..], "wss"));
+        assert_eq!(
+            (spec.stream.as_str(), spec.subjects.as_slice(), spec.consumer.as_str()),
+            ("WSS_EVENTS", &["wss.events.>".to_owned()][..], "wss")
+        );
         assert_eq!(spec.servers, ["nats://127.0.0.1:4222"]);
         let url = "nats://me:s%40cret@broker:4333?stream=S1&subjects=a.>,b.c&consumer=c1&ack_wait=5s";
         let SourceSpec::Nats(spec) = SourceSpec::from_url(url, REDIS).unwrap() else { panic!() };

@@ -41,10 +41,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
-use super::{Ack, BrokerHold, Fields, NatsSpec, RawEntry};
+use super::{hand_on_held, Ack, BrokerHold, Fields, NatsSpec, RawEntry};
 use crate::{
     health::Health,
-    pipeline::{hand_on_broker, Admission, Completion, InFlight, Inbound},
+    pipeline::{Admission, Completion, InFlight, Inbound},
 };
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -259,8 +259,11 @@ impl NatsSource {
         if spec.tls {
             options = options.require_tls(true);
         }
-        let servers: Vec<async_nats::ServerAddr> =
-            spec.servers.iter().map(|s| s.parse::<async_nats::ServerAddr>().map_err(|e| format!("server {s:?}: {e}"))).collect::<Result<_, _>>()?;
+        let servers: Vec<async_nats::ServerAddr> = spec
+            .servers
+            .iter()
+            .map(|s| s.parse::<async_nats::ServerAddr>().map_err(|e| format!("server {s:?}: {e}")))
+            .collect::<Result<_, _>>()?;
         let client = options.connect(servers).await.map_err(|e| e.to_string())?;
         let js = jetstream::new(client);
         let stream = js
@@ -299,7 +302,9 @@ impl NatsSource {
         shutdown: &Receiver<()>,
     ) -> Option<bool> {
         let (sequence, published_ms, delivered) = match message.info() {
-            Ok(info) => (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64, info.delivered.max(1) as u64),
+            Ok(info) => {
+                (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64, info.delivered.max(1) as u64)
+            }
             // Not a JetStream delivery (cannot happen on a pull consumer): taken as first seen now.
             Err(_) => (0, now_ms(), 1),
         };
@@ -315,12 +320,13 @@ impl NatsSource {
         let mut bare = message;
         bare.message.payload = Default::default();
         bare.message.headers = None;
-        let hold = Arc::new(Held { message: bare, acked: AtomicBool::new(false), since: Instant::now(), runtime: runtime.handle().clone() });
+        let hold =
+            Arc::new(Held { message: bare, acked: AtomicBool::new(false), since: Instant::now(), runtime: runtime.handle().clone() });
         held.lock().push(Arc::downgrade(&hold));
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(HeldAck(hold)) };
         let entry = RawEntry { id, fields: Some(fields) };
         let reads = (delivered > 1).then_some(delivered);
-        hand_on_broker(entry, delivered > 1, reads, self.max_event_bytes, broker, out, done).then_some(true)
+        hand_on_held(entry, delivered > 1, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
     }
 }
 
