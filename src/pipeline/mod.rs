@@ -471,7 +471,7 @@ impl Pipeline {
                 pending: metrics.source_pending.with_label_values(&[&label]),
             };
             let source = crate::source::nats::NatsSource {
-                spec: spec.clone(),
+                spec: (**spec).clone(),
                 max_event_bytes: config.max_event_bytes,
                 batch: config.read_batch,
                 window: config.max_in_flight,

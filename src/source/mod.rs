@@ -123,7 +123,7 @@ pub const NATS_ACK_WAIT: Duration = Duration::from_secs(30);
 pub enum SourceSpec {
     /// The stream `<prefix>events` on the Redis of `WSS_REDIS_URL`.
     Redis,
-    Nats(NatsSpec),
+    Nats(Box<NatsSpec>),
 }
 
 /// A NATS JetStream source.
@@ -266,7 +266,7 @@ impl SourceSpec {
                     }
                 }
                 spec.check()?;
-                Ok(SourceSpec::Nats(spec))
+                Ok(SourceSpec::Nats(Box::new(spec)))
             }
             "amqp" | "amqps" => {
                 Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into())
@@ -343,7 +343,7 @@ impl SourceSpec {
             }
         }
         spec.check()?;
-        Ok(SourceSpec::Nats(spec))
+        Ok(SourceSpec::Nats(Box::new(spec)))
     }
 }
 
