@@ -460,9 +460,8 @@ impl Pipeline {
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
         for (n, spec) in config.sources.iter().enumerate() {
-            let crate::source::SourceSpec::Nats(spec) = spec else { continue };
             let label = spec.label();
-            let status = crate::source::nats::SourceStatus {
+            let status = crate::source::SourceStatus {
                 label: label.clone(),
                 health: health.clone(),
                 events_read: metrics.events_read.clone(),
@@ -470,16 +469,32 @@ impl Pipeline {
                 outages: metrics.source_outages.with_label_values(&[&label]),
                 pending: metrics.source_pending.with_label_values(&[&label]),
             };
-            let source = crate::source::nats::NatsSource {
-                spec: (**spec).clone(),
-                max_event_bytes: config.max_event_bytes,
-                batch: config.read_batch,
-                window: config.max_in_flight,
-                in_flight: in_flight.clone(),
-                status,
-            };
             let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-            spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
+            match spec {
+                // Read above, whether listed or not.
+                crate::source::SourceSpec::Redis => {}
+                crate::source::SourceSpec::Nats(spec) => {
+                    let source = crate::source::nats::NatsSource {
+                        spec: (**spec).clone(),
+                        max_event_bytes: config.max_event_bytes,
+                        batch: config.read_batch,
+                        window: config.max_in_flight,
+                        in_flight: in_flight.clone(),
+                        status,
+                    };
+                    spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
+                }
+                crate::source::SourceSpec::Amqp(spec) => {
+                    let source = crate::source::amqp::AmqpSource {
+                        spec: (**spec).clone(),
+                        max_event_bytes: config.max_event_bytes,
+                        window: config.max_in_flight,
+                        in_flight: in_flight.clone(),
+                        status,
+                    };
+                    spawn(format!("wss-amqp-{n}"), Box::new(move || source.run(out, done, stop)))?;
+                }
+            }
         }
         drop(inbound_tx);
 

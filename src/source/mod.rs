@@ -20,6 +20,7 @@
 //! A broker event's id (its ticket's `stream_id`, the history's and dead letters'
 //! `stream_entry_id`, its member in the backlog) is its event id by the rules of SPEC §7.
 
+pub mod amqp;
 pub mod nats;
 pub mod redis;
 
@@ -110,6 +111,46 @@ impl std::fmt::Debug for BrokerHold {
     }
 }
 
+/// How a source reports itself: counters and gauges labelled with its name, and readiness.
+#[derive(Clone)]
+pub struct SourceStatus {
+    pub label: String,
+    pub health: std::sync::Arc<crate::health::Health>,
+    /// `wss_events_read_total`.
+    pub events_read: prometheus::IntCounter,
+    /// `wss_source_up{source}`.
+    pub up: prometheus::IntGauge,
+    /// `wss_source_outages_total{source}`.
+    pub outages: prometheus::IntCounter,
+    /// `wss_source_pending{source}`: messages not yet delivered to wss, plus those delivered and
+    /// not yet acknowledged.
+    pub pending: prometheus::IntGauge,
+}
+
+impl SourceStatus {
+    /// A failure; logged and counted only when it starts an outage.
+    pub(crate) fn failed(&self, down: &mut bool, what: &str, err: &dyn std::fmt::Display) {
+        if !*down {
+            *down = true;
+            self.outages.inc();
+            log::warn!(target: "wss::source", "source {} unreachable: {what} failed: {err}; retrying with backoff (logged once per outage)", self.label);
+        } else {
+            log::debug!(target: "wss::source", "source {}: {what} failed again: {err}", self.label);
+        }
+        self.up.set(0);
+        self.health.set_source_up(&self.label, false);
+    }
+
+    pub(crate) fn succeeded(&self, down: &mut bool) {
+        if *down {
+            *down = false;
+            log::info!(target: "wss::source", "source {} reachable again", self.label);
+        }
+        self.up.set(1);
+        self.health.set_source_up(&self.label, true);
+    }
+}
+
 /// Defaults of SPEC §7.
 pub const NATS_STREAM: &str = "WSS_EVENTS";
 pub const NATS_SUBJECTS: &str = "wss.events.>";
@@ -124,6 +165,64 @@ pub enum SourceSpec {
     /// The stream `<prefix>events` on the Redis of `WSS_REDIS_URL`.
     Redis,
     Nats(Box<NatsSpec>),
+    Amqp(Box<AmqpSpec>),
+}
+
+/// Default AMQP queue (SPEC §7).
+pub const AMQP_QUEUE: &str = "wss.events";
+
+/// An AMQP 0-9-1 (RabbitMQ) source: a durable queue, consumed with manual acknowledgements.
+#[derive(Clone, PartialEq)]
+pub struct AmqpSpec {
+    /// `amqp://user:password@host:port/vhost` (or `amqps://`), credentials included, without
+    /// wss's own query options.
+    pub url: String,
+    pub queue: String,
+    /// PEM CA bundle the server's certificate must chain to (`amqps://`).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AmqpSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSpec")
+            .field("url", &crate::redis_conn::redact_url(&self.url))
+            .field("queue", &self.queue)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl AmqpSpec {
+    /// What logs and metrics call it (never a credential).
+    pub fn label(&self) -> String {
+        let scheme = self.url.split_once("://").map_or("amqp", |(s, _)| s);
+        format!("{scheme}://{}/{}", host_of(&self.url), self.queue)
+    }
+
+    fn parse(text: &str, ca_file: Option<PathBuf>, queue: Option<String>) -> Result<Self, String> {
+        let mut url = url::Url::parse(text).map_err(|e| format!("{}: {e}", crate::redis_conn::redact_url(text)))?;
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err("no host".into());
+        }
+        let mut spec = Self { url: String::new(), queue: queue.unwrap_or_else(|| AMQP_QUEUE.into()), ca_file };
+        let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        for (name, value) in pairs {
+            match name.as_str() {
+                "queue" => spec.queue = value,
+                "ca_file" => spec.ca_file = Some(value.into()),
+                other => return Err(format!("unknown option {other:?} (known: queue, ca_file)")),
+            }
+        }
+        url.set_query(None);
+        spec.url = url.to_string();
+        if spec.queue.is_empty() || spec.queue.len() > 255 {
+            return Err(format!("queue {:?} must be 1 to 255 bytes", spec.queue));
+        }
+        if spec.ca_file.is_some() && !spec.url.starts_with("amqps://") {
+            return Err("ca_file needs an amqps:// URL".into());
+        }
+        Ok(spec)
+    }
 }
 
 /// A NATS JetStream source.
@@ -217,6 +316,7 @@ impl SourceSpec {
         match self {
             SourceSpec::Redis => "redis".into(),
             SourceSpec::Nats(spec) => spec.label(),
+            SourceSpec::Amqp(spec) => spec.label(),
         }
     }
 
@@ -268,14 +368,12 @@ impl SourceSpec {
                 spec.check()?;
                 Ok(SourceSpec::Nats(Box::new(spec)))
             }
-            "amqp" | "amqps" => {
-                Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into())
-            }
-            other => Err(format!("unknown source scheme {other:?} (redis, rediss, nats, tls)")),
+            "amqp" | "amqps" => Ok(SourceSpec::Amqp(Box::new(AmqpSpec::parse(text, None, None)?))),
+            other => Err(format!("unknown source scheme {other:?} (redis, rediss, nats, tls, amqp, amqps)")),
         }
     }
 
-    /// One `[[sources]]` table of the TOML file: `kind` (`redis`, `nats`) and its options.
+    /// One `[[sources]]` table of the TOML file: `kind` (`redis`, `nats`, `amqp`) and its options.
     pub fn from_table(table: &toml::Table, redis_url: &str) -> Result<Self, String> {
         let text = |key: &str| -> Result<Option<String>, String> {
             match table.get(key) {
@@ -284,20 +382,39 @@ impl SourceSpec {
                 Some(other) => Err(format!("{key} must be a string, not {}", other.type_str())),
             }
         };
-        let kind = text("kind")?.ok_or("kind is missing (redis or nats)")?;
+        let kind = text("kind")?.ok_or("kind is missing (redis, nats or amqp)")?;
         let known: &[&str] = match kind.as_str() {
             "redis" => &["kind"],
             "nats" => &["kind", "url", "stream", "subjects", "consumer", "ack_wait", "user", "password", "token", "ca_file", "tls"],
-            "amqp" => {
-                return Err("AMQP sources are not supported by this build yet (issue 14: NATS JetStream and Redis Streams are)".into())
-            }
-            other => return Err(format!("unknown kind {other:?} (redis or nats)")),
+            "amqp" => &["kind", "url", "queue", "user", "password", "ca_file"],
+            other => return Err(format!("unknown kind {other:?} (redis, nats or amqp)")),
         };
         if let Some(unknown) = table.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(format!("unknown key {unknown:?} for kind {kind} (known: {})", known.join(", ")));
         }
         if kind == "redis" {
             return Ok(SourceSpec::Redis);
+        }
+        if kind == "amqp" {
+            let url = text("url")?.unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
+            let mut parsed = url::Url::parse(&url).map_err(|e| format!("url: {e}"))?;
+            match (text("user")?, text("password")?) {
+                (Some(user), Some(password)) => {
+                    if parsed.set_username(&user).is_err() || parsed.set_password(Some(&password)).is_err() {
+                        return Err("url cannot take credentials".into());
+                    }
+                }
+                (None, None) => {}
+                _ => return Err("set user and password together".into()),
+            }
+            let ca_file = text("ca_file")?.map(PathBuf::from);
+            if let Some(file) = &ca_file {
+                let pem = std::fs::read(file).map_err(|e| format!("ca_file {}: cannot read the file: {e}", file.display()))?;
+                if !crate::config::looks_like_pem(&pem) {
+                    return Err(format!("ca_file {}: the file is not PEM (no -----BEGIN line)", file.display()));
+                }
+            }
+            return Ok(SourceSpec::Amqp(Box::new(AmqpSpec::parse(parsed.as_str(), ca_file, text("queue")?)?)));
         }
         let _ = redis_url;
         let url = text("url")?.unwrap_or_else(|| "nats://127.0.0.1:4222".into());
@@ -388,12 +505,26 @@ mod tests {
             ("nats://h?bogus=1", "unknown option \"bogus\""),
             ("nats://h?stream=a.b", "stream \"a.b\""),
             ("kafka://h", "unknown source scheme"),
-            ("amqp://h", "not supported"),
+            ("amqp://h?bogus=1", "unknown option \"bogus\""),
+            ("amqp://g:p@h?ca_file=/x", "needs an amqps"),
             ("h:4222", "not a URL"),
         ] {
             let err = SourceSpec::from_url(url, REDIS).unwrap_err();
             assert!(err.contains(says), "{url}: {err}");
         }
+    }
+
+    #[test]
+    fn an_amqp_url_takes_its_queue_and_keeps_credentials_out_of_its_label() {
+        let SourceSpec::Amqp(spec) = SourceSpec::from_url("amqp://guest:guest@127.0.0.1:5672/%2f?queue=q1", REDIS).unwrap() else { panic!() };
+        assert_eq!((spec.queue.as_str(), spec.url.as_str()), ("q1", "amqp://guest:guest@127.0.0.1:5672/%2f"));
+        assert_eq!(spec.label(), "amqp://127.0.0.1:5672/q1");
+        let SourceSpec::Amqp(spec) = SourceSpec::from_url("amqp://h", REDIS).unwrap() else { panic!() };
+        assert_eq!(spec.queue, "wss.events");
+        let table: toml::Table = toml::from_str("kind = \"amqp\"\nurl = \"amqp://h:5672/%2f\"\nuser = \"u\"\npassword = \"p w\"\nqueue = \"q\"").unwrap();
+        let SourceSpec::Amqp(spec) = SourceSpec::from_table(&table, REDIS).unwrap() else { panic!() };
+        assert_eq!((spec.url.as_str(), spec.queue.as_str()), ("amqp://u:p%20w@h:5672/%2f", "q"));
+        assert!(!format!("{spec:?}").contains("p%20w"));
     }
 
     #[test]

@@ -41,11 +41,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
+pub use super::SourceStatus;
 use super::{hand_on_held, Ack, BrokerHold, Fields, NatsSpec, RawEntry};
-use crate::{
-    health::Health,
-    pipeline::{Admission, Completion, InFlight, Inbound},
-};
+use crate::pipeline::{Admission, Completion, InFlight, Inbound};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -65,46 +63,6 @@ pub struct NatsSource {
     pub window: usize,
     pub in_flight: Arc<InFlight>,
     pub status: SourceStatus,
-}
-
-/// How a source reports itself: counters and gauges labelled with its name, and readiness.
-#[derive(Clone)]
-pub struct SourceStatus {
-    pub label: String,
-    pub health: Arc<Health>,
-    /// `wss_events_read_total`.
-    pub events_read: prometheus::IntCounter,
-    /// `wss_source_up{source}`.
-    pub up: prometheus::IntGauge,
-    /// `wss_source_outages_total{source}`.
-    pub outages: prometheus::IntCounter,
-    /// `wss_source_pending{source}`: messages not yet delivered to wss, plus those delivered and
-    /// not yet acknowledged.
-    pub pending: prometheus::IntGauge,
-}
-
-impl SourceStatus {
-    /// A failure; logged and counted only when it starts an outage.
-    fn failed(&self, down: &mut bool, what: &str, err: &dyn std::fmt::Display) {
-        if !*down {
-            *down = true;
-            self.outages.inc();
-            log::warn!(target: "wss::source", "source {} unreachable: {what} failed: {err}; retrying with backoff (logged once per outage)", self.label);
-        } else {
-            log::debug!(target: "wss::source", "source {}: {what} failed again: {err}", self.label);
-        }
-        self.up.set(0);
-        self.health.set_source_up(&self.label, false);
-    }
-
-    fn succeeded(&self, down: &mut bool) {
-        if *down {
-            *down = false;
-            log::info!(target: "wss::source", "source {} reachable again", self.label);
-        }
-        self.up.set(1);
-        self.health.set_source_up(&self.label, true);
-    }
 }
 
 /// A message in hand: what acknowledging it (or telling JetStream that work goes on) needs.
