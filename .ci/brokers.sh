@@ -55,3 +55,42 @@ stop_private_nats() {
     wait "$NATS_PID" 2>/dev/null || true
   fi
 }
+
+# RabbitMQ for tests/sources_amqp.rs: the machine's broker on 127.0.0.1:5672 (guest/guest) when
+# it answers; else rabbitmq-server is installed when missing and started as a service (it is too
+# heavy to run privately per test run). Sets AMQP_URL. Each test uses queues of its own.
+amqp_answers() {
+  (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+
+ensure_rabbitmq() {
+  AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
+  export AMQP_URL
+  if amqp_answers; then
+    return 0
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "rabbitmq-server is missing: installing it with apt-get" >&2
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+    else
+      echo "rabbitmq-server is missing. Install it first: sudo apt-get install -y rabbitmq-server" >&2
+      return 1
+    fi
+  fi
+  echo "starting rabbitmq-server" >&2
+  if command -v service >/dev/null 2>&1; then
+    service rabbitmq-server start >/dev/null 2>&1 || true
+  fi
+  if ! amqp_answers; then
+    (PATH="$PATH:/usr/sbin"; rabbitmq-server -detached >/dev/null 2>&1 || true)
+  fi
+  for _ in $(seq 1 120); do
+    if amqp_answers; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "RabbitMQ does not answer on 127.0.0.1:5672" >&2
+  return 1
+}

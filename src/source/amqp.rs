@@ -24,25 +24,22 @@
 //! once per outage, counted, and shown in `/readyz` ([`super::SourceStatus`]).
 
 use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
 use lapin::{
-    Acker,
     message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
-    Connection, ConnectionProperties,
+    Acker, Connection, ConnectionProperties,
 };
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::{hand_on_held, Ack, AmqpSpec, BrokerHold, Fields, RawEntry, SourceStatus};
+use super::{hand_on_held, Ack, AmqpSpec, BrokerHold, Fields, Outstanding, Owed, RawEntry, SourceStatus, SETTLE};
 use crate::pipeline::{Admission, Completion, InFlight, Inbound};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -63,17 +60,16 @@ pub struct AmqpSource {
 /// client's runtime.
 struct DeliveryAck {
     acker: Acker,
-    acked: AtomicBool,
+    owed: Mutex<Option<Owed>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Ack for DeliveryAck {
     fn ack(&self) {
-        if self.acked.swap(true, Ordering::SeqCst) {
-            return;
-        }
+        let Some(owed) = self.owed.lock().take() else { return };
         let acker = self.acker.clone();
         self.runtime.spawn(async move {
+            let _owed = owed;
             if let Err(err) = acker.ack(BasicAckOptions::default()).await {
                 // Its channel is gone: RabbitMQ delivers it again, and that copy is found done.
                 log::warn!(target: "wss::source", "acknowledging an AMQP message failed ({err}); it will be redelivered and found done");
@@ -92,6 +88,21 @@ impl AmqpSource {
             }
         };
         let _context = runtime.enter();
+        let outstanding = Outstanding::default();
+        self.read(&runtime, &outstanding, &out, &done, &shutdown);
+        // What the pipeline finishes after the stop is acknowledged before the runtime goes.
+        drop((out, done));
+        outstanding.wait_settled(SETTLE);
+    }
+
+    fn read(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        outstanding: &Outstanding,
+        out: &Sender<Inbound>,
+        done: &Sender<Completion>,
+        shutdown: &Receiver<()>,
+    ) {
         let mut down = false;
         let mut backoff = BACKOFF_MIN;
         let stopping = || !matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Empty));
@@ -126,7 +137,7 @@ impl AmqpSource {
                     Ok(Some(Ok(delivery))) => delivery,
                 };
                 self.status.events_read.inc();
-                if !self.hand_on(delivery, &runtime, &out, &done, &shutdown) {
+                if !self.hand_on(delivery, runtime, outstanding, out, done, shutdown) {
                     return;
                 }
             };
@@ -147,9 +158,14 @@ impl AmqpSource {
                 Some(file) => {
                     let pem = std::fs::read_to_string(file).map_err(|e| format!("ca_file {}: {e}", file.display()))?;
                     let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(pem) };
-                    Connection::connect_with_config(&self.spec.url, properties, tls, lapin::runtime::default_runtime().map_err(|e| e.to_string())?)
-                        .await
-                        .map_err(|e| e.to_string())
+                    Connection::connect_with_config(
+                        &self.spec.url,
+                        properties,
+                        tls,
+                        lapin::runtime::default_runtime().map_err(|e| e.to_string())?,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
                 }
                 None => Connection::connect(&self.spec.url, properties).await.map_err(|e| e.to_string()),
             }
@@ -159,7 +175,11 @@ impl AmqpSource {
         let prefetch = u16::try_from(self.window).unwrap_or(u16::MAX);
         channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| format!("basic.qos: {e}"))?;
         channel
-            .queue_declare(self.spec.queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                self.spec.queue.as_str().into(),
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await
             .map_err(|e| format!("queue {}: {e}", self.spec.queue))?;
         let consumer = channel
@@ -174,6 +194,7 @@ impl AmqpSource {
         &self,
         delivery: Delivery,
         runtime: &tokio::runtime::Runtime,
+        outstanding: &Outstanding,
         out: &Sender<Inbound>,
         done: &Sender<Completion>,
         shutdown: &Receiver<()>,
@@ -195,7 +216,7 @@ impl AmqpSource {
             }
             Admission::ShuttingDown => return false,
         }
-        let ack = DeliveryAck { acker: delivery.acker, acked: AtomicBool::new(false), runtime: runtime.handle().clone() };
+        let ack = DeliveryAck { acker: delivery.acker, owed: Mutex::new(Some(outstanding.owe())), runtime: runtime.handle().clone() };
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(ack) };
         let entry = RawEntry { id, fields: Some(fields) };
         hand_on_held(entry, delivery.redelivered, None, self.max_event_bytes, Some(broker), out, done)

@@ -151,6 +151,38 @@ impl SourceStatus {
     }
 }
 
+/// Broker acknowledgements not yet sent: a source's thread waits for them at shutdown before
+/// its runtime (which sends them) goes, so that a graceful stop acknowledges what it finished.
+#[derive(Clone, Default)]
+pub(crate) struct Outstanding(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+/// One acknowledgement owed; dropped when it is sent, or when its event is dropped unfinished.
+pub(crate) struct Owed(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Outstanding {
+    pub(crate) fn owe(&self) -> Owed {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Owed(self.0.clone())
+    }
+
+    /// Waits until none is owed, at most `within`.
+    pub(crate) fn wait_settled(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.0.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How long a source waits at shutdown for the acknowledgements of what the pipeline finishes.
+pub(crate) const SETTLE: Duration = Duration::from_secs(10);
+
 /// Defaults of SPEC §7.
 pub const NATS_STREAM: &str = "WSS_EVENTS";
 pub const NATS_SUBJECTS: &str = "wss.events.>";
@@ -516,12 +548,15 @@ mod tests {
 
     #[test]
     fn an_amqp_url_takes_its_queue_and_keeps_credentials_out_of_its_label() {
-        let SourceSpec::Amqp(spec) = SourceSpec::from_url("amqp://guest:guest@127.0.0.1:5672/%2f?queue=q1", REDIS).unwrap() else { panic!() };
+        let SourceSpec::Amqp(spec) = SourceSpec::from_url("amqp://guest:guest@127.0.0.1:5672/%2f?queue=q1", REDIS).unwrap() else {
+            panic!()
+        };
         assert_eq!((spec.queue.as_str(), spec.url.as_str()), ("q1", "amqp://guest:guest@127.0.0.1:5672/%2f"));
         assert_eq!(spec.label(), "amqp://127.0.0.1:5672/q1");
         let SourceSpec::Amqp(spec) = SourceSpec::from_url("amqp://h", REDIS).unwrap() else { panic!() };
         assert_eq!(spec.queue, "wss.events");
-        let table: toml::Table = toml::from_str("kind = \"amqp\"\nurl = \"amqp://h:5672/%2f\"\nuser = \"u\"\npassword = \"p w\"\nqueue = \"q\"").unwrap();
+        let table: toml::Table =
+            toml::from_str("kind = \"amqp\"\nurl = \"amqp://h:5672/%2f\"\nuser = \"u\"\npassword = \"p w\"\nqueue = \"q\"").unwrap();
         let SourceSpec::Amqp(spec) = SourceSpec::from_table(&table, REDIS).unwrap() else { panic!() };
         assert_eq!((spec.url.as_str(), spec.queue.as_str()), ("amqp://u:p%20w@h:5672/%2f", "q"));
         assert!(!format!("{spec:?}").contains("p%20w"));

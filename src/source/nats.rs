@@ -42,7 +42,7 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 pub use super::SourceStatus;
-use super::{hand_on_held, Ack, BrokerHold, Fields, NatsSpec, RawEntry};
+use super::{hand_on_held, Ack, BrokerHold, Fields, NatsSpec, Outstanding, Owed, RawEntry, SETTLE};
 use crate::pipeline::{Admission, Completion, InFlight, Inbound};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -71,6 +71,7 @@ struct Held {
     /// address; its context the client to send it with).
     message: jetstream::Message,
     acked: AtomicBool,
+    owed: Mutex<Option<Owed>>,
     since: Instant,
     runtime: tokio::runtime::Handle,
 }
@@ -83,8 +84,10 @@ impl Ack for HeldAck {
         if self.0.acked.swap(true, Ordering::SeqCst) {
             return;
         }
+        let owed = self.0.owed.lock().take();
         let message = self.0.message.clone();
         self.0.runtime.spawn(async move {
+            let _owed = owed;
             if let Err(err) = message.ack().await {
                 // Not acknowledged: JetStream delivers it again after AckWait, and the history
                 // says it was done (the signer checks a redelivered message's history).
@@ -110,6 +113,22 @@ impl NatsSource {
         let _context = runtime.enter();
         let held: HeldList = Arc::default();
         runtime.spawn(progress(held.clone(), self.spec.ack_wait));
+        let outstanding = Outstanding::default();
+        self.read(&runtime, &held, &outstanding, &out, &done, &shutdown);
+        // What the pipeline finishes after the stop is acknowledged before the runtime goes.
+        drop((out, done));
+        outstanding.wait_settled(SETTLE);
+    }
+
+    fn read(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        held: &HeldList,
+        outstanding: &Outstanding,
+        out: &Sender<Inbound>,
+        done: &Sender<Completion>,
+        shutdown: &Receiver<()>,
+    ) {
         let mut down = false;
         let mut backoff = BACKOFF_MIN;
         let wait = |backoff: &mut Duration| -> bool {
@@ -177,7 +196,7 @@ impl NatsSource {
                     }
                 };
                 self.status.events_read.inc();
-                match self.hand_on(message, &runtime, &held, &out, &done, &shutdown) {
+                match self.hand_on(message, runtime, held, outstanding, out, done, shutdown) {
                     Some(true) => {}
                     Some(false) => continue,
                     None => return,
@@ -255,6 +274,7 @@ impl NatsSource {
         message: jetstream::Message,
         runtime: &tokio::runtime::Runtime,
         held: &HeldList,
+        outstanding: &Outstanding,
         out: &Sender<Inbound>,
         done: &Sender<Completion>,
         shutdown: &Receiver<()>,
@@ -278,8 +298,13 @@ impl NatsSource {
         let mut bare = message;
         bare.message.payload = Default::default();
         bare.message.headers = None;
-        let hold =
-            Arc::new(Held { message: bare, acked: AtomicBool::new(false), since: Instant::now(), runtime: runtime.handle().clone() });
+        let hold = Arc::new(Held {
+            message: bare,
+            acked: AtomicBool::new(false),
+            owed: Mutex::new(Some(outstanding.owe())),
+            since: Instant::now(),
+            runtime: runtime.handle().clone(),
+        });
         held.lock().push(Arc::downgrade(&hold));
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(HeldAck(hold)) };
         let entry = RawEntry { id, fields: Some(fields) };
