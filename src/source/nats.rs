@@ -196,7 +196,7 @@ impl NatsSource {
                     }
                 };
                 self.status.events_read.inc();
-                match self.hand_on(message, runtime, held, outstanding, out, done, shutdown) {
+                match self.hand_on(message, &Handing { runtime, held, outstanding }, out, done, shutdown) {
                     Some(true) => {}
                     Some(false) => continue,
                     None => return,
@@ -272,9 +272,7 @@ impl NatsSource {
     fn hand_on(
         &self,
         message: jetstream::Message,
-        runtime: &tokio::runtime::Runtime,
-        held: &HeldList,
-        outstanding: &Outstanding,
+        handing: &Handing<'_>,
         out: &Sender<Inbound>,
         done: &Sender<Completion>,
         shutdown: &Receiver<()>,
@@ -301,16 +299,23 @@ impl NatsSource {
         let hold = Arc::new(Held {
             message: bare,
             acked: AtomicBool::new(false),
-            owed: Mutex::new(Some(outstanding.owe())),
+            owed: Mutex::new(Some(handing.outstanding.owe())),
             since: Instant::now(),
-            runtime: runtime.handle().clone(),
+            runtime: handing.runtime.handle().clone(),
         });
-        held.lock().push(Arc::downgrade(&hold));
+        handing.held.lock().push(Arc::downgrade(&hold));
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(HeldAck(hold)) };
         let entry = RawEntry { id, fields: Some(fields) };
         let reads = (delivered > 1).then_some(delivered);
         hand_on_held(entry, delivered > 1, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
     }
+}
+
+/// What handing a message on needs besides the pipeline's channels.
+struct Handing<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    held: &'a HeldList,
+    outstanding: &'a Outstanding,
 }
 
 /// Every third of `ack_wait`, tells JetStream that work goes on for each message in hand for
