@@ -886,6 +886,30 @@ mod tests {
     }
 
     #[test]
+    fn sources_come_from_the_file_s_tables_or_the_environment_and_default_to_the_redis_stream() {
+        use crate::source::SourceSpec;
+        assert_eq!(Layers::new().build().unwrap().sources, [SourceSpec::Redis], "SPEC §7: unset, the Redis stream alone");
+        let mut layers = Layers::new();
+        layers.toml("key_prefix = \"x:\"\n[[sources]]\nkind = \"redis\"\n[[sources]]\nkind = \"nats\"\nstream = \"S\"\n[[sources]]\nkind = \"amqp\"\nqueue = \"q\"\n", "test.toml");
+        let sources = layers.build().unwrap().sources;
+        assert_eq!(
+            sources.iter().map(SourceSpec::label).collect::<Vec<_>>(),
+            ["redis", "nats://127.0.0.1:4222/S", "amqp://127.0.0.1:5672/q"]
+        );
+        let mut layers = Layers::new();
+        layers.toml("[[sources]]\nkind = \"nats\"\n", "test.toml");
+        let layers = layers.environment(env(&[("WSS_SOURCES", "amqp://u:secret@h/%2f?queue=a")]));
+        let sources = layers.build().unwrap().sources;
+        assert_eq!(sources.iter().map(SourceSpec::label).collect::<Vec<_>>(), ["amqp://h/a"], "the variable replaces the file's tables");
+        let err = Layers::new().environment(env(&[("WSS_SOURCES", "nats://u:secret@h?bogus=1")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_SOURCES (environment)") && err.contains("unknown option") && !err.contains("secret"), "{err}");
+        let mut layers = Layers::new();
+        layers.toml("[[sources]]\nkind = \"kafka\"\n", "test.toml");
+        let err = layers.build().unwrap_err().to_string();
+        assert!(err.contains("[[sources]] #1") && err.contains("unknown kind"), "{err}");
+    }
+
+    #[test]
     fn stream_retention_is_a_duration_or_off() {
         let c = Layers::new().environment(env(&[])).build().unwrap();
         assert_eq!(c.stream_retention, Some(Duration::from_secs(86_400)), "SPEC §6: 24h by default");

@@ -188,7 +188,7 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.runtime.block_on(async {
+        self.runtime.block_on(async {
             match &self.kind {
                 Kind::Nats { js, stream, .. } => {
                     let _ = js.delete_stream(stream).await;
