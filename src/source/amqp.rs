@@ -25,7 +25,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -46,6 +46,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long the thread waits for the next delivery before it looks at shutdown again.
 const POLL: Duration = Duration::from_millis(250);
+/// How often the queue's depth is read for the gauges.
+const LAG_EVERY: Duration = Duration::from_secs(2);
 
 pub struct AmqpSource {
     pub spec: AmqpSpec,
@@ -110,7 +112,7 @@ impl AmqpSource {
             if stopping() {
                 return;
             }
-            let (connection, mut consumer) = match runtime.block_on(self.connect()) {
+            let (connection, channel, mut consumer) = match runtime.block_on(self.connect()) {
                 Ok(pair) => pair,
                 Err(err) => {
                     self.status.failed(&mut down, "connecting and declaring the queue", &err);
@@ -125,9 +127,14 @@ impl AmqpSource {
             backoff = BACKOFF_MIN;
             log::info!(target: "wss::source", "reading AMQP queue {} ({})", self.spec.queue, self.status.label);
             // Deliveries until the connection fails or shutdown.
+            let mut lag_at = Instant::now();
             let failure = loop {
                 if stopping() {
                     return;
+                }
+                if lag_at.elapsed() >= LAG_EVERY {
+                    lag_at = Instant::now();
+                    self.read_lag(runtime, &channel);
                 }
                 let next = runtime.block_on(tokio::time::timeout(POLL, consumer.next()));
                 let delivery = match next {
@@ -151,7 +158,20 @@ impl AmqpSource {
         }
     }
 
-    async fn connect(&self) -> Result<(Connection, lapin::Consumer), String> {
+    /// `wss_source_pending`: the queue's ready messages (a passive declare; RabbitMQ does not
+    /// tell a client how many are delivered and unacknowledged: at most the prefetch).
+    fn read_lag(&self, runtime: &tokio::runtime::Runtime, channel: &lapin::Channel) {
+        let declare = channel.queue_declare(
+            self.spec.queue.as_str().into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        );
+        if let Ok(Ok(queue)) = runtime.block_on(tokio::time::timeout(Duration::from_secs(2), declare)) {
+            self.status.pending.set(i64::from(queue.message_count()));
+        }
+    }
+
+    async fn connect(&self) -> Result<(Connection, lapin::Channel, lapin::Consumer), String> {
         let properties = ConnectionProperties::default().with_connection_name("wss".into());
         let connect = async {
             match &self.spec.ca_file {
@@ -186,7 +206,7 @@ impl AmqpSource {
             .basic_consume(self.spec.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .map_err(|e| format!("basic.consume on {}: {e}", self.spec.queue))?;
-        Ok((connection, consumer))
+        Ok((connection, channel, consumer))
     }
 
     /// One delivery into the pipeline; false when shutting down.
@@ -216,11 +236,21 @@ impl AmqpSource {
             }
             Admission::ShuttingDown => return false,
         }
+        // Quorum queues count deliveries (`x-delivery-count`, 0 on the first): one delivered too
+        // often without being finished is poison, as for the other sources.
+        let reads = delivery_count(&delivery).map(|before| before + 1);
         let ack = DeliveryAck { acker: delivery.acker, owed: Mutex::new(Some(outstanding.owe())), runtime: runtime.handle().clone() };
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(ack) };
         let entry = RawEntry { id, fields: Some(fields) };
-        hand_on_held(entry, delivery.redelivered, None, self.max_event_bytes, Some(broker), out, done)
+        hand_on_held(entry, delivery.redelivered, reads, self.max_event_bytes, Some(broker), out, done)
     }
+}
+
+/// The `x-delivery-count` header RabbitMQ's quorum queues add (earlier deliveries).
+fn delivery_count(delivery: &Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    let value = headers.inner().iter().find(|(name, _)| name.as_str() == "x-delivery-count")?.1;
+    std::str::from_utf8(&value_bytes(value)?).ok()?.parse().ok()
 }
 
 fn now_ms() -> u64 {
