@@ -69,6 +69,7 @@ const KEYS: &[Key] = &[
     Key { name: "otlp_endpoint", default: None },
     Key { name: "otlp_service_name", default: Some("wss") },
     Key { name: "trace_sample_ratio", default: Some("1") },
+    Key { name: "sources", default: None },
 ];
 
 /// Where a value came from, for error messages.
@@ -163,6 +164,10 @@ pub struct Config {
     /// OpenTelemetry traces of delivery attempts, exported over OTLP/gRPC (`WSS_OTLP_ENDPOINT`,
     /// `crate::otel`); `None` (unset, empty or `off`): no tracing.
     pub otlp: Option<crate::otel::OtlpSettings>,
+    /// Where events come from (`WSS_SOURCES`, or `[[sources]]` in the file; docs/contract.md §7): by
+    /// default the Redis stream `<prefix>events` alone, as before sources existed. The Redis
+    /// stream is read whether listed or not (PublishEvent and RedeliverDeadLetter append to it).
+    pub sources: Vec<crate::source::SourceSpec>,
 }
 
 impl fmt::Debug for Config {
@@ -183,6 +188,7 @@ impl fmt::Debug for Config {
             .field("consumer", &self.consumer)
             .field("sender_threads", &self.sender_threads)
             .field("otlp", &self.otlp)
+            .field("sources", &self.sources)
             .finish_non_exhaustive()
     }
 }
@@ -234,6 +240,9 @@ pub struct ConfigErrors(pub Vec<String>);
 pub struct Layers {
     values: BTreeMap<&'static str, (String, Source)>,
     errors: Vec<String>,
+    /// The file's `[[sources]]` tables, parsed in `build` (a `sources` string, from any layer,
+    /// replaces them).
+    source_tables: Vec<(toml::Table, String)>,
 }
 
 impl Layers {
@@ -281,6 +290,19 @@ impl Layers {
                 continue;
             };
             let text = match value {
+                toml::Value::Array(tables) if key == "sources" => {
+                    for (i, table) in tables.into_iter().enumerate() {
+                        match table {
+                            toml::Value::Table(table) => {
+                                self.source_tables.push((table, format!("config file {origin}: [[sources]] #{}", i + 1)))
+                            }
+                            other => self
+                                .errors
+                                .push(format!("config file {origin}: sources must be [[sources]] tables, not {}", other.type_str())),
+                        }
+                    }
+                    continue;
+                }
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
@@ -397,6 +419,7 @@ impl Layers {
             },
             log_level: p.string("log_level"),
             otlp: p.otlp(),
+            sources: p.sources(),
         };
         if config.key_prefix.is_empty() || config.key_prefix.contains(char::is_whitespace) {
             p.errors.push("key_prefix must be non-empty and without spaces".into());
@@ -413,6 +436,43 @@ impl Layers {
         } else {
             Err(ConfigErrors(p.errors))
         }
+    }
+}
+
+impl Parser<'_> {
+    /// `sources` (comma-separated URLs), else the file's `[[sources]]`, else the Redis stream.
+    fn sources(&mut self) -> Vec<crate::source::SourceSpec> {
+        use crate::source::SourceSpec;
+        let redis_url = self.string("redis_url");
+        let mut specs = Vec::new();
+        if let Some(list) = self.opt_string("sources") {
+            for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                match SourceSpec::from_url(url, &redis_url) {
+                    Ok(spec) => specs.push(spec),
+                    Err(problem) => {
+                        let shown = crate::redis_conn::redact_url(url);
+                        self.error("sources", &shown, &problem);
+                    }
+                }
+            }
+            if specs.is_empty() && self.errors.is_empty() {
+                self.error("sources", &crate::redis_conn::redact_url(&list), "names no source");
+            }
+        } else {
+            for (table, origin) in &self.layers.source_tables {
+                match SourceSpec::from_table(table, &redis_url) {
+                    Ok(spec) => specs.push(spec),
+                    Err(problem) => self.errors.push(format!("{origin}: {problem}")),
+                }
+            }
+        }
+        if specs.is_empty() {
+            specs.push(SourceSpec::Redis);
+        }
+        if specs.iter().filter(|s| **s == SourceSpec::Redis).count() > 1 {
+            self.errors.push("sources: the Redis stream is listed more than once".into());
+        }
+        specs
     }
 }
 
@@ -710,7 +770,7 @@ impl Parser<'_> {
 
 /// Whether `bytes` has a PEM `-----BEGIN` line: enough to tell a PEM file from a wrong one
 /// before its contents are parsed where they are used.
-fn looks_like_pem(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_pem(bytes: &[u8]) -> bool {
     bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
@@ -859,6 +919,30 @@ mod tests {
         let err = Layers::new().environment(env(&[("WSS_TARGET_CA_FILE", "/nonexistent/ca.pem")])).build().unwrap_err().to_string();
         assert!(err.contains("WSS_TARGET_CA_FILE (environment) = \"/nonexistent/ca.pem\": cannot read the file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sources_come_from_the_file_s_tables_or_the_environment_and_default_to_the_redis_stream() {
+        use crate::source::SourceSpec;
+        assert_eq!(Layers::new().build().unwrap().sources, [SourceSpec::Redis], "docs/contract.md §7: unset, the Redis stream alone");
+        let mut layers = Layers::new();
+        layers.toml("key_prefix = \"x:\"\n[[sources]]\nkind = \"redis\"\n[[sources]]\nkind = \"nats\"\nstream = \"S\"\n[[sources]]\nkind = \"amqp\"\nqueue = \"q\"\n", "test.toml");
+        let sources = layers.build().unwrap().sources;
+        assert_eq!(
+            sources.iter().map(SourceSpec::label).collect::<Vec<_>>(),
+            ["redis", "nats://127.0.0.1:4222/S", "amqp://127.0.0.1:5672/q"]
+        );
+        let mut layers = Layers::new();
+        layers.toml("[[sources]]\nkind = \"nats\"\n", "test.toml");
+        let layers = layers.environment(env(&[("WSS_SOURCES", "amqp://u:secret@h/%2f?queue=a")]));
+        let sources = layers.build().unwrap().sources;
+        assert_eq!(sources.iter().map(SourceSpec::label).collect::<Vec<_>>(), ["amqp://h/a"], "the variable replaces the file's tables");
+        let err = Layers::new().environment(env(&[("WSS_SOURCES", "nats://u:secret@h?bogus=1")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_SOURCES (environment)") && err.contains("unknown option") && !err.contains("secret"), "{err}");
+        let mut layers = Layers::new();
+        layers.toml("[[sources]]\nkind = \"kafka\"\n", "test.toml");
+        let err = layers.build().unwrap_err().to_string();
+        assert!(err.contains("[[sources]] #1") && err.contains("unknown kind"), "{err}");
     }
 
     #[test]

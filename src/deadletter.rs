@@ -49,7 +49,7 @@ pub enum Reason {
     FilterError,
     /// The webhook's transform failed on the event, or its value has no JSON form.
     TransformError,
-    /// The entry was read `pipeline::poison::MAX_READS` times without being finished (each time
+    /// The entry was read `source::redis::poison::MAX_READS` times without being finished (each time
     /// its processing crashed or hung the instance), or its processing panicked: it is set aside
     /// so that it cannot crash-loop every instance.
     Poison,

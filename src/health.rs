@@ -49,6 +49,8 @@ pub struct Health {
     generation: AtomicU64,
     reported: AtomicU64,
     reporter_attached: AtomicBool,
+    /// Message-queue sources (`crate::source`) that failed their last operation, by name.
+    sources_down: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Health {
@@ -90,6 +92,15 @@ impl Health {
         }
     }
 
+    /// A message-queue source's last operation succeeded (`up`) or failed.
+    pub fn set_source_up(&self, source: &str, up: bool) {
+        let mut down = self.sources_down.lock();
+        let changed = if up { down.remove(source) } else { down.insert(source.to_owned()) };
+        if changed {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     pub fn redis_up(&self) -> bool {
         self.redis_up.load(Ordering::SeqCst)
     }
@@ -120,6 +131,9 @@ impl Health {
         self.alive()?;
         if !self.redis_up() {
             return Err("Redis is unreachable".into());
+        }
+        if let Some(source) = self.sources_down.lock().iter().next() {
+            return Err(format!("source {source} is unreachable"));
         }
         match self.pipeline.load(Ordering::SeqCst) {
             RUNNING => Ok(()),
@@ -175,6 +189,10 @@ mod tests {
         health.set_redis_up(true);
         assert!(health.ready().unwrap_err().starts_with("the pipeline has not started"));
         health.pipeline_started();
+        assert_eq!(health.ready(), Ok(()));
+        health.set_source_up("nats://127.0.0.1:4222/WSS_EVENTS", false);
+        assert_eq!(health.ready(), Err("source nats://127.0.0.1:4222/WSS_EVENTS is unreachable".into()));
+        health.set_source_up("nats://127.0.0.1:4222/WSS_EVENTS", true);
         assert_eq!(health.ready(), Ok(()));
         health.set_redis_up(false);
         assert_eq!(health.ready(), Err("Redis is unreachable".into()));

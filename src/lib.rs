@@ -24,6 +24,7 @@ pub mod receive;
 pub mod redis_conn;
 pub mod retry;
 pub mod signature;
+pub mod source;
 pub mod stats;
 pub mod status;
 pub mod streams;

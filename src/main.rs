@@ -535,12 +535,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let grace = config.shutdown_grace;
-    let pipeline = Pipeline::start(Deps { redis, keys: keys.clone(), store, routing, live, config: config.clone(), metrics, tracer })
-        .context("starting the pipeline threads")?;
+    let pipeline = Pipeline::start(Deps {
+        redis,
+        keys: keys.clone(),
+        store,
+        routing,
+        live,
+        config: config.clone(),
+        metrics,
+        tracer,
+        health: health.clone(),
+    })
+    .context("starting the pipeline threads")?;
     health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
     health.wait_reported(Duration::from_secs(2));
     log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
+    for source in config.sources.iter().filter(|s| **s != wss::source::SourceSpec::Redis) {
+        log::info!(target: "wss", "reading source {} with {} sender threads", source.label(), config.sender_threads);
+    }
 
     // Runs until a signal, or until a pipeline thread dies: then the process exits non-zero
     // rather than stay half alive (a supervisor restarts it).

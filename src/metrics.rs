@@ -146,6 +146,13 @@ pub struct Metrics {
     pub attempt_errors: AttemptErrors,
     /// Spans of attempts exported, dropped or failed (`crate::otel`; all 0 with tracing off).
     pub trace_spans: crate::otel::SpanCounters,
+    /// Message-queue sources (`crate::source`), by name: 1 while reachable.
+    pub source_up: IntGaugeVec,
+    /// Outages of a message-queue source (each counted once, when it starts).
+    pub source_outages: IntCounterVec,
+    /// A message-queue source's messages not yet handed to wss plus those in hand and not yet
+    /// acknowledged (JetStream: `num_pending + num_ack_pending`).
+    pub source_pending: IntGaugeVec,
 }
 
 impl Metrics {
@@ -236,7 +243,30 @@ impl Metrics {
             "Age of the webhook's oldest delivery in the durable backlog: seconds since it entered it (only webhooks with a backlog).",
         );
 
+        let source_up =
+            IntGaugeVec::new(Opts::new("wss_source_up", "1 while the message-queue source answers, 0 during an outage."), &["source"])
+                .expect("a valid metric name");
+        register(&registry, &source_up);
+        let source_outages = IntCounterVec::new(
+            Opts::new("wss_source_outages_total", "Outages of the message-queue source (each counted once, when it starts)."),
+            &["source"],
+        )
+        .expect("a valid metric name");
+        register(&registry, &source_outages);
+        let source_pending = IntGaugeVec::new(
+            Opts::new(
+                "wss_source_pending",
+                "Messages of the message-queue source not yet read by wss plus those read and not yet acknowledged (its lag).",
+            ),
+            &["source"],
+        )
+        .expect("a valid metric name");
+        register(&registry, &source_pending);
+
         Self {
+            source_up,
+            source_outages,
+            source_pending,
             events_read: counter("wss_events_read_total", "Stream entries read from <prefix>events (re-reads after a restart or a claim count again)."),
             events_unrouted: counter("wss_events_unrouted_total", "Events acknowledged without a delivery: no webhook of their tenant wants them."),
             bad_entries: {

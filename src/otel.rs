@@ -7,7 +7,7 @@
 //! (HTTP status, outcome, error). See [`names`].
 //!
 //! **Trace context** (W3C Trace Context). An event may carry a `traceparent` attribute (a stream
-//! entry field, or a broker's `WSS-Attr-traceparent` header — SPEC §1, §7), and with it a
+//! entry field, or a broker's `WSS-Attr-traceparent` header — docs/contract.md §1, §7), and with it a
 //! `tracestate`. A valid one makes the attempt's span a child of the producer's span, and the
 //! request carries `traceparent: 00-<trace id>-<the attempt span's id>-<flags>`, so that the
 //! receiver's work joins the same trace under the attempt. With tracing off, wss has no span of

@@ -61,6 +61,7 @@
 //!
 //! `--quick` shrinks everything to a smoke run of seconds; its figures mean little.
 
+mod broker;
 mod control;
 mod raw;
 mod receiver;
@@ -129,6 +130,17 @@ pub struct Args {
     /// A smoke run: every size small, seconds instead of minutes. The figures mean little.
     #[arg(long)]
     quick: bool,
+    /// Where the events come from: the Redis stream, or a broker (docs/sources.md): with nats
+    /// or amqp only the throughput part runs (throughput, then latency at half of it), its
+    /// events published to the broker [default: redis].
+    #[arg(long, default_value = "redis", value_parser = ["redis", "nats", "amqp"])]
+    source: String,
+    /// The NATS server (with JetStream) of `--source nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The RabbitMQ of `--source amqp`.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    amqp_url: String,
     /// Print one JSON object (the figures) instead of the table.
     #[arg(long)]
     json: bool,
@@ -415,6 +427,9 @@ fn set_up(scn: &mut Scenario<'_>, receiver: &Receiver, webhooks: usize, shape: &
 /// The figures; the JSON object `--json` prints.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// Where the events came from (`--source`): empty for the Redis stream.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    source: String,
     /// Throughput: deliveries/s from the first XADD to the last receipt.
     deliveries_per_sec: f64,
     /// The same client and threads straight to the receiver.
@@ -516,9 +531,17 @@ fn load_average() -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args);
     let env = Env::prepare(&args)?;
-    let report = measure(&plan, &env)?;
+    let report = match args.source.as_str() {
+        "redis" => measure(&plan, &env)?,
+        source => {
+            let url = if source == "nats" { &args.nats_url } else { &args.amqp_url };
+            measure_broker(&plan, &env, source, url)?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
+    } else if !report.source.is_empty() {
+        print!("{}", broker_table(&report));
     } else {
         print!("{}", table(&report));
     }
@@ -565,6 +588,70 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     if plan.runs("backlog") {
         backlog(plan, env, &mut report)?;
     }
+    report.load_after = load_average();
+    Ok(report)
+}
+
+/// `--source nats|amqp`: the throughput part with events published to the broker.
+fn measure_broker(plan: &Plan, env: &Env, source: &str, url: &str) -> anyhow::Result<Report> {
+    let mut report = Report {
+        source: source.to_owned(),
+        events: plan.events,
+        webhooks: plan.webhooks as u64,
+        body_bytes: plan.body_bytes as u64,
+        sender_threads: env.sender_threads as u64,
+        cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
+        load_before: load_average(),
+        quick: plan.quick,
+        ..Default::default()
+    };
+    let broker = broker::Broker::connect(source, url)?;
+    progress(format_args!(
+        "{source} at {}, {} sender threads, load {}",
+        wss::redis_conn::redact_url(url),
+        env.sender_threads,
+        report.load_before
+    ));
+    let fast = Receiver::start(200, Duration::ZERO)?;
+    let shape = EventShape::new(plan.webhooks, plan.body_bytes);
+    let mut scn = Scenario::start(env, source, &[("WSS_SOURCES", broker.source_url())], |_, _| Ok(()))?;
+    // Registers the webhooks and warms up through the Redis stream, which wss always reads.
+    set_up(&mut scn, &fast, plan.webhooks, &shape)?;
+    progress(format_args!("throughput from {source}: {} events over {} webhooks", plan.events, plan.webhooks));
+    let target = fast.stats.received() + plan.events;
+    let service_cpu = scn.service.cpu_secs()?;
+    let start = Instant::now();
+    let published = thread::scope(|scope| -> anyhow::Result<f64> {
+        let publisher = scope.spawn(|| broker.publish(&shape, 0, plan.events));
+        report.peak_rss_mib = wait_for_receipts(&mut scn, &fast, target)?;
+        publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+        Ok(fast.stats.last_receipt().saturating_duration_since(start).as_secs_f64())
+    })?;
+    report.deliveries_per_sec = plan.events as f64 / published.max(1e-6);
+    report.service_cpu_us_per_delivery = (scn.service.cpu_secs()? - service_cpu) * 1e6 / plan.events as f64;
+    broker.wait_all_acknowledged(STALL)?;
+    progress(format_args!(
+        "  {:.0} deliveries/s; service CPU {:.0} µs per delivery; every message acknowledged",
+        report.deliveries_per_sec, report.service_cpu_us_per_delivery
+    ));
+    let rate = (report.deliveries_per_sec / 2.0).max(1.0);
+    progress(format_args!("latency from {source}: open loop at {rate:.0} events/s for {:?}", plan.latency_time));
+    let base = fast.stats.received();
+    fast.stats.record_latencies();
+    let sent = broker.publish_at_rate(&shape, plan.events, rate, plan.latency_time)?;
+    wait_for_receipts(&mut scn, &fast, base + sent)?;
+    let mut latencies = fast.stats.take_latencies();
+    broker.wait_all_acknowledged(STALL)?;
+    latencies.sort_unstable();
+    let pct =
+        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
+    (report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
+    report.latency_rate_per_sec = rate;
+    report.latency_samples = latencies.len() as u64;
+    progress(format_args!("  p50 {:.2} ms, p99 {:.2} ms over {} events", report.p50_ms, report.p99_ms, latencies.len()));
+    report.signatures_verified += fast.stats.verified();
+    anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
+    drop(scn);
     report.load_after = load_average();
     Ok(report)
 }
@@ -886,6 +973,31 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
 }
 
 /// The human-readable form of the report.
+/// The figures of a `--source nats|amqp` run.
+fn broker_table(r: &Report) -> String {
+    format!(
+        "source {}: throughput ({} events, {} webhooks, {} B bodies)  {:.0} /s\n\
+         latency p50 / p90 / p99 / max at {:.0} /s  {:.1} / {:.1} / {:.1} / {:.1} ms\n\
+         service CPU per delivery  {:.0} µs\n\
+         peak RSS  {:.1} MiB\n\
+         signatures verified  {}\n{}",
+        r.source,
+        r.events,
+        r.webhooks,
+        r.body_bytes,
+        r.deliveries_per_sec,
+        r.latency_rate_per_sec,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.service_cpu_us_per_delivery,
+        r.peak_rss_mib,
+        r.signatures_verified,
+        if r.quick { "(--quick: figures mean little)\n" } else { "" }
+    )
+}
+
 fn table(r: &Report) -> String {
     let mut out = String::new();
     let rows: Vec<(String, String, &str)> = vec![

@@ -1163,6 +1163,8 @@ fn config_check(file: &std::path::Path) -> ExitCode {
                 config.grpc_addr,
                 config.sender_threads
             );
+            let sources: Vec<String> = config.sources.iter().map(wss::source::SourceSpec::label).collect();
+            println!("  sources: {}", sources.join(", "));
             ExitCode::SUCCESS
         }
         Err(errors) => {

@@ -349,8 +349,9 @@ pub struct HandOff {
     pub entry: String,
     pub due_ms: u64,
     pub meta: ItemMeta,
-    /// The fields of a delivery taken from the backlog, written back with its state; `None` for a
-    /// fresh delivery, whose fields the hand-off script copies from its stream entry.
+    /// The fields of a delivery taken from the backlog, written back with its state, or of a
+    /// broker-sourced event's; `None` for a fresh delivery of a Redis stream entry, whose fields
+    /// the hand-off script copies from the stream.
     pub fields: Option<Fields>,
 }
 
@@ -364,7 +365,11 @@ impl HandOff {
             entry: delivery.ticket.stream_id.clone(),
             due_ms,
             meta: ItemMeta::of(delivery, fifo),
-            fields: delivery.backlog.as_ref().map(|b| b.fields.clone()),
+            // A broker's event hands over its fields from memory: no stream entry to copy.
+            fields: match &delivery.backlog {
+                Some(backlogged) => Some(backlogged.fields.clone()),
+                None => delivery.ticket.broker_fields().cloned(),
+            },
         }
     }
 }
@@ -734,7 +739,7 @@ impl Pump {
                     .arg(self.keys.backlog_throttled(webhook))
                     .arg(self.keys.webhook_stats(webhook));
             }
-            take.arg(now).arg(lease_until).arg(super::reader::GROUP).arg(crate::stats::KEY_TTL.as_secs());
+            take.arg(now).arg(lease_until).arg(crate::source::redis::GROUP).arg(crate::stats::KEY_TTL.as_secs());
             for (webhook, n, rate) in &wanted {
                 take.arg(webhook).arg(*n).arg(*rate);
             }

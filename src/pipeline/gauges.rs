@@ -124,9 +124,9 @@ impl Gauges {
             .arg(&self.keys.dead_letters)
             .cmd("XPENDING")
             .arg(&self.keys.events)
-            .arg(super::reader::GROUP)
+            .arg(crate::source::redis::GROUP)
             .query(con)?;
-        if let Some((lag, pending)) = group_figures(&groups, super::reader::GROUP) {
+        if let Some((lag, pending)) = group_figures(&groups, crate::source::redis::GROUP) {
             self.metrics.stream_lag.set(lag.unwrap_or(-1));
             self.metrics.stream_pending.set(pending);
         }
@@ -179,7 +179,7 @@ fn group_figures(reply: &Value, group: &str) -> Option<(Option<i64>, i64)> {
 }
 
 /// The key/value pairs of a RESP2 flat list or a RESP3 map (also read by `super::retention`).
-pub(super) fn pairs(value: &Value) -> Vec<(String, &Value)> {
+pub(crate) fn pairs(value: &Value) -> Vec<(String, &Value)> {
     match value {
         Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, &kv[1]))).collect(),
         Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
@@ -187,7 +187,7 @@ pub(super) fn pairs(value: &Value) -> Vec<(String, &Value)> {
     }
 }
 
-pub(super) fn text(value: &Value) -> Option<String> {
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         Value::SimpleString(s) => Some(s.clone()),

@@ -7,9 +7,12 @@
 //!                                                     └──── backlog pump ◄── durable backlog (Redis)
 //! ```
 //!
-//! - [`reader`] reads `<prefix>events` with XREADGROUP (its own pending entries first), parses
-//!   each entry and admits it into the in-flight window, which bounds memory: when the window is
-//!   full the reader waits, so a slow sender pool slows the reader instead of growing queues.
+//! - The sources (`crate::source`) feed it: the Redis stream's reader
+//!   (`crate::source::redis::reader`) reads `<prefix>events` with XREADGROUP (its own pending
+//!   entries first), a NATS JetStream source (`crate::source::nats`) pulls its consumer; each
+//!   parses every event and admits it into the in-flight window, which bounds memory: when the
+//!   window is full the source waits, so a slow sender pool slows reading instead of growing
+//!   queues.
 //! - [`transformer`] routes an event to its tenant's matching webhooks and serializes the body
 //!   once, whatever the fan-out.
 //! - [`signer`] signs every attempt afresh (new timestamp, current secret), whether it comes from
@@ -18,7 +21,8 @@
 //!   outcome stage for the backlog.
 //! - [`sender`] threads POST with ureq and classify the answer.
 //! - [`outcomes`] acknowledges an entry once every delivery it produced is terminal or handed to
-//!   the durable backlog (`super::backlog`), in the same transaction as the hand-off; writes
+//!   the durable backlog (`super::backlog`), in the same transaction as the hand-off (a Redis
+//!   entry's `XACK`), or to its broker right after it (a broker's message); writes
 //!   retries and postponed deliveries into the backlog, and dead letters — batching its Redis
 //!   writes.
 //! - [`backlog`]'s pump takes due work from the backlog — fairly across webhooks, only as much as
@@ -32,7 +36,8 @@
 //! A `wss-gauges` thread samples channel depths, the window, circuits, the backlog and the
 //! stream's lag for `/metrics` and the status page ([`gauges`]); the stages count what happens in
 //! `crate::metrics::Metrics`, on counters resolved once at start. A `wss-retention` thread
-//! trims the stream of entries every group is done with (`WSS_STREAM_RETENTION`, [`retention`]).
+//! trims the stream of entries every group is done with (`WSS_STREAM_RETENTION`,
+//! `crate::source::redis::retention`).
 //!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
@@ -42,14 +47,10 @@
 
 pub mod backlog;
 pub mod event;
-mod gauges;
+pub(crate) mod gauges;
 pub mod isolation;
-mod leases;
 pub mod live;
 mod outcomes;
-mod poison;
-mod reader;
-mod retention;
 pub(crate) mod sender;
 pub(crate) mod signer;
 pub(crate) mod test_event;
@@ -77,6 +78,7 @@ use crate::{
     },
     metrics::Metrics,
     redis_conn::RedisTarget,
+    source::BrokerHold,
 };
 
 /// Bookkeeping for one stream entry: acknowledged when its last delivery is terminal.
@@ -87,11 +89,23 @@ pub struct EntryTicket {
     /// already be done (the signer checks the delivery history before sending).
     pub recovered: bool,
     remaining: AtomicUsize,
+    /// A broker-sourced event's fields and acknowledgement (`crate::source`); `None` for a
+    /// Redis stream entry, acknowledged by `XACK` in the outcome stage's transaction.
+    pub broker: Option<Box<BrokerHold>>,
 }
 
 impl EntryTicket {
-    fn new(stream_id: String, recovered: bool) -> Arc<Self> {
-        Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0) })
+    pub(crate) fn new(stream_id: String, recovered: bool) -> Arc<Self> {
+        Self::with_hold(stream_id, recovered, None)
+    }
+
+    pub(crate) fn with_hold(stream_id: String, recovered: bool, broker: Option<Box<BrokerHold>>) -> Arc<Self> {
+        Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0), broker })
+    }
+
+    /// The fields a broker-sourced event arrived with (`None` for a Redis stream entry).
+    pub fn broker_fields(&self) -> Option<&crate::source::Fields> {
+        self.broker.as_ref().map(|hold| &hold.fields)
     }
 
     /// Called once, before the deliveries are handed on.
@@ -267,7 +281,7 @@ impl InFlight {
         Self { permits: bounded(max), ids: Mutex::new(HashSet::new()) }
     }
 
-    fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
+    pub(crate) fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
         let key = EntryKey::of(id);
         if self.ids.lock().contains(&key) {
             return Admission::AlreadyInFlight;
@@ -282,7 +296,7 @@ impl InFlight {
     }
 
     /// Like [`InFlight::admit`], but never waits: a full window answers [`Admission::Full`].
-    fn try_admit(&self, id: &str) -> Admission {
+    pub(crate) fn try_admit(&self, id: &str) -> Admission {
         let key = EntryKey::of(id);
         let mut ids = self.ids.lock();
         if ids.contains(&key) {
@@ -298,7 +312,7 @@ impl InFlight {
     }
 
     /// Free places in the window.
-    fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         self.permits.0.capacity().unwrap_or(usize::MAX).saturating_sub(self.permits.0.len())
     }
 
@@ -312,13 +326,13 @@ impl InFlight {
         self.ids.lock().len()
     }
 
-    fn contains(&self, id: &str) -> bool {
+    pub(crate) fn contains(&self, id: &str) -> bool {
         self.ids.lock().contains(&EntryKey::of(id))
     }
 
     /// The ids in flight now, for renewing their leases (as keys: a million of them are 24 MB
     /// here, where strings were 56).
-    fn ids(&self) -> Vec<EntryKey> {
+    pub(crate) fn ids(&self) -> Vec<EntryKey> {
         self.ids.lock().iter().cloned().collect()
     }
 
@@ -339,6 +353,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// Spans of delivery attempts ([`crate::otel::Tracer::off`]: none).
     pub tracer: crate::otel::Tracer,
+    /// Readiness: message-queue sources report their outages there.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -401,7 +417,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics, tracer } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -435,7 +451,9 @@ impl Pipeline {
             Ok(())
         };
 
-        let reader = reader::Reader {
+        // The Redis stream is always read, whatever else is: the control plane's PublishEvent
+        // and RedeliverDeadLetter append to it (an idle stream costs a cheap read every 10 ms).
+        let reader = crate::source::redis::reader::Reader {
             redis: redis.clone(),
             stream: keys.events.clone(),
             consumer: config.consumer.clone(),
@@ -444,12 +462,12 @@ impl Pipeline {
             max_event_bytes: config.max_event_bytes,
             in_flight: in_flight.clone(),
             events_read: metrics.events_read.clone(),
-            script: poison::read_script(),
+            script: crate::source::redis::poison::read_script(),
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
 
-        let leases = leases::Leases {
+        let leases = crate::source::redis::leases::Leases {
             redis: redis.clone(),
             stream: keys.events.clone(),
             consumer: config.consumer.clone(),
@@ -459,8 +477,46 @@ impl Pipeline {
             in_flight: in_flight.clone(),
             events_read: metrics.events_read.clone(),
         };
-        let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-leases".into(), Box::new(move || leases.run(inbound_tx, done, stop)))?;
+        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+        spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
+        for (n, spec) in config.sources.iter().enumerate() {
+            let label = spec.label();
+            let status = crate::source::SourceStatus {
+                label: label.clone(),
+                health: health.clone(),
+                events_read: metrics.events_read.clone(),
+                up: metrics.source_up.with_label_values(&[&label]),
+                outages: metrics.source_outages.with_label_values(&[&label]),
+                pending: metrics.source_pending.with_label_values(&[&label]),
+            };
+            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
+            match spec {
+                // Read above, whether listed or not.
+                crate::source::SourceSpec::Redis => {}
+                crate::source::SourceSpec::Nats(spec) => {
+                    let source = crate::source::nats::NatsSource {
+                        spec: (**spec).clone(),
+                        max_event_bytes: config.max_event_bytes,
+                        batch: config.read_batch,
+                        window: config.max_in_flight,
+                        in_flight: in_flight.clone(),
+                        status,
+                    };
+                    spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
+                }
+                crate::source::SourceSpec::Amqp(spec) => {
+                    let source = crate::source::amqp::AmqpSource {
+                        spec: (**spec).clone(),
+                        max_event_bytes: config.max_event_bytes,
+                        window: config.max_in_flight,
+                        in_flight: in_flight.clone(),
+                        status,
+                    };
+                    spawn(format!("wss-amqp-{n}"), Box::new(move || source.run(out, done, stop)))?;
+                }
+            }
+        }
+        drop(inbound_tx);
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
         let s = store.clone();
@@ -526,7 +582,7 @@ impl Pipeline {
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
 
         if let Some(keep_for) = config.stream_retention {
-            let retention = retention::Retention {
+            let retention = crate::source::redis::retention::Retention {
                 redis: redis.clone(),
                 stream: keys.events.clone(),
                 keep_for,

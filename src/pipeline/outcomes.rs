@@ -44,7 +44,7 @@ use super::{
     backlog::{self, HandOff},
     isolation::{Isolation, Transition},
     live::wall_ms,
-    Completion, Delivery, InFlight, Verdict,
+    Completion, Delivery, EntryTicket, InFlight, Verdict,
 };
 use crate::{
     deadletter::{self, AttemptRecord, DeadLetter, Reason},
@@ -106,6 +106,9 @@ pub struct Outcomes {
 struct Batch {
     dead: Vec<DeadLetter>,
     acks: Vec<String>,
+    /// Broker-sourced events to acknowledge to their broker once this batch is written
+    /// (`crate::source`): no Redis command, a message to the source after the transaction.
+    broker_acks: Vec<Arc<EntryTicket>>,
     /// By delivery id: only a delivery's latest record needs writing, which also bounds the
     /// batch while Redis is away and retries keep failing.
     history: HashMap<String, DeliveryRecord>,
@@ -133,7 +136,17 @@ impl Batch {
     }
 
     fn len(&self) -> usize {
-        self.dead.len() + self.acks.len() + self.history.len() + self.hand_offs.len() + self.backlog_done.len()
+        self.dead.len() + self.acks.len() + self.broker_acks.len() + self.history.len() + self.hand_offs.len() + self.backlog_done.len()
+    }
+
+    /// Acknowledges `ticket`'s event with this batch: an `XACK` in its transaction for a Redis
+    /// entry, its broker's acknowledgement after it for a broker's message.
+    fn ack(&mut self, ticket: &Arc<EntryTicket>) {
+        if ticket.broker.is_some() {
+            self.broker_acks.push(ticket.clone());
+        } else {
+            self.acks.push(ticket.stream_id.clone());
+        }
     }
 }
 
@@ -201,7 +214,7 @@ impl Outcomes {
             }
         }
         if batch.len() > 0 {
-            log::warn!(target: "wss::outcomes", "stopping with Redis unreachable: {} acknowledgements and {} dead letters not written; those entries stay pending and will be finished after a restart", batch.acks.len(), batch.dead.len());
+            log::warn!(target: "wss::outcomes", "stopping with Redis unreachable: {} acknowledgements and {} dead letters not written; those entries stay pending and will be finished after a restart", batch.acks.len() + batch.broker_acks.len(), batch.dead.len());
         }
     }
 
@@ -282,7 +295,13 @@ impl Outcomes {
                     "event {} for webhook {} (tenant {}) dead-lettered: {detail}", delivery.event.id(), delivery.webhook_id, delivery.event.tenant());
                 self.dead_letter(delivery, reason, detail, batch);
             }
-            Completion::Rejected { ticket, rejection, raw_fields } => {
+            Completion::Rejected { ticket, rejection, mut raw_fields } => {
+                // A broker's event: the fields it arrived with (the transformer rebuilds them
+                // from the parsed event, which for a broker's loses its id); not when they were
+                // left out for their size.
+                if let (false, Some(fields)) = (raw_fields.is_empty(), ticket.broker_fields()) {
+                    raw_fields = fields.clone();
+                }
                 // The tenant and event id are what could be read of the entry (perhaps nothing).
                 log::warn!(target: "wss::outcomes",
                     tenant = rejection.tenant.as_str(), event_id = rejection.event_id.as_str(), outcome = "rejected", reason = rejection.reason.as_str();
@@ -303,11 +322,11 @@ impl Outcomes {
                     raw_fields,
                     ..Default::default()
                 });
-                batch.acks.push(ticket.stream_id.clone());
+                batch.ack(&ticket);
             }
             Completion::Unrouted { ticket } => {
                 self.metrics.events_unrouted.inc();
-                batch.acks.push(ticket.stream_id.clone());
+                batch.ack(&ticket);
             }
         }
     }
@@ -353,7 +372,11 @@ impl Outcomes {
             dead_lettered_at_ms: now_ms(),
             body: String::from_utf8_lossy(&delivery.body).into_owned(),
             attempts: std::mem::take(&mut delivery.history),
-            raw_fields: delivery.backlog.as_mut().map(|b| std::mem::take(&mut b.fields)).unwrap_or_default(),
+            // A broker's event has no stream entry to copy its fields from: they come from memory.
+            raw_fields: match delivery.backlog.as_mut() {
+                Some(backlogged) => std::mem::take(&mut backlogged.fields),
+                None => delivery.ticket.broker_fields().cloned().unwrap_or_default(),
+            },
             ..Default::default()
         });
         finish(&delivery, batch);
@@ -370,7 +393,7 @@ impl Outcomes {
         };
         batch.hand_off(HandOff::of(&delivery, due_ms, fifo));
         if delivery.backlog.is_none() && delivery.ticket.finish_one() {
-            batch.acks.push(delivery.ticket.stream_id.clone());
+            batch.ack(&delivery.ticket);
         }
     }
 
@@ -426,9 +449,7 @@ impl Outcomes {
         for (webhook, entry, fifo) in &batch.backlog_done {
             backlog::queue_done(&mut pipe, &self.keys, webhook, entry, *fifo);
         }
-        if !batch.acks.is_empty() {
-            pipe.cmd("XACK").arg(&self.keys.events).arg(super::reader::GROUP).arg(&batch.acks).ignore();
-        }
+        crate::source::redis::queue_ack(&mut pipe, &self.keys.events, &batch.acks);
         if write_stats {
             // A deleted webhook's stats were deleted with it: do not write them again.
             let routing = self.routing.current();
@@ -443,6 +464,12 @@ impl Outcomes {
                 }
                 for id in batch.acks.drain(..) {
                     self.in_flight.release(&id);
+                }
+                for ticket in batch.broker_acks.drain(..) {
+                    if let Some(hold) = &ticket.broker {
+                        hold.ack.ack();
+                    }
+                    self.in_flight.release(&ticket.stream_id);
                 }
                 batch.dead.clear();
                 batch.history.clear();
@@ -555,7 +582,7 @@ fn finish(delivery: &Delivery, batch: &mut Batch) {
         batch.hand_offs.remove(&history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id));
         batch.backlog_done.push((delivery.webhook_id.clone(), delivery.ticket.stream_id.clone(), taken.fifo));
     } else if delivery.ticket.finish_one() {
-        batch.acks.push(delivery.ticket.stream_id.clone());
+        batch.ack(&delivery.ticket);
     }
 }
 

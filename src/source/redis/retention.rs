@@ -45,7 +45,7 @@ use std::{
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Connection, RedisError, Value};
 
-use super::gauges::{pairs, text};
+use crate::pipeline::gauges::{pairs, text};
 use crate::{redis_conn::RedisTarget, streams::parse_id};
 
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,7 +154,7 @@ impl Retention {
 
         let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(&self.stream).query(con)?;
         let mut groups = group_positions(&groups).map_err(|e| shape_error("XINFO GROUPS", e))?;
-        if !groups.iter().any(|g| g.name == super::reader::GROUP) {
+        if !groups.iter().any(|g| g.name == super::GROUP) {
             return Ok(0);
         }
         let mut pipe = redis::pipe();

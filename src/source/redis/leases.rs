@@ -18,12 +18,11 @@ use std::{sync::Arc, time::Duration};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::{Connection, RedisError, Script, Value};
 
-use super::{
-    reader::{hand_on, GROUP},
-    Admission, Completion, InFlight, Inbound,
-};
+use super::GROUP;
 use crate::{
+    pipeline::{Admission, Completion, InFlight, Inbound},
     redis_conn::{is_connection_error, RedisTarget},
+    source::hand_on,
     streams::{parse_entries, RawEntry},
 };
 

@@ -25,7 +25,8 @@ use std::collections::HashMap;
 
 use redis::{Connection, RedisError, Value};
 
-use super::{event::Rejection, reader::GROUP};
+use super::GROUP;
+use crate::pipeline::event::Rejection;
 use crate::{deadletter::Reason, streams::RawEntry};
 
 /// Reads of one pending entry, without its lease being renewed, after which it is poison.

@@ -16,7 +16,7 @@
 //! Entries re-read from the pending list carry Redis's delivery count (`XPENDING`): one read
 //! too often without being finished is dead-lettered as poison ([`super::poison`]).
 //!
-//! Each entry is parsed ([`super::event::parse_entry`]) and admitted to the in-flight window;
+//! Each entry is parsed ([`crate::pipeline::event::parse_entry`]) and admitted to the in-flight window;
 //! a valid one goes to the transformer, a bad one straight to the outcome stage as a rejection.
 //! Redis errors: the connection is dropped and made anew (the outage is logged once).
 //!
@@ -28,13 +28,13 @@ use std::{sync::Arc, time::Duration};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use redis::{Connection, RedisError, Value};
 
-use super::{event::parse_entry, poison, Admission, Completion, EntryTicket, InFlight, Inbound};
+use super::{poison, GROUP};
 use crate::{
+    pipeline::{Admission, Completion, InFlight, Inbound},
     redis_conn::{is_connection_error, RedisTarget},
+    source::hand_on,
     streams::{parse_entries, RawEntry},
 };
-
-pub const GROUP: &str = "wss";
 
 /// Shortest and longest wait between two reads that found nothing new.
 const IDLE_POLL_MIN: Duration = Duration::from_millis(2);
@@ -184,46 +184,4 @@ impl Reader {
             .invoke(con)?;
         parse_entries(reply).map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREADGROUP reply", e.to_string())))
     }
-}
-
-/// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
-/// `reads`: how often Redis delivered it, for an entry read again (see `super::poison`).
-pub(super) fn hand_on(
-    entry: RawEntry,
-    recovered: bool,
-    reads: Option<u64>,
-    max_event_bytes: usize,
-    out: &Sender<Inbound>,
-    done: &Sender<Completion>,
-) -> bool {
-    let ticket = EntryTicket::new(entry.id.clone(), recovered);
-    let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
-    let parsed = match (stubbed, reads) {
-        (Some((size, excerpt)), _) => {
-            let mut rejection = poison::poison_rejection(&entry, 0);
-            rejection.reason = crate::deadletter::Reason::TooLarge;
-            rejection.detail = format!(
-                "the entry is {size} bytes; the limit is {max_event_bytes} (WSS_MAX_EVENT_BYTES); it was not read whole; {excerpt}"
-            );
-            return done.send(Completion::Rejected { ticket, rejection, raw_fields: Vec::new() }).is_ok();
-        }
-        (None, Some(reads)) if reads >= poison::MAX_READS => Err(poison::poison_rejection(&entry, reads)),
-        (None, _) => parse_entry(&entry, max_event_bytes),
-    };
-    match parsed {
-        Ok(event) => out.send(Inbound { event, ticket }).is_ok(),
-        Err(mut rejection) => {
-            let mut raw_fields = entry.fields.unwrap_or_default();
-            // An oversized entry is not copied into its record: an excerpt and its size are.
-            if entry_size(&raw_fields) > max_event_bytes {
-                rejection.detail = format!("{}; {}", rejection.detail, poison::excerpt(&raw_fields));
-                raw_fields = Vec::new();
-            }
-            done.send(Completion::Rejected { ticket, rejection, raw_fields }).is_ok()
-        }
-    }
-}
-
-fn entry_size(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
-    fields.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
