@@ -450,8 +450,8 @@ mod tests {
                 "ZADD p:deliveries:tenant:globex 7 2-0:wh_1",
                 "ZADD p:deliveries:webhook:wh_1 5 1-0:wh_1 7 2-0:wh_1",
                 "ZADD p:deliveries:webhook:wh_2 6 1-0:wh_2",
-                "ZADD p:deliveries:by-event 0 e1\01-0:wh_1 0 e1\01-0:wh_2 0 e2\02-0:wh_1",
-                "ZADD p:deliveries:by-event:age 5 e1\01-0:wh_1 6 e1\01-0:wh_2 7 e2\02-0:wh_1",
+                "ZADD p:deliveries:by-event 0 e1\x001-0:wh_1 0 e1\x001-0:wh_2 0 e2\x002-0:wh_1",
+                "ZADD p:deliveries:by-event:age 5 e1\x001-0:wh_1 6 e1\x001-0:wh_2 7 e2\x002-0:wh_1",
             ]
         );
         let mut touched = touched;

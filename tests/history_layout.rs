@@ -78,9 +78,9 @@ fn one_command_per_record_and_the_old_event_sets_are_still_read() {
     let small = Retention { max_age: Duration::from_secs(3600), max_count: 1 };
     history::trim(&mut con, &keys, small, &touched, now + 10).expect("trimming by count");
     let members: Vec<String> = con.zrange(keys.deliveries_by_event_age(), 0, -1).unwrap();
-    assert_eq!(members, ["e1\02-0:wh_a"]);
+    assert_eq!(members, ["e1\x002-0:wh_a"]);
     let lexical: Vec<String> = con.zrange(keys.deliveries_by_event(), 0, -1).unwrap();
-    assert_eq!(lexical, ["e1\02-0:wh_a"]);
+    assert_eq!(lexical, ["e1\x002-0:wh_a"]);
 
     // And by age: everything older than the cutoff leaves both.
     let short = Retention { max_age: Duration::from_secs(1), max_count: 1000 };
