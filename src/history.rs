@@ -6,16 +6,25 @@
 //!   is `<stream entry id>:<webhook id>`, stable across retries;
 //! - `P deliveries` — index of all deliveries, a sorted set scored by last update (ms);
 //! - `P deliveries:tenant:<t>`, `P deliveries:webhook:<w>` — the same, per tenant and per webhook;
-//! - `P deliveries:event:<e>` — the set of one event's deliveries, expiring with them.
+//! - `P deliveries:by-event` — the event index: one sorted set whose members are
+//!   `<event id>\0<delivery id>`, all at score 0, so that an event's deliveries are one lexical
+//!   range (`ZRANGEBYLEX`); `P deliveries:by-event:age` holds the same members scored by last
+//!   update, for trimming it;
+//! - `P deliveries:event:<e>` — the event index of the layout before 2026-12 (a set per event,
+//!   expiring with its records): no longer written, still read until it has expired.
 //!
 //! The outcome stage writes a record after every attempt (the delivery carries its attempts, so
 //! this is a plain `SET`, no read-modify-write), pipelined with its batch; the index entries of a
-//! batch are grouped by key ([`queue_writes`]): one `ZADD` per index, one `SADD` per event.
+//! batch are grouped by key ([`queue_writes`]): one `ZADD` per index, whatever the events — so a
+//! record costs one command (its `SET … EX`) and a batch a few more (docs/performance.md, "Redis
+//! commands per delivery"). An index per event cost a `SADD` and an `EXPIRE` per event, i.e.
+//! per delivery when events have one webhook each.
 //! Retention: records expire after `WSS_HISTORY_MAX_AGE`; up to four times a second the indexes
 //! touched are trimmed by age and to `WSS_HISTORY_MAX_COUNT` members, and records pushed out of
 //! the global index by the count are deleted at once (in slices, so that Redis serves others in
-//! between) — so both the age and the count bound what Redis holds. Index members whose record is
-//! gone are skipped when listing.
+//! between) — so both the age and the count bound what Redis holds. The event index is trimmed
+//! by age and count the same way (through its `age` twin). Index members whose record is gone are
+//! skipped when listing.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -68,10 +77,9 @@ pub struct Retention {
 /// Queues the writes of a batch of records on `pipe`; returns the index keys they touched.
 ///
 /// Each record is one `SET … EX`; the index entries are grouped by key, so that a batch costs
-/// one `ZADD` per index it touches (the global one, and one per tenant and per webhook in the
-/// batch) and one `SADD` + `EXPIRE` per event, rather than six commands per record. The keys,
-/// members and scores written are the same; Redis parses and runs fewer commands
-/// (docs/performance.md).
+/// one `ZADD` per index it touches: the global one, one per tenant and per webhook in the batch,
+/// and the event index and its age twin — rather than six commands per record. Redis parses and
+/// runs fewer commands (docs/performance.md).
 pub fn queue_writes<'r>(
     pipe: &mut Pipeline,
     keys: &Keys,
@@ -82,7 +90,7 @@ pub fn queue_writes<'r>(
     let mut all: Vec<(u64, &str)> = Vec::new();
     let mut by_tenant = Groups::default();
     let mut by_webhook = Groups::default();
-    let mut by_event = Groups::default();
+    let mut by_event: Vec<(u64, String)> = Vec::new();
     for record in records {
         let json = serde_json::to_string(record).expect("delivery records always serialize");
         pipe.set_ex(keys.delivery(&record.id), json, ttl).ignore();
@@ -90,7 +98,7 @@ pub fn queue_writes<'r>(
         all.push(entry);
         by_tenant.add(&record.tenant_id, entry);
         by_webhook.add(&record.webhook_id, entry);
-        by_event.add(&record.event_id, entry);
+        by_event.push((record.updated_at_ms, event_member(&record.event_id, &record.id)));
     }
     if all.is_empty() {
         return Vec::new();
@@ -112,12 +120,36 @@ pub fn queue_writes<'r>(
     for (webhook, members) in &by_webhook.groups {
         zadd(keys.deliveries_of_webhook(webhook), members);
     }
-    for (event, members) in &by_event.groups {
-        let index = keys.deliveries_of_event(event);
-        pipe.sadd(&index, members.iter().map(|(_, id)| *id).collect::<Vec<_>>()).ignore();
-        pipe.expire(&index, ttl as i64).ignore();
+    let mut lexical = redis::cmd("ZADD");
+    let mut aged = redis::cmd("ZADD");
+    lexical.arg(keys.deliveries_by_event());
+    aged.arg(keys.deliveries_by_event_age());
+    for (score, member) in &by_event {
+        lexical.arg(0).arg(member);
+        aged.arg(*score).arg(member);
     }
+    pipe.add_command(lexical).ignore();
+    pipe.add_command(aged).ignore();
     touched
+}
+
+/// A member of the event index: the event id, a NUL, the delivery id.
+fn event_member(event_id: &str, delivery_id: &str) -> String {
+    format!("{event_id}\0{delivery_id}")
+}
+
+/// The deliveries of `event_id` in the event index: a `ZRANGEBYLEX` from `[<event>\0` to
+/// `(<event>\x01`, the member's part after the NUL.
+fn event_range(con: &mut Connection, keys: &Keys, event_id: &str) -> RedisResult<(Vec<String>, Vec<String>)> {
+    let (members, old): (Vec<String>, Vec<String>) = redis::pipe()
+        .cmd("ZRANGEBYLEX")
+        .arg(keys.deliveries_by_event())
+        .arg(format!("[{event_id}\0"))
+        .arg(format!("({event_id}\x01"))
+        .smembers(keys.deliveries_of_event(event_id))
+        .query(con)?;
+    let ids = members.into_iter().filter_map(|m| m.split_once('\0').filter(|(e, _)| *e == event_id).map(|(_, id)| id.to_owned())).collect();
+    Ok((ids, old))
 }
 
 /// Index entries grouped by tenant, webhook or event, in first-seen order (so that the
@@ -162,6 +194,40 @@ pub fn trim(con: &mut Connection, keys: &Keys, retention: Retention, touched: &H
         }
         let doomed: Vec<String> = evicted.iter().map(|(id, _)| keys.delivery(id)).collect();
         con.del::<_, ()>(doomed)?;
+        excess -= slice;
+    }
+    trim_event_index(con, keys, retention, cutoff)
+}
+
+/// Trims the event index by age and to the count, in slices: the members leave the lexical set
+/// and its age twin together.
+fn trim_event_index(con: &mut Connection, keys: &Keys, retention: Retention, cutoff: u64) -> RedisResult<()> {
+    let (lexical, aged) = (keys.deliveries_by_event(), keys.deliveries_by_event_age());
+    loop {
+        let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&aged)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(EVICTION_SLICE)
+            .query(con)?;
+        if old.is_empty() {
+            break;
+        }
+        redis::pipe().zrem(&lexical, &old).ignore().zrem(&aged, &old).ignore().query::<()>(con)?;
+        if old.len() < EVICTION_SLICE {
+            break;
+        }
+    }
+    let mut excess = con.zcard::<_, usize>(&aged)?.saturating_sub(retention.max_count);
+    while excess > 0 {
+        let slice = excess.min(EVICTION_SLICE);
+        let evicted: Vec<(String, f64)> = con.zpopmin(&aged, slice as isize)?;
+        if evicted.is_empty() {
+            break;
+        }
+        con.zrem::<_, _, ()>(&lexical, evicted.into_iter().map(|(m, _)| m).collect::<Vec<_>>())?;
         excess -= slice;
     }
     Ok(())
@@ -215,7 +281,13 @@ pub fn list(
     scan_limit: usize,
 ) -> RedisResult<(Vec<DeliveryRecord>, String)> {
     if !query.event_id.is_empty() {
-        let ids: Vec<String> = con.smembers(keys.deliveries_of_event(&query.event_id))?;
+        // The old layout's set, until it expires, beside the event index.
+        let (mut ids, old) = event_range(con, keys, &query.event_id)?;
+        for id in old {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
         let mut records: Vec<DeliveryRecord> = fetch(con, keys, &ids)?.into_iter().filter(|r| query.keeps(r)).collect();
         records.sort_by(|a, b| (b.updated_at_ms, &b.id).cmp(&(a.updated_at_ms, &a.id)));
         if let Some((score, id)) = &token {
@@ -378,10 +450,8 @@ mod tests {
                 "ZADD p:deliveries:tenant:globex 7 2-0:wh_1",
                 "ZADD p:deliveries:webhook:wh_1 5 1-0:wh_1 7 2-0:wh_1",
                 "ZADD p:deliveries:webhook:wh_2 6 1-0:wh_2",
-                "SADD p:deliveries:event:e1 1-0:wh_1 1-0:wh_2",
-                "EXPIRE p:deliveries:event:e1 60",
-                "SADD p:deliveries:event:e2 2-0:wh_1",
-                "EXPIRE p:deliveries:event:e2 60",
+                "ZADD p:deliveries:by-event 0 e1\x001-0:wh_1 0 e1\x001-0:wh_2 0 e2\x002-0:wh_1",
+                "ZADD p:deliveries:by-event:age 5 e1\x001-0:wh_1 6 e1\x001-0:wh_2 7 e2\x002-0:wh_1",
             ]
         );
         let mut touched = touched;

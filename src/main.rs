@@ -97,6 +97,9 @@ enum Command {
     /// Measure this machine: throughput, latency, the raw HTTP limit, slow receivers and memory
     /// of `wss serve` against a private redis-server and in-process receivers (docs/performance.md). `--quick` is a smoke run of seconds.
     Bench(bench::Args),
+    /// The bench's bare pipeline (docs/performance.md): started by `wss bench`, not by people.
+    #[command(hide = true)]
+    BenchBare(bench::bare::ChildArgs),
     /// The admin CLI: `wss tenant|webhook|policy|token|delivery|dead-letter|event <verb>` over
     /// gRPC, and `wss config check FILE` (docs/cli.md).
     #[command(flatten)]
@@ -200,6 +203,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Bench(args) => bench::run(args),
+        Command::BenchBare(args) => bench::bare::run_child(args),
         Command::Admin(admin) => return cli::run(admin),
     };
     match result {

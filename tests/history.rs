@@ -174,7 +174,9 @@ async fn history_is_trimmed_to_its_maximum_count() {
         let members: usize = conn.zcard(&index).unwrap();
         let records = ks.keys().iter().filter(|k| k.starts_with(&format!("{}delivery:", ks.prefix))).count();
         async move {
-            if members <= 100 && records <= 105 {
+            // At least 90: the burst's records are written (before they are, the index is
+            // small, and the listing below would race with their writing).
+            if (90..=100).contains(&members) && records <= 105 {
                 Ok(())
             } else {
                 Err(format!("{members} indexed, {records} records"))

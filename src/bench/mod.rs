@@ -28,6 +28,12 @@
 //!    `--latency-time`; `XADD` → receipt percentiles.
 //! 3. **Raw limit** ([`raw`]): the same client and thread count POSTing pre-signed bodies straight
 //!    to the same receiver; `ratio = throughput / raw`.
+//!    **Bare pipeline** ([`bare`], issue 18), in the same part, after the raw limit: the least
+//!    pipeline that does the unavoidable work with wss's ingredients — `XREADGROUP` in batches,
+//!    sign, POST with the same agent and thread count to the same receiver, `XACK` in batches —
+//!    as a child process (`wss bench-bare`) measured like the service: the same events,
+//!    deliveries/s, CPU and context switches from `/proc`, Redis commands;
+//!    `ratio_to_bare = throughput / bare`.
 //! 4. **Slow receivers**: 50 webhooks answering after 100 ms, the default sender pool;
 //!    deliveries/s and the service's largest RSS during the run.
 //! 5. **Scaling**: deliveries/s with 1, 20 and 1000 webhooks (`--scaling`).
@@ -61,6 +67,7 @@
 //!
 //! `--quick` shrinks everything to a smoke run of seconds; its figures mean little.
 
+pub mod bare;
 mod broker;
 mod control;
 mod raw;
@@ -144,8 +151,8 @@ pub struct Args {
     /// Print one JSON object (the figures) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Run only these parts, comma-separated: throughput (with latency and the raw limit), slow,
-    /// scaling, isolation, idle, backlog, https, fifo [default: all].
+    /// Run only these parts, comma-separated: throughput (with latency, the raw limit and the bare
+    /// pipeline), slow, scaling, isolation, idle, backlog, https, fifo [default: all].
     #[arg(long, value_delimiter = ',', value_parser = ["throughput", "slow", "scaling", "isolation", "idle", "backlog", "https", "fifo"])]
     only: Vec<String>,
     /// Run the service under this command, split at spaces (`--wrap "valgrind --tool=callgrind"`,
@@ -238,6 +245,8 @@ struct Env {
     /// Ours, when no `--redis-url` was given: its CPU time is part of the picture.
     private_redis: Option<PrivateRedis>,
     sender_threads: usize,
+    /// The settings the bare pipeline shares with the service.
+    bare: bare::Setup,
     run_id: String,
     /// `--wrap`, split at spaces.
     wrap: Vec<String>,
@@ -268,7 +277,8 @@ impl Env {
             }
         };
         let wrap = args.wrap.iter().flat_map(|w| w.split_whitespace().map(str::to_owned)).collect();
-        Ok(Self { dir, settings_file, redis_url, private_redis, sender_threads: config.sender_threads, run_id, wrap })
+        let bare = bare::Setup { threads: config.sender_threads, read_batch: config.read_batch, max_event_bytes: config.max_event_bytes };
+        Ok(Self { dir, settings_file, redis_url, private_redis, sender_threads: config.sender_threads, bare, run_id, wrap })
     }
 
     fn redis_cpu_secs(&self) -> f64 {
@@ -435,6 +445,15 @@ pub struct Report {
     /// The same client and threads straight to the receiver.
     raw_per_sec: f64,
     ratio: f64,
+    /// The bare pipeline ([`bare`]) on the same events, receiver, agent and thread count.
+    bare_per_sec: f64,
+    /// Its CPU time per delivery, µs, read from `/proc` as the service's is.
+    bare_cpu_us_per_delivery: f64,
+    bare_context_switches_per_delivery: f64,
+    /// Its Redis commands per delivery, the producer's XADD included (a private Redis only).
+    bare_redis_commands_per_delivery: f64,
+    /// `deliveries_per_sec / bare_per_sec`; issue 18 asks ≥ 0.8.
+    ratio_to_bare: f64,
     /// XADD → receipt at half the throughput, open loop.
     p50_ms: f64,
     p90_ms: f64,
@@ -481,6 +500,8 @@ pub struct Report {
     bench_cpu_us_per_delivery: f64,
     raw_bench_cpu_us_per_request: f64,
     service_context_switches_per_delivery: f64,
+    /// The same figure under the name issue #18 and docs/performance.md use.
+    context_switches_per_delivery: f64,
     /// The kernel's part of `service_cpu_us_per_delivery` (system calls, scheduling).
     service_system_cpu_us_per_delivery: f64,
     /// Redis commands per delivery in the throughput run, the producer's XADD included (with a
@@ -669,6 +690,7 @@ fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut 
     report.redis_cpu_us_per_delivery = per(b.redis_cpu);
     report.bench_cpu_us_per_delivery = per(b.bench_cpu);
     report.service_context_switches_per_delivery = b.service_switches;
+    report.context_switches_per_delivery = b.service_switches;
     report.service_system_cpu_us_per_delivery = per(b.service_system_cpu);
     report.redis_commands_per_delivery = b.redis_commands.values().sum();
     report.redis_commands = b.redis_commands;
@@ -706,6 +728,30 @@ fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut 
     report.raw_bench_cpu_us_per_request = raw_cpu;
     report.ratio = report.deliveries_per_sec / raw;
     progress(format_args!("  {raw:.0} requests/s ({raw_cpu:.0} µs CPU each); ratio {:.2}", report.ratio));
+
+    progress(format_args!("bare pipeline: {} events over {} webhooks, {} sender threads", plan.events, plan.webhooks, env.sender_threads));
+    let stream = format!("wssbench:{}:bare:events", env.run_id);
+    let measured = bare::measure(env, &stream, fast, &shape, plan.events);
+    if env.private_redis.is_none() {
+        if let Ok(mut con) = redis::connect(&env.redis_url) {
+            let _ = redis::delete_keys(&mut con, &format!("wssbench:{}:bare:", env.run_id));
+        }
+    }
+    let bare = measured?;
+    report.bare_per_sec = bare.per_sec;
+    report.bare_cpu_us_per_delivery = bare.cpu_us_per_delivery;
+    report.bare_context_switches_per_delivery = bare.context_switches_per_delivery;
+    report.bare_redis_commands_per_delivery = bare.redis_commands_per_delivery;
+    report.ratio_to_bare = report.deliveries_per_sec / bare.per_sec;
+    progress(format_args!(
+        "  {:.0} deliveries/s; CPU {:.0} µs, {:.1} context switches, {:.2} Redis commands per delivery; wss/bare {:.2} (CPU {:.2}×)",
+        bare.per_sec,
+        bare.cpu_us_per_delivery,
+        bare.context_switches_per_delivery,
+        bare.redis_commands_per_delivery,
+        report.ratio_to_bare,
+        report.service_cpu_us_per_delivery / bare.cpu_us_per_delivery.max(1e-9)
+    ));
     Ok(())
 }
 
@@ -1008,6 +1054,8 @@ fn table(r: &Report) -> String {
         ),
         (format!("raw HTTP limit (same client, {} threads)", r.sender_threads), format!("{:.0} /s", r.raw_per_sec), ""),
         ("ratio".into(), format!("{:.2}", r.ratio), "≥ 0.70"),
+        (format!("bare pipeline (same ingredients, {} threads)", r.sender_threads), format!("{:.0} /s", r.bare_per_sec), ""),
+        ("ratio to bare".into(), format!("{:.2}", r.ratio_to_bare), "≥ 0.80"),
         (format!("HTTPS throughput (private CA, {} TLS connections)", r.https_connections), format!("{:.0} /s", r.https_per_sec), ""),
         (
             format!("latency p50 / p90 / p99 / max at {:.0} /s", r.latency_rate_per_sec),
@@ -1054,7 +1102,9 @@ fn table(r: &Report) -> String {
         "",
     ));
     rows.push(("CPU per raw request (client + receiver)".into(), format!("{:.0} µs", r.raw_bench_cpu_us_per_request), ""));
-    rows.push(("service context switches per delivery".into(), format!("{:.1}", r.service_context_switches_per_delivery), ""));
+    rows.push(("CPU per delivery: bare pipeline".into(), format!("{:.0} µs", r.bare_cpu_us_per_delivery), "service ≤ 1.5 × bare"));
+    rows.push(("service context switches per delivery".into(), format!("{:.1}", r.service_context_switches_per_delivery), "≤ 2"));
+    rows.push(("bare pipeline context switches per delivery".into(), format!("{:.1}", r.bare_context_switches_per_delivery), ""));
     if r.redis_commands_per_delivery > 0.0 {
         rows.push(("Redis commands per delivery (XADD included)".into(), format!("{:.2}", r.redis_commands_per_delivery), ""));
     }

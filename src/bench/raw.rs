@@ -32,10 +32,10 @@ use super::{
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One pre-signed request.
-struct Prepared {
-    url: String,
-    body: Vec<u8>,
-    headers: Vec<(&'static str, String)>,
+pub(super) struct Prepared {
+    pub url: String,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// Requests per second for `requests` POSTs from `threads` threads (after one warm-up request
@@ -101,8 +101,8 @@ pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, 
     Ok((requests as f64 / elapsed.as_secs_f64(), cpu * 1e6 / requests as f64))
 }
 
-/// One POST, made as `wss`'s sender makes it.
-fn post(agent: &Agent, prepared: &Prepared) -> anyhow::Result<()> {
+/// One POST, made as `wss`'s sender makes it (also the bare pipeline's, [`super::bare`]).
+pub(super) fn post(agent: &Agent, prepared: &Prepared) -> anyhow::Result<()> {
     let mut request =
         agent.post(&prepared.url).config().timeout_global(Some(ATTEMPT_TIMEOUT)).timeout_connect(Some(ATTEMPT_TIMEOUT)).build();
     for (name, value) in &prepared.headers {

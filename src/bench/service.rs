@@ -158,18 +158,7 @@ impl Service {
     /// Context switches of all its threads so far (voluntary ones are mostly a thread going to
     /// sleep on a channel or a socket: each costs a wake-up later).
     pub fn context_switches(&self) -> u64 {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else { return 0 };
-        tasks
-            .flatten()
-            .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
-            .flat_map(|status| {
-                status
-                    .lines()
-                    .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
-                    .filter_map(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
-                    .collect::<Vec<_>>()
-            })
-            .sum()
+        context_switches(self.pid())
     }
 
     /// Waits until the process has been (almost) idle for `quiet`: used where the bench cannot
@@ -235,4 +224,21 @@ pub fn cpu_split(pid: u32) -> anyhow::Result<(f64, f64)> {
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // `rest` starts at field 3 (state): utime is field 14, stime field 15.
     Ok((ticks(11) / TICKS_PER_SEC, ticks(12) / TICKS_PER_SEC))
+}
+
+/// Context switches of all the threads of process `pid` so far (voluntary ones are mostly a
+/// thread going to sleep on a channel or a socket: each costs a wake-up later).
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }

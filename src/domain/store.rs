@@ -83,8 +83,21 @@ impl Keys {
         format!("{}deliveries:webhook:{webhook}", self.prefix)
     }
 
+    /// The event index of the layout before 2026-12 (a set per event); read until it expires.
     pub fn deliveries_of_event(&self, event: &str) -> String {
         format!("{}deliveries:event:{event}", self.prefix)
+    }
+
+    /// The event index: one sorted set, every member `<event id>\0<delivery id>` at score 0, so
+    /// that one event's deliveries are a lexical range (see `crate::history`).
+    pub fn deliveries_by_event(&self) -> String {
+        format!("{}deliveries:by-event", self.prefix)
+    }
+
+    /// The event index's members scored by last update (ms): what trimming it by age and count
+    /// reads.
+    pub fn deliveries_by_event_age(&self) -> String {
+        format!("{}deliveries:by-event:age", self.prefix)
     }
 
     /// The entry a tenant's `event_id` was first published as, while the dedupe window lasts.
