@@ -347,12 +347,21 @@ async fn pages_of_large_dead_letters_stay_under_the_message_limit() {
         token = page.next_page_token;
     }
     assert_eq!(bodies, EVENTS);
-    let stats = grpc
-        .webhooks()
-        .get_webhook_stats(wss::proto::GetWebhookStatsRequest { webhook_id: webhook.webhook_id, window: None })
-        .await
-        .unwrap()
-        .into_inner();
+    // Stats are written up to a second after the attempts they count.
+    let stats = eventually(std::time::Duration::from_secs(30), "the stats show the last failure", || async {
+        let stats = grpc
+            .webhooks()
+            .get_webhook_stats(wss::proto::GetWebhookStatsRequest { webhook_id: webhook.webhook_id.clone(), window: None })
+            .await
+            .map_err(|s| format!("{s:?}"))?
+            .into_inner();
+        if stats.last_failure_error_kind.is_empty() {
+            Err("no failure recorded yet".to_owned())
+        } else {
+            Ok(stats)
+        }
+    })
+    .await;
     assert_eq!(stats.last_failure_error_kind, "http_status");
     assert_eq!(stats.last_failure_error_kind_code, wss::proto::ErrorKind::HttpStatus as i32);
     assert!(pages >= 3, "{EVENTS} records of {BODY} bytes need several pages under 4 MiB, got {pages}");
