@@ -709,8 +709,7 @@ impl OwnRabbit {
 
     /// Waits until the node accepts an AMQP connection; returns it.
     async fn wait_ready(&mut self) -> Connection {
-        let url = self.url();
-        let log = self.log();
+        let (url, log, port) = (self.url(), self.log(), self.port);
         let server = self.server.as_mut().expect("launched");
         eventually(Duration::from_secs(120), "the test's RabbitMQ node accepting AMQP connections", || {
             let exited = server.try_wait().expect("try_wait");
@@ -719,7 +718,13 @@ impl OwnRabbit {
                 if let Some(status) = exited {
                     panic!("rabbitmq-server exited ({status}); its output:\n{}", tail(&log));
                 }
-                Connection::connect(&url, ConnectionProperties::default()).await.map_err(|e| e.to_string())
+                // Only once the listener is there, and never waiting long on one attempt (an
+                // attempt against a node still booting was seen to hang).
+                TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("port {port}: {e}"))?;
+                match tokio::time::timeout(Duration::from_secs(10), Connection::connect(&url, ConnectionProperties::default())).await {
+                    Ok(connected) => connected.map_err(|e| e.to_string()),
+                    Err(_) => Err("the AMQP handshake timed out".into()),
+                }
             }
         })
         .await

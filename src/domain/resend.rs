@@ -248,7 +248,10 @@ impl Resender<'_> {
         } else {
             let target = DeadLetter { tenant_id: replay.tenant_id.clone(), webhook_id: replay.webhook_id.clone(), ..Default::default() };
             if let Some((reason, why)) = hindrance(&routing, &target) {
-                return Err(DomainError::Precondition { reason, message: format!("cannot replay to webhook {:?}: {why}", replay.webhook_id) });
+                return Err(DomainError::Precondition {
+                    reason,
+                    message: format!("cannot replay to webhook {:?}: {why}", replay.webhook_id),
+                });
             }
             routes.routes.iter().filter(|r| *r.id == *replay.webhook_id).collect()
         };

@@ -407,12 +407,8 @@ impl DeliveryService for DeliveryApi {
         let limit = page_size(req.limit);
         let plane = self.plane.clone();
         let report = run_evaluating(move |evaluator| {
-            Resender { store: &plane.store, routing: &plane.routing, max_event_bytes: plane.max_event_bytes }.replay(
-                &replay,
-                evaluator,
-                limit,
-                &cursor,
-            )
+            Resender { store: &plane.store, routing: &plane.routing, max_event_bytes: plane.max_event_bytes }
+                .replay(&replay, evaluator, limit, &cursor)
         })
         .await?;
         Ok(Response::new(proto::ReplayEventsResponse {
