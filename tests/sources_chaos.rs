@@ -6,12 +6,15 @@
 //!
 //! - 10,000 good events across 20 tenants (one webhook each), and 21 bad messages among them
 //!   (7 without a tenant header, 7 whose data is not JSON, 7 of an unknown tenant), published in
-//!   three phases: 40 %, then 30 % while wss is down, then 30 % after the broker came back;
-//! - wss is SIGKILLed midway (events in hand, unacknowledged) and started again;
+//!   three parts: 40 % while wss reads, then 30 % while wss is down, then 30 % after the broker
+//!   came back;
+//! - wss is SIGKILLed midway (after 1,000 events, with events in hand and unacknowledged) and
+//!   started again; the history's record of what was delivered is read while it is down;
 //! - the broker is stopped midway (SIGTERM, as `systemctl restart` does) while wss works, and
 //!   started again on the same port and store;
 //! - at the end: every good event reached its tenant's webhook with a 2xx (duplicates are
-//!   allowed, counted and printed: at least once), no request went to the wrong tenant, every
+//!   allowed, counted and printed with where they came from; but none of an event the history
+//!   had recorded as delivered at the kill), no request went to the wrong tenant, every
 //!   bad message is dead-lettered with its reason (`ListDeadLetters`) and no good one is, and no
 //!   message is left unacknowledged — JetStream: the consumer's `num_pending` and
 //!   `num_ack_pending` are 0; RabbitMQ: once wss has stopped (and with it its channel, so that
