@@ -59,6 +59,9 @@ stop_private_nats() {
 # RabbitMQ for tests/sources_amqp.rs: the machine's broker on 127.0.0.1:5672 (guest/guest) when
 # it answers; else rabbitmq-server is installed when missing and started as a service (it is too
 # heavy to run privately per test run). Sets AMQP_URL. Each test uses queues of its own.
+# tests/sources_chaos.rs (ignored; a .ci/run step of its own), which restarts its broker, starts
+# a private node instead (its own node name, ports, epmd, Mnesia directory): it needs only
+# rabbitmq-server and epmd (erlang-base) installed, which `ensure_rabbitmq` sees to.
 amqp_answers() {
   (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
 }
