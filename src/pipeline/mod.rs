@@ -332,8 +332,16 @@ impl InFlight {
 
     /// The ids in flight now, for renewing their leases (as keys: a million of them are 24 MB
     /// here, where strings were 56).
+    #[cfg(test)]
     pub(crate) fn ids(&self) -> Vec<EntryKey> {
         self.ids.lock().iter().cloned().collect()
+    }
+
+    /// The ids in the window that can be Redis stream entry ids (`<ms>-<seq>`): what the Redis
+    /// source renews its leases on. A broker's event ids (any other text) are not the stream's,
+    /// and one of them in `XCLAIM` would fail the whole renewal.
+    pub(crate) fn stream_ids(&self) -> Vec<EntryKey> {
+        self.ids.lock().iter().filter(|key| matches!(key, EntryKey::Id(..))).cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -479,6 +487,7 @@ impl Pipeline {
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
+        let started_ms = crate::domain::store::now_ms();
         for (n, spec) in config.sources.iter().enumerate() {
             let label = spec.label();
             let status = crate::source::SourceStatus {
@@ -501,6 +510,7 @@ impl Pipeline {
                         window: config.max_in_flight,
                         in_flight: in_flight.clone(),
                         status,
+                        started_ms,
                     };
                     spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
                 }
@@ -511,6 +521,7 @@ impl Pipeline {
                         window: config.max_in_flight,
                         in_flight: in_flight.clone(),
                         status,
+                        started_ms,
                     };
                     spawn(format!("wss-amqp-{n}"), Box::new(move || source.run(out, done, stop)))?;
                 }
@@ -671,6 +682,18 @@ mod tests {
         window.release("1-0");
         assert_eq!((window.len(), window.room()), (1, 1));
         assert!(matches!(window.try_admit("3-0"), Admission::Admitted));
+    }
+
+    #[test]
+    fn leases_renew_only_the_ids_a_redis_stream_can_have() {
+        // A broker's event id in XCLAIM fails the whole renewal ("Invalid stream ID").
+        let window = InFlight::new(4);
+        for id in ["1767225600000-3", "WSS_EVENTS:42", "wss.events:0123abcd", "5-0"] {
+            assert!(matches!(window.try_admit(id), Admission::Admitted), "{id}");
+        }
+        let mut ids: Vec<String> = window.stream_ids().iter().map(ToString::to_string).collect();
+        ids.sort();
+        assert_eq!(ids, ["1767225600000-3", "5-0"]);
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct AmqpSource {
     pub window: usize,
     pub in_flight: Arc<InFlight>,
     pub status: SourceStatus,
+    /// When this process started (ms): a message whose `timestamp` property is older may have
+    /// been in the hands of an instance that died, so it is handed on as recovered (see
+    /// `NatsSource::started_ms`).
+    pub started_ms: u64,
 }
 
 /// The ticket's acknowledger: a `basic.ack` of the delivery's tag on its channel, sent on the
@@ -242,7 +246,8 @@ impl AmqpSource {
         let ack = DeliveryAck { acker: delivery.acker, owed: Mutex::new(Some(outstanding.owe())), runtime: runtime.handle().clone() };
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(ack) };
         let entry = RawEntry { id, fields: Some(fields) };
-        hand_on_held(entry, delivery.redelivered, reads, self.max_event_bytes, Some(broker), out, done)
+        let before_start = delivery.properties.timestamp().is_some_and(|seconds| seconds.saturating_mul(1000) < self.started_ms);
+        hand_on_held(entry, delivery.redelivered || before_start, reads, self.max_event_bytes, Some(broker), out, done)
     }
 }
 

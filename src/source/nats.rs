@@ -63,6 +63,10 @@ pub struct NatsSource {
     pub window: usize,
     pub in_flight: Arc<InFlight>,
     pub status: SourceStatus,
+    /// When this process started (ms): a message published before it may have been in the
+    /// hands of an instance that died (its delivery count is not enough: a broker restart can
+    /// reset it), so it is handed on as recovered and the signer checks its history first.
+    pub started_ms: u64,
 }
 
 /// A message in hand: what acknowledging it (or telling JetStream that work goes on) needs.
@@ -307,7 +311,8 @@ impl NatsSource {
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(HeldAck(hold)) };
         let entry = RawEntry { id, fields: Some(fields) };
         let reads = (delivered > 1).then_some(delivered);
-        hand_on_held(entry, delivered > 1, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
+        let recovered = delivered > 1 || published_ms < self.started_ms;
+        hand_on_held(entry, recovered, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
     }
 }
 

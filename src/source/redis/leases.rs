@@ -101,7 +101,7 @@ impl Leases {
 
     /// Renews the leases of the entries in flight, then claims entries idle past the lease.
     fn renew_and_claim(&self, con: &mut Connection, renew: &Script) -> Result<Vec<RawEntry>, RedisError> {
-        for chunk in self.in_flight.ids().chunks(500) {
+        for chunk in self.in_flight.stream_ids().chunks(500) {
             let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
             let _: i64 = renew.key(&self.stream).arg(GROUP).arg(&self.consumer).arg(ids).invoke(con)?;
         }
