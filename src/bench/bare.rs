@@ -18,7 +18,6 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -171,18 +170,7 @@ struct Bare {
 
 impl Bare {
     fn start(wrap: &[String], redis_url: &str, stream: &str, receiver: &Receiver, setup: Setup) -> anyhow::Result<Self> {
-        let exe = match Path::new("/proc/self/exe").exists() && wrap.is_empty() {
-            true => PathBuf::from("/proc/self/exe"),
-            false => std::env::current_exe().context("finding this executable to start `wss bench-bare`")?,
-        };
-        let mut cmd = match wrap.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(exe);
-                cmd
-            }
-            None => Command::new(exe),
-        };
+        let mut cmd = super::service::this_executable(wrap, "wss bench-bare")?;
         let base = receiver.url(0);
         let base = base.strip_suffix("/w0").unwrap_or(&base);
         cmd.arg("bench-bare")

@@ -569,17 +569,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+impl Report {
+    /// A report of a run of `plan` in `env`, its figures still to come.
+    fn of_run(plan: &Plan, env: &Env) -> Self {
+        Report {
+            events: plan.events,
+            webhooks: plan.webhooks as u64,
+            body_bytes: plan.body_bytes as u64,
+            sender_threads: env.sender_threads as u64,
+            cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            load_before: load_average(),
+            quick: plan.quick,
+            ..Default::default()
+        }
+    }
+}
+
 fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
-    let mut report = Report {
-        events: plan.events,
-        webhooks: plan.webhooks as u64,
-        body_bytes: plan.body_bytes as u64,
-        sender_threads: env.sender_threads as u64,
-        cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
-        load_before: load_average(),
-        quick: plan.quick,
-        ..Default::default()
-    };
+    let mut report = Report::of_run(plan, env);
     progress(format_args!("Redis at {}, {} sender threads, load {}", env.redis_url, env.sender_threads, report.load_before));
     let fast = Receiver::start(200, Duration::ZERO)?;
     if plan.runs("throughput") {
@@ -615,17 +622,7 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
 
 /// `--source nats|amqp`: the throughput part with events published to the broker.
 fn measure_broker(plan: &Plan, env: &Env, source: &str, url: &str) -> anyhow::Result<Report> {
-    let mut report = Report {
-        source: source.to_owned(),
-        events: plan.events,
-        webhooks: plan.webhooks as u64,
-        body_bytes: plan.body_bytes as u64,
-        sender_threads: env.sender_threads as u64,
-        cpus: thread::available_parallelism().map_or(1, |n| n.get() as u64),
-        load_before: load_average(),
-        quick: plan.quick,
-        ..Default::default()
-    };
+    let mut report = Report { source: source.to_owned(), ..Report::of_run(plan, env) };
     let broker = broker::Broker::connect(source, url)?;
     progress(format_args!(
         "{source} at {}, {} sender threads, load {}",

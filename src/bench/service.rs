@@ -47,20 +47,7 @@ impl Service {
         consumer: &str,
         extra: &[(&str, String)],
     ) -> anyhow::Result<Self> {
-        // `/proc/self/exe` rather than its path: the very binary running, even when a build has
-        // replaced the file meanwhile. (A wrapper needs the path: for it, /proc/self is itself.)
-        let exe = match Path::new("/proc/self/exe").exists() && wrap.is_empty() {
-            true => PathBuf::from("/proc/self/exe"),
-            false => std::env::current_exe().context("finding this executable to start `wss serve`")?,
-        };
-        let mut cmd = match wrap.split_first() {
-            Some((program, args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(args).arg(exe);
-                cmd
-            }
-            None => Command::new(exe),
-        };
+        let mut cmd = this_executable(wrap, "wss serve")?;
         cmd.arg("serve").arg("--config").arg(settings).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("WSS_") || name == "RUST_LOG" {
@@ -241,4 +228,23 @@ pub fn context_switches(pid: u32) -> u64 {
                 .collect::<Vec<_>>()
         })
         .sum()
+}
+
+/// A command that runs this very executable (for `what`, a subcommand it is about to be given),
+/// under `wrap` (a profiler, say) when not empty. `/proc/self/exe` rather than its path: the very
+/// binary running, even when a build has replaced the file meanwhile. (A wrapper needs the path:
+/// for it, /proc/self is itself.)
+pub(super) fn this_executable(wrap: &[String], what: &str) -> anyhow::Result<Command> {
+    let exe = match Path::new("/proc/self/exe").exists() && wrap.is_empty() {
+        true => PathBuf::from("/proc/self/exe"),
+        false => std::env::current_exe().with_context(|| format!("finding this executable to start `{what}`"))?,
+    };
+    Ok(match wrap.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(exe);
+            cmd
+        }
+        None => Command::new(exe),
+    })
 }
