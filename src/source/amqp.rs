@@ -39,11 +39,12 @@ use lapin::{
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
-use super::{hand_on_held, Ack, AmqpSpec, BrokerHold, Fields, Outstanding, Owed, RawEntry, SourceStatus, SETTLE};
+use super::{
+    hand_on_held, stop_requested, Ack, AmqpSpec, BrokerHold, Fields, Outstanding, Owed, RawEntry, SourceStatus, BACKOFF_MAX, BACKOFF_MIN,
+    SETTLE,
+};
 use crate::pipeline::{Admission, Completion, InFlight, Inbound};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long the thread waits for the next delivery before it looks at shutdown again.
 const POLL: Duration = Duration::from_millis(250);
 /// How often the queue's depth is read for the gauges.
@@ -111,7 +112,7 @@ impl AmqpSource {
     ) {
         let mut down = false;
         let mut backoff = BACKOFF_MIN;
-        let stopping = || !matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Empty));
+        let stopping = || stop_requested(shutdown);
         loop {
             if stopping() {
                 return;

@@ -183,6 +183,16 @@ impl Drop for Owed {
 /// How long a source waits at shutdown for the acknowledgements of what the pipeline finishes.
 pub(crate) const SETTLE: Duration = Duration::from_secs(10);
 
+/// A broker source's wait before it tries to connect or read again after a failure: from the
+/// first, doubling, to the longest.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Whether the pipeline asked a source's thread to stop (or is gone).
+pub(crate) fn stop_requested(shutdown: &crossbeam_channel::Receiver<()>) -> bool {
+    !matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))
+}
+
 /// Defaults of docs/contract.md §7.
 pub const NATS_STREAM: &str = "WSS_EVENTS";
 pub const NATS_SUBJECTS: &str = "wss.events.>";

@@ -42,11 +42,11 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 pub use super::SourceStatus;
-use super::{hand_on_held, Ack, BrokerHold, Fields, NatsSpec, Outstanding, Owed, RawEntry, SETTLE};
+use super::{
+    hand_on_held, stop_requested, Ack, BrokerHold, Fields, NatsSpec, Outstanding, Owed, RawEntry, BACKOFF_MAX, BACKOFF_MIN, SETTLE,
+};
 use crate::pipeline::{Admission, Completion, InFlight, Inbound};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long one pull waits for messages before it ends (an empty pull is cheap); also how soon
 /// an idle reader notices shutdown.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
@@ -142,7 +142,7 @@ impl NatsSource {
         };
         // Connect (the client then reconnects by itself), and create what is missing.
         let mut consumer = loop {
-            if !matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+            if stop_requested(shutdown) {
                 return;
             }
             match runtime.block_on(self.connect()) {
@@ -160,7 +160,7 @@ impl NatsSource {
         log::info!(target: "wss::source", "reading NATS JetStream stream {} (subjects {}) as durable consumer {}", self.spec.stream, self.spec.subjects.join(","), self.spec.consumer);
         let mut lag_at = Instant::now();
         loop {
-            if !matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Empty)) {
+            if stop_requested(shutdown) {
                 return;
             }
             if lag_at.elapsed() >= LAG_EVERY {
