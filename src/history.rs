@@ -34,7 +34,7 @@ use std::{
 use redis::{Commands, Connection, Pipeline, RedisResult};
 use serde::{Deserialize, Serialize};
 
-use crate::{deadletter::AttemptRecord, domain::store::Keys};
+use crate::{deadletter::AttemptRecord, keys::Keys};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

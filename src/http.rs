@@ -188,7 +188,7 @@ impl Agents {
     /// The agent that presents `client` (the default agent for `None`), made on first use.
     pub fn agent(&self, client: Option<&ClientIdentity>) -> Agent {
         let Some(client) = client else { return self.0.default.clone() };
-        let now = crate::domain::store::now_ms();
+        let now = crate::clock::now_ms();
         if let Some((agent, used)) = self.0.by_identity.read().get(&client.fingerprint) {
             used.store(now, Ordering::Relaxed);
             return agent.clone();

@@ -6,6 +6,7 @@
 //! retry policies. See docs/architecture.md for the picture and docs/contract.md for the contract.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod deadletter;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod history;
 pub mod http;
 pub mod http_server;
+pub mod keys;
 pub mod logging;
 pub mod metrics;
 pub mod otel;

@@ -21,11 +21,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crossbeam_channel::{bounded, RecvTimeoutError};
 use wss::{
     config::{Config, Layers},
-    domain::{
-        routing::RoutingHandle,
-        store::{Keys, Store},
-    },
+    domain::{routing::RoutingHandle, store::Store},
     grpc::{self, ControlPlane},
+    keys::Keys,
     metrics::Metrics,
     pipeline::{self, Deps, Pipeline},
     receive::{self, ReceiveOptions},

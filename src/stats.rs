@@ -38,7 +38,7 @@ use std::{
 
 use redis::{Connection, Pipeline, RedisResult};
 
-use crate::{deadletter::AttemptRecord, domain::store::Keys, pipeline::isolation::CircuitState};
+use crate::{deadletter::AttemptRecord, keys::Keys, pipeline::isolation::CircuitState};
 
 /// The field counting deliveries held back by the webhook's rate limit (a total, not per minute).
 pub const RATE_LIMITED_FIELD: &str = "rate_limited";

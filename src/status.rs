@@ -35,10 +35,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::{
+    clock::now_ms,
     domain::{
         model::Webhook,
         routing::{Routing, RoutingHandle},
-        store::{now_ms, Store},
+        store::Store,
     },
     http_server::{Request, Responder, Response, Server},
     metrics::{self, Metrics},

@@ -84,7 +84,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use wss::{config::Layers, domain::store::Keys};
+use wss::{config::Layers, keys::Keys};
 
 use self::{
     control::Control,

@@ -20,10 +20,8 @@ use anyhow::{bail, Context};
 use redis::{Connection, Value};
 use serde_json::json;
 use wss::{
-    domain::{
-        model::{Tenant, Webhook},
-        store::Keys,
-    },
+    domain::model::{Tenant, Webhook},
+    keys::Keys,
     pipeline::event::{envelope, Event},
 };
 
@@ -267,7 +265,7 @@ fn text(value: &Value) -> String {
 /// `<prefix>config:version`. Registering 100,000 webhooks through gRPC would take minutes (each
 /// write reloads the whole snapshot); what is measured here is the service holding them.
 pub fn load_configuration(con: &mut Connection, keys: &Keys, tenants: usize, per_tenant: usize, url: &str) -> anyhow::Result<()> {
-    let now = wss::domain::store::now_ms();
+    let now = wss::clock::now_ms();
     for chunk_start in (0..tenants).step_by(500) {
         let mut pipe = redis::pipe();
         for t in chunk_start..(chunk_start + 500).min(tenants) {

@@ -185,7 +185,7 @@ impl<'p> RoutingBuilder<'p> {
         let policies: HashMap<String, Arc<RetryPolicy>> = head.policies.into_iter().map(|p| (p.id.clone(), Arc::new(p))).collect();
         let builtin = policies.get(DEFAULT_POLICY_ID).cloned().unwrap_or_else(|| Arc::new(RetryPolicy::builtin_default()));
         let tenants = head.tenants.into_iter().map(|t| (t.id.clone(), TenantRoutes { tenant: t, routes: Vec::new() })).collect();
-        Self { version: head.version, now_ms: super::store::now_ms(), policies, builtin, tenants, webhooks: HashMap::new(), previous }
+        Self { version: head.version, now_ms: crate::clock::now_ms(), policies, builtin, tenants, webhooks: HashMap::new(), previous }
     }
 
     /// Adds one webhook; a webhook of an unknown tenant, or one already added (a scan may

@@ -244,8 +244,7 @@ pub fn error_kind_to_proto(kind: &str) -> proto::ErrorKind {
 /// A webhook as Get/List/Update return it: without its secret. CreateWebhook and
 /// RotateWebhookSecret fill the secret in themselves, the only places it is shown.
 pub fn webhook_to_proto(webhook: Webhook) -> proto::Webhook {
-    let previous_secret_expires_at =
-        webhook.previous_secret_at(crate::domain::store::now_ms()).and(timestamp(webhook.previous_secret_until_ms));
+    let previous_secret_expires_at = webhook.previous_secret_at(crate::clock::now_ms()).and(timestamp(webhook.previous_secret_until_ms));
     proto::Webhook {
         previous_secret_expires_at,
         webhook_id: webhook.id,

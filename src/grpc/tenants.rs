@@ -13,9 +13,9 @@ use super::{
     ControlPlane, Principal, TARGET,
 };
 use crate::{
+    clock::now_ms,
     domain::{
         model::{validate_id, Tenant},
-        store::now_ms,
         DomainError,
     },
     proto::{self, tenant_service_server::TenantService},

@@ -14,10 +14,10 @@ use super::{
     ControlPlane, TARGET,
 };
 use crate::{
+    clock::now_ms,
     crypto,
     domain::{
         model::{invalid, validate_id},
-        store::now_ms,
         token::ApiToken,
         DomainError,
     },

@@ -49,9 +49,9 @@ use super::{
     ControlPlane, Principal, TARGET,
 };
 use crate::{
+    clock::now_ms,
     domain::{
         model::{self, invalid, Secret, SignatureScheme, Webhook},
-        store::now_ms,
         DomainError,
     },
     http::TargetPolicy,

@@ -83,12 +83,11 @@ use super::{
     Completion, Delivery, EntryTicket, EventMeta,
 };
 use crate::{
+    clock::now_ms,
     deadletter::{AttemptRecord, Reason},
-    domain::{
-        routing::{Route, RoutingHandle},
-        store::{now_ms, Keys},
-    },
+    domain::routing::{Route, RoutingHandle},
     expr::Evaluator,
+    keys::Keys,
     redis_conn::{is_connection_error, RedisTarget},
     streams::RawEntry,
 };

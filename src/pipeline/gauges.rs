@@ -29,14 +29,7 @@ use super::{
     isolation::{Circuit, Isolation},
     InFlight,
 };
-use crate::{
-    domain::{
-        routing::RoutingHandle,
-        store::{now_ms, Keys},
-    },
-    metrics::Metrics,
-    redis_conn::RedisTarget,
-};
+use crate::{clock::now_ms, domain::routing::RoutingHandle, keys::Keys, metrics::Metrics, redis_conn::RedisTarget};
 
 const TICK: Duration = Duration::from_secs(1);
 const POLL_REDIS: Duration = Duration::from_secs(2);

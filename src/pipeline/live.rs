@@ -53,7 +53,7 @@ impl LiveView {
 /// that is shown to people. Instants in the past are fine; the result is as exact as two clock
 /// reads a moment apart.
 pub fn wall_ms(at: Instant) -> u64 {
-    let now_ms = crate::domain::store::now_ms();
+    let now_ms = crate::clock::now_ms();
     let now = Instant::now();
     if at >= now {
         now_ms.saturating_add(at.duration_since(now).as_millis() as u64)
@@ -99,7 +99,7 @@ mod tests {
 
     #[test]
     fn wall_times_of_instants_keep_their_distance_from_now() {
-        let now_ms = crate::domain::store::now_ms();
+        let now_ms = crate::clock::now_ms();
         let later = wall_ms(Instant::now() + Duration::from_secs(60));
         assert!((now_ms + 59_000..=now_ms + 61_000).contains(&later), "{later} vs {now_ms}");
         let earlier = wall_ms(Instant::now() - Duration::from_secs(60));

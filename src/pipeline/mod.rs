@@ -74,8 +74,9 @@ use crate::{
     deadletter::{AttemptRecord, Reason},
     domain::{
         routing::{Route, RoutingHandle},
-        store::{Keys, Store},
+        store::Store,
     },
+    keys::Keys,
     metrics::Metrics,
     redis_conn::RedisTarget,
     source::BrokerHold,
@@ -487,7 +488,7 @@ impl Pipeline {
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
-        let started_ms = crate::domain::store::now_ms();
+        let started_ms = crate::clock::now_ms();
         for (n, spec) in config.sources.iter().enumerate() {
             let label = spec.label();
             let status = crate::source::SourceStatus {

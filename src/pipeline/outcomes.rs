@@ -47,12 +47,11 @@ use super::{
     Completion, Delivery, EntryTicket, InFlight, Verdict,
 };
 use crate::{
+    clock::now_ms,
     deadletter::{self, AttemptRecord, DeadLetter, Reason},
-    domain::{
-        routing::RoutingHandle,
-        store::{now_ms, Keys, Store},
-    },
+    domain::{routing::RoutingHandle, store::Store},
     history::{self, DeliveryRecord, Retention, Status},
+    keys::Keys,
     metrics::Metrics,
     redis_conn::RedisTarget,
     retry::next_delay,

@@ -33,9 +33,9 @@ use super::{
     Completion, SignedDelivery, Verdict,
 };
 use crate::{
+    clock::now_ms,
     deadletter::AttemptRecord,
     domain::routing::Route,
-    domain::store::now_ms,
     http::Agents,
     metrics::AttemptErrors,
     otel::{self, AttemptTrace, Tracer},

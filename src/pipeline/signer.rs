@@ -41,12 +41,11 @@ use super::{
     Completion, Delivery, EventMeta, SignedDelivery,
 };
 use crate::{
+    clock::now_ms,
     deadletter::Reason,
-    domain::{
-        routing::{Route, RouteSigner, RoutingHandle},
-        store::{now_ms, Keys},
-    },
+    domain::routing::{Route, RouteSigner, RoutingHandle},
     history::{self, DeliveryRecord, Status},
+    keys::Keys,
     redis_conn::{is_connection_error, RedisTarget},
     signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER},
 };

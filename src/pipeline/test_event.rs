@@ -17,8 +17,9 @@
 //! Blocking (it waits for the receiver): the gRPC layer runs it on the blocking pool.
 
 use crate::{
+    clock::now_ms,
     deadletter::AttemptRecord,
-    domain::{routing::Route, store::now_ms},
+    domain::routing::Route,
     history::{delivery_id, DeliveryRecord, Status},
     http::Agents,
     otel::Tracer,
