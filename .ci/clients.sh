@@ -16,7 +16,8 @@
 #   verifiers        the Python, TypeScript and Go verifier tests (every signature vector and
 #                    every case of clients/verify/cases.json)
 #   live             the Python and TypeScript client tests against `target/debug/wss serve`
-#                    on a private redis-server
+#                    on a private redis-server (their suites also hold the pure tests of
+#                    shard_of/shardOf on tests/vectors/shards.json, which need neither)
 #   readme-grpcurl   the grpcurl commands of docs/grpc.md's "Operating it with grpcurl", as written,
 #                    against a live server (.ci/readme-grpcurl.sh)
 # Needs $WSS_CI_WORK (a scratch directory) and, from `live` on, target/debug/wss.
