@@ -547,6 +547,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         tracer,
         health: health.clone(),
+        clock: wss::clock::Clock::System,
     })
     .context("starting the pipeline threads")?;
     health.pipeline_started();

@@ -69,7 +69,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -83,7 +83,7 @@ use super::{
     Completion, Delivery, EntryTicket, EventMeta,
 };
 use crate::{
-    clock::now_ms,
+    clock::Clock,
     deadletter::{AttemptRecord, Reason},
     domain::routing::{Route, RoutingHandle},
     expr::Evaluator,
@@ -433,7 +433,7 @@ return 1
 /// Queues the removal of a finished backlog delivery (its webhook leaves the index at the next
 /// take that finds nothing). `fifo`: it was its FIFO webhook's head, whose hold is released so
 /// that the next one may go.
-pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry: &str, fifo: bool) {
+pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry: &str, fifo: bool, now_ms: u64) {
     pipe.cmd("ZREM").arg(keys.backlog_due(webhook)).arg(entry).ignore();
     pipe.cmd("ZREM").arg(keys.backlog_since(webhook)).arg(entry).ignore();
     pipe.cmd("DEL").arg(keys.backlog_item(webhook, entry)).ignore();
@@ -445,7 +445,7 @@ pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry:
             .arg(keys.backlog_hold(webhook))
             .arg(keys.backlog_index())
             .arg(entry)
-            .arg(now_ms())
+            .arg(now_ms)
             .arg(webhook)
             .ignore();
     }
@@ -579,6 +579,8 @@ pub struct Pump {
     /// Backlog deliveries handed to the signer and not yet finished (the outcome stage counts
     /// them down as their completions arrive).
     pub in_progress: Arc<AtomicUsize>,
+    /// Where due times and lease ends are measured from.
+    pub clock: Clock,
 }
 
 /// Members with their scores, as `ZRANGE … WITHSCORES` answers.
@@ -624,7 +626,8 @@ impl Pump {
                     wait = if poll.took > 0 || poll.left_due {
                         POLL_BUSY
                     } else {
-                        let until_next = poll.next_ms.map_or(POLL_IDLE, |next| Duration::from_millis(next.saturating_sub(now_ms())));
+                        let until_next =
+                            poll.next_ms.map_or(POLL_IDLE, |next| Duration::from_millis(next.saturating_sub(self.clock.now_ms())));
                         until_next.clamp(Duration::from_millis(1), POLL_IDLE)
                     };
                 }
@@ -657,7 +660,7 @@ impl Pump {
             *conn = Some(self.redis.connect_bounded(Duration::from_secs(2), REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("just connected");
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let index = self.keys.backlog_index();
         let (candidates, first): (Scored, Scored) = redis::pipe()
             .cmd("ZRANGEBYSCORE")
@@ -682,7 +685,7 @@ impl Pump {
         }
         let page_after = |took: usize| if took == 0 && full_page { offset + CANDIDATES } else { 0 };
         let routing = self.routing.current();
-        let at = Instant::now();
+        let at = self.clock.now();
         // Webhook, how many to take, its rate limit (0: none).
         let mut wanted: Vec<(String, usize, u32)> = Vec::new();
         let mut deferred: Vec<(String, u64)> = Vec::new();
@@ -711,7 +714,7 @@ impl Pump {
                         free.min(PER_WEBHOOK).min(fair)
                     }
                     Room::OpenUntil(until) => {
-                        deferred.push((webhook, crate::pipeline::live::wall_ms(until)));
+                        deferred.push((webhook, self.clock.wall_ms(until)));
                         continue;
                     }
                 },
@@ -766,7 +769,7 @@ impl Pump {
                 // Finished meanwhile by another instance whose lease had ended: drop its traces.
                 let mut pipe = redis::pipe();
                 // (As a FIFO head too, harmlessly for an unordered one: its hold must not stay.)
-                queue_done(&mut pipe, &self.keys, &item.webhook, &item.entry, true);
+                queue_done(&mut pipe, &self.keys, &item.webhook, &item.entry, true, self.clock.now_ms());
                 pipe.query::<()>(con)?;
                 continue;
             };

@@ -46,6 +46,7 @@
 //! after a restart.
 
 pub mod backlog;
+pub(crate) mod decision;
 pub mod event;
 pub(crate) mod gauges;
 pub mod isolation;
@@ -70,6 +71,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::{
+    clock::Clock,
     config::Config,
     deadletter::{AttemptRecord, Reason},
     domain::{
@@ -364,6 +366,8 @@ pub struct Deps {
     pub tracer: crate::otel::Tracer,
     /// Readiness: message-queue sources report their outages there.
     pub health: Arc<crate::health::Health>,
+    /// Every stage reads the time here (`crate::clock`): [`Clock::System`] but in tests.
+    pub clock: Clock,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -426,7 +430,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health, clock } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -488,7 +492,7 @@ impl Pipeline {
         };
         let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
         spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
-        let started_ms = crate::clock::now_ms();
+        let started_ms = clock.now_ms();
         for (n, spec) in config.sources.iter().enumerate() {
             let label = spec.label();
             let status = crate::source::SourceStatus {
@@ -512,6 +516,7 @@ impl Pipeline {
                         in_flight: in_flight.clone(),
                         status,
                         started_ms,
+                        clock: clock.clone(),
                     };
                     spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
                 }
@@ -523,6 +528,7 @@ impl Pipeline {
                         in_flight: in_flight.clone(),
                         status,
                         started_ms,
+                        clock: clock.clone(),
                     };
                     spawn(format!("wss-amqp-{n}"), Box::new(move || source.run(out, done, stop)))?;
                 }
@@ -531,14 +537,20 @@ impl Pipeline {
         drop(inbound_tx);
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
-        let s = store.clone();
-        spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, &s, input, out, done, stop)))?;
+        let (s, c) = (store.clone(), clock.clone());
+        spawn("wss-transformer".into(), Box::new(move || transformer::run(&c, &r, &s, input, out, done, stop)))?;
 
         let isolation = live.isolation().clone();
         // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
         // progress are bounded by the sender queue and pool. Bounded, it could close a cycle.
         let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<String>();
-        let signer = signer::Signer { routing: routing.clone(), isolation: isolation.clone(), redis: redis.clone(), keys: keys.clone() };
+        let signer = signer::Signer {
+            routing: routing.clone(),
+            isolation: isolation.clone(),
+            redis: redis.clone(),
+            keys: keys.clone(),
+            clock: clock.clone(),
+        };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone() };
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
@@ -554,6 +566,7 @@ impl Pipeline {
             taken: metrics.backlog_taken.clone(),
             budget: (config.sender_threads / 2).max(1),
             in_progress: backlog_in_progress.clone(),
+            clock: clock.clone(),
         };
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
         spawn("wss-backlog".into(), Box::new(move || pump.run(wake_rx, due_tx, done, stop)))?;
@@ -568,8 +581,11 @@ impl Pipeline {
                 freed_tx.clone(),
                 shutdown_rx.clone(),
             );
-            let tracer = tracer.clone();
-            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &errors, &iso, &tracer, input, done, freed, stop)))?;
+            let (tracer, clock) = (tracer.clone(), clock.clone());
+            spawn(
+                format!("wss-sender-{i}"),
+                Box::new(move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, stop)),
+            )?;
         }
         drop(signed_rx);
         drop(done_tx);
@@ -589,6 +605,7 @@ impl Pipeline {
             isolation: isolation.clone(),
             instance: config.consumer.clone(),
             metrics: metrics.clone(),
+            clock: clock.clone(),
         };
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
@@ -599,6 +616,7 @@ impl Pipeline {
                 stream: keys.events.clone(),
                 keep_for,
                 trimmed: metrics.stream_trimmed.clone(),
+                clock: clock.clone(),
             };
             let stop = shutdown_rx.clone();
             spawn("wss-retention".into(), Box::new(move || retention.run(stop)))?;
@@ -614,6 +632,7 @@ impl Pipeline {
             redis: redis.clone(),
             keys: keys.clone(),
             depths,
+            clock,
         };
         let stop = shutdown_rx.clone();
         spawn("wss-gauges".into(), Box::new(move || gauges.run(stop)))?;

@@ -37,16 +37,13 @@
 //! own connection with short timeouts; a failure is logged at debug (the stages that depend on
 //! Redis log outages) and the next pass tries again.
 
-use std::{
-    fmt,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, time::Duration};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{Connection, RedisError, Value};
 
 use crate::pipeline::gauges::{pairs, text};
-use crate::{redis_conn::RedisTarget, streams::parse_id};
+use crate::{clock::Clock, redis_conn::RedisTarget, streams::parse_id};
 
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// `XTRIM … ~` calls in one pass, each removing at most `100 × stream-node-max-entries` entries
@@ -110,6 +107,8 @@ pub struct Retention {
     pub keep_for: Duration,
     /// `wss_stream_trimmed_entries_total`.
     pub trimmed: prometheus::IntCounter,
+    /// Where the age of entries is measured from.
+    pub clock: Clock,
 }
 
 impl Retention {
@@ -141,7 +140,7 @@ impl Retention {
             *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("connected above");
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = self.clock.now_ms();
         let keep_ms = u64::try_from(self.keep_for.as_millis()).unwrap_or(u64::MAX);
 
         // Cheap check first: nothing is old enough yet (or the stream is empty or absent).
