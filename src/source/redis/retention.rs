@@ -40,8 +40,9 @@
 use std::{fmt, time::Duration};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::{Connection, RedisError, Value};
+use redis::{Connection, Value};
 
+use super::ReadError;
 use crate::pipeline::gauges::{pairs, text};
 use crate::{clock::Clock, redis_conn::RedisTarget, streams::parse_id};
 
@@ -135,7 +136,7 @@ impl Retention {
     }
 
     /// One pass; returns the number of entries removed.
-    fn pass(&self, conn: &mut Option<Connection>) -> redis::RedisResult<u64> {
+    fn pass(&self, conn: &mut Option<Connection>) -> Result<u64, ReadError> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
@@ -145,7 +146,7 @@ impl Retention {
 
         // Cheap check first: nothing is old enough yet (or the stream is empty or absent).
         let oldest: Value = redis::cmd("XRANGE").arg(&self.stream).arg("-").arg("+").arg("COUNT").arg(1).query(con)?;
-        let oldest = crate::streams::parse_entries(oldest).map_err(|e| shape_error("XRANGE", e.to_string()))?;
+        let oldest = crate::streams::parse_entries(oldest).map_err(ReadError::shape("XRANGE"))?;
         let Some(oldest) = oldest.first().and_then(|e| StreamId::parse(&e.id)) else { return Ok(0) };
         if now_ms.saturating_sub(keep_ms) <= oldest.ms {
             return Ok(0);
@@ -184,8 +185,8 @@ impl Retention {
     }
 }
 
-fn shape_error(command: &'static str, detail: String) -> RedisError {
-    RedisError::from((redis::ErrorKind::UnexpectedReturnType, command, detail))
+fn shape_error(command: &'static str, detail: String) -> ReadError {
+    ReadError::Reply { command, detail }
 }
 
 /// Every group's name and `last-delivered-id` from an `XINFO GROUPS` reply (RESP2 flat lists or
