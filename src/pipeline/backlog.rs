@@ -913,7 +913,12 @@ mod tests {
             event_type: "order.created".into(),
             tenant: "acme".into(),
             attempt,
-            attempts: vec![AttemptRecord { attempt: 1, status: 500, error_kind: "http_status".into(), ..Default::default() }],
+            attempts: vec![AttemptRecord {
+                attempt: 1,
+                status: 500,
+                error_kind: crate::deadletter::ErrorKind::HttpStatus,
+                ..Default::default()
+            }],
             fifo: false,
         }
     }

@@ -569,7 +569,7 @@ fn finish(delivery: &Delivery, batch: &mut Batch) {
 fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next: &str) {
     let what =
         if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
-    let error = if record.status != 0 { "http_status" } else { &*record.error_kind };
+    let error = if record.status != 0 { "http_status" } else { record.error_kind.as_str() };
     log::warn!(target: "wss::outcomes",
         tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
         attempt = record.attempt, outcome = outcome, status = record.status, error = error;

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    deadletter::AttemptRecord,
+    deadletter::{AttemptRecord, ErrorKind},
     domain::routing::Route,
     http::Agents,
     metrics::AttemptErrors,
@@ -68,7 +68,7 @@ pub fn run(
         };
         let (record, verdict) = attempt(clock, agents, tracer, &signed);
         if record.status == 0 && !record.error_kind.is_empty() {
-            errors.count(&record.error_kind);
+            errors.count(record.error_kind.as_str());
         }
         let SignedDelivery { delivery, route, .. } = signed;
         let took = Duration::from_millis(record.duration_ms);
@@ -139,7 +139,7 @@ pub fn send_once(
             record.response_excerpt = read_excerpt(response.body_mut().as_reader());
             let verdict = classify(status, retry_after);
             if verdict != Verdict::Delivered {
-                record.error_kind = "http_status".into();
+                record.error_kind = ErrorKind::HttpStatus;
                 let reason = response.status().canonical_reason().unwrap_or("");
                 record.error = format!("HTTP {status} {reason}").trim_end().to_owned();
             }
@@ -148,11 +148,11 @@ pub fn send_once(
         Err(err) => {
             match crate::http::tls_failure(&err) {
                 Some(tls) => {
-                    record.error_kind = "tls".into();
+                    record.error_kind = ErrorKind::Tls;
                     record.error = tls.to_string();
                 }
                 None => {
-                    record.error_kind = error_kind(&err).into();
+                    record.error_kind = error_kind(&err);
                     record.error = err.to_string();
                 }
             }
@@ -189,23 +189,23 @@ fn read_excerpt(body: impl Read) -> String {
 
 /// A short class for errors where no response arrived and that are not TLS failures (those are
 /// found first, from rustls's error types: `crate::http::tls_failure`).
-fn error_kind(err: &ureq::Error) -> &'static str {
+fn error_kind(err: &ureq::Error) -> ErrorKind {
     match err {
-        ureq::Error::Timeout(_) => "timeout",
-        ureq::Error::HostNotFound => "dns",
-        ureq::Error::ConnectionFailed => "connect",
+        ureq::Error::Timeout(_) => ErrorKind::Timeout,
+        ureq::Error::HostNotFound => ErrorKind::Dns,
+        ureq::Error::ConnectionFailed => ErrorKind::Connect,
         ureq::Error::Io(e) => match e.kind() {
-            io::ErrorKind::PermissionDenied => "refused_target",
+            io::ErrorKind::PermissionDenied => ErrorKind::RefusedTarget,
             io::ErrorKind::ConnectionRefused
             | io::ErrorKind::AddrNotAvailable
             | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable => "connect",
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
-            _ => "io",
+            | io::ErrorKind::NetworkUnreachable => ErrorKind::Connect,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            _ => ErrorKind::Io,
         },
-        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => "protocol",
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::TlsRequired => "tls",
-        _ => "error",
+        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => ErrorKind::Protocol,
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::TlsRequired => ErrorKind::Tls,
+        _ => ErrorKind::Other,
     }
 }
 
