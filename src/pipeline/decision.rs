@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use super::{isolation::Transition, Verdict};
+use super::{isolation::Transition, messages::Verdict};
 use crate::{deadletter::Reason, domain::model::RetryPolicy, retry::next_delay};
 
 /// One attempt as the decision sees it.

@@ -23,7 +23,7 @@ use redis::{Connection, Value};
 use super::{
     backlog,
     isolation::{Circuit, Isolation},
-    InFlight,
+    messages::InFlight,
 };
 use crate::{clock::Clock, domain::routing::RoutingHandle, keys::Keys, metrics::Metrics, redis_conn::RedisTarget};
 

@@ -44,7 +44,7 @@ use super::{
     backlog::{self, HandOff},
     decision::{decide, Attempt, Disable, Next},
     isolation::{Isolation, Transition},
-    Completion, Delivery, EntryTicket, InFlight, Verdict,
+    messages::{Completion, Delivery, EntryTicket, InFlight, Verdict},
 };
 use crate::{
     clock::Clock,

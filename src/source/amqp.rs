@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    pipeline::{Admission, Completion, InFlight, Inbound},
+    pipeline::messages::{Admission, Completion, InFlight, Inbound},
 };
 
 /// How long the thread waits for the next delivery before it looks at shutdown again.

@@ -47,7 +47,7 @@ use super::{
 };
 use crate::{
     clock::Clock,
-    pipeline::{Admission, Completion, InFlight, Inbound},
+    pipeline::messages::{Admission, Completion, InFlight, Inbound},
 };
 
 /// How long one pull waits for messages before it ends (an empty pull is cheap); also how soon

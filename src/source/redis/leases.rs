@@ -20,7 +20,7 @@ use redis::{Connection, Script, Value};
 
 use super::{ReadError, GROUP};
 use crate::{
-    pipeline::{Admission, Completion, InFlight, Inbound},
+    pipeline::messages::{Admission, Completion, InFlight, Inbound},
     redis_conn::RedisTarget,
     source::hand_on,
     streams::{parse_entries, RawEntry},
