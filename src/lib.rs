@@ -30,6 +30,7 @@ pub mod source;
 pub mod stats;
 pub mod status;
 pub mod streams;
+pub mod trace_context;
 
 pub mod proto {
     //! Code generated from `proto/wss/v1/*.proto` by `build.rs`.

@@ -29,7 +29,10 @@ use std::{path::PathBuf, time::Duration};
 use crossbeam_channel::Sender;
 
 use self::redis::poison;
-use crate::pipeline::{event::parse_entry, Completion, EntryTicket, Inbound};
+use crate::pipeline::{
+    event::parse_entry,
+    messages::{Completion, EntryTicket, Inbound},
+};
 pub use crate::streams::RawEntry;
 
 /// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
@@ -91,25 +94,7 @@ fn entry_size(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
 /// An event's fields, names and values as bytes (as a Redis stream entry has them).
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// How a broker learns that an event is durably handed off. Called at most once, from the
-/// outcome stage, after the transaction that recorded the event's last delivery.
-pub trait Ack: Send + Sync {
-    fn ack(&self);
-}
-
-/// What a broker-sourced event's ticket holds until it is acknowledged.
-pub struct BrokerHold {
-    /// The event's fields as docs/contract.md §1 names them (`tenant`, `type`, `data`, `id`, the reserved
-    /// `_wss_created_at_ms`, attributes): what the backlog and a dead letter store.
-    pub fields: Fields,
-    pub ack: Box<dyn Ack>,
-}
-
-impl std::fmt::Debug for BrokerHold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerHold").field("fields", &self.fields.len()).finish_non_exhaustive()
-    }
-}
+pub use crate::pipeline::messages::{Ack, BrokerHold};
 
 /// How a source reports itself: counters and gauges labelled with its name, and readiness.
 #[derive(Clone)]
