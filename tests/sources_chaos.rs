@@ -161,7 +161,7 @@ impl Counting {
                 let expected = id.strip_prefix("ev-").and_then(|n| n.parse::<usize>().ok()).map(|n| tenant_name(n % TENANTS));
                 let wrong = (expected.as_deref() != Some(path_tenant.as_str()) || body["tenant"] != path_tenant.as_str())
                     .then(|| format!("event {id:?} (envelope tenant {}) at /{path_tenant}", body["tenant"]));
-                // Counted as the 200 is handed to the connection (the handler has nothing to wait for).
+                // Counted as it is answered: the handler answers 200 at once, waiting for nothing.
                 {
                     let mut counts = c.lock().unwrap();
                     if let Some(wrong) = wrong {
