@@ -24,6 +24,7 @@ pub mod otel;
 pub mod pipeline;
 pub mod receive;
 pub mod redis_conn;
+pub mod reserved;
 pub mod retry;
 pub mod signature;
 pub mod source;
