@@ -358,7 +358,8 @@ async fn the_status_data_needs_the_admin_token_and_the_metrics_do_not() {
     assert!(page.to_ascii_lowercase().contains("\r\ncontent-security-policy: default-src 'none'; script-src 'unsafe-inline';"), "{page}");
     let head = raw_request(addr, "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "HEAD: the headers only: {head}");
-    let data = raw_request(addr, &format!("GET /status.json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"));
+    let data =
+        raw_request(addr, &format!("GET /status.json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"));
     let data = data.to_ascii_lowercase();
     assert!(data.contains("\r\ncache-control: no-store\r\n") && data.contains("\r\ncontent-type: application/json\r\n"), "{data}");
     let unauthorized = raw_request(addr, "GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
