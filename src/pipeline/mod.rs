@@ -178,7 +178,7 @@ impl Pipeline {
             debug_assert_eq!(depths.len(), crate::metrics::EDGES.len());
             gauges::Depths(depths)
         };
-        let agent = crate::http::Agents::for_config(&config);
+        let agent = config.agents();
 
         let mut threads = Vec::new();
         let (died_tx, died_rx) = crossbeam_channel::unbounded::<String>();

@@ -437,7 +437,7 @@ impl SourceSpec {
             let ca_file = text("ca_file")?.map(PathBuf::from);
             if let Some(file) = &ca_file {
                 let pem = std::fs::read(file).map_err(|e| format!("ca_file {}: cannot read the file: {e}", file.display()))?;
-                if !crate::config::looks_like_pem(&pem) {
+                if !crate::http::looks_like_pem(&pem) {
                     return Err(format!("ca_file {}: the file is not PEM (no -----BEGIN line)", file.display()));
                 }
             }
@@ -482,7 +482,7 @@ impl SourceSpec {
         };
         if let Some(file) = &spec.ca_file {
             let pem = std::fs::read(file).map_err(|e| format!("ca_file {}: cannot read the file: {e}", file.display()))?;
-            if !crate::config::looks_like_pem(&pem) {
+            if !crate::http::looks_like_pem(&pem) {
                 return Err(format!("ca_file {}: the file is not PEM (no -----BEGIN line)", file.display()));
             }
         }
