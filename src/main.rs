@@ -411,6 +411,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let grpc_addr = listener.local_addr()?;
 
+    // The control plane's, the operations listener's and the trace exporter's.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wss-grpc")
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+
     // Bound before anything starts, so that a taken port is a start-up error; it serves
     // metrics at once, and the page's data as soon as the configuration is loaded.
     let _ops_listener = match config.metrics_addr {
@@ -427,7 +435,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 health: health.clone(),
                 admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
             };
-            let server = status::serve(addr, sources).with_context(|| {
+            let server = status::serve(addr, sources, runtime.handle()).with_context(|| {
                 format!("binding the metrics and status page listener to {addr} (WSS_METRICS_ADDR); is another wss running? Pick a free address, or set WSS_METRICS_ADDR=off")
             })?;
             let bound = server.local_addr();
@@ -435,13 +443,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(server)
         }
     };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wss-grpc")
-        .enable_all()
-        .build()
-        .context("starting the control-plane runtime")?;
 
     // Traces of delivery attempts: the exporter's gRPC channel runs on this runtime, so it is
     // shut down (its last spans exported) before the runtime is.
