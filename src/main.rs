@@ -250,8 +250,8 @@ fn verify(secret: &str, timestamp: &str, sig: &str, tolerance: Duration) -> Exit
 fn check_expr(args: &CheckExprArgs) -> ExitCode {
     use wss::{
         domain::model::{compile_filter, compile_transform},
-        expr::{Envelope, Evaluator},
-        pipeline::event::{envelope, rfc3339_seconds},
+        expr::Evaluator,
+        pipeline::event::envelope,
     };
     let event = match read_stdin().and_then(|input| sample_event(&input)) {
         Ok(event) => event,
@@ -268,16 +268,9 @@ fn check_expr(args: &CheckExprArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let created_at = rfc3339_seconds(event.created_at_ms);
+    let created_at = event.created_at();
     let evaluator = Evaluator::new();
-    let view = Envelope {
-        id: &event.id,
-        event_type: &event.event_type,
-        tenant: &event.tenant,
-        created_at: &created_at,
-        data: event.data.get(),
-        attributes: &event.attributes,
-    };
+    let view = event.view(&created_at);
     let bound = match evaluator.bind(&view) {
         Ok(bound) => bound,
         Err(err) => {

@@ -38,7 +38,7 @@ use wss::{
 use super::{
     raw::{post, Prepared},
     receiver::{secret_of, Receiver},
-    redis::{self as bench_redis, EventShape},
+    redis::{self as bench_redis, EventShape, STALL},
     service,
 };
 
@@ -239,17 +239,27 @@ pub(super) struct Figures {
     pub redis_commands_per_delivery: f64,
 }
 
+/// What of the bench's run the bare pipeline is measured in.
+pub(super) struct Run<'a> {
+    /// `--wrap`, split at spaces.
+    pub wrap: &'a [String],
+    pub redis_url: &'a str,
+    /// The Redis is the bench's own: its command counts are the pipeline's.
+    pub private_redis: bool,
+    pub setup: Setup,
+}
+
 /// Runs the bare pipeline on a stream of its own against `receiver`: warms it up (connections
 /// open), then times `events` events published as the throughput run publishes them.
-pub(super) fn measure(env: &super::Env, stream: &str, receiver: &Receiver, shape: &EventShape, events: u64) -> anyhow::Result<Figures> {
-    let (redis_url, private_redis) = (env.redis_url.as_str(), env.private_redis.is_some());
-    let mut bare = Bare::start(&env.wrap, redis_url, stream, receiver, env.bare)?;
+pub(super) fn measure(run: &Run, stream: &str, receiver: &Receiver, shape: &EventShape, events: u64) -> anyhow::Result<Figures> {
+    let (redis_url, private_redis) = (run.redis_url, run.private_redis);
+    let mut bare = Bare::start(run.wrap, redis_url, stream, receiver, run.setup)?;
     let mut con = bench_redis::connect(redis_url)?;
     let warm = (shape.tenants as u64 * 2).max(200);
     let target = receiver.stats.received() + warm;
     let last = bench_redis::publish(&mut con, stream, shape, 0, warm)?;
     wait_for(&mut bare, receiver, target)?;
-    bench_redis::wait_all_acknowledged(&mut con, stream, &last, super::STALL)?;
+    bench_redis::wait_all_acknowledged(&mut con, stream, &last, STALL)?;
 
     let commands_before = if private_redis { bench_redis::command_counts(&mut con)? } else { Default::default() };
     let (cpu, switches) = (service::cpu_secs(bare.pid())?, service::context_switches(bare.pid()));
@@ -263,7 +273,7 @@ pub(super) fn measure(env: &super::Env, stream: &str, receiver: &Receiver, shape
     wait_for(&mut bare, receiver, target)?;
     let elapsed = receiver.stats.last_receipt().saturating_duration_since(start);
     let last = publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
-    bench_redis::wait_all_acknowledged(&mut con, stream, &last, super::STALL)?;
+    bench_redis::wait_all_acknowledged(&mut con, stream, &last, STALL)?;
     let cpu = service::cpu_secs(bare.pid())? - cpu;
     let switches = service::context_switches(bare.pid()).saturating_sub(switches);
     let mut commands = 0;
@@ -286,7 +296,7 @@ pub(super) fn measure(env: &super::Env, stream: &str, receiver: &Receiver, shape
 }
 
 /// Waits until `receiver` has had `target` requests; fails when nothing arrives for
-/// [`super::STALL`] or the child exits.
+/// [`STALL`] or the child exits.
 fn wait_for(bare: &mut Bare, receiver: &Receiver, target: u64) -> anyhow::Result<()> {
     let mut seen = receiver.stats.received();
     let mut progress_at = Instant::now();
@@ -297,8 +307,8 @@ fn wait_for(bare: &mut Bare, receiver: &Receiver, target: u64) -> anyhow::Result
         }
         if now != seen {
             (seen, progress_at) = (now, Instant::now());
-        } else if progress_at.elapsed() > super::STALL {
-            bail!("the bare pipeline delivered nothing for {:?} ({now} of {target} received)", super::STALL);
+        } else if progress_at.elapsed() > STALL {
+            bail!("the bare pipeline delivered nothing for {:?} ({now} of {target} received)", STALL);
         }
         if let Some(status) = bare.child.try_wait()? {
             bail!("`wss bench-bare` exited ({status})");

@@ -90,7 +90,7 @@ use self::{
     control::Control,
     receiver::Receiver,
     receiver::ReceiverPki,
-    redis::{EventShape, PrivateRedis},
+    redis::{EventShape, PrivateRedis, STALL},
     service::Service,
 };
 
@@ -199,8 +199,6 @@ const BACKLOG_SLOW_DELAY: Duration = Duration::from_secs(1);
 const NEIGHBOUR_RATE: f64 = 100.0;
 /// The FIFO part's receiver answer times.
 const FIFO_DELAYS: [Duration; 2] = [Duration::ZERO, Duration::from_millis(5)];
-/// A run that makes no progress for this long has failed.
-const STALL: Duration = Duration::from_secs(60);
 
 impl Plan {
     fn new(args: &Args) -> Self {
@@ -728,7 +726,8 @@ fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut 
 
     progress(format_args!("bare pipeline: {} events over {} webhooks, {} sender threads", plan.events, plan.webhooks, env.sender_threads));
     let stream = format!("wssbench:{}:bare:events", env.run_id);
-    let measured = bare::measure(env, &stream, fast, &shape, plan.events);
+    let run = bare::Run { wrap: &env.wrap, redis_url: &env.redis_url, private_redis: env.private_redis.is_some(), setup: env.bare };
+    let measured = bare::measure(&run, &stream, fast, &shape, plan.events);
     if env.private_redis.is_none() {
         if let Ok(mut con) = redis::connect(&env.redis_url) {
             let _ = redis::delete_keys(&mut con, &format!("wssbench:{}:bare:", env.run_id));

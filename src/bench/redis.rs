@@ -27,6 +27,9 @@ use wss::{
 
 use super::receiver::{secret_of, unix_micros};
 
+/// A run that makes no progress for this long has failed.
+pub(super) const STALL: Duration = Duration::from_secs(60);
+
 /// XADDs per pipeline.
 const PUBLISH_BATCH: usize = 500;
 

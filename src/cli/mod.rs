@@ -750,6 +750,26 @@ async fn connect(conn: &Conn) -> anyhow::Result<Clients> {
     })
 }
 
+/// One page, or every page with `--all`, of a list rpc (`$client.$method`, whose response lists
+/// `$items`), printed as `$key` with `$render` and `$columns`; `$request` makes the request of a
+/// page from its size and token. A macro: each list rpc has its own client, request and
+/// response types, and the pages are otherwise fetched and printed alike.
+macro_rules! listing {
+    ($paging:expr, $client:expr, $method:ident, $request:expr, $items:ident, $key:expr, $render:path, $columns:expr) => {{
+        let make = $request;
+        let (items, next) = pages(&$paging, |page_size, page_token| {
+            let mut client = $client.clone();
+            let request = make(page_size, page_token);
+            async move {
+                let r = client.$method(request).await?.into_inner();
+                Ok((r.$items, r.next_page_token))
+            }
+        })
+        .await?;
+        page($key, items.iter().map($render).collect(), $columns, &next)
+    }};
+}
+
 /// Fetches one page, or every page with `--all`: (items, the token of the page after).
 async fn pages<T, F, Fut>(paging: &Paging, mut fetch: F) -> Result<(Vec<T>, String), Status>
 where
@@ -788,15 +808,8 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
             Printed::one(&render::tenant(&c.tenants.get_tenant(GetTenantRequest { tenant_id }).await?.into_inner()))
         }
         TenantVerb::List(paging) => {
-            let (items, next) = pages(&paging, |page_size, page_token| {
-                let mut client = c.tenants.clone();
-                async move {
-                    let r = client.list_tenants(ListTenantsRequest { page_size, page_token }).await?.into_inner();
-                    Ok((r.tenants, r.next_page_token))
-                }
-            })
-            .await?;
-            page("tenants", items.iter().map(render::tenant).collect(), COLUMNS, &next)
+            let request = |page_size, page_token| ListTenantsRequest { page_size, page_token };
+            listing!(paging, c.tenants, list_tenants, request, tenants, "tenants", render::tenant, COLUMNS)
         }
         TenantVerb::Update { tenant_id, display_name, retry_policy, disabled } => {
             let request =
@@ -868,16 +881,8 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             Printed::one(&render::webhook(&c.webhooks.get_webhook(GetWebhookRequest { webhook_id }).await?.into_inner()))
         }
         WebhookVerb::List { tenant, paging } => {
-            let (items, next) = pages(&paging, |page_size, page_token| {
-                let mut client = c.webhooks.clone();
-                let tenant_id = tenant.clone();
-                async move {
-                    let r = client.list_webhooks(ListWebhooksRequest { tenant_id, page_size, page_token }).await?.into_inner();
-                    Ok((r.webhooks, r.next_page_token))
-                }
-            })
-            .await?;
-            page("webhooks", items.iter().map(render::webhook).collect(), COLUMNS, &next)
+            let request = |page_size, page_token| ListWebhooksRequest { tenant_id: tenant.clone(), page_size, page_token };
+            listing!(paging, c.webhooks, list_webhooks, request, webhooks, "webhooks", render::webhook, COLUMNS)
         }
         WebhookVerb::Update {
             webhook_id,
@@ -949,15 +954,8 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
             Printed::one(&render::policy(&c.policies.get_retry_policy(GetRetryPolicyRequest { policy_id }).await?.into_inner()))
         }
         PolicyVerb::List(paging) => {
-            let (items, next) = pages(&paging, |page_size, page_token| {
-                let mut client = c.policies.clone();
-                async move {
-                    let r = client.list_retry_policies(ListRetryPoliciesRequest { page_size, page_token }).await?.into_inner();
-                    Ok((r.retry_policies, r.next_page_token))
-                }
-            })
-            .await?;
-            page("retry_policies", items.iter().map(render::policy).collect(), COLUMNS, &next)
+            let request = |page_size, page_token| ListRetryPoliciesRequest { page_size, page_token };
+            listing!(paging, c.policies, list_retry_policies, request, retry_policies, "retry_policies", render::policy, COLUMNS)
         }
         PolicyVerb::Update { policy_id, fields: f } => {
             let request = UpdateRetryPolicyRequest {
@@ -985,16 +983,9 @@ async fn token(mut c: Clients, verb: TokenVerb) -> Result<Printed, Failure> {
             Printed::one(&render::token(&c.tokens.create_token(CreateTokenRequest { tenant_id: tenant, description }).await?.into_inner()))
         }
         TokenVerb::List { tenant, paging } => {
-            let (items, next) = pages(&paging, |page_size, page_token| {
-                let mut client = c.tokens.clone();
-                let tenant_id = tenant.clone();
-                async move {
-                    let r = client.list_tokens(ListTokensRequest { tenant_id, page_size, page_token }).await?.into_inner();
-                    Ok((r.tokens, r.next_page_token))
-                }
-            })
-            .await?;
-            page("tokens", items.iter().map(render::token).collect(), &["token_id", "tenant_id", "description", "created_at"], &next)
+            let request = |page_size, page_token| ListTokensRequest { tenant_id: tenant.clone(), page_size, page_token };
+            let columns = &["token_id", "tenant_id", "description", "created_at"];
+            listing!(paging, c.tokens, list_tokens, request, tokens, "tokens", render::token, columns)
         }
         TokenVerb::Revoke { token_id } => {
             c.tokens.revoke_token(RevokeTokenRequest { token_id: token_id.clone() }).await?;
@@ -1014,26 +1005,18 @@ async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure
                 Some(StatusArg::Delivered) => DeliveryStatus::Delivered,
                 Some(StatusArg::DeadLettered) => DeliveryStatus::DeadLettered,
             } as i32;
-            let (items, next) = pages(&paging, |page_size, page_token| {
-                let mut client = c.deliveries.clone();
-                let request = ListDeliveriesRequest {
-                    tenant_id: tenant.clone(),
-                    webhook_id: webhook.clone(),
-                    event_id: event.clone(),
-                    status,
-                    updated_after: after.map(pb_time),
-                    updated_before: before.map(pb_time),
-                    page_size,
-                    page_token,
-                    ..Default::default()
-                };
-                async move {
-                    let r = client.list_deliveries(request).await?.into_inner();
-                    Ok((r.deliveries, r.next_page_token))
-                }
-            })
-            .await?;
-            page("deliveries", items.iter().map(render::delivery).collect(), COLUMNS, &next)
+            let request = |page_size, page_token| ListDeliveriesRequest {
+                tenant_id: tenant.clone(),
+                webhook_id: webhook.clone(),
+                event_id: event.clone(),
+                status,
+                updated_after: after.map(pb_time),
+                updated_before: before.map(pb_time),
+                page_size,
+                page_token,
+                ..Default::default()
+            };
+            listing!(paging, c.deliveries, list_deliveries, request, deliveries, "deliveries", render::delivery, COLUMNS)
         }
         DeliveryVerb::Get { delivery_id } => {
             Printed::one(&render::delivery(&c.deliveries.get_delivery(GetDeliveryRequest { delivery_id }).await?.into_inner()))
@@ -1055,19 +1038,9 @@ async fn dead_letter(mut c: Clients, verb: DeadLetterVerb) -> Result<Printed, Fa
     const COLUMNS: &[&str] = &["dead_letter_id", "reason", "tenant_id", "webhook_id", "event_id", "event_type", "dead_lettered_at"];
     Ok(match verb {
         DeadLetterVerb::List { tenant, paging } => {
-            let (items, next) = pages(&paging, |page_size, page_token| {
-                let mut client = c.deliveries.clone();
-                let tenant_id = tenant.clone();
-                async move {
-                    let r = client
-                        .list_dead_letters(ListDeadLettersRequest { tenant_id, page_size, page_token, ..Default::default() })
-                        .await?
-                        .into_inner();
-                    Ok((r.dead_letters, r.next_page_token))
-                }
-            })
-            .await?;
-            page("dead_letters", items.iter().map(render::dead_letter).collect(), COLUMNS, &next)
+            let request =
+                |page_size, page_token| ListDeadLettersRequest { tenant_id: tenant.clone(), page_size, page_token, ..Default::default() };
+            listing!(paging, c.deliveries, list_dead_letters, request, dead_letters, "dead_letters", render::dead_letter, COLUMNS)
         }
         DeadLetterVerb::Redeliver { dead_letter_id: Some(id), limit, page_token, .. } => {
             let request = RedeliverDeadLetterRequest { target: Some(Target::DeadLetterId(id)), limit, page_token };

@@ -25,9 +25,10 @@ use tonic::{Request, Response, Status};
 use prost_types::Timestamp;
 
 use super::{
+    auth::Principal,
     convert::{attempt_to_proto, dead_letter_to_proto, optional_id, page_size, reason_from_proto, required_ref, timestamp},
     paging::{fit, PageQuery, MAX_PAGE_BYTES},
-    run_evaluating, ControlPlane, Principal,
+    plane::{run_evaluating, ControlPlane},
 };
 use crate::{
     deadletter::Reason,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 use tonic::{Request, Response, Status};
 
-use super::{ControlPlane, TARGET};
+use super::plane::{ControlPlane, TARGET};
 use crate::{
     domain::{
         model::{invalid, validate_id},

@@ -96,9 +96,9 @@ impl PageQuery {
     }
 }
 
-/// Most bytes of items one List response carries: the message limit ([`super::MAX_MESSAGE_BYTES`],
+/// Most bytes of items one List response carries: the message limit ([`super::plane::MAX_MESSAGE_BYTES`],
 /// also what a gRPC client accepts by default) less room for the token and framing.
-pub const MAX_PAGE_BYTES: usize = super::MAX_MESSAGE_BYTES - (64 << 10);
+pub const MAX_PAGE_BYTES: usize = super::plane::MAX_MESSAGE_BYTES - (64 << 10);
 
 /// Converts a page of store items into wire items, stopping before their encoded size passes
 /// `budget`: the page is then shorter, and the cursor leads on from its last item. `next`: the

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{
     convert::{duration_from_proto, etag_from_proto, page_size, update_mask, versioned_policy_to_proto},
     paging::{fit, PageQuery, MAX_PAGE_BYTES},
-    ControlPlane, TARGET,
+    plane::{ControlPlane, TARGET},
 };
 use crate::{
     domain::{

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{
+    auth::Principal,
     convert::{etag_from_proto, masked, max_chars, optional_id, page_size, update_mask, versioned_tenant_to_proto},
     paging::{fit, PageQuery, MAX_PAGE_BYTES},
-    ControlPlane, Principal, TARGET,
+    plane::{ControlPlane, TARGET},
 };
 use crate::{
     clock::now_ms,

@@ -3,7 +3,7 @@
 //! A token is drawn from the operating system's CSPRNG (`crate::crypto::issue_token`), returned
 //! once by CreateToken, and stored only as its SHA-256 digest. The token id — the public part
 //! before the dot — names it everywhere else: in ListTokens, in RevokeToken and in log lines.
-//! Every rpc here is admin-only (see `super::access_of`).
+//! Every rpc here is admin-only (see `super::auth::access_of`).
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::{max_chars, optional_id, page_size, timestamp},
-    ControlPlane, TARGET,
+    plane::{ControlPlane, TARGET},
 };
 use crate::{
     clock::now_ms,

@@ -41,12 +41,13 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 use super::{
+    auth::Principal,
     convert::{
         duration_from_proto, duration_to_proto, etag_from_proto, headers_from_proto, masked, max_chars, optional_id, ordering_from_proto,
         page_size, required_ref, scheme_from_proto, timestamp, update_mask, versioned_webhook_to_proto,
     },
     paging::{fit, PageQuery, MAX_PAGE_BYTES},
-    ControlPlane, Principal, TARGET,
+    plane::{ControlPlane, TARGET},
 };
 use crate::{
     clock::{now_ms, wall_ms, Clock},

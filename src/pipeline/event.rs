@@ -19,7 +19,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::{deadletter::Reason, domain::model::is_valid_id, streams::RawEntry};
+use crate::{deadletter::Reason, domain::model::is_valid_id, expr, streams::RawEntry};
 
 /// Most fields (names with their values) one entry may have: the four of the contract plus
 /// attributes. Far more than any producer needs; bounds the work and memory per entry.
@@ -50,6 +50,27 @@ pub struct Event {
     pub only_webhook: Option<String>,
 }
 
+impl Event {
+    /// What filters and transforms see of the event (docs/filters.md), the one view the
+    /// transformer and `wss check-expr` both bind; `created_at` is [`Event::created_at`], made
+    /// by the caller so that it outlives the view.
+    pub fn view<'a>(&'a self, created_at: &'a str) -> expr::Envelope<'a> {
+        expr::Envelope {
+            id: &self.id,
+            event_type: &self.event_type,
+            tenant: &self.tenant,
+            created_at,
+            data: self.data.get(),
+            attributes: &self.attributes,
+        }
+    }
+
+    /// The event's time as the body and the view give it (RFC 3339, seconds).
+    pub fn created_at(&self) -> String {
+        rfc3339_seconds(self.created_at_ms)
+    }
+}
+
 /// Why an entry cannot become an event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
@@ -61,137 +82,151 @@ pub struct Rejection {
     pub event_id: String,
 }
 
-pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejection> {
-    let mut rejection = Rejection {
-        reason: Reason::InvalidField,
-        detail: String::new(),
-        tenant: String::new(),
-        event_type: String::new(),
-        event_id: String::new(),
-    };
-    let reject = |mut r: Rejection, reason: Reason, detail: String| {
-        r.reason = reason;
-        r.detail = detail;
-        Err(r)
-    };
-    let Some(fields) = &entry.fields else {
-        return reject(rejection, Reason::EntryDeleted, "the entry was deleted from the stream while pending".into());
-    };
-    // Best-effort context for the record, before any check can fail.
-    let lossy =
-        |name: &str| fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).chars().take(256).collect());
-    rejection.tenant = lossy("tenant").unwrap_or_default();
-    rejection.event_type = lossy("type").unwrap_or_default();
-    rejection.event_id = lossy("id").unwrap_or_default();
+/// An entry's fault: the dead-letter reason and what to say about it.
+type Refusal = (Reason, String);
 
+/// The event a stream entry holds, checked against docs/contract.md §1, or why it cannot be one
+/// (with whatever of its tenant, type and id could be read, for the dead-letter record).
+pub fn parse_entry(entry: &RawEntry, max_bytes: usize) -> Result<Event, Rejection> {
+    let Some(fields) = &entry.fields else {
+        return Err(Rejection {
+            reason: Reason::EntryDeleted,
+            detail: "the entry was deleted from the stream while pending".into(),
+            tenant: String::new(),
+            event_type: String::new(),
+            event_id: String::new(),
+        });
+    };
+    event_of(entry, fields, max_bytes).map_err(|(reason, detail)| {
+        // Best-effort context for the record, whichever check failed.
+        let lossy = |name: &str| {
+            fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| String::from_utf8_lossy(v).chars().take(256).collect())
+        };
+        Rejection {
+            reason,
+            detail,
+            tenant: lossy("tenant").unwrap_or_default(),
+            event_type: lossy("type").unwrap_or_default(),
+            event_id: lossy("id").unwrap_or_default(),
+        }
+    })
+}
+
+/// The contract's fields of an entry, each in its place; every other field is an attribute.
+#[derive(Default)]
+struct Named<'a> {
+    tenant: Option<&'a [u8]>,
+    event_type: Option<&'a [u8]>,
+    data: Option<&'a [u8]>,
+    id: Option<&'a [u8]>,
+    only_webhook: Option<&'a [u8]>,
+    created_at: Option<&'a [u8]>,
+    attributes: Vec<(String, String)>,
+}
+
+fn event_of(entry: &RawEntry, fields: &[(Vec<u8>, Vec<u8>)], max_bytes: usize) -> Result<Event, Refusal> {
     let size = entry.size();
     if size > max_bytes {
-        return reject(rejection, Reason::TooLarge, format!("the entry is {size} bytes; the limit is {max_bytes} (WSS_MAX_EVENT_BYTES)"));
+        return Err((Reason::TooLarge, format!("the entry is {size} bytes; the limit is {max_bytes} (WSS_MAX_EVENT_BYTES)")));
     }
     if fields.len() > MAX_FIELDS {
         let count = fields.len();
-        return reject(rejection, Reason::TooManyFields, format!("the entry has {count} fields; at most {MAX_FIELDS} are allowed"));
+        return Err((Reason::TooManyFields, format!("the entry has {count} fields; at most {MAX_FIELDS} are allowed")));
     }
+    let named = name_fields(fields)?;
+    let missing: Vec<&str> = [("tenant", named.tenant), ("type", named.event_type), ("data", named.data)]
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| *n)
+        .collect();
+    if !missing.is_empty() {
+        return Err((Reason::MissingField, format!("required field(s) missing: {}", missing.join(", "))));
+    }
+    let invalid = |detail: String| (Reason::InvalidField, detail);
+    let tenant = match std::str::from_utf8(named.tenant.unwrap_or_default()) {
+        Ok(t) if is_valid_id(t) => t.to_owned(),
+        _ => return Err(invalid("tenant must match [a-z0-9][a-z0-9_-]{0,63}".into())),
+    };
+    let event_type = match std::str::from_utf8(named.event_type.unwrap_or_default()) {
+        Ok(t) if !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()) => t.to_owned(),
+        _ => return Err(invalid("type must be 1 to 256 visible ASCII characters".into())),
+    };
+    let id = match named.id {
+        None => entry.id.clone(),
+        Some(raw) => match std::str::from_utf8(raw) {
+            Ok(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| (0x21..=0x7e).contains(&b)) => v.to_owned(),
+            _ => return Err(invalid("id must be 1 to 128 printable ASCII characters".into())),
+        },
+    };
+    let only_webhook = match named.only_webhook {
+        None => None,
+        Some(raw) => match std::str::from_utf8(raw) {
+            Ok(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => Some(v.to_owned()),
+            _ => return Err(invalid(format!("{ONLY_WEBHOOK_FIELD} must be a webhook id"))),
+        },
+    };
+    let created_at_ms = created_at_ms(&entry.id, named.created_at)?;
+    let data = json_data(named.data.unwrap_or_default())?;
+    Ok(Event { created_at_ms, stream_id: entry.id.clone(), id, event_type, tenant, data, attributes: named.attributes, only_webhook })
+}
 
-    let mut tenant = None;
-    let mut event_type = None;
-    let mut data = None;
-    let mut id = None;
-    let mut only_webhook = None;
-    let mut created_at = None;
-    let mut attributes = Vec::new();
+/// Sorts the fields into their places; a field given twice, or a name or attribute that is not
+/// UTF-8, is refused.
+fn name_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Named<'_>, Refusal> {
+    let mut named = Named::default();
     for (name, value) in fields {
         let Ok(name) = std::str::from_utf8(name) else {
-            return reject(rejection, Reason::InvalidField, "a field name is not UTF-8".into());
+            return Err((Reason::InvalidField, "a field name is not UTF-8".into()));
         };
         let slot = match name {
-            "tenant" => &mut tenant,
-            "type" => &mut event_type,
-            "data" => &mut data,
-            "id" => &mut id,
-            ONLY_WEBHOOK_FIELD => &mut only_webhook,
-            CREATED_AT_FIELD => &mut created_at,
+            "tenant" => &mut named.tenant,
+            "type" => &mut named.event_type,
+            "data" => &mut named.data,
+            "id" => &mut named.id,
+            ONLY_WEBHOOK_FIELD => &mut named.only_webhook,
+            CREATED_AT_FIELD => &mut named.created_at,
             _ => {
                 let Ok(value) = std::str::from_utf8(value) else {
-                    return reject(rejection, Reason::InvalidField, format!("attribute {name:?} is not UTF-8 text"));
+                    return Err((Reason::InvalidField, format!("attribute {name:?} is not UTF-8 text")));
                 };
-                attributes.push((name.to_owned(), value.to_owned()));
+                named.attributes.push((name.to_owned(), value.to_owned()));
                 continue;
             }
         };
         if slot.is_some() {
-            return reject(rejection, Reason::InvalidField, format!("field {name:?} is given twice"));
+            return Err((Reason::InvalidField, format!("field {name:?} is given twice")));
         }
         *slot = Some(value.as_slice());
     }
+    Ok(named)
+}
 
-    let mut missing: Vec<&str> = Vec::new();
-    for (name, value) in [("tenant", tenant), ("type", event_type), ("data", data)] {
-        if value.is_none() {
-            missing.push(name);
-        }
-    }
-    if !missing.is_empty() {
-        return reject(rejection, Reason::MissingField, format!("required field(s) missing: {}", missing.join(", ")));
-    }
-    let (tenant, event_type, data) = (tenant.unwrap_or_default(), event_type.unwrap_or_default(), data.unwrap_or_default());
-
-    let tenant = match std::str::from_utf8(tenant) {
-        Ok(t) if is_valid_id(t) => t.to_owned(),
-        _ => {
-            return reject(rejection, Reason::InvalidField, "tenant must match [a-z0-9][a-z0-9_-]{0,63}".into());
-        }
-    };
-    let event_type = match std::str::from_utf8(event_type) {
-        Ok(t) if !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| b.is_ascii_graphic()) => t.to_owned(),
-        _ => return reject(rejection, Reason::InvalidField, "type must be 1 to 256 visible ASCII characters".into()),
-    };
-    let id = match id {
-        None => entry.id.clone(),
-        Some(raw) => match std::str::from_utf8(raw) {
-            Ok(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| (0x21..=0x7e).contains(&b)) => v.to_owned(),
-            _ => return reject(rejection, Reason::InvalidField, "id must be 1 to 128 printable ASCII characters".into()),
-        },
-    };
-    let only_webhook = match only_webhook {
-        None => None,
-        Some(raw) => match std::str::from_utf8(raw) {
-            Ok(v) if !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()) => Some(v.to_owned()),
-            _ => return reject(rejection, Reason::InvalidField, format!("{ONLY_WEBHOOK_FIELD} must be a webhook id")),
-        },
-    };
-    let entry_ms = entry.id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0);
-    let created_at_ms = match created_at {
-        None if entry_ms > MAX_TIME_MS => {
-            return reject(
-                rejection,
-                Reason::InvalidField,
-                format!("the entry id {} is a time after year 9999; give the event its time in {CREATED_AT_FIELD}", entry.id),
-            );
-        }
-        None => entry_ms,
+/// The event's time: its [`CREATED_AT_FIELD`] when it has one, else its entry id's; neither may
+/// be after year 9999.
+fn created_at_ms(entry_id: &str, given: Option<&[u8]>) -> Result<u64, Refusal> {
+    let entry_ms = entry_id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(0);
+    match given {
+        None if entry_ms > MAX_TIME_MS => Err((
+            Reason::InvalidField,
+            format!("the entry id {entry_id} is a time after year 9999; give the event its time in {CREATED_AT_FIELD}"),
+        )),
+        None => Ok(entry_ms),
         Some(raw) => match std::str::from_utf8(raw).ok().and_then(|v| v.parse::<u64>().ok()) {
-            Some(ms) if ms <= MAX_TIME_MS => ms,
-            _ => {
-                return reject(
-                    rejection,
-                    Reason::InvalidField,
-                    format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)"),
-                )
-            }
+            Some(ms) if ms <= MAX_TIME_MS => Ok(ms),
+            _ => Err((Reason::InvalidField, format!("{CREATED_AT_FIELD} must be Unix milliseconds from 0 to {MAX_TIME_MS} (year 9999)"))),
         },
-    };
-    if let Err(depth) = check_depth(data, MAX_JSON_DEPTH) {
-        return reject(rejection, Reason::TooDeep, format!("data nests deeper than {MAX_JSON_DEPTH} levels (at least {depth})"));
     }
-    let data: Box<RawValue> = match std::str::from_utf8(data)
+}
+
+/// `data` as JSON text, checked for its nesting depth before it is parsed.
+fn json_data(data: &[u8]) -> Result<Box<RawValue>, Refusal> {
+    if let Err(depth) = check_depth(data, MAX_JSON_DEPTH) {
+        return Err((Reason::TooDeep, format!("data nests deeper than {MAX_JSON_DEPTH} levels (at least {depth})")));
+    }
+    std::str::from_utf8(data)
         .map_err(|e| e.to_string())
         .and_then(|text| serde_json::from_str::<Box<RawValue>>(text.trim()).map_err(|e| e.to_string()))
-    {
-        Ok(value) => value,
-        Err(e) => return reject(rejection, Reason::DataNotJson, format!("data is not JSON: {e}")),
-    };
-    Ok(Event { created_at_ms, stream_id: entry.id.clone(), id, event_type, tenant, data, attributes, only_webhook })
+        .map_err(|e| (Reason::DataNotJson, format!("data is not JSON: {e}")))
 }
 
 /// Scans JSON text for the nesting depth of arrays and objects, outside strings, without parsing

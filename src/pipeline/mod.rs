@@ -151,10 +151,132 @@ fn watched_thread(
 /// Channel capacities between stages: enough to keep each busy, small enough to bound memory.
 const STAGE_QUEUE: usize = 1024;
 
+/// Spawns the pipeline's threads, each watched ([`watched_thread`]), and keeps their handles.
+struct Spawner {
+    threads: Vec<JoinHandle<()>>,
+    died: Sender<String>,
+    shutdown: Receiver<()>,
+}
+
+impl Spawner {
+    fn spawn(&mut self, name: impl Into<String>, work: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        self.threads.push(watched_thread(name.into(), Box::new(work), self.died.clone(), self.shutdown.clone())?);
+        Ok(())
+    }
+
+    /// The shutdown signal, for one more stage.
+    fn stop(&self) -> Receiver<()> {
+        self.shutdown.clone()
+    }
+}
+
+/// Readers of each edge's depth, in [`crate::metrics::EDGES`]' order, for the gauges (which drop
+/// these receiving ends on shutdown).
+fn depth_probes(
+    inbound: &Receiver<Inbound>,
+    fresh: &Receiver<Delivery>,
+    due: &Receiver<Delivery>,
+    signed: &Receiver<SignedDelivery>,
+    done: &Receiver<Completion>,
+) -> gauges::Depths {
+    let (a, b, c, d, e) = (inbound.clone(), fresh.clone(), due.clone(), signed.clone(), done.clone());
+    let depths: Vec<Box<dyn Fn() -> usize + Send>> = vec![
+        Box::new(move || a.len()),
+        Box::new(move || b.len()),
+        Box::new(move || c.len()),
+        Box::new(move || d.len()),
+        Box::new(move || e.len()),
+    ];
+    debug_assert_eq!(depths.len(), crate::metrics::EDGES.len());
+    gauges::Depths(depths)
+}
+
+/// Spawns the sources: the Redis stream's reader and leases, always, and each configured broker
+/// source, all admitting into `in_flight` and feeding `inbound` (bad entries to `done`).
+fn spawn_sources(
+    sp: &mut Spawner,
+    deps: &Deps,
+    in_flight: &Arc<InFlight>,
+    inbound: &Sender<Inbound>,
+    completions: &Sender<Completion>,
+) -> std::io::Result<()> {
+    // The Redis stream is always read, whatever else is: the control plane's PublishEvent
+    // and RedeliverDeadLetter append to it (an idle stream costs a cheap read every 10 ms).
+    let reader = crate::source::redis::reader::Reader {
+        redis: deps.redis.clone(),
+        stream: deps.keys.events.clone(),
+        consumer: deps.config.consumer.clone(),
+        batch: deps.config.read_batch,
+        block: deps.config.read_block,
+        max_event_bytes: deps.config.max_event_bytes,
+        in_flight: in_flight.clone(),
+        events_read: deps.metrics.events_read.clone(),
+        script: crate::source::redis::poison::read_script(),
+    };
+    let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
+    sp.spawn("wss-reader", move || reader.run(out, done, stop))?;
+
+    let leases = crate::source::redis::leases::Leases {
+        redis: deps.redis.clone(),
+        stream: deps.keys.events.clone(),
+        consumer: deps.config.consumer.clone(),
+        claim_after: deps.config.claim_after,
+        batch: deps.config.read_batch,
+        max_event_bytes: deps.config.max_event_bytes,
+        in_flight: in_flight.clone(),
+        events_read: deps.metrics.events_read.clone(),
+    };
+    let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
+    sp.spawn("wss-leases", move || leases.run(out, done, stop))?;
+    let started_ms = deps.clock.now_ms();
+    for (n, spec) in deps.config.sources.iter().enumerate() {
+        let label = spec.label();
+        let status = crate::source::SourceStatus {
+            label: label.clone(),
+            health: deps.health.clone(),
+            events_read: deps.metrics.events_read.clone(),
+            up: deps.metrics.source_up.with_label_values(&[&label]),
+            outages: deps.metrics.source_outages.with_label_values(&[&label]),
+            pending: deps.metrics.source_pending.with_label_values(&[&label]),
+        };
+        let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
+        match spec {
+            // Read above, whether listed or not.
+            crate::source::SourceSpec::Redis => {}
+            crate::source::SourceSpec::Nats(spec) => {
+                let source = crate::source::nats::NatsSource {
+                    spec: (**spec).clone(),
+                    max_event_bytes: deps.config.max_event_bytes,
+                    batch: deps.config.read_batch,
+                    window: deps.config.max_in_flight,
+                    in_flight: in_flight.clone(),
+                    status,
+                    started_ms,
+                    clock: deps.clock.clone(),
+                };
+                sp.spawn(format!("wss-nats-{n}"), move || source.run(out, done, stop))?;
+            }
+            crate::source::SourceSpec::Amqp(spec) => {
+                let source = crate::source::amqp::AmqpSource {
+                    spec: (**spec).clone(),
+                    max_event_bytes: deps.config.max_event_bytes,
+                    window: deps.config.max_in_flight,
+                    in_flight: in_flight.clone(),
+                    status,
+                    started_ms,
+                    clock: deps.clock.clone(),
+                };
+                sp.spawn(format!("wss-amqp-{n}"), move || source.run(out, done, stop))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health, clock } = deps;
+        let config = &deps.config;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -164,105 +286,20 @@ impl Pipeline {
         // Hand-offs due soon wake the backlog's pump (one pending wake-up is enough).
         let (wake_tx, wake_rx) = bounded::<()>(1);
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
-        metrics.in_flight_limit.set(config.max_in_flight as i64);
-        // Receiving ends kept only to read their depth; the gauges thread drops them on shutdown.
-        let depths = {
-            let (a, b, c, d, e) = (inbound_rx.clone(), fresh_rx.clone(), due_rx.clone(), signed_rx.clone(), done_rx.clone());
-            let depths: Vec<Box<dyn Fn() -> usize + Send>> = vec![
-                Box::new(move || a.len()),
-                Box::new(move || b.len()),
-                Box::new(move || c.len()),
-                Box::new(move || d.len()),
-                Box::new(move || e.len()),
-            ];
-            debug_assert_eq!(depths.len(), crate::metrics::EDGES.len());
-            gauges::Depths(depths)
-        };
+        deps.metrics.in_flight_limit.set(config.max_in_flight as i64);
+        let depths = depth_probes(&inbound_rx, &fresh_rx, &due_rx, &signed_rx, &done_rx);
         let agent = config.agents();
 
-        let mut threads = Vec::new();
         let (died_tx, died_rx) = crossbeam_channel::unbounded::<String>();
-        let watch = (died_tx, shutdown_rx.clone());
-        let mut spawn = |name: String, work: Box<dyn FnOnce() + Send>| -> std::io::Result<()> {
-            threads.push(watched_thread(name, work, watch.0.clone(), watch.1.clone())?);
-            Ok(())
-        };
+        let mut sp = Spawner { threads: Vec::new(), died: died_tx, shutdown: shutdown_rx.clone() };
 
-        // The Redis stream is always read, whatever else is: the control plane's PublishEvent
-        // and RedeliverDeadLetter append to it (an idle stream costs a cheap read every 10 ms).
-        let reader = crate::source::redis::reader::Reader {
-            redis: redis.clone(),
-            stream: keys.events.clone(),
-            consumer: config.consumer.clone(),
-            batch: config.read_batch,
-            block: config.read_block,
-            max_event_bytes: config.max_event_bytes,
-            in_flight: in_flight.clone(),
-            events_read: metrics.events_read.clone(),
-            script: crate::source::redis::poison::read_script(),
-        };
-        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-reader".into(), Box::new(move || reader.run(out, done, stop)))?;
-
-        let leases = crate::source::redis::leases::Leases {
-            redis: redis.clone(),
-            stream: keys.events.clone(),
-            consumer: config.consumer.clone(),
-            claim_after: config.claim_after,
-            batch: config.read_batch,
-            max_event_bytes: config.max_event_bytes,
-            in_flight: in_flight.clone(),
-            events_read: metrics.events_read.clone(),
-        };
-        let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-leases".into(), Box::new(move || leases.run(out, done, stop)))?;
-        let started_ms = clock.now_ms();
-        for (n, spec) in config.sources.iter().enumerate() {
-            let label = spec.label();
-            let status = crate::source::SourceStatus {
-                label: label.clone(),
-                health: health.clone(),
-                events_read: metrics.events_read.clone(),
-                up: metrics.source_up.with_label_values(&[&label]),
-                outages: metrics.source_outages.with_label_values(&[&label]),
-                pending: metrics.source_pending.with_label_values(&[&label]),
-            };
-            let (out, done, stop) = (inbound_tx.clone(), done_tx.clone(), shutdown_rx.clone());
-            match spec {
-                // Read above, whether listed or not.
-                crate::source::SourceSpec::Redis => {}
-                crate::source::SourceSpec::Nats(spec) => {
-                    let source = crate::source::nats::NatsSource {
-                        spec: (**spec).clone(),
-                        max_event_bytes: config.max_event_bytes,
-                        batch: config.read_batch,
-                        window: config.max_in_flight,
-                        in_flight: in_flight.clone(),
-                        status,
-                        started_ms,
-                        clock: clock.clone(),
-                    };
-                    spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
-                }
-                crate::source::SourceSpec::Amqp(spec) => {
-                    let source = crate::source::amqp::AmqpSource {
-                        spec: (**spec).clone(),
-                        max_event_bytes: config.max_event_bytes,
-                        window: config.max_in_flight,
-                        in_flight: in_flight.clone(),
-                        status,
-                        started_ms,
-                        clock: clock.clone(),
-                    };
-                    spawn(format!("wss-amqp-{n}"), Box::new(move || source.run(out, done, stop)))?;
-                }
-            }
-        }
+        spawn_sources(&mut sp, &deps, &in_flight, &inbound_tx, &done_tx)?;
         drop(inbound_tx);
+        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health: _, clock } = deps;
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
         let (s, c) = (store.clone(), clock.clone());
-        spawn("wss-transformer".into(), Box::new(move || transformer::run(&c, &r, &s, input, out, done, stop)))?;
+        sp.spawn("wss-transformer", move || transformer::run(&c, &r, &s, input, out, done, stop))?;
 
         let isolation = live.isolation().clone();
         // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
@@ -277,7 +314,7 @@ impl Pipeline {
         };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone() };
         let stop = shutdown_rx.clone();
-        spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
+        sp.spawn("wss-signer", move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop))?;
 
         let backlog_in_progress = Arc::new(AtomicUsize::new(0));
         let pump = backlog::Pump {
@@ -293,7 +330,7 @@ impl Pipeline {
             clock: clock.clone(),
         };
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
-        spawn("wss-backlog".into(), Box::new(move || pump.run(wake_rx, due_tx, done, stop)))?;
+        sp.spawn("wss-backlog", move || pump.run(wake_rx, due_tx, done, stop))?;
 
         for i in 0..config.sender_threads {
             let (agent, errors, iso, input, done, freed, stop) = (
@@ -306,10 +343,7 @@ impl Pipeline {
                 shutdown_rx.clone(),
             );
             let (tracer, clock) = (tracer.clone(), clock.clone());
-            spawn(
-                format!("wss-sender-{i}"),
-                Box::new(move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, stop)),
-            )?;
+            sp.spawn(format!("wss-sender-{i}"), move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, stop))?;
         }
         drop(signed_rx);
         drop(done_tx);
@@ -332,7 +366,7 @@ impl Pipeline {
             clock: clock.clone(),
         };
         let stop = shutdown_rx.clone();
-        spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
+        sp.spawn("wss-outcomes", move || outcomes.run(done_rx, stop))?;
 
         if let Some(keep_for) = config.stream_retention {
             let retention = crate::source::redis::retention::Retention {
@@ -343,7 +377,7 @@ impl Pipeline {
                 clock: clock.clone(),
             };
             let stop = shutdown_rx.clone();
-            spawn("wss-retention".into(), Box::new(move || retention.run(stop)))?;
+            sp.spawn("wss-retention", move || retention.run(stop))?;
         } else {
             log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
         }
@@ -359,12 +393,12 @@ impl Pipeline {
             clock,
         };
         let stop = shutdown_rx.clone();
-        spawn("wss-gauges".into(), Box::new(move || gauges.run(stop)))?;
+        sp.spawn("wss-gauges", move || gauges.run(stop))?;
 
         let (r, s, stop) = (routing, store, shutdown_rx);
-        spawn("wss-config".into(), Box::new(move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop)))?;
+        sp.spawn("wss-config", move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop))?;
 
-        Ok(Self { shutdown: Some(shutdown_tx), threads, in_flight, died: died_rx })
+        Ok(Self { shutdown: Some(shutdown_tx), threads: sp.threads, in_flight, died: died_rx })
     }
 
     /// Says, once for each, why a pipeline thread ended when it was not asked to (a panic, or a

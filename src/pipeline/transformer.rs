@@ -30,7 +30,7 @@ use std::{
 use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{
-    event::{envelope, rfc3339_seconds, Event, Rejection, CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD},
+    event::{envelope, Event, Rejection, CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD},
     messages::{Completion, Delivery, EventMeta, Inbound},
 };
 use crate::{
@@ -40,7 +40,7 @@ use crate::{
         routing::{Route, RoutingHandle},
         store::Store,
     },
-    expr::{Bound, Envelope, EvalError, Evaluator, Failure, Filter, Outcome, Transform},
+    expr::{Bound, EvalError, Evaluator, Failure, Filter, Outcome, Transform},
 };
 
 /// Longest excerpt of an expression quoted in a dead letter's detail, in characters.
@@ -239,15 +239,8 @@ pub(crate) fn plan_one(evaluator: &Evaluator, event: &Event, route: &Arc<Route>)
 
 /// Runs each candidate's filter and transform. Webhooks the filter turns away get no plan.
 fn plan<'r>(evaluator: &Evaluator, event: &Event, candidates: &[&'r Arc<Route>]) -> Vec<(&'r Arc<Route>, Plan)> {
-    let created_at = rfc3339_seconds(event.created_at_ms);
-    let view = Envelope {
-        id: &event.id,
-        event_type: &event.event_type,
-        tenant: &event.tenant,
-        created_at: &created_at,
-        data: event.data.get(),
-        attributes: &event.attributes,
-    };
+    let created_at = event.created_at();
+    let view = event.view(&created_at);
     // Both made on first need, then shared by every webhook.
     let mut bound: Option<Result<Bound<'_>, EvalError>> = None;
     let mut envelope_body: Option<Arc<[u8]>> = None;

@@ -25,7 +25,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
@@ -37,8 +37,8 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::{
-    hand_on_held, stop_requested, Ack, AmqpSpec, BrokerHold, Fields, Outstanding, Owed, RawEntry, SourceStatus, BACKOFF_MAX, BACKOFF_MIN,
-    SETTLE,
+    event_fields, hand_on_held, run_on_own_runtime, stop_requested, Ack, AmqpSpec, Backoff, BrokerHold, Fields, MessageParts, Outstanding,
+    Owed, RawEntry, SourceStatus,
 };
 use crate::{
     clock::Clock,
@@ -89,19 +89,9 @@ impl Ack for DeliveryAck {
 
 impl AmqpSource {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("wss-amqp-io").enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                log::error!(target: "wss::source", "cannot start the runtime of source {}: {err}", self.status.label);
-                return;
-            }
-        };
-        let _context = runtime.enter();
-        let outstanding = Outstanding::default();
-        self.read(&runtime, &outstanding, &out, &done, &shutdown);
-        // What the pipeline finishes after the stop is acknowledged before the runtime goes.
-        drop((out, done));
-        outstanding.wait_settled(&self.clock, SETTLE);
+        run_on_own_runtime(&self.status, &self.clock, "wss-amqp-io", out, done, |runtime, outstanding, out, done| {
+            self.read(runtime, outstanding, out, done, &shutdown)
+        });
     }
 
     fn read(
@@ -113,7 +103,7 @@ impl AmqpSource {
         shutdown: &Receiver<()>,
     ) {
         let mut down = false;
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         let stopping = || stop_requested(shutdown);
         loop {
             if stopping() {
@@ -123,15 +113,14 @@ impl AmqpSource {
                 Ok(pair) => pair,
                 Err(err) => {
                     self.status.failed(&mut down, "connecting and declaring the queue", &err);
-                    if !matches!(shutdown.recv_timeout(backoff), Err(RecvTimeoutError::Timeout)) {
+                    if backoff.wait(shutdown) {
                         return;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             };
             self.status.succeeded(&mut down);
-            backoff = BACKOFF_MIN;
+            backoff.reset();
             log::info!(target: "wss::source", "reading AMQP queue {} ({})", self.spec.queue, self.status.label);
             // Deliveries until the connection fails or shutdown.
             let mut lag_at = self.clock.now();
@@ -158,10 +147,9 @@ impl AmqpSource {
             drop(consumer);
             let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(1), connection.close(0, "reconnecting".into())));
             self.status.failed(&mut down, "consuming", &failure);
-            if !matches!(shutdown.recv_timeout(backoff), Err(RecvTimeoutError::Timeout)) {
+            if backoff.wait(shutdown) {
                 return;
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
@@ -330,23 +318,6 @@ pub fn fields_of(delivery: &Delivery, queue: &str, now_ms: u64) -> (String, Fiel
     let digest = hasher.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
     let assigned = format!("{queue}:{hex}");
-    let id = match ids.as_slice() {
-        [one] if !one.is_empty() && one.len() <= 128 && one.iter().all(|b| (0x21..=0x7e).contains(b)) => {
-            String::from_utf8(one.clone()).unwrap_or_else(|_| assigned.clone())
-        }
-        _ => assigned.clone(),
-    };
     let created_at_ms = properties.timestamp().map_or(now_ms, |secs| secs.saturating_mul(1000));
-    let mut fields: Fields = Vec::with_capacity(5 + attributes.len());
-    fields.extend(tenant.into_iter().map(|v| (b"tenant".to_vec(), v)));
-    fields.extend(event_type.into_iter().map(|v| (b"type".to_vec(), v)));
-    if ids.is_empty() {
-        fields.push((b"id".to_vec(), assigned.into_bytes()));
-    } else {
-        fields.extend(ids.into_iter().map(|v| (b"id".to_vec(), v)));
-    }
-    fields.push((b"data".to_vec(), delivery.data.clone()));
-    fields.push((crate::pipeline::event::CREATED_AT_FIELD.as_bytes().to_vec(), created_at_ms.to_string().into_bytes()));
-    fields.extend(attributes);
-    (id, fields)
+    event_fields(MessageParts { tenant, event_type, ids, data: delivery.data.clone(), created_at_ms, attributes }, assigned)
 }

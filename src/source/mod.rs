@@ -173,6 +173,95 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(10);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The wait between a broker source's attempts after a failure: [`BACKOFF_MIN`], doubling each
+/// time, up to [`BACKOFF_MAX`]; back to the first once the source works again.
+pub(crate) struct Backoff(Duration);
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self(BACKOFF_MIN)
+    }
+
+    /// Waits the current delay and doubles the next; true when the pipeline asked the source to
+    /// stop meanwhile (the source then returns).
+    pub(crate) fn wait(&mut self, shutdown: &crossbeam_channel::Receiver<()>) -> bool {
+        let stop = !matches!(shutdown.recv_timeout(self.0), Err(crossbeam_channel::RecvTimeoutError::Timeout));
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        stop
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+}
+
+/// Runs a broker source on a one-thread runtime of its own (its threads named `thread_name`):
+/// `read` until shutdown, then waits (at most [`SETTLE`]) for what the pipeline finishes after
+/// the stop to be acknowledged, before the runtime goes.
+pub(crate) fn run_on_own_runtime(
+    status: &SourceStatus,
+    clock: &crate::clock::Clock,
+    thread_name: &str,
+    out: crossbeam_channel::Sender<Inbound>,
+    done: crossbeam_channel::Sender<Completion>,
+    read: impl FnOnce(&tokio::runtime::Runtime, &Outstanding, &crossbeam_channel::Sender<Inbound>, &crossbeam_channel::Sender<Completion>),
+) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(thread_name).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            log::error!(target: "wss::source", "cannot start the runtime of source {}: {err}", status.label);
+            return;
+        }
+    };
+    // The clients' types expect a runtime context also where they are built and dropped.
+    let _context = runtime.enter();
+    let outstanding = Outstanding::default();
+    read(&runtime, &outstanding, &out, &done);
+    drop((out, done));
+    outstanding.wait_settled(clock, SETTLE);
+}
+
+/// What a broker message's headers and properties name, before it becomes an event's fields.
+/// Each of `tenant`, `event_type` and `ids` holds every value given (more than one, or none,
+/// is the parser's to refuse, as in a stream entry).
+pub(crate) struct MessageParts {
+    pub tenant: Vec<Vec<u8>>,
+    pub event_type: Vec<Vec<u8>>,
+    pub ids: Vec<Vec<u8>>,
+    pub data: Vec<u8>,
+    pub created_at_ms: u64,
+    /// Sorted by the caller.
+    pub attributes: Fields,
+}
+
+/// Longest event id a broker message may bring (docs/contract.md §1).
+const MAX_MESSAGE_ID: usize = 128;
+
+/// The event id and fields of a broker message (docs/contract.md §7): its id is the one it
+/// names when that is a valid id (printable ASCII, at most 128 bytes), else `fallback`, which
+/// is also its `id` field when it names none.
+pub(crate) fn event_fields(parts: MessageParts, fallback: String) -> (String, Fields) {
+    let MessageParts { tenant, event_type, ids, data, created_at_ms, attributes } = parts;
+    let id = match ids.as_slice() {
+        [one] if !one.is_empty() && one.len() <= MAX_MESSAGE_ID && one.iter().all(|b| (0x21..=0x7e).contains(b)) => {
+            String::from_utf8(one.clone()).unwrap_or_else(|_| fallback.clone())
+        }
+        _ => fallback.clone(),
+    };
+    let mut fields: Fields = Vec::with_capacity(5 + attributes.len());
+    fields.extend(tenant.into_iter().map(|v| (b"tenant".to_vec(), v)));
+    fields.extend(event_type.into_iter().map(|v| (b"type".to_vec(), v)));
+    if ids.is_empty() {
+        fields.push((b"id".to_vec(), fallback.into_bytes()));
+    } else {
+        fields.extend(ids.into_iter().map(|v| (b"id".to_vec(), v)));
+    }
+    fields.push((b"data".to_vec(), data));
+    fields.push((crate::reserved::CREATED_AT_FIELD.as_bytes().to_vec(), created_at_ms.to_string().into_bytes()));
+    fields.extend(attributes);
+    (id, fields)
+}
+
 /// Whether the pipeline asked a source's thread to stop (or is gone).
 pub(crate) fn stop_requested(shutdown: &crossbeam_channel::Receiver<()>) -> bool {
     !matches!(shutdown.try_recv(), Err(crossbeam_channel::TryRecvError::Empty))

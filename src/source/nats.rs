@@ -37,13 +37,14 @@ use std::{
 };
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 
 pub use super::SourceStatus;
 use super::{
-    hand_on_held, stop_requested, Ack, BrokerHold, Fields, NatsSpec, Outstanding, Owed, RawEntry, BACKOFF_MAX, BACKOFF_MIN, SETTLE,
+    event_fields, hand_on_held, run_on_own_runtime, stop_requested, Ack, Backoff, BrokerHold, Fields, MessageParts, NatsSpec, Outstanding,
+    Owed, RawEntry, BACKOFF_MAX, BACKOFF_MIN,
 };
 use crate::{
     clock::Clock,
@@ -111,22 +112,11 @@ type HeldList = Arc<Mutex<Vec<Weak<Held>>>>;
 
 impl NatsSource {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("wss-nats-io").enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(err) => {
-                log::error!(target: "wss::source", "cannot start the runtime of source {}: {err}", self.status.label);
-                return;
-            }
-        };
-        // The client's types expect a runtime context also where they are built and dropped.
-        let _context = runtime.enter();
-        let held: HeldList = Arc::default();
-        runtime.spawn(progress(held.clone(), self.spec.ack_wait, self.clock.clone()));
-        let outstanding = Outstanding::default();
-        self.read(&runtime, &held, &outstanding, &out, &done, &shutdown);
-        // What the pipeline finishes after the stop is acknowledged before the runtime goes.
-        drop((out, done));
-        outstanding.wait_settled(&self.clock, SETTLE);
+        run_on_own_runtime(&self.status, &self.clock, "wss-nats-io", out, done, |runtime, outstanding, out, done| {
+            let held: HeldList = Arc::default();
+            runtime.spawn(progress(held.clone(), self.spec.ack_wait, self.clock.clone()));
+            self.read(runtime, &held, outstanding, out, done, &shutdown)
+        });
     }
 
     fn read(
@@ -139,12 +129,7 @@ impl NatsSource {
         shutdown: &Receiver<()>,
     ) {
         let mut down = false;
-        let mut backoff = BACKOFF_MIN;
-        let wait = |backoff: &mut Duration| -> bool {
-            let stop = !matches!(shutdown.recv_timeout(*backoff), Err(RecvTimeoutError::Timeout));
-            *backoff = (*backoff * 2).min(BACKOFF_MAX);
-            stop
-        };
+        let mut backoff = Backoff::new();
         // Connect (the client then reconnects by itself), and create what is missing.
         let mut consumer = loop {
             if stop_requested(shutdown) {
@@ -154,14 +139,14 @@ impl NatsSource {
                 Ok(consumer) => break consumer,
                 Err(err) => {
                     self.status.failed(&mut down, "connecting and preparing the stream and consumer", &err);
-                    if wait(&mut backoff) {
+                    if backoff.wait(shutdown) {
                         return;
                     }
                 }
             }
         };
         self.status.succeeded(&mut down);
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         log::info!(target: "wss::source", "reading NATS JetStream stream {} (subjects {}) as durable consumer {}", self.spec.stream, self.spec.subjects.join(","), self.spec.consumer);
         let mut lag_at = self.clock.now();
         loop {
@@ -183,7 +168,7 @@ impl NatsSource {
                 Ok(messages) => messages,
                 Err(err) => {
                     self.status.failed(&mut down, "pulling messages", &err);
-                    if wait(&mut backoff) {
+                    if backoff.wait(shutdown) {
                         return;
                     }
                     continue;
@@ -214,13 +199,13 @@ impl NatsSource {
             match failed {
                 Some(err) => {
                     self.status.failed(&mut down, "pulling messages", &err);
-                    if wait(&mut backoff) {
+                    if backoff.wait(shutdown) {
                         return;
                     }
                 }
                 None => {
                     self.status.succeeded(&mut down);
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                 }
             }
         }
@@ -347,8 +332,6 @@ async fn progress(held: HeldList, ack_wait: Duration, clock: Clock) {
     }
 }
 
-/// Longest event id (docs/contract.md §1).
-const MAX_ID: usize = 128;
 
 /// A message's event id and fields by docs/contract.md §7: `WSS-Tenant` → `tenant`, `WSS-Type` → `type`,
 /// `WSS-Id` (else `Nats-Msg-Id`, else `<stream>:<sequence>`) → `id`, the body → `data`, the
@@ -384,24 +367,10 @@ pub fn fields_of(message: &async_nats::Message, stream: &str, sequence: u64, pub
     attributes.sort();
     let fallback = format!("{stream}:{sequence}");
     let ids = if wss_id.is_empty() { msg_id.into_iter().collect() } else { wss_id };
-    let id = match ids.as_slice() {
-        [one] if !one.is_empty() && one.len() <= MAX_ID && one.iter().all(|b| (0x21..=0x7e).contains(b)) => {
-            String::from_utf8(one.clone()).unwrap_or_else(|_| fallback.clone())
-        }
-        _ => fallback.clone(),
-    };
-    let mut fields: Fields = Vec::with_capacity(5 + attributes.len());
-    fields.extend(tenant.into_iter().map(|v| (b"tenant".to_vec(), v)));
-    fields.extend(event_type.into_iter().map(|v| (b"type".to_vec(), v)));
-    if ids.is_empty() {
-        fields.push((b"id".to_vec(), fallback.into_bytes()));
-    } else {
-        fields.extend(ids.into_iter().map(|v| (b"id".to_vec(), v)));
-    }
-    fields.push((b"data".to_vec(), message.payload.to_vec()));
-    fields.push((crate::pipeline::event::CREATED_AT_FIELD.as_bytes().to_vec(), published_ms.to_string().into_bytes()));
-    fields.extend(attributes);
-    (id, fields)
+    event_fields(
+        MessageParts { tenant, event_type, ids, data: message.payload.to_vec(), created_at_ms: published_ms, attributes },
+        fallback,
+    )
 }
 
 #[cfg(test)]

@@ -14,7 +14,13 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use redis::{Connection, Pipeline};
 
-use crate::{crypto::SecretCipher, domain::DomainError, keys::Keys, redis_conn::RedisTarget};
+use crate::{
+    crypto::SecretCipher,
+    domain::DomainError,
+    keys::Keys,
+    redis_conn::RedisTarget,
+    streams::{parse_entries, RawEntry},
+};
 
 /// The control plane's storage: one per process, shared by the gRPC services, the routing
 /// snapshot's loader and the status page; its methods are spread over the modules of
@@ -96,5 +102,31 @@ impl Store {
                 return Ok(value);
             }
         })
+    }
+
+    /// Entries of stream `key` between two `XRANGE` bounds (ids, `(id` for "after", `-`, `+`),
+    /// at most `count` of them: oldest first from `start` to `end`, or with `newest_first`
+    /// (`XREVRANGE`) from `end` down to `start`.
+    pub(super) fn range(
+        &self,
+        con: &mut Connection,
+        key: &str,
+        (start, end): (&str, &str),
+        count: Option<usize>,
+        newest_first: bool,
+    ) -> Result<Vec<RawEntry>, DomainError> {
+        let command = if newest_first { "XREVRANGE" } else { "XRANGE" };
+        let mut cmd = redis::cmd(command);
+        if newest_first {
+            cmd.arg(key).arg(end).arg(start);
+        } else {
+            cmd.arg(key).arg(start).arg(end);
+        }
+        if let Some(count) = count {
+            cmd.arg("COUNT").arg(count);
+        }
+        let reply: redis::Value = cmd.query(con).map_err(|e| self.unavailable(e))?;
+        parse_entries(reply)
+            .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, command, e.to_string()))))
     }
 }

@@ -2,7 +2,7 @@
 //! newest first in pages a gRPC reply can carry, one by id, a range, or the record of one delivery.
 
 use super::{connection::Store, records::Page};
-use crate::{deadletter::DeadLetter, domain::DomainError, streams::parse_entries};
+use crate::{deadletter::DeadLetter, domain::DomainError};
 
 impl Store {
     /// Dead letters newest first, optionally of one tenant; `token` is the last id of the
@@ -33,17 +33,7 @@ impl Store {
             let mut scanned = 0;
             let batch = (page_size * 2).clamp(64, 1000);
             loop {
-                let reply: redis::Value = redis::cmd("XREVRANGE")
-                    .arg(&keys.dead_letters)
-                    .arg(&cursor)
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(batch)
-                    .query(con)
-                    .map_err(|e| self.unavailable(e))?;
-                let entries = parse_entries(reply).map_err(|e| {
-                    self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREVRANGE", e.to_string())))
-                })?;
+                let entries = self.range(con, &keys.dead_letters, ("-", &cursor), Some(batch), true)?;
                 let exhausted = entries.len() < batch;
                 for entry in entries {
                     scanned += 1;
@@ -88,17 +78,7 @@ impl Store {
     /// "after", `-`, `+`), at most `count`.
     pub fn dead_letters_between(&self, start: &str, end: &str, count: usize) -> Result<Vec<DeadLetter>, DomainError> {
         self.with_conn(|con, keys| {
-            let reply: redis::Value = redis::cmd("XRANGE")
-                .arg(&keys.dead_letters)
-                .arg(start)
-                .arg(end)
-                .arg("COUNT")
-                .arg(count)
-                .query(con)
-                .map_err(|e| self.unavailable(e))?;
-            let entries = parse_entries(reply).map_err(|e| {
-                self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string())))
-            })?;
+            let entries = self.range(con, &keys.dead_letters, (start, end), Some(count), false)?;
             Ok(entries.into_iter().map(|e| DeadLetter::from_fields(e.id, e.fields.unwrap_or_default())).collect())
         })
     }

@@ -6,17 +6,14 @@ use super::connection::Store;
 use crate::{
     deadletter::{Fields, REDELIVER_SCRIPT},
     domain::DomainError,
-    streams::{parse_entries, RawEntry},
+    streams::RawEntry,
 };
 
 impl Store {
     /// The fields of stream entry `id` of `<prefix>events`, if it is still there.
     pub fn event_entry(&self, id: &str) -> Result<Option<Fields>, DomainError> {
         self.with_conn(|con, keys| {
-            let reply: redis::Value = redis::cmd("XRANGE").arg(&keys.events).arg(id).arg(id).query(con).map_err(|e| self.unavailable(e))?;
-            let entries = parse_entries(reply).map_err(|e| {
-                self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string())))
-            })?;
+            let entries = self.range(con, &keys.events, (id, id), None, false)?;
             Ok(entries.into_iter().next().and_then(|e| e.fields))
         })
     }
@@ -40,18 +37,7 @@ impl Store {
     /// Entries of `<prefix>events` oldest first, from `start` to `end` (`XRANGE` bounds), at
     /// most `count` (ReplayEvents).
     pub fn events_between(&self, start: &str, end: &str, count: usize) -> Result<Vec<RawEntry>, DomainError> {
-        self.with_conn(|con, keys| {
-            let reply: redis::Value = redis::cmd("XRANGE")
-                .arg(&keys.events)
-                .arg(start)
-                .arg(end)
-                .arg("COUNT")
-                .arg(count)
-                .query(con)
-                .map_err(|e| self.unavailable(e))?;
-            parse_entries(reply)
-                .map_err(|e| self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string()))))
-        })
+        self.with_conn(|con, keys| self.range(con, &keys.events, (start, end), Some(count), false))
     }
 
     /// Appends every entry of `entries` to `<prefix>events`, all or none (`MULTI … EXEC`), and
