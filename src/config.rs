@@ -50,6 +50,7 @@ const KEYS: &[Key] = &[
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
     Key { name: "stream_retention", default: Some("24h") },
+    Key { name: "stream_shards", default: Some("1") },
     Key { name: "dedupe_window", default: Some("24h") },
     Key { name: "sender_threads", default: Some("256") },
     Key { name: "webhook_concurrency", default: Some("8") },
@@ -129,6 +130,9 @@ pub struct Config {
     /// still pending or unread in any consumer group (`WSS_STREAM_RETENTION`, docs/contract.md §6); `None`
     /// (`off`): trimming is left to producers.
     pub stream_retention: Option<Duration>,
+    /// Number of event streams (docs/contract.md §8): a tenant's events go to stream
+    /// `<prefix>events:{crc32(tenant) mod N}`, or `<prefix>events` when 1.
+    pub stream_shards: u32,
     /// How long a published `event_id` is remembered per tenant: publishing it again meanwhile
     /// appends nothing (`WSS_DEDUPE_WINDOW`, docs/contract.md §9).
     pub dedupe_window: Duration,
@@ -392,6 +396,7 @@ impl Layers {
                 "off" => None,
                 _ => Some(p.duration("stream_retention", Duration::from_secs(1), Duration::from_secs(10 * 365 * 86_400))),
             },
+            stream_shards: p.count("stream_shards", 1, 16_384) as u32,
             dedupe_window: p.duration("dedupe_window", Duration::from_secs(1), Duration::from_secs(365 * 86_400)),
             sender_threads: p.count("sender_threads", 1, 4096),
             webhook_concurrency: p.count("webhook_concurrency", 1, 4096),
@@ -424,9 +429,26 @@ impl Layers {
         if config.key_prefix.is_empty() || config.key_prefix.contains(char::is_whitespace) {
             p.errors.push("key_prefix must be non-empty and without spaces".into());
         }
-        if let Err(e) = redis::Client::open(config.redis_url.as_str()) {
-            let shown = crate::redis_conn::redact_url(&config.redis_url);
-            p.errors.push(format!("redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port"));
+        let shown = crate::redis_conn::redact_url(&config.redis_url);
+        match crate::redis_conn::cluster_nodes(&config.redis_url) {
+            Some(Err(why)) => p.errors.push(format!("redis_url: {why}")),
+            Some(Ok(nodes)) => {
+                if let Some(e) = nodes.iter().find_map(|node| redis::Client::open(node.as_str()).err()) {
+                    p.errors.push(format!("redis_url {shown:?} is not a Redis Cluster URL ({e}); use redis+cluster://host1:port1,host2:port2"));
+                }
+                // A hash tag in the prefix would be every key's: one slot for all shards.
+                if config.key_prefix.contains(['{', '}']) {
+                    p.errors.push(format!(
+                        "key_prefix {:?} holds a brace, which on a Redis Cluster would be a hash tag putting every key in one slot (docs/contract.md §8); choose a prefix without {{ or }}",
+                        config.key_prefix
+                    ));
+                }
+            }
+            None => {
+                if let Err(e) = redis::Client::open(config.redis_url.as_str()) {
+                    p.errors.push(format!("redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port or redis+cluster://host1:port1,host2:port2"));
+                }
+            }
         }
         if config.consumer.is_empty() || config.consumer.len() > 200 {
             p.errors.push("consumer must be 1 to 200 characters".into());
@@ -619,7 +641,7 @@ impl Parser<'_> {
     /// `rediss://` URL, the certificate and key together.
     fn redis_tls(&mut self) -> RedisTls {
         let url = self.string("redis_url");
-        let tls_url = url.starts_with("rediss://");
+        let tls_url = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
         let ca = self.opt_string("redis_ca_file");
         let cert = self.opt_string("redis_client_cert_file");
         let key = self.opt_string("redis_client_key_file");

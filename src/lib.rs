@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod receive;
 pub mod redis_conn;
 pub mod retry;
+pub mod shard;
 pub mod signature;
 pub mod source;
 pub mod stats;

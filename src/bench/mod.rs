@@ -308,7 +308,7 @@ impl<'e> Scenario<'e> {
         env: &'e Env,
         name: &str,
         extra: &[(&str, String)],
-        prepare: impl FnOnce(&mut ::redis::Connection, &Keys) -> anyhow::Result<()>,
+        prepare: impl FnOnce(&mut wss::redis_conn::Conn, &Keys) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let prefix = format!("wssbench:{}:{name}:", env.run_id);
         let keys = Keys::new(&prefix);
@@ -322,7 +322,7 @@ impl<'e> Scenario<'e> {
         Control::connect(self.service.grpc)
     }
 
-    fn redis(&self) -> anyhow::Result<::redis::Connection> {
+    fn redis(&self) -> anyhow::Result<wss::redis_conn::Conn> {
         redis::connect(&self.env.redis_url)
     }
 }
@@ -977,7 +977,7 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     // Every entry acknowledged: each delivery went out once, or waits in the backlog.
     redis::wait_all_acknowledged(&mut con, &scn.keys.events, &last, STALL * 5)?;
     report.backlog_fill_per_sec = events as f64 / start.elapsed().as_secs_f64();
-    let waiting: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 10)?.iter().map(|(_, d)| d.deliveries).sum();
+    let waiting: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 0, 10)?.iter().map(|(_, d)| d.deliveries).sum();
     let grown = redis::used_memory(&mut con)?.saturating_sub(memory_before);
     let stream_grown = redis::key_memory(&mut con, &scn.keys.events)?.saturating_sub(stream_before);
     report.backlog_waiting = waiting;
@@ -1001,7 +1001,7 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     (report.neighbor_p50_ms, report.neighbor_p99_ms) = (pct(0.5), pct(0.99));
     report.neighbor_events = latencies.len() as u64;
     report.backlog_rss_mib = scn.service.peak_rss_mib()?;
-    let still: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 10)?.iter().map(|(_, d)| d.deliveries).sum();
+    let still: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 0, 10)?.iter().map(|(_, d)| d.deliveries).sum();
     progress(format_args!(
         "  neighbour p50 {:.1} ms, p99 {:.1} ms over {} events, with {still} deliveries still in the backlog; service peak RSS {:.1} MiB",
         report.neighbor_p50_ms, report.neighbor_p99_ms, report.neighbor_events, report.backlog_rss_mib

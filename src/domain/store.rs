@@ -23,7 +23,8 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::{Commands, Connection, Pipeline};
+use redis::{Commands, Pipeline};
+use crate::redis_conn::Conn;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
@@ -86,7 +87,7 @@ const WEBHOOK_PAGE: usize = 500;
 pub struct Store {
     target: RedisTarget,
     keys: Keys,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Conn>>,
     /// Seals webhook secrets at rest; `None`: stored in clear.
     cipher: Option<SecretCipher>,
     /// How long a published `event_id` is remembered (`WSS_DEDUPE_WINDOW`).
@@ -138,7 +139,7 @@ impl Store {
 
     /// Runs `f` on the shared connection, connecting first when there is none. A Redis error
     /// drops the connection so that the next call starts afresh.
-    fn with_conn<T>(&self, f: impl FnOnce(&mut Connection, &Keys) -> Result<T, DomainError>) -> Result<T, DomainError> {
+    fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, &Keys) -> Result<T, DomainError>) -> Result<T, DomainError> {
         let mut guard = self.conn.lock();
         if guard.is_none() {
             let conn = self.target.connect_once(Duration::from_secs(2)).map_err(|e| self.unavailable(e))?;
@@ -160,7 +161,7 @@ impl Store {
     /// tokens): `check` reads what it needs and queues its writes on the pipeline (or refuses);
     /// the version bump is added here. Retried from the start when another writer changed a
     /// watched key meanwhile.
-    fn mutate<T>(&self, mut check: impl FnMut(&mut Connection, &Keys, &mut Pipeline) -> Result<T, DomainError>) -> Result<T, DomainError> {
+    fn mutate<T>(&self, mut check: impl FnMut(&mut Conn, &Keys, &mut Pipeline) -> Result<T, DomainError>) -> Result<T, DomainError> {
         self.with_conn(|con, keys| loop {
             let watched = [&keys.tenants, &keys.webhooks, &keys.policies, &keys.tokens];
             redis::cmd("WATCH").arg(&watched).exec(con).map_err(|e| self.unavailable(e))?;
@@ -576,9 +577,12 @@ impl Store {
 
     // ---- events and dead letters ----
 
-    /// Appends an event to the stream exactly as an `XADD` by another system would.
-    pub fn publish_event(&self, fields: &[(&str, &str)]) -> Result<String, DomainError> {
-        self.with_conn(|con, keys| redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e)))
+    /// Appends an event of `tenant` to its stream (docs/contract.md §8) exactly as an `XADD` by
+    /// another system would.
+    pub fn publish_event(&self, tenant: &str, fields: &[(&str, &str)]) -> Result<String, DomainError> {
+        self.with_conn(|con, keys| {
+            redis::cmd("XADD").arg(keys.stream_of(tenant)).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e))
+        })
     }
 
     /// [`Store::publish_event`] of an event with its own id (docs/contract.md §9): appended once per tenant
@@ -590,7 +594,7 @@ impl Store {
                 .arg(PUBLISH_ONCE_SCRIPT)
                 .arg(2)
                 .arg(keys.published(tenant, event_id))
-                .arg(&keys.events)
+                .arg(keys.stream_of(tenant))
                 .arg(window_ms)
                 .arg(fields)
                 .query(con)
@@ -697,10 +701,11 @@ impl Store {
         })
     }
 
-    /// The fields of stream entry `id` of `<prefix>events`, if it is still there.
-    pub fn event_entry(&self, id: &str) -> Result<Option<crate::deadletter::Fields>, DomainError> {
+    /// The fields of stream entry `id` of `tenant`'s stream, if it is still there.
+    pub fn event_entry(&self, tenant: &str, id: &str) -> Result<Option<crate::deadletter::Fields>, DomainError> {
         self.with_conn(|con, keys| {
-            let reply: redis::Value = redis::cmd("XRANGE").arg(&keys.events).arg(id).arg(id).query(con).map_err(|e| self.unavailable(e))?;
+            let reply: redis::Value =
+                redis::cmd("XRANGE").arg(keys.stream_of(tenant)).arg(id).arg(id).query(con).map_err(|e| self.unavailable(e))?;
             let entries = parse_entries(reply).map_err(|e| {
                 self.unavailable(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE", e.to_string())))
             })?;
@@ -708,15 +713,29 @@ impl Store {
         })
     }
 
-    /// Appends `fields` to `<prefix>events` and deletes dead letter `id`, atomically and only if
-    /// it still exists ([`crate::deadletter::REDELIVER_SCRIPT`]). `None`: it was gone already.
-    pub fn redeliver_dead_letter(&self, id: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<String>, DomainError> {
+    /// Appends `fields` to `tenant`'s stream and deletes dead letter `id`, atomically and only
+    /// if it still exists ([`crate::deadletter::REDELIVER_SCRIPT`]). `None`: it was gone already.
+    ///
+    /// On a Redis Cluster the two streams are in different slots: the event is appended first,
+    /// then the record deleted; when another redelivery deleted it meanwhile, the new entry is
+    /// deleted again (read already, it is delivered twice: at least once, as always).
+    pub fn redeliver_dead_letter(&self, tenant: &str, id: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<String>, DomainError> {
         self.with_conn(|con, keys| {
+            let stream = keys.stream_of(tenant);
+            if keys.cluster() && keys.shard_slot(keys.shard_of(tenant)).is_some() {
+                let entry: String = redis::cmd("XADD").arg(&stream).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e))?;
+                let deleted: i64 = redis::cmd("XDEL").arg(&keys.dead_letters).arg(id).query(con).map_err(|e| self.unavailable(e))?;
+                if deleted == 0 {
+                    let _: i64 = redis::cmd("XDEL").arg(&stream).arg(&entry).query(con).map_err(|e| self.unavailable(e))?;
+                    return Ok(None);
+                }
+                return Ok(Some(entry));
+            }
             redis::cmd("EVAL")
                 .arg(crate::deadletter::REDELIVER_SCRIPT)
                 .arg(2)
                 .arg(&keys.dead_letters)
-                .arg(&keys.events)
+                .arg(&stream)
                 .arg(id)
                 .arg(fields)
                 .query(con)
@@ -724,12 +743,12 @@ impl Store {
         })
     }
 
-    /// Entries of `<prefix>events` oldest first, from `start` to `end` (`XRANGE` bounds), at
+    /// Entries of `tenant`'s stream oldest first, from `start` to `end` (`XRANGE` bounds), at
     /// most `count` (ReplayEvents).
-    pub fn events_between(&self, start: &str, end: &str, count: usize) -> Result<Vec<crate::streams::RawEntry>, DomainError> {
+    pub fn events_between(&self, tenant: &str, start: &str, end: &str, count: usize) -> Result<Vec<crate::streams::RawEntry>, DomainError> {
         self.with_conn(|con, keys| {
             let reply: redis::Value = redis::cmd("XRANGE")
-                .arg(&keys.events)
+                .arg(keys.stream_of(tenant))
                 .arg(start)
                 .arg(end)
                 .arg("COUNT")
@@ -741,17 +760,18 @@ impl Store {
         })
     }
 
-    /// Appends every entry of `entries` to `<prefix>events`, all or none (`MULTI … EXEC`), and
-    /// returns their new ids in order (ResendDelivery, ReplayEvents).
-    pub fn append_events(&self, entries: &[crate::deadletter::Fields]) -> Result<Vec<String>, DomainError> {
+    /// Appends every entry of `entries`, events of `tenant`, to its stream, all or none
+    /// (`MULTI … EXEC`), and returns their new ids in order (ResendDelivery, ReplayEvents).
+    pub fn append_events(&self, tenant: &str, entries: &[crate::deadletter::Fields]) -> Result<Vec<String>, DomainError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         self.with_conn(|con, keys| {
+            let stream = keys.stream_of(tenant);
             let mut pipe = redis::pipe();
             pipe.atomic();
             for fields in entries {
-                pipe.cmd("XADD").arg(&keys.events).arg("*").arg(fields);
+                pipe.cmd("XADD").arg(&stream).arg("*").arg(fields);
             }
             pipe.query(con).map_err(|e| self.unavailable(e))
         })
@@ -846,7 +866,7 @@ impl Store {
 
     // ---- helpers ----
 
-    fn fetch<T: Stored>(&self, con: &mut Connection, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
+    fn fetch<T: Stored>(&self, con: &mut Conn, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
         debug_assert_eq!(kind, T::KIND);
         let raw: Option<String> = con.hget(key, id).map_err(|e| self.unavailable(e))?;
         let raw = raw.ok_or_else(|| DomainError::NotFound { kind, id: id.to_owned() })?;
@@ -854,13 +874,13 @@ impl Store {
     }
 
     /// A record and its version in one MULTI, so that they always match.
-    fn fetch_versioned<T: Stored>(&self, con: &mut Connection, key: &str, id: &str) -> Result<Versioned<T>, DomainError> {
+    fn fetch_versioned<T: Stored>(&self, con: &mut Conn, key: &str, id: &str) -> Result<Versioned<T>, DomainError> {
         self.fetch_versioned_in(con, key, id, true)
     }
 
     /// [`Store::fetch_versioned`] inside [`Store::mutate`]: no MULTI of its own (an EXEC would end
     /// the WATCH); the transaction's EXEC fails when either changed meanwhile.
-    fn fetch_versioned_in<T: Stored>(&self, con: &mut Connection, key: &str, id: &str, atomic: bool) -> Result<Versioned<T>, DomainError> {
+    fn fetch_versioned_in<T: Stored>(&self, con: &mut Conn, key: &str, id: &str, atomic: bool) -> Result<Versioned<T>, DomainError> {
         let mut pipe = redis::pipe();
         if atomic {
             pipe.atomic();
@@ -872,7 +892,7 @@ impl Store {
     }
 
     /// Every record of hash `key` with its version, read in one MULTI.
-    fn all_versioned<T: Stored>(&self, con: &mut Connection, key: &str) -> Result<Vec<Versioned<T>>, DomainError> {
+    fn all_versioned<T: Stored>(&self, con: &mut Conn, key: &str) -> Result<Vec<Versioned<T>>, DomainError> {
         let (raw, versions): (Vec<(String, String)>, std::collections::HashMap<String, u64>) =
             redis::pipe().atomic().hgetall(key).hgetall(versions_key(key)).query(con).map_err(|e| self.unavailable(e))?;
         raw.iter()
@@ -882,7 +902,7 @@ impl Store {
 
     /// Queues version n+1 of a new record `id` of hash `key` (n: the version its id last had, kept
     /// across a deletion) and returns it.
-    fn bump_version(&self, con: &mut Connection, pipe: &mut Pipeline, key: &str, id: &str) -> Result<u64, DomainError> {
+    fn bump_version(&self, con: &mut Conn, pipe: &mut Pipeline, key: &str, id: &str) -> Result<u64, DomainError> {
         let versions = versions_key(key);
         let last: Option<u64> = con.hget(&versions, id).map_err(|e| self.unavailable(e))?;
         let version = last.unwrap_or(0) + 1;
@@ -892,7 +912,7 @@ impl Store {
 
     fn fetch_policy_versioned(
         &self,
-        con: &mut Connection,
+        con: &mut Conn,
         keys: &Keys,
         id: &str,
         atomic: bool,
@@ -906,14 +926,14 @@ impl Store {
         }
     }
 
-    fn fetch_policy(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
+    fn fetch_policy(&self, con: &mut Conn, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
         match self.fetch(con, &keys.policies, "retry policy", id) {
             Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => Ok(RetryPolicy::builtin_default()),
             other => other,
         }
     }
 
-    fn all<T: Stored>(&self, con: &mut Connection, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
+    fn all<T: Stored>(&self, con: &mut Conn, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
         debug_assert_eq!(kind, T::KIND);
         let raw: Vec<(String, String)> = con.hgetall(key).map_err(|e| self.unavailable(e))?;
         self.decode_all(raw)
@@ -922,7 +942,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     fn list<T: Stored>(
         &self,
-        con: &mut Connection,
+        con: &mut Conn,
         key: &str,
         kind: &'static str,
         page_size: usize,
@@ -933,7 +953,7 @@ impl Store {
         Ok(paginate(self.all(con, key, kind)?, page_size, token, keep, id_of))
     }
 
-    fn require_tenant(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<(), DomainError> {
+    fn require_tenant(&self, con: &mut Conn, keys: &Keys, id: &str) -> Result<(), DomainError> {
         if con.hexists(&keys.tenants, id).map_err(|e| self.unavailable(e))? {
             Ok(())
         } else {
@@ -942,7 +962,7 @@ impl Store {
     }
 
     /// An empty id means "inherit" and is always fine; `default` always exists.
-    fn require_policy(&self, con: &mut Connection, keys: &Keys, field: &'static str, id: &str) -> Result<(), DomainError> {
+    fn require_policy(&self, con: &mut Conn, keys: &Keys, field: &'static str, id: &str) -> Result<(), DomainError> {
         if id.is_empty() || id == DEFAULT_POLICY_ID {
             return Ok(());
         }

@@ -225,14 +225,14 @@ impl AmqpSource {
         shutdown: &Receiver<()>,
     ) -> bool {
         let (id, fields) = fields_of(&delivery, &self.spec.queue, now_ms());
-        match self.in_flight.admit(&id, shutdown) {
+        match self.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             Admission::AlreadyInFlight | Admission::Full => {
                 // A copy of an event in hand (redelivered after a reconnect, or the same id
                 // twice): acknowledged once the event leaves the window, its work recorded.
                 let (in_flight, acker) = (self.in_flight.clone(), delivery.acker);
                 runtime.spawn(async move {
-                    while in_flight.contains(&id) {
+                    while in_flight.contains(0, &id) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     let _ = acker.ack(BasicAckOptions::default()).await;

@@ -32,9 +32,11 @@ use self::redis::poison;
 use crate::pipeline::{event::parse_entry, Completion, EntryTicket, Inbound};
 pub use crate::streams::RawEntry;
 
-/// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
-/// `reads`: how often Redis delivered it, for an entry read again (see `redis::poison`).
+/// Parses and forwards one admitted entry of shard `shard`'s stream; false when the next stage
+/// is gone (shutdown). `reads`: how often Redis delivered it, for an entry read again (see
+/// `redis::poison`).
 pub(crate) fn hand_on(
+    shard: u32,
     entry: RawEntry,
     recovered: bool,
     reads: Option<u64>,
@@ -42,11 +44,11 @@ pub(crate) fn hand_on(
     out: &Sender<Inbound>,
     done: &Sender<Completion>,
 ) -> bool {
-    hand_on_held(entry, recovered, reads, max_event_bytes, None, out, done)
+    hand_on_ticket(shard, entry, recovered, reads, max_event_bytes, None, out, done)
 }
 
-/// [`hand_on`] for an event of any source: a broker's carries its [`BrokerHold`] (its fields
-/// and its acknowledgement, `crate::source`), a Redis entry none.
+/// [`hand_on`] for a broker's event, which carries its [`BrokerHold`] (its fields and its
+/// acknowledgement, `crate::source`).
 pub(crate) fn hand_on_held(
     entry: RawEntry,
     recovered: bool,
@@ -56,7 +58,21 @@ pub(crate) fn hand_on_held(
     out: &Sender<Inbound>,
     done: &Sender<Completion>,
 ) -> bool {
-    let ticket = EntryTicket::with_hold(entry.id.clone(), recovered, broker.map(Box::new));
+    hand_on_ticket(0, entry, recovered, reads, max_event_bytes, broker, out, done)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hand_on_ticket(
+    shard: u32,
+    entry: RawEntry,
+    recovered: bool,
+    reads: Option<u64>,
+    max_event_bytes: usize,
+    broker: Option<BrokerHold>,
+    out: &Sender<Inbound>,
+    done: &Sender<Completion>,
+) -> bool {
+    let ticket = EntryTicket::with_hold(shard, entry.id.clone(), recovered, broker.map(Box::new));
     let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
     let parsed = match (stubbed, reads) {
         (Some((size, excerpt)), _) => {

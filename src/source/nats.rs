@@ -289,7 +289,7 @@ impl NatsSource {
             Err(_) => (0, now_ms(), 1),
         };
         let (id, fields) = fields_of(&message.message, &self.spec.stream, sequence, published_ms);
-        match self.in_flight.admit(&id, shutdown) {
+        match self.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             // The same event is in hand (a redelivery, or another message with its id): this
             // copy is left unacknowledged; the one in hand is acknowledged when done, and
