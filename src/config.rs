@@ -434,7 +434,8 @@ impl Layers {
             Some(Err(why)) => p.errors.push(format!("redis_url: {why}")),
             Some(Ok(nodes)) => {
                 if let Some(e) = nodes.iter().find_map(|node| redis::Client::open(node.as_str()).err()) {
-                    p.errors.push(format!("redis_url {shown:?} is not a Redis Cluster URL ({e}); use redis+cluster://host1:port1,host2:port2"));
+                    p.errors
+                        .push(format!("redis_url {shown:?} is not a Redis Cluster URL ({e}); use redis+cluster://host1:port1,host2:port2"));
                 }
                 // A hash tag in the prefix would be every key's: one slot for all shards.
                 if config.key_prefix.contains(['{', '}']) {
@@ -446,7 +447,9 @@ impl Layers {
             }
             None => {
                 if let Err(e) = redis::Client::open(config.redis_url.as_str()) {
-                    p.errors.push(format!("redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port or redis+cluster://host1:port1,host2:port2"));
+                    p.errors.push(format!(
+                        "redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port or redis+cluster://host1:port1,host2:port2"
+                    ));
                 }
             }
         }
@@ -965,6 +968,25 @@ mod tests {
         layers.toml("[[sources]]\nkind = \"kafka\"\n", "test.toml");
         let err = layers.build().unwrap_err().to_string();
         assert!(err.contains("[[sources]] #1") && err.contains("unknown kind"), "{err}");
+    }
+
+    #[test]
+    fn stream_shards_and_cluster_urls_are_checked() {
+        assert_eq!(Layers::new().environment(env(&[])).build().unwrap().stream_shards, 1, "docs/contract.md §6: 1 by default");
+        let c = Layers::new()
+            .environment(env(&[("WSS_STREAM_SHARDS", "8"), ("WSS_REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001")]))
+            .build()
+            .unwrap();
+        assert_eq!((c.stream_shards, c.redis_url.as_str()), (8, "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"));
+        let err = Layers::new().environment(env(&[("WSS_STREAM_SHARDS", "0")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_STREAM_SHARDS"), "{err}");
+        // A hash tag in the prefix would put every shard in one slot.
+        let cluster = ("WSS_REDIS_URL", "rediss+cluster://u:secret@h1:7000");
+        let err = Layers::new().environment(env(&[cluster, ("WSS_KEY_PREFIX", "{wss}:")])).build().unwrap_err().to_string();
+        assert!(err.contains("key_prefix") && err.contains("hash tag") && !err.contains("secret"), "{err}");
+        assert!(Layers::new().environment(env(&[("WSS_KEY_PREFIX", "{wss}:")])).build().is_ok(), "one Redis has no slots");
+        let err = Layers::new().environment(env(&[("WSS_REDIS_URL", "redis+cluster://")])).build().unwrap_err().to_string();
+        assert!(err.contains("names no node"), "{err}");
     }
 
     #[test]

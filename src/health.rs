@@ -155,10 +155,10 @@ pub fn spawn_prober(
         loop {
             if conn.is_none() {
                 // Not `connect_once`: a failed probe is not the pipeline's outage to announce.
-                conn =
-                    redis.connect_quietly(PROBE_TIMEOUT).ok().filter(|con| {
-                        con.set_read_timeout(Some(PROBE_TIMEOUT)).is_ok() && con.set_write_timeout(Some(PROBE_TIMEOUT)).is_ok()
-                    });
+                conn = redis
+                    .connect_quietly(PROBE_TIMEOUT)
+                    .ok()
+                    .filter(|con| con.set_read_timeout(Some(PROBE_TIMEOUT)).is_ok() && con.set_write_timeout(Some(PROBE_TIMEOUT)).is_ok());
             }
             let up = match conn.as_mut() {
                 Some(con) => redis::cmd("PING").query::<String>(con).is_ok(),

@@ -31,8 +31,8 @@ use std::{
     time::Duration,
 };
 
-use redis::{Commands, Pipeline, RedisResult};
 use crate::redis_conn::Conn;
+use redis::{Commands, Pipeline, RedisResult};
 use serde::{Deserialize, Serialize};
 
 use crate::{deadletter::AttemptRecord, keys::Keys};

@@ -552,7 +552,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
     health.wait_reported(Duration::from_secs(2));
-    let streams = if keys.shards() == 1 { keys.events.clone() } else { format!("{} streams {}", keys.shards(), keys.stream(0).replace("{0}", "{0..}")) };
+    let streams = if keys.shards() == 1 {
+        keys.events.clone()
+    } else {
+        format!("{} streams {}", keys.shards(), keys.stream(0).replace("{0}", "{0..}"))
+    };
     log::info!(target: "wss", "reading {streams} as consumer {:?} of group wss with {} sender threads{}", config.consumer, config.sender_threads, if keys.cluster() { " on a Redis Cluster" } else { "" });
     for source in config.sources.iter().filter(|s| **s != wss::source::SourceSpec::Redis) {
         log::info!(target: "wss", "reading source {} with {} sender threads", source.label(), config.sender_threads);

@@ -37,7 +37,8 @@ use crate::config::RedisTls;
 /// A connection to one Redis or to a Redis Cluster.
 pub enum Conn {
     Single(redis::Connection),
-    Cluster(redis::cluster::ClusterConnection),
+    /// Boxed: it is several times the size of a single connection, and each thread holds one.
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Conn {
@@ -65,7 +66,7 @@ impl Conn {
     fn inner(&mut self) -> &mut dyn ConnectionLike {
         match self {
             Conn::Single(con) => con,
-            Conn::Cluster(con) => con,
+            Conn::Cluster(con) => con.as_mut(),
         }
     }
 }
@@ -132,7 +133,8 @@ pub fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
         Some(at) => (&authority[..=at], &authority[at + 1..]),
         None => ("", authority),
     };
-    let nodes: Vec<String> = hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{credentials}{h}{tail}")).collect();
+    let nodes: Vec<String> =
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{credentials}{h}{tail}")).collect();
     if nodes.is_empty() {
         return Some(Err(format!("{} names no node: write {scheme}+cluster://host1:port1,host2:port2", redact_url(url))));
     }
@@ -163,7 +165,10 @@ impl RedisTarget {
     pub fn with_tls(url: &str, tls: &RedisTls) -> Result<Self, RedisError> {
         let custom_tls = tls.ca_pem.is_some() || tls.client.is_some();
         let certificates = || redis::TlsCertificates {
-            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
             root_cert: tls.ca_pem.clone(),
         };
         let target = match cluster_nodes(url) {
@@ -203,7 +208,7 @@ impl RedisTarget {
             Target::Single(client) => client.get_connection_with_timeout(timeout).map(Conn::Single),
             Target::Cluster(client) => {
                 let config = redis::cluster::ClusterConfig::new().set_connection_timeout(timeout);
-                client.get_connection_with_config(config).map(Conn::Cluster)
+                client.get_connection_with_config(config).map(|con| Conn::Cluster(Box::new(con)))
             }
         }
     }

@@ -36,8 +36,8 @@ use std::{
     time::Duration,
 };
 
-use redis::{Pipeline, RedisResult};
 use crate::redis_conn::Conn;
+use redis::{Pipeline, RedisResult};
 
 use crate::{deadletter::AttemptRecord, keys::Keys, pipeline::isolation::CircuitState};
 

@@ -76,8 +76,17 @@ async fn sharded_keys_land_where_the_contract_says() {
         assert!(entry_ids(&mut con, &stream).contains(&published.stream_entry_id), "PublishEvent for {tenant} appends to {stream}");
         expected.insert(published.event_id);
         // A producer's XADD to the same stream is read too.
-        let id: String =
-            redis::cmd("XADD").arg(&stream).arg("*").arg("tenant").arg(tenant).arg("type").arg("x").arg("data").arg("{}").query(&mut con).unwrap();
+        let id: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("tenant")
+            .arg(tenant)
+            .arg("type")
+            .arg("x")
+            .arg("data")
+            .arg("{}")
+            .query(&mut con)
+            .unwrap();
         expected.insert(id);
     }
     let unsharded: bool = redis::cmd("EXISTS").arg(ks.events()).query(&mut con).unwrap();
@@ -90,7 +99,12 @@ async fn sharded_keys_land_where_the_contract_says() {
     let k = wss::shard::shard_of("retrying", SHARDS);
     let published = grpc
         .events()
-        .publish_event(PublishEventRequest { tenant_id: "retrying".into(), event_type: "x".into(), data: "{}".into(), ..Default::default() })
+        .publish_event(PublishEventRequest {
+            tenant_id: "retrying".into(),
+            event_type: "x".into(),
+            data: "{}".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -124,7 +138,8 @@ async fn sharded_keys_land_where_the_contract_says() {
         Ok(())
     })
     .await;
-    let leftovers: Vec<String> = ks.keys().into_iter().filter(|key| key.contains("backlog:") && !key.contains(&format!("backlog:{{{k}}}"))).collect();
+    let leftovers: Vec<String> =
+        ks.keys().into_iter().filter(|key| key.contains("backlog:") && !key.contains(&format!("backlog:{{{k}}}"))).collect();
     assert!(leftovers.is_empty(), "backlog keys only in the retrying tenant's shard: {leftovers:?}");
 }
 

@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use redis::Value;
-use wss::redis_conn::Conn;
 use serde_json::json;
+use wss::redis_conn::Conn;
 use wss::{
     domain::model::{Tenant, Webhook},
     keys::Keys,
@@ -94,7 +94,8 @@ impl Drop for PrivateRedis {
 
 /// A connection to the Redis (or Redis Cluster) at `url`.
 pub fn connect(url: &str) -> anyhow::Result<Conn> {
-    let target = wss::redis_conn::RedisTarget::new(url).with_context(|| format!("{} is not a Redis URL", wss::redis_conn::redact_url(url)))?;
+    let target =
+        wss::redis_conn::RedisTarget::new(url).with_context(|| format!("{} is not a Redis URL", wss::redis_conn::redact_url(url)))?;
     target.connect_quietly(Duration::from_secs(5)).with_context(|| format!("connecting to Redis at {}", target.display_url()))
 }
 
@@ -182,13 +183,7 @@ fn publish_batch(con: &mut Conn, stream: &str, shape: &EventShape, first: u64, c
 /// Publishes open-loop at `rate` events per second for `duration`: every millisecond it sends
 /// as many as are due, whether or not the earlier ones were delivered. Returns the number sent
 /// and the last entry id.
-pub fn publish_at_rate(
-    con: &mut Conn,
-    stream: &str,
-    shape: &EventShape,
-    rate: f64,
-    duration: Duration,
-) -> anyhow::Result<(u64, String)> {
+pub fn publish_at_rate(con: &mut Conn, stream: &str, shape: &EventShape, rate: f64, duration: Duration) -> anyhow::Result<(u64, String)> {
     let start = Instant::now();
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let mut sent = 0u64;

@@ -22,9 +22,9 @@
 
 use std::time::Duration;
 
+use crate::redis_conn::Conn;
 use parking_lot::Mutex;
 use redis::{Commands, Pipeline};
-use crate::redis_conn::Conn;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
@@ -910,13 +910,7 @@ impl Store {
         Ok(version)
     }
 
-    fn fetch_policy_versioned(
-        &self,
-        con: &mut Conn,
-        keys: &Keys,
-        id: &str,
-        atomic: bool,
-    ) -> Result<Versioned<RetryPolicy>, DomainError> {
+    fn fetch_policy_versioned(&self, con: &mut Conn, keys: &Keys, id: &str, atomic: bool) -> Result<Versioned<RetryPolicy>, DomainError> {
         match self.fetch_versioned_in(con, &keys.policies, id, atomic) {
             Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => {
                 let version: Option<u64> = con.hget(versions_key(&keys.policies), id).map_err(|e| self.unavailable(e))?;

@@ -73,9 +73,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{select, Receiver, Sender};
 use redis::{RedisError, Value};
-use crate::redis_conn::Conn;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -384,8 +384,11 @@ impl HandOff {
 pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOff, now_ms: u64) {
     let meta = serde_json::to_string(&hand_off.meta).expect("an item's state always serializes");
     let k = hand_off.shard;
-    let (item, due, since) =
-        (keys.backlog_item(k, &hand_off.webhook, &hand_off.entry), keys.backlog_due(k, &hand_off.webhook), keys.backlog_since(k, &hand_off.webhook));
+    let (item, due, since) = (
+        keys.backlog_item(k, &hand_off.webhook, &hand_off.entry),
+        keys.backlog_due(k, &hand_off.webhook),
+        keys.backlog_since(k, &hand_off.webhook),
+    );
     let fifo = hand_off.meta.fifo;
     match &hand_off.fields {
         None => {
@@ -877,7 +880,14 @@ enum Rebuilt {
 /// Rebuilds an item's delivery with its webhook's current route (`None`: deleted): routed again
 /// by the transformer's rules ([`transformer::plan_one`]), so that a webhook whose types or
 /// filter no longer want the event does not get it, and a changed transform applies.
-fn rebuild(shard: u32, meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator: &Evaluator, max_event_bytes: usize) -> Rebuilt {
+fn rebuild(
+    shard: u32,
+    meta: ItemMeta,
+    fields: Fields,
+    route: Option<&Arc<Route>>,
+    evaluator: &Evaluator,
+    max_event_bytes: usize,
+) -> Rebuilt {
     let ticket = EntryTicket::new(shard, meta.source.clone(), false);
     let webhook_id: Arc<str> = match route {
         Some(route) => route.id.clone(),

@@ -21,9 +21,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
-use crate::redis_conn::Conn;
 
 use super::{
     backlog,

@@ -37,8 +37,8 @@ use std::{
 
 use std::collections::{HashMap, HashSet};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::redis_conn::Conn;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{
     backlog::{self, HandOff},
@@ -311,18 +311,21 @@ impl Outcomes {
                 self.metrics.bad_entry(rejection.reason);
                 self.metrics.dead_letter(rejection.reason);
                 let body = fields_as_json(&raw_fields);
-                batch.dead.push((ticket.shard, DeadLetter {
-                    reason: rejection.reason.as_str().into(),
-                    detail: rejection.detail,
-                    tenant_id: rejection.tenant,
-                    event_id: rejection.event_id,
-                    event_type: rejection.event_type,
-                    stream_entry_id: ticket.stream_id.clone(),
-                    dead_lettered_at_ms: now_ms(),
-                    body,
-                    raw_fields,
-                    ..Default::default()
-                }));
+                batch.dead.push((
+                    ticket.shard,
+                    DeadLetter {
+                        reason: rejection.reason.as_str().into(),
+                        detail: rejection.detail,
+                        tenant_id: rejection.tenant,
+                        event_id: rejection.event_id,
+                        event_type: rejection.event_type,
+                        stream_entry_id: ticket.stream_id.clone(),
+                        dead_lettered_at_ms: now_ms(),
+                        body,
+                        raw_fields,
+                        ..Default::default()
+                    },
+                ));
                 batch.ack(&ticket);
             }
             Completion::Unrouted { ticket } => {
@@ -362,24 +365,27 @@ impl Outcomes {
         self.metrics.dead_letter(reason);
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
         batch.stats.dead_letter(&delivery.webhook_id, now_ms());
-        batch.dead.push((delivery.ticket.shard, DeadLetter {
-            reason: reason.as_str().into(),
-            detail,
-            tenant_id: delivery.event.tenant().to_owned(),
-            webhook_id: delivery.webhook_id.to_string(),
-            event_id: delivery.event.id().to_owned(),
-            event_type: delivery.event.event_type().to_owned(),
-            stream_entry_id: delivery.ticket.stream_id.clone(),
-            dead_lettered_at_ms: now_ms(),
-            body: String::from_utf8_lossy(&delivery.body).into_owned(),
-            attempts: std::mem::take(&mut delivery.history),
-            // A broker's event has no stream entry to copy its fields from: they come from memory.
-            raw_fields: match delivery.backlog.as_mut() {
-                Some(backlogged) => std::mem::take(&mut backlogged.fields),
-                None => delivery.ticket.broker_fields().cloned().unwrap_or_default(),
+        batch.dead.push((
+            delivery.ticket.shard,
+            DeadLetter {
+                reason: reason.as_str().into(),
+                detail,
+                tenant_id: delivery.event.tenant().to_owned(),
+                webhook_id: delivery.webhook_id.to_string(),
+                event_id: delivery.event.id().to_owned(),
+                event_type: delivery.event.event_type().to_owned(),
+                stream_entry_id: delivery.ticket.stream_id.clone(),
+                dead_lettered_at_ms: now_ms(),
+                body: String::from_utf8_lossy(&delivery.body).into_owned(),
+                attempts: std::mem::take(&mut delivery.history),
+                // A broker's event has no stream entry to copy its fields from: they come from memory.
+                raw_fields: match delivery.backlog.as_mut() {
+                    Some(backlogged) => std::mem::take(&mut backlogged.fields),
+                    None => delivery.ticket.broker_fields().cloned().unwrap_or_default(),
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        }));
+        ));
         finish(&delivery, batch);
     }
 
@@ -417,14 +423,7 @@ impl Outcomes {
     /// One attempt to write the batch in one transaction; true when it is written (or empty).
     /// On failure the batch is kept for the next attempt. The stats join when they are due
     /// (or `force`d, at shutdown).
-    fn flush(
-        &self,
-        conn: &mut Option<Conn>,
-        batch: &mut Batch,
-        trimming: &mut Trimming,
-        stats: &mut StatsWriting,
-        force: bool,
-    ) -> bool {
+    fn flush(&self, conn: &mut Option<Conn>, batch: &mut Batch, trimming: &mut Trimming, stats: &mut StatsWriting, force: bool) -> bool {
         self.take_circuit_changes(&mut batch.stats);
         let write_stats = !batch.stats.is_empty() && (force || Instant::now() >= stats.due);
         if batch.len() == 0 && !write_stats {
@@ -460,7 +459,14 @@ impl Outcomes {
     /// acknowledged before its records are written; a crash between the two leaves it pending,
     /// read again and checked against the history (like any recovered entry). What was written
     /// leaves the batch as it lands, so a retry writes only the rest.
-    fn write(&self, con: &mut Conn, batch: &mut Batch, trimming: &mut Trimming, stats: &mut StatsWriting, write_stats: bool) -> redis::RedisResult<()> {
+    fn write(
+        &self,
+        con: &mut Conn,
+        batch: &mut Batch,
+        trimming: &mut Trimming,
+        stats: &mut StatsWriting,
+        write_stats: bool,
+    ) -> redis::RedisResult<()> {
         let split = con.is_cluster();
         if split {
             self.read_dead_letter_sources(con, &mut batch.dead)?;

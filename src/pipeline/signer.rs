@@ -33,8 +33,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use crossbeam_channel::{select, tick, Receiver, Sender};
 use crate::redis_conn::Conn;
+use crossbeam_channel::{select, tick, Receiver, Sender};
 
 use super::{
     isolation::{Gate, Isolation},

@@ -15,9 +15,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::{RedisError, Script, Value};
-use crate::redis_conn::Conn;
 
 use super::GROUP;
 use crate::{

@@ -23,8 +23,8 @@
 
 use std::collections::HashMap;
 
-use redis::{RedisError, Value};
 use crate::redis_conn::Conn;
+use redis::{RedisError, Value};
 
 use super::GROUP;
 use crate::pipeline::event::Rejection;

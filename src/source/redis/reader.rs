@@ -27,9 +27,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use redis::{RedisError, Value};
-use crate::redis_conn::Conn;
 
 use super::{poison, GROUP};
 use crate::{

@@ -42,9 +42,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::{RedisError, Value};
-use crate::redis_conn::Conn;
 
 use crate::pipeline::gauges::{pairs, text};
 use crate::{redis_conn::RedisTarget, streams::parse_id};
