@@ -240,7 +240,7 @@ async fn leased_backlog_deliveries_come_back_after_a_crash() {
     receiver.wait_for_requests(2, "the first attempt and the leased retry", |_| true).await;
     let leased: f64 =
         redis::cmd("ZSCORE").arg(format!("{}backlog:due:{}", ks.prefix, webhook.webhook_id)).arg(&stream_id).query(&mut ks.conn()).unwrap();
-    assert!(leased > wss::domain::store::now_ms() as f64, "the retry is leased while its attempt is out");
+    assert!(leased > wss::clock::now_ms() as f64, "the retry is leased while its attempt is out");
     drop(first); // SIGKILL, and wait for it to be gone
 
     let second = Service::start(&ks, "second", &env).await;

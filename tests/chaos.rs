@@ -193,7 +193,7 @@ const LEASED_BEYOND_MS: u64 = 2000;
 
 /// Backlog deliveries leased now (score beyond [`LEASED_BEYOND_MS`]), and all.
 fn backlog_census(ks: &Keyspace, webhooks: &BTreeMap<String, (usize, String)>) -> (u64, u64) {
-    let now = wss::domain::store::now_ms();
+    let now = wss::clock::now_ms();
     let mut con = ks.conn();
     let (mut leased, mut all) = (0, 0);
     for webhook in webhooks.keys() {

@@ -44,7 +44,7 @@ fn one_command_per_record_and_the_old_event_sets_are_still_read() {
     let keys = Keys::new(&ks.prefix);
     let mut con = ks.conn();
     let retention = Retention { max_age: Duration::from_secs(3600), max_count: 1000 };
-    let now = wss::domain::store::now_ms();
+    let now = wss::clock::now_ms();
     // Two events that are neighbours in lexical order ("e", "e1"), one with two webhooks.
     let records = [record("1-0", "wh_a", "e", now), record("1-0", "wh_b", "e", now + 1), record("2-0", "wh_a", "e1", now + 2)];
     let mut pipe = redis::pipe();

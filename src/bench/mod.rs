@@ -74,6 +74,7 @@ mod raw;
 mod receiver;
 mod redis;
 mod service;
+mod sharded;
 
 use std::{
     fmt::Write as _,
@@ -148,6 +149,15 @@ pub struct Args {
     /// The RabbitMQ of `--source amqp`.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
+    /// Sharded streams (docs/scaling.md): with more than 1, or with a Redis Cluster URL
+    /// (`--redis-url redis+cluster://host:port,…`, default 8 there), only the sharded part runs:
+    /// `--instances` services with `WSS_STREAM_SHARDS` set to this, the throughput of
+    /// `--events` over `--webhooks`, CPU per delivery of each instance and each Redis master.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Services sharing the work in the sharded part.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
     /// Print one JSON object (the figures) instead of the table.
     #[arg(long)]
     json: bool,
@@ -552,6 +562,11 @@ fn load_average() -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args);
     let env = Env::prepare(&args)?;
+    let cluster = wss::redis_conn::cluster_nodes(&env.redis_url).is_some();
+    let shards = args.shards.unwrap_or(if cluster { 8 } else { 1 }).max(1);
+    if cluster || shards > 1 {
+        return sharded::measure(&plan, &env, shards, args.instances, args.json);
+    }
     let report = match args.source.as_str() {
         "redis" => measure(&plan, &env)?,
         source => {
