@@ -346,9 +346,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// True for errors that mean "the connection is gone" rather than "the command was wrong".
+/// True for errors that mean "the connection is gone" rather than "the command was wrong" —
+/// on a cluster also "the slot moved": a redirection the crate does not follow (inside a
+/// transaction, which Redis aborts whole), after a failover or a resharding. Either way the
+/// caller reconnects (a new cluster connection reads the new slot map) and tries again.
 pub fn is_connection_error(err: &RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
+    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() || is_redirection(err)
+}
+
+/// A cluster redirection or a cluster not ready, alone or as the cause of an aborted
+/// transaction.
+fn is_redirection(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let cluster = |kind: Option<ServerErrorKind>| {
+        matches!(kind, Some(ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown))
+    };
+    err.is_cluster_error()
+        || (err.kind() == ErrorKind::Server(ServerErrorKind::ExecAbort)
+            && err.clone().into_server_errors().is_some_and(|errors| errors.iter().any(|(_, e)| cluster(e.kind()))))
 }
 
 #[cfg(test)]
