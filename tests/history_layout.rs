@@ -9,8 +9,8 @@ use std::{collections::HashSet, time::Duration};
 use common::Keyspace;
 use redis::Commands;
 use wss::{
-    domain::store::Keys,
     history::{self, DeliveryRecord, Query, Retention, Status},
+    keys::Keys,
 };
 
 fn record(entry: &str, webhook: &str, event: &str, updated: u64) -> DeliveryRecord {
