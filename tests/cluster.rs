@@ -226,20 +226,16 @@ impl Cluster {
         format!("redis+cluster://{}", nodes.join(","))
     }
 
-    /// A replica's port and its master's port.
-    fn a_replica(&self) -> (u16, u16) {
-        for port in &self.ports {
-            let info = redis_cli(*port, &["INFO", "replication"]);
-            if info.contains("role:slave") {
-                let master: u16 = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("master_port:"))
-                    .and_then(|p| p.trim().parse().ok())
-                    .expect("a replica names its master's port");
-                return (*port, master);
-            }
-        }
-        panic!("no replica in the cluster");
+    /// Every replica's port with its master's port.
+    fn replicas(&self) -> Vec<(u16, u16)> {
+        self.ports
+            .iter()
+            .filter_map(|port| {
+                let info = redis_cli(*port, &["INFO", "replication"]);
+                let master = info.lines().find_map(|l| l.strip_prefix("master_port:")).and_then(|p| p.trim().parse().ok())?;
+                info.contains("role:slave").then_some((*port, master))
+            })
+            .collect()
     }
 }
 
@@ -343,7 +339,17 @@ async fn a_cluster_delivers_everything_through_a_killed_instance_and_a_failover(
             drop(b.take());
         }
         if n == EVENTS / 2 {
-            let (replica, master) = cluster.a_replica();
+            // A master holding some shard's stream (a key on another node answers MOVED).
+            let holds = |master: u16| -> Vec<u32> {
+                (0..SHARDS).filter(|k| redis_cli(master, &["EXISTS", &format!("{prefix}events:{{{k}}}")]).trim() == "1").collect()
+            };
+            let (replica, master, held) = cluster
+                .replicas()
+                .into_iter()
+                .map(|(replica, master)| (replica, master, holds(master)))
+                .find(|(_, _, held)| !held.is_empty())
+                .expect("some master holds a shard's stream");
+            eprintln!("failing over master {master}, which holds shards {held:?}, to its replica {replica}");
             let answer = redis_cli(replica, &["CLUSTER", "FAILOVER"]);
             assert!(answer.contains("OK"), "CLUSTER FAILOVER on {replica} (replica of {master}): {answer}");
             wait_until(WAIT, "the replica to become a master", || {
