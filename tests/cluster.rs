@@ -40,6 +40,13 @@ fn pending(con: &mut impl redis::ConnectionLike, stream: &str) -> Result<u64, St
     }
 }
 
+/// `PublishEvent` of an event of `tenant`.
+async fn publish(grpc: &common::Grpc, tenant: &str) -> wss::proto::PublishEventResponse {
+    let request =
+        PublishEventRequest { tenant_id: tenant.into(), event_type: "order.created".into(), data: "{}".into(), ..Default::default() };
+    grpc.events().publish_event(request).await.unwrap_or_else(|s| panic!("PublishEvent for {tenant}: {s:?}")).into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_keys_land_where_the_contract_says() {
     const SHARDS: u32 = 4;
@@ -62,17 +69,7 @@ async fn sharded_keys_land_where_the_contract_says() {
     for tenant in tenants {
         let k = wss::shard::shard_of(tenant, SHARDS);
         let stream = format!("{}events:{{{k}}}", ks.prefix);
-        let published = grpc
-            .events()
-            .publish_event(PublishEventRequest {
-                tenant_id: tenant.into(),
-                event_type: "order.created".into(),
-                data: "{}".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let published = publish(&grpc, tenant).await;
         assert!(entry_ids(&mut con, &stream).contains(&published.stream_entry_id), "PublishEvent for {tenant} appends to {stream}");
         expected.insert(published.event_id);
         // A producer's XADD to the same stream is read too.
@@ -97,17 +94,7 @@ async fn sharded_keys_land_where_the_contract_says() {
     grpc.create_tenant("retrying").await;
     let webhook = grpc.create_webhook("retrying", &flaky.url(), |w| w.retry_policy_id = policy.policy_id.clone()).await;
     let k = wss::shard::shard_of("retrying", SHARDS);
-    let published = grpc
-        .events()
-        .publish_event(PublishEventRequest {
-            tenant_id: "retrying".into(),
-            event_type: "x".into(),
-            data: "{}".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let published = publish(&grpc, "retrying").await;
     let item = format!("{}backlog:{{{k}}}:item:{}:{}", ks.prefix, webhook.webhook_id, published.stream_entry_id);
     wait_until(WAIT, "the retry waiting in its shard's backlog", || {
         let exists: bool = redis::cmd("EXISTS").arg(&item).query(&mut con).map_err(|e| e.to_string())?;

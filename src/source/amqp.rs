@@ -248,7 +248,7 @@ impl AmqpSource {
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(ack) };
         let entry = RawEntry { id, fields: Some(fields) };
         let before_start = delivery.properties.timestamp().is_some_and(|seconds| seconds.saturating_mul(1000) < self.started_ms);
-        hand_on_held(entry, delivery.redelivered || before_start, reads, self.max_event_bytes, Some(broker), out, done)
+        hand_on_held(0, entry, delivery.redelivered || before_start, reads, self.max_event_bytes, Some(broker), out, done)
     }
 }
 

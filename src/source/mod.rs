@@ -44,25 +44,13 @@ pub(crate) fn hand_on(
     out: &Sender<Inbound>,
     done: &Sender<Completion>,
 ) -> bool {
-    hand_on_ticket(shard, entry, recovered, reads, max_event_bytes, None, out, done)
+    hand_on_held(shard, entry, recovered, reads, max_event_bytes, None, out, done)
 }
 
-/// [`hand_on`] for a broker's event, which carries its [`BrokerHold`] (its fields and its
-/// acknowledgement, `crate::source`).
-pub(crate) fn hand_on_held(
-    entry: RawEntry,
-    recovered: bool,
-    reads: Option<u64>,
-    max_event_bytes: usize,
-    broker: Option<BrokerHold>,
-    out: &Sender<Inbound>,
-    done: &Sender<Completion>,
-) -> bool {
-    hand_on_ticket(0, entry, recovered, reads, max_event_bytes, broker, out, done)
-}
-
+/// [`hand_on`] for an event of any source: a broker's (shard 0) carries its [`BrokerHold`] (its
+/// fields and its acknowledgement, `crate::source`), a Redis entry none.
 #[allow(clippy::too_many_arguments)]
-fn hand_on_ticket(
+pub(crate) fn hand_on_held(
     shard: u32,
     entry: RawEntry,
     recovered: bool,

@@ -312,7 +312,7 @@ impl NatsSource {
         let entry = RawEntry { id, fields: Some(fields) };
         let reads = (delivered > 1).then_some(delivered);
         let recovered = delivered > 1 || published_ms < self.started_ms;
-        hand_on_held(entry, recovered, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
+        hand_on_held(0, entry, recovered, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
     }
 }
 
