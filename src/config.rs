@@ -14,9 +14,10 @@ use std::{
     time::Duration,
 };
 
+pub use crate::redis_conn::RedisTls;
 use crate::{
     crypto::SecretCipher,
-    http::{Cidr, TargetRoots, TargetTrust},
+    http::{looks_like_pem, Agents, Cidr, TargetPolicy, TargetRoots, TargetTrust},
 };
 
 /// One known setting: its key (in the TOML file; the environment variable is `WSS_` + upper
@@ -197,19 +198,14 @@ impl fmt::Debug for Config {
     }
 }
 
-/// TLS material for Redis (`WSS_REDIS_CA_FILE`, `WSS_REDIS_CLIENT_CERT_FILE`,
-/// `WSS_REDIS_CLIENT_KEY_FILE`), read at start-up: the CA that signed the server's certificate
-/// (else the OS trust store verifies it), and a client certificate and key for mutual TLS.
-/// `Debug` shows neither.
-#[derive(Clone, Default)]
-pub struct RedisTls {
-    pub ca_pem: Option<Vec<u8>>,
-    pub client: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for RedisTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisTls").field("ca", &self.ca_pem.is_some()).field("client_certificate", &self.client.is_some()).finish()
+impl Config {
+    /// The delivery agents these settings ask for: the target policy
+    /// (`WSS_ALLOW_PRIVATE_TARGETS`, `WSS_ALLOWED_TARGET_CIDRS`), the proxy (`WSS_PROXY`) and the
+    /// trusted roots (`WSS_TARGET_ROOTS`, `WSS_TARGET_CA_FILE`). Made here rather than in
+    /// `crate::http`, which then needs nothing of the configuration.
+    pub fn agents(&self) -> Agents {
+        let policy = TargetPolicy { allow_private: self.allow_private_targets, allowed: self.allowed_target_cidrs.clone() };
+        Agents::configured(self.sender_threads, policy, self.proxy.as_deref(), self.target_trust.clone())
     }
 }
 
@@ -791,12 +787,6 @@ impl Parser<'_> {
             }
         }
     }
-}
-
-/// Whether `bytes` has a PEM `-----BEGIN` line: enough to tell a PEM file from a wrong one
-/// before its contents are parsed where they are used.
-pub(crate) fn looks_like_pem(bytes: &[u8]) -> bool {
-    bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 
 #[cfg(test)]

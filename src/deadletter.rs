@@ -24,7 +24,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::event::{CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD};
+use crate::reserved::{CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD};
 
 /// Why something was dead-lettered. The string forms are part of the API (`DeadLetter.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -99,6 +99,12 @@ pub fn agent(sender_threads: usize, allow_private_targets: bool) -> Agent {
     agent_with(sender_threads, policy, None).expect("without a proxy there is nothing to refuse")
 }
 
+/// Whether `bytes` has a PEM `-----BEGIN` line: enough to tell a PEM file from a wrong one
+/// before its contents are parsed where they are used.
+pub fn looks_like_pem(bytes: &[u8]) -> bool {
+    bytes.windows(11).any(|w| w == b"-----BEGIN ")
+}
+
 /// Builds the delivery agent; fails only on a proxy URL that ureq refuses.
 pub fn agent_with(sender_threads: usize, policy: TargetPolicy, proxy: Option<&str>) -> Result<Agent, ProxyError> {
     let proxy = proxy.map(parse_proxy).transpose()?;
@@ -115,18 +121,6 @@ struct AgentSetup {
 }
 
 impl AgentSetup {
-    fn of(config: &crate::config::Config) -> Self {
-        let policy = TargetPolicy { allow_private: config.allow_private_targets, allowed: config.allowed_target_cidrs.clone() };
-        // The proxy URL was checked when the configuration was built.
-        let proxy = config
-            .proxy
-            .as_deref()
-            .map(parse_proxy)
-            .transpose()
-            .unwrap_or_else(|e| panic!("the proxy URL was checked at start-up, yet ureq refuses it: {e}"));
-        Self { sender_threads: config.sender_threads, policy, proxy, trust: config.target_trust.clone() }
-    }
-
     fn build(&self, client: Option<&ClientIdentity>) -> Agent {
         let proxy_host = self.proxy.as_ref().map(|p| (p.host().to_ascii_lowercase(), p.port()));
         let sender_threads = self.sender_threads;
@@ -166,11 +160,15 @@ struct AgentsInner {
 }
 
 impl Agents {
-    /// The agents the configuration asks for: the target policy (`WSS_ALLOW_PRIVATE_TARGETS`,
-    /// `WSS_ALLOWED_TARGET_CIDRS`), the proxy (`WSS_PROXY`) and the trusted roots
-    /// (`WSS_TARGET_ROOTS`, `WSS_TARGET_CA_FILE`).
-    pub fn for_config(config: &crate::config::Config) -> Self {
-        let setup = AgentSetup::of(config);
+    /// The agents the service delivers with (`crate::config::Config::agents` gathers the
+    /// settings); logs what receivers' certificates are verified against.
+    pub fn configured(sender_threads: usize, policy: TargetPolicy, proxy: Option<&str>, trust: TargetTrust) -> Self {
+        // The proxy URL was checked when the configuration was built.
+        let proxy = proxy
+            .map(parse_proxy)
+            .transpose()
+            .unwrap_or_else(|e| panic!("the proxy URL was checked at start-up, yet ureq refuses it: {e}"));
+        let setup = AgentSetup { sender_threads, policy, proxy, trust };
         log::info!(target: "wss::http", "receivers' certificates are verified against {:?}", setup.trust);
         Self::from_setup(setup)
     }

@@ -24,6 +24,7 @@ pub mod otel;
 pub mod pipeline;
 pub mod receive;
 pub mod redis_conn;
+pub mod reserved;
 pub mod retry;
 pub mod shard;
 pub mod signature;
@@ -31,6 +32,7 @@ pub mod source;
 pub mod stats;
 pub mod status;
 pub mod streams;
+pub mod trace_context;
 
 pub mod proto {
     //! Code generated from `proto/wss/v1/*.proto` by `build.rs`.

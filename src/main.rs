@@ -479,7 +479,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         allow_http: config.allow_http,
         allow_private_targets: config.allow_private_targets,
         allowed_target_cidrs: config.allowed_target_cidrs.clone(),
-        agents: wss::http::Agents::for_config(&config),
+        agents: config.agents(),
         max_event_bytes: config.max_event_bytes,
         history_retention: wss::history::Retention { max_age: config.history_max_age, max_count: config.history_max_count },
     };

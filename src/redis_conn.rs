@@ -32,7 +32,21 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 use redis::{cluster::ClusterClient, Client, ConnectionLike, RedisError, RedisResult, Value};
 
-use crate::config::RedisTls;
+/// TLS material for Redis (`WSS_REDIS_CA_FILE`, `WSS_REDIS_CLIENT_CERT_FILE`,
+/// `WSS_REDIS_CLIENT_KEY_FILE`), read at start-up: the CA that signed the server's certificate
+/// (else the OS trust store verifies it), and a client certificate and key for mutual TLS.
+/// `Debug` shows neither.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls").field("ca", &self.ca_pem.is_some()).field("client_certificate", &self.client.is_some()).finish()
+    }
+}
 
 /// A connection to one Redis or to a Redis Cluster.
 pub enum Conn {

@@ -81,8 +81,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     event::{envelope, parse_entry},
     isolation::{Isolation, Room},
+    messages::{Backlogged, Completion, Delivery, EntryTicket, EventMeta},
     transformer::{self, Plan},
-    Completion, Delivery, EntryTicket, EventMeta,
 };
 use crate::{
     clock::now_ms,
@@ -112,16 +112,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest wait for a reply before the connection is dropped and the poll made anew.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a delivery taken from the backlog carries besides what every delivery does.
-#[derive(Debug)]
-pub struct Backlogged {
-    /// Its source entry's fields, for a dead letter (the entry itself may be trimmed by now).
-    pub fields: Fields,
-    /// It is its FIFO webhook's head: finishing it or writing it back releases the webhook's
-    /// hold (see [`TAKE_SCRIPT`]).
-    pub fifo: bool,
-}
 
 /// A waiting delivery's state, stored as JSON in its item (short names: a million may wait).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -26,10 +26,7 @@ use crate::{deadletter::Reason, domain::model::is_valid_id, streams::RawEntry};
 pub const MAX_FIELDS: usize = 256;
 /// Deepest nesting of arrays and objects in `data`.
 pub const MAX_JSON_DEPTH: usize = 64;
-/// Reserved field: route the event to this webhook only (if it is one of the event's tenant's).
-pub const ONLY_WEBHOOK_FIELD: &str = "_wss_webhook";
-/// Reserved field: the event's `created_at` in Unix milliseconds, instead of the entry id's.
-pub const CREATED_AT_FIELD: &str = "_wss_created_at_ms";
+pub use crate::reserved::{CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD};
 /// The latest time an event may carry, in Unix milliseconds: 9999-12-31T23:59:59.999Z, the last
 /// instant RFC 3339 can write. A later one (an entry id, `_wss_created_at_ms`) is refused as
 /// `invalid_field`.

@@ -28,7 +28,7 @@ use redis::Value;
 use super::{
     backlog,
     isolation::{Circuit, Isolation},
-    InFlight,
+    messages::InFlight,
 };
 use crate::{clock::now_ms, domain::routing::RoutingHandle, keys::Keys, metrics::Metrics, redis_conn::RedisTarget};
 

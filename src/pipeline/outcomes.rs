@@ -44,7 +44,7 @@ use super::{
     backlog::{self, HandOff},
     isolation::{Isolation, Transition},
     live::wall_ms,
-    Completion, Delivery, EntryTicket, InFlight, Verdict,
+    messages::{Completion, Delivery, EntryTicket, InFlight, Verdict},
 };
 use crate::{
     clock::now_ms,

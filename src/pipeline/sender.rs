@@ -30,7 +30,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{
     isolation::{Isolation, Transition},
-    Completion, SignedDelivery, Verdict,
+    messages::{Completion, SignedDelivery, Verdict},
 };
 use crate::{
     clock::now_ms,

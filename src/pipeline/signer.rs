@@ -38,7 +38,7 @@ use crossbeam_channel::{select, tick, Receiver, Sender};
 
 use super::{
     isolation::{Gate, Isolation},
-    Completion, Delivery, EventMeta, SignedDelivery,
+    messages::{Completion, Delivery, EventMeta, SignedDelivery},
 };
 use crate::{
     clock::now_ms,

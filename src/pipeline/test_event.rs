@@ -25,9 +25,9 @@ use crate::{
     otel::Tracer,
     pipeline::{
         event::{envelope, parse_entry, Rejection, CREATED_AT_FIELD},
+        messages::{EventMeta, Verdict},
         sender::send_once,
         signer::signed_headers,
-        EventMeta, Verdict,
     },
     streams::RawEntry,
 };

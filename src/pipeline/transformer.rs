@@ -31,7 +31,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use super::{
     event::{envelope, rfc3339_seconds, Event, Rejection, CREATED_AT_FIELD, ONLY_WEBHOOK_FIELD},
-    Completion, Delivery, EventMeta, Inbound,
+    messages::{Completion, Delivery, EventMeta, Inbound},
 };
 use crate::{
     deadletter::Reason,

@@ -43,7 +43,7 @@ use super::{
     hand_on_held, stop_requested, Ack, AmqpSpec, BrokerHold, Fields, Outstanding, Owed, RawEntry, SourceStatus, BACKOFF_MAX, BACKOFF_MIN,
     SETTLE,
 };
-use crate::pipeline::{Admission, Completion, InFlight, Inbound};
+use crate::pipeline::messages::{Admission, Completion, InFlight, Inbound};
 
 /// How long the thread waits for the next delivery before it looks at shutdown again.
 const POLL: Duration = Duration::from_millis(250);

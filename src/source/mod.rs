@@ -29,7 +29,10 @@ use std::{path::PathBuf, time::Duration};
 use crossbeam_channel::Sender;
 
 use self::redis::poison;
-use crate::pipeline::{event::parse_entry, Completion, EntryTicket, Inbound};
+use crate::pipeline::{
+    event::parse_entry,
+    messages::{Completion, EntryTicket, Inbound},
+};
 pub use crate::streams::RawEntry;
 
 /// Parses and forwards one admitted entry of shard `shard`'s stream; false when the next stage
@@ -95,25 +98,7 @@ fn entry_size(fields: &[(Vec<u8>, Vec<u8>)]) -> usize {
 /// An event's fields, names and values as bytes (as a Redis stream entry has them).
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// How a broker learns that an event is durably handed off. Called at most once, from the
-/// outcome stage, after the transaction that recorded the event's last delivery.
-pub trait Ack: Send + Sync {
-    fn ack(&self);
-}
-
-/// What a broker-sourced event's ticket holds until it is acknowledged.
-pub struct BrokerHold {
-    /// The event's fields as docs/contract.md §1 names them (`tenant`, `type`, `data`, `id`, the reserved
-    /// `_wss_created_at_ms`, attributes): what the backlog and a dead letter store.
-    pub fields: Fields,
-    pub ack: Box<dyn Ack>,
-}
-
-impl std::fmt::Debug for BrokerHold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BrokerHold").field("fields", &self.fields.len()).finish_non_exhaustive()
-    }
-}
+pub use crate::pipeline::messages::{Ack, BrokerHold};
 
 /// How a source reports itself: counters and gauges labelled with its name, and readiness.
 #[derive(Clone)]
@@ -456,7 +441,7 @@ impl SourceSpec {
             let ca_file = text("ca_file")?.map(PathBuf::from);
             if let Some(file) = &ca_file {
                 let pem = std::fs::read(file).map_err(|e| format!("ca_file {}: cannot read the file: {e}", file.display()))?;
-                if !crate::config::looks_like_pem(&pem) {
+                if !crate::http::looks_like_pem(&pem) {
                     return Err(format!("ca_file {}: the file is not PEM (no -----BEGIN line)", file.display()));
                 }
             }
@@ -501,7 +486,7 @@ impl SourceSpec {
         };
         if let Some(file) = &spec.ca_file {
             let pem = std::fs::read(file).map_err(|e| format!("ca_file {}: cannot read the file: {e}", file.display()))?;
-            if !crate::config::looks_like_pem(&pem) {
+            if !crate::http::looks_like_pem(&pem) {
                 return Err(format!("ca_file {}: the file is not PEM (no -----BEGIN line)", file.display()));
             }
         }

@@ -45,7 +45,7 @@ pub use super::SourceStatus;
 use super::{
     hand_on_held, stop_requested, Ack, BrokerHold, Fields, NatsSpec, Outstanding, Owed, RawEntry, BACKOFF_MAX, BACKOFF_MIN, SETTLE,
 };
-use crate::pipeline::{Admission, Completion, InFlight, Inbound};
+use crate::pipeline::messages::{Admission, Completion, InFlight, Inbound};
 
 /// How long one pull waits for messages before it ends (an empty pull is cheap); also how soon
 /// an idle reader notices shutdown.

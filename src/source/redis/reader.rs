@@ -33,7 +33,7 @@ use redis::{RedisError, Value};
 
 use super::{poison, GROUP};
 use crate::{
-    pipeline::{Admission, Completion, InFlight, Inbound},
+    pipeline::messages::{Admission, Completion, InFlight, Inbound},
     redis_conn::{is_connection_error, RedisTarget},
     source::hand_on,
     streams::{parse_entries, RawEntry},
