@@ -121,6 +121,103 @@ impl Reason {
     }
 }
 
+/// Why an attempt failed: a class, stored by its name in the attempt's `error_kind` and sent as
+/// both that name and the proto `ErrorKind` (docs/contract.md). The names are a contract.
+/// Classified where the failure is known by its type (`crate::pipeline::sender`), never from
+/// an error's text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No error: the attempt succeeded (stored as the empty string).
+    #[default]
+    None,
+    /// `connect`: the connection could not be made.
+    Connect,
+    /// `timeout`: the attempt took longer than the policy's `attempt_timeout`.
+    Timeout,
+    /// `io`: the connection failed while sending or receiving.
+    Io,
+    /// `tls`: the TLS handshake failed.
+    Tls,
+    /// `protocol`: the receiver did not speak valid HTTP.
+    Protocol,
+    /// `dns`: the host name did not resolve.
+    Dns,
+    /// `refused_target`: an address wss refuses to reach.
+    RefusedTarget,
+    /// `http_status`: a response with a status that is not 2xx.
+    HttpStatus,
+    /// `error`: any other failure.
+    Other,
+    /// A name this release does not know (written by a newer one), kept as it was read.
+    Unknown(Box<str>),
+}
+
+impl ErrorKind {
+    /// The classes this release writes, with [`ErrorKind::None`] first.
+    pub const KNOWN: [ErrorKind; 10] = [
+        ErrorKind::None,
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Io,
+        ErrorKind::Tls,
+        ErrorKind::Protocol,
+        ErrorKind::Dns,
+        ErrorKind::RefusedTarget,
+        ErrorKind::HttpStatus,
+        ErrorKind::Other,
+    ];
+
+    /// The stored name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorKind::None => "",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Io => "io",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Dns => "dns",
+            ErrorKind::RefusedTarget => "refused_target",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::Other => "error",
+            ErrorKind::Unknown(name) => name,
+        }
+    }
+
+    /// The class a stored name stands for.
+    pub fn parse(name: &str) -> Self {
+        Self::KNOWN.into_iter().find(|kind| kind.as_str() == name).unwrap_or_else(|| ErrorKind::Unknown(name.into()))
+    }
+
+    /// Bytes of the stored name (for size estimates).
+    pub fn len(&self) -> usize {
+        self.as_str().len()
+    }
+
+    /// No error.
+    pub fn is_empty(&self) -> bool {
+        *self == ErrorKind::None
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(ErrorKind::parse(&Cow::<str>::deserialize(deserializer)?))
+    }
+}
+
 /// The outcome of one delivery attempt.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AttemptRecord {
@@ -129,11 +226,10 @@ pub struct AttemptRecord {
     pub duration_ms: u64,
     /// HTTP status; 0 when no response arrived.
     pub status: u16,
-    /// Error class when no response arrived (`connect`, `timeout`, `io`, `tls`, `protocol`,
-    /// `dns`, `refused_target`), or `http_status` for a non-2xx answer; empty on success.
-    /// Borrowed when the sender sets it (one of those names): no allocation per attempt, which
-    /// counts when a million retries wait with their attempts.
-    pub error_kind: Cow<'static, str>,
+    /// Error class when no response arrived, or [`ErrorKind::HttpStatus`] for a non-2xx
+    /// answer; [`ErrorKind::None`] on success. No allocation per attempt, which counts when a
+    /// million retries wait with their attempts.
+    pub error_kind: ErrorKind,
     pub error: String,
     pub response_excerpt: String,
 }
@@ -316,6 +412,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn error_kinds_are_stored_by_their_contract_names_and_unknown_ones_kept() {
+        let names: Vec<&str> = ErrorKind::KNOWN.iter().map(ErrorKind::as_str).collect();
+        assert_eq!(names, ["", "connect", "timeout", "io", "tls", "protocol", "dns", "refused_target", "http_status", "error"]);
+        for kind in ErrorKind::KNOWN {
+            assert_eq!(ErrorKind::parse(kind.as_str()), kind);
+        }
+        let record = AttemptRecord { attempt: 2, error_kind: ErrorKind::RefusedTarget, ..Default::default() };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains(r#""error_kind":"refused_target""#), "{json}");
+        assert_eq!(serde_json::from_str::<AttemptRecord>(&json).unwrap(), record);
+        let newer = json.replace("refused_target", "quic_reset");
+        let read = serde_json::from_str::<AttemptRecord>(&newer).unwrap();
+        assert_eq!(read.error_kind, ErrorKind::Unknown("quic_reset".into()));
+        assert_eq!(serde_json::to_string(&read).unwrap(), newer, "written back as it was read");
+    }
+
+    #[test]
     fn a_record_survives_the_round_trip_through_stream_fields() {
         let record = DeadLetter {
             id: "1-0".into(),
@@ -328,7 +441,7 @@ mod tests {
             stream_entry_id: "5-0".into(),
             dead_lettered_at_ms: 1234,
             body: "{}".into(),
-            attempts: vec![AttemptRecord { attempt: 1, status: 500, error_kind: "http_status".into(), ..Default::default() }],
+            attempts: vec![AttemptRecord { attempt: 1, status: 500, error_kind: ErrorKind::HttpStatus, ..Default::default() }],
             raw_fields: vec![(b"data".to_vec(), vec![0xff, 0x00])],
         };
         let back = DeadLetter::from_fields("1-0".into(), record.to_fields());

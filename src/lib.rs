@@ -16,7 +16,7 @@ pub mod grpc;
 pub mod health;
 pub mod history;
 pub mod http;
-pub mod http_server;
+pub mod http_listener;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

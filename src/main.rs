@@ -418,6 +418,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let grpc_addr = listener.local_addr()?;
 
+    // The control plane's, the operations listener's and the trace exporter's.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wss-grpc")
+        .enable_all()
+        .build()
+        .context("starting the control-plane runtime")?;
+
     // Bound before anything starts, so that a taken port is a start-up error; it serves
     // metrics at once, and the page's data as soon as the configuration is loaded.
     let _ops_listener = match config.metrics_addr {
@@ -434,7 +442,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 health: health.clone(),
                 admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
             };
-            let server = status::serve(addr, sources).with_context(|| {
+            let server = status::serve(addr, sources, runtime.handle()).with_context(|| {
                 format!("binding the metrics and status page listener to {addr} (WSS_METRICS_ADDR); is another wss running? Pick a free address, or set WSS_METRICS_ADDR=off")
             })?;
             let bound = server.local_addr();
@@ -442,13 +450,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             Some(server)
         }
     };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wss-grpc")
-        .enable_all()
-        .build()
-        .context("starting the control-plane runtime")?;
 
     // Traces of delivery attempts: the exporter's gRPC channel runs on this runtime, so it is
     // shut down (its last spans exported) before the runtime is.
@@ -547,6 +548,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         tracer,
         health: health.clone(),
+        clock: wss::clock::Clock::System,
     })
     .context("starting the pipeline threads")?;
     health.pipeline_started();

@@ -198,7 +198,7 @@ impl AttemptTrace<'_> {
         }
         span.set_attribute(KeyValue::new(names::OUTCOME, outcome(verdict, record.attempt, max_attempts)));
         if verdict != Verdict::Delivered {
-            span.set_attribute(KeyValue::new(names::ERROR_TYPE, record.error_kind.clone()));
+            span.set_attribute(KeyValue::new(names::ERROR_TYPE, record.error_kind.to_string()));
             span.set_attribute(KeyValue::new(names::ERROR, record.error.clone()));
             span.set_status(Status::error(record.error.clone()));
         }
@@ -466,8 +466,13 @@ mod tests {
         let header = trace.traceparent().unwrap().to_owned();
         assert!(header.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && header.ends_with("-01"), "{header}");
         assert_ne!(&header[36..52], "b7ad6b7169203331", "the attempt's own span id");
-        let record =
-            AttemptRecord { attempt: 2, status: 503, error_kind: "http_status".into(), error: "HTTP 503".into(), ..Default::default() };
+        let record = AttemptRecord {
+            attempt: 2,
+            status: 503,
+            error_kind: crate::deadletter::ErrorKind::HttpStatus,
+            error: "HTTP 503".into(),
+            ..Default::default()
+        };
         trace.end(&record, Verdict::Retry { retry_after: None }, 2);
         let spans = exporter.0.lock().clone();
         assert_eq!(spans.len(), 1);

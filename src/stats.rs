@@ -392,7 +392,7 @@ mod tests {
             started_at_ms: ended_ms - 10,
             duration_ms: 10,
             status,
-            error_kind: if error.is_empty() { "".into() } else { "http_status".into() },
+            error_kind: if error.is_empty() { crate::deadletter::ErrorKind::None } else { crate::deadletter::ErrorKind::HttpStatus },
             error: error.into(),
             response_excerpt: String::new(),
         }

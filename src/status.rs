@@ -1,10 +1,12 @@
 //! The operations listener (`WSS_METRICS_ADDR`, default `127.0.0.1:9464`): Prometheus
 //! `/metrics`, and a read-only status page (`/`, with its data at `/status.json`).
 //!
-//! It runs on [`crate::http_server`], the project's own small HTTP/1.1 server: one thread per
-//! connection, no idle timeout. That suits a scraper and a few browsers, which is who this
-//! listener is for; like the control plane it refuses a non-loopback address without an admin
-//! token (`main`).
+//! It is an axum router on [`crate::http_listener`] (hyper), on the service's tokio runtime;
+//! the handlers that read Redis run on the runtime's blocking threads. It is for a scraper and a
+//! few browsers, and its limits say so: at most [`MAX_CONNECTIONS`] open at once, a request head
+//! within [`HEADER_TIMEOUT`] (idle kept-alive connections are closed after it too), 64 KiB of
+//! head, [`MAX_BODY`] of body. Like the control plane it refuses a non-loopback address without
+//! an admin token (`main`).
 //!
 //! - `/metrics` is open: counters and gauges (names and labels in `crate::metrics`), no secret.
 //! - `/` is a static page — inline CSS and JS, no data, no external asset — that fetches
@@ -30,9 +32,18 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use axum::{
+    body::Body,
+    extract::{RawQuery, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    response::Response,
+    routing::get,
+    Router,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::runtime::Handle;
 
 use crate::{
     clock::now_ms,
@@ -41,7 +52,7 @@ use crate::{
         routing::{Routing, RoutingHandle},
         store::Store,
     },
-    http_server::{Request, Responder, Response, Server},
+    http_listener::{Bytes, Listener, Options},
     metrics::{self, Metrics},
     pipeline::{isolation::CircuitState, live::LiveView},
     stats::{self, Failure, Stored},
@@ -58,6 +69,14 @@ const RECENT_DELIVERIES: usize = 10;
 
 /// The page: static, no data in it.
 const PAGE: &str = include_str!("status.html");
+
+/// Connections open at once; more wait in the kernel's accept queue. A scraper and a few
+/// browsers (six connections each at most) need far fewer.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request head, or keep a connection idle between requests.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Every request here is a GET: a body is never read, and a large one is refused (413).
+pub const MAX_BODY: usize = 64 * 1024;
 
 /// Is a webhook shown as failing (red)? Pure, so the rule is tested here.
 fn failing(circuit: CircuitState, last_success_ms: u64, last_failure_ms: u64, succeeded: u64, failed: u64, auto_disabled: bool) -> bool {
@@ -203,9 +222,10 @@ impl Sources {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    fn authorized(&self, request: &Request<'_>) -> bool {
+    /// Does `authorization` (the header's value) carry the admin token, when one is needed?
+    fn authorized(&self, authorization: Option<&str>) -> bool {
         let Some(expected) = &self.admin_token_digest else { return true };
-        let token = request.header("authorization").and_then(|v| {
+        let token = authorization.and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
@@ -236,89 +256,141 @@ impl Sources {
     /// `/status/webhook.json?id=…`: the webhook's last deliveries, with their attempts.
     fn recent_deliveries(&self, query: &str) -> Response {
         let Some(id) = webhook_id_of(query) else {
-            return Response::text(400, "give the webhook: /status/webhook.json?id=wh_…\n");
+            return plain(StatusCode::BAD_REQUEST, "give the webhook: /status/webhook.json?id=wh_…\n");
         };
         let wanted = crate::history::Query { webhook_id: id.to_owned(), ..Default::default() };
         match self.store.list_deliveries(&wanted, RECENT_DELIVERIES, "") {
-            Ok(page) => {
-                let body = json!({ "webhook_id": id, "deliveries": page.items });
-                let mut response = with_type(200, "application/json", body.to_string().into_bytes());
-                response.headers.push(("Cache-Control".into(), "no-store".into()));
-                response
-            }
-            Err(err) => Response::text(503, format!("the delivery history cannot be read ({err})\n")),
+            Ok(page) => json_no_store(json!({ "webhook_id": id, "deliveries": page.items })),
+            Err(err) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("the delivery history cannot be read ({err})\n")),
         }
     }
 
-    /// Answers one request.
-    pub fn answer(&self, request: &Request<'_>) -> Response {
-        if request.method != "GET" && request.method != "HEAD" {
-            let mut response = Response::text(405, "only GET and HEAD\n");
-            response.headers.push(("Allow".into(), "GET, HEAD".into()));
-            return response;
-        }
-        let path = request.path.split('?').next().unwrap_or_default();
-        match path {
-            "/metrics" => with_type(200, metrics::CONTENT_TYPE, self.metrics.render()),
-            // Open, like /metrics: they say nothing about tenants. 503 with the reason when not.
-            "/healthz" => health_answer(self.health.alive()),
-            "/readyz" => health_answer(self.health.ready()),
-            "/" | "/index.html" => {
-                let mut response = with_type(200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec());
-                // Inline script and style only; nothing loaded from anywhere else.
-                response.headers.push((
-                    "Content-Security-Policy".into(),
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'".into(),
-                ));
-                response
-            }
-            "/status.json" | "/status/webhook.json" if !self.authorized(request) => {
-                let mut response = Response::text(401, "send `Authorization: Bearer <admin token>` (WSS_ADMIN_TOKEN)\n");
-                response.headers.push(("WWW-Authenticate".into(), "Bearer realm=\"wss\"".into()));
-                response
-            }
-            "/status/webhook.json" => self.recent_deliveries(request.path.split_once('?').map_or("", |(_, q)| q)),
-            "/status.json" => {
-                let now_ms = now_ms();
-                let routing = self.routing.current();
-                let stats = self.read_stats(now_ms);
-                let body = status_json(&routing, &stats, &self.live, &self.metrics, now_ms);
-                let mut response = with_type(200, "application/json", body.to_string().into_bytes());
-                response.headers.push(("Cache-Control".into(), "no-store".into()));
-                response
-            }
-            // Open: lets the page ask for the token only when one is needed.
-            "/status/auth.json" => {
-                let body = json!({ "token_required": self.admin_token_digest.is_some() }).to_string();
-                with_type(200, "application/json", body.into_bytes())
-            }
-            "/favicon.ico" => Response::empty(204),
-            _ => Response::text(404, "not found: this listener serves /metrics, /healthz, /readyz, / (the status page) and /status.json\n"),
-        }
+    /// `/status.json`: the page's data.
+    fn status(&self) -> Response {
+        let now_ms = now_ms();
+        let routing = self.routing.current();
+        let stats = self.read_stats(now_ms);
+        json_no_store(status_json(&routing, &stats, &self.live, &self.metrics, now_ms))
     }
+}
+
+/// The listener's routes. Every path answers GET and HEAD (axum answers HEAD as GET without the
+/// body); any other method gets 405, on any path.
+pub fn router(sources: Arc<Sources>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State(s): State<Arc<Sources>>| async move { typed(metrics::CONTENT_TYPE, s.metrics.render()) }))
+        // Open, like /metrics: they say nothing about tenants. 503 with the reason when not.
+        .route("/healthz", get(|State(s): State<Arc<Sources>>| async move { health_answer(s.health.alive()) }))
+        .route("/readyz", get(|State(s): State<Arc<Sources>>| async move { health_answer(s.health.ready()) }))
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/status.json", get(|State(s): State<Arc<Sources>>, headers: HeaderMap| behind_token(s, headers, |s| s.status())))
+        .route(
+            "/status/webhook.json",
+            get(|State(s): State<Arc<Sources>>, headers: HeaderMap, RawQuery(query): RawQuery| {
+                behind_token(s, headers, move |s| s.recent_deliveries(query.as_deref().unwrap_or_default()))
+            }),
+        )
+        // Open: lets the page ask for the token only when one is needed.
+        .route(
+            "/status/auth.json",
+            get(|State(s): State<Arc<Sources>>| async move {
+                typed("application/json", json!({ "token_required": s.admin_token_digest.is_some() }).to_string())
+            }),
+        )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .method_not_allowed_fallback(only_get_and_head)
+        .fallback(|method: Method| async move {
+            if method == Method::GET || method == Method::HEAD {
+                plain(
+                    StatusCode::NOT_FOUND,
+                    "not found: this listener serves /metrics, /healthz, /readyz, / (the status page) and /status.json\n",
+                )
+            } else {
+                only_get_and_head().await
+            }
+        })
+        .with_state(sources)
+}
+
+/// The page: static, its data fetched by its script.
+async fn page() -> Response {
+    let mut response = typed("text/html; charset=utf-8", PAGE);
+    // Inline script and style only; nothing loaded from anywhere else.
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
+async fn only_get_and_head() -> Response {
+    let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+/// `answer(sources)` when the request carries the admin token, 401 otherwise. `answer` reads
+/// Redis, so it runs on the runtime's blocking threads.
+async fn behind_token(sources: Arc<Sources>, headers: HeaderMap, answer: impl FnOnce(&Sources) -> Response + Send + 'static) -> Response {
+    let token = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !sources.authorized(token) {
+        let mut response = plain(StatusCode::UNAUTHORIZED, "send `Authorization: Bearer <admin token>` (WSS_ADMIN_TOKEN)\n");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"wss\""));
+        return response;
+    }
+    tokio::task::spawn_blocking(move || answer(&sources)).await.unwrap_or_else(|err| {
+        log::error!(target: "wss::status", "answering a status request failed: {err}");
+        plain(StatusCode::INTERNAL_SERVER_ERROR, "the status could not be read; see the service's log\n")
+    })
 }
 
 fn health_answer(state: Result<(), String>) -> Response {
     let mut response = match state {
-        Ok(()) => Response::text(200, "ok\n"),
-        Err(why) => Response::text(503, format!("{why}\n")),
+        Ok(()) => plain(StatusCode::OK, "ok\n"),
+        Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     };
-    response.headers.push(("Cache-Control".into(), "no-store".into()));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
-fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
-    let mut response = Response::empty(status);
-    response.content_type = Some(content_type);
-    response.body = body.into();
+/// 200 with `body` as `content_type`.
+fn typed(content_type: &'static str, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-/// Starts the listener on `addr`.
-pub fn serve(addr: SocketAddr, sources: Sources) -> std::io::Result<Server> {
-    let sources = Arc::new(sources);
-    Server::bind(addr, move |request: &Request<'_>, responder: Responder<'_>| {
-        let _ = responder.send(sources.answer(request));
+fn plain(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = typed("text/plain; charset=utf-8", body);
+    *response.status_mut() = status;
+    response
+}
+
+/// Live data: JSON, never cached.
+fn json_no_store(body: Value) -> Response {
+    let mut response = typed("application/json", body.to_string());
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Starts the listener on `addr`, on `runtime`: bound now, so that a taken port fails the start.
+pub fn serve(addr: SocketAddr, sources: Sources, runtime: &Handle) -> std::io::Result<Listener> {
+    let router = router(Arc::new(sources));
+    let options =
+        Options { max_body: MAX_BODY, max_connections: MAX_CONNECTIONS, header_timeout: Some(HEADER_TIMEOUT), ..Options::default() };
+    Listener::bind(addr, options, runtime, move |request: http::Request<Bytes>| {
+        // `Router` is ready at once and cheap to clone (an `Arc`).
+        let mut router = router.clone();
+        async move {
+            let request = request.map(Body::from);
+            match tower::Service::call(&mut router, request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
     })
 }
 

@@ -18,16 +18,26 @@ impl RawEntry {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("unexpected reply shape from Redis: {0}")]
-pub struct ShapeError(String);
+/// A stream reply that is not shaped as Redis's stream commands answer: what was expected,
+/// with the value found (so the caller can tell a proxy's or an old server's reply apart).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    #[error("unexpected reply shape from Redis: expected a string, got {0:?}")]
+    NotAString(Value),
+    #[error("unexpected reply shape from Redis: expected an array, got {0:?}")]
+    NotAnArray(Value),
+    #[error("unexpected reply shape from Redis: entry without id")]
+    EntryWithoutId,
+    #[error("unexpected reply shape from Redis: entry id is not UTF-8")]
+    IdNotUtf8(#[source] std::string::FromUtf8Error),
+}
 
 fn bytes(value: Value) -> Result<Vec<u8>, ShapeError> {
     match value {
         Value::BulkString(b) => Ok(b),
         Value::SimpleString(s) => Ok(s.into_bytes()),
         Value::Int(i) => Ok(i.to_string().into_bytes()),
-        other => Err(ShapeError(format!("expected a string, got {other:?}"))),
+        other => Err(ShapeError::NotAString(other)),
     }
 }
 
@@ -35,7 +45,7 @@ fn items(value: Value) -> Result<Vec<Value>, ShapeError> {
     match value {
         Value::Array(items) | Value::Set(items) => Ok(items),
         Value::Map(pairs) => Ok(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
-        other => Err(ShapeError(format!("expected an array, got {other:?}"))),
+        other => Err(ShapeError::NotAnArray(other)),
     }
 }
 
@@ -56,8 +66,8 @@ pub fn parse_entries(value: Value) -> Result<Vec<RawEntry>, ShapeError> {
         .into_iter()
         .map(|entry| {
             let mut parts = items(entry)?.into_iter();
-            let id = parts.next().ok_or_else(|| ShapeError("entry without id".into()))?;
-            let id = String::from_utf8(bytes(id)?).map_err(|_| ShapeError("entry id is not UTF-8".into()))?;
+            let id = parts.next().ok_or(ShapeError::EntryWithoutId)?;
+            let id = String::from_utf8(bytes(id)?).map_err(ShapeError::IdNotUtf8)?;
             let fields = match parts.next() {
                 None | Some(Value::Nil) => None,
                 Some(list) => {
@@ -138,5 +148,15 @@ mod tests {
         assert_eq!(entries[0].size(), 6 + 4 + 4 + 1);
         assert_eq!(entries[1].fields, None);
         assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_misshapen_reply_says_what_was_found() {
+        assert_eq!(parse_entries(Value::Int(3)), Err(ShapeError::NotAnArray(Value::Int(3))));
+        assert_eq!(parse_entries(Value::Array(vec![Value::Array(vec![])])), Err(ShapeError::EntryWithoutId));
+        assert_eq!(parse_entries(Value::Array(vec![Value::Array(vec![Value::Nil])])), Err(ShapeError::NotAString(Value::Nil)));
+        let not_utf8 = parse_entries(Value::Array(vec![Value::Array(vec![Value::BulkString(vec![0xff])])])).unwrap_err();
+        assert!(matches!(not_utf8, ShapeError::IdNotUtf8(_)), "{not_utf8:?}");
+        assert!(std::error::Error::source(&not_utf8).is_some(), "the UTF-8 error is kept as the cause");
     }
 }

@@ -351,6 +351,34 @@ async fn the_status_data_needs_the_admin_token_and_the_metrics_do_not() {
     let (status, _, _) = http_get(addr, "/nothing-here", None).unwrap();
     assert_eq!(status, 404);
     assert!(!service.lines().iter().any(|l| l.contains(TOKEN)), "the token never reaches the log");
+
+    // The headers: the page's content security policy, live data never cached, the methods.
+    let page = raw_request(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.to_ascii_lowercase().contains("\r\ncontent-security-policy: default-src 'none'; script-src 'unsafe-inline';"), "{page}");
+    let head = raw_request(addr, "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"), "HEAD: the headers only: {head}");
+    let data =
+        raw_request(addr, &format!("GET /status.json HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"));
+    let data = data.to_ascii_lowercase();
+    assert!(data.contains("\r\ncache-control: no-store\r\n") && data.contains("\r\ncontent-type: application/json\r\n"), "{data}");
+    let unauthorized = raw_request(addr, "GET /status.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(unauthorized.to_ascii_lowercase().contains("\r\nwww-authenticate: bearer realm=\"wss\"\r\n"), "{unauthorized}");
+    for target in ["/status.json", "/nothing-here"] {
+        let post = raw_request(addr, &format!("POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+        assert!(post.starts_with("HTTP/1.1 405") && post.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{post}");
+    }
+}
+
+/// Sends `request` as it is and reads the answer to the end (the request says `Connection: close`).
+fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

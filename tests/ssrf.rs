@@ -26,7 +26,7 @@ use ureq::{
 };
 use wss::{
     http::{forbidden_reason, literal_ip, GuardedResolver, TargetPolicy},
-    http_server::{Response, Server},
+    http_listener::{self, Bytes, Listener, Options},
     proto::{CreateRetryPolicyRequest, CreateWebhookRequest},
 };
 
@@ -311,14 +311,12 @@ async fn allowed_cidrs_open_exactly_their_hole_at_connect() {
     let inside = Receiver::ok();
     let outside_hits = Arc::new(Mutex::new(0usize));
     let counted = outside_hits.clone();
-    let outside = Server::bind(
-        SocketAddr::from(([127, 0, 0, 2], 0)),
-        move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
+    let outside =
+        Listener::bind_standalone(SocketAddr::from(([127, 0, 0, 2], 0)), Options::default(), move |_request: http::Request<Bytes>| {
             *counted.lock().unwrap() += 1;
-            let _ = responder.send(Response::empty(200));
-        },
-    )
-    .expect("binding a receiver on 127.0.0.2 (all of 127/8 is loopback on Linux)");
+            std::future::ready(http_listener::empty(http::StatusCode::OK))
+        })
+        .expect("binding a receiver on 127.0.0.2 (all of 127/8 is loopback on Linux)");
     let outside_url = format!("http://{}/hook", outside.local_addr());
     let ids = register_all_while_lax(&ks, &[&inside.url(), &outside_url]).await;
     let holed = Service::start(&ks, "holed", &[("WSS_ALLOW_PRIVATE_TARGETS", "false"), ("WSS_ALLOWED_TARGET_CIDRS", "127.0.0.1/32")]).await;
@@ -348,16 +346,14 @@ async fn redirects_are_never_followed() {
     let location = target.url();
     let hits = Arc::new(Mutex::new(0usize));
     let counted = hits.clone();
-    let redirector = Server::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        move |_request: &wss::http_server::Request<'_>, responder: wss::http_server::Responder<'_>| {
+    let redirector =
+        Listener::bind_standalone(SocketAddr::from(([127, 0, 0, 1], 0)), Options::default(), move |_request: http::Request<Bytes>| {
             *counted.lock().unwrap() += 1;
-            let mut response = Response::empty(307);
-            response.headers.push(("Location".into(), location.clone()));
-            let _ = responder.send(response);
-        },
-    )
-    .unwrap();
+            let mut response = http_listener::empty(http::StatusCode::TEMPORARY_REDIRECT);
+            response.headers_mut().insert(http::header::LOCATION, location.parse().expect("a URL is a header value"));
+            std::future::ready(response)
+        })
+        .unwrap();
     let service = Service::start(&ks, "redirect", &[]).await;
     let grpc = service.grpc().await;
     grpc.create_tenant("acme").await;

@@ -14,9 +14,9 @@
 //!   `--redis-url` names — then every key the bench wrote is deleted afterwards.
 //! - **The service**: `wss serve` started from this executable ([`service`]), once per scenario,
 //!   with a key prefix of its own, so that its memory is the scenario's alone.
-//! - **Receivers** ([`receiver`]): in this process, on `127.0.0.1:0`, `wss::http_server`
-//!   (keep-alive, a thread per connection). Publish times travel in the events, so latency is
-//!   measured on one clock.
+//! - **Receivers** ([`receiver`]): in this process, on `127.0.0.1:0`, `wss::http_listener`
+//!   (hyper on a two-thread runtime of its own, keep-alive). Publish times travel in the events,
+//!   so latency is measured on one clock.
 //!
 //! # What is measured
 //!
@@ -55,7 +55,7 @@
 //!    over the part, how fast the backlog filled, and the Redis memory each waiting delivery
 //!    costs (`used_memory` grown, less what the stream itself grew, over the deliveries waiting).
 //! 9. **HTTPS** ([`https_throughput`]): the throughput run's events and webhooks over HTTPS, to
-//!    the same receiver speaking TLS (`wss::http_server` with rustls) with a certificate for
+//!    the same receiver speaking TLS (`wss::http_listener` with rustls) with a certificate for
 //!    127.0.0.1 from a CA the bench makes, trusted through `WSS_TARGET_CA_FILE` — the production
 //!    path, https-only included; deliveries/s beside the plain figure, and the TLS connections
 //!    (handshakes) the receiver accepted, which keep-alive keeps near the sender pool's size.

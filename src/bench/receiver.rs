@@ -1,5 +1,6 @@
-//! The bench's webhook receivers: [`wss::http_server::Server`] on `127.0.0.1:0`, in the bench's
-//! own process, so that receipt times and publish times come from the same clock.
+//! The bench's webhook receivers: [`wss::http_listener::Listener`] (hyper, on a two-thread tokio
+//! runtime of its own) on `127.0.0.1:0`, in the bench's own process, so that receipt times and
+//! publish times come from the same clock.
 //!
 //! A receiver answers every request alike — a status after a delay (`200` at once for the fast
 //! receiver, `200` after 100 ms for the slow one, `500` at once for the failing one) — and
@@ -17,19 +18,22 @@
 //! A hanging receiver ([`Receiver::hanging`]) counts what it gets and never answers: each request
 //! holds its connection open until the receiver is dropped. It is the bad webhook of the
 //! isolation run.
+//!
+//! A receiver's answer waits without a thread: the delay is a tokio timer, and the hanging
+//! receiver's answer a future that never completes, dropped with its connection.
 
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use http::{Request, StatusCode};
 use parking_lot::Mutex;
 use wss::{
-    http_server::{Options, Request, Responder, Response, Server},
+    http_listener::{self, Bytes, Listener, Options},
     signature::{self, SIGNATURE_HEADER, TIMESTAMP_HEADER},
 };
 
@@ -89,22 +93,23 @@ impl Stats {
         self.bad_signatures.load(Ordering::SeqCst)
     }
 
-    fn on_request(&self, request: &Request<'_>) {
+    fn on_request(&self, request: &Request<Bytes>) {
         let n = self.received.fetch_add(1, Ordering::SeqCst);
         self.last_us.fetch_max(self.epoch.elapsed().as_micros() as u64, Ordering::SeqCst);
         if self.recording.load(Ordering::Relaxed) {
-            if let Some(sent) = publish_time(request.body) {
+            if let Some(sent) = publish_time(request.body()) {
                 self.latencies_us.lock().push(unix_micros().saturating_sub(sent));
             }
         }
         if n % VERIFY_EVERY == 0 {
-            let index = request.path.strip_prefix("/w").and_then(|i| i.parse::<usize>().ok());
+            let index = request.uri().path().strip_prefix("/w").and_then(|i| i.parse::<usize>().ok());
+            let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok());
             let valid = index.is_some_and(|i| {
                 signature::verify(
                     secret_of(i).as_bytes(),
-                    request.header(TIMESTAMP_HEADER),
-                    request.header(SIGNATURE_HEADER),
-                    request.body,
+                    header(TIMESTAMP_HEADER),
+                    header(SIGNATURE_HEADER),
+                    request.body(),
                     signature::DEFAULT_TOLERANCE,
                     SystemTime::now(),
                 )
@@ -157,14 +162,10 @@ impl ReceiverPki {
 
 /// A listening receiver; dropping it closes it.
 pub struct Receiver {
-    server: Server,
+    listener: Listener,
     /// `http` or `https`.
     scheme: &'static str,
     pub stats: Arc<Stats>,
-    /// A hanging receiver's handlers wait until this is dropped. Declared after `server`, so
-    /// dropped after it: the connections are shut down first, then the handlers return (their
-    /// late answers go nowhere), and no thread is left waiting.
-    _release: Option<crossbeam_channel::Sender<()>>,
 }
 
 impl Receiver {
@@ -179,26 +180,26 @@ impl Receiver {
     }
 
     fn answering(status: u16, delay: Duration, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Self> {
+        let status = StatusCode::from_u16(status).map_err(std::io::Error::other)?;
         let stats = Self::new_stats();
         let seen = stats.clone();
-        let handler = move |request: &Request<'_>, responder: Responder<'_>| {
-            seen.on_request(request);
-            if !delay.is_zero() {
-                thread::sleep(delay); // the receiver's own slowness
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let options = Options { tls, ..Options::default() };
+        let listener = Listener::bind_standalone(([127, 0, 0, 1], 0).into(), options, move |request: Request<Bytes>| {
+            seen.on_request(&request);
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await; // the receiver's own slowness
+                }
+                http_listener::empty(status)
             }
-            let _ = responder.send(Response::empty(status));
-        };
-        let addr = ([127, 0, 0, 1], 0).into();
-        let (server, scheme) = match tls {
-            Some(tls) => (Server::bind_tls(addr, Options::default(), tls, handler)?, "https"),
-            None => (Server::bind(addr, handler)?, "http"),
-        };
-        Ok(Self { server, scheme, stats, _release: None })
+        })?;
+        Ok(Self { listener, scheme, stats })
     }
 
     /// Connections the receiver accepted (over HTTPS: TLS handshakes).
     pub fn connections(&self) -> u64 {
-        self.server.connections_accepted()
+        self.listener.connections_accepted()
     }
 
     /// Accepts every request, reads it, counts it, and never answers: the request's connection
@@ -207,13 +208,11 @@ impl Receiver {
     pub fn hanging() -> std::io::Result<Self> {
         let stats = Self::new_stats();
         let seen = stats.clone();
-        let (release, released) = crossbeam_channel::bounded::<()>(0);
-        let server = Server::bind(([127, 0, 0, 1], 0).into(), move |request: &Request<'_>, _never: Responder<'_>| {
-            seen.on_request(request);
-            // Nothing is ever sent on this channel: `recv` returns when the receiver is dropped.
-            let _ = released.recv();
+        let listener = Listener::bind_standalone(([127, 0, 0, 1], 0).into(), Options::default(), move |request: Request<Bytes>| {
+            seen.on_request(&request);
+            std::future::pending::<http::Response<http_body_util::Full<Bytes>>>()
         })?;
-        Ok(Self { server, scheme: "http", stats, _release: Some(release) })
+        Ok(Self { listener, scheme: "http", stats })
     }
 
     fn new_stats() -> Arc<Stats> {
@@ -230,7 +229,7 @@ impl Receiver {
 
     /// The URL of webhook number `i`.
     pub fn url(&self, i: usize) -> String {
-        format!("{}://{}/w{i}", self.scheme, self.server.local_addr())
+        format!("{}://{}/w{i}", self.scheme, self.listener.local_addr())
     }
 }
 

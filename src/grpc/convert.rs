@@ -12,7 +12,7 @@ use std::{
 use prost_types::{Duration as PbDuration, Timestamp};
 
 use crate::{
-    deadletter::{AttemptRecord, DeadLetter},
+    deadletter::{AttemptRecord, DeadLetter, ErrorKind},
     domain::{
         model::{self, invalid, Ordering, RetryPolicy, SignatureScheme, Tenant, Webhook},
         store::Versioned,
@@ -226,18 +226,18 @@ pub fn reason_from_proto(field: &'static str, value: i32) -> Result<Option<crate
 }
 
 /// The wire enum of an attempt's error class.
-pub fn error_kind_to_proto(kind: &str) -> proto::ErrorKind {
+pub fn error_kind_to_proto(kind: &ErrorKind) -> proto::ErrorKind {
     match kind {
-        "connect" => proto::ErrorKind::Connect,
-        "timeout" => proto::ErrorKind::Timeout,
-        "io" => proto::ErrorKind::Io,
-        "tls" => proto::ErrorKind::Tls,
-        "protocol" => proto::ErrorKind::Protocol,
-        "dns" => proto::ErrorKind::Dns,
-        "refused_target" => proto::ErrorKind::RefusedTarget,
-        "http_status" => proto::ErrorKind::HttpStatus,
-        "error" => proto::ErrorKind::Other,
-        _ => proto::ErrorKind::Unspecified,
+        ErrorKind::Connect => proto::ErrorKind::Connect,
+        ErrorKind::Timeout => proto::ErrorKind::Timeout,
+        ErrorKind::Io => proto::ErrorKind::Io,
+        ErrorKind::Tls => proto::ErrorKind::Tls,
+        ErrorKind::Protocol => proto::ErrorKind::Protocol,
+        ErrorKind::Dns => proto::ErrorKind::Dns,
+        ErrorKind::RefusedTarget => proto::ErrorKind::RefusedTarget,
+        ErrorKind::HttpStatus => proto::ErrorKind::HttpStatus,
+        ErrorKind::Other => proto::ErrorKind::Other,
+        ErrorKind::None | ErrorKind::Unknown(_) => proto::ErrorKind::Unspecified,
     }
 }
 
@@ -292,7 +292,7 @@ pub fn attempt_to_proto(attempt: AttemptRecord) -> proto::Attempt {
         duration: Some(duration_to_proto(Duration::from_millis(attempt.duration_ms))),
         status_code: u32::from(attempt.status),
         error_kind_code: error_kind_to_proto(&attempt.error_kind).into(),
-        error_kind: attempt.error_kind.into_owned(),
+        error_kind: attempt.error_kind.to_string(),
         error: attempt.error,
         response_excerpt: attempt.response_excerpt,
     }

@@ -49,7 +49,7 @@ use super::{
     ControlPlane, Principal, TARGET,
 };
 use crate::{
-    clock::now_ms,
+    clock::{now_ms, wall_ms, Clock},
     domain::{
         model::{self, invalid, Secret, SignatureScheme, Webhook},
         DomainError,
@@ -58,7 +58,7 @@ use crate::{
     pipeline::{
         backlog::Depth,
         isolation::{Circuit, CircuitState},
-        live::{wall_ms, LiveStats},
+        live::LiveStats,
         test_event::{self, TestEvent},
     },
     proto::{self, webhook_service_server::WebhookService},
@@ -246,7 +246,7 @@ fn stats_to_proto(
         last_success_at: timestamp(stored.last_success_ms),
         last_failure_at: timestamp(failure.at_ms),
         last_failure_status_code: u32::from(failure.status),
-        last_failure_error_kind_code: super::convert::error_kind_to_proto(&failure.kind).into(),
+        last_failure_error_kind_code: super::convert::error_kind_to_proto(&crate::deadletter::ErrorKind::parse(&failure.kind)).into(),
         last_failure_error_kind: failure.kind,
         last_failure_error: failure.error,
         dead_letters: counts.dead_letters,
@@ -683,11 +683,11 @@ impl WebhookService for WebhookApi {
                     return Err(DomainError::Precondition { reason, message: format!("cannot send a test event: {why}") });
                 }
                 let route = routing.webhooks.get(webhook.id.as_str()).cloned().ok_or_else(|| DomainError::NotFound { kind: "webhook", id: webhook.id.clone() })?;
-                let event = TestEvent::new(&webhook.tenant_id, &webhook.id, &req.event_type, &req.data, plane.max_event_bytes).map_err(|rejection| {
+                let event = TestEvent::new(&Clock::System, &webhook.tenant_id, &webhook.id, &req.event_type, &req.data, plane.max_event_bytes).map_err(|rejection| {
                     let field = if rejection.detail.starts_with("type") { "event_type" } else { "data" };
                     invalid(field, rejection.detail)
                 })?;
-                let outcome = test_event::send(&plane.agents, &route, &event);
+                let outcome = test_event::send(&Clock::System, &plane.agents, &route, &event);
                 if let Err(err) = store.record_attempt(&outcome.record, plane.history_retention, outcome.succeeded) {
                     log::warn!(target: TARGET, "test event {} to webhook {} was sent, but recording it failed: {err}", event.id, webhook.id);
                 }
@@ -703,7 +703,7 @@ impl WebhookService for WebhookApi {
             succeeded: outcome.succeeded,
             status_code: attempt.status.into(),
             latency: Some(duration_to_proto(Duration::from_millis(attempt.duration_ms))),
-            error_kind: attempt.error_kind.into_owned(),
+            error_kind: attempt.error_kind.to_string(),
             error: attempt.error,
             response_body: attempt.response_excerpt,
             sent_at: timestamp(attempt.started_at_ms),

@@ -70,7 +70,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::redis_conn::Conn;
@@ -85,7 +85,7 @@ use super::{
     transformer::{self, Plan},
 };
 use crate::{
-    clock::now_ms,
+    clock::Clock,
     deadletter::{AttemptRecord, Reason},
     domain::routing::{Route, RoutingHandle},
     expr::Evaluator,
@@ -434,7 +434,7 @@ return 1
 /// Queues the removal of a finished backlog delivery (its webhook leaves the index at the next
 /// take that finds nothing). `fifo`: it was its FIFO webhook's head, whose hold is released so
 /// that the next one may go.
-pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, shard: u32, webhook: &str, entry: &str, fifo: bool) {
+pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, shard: u32, webhook: &str, entry: &str, fifo: bool, now_ms: u64) {
     pipe.cmd("ZREM").arg(keys.backlog_due(shard, webhook)).arg(entry).ignore();
     pipe.cmd("ZREM").arg(keys.backlog_since(shard, webhook)).arg(entry).ignore();
     pipe.cmd("DEL").arg(keys.backlog_item(shard, webhook, entry)).ignore();
@@ -446,7 +446,7 @@ pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, shard: u32, webhook: 
             .arg(keys.backlog_hold(shard, webhook))
             .arg(keys.backlog_index(shard))
             .arg(entry)
-            .arg(now_ms())
+            .arg(now_ms)
             .arg(webhook)
             .ignore();
     }
@@ -597,6 +597,8 @@ pub struct Pump {
     /// Backlog deliveries handed to the signer and not yet finished (the outcome stage counts
     /// them down as their completions arrive).
     pub in_progress: Arc<AtomicUsize>,
+    /// Where due times and lease ends are measured from.
+    pub clock: Clock,
 }
 
 /// Members with their scores, as `ZRANGE … WITHSCORES` answers.
@@ -665,7 +667,8 @@ impl Pump {
                     wait = if poll.took > 0 || poll.left_due {
                         POLL_BUSY
                     } else {
-                        let until_next = poll.next_ms.map_or(POLL_IDLE, |next| Duration::from_millis(next.saturating_sub(now_ms())));
+                        let until_next =
+                            poll.next_ms.map_or(POLL_IDLE, |next| Duration::from_millis(next.saturating_sub(self.clock.now_ms())));
                         until_next.clamp(Duration::from_millis(1), POLL_IDLE)
                     };
                 }
@@ -699,7 +702,7 @@ impl Pump {
             *conn = Some(self.redis.connect_bounded(Duration::from_secs(2), REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("just connected");
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let index = self.keys.backlog_index(shard);
         let (candidates, first): (Scored, Scored) = redis::pipe()
             .cmd("ZRANGEBYSCORE")
@@ -724,7 +727,7 @@ impl Pump {
         }
         let page_after = |took: usize| if took == 0 && full_page { offset + CANDIDATES } else { 0 };
         let routing = self.routing.current();
-        let at = Instant::now();
+        let at = self.clock.now();
         // Webhook, how many to take, its rate limit (0: none).
         let mut wanted: Vec<(String, usize, u32)> = Vec::new();
         let mut deferred: Vec<(String, u64)> = Vec::new();
@@ -753,7 +756,7 @@ impl Pump {
                         free.min(PER_WEBHOOK).min(fair)
                     }
                     Room::OpenUntil(until) => {
-                        deferred.push((webhook, crate::pipeline::live::wall_ms(until)));
+                        deferred.push((webhook, self.clock.wall_ms(until)));
                         continue;
                     }
                 },
@@ -808,7 +811,7 @@ impl Pump {
                 // Finished meanwhile by another instance whose lease had ended: drop its traces.
                 let mut pipe = redis::pipe();
                 // (As a FIFO head too, harmlessly for an unordered one: its hold must not stay.)
-                queue_done(&mut pipe, &self.keys, shard, &item.webhook, &item.entry, true);
+                queue_done(&mut pipe, &self.keys, shard, &item.webhook, &item.entry, true, self.clock.now_ms());
                 pipe.query::<()>(con)?;
                 continue;
             };
@@ -975,7 +978,12 @@ mod tests {
             event_type: "order.created".into(),
             tenant: "acme".into(),
             attempt,
-            attempts: vec![AttemptRecord { attempt: 1, status: 500, error_kind: "http_status".into(), ..Default::default() }],
+            attempts: vec![AttemptRecord {
+                attempt: 1,
+                status: 500,
+                error_kind: crate::deadletter::ErrorKind::HttpStatus,
+                ..Default::default()
+            }],
             fifo: false,
         }
     }

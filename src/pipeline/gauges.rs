@@ -15,11 +15,7 @@
 //!   their oldest delivery (`wss_backlog_depth{webhook}`, `wss_backlog_oldest_age_seconds{webhook}`;
 //!   series of webhooks whose backlog emptied are removed), in one pipelined round trip.
 
-use std::{
-    collections::HashSet,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -30,7 +26,7 @@ use super::{
     isolation::{Circuit, Isolation},
     messages::InFlight,
 };
-use crate::{clock::now_ms, domain::routing::RoutingHandle, keys::Keys, metrics::Metrics, redis_conn::RedisTarget};
+use crate::{clock::Clock, domain::routing::RoutingHandle, keys::Keys, metrics::Metrics, redis_conn::RedisTarget};
 
 const TICK: Duration = Duration::from_secs(1);
 const POLL_REDIS: Duration = Duration::from_secs(2);
@@ -50,6 +46,8 @@ pub struct Gauges {
     pub redis: RedisTarget,
     pub keys: Keys,
     pub depths: Depths,
+    /// Where the sampling times and entry ages are measured.
+    pub clock: Clock,
 }
 
 impl Gauges {
@@ -57,24 +55,24 @@ impl Gauges {
         let mut conn: Option<Conn> = None;
         let mut open_series: HashSet<String> = HashSet::new();
         let mut backlog_series: HashSet<String> = HashSet::new();
-        let mut next_poll = Instant::now();
-        let mut next_backlog = Instant::now();
+        let mut next_poll = self.clock.now();
+        let mut next_backlog = next_poll;
         loop {
             for (edge, depth) in self.depths.0.iter().enumerate() {
                 self.metrics.channel_depth(edge, depth());
             }
             self.metrics.in_flight.set(self.in_flight.len() as i64);
             self.circuits(&mut open_series);
-            if Instant::now() >= next_poll {
-                next_poll = Instant::now() + POLL_REDIS;
+            if self.clock.now() >= next_poll {
+                next_poll = self.clock.now() + POLL_REDIS;
                 if let Err(err) = self.poll_redis(&mut conn) {
                     log::debug!(target: "wss::gauges", "reading the stream's lag failed ({err}); it is -1 (unknown) until Redis answers");
                     self.metrics.stream_lag.set(-1);
                     conn = None;
                 }
             }
-            if conn.is_some() && Instant::now() >= next_backlog {
-                next_backlog = Instant::now() + POLL_BACKLOG;
+            if conn.is_some() && self.clock.now() >= next_backlog {
+                next_backlog = self.clock.now() + POLL_BACKLOG;
                 if let Err(err) = self.poll_backlog(conn.as_mut().expect("checked above"), &mut backlog_series) {
                     log::debug!(target: "wss::gauges", "reading the backlog's depth failed ({err}); keeping the last figures");
                     conn = None;
@@ -139,7 +137,7 @@ impl Gauges {
             self.metrics.stream_lag.set(lag.unwrap_or(-1));
             self.metrics.stream_pending.set(pending);
         }
-        let oldest = oldest_id.and_then(|id| crate::metrics::entry_age_seconds(&id, now_ms()));
+        let oldest = oldest_id.and_then(|id| crate::metrics::entry_age_seconds(&id, self.clock.now_ms()));
         self.metrics.oldest_pending_age.set(oldest.unwrap_or(0.0));
         self.metrics.dead_letter_stream_length.set(dead);
         Ok(())
@@ -152,7 +150,7 @@ impl Gauges {
             webhooks += redis::cmd("ZCARD").arg(self.keys.backlog_index(shard)).query::<i64>(con)?;
             depths.extend(backlog::depths(con, &self.keys, shard, BACKLOG_SERIES)?);
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut seen = HashSet::with_capacity(depths.len());
         let mut total = 0u64;
         for (webhook, depth) in depths {

@@ -385,6 +385,12 @@ fn entry<'m>(endpoints: &'m mut HashMap<String, Endpoint>, webhook: &str) -> &'m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+
+    /// A manual clock's time: the state machine is driven by the instants passed in.
+    fn start() -> Instant {
+        ManualClock::new(1_767_225_600_000).now()
+    }
 
     fn isolation() -> Isolation {
         Isolation::new(Settings { max_in_flight: 2, failures_to_open: 3, cooldown: Duration::from_secs(30), auto_disable_after: None })
@@ -393,7 +399,7 @@ mod tests {
     #[test]
     fn the_snapshot_shows_parked_deliveries_and_forgets_healthy_idle_webhooks() {
         let iso = isolation();
-        let now = Instant::now();
+        let now = start();
         assert_eq!(iso.admit("a", now), Gate::Go);
         iso.set_waiting("a", 3);
         let view = |iso: &Isolation| iso.snapshot().into_iter().map(|e| (e.webhook, e.in_flight, e.parked)).collect::<Vec<_>>();
@@ -409,7 +415,7 @@ mod tests {
     #[test]
     fn the_cap_parks_the_excess_and_a_finish_frees_a_slot() {
         let iso = isolation();
-        let now = Instant::now();
+        let now = start();
         assert_eq!(iso.admit("a", now), Gate::Go);
         assert_eq!(iso.admit("a", now), Gate::Go);
         assert_eq!(iso.admit("a", now), Gate::Park);
@@ -421,37 +427,41 @@ mod tests {
     #[test]
     fn consecutive_failures_open_the_circuit_and_one_probe_decides() {
         let iso = isolation();
-        let t0 = Instant::now();
+        let clock = ManualClock::new(1_767_225_600_000);
         for _ in 0..2 {
-            assert_eq!(iso.admit("a", t0), Gate::Go);
-            assert_eq!(iso.finish("a", false, t0), None);
+            assert_eq!(iso.admit("a", clock.now()), Gate::Go);
+            assert_eq!(iso.finish("a", false, clock.now()), None);
         }
-        assert_eq!(iso.admit("a", t0), Gate::Go);
-        assert_eq!(iso.finish("a", false, t0), Some(Transition::Opened { failures: 3, cooldown: Duration::from_secs(30) }));
-        let until = t0 + Duration::from_secs(30);
-        assert_eq!(iso.admit("a", t0 + Duration::from_secs(10)), Gate::WaitUntil(until));
+        assert_eq!(iso.admit("a", clock.now()), Gate::Go);
+        assert_eq!(iso.finish("a", false, clock.now()), Some(Transition::Opened { failures: 3, cooldown: Duration::from_secs(30) }));
+        let until = clock.now() + Duration::from_secs(30);
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(iso.admit("a", clock.now()), Gate::WaitUntil(until));
+        clock.advance(Duration::from_secs(20) - Duration::from_millis(1));
+        assert_eq!(iso.admit("a", clock.now()), Gate::WaitUntil(until), "a millisecond before the end");
 
         // Cool-down over: one probe, the rest wait for it.
-        let t1 = until + Duration::from_millis(1);
-        assert_eq!(iso.admit("a", t1), Gate::Go);
-        assert_eq!(iso.admit("a", t1), Gate::Park);
+        clock.advance(Duration::from_millis(2));
+        assert_eq!(iso.admit("a", clock.now()), Gate::Go);
+        assert_eq!(iso.admit("a", clock.now()), Gate::Park);
         // The probe fails: open again, twice as long.
+        let t1 = clock.now();
         assert_eq!(iso.finish("a", false, t1), Some(Transition::Opened { failures: 4, cooldown: Duration::from_secs(60) }));
         assert_eq!(iso.admit("a", t1), Gate::WaitUntil(t1 + Duration::from_secs(60)));
 
         // Next probe succeeds: closed, normal service.
-        let t2 = t1 + Duration::from_secs(61);
-        assert_eq!(iso.admit("a", t2), Gate::Go);
-        assert_eq!(iso.finish("a", true, t2), Some(Transition::Closed));
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(iso.admit("a", clock.now()), Gate::Go);
+        assert_eq!(iso.finish("a", true, clock.now()), Some(Transition::Closed));
         assert_eq!(iso.circuit("a"), Circuit::Closed);
-        assert_eq!(iso.admit("a", t2), Gate::Go);
-        assert_eq!(iso.admit("a", t2), Gate::Go);
+        assert_eq!(iso.admit("a", clock.now()), Gate::Go);
+        assert_eq!(iso.admit("a", clock.now()), Gate::Go);
     }
 
     #[test]
     fn every_circuit_change_is_queued_once_and_the_live_state_is_readable() {
         let iso = isolation();
-        let t0 = Instant::now();
+        let t0 = start();
         for _ in 0..3 {
             assert_eq!(iso.admit("a", t0), Gate::Go);
             iso.finish("a", false, t0);
@@ -487,7 +497,7 @@ mod tests {
     #[test]
     fn only_an_end_after_a_park_asks_for_a_release() {
         let iso = isolation();
-        let now = Instant::now();
+        let now = start();
         assert_eq!(iso.admit("a", now), Gate::Go);
         assert_eq!(iso.finish_and_release("a", true, Duration::ZERO, now), (None, false), "nothing was parked");
         assert_eq!(iso.admit("a", now), Gate::Go);
@@ -502,7 +512,7 @@ mod tests {
     #[test]
     fn room_counts_free_slots_and_respects_the_circuit() {
         let iso = isolation();
-        let t0 = Instant::now();
+        let t0 = start();
         assert_eq!(iso.room("a", t0), Room::Free(2), "unknown: the whole cap");
         assert_eq!(iso.admit("a", t0), Gate::Go);
         assert_eq!(iso.room("a", t0), Room::Free(1));
@@ -523,7 +533,7 @@ mod tests {
     #[test]
     fn the_park_limit_follows_the_pace_of_the_attempts() {
         let iso = isolation();
-        let now = Instant::now();
+        let now = start();
         assert_eq!(iso.park_limit("a", Duration::from_secs(2)), usize::MAX, "pace unknown");
         assert_eq!(iso.admit("a", now), Gate::Go);
         assert_eq!(iso.admit("a", now), Gate::Go);
@@ -543,7 +553,7 @@ mod tests {
     #[test]
     fn a_success_resets_the_failure_count() {
         let iso = isolation();
-        let t = Instant::now();
+        let t = start();
         for success in [false, false, true, false, false] {
             assert_eq!(iso.admit("a", t), Gate::Go);
             assert_eq!(iso.finish("a", success, t), None, "never three failures in a row");
@@ -559,7 +569,7 @@ mod tests {
             cooldown: Duration::from_secs(30),
             auto_disable_after: Some(Duration::from_secs(3600)),
         });
-        let t0 = Instant::now();
+        let t0 = start();
         assert_eq!(iso.admit("a", t0), Gate::Go);
         assert_eq!(iso.finish("a", false, t0), None);
         // A success in between restarts the clock.
@@ -581,7 +591,7 @@ mod tests {
             cooldown: Duration::from_secs(300),
             auto_disable_after: None,
         });
-        let mut t = Instant::now();
+        let mut t = start();
         assert_eq!(iso.admit("a", t), Gate::Go);
         iso.finish("a", false, t);
         for _ in 0..5 {

@@ -9,7 +9,7 @@
 //! either starts. Parked deliveries are counted by the signer in [`Isolation`] (`set_waiting`),
 //! which the status page reads too.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use super::isolation::{Circuit, Isolation, Settings};
 
@@ -49,19 +49,6 @@ impl LiveView {
     }
 }
 
-/// `at` on the wall clock, in ms since the Unix epoch: for an instant (an open circuit's end)
-/// that is shown to people. Instants in the past are fine; the result is as exact as two clock
-/// reads a moment apart.
-pub fn wall_ms(at: Instant) -> u64 {
-    let now_ms = crate::clock::now_ms();
-    let now = Instant::now();
-    if at >= now {
-        now_ms.saturating_add(at.duration_since(now).as_millis() as u64)
-    } else {
-        now_ms.saturating_sub(now.duration_since(at).as_millis() as u64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -87,7 +74,7 @@ mod tests {
     #[test]
     fn in_flight_and_the_circuit_come_from_the_isolation_state() {
         let view = view();
-        let now = Instant::now();
+        let now = crate::clock::ManualClock::new(0).now();
         view.isolation().admit("a", now);
         assert_eq!(view.of("a").in_flight, 1);
         view.isolation().finish("a", false, now);
@@ -95,14 +82,5 @@ mod tests {
         view.isolation().finish("a", false, now);
         let live = view.of("a");
         assert_eq!((live.in_flight, live.circuit.state()), (0, super::super::isolation::CircuitState::Open));
-    }
-
-    #[test]
-    fn wall_times_of_instants_keep_their_distance_from_now() {
-        let now_ms = crate::clock::now_ms();
-        let later = wall_ms(Instant::now() + Duration::from_secs(60));
-        assert!((now_ms + 59_000..=now_ms + 61_000).contains(&later), "{later} vs {now_ms}");
-        let earlier = wall_ms(Instant::now() - Duration::from_secs(60));
-        assert!((now_ms - 61_000..=now_ms - 59_000).contains(&earlier), "{earlier} vs {now_ms}");
     }
 }

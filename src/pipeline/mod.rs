@@ -46,6 +46,7 @@
 //! after a restart.
 
 pub mod backlog;
+pub(crate) mod decision;
 pub mod event;
 pub(crate) mod gauges;
 pub mod isolation;
@@ -67,6 +68,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use self::messages::{Completion, Delivery, InFlight, Inbound, SignedDelivery};
 use crate::{
+    clock::Clock,
     config::Config,
     domain::{routing::RoutingHandle, store::Store},
     keys::Keys,
@@ -88,6 +90,8 @@ pub struct Deps {
     pub tracer: crate::otel::Tracer,
     /// Readiness: message-queue sources report their outages there.
     pub health: Arc<crate::health::Health>,
+    /// Every stage reads the time here (`crate::clock`): [`Clock::System`] but in tests.
+    pub clock: Clock,
 }
 
 /// The live view of a pipeline run with `config`, holding its isolation state (in-flight caps,
@@ -150,7 +154,7 @@ const STAGE_QUEUE: usize = 1024;
 impl Pipeline {
     /// Builds every channel and worker, then spawns the threads.
     pub fn start(deps: Deps) -> std::io::Result<Self> {
-        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health } = deps;
+        let Deps { config, redis, keys, store, routing, live, metrics, tracer, health, clock } = deps;
         let (shutdown_tx, shutdown_rx) = bounded::<()>(0);
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
@@ -226,6 +230,7 @@ impl Pipeline {
                     stream: keys.stream(shard),
                     keep_for,
                     trimmed: metrics.stream_trimmed.clone(),
+                    clock: clock.clone(),
                 };
                 let stop = shutdown_rx.clone();
                 spawn(name("retention"), Box::new(move || retention.run(stop)))?;
@@ -234,7 +239,7 @@ impl Pipeline {
         if config.stream_retention.is_none() {
             log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
         }
-        let started_ms = crate::clock::now_ms();
+        let started_ms = clock.now_ms();
         for (n, spec) in config.sources.iter().enumerate() {
             let label = spec.label();
             let status = crate::source::SourceStatus {
@@ -258,6 +263,7 @@ impl Pipeline {
                         in_flight: in_flight.clone(),
                         status,
                         started_ms,
+                        clock: clock.clone(),
                     };
                     spawn(format!("wss-nats-{n}"), Box::new(move || source.run(out, done, stop)))?;
                 }
@@ -269,6 +275,7 @@ impl Pipeline {
                         in_flight: in_flight.clone(),
                         status,
                         started_ms,
+                        clock: clock.clone(),
                     };
                     spawn(format!("wss-amqp-{n}"), Box::new(move || source.run(out, done, stop)))?;
                 }
@@ -277,14 +284,20 @@ impl Pipeline {
         drop(inbound_tx);
 
         let (r, input, out, done, stop) = (routing.clone(), inbound_rx, fresh_tx, done_tx.clone(), shutdown_rx.clone());
-        let s = store.clone();
-        spawn("wss-transformer".into(), Box::new(move || transformer::run(&r, &s, input, out, done, stop)))?;
+        let (s, c) = (store.clone(), clock.clone());
+        spawn("wss-transformer".into(), Box::new(move || transformer::run(&c, &r, &s, input, out, done, stop)))?;
 
         let isolation = live.isolation().clone();
         // Unbounded, yet bounded in fact: one message per finished attempt, and attempts in
         // progress are bounded by the sender queue and pool. Bounded, it could close a cycle.
         let (freed_tx, freed_rx) = crossbeam_channel::unbounded::<String>();
-        let signer = signer::Signer { routing: routing.clone(), isolation: isolation.clone(), redis: redis.clone(), keys: keys.clone() };
+        let signer = signer::Signer {
+            routing: routing.clone(),
+            isolation: isolation.clone(),
+            redis: redis.clone(),
+            keys: keys.clone(),
+            clock: clock.clone(),
+        };
         let outputs = signer::Outputs { out: signed_tx, done: done_tx.clone() };
         let stop = shutdown_rx.clone();
         spawn("wss-signer".into(), Box::new(move || signer.run(fresh_rx, due_rx, freed_rx, outputs, stop)))?;
@@ -300,6 +313,7 @@ impl Pipeline {
             taken: metrics.backlog_taken.clone(),
             budget: (config.sender_threads / 2).max(1),
             in_progress: backlog_in_progress.clone(),
+            clock: clock.clone(),
         };
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
         spawn("wss-backlog".into(), Box::new(move || pump.run(wake_rx, due_tx, done, stop)))?;
@@ -314,8 +328,11 @@ impl Pipeline {
                 freed_tx.clone(),
                 shutdown_rx.clone(),
             );
-            let tracer = tracer.clone();
-            spawn(format!("wss-sender-{i}"), Box::new(move || sender::run(&agent, &errors, &iso, &tracer, input, done, freed, stop)))?;
+            let (tracer, clock) = (tracer.clone(), clock.clone());
+            spawn(
+                format!("wss-sender-{i}"),
+                Box::new(move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, stop)),
+            )?;
         }
         drop(signed_rx);
         drop(done_tx);
@@ -335,6 +352,7 @@ impl Pipeline {
             isolation: isolation.clone(),
             instance: config.consumer.clone(),
             metrics: metrics.clone(),
+            clock: clock.clone(),
         };
         let stop = shutdown_rx.clone();
         spawn("wss-outcomes".into(), Box::new(move || outcomes.run(done_rx, stop)))?;
@@ -347,6 +365,7 @@ impl Pipeline {
             redis: redis.clone(),
             keys: keys.clone(),
             depths,
+            clock,
         };
         let stop = shutdown_rx.clone();
         spawn("wss-gauges".into(), Box::new(move || gauges.run(stop)))?;

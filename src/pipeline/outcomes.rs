@@ -42,19 +42,18 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{
     backlog::{self, HandOff},
+    decision::{decide, Attempt, Disable, Next},
     isolation::{Isolation, Transition},
-    live::wall_ms,
     messages::{Completion, Delivery, EntryTicket, InFlight, Verdict},
 };
 use crate::{
-    clock::now_ms,
+    clock::Clock,
     deadletter::{self, AttemptRecord, DeadLetter, Reason},
     domain::{routing::RoutingHandle, store::Store},
     history::{self, DeliveryRecord, Retention, Status},
     keys::Keys,
     metrics::Metrics,
     redis_conn::RedisTarget,
-    retry::next_delay,
     stats::{self, CircuitRecord, Tally, Trims},
 };
 
@@ -98,6 +97,8 @@ pub struct Outcomes {
     /// Counted as completions are handled (before their batch is written: a crash before the
     /// write repeats those deliveries, and counts them again).
     pub metrics: Arc<Metrics>,
+    /// Where due times, record times and the batch's timers come from.
+    pub clock: Clock,
 }
 
 /// Redis writes owed by the completions handled since the last flush.
@@ -169,8 +170,8 @@ impl Outcomes {
     pub fn run(self, input: Receiver<Completion>, shutdown: Receiver<()>) {
         let mut conn: Option<Conn> = None;
         let mut batch = Batch::default();
-        let mut trimming = Trimming { touched: HashSet::new(), last: Instant::now() };
-        let mut stats = StatsWriting { due: Instant::now() + stats::WRITE_EVERY, trims: Trims::default() };
+        let mut trimming = Trimming { touched: HashSet::new(), last: self.clock.now() };
+        let mut stats = StatsWriting { due: self.clock.now() + stats::WRITE_EVERY, trims: Trims::default() };
         // While Redis is away the batch is kept and written later; completions are still
         // handled meanwhile (retries scheduled), so what wss holds keeps being delivered.
         let mut backoff = BACKOFF_MIN;
@@ -179,7 +180,7 @@ impl Outcomes {
                 input.recv_timeout(backoff)
             } else if !batch.stats.is_empty() {
                 // Nothing else to write: wake up for the stats alone.
-                input.recv_deadline(stats.due.max(Instant::now() + backoff))
+                input.recv_deadline(stats.due.max(self.clock.now() + backoff))
             } else {
                 input.recv().map_err(|_| RecvTimeoutError::Disconnected)
             };
@@ -192,7 +193,7 @@ impl Outcomes {
             // that the fixed costs (MULTI/EXEC, XACK, one ZADD per index) are shared.
             // Except behind a finished FIFO head: its webhook's next delivery waits for this
             // write, so it goes at once (docs/ordering.md).
-            let linger_until = Instant::now() + LINGER;
+            let linger_until = self.clock.now() + LINGER;
             while batch.len() < MAX_BATCH && !batch.finished_fifo_head() {
                 match input.recv_deadline(linger_until) {
                     Ok(next) => self.handle(next, &mut batch),
@@ -232,36 +233,46 @@ impl Outcomes {
         }
         match completion {
             Completion::Attempted { mut delivery, route, record, verdict, transition } => {
-                if let Some(transition) = transition {
-                    self.circuit_changed(&delivery.webhook_id, transition);
+                let now_ms = self.clock.now_ms();
+                let attempt = Attempt { number: delivery.attempt, verdict, transition };
+                let step = decide(attempt, &route.policy, now_ms, self.draw);
+                if let Some(transition) = step.circuit {
+                    log_circuit(&delivery.webhook_id, transition);
+                }
+                if let Some(disable) = step.disable {
+                    if disable != Disable::Gone {
+                        log::warn!(target: "wss::outcomes", "disabling webhook {}: {}", delivery.webhook_id, disable.reason());
+                    }
+                    self.disable_webhook(&delivery.webhook_id, disable);
+                }
+                if step.release_parked {
+                    let _ = self.freed.send(delivery.webhook_id.to_string());
                 }
                 batch.stats.attempt(&delivery.webhook_id, &record, verdict == Verdict::Delivered);
                 self.metrics.attempt(record.status, record.duration_ms as f64 / 1000.0);
-                let policy = &route.policy;
-                match decide(policy, delivery.attempt, verdict, self.draw) {
+                match step.next {
                     Next::Delivered => {
                         self.metrics.delivered.inc();
-                        self.metrics.event_delivered(&delivery.ticket.stream_id, now_ms());
+                        self.metrics.event_delivered(&delivery.ticket.stream_id, now_ms);
                         log::debug!(target: "wss::outcomes",
                             tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
                             attempt = record.attempt, outcome = "delivered", status = record.status;
                             "delivered event {} to webhook {} (tenant {}) on attempt {} in {} ms",
                             delivery.event.id(), delivery.webhook_id, delivery.event.tenant(), record.attempt, record.duration_ms);
                         push_attempt(&mut delivery.history, record);
-                        batch.record(history_record(&delivery, Status::Delivered, 0, ""));
+                        batch.record(history_record(&delivery, Status::Delivered, 0, "", now_ms));
                         finish(&delivery, batch);
                     }
-                    Next::Gone => {
+                    Next::DeadLetter(reason @ Reason::Gone) => {
                         log_failure(&delivery, &record, "dead_lettered", "the receiver answered 410 Gone: disabling the webhook");
-                        self.disable_webhook(&delivery.webhook_id, "the receiver answered 410 Gone".to_owned());
                         push_attempt(&mut delivery.history, record);
                         let detail = format!(
                             "the receiver answered 410 Gone on attempt {}; webhook {} was disabled",
                             delivery.attempt, delivery.webhook_id
                         );
-                        self.dead_letter(delivery, Reason::Gone, detail, batch);
+                        self.dead_letter(delivery, reason, detail, batch);
                     }
-                    Next::RetryIn(delay) => {
+                    Next::Retry { delay, due_ms } => {
                         log_failure(
                             &delivery,
                             &record,
@@ -269,24 +280,24 @@ impl Outcomes {
                             &format!("retrying in {}", humantime::format_duration(round_ms(delay))),
                         );
                         push_attempt(&mut delivery.history, record);
-                        let due_ms = now_ms() + delay.as_millis() as u64;
-                        batch.record(history_record(&delivery, Status::Retrying, due_ms, ""));
+                        batch.record(history_record(&delivery, Status::Retrying, due_ms, "", now_ms));
                         self.metrics.retried.inc();
                         delivery.attempt += 1;
                         self.hand_off(delivery, due_ms, batch);
                     }
-                    Next::Exhausted => {
+                    Next::DeadLetter(reason) => {
                         log_failure(&delivery, &record, "dead_lettered", "no attempts left: dead-lettering");
                         push_attempt(&mut delivery.history, record);
-                        let detail = format!("all {} attempts failed; the last: {}", policy.max_attempts, last_error(&delivery.history));
-                        self.dead_letter(delivery, Reason::MaxAttemptsExhausted, detail, batch);
+                        let detail =
+                            format!("all {} attempts failed; the last: {}", route.policy.max_attempts, last_error(&delivery.history));
+                        self.dead_letter(delivery, reason, detail, batch);
                     }
                 }
             }
             Completion::AlreadyTerminal { delivery } => finish(&delivery, batch),
             Completion::Postponed { delivery, due_ms } => {
                 log::debug!(target: "wss::outcomes", "delivery of event {} to webhook {} postponed to the backlog, due in {} ms",
-                    delivery.event.id(), delivery.webhook_id, due_ms.saturating_sub(now_ms()));
+                    delivery.event.id(), delivery.webhook_id, due_ms.saturating_sub(self.clock.now_ms()));
                 self.hand_off(delivery, due_ms, batch);
             }
             Completion::Abandoned { delivery, reason, detail } => {
@@ -320,7 +331,7 @@ impl Outcomes {
                         event_id: rejection.event_id,
                         event_type: rejection.event_type,
                         stream_entry_id: ticket.stream_id.clone(),
-                        dead_lettered_at_ms: now_ms(),
+                        dead_lettered_at_ms: self.clock.now_ms(),
                         body,
                         raw_fields,
                         ..Default::default()
@@ -335,36 +346,12 @@ impl Outcomes {
         }
     }
 
-    /// Logs a change of the webhook's circuit (its sender already updated it and freed the slot);
-    /// disables a webhook failing for too long, then lets the signer release what it parked
-    /// (those deliveries are then dead-lettered as `webhook_disabled`).
-    fn circuit_changed(&self, webhook_id: &str, transition: Transition) {
-        match transition {
-            Transition::Opened { failures, cooldown } => {
-                log::warn!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_opened";
-                "circuit of webhook {webhook_id} opened after {failures} consecutive failures: no attempts for {}, then one probe",
-                humantime::format_duration(cooldown))
-            }
-            Transition::Closed => {
-                log::info!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_closed"; "circuit of webhook {webhook_id} closed: the probe succeeded")
-            }
-            Transition::FailingTooLong { failures, since } => {
-                let reason = format!(
-                    "every attempt failed for {} ({failures} in a row; WSS_AUTO_DISABLE_AFTER); re-enable with UpdateWebhook enabled=true",
-                    humantime::format_duration(Duration::from_secs(since.as_secs()))
-                );
-                log::warn!(target: "wss::outcomes", "disabling webhook {webhook_id}: {reason}");
-                self.disable_webhook(webhook_id, reason);
-                let _ = self.freed.send(webhook_id.to_owned());
-            }
-        }
-    }
-
     fn dead_letter(&self, mut delivery: Delivery, reason: Reason, detail: String, batch: &mut Batch) {
         self.metrics.dead_lettered.inc();
         self.metrics.dead_letter(reason);
-        batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str()));
-        batch.stats.dead_letter(&delivery.webhook_id, now_ms());
+        let now_ms = self.clock.now_ms();
+        batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str(), now_ms));
+        batch.stats.dead_letter(&delivery.webhook_id, now_ms);
         batch.dead.push((
             delivery.ticket.shard,
             DeadLetter {
@@ -375,7 +362,7 @@ impl Outcomes {
                 event_id: delivery.event.id().to_owned(),
                 event_type: delivery.event.event_type().to_owned(),
                 stream_entry_id: delivery.ticket.stream_id.clone(),
-                dead_lettered_at_ms: now_ms(),
+                dead_lettered_at_ms: now_ms,
                 body: String::from_utf8_lossy(&delivery.body).into_owned(),
                 attempts: std::mem::take(&mut delivery.history),
                 // A broker's event has no stream entry to copy its fields from: they come from memory.
@@ -404,7 +391,8 @@ impl Outcomes {
         }
     }
 
-    fn disable_webhook(&self, webhook_id: &str, reason: String) {
+    fn disable_webhook(&self, webhook_id: &str, why: Disable) {
+        let reason = why.reason();
         let result = self.store.update_webhook(webhook_id, |w| {
             w.enabled = false;
             w.disabled_reason = reason.clone();
@@ -416,7 +404,7 @@ impl Outcomes {
                     log::warn!(target: "wss::outcomes", "webhook {webhook_id} disabled, but reloading the routing failed: {err}");
                 }
             }
-            Err(err) => log::error!(target: "wss::outcomes", "could not disable webhook {webhook_id} after 410 Gone: {err}"),
+            Err(err) => log::error!(target: "wss::outcomes", "could not disable webhook {webhook_id} ({reason}): {err}"),
         }
     }
 
@@ -425,7 +413,7 @@ impl Outcomes {
     /// (or `force`d, at shutdown).
     fn flush(&self, conn: &mut Option<Conn>, batch: &mut Batch, trimming: &mut Trimming, stats: &mut StatsWriting, force: bool) -> bool {
         self.take_circuit_changes(&mut batch.stats);
-        let write_stats = !batch.stats.is_empty() && (force || Instant::now() >= stats.due);
+        let write_stats = !batch.stats.is_empty() && (force || self.clock.now() >= stats.due);
         if batch.len() == 0 && !write_stats {
             return true;
         }
@@ -476,12 +464,12 @@ impl Outcomes {
         let mut shards: std::collections::BTreeMap<u32, redis::Pipeline> = std::collections::BTreeMap::new();
         let keys = &self.keys;
         let slot = |shard: u32| keys.shard_slot(shard).filter(|_| split);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         for hand_off in batch.hand_offs.values() {
             backlog::queue_hand_off(pipe_for(slot(hand_off.shard), &mut global, &mut shards), keys, hand_off, now);
         }
         for (shard, webhook, entry, fifo) in &batch.backlog_done {
-            backlog::queue_done(pipe_for(slot(*shard), &mut global, &mut shards), keys, *shard, webhook, entry, *fifo);
+            backlog::queue_done(pipe_for(slot(*shard), &mut global, &mut shards), keys, *shard, webhook, entry, *fifo, now);
         }
         let mut acks: std::collections::BTreeMap<u32, Vec<String>> = std::collections::BTreeMap::new();
         for (shard, id) in &batch.acks {
@@ -500,14 +488,14 @@ impl Outcomes {
             // A deleted webhook's stats were deleted with it: do not write them again.
             let routing = self.routing.current();
             batch.stats.retain(|webhook| routing.webhooks.contains_key(webhook));
-            stats::queue_writes(&mut global, keys, &batch.stats, &mut stats.trims, now_ms(), stats::KEY_TTL);
+            stats::queue_writes(&mut global, keys, &batch.stats, &mut stats.trims, now, stats::KEY_TTL);
         }
         if global.cmd_iter().next().is_some() {
             global.query::<()>(con)?;
         }
         if write_stats {
             batch.stats.clear();
-            stats.due = Instant::now() + stats::WRITE_EVERY;
+            stats.due = self.clock.now() + stats::WRITE_EVERY;
         }
         batch.dead.clear();
         batch.history.clear();
@@ -580,8 +568,8 @@ impl Outcomes {
         for change in self.isolation.take_changes() {
             let record = CircuitRecord {
                 state: change.state,
-                at_ms: wall_ms(change.at),
-                open_until_ms: change.open_until.map_or(0, wall_ms),
+                at_ms: self.clock.wall_ms(change.at),
+                open_until_ms: change.open_until.map_or(0, |at| self.clock.wall_ms(at)),
                 instance: self.instance.clone(),
             };
             tally.circuit(&change.webhook, record);
@@ -590,12 +578,12 @@ impl Outcomes {
 
     /// At most every [`TRIM_EVERY`]: trims the history indexes written since the last trim.
     fn trim_history(&self, con: &mut Conn, trimming: &mut Trimming) {
-        if trimming.last.elapsed() < TRIM_EVERY || trimming.touched.is_empty() {
+        if self.clock.elapsed(trimming.last) < TRIM_EVERY || trimming.touched.is_empty() {
             return;
         }
-        trimming.last = Instant::now();
+        trimming.last = self.clock.now();
         let touched = std::mem::take(&mut trimming.touched);
-        if let Err(err) = history::trim(con, &self.keys, self.retention, &touched, now_ms()) {
+        if let Err(err) = history::trim(con, &self.keys, self.retention, &touched, self.clock.now_ms()) {
             log::warn!(target: "wss::outcomes", "trimming the delivery history failed ({err}); will try again");
             trimming.touched = touched;
         }
@@ -619,32 +607,24 @@ fn pipe_for<'a>(
     }
 }
 
-/// What becomes of a delivery after attempt number `attempt` ended with `verdict`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Next {
-    Delivered,
-    /// 410 Gone: dead-lettered, and the webhook disabled.
-    Gone,
-    /// Attempted again after this delay (the backlog holds it meanwhile).
-    RetryIn(Duration),
-    /// The policy's last attempt failed: dead-lettered.
-    Exhausted,
-}
-
-/// The retry decision, pure: the policy's delay (docs/contract.md §4, `crate::retry`) with `draw`'s jitter,
-/// or the receiver's `Retry-After` capped by the policy, while attempts are left.
-fn decide(policy: &crate::domain::model::RetryPolicy, attempt: u32, verdict: Verdict, draw: fn() -> f64) -> Next {
-    match verdict {
-        Verdict::Delivered => Next::Delivered,
-        Verdict::Gone => Next::Gone,
-        Verdict::Retry { retry_after } if attempt < policy.max_attempts => Next::RetryIn(next_delay(policy, attempt, retry_after, draw())),
-        Verdict::Retry { .. } => Next::Exhausted,
+/// Logs a change of the webhook's circuit (its sender already updated it and freed the slot).
+/// A webhook failing too long is disabled instead ([`Disable::FailingTooLong`]).
+fn log_circuit(webhook_id: &str, transition: Transition) {
+    match transition {
+        Transition::Opened { failures, cooldown } => {
+            log::warn!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_opened";
+            "circuit of webhook {webhook_id} opened after {failures} consecutive failures: no attempts for {}, then one probe",
+            humantime::format_duration(cooldown))
+        }
+        Transition::Closed => {
+            log::info!(target: "wss::outcomes", webhook = webhook_id, outcome = "circuit_closed"; "circuit of webhook {webhook_id} closed: the probe succeeded")
+        }
+        Transition::FailingTooLong { .. } => {}
     }
 }
 
 /// The history record of a delivery whose attempts so far are in `delivery.history`.
-fn history_record(delivery: &Delivery, status: Status, next_attempt_at_ms: u64, dead_letter_reason: &str) -> DeliveryRecord {
-    let now = now_ms();
+fn history_record(delivery: &Delivery, status: Status, next_attempt_at_ms: u64, dead_letter_reason: &str, now: u64) -> DeliveryRecord {
     DeliveryRecord {
         id: history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id),
         tenant_id: delivery.event.tenant().to_owned(),
@@ -684,7 +664,7 @@ fn finish(delivery: &Delivery, batch: &mut Batch) {
 fn log_failure(delivery: &Delivery, record: &AttemptRecord, outcome: &str, next: &str) {
     let what =
         if record.status != 0 { format!("HTTP {}", record.status) } else { format!("{} error: {}", record.error_kind, record.error) };
-    let error = if record.status != 0 { "http_status" } else { &*record.error_kind };
+    let error = if record.status != 0 { "http_status" } else { record.error_kind.as_str() };
     log::warn!(target: "wss::outcomes",
         tenant = delivery.event.tenant(), webhook = &*delivery.webhook_id, event_id = delivery.event.id(),
         attempt = record.attempt, outcome = outcome, status = record.status, error = error;
@@ -707,63 +687,4 @@ fn fields_as_json(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), serde_json::Value::String(String::from_utf8_lossy(v).into_owned())))
         .collect();
     serde_json::Value::Object(map).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::model::RetryPolicy;
-
-    fn policy() -> RetryPolicy {
-        RetryPolicy::builtin_default() // 8 attempts, 5 s × 5 up to 10 h, jitter 0.2
-    }
-
-    fn none() -> f64 {
-        0.0
-    }
-
-    fn longest() -> f64 {
-        1.0
-    }
-
-    fn shortest() -> f64 {
-        -1.0
-    }
-
-    const FAILED: Verdict = Verdict::Retry { retry_after: None };
-
-    #[test]
-    fn each_failed_attempt_waits_the_policy_s_delay_for_its_number() {
-        let p = policy();
-        let delays: Vec<Next> = (1..=8).map(|attempt| decide(&p, attempt, FAILED, none)).collect();
-        let secs = |s: u64| Next::RetryIn(Duration::from_secs(s));
-        assert_eq!(
-            delays,
-            [secs(5), secs(25), secs(125), secs(625), secs(3125), secs(15625), secs(36000), Next::Exhausted],
-            "attempt n waits initial × multiplier^(n-1), capped; the 8th is the last"
-        );
-    }
-
-    #[test]
-    fn the_draw_spreads_the_delay_by_the_jitter_both_ways() {
-        let p = policy();
-        assert_eq!(decide(&p, 1, FAILED, longest), Next::RetryIn(Duration::from_secs(6)));
-        assert_eq!(decide(&p, 1, FAILED, shortest), Next::RetryIn(Duration::from_secs(4)));
-        assert_eq!(decide(&p, 2, FAILED, shortest), Next::RetryIn(Duration::from_secs(20)));
-        assert_eq!(decide(&p, 7, FAILED, longest), Next::RetryIn(Duration::from_secs(36000)), "never past the cap");
-    }
-
-    #[test]
-    fn retry_after_replaces_the_delay_within_the_cap_and_success_and_gone_end_it() {
-        let p = policy();
-        let asked = |secs| Verdict::Retry { retry_after: Some(Duration::from_secs(secs)) };
-        assert_eq!(decide(&p, 1, asked(90), longest), Next::RetryIn(Duration::from_secs(90)), "no jitter on Retry-After");
-        assert_eq!(decide(&p, 1, asked(100_000), none), Next::RetryIn(Duration::from_secs(36000)));
-        assert_eq!(decide(&p, 8, asked(1), none), Next::Exhausted, "Retry-After adds no attempt");
-        assert_eq!(decide(&p, 3, Verdict::Delivered, none), Next::Delivered);
-        assert_eq!(decide(&p, 1, Verdict::Gone, none), Next::Gone);
-        let mut once = policy();
-        once.max_attempts = 1;
-        assert_eq!(decide(&once, 1, FAILED, none), Next::Exhausted);
-    }
 }

@@ -23,7 +23,7 @@
 
 use std::{
     io::{self, Read},
-    time::{Instant, SystemTime},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -33,8 +33,8 @@ use super::{
     messages::{Completion, SignedDelivery, Verdict},
 };
 use crate::{
-    clock::now_ms,
-    deadletter::AttemptRecord,
+    clock::Clock,
+    deadletter::{AttemptRecord, ErrorKind},
     domain::routing::Route,
     http::Agents,
     metrics::AttemptErrors,
@@ -51,6 +51,7 @@ const DRAIN_BYTES: u64 = 64 * 1024;
 /// deliveries meanwhile (it has something to release).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
+    clock: &Clock,
     agents: &Agents,
     errors: &AttemptErrors,
     isolation: &Isolation,
@@ -65,13 +66,13 @@ pub fn run(
             recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
             recv(shutdown) -> _ => return,
         };
-        let (record, verdict) = attempt(agents, tracer, &signed);
+        let (record, verdict) = attempt(clock, agents, tracer, &signed);
         if record.status == 0 && !record.error_kind.is_empty() {
-            errors.count(&record.error_kind);
+            errors.count(record.error_kind.as_str());
         }
         let SignedDelivery { delivery, route, .. } = signed;
-        let took = std::time::Duration::from_millis(record.duration_ms);
-        let (transition, release) = isolation.finish_and_release(&delivery.webhook_id, verdict == Verdict::Delivered, took, Instant::now());
+        let took = Duration::from_millis(record.duration_ms);
+        let (transition, release) = isolation.finish_and_release(&delivery.webhook_id, verdict == Verdict::Delivered, took, clock.now());
         // A webhook to be disabled is freed by the outcome stage once it is disabled, so that
         // what waits for its slot is dead-lettered rather than attempted again.
         if release && !matches!(transition, Some(Transition::FailingTooLong { .. })) {
@@ -83,16 +84,17 @@ pub fn run(
     }
 }
 
-fn attempt(agents: &Agents, tracer: &Tracer, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
+fn attempt(clock: &Clock, agents: &Agents, tracer: &Tracer, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
     // The attempt's span (tracing on) and the trace headers (also when off: the event's own).
     let trace = tracer.attempt(&signed.delivery.event, &signed.delivery.webhook_id, signed.delivery.attempt);
-    send_once(agents, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt, trace)
+    send_once(clock, agents, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt, trace)
 }
 
 /// One POST of `body` with the signed `headers` to `route`, as every attempt makes it (also used
 /// by `WebhookService/SendTestEvent`, outside the pipeline), under its `trace`: its record and
 /// what it means.
 pub fn send_once(
+    clock: &Clock,
     agents: &Agents,
     route: &Route,
     headers: &[(&'static str, String)],
@@ -102,8 +104,8 @@ pub fn send_once(
 ) -> (AttemptRecord, Verdict) {
     let agent = agents.agent(route.client.as_ref().map(|c| &c.identity));
     let timeout = route.policy.attempt_timeout;
-    let started_at_ms = now_ms();
-    let clock = Instant::now();
+    let started_at_ms = clock.now_ms();
+    let started = clock.now();
     let mut request = agent.post(&*route.url).config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
     for (name, value) in headers {
         request = request.header(*name, value);
@@ -128,13 +130,16 @@ pub fn send_once(
     let verdict = match request.send(body) {
         Ok(mut response) => {
             let status = response.status().as_u16();
-            let retry_after =
-                response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, SystemTime::now()));
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, UNIX_EPOCH + Duration::from_millis(clock.now_ms())));
             record.status = status;
             record.response_excerpt = read_excerpt(response.body_mut().as_reader());
             let verdict = classify(status, retry_after);
             if verdict != Verdict::Delivered {
-                record.error_kind = "http_status".into();
+                record.error_kind = ErrorKind::HttpStatus;
                 let reason = response.status().canonical_reason().unwrap_or("");
                 record.error = format!("HTTP {status} {reason}").trim_end().to_owned();
             }
@@ -143,25 +148,25 @@ pub fn send_once(
         Err(err) => {
             match crate::http::tls_failure(&err) {
                 Some(tls) => {
-                    record.error_kind = "tls".into();
+                    record.error_kind = ErrorKind::Tls;
                     record.error = tls.to_string();
                 }
                 None => {
-                    record.error_kind = error_kind(&err).into();
+                    record.error_kind = error_kind(&err);
                     record.error = err.to_string();
                 }
             }
             Verdict::Retry { retry_after: None }
         }
     };
-    record.duration_ms = clock.elapsed().as_millis() as u64;
+    record.duration_ms = clock.elapsed(started).as_millis() as u64;
     trace.end(&record, verdict, route.policy.max_attempts);
     (record, verdict)
 }
 
 /// What a status means (docs/contract.md §2): 2xx delivered; 410 stop; 429/503 honour Retry-After;
 /// anything else (3xx included — redirects are not followed) is retried.
-pub fn classify(status: u16, retry_after: Option<std::time::Duration>) -> Verdict {
+pub fn classify(status: u16, retry_after: Option<Duration>) -> Verdict {
     match status {
         200..=299 => Verdict::Delivered,
         410 => Verdict::Gone,
@@ -184,30 +189,28 @@ fn read_excerpt(body: impl Read) -> String {
 
 /// A short class for errors where no response arrived and that are not TLS failures (those are
 /// found first, from rustls's error types: `crate::http::tls_failure`).
-fn error_kind(err: &ureq::Error) -> &'static str {
+fn error_kind(err: &ureq::Error) -> ErrorKind {
     match err {
-        ureq::Error::Timeout(_) => "timeout",
-        ureq::Error::HostNotFound => "dns",
-        ureq::Error::ConnectionFailed => "connect",
+        ureq::Error::Timeout(_) => ErrorKind::Timeout,
+        ureq::Error::HostNotFound => ErrorKind::Dns,
+        ureq::Error::ConnectionFailed => ErrorKind::Connect,
         ureq::Error::Io(e) => match e.kind() {
-            io::ErrorKind::PermissionDenied => "refused_target",
+            io::ErrorKind::PermissionDenied => ErrorKind::RefusedTarget,
             io::ErrorKind::ConnectionRefused
             | io::ErrorKind::AddrNotAvailable
             | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable => "connect",
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
-            _ => "io",
+            | io::ErrorKind::NetworkUnreachable => ErrorKind::Connect,
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Timeout,
+            _ => ErrorKind::Io,
         },
-        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => "protocol",
-        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::TlsRequired => "tls",
-        _ => "error",
+        ureq::Error::Protocol(_) | ureq::Error::LargeResponseHeader(..) => ErrorKind::Protocol,
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::TlsRequired => ErrorKind::Tls,
+        _ => ErrorKind::Other,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]

@@ -30,7 +30,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use crate::redis_conn::Conn;
@@ -41,7 +41,7 @@ use super::{
     messages::{Completion, Delivery, EventMeta, SignedDelivery},
 };
 use crate::{
-    clock::now_ms,
+    clock::Clock,
     deadletter::Reason,
     domain::routing::{Route, RouteSigner, RoutingHandle},
     history::{self, DeliveryRecord, Status},
@@ -55,6 +55,8 @@ pub struct Signer {
     pub isolation: Arc<Isolation>,
     pub redis: RedisTarget,
     pub keys: Keys,
+    /// Where the signature's timestamp, the parking times and due times come from.
+    pub clock: Clock,
 }
 
 /// A webhook may have as many deliveries parked as its recent pace sends within this
@@ -167,14 +169,14 @@ impl Signer {
     /// pump takes it when the webhook has room).
     fn park_or_postpone(&self, parked: &mut Parked, delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
         let queue = parked.get(&delivery.webhook_id);
-        let stuck = queue.and_then(|q| q.front()).is_some_and(|(at, _)| at.elapsed() >= PARK_FOR);
+        let stuck = queue.and_then(|q| q.front()).is_some_and(|(at, _)| self.clock.elapsed(*at) >= PARK_FOR);
         let full = queue.is_some_and(|q| q.len() >= self.isolation.park_limit(&delivery.webhook_id, PARK_HORIZON));
         if delivery.backlog.is_some() || stuck || full {
-            return postpone(delivery, outputs);
+            return self.postpone(delivery, outputs);
         }
         let webhook = delivery.webhook_id.clone();
         let queue = parked.entry(webhook.clone()).or_default();
-        queue.push_back((Instant::now(), delivery));
+        queue.push_back((self.clock.now(), delivery));
         self.isolation.set_waiting(&webhook, queue.len());
         Ok(())
     }
@@ -184,9 +186,9 @@ impl Signer {
         let mut emptied = Vec::new();
         for (webhook, queue) in parked.iter_mut() {
             let before = queue.len();
-            while queue.front().is_some_and(|(at, _)| at.elapsed() >= PARK_FOR) {
+            while queue.front().is_some_and(|(at, _)| self.clock.elapsed(*at) >= PARK_FOR) {
                 let (_, delivery) = queue.pop_front().expect("just looked");
-                postpone(delivery, outputs)?;
+                self.postpone(delivery, outputs)?;
             }
             if queue.len() != before {
                 log::debug!(target: "wss::signer", "webhook {webhook}: {} deliveries parked over {PARK_FOR:?} postponed to the backlog", before - queue.len());
@@ -229,19 +231,24 @@ impl Signer {
         // FIFO and rate-limited webhooks: every fresh delivery waits its turn in the backlog,
         // which alone orders and meters them across instances (`super::backlog`).
         if delivery.backlog.is_none() && route.through_backlog() {
-            return postpone(delivery, outputs).map(|()| None);
+            return self.postpone(delivery, outputs).map(|()| None);
         }
-        match self.isolation.admit(&delivery.webhook_id, Instant::now()) {
+        match self.isolation.admit(&delivery.webhook_id, self.clock.now()) {
             Gate::Go => {
-                let headers = signed_headers(&route.signer, &delivery.event, delivery.attempt, &delivery.body, now_secs());
+                let headers = signed_headers(&route.signer, &delivery.event, delivery.attempt, &delivery.body, self.clock.now_secs());
                 outputs.out.send(SignedDelivery { route, headers, delivery }).map(|_| None).map_err(|_| Stopped)
             }
             Gate::Park => Ok(Some(delivery)),
             Gate::WaitUntil(until) => {
-                let due_ms = super::live::wall_ms(until);
+                let due_ms = self.clock.wall_ms(until);
                 outputs.done.send(Completion::Postponed { delivery, due_ms }).map(|_| None).map_err(|_| Stopped)
             }
         }
+    }
+
+    /// Hands `delivery` to the outcome stage for the backlog, due now.
+    fn postpone(&self, delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
+        outputs.done.send(Completion::Postponed { delivery, due_ms: self.clock.now_ms() }).map_err(|_| Stopped)
     }
 
     fn resume(&self, conn: &mut Option<Conn>, mut delivery: Delivery) -> Resume {
@@ -260,7 +267,7 @@ impl Signer {
                 Status::Retrying => {
                     delivery.attempt = record.attempts.len() as u32 + 1;
                     delivery.history = record.attempts;
-                    let wait = record.next_attempt_at_ms.saturating_sub(now_ms());
+                    let wait = record.next_attempt_at_ms.saturating_sub(self.clock.now_ms());
                     log::info!(target: "wss::signer", "recovered delivery {id}: resuming at attempt {} in {} ms", delivery.attempt, wait);
                     Resume::Later(delivery, record.next_attempt_at_ms)
                 }
@@ -296,15 +303,6 @@ impl Signer {
         }
         result
     }
-}
-
-/// Hands `delivery` to the outcome stage for the backlog, due now.
-fn postpone(delivery: Delivery, outputs: &Outputs) -> Result<(), Stopped> {
-    outputs.done.send(Completion::Postponed { delivery, due_ms: now_ms() }).map_err(|_| Stopped)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The webhook's current route, or the reason the delivery cannot be attempted any more.
@@ -373,7 +371,7 @@ pub fn signed_headers(signer: &RouteSigner, event: &EventMeta, attempt: u32, bod
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
     use crate::signature::{verify_headers, verify_standard, StandardSigner, WssSigner};

@@ -17,7 +17,7 @@
 //! Blocking (it waits for the receiver): the gRPC layer runs it on the blocking pool.
 
 use crate::{
-    clock::now_ms,
+    clock::Clock,
     deadletter::AttemptRecord,
     domain::routing::Route,
     history::{delivery_id, DeliveryRecord, Status},
@@ -52,8 +52,8 @@ pub struct TestEvent {
 impl TestEvent {
     /// The test event for `webhook_id` of `tenant`; `event_type` / `data` empty for the defaults.
     /// `Err`: why the type or data cannot be an event (the stream's rules).
-    pub fn new(tenant: &str, webhook_id: &str, event_type: &str, data: &str, max_bytes: usize) -> Result<Self, Rejection> {
-        let now = now_ms();
+    pub fn new(clock: &Clock, tenant: &str, webhook_id: &str, event_type: &str, data: &str, max_bytes: usize) -> Result<Self, Rejection> {
+        let now = clock.now_ms();
         let mut random = [0u8; 4];
         // Without randomness the millisecond alone still tells tests apart, nearly always.
         let _ = getrandom::fill(&mut random);
@@ -90,10 +90,10 @@ pub struct TestOutcome {
 }
 
 /// Signs `event` for `route` now and sends it once. Blocking.
-pub fn send(agents: &Agents, route: &Route, event: &TestEvent) -> TestOutcome {
+pub fn send(clock: &Clock, agents: &Agents, route: &Route, event: &TestEvent) -> TestOutcome {
     let meta = EventMeta::new(&event.id, &event.event_type, &event.tenant);
-    let headers = signed_headers(&route.signer, &meta, 1, &event.body, now_ms() / 1000);
-    let (attempt, verdict) = send_once(agents, route, &headers, &event.body, 1, Tracer::off().attempt(&meta, &route.id, 1));
+    let headers = signed_headers(&route.signer, &meta, 1, &event.body, clock.now_secs());
+    let (attempt, verdict) = send_once(clock, agents, route, &headers, &event.body, 1, Tracer::off().attempt(&meta, &route.id, 1));
     let succeeded = verdict == Verdict::Delivered;
     let ended_ms = attempt.started_at_ms + attempt.duration_ms;
     let record = DeliveryRecord {
@@ -119,18 +119,18 @@ mod tests {
 
     #[test]
     fn a_test_event_has_defaults_and_follows_the_stream_rules() {
-        let event = TestEvent::new("acme", "wh_1", "", "", 1 << 20).unwrap();
+        let event = TestEvent::new(&Clock::System, "acme", "wh_1", "", "", 1 << 20).unwrap();
         assert!(event.id.starts_with("wss-test-"), "{}", event.id);
         assert_eq!(event.event_type, DEFAULT_TYPE);
         let body: serde_json::Value = serde_json::from_slice(&event.body).unwrap();
         assert_eq!(body["id"], event.id.as_str());
         assert_eq!(body["data"]["test"], true);
         assert_eq!(body["data"]["webhook_id"], "wh_1");
-        let given = TestEvent::new("acme", "wh_1", "order.created", r#"{"n":1}"#, 1 << 20).unwrap();
+        let given = TestEvent::new(&Clock::System, "acme", "wh_1", "order.created", r#"{"n":1}"#, 1 << 20).unwrap();
         let body: serde_json::Value = serde_json::from_slice(&given.body).unwrap();
         assert_eq!((body["type"].as_str(), body["data"]["n"].as_i64()), (Some("order.created"), Some(1)));
-        assert!(TestEvent::new("acme", "wh_1", "", "{not json", 1 << 20).is_err());
-        assert!(TestEvent::new("acme", "wh_1", "bad type", "{}", 1 << 20).is_err());
-        assert!(TestEvent::new("acme", "wh_1", "", r#"{"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#, 64).is_err());
+        assert!(TestEvent::new(&Clock::System, "acme", "wh_1", "", "{not json", 1 << 20).is_err());
+        assert!(TestEvent::new(&Clock::System, "acme", "wh_1", "bad type", "{}", 1 << 20).is_err());
+        assert!(TestEvent::new(&Clock::System, "acme", "wh_1", "", r#"{"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#, 64).is_err());
     }
 }

@@ -34,6 +34,7 @@ use super::{
     messages::{Completion, Delivery, EventMeta, Inbound},
 };
 use crate::{
+    clock::Clock,
     deadletter::Reason,
     domain::{
         routing::{Route, RoutingHandle},
@@ -46,6 +47,7 @@ use crate::{
 const QUOTED_EXPRESSION_CHARS: usize = 200;
 
 pub fn run(
+    clock: &Clock,
     routing: &RoutingHandle,
     store: &Store,
     input: Receiver<Inbound>,
@@ -54,7 +56,7 @@ pub fn run(
     shutdown: Receiver<()>,
 ) {
     let evaluator = Evaluator::new();
-    let mut freshness = Freshness { store, last_check: None };
+    let mut freshness = Freshness { store, clock, last_check: None };
     loop {
         let inbound = select! {
             recv(input) -> msg => match msg { Ok(m) => m, Err(_) => return },
@@ -100,6 +102,7 @@ pub fn run(
 /// quarter second.
 struct Freshness<'a> {
     store: &'a Store,
+    clock: &'a Clock,
     last_check: Option<Instant>,
 }
 
@@ -108,10 +111,10 @@ impl Freshness<'_> {
 
     /// True when a newer snapshot was loaded. `rate_limited`: skip when checked recently.
     fn catch_up(&mut self, routing: &RoutingHandle, rate_limited: bool) -> bool {
-        if rate_limited && self.last_check.is_some_and(|at| at.elapsed() < Self::EVERY) {
+        if rate_limited && self.last_check.is_some_and(|at| self.clock.elapsed(at) < Self::EVERY) {
             return false;
         }
-        self.last_check = Some(Instant::now());
+        self.last_check = Some(self.clock.now());
         match self.store.config_version() {
             Ok(version) if version != routing.current().version => routing.reload(self.store).is_ok(),
             _ => false,

@@ -23,10 +23,7 @@
 //! nor left unacknowledged. Failures are retried with backoff (100 ms doubling to 5 s), logged
 //! once per outage, counted, and shown in `/readyz` ([`super::SourceStatus`]).
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use futures_util::StreamExt;
@@ -43,7 +40,10 @@ use super::{
     hand_on_held, stop_requested, Ack, AmqpSpec, BrokerHold, Fields, Outstanding, Owed, RawEntry, SourceStatus, BACKOFF_MAX, BACKOFF_MIN,
     SETTLE,
 };
-use crate::pipeline::messages::{Admission, Completion, InFlight, Inbound};
+use crate::{
+    clock::Clock,
+    pipeline::messages::{Admission, Completion, InFlight, Inbound},
+};
 
 /// How long the thread waits for the next delivery before it looks at shutdown again.
 const POLL: Duration = Duration::from_millis(250);
@@ -61,6 +61,8 @@ pub struct AmqpSource {
     /// been in the hands of an instance that died, so it is handed on as recovered (see
     /// `NatsSource::started_ms`).
     pub started_ms: u64,
+    /// Where event times (without a `timestamp` property) and the lag's sampling times come from.
+    pub clock: Clock,
 }
 
 /// The ticket's acknowledger: a `basic.ack` of the delivery's tag on its channel, sent on the
@@ -99,7 +101,7 @@ impl AmqpSource {
         self.read(&runtime, &outstanding, &out, &done, &shutdown);
         // What the pipeline finishes after the stop is acknowledged before the runtime goes.
         drop((out, done));
-        outstanding.wait_settled(SETTLE);
+        outstanding.wait_settled(&self.clock, SETTLE);
     }
 
     fn read(
@@ -132,13 +134,13 @@ impl AmqpSource {
             backoff = BACKOFF_MIN;
             log::info!(target: "wss::source", "reading AMQP queue {} ({})", self.spec.queue, self.status.label);
             // Deliveries until the connection fails or shutdown.
-            let mut lag_at = Instant::now();
+            let mut lag_at = self.clock.now();
             let failure = loop {
                 if stopping() {
                     return;
                 }
-                if lag_at.elapsed() >= LAG_EVERY {
-                    lag_at = Instant::now();
+                if self.clock.elapsed(lag_at) >= LAG_EVERY {
+                    lag_at = self.clock.now();
                     self.read_lag(runtime, &channel);
                 }
                 let next = runtime.block_on(tokio::time::timeout(POLL, consumer.next()));
@@ -224,7 +226,7 @@ impl AmqpSource {
         done: &Sender<Completion>,
         shutdown: &Receiver<()>,
     ) -> bool {
-        let (id, fields) = fields_of(&delivery, &self.spec.queue, now_ms());
+        let (id, fields) = fields_of(&delivery, &self.spec.queue, self.clock.now_ms());
         match self.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             Admission::AlreadyInFlight | Admission::Full => {
@@ -257,10 +259,6 @@ fn delivery_count(delivery: &Delivery) -> Option<u64> {
     let headers = delivery.properties.headers().as_ref()?;
     let value = headers.inner().iter().find(|(name, _)| name.as_str() == "x-delivery-count")?.1;
     std::str::from_utf8(&value_bytes(value)?).ok()?.parse().ok()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A header's value as bytes: strings as they are, numbers and booleans as text; `None` for

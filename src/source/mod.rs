@@ -155,9 +155,9 @@ impl Outstanding {
     }
 
     /// Waits until none is owed, at most `within`.
-    pub(crate) fn wait_settled(&self, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
-        while self.0.load(std::sync::atomic::Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+    pub(crate) fn wait_settled(&self, clock: &crate::clock::Clock, within: Duration) {
+        let deadline = clock.now() + within;
+        while self.0.load(std::sync::atomic::Ordering::SeqCst) > 0 && clock.now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

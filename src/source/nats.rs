@@ -33,7 +33,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Weak,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
@@ -45,7 +45,10 @@ pub use super::SourceStatus;
 use super::{
     hand_on_held, stop_requested, Ack, BrokerHold, Fields, NatsSpec, Outstanding, Owed, RawEntry, BACKOFF_MAX, BACKOFF_MIN, SETTLE,
 };
-use crate::pipeline::messages::{Admission, Completion, InFlight, Inbound};
+use crate::{
+    clock::Clock,
+    pipeline::messages::{Admission, Completion, InFlight, Inbound},
+};
 
 /// How long one pull waits for messages before it ends (an empty pull is cheap); also how soon
 /// an idle reader notices shutdown.
@@ -67,6 +70,8 @@ pub struct NatsSource {
     /// hands of an instance that died (its delivery count is not enough: a broker restart can
     /// reset it), so it is handed on as recovered and the signer checks its history first.
     pub started_ms: u64,
+    /// Where the times of messages in hand and of the lag's sampling come from.
+    pub clock: Clock,
 }
 
 /// A message in hand: what acknowledging it (or telling JetStream that work goes on) needs.
@@ -116,12 +121,12 @@ impl NatsSource {
         // The client's types expect a runtime context also where they are built and dropped.
         let _context = runtime.enter();
         let held: HeldList = Arc::default();
-        runtime.spawn(progress(held.clone(), self.spec.ack_wait));
+        runtime.spawn(progress(held.clone(), self.spec.ack_wait, self.clock.clone()));
         let outstanding = Outstanding::default();
         self.read(&runtime, &held, &outstanding, &out, &done, &shutdown);
         // What the pipeline finishes after the stop is acknowledged before the runtime goes.
         drop((out, done));
-        outstanding.wait_settled(SETTLE);
+        outstanding.wait_settled(&self.clock, SETTLE);
     }
 
     fn read(
@@ -158,13 +163,13 @@ impl NatsSource {
         self.status.succeeded(&mut down);
         backoff = BACKOFF_MIN;
         log::info!(target: "wss::source", "reading NATS JetStream stream {} (subjects {}) as durable consumer {}", self.spec.stream, self.spec.subjects.join(","), self.spec.consumer);
-        let mut lag_at = Instant::now();
+        let mut lag_at = self.clock.now();
         loop {
             if stop_requested(shutdown) {
                 return;
             }
-            if lag_at.elapsed() >= LAG_EVERY {
-                lag_at = Instant::now();
+            if self.clock.elapsed(lag_at) >= LAG_EVERY {
+                lag_at = self.clock.now();
                 if let Ok(Ok(info)) = runtime.block_on(tokio::time::timeout(Duration::from_secs(2), consumer.info())) {
                     self.status.pending.set((info.num_pending as i64).saturating_add(info.num_ack_pending as i64));
                 }
@@ -286,7 +291,7 @@ impl NatsSource {
                 (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64, info.delivered.max(1) as u64)
             }
             // Not a JetStream delivery (cannot happen on a pull consumer): taken as first seen now.
-            Err(_) => (0, now_ms(), 1),
+            Err(_) => (0, self.clock.now_ms(), 1),
         };
         let (id, fields) = fields_of(&message.message, &self.spec.stream, sequence, published_ms);
         match self.in_flight.admit(0, &id, shutdown) {
@@ -304,7 +309,7 @@ impl NatsSource {
             message: bare,
             acked: AtomicBool::new(false),
             owed: Mutex::new(Some(handing.outstanding.owe())),
-            since: Instant::now(),
+            since: self.clock.now(),
             runtime: handing.runtime.handle().clone(),
         });
         handing.held.lock().push(Arc::downgrade(&hold));
@@ -325,14 +330,14 @@ struct Handing<'a> {
 
 /// Every third of `ack_wait`, tells JetStream that work goes on for each message in hand for
 /// longer than that (`+WPI`), and forgets those acknowledged or dropped.
-async fn progress(held: HeldList, ack_wait: Duration) {
+async fn progress(held: HeldList, ack_wait: Duration, clock: Clock) {
     let every = (ack_wait / 3).max(Duration::from_millis(300));
     loop {
         tokio::time::sleep(every).await;
         let due: Vec<jetstream::Message> = {
             let mut list = held.lock();
             list.retain(|weak| weak.upgrade().is_some_and(|h| !h.acked.load(Ordering::SeqCst)));
-            list.iter().filter_map(Weak::upgrade).filter(|h| h.since.elapsed() >= every).map(|h| h.message.clone()).collect()
+            list.iter().filter_map(Weak::upgrade).filter(|h| clock.elapsed(h.since) >= every).map(|h| h.message.clone()).collect()
         };
         for message in due {
             if let Err(err) = message.ack_with(AckKind::Progress).await {
@@ -340,10 +345,6 @@ async fn progress(held: HeldList, ack_wait: Duration) {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Longest event id (docs/contract.md §1).

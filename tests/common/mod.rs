@@ -5,7 +5,7 @@
 //!   `WSS_TEST_REDIS_URL`, with stream helpers; its keys are deleted when it is dropped.
 //! - [`Service`]: `wss serve` as a child process; every stderr line is kept (and printed when the
 //!   test fails), the gRPC address is read from the log; SIGKILL on drop, SIGTERM on request.
-//! - [`Receiver`]: `wss::http_server` on `127.0.0.1:0`, its answers scripted per request number,
+//! - [`Receiver`]: `wss::http_listener` on `127.0.0.1:0`, its answers scripted per request number,
 //!   recording every request (headers, raw body, arrival time).
 //! - [`Grpc`]: tonic clients for the control plane.
 //! - [`eventually`]: polls a check until it passes or a deadline expires; tests never sleep to
@@ -29,9 +29,10 @@ use std::{
 };
 
 use hmac::{Hmac, Mac};
+use http::StatusCode;
 use sha2::Sha256;
 use tonic::{transport::Channel, Code, Status};
-use wss::http_server::{Request, Responder, Response, Server};
+use wss::http_listener::{self, Bytes, Listener, Options};
 use wss::proto::{
     delivery_service_client::DeliveryServiceClient, event_service_client::EventServiceClient,
     retry_policy_service_client::RetryPolicyServiceClient, tenant_service_client::TenantServiceClient,
@@ -480,8 +481,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// When the whole request (head and body) had been read.
     pub arrived: Instant,
-    /// The status that was written back, once it was (None while the answer is pending or when
-    /// writing it failed).
+    /// The status of the answer, once it was handed to the connection (None while the answer is
+    /// pending, or when the client closed the connection before it).
     pub answered: Option<u16>,
 }
 
@@ -510,46 +511,60 @@ impl Recorded {
     }
 }
 
-/// A webhook receiver on `127.0.0.1:<port>`: [`wss::http_server::Server`] (a thread per
-/// connection, keep-alive) answering request number `n` with `script(n)` and recording it.
+/// A webhook receiver on `127.0.0.1:<port>`: a [`Listener`] on a small runtime of its own
+/// (keep-alive, connections served concurrently) answering request number `n` with `script(n)`
+/// and recording it.
 pub struct Receiver {
     pub addr: SocketAddr,
     records: Arc<Mutex<Vec<Recorded>>>,
     /// Dropping it stops the receiver and closes its connections.
-    server: Server,
+    listener: Listener,
 }
 
 impl Receiver {
-    /// Answers request number `n` (from 0) with `script(n)`.
+    /// Answers request number `n` (from 0) with `script(n)`. The script may block (some tests
+    /// hold an answer back until they let it go): it runs on a blocking thread, not on the
+    /// receiver's runtime.
     pub fn start(script: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
         let records: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let recs = records.clone();
-        let server = Server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), move |request: &Request<'_>, responder: Responder<'_>| {
-            let arrived = Instant::now();
-            let index = {
-                let mut records = recs.lock().unwrap();
-                let index = records.len();
-                records.push(Recorded {
-                    index,
-                    method: request.method.to_owned(),
-                    path: request.path.to_owned(),
-                    headers: request.headers().map(|(name, value)| (name.to_owned(), value.to_owned())).collect(),
-                    body: request.body.to_vec(),
-                    arrived,
-                    answered: None,
-                });
-                index
-            };
-            let reply = script(index);
-            if !reply.delay.is_zero() {
-                thread::sleep(reply.delay); // the receiver's own slowness, not a test waiting for work
-            }
-            if responder.send(Response::text(reply.status, format!("status {}", reply.status))).is_ok() {
-                recs.lock().unwrap()[index].answered = Some(reply.status);
-            }
-        })
-        .expect("binding a receiver on 127.0.0.1:0");
-        Self { addr: server.local_addr(), records, server }
+        let script = Arc::new(script);
+        let listener =
+            Listener::bind_standalone(SocketAddr::from(([127, 0, 0, 1], 0)), Options::default(), move |request: http::Request<Bytes>| {
+                let (recs, script) = (recs.clone(), script.clone());
+                async move {
+                    let arrived = Instant::now();
+                    let index = {
+                        let mut records = recs.lock().unwrap();
+                        let index = records.len();
+                        records.push(Recorded {
+                            index,
+                            method: request.method().to_string(),
+                            path: request.uri().to_string(),
+                            headers: request
+                                .headers()
+                                .iter()
+                                .map(|(name, value)| (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+                                .collect(),
+                            body: request.body().to_vec(),
+                            arrived,
+                            answered: None,
+                        });
+                        index
+                    };
+                    let reply = tokio::task::spawn_blocking(move || script(index)).await.expect("the receiver's script panicked");
+                    if !reply.delay.is_zero() {
+                        tokio::time::sleep(reply.delay).await; // the receiver's own slowness, not a test waiting for work
+                    }
+                    // Not reached when the client closed the connection meanwhile: the listener
+                    // drops the answer with it.
+                    recs.lock().unwrap()[index].answered = Some(reply.status);
+                    let status = StatusCode::from_u16(reply.status).expect("a script answers with a valid status");
+                    http_listener::text(status, format!("status {}", reply.status))
+                }
+            })
+            .expect("binding a receiver on 127.0.0.1:0");
+        Self { addr: listener.local_addr(), records, listener }
     }
 
     /// Always 200.

@@ -17,12 +17,12 @@ use std::{sync::Arc, time::Duration};
 
 use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use redis::{RedisError, Script, Value};
+use redis::{Script, Value};
 
-use super::GROUP;
+use super::{ReadError, GROUP};
 use crate::{
     pipeline::messages::{Admission, Completion, InFlight, Inbound},
-    redis_conn::{is_connection_error, RedisTarget},
+    redis_conn::RedisTarget,
     source::hand_on,
     streams::{parse_entries, RawEntry},
 };
@@ -91,8 +91,8 @@ impl Leases {
                     }
                 }
                 Err(err) => {
-                    if is_connection_error(&err) {
-                        self.redis.connection_lost(&err);
+                    if let Some(lost) = err.connection_lost() {
+                        self.redis.connection_lost(lost);
                     } else {
                         log::error!(target: "wss::leases", "renewing or claiming pending entries of {} failed: {err}", self.stream);
                     }
@@ -103,7 +103,7 @@ impl Leases {
     }
 
     /// Renews the leases of the entries in flight, then claims entries idle past the lease.
-    fn renew_and_claim(&self, con: &mut Conn, renew: &Script) -> Result<Vec<RawEntry>, RedisError> {
+    fn renew_and_claim(&self, con: &mut Conn, renew: &Script) -> Result<Vec<RawEntry>, ReadError> {
         for chunk in self.in_flight.stream_ids(self.shard).chunks(500) {
             let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
             let _: i64 = renew.key(&self.stream).arg(GROUP).arg(&self.consumer).arg(ids).invoke(con)?;
@@ -131,8 +131,7 @@ impl Leases {
             if parts.len() < 2 {
                 break;
             }
-            let entries = parse_entries(parts.swap_remove(1))
-                .map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XAUTOCLAIM reply", e.to_string())))?;
+            let entries = parse_entries(parts.swap_remove(1)).map_err(ReadError::shape("XAUTOCLAIM"))?;
             claimed.extend(entries);
             start = match &parts[0] {
                 Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),

@@ -31,10 +31,10 @@ use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use redis::{RedisError, Value};
 
-use super::{poison, GROUP};
+use super::{poison, ReadError, GROUP};
 use crate::{
     pipeline::messages::{Admission, Completion, InFlight, Inbound},
-    redis_conn::{is_connection_error, RedisTarget},
+    redis_conn::RedisTarget,
     source::hand_on,
     streams::{parse_entries, RawEntry},
 };
@@ -88,8 +88,8 @@ impl Reader {
             let entries = match self.read(con, &cursor) {
                 Ok(entries) => entries,
                 Err(err) => {
-                    if is_connection_error(&err) {
-                        self.redis.connection_lost(&err);
+                    if let Some(lost) = err.connection_lost() {
+                        self.redis.connection_lost(lost);
                     } else if err.code() == Some("NOGROUP") {
                         log::warn!(target: "wss::reader", "the consumer group vanished from {} (stream deleted?); recreating it", self.stream);
                     } else {
@@ -173,7 +173,7 @@ impl Reader {
 
     /// One page, through [`poison::read_script`]: an oversized entry arrives as a stub, never
     /// whole. The script cannot block; the caller waits when nothing new came.
-    fn read(&self, con: &mut Conn, cursor: &Cursor) -> Result<Vec<RawEntry>, RedisError> {
+    fn read(&self, con: &mut Conn, cursor: &Cursor) -> Result<Vec<RawEntry>, ReadError> {
         let start = match cursor {
             Cursor::Pending(after) => after.as_str(),
             Cursor::New => ">",
@@ -187,6 +187,6 @@ impl Reader {
             .arg(start)
             .arg(self.max_event_bytes)
             .invoke(con)?;
-        parse_entries(reply).map_err(|e| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XREADGROUP reply", e.to_string())))
+        parse_entries(reply).map_err(ReadError::shape("XREADGROUP"))
     }
 }

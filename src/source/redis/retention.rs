@@ -37,17 +37,15 @@
 //! own connection with short timeouts; a failure is logged at debug (the stages that depend on
 //! Redis log outages) and the next pass tries again.
 
-use std::{
-    fmt,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, time::Duration};
 
 use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::{RedisError, Value};
+use redis::Value;
 
+use super::ReadError;
 use crate::pipeline::gauges::{pairs, text};
-use crate::{redis_conn::RedisTarget, streams::parse_id};
+use crate::{clock::Clock, redis_conn::RedisTarget, streams::parse_id};
 
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// `XTRIM … ~` calls in one pass, each removing at most `100 × stream-node-max-entries` entries
@@ -111,6 +109,8 @@ pub struct Retention {
     pub keep_for: Duration,
     /// `wss_stream_trimmed_entries_total`.
     pub trimmed: prometheus::IntCounter,
+    /// Where the age of entries is measured from.
+    pub clock: Clock,
 }
 
 impl Retention {
@@ -137,17 +137,17 @@ impl Retention {
     }
 
     /// One pass; returns the number of entries removed.
-    fn pass(&self, conn: &mut Option<Conn>) -> redis::RedisResult<u64> {
+    fn pass(&self, conn: &mut Option<Conn>) -> Result<u64, ReadError> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("connected above");
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = self.clock.now_ms();
         let keep_ms = u64::try_from(self.keep_for.as_millis()).unwrap_or(u64::MAX);
 
         // Cheap check first: nothing is old enough yet (or the stream is empty or absent).
         let oldest: Value = redis::cmd("XRANGE").arg(&self.stream).arg("-").arg("+").arg("COUNT").arg(1).query(con)?;
-        let oldest = crate::streams::parse_entries(oldest).map_err(|e| shape_error("XRANGE", e.to_string()))?;
+        let oldest = crate::streams::parse_entries(oldest).map_err(ReadError::shape("XRANGE"))?;
         let Some(oldest) = oldest.first().and_then(|e| StreamId::parse(&e.id)) else { return Ok(0) };
         if now_ms.saturating_sub(keep_ms) <= oldest.ms {
             return Ok(0);
@@ -186,8 +186,8 @@ impl Retention {
     }
 }
 
-fn shape_error(command: &'static str, detail: String) -> RedisError {
-    RedisError::from((redis::ErrorKind::UnexpectedReturnType, command, detail))
+fn shape_error(command: &'static str, detail: String) -> ReadError {
+    ReadError::Reply { command, detail }
 }
 
 /// Every group's name and `last-delivered-id` from an `XINFO GROUPS` reply (RESP2 flat lists or
