@@ -51,6 +51,7 @@ const KEYS: &[Key] = &[
     Key { name: "consumer", default: None },
     Key { name: "claim_after", default: Some("60s") },
     Key { name: "stream_retention", default: Some("24h") },
+    Key { name: "stream_shards", default: Some("1") },
     Key { name: "dedupe_window", default: Some("24h") },
     Key { name: "sender_threads", default: Some("256") },
     Key { name: "webhook_concurrency", default: Some("8") },
@@ -130,6 +131,9 @@ pub struct Config {
     /// still pending or unread in any consumer group (`WSS_STREAM_RETENTION`, docs/contract.md §6); `None`
     /// (`off`): trimming is left to producers.
     pub stream_retention: Option<Duration>,
+    /// Number of event streams (docs/contract.md §8): a tenant's events go to stream
+    /// `<prefix>events:{crc32(tenant) mod N}`, or `<prefix>events` when 1.
+    pub stream_shards: u32,
     /// How long a published `event_id` is remembered per tenant: publishing it again meanwhile
     /// appends nothing (`WSS_DEDUPE_WINDOW`, docs/contract.md §9).
     pub dedupe_window: Duration,
@@ -388,6 +392,7 @@ impl Layers {
                 "off" => None,
                 _ => Some(p.duration("stream_retention", Duration::from_secs(1), Duration::from_secs(10 * 365 * 86_400))),
             },
+            stream_shards: p.count("stream_shards", 1, 16_384) as u32,
             dedupe_window: p.duration("dedupe_window", Duration::from_secs(1), Duration::from_secs(365 * 86_400)),
             sender_threads: p.count("sender_threads", 1, 4096),
             webhook_concurrency: p.count("webhook_concurrency", 1, 4096),
@@ -420,9 +425,29 @@ impl Layers {
         if config.key_prefix.is_empty() || config.key_prefix.contains(char::is_whitespace) {
             p.errors.push("key_prefix must be non-empty and without spaces".into());
         }
-        if let Err(e) = redis::Client::open(config.redis_url.as_str()) {
-            let shown = crate::redis_conn::redact_url(&config.redis_url);
-            p.errors.push(format!("redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port"));
+        let shown = crate::redis_conn::redact_url(&config.redis_url);
+        match crate::redis_conn::cluster_nodes(&config.redis_url) {
+            Some(Err(why)) => p.errors.push(format!("redis_url: {why}")),
+            Some(Ok(nodes)) => {
+                if let Some(e) = nodes.iter().find_map(|node| redis::Client::open(node.as_str()).err()) {
+                    p.errors
+                        .push(format!("redis_url {shown:?} is not a Redis Cluster URL ({e}); use redis+cluster://host1:port1,host2:port2"));
+                }
+                // A hash tag in the prefix would be every key's: one slot for all shards.
+                if config.key_prefix.contains(['{', '}']) {
+                    p.errors.push(format!(
+                        "key_prefix {:?} holds a brace, which on a Redis Cluster would be a hash tag putting every key in one slot (docs/contract.md §8); choose a prefix without {{ or }}",
+                        config.key_prefix
+                    ));
+                }
+            }
+            None => {
+                if let Err(e) = redis::Client::open(config.redis_url.as_str()) {
+                    p.errors.push(format!(
+                        "redis_url {shown:?} is not a Redis URL ({e}); use redis://host:port or redis+cluster://host1:port1,host2:port2"
+                    ));
+                }
+            }
         }
         if config.consumer.is_empty() || config.consumer.len() > 200 {
             p.errors.push("consumer must be 1 to 200 characters".into());
@@ -615,7 +640,7 @@ impl Parser<'_> {
     /// `rediss://` URL, the certificate and key together.
     fn redis_tls(&mut self) -> RedisTls {
         let url = self.string("redis_url");
-        let tls_url = url.starts_with("rediss://");
+        let tls_url = url.starts_with("rediss://") || url.starts_with("rediss+cluster://");
         let ca = self.opt_string("redis_ca_file");
         let cert = self.opt_string("redis_client_cert_file");
         let key = self.opt_string("redis_client_key_file");
@@ -933,6 +958,25 @@ mod tests {
         layers.toml("[[sources]]\nkind = \"kafka\"\n", "test.toml");
         let err = layers.build().unwrap_err().to_string();
         assert!(err.contains("[[sources]] #1") && err.contains("unknown kind"), "{err}");
+    }
+
+    #[test]
+    fn stream_shards_and_cluster_urls_are_checked() {
+        assert_eq!(Layers::new().environment(env(&[])).build().unwrap().stream_shards, 1, "docs/contract.md §6: 1 by default");
+        let c = Layers::new()
+            .environment(env(&[("WSS_STREAM_SHARDS", "8"), ("WSS_REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001")]))
+            .build()
+            .unwrap();
+        assert_eq!((c.stream_shards, c.redis_url.as_str()), (8, "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"));
+        let err = Layers::new().environment(env(&[("WSS_STREAM_SHARDS", "0")])).build().unwrap_err().to_string();
+        assert!(err.contains("WSS_STREAM_SHARDS"), "{err}");
+        // A hash tag in the prefix would put every shard in one slot.
+        let cluster = ("WSS_REDIS_URL", "rediss+cluster://u:secret@h1:7000");
+        let err = Layers::new().environment(env(&[cluster, ("WSS_KEY_PREFIX", "{wss}:")])).build().unwrap_err().to_string();
+        assert!(err.contains("key_prefix") && err.contains("hash tag") && !err.contains("secret"), "{err}");
+        assert!(Layers::new().environment(env(&[("WSS_KEY_PREFIX", "{wss}:")])).build().is_ok(), "one Redis has no slots");
+        let err = Layers::new().environment(env(&[("WSS_REDIS_URL", "redis+cluster://")])).build().unwrap_err().to_string();
+        assert!(err.contains("names no node"), "{err}");
     }
 
     #[test]

@@ -151,14 +151,14 @@ pub fn spawn_prober(
     shutdown: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("wss-health".into()).spawn(move || {
-        let mut conn: Option<redis::Connection> = None;
+        let mut conn: Option<crate::redis_conn::Conn> = None;
         loop {
             if conn.is_none() {
                 // Not `connect_once`: a failed probe is not the pipeline's outage to announce.
-                conn =
-                    redis.client().get_connection_with_timeout(PROBE_TIMEOUT).ok().filter(|con| {
-                        con.set_read_timeout(Some(PROBE_TIMEOUT)).is_ok() && con.set_write_timeout(Some(PROBE_TIMEOUT)).is_ok()
-                    });
+                conn = redis
+                    .connect_quietly(PROBE_TIMEOUT)
+                    .ok()
+                    .filter(|con| con.set_read_timeout(Some(PROBE_TIMEOUT)).is_ok() && con.set_write_timeout(Some(PROBE_TIMEOUT)).is_ok());
             }
             let up = match conn.as_mut() {
                 Some(con) => redis::cmd("PING").query::<String>(con).is_ok(),

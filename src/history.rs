@@ -31,7 +31,8 @@ use std::{
     time::Duration,
 };
 
-use redis::{Commands, Connection, Pipeline, RedisResult};
+use crate::redis_conn::Conn;
+use redis::{Commands, Pipeline, RedisResult};
 use serde::{Deserialize, Serialize};
 
 use crate::{deadletter::AttemptRecord, keys::Keys};
@@ -140,7 +141,7 @@ fn event_member(event_id: &str, delivery_id: &str) -> String {
 
 /// The deliveries of `event_id` in the event index: a `ZRANGEBYLEX` from `[<event>\0` to
 /// `(<event>\x01`, the member's part after the NUL.
-fn event_range(con: &mut Connection, keys: &Keys, event_id: &str) -> RedisResult<(Vec<String>, Vec<String>)> {
+fn event_range(con: &mut Conn, keys: &Keys, event_id: &str) -> RedisResult<(Vec<String>, Vec<String>)> {
     let (members, old): (Vec<String>, Vec<String>) = redis::pipe()
         .cmd("ZRANGEBYLEX")
         .arg(keys.deliveries_by_event())
@@ -172,7 +173,7 @@ impl<'r> Groups<'r> {
 }
 
 /// Trims the given indexes by age and count; deletes records pushed out of the global index.
-pub fn trim(con: &mut Connection, keys: &Keys, retention: Retention, touched: &HashSet<String>, now_ms: u64) -> RedisResult<()> {
+pub fn trim(con: &mut Conn, keys: &Keys, retention: Retention, touched: &HashSet<String>, now_ms: u64) -> RedisResult<()> {
     let cutoff = now_ms.saturating_sub(retention.max_age.as_millis() as u64);
     let mut pipe = redis::pipe();
     for index in touched {
@@ -201,7 +202,7 @@ pub fn trim(con: &mut Connection, keys: &Keys, retention: Retention, touched: &H
 
 /// Trims the event index by age and to the count, in slices: the members leave the lexical set
 /// and its age twin together.
-fn trim_event_index(con: &mut Connection, keys: &Keys, retention: Retention, cutoff: u64) -> RedisResult<()> {
+fn trim_event_index(con: &mut Conn, keys: &Keys, retention: Retention, cutoff: u64) -> RedisResult<()> {
     let (lexical, aged) = (keys.deliveries_by_event(), keys.deliveries_by_event_age());
     loop {
         let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
@@ -273,7 +274,7 @@ pub fn decode_token(token: &str) -> Option<(u64, String)> {
 /// Newest first. Reads the narrowest index the query allows, in batches, filtering the rest;
 /// stops after scanning `scan_limit` index members (returning a token to continue).
 pub fn list(
-    con: &mut Connection,
+    con: &mut Conn,
     keys: &Keys,
     query: &Query,
     page_size: usize,
@@ -360,7 +361,7 @@ pub fn list(
 }
 
 /// Loads records by id, in order, skipping expired ones.
-fn fetch(con: &mut Connection, keys: &Keys, ids: &[String]) -> RedisResult<Vec<DeliveryRecord>> {
+fn fetch(con: &mut Conn, keys: &Keys, ids: &[String]) -> RedisResult<Vec<DeliveryRecord>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -369,7 +370,7 @@ fn fetch(con: &mut Connection, keys: &Keys, ids: &[String]) -> RedisResult<Vec<D
     Ok(raw.into_iter().flatten().filter_map(|json| serde_json::from_str(&json).ok()).collect())
 }
 
-pub fn get(con: &mut Connection, keys: &Keys, id: &str) -> RedisResult<Option<DeliveryRecord>> {
+pub fn get(con: &mut Conn, keys: &Keys, id: &str) -> RedisResult<Option<DeliveryRecord>> {
     let raw: Option<String> = con.get(keys.delivery(id))?;
     Ok(raw.and_then(|json| serde_json::from_str(&json).ok()))
 }

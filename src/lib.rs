@@ -26,6 +26,7 @@ pub mod receive;
 pub mod redis_conn;
 pub mod reserved;
 pub mod retry;
+pub mod shard;
 pub mod signature;
 pub mod source;
 pub mod stats;

@@ -376,7 +376,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             wss::redis_conn::redact_url(&config.redis_url)
         )
     })?;
-    let keys = Keys::new(&config.key_prefix);
+    let keys = Keys::sharded(&config.key_prefix, config.stream_shards, redis.is_cluster());
     let store = Arc::new(
         Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window),
     );
@@ -547,7 +547,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
     health.wait_reported(Duration::from_secs(2));
-    log::info!(target: "wss", "reading {} as consumer {:?} of group wss with {} sender threads", keys.events, config.consumer, config.sender_threads);
+    let streams = if keys.shards() == 1 {
+        keys.events.clone()
+    } else {
+        format!("{} streams {}", keys.shards(), keys.stream(0).replace("{0}", "{0..}"))
+    };
+    log::info!(target: "wss", "reading {streams} as consumer {:?} of group wss with {} sender threads{}", config.consumer, config.sender_threads, if keys.cluster() { " on a Redis Cluster" } else { "" });
     for source in config.sources.iter().filter(|s| **s != wss::source::SourceSpec::Redis) {
         log::info!(target: "wss", "reading source {} with {} sender threads", source.label(), config.sender_threads);
     }

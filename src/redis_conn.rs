@@ -12,6 +12,13 @@
 //! `redis://user:password@host` authenticates as an ACL user. A failed connect says which of
 //! these went wrong — refused credentials, a TLS handshake that failed and why, or nobody
 //! answering — and what to do about it ([`explain`]).
+//!
+//! `redis+cluster://[user:password@]host1:port1,host2:port2` (`rediss+cluster://` for TLS) names
+//! the seed nodes of a Redis Cluster (docs/contract.md §8): a connection is then the redis
+//! crate's `ClusterConnection`, which follows `MOVED`/`ASK` redirections and refreshes the slot
+//! map after a failover. Both kinds are one [`Conn`], so every stage works on either. On a
+//! cluster a pipeline or a transaction goes whole to the node of its *first* key: the rule the
+//! code keeps is that each touches one slot (`crate::keys`, [`Conn::is_cluster`]).
 
 use std::{
     sync::{
@@ -23,7 +30,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
-use redis::{Client, Connection, RedisError};
+use redis::{cluster::ClusterClient, Client, ConnectionLike, RedisError, RedisResult, Value};
 
 /// TLS material for Redis (`WSS_REDIS_CA_FILE`, `WSS_REDIS_CLIENT_CERT_FILE`,
 /// `WSS_REDIS_CLIENT_KEY_FILE`), read at start-up: the CA that signed the server's certificate
@@ -41,9 +48,116 @@ impl std::fmt::Debug for RedisTls {
     }
 }
 
+/// A connection to one Redis or to a Redis Cluster.
+pub enum Conn {
+    Single(redis::Connection),
+    /// Boxed: it is several times the size of a single connection, and each thread holds one.
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    /// Bounds every later read (`None`: wait for ever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> RedisResult<()> {
+        match self {
+            Conn::Single(con) => con.set_read_timeout(timeout),
+            Conn::Cluster(con) => con.set_read_timeout(timeout),
+        }
+    }
+
+    /// Bounds every later write (`None`: wait for ever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> RedisResult<()> {
+        match self {
+            Conn::Single(con) => con.set_write_timeout(timeout),
+            Conn::Cluster(con) => con.set_write_timeout(timeout),
+        }
+    }
+
+    /// A Redis Cluster: a pipeline or transaction must keep to one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+
+    fn inner(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(con) => con,
+            Conn::Cluster(con) => con.as_mut(),
+        }
+    }
+}
+
+/// Delegates to the connection. Pipelining is claimed for a cluster too (the crate's
+/// `ClusterConnection` denies it so that `Pipeline::query` refuses it): its packed pipeline goes
+/// to the node of the first command's key, which serves it whole when every key of it is in
+/// that slot — the rule every caller keeps.
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.inner().req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(&mut self, cmd: &[u8], offset: usize, count: usize) -> RedisResult<Vec<Value>> {
+        self.inner().req_packed_commands(cmd, offset, count)
+    }
+
+    fn req_command(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        self.inner().req_command(cmd)
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(con) => con.get_db(),
+            Conn::Cluster(con) => con.get_db(),
+        }
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        true
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.inner().check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::Single(con) => con.is_open(),
+            Conn::Cluster(con) => con.is_open(),
+        }
+    }
+}
+
+/// One Redis, or the seed nodes of a Redis Cluster.
+#[derive(Clone)]
+enum Target {
+    Single(Client),
+    Cluster(ClusterClient),
+}
+
+/// The node URLs of a `redis+cluster://` or `rediss+cluster://` URL (`None` for any other):
+/// `redis+cluster://user:pw@h1:p1,h2:p2/` gives `redis://user:pw@h1:p1/` and
+/// `redis://user:pw@h2:p2/`.
+pub fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else {
+        ("rediss", url.strip_prefix("rediss+cluster://")?)
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (credentials, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let nodes: Vec<String> =
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{credentials}{h}{tail}")).collect();
+    if nodes.is_empty() {
+        return Some(Err(format!("{} names no node: write {scheme}+cluster://host1:port1,host2:port2", redact_url(url))));
+    }
+    Some(Ok(nodes))
+}
+
 #[derive(Clone)]
 pub struct RedisTarget {
-    client: Client,
+    target: Target,
     display_url: Arc<str>,
     outage: Arc<Outage>,
 }
@@ -63,19 +177,32 @@ impl RedisTarget {
 
     /// A target whose `rediss://` connections use `tls`'s CA and client certificate.
     pub fn with_tls(url: &str, tls: &RedisTls) -> Result<Self, RedisError> {
-        let client = if tls.ca_pem.is_none() && tls.client.is_none() {
-            Client::open(url)?
-        } else {
-            let certificates = redis::TlsCertificates {
-                client_tls: tls
-                    .client
-                    .as_ref()
-                    .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
-                root_cert: tls.ca_pem.clone(),
-            };
-            Client::build_with_tls(url, certificates)?
+        let custom_tls = tls.ca_pem.is_some() || tls.client.is_some();
+        let certificates = || redis::TlsCertificates {
+            client_tls: tls
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig { client_cert: cert.clone(), client_key: key.clone() }),
+            root_cert: tls.ca_pem.clone(),
         };
-        Ok(Self { client, display_url: redact_url(url).into(), outage: Arc::default() })
+        let target = match cluster_nodes(url) {
+            Some(nodes) => {
+                let nodes = nodes.map_err(|why| RedisError::from((redis::ErrorKind::InvalidClientConfig, "not a cluster URL", why)))?;
+                let mut builder = ClusterClient::builder(nodes).connection_timeout(Duration::from_secs(2));
+                if custom_tls {
+                    builder = builder.certs(certificates());
+                }
+                Target::Cluster(builder.build()?)
+            }
+            None if custom_tls => Target::Single(Client::build_with_tls(url, certificates())?),
+            None => Target::Single(Client::open(url)?),
+        };
+        Ok(Self { target, display_url: redact_url(url).into(), outage: Arc::default() })
+    }
+
+    /// A Redis Cluster (`redis+cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 
     /// Counts every outage (logged once, however many threads notice it) on `counter`; shared by
@@ -89,13 +216,20 @@ impl RedisTarget {
         &self.display_url
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A connection, without noting an outage (a probe's).
+    pub fn connect_quietly(&self, timeout: Duration) -> Result<Conn, RedisError> {
+        match &self.target {
+            Target::Single(client) => client.get_connection_with_timeout(timeout).map(Conn::Single),
+            Target::Cluster(client) => {
+                let config = redis::cluster::ClusterConfig::new().set_connection_timeout(timeout);
+                client.get_connection_with_config(config).map(|con| Conn::Cluster(Box::new(con)))
+            }
+        }
     }
 
     /// One attempt; notes the outage (logged once) or its end.
-    pub fn connect_once(&self, timeout: Duration) -> Result<Connection, RedisError> {
-        match self.client.get_connection_with_timeout(timeout) {
+    pub fn connect_once(&self, timeout: Duration) -> Result<Conn, RedisError> {
+        match self.connect_quietly(timeout) {
             Ok(conn) => {
                 self.note_up();
                 Ok(conn)
@@ -110,7 +244,7 @@ impl RedisTarget {
     /// [`RedisTarget::connect_once`], with every later read and write bounded by `io`: for a
     /// stage that would rather drop the connection and try again than wait for ever on a Redis
     /// that stopped answering (a network cut without a reset).
-    pub fn connect_bounded(&self, connect: Duration, io: Duration) -> Result<Connection, RedisError> {
+    pub fn connect_bounded(&self, connect: Duration, io: Duration) -> Result<Conn, RedisError> {
         let con = self.connect_once(connect)?;
         con.set_read_timeout(Some(io))?;
         con.set_write_timeout(Some(io))?;
@@ -118,7 +252,7 @@ impl RedisTarget {
     }
 
     /// Retries until connected, or returns `None` once `shutdown` fires (its sender dropped).
-    pub fn connect_with_retry(&self, shutdown: &Receiver<()>) -> Option<Connection> {
+    pub fn connect_with_retry(&self, shutdown: &Receiver<()>) -> Option<Conn> {
         let mut delay = Duration::from_millis(100);
         loop {
             if let Ok(conn) = self.connect_once(Duration::from_secs(2)) {
@@ -186,7 +320,7 @@ pub fn explain(url: &str, err: &RedisError) -> String {
         };
         return format!("the TLS handshake with Redis at {url} failed: {} ({tls}); {advice}", reason.words());
     }
-    if url.starts_with("rediss://") && err.is_io_error() && !err.is_connection_refusal() {
+    if (url.starts_with("rediss://") || url.starts_with("rediss+cluster://")) && err.is_io_error() && !err.is_connection_refusal() {
         return format!(
             "Redis at {url} did not complete a TLS connection ({err}): check that the port speaks TLS (redis-server --tls-port), not plain TCP, and whether the server requires client certificates (tls-auth-clients): then set WSS_REDIS_CLIENT_CERT_FILE and WSS_REDIS_CLIENT_KEY_FILE"
         );
@@ -226,9 +360,24 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// True for errors that mean "the connection is gone" rather than "the command was wrong".
+/// True for errors that mean "the connection is gone" rather than "the command was wrong" —
+/// on a cluster also "the slot moved": a redirection the crate does not follow (inside a
+/// transaction, which Redis aborts whole), after a failover or a resharding. Either way the
+/// caller reconnects (a new cluster connection reads the new slot map) and tries again.
 pub fn is_connection_error(err: &RedisError) -> bool {
-    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
+    err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() || is_redirection(err)
+}
+
+/// A cluster redirection or a cluster not ready, alone or as the cause of an aborted
+/// transaction.
+fn is_redirection(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let cluster = |kind: Option<ServerErrorKind>| {
+        matches!(kind, Some(ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown))
+    };
+    err.is_cluster_error()
+        || (err.kind() == ErrorKind::Server(ServerErrorKind::ExecAbort)
+            && err.clone().into_server_errors().is_some_and(|errors| errors.iter().any(|(_, e)| cluster(e.kind()))))
 }
 
 #[cfg(test)]
@@ -241,5 +390,20 @@ mod tests {
         assert_eq!(redact_url("redis://:hunter2@host:6379/0"), "redis://***@host:6379/0");
         assert_eq!(redact_url("rediss://user:pw@host"), "rediss://***@host");
         assert_eq!(redact_url("redis+unix:///tmp/redis.sock"), "redis+unix:///tmp/redis.sock");
+        assert_eq!(redact_url("rediss+cluster://u:pw@h1:1,h2:2"), "rediss+cluster://***@h1:1,h2:2");
+    }
+
+    #[test]
+    fn a_cluster_url_names_its_seed_nodes() {
+        assert_eq!(cluster_nodes("redis://h:1"), None);
+        assert_eq!(cluster_nodes("redis+cluster://h1:7000,h2:7001"), Some(Ok(vec!["redis://h1:7000".into(), "redis://h2:7001".into()])));
+        assert_eq!(
+            cluster_nodes("rediss+cluster://wss:pw@h1:7000,h2:7001/"),
+            Some(Ok(vec!["rediss://wss:pw@h1:7000/".into(), "rediss://wss:pw@h2:7001/".into()]))
+        );
+        assert!(matches!(cluster_nodes("redis+cluster://"), Some(Err(_))));
+        assert!(RedisTarget::new("redis+cluster://127.0.0.1:7000,127.0.0.1:7001").is_ok_and(|t| t.is_cluster()));
+        assert!(RedisTarget::new("rediss+cluster://u:p@127.0.0.1:7000").is_ok_and(|t| t.is_cluster()));
+        assert!(!RedisTarget::new("redis://127.0.0.1:7000").unwrap().is_cluster());
     }
 }

@@ -36,7 +36,8 @@ use std::{
     time::Duration,
 };
 
-use redis::{Connection, Pipeline, RedisResult};
+use crate::redis_conn::Conn;
+use redis::{Pipeline, RedisResult};
 
 use crate::{deadletter::AttemptRecord, keys::Keys, pipeline::isolation::CircuitState};
 
@@ -351,12 +352,12 @@ pub fn success_rate(counts: &Counts) -> Option<f64> {
 }
 
 /// Reads `webhook`'s stats (empty when it has none) and deletes the stale buckets it saw.
-pub fn read(con: &mut Connection, keys: &Keys, webhook: &str, now_ms: u64) -> RedisResult<Stored> {
+pub fn read(con: &mut Conn, keys: &Keys, webhook: &str, now_ms: u64) -> RedisResult<Stored> {
     Ok(read_many(con, keys, &[webhook], now_ms)?.pop().unwrap_or_default())
 }
 
 /// [`read`] for several webhooks in one round trip (the status page reads every webhook's).
-pub fn read_many(con: &mut Connection, keys: &Keys, webhooks: &[&str], now_ms: u64) -> RedisResult<Vec<Stored>> {
+pub fn read_many(con: &mut Conn, keys: &Keys, webhooks: &[&str], now_ms: u64) -> RedisResult<Vec<Stored>> {
     let mut pipe = redis::pipe();
     for webhook in webhooks {
         pipe.cmd("HGETALL").arg(keys.webhook_stats(webhook));

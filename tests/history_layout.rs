@@ -30,7 +30,7 @@ fn record(entry: &str, webhook: &str, event: &str, updated: u64) -> DeliveryReco
     }
 }
 
-fn by_event(con: &mut redis::Connection, keys: &Keys, event: &str) -> Vec<String> {
+fn by_event(con: &mut wss::redis_conn::Conn, keys: &Keys, event: &str) -> Vec<String> {
     let query = Query { event_id: event.into(), ..Default::default() };
     let (records, _) = history::list(con, keys, &query, 100, None, 1000).expect("listing by event");
     let mut ids: Vec<String> = records.into_iter().map(|r| r.id).collect();
@@ -42,7 +42,7 @@ fn by_event(con: &mut redis::Connection, keys: &Keys, event: &str) -> Vec<String
 fn one_command_per_record_and_the_old_event_sets_are_still_read() {
     let ks = Keyspace::new("history-layout");
     let keys = Keys::new(&ks.prefix);
-    let mut con = ks.conn();
+    let mut con = wss::redis_conn::Conn::Single(ks.conn());
     let retention = Retention { max_age: Duration::from_secs(3600), max_count: 1000 };
     let now = wss::clock::now_ms();
     // Two events that are neighbours in lexical order ("e", "e1"), one with two webhooks.

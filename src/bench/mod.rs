@@ -74,6 +74,7 @@ mod raw;
 mod receiver;
 mod redis;
 mod service;
+mod sharded;
 
 use std::{
     fmt::Write as _,
@@ -148,6 +149,15 @@ pub struct Args {
     /// The RabbitMQ of `--source amqp`.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp_url: String,
+    /// Sharded streams (docs/scaling.md): with more than 1, or with a Redis Cluster URL
+    /// (`--redis-url redis+cluster://host:port,…`, default 8 there), only the sharded part runs:
+    /// `--instances` services with `WSS_STREAM_SHARDS` set to this, the throughput of
+    /// `--events` over `--webhooks`, CPU per delivery of each instance and each Redis master.
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Services sharing the work in the sharded part.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
     /// Print one JSON object (the figures) instead of the table.
     #[arg(long)]
     json: bool,
@@ -306,7 +316,7 @@ impl<'e> Scenario<'e> {
         env: &'e Env,
         name: &str,
         extra: &[(&str, String)],
-        prepare: impl FnOnce(&mut ::redis::Connection, &Keys) -> anyhow::Result<()>,
+        prepare: impl FnOnce(&mut wss::redis_conn::Conn, &Keys) -> anyhow::Result<()>,
     ) -> anyhow::Result<Self> {
         let prefix = format!("wssbench:{}:{name}:", env.run_id);
         let keys = Keys::new(&prefix);
@@ -320,7 +330,7 @@ impl<'e> Scenario<'e> {
         Control::connect(self.service.grpc)
     }
 
-    fn redis(&self) -> anyhow::Result<::redis::Connection> {
+    fn redis(&self) -> anyhow::Result<wss::redis_conn::Conn> {
         redis::connect(&self.env.redis_url)
     }
 }
@@ -550,6 +560,11 @@ fn load_average() -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(&args);
     let env = Env::prepare(&args)?;
+    let cluster = wss::redis_conn::cluster_nodes(&env.redis_url).is_some();
+    let shards = args.shards.unwrap_or(if cluster { 8 } else { 1 }).max(1);
+    if cluster || shards > 1 {
+        return sharded::measure(&plan, &env, shards, args.instances, args.json);
+    }
     let report = match args.source.as_str() {
         "redis" => measure(&plan, &env)?,
         source => {
@@ -976,7 +991,7 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     // Every entry acknowledged: each delivery went out once, or waits in the backlog.
     redis::wait_all_acknowledged(&mut con, &scn.keys.events, &last, STALL * 5)?;
     report.backlog_fill_per_sec = events as f64 / start.elapsed().as_secs_f64();
-    let waiting: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 10)?.iter().map(|(_, d)| d.deliveries).sum();
+    let waiting: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 0, 10)?.iter().map(|(_, d)| d.deliveries).sum();
     let grown = redis::used_memory(&mut con)?.saturating_sub(memory_before);
     let stream_grown = redis::key_memory(&mut con, &scn.keys.events)?.saturating_sub(stream_before);
     report.backlog_waiting = waiting;
@@ -1000,7 +1015,7 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     (report.neighbor_p50_ms, report.neighbor_p99_ms) = (pct(0.5), pct(0.99));
     report.neighbor_events = latencies.len() as u64;
     report.backlog_rss_mib = scn.service.peak_rss_mib()?;
-    let still: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 10)?.iter().map(|(_, d)| d.deliveries).sum();
+    let still: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 0, 10)?.iter().map(|(_, d)| d.deliveries).sum();
     progress(format_args!(
         "  neighbour p50 {:.1} ms, p99 {:.1} ms over {} events, with {still} deliveries still in the backlog; service peak RSS {:.1} MiB",
         report.neighbor_p50_ms, report.neighbor_p99_ms, report.neighbor_events, report.backlog_rss_mib

@@ -17,8 +17,9 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use redis::{Connection, Value};
+use redis::Value;
 use serde_json::json;
+use wss::redis_conn::Conn;
 use wss::{
     domain::model::{Tenant, Webhook},
     keys::Keys,
@@ -94,9 +95,11 @@ impl Drop for PrivateRedis {
     }
 }
 
-pub fn connect(url: &str) -> anyhow::Result<Connection> {
-    let client = redis::Client::open(url).with_context(|| format!("{url} is not a Redis URL"))?;
-    client.get_connection_with_timeout(Duration::from_secs(5)).with_context(|| format!("connecting to Redis at {url}"))
+/// A connection to the Redis (or Redis Cluster) at `url`.
+pub fn connect(url: &str) -> anyhow::Result<Conn> {
+    let target =
+        wss::redis_conn::RedisTarget::new(url).with_context(|| format!("{} is not a Redis URL", wss::redis_conn::redact_url(url)))?;
+    target.connect_quietly(Duration::from_secs(5)).with_context(|| format!("connecting to Redis at {}", target.display_url()))
 }
 
 /// What events look like: tenants `t0…t<n-1>`, bodies of about `body_bytes`.
@@ -158,7 +161,7 @@ fn sample_envelope_len(tenant: &str, pad: &str) -> usize {
 
 /// Publishes `count` events, numbered from `first`, in pipelines of [`PUBLISH_BATCH`] with
 /// the publish time in each; returns the last entry id.
-pub fn publish(con: &mut Connection, stream: &str, shape: &EventShape, first: u64, count: u64) -> anyhow::Result<String> {
+pub fn publish(con: &mut Conn, stream: &str, shape: &EventShape, first: u64, count: u64) -> anyhow::Result<String> {
     let mut last = String::new();
     let mut n = first;
     let end = first + count;
@@ -170,7 +173,7 @@ pub fn publish(con: &mut Connection, stream: &str, shape: &EventShape, first: u6
     Ok(last)
 }
 
-fn publish_batch(con: &mut Connection, stream: &str, shape: &EventShape, first: u64, count: u64) -> anyhow::Result<String> {
+fn publish_batch(con: &mut Conn, stream: &str, shape: &EventShape, first: u64, count: u64) -> anyhow::Result<String> {
     let data = shape.data(unix_micros());
     let mut pipe = redis::pipe();
     for n in first..first + count {
@@ -183,13 +186,7 @@ fn publish_batch(con: &mut Connection, stream: &str, shape: &EventShape, first: 
 /// Publishes open-loop at `rate` events per second for `duration`: every millisecond it sends
 /// as many as are due, whether or not the earlier ones were delivered. Returns the number sent
 /// and the last entry id.
-pub fn publish_at_rate(
-    con: &mut Connection,
-    stream: &str,
-    shape: &EventShape,
-    rate: f64,
-    duration: Duration,
-) -> anyhow::Result<(u64, String)> {
+pub fn publish_at_rate(con: &mut Conn, stream: &str, shape: &EventShape, rate: f64, duration: Duration) -> anyhow::Result<(u64, String)> {
     let start = Instant::now();
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
     let mut sent = 0u64;
@@ -209,7 +206,7 @@ pub fn publish_at_rate(
 }
 
 /// Waits until consumer group `wss` has read through `last_id` and acknowledged everything.
-pub fn wait_all_acknowledged(con: &mut Connection, stream: &str, last_id: &str, within: Duration) -> anyhow::Result<()> {
+pub fn wait_all_acknowledged(con: &mut Conn, stream: &str, last_id: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     let target = parse_id(last_id);
     loop {
@@ -230,7 +227,7 @@ fn parse_id(id: &str) -> (u64, u64) {
 }
 
 /// The group's last delivered id and its number of pending entries.
-fn group_state(con: &mut Connection, stream: &str) -> anyhow::Result<((u64, u64), u64)> {
+fn group_state(con: &mut Conn, stream: &str) -> anyhow::Result<((u64, u64), u64)> {
     let groups: Value = redis::cmd("XINFO").arg("GROUPS").arg(stream).query(con).context("XINFO GROUPS")?;
     let Value::Array(groups) = groups else { return Ok(((0, 0), 0)) };
     for group in groups {
@@ -267,7 +264,7 @@ fn text(value: &Value) -> String {
 /// secrets in clear as without `WSS_ENCRYPTION_KEY`, ids shaped like generated ones), then bumps
 /// `<prefix>config:version`. Registering 100,000 webhooks through gRPC would take minutes (each
 /// write reloads the whole snapshot); what is measured here is the service holding them.
-pub fn load_configuration(con: &mut Connection, keys: &Keys, tenants: usize, per_tenant: usize, url: &str) -> anyhow::Result<()> {
+pub fn load_configuration(con: &mut Conn, keys: &Keys, tenants: usize, per_tenant: usize, url: &str) -> anyhow::Result<()> {
     let now = wss::clock::now_ms();
     for chunk_start in (0..tenants).step_by(500) {
         let mut pipe = redis::pipe();
@@ -326,7 +323,7 @@ fn webhook_id(n: u64) -> String {
 
 /// Commands Redis has run so far, by name (`INFO commandstats`), for the commands-per-delivery
 /// figure: unlike CPU time, a count that the machine's load does not change.
-pub fn command_counts(con: &mut Connection) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+pub fn command_counts(con: &mut Conn) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
     let info: String = redis::cmd("INFO").arg("commandstats").query(con).context("INFO commandstats")?;
     let mut counts = std::collections::BTreeMap::new();
     for line in info.lines() {
@@ -339,7 +336,7 @@ pub fn command_counts(con: &mut Connection) -> anyhow::Result<std::collections::
 }
 
 /// Deletes every key starting with `prefix` (SCAN + UNLINK).
-pub fn delete_keys(con: &mut Connection, prefix: &str) -> anyhow::Result<()> {
+pub fn delete_keys(con: &mut Conn, prefix: &str) -> anyhow::Result<()> {
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) =
@@ -355,7 +352,7 @@ pub fn delete_keys(con: &mut Connection, prefix: &str) -> anyhow::Result<()> {
 }
 
 /// `INFO memory`'s `used_memory`: bytes Redis holds.
-pub fn used_memory(con: &mut Connection) -> anyhow::Result<u64> {
+pub fn used_memory(con: &mut Conn) -> anyhow::Result<u64> {
     let info: String = redis::cmd("INFO").arg("memory").query(con).context("INFO memory")?;
     info.lines()
         .find_map(|line| line.strip_prefix("used_memory:"))
@@ -364,7 +361,7 @@ pub fn used_memory(con: &mut Connection) -> anyhow::Result<u64> {
 }
 
 /// `MEMORY USAGE <key> SAMPLES 0`: the bytes of one key, every element counted (0 when absent).
-pub fn key_memory(con: &mut Connection, key: &str) -> anyhow::Result<u64> {
+pub fn key_memory(con: &mut Conn, key: &str) -> anyhow::Result<u64> {
     let bytes: Option<u64> = redis::cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0).query(con).context("MEMORY USAGE")?;
     Ok(bytes.unwrap_or(0))
 }

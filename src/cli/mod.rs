@@ -1129,10 +1129,12 @@ fn config_check(file: &std::path::Path) -> ExitCode {
     match wss::config::Layers::new().file(file).build() {
         Ok(config) => {
             println!("{}: valid", file.display());
+            let cluster = if wss::redis_conn::cluster_nodes(&config.redis_url).is_some() { " (a Redis Cluster)" } else { "" };
             println!(
-                "  redis_url {}, key prefix {:?}, control plane {}, {} sender threads",
+                "  redis_url {}{cluster}, key prefix {:?}, {} stream shard(s), control plane {}, {} sender threads",
                 wss::redis_conn::redact_url(&config.redis_url),
                 config.key_prefix,
+                config.stream_shards,
                 config.grpc_addr,
                 config.sender_threads
             );

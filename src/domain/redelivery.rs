@@ -201,7 +201,7 @@ impl Redeliverer<'_> {
             return Ok(Err(hindered));
         }
         let source = if record.raw_fields.is_empty() && !record.stream_entry_id.is_empty() {
-            self.store.event_entry(&record.stream_entry_id)?
+            self.store.event_entry(&record.tenant_id, &record.stream_entry_id)?
         } else {
             None
         };
@@ -215,7 +215,7 @@ impl Redeliverer<'_> {
                 return Ok(Err((reason, why.to_string())));
             }
         };
-        let Some(entry_id) = self.store.redeliver_dead_letter(&record.id, &fields)? else {
+        let Some(entry_id) = self.store.redeliver_dead_letter(&record.tenant_id, &record.id, &fields)? else {
             return Err(DomainError::NotFound { kind: "dead letter", id: record.id.clone() });
         };
         let event_id = fields.iter().find(|(k, _)| k == b"id").map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();

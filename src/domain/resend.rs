@@ -201,7 +201,7 @@ impl Resender<'_> {
         };
         let fields =
             copy_for(&delivery.tenant_id, &delivery.webhook_id, &delivery.event_id, &delivery.stream_entry_id, fields).map_err(refuse)?;
-        let new_id = self.store.append_events(&[fields])?.pop().unwrap_or_default();
+        let new_id = self.store.append_events(&delivery.tenant_id, &[fields])?.pop().unwrap_or_default();
         log::info!(target: "wss::grpc", tenant = delivery.tenant_id.as_str(), webhook = delivery.webhook_id.as_str(), event_id = delivery.event_id.as_str(), outcome = "resent";
             "delivery {} resent as stream entry {new_id} (event from the {})", delivery.id, source.as_str());
         Ok((
@@ -219,7 +219,7 @@ impl Resender<'_> {
     /// The delivery's event fields: its stream entry while retained, else its dead-letter record's.
     fn event_fields(&self, delivery: &DeliveryRecord) -> Result<Option<(Fields, EventSource)>, DomainError> {
         if parse_id(&delivery.stream_entry_id).is_some() {
-            if let Some(fields) = self.store.event_entry(&delivery.stream_entry_id)?.filter(|f| !f.is_empty()) {
+            if let Some(fields) = self.store.event_entry(&delivery.tenant_id, &delivery.stream_entry_id)?.filter(|f| !f.is_empty()) {
                 return Ok(Some((fields, EventSource::Stream)));
             }
         }
@@ -261,7 +261,7 @@ impl Resender<'_> {
         let mut copies: Vec<(String, Fields, String, String)> = Vec::new();
         let mut scanned = 0;
         'scan: loop {
-            let entries = self.store.events_between(&start, &end, BATCH)?;
+            let entries = self.store.events_between(&replay.tenant_id, &start, &end, BATCH)?;
             let exhausted = entries.len() < BATCH;
             for entry in entries {
                 scanned += 1;
@@ -306,7 +306,7 @@ impl Resender<'_> {
             }
         }
         let fields: Vec<Fields> = copies.iter().map(|(_, f, _, _)| f.clone()).collect();
-        let ids = self.store.append_events(&fields)?;
+        let ids = self.store.append_events(&replay.tenant_id, &fields)?;
         for ((original, _, webhook_id, event_id), new_id) in copies.into_iter().zip(ids) {
             report.scheduled.push(Scheduled {
                 delivery_id: history::delivery_id(&new_id, &webhook_id),

@@ -125,7 +125,7 @@ impl EventService for EventApi {
                 store.get_tenant(&event.tenant_id)?;
                 let published = match &event.event_id {
                     Some(id) => store.publish_event_once(&event.tenant_id, id, &event.fields())?,
-                    None => Published { stream_entry_id: store.publish_event(&event.fields())?, duplicate: false },
+                    None => Published { stream_entry_id: store.publish_event(&event.tenant_id, &event.fields())?, duplicate: false },
                 };
                 Ok((event, published))
             })

@@ -9,8 +9,9 @@
 //! delivery it produced is terminal *or* durably handed off, and never before. Deliveries that go
 //! out at once never touch the backlog.
 //!
-//! **Keys** (see `Keys::backlog_*`; every one starts with `<prefix>backlog:`, where a Redis
-//! Cluster hash tag per shard will go):
+//! **Keys** (see `Keys::backlog_*`; every one starts with `<prefix>backlog:`, followed with
+//! sharded streams by the shard's hash tag `{k}:` — one backlog per shard, in its stream's slot,
+//! a delivery waiting in the backlog of the shard its entry was read from):
 //! - `backlog:item:<webhook id>:<entry id>` — one string: the delivery's state as JSON
 //!   ([`ItemMeta`]: webhook, source entry id, event id, type and tenant, next attempt number,
 //!   attempts so far), then every field of its source entry, name and value, in order — each
@@ -72,8 +73,9 @@ use std::{
     time::Duration,
 };
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{select, Receiver, Sender};
-use redis::{Connection, RedisError, Value};
+use redis::{RedisError, Value};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -212,9 +214,9 @@ return 1
 
 /// Takes due items of some webhooks under a lease, atomically.
 ///
-/// KEYS: the index, the events stream, then six per webhook: due set, FIFO set, hold, token
-/// bucket, throttled set, stats hash. ARGV: now ms, lease end ms, consumer group, stats TTL
-/// (s), then per webhook its id, how many to take, and its rate limit (0: none).
+/// KEYS: the index, the shard's stream, then five per webhook: due set, FIFO set, hold, token
+/// bucket, throttled set (all of one shard: one slot). ARGV: now ms, lease end ms, consumer
+/// group, (unused), then per webhook its id, how many to take, and its rate limit (0: none).
 ///
 /// For each webhook:
 /// - **FIFO head** (when its FIFO set exists): the first member, in entry order, is taken only
@@ -229,10 +231,12 @@ return 1
 ///
 /// Then the webhook's next look is its earliest item or hold's end — not before now when it was
 /// served, so that it queues behind webhooks not served yet, and not before its next token
-/// when it was throttled — or, with nothing left, it leaves the index. Returns webhook id and
-/// item id pairs, flat.
+/// when it was throttled — or, with nothing left, it leaves the index. Returns the webhook id
+/// and item id pairs taken, flat, and the webhooks with deliveries newly held back by their rate
+/// limit and how many (for the stats' `rate_limited`: global keys, written by the caller).
 pub const TAKE_SCRIPT: &str = r#"
 local out = {}
+local limited = {}
 local now = tonumber(ARGV[1])
 local lease_end = tonumber(ARGV[2])
 local function entry_of(member)
@@ -240,9 +244,9 @@ local function entry_of(member)
   if not ms then return member end
   return (string.gsub(ms, '^0+(%d)', '%1')) .. '-' .. (string.gsub(seq, '^0+(%d)', '%1'))
 end
-for w = 0, (#KEYS - 2) / 6 - 1 do
-  local k = 3 + w * 6
-  local due, fifo, hold, bucket, throttled, stats = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+for w = 0, (#KEYS - 2) / 5 - 1 do
+  local k = 3 + w * 5
+  local due, fifo, hold, bucket, throttled = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local webhook = ARGV[5 + w * 3]
   local n = tonumber(ARGV[6 + w * 3])
   local rate = tonumber(ARGV[7 + w * 3])
@@ -308,8 +312,8 @@ for w = 0, (#KEYS - 2) / 6 - 1 do
     redis.call('PEXPIRE', bucket, 2000)
   end
   if counted > 0 then
-    redis.call('HINCRBY', stats, 'rate_limited', counted)
-    redis.call('EXPIRE', stats, ARGV[4])
+    limited[#limited + 1] = webhook
+    limited[#limited + 1] = counted
   end
   local next = nil
   local first = redis.call('ZRANGE', due, 0, 0, 'WITHSCORES')
@@ -327,12 +331,14 @@ for w = 0, (#KEYS - 2) / 6 - 1 do
     redis.call('ZREM', KEYS[1], webhook)
   end
 end
-return out
+return {out, limited}
 "#;
 
 /// A hand-off the outcome stage owes Redis.
 #[derive(Debug)]
 pub struct HandOff {
+    /// The shard of its entry: whose backlog it waits in.
+    pub shard: u32,
     pub webhook: Arc<str>,
     /// The source entry's id: the delivery's member in its webhook's sets.
     pub entry: String,
@@ -350,6 +356,7 @@ impl HandOff {
     /// not a time, decides when it goes).
     pub fn of(delivery: &Delivery, due_ms: u64, fifo: bool) -> Self {
         Self {
+            shard: delivery.ticket.shard,
             webhook: delivery.webhook_id.clone(),
             entry: delivery.ticket.stream_id.clone(),
             due_ms,
@@ -366,8 +373,12 @@ impl HandOff {
 /// Queues `hand_off` in `pipe` (the outcome stage's transaction).
 pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOff, now_ms: u64) {
     let meta = serde_json::to_string(&hand_off.meta).expect("an item's state always serializes");
-    let (item, due, since) =
-        (keys.backlog_item(&hand_off.webhook, &hand_off.entry), keys.backlog_due(&hand_off.webhook), keys.backlog_since(&hand_off.webhook));
+    let k = hand_off.shard;
+    let (item, due, since) = (
+        keys.backlog_item(k, &hand_off.webhook, &hand_off.entry),
+        keys.backlog_due(k, &hand_off.webhook),
+        keys.backlog_since(k, &hand_off.webhook),
+    );
     let fifo = hand_off.meta.fifo;
     match &hand_off.fields {
         None => {
@@ -377,9 +388,9 @@ pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOf
                 .arg(item)
                 .arg(due)
                 .arg(since)
-                .arg(keys.backlog_index())
-                .arg(&keys.events)
-                .arg(keys.backlog_fifo(&hand_off.webhook))
+                .arg(keys.backlog_index(k))
+                .arg(keys.stream(k))
+                .arg(keys.backlog_fifo(k, &hand_off.webhook))
                 .arg(&hand_off.entry)
                 .arg(&*hand_off.webhook)
                 .arg(hand_off.due_ms)
@@ -391,12 +402,12 @@ pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOf
         Some(fields) if fifo => {
             pipe.cmd("SET").arg(item).arg(encode_item(&meta, fields)).ignore();
             pipe.cmd("ZADD").arg(since).arg("NX").arg(now_ms).arg(&hand_off.entry).ignore();
-            pipe.cmd("ZADD").arg(keys.backlog_fifo(&hand_off.webhook)).arg(0).arg(fifo_member(&hand_off.entry)).ignore();
+            pipe.cmd("ZADD").arg(keys.backlog_fifo(k, &hand_off.webhook)).arg(0).arg(fifo_member(&hand_off.entry)).ignore();
             pipe.cmd("EVAL")
                 .arg(FIFO_WRITE_BACK_SCRIPT)
                 .arg(2)
-                .arg(keys.backlog_hold(&hand_off.webhook))
-                .arg(keys.backlog_index())
+                .arg(keys.backlog_hold(k, &hand_off.webhook))
+                .arg(keys.backlog_index(k))
                 .arg(&hand_off.entry)
                 .arg(hand_off.due_ms)
                 .arg(now_ms)
@@ -407,7 +418,7 @@ pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOf
             pipe.cmd("SET").arg(item).arg(encode_item(&meta, fields)).ignore();
             pipe.cmd("ZADD").arg(due).arg(hand_off.due_ms).arg(&hand_off.entry).ignore();
             pipe.cmd("ZADD").arg(since).arg("NX").arg(now_ms).arg(&hand_off.entry).ignore();
-            pipe.cmd("ZADD").arg(keys.backlog_index()).arg("LT").arg(hand_off.due_ms).arg(&*hand_off.webhook).ignore();
+            pipe.cmd("ZADD").arg(keys.backlog_index(k)).arg("LT").arg(hand_off.due_ms).arg(&*hand_off.webhook).ignore();
         }
     }
 }
@@ -423,17 +434,17 @@ return 1
 /// Queues the removal of a finished backlog delivery (its webhook leaves the index at the next
 /// take that finds nothing). `fifo`: it was its FIFO webhook's head, whose hold is released so
 /// that the next one may go.
-pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str, entry: &str, fifo: bool, now_ms: u64) {
-    pipe.cmd("ZREM").arg(keys.backlog_due(webhook)).arg(entry).ignore();
-    pipe.cmd("ZREM").arg(keys.backlog_since(webhook)).arg(entry).ignore();
-    pipe.cmd("DEL").arg(keys.backlog_item(webhook, entry)).ignore();
+pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, shard: u32, webhook: &str, entry: &str, fifo: bool, now_ms: u64) {
+    pipe.cmd("ZREM").arg(keys.backlog_due(shard, webhook)).arg(entry).ignore();
+    pipe.cmd("ZREM").arg(keys.backlog_since(shard, webhook)).arg(entry).ignore();
+    pipe.cmd("DEL").arg(keys.backlog_item(shard, webhook, entry)).ignore();
     if fifo {
-        pipe.cmd("ZREM").arg(keys.backlog_fifo(webhook)).arg(fifo_member(entry)).ignore();
+        pipe.cmd("ZREM").arg(keys.backlog_fifo(shard, webhook)).arg(fifo_member(entry)).ignore();
         pipe.cmd("EVAL")
             .arg(FIFO_DONE_SCRIPT)
             .arg(2)
-            .arg(keys.backlog_hold(webhook))
-            .arg(keys.backlog_index())
+            .arg(keys.backlog_hold(shard, webhook))
+            .arg(keys.backlog_index(shard))
             .arg(entry)
             .arg(now_ms)
             .arg(webhook)
@@ -490,9 +501,9 @@ pub struct Depth {
 
 /// Queues the two reads [`depth_from`] answers: `ZCARD` of the since set (every waiting
 /// delivery, in the due set or the FIFO set), and its first.
-pub fn queue_depth(pipe: &mut redis::Pipeline, keys: &Keys, webhook: &str) {
-    pipe.cmd("ZCARD").arg(keys.backlog_since(webhook));
-    pipe.cmd("ZRANGE").arg(keys.backlog_since(webhook)).arg(0).arg(0).arg("WITHSCORES");
+pub fn queue_depth(pipe: &mut redis::Pipeline, keys: &Keys, shard: u32, webhook: &str) {
+    pipe.cmd("ZCARD").arg(keys.backlog_since(shard, webhook));
+    pipe.cmd("ZRANGE").arg(keys.backlog_since(shard, webhook)).arg(0).arg(0).arg("WITHSCORES");
 }
 
 /// The depth from the two replies [`queue_depth`] asked for.
@@ -513,26 +524,43 @@ pub fn depth_from(count: &Value, first: &Value) -> Depth {
 }
 
 /// The depth of `webhook`'s backlog, read now.
-pub fn depth(con: &mut Connection, keys: &Keys, webhook: &str) -> redis::RedisResult<Depth> {
+pub fn depth(con: &mut Conn, keys: &Keys, webhook: &str) -> redis::RedisResult<Depth> {
     Ok(depths_of(con, keys, &[webhook])?.pop().unwrap_or_default())
 }
 
 /// The webhooks with a backlog (at most `limit`, by next look) and each one's depth.
-pub fn depths(con: &mut Connection, keys: &Keys, limit: usize) -> redis::RedisResult<Vec<(String, Depth)>> {
-    let webhooks: Vec<String> = redis::cmd("ZRANGE").arg(keys.backlog_index()).arg(0).arg(limit.saturating_sub(1)).query(con)?;
+pub fn depths(con: &mut Conn, keys: &Keys, shard: u32, limit: usize) -> redis::RedisResult<Vec<(String, Depth)>> {
+    let webhooks: Vec<String> = redis::cmd("ZRANGE").arg(keys.backlog_index(shard)).arg(0).arg(limit.saturating_sub(1)).query(con)?;
     let ids: Vec<&str> = webhooks.iter().map(String::as_str).collect();
-    let depths = depths_of(con, keys, &ids)?;
+    let depths = depths_in(con, keys, shard, &ids)?;
     Ok(webhooks.into_iter().zip(depths).collect())
 }
 
+/// The depths of `webhooks` over every shard's backlog (a webhook's deliveries wait in the
+/// backlog of the shard their entries came from: its tenant's, unless a producer erred).
+pub fn depths_of(con: &mut Conn, keys: &Keys, webhooks: &[&str]) -> redis::RedisResult<Vec<Depth>> {
+    let mut total = vec![Depth::default(); webhooks.len()];
+    for shard in 0..keys.shards() {
+        for (sum, depth) in total.iter_mut().zip(depths_in(con, keys, shard, webhooks)?) {
+            sum.deliveries += depth.deliveries;
+            sum.oldest_since_ms = match (sum.oldest_since_ms, depth.oldest_since_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+    }
+    Ok(total)
+}
+
 /// The depth of each of `webhooks`, in their order, in one round trip.
-pub fn depths_of(con: &mut Connection, keys: &Keys, webhooks: &[&str]) -> redis::RedisResult<Vec<Depth>> {
+/// The depths of `webhooks` in shard `shard`'s backlog (one slot: one pipeline).
+fn depths_in(con: &mut Conn, keys: &Keys, shard: u32, webhooks: &[&str]) -> redis::RedisResult<Vec<Depth>> {
     if webhooks.is_empty() {
         return Ok(Vec::new());
     }
     let mut pipe = redis::pipe();
     for webhook in webhooks {
-        queue_depth(&mut pipe, keys, webhook);
+        queue_depth(&mut pipe, keys, shard, webhook);
     }
     let replies: Vec<Value> = pipe.query(con)?;
     if replies.len() != webhooks.len() * 2 {
@@ -593,10 +621,12 @@ impl Pump {
     /// signer's queue, `done` the outcome stage's.
     pub fn run(self, wake: Receiver<()>, out: Sender<Delivery>, done: Sender<Completion>, shutdown: Receiver<()>) {
         let evaluator = Evaluator::new();
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         let mut wait = Duration::ZERO;
         let mut backoff = BACKOFF_MIN;
-        let mut offset = 0;
+        let shards = self.keys.shards();
+        let mut offsets = vec![0; shards as usize];
+        let mut round: u32 = 0;
         loop {
             select! {
                 recv(shutdown) -> _ => return,
@@ -609,10 +639,31 @@ impl Pump {
                 wait = POLL_BUSY;
                 continue;
             }
-            match self.poll(&mut conn, &evaluator, &out, &done, offset) {
+            // Every shard's backlog, starting with another each round so that none goes first
+            // for ever when the budget runs short.
+            round = round.wrapping_add(1);
+            let mut polled = Ok(Some(Poll { took: 0, left_due: false, next_ms: None, next_offset: 0 }));
+            for shard in (0..shards).map(|k| (k + round) % shards) {
+                let offset = offsets[shard as usize];
+                match (&mut polled, self.poll(&mut conn, shard, &evaluator, &out, &done, offset)) {
+                    (Ok(Some(total)), Ok(Some(poll))) => {
+                        offsets[shard as usize] = poll.next_offset;
+                        total.took += poll.took;
+                        total.left_due |= poll.left_due;
+                        total.next_ms = match (total.next_ms, poll.next_ms) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    (_, other) => {
+                        polled = other;
+                        break;
+                    }
+                }
+            }
+            match polled {
                 Ok(Some(poll)) => {
                     backoff = BACKOFF_MIN;
-                    offset = poll.next_offset;
                     wait = if poll.took > 0 || poll.left_due {
                         POLL_BUSY
                     } else {
@@ -640,7 +691,8 @@ impl Pump {
     /// One poll; `Ok(None)` when a next stage is gone (shutdown).
     fn poll(
         &self,
-        conn: &mut Option<Connection>,
+        conn: &mut Option<Conn>,
+        shard: u32,
         evaluator: &Evaluator,
         out: &Sender<Delivery>,
         done: &Sender<Completion>,
@@ -651,7 +703,7 @@ impl Pump {
         }
         let con = conn.as_mut().expect("just connected");
         let now = self.clock.now_ms();
-        let index = self.keys.backlog_index();
+        let index = self.keys.backlog_index(shard);
         let (candidates, first): (Scored, Scored) = redis::pipe()
             .cmd("ZRANGEBYSCORE")
             .arg(&index)
@@ -722,14 +774,13 @@ impl Pump {
             pipe.cmd("ZADD").arg(&index).arg("XX").arg("GT").arg(until_ms).arg(webhook).ignore();
         }
         if !wanted.is_empty() {
-            let take = pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(wanted.len() * 6 + 2).arg(&index).arg(&self.keys.events);
+            let take = pipe.cmd("EVAL").arg(TAKE_SCRIPT).arg(wanted.len() * 5 + 2).arg(&index).arg(self.keys.stream(shard));
             for (webhook, _, _) in &wanted {
-                take.arg(self.keys.backlog_due(webhook))
-                    .arg(self.keys.backlog_fifo(webhook))
-                    .arg(self.keys.backlog_hold(webhook))
-                    .arg(self.keys.backlog_rate(webhook))
-                    .arg(self.keys.backlog_throttled(webhook))
-                    .arg(self.keys.webhook_stats(webhook));
+                take.arg(self.keys.backlog_due(shard, webhook))
+                    .arg(self.keys.backlog_fifo(shard, webhook))
+                    .arg(self.keys.backlog_hold(shard, webhook))
+                    .arg(self.keys.backlog_rate(shard, webhook))
+                    .arg(self.keys.backlog_throttled(shard, webhook));
             }
             take.arg(now).arg(lease_until).arg(crate::source::redis::GROUP).arg(crate::stats::KEY_TTL.as_secs());
             for (webhook, n, rate) in &wanted {
@@ -740,14 +791,15 @@ impl Pump {
             return Ok(Some(Poll { took: 0, left_due, next_ms, next_offset: page_after(0) }));
         }
         let replies: Vec<Value> = pipe.query(con)?;
-        let pairs: Vec<String> = match replies.into_iter().last() {
+        let (pairs, limited): (Vec<String>, Vec<(String, i64)>) = match replies.into_iter().last() {
             Some(reply) if !wanted.is_empty() => redis::from_redis_value(reply)?,
-            _ => Vec::new(),
+            _ => Default::default(),
         };
+        self.count_rate_limited(con, &limited)?;
         if pairs.is_empty() {
             return Ok(Some(Poll { took: 0, left_due, next_ms, next_offset: page_after(0) }));
         }
-        let taken = self.read_items(con, &pairs)?;
+        let taken = self.read_items(con, shard, &pairs)?;
         let count = taken.len();
         self.in_progress.fetch_add(count, Ordering::SeqCst);
         self.taken.inc_by(count as u64);
@@ -759,12 +811,12 @@ impl Pump {
                 // Finished meanwhile by another instance whose lease had ended: drop its traces.
                 let mut pipe = redis::pipe();
                 // (As a FIFO head too, harmlessly for an unordered one: its hold must not stay.)
-                queue_done(&mut pipe, &self.keys, &item.webhook, &item.entry, true, self.clock.now_ms());
+                queue_done(&mut pipe, &self.keys, shard, &item.webhook, &item.entry, true, self.clock.now_ms());
                 pipe.query::<()>(con)?;
                 continue;
             };
             let route = routing.webhooks.get(meta.webhook.as_str());
-            let sent = match rebuild(meta, fields, route, evaluator, self.max_event_bytes) {
+            let sent = match rebuild(shard, meta, fields, route, evaluator, self.max_event_bytes) {
                 Rebuilt::Send(delivery) => out.send(delivery).is_ok(),
                 Rebuilt::Done(completion) => done.send(completion).is_ok(),
             };
@@ -776,10 +828,26 @@ impl Pump {
     }
 
     /// Reads the items `pairs` (webhook id, entry id, flat) names, in one round trip.
-    fn read_items(&self, con: &mut Connection, pairs: &[String]) -> Result<Vec<Taken>, RedisError> {
+    /// Counts in the webhooks' stats the deliveries the take found held back by a rate limit
+    /// for the first time. Not inside the take script: the stats are global keys, in another
+    /// slot than a shard's backlog on a cluster.
+    fn count_rate_limited(&self, con: &mut Conn, limited: &[(String, i64)]) -> Result<(), RedisError> {
+        if limited.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (webhook, count) in limited {
+            let key = self.keys.webhook_stats(webhook);
+            pipe.cmd("HINCRBY").arg(&key).arg("rate_limited").arg(*count).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(crate::stats::KEY_TTL.as_secs()).ignore();
+        }
+        pipe.query(con)
+    }
+
+    fn read_items(&self, con: &mut Conn, shard: u32, pairs: &[String]) -> Result<Vec<Taken>, RedisError> {
         let mut pipe = redis::pipe();
         for pair in pairs.chunks(2) {
-            pipe.cmd("GET").arg(self.keys.backlog_item(&pair[0], &pair[1]));
+            pipe.cmd("GET").arg(self.keys.backlog_item(shard, &pair[0], &pair[1]));
         }
         let replies: Vec<Option<Vec<u8>>> = pipe.query(con)?;
         Ok(pairs
@@ -805,8 +873,15 @@ enum Rebuilt {
 /// Rebuilds an item's delivery with its webhook's current route (`None`: deleted): routed again
 /// by the transformer's rules ([`transformer::plan_one`]), so that a webhook whose types or
 /// filter no longer want the event does not get it, and a changed transform applies.
-fn rebuild(meta: ItemMeta, fields: Fields, route: Option<&Arc<Route>>, evaluator: &Evaluator, max_event_bytes: usize) -> Rebuilt {
-    let ticket = EntryTicket::new(meta.source.clone(), false);
+fn rebuild(
+    shard: u32,
+    meta: ItemMeta,
+    fields: Fields,
+    route: Option<&Arc<Route>>,
+    evaluator: &Evaluator,
+    max_event_bytes: usize,
+) -> Rebuilt {
+    let ticket = EntryTicket::new(shard, meta.source.clone(), false);
     let webhook_id: Arc<str> = match route {
         Some(route) => route.id.clone(),
         None => meta.webhook.as_str().into(),
@@ -940,7 +1015,7 @@ mod tests {
     #[test]
     fn an_item_is_rebuilt_at_its_attempt_with_its_attempts() {
         let entry = fields(&[("tenant", "acme"), ("type", "order.created"), ("data", r#"{"n":1}"#)]);
-        match rebuild(meta(2), entry.clone(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+        match rebuild(0, meta(2), entry.clone(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
             Rebuilt::Send(delivery) => {
                 assert_eq!((delivery.attempt, delivery.history.len()), (2, 1));
                 assert_eq!(delivery.ticket.stream_id, "1767225600000-0");
@@ -952,13 +1027,13 @@ mod tests {
         // Its filter now says no: finished without an attempt.
         let no = route("wh_1", Some("event.data.n == 2"));
         assert!(matches!(
-            rebuild(meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20),
+            rebuild(0, meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20),
             Rebuilt::Done(Completion::AlreadyTerminal { .. })
         ));
         // Deleted webhook: to the signer, which dead-letters it with the reason.
-        assert!(matches!(rebuild(meta(2), entry, None, &Evaluator::new(), 1 << 20), Rebuilt::Send(_)));
+        assert!(matches!(rebuild(0, meta(2), entry, None, &Evaluator::new(), 1 << 20), Rebuilt::Send(_)));
         // The source entry was gone when it was handed off.
-        match rebuild(meta(3), Vec::new(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+        match rebuild(0, meta(3), Vec::new(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
             Rebuilt::Done(Completion::Abandoned { reason, delivery, .. }) => {
                 assert_eq!(reason, Reason::EntryDeleted);
                 assert_eq!((delivery.event.id(), delivery.attempt), ("1767225600000-0", 3));

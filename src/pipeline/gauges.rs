@@ -17,8 +17,9 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::{Connection, Value};
+use redis::Value;
 
 use super::{
     backlog,
@@ -51,7 +52,7 @@ pub struct Gauges {
 
 impl Gauges {
     pub fn run(self, shutdown: Receiver<()>) {
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         let mut open_series: HashSet<String> = HashSet::new();
         let mut backlog_series: HashSet<String> = HashSet::new();
         let mut next_poll = self.clock.now();
@@ -102,34 +103,53 @@ impl Gauges {
         *open_series = now;
     }
 
-    fn poll_redis(&self, conn: &mut Option<Connection>) -> redis::RedisResult<()> {
+    fn poll_redis(&self, conn: &mut Option<Conn>) -> redis::RedisResult<()> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
         let con = conn.as_mut().expect("connected above");
-        let (groups, dead, summary): (Value, i64, Value) = redis::pipe()
-            .cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.keys.events)
-            .cmd("XLEN")
-            .arg(&self.keys.dead_letters)
-            .cmd("XPENDING")
-            .arg(&self.keys.events)
-            .arg(crate::source::redis::GROUP)
-            .query(con)?;
-        if let Some((lag, pending)) = group_figures(&groups, crate::source::redis::GROUP) {
+        let dead: i64 = redis::cmd("XLEN").arg(&self.keys.dead_letters).query(con)?;
+        // Per stream (one slot each on a cluster): summed over the shards.
+        let (mut lag, mut pending, mut oldest_id): (Option<i64>, i64, Option<String>) = (Some(0), 0, None);
+        let mut known = false;
+        for stream in self.keys.streams() {
+            let (groups, summary): (Value, Value) = redis::pipe()
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .cmd("XPENDING")
+                .arg(&stream)
+                .arg(crate::source::redis::GROUP)
+                .query(con)?;
+            if let Some((shard_lag, shard_pending)) = group_figures(&groups, crate::source::redis::GROUP) {
+                known = true;
+                lag = lag.zip(shard_lag).map(|(a, b)| a + b);
+                pending += shard_pending;
+            }
+            if let Some(id) = oldest_pending(&summary) {
+                let older = oldest_id.as_deref().is_none_or(|o| entry_ms(&id) < entry_ms(o));
+                if older {
+                    oldest_id = Some(id);
+                }
+            }
+        }
+        if known {
             self.metrics.stream_lag.set(lag.unwrap_or(-1));
             self.metrics.stream_pending.set(pending);
         }
-        let oldest = oldest_pending(&summary).and_then(|id| crate::metrics::entry_age_seconds(&id, self.clock.now_ms()));
+        let oldest = oldest_id.and_then(|id| crate::metrics::entry_age_seconds(&id, self.clock.now_ms()));
         self.metrics.oldest_pending_age.set(oldest.unwrap_or(0.0));
         self.metrics.dead_letter_stream_length.set(dead);
         Ok(())
     }
 
-    fn poll_backlog(&self, con: &mut Connection, series: &mut HashSet<String>) -> redis::RedisResult<()> {
-        let webhooks: i64 = redis::cmd("ZCARD").arg(self.keys.backlog_index()).query(con)?;
-        let depths = backlog::depths(con, &self.keys, BACKLOG_SERIES)?;
+    fn poll_backlog(&self, con: &mut Conn, series: &mut HashSet<String>) -> redis::RedisResult<()> {
+        let mut webhooks: i64 = 0;
+        let mut depths = Vec::new();
+        for shard in 0..self.keys.shards() {
+            webhooks += redis::cmd("ZCARD").arg(self.keys.backlog_index(shard)).query::<i64>(con)?;
+            depths.extend(backlog::depths(con, &self.keys, shard, BACKLOG_SERIES)?);
+        }
         let now = self.clock.now_ms();
         let mut seen = HashSet::with_capacity(depths.len());
         let mut total = 0u64;
@@ -152,6 +172,11 @@ impl Gauges {
         self.metrics.backlog_deliveries.set(i64::try_from(total).unwrap_or(i64::MAX));
         Ok(())
     }
+}
+
+/// The milliseconds part of a stream entry id, for ordering ids of different streams.
+fn entry_ms(id: &str) -> u64 {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).unwrap_or(u64::MAX)
 }
 
 /// `lag` (`None` when Redis answers nil, or is older than 7) and `pending` of `group` in an

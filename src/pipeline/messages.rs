@@ -59,6 +59,9 @@ pub struct Backlogged {
 #[derive(Debug)]
 pub struct EntryTicket {
     pub stream_id: String,
+    /// The shard whose stream holds the entry (docs/contract.md §8; 0 with one stream, and for
+    /// a broker's event): where it is acknowledged, and whose backlog its deliveries wait in.
+    pub shard: u32,
     /// Read again after a restart or claimed from another consumer: some of its deliveries may
     /// already be done (the signer checks the delivery history before sending).
     pub recovered: bool,
@@ -69,12 +72,12 @@ pub struct EntryTicket {
 }
 
 impl EntryTicket {
-    pub(crate) fn new(stream_id: String, recovered: bool) -> Arc<Self> {
-        Self::with_hold(stream_id, recovered, None)
+    pub(crate) fn new(shard: u32, stream_id: String, recovered: bool) -> Arc<Self> {
+        Self::with_hold(shard, stream_id, recovered, None)
     }
 
-    pub(crate) fn with_hold(stream_id: String, recovered: bool, broker: Option<Box<BrokerHold>>) -> Arc<Self> {
-        Arc::new(Self { stream_id, recovered, remaining: AtomicUsize::new(0), broker })
+    pub(crate) fn with_hold(shard: u32, stream_id: String, recovered: bool, broker: Option<Box<BrokerHold>>) -> Arc<Self> {
+        Arc::new(Self { stream_id, shard, recovered, remaining: AtomicUsize::new(0), broker })
     }
 
     /// The fields a broker-sourced event arrived with (`None` for a Redis stream entry).
@@ -209,17 +212,18 @@ pub struct InFlight {
     ids: Mutex<HashSet<EntryKey>>,
 }
 
-/// A stream entry id as the window remembers it: Redis's `<ms>-<seq>` as two numbers, 16 bytes
-/// in place rather than a string on the heap — the window holds one per entry, a million when
-/// long retries wait (docs/performance.md). Any other text (never from Redis) is kept as is.
+/// A stream entry id as the window remembers it: Redis's `<ms>-<seq>` as two numbers and the
+/// shard whose stream it is in (two streams may hold the same id), 24 bytes in place rather than
+/// a string on the heap — the window holds one per entry, a million when long retries wait
+/// (docs/performance.md). Any other text (never from Redis) is kept as is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum EntryKey {
-    Id(u64, u64),
+    Id(u64, u64, u32),
     Text(Box<str>),
 }
 
 impl EntryKey {
-    pub(super) fn of(id: &str) -> Self {
+    pub(super) fn of(shard: u32, id: &str) -> Self {
         // Only the canonical spelling (digits, no leading zero), so that the text comes back
         // unchanged from `Display`.
         let number = |part: &str| {
@@ -227,7 +231,7 @@ impl EntryKey {
             canonical.then(|| part.parse::<u64>().ok()).flatten()
         };
         match id.split_once('-').and_then(|(ms, seq)| Some((number(ms)?, number(seq)?))) {
-            Some((ms, seq)) => EntryKey::Id(ms, seq),
+            Some((ms, seq)) => EntryKey::Id(ms, seq, shard),
             None => EntryKey::Text(id.into()),
         }
     }
@@ -236,7 +240,7 @@ impl EntryKey {
 impl std::fmt::Display for EntryKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            EntryKey::Id(ms, seq) => write!(f, "{ms}-{seq}"),
+            EntryKey::Id(ms, seq, _) => write!(f, "{ms}-{seq}"),
             EntryKey::Text(text) => f.write_str(text),
         }
     }
@@ -255,8 +259,9 @@ impl InFlight {
         Self { permits: bounded(max), ids: Mutex::new(HashSet::new()) }
     }
 
-    pub(crate) fn admit(&self, id: &str, shutdown: &Receiver<()>) -> Admission {
-        let key = EntryKey::of(id);
+    /// Admits entry `id` of shard `shard`'s stream (0 for a broker's event).
+    pub(crate) fn admit(&self, shard: u32, id: &str, shutdown: &Receiver<()>) -> Admission {
+        let key = EntryKey::of(shard, id);
         if self.ids.lock().contains(&key) {
             return Admission::AlreadyInFlight;
         }
@@ -270,8 +275,8 @@ impl InFlight {
     }
 
     /// Like [`InFlight::admit`], but never waits: a full window answers [`Admission::Full`].
-    pub(crate) fn try_admit(&self, id: &str) -> Admission {
-        let key = EntryKey::of(id);
+    pub(crate) fn try_admit(&self, shard: u32, id: &str) -> Admission {
+        let key = EntryKey::of(shard, id);
         let mut ids = self.ids.lock();
         if ids.contains(&key) {
             return Admission::AlreadyInFlight;
@@ -290,8 +295,8 @@ impl InFlight {
         self.permits.0.capacity().unwrap_or(usize::MAX).saturating_sub(self.permits.0.len())
     }
 
-    pub(super) fn release(&self, id: &str) {
-        if self.ids.lock().remove(&EntryKey::of(id)) {
+    pub(super) fn release(&self, shard: u32, id: &str) {
+        if self.ids.lock().remove(&EntryKey::of(shard, id)) {
             let _ = self.permits.1.try_recv();
         }
     }
@@ -300,8 +305,8 @@ impl InFlight {
         self.ids.lock().len()
     }
 
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.ids.lock().contains(&EntryKey::of(id))
+    pub(crate) fn contains(&self, shard: u32, id: &str) -> bool {
+        self.ids.lock().contains(&EntryKey::of(shard, id))
     }
 
     /// The ids in flight now, for renewing their leases (as keys: a million of them are 24 MB
@@ -311,11 +316,11 @@ impl InFlight {
         self.ids.lock().iter().cloned().collect()
     }
 
-    /// The ids in the window that can be Redis stream entry ids (`<ms>-<seq>`): what the Redis
-    /// source renews its leases on. A broker's event ids (any other text) are not the stream's,
-    /// and one of them in `XCLAIM` would fail the whole renewal.
-    pub(crate) fn stream_ids(&self) -> Vec<EntryKey> {
-        self.ids.lock().iter().filter(|key| matches!(key, EntryKey::Id(..))).cloned().collect()
+    /// The ids in the window that can be Redis stream entry ids (`<ms>-<seq>`) of shard
+    /// `shard`'s stream: what the Redis source renews its leases on. A broker's event ids (any
+    /// other text) are not the stream's, and one of them in `XCLAIM` would fail the whole renewal.
+    pub(crate) fn stream_ids(&self, shard: u32) -> Vec<EntryKey> {
+        self.ids.lock().iter().filter(|key| matches!(key, EntryKey::Id(_, _, k) if *k == shard)).cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -329,13 +334,13 @@ mod tests {
 
     #[test]
     fn entry_keys_are_numbers_for_redis_ids_and_read_back_unchanged() {
-        assert_eq!(EntryKey::of("1767225600000-12"), EntryKey::Id(1_767_225_600_000, 12));
-        assert_eq!(EntryKey::of("0-0"), EntryKey::Id(0, 0));
+        assert_eq!(EntryKey::of(0, "1767225600000-12"), EntryKey::Id(1_767_225_600_000, 12, 0));
+        assert_eq!(EntryKey::of(3, "0-0"), EntryKey::Id(0, 0, 3));
         for odd in ["01-2", "1-+2", "1-", "-1", "x-1", "1-2-3", "18446744073709551616-0", "", "abc"] {
-            assert_eq!(EntryKey::of(odd), EntryKey::Text(odd.into()), "{odd}");
+            assert_eq!(EntryKey::of(0, odd), EntryKey::Text(odd.into()), "{odd}");
         }
         for id in ["1767225600000-12", "0-0", "01-2", "abc", "18446744073709551615-7"] {
-            assert_eq!(EntryKey::of(id).to_string(), id);
+            assert_eq!(EntryKey::of(1, id).to_string(), id);
         }
     }
 
@@ -343,17 +348,29 @@ mod tests {
     fn the_window_admits_each_id_once_and_frees_its_place() {
         let window = InFlight::new(2);
         let (_stop_tx, stop) = bounded::<()>(0);
-        assert!(matches!(window.admit("1-0", &stop), Admission::Admitted));
-        assert!(matches!(window.admit("1-0", &stop), Admission::AlreadyInFlight));
-        assert!(matches!(window.try_admit("2-0"), Admission::Admitted));
-        assert!(matches!(window.try_admit("3-0"), Admission::Full));
-        assert!(window.contains("2-0") && !window.contains("3-0"));
+        assert!(matches!(window.admit(0, "1-0", &stop), Admission::Admitted));
+        assert!(matches!(window.admit(0, "1-0", &stop), Admission::AlreadyInFlight));
+        assert!(matches!(window.try_admit(0, "2-0"), Admission::Admitted));
+        assert!(matches!(window.try_admit(0, "3-0"), Admission::Full));
+        assert!(window.contains(0, "2-0") && !window.contains(0, "3-0"));
         let mut ids: Vec<String> = window.ids().iter().map(ToString::to_string).collect();
         ids.sort();
         assert_eq!(ids, ["1-0", "2-0"]);
-        window.release("1-0");
+        window.release(0, "1-0");
         assert_eq!((window.len(), window.room()), (1, 1));
-        assert!(matches!(window.try_admit("3-0"), Admission::Admitted));
+        assert!(matches!(window.try_admit(0, "3-0"), Admission::Admitted));
+    }
+
+    #[test]
+    fn the_same_id_in_two_shards_is_two_entries() {
+        let window = InFlight::new(4);
+        assert!(matches!(window.try_admit(0, "5-0"), Admission::Admitted));
+        assert!(matches!(window.try_admit(1, "5-0"), Admission::Admitted));
+        assert!(window.contains(1, "5-0") && !window.contains(2, "5-0"));
+        let ids = |shard| window.stream_ids(shard).iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!((ids(0), ids(1), ids(2)), (vec!["5-0".to_owned()], vec!["5-0".to_owned()], vec![]));
+        window.release(1, "5-0");
+        assert!(window.contains(0, "5-0") && !window.contains(1, "5-0"));
     }
 
     #[test]
@@ -361,9 +378,9 @@ mod tests {
         // A broker's event id in XCLAIM fails the whole renewal ("Invalid stream ID").
         let window = InFlight::new(4);
         for id in ["1767225600000-3", "WSS_EVENTS:42", "wss.events:0123abcd", "5-0"] {
-            assert!(matches!(window.try_admit(id), Admission::Admitted), "{id}");
+            assert!(matches!(window.try_admit(0, id), Admission::Admitted), "{id}");
         }
-        let mut ids: Vec<String> = window.stream_ids().iter().map(ToString::to_string).collect();
+        let mut ids: Vec<String> = window.stream_ids(0).iter().map(ToString::to_string).collect();
         ids.sort();
         assert_eq!(ids, ["1767225600000-3", "5-0"]);
     }

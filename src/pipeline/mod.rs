@@ -202,32 +202,56 @@ fn spawn_sources(
 ) -> std::io::Result<()> {
     // The Redis stream is always read, whatever else is: the control plane's PublishEvent
     // and RedeliverDeadLetter append to it (an idle stream costs a cheap read every 10 ms).
-    let reader = crate::source::redis::reader::Reader {
-        redis: deps.redis.clone(),
-        stream: deps.keys.events.clone(),
-        consumer: deps.config.consumer.clone(),
-        batch: deps.config.read_batch,
-        block: deps.config.read_block,
-        max_event_bytes: deps.config.max_event_bytes,
-        in_flight: in_flight.clone(),
-        events_read: deps.metrics.events_read.clone(),
-        script: crate::source::redis::poison::read_script(),
-    };
-    let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
-    sp.spawn("wss-reader", move || reader.run(out, done, stop))?;
+    // With sharded streams (docs/contract.md §8) a reader and a leases thread per shard: a
+    // read cannot span streams in different slots of a cluster, and each one's own
+    // connection keeps a slow shard from holding up the others.
+    let (config, keys) = (&deps.config, &deps.keys);
+    for shard in 0..keys.shards() {
+        let name = |stage: &str| if keys.shards() == 1 { format!("wss-{stage}") } else { format!("wss-{stage}-{shard}") };
+        let reader = crate::source::redis::reader::Reader {
+            redis: deps.redis.clone(),
+            shard,
+            stream: keys.stream(shard),
+            consumer: config.consumer.clone(),
+            batch: config.read_batch,
+            block: config.read_block,
+            max_event_bytes: config.max_event_bytes,
+            in_flight: in_flight.clone(),
+            events_read: deps.metrics.events_read.clone(),
+            script: crate::source::redis::poison::read_script(),
+        };
+        let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
+        sp.spawn(name("reader"), move || reader.run(out, done, stop))?;
 
-    let leases = crate::source::redis::leases::Leases {
-        redis: deps.redis.clone(),
-        stream: deps.keys.events.clone(),
-        consumer: deps.config.consumer.clone(),
-        claim_after: deps.config.claim_after,
-        batch: deps.config.read_batch,
-        max_event_bytes: deps.config.max_event_bytes,
-        in_flight: in_flight.clone(),
-        events_read: deps.metrics.events_read.clone(),
-    };
-    let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
-    sp.spawn("wss-leases", move || leases.run(out, done, stop))?;
+        let leases = crate::source::redis::leases::Leases {
+            redis: deps.redis.clone(),
+            shard,
+            stream: keys.stream(shard),
+            consumer: config.consumer.clone(),
+            claim_after: config.claim_after,
+            batch: config.read_batch,
+            max_event_bytes: config.max_event_bytes,
+            in_flight: in_flight.clone(),
+            events_read: deps.metrics.events_read.clone(),
+        };
+        let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
+        sp.spawn(name("leases"), move || leases.run(out, done, stop))?;
+
+        if let Some(keep_for) = config.stream_retention {
+            let retention = crate::source::redis::retention::Retention {
+                redis: deps.redis.clone(),
+                stream: keys.stream(shard),
+                keep_for,
+                trimmed: deps.metrics.stream_trimmed.clone(),
+                clock: deps.clock.clone(),
+            };
+            let stop = sp.stop();
+            sp.spawn(name("retention"), move || retention.run(stop))?;
+        }
+    }
+    if config.stream_retention.is_none() {
+        log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
+    }
     let started_ms = deps.clock.now_ms();
     for (n, spec) in deps.config.sources.iter().enumerate() {
         let label = spec.label();
@@ -367,20 +391,6 @@ impl Pipeline {
         };
         let stop = shutdown_rx.clone();
         sp.spawn("wss-outcomes", move || outcomes.run(done_rx, stop))?;
-
-        if let Some(keep_for) = config.stream_retention {
-            let retention = crate::source::redis::retention::Retention {
-                redis: redis.clone(),
-                stream: keys.events.clone(),
-                keep_for,
-                trimmed: metrics.stream_trimmed.clone(),
-                clock: clock.clone(),
-            };
-            let stop = shutdown_rx.clone();
-            sp.spawn("wss-retention", move || retention.run(stop))?;
-        } else {
-            log::info!(target: "wss::retention", "WSS_STREAM_RETENTION=off: wss does not trim {}, leaving that to producers (XADD … MAXLEN or MINID)", keys.events);
-        }
 
         let gauges = gauges::Gauges {
             metrics,

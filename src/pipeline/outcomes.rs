@@ -37,8 +37,8 @@ use std::{
 
 use std::collections::{HashMap, HashSet};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use redis::Connection;
 
 use super::{
     backlog::{self, HandOff},
@@ -104,8 +104,10 @@ pub struct Outcomes {
 /// Redis writes owed by the completions handled since the last flush.
 #[derive(Default)]
 struct Batch {
-    dead: Vec<DeadLetter>,
-    acks: Vec<String>,
+    /// With the shard of the entry each came from (a delivery's source fields are read there).
+    dead: Vec<(u32, DeadLetter)>,
+    /// Stream entries to acknowledge: (shard, entry id).
+    acks: Vec<(u32, String)>,
     /// Broker-sourced events to acknowledge to their broker once this batch is written
     /// (`crate::source`): no Redis command, a message to the source after the transaction.
     broker_acks: Vec<Arc<EntryTicket>>,
@@ -114,8 +116,8 @@ struct Batch {
     history: HashMap<String, DeliveryRecord>,
     /// Deliveries into the backlog (or back into it), by item: only the latest state counts.
     hand_offs: HashMap<String, HandOff>,
-    /// Backlog deliveries that became terminal: (webhook, entry, FIFO head) to remove.
-    backlog_done: Vec<(Arc<str>, String, bool)>,
+    /// Backlog deliveries that became terminal: (shard, webhook, entry, FIFO head) to remove.
+    backlog_done: Vec<(u32, Arc<str>, String, bool)>,
     /// Stats since they were last written; not counted in `len`: they wait for
     /// [`StatsWriting::due`] (or ride along with a batch written after it).
     stats: Tally,
@@ -132,7 +134,7 @@ impl Batch {
 
     /// A FIFO webhook's head was finished: its next delivery waits for this batch.
     fn finished_fifo_head(&self) -> bool {
-        self.backlog_done.iter().any(|(_, _, fifo)| *fifo)
+        self.backlog_done.iter().any(|(_, _, _, fifo)| *fifo)
     }
 
     fn len(&self) -> usize {
@@ -145,7 +147,7 @@ impl Batch {
         if ticket.broker.is_some() {
             self.broker_acks.push(ticket.clone());
         } else {
-            self.acks.push(ticket.stream_id.clone());
+            self.acks.push((ticket.shard, ticket.stream_id.clone()));
         }
     }
 }
@@ -166,7 +168,7 @@ impl Outcomes {
     /// Runs until every producer of completions is gone (they stop on shutdown), so that what
     /// the senders finished is still recorded.
     pub fn run(self, input: Receiver<Completion>, shutdown: Receiver<()>) {
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         let mut batch = Batch::default();
         let mut trimming = Trimming { touched: HashSet::new(), last: self.clock.now() };
         let mut stats = StatsWriting { due: self.clock.now() + stats::WRITE_EVERY, trims: Trims::default() };
@@ -320,18 +322,21 @@ impl Outcomes {
                 self.metrics.bad_entry(rejection.reason);
                 self.metrics.dead_letter(rejection.reason);
                 let body = fields_as_json(&raw_fields);
-                batch.dead.push(DeadLetter {
-                    reason: rejection.reason.as_str().into(),
-                    detail: rejection.detail,
-                    tenant_id: rejection.tenant,
-                    event_id: rejection.event_id,
-                    event_type: rejection.event_type,
-                    stream_entry_id: ticket.stream_id.clone(),
-                    dead_lettered_at_ms: self.clock.now_ms(),
-                    body,
-                    raw_fields,
-                    ..Default::default()
-                });
+                batch.dead.push((
+                    ticket.shard,
+                    DeadLetter {
+                        reason: rejection.reason.as_str().into(),
+                        detail: rejection.detail,
+                        tenant_id: rejection.tenant,
+                        event_id: rejection.event_id,
+                        event_type: rejection.event_type,
+                        stream_entry_id: ticket.stream_id.clone(),
+                        dead_lettered_at_ms: self.clock.now_ms(),
+                        body,
+                        raw_fields,
+                        ..Default::default()
+                    },
+                ));
                 batch.ack(&ticket);
             }
             Completion::Unrouted { ticket } => {
@@ -347,24 +352,27 @@ impl Outcomes {
         let now_ms = self.clock.now_ms();
         batch.record(history_record(&delivery, Status::DeadLettered, 0, reason.as_str(), now_ms));
         batch.stats.dead_letter(&delivery.webhook_id, now_ms);
-        batch.dead.push(DeadLetter {
-            reason: reason.as_str().into(),
-            detail,
-            tenant_id: delivery.event.tenant().to_owned(),
-            webhook_id: delivery.webhook_id.to_string(),
-            event_id: delivery.event.id().to_owned(),
-            event_type: delivery.event.event_type().to_owned(),
-            stream_entry_id: delivery.ticket.stream_id.clone(),
-            dead_lettered_at_ms: now_ms,
-            body: String::from_utf8_lossy(&delivery.body).into_owned(),
-            attempts: std::mem::take(&mut delivery.history),
-            // A broker's event has no stream entry to copy its fields from: they come from memory.
-            raw_fields: match delivery.backlog.as_mut() {
-                Some(backlogged) => std::mem::take(&mut backlogged.fields),
-                None => delivery.ticket.broker_fields().cloned().unwrap_or_default(),
+        batch.dead.push((
+            delivery.ticket.shard,
+            DeadLetter {
+                reason: reason.as_str().into(),
+                detail,
+                tenant_id: delivery.event.tenant().to_owned(),
+                webhook_id: delivery.webhook_id.to_string(),
+                event_id: delivery.event.id().to_owned(),
+                event_type: delivery.event.event_type().to_owned(),
+                stream_entry_id: delivery.ticket.stream_id.clone(),
+                dead_lettered_at_ms: now_ms,
+                body: String::from_utf8_lossy(&delivery.body).into_owned(),
+                attempts: std::mem::take(&mut delivery.history),
+                // A broker's event has no stream entry to copy its fields from: they come from memory.
+                raw_fields: match delivery.backlog.as_mut() {
+                    Some(backlogged) => std::mem::take(&mut backlogged.fields),
+                    None => delivery.ticket.broker_fields().cloned().unwrap_or_default(),
+                },
+                ..Default::default()
             },
-            ..Default::default()
-        });
+        ));
         finish(&delivery, batch);
     }
 
@@ -403,14 +411,7 @@ impl Outcomes {
     /// One attempt to write the batch in one transaction; true when it is written (or empty).
     /// On failure the batch is kept for the next attempt. The stats join when they are due
     /// (or `force`d, at shutdown).
-    fn flush(
-        &self,
-        conn: &mut Option<Connection>,
-        batch: &mut Batch,
-        trimming: &mut Trimming,
-        stats: &mut StatsWriting,
-        force: bool,
-    ) -> bool {
+    fn flush(&self, conn: &mut Option<Conn>, batch: &mut Batch, trimming: &mut Trimming, stats: &mut StatsWriting, force: bool) -> bool {
         self.take_circuit_changes(&mut batch.stats);
         let write_stats = !batch.stats.is_empty() && (force || self.clock.now() >= stats.due);
         if batch.len() == 0 && !write_stats {
@@ -421,53 +422,8 @@ impl Outcomes {
             *conn = self.redis.connect_once(Duration::from_secs(2)).ok();
         }
         let Some(con) = conn.as_mut() else { return false };
-        // One MULTI/EXEC: dead letters, history and acknowledgements land together or not at
-        // all, so a crash can never leave an entry acknowledged without its records.
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for record in &batch.dead {
-            deadletter::queue_write(&mut pipe, &self.keys.dead_letters, &self.keys.events, self.dead_letter_maxlen, record);
-        }
-        let touched = history::queue_writes(&mut pipe, &self.keys, self.retention, batch.history.values());
-        let now = self.clock.now_ms();
-        for hand_off in batch.hand_offs.values() {
-            backlog::queue_hand_off(&mut pipe, &self.keys, hand_off, now);
-        }
-        for (webhook, entry, fifo) in &batch.backlog_done {
-            backlog::queue_done(&mut pipe, &self.keys, webhook, entry, *fifo, now);
-        }
-        crate::source::redis::queue_ack(&mut pipe, &self.keys.events, &batch.acks);
-        if write_stats {
-            // A deleted webhook's stats were deleted with it: do not write them again.
-            let routing = self.routing.current();
-            batch.stats.retain(|webhook| routing.webhooks.contains_key(webhook));
-            stats::queue_writes(&mut pipe, &self.keys, &batch.stats, &mut stats.trims, now, stats::KEY_TTL);
-        }
-        match pipe.query::<()>(con) {
+        match self.write(con, batch, trimming, stats, write_stats) {
             Ok(()) => {
-                if write_stats {
-                    batch.stats.clear();
-                    stats.due = self.clock.now() + stats::WRITE_EVERY;
-                }
-                for id in batch.acks.drain(..) {
-                    self.in_flight.release(&id);
-                }
-                for ticket in batch.broker_acks.drain(..) {
-                    if let Some(hold) = &ticket.broker {
-                        hold.ack.ack();
-                    }
-                    self.in_flight.release(&ticket.stream_id);
-                }
-                batch.dead.clear();
-                batch.history.clear();
-                let soon = now + 1000;
-                // A FIFO head finished: its webhook's next one may go at once.
-                let next_head = batch.finished_fifo_head();
-                if batch.hand_offs.drain().any(|(_, h)| h.due_ms <= soon) || next_head {
-                    let _ = self.wake.try_send(());
-                }
-                batch.backlog_done.clear();
-                trimming.touched.extend(touched);
                 self.trim_history(con, trimming);
                 true
             }
@@ -481,6 +437,128 @@ impl Outcomes {
                 false
             }
         }
+    }
+
+    /// Writes the batch. On one Redis: one MULTI/EXEC — dead letters, history and
+    /// acknowledgements land together or not at all, so a crash can never leave an entry
+    /// acknowledged without its records. On a Redis Cluster a transaction cannot span slots:
+    /// the global keys' transaction (dead letters, history, stats) goes first, then one per
+    /// shard (its hand-offs, backlog removals and `XACK`s) — an entry is still never
+    /// acknowledged before its records are written; a crash between the two leaves it pending,
+    /// read again and checked against the history (like any recovered entry). What was written
+    /// leaves the batch as it lands, so a retry writes only the rest.
+    fn write(
+        &self,
+        con: &mut Conn,
+        batch: &mut Batch,
+        trimming: &mut Trimming,
+        stats: &mut StatsWriting,
+        write_stats: bool,
+    ) -> redis::RedisResult<()> {
+        let split = con.is_cluster();
+        if split {
+            self.read_dead_letter_sources(con, &mut batch.dead)?;
+        }
+        let mut global = redis::pipe();
+        global.atomic();
+        let mut shards: std::collections::BTreeMap<u32, redis::Pipeline> = std::collections::BTreeMap::new();
+        let keys = &self.keys;
+        let slot = |shard: u32| keys.shard_slot(shard).filter(|_| split);
+        let now = self.clock.now_ms();
+        for hand_off in batch.hand_offs.values() {
+            backlog::queue_hand_off(pipe_for(slot(hand_off.shard), &mut global, &mut shards), keys, hand_off, now);
+        }
+        for (shard, webhook, entry, fifo) in &batch.backlog_done {
+            backlog::queue_done(pipe_for(slot(*shard), &mut global, &mut shards), keys, *shard, webhook, entry, *fifo, now);
+        }
+        let mut acks: std::collections::BTreeMap<u32, Vec<String>> = std::collections::BTreeMap::new();
+        for (shard, id) in &batch.acks {
+            acks.entry(*shard).or_default().push(id.clone());
+        }
+        for (shard, ids) in &acks {
+            crate::source::redis::queue_ack(pipe_for(slot(*shard), &mut global, &mut shards), &keys.stream(*shard), ids);
+        }
+        // The global keys' part: queued after the shards' (a shard's pipeline may be the global
+        // one, on one Redis), sent first.
+        for (shard, record) in &batch.dead {
+            deadletter::queue_write(&mut global, &keys.dead_letters, &keys.stream(*shard), self.dead_letter_maxlen, record);
+        }
+        let touched = history::queue_writes(&mut global, keys, self.retention, batch.history.values());
+        if write_stats {
+            // A deleted webhook's stats were deleted with it: do not write them again.
+            let routing = self.routing.current();
+            batch.stats.retain(|webhook| routing.webhooks.contains_key(webhook));
+            stats::queue_writes(&mut global, keys, &batch.stats, &mut stats.trims, now, stats::KEY_TTL);
+        }
+        if global.cmd_iter().next().is_some() {
+            global.query::<()>(con)?;
+        }
+        if write_stats {
+            batch.stats.clear();
+            stats.due = self.clock.now() + stats::WRITE_EVERY;
+        }
+        batch.dead.clear();
+        batch.history.clear();
+        trimming.touched.extend(touched);
+        let mut wake = false;
+        if !split {
+            wake = self.shard_written(batch, None, now);
+        }
+        for (shard, pipe) in shards {
+            pipe.query::<()>(con)?;
+            wake |= self.shard_written(batch, Some(shard), now);
+        }
+        if wake {
+            let _ = self.wake.try_send(());
+        }
+        // A broker's message once its hand-offs are written too.
+        for ticket in batch.broker_acks.drain(..) {
+            if let Some(hold) = &ticket.broker {
+                hold.ack.ack();
+            }
+            self.in_flight.release(ticket.shard, &ticket.stream_id);
+        }
+        Ok(())
+    }
+
+    /// Drops from the batch what was written of shard `shard` (`None`: of every shard), and
+    /// releases its acknowledged entries; true when the backlog's pump should look now (a
+    /// hand-off due soon, a FIFO head finished).
+    fn shard_written(&self, batch: &mut Batch, shard: Option<u32>, now: u64) -> bool {
+        let mine = |k: u32| shard.is_none() || shard == Some(k);
+        let soon = now + 1000;
+        // A FIFO head finished: its webhook's next one may go at once.
+        let mut wake = batch.backlog_done.iter().any(|(k, _, _, fifo)| *fifo && mine(*k));
+        batch.backlog_done.retain(|(k, ..)| !mine(*k));
+        batch.hand_offs.retain(|_, h| {
+            let written = mine(h.shard);
+            wake |= written && h.due_ms <= soon;
+            !written
+        });
+        batch.acks.retain(|(k, id)| {
+            let written = mine(*k);
+            if written {
+                self.in_flight.release(*k, id);
+            }
+            !written
+        });
+        wake
+    }
+
+    /// On a cluster the dead-letter stream and a shard's stream are in different slots: a
+    /// delivery's dead letter gets its source entry's fields read first (what the write script
+    /// copies on one Redis). A source trimmed away meanwhile is simply not copied.
+    fn read_dead_letter_sources(&self, con: &mut Conn, dead: &mut [(u32, DeadLetter)]) -> redis::RedisResult<()> {
+        for (shard, record) in dead.iter_mut().filter(|(_, r)| !r.webhook_id.is_empty() && r.raw_fields.is_empty()) {
+            let reply: redis::Value =
+                redis::cmd("XRANGE").arg(self.keys.stream(*shard)).arg(&record.stream_entry_id).arg(&record.stream_entry_id).query(con)?;
+            let entries = crate::streams::parse_entries(reply)
+                .map_err(|e| redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "XRANGE reply", e.to_string())))?;
+            if let Some(fields) = entries.into_iter().next().and_then(|entry| entry.fields) {
+                record.raw_fields = fields;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -499,7 +577,7 @@ impl Outcomes {
     }
 
     /// At most every [`TRIM_EVERY`]: trims the history indexes written since the last trim.
-    fn trim_history(&self, con: &mut Connection, trimming: &mut Trimming) {
+    fn trim_history(&self, con: &mut Conn, trimming: &mut Trimming) {
         if self.clock.elapsed(trimming.last) < TRIM_EVERY || trimming.touched.is_empty() {
             return;
         }
@@ -509,6 +587,23 @@ impl Outcomes {
             log::warn!(target: "wss::outcomes", "trimming the delivery history failed ({err}); will try again");
             trimming.touched = touched;
         }
+    }
+}
+
+/// The transaction of slot group `slot` (`None`: the global keys', which is every key's on one
+/// Redis).
+fn pipe_for<'a>(
+    slot: Option<u32>,
+    global: &'a mut redis::Pipeline,
+    shards: &'a mut std::collections::BTreeMap<u32, redis::Pipeline>,
+) -> &'a mut redis::Pipeline {
+    match slot {
+        Some(k) => shards.entry(k).or_insert_with(|| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe
+        }),
+        None => global,
     }
 }
 
@@ -559,7 +654,7 @@ fn push_attempt(history: &mut Vec<AttemptRecord>, record: AttemptRecord) {
 fn finish(delivery: &Delivery, batch: &mut Batch) {
     if let Some(taken) = &delivery.backlog {
         batch.hand_offs.remove(&history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id));
-        batch.backlog_done.push((delivery.webhook_id.clone(), delivery.ticket.stream_id.clone(), taken.fifo));
+        batch.backlog_done.push((delivery.ticket.shard, delivery.webhook_id.clone(), delivery.ticket.stream_id.clone(), taken.fifo));
     } else if delivery.ticket.finish_one() {
         batch.ack(&delivery.ticket);
     }

@@ -33,8 +33,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{select, tick, Receiver, Sender};
-use redis::Connection;
 
 use super::{
     isolation::{Gate, Isolation},
@@ -104,7 +104,7 @@ impl Signer {
         outputs: Outputs,
         shutdown: Receiver<()>,
     ) {
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         let mut parked: Parked = HashMap::new();
         let sweep = tick(SWEEP_EVERY);
         loop {
@@ -251,9 +251,9 @@ impl Signer {
         outputs.done.send(Completion::Postponed { delivery, due_ms: self.clock.now_ms() }).map_err(|_| Stopped)
     }
 
-    fn resume(&self, conn: &mut Option<Connection>, mut delivery: Delivery) -> Resume {
+    fn resume(&self, conn: &mut Option<Conn>, mut delivery: Delivery) -> Resume {
         let id = history::delivery_id(&delivery.ticket.stream_id, &delivery.webhook_id);
-        match self.lookup(conn, &id, &delivery.webhook_id, &delivery.ticket.stream_id) {
+        match self.lookup(conn, &id, &delivery.webhook_id, delivery.ticket.shard, &delivery.ticket.stream_id) {
             Ok((_, true)) => {
                 log::info!(target: "wss::signer", "recovered delivery {id} was already handed to the backlog; not sending it again");
                 Resume::Done(delivery)
@@ -282,9 +282,10 @@ impl Signer {
     /// The delivery's history record, and whether it waits in the backlog.
     fn lookup(
         &self,
-        conn: &mut Option<Connection>,
+        conn: &mut Option<Conn>,
         id: &str,
         webhook: &str,
+        shard: u32,
         entry: &str,
     ) -> redis::RedisResult<(Option<DeliveryRecord>, bool)> {
         if conn.is_none() {
@@ -292,7 +293,7 @@ impl Signer {
         }
         let con = conn.as_mut().expect("just connected");
         let result = redis::cmd("EXISTS")
-            .arg(self.keys.backlog_item(webhook, entry))
+            .arg(self.keys.backlog_item(shard, webhook, entry))
             .query::<bool>(con)
             .and_then(|in_backlog| Ok((history::get(con, &self.keys, id)?, in_backlog)));
         if let Err(err) = &result {

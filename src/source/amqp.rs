@@ -215,14 +215,14 @@ impl AmqpSource {
         shutdown: &Receiver<()>,
     ) -> bool {
         let (id, fields) = fields_of(&delivery, &self.spec.queue, self.clock.now_ms());
-        match self.in_flight.admit(&id, shutdown) {
+        match self.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             Admission::AlreadyInFlight | Admission::Full => {
                 // A copy of an event in hand (redelivered after a reconnect, or the same id
                 // twice): acknowledged once the event leaves the window, its work recorded.
                 let (in_flight, acker) = (self.in_flight.clone(), delivery.acker);
                 runtime.spawn(async move {
-                    while in_flight.contains(&id) {
+                    while in_flight.contains(0, &id) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     let _ = acker.ack(BasicAckOptions::default()).await;
@@ -238,7 +238,7 @@ impl AmqpSource {
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(ack) };
         let entry = RawEntry { id, fields: Some(fields) };
         let before_start = delivery.properties.timestamp().is_some_and(|seconds| seconds.saturating_mul(1000) < self.started_ms);
-        hand_on_held(entry, delivery.redelivered || before_start, reads, self.max_event_bytes, Some(broker), out, done)
+        hand_on_held(0, entry, delivery.redelivered || before_start, reads, self.max_event_bytes, Some(broker), out, done)
     }
 }
 

@@ -35,9 +35,11 @@ use crate::pipeline::{
 };
 pub use crate::streams::RawEntry;
 
-/// Parses and forwards one admitted entry; false when the next stage is gone (shutdown).
-/// `reads`: how often Redis delivered it, for an entry read again (see `redis::poison`).
+/// Parses and forwards one admitted entry of shard `shard`'s stream; false when the next stage
+/// is gone (shutdown). `reads`: how often Redis delivered it, for an entry read again (see
+/// `redis::poison`).
 pub(crate) fn hand_on(
+    shard: u32,
     entry: RawEntry,
     recovered: bool,
     reads: Option<u64>,
@@ -45,12 +47,14 @@ pub(crate) fn hand_on(
     out: &Sender<Inbound>,
     done: &Sender<Completion>,
 ) -> bool {
-    hand_on_held(entry, recovered, reads, max_event_bytes, None, out, done)
+    hand_on_held(shard, entry, recovered, reads, max_event_bytes, None, out, done)
 }
 
-/// [`hand_on`] for an event of any source: a broker's carries its [`BrokerHold`] (its fields
-/// and its acknowledgement, `crate::source`), a Redis entry none.
+/// [`hand_on`] for an event of any source: a broker's (shard 0) carries its [`BrokerHold`] (its
+/// fields and its acknowledgement, `crate::source`), a Redis entry none.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn hand_on_held(
+    shard: u32,
     entry: RawEntry,
     recovered: bool,
     reads: Option<u64>,
@@ -59,7 +63,7 @@ pub(crate) fn hand_on_held(
     out: &Sender<Inbound>,
     done: &Sender<Completion>,
 ) -> bool {
-    let ticket = EntryTicket::with_hold(entry.id.clone(), recovered, broker.map(Box::new));
+    let ticket = EntryTicket::with_hold(shard, entry.id.clone(), recovered, broker.map(Box::new));
     let stubbed = entry.fields.as_deref().and_then(poison::oversized).map(|(size, fields)| (size, poison::excerpt(fields)));
     let parsed = match (stubbed, reads) {
         (Some((size, excerpt)), _) => {

@@ -279,7 +279,7 @@ impl NatsSource {
             Err(_) => (0, self.clock.now_ms(), 1),
         };
         let (id, fields) = fields_of(&message.message, &self.spec.stream, sequence, published_ms);
-        match self.in_flight.admit(&id, shutdown) {
+        match self.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             // The same event is in hand (a redelivery, or another message with its id): this
             // copy is left unacknowledged; the one in hand is acknowledged when done, and
@@ -302,7 +302,7 @@ impl NatsSource {
         let entry = RawEntry { id, fields: Some(fields) };
         let reads = (delivered > 1).then_some(delivered);
         let recovered = delivered > 1 || published_ms < self.started_ms;
-        hand_on_held(entry, recovered, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
+        hand_on_held(0, entry, recovered, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
     }
 }
 
@@ -331,7 +331,6 @@ async fn progress(held: HeldList, ack_wait: Duration, clock: Clock) {
         }
     }
 }
-
 
 /// A message's event id and fields by docs/contract.md §7: `WSS-Tenant` → `tenant`, `WSS-Type` → `type`,
 /// `WSS-Id` (else `Nats-Msg-Id`, else `<stream>:<sequence>`) → `id`, the body → `data`, the

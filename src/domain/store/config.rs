@@ -6,7 +6,8 @@
 //! `crate::stats`) are deleted with it, in the same transaction; a tenant's webhooks and tokens
 //! go with the tenant.
 
-use redis::{Commands, Connection};
+use crate::redis_conn::Conn;
+use redis::Commands;
 
 use super::{
     connection::Store,
@@ -392,13 +393,7 @@ impl Store {
         })
     }
 
-    fn fetch_policy_versioned(
-        &self,
-        con: &mut Connection,
-        keys: &Keys,
-        id: &str,
-        atomic: bool,
-    ) -> Result<Versioned<RetryPolicy>, DomainError> {
+    fn fetch_policy_versioned(&self, con: &mut Conn, keys: &Keys, id: &str, atomic: bool) -> Result<Versioned<RetryPolicy>, DomainError> {
         match self.fetch_versioned_in(con, &keys.policies, id, atomic) {
             Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => {
                 let version: Option<u64> = con.hget(versions_key(&keys.policies), id).map_err(|e| self.unavailable(e))?;
@@ -408,14 +403,14 @@ impl Store {
         }
     }
 
-    fn fetch_policy(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
+    fn fetch_policy(&self, con: &mut Conn, keys: &Keys, id: &str) -> Result<RetryPolicy, DomainError> {
         match self.fetch(con, &keys.policies, "retry policy", id) {
             Err(DomainError::NotFound { .. }) if id == DEFAULT_POLICY_ID => Ok(RetryPolicy::builtin_default()),
             other => other,
         }
     }
 
-    pub(super) fn require_tenant(&self, con: &mut Connection, keys: &Keys, id: &str) -> Result<(), DomainError> {
+    pub(super) fn require_tenant(&self, con: &mut Conn, keys: &Keys, id: &str) -> Result<(), DomainError> {
         if con.hexists(&keys.tenants, id).map_err(|e| self.unavailable(e))? {
             Ok(())
         } else {
@@ -424,7 +419,7 @@ impl Store {
     }
 
     /// An empty id means "inherit" and is always fine; `default` always exists.
-    fn require_policy(&self, con: &mut Connection, keys: &Keys, field: &'static str, id: &str) -> Result<(), DomainError> {
+    fn require_policy(&self, con: &mut Conn, keys: &Keys, field: &'static str, id: &str) -> Result<(), DomainError> {
         if id.is_empty() || id == DEFAULT_POLICY_ID {
             return Ok(());
         }

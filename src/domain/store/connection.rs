@@ -12,12 +12,13 @@
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use redis::{Connection, Pipeline};
+use redis::Pipeline;
 
 use crate::{
     crypto::SecretCipher,
     domain::DomainError,
     keys::Keys,
+    redis_conn::Conn,
     redis_conn::RedisTarget,
     streams::{parse_entries, RawEntry},
 };
@@ -28,7 +29,7 @@ use crate::{
 pub struct Store {
     target: RedisTarget,
     keys: Keys,
-    conn: Mutex<Option<Connection>>,
+    conn: Mutex<Option<Conn>>,
     /// Seals webhook secrets at rest; `None`: stored in clear.
     pub(super) cipher: Option<SecretCipher>,
     /// How long a published `event_id` is remembered (`WSS_DEDUPE_WINDOW`).
@@ -58,7 +59,7 @@ impl Store {
 
     /// Runs `f` on the shared connection, connecting first when there is none. A Redis error
     /// drops the connection so that the next call starts afresh.
-    pub(super) fn with_conn<T>(&self, f: impl FnOnce(&mut Connection, &Keys) -> Result<T, DomainError>) -> Result<T, DomainError> {
+    pub(super) fn with_conn<T>(&self, f: impl FnOnce(&mut Conn, &Keys) -> Result<T, DomainError>) -> Result<T, DomainError> {
         let mut guard = self.conn.lock();
         if guard.is_none() {
             let conn = self.target.connect_once(Duration::from_secs(2)).map_err(|e| self.unavailable(e))?;
@@ -82,7 +83,7 @@ impl Store {
     /// watched key meanwhile.
     pub(super) fn mutate<T>(
         &self,
-        mut check: impl FnMut(&mut Connection, &Keys, &mut Pipeline) -> Result<T, DomainError>,
+        mut check: impl FnMut(&mut Conn, &Keys, &mut Pipeline) -> Result<T, DomainError>,
     ) -> Result<T, DomainError> {
         self.with_conn(|con, keys| loop {
             let watched = [&keys.tenants, &keys.webhooks, &keys.policies, &keys.tokens];
@@ -109,7 +110,7 @@ impl Store {
     /// (`XREVRANGE`) from `end` down to `start`.
     pub(super) fn range(
         &self,
-        con: &mut Connection,
+        con: &mut Conn,
         key: &str,
         (start, end): (&str, &str),
         count: Option<usize>,

@@ -1,5 +1,7 @@
-//! Publishing events into `P events` (`PublishEvent`): as an `XADD` by any other system would, or
-//! once per tenant and event id within the dedupe window (`P published:<tenant>:<event id>`).
+//! Publishing events into the tenant's stream (`P events`, or `P events:{k}` with shards, docs/contract.md §8;
+//! `PublishEvent`): as an `XADD` by any other system would, or
+//! once per tenant and event id within the dedupe window (`P published:<tenant>:<event id>`, in
+//! the stream's slot: `P published:{k}:…` with shards).
 
 use super::connection::Store;
 use crate::domain::DomainError;
@@ -27,9 +29,12 @@ return {id, 0}
 "#;
 
 impl Store {
-    /// Appends an event to the stream exactly as an `XADD` by another system would.
-    pub fn publish_event(&self, fields: &[(&str, &str)]) -> Result<String, DomainError> {
-        self.with_conn(|con, keys| redis::cmd("XADD").arg(&keys.events).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e)))
+    /// Appends an event of `tenant` to its stream (docs/contract.md §8) exactly as an `XADD` by
+    /// another system would.
+    pub fn publish_event(&self, tenant: &str, fields: &[(&str, &str)]) -> Result<String, DomainError> {
+        self.with_conn(|con, keys| {
+            redis::cmd("XADD").arg(keys.stream_of(tenant)).arg("*").arg(fields).query(con).map_err(|e| self.unavailable(e))
+        })
     }
 
     /// [`Store::publish_event`] of an event with its own id (docs/contract.md §9): appended once per tenant
@@ -41,7 +46,7 @@ impl Store {
                 .arg(PUBLISH_ONCE_SCRIPT)
                 .arg(2)
                 .arg(keys.published(tenant, event_id))
-                .arg(&keys.events)
+                .arg(keys.stream_of(tenant))
                 .arg(window_ms)
                 .arg(fields)
                 .query(con)

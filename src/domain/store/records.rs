@@ -7,7 +7,8 @@
 //! and only this module seals and opens it, so every other module sees the secret in clear and
 //! Redis never does. Without a key, secrets are stored in clear.
 
-use redis::{Commands, Connection, Pipeline};
+use crate::redis_conn::Conn;
+use redis::{Commands, Pipeline};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::connection::Store;
@@ -41,7 +42,7 @@ pub struct Page<T> {
 }
 
 impl Store {
-    pub(super) fn fetch<T: Stored>(&self, con: &mut Connection, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
+    pub(super) fn fetch<T: Stored>(&self, con: &mut Conn, key: &str, kind: &'static str, id: &str) -> Result<T, DomainError> {
         debug_assert_eq!(kind, T::KIND);
         let raw: Option<String> = con.hget(key, id).map_err(|e| self.unavailable(e))?;
         let raw = raw.ok_or_else(|| DomainError::NotFound { kind, id: id.to_owned() })?;
@@ -49,7 +50,7 @@ impl Store {
     }
 
     /// A record and its version in one MULTI, so that they always match.
-    pub(super) fn fetch_versioned<T: Stored>(&self, con: &mut Connection, key: &str, id: &str) -> Result<Versioned<T>, DomainError> {
+    pub(super) fn fetch_versioned<T: Stored>(&self, con: &mut Conn, key: &str, id: &str) -> Result<Versioned<T>, DomainError> {
         self.fetch_versioned_in(con, key, id, true)
     }
 
@@ -57,7 +58,7 @@ impl Store {
     /// the WATCH); the transaction's EXEC fails when either changed meanwhile.
     pub(super) fn fetch_versioned_in<T: Stored>(
         &self,
-        con: &mut Connection,
+        con: &mut Conn,
         key: &str,
         id: &str,
         atomic: bool,
@@ -73,7 +74,7 @@ impl Store {
     }
 
     /// Every record of hash `key` with its version, read in one MULTI.
-    pub(super) fn all_versioned<T: Stored>(&self, con: &mut Connection, key: &str) -> Result<Vec<Versioned<T>>, DomainError> {
+    pub(super) fn all_versioned<T: Stored>(&self, con: &mut Conn, key: &str) -> Result<Vec<Versioned<T>>, DomainError> {
         let (raw, versions): (Vec<(String, String)>, std::collections::HashMap<String, u64>) =
             redis::pipe().atomic().hgetall(key).hgetall(versions_key(key)).query(con).map_err(|e| self.unavailable(e))?;
         raw.iter()
@@ -83,7 +84,7 @@ impl Store {
 
     /// Queues version n+1 of a new record `id` of hash `key` (n: the version its id last had, kept
     /// across a deletion) and returns it.
-    pub(super) fn bump_version(&self, con: &mut Connection, pipe: &mut Pipeline, key: &str, id: &str) -> Result<u64, DomainError> {
+    pub(super) fn bump_version(&self, con: &mut Conn, pipe: &mut Pipeline, key: &str, id: &str) -> Result<u64, DomainError> {
         let versions = versions_key(key);
         let last: Option<u64> = con.hget(&versions, id).map_err(|e| self.unavailable(e))?;
         let version = last.unwrap_or(0) + 1;
@@ -91,7 +92,7 @@ impl Store {
         Ok(version)
     }
 
-    pub(super) fn all<T: Stored>(&self, con: &mut Connection, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
+    pub(super) fn all<T: Stored>(&self, con: &mut Conn, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
         debug_assert_eq!(kind, T::KIND);
         let raw: Vec<(String, String)> = con.hgetall(key).map_err(|e| self.unavailable(e))?;
         self.decode_all(raw)
@@ -100,7 +101,7 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn list<T: Stored>(
         &self,
-        con: &mut Connection,
+        con: &mut Conn,
         key: &str,
         kind: &'static str,
         page_size: usize,

@@ -15,8 +15,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use redis::{Connection, Script, Value};
+use redis::{Script, Value};
 
 use super::{ReadError, GROUP};
 use crate::{
@@ -43,6 +44,8 @@ return renewed
 
 pub struct Leases {
     pub redis: RedisTarget,
+    /// Which stream (docs/contract.md §8): one leases thread per shard.
+    pub shard: u32,
     pub stream: String,
     pub consumer: String,
     pub claim_after: Duration,
@@ -57,7 +60,7 @@ impl Leases {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
         let renew = Script::new(RENEW_SCRIPT);
         let every = (self.claim_after / 4).max(Duration::from_millis(250));
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         loop {
             match shutdown.recv_timeout(every) {
                 Err(RecvTimeoutError::Timeout) => {}
@@ -75,14 +78,14 @@ impl Leases {
                 Ok((claimed, reads)) => {
                     self.events_read.inc_by(claimed.len() as u64);
                     for entry in claimed {
-                        match self.in_flight.try_admit(&entry.id) {
+                        match self.in_flight.try_admit(self.shard, &entry.id) {
                             Admission::Admitted => {}
                             // Full window: it stays pending under this consumer and is claimed
                             // again after the lease.
                             Admission::AlreadyInFlight | Admission::Full | Admission::ShuttingDown => continue,
                         }
                         let count = reads.get(&entry.id).copied();
-                        if !hand_on(entry, true, count, self.max_event_bytes, &out, &done) {
+                        if !hand_on(self.shard, entry, true, count, self.max_event_bytes, &out, &done) {
                             return;
                         }
                     }
@@ -100,8 +103,8 @@ impl Leases {
     }
 
     /// Renews the leases of the entries in flight, then claims entries idle past the lease.
-    fn renew_and_claim(&self, con: &mut Connection, renew: &Script) -> Result<Vec<RawEntry>, ReadError> {
-        for chunk in self.in_flight.stream_ids().chunks(500) {
+    fn renew_and_claim(&self, con: &mut Conn, renew: &Script) -> Result<Vec<RawEntry>, ReadError> {
+        for chunk in self.in_flight.stream_ids(self.shard).chunks(500) {
             let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
             let _: i64 = renew.key(&self.stream).arg(GROUP).arg(&self.consumer).arg(ids).invoke(con)?;
         }
@@ -139,7 +142,7 @@ impl Leases {
                 break;
             }
         }
-        let foreign = claimed.iter().filter(|e| !self.in_flight.contains(&e.id)).count();
+        let foreign = claimed.iter().filter(|e| !self.in_flight.contains(self.shard, &e.id)).count();
         if foreign > 0 {
             log::info!(target: "wss::leases", "claimed {foreign} entries of {} pending for over {} without a renewed lease", self.stream, humantime::format_duration(self.claim_after));
         }

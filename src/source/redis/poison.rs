@@ -23,7 +23,8 @@
 
 use std::collections::HashMap;
 
-use redis::{Connection, RedisError, Value};
+use crate::redis_conn::Conn;
+use redis::{RedisError, Value};
 
 use super::GROUP;
 use crate::pipeline::event::Rejection;
@@ -101,7 +102,7 @@ const EXCERPT_FIELDS: usize = 16;
 
 /// How many times each of `ids` was delivered (`XPENDING <stream> wss <id> <id> 1`, pipelined);
 /// an id no longer pending is left out.
-pub fn delivery_counts(con: &mut Connection, stream: &str, ids: &[&str]) -> Result<HashMap<String, u64>, RedisError> {
+pub fn delivery_counts(con: &mut Conn, stream: &str, ids: &[&str]) -> Result<HashMap<String, u64>, RedisError> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }

@@ -1,4 +1,6 @@
-//! Reader: the first stage. Reads `<prefix>events` as consumer `<consumer>` of group `wss`.
+//! Reader: the first stage. Reads `<prefix>events` (one reader per shard with sharded streams,
+//! `<prefix>events:{k}`: a read cannot span slots on a cluster) as consumer `<consumer>` of group
+//! `wss`.
 //!
 //! On start, and after every reconnect, it first re-reads this consumer's own pending entries
 //! (`XREADGROUP … STREAMS <key> 0`, page by page), skipping those already in flight; then it
@@ -25,8 +27,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use redis::{Connection, RedisError, Value};
+use redis::{RedisError, Value};
 
 use super::{poison, ReadError, GROUP};
 use crate::{
@@ -42,6 +45,8 @@ const IDLE_POLL_MAX: Duration = Duration::from_millis(10);
 
 pub struct Reader {
     pub redis: RedisTarget,
+    /// Which stream (docs/contract.md §8): one reader per shard, each with its own connection.
+    pub shard: u32,
     pub stream: String,
     pub consumer: String,
     pub batch: usize,
@@ -62,7 +67,7 @@ enum Cursor {
 
 impl Reader {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         let mut cursor = Cursor::Pending("0".into());
         let mut idle = IDLE_POLL_MIN;
         loop {
@@ -116,14 +121,14 @@ impl Reader {
             // Entries read again: how often Redis delivered each (poison entries, `super::poison`).
             let reads = if recovered { self.delivery_counts(con, &entries) } else { Default::default() };
             for entry in entries {
-                match self.in_flight.admit(&entry.id, &shutdown) {
+                match self.in_flight.admit(self.shard, &entry.id, &shutdown) {
                     Admission::Admitted => {}
                     // (`admit` waits for room rather than answering `Full`.)
                     Admission::AlreadyInFlight | Admission::Full => continue,
                     Admission::ShuttingDown => return,
                 }
                 let count = reads.get(&entry.id).copied();
-                if !hand_on(entry, recovered, count, self.max_event_bytes, &out, &done) {
+                if !hand_on(self.shard, entry, recovered, count, self.max_event_bytes, &out, &done) {
                     return;
                 }
             }
@@ -132,15 +137,15 @@ impl Reader {
 
     /// Delivery counts of the entries not in flight; none when Redis cannot say (they are then
     /// processed, and counted at the next read).
-    fn delivery_counts(&self, con: &mut Connection, entries: &[RawEntry]) -> std::collections::HashMap<String, u64> {
-        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).filter(|id| !self.in_flight.contains(id)).collect();
+    fn delivery_counts(&self, con: &mut Conn, entries: &[RawEntry]) -> std::collections::HashMap<String, u64> {
+        let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).filter(|id| !self.in_flight.contains(self.shard, id)).collect();
         poison::delivery_counts(con, &self.stream, &ids).unwrap_or_else(|err| {
             log::warn!(target: "wss::reader", "reading the delivery counts of {} pending entries failed ({err}); processing them anyway", ids.len());
             Default::default()
         })
     }
 
-    fn connect(&self, shutdown: &Receiver<()>) -> Option<Connection> {
+    fn connect(&self, shutdown: &Receiver<()>) -> Option<Conn> {
         loop {
             let mut con = self.redis.connect_with_retry(shutdown)?;
             let setup = con.set_read_timeout(Some(self.block + Duration::from_secs(5))).and_then(|()| self.create_group(&mut con));
@@ -157,7 +162,7 @@ impl Reader {
     }
 
     /// `XGROUP CREATE <stream> wss 0 MKSTREAM`; an existing group is fine.
-    fn create_group(&self, con: &mut Connection) -> Result<(), RedisError> {
+    fn create_group(&self, con: &mut Conn) -> Result<(), RedisError> {
         let created: Result<(), RedisError> =
             redis::cmd("XGROUP").arg("CREATE").arg(&self.stream).arg(GROUP).arg("0").arg("MKSTREAM").query(con);
         match created {
@@ -168,7 +173,7 @@ impl Reader {
 
     /// One page, through [`poison::read_script`]: an oversized entry arrives as a stub, never
     /// whole. The script cannot block; the caller waits when nothing new came.
-    fn read(&self, con: &mut Connection, cursor: &Cursor) -> Result<Vec<RawEntry>, ReadError> {
+    fn read(&self, con: &mut Conn, cursor: &Cursor) -> Result<Vec<RawEntry>, ReadError> {
         let start = match cursor {
             Cursor::Pending(after) => after.as_str(),
             Cursor::New => ">",

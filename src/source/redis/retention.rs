@@ -39,8 +39,9 @@
 
 use std::{fmt, time::Duration};
 
+use crate::redis_conn::Conn;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use redis::{Connection, Value};
+use redis::Value;
 
 use super::ReadError;
 use crate::pipeline::gauges::{pairs, text};
@@ -122,7 +123,7 @@ impl Retention {
             humantime::format_duration(self.keep_for),
             humantime::format_duration(period)
         );
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<Conn> = None;
         loop {
             if let Err(err) = self.pass(&mut conn) {
                 log::debug!(target: "wss::retention", "trimming {} failed ({err}); trying again in {}", self.stream, humantime::format_duration(period));
@@ -136,7 +137,7 @@ impl Retention {
     }
 
     /// One pass; returns the number of entries removed.
-    fn pass(&self, conn: &mut Option<Connection>) -> Result<u64, ReadError> {
+    fn pass(&self, conn: &mut Option<Conn>) -> Result<u64, ReadError> {
         if conn.is_none() {
             *conn = Some(self.redis.connect_bounded(REDIS_TIMEOUT, REDIS_TIMEOUT)?);
         }
