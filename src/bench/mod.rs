@@ -91,7 +91,7 @@ use self::{
     control::Control,
     receiver::Receiver,
     receiver::ReceiverPki,
-    redis::{EventShape, PrivateRedis, STALL},
+    redis::{progress, EventShape, PrivateRedis, STALL},
     service::Service,
 };
 
@@ -548,10 +548,6 @@ struct ScalingPoint {
     deliveries_per_sec: f64,
 }
 
-fn progress(what: impl std::fmt::Display) {
-    eprintln!("bench: {what}");
-}
-
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
@@ -563,7 +559,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cluster = wss::redis_conn::cluster_nodes(&env.redis_url).is_some();
     let shards = args.shards.unwrap_or(if cluster { 8 } else { 1 }).max(1);
     if cluster || shards > 1 {
-        return sharded::measure(&plan, &env, shards, args.instances, args.json);
+        let run = sharded::Run {
+            events: plan.events,
+            webhooks: plan.webhooks,
+            body_bytes: plan.body_bytes,
+            quick: plan.quick,
+            run_id: &env.run_id,
+            redis_url: &env.redis_url,
+            settings_file: &env.settings_file,
+            wrap: &env.wrap,
+        };
+        return sharded::measure(&run, shards, args.instances, args.json);
     }
     let report = match args.source.as_str() {
         "redis" => measure(&plan, &env)?,

@@ -28,6 +28,11 @@ use wss::{
 
 use super::receiver::{secret_of, unix_micros};
 
+/// A line of the bench's progress, on stderr.
+pub(super) fn progress(what: impl std::fmt::Display) {
+    eprintln!("bench: {what}");
+}
+
 /// A run that makes no progress for this long has failed.
 pub(super) const STALL: Duration = Duration::from_secs(60);
 

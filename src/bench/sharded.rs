@@ -21,12 +21,24 @@ use wss::{keys::Keys, redis_conn::Conn};
 
 use super::{
     control::Control,
-    progress,
     receiver::Receiver,
-    redis::{self, EventShape},
+    redis::{self, progress, EventShape, STALL},
     service::Service,
-    Env, Plan, STALL,
 };
+
+/// What a sharded run takes from the bench's plan and environment (passed in, so that this
+/// module does not import the bench's root).
+pub struct Run<'a> {
+    pub events: u64,
+    pub webhooks: usize,
+    pub body_bytes: usize,
+    pub quick: bool,
+    pub run_id: &'a str,
+    pub redis_url: &'a str,
+    pub settings_file: &'a std::path::Path,
+    /// `--wrap`, split at spaces.
+    pub wrap: &'a [String],
+}
 
 /// The figures of a sharded run; the JSON object `--json` prints.
 #[derive(Debug, Default, Serialize)]
@@ -155,12 +167,12 @@ fn wait_all_acknowledged(con: &mut Conn, keys: &Keys) -> anyhow::Result<()> {
 }
 
 /// The sharded run; prints its table (or JSON) itself.
-pub fn measure(plan: &Plan, env: &Env, shards: u32, instances: usize, json: bool) -> anyhow::Result<()> {
-    let prefix = format!("wssbench:{}:sharded:", env.run_id);
-    let mut con = redis::connect(&env.redis_url)?;
+pub fn measure(plan: &Run, shards: u32, instances: usize, json: bool) -> anyhow::Result<()> {
+    let prefix = format!("wssbench:{}:sharded:", plan.run_id);
+    let mut con = redis::connect(plan.redis_url)?;
     let cluster = con.is_cluster();
     let keys = Keys::sharded(&prefix, shards, cluster);
-    let masters = masters(&env.redis_url, &mut con)?;
+    let masters = masters(plan.redis_url, &mut con)?;
     progress(format_args!(
         "sharded: {instances} instance(s), {shards} shard(s), {} with {} master(s)",
         if cluster { "a Redis Cluster" } else { "one Redis" },
@@ -169,9 +181,9 @@ pub fn measure(plan: &Plan, env: &Env, shards: u32, instances: usize, json: bool
     let extra = [("WSS_STREAM_SHARDS", shards.to_string())];
     let mut services = Vec::new();
     for i in 0..instances.max(1) {
-        services.push(Service::start(&env.wrap, &env.settings_file, &env.redis_url, &prefix, &format!("bench-sharded-{i}"), &extra)?);
+        services.push(Service::start(plan.wrap, plan.settings_file, plan.redis_url, &prefix, &format!("bench-sharded-{i}"), &extra)?);
     }
-    let result = run(plan, &env.redis_url, &mut con, &keys, &services, &masters);
+    let result = run(plan, plan.redis_url, &mut con, &keys, &services, &masters);
     drop(services);
     for master in &masters {
         if let Ok(mut con) = redis::connect(master) {
@@ -188,7 +200,7 @@ pub fn measure(plan: &Plan, env: &Env, shards: u32, instances: usize, json: bool
     Ok(())
 }
 
-fn run(plan: &Plan, url: &str, con: &mut Conn, keys: &Keys, services: &[Service], masters: &[String]) -> anyhow::Result<ShardedReport> {
+fn run(plan: &Run, url: &str, con: &mut Conn, keys: &Keys, services: &[Service], masters: &[String]) -> anyhow::Result<ShardedReport> {
     let fast = Receiver::start(200, Duration::ZERO)?;
     let shape = EventShape::new(plan.webhooks, plan.body_bytes);
     Control::connect(services[0].grpc)?.register(plan.webhooks, &fast, "")?;
