@@ -417,14 +417,6 @@ struct OwnNats {
 }
 
 impl OwnNats {
-    fn bin() -> String {
-        ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .iter()
-            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
-            .map(|b| (*b).to_owned())
-            .expect("nats-server is installed (apt-get install -y nats-server; ./run-tests does)")
-    }
-
     fn start() -> Self {
         let mut own = Self { child: None, port: free_port(), dir: TempDir::new("nats-chaos") };
         own.launch();
@@ -438,7 +430,7 @@ impl OwnNats {
     fn launch(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("the nats-server log");
         let store = self.dir.0.join("store");
-        let child = Command::new(Self::bin())
+        let child = Command::new(common::nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", &store.display().to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -242,14 +242,6 @@ struct OwnNats {
 }
 
 impl OwnNats {
-    fn bin() -> String {
-        ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .iter()
-            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
-            .map(|b| (*b).to_owned())
-            .expect("nats-server is installed (apt-get install -y nats-server; ./run-tests does)")
-    }
-
     fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let store = std::env::temp_dir().join(format!("wss-nats-{}-{port}", std::process::id()));
@@ -259,7 +251,7 @@ impl OwnNats {
     }
 
     fn launch(&mut self) {
-        let child = Command::new(Self::bin())
+        let child = Command::new(common::nats_server_bin())
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", &self.store.display().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -767,3 +767,13 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, 
     }
     status
 }
+
+/// The nats-server binary (on PATH, or where Debian's package puts it), for the tests that run a
+/// nats-server of their own.
+pub fn nats_server_bin() -> String {
+    ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .iter()
+        .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
+        .map(|b| (*b).to_owned())
+        .expect("nats-server is installed (apt-get install -y nats-server; ./run-tests does)")
+}
