@@ -942,33 +942,7 @@ fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::{
-            model::RetryPolicy,
-            routing::{Expression, RouteSigner},
-        },
-        expr::Filter,
-        signature::WssSigner,
-    };
-
-    fn route(id: &str, filter: Option<&str>) -> Arc<Route> {
-        let filter = filter.map(|source| Arc::new(Expression { source: source.into(), compiled: Filter::compile(source) }));
-        Arc::new(Route {
-            id: id.into(),
-            url: "https://example.com/".into(),
-            headers: Box::default(),
-            enabled: true,
-            tenant_disabled: false,
-            patterns: Box::default(),
-            filter,
-            transform: None,
-            policy: Arc::new(RetryPolicy::builtin_default()),
-            signer: RouteSigner::Wss(WssSigner::new(b"secret_0123456789")),
-            client: None,
-            fifo: false,
-            rate_limit: 0,
-        })
-    }
+    use crate::domain::routing::test_route;
 
     fn meta(attempt: u32) -> ItemMeta {
         ItemMeta {
@@ -1015,7 +989,7 @@ mod tests {
     #[test]
     fn an_item_is_rebuilt_at_its_attempt_with_its_attempts() {
         let entry = fields(&[("tenant", "acme"), ("type", "order.created"), ("data", r#"{"n":1}"#)]);
-        match rebuild(0, meta(2), entry.clone(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+        match rebuild(0, meta(2), entry.clone(), Some(&test_route("wh_1", None, None)), &Evaluator::new(), 1 << 20) {
             Rebuilt::Send(delivery) => {
                 assert_eq!((delivery.attempt, delivery.history.len()), (2, 1));
                 assert_eq!(delivery.ticket.stream_id, "1767225600000-0");
@@ -1025,7 +999,7 @@ mod tests {
             Rebuilt::Done(_) => panic!("a due item of an active webhook is sent"),
         }
         // Its filter now says no: finished without an attempt.
-        let no = route("wh_1", Some("event.data.n == 2"));
+        let no = test_route("wh_1", Some("event.data.n == 2"), None);
         assert!(matches!(
             rebuild(0, meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20),
             Rebuilt::Done(Completion::AlreadyTerminal { .. })
@@ -1033,7 +1007,7 @@ mod tests {
         // Deleted webhook: to the signer, which dead-letters it with the reason.
         assert!(matches!(rebuild(0, meta(2), entry, None, &Evaluator::new(), 1 << 20), Rebuilt::Send(_)));
         // The source entry was gone when it was handed off.
-        match rebuild(0, meta(3), Vec::new(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+        match rebuild(0, meta(3), Vec::new(), Some(&test_route("wh_1", None, None)), &Evaluator::new(), 1 << 20) {
             Rebuilt::Done(Completion::Abandoned { reason, delivery, .. }) => {
                 assert_eq!(reason, Reason::EntryDeleted);
                 assert_eq!((delivery.event.id(), delivery.attempt), ("1767225600000-0", 3));

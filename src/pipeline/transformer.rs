@@ -360,13 +360,7 @@ fn raw_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::{
-            model::RetryPolicy,
-            routing::{Expression, RouteSigner},
-        },
-        signature::WssSigner,
-    };
+    use crate::domain::routing::test_route;
 
     fn event() -> Event {
         Event {
@@ -381,28 +375,6 @@ mod tests {
         }
     }
 
-    fn route(id: &str, filter: &str, transform: &str) -> Arc<Route> {
-        let compiled_filter =
-            (!filter.is_empty()).then(|| Arc::new(Expression { source: filter.into(), compiled: Filter::compile(filter) }));
-        let compiled_transform =
-            (!transform.is_empty()).then(|| Arc::new(Expression { source: transform.into(), compiled: Transform::compile(transform) }));
-        Arc::new(Route {
-            id: id.into(),
-            url: "https://example.com/".into(),
-            headers: Box::default(),
-            enabled: true,
-            tenant_disabled: false,
-            patterns: Box::default(),
-            filter: compiled_filter,
-            transform: compiled_transform,
-            policy: Arc::new(RetryPolicy::builtin_default()),
-            signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
-            client: None,
-            fifo: false,
-            rate_limit: 0,
-        })
-    }
-
     fn sent(plan: &Plan) -> &Arc<[u8]> {
         match plan {
             Plan::Send(body) => body,
@@ -414,10 +386,14 @@ mod tests {
     fn fan_out_shares_one_envelope_and_transforms_per_webhook() {
         let event = event();
         let routes = [
-            route("wh_plain", "", ""),
-            route("wh_yes", "event.data.status == 'shipped'", ""),
-            route("wh_no", "event.data.status == 'cancelled'", ""),
-            route("wh_shaped", "event.attributes.region == 'eu'", "{'order': event.data.order_id, 'at': event.created_at}"),
+            test_route("wh_plain", None, None),
+            test_route("wh_yes", Some("event.data.status == 'shipped'"), None),
+            test_route("wh_no", Some("event.data.status == 'cancelled'"), None),
+            test_route(
+                "wh_shaped",
+                Some("event.attributes.region == 'eu'"),
+                Some("{'order': event.data.order_id, 'at': event.created_at}"),
+            ),
         ];
         let candidates: Vec<&Arc<Route>> = routes.iter().collect();
         let plans = plan(&Evaluator::new(), &event, &candidates);
@@ -433,11 +409,11 @@ mod tests {
     fn a_failing_expression_dead_letters_only_its_delivery() {
         let event = event();
         let routes = [
-            route("wh_missing", "event.data.colour == 'red'", ""),
-            route("wh_plain", "", ""),
-            route("wh_not_bool", "event.data.status", ""),
-            route("wh_bad_body", "", "{'x': 1.0 / 0.0}"),
-            route("wh_broken", "event.data.", ""),
+            test_route("wh_missing", Some("event.data.colour == 'red'"), None),
+            test_route("wh_plain", None, None),
+            test_route("wh_not_bool", Some("event.data.status"), None),
+            test_route("wh_bad_body", None, Some("{'x': 1.0 / 0.0}")),
+            test_route("wh_broken", Some("event.data."), None),
         ];
         let candidates: Vec<&Arc<Route>> = routes.iter().collect();
         let plans = plan(&Evaluator::new(), &event, &candidates);
@@ -468,10 +444,10 @@ mod tests {
         // Data that CEL cannot take (a number out of range) is fine when nothing evaluates it.
         let mut event = event();
         event.data = serde_json::value::RawValue::from_string("[1e999]".into()).unwrap();
-        let plain = route("wh_plain", "", "");
+        let plain = test_route("wh_plain", None, None);
         let plans = plan(&Evaluator::new(), &event, &[&plain]);
         assert!(matches!(plans[0].1, Plan::Send(_)));
-        let filtered = route("wh_f", "true", "");
+        let filtered = test_route("wh_f", Some("true"), None);
         let plans = plan(&Evaluator::new(), &event, &[&filtered]);
         assert!(
             matches!(&plans[0].1, Plan::DeadLetter { reason: Reason::FilterError, detail, .. } if detail.starts_with("filter failed: event.data cannot be given to CEL"))
