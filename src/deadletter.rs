@@ -292,15 +292,8 @@ pub fn queue_write(pipe: &mut redis::Pipeline, dead_letters: &str, events: &str,
     if record.webhook_id.is_empty() || !record.raw_fields.is_empty() {
         pipe.cmd("XADD").arg(dead_letters).arg("MAXLEN").arg("~").arg(maxlen).arg("*").arg(record.to_fields()).ignore();
     } else {
-        pipe.cmd("EVAL")
-            .arg(WRITE_WITH_SOURCE_SCRIPT)
-            .arg(2)
-            .arg(dead_letters)
-            .arg(events)
-            .arg(maxlen)
-            .arg(&record.stream_entry_id)
-            .arg(record.to_fields())
-            .ignore();
+        let args = (maxlen, &record.stream_entry_id, record.to_fields());
+        pipe.add_command(crate::keys::eval(WRITE_WITH_SOURCE_SCRIPT, &[dead_letters, events], args)).ignore();
     }
 }
 

@@ -207,6 +207,16 @@ impl Keys {
     }
 }
 
+/// `EVAL <script> <numkeys> <keys…> <args…>`, numkeys counted from `keys`: every key a script
+/// touches is passed as a key (a cluster routes the call by them), and a numkeys written by
+/// hand can drift from the keys that follow it. `EVAL`, not `EVALSHA`: a script missing from
+/// Redis's cache would fail a whole transaction.
+pub fn eval(script: &str, keys: &[&str], args: impl redis::ToRedisArgs) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys).arg(args);
+    cmd
+}
+
 /// The hash that holds the versions of the records of hash `key`.
 pub fn versions_key(key: &str) -> String {
     format!("{key}:versions")

@@ -354,199 +354,224 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.dev {
         log::warn!(target: "wss", "DEV MODE: http:// URLs and loopback/private targets are allowed. Never run a shared or production instance with --dev");
     }
-    if config.admin_token.is_none() {
-        if !config.grpc_addr.ip().is_loopback() {
-            anyhow::bail!(
-                "refusing to serve the control plane on {} without a token: set WSS_ADMIN_TOKEN (or admin_token_file), or bind to 127.0.0.1",
-                config.grpc_addr
-            );
-        }
-        log::warn!(target: "wss", "no WSS_ADMIN_TOKEN set: the control plane accepts every call from this machine (loopback only)");
-        // The status page shows every tenant's health: the same rule as the control plane.
-        if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
-            anyhow::bail!(
-                "refusing to serve the status page on {addr} (WSS_METRICS_ADDR) without a token: set WSS_ADMIN_TOKEN (or admin_token_file), bind to 127.0.0.1, or set WSS_METRICS_ADDR=off"
-            );
+    refuse_unguarded(&config)?;
+    let shared = Shared::open(&config)?;
+    check_tls(&config)?;
+    let background = Background::start(&config, &shared)?;
+    match load_configuration(&shared, &background.signals) {
+        Ok(true) => {}
+        Ok(false) => return Ok(()),
+        Err(err) => {
+            let _ = background.control_plane.stop.send(());
+            return Err(err);
         }
     }
-
-    let redis = RedisTarget::with_tls(&config.redis_url, &config.redis_tls).with_context(|| {
-        format!(
-            "opening the Redis client for {} (WSS_REDIS_URL, WSS_REDIS_CA_FILE, WSS_REDIS_CLIENT_CERT_FILE)",
-            wss::redis_conn::redact_url(&config.redis_url)
-        )
-    })?;
-    let keys = Keys::sharded(&config.key_prefix, config.stream_shards, redis.is_cluster());
-    let store = Arc::new(
-        Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window),
-    );
-    let routing = Arc::new(RoutingHandle::default());
-    let metrics = Arc::new(Metrics::new());
-    // Shared by the pipeline, which keeps it up to date, and GetWebhookStats and the status
-    // page, which read it.
-    let live = pipeline::live_view(&config);
-    redis.count_outages(metrics.redis_outages.clone());
-    // Probes Redis from now on, for /readyz, gRPC health and wss_redis_up; stops when this
-    // function returns (its sender dropped).
-    let health = wss::health::Health::new();
-    let (_stop_probe, probe_stop) = bounded::<()>(0);
-    wss::health::spawn_prober(redis.clone(), health.clone(), metrics.redis_up.clone(), probe_stop)
-        .context("starting the health probe thread")?;
-    match &config.encryption_key {
-        Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
-        None => log::info!(target: "wss", "no WSS_ENCRYPTION_KEY: webhook secrets are stored in Redis in clear"),
-    }
-    // A certificate or key that cannot serve is reported now, not at the first connection.
-    if let Some(tls) = &config.tls {
-        grpc::tls_config(tls).map_err(|e| {
-            anyhow::anyhow!(
-                "WSS_TLS_CERT_FILE / WSS_TLS_KEY_FILE ({}): the TLS certificate and key cannot be used ({e}); give a PEM certificate chain and its PEM private key",
-                tls.cert_file.display()
-            )
-        })?;
-    }
-
-    let listener = TcpListener::bind(config.grpc_addr)
-        .with_context(|| format!("binding the control plane to {} (WSS_GRPC_ADDR); is another wss running?", config.grpc_addr))?;
-    listener.set_nonblocking(true)?;
-    let grpc_addr = listener.local_addr()?;
-
-    // The control plane's, the operations listener's and the trace exporter's.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("wss-grpc")
-        .enable_all()
-        .build()
-        .context("starting the control-plane runtime")?;
-
-    // Bound before anything starts, so that a taken port is a start-up error; it serves
-    // metrics at once, and the page's data as soon as the configuration is loaded.
-    let _ops_listener = match config.metrics_addr {
-        None => {
-            log::info!(target: "wss", "WSS_METRICS_ADDR=off: no /metrics and no status page");
-            None
-        }
-        Some(addr) => {
-            let sources = status::Sources {
-                metrics: metrics.clone(),
-                live: live.clone(),
-                routing: routing.clone(),
-                store: store.clone(),
-                health: health.clone(),
-                admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
-            };
-            let server = status::serve(addr, sources, runtime.handle()).with_context(|| {
-                format!("binding the metrics and status page listener to {addr} (WSS_METRICS_ADDR); is another wss running? Pick a free address, or set WSS_METRICS_ADDR=off")
-            })?;
-            let bound = server.local_addr();
-            log::info!(target: "wss", "metrics listening on {bound} (Prometheus /metrics; status page http://{bound}/)");
-            Some(server)
-        }
-    };
-
-    // Traces of delivery attempts: the exporter's gRPC channel runs on this runtime, so it is
-    // shut down (its last spans exported) before the runtime is.
-    let exporting = match &config.otlp {
-        None => None,
-        Some(otlp) => {
-            let exporting = wss::otel::Exporting::start(otlp, &config.consumer, metrics.trace_spans.clone(), runtime.handle())
-                .with_context(|| format!("setting up the OTLP trace exporter for {} (WSS_OTLP_ENDPOINT)", otlp.endpoint))?;
-            log::info!(target: "wss", "tracing delivery attempts: spans go to {} over OTLP/gRPC (service.name {:?}, sample ratio {})",
-                otlp.endpoint, otlp.service_name, otlp.sample_ratio);
-            Some(exporting)
-        }
-    };
-    let tracer = exporting.as_ref().map_or_else(wss::otel::Tracer::off, wss::otel::Exporting::tracer);
-
-    // Signals → one crossbeam channel the main thread waits on.
-    let (signal_tx, signal_rx) = bounded::<&'static str>(1);
-    runtime.spawn(async move {
-        let name = wait_for_signal().await;
-        let _ = signal_tx.try_send(name);
-    });
-
-    let (stop_grpc_tx, stop_grpc_rx) = tokio::sync::oneshot::channel::<()>();
-    let plane = ControlPlane {
-        store: store.clone(),
-        routing: routing.clone(),
-        live: live.clone(),
-        allow_http: config.allow_http,
-        allow_private_targets: config.allow_private_targets,
-        allowed_target_cidrs: config.allowed_target_cidrs.clone(),
-        agents: config.agents(),
-        max_event_bytes: config.max_event_bytes,
-        history_retention: wss::history::Retention { max_age: config.history_max_age, max_count: config.history_max_count },
-    };
-    let options = grpc::ServeOptions { admin_token: config.admin_token.clone(), tls: config.tls.clone(), health: Some(health.clone()) };
-    let transport = match &config.tls {
-        None => "plaintext",
-        Some(tls) if tls.client_ca_pem.is_some() => "TLS, client certificates required",
-        Some(_) => "TLS",
-    };
-    let grpc_task = runtime.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking std listener converts");
-        let shutdown = async move {
-            let _ = stop_grpc_rx.await;
-        };
-        if let Err(err) = grpc::serve_with(listener, plane, options, shutdown).await {
-            log::error!(target: "wss::grpc", "the control plane stopped: {err}");
-        }
-    });
-    log::info!(target: "wss", "control plane listening on {grpc_addr} (gRPC, reflection on, {transport})");
-
-    // The pipeline must not route before the configuration is loaded: an empty snapshot would
-    // dead-letter every event as "unknown tenant".
-    let mut wait = Duration::from_millis(200);
-    loop {
-        match routing.reload(&store) {
-            Ok(version) => {
-                log::info!(target: "wss", "configuration loaded from Redis at {} (version {version})", redis.display_url());
-                break;
-            }
-            // A secret this key cannot open: delivering would mean sending unsigned or
-            // wrongly-signed requests, so stop and say which key is needed.
-            Err(err @ wss::domain::DomainError::Sealed { .. }) => {
-                let _ = stop_grpc_tx.send(());
-                return Err(anyhow::anyhow!("{err}"));
-            }
-            Err(err) => log::debug!(target: "wss", "configuration not loaded yet: {err}"),
-        }
-        match signal_rx.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => wait = (wait * 2).min(Duration::from_secs(5)),
-            _ => {
-                log::info!(target: "wss", "stopped before Redis became reachable");
-                return Ok(());
-            }
-        }
-    }
-
     if config.encryption_key.is_some() {
-        match store.seal_clear_secrets() {
-            Ok(0) => {}
-            Ok(n) => log::info!(target: "wss", "sealed {n} webhook secret(s) stored in clear before WSS_ENCRYPTION_KEY was set"),
-            Err(err) => {
-                log::warn!(target: "wss", "could not seal the webhook secrets stored in clear ({err}); they stay readable, and are sealed at the next start")
-            }
-        }
+        seal_clear_secrets(&shared.store);
     }
-
-    let grace = config.shutdown_grace;
     let pipeline = Pipeline::start(Deps {
-        redis,
-        keys: keys.clone(),
-        store,
-        routing,
-        live,
+        redis: shared.redis.clone(),
+        keys: shared.keys.clone(),
+        store: shared.store.clone(),
+        routing: shared.routing.clone(),
+        live: shared.live.clone(),
         config: config.clone(),
-        metrics,
-        tracer,
-        health: health.clone(),
+        metrics: shared.metrics.clone(),
+        tracer: background.tracer(),
+        health: shared.health.clone(),
         clock: wss::clock::Clock::System,
     })
     .context("starting the pipeline threads")?;
-    health.pipeline_started();
+    shared.health.pipeline_started();
     // gRPC health says SERVING before the line that says the pipeline reads.
-    health.wait_reported(Duration::from_secs(2));
+    shared.health.wait_reported(Duration::from_secs(2));
+    log_reading(&config, &shared.keys);
+    run_until_stopped(pipeline, background, &shared.health, config.shutdown_grace)
+}
+
+/// What the pipeline, the control plane and the status page share: Redis, its keys, the store,
+/// the routing snapshot, the metrics, what each webhook has in flight, and readiness.
+struct Shared {
+    redis: RedisTarget,
+    keys: Keys,
+    store: Arc<Store>,
+    routing: Arc<RoutingHandle>,
+    metrics: Arc<Metrics>,
+    /// Kept up to date by the pipeline; read by GetWebhookStats and the status page.
+    live: Arc<wss::pipeline::live::LiveView>,
+    health: Arc<wss::health::Health>,
+    /// Dropped when `serve` returns: the health probe then stops.
+    _stop_probe: crossbeam_channel::Sender<()>,
+}
+
+impl Shared {
+    fn open(config: &Config) -> anyhow::Result<Self> {
+        let redis = RedisTarget::with_tls(&config.redis_url, &config.redis_tls).with_context(|| {
+            format!(
+                "opening the Redis client for {} (WSS_REDIS_URL, WSS_REDIS_CA_FILE, WSS_REDIS_CLIENT_CERT_FILE)",
+                wss::redis_conn::redact_url(&config.redis_url)
+            )
+        })?;
+        let keys = Keys::sharded(&config.key_prefix, config.stream_shards, redis.is_cluster());
+        let store = Arc::new(
+            Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window),
+        );
+        let metrics = Arc::new(Metrics::new());
+        redis.count_outages(metrics.redis_outages.clone());
+        // Probes Redis from now on, for /readyz, gRPC health and wss_redis_up.
+        let health = wss::health::Health::new();
+        let (stop_probe, probe_stop) = bounded::<()>(0);
+        wss::health::spawn_prober(redis.clone(), health.clone(), metrics.redis_up.clone(), probe_stop)
+            .context("starting the health probe thread")?;
+        match &config.encryption_key {
+            Some(key) => log::info!(target: "wss", "webhook secrets are sealed at rest with WSS_ENCRYPTION_KEY (key id {})", key.key_id()),
+            None => log::info!(target: "wss", "no WSS_ENCRYPTION_KEY: webhook secrets are stored in Redis in clear"),
+        }
+        let routing = Arc::new(RoutingHandle::default());
+        let live = pipeline::live_view(config);
+        Ok(Self { redis, keys, store, routing, metrics, live, health, _stop_probe: stop_probe })
+    }
+}
+
+/// Refuses to open the control plane, or the status page (it shows every tenant's health), to
+/// other machines without an admin token.
+fn refuse_unguarded(config: &Config) -> anyhow::Result<()> {
+    if config.admin_token.is_some() {
+        return Ok(());
+    }
+    if !config.grpc_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve the control plane on {} without a token: set WSS_ADMIN_TOKEN (or admin_token_file), or bind to 127.0.0.1",
+            config.grpc_addr
+        );
+    }
+    log::warn!(target: "wss", "no WSS_ADMIN_TOKEN set: the control plane accepts every call from this machine (loopback only)");
+    if let Some(addr) = config.metrics_addr.filter(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "refusing to serve the status page on {addr} (WSS_METRICS_ADDR) without a token: set WSS_ADMIN_TOKEN (or admin_token_file), bind to 127.0.0.1, or set WSS_METRICS_ADDR=off"
+        );
+    }
+    Ok(())
+}
+
+/// A certificate or key that cannot serve is reported now, not at the first connection.
+fn check_tls(config: &Config) -> anyhow::Result<()> {
+    let Some(tls) = &config.tls else { return Ok(()) };
+    grpc::tls_config(tls).map_err(|e| {
+        anyhow::anyhow!(
+            "WSS_TLS_CERT_FILE / WSS_TLS_KEY_FILE ({}): the TLS certificate and key cannot be used ({e}); give a PEM certificate chain and its PEM private key",
+            tls.cert_file.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// The metrics and status page listener (`WSS_METRICS_ADDR`), unless it is off. Bound before
+/// anything starts, so that a taken port is a start-up error; it serves metrics at once, and
+/// the page's data as soon as the configuration is loaded.
+fn start_ops_listener(
+    config: &Config,
+    sources: status::Sources,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<wss::http_listener::Listener>> {
+    let Some(addr) = config.metrics_addr else {
+        log::info!(target: "wss", "WSS_METRICS_ADDR=off: no /metrics and no status page");
+        return Ok(None);
+    };
+    let server = status::serve(addr, sources, runtime.handle()).with_context(|| {
+        format!("binding the metrics and status page listener to {addr} (WSS_METRICS_ADDR); is another wss running? Pick a free address, or set WSS_METRICS_ADDR=off")
+    })?;
+    let bound = server.local_addr();
+    log::info!(target: "wss", "metrics listening on {bound} (Prometheus /metrics; status page http://{bound}/)");
+    Ok(Some(server))
+}
+
+/// Traces of delivery attempts (`WSS_OTLP_ENDPOINT`), unless off: the exporter's gRPC channel
+/// runs on `runtime`, so it is shut down (its last spans exported) before the runtime is.
+fn start_tracing(config: &Config, metrics: &Metrics, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Option<wss::otel::Exporting>> {
+    let Some(otlp) = &config.otlp else { return Ok(None) };
+    let exporting = wss::otel::Exporting::start(otlp, &config.consumer, metrics.trace_spans.clone(), runtime.handle())
+        .with_context(|| format!("setting up the OTLP trace exporter for {} (WSS_OTLP_ENDPOINT)", otlp.endpoint))?;
+    log::info!(target: "wss", "tracing delivery attempts: spans go to {} over OTLP/gRPC (service.name {:?}, sample ratio {})",
+        otlp.endpoint, otlp.service_name, otlp.sample_ratio);
+    Ok(Some(exporting))
+}
+
+/// The control plane serving on the runtime, and what stops it.
+struct ControlPlaneTask {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlPlaneTask {
+    fn start(
+        config: &Config,
+        listener: TcpListener,
+        plane: ControlPlane,
+        health: &Arc<wss::health::Health>,
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Self> {
+        let grpc_addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let options = grpc::ServeOptions { admin_token: config.admin_token.clone(), tls: config.tls.clone(), health: Some(health.clone()) };
+        let transport = match &config.tls {
+            None => "plaintext",
+            Some(tls) if tls.client_ca_pem.is_some() => "TLS, client certificates required",
+            Some(_) => "TLS",
+        };
+        let task = runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("a non-blocking std listener converts");
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(err) = grpc::serve_with(listener, plane, options, shutdown).await {
+                log::error!(target: "wss::grpc", "the control plane stopped: {err}");
+            }
+        });
+        log::info!(target: "wss", "control plane listening on {grpc_addr} (gRPC, reflection on, {transport})");
+        Ok(Self { stop, task })
+    }
+}
+
+/// Loads the configuration, retrying while Redis is away: the pipeline must not route before,
+/// as an empty snapshot would dead-letter every event as "unknown tenant". False when a signal
+/// came first.
+fn load_configuration(shared: &Shared, signals: &crossbeam_channel::Receiver<&'static str>) -> anyhow::Result<bool> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match shared.routing.reload(&shared.store) {
+            Ok(version) => {
+                log::info!(target: "wss", "configuration loaded from Redis at {} (version {version})", shared.redis.display_url());
+                return Ok(true);
+            }
+            // A secret this key cannot open: delivering would mean sending unsigned or
+            // wrongly-signed requests, so stop and say which key is needed.
+            Err(err @ wss::domain::DomainError::Sealed { .. }) => return Err(anyhow::anyhow!("{err}")),
+            Err(err) => log::debug!(target: "wss", "configuration not loaded yet: {err}"),
+        }
+        match signals.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => wait = (wait * 2).min(Duration::from_secs(5)),
+            _ => {
+                log::info!(target: "wss", "stopped before Redis became reachable");
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Seals the webhook secrets stored in clear before `WSS_ENCRYPTION_KEY` was set.
+fn seal_clear_secrets(store: &Store) {
+    match store.seal_clear_secrets() {
+        Ok(0) => {}
+        Ok(n) => log::info!(target: "wss", "sealed {n} webhook secret(s) stored in clear before WSS_ENCRYPTION_KEY was set"),
+        Err(err) => {
+            log::warn!(target: "wss", "could not seal the webhook secrets stored in clear ({err}); they stay readable, and are sealed at the next start")
+        }
+    }
+}
+
+/// The line that says what the pipeline reads, and one per other source.
+fn log_reading(config: &Config, keys: &Keys) {
     let streams = if keys.shards() == 1 {
         keys.events.clone()
     } else {
@@ -556,25 +581,94 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for source in config.sources.iter().filter(|s| **s != wss::source::SourceSpec::Redis) {
         log::info!(target: "wss", "reading source {} with {} sender threads", source.label(), config.sender_threads);
     }
+}
 
-    // Runs until a signal, or until a pipeline thread dies: then the process exits non-zero
-    // rather than stay half alive (a supervisor restarts it).
-    let failure = crossbeam_channel::select! {
-        recv(signal_rx) -> signal => Ok(signal.unwrap_or("shutdown")),
+/// What runs on the control-plane runtime: the control plane, the signal watch, the trace
+/// exporter and the metrics and status page listener. Its fields drop in this order: the
+/// listener before the runtime it runs on.
+struct Background {
+    control_plane: ControlPlaneTask,
+    /// SIGTERM and SIGINT, as one channel the main thread waits on.
+    signals: crossbeam_channel::Receiver<&'static str>,
+    exporting: Option<wss::otel::Exporting>,
+    _ops_listener: Option<wss::http_listener::Listener>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Background {
+    fn start(config: &Config, shared: &Shared) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.grpc_addr)
+            .with_context(|| format!("binding the control plane to {} (WSS_GRPC_ADDR); is another wss running?", config.grpc_addr))?;
+        listener.set_nonblocking(true)?;
+        // The control plane's, the operations listener's and the trace exporter's.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("wss-grpc")
+            .enable_all()
+            .build()
+            .context("starting the control-plane runtime")?;
+        let sources = status::Sources {
+            metrics: shared.metrics.clone(),
+            live: shared.live.clone(),
+            routing: shared.routing.clone(),
+            store: shared.store.clone(),
+            health: shared.health.clone(),
+            admin_token_digest: config.admin_token.as_deref().map(status::Sources::digest),
+        };
+        let ops_listener = start_ops_listener(config, sources, &runtime)?;
+        let exporting = start_tracing(config, &shared.metrics, &runtime)?;
+        let (signal_tx, signals) = bounded::<&'static str>(1);
+        runtime.spawn(async move {
+            let name = wait_for_signal().await;
+            let _ = signal_tx.try_send(name);
+        });
+        let plane = ControlPlane {
+            store: shared.store.clone(),
+            routing: shared.routing.clone(),
+            live: shared.live.clone(),
+            allow_http: config.allow_http,
+            allow_private_targets: config.allow_private_targets,
+            allowed_target_cidrs: config.allowed_target_cidrs.clone(),
+            agents: config.agents(),
+            max_event_bytes: config.max_event_bytes,
+            history_retention: wss::history::Retention { max_age: config.history_max_age, max_count: config.history_max_count },
+        };
+        let control_plane = ControlPlaneTask::start(config, listener, plane, &shared.health, &runtime)?;
+        Ok(Self { control_plane, signals, exporting, _ops_listener: ops_listener, runtime })
+    }
+
+    /// Where the pipeline's spans of delivery attempts go (nowhere without an exporter).
+    fn tracer(&self) -> wss::otel::Tracer {
+        self.exporting.as_ref().map_or_else(wss::otel::Tracer::off, wss::otel::Exporting::tracer)
+    }
+
+    /// Stops it all, after the pipeline: the trace exporter (its last spans exported), the
+    /// control plane (calls in progress get 5 s), then the runtime.
+    fn stop(self) {
+        let Background { control_plane, exporting, runtime, _ops_listener, .. } = self;
+        if let Some(exporting) = &exporting {
+            exporting.shutdown();
+        }
+        let _ = control_plane.stop.send(());
+        let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), control_plane.task).await });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+/// Runs until a signal, or until a pipeline thread dies: then the process exits non-zero
+/// rather than stay half alive (a supervisor restarts it).
+fn run_until_stopped(pipeline: Pipeline, background: Background, health: &wss::health::Health, grace: Duration) -> anyhow::Result<()> {
+    let stopped = crossbeam_channel::select! {
+        recv(background.signals) -> signal => Ok(signal.unwrap_or("shutdown")),
         recv(pipeline.failures()) -> why => Err(why.unwrap_or_else(|_| "every pipeline thread stopped".into())),
     };
-    let signal = match failure {
+    let signal = match stopped {
         Ok(signal) => signal,
         Err(why) => {
             health.pipeline_failed(&why);
             log::error!(target: "wss", "{why}; stopping with a failure status so that a supervisor restarts wss (unfinished entries stay pending and are read again; an entry that keeps failing is dead-lettered as poison)");
             let _ = pipeline.stop(grace);
-            if let Some(exporting) = &exporting {
-                exporting.shutdown();
-            }
-            let _ = stop_grpc_tx.send(());
-            let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), grpc_task).await });
-            runtime.shutdown_timeout(Duration::from_secs(1));
+            background.stop();
             anyhow::bail!("{why}");
         }
     };
@@ -585,12 +679,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         log::warn!(target: "wss", "grace period over with sends still running ({in_flight} entries were in flight); unfinished entries stay pending and are delivered after a restart");
     }
-    if let Some(exporting) = &exporting {
-        exporting.shutdown();
-    }
-    let _ = stop_grpc_tx.send(());
-    let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), grpc_task).await });
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    background.stop();
     log::info!(target: "wss", "bye");
     Ok(())
 }

@@ -168,6 +168,11 @@ impl Metrics {
             register(&registry, &g);
             g
         };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid histogram options");
+            register(&registry, &h);
+            h
+        };
         let counter_vec = |name: &str, help: &str, label: &str, values: &[&str]| {
             let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid metric name");
             register(&registry, &vec);
@@ -184,24 +189,16 @@ impl Metrics {
         );
         let reasons: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         let classes: Vec<&str> = AttemptClass::ALL.iter().map(|c| c.as_str()).collect();
-        let attempt_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "wss_delivery_attempt_duration_seconds",
-                "Duration of delivery attempts: connect, request, response and the start of its body.",
-            )
-            .buckets(ATTEMPT_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram options");
-        register(&registry, &attempt_duration);
-        let event_delivery_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "wss_event_delivery_latency_seconds",
-                "From an event's stream entry (its XADD; for a redelivered dead letter, the redelivery) to the 2xx that delivered it to a webhook, retries included.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram options");
-        register(&registry, &event_delivery_latency);
+        let attempt_duration = histogram(
+            "wss_delivery_attempt_duration_seconds",
+            "Duration of delivery attempts: connect, request, response and the start of its body.",
+            ATTEMPT_BUCKETS,
+        );
+        let event_delivery_latency = histogram(
+            "wss_event_delivery_latency_seconds",
+            "From an event's stream entry (its XADD; for a redelivered dead letter, the redelivery) to the 2xx that delivered it to a webhook, retries included.",
+            LATENCY_BUCKETS,
+        );
         let oldest_pending_age = Gauge::new(
             "wss_oldest_pending_age_seconds",
             "Age of the oldest entry of <prefix>events read by group wss and not yet acknowledged, by any instance (0 when none): how long the oldest work in progress has been in hand.",

@@ -112,8 +112,43 @@ pub fn parse_read_reply(value: Value) -> Result<Vec<RawEntry>, ShapeError> {
     Ok(entries)
 }
 
+/// The key/value pairs of a RESP2 flat list or a RESP3 map (`XINFO GROUPS`' groups, read by
+/// the gauges and the retention).
+pub(crate) fn pairs(value: &Value) -> Vec<(String, &Value)> {
+    match value {
+        Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, &kv[1]))).collect(),
+        Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A bulk or simple string's text (not UTF-8: replaced); `None` for any other value.
+pub(crate) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Replies written by hand, for the tests of their readers.
+#[cfg(test)]
+pub(crate) mod replies {
+    use redis::Value;
+
+    pub(crate) fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// A RESP2 map: its keys and values in one flat list.
+    pub(crate) fn flat(pairs: Vec<(&str, Value)>) -> Value {
+        Value::Array(pairs.into_iter().flat_map(|(k, v)| [bulk(k), v]).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::replies::bulk;
     use super::*;
 
     #[test]
@@ -123,10 +158,6 @@ mod tests {
         for bad in ["", "1", "1-", "-1", "+1-0", "1-+0", "1-0 ", "1-0-0", "18446744073709551616-0", "(1-0"] {
             assert_eq!(parse_id(bad), None, "{bad:?}");
         }
-    }
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -209,15 +209,7 @@ impl Bare {
 
 impl Drop for Bare {
     fn drop(&mut self) {
-        if self.wrapped {
-            let _ = Command::new("kill").arg("-INT").arg(self.pid().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(100));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        service::end_child(&mut self.child, self.wrapped, || {});
     }
 }
 

@@ -602,6 +602,24 @@ impl Report {
             ..Default::default()
         }
     }
+
+    /// The latency part's figures: percentiles of `latencies`, measured at `rate` events/s.
+    fn record_latencies(&mut self, latencies: &Latencies, rate: f64) {
+        (self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms) =
+            (latencies.ms_at(0.50), latencies.ms_at(0.90), latencies.ms_at(0.99), latencies.ms_at(1.0));
+        self.latency_rate_per_sec = rate;
+        self.latency_samples = latencies.count();
+        progress(format_args!("  p50 {:.2} ms, p99 {:.2} ms over {} events", self.p50_ms, self.p99_ms, self.latency_samples));
+    }
+
+    /// Counts the receiver's verified signatures; fails when a sampled request had a bad one
+    /// (`what`: which requests, for the message).
+    fn check_signatures(&mut self, receiver: &Receiver, what: &str) -> anyhow::Result<()> {
+        self.signatures_verified += receiver.stats.verified();
+        let bad = receiver.stats.bad_signatures();
+        anyhow::ensure!(bad == 0, "{bad} sampled {what} had a bad signature");
+        Ok(())
+    }
 }
 
 fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
@@ -626,8 +644,7 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     if plan.runs("fifo") {
         fifo(plan, env, &mut report)?;
     }
-    report.signatures_verified += fast.stats.verified();
-    anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
+    report.check_signatures(&fast, "requests")?;
     drop(fast);
     if plan.runs("idle") {
         idle(plan, env, &mut report)?;
@@ -637,6 +654,26 @@ fn measure(plan: &Plan, env: &Env) -> anyhow::Result<Report> {
     }
     report.load_after = load_average();
     Ok(report)
+}
+
+/// Latency samples (µs, as the receiver records them), sorted.
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn of(mut samples: Vec<u64>) -> Self {
+        samples.sort_unstable();
+        Self(samples)
+    }
+
+    /// The nearest-rank percentile `p` (0..=1), in ms; 0 without samples.
+    fn ms_at(&self, p: f64) -> f64 {
+        let rank = ((self.0.len() as f64 * p).ceil() as usize).saturating_sub(1);
+        self.0.get(rank).map_or(0.0, |us| *us as f64 / 1000.0)
+    }
+
+    fn count(&self) -> u64 {
+        self.0.len() as u64
+    }
 }
 
 /// `--source nats|amqp`: the throughput part with events published to the broker.
@@ -677,17 +714,10 @@ fn measure_broker(plan: &Plan, env: &Env, source: &str, url: &str) -> anyhow::Re
     fast.stats.record_latencies();
     let sent = broker.publish_at_rate(&shape, plan.events, rate, plan.latency_time)?;
     wait_for_receipts(&mut scn, &fast, base + sent)?;
-    let mut latencies = fast.stats.take_latencies();
+    let latencies = Latencies::of(fast.stats.take_latencies());
     broker.wait_all_acknowledged(STALL)?;
-    latencies.sort_unstable();
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
-    (report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
-    report.latency_rate_per_sec = rate;
-    report.latency_samples = latencies.len() as u64;
-    progress(format_args!("  p50 {:.2} ms, p99 {:.2} ms over {} events", report.p50_ms, report.p99_ms, latencies.len()));
-    report.signatures_verified += fast.stats.verified();
-    anyhow::ensure!(fast.stats.bad_signatures() == 0, "{} sampled requests had a bad signature", fast.stats.bad_signatures());
+    report.record_latencies(&latencies, rate);
+    report.check_signatures(&fast, "requests")?;
     drop(scn);
     report.load_after = load_average();
     Ok(report)
@@ -726,15 +756,9 @@ fn throughput_latency_raw(plan: &Plan, env: &Env, fast: &Receiver, report: &mut 
     fast.stats.record_latencies();
     let (sent, last) = redis::publish_at_rate(&mut scn.redis()?, &scn.keys.events, &shape, rate, plan.latency_time)?;
     wait_for_receipts(&mut scn, fast, target_base + sent)?;
-    let mut latencies = fast.stats.take_latencies();
+    let latencies = Latencies::of(fast.stats.take_latencies());
     redis::wait_all_acknowledged(&mut scn.redis()?, &scn.keys.events, &last, STALL)?;
-    latencies.sort_unstable();
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
-    (report.p50_ms, report.p90_ms, report.p99_ms, report.max_ms) = (pct(0.50), pct(0.90), pct(0.99), pct(1.0));
-    report.latency_rate_per_sec = rate;
-    report.latency_samples = latencies.len() as u64;
-    progress(format_args!("  p50 {:.2} ms, p99 {:.2} ms over {} events", report.p50_ms, report.p99_ms, latencies.len()));
+    report.record_latencies(&latencies, rate);
     report.peak_rss_mib = scn.service.peak_rss_mib()?;
     drop(scn);
 
@@ -792,8 +816,7 @@ fn https_throughput(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Resu
         "  {:.0} deliveries/s over {} TLS connections; service CPU {:.0} µs per delivery",
         b.per_sec, report.https_connections, report.https_service_cpu_us_per_delivery
     ));
-    report.signatures_verified += receiver.stats.verified();
-    anyhow::ensure!(receiver.stats.bad_signatures() == 0, "{} sampled HTTPS requests had a bad signature", receiver.stats.bad_signatures());
+    report.check_signatures(&receiver, "HTTPS requests")?;
     Ok(())
 }
 
@@ -810,12 +833,7 @@ fn slow_receivers(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result
     report.slow_receiver_per_sec = b.per_sec;
     report.slow_receiver_rss_mib = b.max_rss_mib;
     progress(format_args!("  {:.0} deliveries/s, RSS up to {:.1} MiB", b.per_sec, b.max_rss_mib));
-    report.signatures_verified += slow.stats.verified();
-    anyhow::ensure!(
-        slow.stats.bad_signatures() == 0,
-        "{} sampled requests to the slow receiver had a bad signature",
-        slow.stats.bad_signatures()
-    );
+    report.check_signatures(&slow, "requests to the slow receiver")?;
     Ok(())
 }
 
@@ -831,12 +849,7 @@ fn fifo(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
         let b = burst(&mut scn, &receiver, &shape, plan.fifo_events)?;
         report.fifo.push(FifoPoint { receiver_ms: delay.as_millis() as u64, deliveries_per_sec: b.per_sec });
         progress(format_args!("  {:.0} deliveries/s", b.per_sec));
-        report.signatures_verified += receiver.stats.verified();
-        anyhow::ensure!(
-            receiver.stats.bad_signatures() == 0,
-            "{} sampled FIFO requests had a bad signature",
-            receiver.stats.bad_signatures()
-        );
+        report.check_signatures(&receiver, "FIFO requests")?;
     }
     Ok(())
 }
@@ -893,12 +906,7 @@ fn isolation(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> 
     // Without requests to the hanging receiver the second run measured nothing of interest.
     report.isolation_hanging_requests = hanging.stats.received();
     anyhow::ensure!(report.isolation_hanging_requests > 0, "the hanging webhook got no request: the isolation run measured nothing");
-    report.signatures_verified += healthy.stats.verified();
-    anyhow::ensure!(
-        healthy.stats.bad_signatures() == 0,
-        "{} sampled requests in the isolation runs had a bad signature",
-        healthy.stats.bad_signatures()
-    );
+    report.check_signatures(&healthy, "requests in the isolation runs")?;
     report.isolation_events = events;
     report.isolation_baseline_per_sec = median(&mut baseline);
     report.isolation_hanging_per_sec = median(&mut with_hanging);
@@ -1014,24 +1022,17 @@ fn backlog(plan: &Plan, env: &Env, report: &mut Report) -> anyhow::Result<()> {
     neighbour.stats.record_latencies();
     let (sent, _) = redis::publish_at_rate(&mut con, &scn.keys.events, &neighbour_shape, NEIGHBOUR_RATE, plan.latency_time)?;
     wait_for_receipts(&mut scn, &neighbour, target + sent)?;
-    let mut latencies = neighbour.stats.take_latencies();
-    latencies.sort_unstable();
-    let pct =
-        |p: f64| latencies.get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1)).map_or(0.0, |us| *us as f64 / 1000.0);
-    (report.neighbor_p50_ms, report.neighbor_p99_ms) = (pct(0.5), pct(0.99));
-    report.neighbor_events = latencies.len() as u64;
+    let latencies = Latencies::of(neighbour.stats.take_latencies());
+    (report.neighbor_p50_ms, report.neighbor_p99_ms) = (latencies.ms_at(0.5), latencies.ms_at(0.99));
+    report.neighbor_events = latencies.count();
     report.backlog_rss_mib = scn.service.peak_rss_mib()?;
     let still: u64 = wss::pipeline::backlog::depths(&mut con, &scn.keys, 0, 10)?.iter().map(|(_, d)| d.deliveries).sum();
     progress(format_args!(
         "  neighbour p50 {:.1} ms, p99 {:.1} ms over {} events, with {still} deliveries still in the backlog; service peak RSS {:.1} MiB",
         report.neighbor_p50_ms, report.neighbor_p99_ms, report.neighbor_events, report.backlog_rss_mib
     ));
-    anyhow::ensure!(
-        neighbour.stats.bad_signatures() == 0,
-        "{} sampled requests to the neighbour had a bad signature",
-        neighbour.stats.bad_signatures()
-    );
-    report.signatures_verified += neighbour.stats.verified() + slow.stats.verified();
+    report.check_signatures(&neighbour, "requests to the neighbour")?;
+    report.signatures_verified += slow.stats.verified();
     Ok(())
 }
 

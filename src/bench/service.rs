@@ -116,7 +116,7 @@ impl Service {
 
     /// The last lines it logged.
     pub fn tail(&self) -> String {
-        self.tail.lock().iter().cloned().collect::<Vec<_>>().join("\n")
+        joined(&self.tail)
     }
 
     /// Fails when the process has exited.
@@ -167,26 +167,36 @@ impl Service {
     }
 }
 
+/// Lines kept, one text.
+fn joined(lines: &Mutex<VecDeque<String>>) -> String {
+    lines.lock().iter().cloned().collect::<Vec<_>>().join("\n")
+}
+
 impl Drop for Service {
-    /// Kills the service; a wrapper (a profiler) gets SIGINT first and up to 5 minutes to write
-    /// its output.
     fn drop(&mut self) {
-        if self.wrapped {
-            let _ = Command::new("kill").arg("-INT").arg(self.pid().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(300);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                thread::sleep(Duration::from_millis(100));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                eprintln!(
-                    "bench: the wrapped service did not exit within 5 minutes of SIGINT; killing it. Its last lines:\n{}",
-                    self.tail()
-                );
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let tail = &self.tail;
+        end_child(&mut self.child, self.wrapped, || {
+            eprintln!("bench: the wrapped service did not exit within 5 minutes of SIGINT; killing it. Its last lines:\n{}", joined(tail));
+        });
     }
+}
+
+/// Ends a child process the bench started (the service, the bare pipeline): a wrapper (a
+/// profiler) gets SIGINT first and up to 5 minutes to write its output (`overdue` is called
+/// when it has not exited by then); then the child is killed.
+pub(super) fn end_child(child: &mut Child, wrapped: bool, overdue: impl FnOnce()) {
+    if wrapped {
+        let _ = Command::new("kill").arg("-INT").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            thread::sleep(Duration::from_millis(100));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            overdue();
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A `Vm…:` line of `/proc/<pid>/status`, in KiB.

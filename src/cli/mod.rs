@@ -935,19 +935,28 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
     })
 }
 
+/// A create or an update request with the policy's fields from the command line: two proto
+/// messages with the same six fields (the update's others given as `..rest`).
+macro_rules! policy_request {
+    ($request:ident, $policy_id:expr, $f:expr $(, ..$rest:expr)?) => {
+        $request {
+            policy_id: $policy_id,
+            max_attempts: $f.max_attempts,
+            initial_backoff: $f.initial_backoff.map(pb_duration),
+            max_backoff: $f.max_backoff.map(pb_duration),
+            multiplier: $f.multiplier,
+            jitter: $f.jitter,
+            attempt_timeout: $f.attempt_timeout.map(pb_duration),
+            $(..$rest)?
+        }
+    };
+}
+
 async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
     const COLUMNS: &[&str] = &["policy_id", "max_attempts", "initial_backoff", "max_backoff", "multiplier", "jitter", "attempt_timeout"];
     Ok(match verb {
         PolicyVerb::Create { policy_id, fields: f } => {
-            let request = CreateRetryPolicyRequest {
-                policy_id,
-                max_attempts: f.max_attempts,
-                initial_backoff: f.initial_backoff.map(pb_duration),
-                max_backoff: f.max_backoff.map(pb_duration),
-                multiplier: f.multiplier,
-                jitter: f.jitter,
-                attempt_timeout: f.attempt_timeout.map(pb_duration),
-            };
+            let request = policy_request!(CreateRetryPolicyRequest, policy_id, f);
             Printed::one(&render::policy(&c.policies.create_retry_policy(request).await?.into_inner()))
         }
         PolicyVerb::Get { policy_id } => {
@@ -958,16 +967,7 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
             listing!(paging, c.policies, list_retry_policies, request, retry_policies, "retry_policies", render::policy, COLUMNS)
         }
         PolicyVerb::Update { policy_id, fields: f } => {
-            let request = UpdateRetryPolicyRequest {
-                policy_id,
-                max_attempts: f.max_attempts,
-                initial_backoff: f.initial_backoff.map(pb_duration),
-                max_backoff: f.max_backoff.map(pb_duration),
-                multiplier: f.multiplier,
-                jitter: f.jitter,
-                attempt_timeout: f.attempt_timeout.map(pb_duration),
-                ..Default::default()
-            };
+            let request = policy_request!(UpdateRetryPolicyRequest, policy_id, f, ..Default::default());
             Printed::one(&render::policy(&c.policies.update_retry_policy(request).await?.into_inner()))
         }
         PolicyVerb::Delete { policy_id } => {

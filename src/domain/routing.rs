@@ -141,6 +141,27 @@ impl Route {
     }
 }
 
+/// A route for the stages' unit tests: enabled, for every event type, the default policy, a
+/// fixed key; `filter` and `transform` compiled as a snapshot compiles them (a failure kept).
+#[cfg(test)]
+pub(crate) fn test_route(id: &str, filter: Option<&str>, transform: Option<&str>) -> Arc<Route> {
+    Arc::new(Route {
+        id: id.into(),
+        url: "https://example.com/".into(),
+        headers: Box::default(),
+        enabled: true,
+        tenant_disabled: false,
+        patterns: Box::default(),
+        filter: filter.map(|source| Arc::new(Expression { source: source.into(), compiled: Filter::compile(source) })),
+        transform: transform.map(|source| Arc::new(Expression { source: source.into(), compiled: Transform::compile(source) })),
+        policy: Arc::new(RetryPolicy::builtin_default()),
+        signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
+        client: None,
+        fifo: false,
+        rate_limit: 0,
+    })
+}
+
 pub struct TenantRoutes {
     pub tenant: Tenant,
     /// The tenant's enabled webhooks, ordered by id.

@@ -42,6 +42,20 @@ struct PolicyPatch {
     attempt_timeout: Option<Duration>,
 }
 
+/// The patch of a create or an update request: two proto messages with the same six fields.
+macro_rules! patch_of {
+    ($req:expr) => {
+        PolicyPatch::new(
+            $req.max_attempts,
+            $req.initial_backoff.as_ref(),
+            $req.max_backoff.as_ref(),
+            $req.multiplier,
+            $req.jitter,
+            $req.attempt_timeout.as_ref(),
+        )
+    };
+}
+
 fn optional_duration(field: &'static str, value: Option<&PbDuration>) -> Result<Option<Duration>, DomainError> {
     value.map(|d| duration_from_proto(field, d)).transpose()
 }
@@ -65,38 +79,20 @@ impl PolicyPatch {
         })
     }
 
+    /// Each field the request sets replaces the policy's; the others stay.
     fn apply(&self, policy: &mut RetryPolicy) {
-        if let Some(v) = self.max_attempts {
-            policy.max_attempts = v;
-        }
-        if let Some(v) = self.initial_backoff {
-            policy.initial_backoff = v;
-        }
-        if let Some(v) = self.max_backoff {
-            policy.max_backoff = v;
-        }
-        if let Some(v) = self.multiplier {
-            policy.multiplier = v;
-        }
-        if let Some(v) = self.jitter {
-            policy.jitter = v;
-        }
-        if let Some(v) = self.attempt_timeout {
-            policy.attempt_timeout = v;
-        }
+        policy.max_attempts = self.max_attempts.unwrap_or(policy.max_attempts);
+        policy.initial_backoff = self.initial_backoff.unwrap_or(policy.initial_backoff);
+        policy.max_backoff = self.max_backoff.unwrap_or(policy.max_backoff);
+        policy.multiplier = self.multiplier.unwrap_or(policy.multiplier);
+        policy.jitter = self.jitter.unwrap_or(policy.jitter);
+        policy.attempt_timeout = self.attempt_timeout.unwrap_or(policy.attempt_timeout);
     }
 }
 
 fn policy_from_create(req: &proto::CreateRetryPolicyRequest) -> Result<RetryPolicy, DomainError> {
     validate_id("policy_id", &req.policy_id)?;
-    let patch = PolicyPatch::new(
-        req.max_attempts,
-        req.initial_backoff.as_ref(),
-        req.max_backoff.as_ref(),
-        req.multiplier,
-        req.jitter,
-        req.attempt_timeout.as_ref(),
-    )?;
+    let patch = patch_of!(req)?;
     let mut policy = RetryPolicy { id: req.policy_id.clone(), ..RetryPolicy::builtin_default() };
     patch.apply(&mut policy);
     policy.validate()?;
@@ -111,14 +107,7 @@ const UPDATE_PATHS: &[&str] = &["max_attempts", "initial_backoff", "max_backoff"
 fn patch_from_update(req: &proto::UpdateRetryPolicyRequest) -> Result<PolicyPatch, DomainError> {
     validate_id("policy_id", &req.policy_id)?;
     let mask = update_mask(req.update_mask.as_ref(), UPDATE_PATHS)?;
-    let patch = PolicyPatch::new(
-        req.max_attempts,
-        req.initial_backoff.as_ref(),
-        req.max_backoff.as_ref(),
-        req.multiplier,
-        req.jitter,
-        req.attempt_timeout.as_ref(),
-    )?;
+    let patch = patch_of!(req)?;
     let Some(paths) = mask else { return Ok(patch) };
     let named = |path: &str| paths.iter().any(|p| p == path);
     let d = RetryPolicy::builtin_default();

@@ -89,7 +89,7 @@ use crate::{
     deadletter::{AttemptRecord, Reason},
     domain::routing::{Route, RoutingHandle},
     expr::Evaluator,
-    keys::Keys,
+    keys::{eval, Keys},
     redis_conn::{is_connection_error, RedisTarget},
     streams::RawEntry,
 };
@@ -382,37 +382,19 @@ pub fn queue_hand_off(pipe: &mut redis::Pipeline, keys: &Keys, hand_off: &HandOf
     let fifo = hand_off.meta.fifo;
     match &hand_off.fields {
         None => {
-            pipe.cmd("EVAL")
-                .arg(HAND_OFF_SCRIPT)
-                .arg(6)
-                .arg(item)
-                .arg(due)
-                .arg(since)
-                .arg(keys.backlog_index(k))
-                .arg(keys.stream(k))
-                .arg(keys.backlog_fifo(k, &hand_off.webhook))
-                .arg(&hand_off.entry)
-                .arg(&*hand_off.webhook)
-                .arg(hand_off.due_ms)
-                .arg(now_ms)
-                .arg(meta)
-                .arg(if fifo { fifo_member(&hand_off.entry) } else { String::new() })
-                .ignore();
+            let script_keys: [&str; 6] =
+                [&item, &due, &since, &keys.backlog_index(k), &keys.stream(k), &keys.backlog_fifo(k, &hand_off.webhook)];
+            let member = if fifo { fifo_member(&hand_off.entry) } else { String::new() };
+            let args = (&hand_off.entry, &*hand_off.webhook, hand_off.due_ms, now_ms, meta, member);
+            pipe.add_command(eval(HAND_OFF_SCRIPT, &script_keys, args)).ignore();
         }
         Some(fields) if fifo => {
             pipe.cmd("SET").arg(item).arg(encode_item(&meta, fields)).ignore();
             pipe.cmd("ZADD").arg(since).arg("NX").arg(now_ms).arg(&hand_off.entry).ignore();
             pipe.cmd("ZADD").arg(keys.backlog_fifo(k, &hand_off.webhook)).arg(0).arg(fifo_member(&hand_off.entry)).ignore();
-            pipe.cmd("EVAL")
-                .arg(FIFO_WRITE_BACK_SCRIPT)
-                .arg(2)
-                .arg(keys.backlog_hold(k, &hand_off.webhook))
-                .arg(keys.backlog_index(k))
-                .arg(&hand_off.entry)
-                .arg(hand_off.due_ms)
-                .arg(now_ms)
-                .arg(&*hand_off.webhook)
-                .ignore();
+            let script_keys: [&str; 2] = [&keys.backlog_hold(k, &hand_off.webhook), &keys.backlog_index(k)];
+            let args = (&hand_off.entry, hand_off.due_ms, now_ms, &*hand_off.webhook);
+            pipe.add_command(eval(FIFO_WRITE_BACK_SCRIPT, &script_keys, args)).ignore();
         }
         Some(fields) => {
             pipe.cmd("SET").arg(item).arg(encode_item(&meta, fields)).ignore();
@@ -440,15 +422,8 @@ pub fn queue_done(pipe: &mut redis::Pipeline, keys: &Keys, shard: u32, webhook: 
     pipe.cmd("DEL").arg(keys.backlog_item(shard, webhook, entry)).ignore();
     if fifo {
         pipe.cmd("ZREM").arg(keys.backlog_fifo(shard, webhook)).arg(fifo_member(entry)).ignore();
-        pipe.cmd("EVAL")
-            .arg(FIFO_DONE_SCRIPT)
-            .arg(2)
-            .arg(keys.backlog_hold(shard, webhook))
-            .arg(keys.backlog_index(shard))
-            .arg(entry)
-            .arg(now_ms)
-            .arg(webhook)
-            .ignore();
+        let script_keys: [&str; 2] = [&keys.backlog_hold(shard, webhook), &keys.backlog_index(shard)];
+        pipe.add_command(eval(FIFO_DONE_SCRIPT, &script_keys, (entry, now_ms, webhook))).ignore();
     }
 }
 
@@ -942,33 +917,7 @@ fn rebuild(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::{
-            model::RetryPolicy,
-            routing::{Expression, RouteSigner},
-        },
-        expr::Filter,
-        signature::WssSigner,
-    };
-
-    fn route(id: &str, filter: Option<&str>) -> Arc<Route> {
-        let filter = filter.map(|source| Arc::new(Expression { source: source.into(), compiled: Filter::compile(source) }));
-        Arc::new(Route {
-            id: id.into(),
-            url: "https://example.com/".into(),
-            headers: Box::default(),
-            enabled: true,
-            tenant_disabled: false,
-            patterns: Box::default(),
-            filter,
-            transform: None,
-            policy: Arc::new(RetryPolicy::builtin_default()),
-            signer: RouteSigner::Wss(WssSigner::new(b"secret_0123456789")),
-            client: None,
-            fifo: false,
-            rate_limit: 0,
-        })
-    }
+    use crate::domain::routing::test_route;
 
     fn meta(attempt: u32) -> ItemMeta {
         ItemMeta {
@@ -1015,7 +964,7 @@ mod tests {
     #[test]
     fn an_item_is_rebuilt_at_its_attempt_with_its_attempts() {
         let entry = fields(&[("tenant", "acme"), ("type", "order.created"), ("data", r#"{"n":1}"#)]);
-        match rebuild(0, meta(2), entry.clone(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+        match rebuild(0, meta(2), entry.clone(), Some(&test_route("wh_1", None, None)), &Evaluator::new(), 1 << 20) {
             Rebuilt::Send(delivery) => {
                 assert_eq!((delivery.attempt, delivery.history.len()), (2, 1));
                 assert_eq!(delivery.ticket.stream_id, "1767225600000-0");
@@ -1025,7 +974,7 @@ mod tests {
             Rebuilt::Done(_) => panic!("a due item of an active webhook is sent"),
         }
         // Its filter now says no: finished without an attempt.
-        let no = route("wh_1", Some("event.data.n == 2"));
+        let no = test_route("wh_1", Some("event.data.n == 2"), None);
         assert!(matches!(
             rebuild(0, meta(2), entry.clone(), Some(&no), &Evaluator::new(), 1 << 20),
             Rebuilt::Done(Completion::AlreadyTerminal { .. })
@@ -1033,7 +982,7 @@ mod tests {
         // Deleted webhook: to the signer, which dead-letters it with the reason.
         assert!(matches!(rebuild(0, meta(2), entry, None, &Evaluator::new(), 1 << 20), Rebuilt::Send(_)));
         // The source entry was gone when it was handed off.
-        match rebuild(0, meta(3), Vec::new(), Some(&route("wh_1", None)), &Evaluator::new(), 1 << 20) {
+        match rebuild(0, meta(3), Vec::new(), Some(&test_route("wh_1", None, None)), &Evaluator::new(), 1 << 20) {
             Rebuilt::Done(Completion::Abandoned { reason, delivery, .. }) => {
                 assert_eq!(reason, Reason::EntryDeleted);
                 assert_eq!((delivery.event.id(), delivery.attempt), ("1767225600000-0", 3));

@@ -26,7 +26,14 @@ use super::{
     isolation::{Circuit, Isolation},
     messages::InFlight,
 };
-use crate::{clock::Clock, domain::routing::RoutingHandle, keys::Keys, metrics::Metrics, redis_conn::RedisTarget};
+use crate::{
+    clock::Clock,
+    domain::routing::RoutingHandle,
+    keys::Keys,
+    metrics::Metrics,
+    redis_conn::RedisTarget,
+    streams::{pairs, text},
+};
 
 const TICK: Duration = Duration::from_secs(1);
 const POLL_REDIS: Duration = Duration::from_secs(2);
@@ -194,23 +201,6 @@ fn group_figures(reply: &Value, group: &str) -> Option<(Option<i64>, i64)> {
     })
 }
 
-/// The key/value pairs of a RESP2 flat list or a RESP3 map (also read by `super::retention`).
-pub(crate) fn pairs(value: &Value) -> Vec<(String, &Value)> {
-    match value {
-        Value::Array(items) => items.chunks_exact(2).filter_map(|kv| Some((text(&kv[0])?, &kv[1]))).collect(),
-        Value::Map(items) => items.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
-        _ => Vec::new(),
-    }
-}
-
-pub(crate) fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
 fn integer(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
@@ -231,25 +221,13 @@ fn oldest_pending(summary: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::streams::replies::{bulk, flat};
 
     #[test]
     fn lag_and_pending_are_read_from_either_protocol() {
         let resp2 = Value::Array(vec![
-            Value::Array(vec![bulk("name"), bulk("other"), bulk("pending"), Value::Int(9), bulk("lag"), Value::Int(9)]),
-            Value::Array(vec![
-                bulk("name"),
-                bulk("wss"),
-                bulk("consumers"),
-                Value::Int(1),
-                bulk("pending"),
-                Value::Int(3),
-                bulk("lag"),
-                Value::Int(7),
-            ]),
+            flat(vec![("name", bulk("other")), ("pending", Value::Int(9)), ("lag", Value::Int(9))]),
+            flat(vec![("name", bulk("wss")), ("consumers", Value::Int(1)), ("pending", Value::Int(3)), ("lag", Value::Int(7))]),
         ]);
         assert_eq!(group_figures(&resp2, "wss"), Some((Some(7), 3)));
         let nil_lag =

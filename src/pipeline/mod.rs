@@ -265,33 +265,24 @@ fn spawn_sources(
             outages: deps.metrics.source_outages.with_label_values(&[&label]),
             pending: deps.metrics.source_pending.with_label_values(&[&label]),
         };
+        let intake = crate::source::Intake {
+            max_event_bytes: deps.config.max_event_bytes,
+            window: deps.config.max_in_flight,
+            in_flight: in_flight.clone(),
+            status,
+            started_ms,
+            clock: deps.clock.clone(),
+        };
         let (out, done, stop) = (inbound.clone(), completions.clone(), sp.stop());
         match spec {
             // Read above, whether listed or not.
             crate::source::SourceSpec::Redis => {}
             crate::source::SourceSpec::Nats(spec) => {
-                let source = crate::source::nats::NatsSource {
-                    spec: (**spec).clone(),
-                    max_event_bytes: deps.config.max_event_bytes,
-                    batch: deps.config.read_batch,
-                    window: deps.config.max_in_flight,
-                    in_flight: in_flight.clone(),
-                    status,
-                    started_ms,
-                    clock: deps.clock.clone(),
-                };
+                let source = crate::source::nats::NatsSource { spec: (**spec).clone(), batch: deps.config.read_batch, intake };
                 sp.spawn(format!("wss-nats-{n}"), move || source.run(out, done, stop))?;
             }
             crate::source::SourceSpec::Amqp(spec) => {
-                let source = crate::source::amqp::AmqpSource {
-                    spec: (**spec).clone(),
-                    max_event_bytes: deps.config.max_event_bytes,
-                    window: deps.config.max_in_flight,
-                    in_flight: in_flight.clone(),
-                    status,
-                    started_ms,
-                    clock: deps.clock.clone(),
-                };
+                let source = crate::source::amqp::AmqpSource { spec: (**spec).clone(), intake };
                 sp.spawn(format!("wss-amqp-{n}"), move || source.run(out, done, stop))?;
             }
         }

@@ -37,7 +37,7 @@ use crate::{
     clock::Clock,
     deadletter::Reason,
     domain::{
-        routing::{Route, RoutingHandle},
+        routing::{Route, Routing, RoutingHandle},
         store::Store,
     },
     expr::{Bound, EvalError, Evaluator, Failure, Filter, Outcome, Transform},
@@ -72,17 +72,9 @@ pub fn run(
                 let event = &inbound.event;
                 log::error!(target: "wss::transformer", event_id = event.id.as_str(), tenant = event.tenant.as_str();
                     "processing event {} (stream entry {}) panicked: {}; it is dead-lettered as poison", event.id, event.stream_id, what.as_deref().unwrap_or("(no message)"));
-                let rejection = Rejection {
-                    reason: Reason::Poison,
-                    detail: format!(
-                        "processing the event panicked ({}); please report it with the event",
-                        what.as_deref().unwrap_or("no message")
-                    ),
-                    tenant: event.tenant.clone(),
-                    event_type: event.event_type.clone(),
-                    event_id: event.id.clone(),
-                };
-                done.send(Completion::Rejected { ticket: inbound.ticket.clone(), rejection, raw_fields: raw_fields(event) }).is_ok()
+                let detail =
+                    format!("processing the event panicked ({}); please report it with the event", what.as_deref().unwrap_or("no message"));
+                done.send(rejected(&inbound, Reason::Poison, detail)).is_ok()
             }
         };
         if !handed_on {
@@ -109,6 +101,28 @@ struct Freshness<'a> {
 impl Freshness<'_> {
     const EVERY: Duration = Duration::from_millis(100);
 
+    /// The snapshot to route `event` with: the current one, or a newer one when the event finds
+    /// it stale (see above).
+    fn snapshot_for(&mut self, routing: &RoutingHandle, event: &Event) -> Arc<Routing> {
+        let snapshot = routing.current();
+        let stale = match snapshot.tenants.get(&event.tenant) {
+            // Unknown tenant, or one without any enabled webhook yet: check every time.
+            None => self.catch_up(routing, false),
+            Some(t) if !t.tenant.disabled && t.routes.is_empty() => self.catch_up(routing, false),
+            // A redelivery to a webhook this snapshot does not have (re-enabled elsewhere just now?).
+            Some(t) if event.only_webhook.as_ref().is_some_and(|only| !t.routes.iter().any(|r| *r.id == **only)) => {
+                self.catch_up(routing, false)
+            }
+            Some(t) if !t.tenant.disabled && !t.routes.iter().any(|r| r.wants(&event.event_type)) => self.catch_up(routing, true),
+            Some(_) => false,
+        };
+        if stale {
+            routing.current()
+        } else {
+            snapshot
+        }
+    }
+
     /// True when a newer snapshot was loaded. `rate_limited`: skip when checked recently.
     fn catch_up(&mut self, routing: &RoutingHandle, rate_limited: bool) -> bool {
         if rate_limited && self.last_check.is_some_and(|at| self.clock.elapsed(at) < Self::EVERY) {
@@ -132,43 +146,37 @@ fn route(
     done: &Sender<Completion>,
 ) -> bool {
     let Inbound { event, ticket } = inbound;
-    let snapshot = {
-        let snapshot = routing.current();
-        let stale = match snapshot.tenants.get(&event.tenant) {
-            // Unknown tenant, or one without any enabled webhook yet: check every time.
-            None => freshness.catch_up(routing, false),
-            Some(t) if !t.tenant.disabled && t.routes.is_empty() => freshness.catch_up(routing, false),
-            // A redelivery to a webhook this snapshot does not have (re-enabled elsewhere just now?).
-            Some(t) if event.only_webhook.as_ref().is_some_and(|only| !t.routes.iter().any(|r| *r.id == **only)) => {
-                freshness.catch_up(routing, false)
-            }
-            Some(t) if !t.tenant.disabled && !t.routes.iter().any(|r| r.wants(&event.event_type)) => freshness.catch_up(routing, true),
-            Some(_) => false,
-        };
-        if stale {
-            routing.current()
-        } else {
-            snapshot
-        }
+    let snapshot = freshness.snapshot_for(routing, event);
+    let candidates = match candidates(&snapshot, event) {
+        Ok(candidates) => candidates,
+        Err(NotRouted::Rejected(reason, detail)) => return done.send(rejected(inbound, reason, detail)).is_ok(),
+        Err(NotRouted::Unrouted) => return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok(),
     };
-    let reject = |reason: Reason, detail: String| Completion::Rejected {
-        ticket: ticket.clone(),
-        rejection: Rejection {
-            reason,
-            detail,
-            tenant: event.tenant.clone(),
-            event_type: event.event_type.clone(),
-            event_id: event.id.clone(),
-        },
-        raw_fields: raw_fields(event),
-    };
+    let plans = plan(evaluator, event, &candidates);
+    if plans.is_empty() {
+        log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
+        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
+    }
+    hand_on(inbound, plans, out, done)
+}
+
+/// Why an event goes no further than the transformer.
+enum NotRouted {
+    /// Dead-lettered with this reason and detail.
+    Rejected(Reason, String),
+    /// No webhook wants it: acknowledged.
+    Unrouted,
+}
+
+/// The webhooks of the event's tenant whose types match it (only the one a redelivery names);
+/// `Err` when its tenant is unknown or disabled, or none wants it.
+fn candidates<'s>(snapshot: &'s Routing, event: &Event) -> Result<Vec<&'s Arc<Route>>, NotRouted> {
     let Some(tenant) = snapshot.tenants.get(&event.tenant) else {
         let detail = format!("tenant {:?} does not exist; create it with TenantService/CreateTenant", event.tenant);
-        return done.send(reject(Reason::UnknownTenant, detail)).is_ok();
+        return Err(NotRouted::Rejected(Reason::UnknownTenant, detail));
     };
     if tenant.tenant.disabled {
-        let detail = format!("tenant {:?} is disabled", event.tenant);
-        return done.send(reject(Reason::TenantDisabled, detail)).is_ok();
+        return Err(NotRouted::Rejected(Reason::TenantDisabled, format!("tenant {:?} is disabled", event.tenant)));
     }
     let candidates: Vec<&Arc<Route>> = tenant
         .routes
@@ -176,20 +184,22 @@ fn route(
         .filter(|r| event.only_webhook.as_ref().is_none_or(|only| *r.id == **only))
         .filter(|r| r.wants(&event.event_type))
         .collect();
-    if let (Some(only), true) = (&event.only_webhook, candidates.is_empty()) {
-        log::info!(target: "wss::transformer", tenant = event.tenant.as_str(), webhook = only.as_str(), event_id = event.id.as_str(), outcome = "unrouted";
-            "redelivered event {} is not sent: webhook {only} of tenant {} is gone, disabled, or no longer wants type {}", event.id, event.tenant, event.event_type);
-        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
-    }
     if candidates.is_empty() {
-        log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook's event types", event.id, event.event_type, event.tenant);
-        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
+        if let Some(only) = &event.only_webhook {
+            log::info!(target: "wss::transformer", tenant = event.tenant.as_str(), webhook = only.as_str(), event_id = event.id.as_str(), outcome = "unrouted";
+                "redelivered event {} is not sent: webhook {only} of tenant {} is gone, disabled, or no longer wants type {}", event.id, event.tenant, event.event_type);
+        } else {
+            log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} matches no webhook's event types", event.id, event.event_type, event.tenant);
+        }
+        return Err(NotRouted::Unrouted);
     }
-    let plans = plan(evaluator, event, &candidates);
-    if plans.is_empty() {
-        log::debug!(target: "wss::transformer", "event {} ({}) of tenant {} is filtered out by every webhook whose types match", event.id, event.event_type, event.tenant);
-        return done.send(Completion::Unrouted { ticket: ticket.clone() }).is_ok();
-    }
+    Ok(candidates)
+}
+
+/// Hands each planned delivery on: to the signer, or (its expression failed) to the outcome
+/// stage as abandoned; false when a next stage is gone.
+fn hand_on(inbound: &Inbound, plans: Vec<(&Arc<Route>, Plan)>, out: &Sender<Delivery>, done: &Sender<Completion>) -> bool {
+    let Inbound { event, ticket } = inbound;
     let meta = Arc::new(EventMeta::of(event));
     ticket.expect(plans.len());
     for (route, plan) in plans {
@@ -213,6 +223,22 @@ fn route(
         }
     }
     true
+}
+
+/// The event rejected after parsing: dead-lettered with `reason` and `detail`, and its fields.
+fn rejected(inbound: &Inbound, reason: Reason, detail: String) -> Completion {
+    let Inbound { event, ticket } = inbound;
+    Completion::Rejected {
+        ticket: ticket.clone(),
+        rejection: Rejection {
+            reason,
+            detail,
+            tenant: event.tenant.clone(),
+            event_type: event.event_type.clone(),
+            event_id: event.id.clone(),
+        },
+        raw_fields: raw_fields(event),
+    }
 }
 
 /// What becomes of the event for one webhook whose types match.
@@ -334,13 +360,7 @@ fn raw_fields(event: &Event) -> Vec<(Vec<u8>, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        domain::{
-            model::RetryPolicy,
-            routing::{Expression, RouteSigner},
-        },
-        signature::WssSigner,
-    };
+    use crate::domain::routing::test_route;
 
     fn event() -> Event {
         Event {
@@ -355,28 +375,6 @@ mod tests {
         }
     }
 
-    fn route(id: &str, filter: &str, transform: &str) -> Arc<Route> {
-        let compiled_filter =
-            (!filter.is_empty()).then(|| Arc::new(Expression { source: filter.into(), compiled: Filter::compile(filter) }));
-        let compiled_transform =
-            (!transform.is_empty()).then(|| Arc::new(Expression { source: transform.into(), compiled: Transform::compile(transform) }));
-        Arc::new(Route {
-            id: id.into(),
-            url: "https://example.com/".into(),
-            headers: Box::default(),
-            enabled: true,
-            tenant_disabled: false,
-            patterns: Box::default(),
-            filter: compiled_filter,
-            transform: compiled_transform,
-            policy: Arc::new(RetryPolicy::builtin_default()),
-            signer: RouteSigner::Wss(WssSigner::new(b"whsec_0123456789abcdef")),
-            client: None,
-            fifo: false,
-            rate_limit: 0,
-        })
-    }
-
     fn sent(plan: &Plan) -> &Arc<[u8]> {
         match plan {
             Plan::Send(body) => body,
@@ -388,10 +386,14 @@ mod tests {
     fn fan_out_shares_one_envelope_and_transforms_per_webhook() {
         let event = event();
         let routes = [
-            route("wh_plain", "", ""),
-            route("wh_yes", "event.data.status == 'shipped'", ""),
-            route("wh_no", "event.data.status == 'cancelled'", ""),
-            route("wh_shaped", "event.attributes.region == 'eu'", "{'order': event.data.order_id, 'at': event.created_at}"),
+            test_route("wh_plain", None, None),
+            test_route("wh_yes", Some("event.data.status == 'shipped'"), None),
+            test_route("wh_no", Some("event.data.status == 'cancelled'"), None),
+            test_route(
+                "wh_shaped",
+                Some("event.attributes.region == 'eu'"),
+                Some("{'order': event.data.order_id, 'at': event.created_at}"),
+            ),
         ];
         let candidates: Vec<&Arc<Route>> = routes.iter().collect();
         let plans = plan(&Evaluator::new(), &event, &candidates);
@@ -407,11 +409,11 @@ mod tests {
     fn a_failing_expression_dead_letters_only_its_delivery() {
         let event = event();
         let routes = [
-            route("wh_missing", "event.data.colour == 'red'", ""),
-            route("wh_plain", "", ""),
-            route("wh_not_bool", "event.data.status", ""),
-            route("wh_bad_body", "", "{'x': 1.0 / 0.0}"),
-            route("wh_broken", "event.data.", ""),
+            test_route("wh_missing", Some("event.data.colour == 'red'"), None),
+            test_route("wh_plain", None, None),
+            test_route("wh_not_bool", Some("event.data.status"), None),
+            test_route("wh_bad_body", None, Some("{'x': 1.0 / 0.0}")),
+            test_route("wh_broken", Some("event.data."), None),
         ];
         let candidates: Vec<&Arc<Route>> = routes.iter().collect();
         let plans = plan(&Evaluator::new(), &event, &candidates);
@@ -442,10 +444,10 @@ mod tests {
         // Data that CEL cannot take (a number out of range) is fine when nothing evaluates it.
         let mut event = event();
         event.data = serde_json::value::RawValue::from_string("[1e999]".into()).unwrap();
-        let plain = route("wh_plain", "", "");
+        let plain = test_route("wh_plain", None, None);
         let plans = plan(&Evaluator::new(), &event, &[&plain]);
         assert!(matches!(plans[0].1, Plan::Send(_)));
-        let filtered = route("wh_f", "true", "");
+        let filtered = test_route("wh_f", Some("true"), None);
         let plans = plan(&Evaluator::new(), &event, &[&filtered]);
         assert!(
             matches!(&plans[0].1, Plan::DeadLetter { reason: Reason::FilterError, detail, .. } if detail.starts_with("filter failed: event.data cannot be given to CEL"))

@@ -23,7 +23,7 @@
 //! nor left unacknowledged. Failures are retried with backoff (100 ms doubling to 5 s), logged
 //! once per outage, counted, and shown in `/readyz` ([`super::SourceStatus`]).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use futures_util::StreamExt;
@@ -37,32 +37,21 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use super::{
-    event_fields, hand_on_held, run_on_own_runtime, stop_requested, Ack, AmqpSpec, Backoff, BrokerHold, Fields, MessageParts, Outstanding,
-    Owed, RawEntry, SourceStatus,
+    event_fields, hand_on_held, run_on_own_runtime, stop_requested, Ack, AmqpSpec, BrokerHold, Fields, Intake, MessageParts, Owed,
+    RawEntry, Retrying, Wiring,
 };
-use crate::{
-    clock::Clock,
-    pipeline::messages::{Admission, Completion, InFlight, Inbound},
-};
+use crate::pipeline::messages::{Admission, Completion, Inbound};
 
 /// How long the thread waits for the next delivery before it looks at shutdown again.
 const POLL: Duration = Duration::from_millis(250);
 /// How often the queue's depth is read for the gauges.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
+/// What the AMQP thread needs. A message's `timestamp` property is its publication time, for
+/// [`Intake::started_ms`].
 pub struct AmqpSource {
     pub spec: AmqpSpec,
-    pub max_event_bytes: usize,
-    /// `WSS_MAX_IN_FLIGHT`: the channel's prefetch (capped at 65,535).
-    pub window: usize,
-    pub in_flight: Arc<InFlight>,
-    pub status: SourceStatus,
-    /// When this process started (ms): a message whose `timestamp` property is older may have
-    /// been in the hands of an instance that died, so it is handed on as recovered (see
-    /// `NatsSource::started_ms`).
-    pub started_ms: u64,
-    /// Where event times (without a `timestamp` property) and the lag's sampling times come from.
-    pub clock: Clock,
+    pub intake: Intake,
 }
 
 /// The ticket's acknowledger: a `basic.ack` of the delivery's tag on its channel, sent on the
@@ -89,22 +78,13 @@ impl Ack for DeliveryAck {
 
 impl AmqpSource {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
-        run_on_own_runtime(&self.status, &self.clock, "wss-amqp-io", out, done, |runtime, outstanding, out, done| {
-            self.read(runtime, outstanding, out, done, &shutdown)
-        });
+        run_on_own_runtime(&self.intake, "wss-amqp-io", out, done, &shutdown, |wiring| self.read(wiring));
     }
 
-    fn read(
-        &self,
-        runtime: &tokio::runtime::Runtime,
-        outstanding: &Outstanding,
-        out: &Sender<Inbound>,
-        done: &Sender<Completion>,
-        shutdown: &Receiver<()>,
-    ) {
-        let mut down = false;
-        let mut backoff = Backoff::new();
-        let stopping = || stop_requested(shutdown);
+    fn read(&self, wiring: &Wiring<'_>) {
+        let runtime = wiring.runtime;
+        let mut retrying = Retrying::new(&self.intake.status, wiring.shutdown);
+        let stopping = || stop_requested(wiring.shutdown);
         loop {
             if stopping() {
                 return;
@@ -112,24 +92,22 @@ impl AmqpSource {
             let (connection, channel, mut consumer) = match runtime.block_on(self.connect()) {
                 Ok(pair) => pair,
                 Err(err) => {
-                    self.status.failed(&mut down, "connecting and declaring the queue", &err);
-                    if backoff.wait(shutdown) {
+                    if retrying.failed("connecting and declaring the queue", &err) {
                         return;
                     }
                     continue;
                 }
             };
-            self.status.succeeded(&mut down);
-            backoff.reset();
-            log::info!(target: "wss::source", "reading AMQP queue {} ({})", self.spec.queue, self.status.label);
+            retrying.succeeded();
+            log::info!(target: "wss::source", "reading AMQP queue {} ({})", self.spec.queue, self.intake.status.label);
             // Deliveries until the connection fails or shutdown.
-            let mut lag_at = self.clock.now();
+            let mut lag_at = self.intake.clock.now();
             let failure = loop {
                 if stopping() {
                     return;
                 }
-                if self.clock.elapsed(lag_at) >= LAG_EVERY {
-                    lag_at = self.clock.now();
+                if self.intake.clock.elapsed(lag_at) >= LAG_EVERY {
+                    lag_at = self.intake.clock.now();
                     self.read_lag(runtime, &channel);
                 }
                 let next = runtime.block_on(tokio::time::timeout(POLL, consumer.next()));
@@ -139,15 +117,14 @@ impl AmqpSource {
                     Ok(Some(Err(err))) => break err.to_string(),
                     Ok(Some(Ok(delivery))) => delivery,
                 };
-                self.status.events_read.inc();
-                if !self.hand_on(delivery, runtime, outstanding, out, done, shutdown) {
+                self.intake.status.events_read.inc();
+                if !self.hand_on(delivery, wiring) {
                     return;
                 }
             };
             drop(consumer);
             let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(1), connection.close(0, "reconnecting".into())));
-            self.status.failed(&mut down, "consuming", &failure);
-            if backoff.wait(shutdown) {
+            if retrying.failed("consuming", &failure) {
                 return;
             }
         }
@@ -162,7 +139,7 @@ impl AmqpSource {
             FieldTable::default(),
         );
         if let Ok(Ok(queue)) = runtime.block_on(tokio::time::timeout(Duration::from_secs(2), declare)) {
-            self.status.pending.set(i64::from(queue.message_count()));
+            self.intake.status.pending.set(i64::from(queue.message_count()));
         }
     }
 
@@ -187,7 +164,7 @@ impl AmqpSource {
         };
         let connection = tokio::time::timeout(Duration::from_secs(5), connect).await.map_err(|_| "connecting timed out".to_owned())??;
         let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
-        let prefetch = u16::try_from(self.window).unwrap_or(u16::MAX);
+        let prefetch = u16::try_from(self.intake.window).unwrap_or(u16::MAX);
         channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(|e| format!("basic.qos: {e}"))?;
         channel
             .queue_declare(
@@ -205,22 +182,15 @@ impl AmqpSource {
     }
 
     /// One delivery into the pipeline; false when shutting down.
-    fn hand_on(
-        &self,
-        delivery: Delivery,
-        runtime: &tokio::runtime::Runtime,
-        outstanding: &Outstanding,
-        out: &Sender<Inbound>,
-        done: &Sender<Completion>,
-        shutdown: &Receiver<()>,
-    ) -> bool {
-        let (id, fields) = fields_of(&delivery, &self.spec.queue, self.clock.now_ms());
-        match self.in_flight.admit(0, &id, shutdown) {
+    fn hand_on(&self, delivery: Delivery, wiring: &Wiring<'_>) -> bool {
+        let Wiring { runtime, outstanding, out, done, shutdown } = *wiring;
+        let (id, fields) = fields_of(&delivery, &self.spec.queue, self.intake.clock.now_ms());
+        match self.intake.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             Admission::AlreadyInFlight | Admission::Full => {
                 // A copy of an event in hand (redelivered after a reconnect, or the same id
                 // twice): acknowledged once the event leaves the window, its work recorded.
-                let (in_flight, acker) = (self.in_flight.clone(), delivery.acker);
+                let (in_flight, acker) = (self.intake.in_flight.clone(), delivery.acker);
                 runtime.spawn(async move {
                     while in_flight.contains(0, &id) {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -237,8 +207,8 @@ impl AmqpSource {
         let ack = DeliveryAck { acker: delivery.acker, owed: Mutex::new(Some(outstanding.owe())), runtime: runtime.handle().clone() };
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(ack) };
         let entry = RawEntry { id, fields: Some(fields) };
-        let before_start = delivery.properties.timestamp().is_some_and(|seconds| seconds.saturating_mul(1000) < self.started_ms);
-        hand_on_held(0, entry, delivery.redelivered || before_start, reads, self.max_event_bytes, Some(broker), out, done)
+        let before_start = delivery.properties.timestamp().is_some_and(|seconds| seconds.saturating_mul(1000) < self.intake.started_ms);
+        hand_on_held(0, entry, delivery.redelivered || before_start, reads, self.intake.max_event_bytes, Some(broker), out, done)
     }
 }
 

@@ -31,7 +31,7 @@ use crossbeam_channel::Sender;
 use self::redis::poison;
 use crate::pipeline::{
     event::parse_entry,
-    messages::{Completion, EntryTicket, Inbound},
+    messages::{Completion, EntryTicket, InFlight, Inbound},
 };
 pub use crate::streams::RawEntry;
 
@@ -140,6 +140,23 @@ impl SourceStatus {
     }
 }
 
+/// What a broker source (NATS, AMQP) is given besides its own settings: the same for each.
+pub struct Intake {
+    pub max_event_bytes: usize,
+    /// `WSS_MAX_IN_FLIGHT`: also the broker's own window of unacknowledged messages (the NATS
+    /// consumer's `MaxAckPending`, the AMQP channel's prefetch, capped at 65,535).
+    pub window: usize,
+    pub in_flight: std::sync::Arc<InFlight>,
+    pub status: SourceStatus,
+    /// When this process started (ms): a message published before it may have been in the
+    /// hands of an instance that died (a delivery count is not enough: a broker restart can
+    /// reset it), so it is handed on as recovered and the signer checks its history first.
+    pub started_ms: u64,
+    /// Where event times (of messages without their own), the times of messages in hand and
+    /// of the lag's sampling come from.
+    pub clock: crate::clock::Clock,
+}
+
 /// Broker acknowledgements not yet sent: a source's thread waits for them at shutdown before
 /// its runtime (which sends them) goes, so that a graceful stop acknowledges what it finished.
 #[derive(Clone, Default)]
@@ -177,52 +194,72 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(10);
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The wait between a broker source's attempts after a failure: [`BACKOFF_MIN`], doubling each
-/// time, up to [`BACKOFF_MAX`]; back to the first once the source works again.
-pub(crate) struct Backoff(Duration);
+/// A broker source's standing across failures: whether it is in an outage (logged once per
+/// outage, see [`SourceStatus::failed`]) and the wait before its next attempt: [`BACKOFF_MIN`],
+/// doubling each time, up to [`BACKOFF_MAX`]; back to the first once the source works again.
+pub(crate) struct Retrying<'a> {
+    status: &'a SourceStatus,
+    shutdown: &'a crossbeam_channel::Receiver<()>,
+    down: bool,
+    delay: Duration,
+}
 
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Self(BACKOFF_MIN)
+impl<'a> Retrying<'a> {
+    pub(crate) fn new(status: &'a SourceStatus, shutdown: &'a crossbeam_channel::Receiver<()>) -> Self {
+        Self { status, shutdown, down: false, delay: BACKOFF_MIN }
     }
 
-    /// Waits the current delay and doubles the next; true when the pipeline asked the source to
-    /// stop meanwhile (the source then returns).
-    pub(crate) fn wait(&mut self, shutdown: &crossbeam_channel::Receiver<()>) -> bool {
-        let stop = !matches!(shutdown.recv_timeout(self.0), Err(crossbeam_channel::RecvTimeoutError::Timeout));
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    /// `what` failed: reported, then the current delay waited and the next doubled; true when
+    /// the pipeline asked the source to stop meanwhile (the source then returns).
+    pub(crate) fn failed(&mut self, what: &str, err: &dyn std::fmt::Display) -> bool {
+        self.status.failed(&mut self.down, what, err);
+        let stop = !matches!(self.shutdown.recv_timeout(self.delay), Err(crossbeam_channel::RecvTimeoutError::Timeout));
+        self.delay = (self.delay * 2).min(BACKOFF_MAX);
         stop
     }
 
-    pub(crate) fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
+    /// The source works (again).
+    pub(crate) fn succeeded(&mut self) {
+        self.status.succeeded(&mut self.down);
+        self.delay = BACKOFF_MIN;
     }
+}
+
+/// What a broker source's reading loop works with, lent by [`run_on_own_runtime`]: the runtime
+/// its client runs on, the acknowledgements it owes, where events (and rejections) go, and the
+/// pipeline's stop signal.
+pub(crate) struct Wiring<'a> {
+    pub runtime: &'a tokio::runtime::Runtime,
+    pub outstanding: &'a Outstanding,
+    pub out: &'a Sender<Inbound>,
+    pub done: &'a Sender<Completion>,
+    pub shutdown: &'a crossbeam_channel::Receiver<()>,
 }
 
 /// Runs a broker source on a one-thread runtime of its own (its threads named `thread_name`):
 /// `read` until shutdown, then waits (at most [`SETTLE`]) for what the pipeline finishes after
 /// the stop to be acknowledged, before the runtime goes.
 pub(crate) fn run_on_own_runtime(
-    status: &SourceStatus,
-    clock: &crate::clock::Clock,
+    intake: &Intake,
     thread_name: &str,
-    out: crossbeam_channel::Sender<Inbound>,
-    done: crossbeam_channel::Sender<Completion>,
-    read: impl FnOnce(&tokio::runtime::Runtime, &Outstanding, &crossbeam_channel::Sender<Inbound>, &crossbeam_channel::Sender<Completion>),
+    out: Sender<Inbound>,
+    done: Sender<Completion>,
+    shutdown: &crossbeam_channel::Receiver<()>,
+    read: impl FnOnce(&Wiring<'_>),
 ) {
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(thread_name).enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            log::error!(target: "wss::source", "cannot start the runtime of source {}: {err}", status.label);
+            log::error!(target: "wss::source", "cannot start the runtime of source {}: {err}", intake.status.label);
             return;
         }
     };
     // The clients' types expect a runtime context also where they are built and dropped.
     let _context = runtime.enter();
     let outstanding = Outstanding::default();
-    read(&runtime, &outstanding, &out, &done);
+    read(&Wiring { runtime: &runtime, outstanding: &outstanding, out: &out, done: &done, shutdown });
     drop((out, done));
-    outstanding.wait_settled(clock, SETTLE);
+    outstanding.wait_settled(&intake.clock, SETTLE);
 }
 
 /// What a broker message's headers and properties name, before it becomes an event's fields.

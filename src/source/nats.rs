@@ -43,12 +43,12 @@ use parking_lot::Mutex;
 
 pub use super::SourceStatus;
 use super::{
-    event_fields, hand_on_held, run_on_own_runtime, stop_requested, Ack, Backoff, BrokerHold, Fields, MessageParts, NatsSpec, Outstanding,
-    Owed, RawEntry, BACKOFF_MAX, BACKOFF_MIN,
+    event_fields, hand_on_held, run_on_own_runtime, stop_requested, Ack, BrokerHold, Fields, Intake, MessageParts, NatsSpec, Owed,
+    RawEntry, Retrying, Wiring, BACKOFF_MAX, BACKOFF_MIN,
 };
 use crate::{
     clock::Clock,
-    pipeline::messages::{Admission, Completion, InFlight, Inbound},
+    pipeline::messages::{Admission, Completion, Inbound},
 };
 
 /// How long one pull waits for messages before it ends (an empty pull is cheap); also how soon
@@ -60,19 +60,9 @@ const LAG_EVERY: Duration = Duration::from_secs(2);
 /// What the NATS thread needs.
 pub struct NatsSource {
     pub spec: NatsSpec,
-    pub max_event_bytes: usize,
     /// Messages per pull, at most (`WSS_READ_BATCH`).
     pub batch: usize,
-    /// `WSS_MAX_IN_FLIGHT`: the consumer's `MaxAckPending`.
-    pub window: usize,
-    pub in_flight: Arc<InFlight>,
-    pub status: SourceStatus,
-    /// When this process started (ms): a message published before it may have been in the
-    /// hands of an instance that died (its delivery count is not enough: a broker restart can
-    /// reset it), so it is handed on as recovered and the signer checks its history first.
-    pub started_ms: u64,
-    /// Where the times of messages in hand and of the lag's sampling come from.
-    pub clock: Clock,
+    pub intake: Intake,
 }
 
 /// A message in hand: what acknowledging it (or telling JetStream that work goes on) needs.
@@ -112,24 +102,16 @@ type HeldList = Arc<Mutex<Vec<Weak<Held>>>>;
 
 impl NatsSource {
     pub fn run(self, out: Sender<Inbound>, done: Sender<Completion>, shutdown: Receiver<()>) {
-        run_on_own_runtime(&self.status, &self.clock, "wss-nats-io", out, done, |runtime, outstanding, out, done| {
+        run_on_own_runtime(&self.intake, "wss-nats-io", out, done, &shutdown, |wiring| {
             let held: HeldList = Arc::default();
-            runtime.spawn(progress(held.clone(), self.spec.ack_wait, self.clock.clone()));
-            self.read(runtime, &held, outstanding, out, done, &shutdown)
+            wiring.runtime.spawn(progress(held.clone(), self.spec.ack_wait, self.intake.clock.clone()));
+            self.read(wiring, &held)
         });
     }
 
-    fn read(
-        &self,
-        runtime: &tokio::runtime::Runtime,
-        held: &HeldList,
-        outstanding: &Outstanding,
-        out: &Sender<Inbound>,
-        done: &Sender<Completion>,
-        shutdown: &Receiver<()>,
-    ) {
-        let mut down = false;
-        let mut backoff = Backoff::new();
+    fn read(&self, wiring: &Wiring<'_>, held: &HeldList) {
+        let Wiring { runtime, shutdown, .. } = *wiring;
+        let mut retrying = Retrying::new(&self.intake.status, shutdown);
         // Connect (the client then reconnects by itself), and create what is missing.
         let mut consumer = loop {
             if stop_requested(shutdown) {
@@ -138,28 +120,26 @@ impl NatsSource {
             match runtime.block_on(self.connect()) {
                 Ok(consumer) => break consumer,
                 Err(err) => {
-                    self.status.failed(&mut down, "connecting and preparing the stream and consumer", &err);
-                    if backoff.wait(shutdown) {
+                    if retrying.failed("connecting and preparing the stream and consumer", &err) {
                         return;
                     }
                 }
             }
         };
-        self.status.succeeded(&mut down);
-        backoff.reset();
+        retrying.succeeded();
         log::info!(target: "wss::source", "reading NATS JetStream stream {} (subjects {}) as durable consumer {}", self.spec.stream, self.spec.subjects.join(","), self.spec.consumer);
-        let mut lag_at = self.clock.now();
+        let mut lag_at = self.intake.clock.now();
         loop {
             if stop_requested(shutdown) {
                 return;
             }
-            if self.clock.elapsed(lag_at) >= LAG_EVERY {
-                lag_at = self.clock.now();
+            if self.intake.clock.elapsed(lag_at) >= LAG_EVERY {
+                lag_at = self.intake.clock.now();
                 if let Ok(Ok(info)) = runtime.block_on(tokio::time::timeout(Duration::from_secs(2), consumer.info())) {
-                    self.status.pending.set((info.num_pending as i64).saturating_add(info.num_ack_pending as i64));
+                    self.intake.status.pending.set((info.num_pending as i64).saturating_add(info.num_ack_pending as i64));
                 }
             }
-            let want = self.batch.min(self.in_flight.room().max(1));
+            let want = self.batch.min(self.intake.in_flight.room().max(1));
             let pulled = runtime.block_on(async {
                 let request = consumer.batch().max_messages(want).expires(PULL_EXPIRES).messages();
                 tokio::time::timeout(PULL_EXPIRES * 4, request).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())
@@ -167,8 +147,7 @@ impl NatsSource {
             let mut messages = match pulled {
                 Ok(messages) => messages,
                 Err(err) => {
-                    self.status.failed(&mut down, "pulling messages", &err);
-                    if backoff.wait(shutdown) {
+                    if retrying.failed("pulling messages", &err) {
                         return;
                     }
                     continue;
@@ -189,8 +168,8 @@ impl NatsSource {
                         break;
                     }
                 };
-                self.status.events_read.inc();
-                match self.hand_on(message, &Handing { runtime, held, outstanding }, out, done, shutdown) {
+                self.intake.status.events_read.inc();
+                match self.hand_on(message, wiring, held) {
                     Some(true) => {}
                     Some(false) => continue,
                     None => return,
@@ -198,15 +177,11 @@ impl NatsSource {
             }
             match failed {
                 Some(err) => {
-                    self.status.failed(&mut down, "pulling messages", &err);
-                    if backoff.wait(shutdown) {
+                    if retrying.failed("pulling messages", &err) {
                         return;
                     }
                 }
-                None => {
-                    self.status.succeeded(&mut down);
-                    backoff.reset();
-                }
+                None => retrying.succeeded(),
             }
         }
     }
@@ -252,7 +227,7 @@ impl NatsSource {
                     durable_name: Some(spec.consumer.clone()),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait: spec.ack_wait,
-                    max_ack_pending: i64::try_from(self.window).unwrap_or(i64::MAX),
+                    max_ack_pending: i64::try_from(self.intake.window).unwrap_or(i64::MAX),
                     ..Default::default()
                 },
             )
@@ -263,23 +238,17 @@ impl NatsSource {
 
     /// One message into the pipeline: `Some(true)` handed on, `Some(false)` skipped (already
     /// in hand), `None` shutting down.
-    fn hand_on(
-        &self,
-        message: jetstream::Message,
-        handing: &Handing<'_>,
-        out: &Sender<Inbound>,
-        done: &Sender<Completion>,
-        shutdown: &Receiver<()>,
-    ) -> Option<bool> {
+    fn hand_on(&self, message: jetstream::Message, wiring: &Wiring<'_>, held: &HeldList) -> Option<bool> {
+        let Wiring { runtime, outstanding, out, done, shutdown } = *wiring;
         let (sequence, published_ms, delivered) = match message.info() {
             Ok(info) => {
                 (info.stream_sequence, (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64, info.delivered.max(1) as u64)
             }
             // Not a JetStream delivery (cannot happen on a pull consumer): taken as first seen now.
-            Err(_) => (0, self.clock.now_ms(), 1),
+            Err(_) => (0, self.intake.clock.now_ms(), 1),
         };
         let (id, fields) = fields_of(&message.message, &self.spec.stream, sequence, published_ms);
-        match self.in_flight.admit(0, &id, shutdown) {
+        match self.intake.in_flight.admit(0, &id, shutdown) {
             Admission::Admitted => {}
             // The same event is in hand (a redelivery, or another message with its id): this
             // copy is left unacknowledged; the one in hand is acknowledged when done, and
@@ -293,24 +262,17 @@ impl NatsSource {
         let hold = Arc::new(Held {
             message: bare,
             acked: AtomicBool::new(false),
-            owed: Mutex::new(Some(handing.outstanding.owe())),
-            since: self.clock.now(),
-            runtime: handing.runtime.handle().clone(),
+            owed: Mutex::new(Some(outstanding.owe())),
+            since: self.intake.clock.now(),
+            runtime: runtime.handle().clone(),
         });
-        handing.held.lock().push(Arc::downgrade(&hold));
+        held.lock().push(Arc::downgrade(&hold));
         let broker = BrokerHold { fields: fields.clone(), ack: Box::new(HeldAck(hold)) };
         let entry = RawEntry { id, fields: Some(fields) };
         let reads = (delivered > 1).then_some(delivered);
-        let recovered = delivered > 1 || published_ms < self.started_ms;
-        hand_on_held(0, entry, recovered, reads, self.max_event_bytes, Some(broker), out, done).then_some(true)
+        let recovered = delivered > 1 || published_ms < self.intake.started_ms;
+        hand_on_held(0, entry, recovered, reads, self.intake.max_event_bytes, Some(broker), out, done).then_some(true)
     }
-}
-
-/// What handing a message on needs besides the pipeline's channels.
-struct Handing<'a> {
-    runtime: &'a tokio::runtime::Runtime,
-    held: &'a HeldList,
-    outstanding: &'a Outstanding,
 }
 
 /// Every third of `ack_wait`, tells JetStream that work goes on for each message in hand for

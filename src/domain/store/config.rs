@@ -158,9 +158,7 @@ impl Store {
             patch(&mut tenant)?;
             self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
             tenant.updated_at_ms = now_ms();
-            pipe.hset(&keys.tenants, id, self.encode(&tenant)?).ignore();
-            pipe.hset(versions_key(&keys.tenants), id, version + 1).ignore();
-            Ok(Versioned { value: tenant, version: version + 1 })
+            self.queue_next_version(pipe, &keys.tenants, id, tenant, version)
         })
     }
 
@@ -259,9 +257,7 @@ impl Store {
             patch(&mut webhook)?;
             self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
             webhook.updated_at_ms = now_ms();
-            pipe.hset(&keys.webhooks, id, self.encode(&webhook)?).ignore();
-            pipe.hset(versions_key(&keys.webhooks), id, version + 1).ignore();
-            Ok(Versioned { value: webhook, version: version + 1 })
+            self.queue_next_version(pipe, &keys.webhooks, id, webhook, version)
         })
     }
 
@@ -359,9 +355,7 @@ impl Store {
             check_version("retry policy", id, version, expected)?;
             patch(&mut policy)?;
             policy.validate()?;
-            pipe.hset(&keys.policies, id, self.encode(&policy)?).ignore();
-            pipe.hset(versions_key(&keys.policies), id, version + 1).ignore();
-            Ok(Versioned { value: policy, version: version + 1 })
+            self.queue_next_version(pipe, &keys.policies, id, policy, version)
         })
     }
 

@@ -4,7 +4,7 @@
 //! the stream's slot: `P published:{k}:…` with shards).
 
 use super::connection::Store;
-use crate::domain::DomainError;
+use crate::{domain::DomainError, keys::eval};
 
 /// What publishing an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,15 +42,9 @@ impl Store {
     pub fn publish_event_once(&self, tenant: &str, event_id: &str, fields: &[(&str, &str)]) -> Result<Published, DomainError> {
         let window_ms = self.dedupe_window.as_millis().max(1) as u64;
         self.with_conn(|con, keys| {
-            let (stream_entry_id, duplicate): (String, i64) = redis::cmd("EVAL")
-                .arg(PUBLISH_ONCE_SCRIPT)
-                .arg(2)
-                .arg(keys.published(tenant, event_id))
-                .arg(keys.stream_of(tenant))
-                .arg(window_ms)
-                .arg(fields)
-                .query(con)
-                .map_err(|e| self.unavailable(e))?;
+            let script_keys: [&str; 2] = [&keys.published(tenant, event_id), &keys.stream_of(tenant)];
+            let (stream_entry_id, duplicate): (String, i64) =
+                eval(PUBLISH_ONCE_SCRIPT, &script_keys, (window_ms, fields)).query(con).map_err(|e| self.unavailable(e))?;
             Ok(Published { stream_entry_id, duplicate: duplicate == 1 })
         })
     }

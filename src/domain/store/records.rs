@@ -92,6 +92,21 @@ impl Store {
         Ok(version)
     }
 
+    /// Queues the write of `value`, a changed record `id` of hash `key` read at `version`, with
+    /// version n+1: the record and its version move together.
+    pub(super) fn queue_next_version<T: Stored>(
+        &self,
+        pipe: &mut Pipeline,
+        key: &str,
+        id: &str,
+        value: T,
+        version: u64,
+    ) -> Result<Versioned<T>, DomainError> {
+        pipe.hset(key, id, self.encode(&value)?).ignore();
+        pipe.hset(versions_key(key), id, version + 1).ignore();
+        Ok(Versioned { value, version: version + 1 })
+    }
+
     pub(super) fn all<T: Stored>(&self, con: &mut Conn, key: &str, kind: &'static str) -> Result<Vec<T>, DomainError> {
         debug_assert_eq!(kind, T::KIND);
         let raw: Vec<(String, String)> = con.hgetall(key).map_err(|e| self.unavailable(e))?;

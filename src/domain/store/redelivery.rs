@@ -6,6 +6,7 @@ use super::connection::Store;
 use crate::{
     deadletter::{Fields, REDELIVER_SCRIPT},
     domain::DomainError,
+    keys::eval,
     streams::RawEntry,
 };
 
@@ -36,15 +37,7 @@ impl Store {
                 }
                 return Ok(Some(entry));
             }
-            redis::cmd("EVAL")
-                .arg(REDELIVER_SCRIPT)
-                .arg(2)
-                .arg(&keys.dead_letters)
-                .arg(&stream)
-                .arg(id)
-                .arg(fields)
-                .query(con)
-                .map_err(|e| self.unavailable(e))
+            eval(REDELIVER_SCRIPT, &[&keys.dead_letters, &stream], (id, fields)).query(con).map_err(|e| self.unavailable(e))
         })
     }
 

@@ -44,8 +44,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use redis::Value;
 
 use super::ReadError;
-use crate::pipeline::gauges::{pairs, text};
-use crate::{clock::Clock, redis_conn::RedisTarget, streams::parse_id};
+use crate::{
+    clock::Clock,
+    redis_conn::RedisTarget,
+    streams::{pairs, parse_id, text},
+};
 
 const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// `XTRIM … ~` calls in one pass, each removing at most `100 × stream-node-max-entries` entries
@@ -224,6 +227,7 @@ fn oldest_pending(reply: &Value) -> Result<Option<StreamId>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::streams::replies::{bulk, flat};
 
     fn id(ms: u64, seq: u64) -> StreamId {
         StreamId { ms, seq }
@@ -287,22 +291,14 @@ mod tests {
         assert_eq!(period(Duration::from_secs(86_400)), Duration::from_secs(60));
     }
 
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
     #[test]
     fn group_positions_and_pending_summaries_are_read_from_either_protocol() {
         let resp2 = Value::Array(vec![
-            Value::Array(vec![
-                bulk("name"),
-                bulk("wss"),
-                bulk("consumers"),
-                Value::Int(1),
-                bulk("pending"),
-                Value::Int(3),
-                bulk("last-delivered-id"),
-                bulk("12-3"),
+            flat(vec![
+                ("name", bulk("wss")),
+                ("consumers", Value::Int(1)),
+                ("pending", Value::Int(3)),
+                ("last-delivered-id", bulk("12-3")),
             ]),
             Value::Map(vec![(bulk("name"), bulk("audit")), (bulk("last-delivered-id"), bulk("0-0"))]),
         ]);
