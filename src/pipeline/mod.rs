@@ -1,4 +1,5 @@
-//! The data plane: OS threads joined by bounded crossbeam channels.
+//! The data plane: OS threads joined by bounded crossbeam channels (the senders' queue is a
+//! [`work_queue`], and the completions edge is bounded by the in-flight window instead).
 //!
 //! ```text
 //!  Redis stream ──► reader ──► transformer ──► signer ──► sender × N ──► outcomes ──► XACK
@@ -41,7 +42,8 @@
 //!
 //! This module alone creates channels and spawns threads. Shutdown is a channel whose sender is
 //! dropped: every stage sees it disconnect, the reader stops reading, senders finish the request
-//! at hand, and the outcome stage drains what they report before it exits. Whatever was not
+//! at hand (they see [`messages::Stopping`], and their queue closes when the signer exits), and
+//! the outcome stage drains what they report before it exits. Whatever was not
 //! finished stays pending in the consumer group (or leased in the backlog) and is taken again
 //! after a restart.
 
