@@ -42,6 +42,9 @@ pub struct ControlPlane {
     pub max_event_bytes: usize,
     /// How long and how many deliveries the history keeps (SendTestEvent writes one).
     pub history_retention: crate::history::Retention,
+    /// Where the services read the time: records' creation, a secret's rotation, stats
+    /// windows, test events (the store reads its own).
+    pub clock: crate::clock::Clock,
 }
 
 impl ControlPlane {

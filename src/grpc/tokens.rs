@@ -14,7 +14,6 @@ use super::{
     plane::{ControlPlane, TARGET},
 };
 use crate::{
-    clock::now_ms,
     crypto,
     domain::{
         model::{invalid, validate_id},
@@ -87,7 +86,7 @@ impl TokenService for TokenApi {
             id: issued.id.clone(),
             tenant_id: req.tenant_id,
             description: req.description,
-            created_at_ms: now_ms(),
+            created_at_ms: self.plane.clock.now_ms(),
             digest: crypto::token_digest_hex(&issued.token),
         };
         let created = self.plane.write(move |store| store.create_token(record)).await?;
