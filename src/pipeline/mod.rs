@@ -57,6 +57,7 @@ pub(crate) mod sender;
 pub(crate) mod signer;
 pub(crate) mod test_event;
 pub(crate) mod transformer;
+pub(crate) mod work_queue;
 
 use std::{
     sync::{atomic::AtomicUsize, Arc},
@@ -66,7 +67,7 @@ use std::{
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
-use self::messages::{Completion, Delivery, InFlight, Inbound, SignedDelivery};
+use self::messages::{Completion, Delivery, InFlight, Inbound, SignedDelivery, Stopping};
 use crate::{
     clock::Clock,
     config::Config,
@@ -109,6 +110,7 @@ pub fn live_view(config: &Config) -> Arc<live::LiveView> {
 /// A running pipeline.
 pub struct Pipeline {
     shutdown: Option<Sender<()>>,
+    stopping: Stopping,
     threads: Vec<JoinHandle<()>>,
     in_flight: Arc<InFlight>,
     died: Receiver<String>,
@@ -176,7 +178,7 @@ fn depth_probes(
     inbound: &Receiver<Inbound>,
     fresh: &Receiver<Delivery>,
     due: &Receiver<Delivery>,
-    signed: &Receiver<SignedDelivery>,
+    signed: &work_queue::Consumer<SignedDelivery>,
     done: &Receiver<Completion>,
 ) -> gauges::Depths {
     let (a, b, c, d, e) = (inbound.clone(), fresh.clone(), due.clone(), signed.clone(), done.clone());
@@ -296,8 +298,13 @@ impl Pipeline {
         let (inbound_tx, inbound_rx) = bounded::<Inbound>(STAGE_QUEUE);
         let (fresh_tx, fresh_rx) = bounded::<Delivery>(STAGE_QUEUE);
         let (due_tx, due_rx) = bounded::<Delivery>(STAGE_QUEUE);
-        let (signed_tx, signed_rx) = bounded::<SignedDelivery>(config.sender_threads.max(STAGE_QUEUE / 4));
-        let (done_tx, done_rx) = bounded::<Completion>(STAGE_QUEUE * 4);
+        let (signed_tx, signed_rx) = work_queue::bounded::<SignedDelivery>(config.sender_threads.max(STAGE_QUEUE / 4));
+        // Unbounded, yet bounded in fact: a completion stands for a delivery in hand, and those
+        // are bounded by the in-flight window (entries) and their webhooks. Bounded, it filled
+        // whenever Redis was slower than the senders, and 256 sender threads then spun and
+        // yielded on a full channel: a third of wss's CPU went to context switches
+        // (docs/performance.md, "Context switches"). The window is what holds the reader back.
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Completion>();
         // Hand-offs due soon wake the backlog's pump (one pending wake-up is enough).
         let (wake_tx, wake_rx) = bounded::<()>(1);
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
@@ -347,6 +354,7 @@ impl Pipeline {
         let (done, stop) = (done_tx.clone(), shutdown_rx.clone());
         sp.spawn("wss-backlog", move || pump.run(wake_rx, due_tx, done, stop))?;
 
+        let stopping = Stopping::default();
         for i in 0..config.sender_threads {
             let (agent, errors, iso, input, done, freed, stop) = (
                 agent.clone(),
@@ -355,10 +363,10 @@ impl Pipeline {
                 signed_rx.clone(),
                 done_tx.clone(),
                 freed_tx.clone(),
-                shutdown_rx.clone(),
+                stopping.clone(),
             );
             let (tracer, clock) = (tracer.clone(), clock.clone());
-            sp.spawn(format!("wss-sender-{i}"), move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, stop))?;
+            sp.spawn(format!("wss-sender-{i}"), move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, &stop))?;
         }
         drop(signed_rx);
         drop(done_tx);
@@ -399,7 +407,7 @@ impl Pipeline {
         let (r, s, stop) = (routing, store, shutdown_rx);
         sp.spawn("wss-config", move || crate::domain::routing::run_refresher(r, s, Duration::from_millis(250), stop))?;
 
-        Ok(Self { shutdown: Some(shutdown_tx), threads: sp.threads, in_flight, died: died_rx })
+        Ok(Self { shutdown: Some(shutdown_tx), stopping, threads: sp.threads, in_flight, died: died_rx })
     }
 
     /// Says, once for each, why a pipeline thread ended when it was not asked to (a panic, or a
@@ -417,6 +425,7 @@ impl Pipeline {
     /// Signals every stage to stop, then waits up to `grace` for them. Returns false when threads
     /// were still busy (their entries stay pending in Redis and are delivered after a restart).
     pub fn stop(mut self, grace: Duration) -> bool {
+        self.stopping.set();
         drop(self.shutdown.take());
         let (done_tx, done_rx) = bounded::<()>(1);
         let threads = std::mem::take(&mut self.threads);

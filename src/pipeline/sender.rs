@@ -26,11 +26,12 @@ use std::{
     time::{Duration, UNIX_EPOCH},
 };
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use super::{
     isolation::{Isolation, Transition},
-    messages::{Completion, SignedDelivery, Verdict},
+    messages::{Completion, SignedDelivery, Stopping, Verdict},
+    work_queue,
 };
 use crate::{
     clock::Clock,
@@ -56,16 +57,17 @@ pub fn run(
     errors: &AttemptErrors,
     isolation: &Isolation,
     tracer: &Tracer,
-    input: Receiver<SignedDelivery>,
+    input: work_queue::Consumer<SignedDelivery>,
     done: Sender<Completion>,
     freed: Sender<String>,
-    shutdown: Receiver<()>,
+    stopping: &Stopping,
 ) {
-    loop {
-        let signed = select! {
-            recv(input) -> msg => match msg { Ok(s) => s, Err(_) => return },
-            recv(shutdown) -> _ => return,
-        };
+    // The queue ends when the signer is gone (it stops on shutdown); deliveries still queued
+    // then are not attempted: their entries stay pending and are recovered after a restart.
+    for signed in &input {
+        if stopping.is_set() {
+            return;
+        }
         let (record, verdict) = attempt(clock, agents, tracer, &signed);
         if record.status == 0 && !record.error_kind.is_empty() {
             errors.count(record.error_kind.as_str());

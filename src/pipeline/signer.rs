@@ -39,6 +39,7 @@ use crossbeam_channel::{select, tick, Receiver, Sender};
 use super::{
     isolation::{Gate, Isolation},
     messages::{Completion, Delivery, EventMeta, SignedDelivery},
+    work_queue,
 };
 use crate::{
     clock::Clock,
@@ -86,7 +87,7 @@ enum Resume {
 
 /// Where signed, abandoned and postponed deliveries go.
 pub struct Outputs {
-    pub out: Sender<SignedDelivery>,
+    pub out: work_queue::Producer<SignedDelivery>,
     pub done: Sender<Completion>,
 }
 
@@ -108,6 +109,10 @@ impl Signer {
         let mut parked: Parked = HashMap::new();
         let sweep = tick(SWEEP_EVERY);
         loop {
+            // About to wait: the senders get what was queued (`work_queue`: woken in bursts).
+            if fresh.is_empty() && due.is_empty() && freed.is_empty() {
+                outputs.out.wake();
+            }
             let delivery = select! {
                 recv(fresh) -> msg => match msg { Ok(d) => d, Err(_) => return },
                 recv(due) -> msg => match msg { Ok(d) => d, Err(_) => return },
