@@ -64,6 +64,13 @@ pub fn status_of(err: DomainError) -> Status {
     status
 }
 
+/// INTERNAL (`RANDOM_UNAVAILABLE`): the operating system's random number generator failed to
+/// draw `what`; the cause goes to the log, not to the caller.
+pub(super) fn random_unavailable(what: &str, err: impl std::fmt::Display) -> Status {
+    log::error!(target: TARGET, "cannot draw {what}: {err}");
+    errors::status(Code::Internal, "RANDOM_UNAVAILABLE", "the operating system's random number generator failed; see the server log")
+}
+
 impl From<DomainError> for Status {
     fn from(err: DomainError) -> Self {
         status_of(err)

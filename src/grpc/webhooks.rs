@@ -511,14 +511,7 @@ impl WebhookPatch {
 #[tonic::async_trait]
 impl WebhookService for WebhookApi {
     async fn create_webhook(&self, request: Request<proto::CreateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
-        let id = new_webhook_id().map_err(|e| {
-            log::error!(target: TARGET, "cannot draw a webhook id: {e}");
-            super::errors::status(
-                tonic::Code::Internal,
-                "RANDOM_UNAVAILABLE",
-                "the operating system's random number generator failed; see the server log",
-            )
-        })?;
+        let id = new_webhook_id().map_err(|e| super::plane::random_unavailable("a webhook id", e))?;
         let principal = Principal::of(&request)?;
         let mut req = request.into_inner();
         if let Principal::Tenant(own) = &principal {
