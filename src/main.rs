@@ -379,7 +379,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: shared.metrics.clone(),
         tracer: background.tracer(),
         health: shared.health.clone(),
-        clock: wss::clock::Clock::System,
+        clock: shared.clock.clone(),
     })
     .context("starting the pipeline threads")?;
     shared.health.pipeline_started();
@@ -400,6 +400,8 @@ struct Shared {
     /// Kept up to date by the pipeline; read by GetWebhookStats and the status page.
     live: Arc<wss::pipeline::live::LiveView>,
     health: Arc<wss::health::Health>,
+    /// The system's: every part reads the time from it.
+    clock: wss::clock::Clock,
     /// Dropped when `serve` returns: the health probe then stops.
     _stop_probe: crossbeam_channel::Sender<()>,
 }
@@ -413,8 +415,12 @@ impl Shared {
             )
         })?;
         let keys = Keys::sharded(&config.key_prefix, config.stream_shards, redis.is_cluster());
+        let clock = wss::clock::Clock::System;
         let store = Arc::new(
-            Store::new(redis.clone(), keys.clone()).with_cipher(config.encryption_key.clone()).with_dedupe_window(config.dedupe_window),
+            Store::new(redis.clone(), keys.clone())
+                .with_cipher(config.encryption_key.clone())
+                .with_dedupe_window(config.dedupe_window)
+                .with_clock(clock.clone()),
         );
         let metrics = Arc::new(Metrics::new());
         redis.count_outages(metrics.redis_outages.clone());
@@ -429,7 +435,7 @@ impl Shared {
         }
         let routing = Arc::new(RoutingHandle::default());
         let live = pipeline::live_view(config);
-        Ok(Self { redis, keys, store, routing, metrics, live, health, _stop_probe: stop_probe })
+        Ok(Self { redis, keys, store, routing, metrics, live, health, clock, _stop_probe: stop_probe })
     }
 }
 
@@ -632,6 +638,7 @@ impl Background {
             agents: config.agents(),
             max_event_bytes: config.max_event_bytes,
             history_retention: wss::history::Retention { max_age: config.history_max_age, max_count: config.history_max_count },
+            clock: shared.clock.clone(),
         };
         let control_plane = ControlPlaneTask::start(config, listener, plane, &shared.health, &runtime)?;
         Ok(Self { control_plane, signals, exporting, _ops_listener: ops_listener, runtime })

@@ -42,6 +42,9 @@ pub struct ControlPlane {
     pub max_event_bytes: usize,
     /// How long and how many deliveries the history keeps (SendTestEvent writes one).
     pub history_retention: crate::history::Retention,
+    /// Where the services read the time: records' creation, a secret's rotation, stats
+    /// windows, test events (the store reads its own).
+    pub clock: crate::clock::Clock,
 }
 
 impl ControlPlane {
@@ -59,6 +62,13 @@ pub fn status_of(err: DomainError) -> Status {
         log::error!(target: TARGET, "{err}");
     }
     status
+}
+
+/// INTERNAL (`RANDOM_UNAVAILABLE`): the operating system's random number generator failed to
+/// draw `what`; the cause goes to the log, not to the caller.
+pub(super) fn random_unavailable(what: &str, err: impl std::fmt::Display) -> Status {
+    log::error!(target: TARGET, "cannot draw {what}: {err}");
+    errors::status(Code::Internal, "RANDOM_UNAVAILABLE", "the operating system's random number generator failed; see the server log")
 }
 
 impl From<DomainError> for Status {

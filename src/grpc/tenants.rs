@@ -14,7 +14,6 @@ use super::{
     plane::{ControlPlane, TARGET},
 };
 use crate::{
-    clock::now_ms,
     domain::{
         model::{validate_id, Tenant},
         DomainError,
@@ -35,11 +34,11 @@ impl TenantApi {
     }
 }
 
-fn tenant_from_create(req: proto::CreateTenantRequest) -> Result<Tenant, DomainError> {
+/// The tenant a create request asks for, made at `now` (ms).
+fn tenant_from_create(req: proto::CreateTenantRequest, now: u64) -> Result<Tenant, DomainError> {
     validate_id("tenant_id", &req.tenant_id)?;
     max_chars("display_name", &req.display_name, MAX_DISPLAY_NAME)?;
     optional_id("default_retry_policy_id", &req.default_retry_policy_id)?;
-    let now = now_ms();
     Ok(Tenant {
         id: req.tenant_id,
         display_name: req.display_name,
@@ -91,7 +90,7 @@ impl TenantPatch {
 #[tonic::async_trait]
 impl TenantService for TenantApi {
     async fn create_tenant(&self, request: Request<proto::CreateTenantRequest>) -> Result<Response<proto::Tenant>, Status> {
-        let tenant = tenant_from_create(request.into_inner())?;
+        let tenant = tenant_from_create(request.into_inner(), self.plane.clock.now_ms())?;
         let created = self.plane.write(move |store| store.create_tenant_versioned(tenant)).await?;
         log::info!(target: TARGET, "created tenant {}", created.value.id);
         Ok(Response::new(versioned_tenant_to_proto(created)))
@@ -150,29 +149,34 @@ mod tests {
     use super::*;
     use crate::domain::field_of;
 
+    const NOW: u64 = 1_767_225_600_000;
+
     #[test]
     fn create_requests_are_checked_field_by_field() {
         let ok = proto::CreateTenantRequest { tenant_id: "acme".into(), display_name: "ACME".into(), ..Default::default() };
-        let tenant = tenant_from_create(ok.clone()).unwrap();
+        let tenant = tenant_from_create(ok.clone(), NOW).unwrap();
         assert_eq!(tenant.id, "acme");
-        assert!(tenant.created_at_ms > 0 && tenant.created_at_ms == tenant.updated_at_ms);
+        assert!(tenant.created_at_ms == NOW && tenant.created_at_ms == tenant.updated_at_ms);
 
         let bad_id = proto::CreateTenantRequest { tenant_id: "ACME".into(), ..ok.clone() };
-        assert_eq!(field_of(tenant_from_create(bad_id).unwrap_err()), "tenant_id");
+        assert_eq!(field_of(tenant_from_create(bad_id, NOW).unwrap_err()), "tenant_id");
         let long_name = proto::CreateTenantRequest { display_name: "x".repeat(257), ..ok.clone() };
-        assert_eq!(field_of(tenant_from_create(long_name).unwrap_err()), "display_name");
+        assert_eq!(field_of(tenant_from_create(long_name, NOW).unwrap_err()), "display_name");
         let bad_policy = proto::CreateTenantRequest { default_retry_policy_id: "no way".into(), ..ok };
-        assert_eq!(field_of(tenant_from_create(bad_policy).unwrap_err()), "default_retry_policy_id");
+        assert_eq!(field_of(tenant_from_create(bad_policy, NOW).unwrap_err()), "default_retry_policy_id");
     }
 
     #[test]
     fn updates_apply_only_present_fields() {
-        let mut tenant = tenant_from_create(proto::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            display_name: "ACME".into(),
-            default_retry_policy_id: "fast".into(),
-            disabled: false,
-        })
+        let mut tenant = tenant_from_create(
+            proto::CreateTenantRequest {
+                tenant_id: "acme".into(),
+                display_name: "ACME".into(),
+                default_retry_policy_id: "fast".into(),
+                disabled: false,
+            },
+            NOW,
+        )
         .unwrap();
         let req = proto::UpdateTenantRequest {
             tenant_id: "acme".into(),
@@ -191,12 +195,15 @@ mod tests {
 
     #[test]
     fn an_update_mask_changes_the_fields_it_names_and_only_those() {
-        let mut tenant = tenant_from_create(proto::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            display_name: "ACME".into(),
-            default_retry_policy_id: "fast".into(),
-            disabled: true,
-        })
+        let mut tenant = tenant_from_create(
+            proto::CreateTenantRequest {
+                tenant_id: "acme".into(),
+                display_name: "ACME".into(),
+                default_retry_policy_id: "fast".into(),
+                disabled: true,
+            },
+            NOW,
+        )
         .unwrap();
         let mask = |paths: &[&str]| Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() });
         // disabled is named and unset: reset to false; display_name is set but not named: kept.

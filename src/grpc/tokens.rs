@@ -14,7 +14,6 @@ use super::{
     plane::{ControlPlane, TARGET},
 };
 use crate::{
-    clock::now_ms,
     crypto,
     domain::{
         model::{invalid, validate_id},
@@ -75,19 +74,12 @@ impl TokenService for TokenApi {
     async fn create_token(&self, request: Request<proto::CreateTokenRequest>) -> Result<Response<proto::Token>, Status> {
         let req = request.into_inner();
         check_create(&req)?;
-        let issued = crypto::issue_token().map_err(|e| {
-            log::error!(target: TARGET, "cannot draw a token: {e}");
-            super::errors::status(
-                tonic::Code::Internal,
-                "RANDOM_UNAVAILABLE",
-                "the operating system's random number generator failed; see the server log",
-            )
-        })?;
+        let issued = crypto::issue_token().map_err(|e| super::plane::random_unavailable("a token", e))?;
         let record = ApiToken {
             id: issued.id.clone(),
             tenant_id: req.tenant_id,
             description: req.description,
-            created_at_ms: now_ms(),
+            created_at_ms: self.plane.clock.now_ms(),
             digest: crypto::token_digest_hex(&issued.token),
         };
         let created = self.plane.write(move |store| store.create_token(record)).await?;

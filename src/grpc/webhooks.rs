@@ -50,7 +50,7 @@ use super::{
     plane::{ControlPlane, TARGET},
 };
 use crate::{
-    clock::{now_ms, wall_ms, Clock},
+    clock::wall_ms,
     domain::{
         model::{self, invalid, Secret, SignatureScheme, Webhook},
         DomainError,
@@ -271,7 +271,8 @@ fn stats_to_proto(
 }
 
 /// Checks a create request and builds the webhook; the secret is generated when not given.
-fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlRules) -> Result<Webhook, DomainError> {
+/// The webhook a create request asks for, made at `now` (ms).
+fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlRules, now: u64) -> Result<Webhook, DomainError> {
     model::validate_id("tenant_id", &req.tenant_id)?;
     check_url(&req.url, rules)?;
     model::validate_event_types(&req.event_types)?;
@@ -294,7 +295,6 @@ fn webhook_from_create(req: proto::CreateWebhookRequest, id: String, rules: UrlR
     let ordering = ordering_from_proto(req.ordering)?;
     model::validate_rate_limit(req.rate_limit_per_second)?;
     let has_client = !req.client_certificate.trim().is_empty();
-    let now = now_ms();
     Ok(Webhook {
         id,
         tenant_id: req.tenant_id,
@@ -511,14 +511,7 @@ impl WebhookPatch {
 #[tonic::async_trait]
 impl WebhookService for WebhookApi {
     async fn create_webhook(&self, request: Request<proto::CreateWebhookRequest>) -> Result<Response<proto::Webhook>, Status> {
-        let id = new_webhook_id().map_err(|e| {
-            log::error!(target: TARGET, "cannot draw a webhook id: {e}");
-            super::errors::status(
-                tonic::Code::Internal,
-                "RANDOM_UNAVAILABLE",
-                "the operating system's random number generator failed; see the server log",
-            )
-        })?;
+        let id = new_webhook_id().map_err(|e| super::plane::random_unavailable("a webhook id", e))?;
         let principal = Principal::of(&request)?;
         let mut req = request.into_inner();
         if let Principal::Tenant(own) = &principal {
@@ -527,7 +520,7 @@ impl WebhookService for WebhookApi {
             }
         }
         principal.scope("tenant_id", &req.tenant_id)?;
-        let webhook = webhook_from_create(req, id, self.url_rules())?;
+        let webhook = webhook_from_create(req, id, self.url_rules(), self.plane.clock.now_ms())?;
         let created = self.plane.write(move |store| store.create_webhook_versioned(webhook)).await?;
         log::info!(target: TARGET, "created webhook {} of tenant {}", created.value.id, created.value.tenant_id);
         let secret = created.value.secret.expose().to_owned();
@@ -585,6 +578,7 @@ impl WebhookService for WebhookApi {
         let overlap = overlap_from_proto(req.overlap.as_ref())?;
         let id = req.webhook_id;
         let supplied = req.secret;
+        let clock = self.plane.clock.clone();
         let rotated = self
             .plane
             .write(move |store| {
@@ -596,7 +590,7 @@ impl WebhookService for WebhookApi {
                         check_secret(&supplied, webhook.signature_scheme)?;
                         supplied.clone()
                     };
-                    webhook.rotate_secret(Secret::new(secret), overlap, now_ms());
+                    webhook.rotate_secret(Secret::new(secret), overlap, clock.now_ms());
                     Ok(())
                 })
             })
@@ -620,12 +614,13 @@ impl WebhookService for WebhookApi {
         required_ref("webhook_id", &req.webhook_id)?;
         let window = window_from_proto(req.window.as_ref())?;
         let id = req.webhook_id;
+        let clock = self.plane.clock.clone();
         let (webhook, stored, backlog, now) = self
             .plane
             .read(move |store| {
                 let webhook = store.get_webhook(&id)?;
                 principal.require_tenant("webhook", &webhook.id, &webhook.tenant_id)?;
-                let now = now_ms();
+                let now = clock.now_ms();
                 let stored = store.webhook_stats(&id, now)?;
                 let backlog = store.backlog_depth(&id)?;
                 Ok((webhook, stored, backlog, now))
@@ -684,11 +679,11 @@ impl WebhookService for WebhookApi {
                     return Err(DomainError::Precondition { reason, message: format!("cannot send a test event: {why}") });
                 }
                 let route = routing.webhooks.get(webhook.id.as_str()).cloned().ok_or_else(|| DomainError::NotFound { kind: "webhook", id: webhook.id.clone() })?;
-                let event = TestEvent::new(&Clock::System, &webhook.tenant_id, &webhook.id, &req.event_type, &req.data, plane.max_event_bytes).map_err(|rejection| {
+                let event = TestEvent::new(&plane.clock, &webhook.tenant_id, &webhook.id, &req.event_type, &req.data, plane.max_event_bytes).map_err(|rejection| {
                     let field = if rejection.detail.starts_with("type") { "event_type" } else { "data" };
                     invalid(field, rejection.detail)
                 })?;
-                let outcome = test_event::send(&Clock::System, &plane.agents, &route, &event);
+                let outcome = test_event::send(&plane.clock, &plane.agents, &route, &event);
                 if let Err(err) = store.record_attempt(&outcome.record, plane.history_retention, outcome.succeeded) {
                     log::warn!(target: TARGET, "test event {} to webhook {} was sent, but recording it failed: {err}", event.id, webhook.id);
                 }
@@ -717,6 +712,7 @@ impl WebhookService for WebhookApi {
 mod tests {
     use super::*;
 
+    const NOW: u64 = 1_767_225_600_000;
     const STRICT: UrlRules = UrlRules { allow_http: false, targets: TargetPolicy { allow_private: false, allowed: Vec::new() } };
     const LAX: UrlRules = UrlRules { allow_http: true, targets: TargetPolicy { allow_private: true, allowed: Vec::new() } };
 
@@ -742,18 +738,19 @@ mod tests {
         let mut req = create("", proto::SignatureScheme::Wss);
         req.ordering = proto::Ordering::Fifo as i32;
         req.rate_limit_per_second = 50;
-        let webhook = webhook_from_create(req.clone(), "wh_1".into(), STRICT).unwrap();
+        let webhook = webhook_from_create(req.clone(), "wh_1".into(), STRICT, NOW).unwrap();
         assert_eq!((webhook.ordering, webhook.rate_limit_per_second), (model::Ordering::Fifo, 50));
-        let (field, _) =
-            invalid_of(webhook_from_create(proto::CreateWebhookRequest { ordering: 9, ..req.clone() }, "wh_1".into(), STRICT).unwrap_err());
+        let (field, _) = invalid_of(
+            webhook_from_create(proto::CreateWebhookRequest { ordering: 9, ..req.clone() }, "wh_1".into(), STRICT, NOW).unwrap_err(),
+        );
         assert_eq!(field, "ordering");
         let too_many = proto::CreateWebhookRequest { rate_limit_per_second: model::MAX_RATE_LIMIT_PER_SECOND + 1, ..req };
-        let (field, message) = invalid_of(webhook_from_create(too_many, "wh_1".into(), STRICT).unwrap_err());
+        let (field, message) = invalid_of(webhook_from_create(too_many, "wh_1".into(), STRICT, NOW).unwrap_err());
         assert_eq!(field, "rate_limit_per_second");
         assert!(message.contains("use 0 for no limit"), "{message}");
 
         // An update changes only what it sets.
-        let mut stored = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_1".into(), STRICT).unwrap();
+        let mut stored = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_1".into(), STRICT, NOW).unwrap();
         let update = |ordering, rate| proto::UpdateWebhookRequest {
             webhook_id: "wh_1".into(),
             ordering,
@@ -833,7 +830,7 @@ mod tests {
     #[test]
     fn stats_join_the_stored_counts_and_this_instance_s_live_view() {
         use crate::stats::{CircuitRecord, Counts, Failure};
-        let webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        let webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT, NOW).unwrap();
         let now = 1_767_225_630_000;
         let minute = now / 60_000;
         let mut stored = Stored { last_success_ms: now - 5000, ..Default::default() };
@@ -885,27 +882,27 @@ mod tests {
 
     #[test]
     fn secrets_are_generated_or_checked_and_never_echoed() {
-        let generated = webhook_from_create(create("", proto::SignatureScheme::Unspecified), "wh_x".into(), STRICT).unwrap();
+        let generated = webhook_from_create(create("", proto::SignatureScheme::Unspecified), "wh_x".into(), STRICT, NOW).unwrap();
         assert!(generated.secret.expose().starts_with("whsec_"));
         assert_eq!(generated.signature_scheme, SignatureScheme::Wss);
         assert!(generated.enabled);
 
         let short = "tooshort";
         let (field, message) =
-            invalid_of(webhook_from_create(create(short, proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap_err());
+            invalid_of(webhook_from_create(create(short, proto::SignatureScheme::Wss), "wh_x".into(), STRICT, NOW).unwrap_err());
         assert_eq!(field, "secret");
         assert!(!message.contains(short));
 
         let not_whsec = "a-long-enough-plain-secret";
-        assert!(webhook_from_create(create(not_whsec, proto::SignatureScheme::Wss), "wh_x".into(), STRICT).is_ok());
+        assert!(webhook_from_create(create(not_whsec, proto::SignatureScheme::Wss), "wh_x".into(), STRICT, NOW).is_ok());
         let (field, message) = invalid_of(
-            webhook_from_create(create(not_whsec, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT).unwrap_err(),
+            webhook_from_create(create(not_whsec, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT, NOW).unwrap_err(),
         );
         assert_eq!(field, "secret");
         assert!(!message.contains(not_whsec), "{message}");
 
         let standard = generate_secret();
-        let ok = webhook_from_create(create(&standard, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT).unwrap();
+        let ok = webhook_from_create(create(&standard, proto::SignatureScheme::StandardWebhooks), "wh_x".into(), STRICT, NOW).unwrap();
         assert_eq!(ok.secret.expose(), standard);
     }
 
@@ -913,21 +910,21 @@ mod tests {
     fn create_checks_scheme_and_other_fields() {
         let mut req = create("", proto::SignatureScheme::Wss);
         req.signature_scheme = 42;
-        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err()).0, "signature_scheme");
+        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap_err()).0, "signature_scheme");
         let mut req = create("", proto::SignatureScheme::Wss);
         req.description = "d".repeat(1025);
-        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err()).0, "description");
+        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap_err()).0, "description");
         let mut req = create("", proto::SignatureScheme::Wss);
         req.headers.insert("X-WSS-Signature".into(), "forged".into());
-        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err()).0, "headers");
+        assert_eq!(invalid_of(webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap_err()).0, "headers");
         let mut req = create("", proto::SignatureScheme::Wss);
         req.enabled = Some(false);
-        assert!(!webhook_from_create(req, "wh_x".into(), STRICT).unwrap().enabled);
+        assert!(!webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap().enabled);
     }
 
     #[test]
     fn updates_apply_present_fields_and_enabling_clears_the_reason() {
-        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT, NOW).unwrap();
         webhook.enabled = false;
         webhook.disabled_reason = "gone".into();
         webhook.event_types = vec!["order.*".into()];
@@ -958,26 +955,26 @@ mod tests {
         let mut req = create("", proto::SignatureScheme::Wss);
         req.filter = "event.data.status == 'shipped'".into();
         req.transform = "{'status': event.data.status}".into();
-        let webhook = webhook_from_create(req, "wh_x".into(), STRICT).unwrap();
+        let webhook = webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap();
         assert_eq!(webhook.filter, "event.data.status == 'shipped'");
         assert_eq!(webhook.transform, "{'status': event.data.status}");
 
         let mut req = create("", proto::SignatureScheme::Wss);
         req.filter = "event.data.status ==".into();
-        let (field, message) = invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err());
+        let (field, message) = invalid_of(webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap_err());
         assert_eq!(field, "filter");
         assert!(message.starts_with("syntax error at line 1, column 21: "), "{message}");
         assert!(message.contains("\n| event.data.status ==\n| ....................^"), "{message}");
 
         let mut req = create("", proto::SignatureScheme::Wss);
         req.transform = "{'a': evnt.id}".into();
-        let (field, message) = invalid_of(webhook_from_create(req, "wh_x".into(), STRICT).unwrap_err());
+        let (field, message) = invalid_of(webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap_err());
         assert_eq!(field, "transform");
         assert!(message.starts_with("unknown variable \"evnt\" at line 1, column 7"), "{message}");
 
         let mut req = create("", proto::SignatureScheme::Wss);
         req.filter = " \n ".into();
-        assert_eq!(webhook_from_create(req, "wh_x".into(), STRICT).unwrap().filter, "", "blank means none");
+        assert_eq!(webhook_from_create(req, "wh_x".into(), STRICT, NOW).unwrap().filter, "", "blank means none");
 
         // Update: absent leaves alone, "" clears, anything else is compiled first.
         let mut webhook = webhook;
@@ -995,7 +992,7 @@ mod tests {
 
     #[test]
     fn masked_updates_touch_only_the_named_fields() {
-        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT, NOW).unwrap();
         webhook.description = "keep me".into();
         webhook.event_types = vec!["order.*".into()];
         let mask = |paths: &[&str]| Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() });
@@ -1019,7 +1016,7 @@ mod tests {
 
     #[test]
     fn the_signature_scheme_changes_only_to_one_the_secret_suits() {
-        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT).unwrap();
+        let mut webhook = webhook_from_create(create("", proto::SignatureScheme::Wss), "wh_x".into(), STRICT, NOW).unwrap();
         let to_standard =
             proto::UpdateWebhookRequest { signature_scheme: Some(proto::SignatureScheme::StandardWebhooks.into()), ..Default::default() };
         // A generated secret is `whsec_` + base64: it suits Standard Webhooks.

@@ -14,7 +14,6 @@ use super::{
     records::{check_version, paginate, Page, Versioned},
 };
 use crate::{
-    clock::now_ms,
     crypto,
     domain::{
         model::{RetryPolicy, Tenant, Webhook, DEFAULT_POLICY_ID},
@@ -157,7 +156,7 @@ impl Store {
             check_version("tenant", id, version, expected)?;
             patch(&mut tenant)?;
             self.require_policy(con, keys, "default_retry_policy_id", &tenant.default_retry_policy_id)?;
-            tenant.updated_at_ms = now_ms();
+            tenant.updated_at_ms = self.clock.now_ms();
             self.queue_next_version(pipe, &keys.tenants, id, tenant, version)
         })
     }
@@ -256,7 +255,7 @@ impl Store {
             check_version("webhook", id, version, expected)?;
             patch(&mut webhook)?;
             self.require_policy(con, keys, "retry_policy_id", &webhook.retry_policy_id)?;
-            webhook.updated_at_ms = now_ms();
+            webhook.updated_at_ms = self.clock.now_ms();
             self.queue_next_version(pipe, &keys.webhooks, id, webhook, version)
         })
     }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use redis::Pipeline;
 
 use crate::{
+    clock::Clock,
     crypto::SecretCipher,
     domain::DomainError,
     keys::Keys,
@@ -34,11 +35,19 @@ pub struct Store {
     pub(super) cipher: Option<SecretCipher>,
     /// How long a published `event_id` is remembered (`WSS_DEDUPE_WINDOW`).
     pub(super) dedupe_window: Duration,
+    /// Where records' times (`updated_at`, a previous secret's end, stats minutes) come from.
+    pub(super) clock: Clock,
 }
 
 impl Store {
     pub fn new(target: RedisTarget, keys: Keys) -> Self {
-        Self { target, keys, conn: Mutex::new(None), cipher: None, dedupe_window: Duration::from_secs(86_400) }
+        Self { target, keys, conn: Mutex::new(None), cipher: None, dedupe_window: Duration::from_secs(86_400), clock: Clock::System }
+    }
+
+    /// Reads the time from `clock` (the system's by default).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Remembers published event ids this long (`WSS_DEDUPE_WINDOW`; default 24 h).

@@ -3,7 +3,6 @@
 
 use super::{connection::Store, records::Page};
 use crate::{
-    clock::now_ms,
     domain::DomainError,
     history::{self, DeliveryRecord},
     stats,
@@ -21,7 +20,7 @@ impl Store {
             for attempt in &record.attempts {
                 tally.attempt(&record.webhook_id, attempt, succeeded);
             }
-            stats::queue_writes(&mut pipe, keys, &tally, &mut stats::Trims::default(), now_ms(), stats::KEY_TTL);
+            stats::queue_writes(&mut pipe, keys, &tally, &mut stats::Trims::default(), self.clock.now_ms(), stats::KEY_TTL);
             pipe.query::<()>(con).map_err(|e| self.unavailable(e))
         })
     }

@@ -13,7 +13,6 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::connection::Store;
 use crate::{
-    clock::now_ms,
     crypto::{self, SecretCipher},
     domain::{
         model::{RetryPolicy, Secret, Tenant, Webhook},
@@ -129,13 +128,13 @@ impl Store {
 
     /// The JSON stored for `value`, its secrets sealed when a key is configured.
     pub(super) fn encode<T: Stored>(&self, value: &T) -> Result<String, DomainError> {
-        let sealed = value.sealed(self.cipher.as_ref())?;
+        let sealed = value.sealed(self.cipher.as_ref(), self.clock.now_ms())?;
         Ok(serde_json::to_string(sealed.as_ref().unwrap_or(value)).expect("domain types always serialize"))
     }
 
     pub(super) fn decode<T: Stored>(&self, id: &str, raw: &str) -> Result<T, DomainError> {
         let mut value: T = serde_json::from_str(raw).map_err(|source| DomainError::Corrupt { kind: T::KIND, id: id.to_owned(), source })?;
-        value.open(self.cipher.as_ref())?;
+        value.open(self.cipher.as_ref(), self.clock.now_ms())?;
         Ok(value)
     }
 
@@ -149,13 +148,14 @@ impl Store {
 pub(super) trait Stored: Serialize + DeserializeOwned + Clone {
     const KIND: &'static str;
 
-    /// A copy with its secrets sealed, or `None` when there is nothing to seal.
-    fn sealed(&self, _cipher: Option<&SecretCipher>) -> Result<Option<Self>, DomainError> {
+    /// A copy with its secrets sealed, or `None` when there is nothing to seal; `now_ms`: the
+    /// time of the write.
+    fn sealed(&self, _cipher: Option<&SecretCipher>, _now_ms: u64) -> Result<Option<Self>, DomainError> {
         Ok(None)
     }
 
-    /// Opens the secrets of a value just read.
-    fn open(&mut self, _cipher: Option<&SecretCipher>) -> Result<(), DomainError> {
+    /// Opens the secrets of a value just read at `now_ms`.
+    fn open(&mut self, _cipher: Option<&SecretCipher>, _now_ms: u64) -> Result<(), DomainError> {
         Ok(())
     }
 }
@@ -193,9 +193,9 @@ impl Stored for Webhook {
 
     /// Also forgets a previous secret whose overlap has ended: it is never stored longer than it
     /// is used.
-    fn sealed(&self, cipher: Option<&SecretCipher>) -> Result<Option<Self>, DomainError> {
+    fn sealed(&self, cipher: Option<&SecretCipher>, now_ms: u64) -> Result<Option<Self>, DomainError> {
         let mut copy = self.clone();
-        copy.drop_expired_secret(now_ms());
+        copy.drop_expired_secret(now_ms);
         let Some(cipher) = cipher else {
             return Ok((copy.previous_secret != self.previous_secret).then_some(copy));
         };
@@ -222,8 +222,8 @@ impl Stored for Webhook {
         Ok(Some(copy))
     }
 
-    fn open(&mut self, cipher: Option<&SecretCipher>) -> Result<(), DomainError> {
-        self.drop_expired_secret(now_ms());
+    fn open(&mut self, cipher: Option<&SecretCipher>, now_ms: u64) -> Result<(), DomainError> {
+        self.drop_expired_secret(now_ms);
         let open = |secret: &Secret, previous: bool| {
             crypto::open(cipher, secret.expose(), &secret_context(&self.id, previous))
                 .map(Secret::new)
