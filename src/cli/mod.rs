@@ -792,6 +792,14 @@ fn page(key: &str, records: Vec<Record>, columns: &[&str], next: &str) -> Printe
     Printed::page(key, &records, columns, next)
 }
 
+/// One record's answer: the call's response, rendered.
+async fn one<T>(
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    render: fn(&T) -> render::Record,
+) -> Result<Printed, Failure> {
+    Ok(Printed::one(&render(&call.await?.into_inner())))
+}
+
 /// A deletion's answer: the response's fields, and a line for people.
 fn done(json: serde_json::Value, line: String) -> Printed {
     Printed { json, table: format!("{line}\n"), note: None }
@@ -802,11 +810,9 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
     Ok(match verb {
         TenantVerb::Create { tenant_id, display_name, retry_policy, disabled } => {
             let request = CreateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled };
-            Printed::one(&render::tenant(&c.tenants.create_tenant(request).await?.into_inner()))
+            one(c.tenants.create_tenant(request), render::tenant).await?
         }
-        TenantVerb::Get { tenant_id } => {
-            Printed::one(&render::tenant(&c.tenants.get_tenant(GetTenantRequest { tenant_id }).await?.into_inner()))
-        }
+        TenantVerb::Get { tenant_id } => one(c.tenants.get_tenant(GetTenantRequest { tenant_id }), render::tenant).await?,
         TenantVerb::List(paging) => {
             let request = |page_size, page_token| ListTenantsRequest { page_size, page_token };
             listing!(paging, c.tenants, list_tenants, request, tenants, "tenants", render::tenant, COLUMNS)
@@ -814,7 +820,7 @@ async fn tenant(mut c: Clients, verb: TenantVerb) -> Result<Printed, Failure> {
         TenantVerb::Update { tenant_id, display_name, retry_policy, disabled } => {
             let request =
                 UpdateTenantRequest { tenant_id, display_name, default_retry_policy_id: retry_policy, disabled, ..Default::default() };
-            Printed::one(&render::tenant(&c.tenants.update_tenant(request).await?.into_inner()))
+            one(c.tenants.update_tenant(request), render::tenant).await?
         }
         TenantVerb::Delete { tenant_id } => {
             let r = c.tenants.delete_tenant(DeleteTenantRequest { tenant_id: tenant_id.clone() }).await?.into_inner();
@@ -875,11 +881,9 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             request.secret = secret;
             request.ordering = ordering.to_proto();
             request.rate_limit_per_second = rate_limit;
-            Printed::one(&render::webhook(&c.webhooks.create_webhook(request).await?.into_inner()))
+            one(c.webhooks.create_webhook(request), render::webhook).await?
         }
-        WebhookVerb::Get { webhook_id } => {
-            Printed::one(&render::webhook(&c.webhooks.get_webhook(GetWebhookRequest { webhook_id }).await?.into_inner()))
-        }
+        WebhookVerb::Get { webhook_id } => one(c.webhooks.get_webhook(GetWebhookRequest { webhook_id }), render::webhook).await?,
         WebhookVerb::List { tenant, paging } => {
             let request = |page_size, page_token| ListWebhooksRequest { tenant_id: tenant.clone(), page_size, page_token };
             listing!(paging, c.webhooks, list_webhooks, request, webhooks, "webhooks", render::webhook, COLUMNS)
@@ -914,7 +918,7 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
             request.enabled = enabled;
             request.ordering = ordering.map(OrderingFlag::to_proto);
             request.rate_limit_per_second = rate_limit;
-            Printed::one(&render::webhook(&c.webhooks.update_webhook(request).await?.into_inner()))
+            one(c.webhooks.update_webhook(request), render::webhook).await?
         }
         WebhookVerb::Delete { webhook_id } => {
             c.webhooks.delete_webhook(DeleteWebhookRequest { webhook_id: webhook_id.clone() }).await?;
@@ -922,11 +926,11 @@ async fn webhook(mut c: Clients, verb: WebhookVerb) -> Result<Printed, Failure> 
         }
         WebhookVerb::RotateSecret { webhook_id, overlap, secret } => {
             let request = RotateWebhookSecretRequest { webhook_id, overlap: Some(pb_duration(overlap)), secret };
-            Printed::one(&render::webhook(&c.webhooks.rotate_webhook_secret(request).await?.into_inner()))
+            one(c.webhooks.rotate_webhook_secret(request), render::webhook).await?
         }
         WebhookVerb::Stats { webhook_id, window } => {
             let request = GetWebhookStatsRequest { webhook_id, window: Some(pb_duration(window)) };
-            Printed::one(&render::stats(&c.webhooks.get_webhook_stats(request).await?.into_inner()))
+            one(c.webhooks.get_webhook_stats(request), render::stats).await?
         }
         WebhookVerb::Test { webhook_id, event_type, data } => {
             let request = SendTestEventRequest { webhook_id, event_type, data };
@@ -957,18 +961,16 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
     Ok(match verb {
         PolicyVerb::Create { policy_id, fields: f } => {
             let request = policy_request!(CreateRetryPolicyRequest, policy_id, f);
-            Printed::one(&render::policy(&c.policies.create_retry_policy(request).await?.into_inner()))
+            one(c.policies.create_retry_policy(request), render::policy).await?
         }
-        PolicyVerb::Get { policy_id } => {
-            Printed::one(&render::policy(&c.policies.get_retry_policy(GetRetryPolicyRequest { policy_id }).await?.into_inner()))
-        }
+        PolicyVerb::Get { policy_id } => one(c.policies.get_retry_policy(GetRetryPolicyRequest { policy_id }), render::policy).await?,
         PolicyVerb::List(paging) => {
             let request = |page_size, page_token| ListRetryPoliciesRequest { page_size, page_token };
             listing!(paging, c.policies, list_retry_policies, request, retry_policies, "retry_policies", render::policy, COLUMNS)
         }
         PolicyVerb::Update { policy_id, fields: f } => {
             let request = policy_request!(UpdateRetryPolicyRequest, policy_id, f, ..Default::default());
-            Printed::one(&render::policy(&c.policies.update_retry_policy(request).await?.into_inner()))
+            one(c.policies.update_retry_policy(request), render::policy).await?
         }
         PolicyVerb::Delete { policy_id } => {
             c.policies.delete_retry_policy(DeleteRetryPolicyRequest { policy_id: policy_id.clone() }).await?;
@@ -980,7 +982,7 @@ async fn policy(mut c: Clients, verb: PolicyVerb) -> Result<Printed, Failure> {
 async fn token(mut c: Clients, verb: TokenVerb) -> Result<Printed, Failure> {
     Ok(match verb {
         TokenVerb::Create { tenant, description } => {
-            Printed::one(&render::token(&c.tokens.create_token(CreateTokenRequest { tenant_id: tenant, description }).await?.into_inner()))
+            one(c.tokens.create_token(CreateTokenRequest { tenant_id: tenant, description }), render::token).await?
         }
         TokenVerb::List { tenant, paging } => {
             let request = |page_size, page_token| ListTokensRequest { tenant_id: tenant.clone(), page_size, page_token };
@@ -1018,9 +1020,7 @@ async fn delivery(mut c: Clients, verb: DeliveryVerb) -> Result<Printed, Failure
             };
             listing!(paging, c.deliveries, list_deliveries, request, deliveries, "deliveries", render::delivery, COLUMNS)
         }
-        DeliveryVerb::Get { delivery_id } => {
-            Printed::one(&render::delivery(&c.deliveries.get_delivery(GetDeliveryRequest { delivery_id }).await?.into_inner()))
-        }
+        DeliveryVerb::Get { delivery_id } => one(c.deliveries.get_delivery(GetDeliveryRequest { delivery_id }), render::delivery).await?,
         DeliveryVerb::Resend { delivery_id } => {
             let r = c.deliveries.resend_delivery(ResendDeliveryRequest { delivery_id }).await?.into_inner();
             Printed::one(&Record(vec![
