@@ -245,7 +245,9 @@ pub fn trim(con: &mut Conn, keys: &Keys, retention: Retention, touched: &HashSet
             pipe.zremrangebyrank(index, 0, -(retention.max_count as isize) - 1).ignore();
         }
     }
-    pipe.query::<()>(con)?;
+    if pipe.cmd_iter().next().is_some() {
+        pipe.query::<()>(con)?;
+    }
     if touched.contains(&keys.deliveries) {
         // By age: the records go with their index entries, rather than staying until their
         // bucket expires (up to a bucket's width later).
@@ -516,8 +518,7 @@ fn fetch_scored(con: &mut Conn, keys: &Keys, entries: &[(&str, Option<u64>)]) ->
         }
     }
     let current = |at: usize, record: &DeliveryRecord| entries[at].1 == Some(record.updated_at_ms);
-    let missing: Vec<usize> =
-        (0..entries.len()).filter(|&at| found[at].as_ref().is_none_or(|record| !current(at, record))).collect();
+    let missing: Vec<usize> = (0..entries.len()).filter(|&at| found[at].as_ref().is_none_or(|record| !current(at, record))).collect();
     if !missing.is_empty() {
         let names: Vec<String> = missing.iter().map(|&at| keys.delivery(entries[at].0)).collect();
         let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&names).query(con)?;
