@@ -37,10 +37,12 @@
 //! Retention: a bucket lives until its end plus `WSS_HISTORY_MAX_AGE`, so each record lives at
 //! least the age after its last write and at most an hour longer (the TTL's granularity is one
 //! bucket). Up to four times a second the indexes touched are trimmed by age and to
-//! `WSS_HISTORY_MAX_COUNT` members, and records that leave the global index, by age or by count,
-//! are deleted at once from their buckets (`HDEL`; the index scores say which; in slices, so that
-//! Redis serves others in between) — so both the age and the count bound what Redis holds; only
-//! stale copies wait for their bucket's expiry. The event index is trimmed by age and count the
+//! `WSS_HISTORY_MAX_COUNT` members, and records that leave the global index are deleted at once
+//! from their buckets (`HDEL`; the index scores say which; in slices, so that Redis serves others
+//! in between): by count always, by age when their bucket ended over a minute ago (else a retry
+//! might be rewriting them into it; with an age under an hour they wait for its expiry) — so both
+//! the age and the count bound what Redis holds, the age to within a bucket; stale copies wait
+//! for their bucket's expiry. The event index is trimmed by age and count the
 //! same way (through its `age` twin). Index members whose record is gone are skipped when
 //! listing.
 
@@ -98,8 +100,9 @@ pub struct Retention {
 /// milliseconds, so it touches one bucket, two at an hour's turn. Why an hour rather than less:
 /// a bucket lives until its end plus `WSS_HISTORY_MAX_AGE`, so the width is how long past the
 /// age a record may stay in Redis when nothing deletes it earlier (0.6 % of the default 7 days;
-/// trimming deletes records as they leave the global index by age or count, so this is only the
-/// stale copies' and an idle history's overstay); and a retry rewritten within the same hour
+/// trimming deletes records as they leave the global index by count, and by age once their hour
+/// is over, so this is the overstay of stale copies, of an idle history, and of records under an
+/// age shorter than the bucket); and a retry rewritten within the same hour
 /// overwrites its field instead of leaving an older copy in another bucket. Narrower buckets
 /// would only add keys (`max_age / width` of them) and per-bucket reads when listing. Readers
 /// derive the bucket from the index score, so this must not change without a migration.
@@ -249,30 +252,7 @@ pub fn trim(con: &mut Conn, keys: &Keys, retention: Retention, touched: &HashSet
         pipe.query::<()>(con)?;
     }
     if touched.contains(&keys.deliveries) {
-        // By age: the records go with their index entries, rather than staying until their
-        // bucket expires (up to a bucket's width later).
-        loop {
-            let aged: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
-                .arg(&keys.deliveries)
-                .arg("-inf")
-                .arg(format!("({cutoff}"))
-                .arg("WITHSCORES")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(EVICTION_SLICE)
-                .query(con)?;
-            if aged.is_empty() {
-                break;
-            }
-            let mut pipe = redis::pipe();
-            pipe.zrem(&keys.deliveries, aged.iter().map(|(id, _)| id).collect::<Vec<_>>()).ignore();
-            // Records of the old layout expire by themselves at this age.
-            queue_deletes(&mut pipe, keys, &aged, false);
-            pipe.query::<()>(con)?;
-            if aged.len() < EVICTION_SLICE {
-                break;
-            }
-        }
+        trim_global_by_age(con, keys, cutoff, now_ms)?;
     }
     let mut excess = con.zcard::<_, usize>(&keys.deliveries)?.saturating_sub(retention.max_count);
     // In slices, each its own round trip, so that other clients are served in between: evicting
@@ -290,6 +270,38 @@ pub fn trim(con: &mut Conn, keys: &Keys, retention: Retention, touched: &HashSet
         excess -= slice;
     }
     trim_event_index(con, keys, retention, cutoff)
+}
+
+/// Removes the global index's members older than `cutoff`, in slices, and deletes their records
+/// from their buckets — rather than leaving them until their bucket expires (up to a bucket's
+/// width later) — when the bucket ended over a minute ago: a record rewritten meanwhile (a retry
+/// due after the retention age) goes into the current bucket, and an `HDEL` there could delete
+/// that new version. The members leave by score (`ZREMRANGEBYSCORE` up to the slice's last), so
+/// one rewritten meanwhile, scored anew, stays. Records of the old layout expire by themselves
+/// at this age.
+fn trim_global_by_age(con: &mut Conn, keys: &Keys, cutoff: u64, now_ms: u64) -> RedisResult<()> {
+    loop {
+        let aged: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&keys.deliveries)
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(EVICTION_SLICE)
+            .query(con)?;
+        let Some((_, last)) = aged.last() else { break };
+        let mut pipe = redis::pipe();
+        pipe.zrembyscore(&keys.deliveries, "-inf", *last as u64).ignore();
+        let ended: Vec<(String, f64)> =
+            aged.iter().filter(|(_, score)| bucket_of(*score as u64) + BUCKET_MS + 60_000 <= now_ms).cloned().collect();
+        queue_deletes(&mut pipe, keys, &ended, false);
+        pipe.query::<()>(con)?;
+        if aged.len() < EVICTION_SLICE {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Queues the deletion of the records of `evicted` (delivery id, index score): one `HDEL` per

@@ -90,9 +90,10 @@ fn one_command_per_record_and_the_old_event_sets_are_still_read() {
     let kept: Vec<String> = con.hkeys(&bucket).unwrap();
     assert_eq!(kept, ["2-0:wh_a"], "the records evicted by the count are deleted from their bucket");
 
-    // And by age: everything older than the cutoff leaves both.
+    // And by age: everything older than the cutoff leaves both. (Trimming two hours later: the
+    // records' bucket has ended, so they are deleted from it too.)
     let short = Retention { max_age: Duration::from_secs(1), max_count: 1000 };
-    history::trim(&mut con, &keys, short, &touched, now + 10_000).expect("trimming by age");
+    history::trim(&mut con, &keys, short, &touched, now + 2 * history::BUCKET_MS).expect("trimming by age");
     let left: usize = con.zcard(keys.deliveries_by_event()).unwrap();
     let left_aged: usize = con.zcard(keys.deliveries_by_event_age()).unwrap();
     assert_eq!((left, left_aged), (0, 0));
@@ -192,6 +193,15 @@ fn old_records_stay_readable_rewrites_read_newest_and_count_trimming_empties_buc
     assert_eq!(history::get(&mut con, &keys, &old.id).unwrap(), None);
     assert_eq!(listed(&mut con, &keys, Query::default()), everything[..2]);
     assert_eq!(listed(&mut con, &keys, Query { event_id: "e".into(), ..Default::default() }), everything[..2]);
+
+    // By age, within the hour of its write: the record leaves the index, and stays in its
+    // bucket (a retry could be rewriting it there) until the bucket expires.
+    let second = Retention { max_age: Duration::from_secs(1), max_count: 1000 };
+    history::trim(&mut con, &keys, second, &touched, this_hour + 4_000).expect("trimming by age");
+    let in_bucket: bool = con.hexists(keys.delivery_records(this_hour), &retried.id).unwrap();
+    assert!(in_bucket, "a record of the current hour is left to its bucket's expiry");
+    assert_eq!(history::get(&mut con, &keys, &retried.id).unwrap(), None, "out of the index: gone for readers");
+    assert_eq!(listed(&mut con, &keys, Query::default()), everything[..1]);
 
     let doomed: Vec<String> = con.keys(format!("{}*", ks.prefix)).unwrap();
     if !doomed.is_empty() {
