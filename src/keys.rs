@@ -114,8 +114,16 @@ impl Keys {
         (self.shards > 1).then_some(shard)
     }
 
+    /// A delivery's record in the layout before 2026-12 (one string per record): no longer
+    /// written, still read until it has expired (see `crate::history`).
     pub fn delivery(&self, id: &str) -> String {
         format!("{}delivery:{id}", self.prefix)
+    }
+
+    /// The hash of the history records last written in the time bucket starting at `start_ms`
+    /// (field: delivery id, value: the record as JSON; see `crate::history`).
+    pub fn delivery_records(&self, start_ms: u64) -> String {
+        format!("{}deliveries:records:{start_ms}", self.prefix)
     }
 
     pub fn deliveries_of_tenant(&self, tenant: &str) -> String {
@@ -253,6 +261,7 @@ mod tests {
         let keys = Keys::sharded("wss:", 8, true);
         assert_eq!(keys.tenants, "wss:{wss:events}tenants");
         assert_eq!(keys.delivery("d"), "wss:{wss:events}delivery:d");
+        assert_eq!(keys.delivery_records(3_600_000), "wss:{wss:events}deliveries:records:3600000");
         assert_eq!(keys.stream(2), "wss:events:{2}");
         let one = Keys::sharded("wss:", 1, true);
         assert_eq!(one.stream(0), "wss:events");

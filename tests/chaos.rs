@@ -136,24 +136,17 @@ fn publish(ks: &Keyspace, events: &[Event]) -> String {
     ids.last().cloned().expect("at least one event")
 }
 
-/// The deliveries that the history (`<prefix>delivery:<entry id>:<webhook id>`, JSON with a
-/// `status`) records as delivered, as (event id, tenant, path).
+/// The deliveries that the history (the records in `<prefix>deliveries:records:<hour>`, JSON
+/// with a `status`) records as delivered, as (event id, tenant, path).
 fn recorded_delivered(ks: &Keyspace, webhooks: &BTreeMap<String, (usize, String)>) -> BTreeSet<(String, usize, String)> {
-    let records: Vec<String> = ks.keys().into_iter().filter(|k| k.starts_with(&format!("{}delivery:", ks.prefix))).collect();
     let mut found = BTreeSet::new();
-    for chunk in records.chunks(500) {
-        let values: Vec<Option<String>> =
-            redis::cmd("MGET").arg(chunk).query(&mut ks.conn()).unwrap_or_else(|e| panic!("MGET of history records: {e}"));
-        for json in values.into_iter().flatten() {
-            let record: serde_json::Value =
-                serde_json::from_str(&json).unwrap_or_else(|e| panic!("a history record is not JSON ({e}): {json}"));
-            if record["status"] != "delivered" {
-                continue;
-            }
-            let webhook = record["webhook_id"].as_str().unwrap_or_default();
-            let (tenant, path) = webhooks.get(webhook).unwrap_or_else(|| panic!("a record of an unknown webhook: {json}")).clone();
-            found.insert((record["event_id"].as_str().unwrap_or_default().to_owned(), tenant, path));
+    for record in ks.history_records() {
+        if record["status"] != "delivered" {
+            continue;
         }
+        let webhook = record["webhook_id"].as_str().unwrap_or_default();
+        let (tenant, path) = webhooks.get(webhook).unwrap_or_else(|| panic!("a record of an unknown webhook: {record}")).clone();
+        found.insert((record["event_id"].as_str().unwrap_or_default().to_owned(), tenant, path));
     }
     found
 }

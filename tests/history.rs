@@ -141,9 +141,19 @@ async fn every_attempt_is_recorded_and_deliveries_can_be_filtered_and_paged() {
     let bad_token = grpc.deliveries().list_deliveries(ListDeliveriesRequest { page_token: "nonsense".into(), ..Default::default() }).await;
     assert_status(bad_token, Code::InvalidArgument, Some("page_token"), "a made-up page token");
 
-    // Records expire with the retention age.
-    let ttl: i64 = ks.conn().ttl(format!("{}delivery:{}", ks.prefix, d.delivery_id)).unwrap();
-    assert!(ttl > 0 && ttl <= 7 * 86_400, "a delivery record expires within WSS_HISTORY_MAX_AGE: ttl {ttl}");
+    // Records expire with the retention age: their bucket lives at least WSS_HISTORY_MAX_AGE
+    // (7 days) after the record's write, and at most a bucket (an hour) longer.
+    let record = ks.history_record(&d.delivery_id).expect("the delivery's record in its bucket");
+    let written = record["updated_at_ms"].as_u64().unwrap();
+    let bucket = ks.history_bucket(&d.delivery_id).unwrap();
+    let pttl: i64 = ks.conn().pttl(&bucket).unwrap();
+    let now = wss::clock::now_ms();
+    let max_age = 7 * 86_400_000;
+    assert!(
+        pttl > 0 && now + pttl as u64 >= written + max_age,
+        "{bucket} expires before the age: PTTL {pttl}, written {written}, now {now}"
+    );
+    assert!(pttl as u64 <= max_age + common::HISTORY_BUCKET_MS, "{bucket} lives at most an hour past the age: PTTL {pttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +182,7 @@ async fn history_is_trimmed_to_its_maximum_count() {
     eventually(Duration::from_secs(30), "the history index trimmed to 100 and its evicted records deleted", || {
         ks.publish("acme", "t", "{}");
         let members: usize = conn.zcard(&index).unwrap();
-        let records = ks.keys().iter().filter(|k| k.starts_with(&format!("{}delivery:", ks.prefix))).count();
+        let records = ks.history_record_count();
         async move {
             // At least 90: the burst's records are written (before they are, the index is
             // small, and the listing below would race with their writing).
@@ -187,4 +197,40 @@ async fn history_is_trimmed_to_its_maximum_count() {
     let listed = list(&grpc, ListDeliveriesRequest { page_size: 1000, ..Default::default() }).await;
     assert!(listed.len() <= 105, "ListDeliveries shows at most the retained deliveries: {}", listed.len());
     assert!(listed.len() >= 50, "recent deliveries are kept: {}", listed.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_the_old_layout_is_still_served() {
+    let ks = Keyspace::new("history_old_layout");
+    let service = Service::start(&ks, "history-old", &[]).await;
+    let grpc = service.grpc().await;
+    // What a version before the hourly buckets wrote: the record under a key of its own, and
+    // the index entries (docs/deployment.md, "Upgrading").
+    let (p, id, now) = (&ks.prefix, "1-0:wh_old", wss::clock::now_ms());
+    let record = serde_json::json!({
+        "id": id, "tenant_id": "acme", "webhook_id": "wh_old", "event_id": "evt-old", "event_type": "t",
+        "stream_entry_id": "1-0", "status": "delivered", "created_at_ms": now, "updated_at_ms": now,
+        "next_attempt_at_ms": 0, "attempts": [], "dead_letter_reason": ""
+    });
+    let member = format!("evt-old\0{id}");
+    redis::pipe()
+        .set_ex(format!("{p}delivery:{id}"), record.to_string(), 3600)
+        .zadd(format!("{p}deliveries"), id, now)
+        .zadd(format!("{p}deliveries:tenant:acme"), id, now)
+        .zadd(format!("{p}deliveries:webhook:wh_old"), id, now)
+        .zadd(format!("{p}deliveries:by-event"), &member, 0)
+        .zadd(format!("{p}deliveries:by-event:age"), &member, now)
+        .query::<()>(&mut ks.conn())
+        .unwrap();
+    let got = grpc.deliveries().get_delivery(GetDeliveryRequest { delivery_id: id.into() }).await.unwrap().into_inner();
+    assert_eq!((got.delivery_id.as_str(), got.status(), got.event_id.as_str()), (id, DeliveryStatus::Delivered, "evt-old"));
+    for req in [
+        ListDeliveriesRequest::default(),
+        ListDeliveriesRequest { tenant_id: "acme".into(), ..Default::default() },
+        ListDeliveriesRequest { webhook_id: "wh_old".into(), ..Default::default() },
+        ListDeliveriesRequest { event_id: "evt-old".into(), ..Default::default() },
+    ] {
+        let found = list(&grpc, req.clone()).await;
+        assert_eq!(found, std::slice::from_ref(&got), "listed by {req:?}");
+    }
 }

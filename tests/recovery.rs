@@ -28,10 +28,10 @@ async fn a_killed_instances_entries_are_claimed_and_finished_without_repeats() {
     steady.wait_for_requests(1, "the steady webhook's delivery", Recorded::delivered).await;
     hanging_first.wait_for_requests(1, "the other webhook's attempt, on the wire", |_| true).await;
     // The steady delivery is on record before the instance dies (the entry is still pending).
-    let record = format!("{}delivery:{stream_id}:", ks.prefix);
+    let record = format!("{stream_id}:");
     wait_until(WAIT, "the steady delivery recorded", || {
-        let keys = ks.keys();
-        let recorded = keys.iter().filter(|k| k.starts_with(&record)).count();
+        let records = ks.history_records();
+        let recorded = records.iter().filter(|r| r["id"].as_str().is_some_and(|id| id.starts_with(&record))).count();
         if recorded == 1 {
             Ok(())
         } else {

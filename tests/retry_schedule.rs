@@ -8,22 +8,22 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{redis_url, Keyspace, Receiver, Recorded, Reply, Service};
+use common::{history_record_in, redis_url, Keyspace, Receiver, Recorded, Reply, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_retry_is_due_after_the_policy_s_delay_for_its_attempt() {
     let ks = Keyspace::new("retry_schedule");
-    // The history record's key, known once the event is published; what the receiver read from
-    // it as each attempt arrived: (attempt arriving, previous attempt's end, due time).
-    let record_key: Arc<Mutex<Option<String>>> = Arc::default();
+    // The delivery's id, known once the event is published; what the receiver read from its
+    // history record as each attempt arrived: (attempt arriving, previous attempt's end, due
+    // time).
+    let delivery_id: Arc<Mutex<Option<String>>> = Arc::default();
     let seen: Arc<Mutex<Vec<(u32, u64, u64)>>> = Arc::default();
-    let (key, log) = (record_key.clone(), seen.clone());
+    let (key, log, prefix) = (delivery_id.clone(), seen.clone(), ks.prefix.clone());
     let client = redis::Client::open(redis_url()).unwrap();
     let receiver = Receiver::start(move |n| {
         if n > 0 {
-            let key = key.lock().unwrap().clone().expect("the record's key is set before the first retry");
-            let json: Option<String> = redis::cmd("GET").arg(&key).query(&mut client.get_connection().unwrap()).unwrap();
-            let record: serde_json::Value = serde_json::from_str(&json.expect("a record after a failed attempt")).unwrap();
+            let id = key.lock().unwrap().clone().expect("the delivery's id is set before the first retry");
+            let record = history_record_in(&mut client.get_connection().unwrap(), &prefix, &id).expect("a record after a failed attempt");
             let last = record["attempts"].as_array().unwrap().last().unwrap().clone();
             let ended = last["started_at_ms"].as_u64().unwrap() + last["duration_ms"].as_u64().unwrap();
             log.lock().unwrap().push((n as u32 + 1, ended, record["next_attempt_at_ms"].as_u64().unwrap()));
@@ -37,7 +37,7 @@ async fn each_retry_is_due_after_the_policy_s_delay_for_its_attempt() {
     grpc.create_tenant("acme").await;
     let webhook = grpc.create_webhook("acme", &receiver.url(), |r| r.retry_policy_id = "doubling".into()).await;
     let entry = ks.publish("acme", "t", "{}");
-    *record_key.lock().unwrap() = Some(format!("{}delivery:{entry}:{}", ks.prefix, webhook.webhook_id));
+    *delivery_id.lock().unwrap() = Some(format!("{entry}:{}", webhook.webhook_id));
 
     receiver.wait_for_requests(1, "the fifth attempt, delivered", Recorded::delivered).await;
     let seen = seen.lock().unwrap().clone();

@@ -319,22 +319,14 @@ fn kill_midway(service: Service, receiver: &Counting, published_good: usize, ks:
     (at_kill, recorded_delivered(ks))
 }
 
-/// The events whose delivery the history (`<prefix>delivery:<id>`, JSON) records as delivered
-/// (one webhook per tenant: an event has one delivery).
+/// The events whose delivery the history (the records in `<prefix>deliveries:records:<hour>`,
+/// JSON) records as delivered (one webhook per tenant: an event has one delivery).
 fn recorded_delivered(ks: &Keyspace) -> BTreeSet<String> {
-    let records: Vec<String> = ks.keys().into_iter().filter(|k| k.starts_with(&format!("{}delivery:", ks.prefix))).collect();
-    let mut found = BTreeSet::new();
-    for chunk in records.chunks(500) {
-        let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(&mut ks.conn()).expect("MGET of history records");
-        for json in values.into_iter().flatten() {
-            let record: serde_json::Value =
-                serde_json::from_str(&json).unwrap_or_else(|e| panic!("a history record is not JSON ({e}): {json}"));
-            if record["status"] == "delivered" {
-                found.insert(record["event_id"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    }
-    found
+    ks.history_records()
+        .into_iter()
+        .filter(|record| record["status"] == "delivered")
+        .map(|record| record["event_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 /// Checks that no event the history had recorded as delivered when wss was killed was sent

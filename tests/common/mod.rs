@@ -235,6 +235,73 @@ fn as_map(value: &redis::Value) -> BTreeMap<String, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The delivery history as stored (src/history.rs's layout, spelled here on its own: the tests
+// that read records behind the API's back all go through these)
+// ---------------------------------------------------------------------------------------------
+
+/// The width of a history bucket (`wss::history::BUCKET_MS`): records written in the same hour
+/// share the hash `<prefix>deliveries:records:<the hour's start, ms>`.
+pub const HISTORY_BUCKET_MS: u64 = 3_600_000;
+
+/// The hash that holds delivery `id`'s current record: the bucket of its score in the global
+/// index `<prefix>deliveries` (the time of its last write). `None` when it is not indexed.
+pub fn history_bucket_in(con: &mut redis::Connection, prefix: &str, id: &str) -> Option<String> {
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg(format!("{prefix}deliveries"))
+        .arg(id)
+        .query(con)
+        .unwrap_or_else(|e| panic!("ZSCORE of delivery {id}: {e}"));
+    let written = score? as u64;
+    Some(format!("{prefix}deliveries:records:{}", written - written % HISTORY_BUCKET_MS))
+}
+
+/// Delivery `id`'s current history record (JSON), read from its bucket; `None` when it has none.
+pub fn history_record_in(con: &mut redis::Connection, prefix: &str, id: &str) -> Option<serde_json::Value> {
+    let bucket = history_bucket_in(con, prefix, id)?;
+    let json: Option<String> = redis::cmd("HGET").arg(&bucket).arg(id).query(con).unwrap_or_else(|e| panic!("HGET {bucket} {id}: {e}"));
+    json.map(|json| serde_json::from_str(&json).unwrap_or_else(|e| panic!("a history record is not JSON ({e}): {json}")))
+}
+
+impl Keyspace {
+    /// See [`history_bucket_in`].
+    pub fn history_bucket(&self, id: &str) -> Option<String> {
+        history_bucket_in(&mut self.conn(), &self.prefix, id)
+    }
+
+    /// See [`history_record_in`].
+    pub fn history_record(&self, id: &str) -> Option<serde_json::Value> {
+        history_record_in(&mut self.conn(), &self.prefix, id)
+    }
+
+    /// Every delivery's history record in the buckets, the newest copy of each (a record
+    /// rewritten in a later hour leaves an older copy in the earlier bucket until it expires).
+    pub fn history_records(&self) -> Vec<serde_json::Value> {
+        let buckets: Vec<String> =
+            self.keys().into_iter().filter(|k| k.starts_with(&format!("{}deliveries:records:", self.prefix))).collect();
+        let mut newest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let mut con = self.conn();
+        for bucket in buckets {
+            let fields: BTreeMap<String, String> =
+                redis::cmd("HGETALL").arg(&bucket).query(&mut con).unwrap_or_else(|e| panic!("HGETALL {bucket}: {e}"));
+            for (id, json) in fields {
+                let record: serde_json::Value =
+                    serde_json::from_str(&json).unwrap_or_else(|e| panic!("a history record is not JSON ({e}): {json}"));
+                let written = |r: &serde_json::Value| r["updated_at_ms"].as_u64().unwrap_or_default();
+                if newest.get(&id).is_none_or(|known| written(known) < written(&record)) {
+                    newest.insert(id, record);
+                }
+            }
+        }
+        newest.into_values().collect()
+    }
+
+    /// How many deliveries have a record in the buckets.
+    pub fn history_record_count(&self) -> usize {
+        self.history_records().len()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The service process
 // ---------------------------------------------------------------------------------------------
 
