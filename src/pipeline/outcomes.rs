@@ -63,7 +63,8 @@ const MAX_BATCH: usize = 512;
 /// those deliveries are repeated: at-least-once). Measured at 5,500 deliveries/s (`wss bench`'s
 /// latency run, `INFO commandstats`): 54 completions per transaction instead of 2.6, and with
 /// the index writes grouped by key ([`history::queue_writes`]) 4.4 Redis commands per delivery
-/// instead of 7.8.
+/// instead of 7.8 at the time (since then the records themselves are one `HSET` per batch:
+/// docs/performance.md).
 const LINGER: Duration = Duration::from_millis(5);
 /// How often the history is trimmed: often enough that each trim evicts little (an eviction
 /// blocks Redis while it runs), seldom enough that its index commands stay a small share.

@@ -20,8 +20,9 @@
 //! within the rate (docs/ordering.md, docs/rate-limits.md). Other webhooks are not touched by it.
 //!
 //! Recovery: a delivery of an entry read again after a crash or claimed from another instance
-//! is first looked up in the delivery history (`<prefix>delivery:<id>`) and the backlog
-//! (`<prefix>backlog:item:<webhook>:<entry>`), one round trip on this rare path. Already delivered,
+//! is first looked up in the backlog (`<prefix>backlog:item:<webhook>:<entry>`) and the delivery
+//! history (`crate::history::get`: the index's score names the hour hash that holds the record),
+//! a few round trips on this rare path. Already delivered,
 //! dead-lettered or handed to the backlog: it is not sent again. A history record that says
 //! retrying without a backlog item (written by a version that kept retries in memory) is
 //! postponed to its due time with its attempts. So a receiver that answered 2xx gets a duplicate
