@@ -279,27 +279,35 @@ async fn accept_loop<H, F, B>(
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    loop {
-        // A slot first: at the cap, new connections wait in the kernel's queue.
-        let slot = tokio::select! {
-            slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = stopping.changed() => return,
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopping.changed() => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
-            Err(err) => {
-                log::warn!(target: LOG, "accepting a connection on {:?} failed: {err}", listener.local_addr().ok());
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        shared.accepted.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(connection(stream, shared.clone(), stopping.clone(), running.clone(), slot));
-    }
+    let accepting = async {
+        loop {
+            // A slot first: at the cap, new connections wait in the kernel's queue.
+            let slot = tokio::select! {
+                slot = shared.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                _ = stopping.changed() => return,
+            };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stopping.changed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(err) => {
+                    log::warn!(target: LOG, "accepting a connection on {:?} failed: {err}", listener.local_addr().ok());
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            shared.accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(connection(stream, shared.clone(), stopping.clone(), running.clone(), slot));
+        }
+    };
+    accepting.await;
+    // The socket is closed before `running` goes, so that a dropped `Listener`, which waits for
+    // every `running` to go, returns only once nothing listens on the address (left to the
+    // parameters' drop order, a test could still connect right after the drop).
+    drop(listener);
+    drop(running);
 }
 
 /// Serves one connection until either side closes it or the listener is dropped.

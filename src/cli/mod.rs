@@ -43,6 +43,22 @@ use wss::proto::{
 };
 
 /// The admin commands, flattened into `wss`'s own.
+/// `--limit`, `--page-token`, `--all` of the commands that work through many items in calls
+/// (redeliver, replay).
+#[derive(Args)]
+pub struct Calls {
+    /// At most this many per call (server default 100, at most 1000).
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+    /// Continue where a previous call stopped (its next_page_token).
+    #[arg(long, default_value = "")]
+    page_token: String,
+    /// Call again until nothing is left: every matching dead letter tried, the whole period
+    /// replayed.
+    #[arg(long)]
+    all: bool,
+}
+
 #[derive(Subcommand)]
 pub enum Admin {
     /// Tenants: who events belong to (create, get, list, update, delete).
@@ -437,14 +453,8 @@ pub enum DeadLetterVerb {
         /// Dead-lettered before: RFC 3339, or a duration ago.
         #[arg(long, value_parser = time_arg)]
         before: Option<SystemTime>,
-        /// At most this many per call (server default 100, at most 1000).
-        #[arg(long, default_value_t = 0)]
-        limit: u32,
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// Repeat until every matching dead letter was tried.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        calls: Calls,
     },
 }
 
@@ -484,14 +494,8 @@ pub enum EventVerb {
         /// Events that entered the stream before: RFC 3339, or a duration ago (default: now).
         #[arg(long, value_parser = time_arg)]
         until: Option<SystemTime>,
-        /// At most this many events per call (server default 100, at most 1000).
-        #[arg(long, default_value_t = 0)]
-        limit: u32,
-        #[arg(long, default_value = "")]
-        page_token: String,
-        /// Repeat until the whole period was replayed.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        calls: Calls,
     },
 }
 
@@ -1042,11 +1046,19 @@ async fn dead_letter(mut c: Clients, verb: DeadLetterVerb) -> Result<Printed, Fa
                 |page_size, page_token| ListDeadLettersRequest { tenant_id: tenant.clone(), page_size, page_token, ..Default::default() };
             listing!(paging, c.deliveries, list_dead_letters, request, dead_letters, "dead_letters", render::dead_letter, COLUMNS)
         }
-        DeadLetterVerb::Redeliver { dead_letter_id: Some(id), limit, page_token, .. } => {
+        DeadLetterVerb::Redeliver { dead_letter_id: Some(id), calls: Calls { limit, page_token, .. }, .. } => {
             let request = RedeliverDeadLetterRequest { target: Some(Target::DeadLetterId(id)), limit, page_token };
             render::redelivered(&c.deliveries.redeliver_dead_letter(request).await?.into_inner())
         }
-        DeadLetterVerb::Redeliver { dead_letter_id: None, tenant, webhook, reason, after, before, limit, mut page_token, all } => {
+        DeadLetterVerb::Redeliver {
+            dead_letter_id: None,
+            tenant,
+            webhook,
+            reason,
+            after,
+            before,
+            calls: Calls { limit, mut page_token, all },
+        } => {
             let filter = DeadLetterFilter {
                 tenant_id: tenant,
                 webhook_id: webhook,
@@ -1095,7 +1107,7 @@ async fn event(mut c: Clients, verb: EventVerb) -> Result<Printed, Failure> {
             ]);
             Ok(Printed::one(&record))
         }
-        EventVerb::Replay { tenant, webhook, event_types, since, until, limit, mut page_token, all } => {
+        EventVerb::Replay { tenant, webhook, event_types, since, until, calls: Calls { limit, mut page_token, all } } => {
             let request = ReplayEventsRequest {
                 tenant_id: tenant,
                 webhook_id: webhook,
