@@ -44,6 +44,18 @@
 //! is used: each has its own keep-alive pool, and a connection made with one identity is never
 //! reused for another.
 //!
+//! **Connection pools, in lanes.** The default agent is [`LANES`] agents, each with its own
+//! keep-alive pool, and a request picks one by its URL's host and the sending thread
+//! ([`Agents::agent`]): a host's connections live in a few neighbouring lanes
+//! ([`AgentsInner::spread`] of them, so that the sender threads share each lane's connections to
+//! it), and different hosts mostly in different lanes. Why: each time a connection goes back to
+//! a ureq pool, the pool recounts its idle connections per host, comparing the keys of all of
+//! them once per host it holds — with 256 sender threads' idle connections to one receiver, that
+//! scan was an eighth of wss's CPU in the throughput bench (docs/performance.md, "Connection
+//! pools"), and with many hosts it grows as their product. One pool's lock is also no longer
+//! taken by every sender thread. The cost: a request reuses a connection only from its own lane,
+//! so a host that gets a request now and then opens a few more connections than with one pool.
+//!
 //! **TLS failures** are told apart from other I/O errors by rustls's own error types, never by
 //! their text ([`tls_failure`]): unknown issuer, expired, not valid for this name, client
 //! certificate required or rejected, handshake failure.
@@ -68,7 +80,7 @@ use ureq::{
     tls::{parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig},
     unversioned::{
         resolver::{ResolvedSocketAddrs, Resolver},
-        transport::{DefaultConnector, NextTimeout},
+        transport::{ConnectionDetails, Connector, DefaultConnector, NextTimeout},
     },
     Agent, Proxy,
 };
@@ -99,6 +111,13 @@ pub fn agent(sender_threads: usize, allow_private_targets: bool) -> Agent {
     agent_with(sender_threads, policy, None).expect("without a proxy there is nothing to refuse")
 }
 
+/// The delivery agents as the service has them ([`Agents`], in lanes) with the guard on (unless
+/// `allow_private_targets`), no proxy and the bundled roots.
+pub fn agents(sender_threads: usize, allow_private_targets: bool) -> Agents {
+    let policy = TargetPolicy { allow_private: allow_private_targets, allowed: Vec::new() };
+    Agents::with(sender_threads, policy, None, TargetTrust::bundled()).expect("without a proxy there is nothing to refuse")
+}
+
 /// Whether `bytes` has a PEM `-----BEGIN` line: enough to tell a PEM file from a wrong one
 /// before its contents are parsed where they are used.
 pub fn looks_like_pem(bytes: &[u8]) -> bool {
@@ -108,7 +127,15 @@ pub fn looks_like_pem(bytes: &[u8]) -> bool {
 /// Builds the delivery agent; fails only on a proxy URL that ureq refuses.
 pub fn agent_with(sender_threads: usize, policy: TargetPolicy, proxy: Option<&str>) -> Result<Agent, ProxyError> {
     let proxy = proxy.map(parse_proxy).transpose()?;
-    Ok(AgentSetup { sender_threads, policy, proxy, trust: TargetTrust::bundled() }.build(None))
+    let setup = AgentSetup { sender_threads, policy, proxy, trust: TargetTrust::bundled() };
+    Ok(setup.build(None, setup.one_pool()))
+}
+
+/// How many connections an agent's pool keeps idle: in all, and to one host.
+#[derive(Clone, Copy)]
+struct PoolSize {
+    idle: usize,
+    per_host: usize,
 }
 
 /// Everything an agent is built from but the client certificate.
@@ -121,9 +148,27 @@ struct AgentSetup {
 }
 
 impl AgentSetup {
-    fn build(&self, client: Option<&ClientIdentity>) -> Agent {
+    /// One pool for every sender thread: at least as many idle connections to a host as there
+    /// are threads, and four times that in all.
+    fn one_pool(&self) -> PoolSize {
+        PoolSize { idle: self.sender_threads.max(16) * 4, per_host: self.sender_threads.max(4) }
+    }
+
+    /// One of [`LANES`] pools, where a host's connections are spread over `spread` lanes: the
+    /// threads' share of a host, and the lane's share of [`Self::one_pool`]'s total.
+    fn lane_pool(&self, spread: usize) -> PoolSize {
+        let per_host = self.sender_threads.div_ceil(spread).max(4);
+        PoolSize { idle: self.one_pool().idle.div_ceil(LANES).max(per_host), per_host }
+    }
+
+    fn build(&self, client: Option<&ClientIdentity>, pool: PoolSize) -> Agent {
+        self.build_on(client, pool, DefaultConnector::default())
+    }
+
+    /// [`Self::build`] dialling through `connector`: the lanes share one, and so the TLS
+    /// configuration it builds on first use (the roots parsed once, one session cache).
+    fn build_on(&self, client: Option<&ClientIdentity>, pool: PoolSize, connector: impl Connector) -> Agent {
         let proxy_host = self.proxy.as_ref().map(|p| (p.host().to_ascii_lowercase(), p.port()));
-        let sender_threads = self.sender_threads;
         // Verification stays on: `disable_verification` is never set, whatever the configuration.
         let tls = TlsConfig::builder().root_certs(self.trust.roots.clone()).client_cert(client.map(|c| c.cert.clone())).build();
         let config = Agent::config_builder()
@@ -131,14 +176,14 @@ impl AgentSetup {
             .max_redirects(0)
             .proxy(self.proxy.clone())
             .user_agent(concat!("wss/", env!("CARGO_PKG_VERSION")))
-            .max_idle_connections(sender_threads.max(16) * 4)
-            .max_idle_connections_per_host(sender_threads.max(4))
+            .max_idle_connections(pool.idle)
+            .max_idle_connections_per_host(pool.per_host)
             .max_response_header_size(MAX_RESPONSE_HEAD)
             .input_buffer_size(INPUT_BUFFER)
             .output_buffer_size(OUTPUT_BUFFER)
             .tls_config(tls)
             .build();
-        Agent::with_parts(config, DefaultConnector::default(), GuardedResolver { policy: self.policy.clone(), proxy: proxy_host })
+        Agent::with_parts(config, connector, GuardedResolver { policy: self.policy.clone(), proxy: proxy_host })
     }
 }
 
@@ -147,13 +192,19 @@ impl AgentSetup {
 const IDLE_IDENTITY_AGENT_MS: u64 = 10 * 60 * 1000;
 const KEEP_IDENTITY_AGENTS: usize = 64;
 
-/// The delivery agents: the shared default one, and one per client certificate in use (see the
-/// module's note). Cloning shares them.
+/// The default agent's lanes (the module's note, "Connection pools").
+pub const LANES: usize = 32;
+
+/// The delivery agents: the default one in [`LANES`] lanes, and one per client certificate in
+/// use (see the module's note). Cloning shares them.
 #[derive(Clone)]
 pub struct Agents(Arc<AgentsInner>);
 
 struct AgentsInner {
-    default: Agent,
+    lanes: Vec<Agent>,
+    /// Over how many neighbouring lanes one host's connections are spread: one per 32 sender
+    /// threads, at most 8 (256 threads: 32 a lane).
+    spread: usize,
     setup: AgentSetup,
     /// By [`ClientIdentity::fingerprint`]: the agent and when it was last handed out (ms).
     by_identity: RwLock<HashMap<[u8; 32], (Agent, AtomicU64)>>,
@@ -180,12 +231,17 @@ impl Agents {
     }
 
     fn from_setup(setup: AgentSetup) -> Self {
-        Self(Arc::new(AgentsInner { default: setup.build(None), setup, by_identity: RwLock::default() }))
+        let spread = setup.sender_threads.div_ceil(32).clamp(1, 8);
+        let connector = SharedConnector(Arc::new(DefaultConnector::default()));
+        let lanes = (0..LANES).map(|_| setup.build_on(None, setup.lane_pool(spread), connector.clone())).collect();
+        Self(Arc::new(AgentsInner { lanes, spread, setup, by_identity: RwLock::default() }))
     }
 
-    /// The agent that presents `client` (the default agent for `None`), made on first use.
-    pub fn agent(&self, client: Option<&ClientIdentity>) -> Agent {
-        let Some(client) = client else { return self.0.default.clone() };
+    /// The agent for a request to `url` from sender thread `slot`: the one that presents
+    /// `client`, made on first use; without one, the default agent's lane for the URL's host and
+    /// the thread ([`Self::lane`]).
+    pub fn agent(&self, client: Option<&ClientIdentity>, url: &str, slot: usize) -> Agent {
+        let Some(client) = client else { return self.0.lanes[self.lane(url, slot)].clone() };
         let now = crate::clock::now_ms();
         if let Some((agent, used)) = self.0.by_identity.read().get(&client.fingerprint) {
             used.store(now, Ordering::Relaxed);
@@ -198,15 +254,43 @@ impl Agents {
         if agents.len() >= KEEP_IDENTITY_AGENTS {
             agents.retain(|_, (_, used)| now.saturating_sub(used.load(Ordering::Relaxed)) < IDLE_IDENTITY_AGENT_MS);
         }
-        let agent = self.0.setup.build(Some(client));
+        let agent = self.0.setup.build(Some(client), self.0.setup.one_pool());
         agents.insert(client.fingerprint, (agent.clone(), AtomicU64::new(now)));
         agent
+    }
+
+    /// The lane of a request to `url` from thread `slot`: the host's first lane (a hash of the
+    /// URL's authority), and one of the [`AgentsInner::spread`] lanes after it by the thread.
+    pub fn lane(&self, url: &str, slot: usize) -> usize {
+        (authority_hash(url) as usize).wrapping_add(slot % self.0.spread) % LANES
     }
 
     /// Agents with a client certificate held now.
     pub fn identity_agents(&self) -> usize {
         self.0.by_identity.read().len()
     }
+}
+
+/// One connector for every lane: they have the same TLS configuration, which the connector
+/// builds once and caches. (An agent with a client certificate has a connector of its own: the
+/// cache holds one configuration.)
+#[derive(Debug, Clone)]
+struct SharedConnector(Arc<DefaultConnector>);
+
+impl Connector for SharedConnector {
+    type Out = <DefaultConnector as Connector>::Out;
+
+    fn connect(&self, details: &ConnectionDetails, chained: Option<()>) -> Result<Option<Self::Out>, ureq::Error> {
+        self.0.connect(details, chained)
+    }
+}
+
+/// FNV-1a of the URL's authority (what follows `://` up to the path, query or fragment; the
+/// whole string when it has no `://`): cheap, and only ever used to pick a lane.
+fn authority_hash(url: &str) -> u64 {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    authority.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A `WSS_PROXY` value wss cannot use.
@@ -1060,13 +1144,28 @@ mod tests {
         let first = ClientIdentity::from_pem(&cert, &key).unwrap();
         let again = ClientIdentity::from_pem(&cert, &key).unwrap();
         let other = ClientIdentity::from_pem(&other_cert, &other_key).unwrap();
-        let _ = agents.agent(None);
+        let url = "https://receiver.example/hook";
+        let _ = agents.agent(None, url, 0);
         assert_eq!(agents.identity_agents(), 0, "the default agent serves webhooks without a certificate");
-        let _ = agents.agent(Some(&first));
-        let _ = agents.agent(Some(&again));
+        let _ = agents.agent(Some(&first), url, 0);
+        let _ = agents.agent(Some(&again), url, 1);
         assert_eq!(agents.identity_agents(), 1, "the same chain (parsed twice, e.g. by two snapshots) shares one agent and its pool");
-        let _ = agents.agent(Some(&other));
+        let _ = agents.agent(Some(&other), url, 0);
         assert_eq!(agents.identity_agents(), 2);
+    }
+
+    #[test]
+    fn a_hosts_requests_keep_to_its_spread_of_lanes() {
+        use std::collections::HashSet;
+        let agents = Agents::with(256, TargetPolicy::default(), None, TargetTrust::bundled()).unwrap();
+        let lanes_of = |url: &str| (0..256).map(|slot| agents.lane(url, slot)).collect::<HashSet<_>>();
+        let one = lanes_of("http://10.0.0.1:8080/a");
+        assert_eq!(one.len(), 8, "256 threads: a host over 8 lanes, 32 threads each");
+        assert_eq!(lanes_of("http://10.0.0.1:8080/b?c=d"), one, "the path and query do not move a host");
+        let hosts: HashSet<usize> = (0..64).map(|i| agents.lane(&format!("https://host-{i}.example/hook"), 0)).collect();
+        assert!(hosts.len() > 16, "hosts scatter over the lanes: {hosts:?}");
+        let few = Agents::with(4, TargetPolicy::default(), None, TargetTrust::bundled()).unwrap();
+        assert_eq!((0..4).map(|slot| few.lane("http://h/", slot)).collect::<HashSet<_>>().len(), 1, "few threads share one lane per host");
     }
 
     #[test]

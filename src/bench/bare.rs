@@ -86,15 +86,15 @@ pub fn run_child(args: ChildArgs) -> anyhow::Result<()> {
             return Err(err).context("XGROUP CREATE");
         }
     }
-    let agent = wss::http::agent(args.threads, true);
+    let agents = wss::http::agents(args.threads, true);
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(args.read_batch * 4);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<String>();
     let failed = Arc::new(AtomicU64::new(0));
-    for _ in 0..args.threads.max(1) {
-        let (agent, jobs, done, failed) = (agent.clone(), jobs_rx.clone(), done_tx.clone(), failed.clone());
+    for slot in 0..args.threads.max(1) {
+        let (agents, jobs, done, failed) = (agents.clone(), jobs_rx.clone(), done_tx.clone(), failed.clone());
         thread::Builder::new().name("bare-sender".into()).spawn(move || {
             for job in jobs {
-                if let Err(err) = post(&agent, &job.prepared) {
+                if let Err(err) = post(&agents, slot, &job.prepared) {
                     if failed.fetch_add(1, Ordering::Relaxed) < 10 {
                         eprintln!("bare: POST {} failed: {err:#}", job.prepared.url);
                     }

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::Context;
-use ureq::Agent;
+use wss::http::Agents;
 use wss::signature::{WssSigner, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 
 use super::{
@@ -41,7 +41,7 @@ pub(super) struct Prepared {
 /// Requests per second for `requests` POSTs from `threads` threads (after one warm-up request
 /// per thread, which opens the connections), and the bench process's CPU time per request.
 pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, shape: &EventShape) -> anyhow::Result<(f64, f64)> {
-    let agent = wss::http::agent(threads, true);
+    let agents = wss::http::agents(threads, true);
     let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).to_string();
     let prepared: Arc<Vec<Prepared>> = Arc::new(
         (0..webhooks.max(1))
@@ -66,12 +66,12 @@ pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, 
     let warm = Arc::new(std::sync::Barrier::new(threads + 1));
     let go = Arc::new(std::sync::Barrier::new(threads + 1));
     let mut workers = Vec::with_capacity(threads);
-    for _ in 0..threads {
-        let (agent, prepared, next, failed, warm, go) =
-            (agent.clone(), prepared.clone(), next.clone(), failed.clone(), warm.clone(), go.clone());
+    for slot in 0..threads {
+        let (agents, prepared, next, failed, warm, go) =
+            (agents.clone(), prepared.clone(), next.clone(), failed.clone(), warm.clone(), go.clone());
         workers.push(thread::Builder::new().name("bench-raw".into()).spawn(move || {
             // Warm-up: one request each, so that every thread has its connection.
-            post(&agent, &prepared[0]).unwrap_or_else(|_| {
+            post(&agents, slot, &prepared[0]).unwrap_or_else(|_| {
                 failed.fetch_add(1, Ordering::Relaxed);
             });
             warm.wait();
@@ -81,7 +81,7 @@ pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, 
                 if n >= requests {
                     return;
                 }
-                if post(&agent, &prepared[n as usize % prepared.len()]).is_err() {
+                if post(&agents, slot, &prepared[n as usize % prepared.len()]).is_err() {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -101,10 +101,16 @@ pub fn run(receiver: &Receiver, threads: usize, webhooks: usize, requests: u64, 
     Ok((requests as f64 / elapsed.as_secs_f64(), cpu * 1e6 / requests as f64))
 }
 
-/// One POST, made as `wss`'s sender makes it (also the bare pipeline's, [`super::bare`]).
-pub(super) fn post(agent: &Agent, prepared: &Prepared) -> anyhow::Result<()> {
-    let mut request =
-        agent.post(&prepared.url).config().timeout_global(Some(ATTEMPT_TIMEOUT)).timeout_connect(Some(ATTEMPT_TIMEOUT)).build();
+/// One POST from thread `slot`, made as `wss`'s sender makes it, through its lane of the agents
+/// (also the bare pipeline's, [`super::bare`]).
+pub(super) fn post(agents: &Agents, slot: usize, prepared: &Prepared) -> anyhow::Result<()> {
+    let mut request = agents
+        .agent(None, &prepared.url, slot)
+        .post(&prepared.url)
+        .config()
+        .timeout_global(Some(ATTEMPT_TIMEOUT))
+        .timeout_connect(Some(ATTEMPT_TIMEOUT))
+        .build();
     for (name, value) in &prepared.headers {
         request = request.header(*name, value);
     }

@@ -368,7 +368,7 @@ impl Pipeline {
                 stopping.clone(),
             );
             let (tracer, clock) = (tracer.clone(), clock.clone());
-            sp.spawn(format!("wss-sender-{i}"), move || sender::run(&clock, &agent, &errors, &iso, &tracer, input, done, freed, &stop))?;
+            sp.spawn(format!("wss-sender-{i}"), move || sender::run(&clock, &agent, i, &errors, &iso, &tracer, input, done, freed, &stop))?;
         }
         drop(signed_rx);
         drop(done_tx);

@@ -49,11 +49,13 @@ const EXCERPT_BYTES: usize = 1024;
 const DRAIN_BYTES: u64 = 64 * 1024;
 
 /// `freed` names the webhook of an attempt that ended when the signer parked one of its
-/// deliveries meanwhile (it has something to release).
+/// deliveries meanwhile (it has something to release). `slot` is the thread's number in the
+/// pool, which picks its lane of the agents' connection pools (`crate::http::Agents::agent`).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     clock: &Clock,
     agents: &Agents,
+    slot: usize,
     errors: &AttemptErrors,
     isolation: &Isolation,
     tracer: &Tracer,
@@ -68,7 +70,7 @@ pub fn run(
         if stopping.is_set() {
             return;
         }
-        let (record, verdict) = attempt(clock, agents, tracer, &signed);
+        let (record, verdict) = attempt(clock, agents, slot, tracer, &signed);
         if record.status == 0 && !record.error_kind.is_empty() {
             errors.count(record.error_kind.as_str());
         }
@@ -86,25 +88,27 @@ pub fn run(
     }
 }
 
-fn attempt(clock: &Clock, agents: &Agents, tracer: &Tracer, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
+fn attempt(clock: &Clock, agents: &Agents, slot: usize, tracer: &Tracer, signed: &SignedDelivery) -> (AttemptRecord, Verdict) {
     // The attempt's span (tracing on) and the trace headers (also when off: the event's own).
     let trace = tracer.attempt(&signed.delivery.event, &signed.delivery.webhook_id, signed.delivery.attempt);
-    send_once(clock, agents, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt, trace)
+    send_once(clock, agents, slot, &signed.route, &signed.headers, &signed.delivery.body, signed.delivery.attempt, trace)
 }
 
 /// One POST of `body` with the signed `headers` to `route`, as every attempt makes it (also used
-/// by `WebhookService/SendTestEvent`, outside the pipeline), under its `trace`: its record and
-/// what it means.
+/// by `WebhookService/SendTestEvent`, outside the pipeline), from sender thread `slot` (its lane
+/// of the connection pools), under its `trace`: its record and what it means.
+#[allow(clippy::too_many_arguments)]
 pub fn send_once(
     clock: &Clock,
     agents: &Agents,
+    slot: usize,
     route: &Route,
     headers: &[(&'static str, String)],
     body: &[u8],
     attempt: u32,
     trace: AttemptTrace<'_>,
 ) -> (AttemptRecord, Verdict) {
-    let agent = agents.agent(route.client.as_ref().map(|c| &c.identity));
+    let agent = agents.agent(route.client.as_ref().map(|c| &c.identity), &route.url, slot);
     let timeout = route.policy.attempt_timeout;
     let started_at_ms = clock.now_ms();
     let started = clock.now();

@@ -93,7 +93,7 @@ pub struct TestOutcome {
 pub fn send(clock: &Clock, agents: &Agents, route: &Route, event: &TestEvent) -> TestOutcome {
     let meta = EventMeta::new(&event.id, &event.event_type, &event.tenant);
     let headers = signed_headers(&route.signer, &meta, 1, &event.body, clock.now_secs());
-    let (attempt, verdict) = send_once(clock, agents, route, &headers, &event.body, 1, Tracer::off().attempt(&meta, &route.id, 1));
+    let (attempt, verdict) = send_once(clock, agents, 0, route, &headers, &event.body, 1, Tracer::off().attempt(&meta, &route.id, 1));
     let succeeded = verdict == Verdict::Delivered;
     let ended_ms = attempt.started_at_ms + attempt.duration_ms;
     let record = DeliveryRecord {

@@ -19,7 +19,10 @@
 //! wait takes the next without sleeping at all.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     thread::{self, Thread},
 };
 
@@ -29,12 +32,21 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 /// and has not called [`Producer::wake`].
 pub const WAKE_AT: usize = 16;
 
+/// An idle consumer: its thread, and the flag [`Idle::wake`] sets when it takes it off the list
+/// (so that the woken thread need not look for itself there).
+type Parked = (Thread, Arc<AtomicBool>);
+
+thread_local! {
+    /// This thread's [`Parked`] flag.
+    static TAKEN: Arc<AtomicBool> = Arc::default();
+}
+
 /// The consumers that found the queue empty and parked, to be unparked one per item.
 #[derive(Default)]
-struct Idle(Mutex<Vec<Thread>>);
+struct Idle(Mutex<Vec<Parked>>);
 
 impl Idle {
-    fn lock(&self) -> MutexGuard<'_, Vec<Thread>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Parked>> {
         // Nothing in the list can be left half-changed by a panic.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -44,12 +56,13 @@ impl Idle {
         if n == 0 {
             return;
         }
-        let woken: Vec<Thread> = {
+        let woken: Vec<Parked> = {
             let mut idle = self.lock();
             let keep = idle.len().saturating_sub(n);
             idle.split_off(keep)
         };
-        for consumer in woken {
+        for (consumer, taken) in woken {
+            taken.store(true, Ordering::Release);
             consumer.unpark();
         }
     }
@@ -129,28 +142,36 @@ impl<T> Consumer<T> {
                 Err(TryRecvError::Empty) => {}
             }
             let me = thread::current();
-            self.idle.lock().push(me.clone());
+            let taken = TAKEN.with(Arc::clone);
+            {
+                let mut idle = self.idle.lock();
+                taken.store(false, Ordering::Relaxed);
+                idle.push((me.clone(), taken.clone()));
+            }
             // Looked again after registering, so that an item queued (or a close) in between
             // is not missed: its wake-up may have come before this thread was in the list.
-            match self.items.try_recv() {
-                Ok(item) => {
-                    self.leave_idle(&me);
-                    return Some(item);
+            let found = match self.items.try_recv() {
+                Ok(item) => Some(Some(item)),
+                Err(TryRecvError::Disconnected) => Some(None),
+                Err(TryRecvError::Empty) => {
+                    thread::park();
+                    None
                 }
-                Err(TryRecvError::Disconnected) => {
-                    self.leave_idle(&me);
-                    return None;
-                }
-                Err(TryRecvError::Empty) => thread::park(),
+            };
+            // Woken by `wake`, the thread is off the list already; otherwise (it found an item
+            // itself, or the park returned spuriously) it takes itself off.
+            if !taken.load(Ordering::Acquire) {
+                self.leave_idle(&me);
             }
-            // Unparked (or spuriously woken): in case it was not by `wake`, out of the list.
-            self.leave_idle(&me);
+            if let Some(item) = found {
+                return item;
+            }
         }
     }
 
     fn leave_idle(&self, me: &Thread) {
         let mut idle = self.idle.lock();
-        if let Some(at) = idle.iter().rposition(|t| t.id() == me.id()) {
+        if let Some(at) = idle.iter().rposition(|(t, _)| t.id() == me.id()) {
             idle.swap_remove(at);
         }
     }
