@@ -229,6 +229,9 @@ pub(super) struct Figures {
     pub context_switches_per_delivery: f64,
     /// Redis commands per delivery, `XADD` included (a private Redis only, else 0).
     pub redis_commands_per_delivery: f64,
+    /// Redis's CPU time per delivery, µs, the producer's `XADD` included (a private Redis
+    /// only, else 0).
+    pub redis_cpu_us_per_delivery: f64,
 }
 
 /// What of the bench's run the bare pipeline is measured in.
@@ -238,6 +241,8 @@ pub(super) struct Run<'a> {
     pub redis_url: &'a str,
     /// The Redis is the bench's own: its command counts are the pipeline's.
     pub private_redis: bool,
+    /// Its CPU time so far, in seconds (0 when it is not the bench's own).
+    pub redis_cpu_secs: &'a dyn Fn() -> f64,
     pub setup: Setup,
 }
 
@@ -254,7 +259,7 @@ pub(super) fn measure(run: &Run, stream: &str, receiver: &Receiver, shape: &Even
     bench_redis::wait_all_acknowledged(&mut con, stream, &last, STALL)?;
 
     let commands_before = if private_redis { bench_redis::command_counts(&mut con)? } else { Default::default() };
-    let (cpu, switches) = (service::cpu_secs(bare.pid())?, service::context_switches(bare.pid()));
+    let (cpu, switches, redis_cpu) = (service::cpu_secs(bare.pid())?, service::context_switches(bare.pid()), (run.redis_cpu_secs)());
     let target = receiver.stats.received() + events;
     let mut publishing = bench_redis::connect(redis_url)?;
     let (stream_name, shape_for_publisher) = (stream.to_owned(), shape.clone());
@@ -267,6 +272,7 @@ pub(super) fn measure(run: &Run, stream: &str, receiver: &Receiver, shape: &Even
     let last = publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
     bench_redis::wait_all_acknowledged(&mut con, stream, &last, STALL)?;
     let cpu = service::cpu_secs(bare.pid())? - cpu;
+    let redis_cpu = (run.redis_cpu_secs)() - redis_cpu;
     let switches = service::context_switches(bare.pid()).saturating_sub(switches);
     let mut commands = 0;
     if private_redis {
@@ -284,6 +290,7 @@ pub(super) fn measure(run: &Run, stream: &str, receiver: &Receiver, shape: &Even
         cpu_us_per_delivery: cpu * 1e6 / n,
         context_switches_per_delivery: switches as f64 / n,
         redis_commands_per_delivery: commands as f64 / n,
+        redis_cpu_us_per_delivery: redis_cpu * 1e6 / n,
     })
 }
 
