@@ -51,8 +51,8 @@
 //! it), and different hosts mostly in different lanes. Why: each time a connection goes back to
 //! a ureq pool, the pool recounts its idle connections per host, comparing the keys of all of
 //! them once per host it holds — with 256 sender threads' idle connections to one receiver, that
-//! scan was an eighth of wss's CPU in the throughput bench (docs/performance.md, "Connection
-//! pools"), and with many hosts it grows as their product. One pool's lock is also no longer
+//! scan was about 14 % of wss's CPU in the throughput bench (docs/performance.md, "Connection
+//! pools in lanes"), and with many hosts it grows as their product. One pool's lock is also no longer
 //! taken by every sender thread. The cost: a request reuses a connection only from its own lane,
 //! so a host that gets a request now and then opens a few more connections than with one pool.
 //!
@@ -103,13 +103,6 @@ const INPUT_BUFFER: usize = MAX_RESPONSE_HEAD + 1024;
 /// header's 8 KiB value (`crate::domain::model::validate_headers`). Bodies go through it in
 /// pieces of its size.
 const OUTPUT_BUFFER: usize = 16 * 1024;
-
-/// Builds the delivery agent with the guard on (unless `allow_private_targets`), no proxy and the
-/// bundled roots.
-pub fn agent(sender_threads: usize, allow_private_targets: bool) -> Agent {
-    let policy = TargetPolicy { allow_private: allow_private_targets, allowed: Vec::new() };
-    agent_with(sender_threads, policy, None).expect("without a proxy there is nothing to refuse")
-}
 
 /// The delivery agents as the service has them ([`Agents`], in lanes) with the guard on (unless
 /// `allow_private_targets`), no proxy and the bundled roots.
@@ -192,7 +185,7 @@ impl AgentSetup {
 const IDLE_IDENTITY_AGENT_MS: u64 = 10 * 60 * 1000;
 const KEEP_IDENTITY_AGENTS: usize = 64;
 
-/// The default agent's lanes (the module's note, "Connection pools").
+/// The default agent's lanes (the module's note, "Connection pools, in lanes").
 pub const LANES: usize = 32;
 
 /// The delivery agents: the default one in [`LANES`] lanes, and one per client certificate in

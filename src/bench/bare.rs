@@ -4,8 +4,9 @@
 //! It reads the stream with `XREADGROUP … COUNT <read_batch>` (the service's default batch),
 //! turns each entry into the body wss sends (`wss::pipeline::event::{parse_entry, envelope}`),
 //! signs it with the project's signer (`WssSigner`, one per webhook, made once, as routing
-//! snapshots do), POSTs it from the service's number of sender threads with the delivery agent
-//! (`wss::http::agent`, the requests made as the sender makes them: [`super::raw`]'s `post`) to
+//! snapshots do), POSTs it from the service's number of sender threads with the delivery agents
+//! (`wss::http::agents`, each thread in its lane as a sender is, the requests made as the sender
+//! makes them: [`super::raw`]'s `post`) to
 //! the same receivers, and acknowledges with one `XACK` per batch of completions. No routing,
 //! filters, history, statistics, isolation, retries or dead letters: a failed request is
 //! counted and acknowledged all the same.

@@ -3,10 +3,10 @@
 //! says how much of the machine's HTTP capacity the rest of wss (Redis, routing, signing,
 //! bookkeeping) leaves to delivery.
 //!
-//! Same client, configured the same way: the agent comes from `wss::http::agent` with the
-//! service's sender-thread count, and each request is made as the sender stage makes it (per
-//! request connect and total timeouts, the headers wss sends, at most 1 KiB of the response kept
-//! and 64 KiB read). The same number of threads pull request numbers from one counter and POST
+//! Same client, configured the same way: the agents come from `wss::http::agents` with the
+//! service's sender-thread count, each thread posts through its lane as a sender does, and each
+//! request is made as the sender stage makes it (per request connect and total timeouts, the
+//! headers wss sends, at most 1 KiB of the response kept and 64 KiB read). The same number of threads pull request numbers from one counter and POST
 //! pre-signed bodies, round robin over the webhooks' URLs: no Redis, no pipeline.
 
 use std::{

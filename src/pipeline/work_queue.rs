@@ -59,10 +59,15 @@ impl Idle {
         let woken: Vec<Parked> = {
             let mut idle = self.lock();
             let keep = idle.len().saturating_sub(n);
-            idle.split_off(keep)
+            let woken = idle.split_off(keep);
+            // Marked under the lock, where a consumer also registers (and clears its flag): a
+            // thread that came back and registered again is never marked by a late wake.
+            for (_, taken) in &woken {
+                taken.store(true, Ordering::Release);
+            }
+            woken
         };
-        for (consumer, taken) in woken {
-            taken.store(true, Ordering::Release);
+        for (consumer, _) in woken {
             consumer.unpark();
         }
     }
@@ -267,6 +272,41 @@ mod tests {
         drop(rx);
         drop(second);
         assert_eq!(producer.join().unwrap(), Err(Disconnected(2)));
+    }
+
+    #[test]
+    fn the_idle_list_holds_each_waiting_consumer_once() {
+        let (tx, rx) = bounded(8);
+        let idle = rx.idle.clone();
+        let consumers: Vec<_> = (0..16)
+            .map(|_| {
+                let rx = rx.clone();
+                thread::spawn(move || (&rx).count())
+            })
+            .collect();
+        drop(rx);
+        for i in 0..20_000 {
+            tx.send(i).unwrap();
+            if i % 7 == 0 {
+                tx.wake();
+            }
+        }
+        tx.wake();
+        // Once the queue is drained, every consumer parks: each on the list exactly once, none
+        // left there by a wake-up it did not need (a stale entry would make a later wake miss).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ids: Vec<_> = idle.lock().iter().map(|(t, _)| t.id()).collect();
+            let unique: std::collections::HashSet<_> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "a consumer is on the idle list twice");
+            if ids.len() == 16 && tx.items.as_ref().is_some_and(|items| items.is_empty()) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{} of 16 consumers idle", ids.len());
+            thread::sleep(Duration::from_millis(1));
+        }
+        drop(tx);
+        assert_eq!(consumers.into_iter().map(|c| c.join().unwrap()).sum::<usize>(), 20_000);
     }
 
     #[test]
