@@ -40,7 +40,7 @@
 //! receiver that asks for one ([`ClientIdentity`], checked when it is registered: both parse, and
 //! the key is the certificate's). ureq ties a client certificate to an agent's TLS
 //! configuration, and its connection pool to the agent, so [`Agents`] keeps one agent per
-//! distinct certificate chain beside the shared default one, made on first use and kept while it
+//! distinct certificate chain beside the default one (its lanes, below), made on first use and kept while it
 //! is used: each has its own keep-alive pool, and a connection made with one identity is never
 //! reused for another.
 //!
