@@ -9,11 +9,14 @@
 //!
 //! Every read goes through a script ([`poison::read_script`]) that stubs entries over
 //! `WSS_MAX_EVENT_BYTES` inside Redis, so that an oversized entry is never pulled whole. A script
-//! cannot block, so when nothing new came the reader waits 2 ms, then twice as long each time it
+//! cannot block, so when nothing new came the reader waits 1 ms, then twice as long each time it
 //! finds nothing, up to 10 ms (or `WSS_READ_BLOCK` if shorter): at most about 100 cheap reads a
 //! second while idle (an empty read costs Redis microseconds), and at most 10 ms of latency for
-//! the first event after a quiet spell (`tests/backlog_neighbours.rs`, an event every 10 ms:
-//! p50 4.5 ms, p99 9 ms, where a 50 ms cap gave p99 15 ms).
+//! the first event after a quiet spell. Under a steady flow the first wait sets the latency: at
+//! half the throughput bench's peak, 1 ms gave p50 `XADD` → receipt 1.3 ms and p99 4.6 ms, where
+//! 2 ms gave 2.1 ms and 6.7 ms (docs/performance.md, "The reader's first wait"), for about 600
+//! more reads a second and no more Redis time spent reading. A 50 ms cap once gave an event
+//! every 10 ms (`tests/backlog_neighbours.rs`) p99 15 ms.
 //!
 //! Entries re-read from the pending list carry Redis's delivery count (`XPENDING`): one read
 //! too often without being finished is dead-lettered as poison ([`super::poison`]).
@@ -40,7 +43,7 @@ use crate::{
 };
 
 /// Shortest and longest wait between two reads that found nothing new.
-const IDLE_POLL_MIN: Duration = Duration::from_millis(2);
+const IDLE_POLL_MIN: Duration = Duration::from_millis(1);
 const IDLE_POLL_MAX: Duration = Duration::from_millis(10);
 
 pub struct Reader {
