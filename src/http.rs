@@ -40,9 +40,9 @@
 //! receiver that asks for one ([`ClientIdentity`], checked when it is registered: both parse, and
 //! the key is the certificate's). ureq ties a client certificate to an agent's TLS
 //! configuration, and its connection pool to the agent, so [`Agents`] keeps one agent per
-//! distinct certificate chain beside the default one (its lanes, below), made on first use and kept while it
-//! is used: each has its own keep-alive pool, and a connection made with one identity is never
-//! reused for another.
+//! distinct certificate chain beside the default one (its lanes, below), made on first use and
+//! kept while it is used: each has its own keep-alive pool, and a connection made with one
+//! identity is never reused for another.
 //!
 //! **Connection pools, in lanes.** The default agent is [`LANES`] agents, each with its own
 //! keep-alive pool, and a request picks one by its URL's host and the sending thread
@@ -278,12 +278,13 @@ impl Connector for SharedConnector {
     }
 }
 
-/// FNV-1a of the URL's authority (what follows `://` up to the path, query or fragment; the
-/// whole string when it has no `://`): cheap, and only ever used to pick a lane.
-fn authority_hash(url: &str) -> u64 {
+/// CRC-32 of the URL's authority (what follows `://` up to the path, query or fragment; the
+/// whole string when it has no `://`), as `crate::shard` hashes tenants: cheap, and only ever
+/// used to pick a lane.
+fn authority_hash(url: &str) -> u32 {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    authority.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+    crc32fast::hash(authority.as_bytes())
 }
 
 /// A `WSS_PROXY` value wss cannot use.

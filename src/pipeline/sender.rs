@@ -1,8 +1,8 @@
 //! Sender: a pool of threads, each POSTing one signed delivery at a time through the ureq agents
 //! (keep-alive pools in lanes, no redirects, guarded resolver — see `crate::http`; the agent
-//! that presents the webhook's client certificate when it has one), then reporting the attempt to the
-//! outcome stage. An attempt that gets no answer is classed by its error (`tls` with the reason
-//! read from rustls's error types, `timeout`, `connect`, …) and counted in
+//! that presents the webhook's client certificate when it has one), then reporting the attempt
+//! to the outcome stage. An attempt that gets no answer is classed by its error (`tls` with the
+//! reason read from rustls's error types, `timeout`, `connect`, …) and counted in
 //! `wss_delivery_attempt_errors_total`.
 //!
 //! The moment an attempt ends, its sender frees the webhook's in-flight slot (`super::isolation`)
